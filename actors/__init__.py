@@ -1,0 +1,38 @@
+"""hoard's actor layer: one `ContextActor` per active context, a `SupervisorActor` deciding
+activation and the current context, and a `PersistenceActor` owning the store.
+
+The context messages (`Get`, `GetState`, `Set`, `Update`, `Delete`, `SetMetadata`, `Transact`,
+`Restore`, `CreateRecoveryPoint`) are public: another pykka actor can ``ask`` a context actor
+directly (``adapter.actor_ref(id)`` gives its ref).
+"""
+
+from ._cell import ContextCell as ContextCell
+from ._context import ContextActor as ContextActor
+from ._context import UnknownMessageError as UnknownMessageError
+from ._draft import Draft as Draft
+from ._future import DEFERRED as DEFERRED
+from ._future import Reply as Reply
+from ._messages import ContextStatus as ContextStatus
+from ._messages import CreateRecoveryPoint as CreateRecoveryPoint
+from ._messages import DeactivationReason as DeactivationReason
+from ._messages import Delete as Delete
+from ._messages import Get as Get
+from ._messages import GetState as GetState
+from ._messages import Restore as Restore
+from ._messages import Set as Set
+from ._messages import SetMetadata as SetMetadata
+from ._messages import Transact as Transact
+from ._messages import Update as Update
+from ._persistence import PersistenceActor as PersistenceActor
+from ._settings import DURABILITIES as DURABILITIES
+from ._settings import ContextSettings as ContextSettings
+from ._settings import PersistenceSettings as PersistenceSettings
+from ._settings import SupervisorSettings as SupervisorSettings
+from ._supervisor import SupervisorActor as SupervisorActor
+
+__all__ = [
+    "DEFERRED", "DURABILITIES", "ContextActor", "ContextCell", "ContextSettings", "ContextStatus",
+    "CreateRecoveryPoint", "DeactivationReason", "Delete", "Draft", "Get", "GetState", "PersistenceActor",
+    "PersistenceSettings", "Reply", "Restore", "Set", "SetMetadata", "SupervisorActor", "SupervisorSettings",
+    "Transact", "UnknownMessageError", "Update",
+]

@@ -1,0 +1,283 @@
+"""`ContextActor`: the single writer of one context.
+
+Every mutation of a context is a message handled here, one at a time, so no check-then-act window
+exists. The actor keeps its *working* state (every change it has accepted) and publishes committed
+states to the context's `ContextCell`, where trackers read them without a message:
+
+* ``immediate``: a change is sent to the persistence actor with the caller's reply; that actor
+  commits it (group commit), publishes the new state and answers the caller. Readers never see an
+  uncommitted change, and the caller reads its own write as soon as its call returns. The actor does
+  not wait for the commit: it goes on with the next message (pipelining).
+* ``deferred``: the actor publishes and answers at once; the persistence actor commits within
+  ``flush_interval``.
+* ``none``: publish and answer at once; the state reaches the store only as a snapshot when the
+  context is passivated or the system stops.
+
+If a commit fails, the persistence actor sends `Rollback` with the last durable state, which becomes
+both the working and the published state again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import immutables
+import orjson
+import pykka
+
+from storage import (
+    Change,
+    ContextState,
+    HoardError,
+    InvalidValueError,
+    VersionConflictError,
+    apply_change,
+    encoded_size,
+    freeze_mapping,
+    freeze_value,
+    validate_key,
+)
+
+from ._cell import ContextCell
+from ._draft import Draft
+from ._future import DEFERRED, Reply
+from ._messages import (
+    Commit,
+    CreateRecoveryPoint,
+    Delete,
+    Get,
+    GetState,
+    Passivate,
+    Restore,
+    Rollback,
+    SaveRecoveryPoint,
+    SaveSnapshot,
+    Set,
+    SetMetadata,
+    Transact,
+    Update,
+)
+from ._settings import ContextSettings
+
+__all__ = ["ContextActor", "UnknownMessageError"]
+
+log = logging.getLogger(__name__)
+
+
+class UnknownMessageError(HoardError, TypeError):
+    """A message of a type this actor does not handle was sent to it."""
+
+
+class _Inbox(queue.Queue):  # type: ignore[type-arg]
+    """The actor's mailbox; remembers the envelope being handled so a handler can defer its reply."""
+
+    current: Any = None
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        envelope = queue.Queue.get(self, block, timeout)
+        self.current = envelope
+        return envelope
+
+
+def _same_value(old: Any, new: Any) -> bool:
+    if type(old) is not type(new):
+        return False
+    if isinstance(old, (dict, list)):
+        return bool(orjson.dumps(old) == orjson.dumps(new))  # 1 == True inside containers; JSON is exact
+    return bool(old == new)
+
+
+class ContextActor(pykka.ThreadingActor):
+    """Owns one context. Started and stopped only by the supervisor. See the module docstring."""
+
+    use_daemon_thread = True  # a forgotten stop() must not hang interpreter exit; atexit stops systems
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return _Inbox()
+
+    @staticmethod
+    def _create_future() -> Reply:
+        return Reply()
+
+    def __init__(self, cell: ContextCell, persistence: pykka.ActorRef[Any], settings: ContextSettings) -> None:
+        super().__init__()
+        self.cell = cell
+        self.working: ContextState = cell.state
+        self.persistence = persistence
+        self.settings = settings
+        self._immediate = settings.durability == "immediate"
+        self._deferred = settings.durability == "deferred"
+        self._size = _state_size(cell.state)
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            Set: self._on_set,
+            Update: self._on_update,
+            Delete: self._on_delete,
+            SetMetadata: self._on_set_metadata,
+            Transact: self._on_transact,
+            Restore: self._on_restore,
+            Get: self._on_get,
+            GetState: lambda _m: self.working,
+            CreateRecoveryPoint: self._on_create_recovery_point,
+            Passivate: self._on_passivate,
+            Rollback: self._on_rollback,
+        }
+
+    def on_receive(self, message: Any) -> Any:
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise UnknownMessageError(f"context actor {self.cell.id!r} does not handle {type(message).__name__}")
+        return handler(message)
+
+    # -- the write path ------------------------------------------------------------------------------
+    def _reply(self) -> Reply | None:
+        reply = self.actor_inbox.current.reply_to
+        return reply if isinstance(reply, Reply) else None
+
+    def _check_version(self, expected: int | None) -> None:
+        if expected is not None and expected != self.working.version:
+            raise VersionConflictError(self.cell.id, expected, self.working.version)
+
+    def _apply(self, change_args: dict[str, Any], size_delta: int, result: Any = None,
+               replace: bool = False) -> Any:
+        """Make a change of the working state; hand it to persistence and/or publish it.
+
+        Returns the reply: `result` (the new version when None), or DEFERRED when the persistence
+        actor answers after the commit.
+        """
+        w = self.working
+        new_size = self._size + size_delta
+        if new_size > self.settings.max_state_bytes:
+            raise InvalidValueError(None, f"the state would be {new_size} bytes, over max_state_bytes="
+                                    f"{self.settings.max_state_bytes}", context_id=self.cell.id)
+        change = Change(w.version + 1, self.settings.clock(), replace=replace, **change_args)
+        new = apply_change(w, change)
+        if result is None:
+            result = new.version
+        elif result is _NONE:
+            result = None
+        self.working, self._size = new, new_size
+        if self._immediate:
+            # the persistence actor publishes after the commit and answers the caller (if it asked)
+            reply = self._reply()
+            self.persistence.tell(Commit(self.cell, change, new, reply, result, True))
+            return DEFERRED
+        self.cell.state = new
+        if self._deferred:
+            self.persistence.tell(Commit(self.cell, change, new, None, result, False))
+        return result
+
+    def _sizes(self, data: immutables.Map[str, Any], sets: Mapping[str, Any], dels: tuple[str, ...] = ()) -> int:
+        delta = 0
+        for k, v in sets.items():
+            old = data.get(k, _MISSING)
+            delta += encoded_size(v) + (len(k) + 4 if old is _MISSING else -encoded_size(old))
+        for k in dels:
+            old = data.get(k, _MISSING)
+            if old is not _MISSING:
+                delta -= encoded_size(old) + len(k) + 4
+        return delta
+
+    def _frozen(self, key: str, value: Any) -> Any:
+        v = freeze_value(key, value, None, self.cell.id)
+        limit = self.settings.max_value_bytes
+        if encoded_size(v) > limit:
+            raise InvalidValueError(key, f"{encoded_size(v)} bytes encoded, over max_value_bytes={limit}",
+                                    context_id=self.cell.id)
+        return v
+
+    def _on_set(self, m: Set) -> Any:
+        self._check_version(m.expected_version)
+        key = validate_key(m.key, self.cell.id)
+        value = self._frozen(key, m.value)
+        sets = {key: value}
+        return self._apply({"data_set": sets}, self._sizes(self.working.data, sets))
+
+    def _on_update(self, m: Update) -> Any:
+        self._check_version(m.expected_version)
+        sets = freeze_mapping(m.values, None, self.cell.id)
+        limit = self.settings.max_value_bytes
+        for k, v in sets.items():
+            if encoded_size(v) > limit:
+                raise InvalidValueError(k, f"over max_value_bytes={limit}", context_id=self.cell.id)
+        return self._apply({"data_set": sets}, self._sizes(self.working.data, sets))
+
+    def _on_delete(self, m: Delete) -> Any:
+        self._check_version(m.expected_version)
+        keys = tuple(dict.fromkeys(validate_key(k, self.cell.id) for k in m.keys))
+        present = tuple(k for k in keys if k in self.working.data)
+        return self._apply({"data_del": present}, self._sizes(self.working.data, {}, present))
+
+    def _on_set_metadata(self, m: SetMetadata) -> Any:
+        self._check_version(m.expected_version)
+        sets = freeze_mapping(m.values, self.settings.max_value_bytes, self.cell.id)
+        dels = tuple(validate_key(k, self.cell.id) for k in m.remove if k in self.working.metadata)
+        return self._apply({"meta_set": sets, "meta_del": dels},
+                           self._sizes(self.working.metadata, sets, dels))
+
+    def _on_transact(self, m: Transact) -> Any:
+        self._check_version(m.expected_version)
+        w = self.working
+        draft = Draft(w.id, w.version, w.data, w.metadata)
+        result = m.fn(draft)  # raises -> nothing changed, the caller gets the exception
+        writes, dels, meta = draft.finish()
+        sets = {}
+        for k, v in writes.items():
+            key = validate_key(k, self.cell.id)
+            fv = self._frozen(key, v)
+            old = w.data.get(key, _MISSING)
+            if old is _MISSING or not _same_value(old, fv):
+                sets[key] = fv
+        meta_frozen = freeze_mapping(meta, self.settings.max_value_bytes, self.cell.id)
+        meta_set = {k: v for k, v in meta_frozen.items()
+                    if k not in w.metadata or not _same_value(w.metadata[k], v)}
+        meta_del = tuple(k for k in w.metadata if k not in meta_frozen)
+        delta = self._sizes(w.data, sets, dels) + self._sizes(w.metadata, meta_set, meta_del)
+        return self._apply({"data_set": sets, "data_del": dels, "meta_set": meta_set, "meta_del": meta_del},
+                           delta, result=_NONE if result is None else result)
+
+    def _on_restore(self, m: Restore) -> Any:
+        self._check_version(m.expected_version)
+        if m.rp.context_id != self.cell.id:
+            raise InvalidValueError(None, f"recovery point {m.rp.id} belongs to {m.rp.context_id!r}",
+                                    context_id=self.cell.id)
+        st = m.rp.state
+        return self._apply({"data_set": dict(st.data), "meta_set": dict(st.metadata)},
+                           _state_size(st) - self._size, replace=True)
+
+    # -- reads and the rest --------------------------------------------------------------------------
+    def _on_get(self, m: Get) -> Any:
+        return self.working.data.get(m.key, m.default)
+
+    def _on_create_recovery_point(self, m: CreateRecoveryPoint) -> Any:
+        if m.label is not None and not isinstance(m.label, str):
+            raise InvalidValueError("label", f"must be a str or None, not {type(m.label).__name__}",
+                                    context_id=self.cell.id)
+        self.persistence.tell(SaveRecoveryPoint(self.working, m.label, self._reply()))
+        return DEFERRED
+
+    def _on_passivate(self, _m: Passivate) -> Any:
+        reply = self._reply()
+        self.persistence.tell(SaveSnapshot(self.working, reply))
+        return DEFERRED if reply is not None else None
+
+    def _on_rollback(self, m: Rollback) -> None:
+        if m.state.version <= self.working.version:
+            log.warning("context %r: commits failed; back to durable version %d (was %d)",
+                        self.cell.id, m.state.version, self.working.version)
+            self.working = m.state
+            self.cell.state = m.state
+            self._size = _state_size(m.state)
+
+
+_NONE: Any = object()  # "the reply is None" (a transact fn that returned None), not "the version"
+
+
+_MISSING: Any = object()
+
+
+def _state_size(state: ContextState) -> int:
+    return len(orjson.dumps(dict(state.data))) + len(orjson.dumps(dict(state.metadata)))

@@ -1,0 +1,281 @@
+"""Typed messages of the three actors.
+
+Context messages (`Get`, `GetState`, `Set`, `Update`, `Delete`, `SetMetadata`, `Transact`, `Restore`,
+`CreateRecoveryPoint`) are public: another pykka actor may ``ask`` a context actor directly, e.g.
+``ref.ask(Set("k", 1))`` returns the new version. Every mutating message takes `expected_version`
+(None: no check). The rest are internal to hoard.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from storage import Change, ContextState, RecoveryPoint
+
+if TYPE_CHECKING:
+    from ._cell import ContextCell
+    from ._future import Reply
+
+__all__ = [
+    "Activate",
+    "ContextStatus",
+    "CreateRecoveryPoint",
+    "Delete",
+    "DeactivationReason",
+    "Get",
+    "GetState",
+    "Restore",
+    "Set",
+    "SetMetadata",
+    "Transact",
+    "Update",
+]
+
+
+class ContextStatus(enum.Enum):
+    """Where a context is: active (has an actor), inactive (only stored), nonexistent, or failed."""
+
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    NONEXISTENT = "nonexistent"
+    FAILED = "failed"
+
+
+class DeactivationReason(enum.Enum):
+    EXPLICIT = "explicit"
+    EVICTED = "evicted"
+    IDLE = "idle"
+    SHUTDOWN = "shutdown"
+    DELETED = "deleted"
+
+
+# -- context actor: public ---------------------------------------------------------------------------
+@attrs.frozen
+class Get:
+    """Reply: the value of `key`, or `default`."""
+
+    key: str
+    default: Any = None
+
+
+@attrs.frozen
+class GetState:
+    """Reply: the current `ContextState` (the actor's newest, which in ``immediate`` mode may include
+    changes still being committed; trackers read the committed one without a message)."""
+
+
+@attrs.frozen
+class Set:
+    """Set one key. Reply: the new version."""
+
+    key: str
+    value: Any
+    expected_version: int | None = None
+
+
+@attrs.frozen
+class Update:
+    """Set several keys atomically. Reply: the new version."""
+
+    values: Mapping[str, Any]
+    expected_version: int | None = None
+
+
+@attrs.frozen
+class Delete:
+    """Remove keys (absent keys are allowed) atomically. Reply: the new version."""
+
+    keys: tuple[str, ...]
+    expected_version: int | None = None
+
+
+@attrs.frozen
+class SetMetadata:
+    """Set (value) or remove (``remove=True``) metadata keys atomically. Reply: the new version."""
+
+    values: Mapping[str, Any]
+    remove: tuple[str, ...] = ()
+    expected_version: int | None = None
+
+
+@attrs.frozen
+class Transact:
+    """Run ``fn(draft)`` inside the actor; the draft's changes are applied atomically if it returns.
+    Reply: what `fn` returned (or its exception, with nothing changed)."""
+
+    fn: Callable[[Any], Any]
+    expected_version: int | None = None
+
+
+@attrs.frozen
+class Restore:
+    """Make data and metadata equal to the recovery point's, as a new version. Reply: the version."""
+
+    rp: RecoveryPoint
+    expected_version: int | None = None
+
+
+@attrs.frozen
+class CreateRecoveryPoint:
+    """Store a durable copy of the current state. Reply: the `RecoveryPoint`."""
+
+    label: str | None = None
+
+
+# -- context actor: internal -------------------------------------------------------------------------
+@attrs.frozen
+class Passivate:
+    """From the supervisor: commit everything, write a snapshot. Reply: None once durable."""
+
+
+@attrs.frozen
+class Rollback:
+    """From the persistence actor: commits failed; go back to `state` (the last durable one)."""
+
+    state: ContextState
+
+
+# -- persistence actor -------------------------------------------------------------------------------
+@attrs.frozen
+class Commit:
+    """A change to make durable. Once committed: if `publish`, `state` becomes the cell's published
+    state; then `reply` (if any) is answered with `result`."""
+
+    cell: ContextCell
+    change: Change
+    state: ContextState
+    reply: Reply | None
+    result: Any
+    publish: bool
+
+
+@attrs.frozen
+class Flush:
+    """Commit everything pending now (sent by the persistence actor to itself: group commit)."""
+
+    scheduled: bool = True
+
+
+@attrs.frozen
+class Load:
+    """Reply: the stored state of `context_id` (creating it as `create` if absent and given), or None."""
+
+    context_id: str
+    create: ContextState | None = None
+
+
+@attrs.frozen
+class SaveSnapshot:
+    """Commit what is pending, then snapshot `state` (ahead of the store in ``none`` mode)."""
+
+    state: ContextState
+    reply: Reply | None
+
+
+@attrs.frozen
+class SaveRecoveryPoint:
+    state: ContextState
+    label: str | None
+    reply: Reply | None
+
+
+@attrs.frozen
+class StoreCall:
+    """Run ``store.<method>(*args)`` after committing what is pending. Reply: its result."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+
+
+@attrs.frozen
+class StoreWrite:
+    """Commit `ops` (after what is pending) in one transaction. Reply: None."""
+
+    ops: tuple[Any, ...]
+
+
+@attrs.frozen
+class Close:
+    """Commit everything and close the store. Reply: None."""
+
+
+# -- supervisor --------------------------------------------------------------------------------------
+@attrs.frozen
+class Activate:
+    """Reply: the context's `ContextCell`, activating it (and creating it, if `create`) as needed."""
+
+    context_id: str
+    create: bool | None = None  # None: as configured (auto_create_contexts)
+    make_current: bool = True
+    data: Mapping[str, Any] | None = None
+    metadata: Mapping[str, Any] | None = None
+    must_create: bool = False  # create_and_activate: fail if it exists
+
+
+@attrs.frozen
+class Deactivate:
+    context_id: str
+
+
+@attrs.frozen
+class StatusOf:
+    context_id: str
+
+
+@attrs.frozen
+class CurrentId:
+    pass
+
+
+@attrs.frozen
+class ListActive:
+    pass
+
+
+@attrs.frozen
+class StateOf:
+    context_id: str
+
+
+@attrs.frozen
+class CreateContext:
+    context_id: str
+    data: Mapping[str, Any] | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+@attrs.frozen
+class DeleteContext:
+    context_id: str
+
+
+@attrs.frozen
+class Exists:
+    context_id: str
+
+
+@attrs.frozen
+class ListIds:
+    prefix: str = ""
+
+
+@attrs.frozen
+class SetPinned:
+    context_id: str
+    pinned: bool
+
+
+@attrs.frozen
+class Configure:
+    """Apply an adapter configuration (a `SupervisorSettings`); activates the default if asked."""
+
+    settings: Any
+
+
+@attrs.frozen
+class Shutdown:
+    """Passivate every context, then close the store. Reply: None."""

@@ -1,0 +1,303 @@
+"""`SupervisorActor`: decides which contexts are active and which one is current.
+
+Only this actor starts and stops context actors, so activation, eviction, switching and deletion are
+each one message handled alone: concurrent ``activate("x")`` calls yield one actor, and current
+never names an inactive context.
+
+* Activation loads the context through the persistence actor (creating it when asked), starts its
+  `ContextActor` and returns its `ContextCell`. At ``max_active_contexts`` it passivates the least
+  recently used context first (``capacity_policy="evict_lru"``), never the current, the default, a
+  pinned one or the one being activated; with ``"reject"`` it raises `CapacityError`.
+* Passivation (deactivate, eviction, shutdown) closes the cell, has the actor commit and snapshot,
+  then stops it. A tracker holding a closed cell re-activates the context on its next call.
+* While this actor waits for the persistence actor it handles nothing else; every wait is bounded
+  by ``call_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from storage import (
+    CapacityError,
+    ContextExistsError,
+    ContextNotFoundError,
+    ContextState,
+    ContextTimeoutError,
+    DeleteContext,
+    HoardError,
+    PersistenceError,
+    freeze_mapping,
+    new_state,
+)
+from storage import (
+    CreateContext as CreateOp,
+)
+
+from ._cell import TICK, ContextCell
+from ._context import ContextActor
+from ._messages import (
+    Activate,
+    Close,
+    Configure,
+    ContextStatus,
+    CreateContext,
+    CurrentId,
+    Deactivate,
+    DeactivationReason,
+    Exists,
+    ListActive,
+    ListIds,
+    Load,
+    Passivate,
+    SetPinned,
+    Shutdown,
+    StateOf,
+    StatusOf,
+    StoreCall,
+    StoreWrite,
+)
+from ._messages import (
+    DeleteContext as DeleteMsg,
+)
+from ._settings import ContextSettings, SupervisorSettings
+
+__all__ = ["SupervisorActor"]
+
+log = logging.getLogger(__name__)
+
+
+class SupervisorActor(pykka.ThreadingActor):
+    """Decides activation, passivation, capacity and the current context. See the module docstring."""
+
+    use_daemon_thread = True
+
+    def __init__(self, persistence: pykka.ActorRef[Any], settings: SupervisorSettings,
+                 context_settings: ContextSettings, max_state_bytes: int = 64 * 2**20) -> None:
+        super().__init__()
+        self.persistence = persistence
+        self.settings = settings
+        self.context_settings = context_settings
+        self.max_state_bytes = max_state_bytes
+        self.cells: dict[str, ContextCell] = {}
+        self.current: str | None = None
+        self.pinned: set[str] = set()
+        self.stopped = False
+        self.stats = {"activations": 0, "evictions": 0, "deactivations": 0}
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            Activate: self._on_activate,
+            Deactivate: lambda m: self._deactivate(m.context_id, DeactivationReason.EXPLICIT),
+            StatusOf: self._on_status,
+            CurrentId: lambda _m: self.current,
+            ListActive: lambda _m: list(self.cells),
+            StateOf: self._on_state_of,
+            CreateContext: self._on_create,
+            DeleteMsg: self._on_delete,
+            Exists: lambda m: m.context_id in self.cells or self._store("info", m.context_id) is not None,
+            ListIds: lambda m: self._store("list_ids", m.prefix),
+            SetPinned: self._on_set_pinned,
+            Configure: self._on_configure,
+            Shutdown: self._on_shutdown,
+        }
+
+    def on_receive(self, message: Any) -> Any:
+        if self.stopped:
+            from storage import SystemStoppedError
+            raise SystemStoppedError()
+        return self._handlers[type(message)](message)
+
+    # -- talking to the persistence actor ------------------------------------------------------------
+    def _ask_persistence(self, message: Any, what: str, context_id: str | None = None) -> Any:
+        timeout = self.settings.call_timeout
+        try:
+            return self.persistence.ask(message, timeout=timeout)
+        except pykka.Timeout as exc:
+            raise ContextTimeoutError(what, timeout, context_id) from exc
+        except pykka.ActorDeadError as exc:
+            raise PersistenceError(f"{what}: the persistence actor is gone", context_id=context_id) from exc
+
+    def _store(self, method: str, *args: Any) -> Any:
+        return self._ask_persistence(StoreCall(method, args), f"store {method}")
+
+    # -- activation ----------------------------------------------------------------------------------
+    def _on_activate(self, m: Activate) -> ContextCell:
+        cid = m.context_id
+        cell = self.cells.get(cid)
+        if cell is not None and m.must_create:
+            raise ContextExistsError(cid)
+        if cell is not None and not cell.actor_ref.is_alive():
+            # its actor died (it never should: handlers fail the caller, not the actor); start afresh
+            # from the durable state
+            log.error("context %r: actor found dead; restarting it from its durable state", cid)
+            cell.closed = True
+            del self.cells[cid]
+            cell = None
+        if cell is None:
+            cell = self._start(cid, m)
+        if m.make_current:
+            self.current = cid
+        cell.touched = next(TICK)
+        return cell
+
+    def _start(self, cid: str, m: Activate) -> ContextCell:
+        create = self.settings.auto_create_contexts if m.create is None else m.create
+        if m.must_create:
+            if self._store("info", cid) is not None:
+                raise ContextExistsError(cid)
+            create = True
+        self._make_room(cid)
+        template = None
+        if create:
+            template = self._new_state(cid, m.data, m.metadata)
+            if self.settings.max_contexts is not None and self._store("info", cid) is None \
+                    and self._store("count") >= self.settings.max_contexts:
+                raise CapacityError(f"cannot create {cid!r}: the store holds max_contexts="
+                                    f"{self.settings.max_contexts} contexts", limit=self.settings.max_contexts,
+                                    context_id=cid)
+        state = self._ask_persistence(Load(cid, template), f"loading context {cid!r}", cid)
+        if state is None:
+            raise ContextNotFoundError(cid)
+        cell = ContextCell(cid, state)
+        cell.pinned = cid in self.pinned
+        cell.actor_ref = ContextActor.start(cell, self.persistence, self.context_settings)
+        self.cells[cid] = cell
+        self.stats["activations"] += 1
+        return cell
+
+    def _new_state(self, cid: str, data: Any, metadata: Any) -> ContextState:
+        limit = self.context_settings.max_value_bytes
+        return new_state(cid, freeze_mapping(data or {}, limit, cid), freeze_mapping(metadata or {}, limit, cid),
+                         self.context_settings.clock())
+
+    def _make_room(self, incoming: str) -> None:
+        limit = self.settings.max_active_contexts
+        while len(self.cells) >= limit:
+            if self.settings.capacity_policy == "reject":
+                raise CapacityError(f"cannot activate {incoming!r}: max_active_contexts={limit} are active "
+                                    "(capacity_policy='reject'); deactivate one first", limit=limit,
+                                    context_id=incoming)
+            protected = {self.current, self.settings.default_context_id, incoming}
+            candidates = [c for c in self.cells.values() if c.id not in protected and not c.pinned]
+            if not candidates:
+                raise CapacityError(f"cannot activate {incoming!r}: all {limit} active contexts are current, "
+                                    "default or pinned", limit=limit, context_id=incoming)
+            victim = min(candidates, key=lambda c: c.touched)
+            self._deactivate(victim.id, DeactivationReason.EVICTED)
+            self.stats["evictions"] += 1
+
+    # -- passivation ---------------------------------------------------------------------------------
+    def _passivate(self, cell: ContextCell) -> None:
+        """Close the cell, have the actor commit and snapshot, stop it. Bounded by call_timeout."""
+        cell.closed = True
+        timeout = self.settings.call_timeout
+        try:
+            cell.actor_ref.ask(Passivate(), timeout=timeout)
+        except pykka.ActorDeadError:
+            pass
+        except pykka.Timeout as exc:
+            log.error("context %r did not passivate within %s s; stopping it anyway", cell.id, timeout)
+            cell.actor_ref.stop(block=False)
+            raise ContextTimeoutError(f"passivating {cell.id!r}", timeout, cell.id) from exc
+        except HoardError as exc:
+            log.error("context %r: final snapshot failed (%s); its journal is intact", cell.id, exc)
+        try:
+            cell.actor_ref.stop(block=True, timeout=timeout)
+        except pykka.Timeout as exc:
+            raise ContextTimeoutError(f"stopping {cell.id!r}", timeout, cell.id) from exc
+
+    def _deactivate(self, cid: str, reason: DeactivationReason) -> bool:
+        cell = self.cells.get(cid)
+        if cell is None:
+            if self._store("info", cid) is None:
+                raise ContextNotFoundError(cid)
+            return False
+        del self.cells[cid]
+        try:
+            self._passivate(cell)
+        finally:
+            self.stats["deactivations"] += 1
+            if self.current == cid:
+                self._fall_back_to_default()
+        log.debug("deactivated %r (%s)", cid, reason.value)
+        return True
+
+    def _fall_back_to_default(self) -> None:
+        default = self.settings.default_context_id
+        self.current = None
+        if default in self.cells:
+            self.current = default
+
+    # -- status, reads, create, delete ---------------------------------------------------------------
+    def _on_status(self, m: StatusOf) -> ContextStatus:
+        if m.context_id in self.cells:
+            return ContextStatus.ACTIVE
+        return ContextStatus.INACTIVE if self._store("info", m.context_id) is not None else ContextStatus.NONEXISTENT
+
+    def _on_state_of(self, m: StateOf) -> ContextState:
+        cell = self.cells.get(m.context_id)
+        if cell is not None:
+            cell.touched = next(TICK)
+            return cell.state
+        state = self._store("load", m.context_id)
+        if state is None:
+            raise ContextNotFoundError(m.context_id)
+        return state  # type: ignore[no-any-return]
+
+    def _on_create(self, m: CreateContext) -> ContextState:
+        cid = m.context_id
+        state = self._new_state(cid, m.data, m.metadata)
+        if cid in self.cells or self._store("info", cid) is not None:
+            raise ContextExistsError(cid)
+        if self.settings.max_contexts is not None and self._store("count") >= self.settings.max_contexts:
+            raise CapacityError(f"cannot create {cid!r}: the store holds max_contexts={self.settings.max_contexts} "
+                                "contexts", limit=self.settings.max_contexts, context_id=cid)
+        self._ask_persistence(StoreWrite((CreateOp(state),)), f"creating {cid!r}", cid)
+        return state
+
+    def _on_delete(self, m: DeleteMsg) -> None:
+        cid = m.context_id
+        cell = self.cells.pop(cid, None)
+        if cell is None and self._store("info", cid) is None:
+            raise ContextNotFoundError(cid)
+        if cell is not None:
+            cell.closed = True
+            try:
+                cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
+            except pykka.Timeout:
+                log.error("context %r did not stop within %s s", cid, self.settings.call_timeout)
+            if self.current == cid:
+                self._fall_back_to_default()
+        self.pinned.discard(cid)
+        self._ask_persistence(StoreWrite((DeleteContext(cid),)), f"deleting {cid!r}", cid)
+
+    def _on_set_pinned(self, m: SetPinned) -> None:
+        (self.pinned.add if m.pinned else self.pinned.discard)(m.context_id)
+        cell = self.cells.get(m.context_id)
+        if cell is not None:
+            cell.pinned = m.pinned
+
+    def _on_configure(self, m: Configure) -> None:
+        self.settings = m.settings
+        if m.settings.auto_activate_default:
+            cid = m.settings.default_context_id
+            self._on_activate(Activate(cid, create=True, make_current=self.current is None))
+
+    def _on_shutdown(self, _m: Shutdown) -> None:
+        errors: list[BaseException] = []
+        for cid in list(self.cells):
+            cell = self.cells.pop(cid)
+            try:
+                self._passivate(cell)
+            except HoardError as exc:  # keep going: every other context still gets its snapshot
+                errors.append(exc)
+        self.current = None
+        try:
+            self._ask_persistence(Close(), "closing the store")
+        finally:
+            self.stopped = True
+        if errors:
+            raise errors[0]

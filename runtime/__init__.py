@@ -1,0 +1,69 @@
+"""hoard: named contexts (key/value state with metadata and a version) kept alive, consistent and
+durable inside long-running programs.
+
+Start with `open_system(path)` (SQLite) or `create_manager()` / `create_adapter()` (memory)::
+
+    from runtime import open_system
+    with open_system("state.db") as system:
+        t = system.adapter.activate("cart-42")
+        v = t.set("user", {"name": "ana"})
+"""
+
+import logging as _logging
+
+from actors import ContextStatus as ContextStatus
+from actors import DeactivationReason as DeactivationReason
+from storage import CapacityError as CapacityError
+from storage import ConfigError as ConfigError
+from storage import ContextExistsError as ContextExistsError
+from storage import ContextFailedError as ContextFailedError
+from storage import ContextNotFoundError as ContextNotFoundError
+from storage import ContextState as ContextState
+from storage import ContextTimeoutError as ContextTimeoutError
+from storage import CorruptStateError as CorruptStateError
+from storage import FrozenDict as FrozenDict
+from storage import FrozenList as FrozenList
+from storage import HoardError as HoardError
+from storage import InvalidContextIdError as InvalidContextIdError
+from storage import InvalidValueError as InvalidValueError
+from storage import MemoryStore as MemoryStore
+from storage import NoCurrentContextError as NoCurrentContextError
+from storage import PersistenceError as PersistenceError
+from storage import RecoveryPoint as RecoveryPoint
+from storage import RecoveryPointNotFoundError as RecoveryPointNotFoundError
+from storage import SQLiteStore as SQLiteStore
+from storage import Store as Store
+from storage import StoreLockedError as StoreLockedError
+from storage import SystemStoppedError as SystemStoppedError
+from storage import VersionConflictError as VersionConflictError
+from storage import thaw as thaw
+
+from ._adapter import ContextAdapter as ContextAdapter
+from ._config import ContextAdapterConfig as ContextAdapterConfig
+from ._config import ContextManagerConfig as ContextManagerConfig
+from ._factory import create_adapter as create_adapter
+from ._factory import create_adapter_with_config as create_adapter_with_config
+from ._factory import create_manager as create_manager
+from ._factory import create_manager_with_config as create_manager_with_config
+from ._manager import ContextManager as ContextManager
+from ._system import ContextSystem as ContextSystem
+from ._system import open_system as open_system
+from ._tracker import ContextTracker as ContextTracker
+from ._tracker import ContextTrackerFactory as ContextTrackerFactory
+
+ContextSnapshot = RecoveryPoint  # the name the original system used
+
+_logging.getLogger("actors").addHandler(_logging.NullHandler())
+_logging.getLogger("storage").addHandler(_logging.NullHandler())
+_logging.getLogger("runtime").addHandler(_logging.NullHandler())
+
+__all__ = [
+    "CapacityError", "ConfigError", "ContextAdapter", "ContextAdapterConfig", "ContextExistsError",
+    "ContextFailedError", "ContextManager", "ContextManagerConfig", "ContextNotFoundError", "ContextSnapshot",
+    "ContextState", "ContextStatus", "ContextSystem", "ContextTimeoutError", "ContextTracker",
+    "ContextTrackerFactory", "CorruptStateError", "DeactivationReason", "FrozenDict", "FrozenList", "HoardError",
+    "InvalidContextIdError", "InvalidValueError", "MemoryStore", "NoCurrentContextError", "PersistenceError",
+    "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "Store", "StoreLockedError",
+    "SystemStoppedError", "VersionConflictError", "create_adapter", "create_adapter_with_config",
+    "create_manager", "create_manager_with_config", "open_system", "thaw",
+]

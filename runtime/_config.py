@@ -1,0 +1,135 @@
+"""User-facing configuration: `ContextManagerConfig` (storage, durability, limits) and
+`ContextAdapterConfig` (activation, capacity, the default context). Both are frozen; every field is
+checked when the object is built and a bad one raises `ConfigError` naming it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from storage import ConfigError, Store, validate_id
+from storage import InvalidContextIdError as _BadId
+
+__all__ = ["ContextAdapterConfig", "ContextManagerConfig"]
+
+
+def _choice(*options: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value not in options:
+            raise ConfigError(f"{attr.name} must be one of {', '.join(map(repr, options))}, not {value!r}")
+    return check
+
+
+def _number(minimum: float, *, integer: bool = False, optional: bool = False,
+            maximum: float | None = None) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ConfigError(f"{attr.name} must be {'an int' if integer else 'a number'}"
+                              f"{' or None' if optional else ''}, not {value!r}")
+        if value < minimum or (maximum is not None and value > maximum) or value != value:
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ConfigError(f"{attr.name} must be {bound}, not {value!r}")
+    return check
+
+
+def _store(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None or isinstance(value, (str, os.PathLike)) or isinstance(value, Store):
+        return
+    raise ConfigError(f"{attr.name} must be a path, a Store or None, not {type(value).__name__}")
+
+
+def _bool(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attr.name} must be True or False, not {value!r}")
+
+
+def _callable(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not callable(value):
+        raise ConfigError(f"{attr.name} must be callable, not {value!r}")
+
+
+def _context_id(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    try:
+        validate_id(value)
+    except _BadId as exc:
+        raise ConfigError(f"{attr.name}: {exc}") from None
+
+
+def _not_yet(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        raise ConfigError(f"{attr.name} is not supported yet; leave it None")
+
+
+@attrs.frozen(kw_only=True)
+class ContextManagerConfig:
+    """Where and how contexts are kept.
+
+    Attributes:
+        store: a path (SQLite file), a `Store`, or None (memory). `open_system`'s first argument
+            overrides it.
+        durability: when a write call returns.
+            ``"immediate"`` (default): after the change is committed and synced; a crash (even
+            ``kill -9``) loses no acknowledged change. Concurrent writers share syncs (group commit).
+            ``"deferred"``: at once; the change is committed within `flush_interval`. **A crash loses
+            at most the changes of the last `flush_interval`** (plus the commit under way).
+            ``"none"``: at once; changes stay in memory and reach the store only as a snapshot when
+            the context is passivated or the system stops. A crash loses every change since.
+        sync: SQLite ``synchronous``: ``"full"`` (default) survives power loss; ``"normal"`` survives
+            process crashes, may lose the newest commits on power loss, and is about 3x faster.
+        recovery: what loading does with damaged data: ``"strict"`` raises `CorruptStateError`.
+        max_contexts: most contexts the store may hold (None: no limit); create beyond raises
+            `CapacityError`.
+        max_recovery_points: kept per context; the oldest goes first.
+        snapshot_every: a snapshot is written after this many journaled changes of a context.
+        flush_interval: seconds; the commit delay of ``durability="deferred"``.
+        compression_level: zstd level of snapshots and recovery points (3: best trade-off measured).
+        call_timeout: seconds a blocking call waits by default before `ContextTimeoutError`.
+        max_value_bytes: largest value (JSON-encoded) one key may hold.
+        max_state_bytes: largest context (JSON-encoded data + metadata); also the decompression bound.
+        clock: returns seconds since the epoch; injectable for tests.
+    """
+
+    store: str | os.PathLike[str] | Store | None = attrs.field(default=None, validator=_store)
+    durability: str = attrs.field(default="immediate", validator=_choice("immediate", "deferred", "none"))
+    sync: str = attrs.field(default="full", validator=_choice("full", "normal"))
+    recovery: str = attrs.field(default="strict", validator=_choice("strict", "fallback"))
+    max_contexts: int | None = attrs.field(default=None, validator=_number(1, integer=True, optional=True))
+    max_recovery_points: int = attrs.field(default=10, validator=_number(1, integer=True))
+    snapshot_every: int = attrs.field(default=1000, validator=_number(1, integer=True))
+    flush_interval: float = attrs.field(default=0.05, validator=_number(0.001, maximum=3600))
+    compression_level: int = attrs.field(default=3, validator=_number(1, integer=True, maximum=22))
+    call_timeout: float = attrs.field(default=5.0, validator=_number(0.001))
+    max_value_bytes: int = attrs.field(default=2**20, validator=_number(16, integer=True))
+    max_state_bytes: int = attrs.field(default=64 * 2**20, validator=_number(64, integer=True))
+    clock: Callable[[], float] = attrs.field(default=time.time, validator=_callable, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class ContextAdapterConfig:
+    """Which contexts are active and current.
+
+    Attributes:
+        default_context_id: the context current falls back to (activated at start when
+            `auto_activate_default`).
+        max_active_contexts: most context actors alive at once.
+        auto_create_contexts: `activate`/`switch` create a missing context (else `ContextNotFoundError`).
+        auto_activate_default: activate (creating if needed) the default context at start.
+        capacity_policy: at `max_active_contexts`, ``"evict_lru"`` passivates the least recently used
+            context (never the current, the default or a pinned one); ``"reject"`` raises `CapacityError`.
+        idle_timeout: idle passivation (seconds; None: off). Not available in this release: any
+            other value raises `ConfigError` rather than being silently ignored.
+    """
+
+    default_context_id: str = attrs.field(default="default", validator=_context_id)
+    max_active_contexts: int = attrs.field(default=1024, validator=_number(1, integer=True))
+    auto_create_contexts: bool = attrs.field(default=True, validator=_bool)
+    auto_activate_default: bool = attrs.field(default=True, validator=_bool)
+    capacity_policy: str = attrs.field(default="evict_lru", validator=_choice("evict_lru", "reject"))
+    idle_timeout: float | None = attrs.field(default=None, validator=_not_yet)

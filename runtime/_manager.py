@@ -1,0 +1,132 @@
+"""`ContextManager`: create, read, update, delete and list contexts, active or not; recovery points.
+
+Reads of an inactive context load it from the store without activating it. Writes go through the
+context's actor (activating it, not as current), so a manager write can never race a tracker's:
+there is one writer per context, always. Every call blocks until answered, at most `timeout`
+seconds (default: ``call_timeout``). Thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from actors._messages import Activate, CreateContext, DeleteContext, Exists, ListIds, StateOf
+from storage import ContextNotFoundError, ContextState, RecoveryPoint, validate_id
+
+from ._config import ContextManagerConfig
+from ._tracker import ContextTracker, delete_recovery_point, list_recovery_points
+
+if TYPE_CHECKING:
+    from ._adapter import ContextAdapter
+    from ._system import ContextSystem
+
+__all__ = ["ContextManager"]
+
+
+class ContextManager:
+    """Context CRUD and recovery points by context id. See the module docstring."""
+
+    def __init__(self, system: ContextSystem) -> None:
+        self._system = system
+
+    def __repr__(self) -> str:
+        return f"<ContextManager {self._system.store.location!r}>"
+
+    @property
+    def system(self) -> ContextSystem:
+        return self._system
+
+    @property
+    def config(self) -> ContextManagerConfig:
+        return self._system.config
+
+    @property
+    def adapter(self) -> ContextAdapter:
+        """This manager's adapter (`HoardError` if `create_adapter` was not called yet)."""
+        return self._system.adapter
+
+    def tracker(self, context_id: str, *, timeout: float | None = None) -> ContextTracker:
+        """A tracker for an existing context (activated, not made current)."""
+        validate_id(context_id)
+        cell = self._system.ask(Activate(context_id, create=False, make_current=False), timeout,
+                                f"activating {context_id!r}")
+        return ContextTracker(self._system, cell)
+
+    def create(self, context_id: str, data: Mapping[str, Any] | None = None,
+               metadata: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> ContextState:
+        """Create a context at version 1 (durably) without activating it. Returns its state.
+
+        Raises `ContextExistsError` if it exists, `InvalidValueError` for bad data, `CapacityError`
+        at ``max_contexts``; nothing is created then.
+        """
+        validate_id(context_id)
+        result: ContextState = self._system.ask(CreateContext(context_id, data, metadata), timeout,
+                                                f"creating {context_id!r}")
+        return result
+
+    def get_state(self, context_id: str, *, timeout: float | None = None) -> ContextState:
+        """The newest committed state of a context, active or not (`ContextNotFoundError` if absent)."""
+        validate_id(context_id)
+        result: ContextState = self._system.ask(StateOf(context_id), timeout, f"reading {context_id!r}")
+        return result
+
+    def update(self, context_id: str, values: Mapping[str, Any], *, expected_version: int | None = None,
+               timeout: float | None = None) -> int:
+        """Set several keys of an existing context in one atomic, version-checked change; returns the
+        new version. Goes through the context's actor (activating it)."""
+        return self.tracker(context_id, timeout=timeout).update(values, expected_version=expected_version,
+                                                               timeout=timeout)
+
+    def delete(self, context_id: str, *, timeout: float | None = None) -> None:
+        """Delete a context with its recovery points (`ContextNotFoundError` if absent). An active one
+        is stopped first; if it was current, the default becomes current."""
+        validate_id(context_id)
+        self._system.ask(DeleteContext(context_id), timeout, f"deleting {context_id!r}")
+
+    def exists(self, context_id: str, *, timeout: float | None = None) -> bool:
+        validate_id(context_id)
+        return bool(self._system.ask(Exists(context_id), timeout, f"checking {context_id!r}"))
+
+    def list_ids(self, prefix: str = "", *, timeout: float | None = None) -> list[str]:
+        """Ids of every stored context (sorted), optionally only those starting with `prefix`."""
+        if not isinstance(prefix, str):
+            from storage import InvalidValueError
+            raise InvalidValueError("prefix", f"must be a str, not {type(prefix).__name__}")
+        result: list[str] = self._system.ask(ListIds(prefix), timeout, "listing contexts")
+        return result
+
+    # -- recovery points by context id -------------------------------------------------------------
+    def create_recovery_point(self, context_id: str, label: str | None = None, *,
+                              timeout: float | None = None) -> RecoveryPoint:
+        return self.tracker(context_id, timeout=timeout).create_recovery_point(label, timeout=timeout)
+
+    def recovery_points(self, context_id: str, *, timeout: float | None = None) -> list[RecoveryPoint]:
+        """Recovery points of a context, active or not, oldest first."""
+        validate_id(context_id)
+        if not self.exists(context_id, timeout=timeout):
+            raise ContextNotFoundError(context_id)
+        return list_recovery_points(self._system, context_id, timeout)
+
+    def restore(self, context_id: str, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
+                timeout: float | None = None) -> int:
+        return self.tracker(context_id, timeout=timeout).restore(rp_id, expected_version=expected_version,
+                                                                timeout=timeout)
+
+    def delete_recovery_point(self, context_id: str, rp_id: int | RecoveryPoint, *,
+                              timeout: float | None = None) -> None:
+        validate_id(context_id)
+        if not self.exists(context_id, timeout=timeout):
+            raise ContextNotFoundError(context_id)
+        delete_recovery_point(self._system, context_id, rp_id, timeout)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the whole system this manager belongs to (see `ContextSystem.stop`). Idempotent."""
+        self._system.stop(timeout)
+
+    def __enter__(self) -> ContextManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

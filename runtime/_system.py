@@ -1,0 +1,245 @@
+"""`ContextSystem`: starts and stops the actors behind a manager and its adapter.
+
+`open_system()` opens the store in the calling thread (so `StoreLockedError` and `CorruptStateError`
+reach the caller at once), then starts the persistence actor, which owns the store from then on, and
+the supervisor. `stop()` passivates every context (commit + snapshot), closes the store and stops
+every actor. Systems still open at interpreter exit are stopped by an ``atexit`` hook, so a
+forgotten `stop()` loses nothing in ``immediate`` or ``deferred`` mode.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from actors import (
+    ContextSettings,
+    PersistenceActor,
+    PersistenceSettings,
+    SupervisorActor,
+    SupervisorSettings,
+)
+from actors._messages import Configure, Shutdown
+from storage import (
+    ConfigError,
+    ContextTimeoutError,
+    HoardError,
+    MemoryStore,
+    PersistenceError,
+    SQLiteStore,
+    Store,
+    SystemStoppedError,
+)
+
+from ._config import ContextAdapterConfig, ContextManagerConfig
+
+if TYPE_CHECKING:
+    from ._adapter import ContextAdapter
+    from ._manager import ContextManager
+
+__all__ = ["ContextSystem", "open_system"]
+
+log = logging.getLogger(__name__)
+_LIVE: weakref.WeakSet[ContextSystem] = weakref.WeakSet()
+
+
+def _resolve_store(config: ContextManagerConfig) -> Store:
+    store = config.store
+    if store is None:
+        return MemoryStore()
+    if isinstance(store, (str, os.PathLike)):
+        if os.fspath(store) in ("", ":memory:"):
+            return MemoryStore()
+        return SQLiteStore(store, sync=config.sync, compression_level=config.compression_level,
+                           max_state_bytes=config.max_state_bytes)
+    return store
+
+
+class ContextSystem:
+    """A running hoard: its store, persistence actor, supervisor, manager and adapter.
+
+    Use it as a context manager, or call `stop()`. Thread-safe: every public call may come from any
+    thread. After `stop()`, calls on the system, its manager, adapter and trackers raise
+    `SystemStoppedError`.
+    """
+
+    def __init__(self, manager_config: ContextManagerConfig, adapter_config: ContextAdapterConfig | None = None) -> None:
+        if not isinstance(manager_config, ContextManagerConfig):
+            raise ConfigError(f"manager_config must be a ContextManagerConfig, not {type(manager_config).__name__}")
+        if adapter_config is not None and not isinstance(adapter_config, ContextAdapterConfig):
+            raise ConfigError(f"adapter_config must be a ContextAdapterConfig, not {type(adapter_config).__name__}")
+        from ._manager import ContextManager
+
+        self.config = manager_config
+        self.store: Store = _resolve_store(manager_config)
+        self.call_timeout = manager_config.call_timeout
+        self._stopped = False
+        self._adapter: ContextAdapter | None = None
+        self.store.open()
+        cfg = manager_config
+        self.context_settings = ContextSettings(durability=cfg.durability, max_value_bytes=cfg.max_value_bytes,
+                                                max_state_bytes=cfg.max_state_bytes, clock=cfg.clock)
+        try:
+            self._persistence = PersistenceActor.start(self.store, PersistenceSettings(
+                durability=cfg.durability, snapshot_every=cfg.snapshot_every, flush_interval=cfg.flush_interval,
+                max_recovery_points=cfg.max_recovery_points, clock=cfg.clock))
+        except BaseException:
+            self.store.close()
+            raise
+        self._supervisor = SupervisorActor.start(
+            self._persistence, self._supervisor_settings(ContextAdapterConfig(auto_activate_default=False)),
+            self.context_settings, cfg.max_state_bytes)
+        _LIVE.add(self)
+        self.manager: ContextManager = ContextManager(self)
+        if adapter_config is not None:
+            try:
+                self.attach_adapter(adapter_config)
+            except BaseException:
+                self.stop()
+                raise
+
+    def _supervisor_settings(self, a: ContextAdapterConfig) -> SupervisorSettings:
+        return SupervisorSettings(
+            default_context_id=a.default_context_id, max_active_contexts=a.max_active_contexts,
+            auto_create_contexts=a.auto_create_contexts, auto_activate_default=a.auto_activate_default,
+            capacity_policy=a.capacity_policy, idle_timeout=a.idle_timeout, call_timeout=self.call_timeout,
+            max_contexts=self.config.max_contexts)
+
+    def attach_adapter(self, config: ContextAdapterConfig) -> ContextAdapter:
+        """Create this system's one adapter (a second raises `HoardError`). Blocks until the default
+        context is active, when `auto_activate_default` asks for it."""
+        from ._adapter import ContextAdapter
+
+        if not isinstance(config, ContextAdapterConfig):
+            raise ConfigError(f"adapter config must be a ContextAdapterConfig, not {type(config).__name__}")
+        if self._adapter is not None:
+            raise HoardError("this manager already has an adapter; a manager has exactly one")
+        self.ask(Configure(self._supervisor_settings(config)), None, "configuring the adapter")
+        self._adapter = ContextAdapter(self, config)
+        return self._adapter
+
+    @property
+    def adapter(self) -> ContextAdapter:
+        """The system's adapter (`HoardError` if none was attached: see `create_adapter`)."""
+        if self._adapter is None:
+            raise HoardError("this system has no adapter; call create_adapter(manager) first")
+        return self._adapter
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def ask(self, message: Any, timeout: float | None, what: str) -> Any:
+        """Ask the supervisor; translate pykka's errors into ours. Blocks at most `timeout`."""
+        if self._stopped:
+            raise SystemStoppedError()
+        t = self.call_timeout if timeout is None else timeout
+        try:
+            return self._supervisor.ask(message, timeout=t)
+        except pykka.Timeout as exc:
+            raise ContextTimeoutError(what, t) from exc
+        except pykka.ActorDeadError as exc:
+            raise SystemStoppedError() from exc
+
+    def ask_persistence(self, message: Any, timeout: float | None, what: str) -> Any:
+        if self._stopped:
+            raise SystemStoppedError()
+        t = self.call_timeout if timeout is None else timeout
+        try:
+            return self._persistence.ask(message, timeout=t)
+        except pykka.Timeout as exc:
+            raise ContextTimeoutError(what, t) from exc
+        except pykka.ActorDeadError as exc:
+            raise SystemStoppedError() from exc
+
+    @property
+    def persistence_ref(self) -> pykka.ActorRef[Any]:
+        return self._persistence
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def stop(self, timeout: float | None = None) -> None:
+        """Passivate every context (commit + snapshot), close the store, stop every actor.
+
+        Idempotent. Blocks until done; `timeout` bounds each step (default: call_timeout x 4 for the
+        shutdown of all contexts). Afterwards no actor thread of this system is left.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        _LIVE.discard(self)
+        t = self.call_timeout * 4 if timeout is None else timeout
+        error: BaseException | None = None
+        try:
+            self._supervisor.ask(Shutdown(), timeout=t)
+        except pykka.Timeout as exc:
+            error = ContextTimeoutError("stopping the system", t)
+            error.__cause__ = exc
+        except pykka.ActorDeadError:
+            pass
+        except HoardError as exc:
+            error = exc
+        finally:
+            for ref in (self._supervisor, self._persistence):
+                try:
+                    ref.stop(block=True, timeout=t)
+                except (pykka.Timeout, pykka.ActorDeadError):
+                    pass
+            try:
+                self.store.close()  # normally closed by the persistence actor already
+            except PersistenceError:
+                pass
+        if error is not None:
+            log.error("hoard stopped with an error: %s", error)
+            raise error
+
+    def __enter__(self) -> ContextSystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<ContextSystem {self.store.location!r}{' stopped' if self._stopped else ''}>"
+
+
+def open_system(store: str | os.PathLike[str] | Store | None = None, *,
+                manager_config: ContextManagerConfig | None = None,
+                adapter_config: ContextAdapterConfig | None = None) -> ContextSystem:
+    """Open a store and start a `ContextSystem` with a manager and an adapter.
+
+    Args:
+        store: a path (SQLite file, created if missing), a `Store`, or None (the config's store, or
+            memory). Overrides ``manager_config.store``.
+        manager_config: storage, durability and limits (default `ContextManagerConfig()`).
+        adapter_config: activation and capacity (default `ContextAdapterConfig()`).
+
+    Blocks until the store is open and (by default) the default context is active and current.
+    Raises `StoreLockedError` at once if another system or process has the store open,
+    `CorruptStateError` if the file is not a hoard store, `ConfigError` for a bad config.
+    """
+    cfg = manager_config if manager_config is not None else ContextManagerConfig()
+    if not isinstance(cfg, ContextManagerConfig):
+        raise ConfigError(f"manager_config must be a ContextManagerConfig, not {type(cfg).__name__}")
+    if store is not None:
+        cfg = ContextManagerConfig(**{**_fields(cfg), "store": store})
+    return ContextSystem(cfg, adapter_config if adapter_config is not None else ContextAdapterConfig())
+
+
+def _fields(cfg: ContextManagerConfig) -> dict[str, Any]:
+    import attrs
+    return attrs.asdict(cfg, recurse=False)
+
+
+@atexit.register
+def _stop_live_systems() -> None:
+    for system in list(_LIVE):
+        try:
+            system.stop()
+        except Exception:  # noqa: BLE001 - at exit, log and go on with the others
+            log.exception("stopping %r at exit failed", system)

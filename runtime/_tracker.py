@@ -1,0 +1,296 @@
+"""`ContextTracker`: the caller's handle to one context, and `ContextTrackerFactory`.
+
+Reads (`get`, `state`, `version`, `keys`) never enter a mailbox: they read the newest *committed*
+state the context published, a single reference read, in the calling thread. Writes are messages to
+the context's actor; the call blocks until the actor (and, in ``immediate`` mode, the store) has
+answered, at most `timeout` seconds (default: the manager's ``call_timeout``), then raises
+`ContextTimeoutError`. A thread always reads its own acknowledged writes.
+
+A tracker stays valid when its context is passivated (evicted, deactivated): its next call, reads
+included, activates it again (without making it current). Trackers are cheap and thread-safe; any
+number may point at one context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from actors import (
+    ContextCell,
+    CreateRecoveryPoint,
+    Delete,
+    Restore,
+    Set,
+    SetMetadata,
+    Transact,
+    Update,
+)
+from actors._cell import TICK
+from actors._messages import Activate, SetPinned, StoreCall, StoreWrite
+from storage import (
+    ContextState,
+    ContextTimeoutError,
+    DeleteRecoveryPoint,
+    HoardError,
+    InvalidValueError,
+    RecoveryPoint,
+    RecoveryPointNotFoundError,
+    SystemStoppedError,
+)
+
+if TYPE_CHECKING:
+    from ._system import ContextSystem
+
+__all__ = ["ContextTracker", "ContextTrackerFactory"]
+
+_MISSING: Any = object()
+_ATTEMPTS = 5  # a call that meets a passivating actor re-activates and retries (it was not applied)
+
+
+def _rp_id(rp_id: object, context_id: str) -> int:
+    if isinstance(rp_id, RecoveryPoint):
+        return rp_id.id
+    if isinstance(rp_id, bool) or not isinstance(rp_id, int):
+        raise RecoveryPointNotFoundError(context_id, rp_id)
+    return rp_id
+
+
+# Recovery points live in the store only, so these need no context actor (and work on inactive contexts).
+def list_recovery_points(system: ContextSystem, context_id: str, timeout: float | None) -> list[RecoveryPoint]:
+    result: list[RecoveryPoint] = system.ask_persistence(
+        StoreCall("recovery_points", (context_id,)), timeout, f"listing recovery points of {context_id!r}")
+    return result
+
+
+def read_recovery_point(system: ContextSystem, context_id: str, rp_id: object,
+                        timeout: float | None) -> RecoveryPoint:
+    rid = _rp_id(rp_id, context_id)
+    rp: RecoveryPoint | None = system.ask_persistence(
+        StoreCall("recovery_point", (context_id, rid)), timeout, f"reading recovery point {rid} of {context_id!r}")
+    if rp is None:
+        raise RecoveryPointNotFoundError(context_id, rid)
+    return rp
+
+
+def delete_recovery_point(system: ContextSystem, context_id: str, rp_id: object, timeout: float | None) -> None:
+    rp = read_recovery_point(system, context_id, rp_id, timeout)
+    system.ask_persistence(StoreWrite((DeleteRecoveryPoint(context_id, rp.id),)), timeout,
+                           f"deleting recovery point {rp.id} of {context_id!r}")
+
+
+class ContextTracker:
+    """Handle to one context. See the module docstring for the concurrency contract."""
+
+    __slots__ = ("__weakref__", "_cell", "_id", "_system", "_timeout")
+
+    def __init__(self, system: ContextSystem, cell: ContextCell, timeout: float | None = None) -> None:
+        self._system = system
+        self._cell = cell
+        self._id = cell.id
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<ContextTracker {self._id!r} v{self._cell.state.version}>"
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _live_cell(self) -> ContextCell:
+        cell = self._cell
+        if cell.closed:
+            cell = self._reactivate(None)
+        cell.touched = next(TICK)
+        return cell
+
+    def _reactivate(self, timeout: float | None) -> ContextCell:
+        """The context was passivated: activate it again (not as current). Blocks up to `timeout`."""
+        cell: ContextCell = self._system.ask(Activate(self._id, create=False, make_current=False),
+                                             timeout if timeout is not None else self._timeout,
+                                             f"activating {self._id!r}")
+        self._cell = cell
+        return cell
+
+    def _call(self, message: Any, timeout: float | None, what: str) -> Any:
+        t = timeout if timeout is not None else self._timeout
+        if t is None:
+            t = self._system.call_timeout
+        for _ in range(_ATTEMPTS):
+            if self._system.stopped:
+                raise SystemStoppedError()
+            cell = self._live_cell()
+            try:
+                return cell.actor_ref.ask(message, block=False).get(timeout=t)
+            except pykka.ActorDeadError:
+                # the actor stopped before handling the message (passivated): it was not applied
+                if self._cell is cell and not cell.closed:
+                    cell.closed = True  # dead without being closed: let the supervisor decide
+                continue
+            except pykka.Timeout as exc:
+                raise ContextTimeoutError(what, t, self._id) from exc
+        raise HoardError(f"{what}: context {self._id!r} was passivated {_ATTEMPTS} times during the call")
+
+    # -- reads: no message, no wait -----------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """The context id."""
+        return self._id
+
+    @property
+    def version(self) -> int:
+        """The newest committed version. Lock-free; re-activates a passivated context."""
+        return self._live_cell().state.version
+
+    def state(self) -> ContextState:
+        """The newest committed `ContextState` (immutable). Lock-free; re-activates if passivated."""
+        return self._live_cell().state
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of `key` (frozen: a read-only dict/list), or `default`. Lock-free, no message.
+
+        Raises `InvalidValueError` for a key that is not a str.
+        """
+        if type(key) is not str:
+            raise InvalidValueError(key, f"keys are str, not {type(key).__name__}", context_id=self._id)
+        return self._live_cell().state.data.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return type(key) is str and key in self._live_cell().state.data
+
+    def keys(self) -> list[str]:
+        """The keys of the newest committed state (a list, a snapshot)."""
+        return list(self._live_cell().state.data.keys())
+
+    def items(self) -> list[tuple[str, Any]]:
+        """Key/value pairs of the newest committed state (a list, a snapshot)."""
+        return list(self._live_cell().state.data.items())
+
+    def metadata(self) -> Mapping[str, Any]:
+        """The newest committed metadata (read-only mapping)."""
+        return self._live_cell().state.metadata
+
+    # -- writes: one message each, atomic, version-checked ---------------------------------------------
+    def set(self, key: str, value: Any, *, expected_version: int | None = None,
+            timeout: float | None = None) -> int:
+        """Set one key. Returns the new version (the old one + 1).
+
+        Blocks until applied (``immediate``: committed), at most `timeout` s. Raises
+        `VersionConflictError` if `expected_version` is given and differs, `InvalidValueError` for a
+        bad key or value; in both cases nothing changes.
+        """
+        return self._call(Set(key, value, expected_version), timeout, f"set on {self._id!r}")  # type: ignore[no-any-return]
+
+    def update(self, values: Mapping[str, Any], *, expected_version: int | None = None,
+               timeout: float | None = None) -> int:
+        """Set several keys in one atomic change (one version). Returns the new version."""
+        if not isinstance(values, Mapping):
+            raise InvalidValueError(None, f"update takes a mapping, not {type(values).__name__}", context_id=self._id)
+        return self._call(Update(values, expected_version), timeout, f"update on {self._id!r}")  # type: ignore[no-any-return]
+
+    def delete(self, keys: str | Iterable[str], *, expected_version: int | None = None,
+               timeout: float | None = None) -> int:
+        """Remove one key or several in one atomic change; absent keys are allowed. Returns the new
+        version (raised by exactly 1 even when nothing was present)."""
+        if isinstance(keys, str):
+            ks: tuple[Any, ...] = (keys,)
+        else:
+            try:
+                ks = tuple(keys)
+            except TypeError:
+                raise InvalidValueError(keys, "delete takes a key or an iterable of keys",
+                                        context_id=self._id) from None
+        return self._call(Delete(ks, expected_version), timeout, f"delete on {self._id!r}")  # type: ignore[no-any-return]
+
+    def set_metadata(self, key: str | Mapping[str, Any], value: Any = _MISSING, *, remove: Iterable[str] = (),
+                     expected_version: int | None = None, timeout: float | None = None) -> int:
+        """Set metadata: ``set_metadata("k", v)`` or ``set_metadata({"k": v, ...})``; `remove` names keys to
+        drop. One atomic change; returns the new version."""
+        if isinstance(key, Mapping):
+            if value is not _MISSING:
+                raise InvalidValueError(None, "give a mapping or a key and a value, not both", context_id=self._id)
+            values: Mapping[str, Any] = key
+        else:
+            if value is _MISSING:
+                raise InvalidValueError(key, "set_metadata(key, value) needs a value", context_id=self._id)
+            values = {key: value}
+        rm = (remove,) if isinstance(remove, str) else tuple(remove)
+        return self._call(SetMetadata(values, rm, expected_version), timeout,  # type: ignore[no-any-return]
+                          f"set_metadata on {self._id!r}")
+
+    def transact(self, fn: Callable[[Any], Any], *, expected_version: int | None = None,
+                 timeout: float | None = None) -> Any:
+        """Run ``fn(draft)`` inside the context's actor and apply the draft's changes atomically.
+
+        `draft` is a mutable mapping of the data (with ``draft.metadata``, a dict, and
+        ``draft.version``). No other change to the context happens while `fn` runs. If `fn` raises,
+        nothing changes and the exception reaches the caller. Returns what `fn` returned. The version
+        rises by 1 even if `fn` changed nothing. `fn` runs in the actor's thread: keep it short and
+        never call this context's tracker from inside it (that would wait for itself until timeout).
+        """
+        if not callable(fn):
+            raise InvalidValueError(None, f"transact takes a callable, not {type(fn).__name__}", context_id=self._id)
+        return self._call(Transact(fn, expected_version), timeout, f"transact on {self._id!r}")
+
+    # -- recovery points ---------------------------------------------------------------------------
+    def create_recovery_point(self, label: str | None = None, *, timeout: float | None = None) -> RecoveryPoint:
+        """Store a durable, compressed copy of the current state; returns it. Its id is the next of
+        this context's sequence. Keeps at most ``max_recovery_points`` (the oldest go first, never
+        this one). Does not change the version."""
+        return self._call(CreateRecoveryPoint(label), timeout, f"recovery point of {self._id!r}")  # type: ignore[no-any-return]
+
+    def recovery_points(self, *, timeout: float | None = None) -> list[RecoveryPoint]:
+        """This context's recovery points, oldest first. Blocks on one store read."""
+        return list_recovery_points(self._system, self._id, timeout)
+
+    def restore(self, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
+                timeout: float | None = None) -> int:
+        """Make data and metadata equal to recovery point `rp_id`'s, as a new version (returned).
+
+        Raises `RecoveryPointNotFoundError` if it does not exist; nothing changes then.
+        """
+        rp = read_recovery_point(self._system, self._id, rp_id, timeout)
+        return self._call(Restore(rp, expected_version), timeout, f"restore of {self._id!r}")  # type: ignore[no-any-return]
+
+    def delete_recovery_point(self, rp_id: int | RecoveryPoint, *, timeout: float | None = None) -> None:
+        """Delete one recovery point (`RecoveryPointNotFoundError` if there is none with that id)."""
+        delete_recovery_point(self._system, self._id, rp_id, timeout)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def pin(self, *, timeout: float | None = None) -> None:
+        """Never evict this context (until `unpin`). Blocks briefly (a supervisor message)."""
+        self._system.ask(SetPinned(self._id, True), timeout, f"pinning {self._id!r}")
+
+    def unpin(self, *, timeout: float | None = None) -> None:
+        """Let this context be evicted again."""
+        self._system.ask(SetPinned(self._id, False), timeout, f"unpinning {self._id!r}")
+
+    @property
+    def actor_ref(self) -> pykka.ActorRef[Any]:
+        """The context actor's ref, for pykka users who message it directly (see `actors`)."""
+        return self._live_cell().actor_ref
+
+
+class ContextTrackerFactory:
+    """Builds trackers with preset options.
+
+    Args:
+        adapter: the adapter whose contexts the trackers reach.
+        timeout: default timeout of the trackers' blocking calls (None: the manager's call_timeout).
+        make_current: whether `create` also makes the context current (default False).
+    """
+
+    def __init__(self, adapter: Any, *, timeout: float | None = None, make_current: bool = False) -> None:
+        self.adapter = adapter
+        self.timeout = timeout
+        self.make_current = make_current
+
+    def create(self, context_id: str) -> ContextTracker:
+        """A tracker for `context_id`, activating (and, if configured, creating) it."""
+        return self.adapter._tracker(context_id, make_current=self.make_current, create=None,  # noqa: SLF001
+                                     timeout=self.timeout)

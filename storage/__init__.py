@@ -1,0 +1,61 @@
+"""hoard's bottom layer: models, values, codec, stores and errors. No threads, no actors.
+
+Advanced users may use a store directly (`SQLiteStore(path).open()`); everyone else goes through
+`runtime`.
+"""
+
+from ._codec import FORMAT_VERSION as FORMAT_VERSION
+from ._codec import Codec as Codec
+from ._codec import make_converter as make_converter
+from ._errors import CapacityError as CapacityError
+from ._errors import ConfigError as ConfigError
+from ._errors import ContextExistsError as ContextExistsError
+from ._errors import ContextFailedError as ContextFailedError
+from ._errors import ContextNotFoundError as ContextNotFoundError
+from ._errors import ContextTimeoutError as ContextTimeoutError
+from ._errors import CorruptStateError as CorruptStateError
+from ._errors import HoardError as HoardError
+from ._errors import InvalidContextIdError as InvalidContextIdError
+from ._errors import InvalidValueError as InvalidValueError
+from ._errors import NoCurrentContextError as NoCurrentContextError
+from ._errors import PersistenceError as PersistenceError
+from ._errors import RecoveryPointNotFoundError as RecoveryPointNotFoundError
+from ._errors import StoreLockedError as StoreLockedError
+from ._errors import SystemStoppedError as SystemStoppedError
+from ._errors import VersionConflictError as VersionConflictError
+from ._memory import MemoryStore as MemoryStore
+from ._model import Change as Change
+from ._model import ContextState as ContextState
+from ._model import RecoveryPoint as RecoveryPoint
+from ._model import apply_change as apply_change
+from ._model import new_state as new_state
+from ._sqlite import SQLiteStore as SQLiteStore
+from ._store import Append as Append
+from ._store import CreateContext as CreateContext
+from ._store import DeleteContext as DeleteContext
+from ._store import DeleteRecoveryPoint as DeleteRecoveryPoint
+from ._store import Op as Op
+from ._store import PutRecoveryPoint as PutRecoveryPoint
+from ._store import PutSnapshot as PutSnapshot
+from ._store import Store as Store
+from ._store import StoredContext as StoredContext
+from ._store import VerifyIssue as VerifyIssue
+from ._values import FrozenDict as FrozenDict
+from ._values import FrozenList as FrozenList
+from ._values import encoded_size as encoded_size
+from ._values import freeze_mapping as freeze_mapping
+from ._values import freeze_value as freeze_value
+from ._values import thaw as thaw
+from ._values import validate_id as validate_id
+from ._values import validate_key as validate_key
+
+__all__ = [
+    "FORMAT_VERSION", "Append", "CapacityError", "Change", "Codec", "ConfigError", "ContextExistsError",
+    "ContextFailedError", "ContextNotFoundError", "ContextState", "ContextTimeoutError", "CorruptStateError",
+    "CreateContext", "DeleteContext", "DeleteRecoveryPoint", "FrozenDict", "FrozenList", "HoardError",
+    "InvalidContextIdError", "InvalidValueError", "MemoryStore", "NoCurrentContextError", "Op", "PersistenceError", "PutRecoveryPoint",
+    "PutSnapshot", "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "Store", "StoreLockedError",
+    "StoredContext", "SystemStoppedError", "VerifyIssue", "VersionConflictError", "apply_change",
+    "encoded_size", "freeze_mapping", "freeze_value", "make_converter", "new_state", "thaw", "validate_id",
+    "validate_key",
+]

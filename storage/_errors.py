@@ -1,0 +1,203 @@
+"""The hoard error hierarchy.
+
+Every error hoard raises on purpose derives from `HoardError`, so a caller can catch them all with one
+class. Each subclass means exactly one situation; its docstring says how it differs from its siblings.
+Errors carry the fields a caller needs to act (`context_id`, `expected`, `actual`, `key`, `path`), and
+their message says what to do next. Library errors from below (pykka, sqlite3, zstandard, OSError)
+are translated into these at the boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CapacityError",
+    "ConfigError",
+    "ContextExistsError",
+    "ContextFailedError",
+    "ContextNotFoundError",
+    "ContextTimeoutError",
+    "CorruptStateError",
+    "HoardError",
+    "InvalidContextIdError",
+    "InvalidValueError",
+    "NoCurrentContextError",
+    "PersistenceError",
+    "RecoveryPointNotFoundError",
+    "StoreLockedError",
+    "SystemStoppedError",
+    "VersionConflictError",
+]
+
+
+class HoardError(Exception):
+    """Base class of every error hoard raises on purpose."""
+
+
+class ConfigError(HoardError, ValueError):
+    """A configuration value is invalid (wrong type, out of range, unknown choice).
+
+    Raised when a config object is built or a system is opened, before anything starts.
+    """
+
+
+class InvalidContextIdError(HoardError, ValueError):
+    """A context id is malformed: not a str, empty, over 255 UTF-8 bytes, or with control characters.
+
+    Differs from `ContextNotFoundError`: the id could never name a context at all.
+    """
+
+    def __init__(self, context_id: object, reason: str) -> None:
+        self.context_id = context_id
+        self.reason = reason
+        shown = repr(context_id)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"invalid context id {shown}: {reason}")
+
+
+class InvalidValueError(HoardError, ValueError):
+    """A key or value cannot be stored: not JSON-compatible, not finite, too deep, or too large.
+
+    `key` names the top-level key (or None when the whole mapping is at fault), `path` the place inside
+    the value, `reason` why. Nothing was changed.
+    """
+
+    def __init__(self, key: object, reason: str, *, path: str = "", context_id: str | None = None) -> None:
+        self.key = key
+        self.path = path
+        self.reason = reason
+        self.context_id = context_id
+        where = f"key {key!r}" if key is not None else "value"
+        if path:
+            where += f" at {path if len(path) <= 80 else '...' + path[-77:]}"
+        ctx = f" in context {context_id!r}" if context_id is not None else ""
+        super().__init__(f"{where}{ctx}: {reason}")
+
+
+class ContextNotFoundError(HoardError, LookupError):
+    """The context does not exist (never created, or deleted), and creating it was not asked for."""
+
+    def __init__(self, context_id: str) -> None:
+        self.context_id = context_id
+        super().__init__(
+            f"context {context_id!r} does not exist; create it first "
+            "(manager.create, adapter.create_and_activate, or auto_create_contexts=True)"
+        )
+
+
+class ContextExistsError(HoardError):
+    """A create was asked for a context id that already exists. Nothing was changed."""
+
+    def __init__(self, context_id: str) -> None:
+        self.context_id = context_id
+        super().__init__(f"context {context_id!r} already exists")
+
+
+class VersionConflictError(HoardError):
+    """An optimistic write named `expected` but the context is at `actual`. Nothing was changed.
+
+    Re-read the state (``tracker.state()``), re-apply the change and retry with the new version.
+    """
+
+    def __init__(self, context_id: str, expected: int, actual: int) -> None:
+        self.context_id = context_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"version conflict on context {context_id!r}: expected version {expected}, "
+            f"but it is at {actual}; re-read and retry"
+        )
+
+
+class CapacityError(HoardError):
+    """A limit was reached: `max_active_contexts` with ``capacity_policy="reject"`` (or nothing left
+    that may be evicted), or `max_contexts` on create. Nothing was changed."""
+
+    def __init__(self, message: str, *, limit: int, context_id: str | None = None) -> None:
+        self.limit = limit
+        self.context_id = context_id
+        super().__init__(message)
+
+
+class ContextTimeoutError(HoardError, TimeoutError):
+    """A blocking call did not get its answer within its timeout.
+
+    The operation may still complete afterwards (it was already queued); read the state to find out.
+    Also a builtin `TimeoutError`.
+    """
+
+    def __init__(self, what: str, timeout: float | None, context_id: str | None = None) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.context_id = context_id
+        super().__init__(f"{what} did not complete within {timeout} s")
+
+
+class PersistenceError(HoardError):
+    """The store failed to read or write (I/O error, disk full, read-only file, lost connection).
+
+    A write that raised this was not committed, and the context is back at its last durable state.
+    """
+
+    def __init__(self, message: str, *, context_id: str | None = None) -> None:
+        self.context_id = context_id
+        super().__init__(message)
+
+
+class CorruptStateError(PersistenceError):
+    """Stored data failed verification (bad checksum, truncated, unknown format, too large once
+    decompressed, not a hoard store). It was not loaded."""
+
+    def __init__(self, message: str, *, context_id: str | None = None, what: str = "") -> None:
+        self.what = what
+        super().__init__(message, context_id=context_id)
+
+
+class StoreLockedError(PersistenceError):
+    """The store is already open for writing, in this process or another. Only one writer at a time."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"store {path!r} is already open for writing by another system or process; "
+            "stop that one first"
+        )
+
+
+class RecoveryPointNotFoundError(HoardError, LookupError):
+    """No recovery point with that id exists for that context (never made, trimmed or deleted)."""
+
+    def __init__(self, context_id: str, rp_id: object) -> None:
+        self.context_id = context_id
+        self.rp_id = rp_id
+        super().__init__(f"context {context_id!r} has no recovery point {rp_id!r}")
+
+
+class SystemStoppedError(HoardError):
+    """The system was stopped (or is stopping); no more calls are served. Open a new one."""
+
+    def __init__(self, what: str = "the hoard system") -> None:
+        super().__init__(f"{what} is stopped; open a new system to continue")
+
+
+class ContextFailedError(HoardError):
+    """The context's actor crashed more often than its restart limit allows; it is FAILED.
+
+    Calls raise this until ``adapter.reset(context_id)``.
+    """
+
+    def __init__(self, context_id: str, reason: str = "") -> None:
+        self.context_id = context_id
+        self.reason = reason
+        extra = f": {reason}" if reason else ""
+        super().__init__(f"context {context_id!r} has failed{extra}; call adapter.reset({context_id!r})")
+
+
+class NoCurrentContextError(HoardError, LookupError):
+    """No context is current: the default context was deactivated or deleted, or could not load.
+
+    Call ``adapter.switch(id)`` to make one current.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("no context is current; call adapter.switch(context_id) first")

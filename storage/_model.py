@@ -1,0 +1,133 @@
+"""The persistent models: `ContextState`, `RecoveryPoint`, and `Change` (one journal entry).
+
+All are frozen attrs classes. `data` and `metadata` are `immutables.Map` (a hash array mapped trie):
+a change costs O(log n) and shares structure with the previous state, so publishing a new immutable
+state after each change never copies the whole mapping, and any number of readers can hold old ones.
+
+`apply_change` is the one function that turns a state and a change into the next state; the context
+actor uses it for live writes and the stores use it to replay the journal, so both always agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+import immutables
+
+__all__ = ["EMPTY", "Change", "ContextState", "RecoveryPoint", "apply_change", "new_state"]
+
+EMPTY: immutables.Map[str, Any] = immutables.Map()
+
+
+@attrs.frozen(slots=True, eq=True)
+class ContextState:
+    """One context's state at one version. Immutable and safe to share between threads.
+
+    Attributes:
+        id: the context id.
+        version: starts at 1 on creation; every change adds exactly 1.
+        data: key -> frozen JSON value (a read-only `Mapping`; ``dict(state.data)`` for a dict).
+        metadata: key -> frozen JSON value, versioned together with `data`.
+        created_at: seconds since the epoch (``time.time()``) when the context was created.
+        updated_at: seconds since the epoch of the change that made this version.
+    """
+
+    id: str
+    version: int
+    data: immutables.Map[str, Any] = EMPTY
+    metadata: immutables.Map[str, Any] = EMPTY
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of `key`, or `default`."""
+        return self.data.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:  # pragma: no cover - convenience
+        return iter(self.data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (data and metadata as dicts; values stay frozen)."""
+        return {
+            "id": self.id,
+            "version": self.version,
+            "data": dict(self.data),
+            "metadata": dict(self.metadata),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def new_state(context_id: str, data: Mapping[str, Any] | None = None,
+              metadata: Mapping[str, Any] | None = None, now: float | None = None) -> ContextState:
+    """A freshly created context at version 1 (values must already be frozen)."""
+    now = time.time() if now is None else now
+    return ContextState(context_id, 1, immutables.Map(data or {}), immutables.Map(metadata or {}), now, now)
+
+
+@attrs.frozen(slots=True)
+class RecoveryPoint:
+    """A durable copy of one context's state at one version.
+
+    Attributes:
+        id: per-context sequence number, increasing, never reused (even after deletion).
+        context_id: the context it belongs to.
+        version: the context version it copies.
+        label: an optional name given when it was made.
+        created_at: seconds since the epoch when it was made.
+        state: the copied state.
+    """
+
+    id: int
+    context_id: str
+    version: int
+    label: str | None
+    created_at: float
+    state: ContextState
+
+
+@attrs.frozen(slots=True)
+class Change:
+    """One journal entry: what one mutating call did to a context, producing `version`.
+
+    `replace` (restore) means: data and metadata become exactly `data_set` / `meta_set`. Otherwise the
+    keys in `data_set` are set and those in `data_del` removed (likewise for metadata).
+    """
+
+    version: int
+    at: float
+    data_set: Mapping[str, Any] = attrs.field(factory=dict)
+    data_del: tuple[str, ...] = ()
+    meta_set: Mapping[str, Any] = attrs.field(factory=dict)
+    meta_del: tuple[str, ...] = ()
+    replace: bool = False
+
+
+def _patch(m: immutables.Map[str, Any], sets: Mapping[str, Any], dels: tuple[str, ...]) -> immutables.Map[str, Any]:
+    if not sets and not dels:
+        return m
+    if len(sets) + len(dels) == 1:
+        if sets:
+            (k, v), = sets.items()
+            return m.set(k, v)
+        return m.delete(dels[0]) if dels[0] in m else m
+    with m.mutate() as mm:
+        for k in dels:
+            mm.pop(k, None)
+        for k, v in sets.items():
+            mm[k] = v
+        return mm.finish()
+
+
+def apply_change(state: ContextState, change: Change) -> ContextState:
+    """The state after `change`. `change.version` must be ``state.version + 1`` (checked by callers)."""
+    if change.replace:
+        data = immutables.Map(change.data_set)
+        meta = immutables.Map(change.meta_set)
+    else:
+        data = _patch(state.data, change.data_set, change.data_del)
+        meta = _patch(state.metadata, change.meta_set, change.meta_del)
+    return ContextState(state.id, change.version, data, meta, state.created_at, change.at)

@@ -1,0 +1,147 @@
+"""The `Store` protocol: what the persistence actor needs from a place to keep contexts.
+
+A store is synchronous and single-threaded: one owner (the persistence actor, or the CLI) calls it,
+one call at a time. It holds, per context, a chain of snapshots and a journal of the changes after
+them, plus recovery points. `commit()` applies a batch of operations in **one transaction** with one
+sync (group commit); either all of them are durable afterwards or none is.
+
+Operations are frozen attrs classes (`Put*`, `Append`, `Delete*`) so that batches can be built in one
+thread and committed in another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from ._model import Change, ContextState, RecoveryPoint
+
+__all__ = [
+    "Append",
+    "CreateContext",
+    "DeleteContext",
+    "DeleteRecoveryPoint",
+    "Op",
+    "PutRecoveryPoint",
+    "PutSnapshot",
+    "Store",
+    "StoredContext",
+    "VerifyIssue",
+]
+
+
+@attrs.frozen
+class CreateContext:
+    """Create a context at `state` (version 1). Fails the batch if it exists."""
+
+    state: ContextState
+
+
+@attrs.frozen
+class Append:
+    """Append one journal entry; `change.version` must be one past the context's stored version."""
+
+    context_id: str
+    change: Change
+
+
+@attrs.frozen
+class PutSnapshot:
+    """Store a snapshot of `state` and drop the journal entries no snapshot still needs (the store
+    keeps the newest two snapshots). A `state` ahead of the stored version is a *checkpoint* of changes
+    that were never journaled (durability "none"): it becomes the stored version and replaces every
+    older snapshot and journal entry."""
+
+    state: ContextState
+
+
+@attrs.frozen
+class PutRecoveryPoint:
+    """Store a recovery point. `rp.id` must be the next id of the context's sequence; afterwards at
+    most `keep` points remain (the oldest go first, never this one)."""
+
+    rp: RecoveryPoint
+    keep: int
+
+
+@attrs.frozen
+class DeleteRecoveryPoint:
+    context_id: str
+    rp_id: int
+
+
+@attrs.frozen
+class DeleteContext:
+    """Delete a context with its snapshots, journal and recovery points."""
+
+    context_id: str
+
+
+Op = CreateContext | Append | PutSnapshot | PutRecoveryPoint | DeleteRecoveryPoint | DeleteContext
+
+
+@attrs.frozen
+class StoredContext:
+    """What the store knows of a context without loading it."""
+
+    id: str
+    version: int
+    created_at: float
+    updated_at: float
+    snapshot_version: int
+    journal_entries: int
+    next_rp_id: int
+    recovery_points: int
+    stored_bytes: int
+
+
+@attrs.frozen
+class VerifyIssue:
+    """One inconsistency found by `Store.verify()`."""
+
+    context_id: str | None
+    what: str  # "snapshot", "journal", "recovery_point", "context", "store"
+    problem: str
+    fixed: bool = False
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A durable (or memory) home for contexts. See the module docstring for the threading rule."""
+
+    #: human-readable location, for messages
+    location: str
+
+    def open(self) -> None:
+        """Open for writing. Raises `StoreLockedError` at once if another writer has it open,
+        `CorruptStateError` if it is not a hoard store or of a newer format."""
+
+    def close(self) -> None:
+        """Release everything. Idempotent."""
+
+    def commit(self, ops: Sequence[Op]) -> None:
+        """Apply `ops` in order, in one transaction. Raises `PersistenceError` (nothing applied)."""
+
+    def load(self, context_id: str) -> ContextState | None:
+        """The newest state: newest valid snapshot plus journal replay; None if the context does not
+        exist. Raises `CorruptStateError` if it cannot be rebuilt."""
+
+    def info(self, context_id: str) -> StoredContext | None:
+        """Stored facts about a context without decoding it; None if absent."""
+
+    def list_ids(self, prefix: str = "") -> list[str]:
+        """Ids of all stored contexts (sorted), optionally only those starting with `prefix`."""
+
+    def count(self) -> int:
+        """Number of stored contexts."""
+
+    def recovery_points(self, context_id: str) -> list[RecoveryPoint]:
+        """The context's recovery points, oldest first."""
+
+    def recovery_point(self, context_id: str, rp_id: int) -> RecoveryPoint | None:
+        """One recovery point, or None."""
+
+    def verify(self, fix: bool = False) -> list[VerifyIssue]:
+        """Every inconsistency found; with `fix`, repaired where no acknowledged data is lost."""
