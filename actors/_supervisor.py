@@ -149,7 +149,7 @@ class SupervisorActor(pykka.ThreadingActor):
             if self._store("info", cid) is not None:
                 raise ContextExistsError(cid)
             create = True
-        self._make_room(cid)
+        self._make_room(cid, m.make_current)
         template = None
         if create:
             template = self._new_state(cid, m.data, m.metadata)
@@ -173,18 +173,22 @@ class SupervisorActor(pykka.ThreadingActor):
         return new_state(cid, freeze_mapping(data or {}, limit, cid), freeze_mapping(metadata or {}, limit, cid),
                          self.context_settings.clock())
 
-    def _make_room(self, incoming: str) -> None:
+    def _make_room(self, incoming: str, becomes_current: bool) -> None:
+        """Evict until there is room for `incoming`. Never evicts the default, a pinned context, the
+        incoming one, or the current one unless `incoming` is about to replace it as current."""
         limit = self.settings.max_active_contexts
         while len(self.cells) >= limit:
             if self.settings.capacity_policy == "reject":
                 raise CapacityError(f"cannot activate {incoming!r}: max_active_contexts={limit} are active "
                                     "(capacity_policy='reject'); deactivate one first", limit=limit,
                                     context_id=incoming)
-            protected = {self.current, self.settings.default_context_id, incoming}
+            protected = {self.settings.default_context_id, incoming}
+            if not becomes_current:
+                protected.add(self.current)
             candidates = [c for c in self.cells.values() if c.id not in protected and not c.pinned]
             if not candidates:
-                raise CapacityError(f"cannot activate {incoming!r}: all {limit} active contexts are current, "
-                                    "default or pinned", limit=limit, context_id=incoming)
+                raise CapacityError(f"cannot activate {incoming!r}: all {limit} active contexts are the default, "
+                                    "pinned or current; unpin or deactivate one", limit=limit, context_id=incoming)
             victim = min(candidates, key=lambda c: c.touched)
             self._deactivate(victim.id, DeactivationReason.EVICTED)
             self.stats["evictions"] += 1

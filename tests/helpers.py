@@ -1,0 +1,43 @@
+"""Test helpers shared by several test modules."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from storage import Append, Op, SQLiteStore
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `condition` until true; fail after `timeout` (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        pause.wait(0.002)
+
+
+class RecordingStore(SQLiteStore):
+    """A real SQLiteStore that records each commit's batch and can hold commits or run a hook first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[list[Op]] = []
+        self.before_commit: Callable[[Sequence[Op]], None] | None = None
+        self.fail_next: BaseException | None = None
+
+    def commit(self, ops: Sequence[Op]) -> None:
+        if self.before_commit is not None:
+            self.before_commit(ops)
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        super().commit(ops)
+        self.batches.append(list(ops))
+
+    def appends(self) -> list[int]:
+        """Number of journal appends per recorded commit."""
+        return [sum(isinstance(op, Append) for op in b) for b in self.batches]
