@@ -30,6 +30,7 @@ import pykka
 
 from storage import (
     Change,
+    ContextCrashedError,
     ContextState,
     HoardError,
     InvalidValueError,
@@ -46,6 +47,7 @@ from ._draft import Draft
 from ._future import DEFERRED, Reply
 from ._messages import (
     Commit,
+    ContextCrashed,
     CreateRecoveryPoint,
     Delete,
     Get,
@@ -103,8 +105,10 @@ class ContextActor(pykka.ThreadingActor):
     def _create_future() -> Reply:
         return Reply()
 
-    def __init__(self, cell: ContextCell, persistence: pykka.ActorRef[Any], settings: ContextSettings) -> None:
+    def __init__(self, cell: ContextCell, persistence: pykka.ActorRef[Any], settings: ContextSettings,
+                 supervisor: pykka.ActorRef[Any] | None = None) -> None:
         super().__init__()
+        self.supervisor = supervisor
         self.cell = cell
         self.working: ContextState = cell.state
         self.persistence = persistence
@@ -130,7 +134,28 @@ class ContextActor(pykka.ThreadingActor):
         handler = self._handlers.get(type(message))
         if handler is None:
             raise UnknownMessageError(f"context actor {self.cell.id!r} does not handle {type(message).__name__}")
-        return handler(message)
+        try:
+            return handler(message)
+        except HoardError:
+            raise  # bad input, conflicts, limits: the caller's error; the state is unchanged
+        except _UserError as exc:
+            raise exc.error from None  # a transact fn raised: the caller's own exception, nothing changed
+        except Exception as exc:
+            # a bug in the write path: this actor's working state can no longer be trusted. Stop at
+            # once (queued calls are failed with ActorDeadError, so their trackers retry them on the
+            # restarted actor) and let the supervisor restart the context from its durable state.
+            log.exception("context %r crashed handling %s", self.cell.id, type(message).__name__)
+            self._crash(exc)
+            raise ContextCrashedError(self.cell.id, exc) from exc
+
+    def _crash(self, exc: BaseException) -> None:
+        self.cell.closed = True
+        self._stop()  # pykka: stop now, without handling the rest of the mailbox
+        if self.supervisor is not None:
+            try:
+                self.supervisor.tell(ContextCrashed(self.cell, repr(exc)))
+            except pykka.ActorDeadError:
+                pass
 
     # -- the write path ------------------------------------------------------------------------------
     def _reply(self) -> Reply | None:
@@ -222,7 +247,10 @@ class ContextActor(pykka.ThreadingActor):
         self._check_version(m.expected_version)
         w = self.working
         draft = Draft(w.id, w.version, w.data, w.metadata)
-        result = m.fn(draft)  # raises -> nothing changed, the caller gets the exception
+        try:
+            result = m.fn(draft)  # raises -> nothing changed, the caller gets the exception
+        except Exception as exc:
+            raise _UserError(exc) from exc
         writes, dels, meta = draft.finish()
         sets = {}
         for k, v in writes.items():
@@ -271,6 +299,13 @@ class ContextActor(pykka.ThreadingActor):
             self.working = m.state
             self.cell.state = m.state
             self._size = _state_size(m.state)
+
+
+class _UserError(Exception):
+    """Carries an exception raised by a transact fn (user code), to tell it from a bug of ours."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 _NONE: Any = object()  # "the reply is None" (a transact fn that returned None), not "the version"

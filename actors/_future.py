@@ -9,6 +9,8 @@ before handling the message: no caller is ever left waiting for a reply that can
 
 from __future__ import annotations
 
+import contextlib
+import queue
 from typing import Any
 
 import pykka
@@ -34,7 +36,11 @@ class Reply(pykka.ThreadingFuture[Any]):
             pykka.ThreadingFuture.set(self, value)
 
     def resolve(self, value: Any) -> None:
-        pykka.ThreadingFuture.set(self, value)
+        """Answer with `value`; a reply already answered keeps its first answer."""
+        with contextlib.suppress(queue.Full):
+            pykka.ThreadingFuture.set(self, value)
 
     def fail(self, exc: BaseException) -> None:
-        self.set_exception((type(exc), exc, exc.__traceback__))
+        """Answer with `exc` raised; a reply already answered keeps its first answer."""
+        with contextlib.suppress(queue.Full):
+            self.set_exception((type(exc), exc, exc.__traceback__))

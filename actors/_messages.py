@@ -277,5 +277,20 @@ class Configure:
 
 
 @attrs.frozen
+class ContextCrashed:
+    """From a context actor that crashed (told, not asked)."""
+
+    cell: ContextCell
+    reason: str
+
+
+@attrs.frozen
+class Reset:
+    """Clear a FAILED context's failure so it can be activated again."""
+
+    context_id: str
+
+
+@attrs.frozen
 class Shutdown:
     """Passivate every context, then close the store. Reply: None."""

@@ -134,6 +134,20 @@ class PersistenceActor(pykka.ThreadingActor):
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        try:
+            self._commit_batch(batch)
+        except Exception as exc:  # noqa: BLE001 - a told message: nothing may escape, no caller may hang
+            log.exception("group commit failed unexpectedly")
+            error = PersistenceError(f"commit to {self.store.location!r} failed: {exc!r}")
+            for m in batch:
+                self._fail(m, error)  # those already answered keep their answer
+            for cell in {id(m.cell): m.cell for m in batch}.values():
+                try:
+                    self._rollback(cell)
+                except Exception:  # noqa: BLE001
+                    log.exception("rollback of %r failed", cell.id)
+
+    def _commit_batch(self, batch: list[Commit]) -> None:
         ops: list[Any] = []
         accepted: list[Commit] = []
         tips: dict[str, int] = {}

@@ -40,3 +40,6 @@ class SupervisorSettings:
     idle_timeout: float | None = None
     call_timeout: float = 5.0
     max_contexts: int | None = None
+    max_restarts: int = 3
+    restart_window: float = 5.0
+    monotonic: Callable[[], float] = time.monotonic

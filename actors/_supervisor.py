@@ -24,6 +24,8 @@ import pykka
 
 from storage import (
     CapacityError,
+    ContextFailedError,
+    SystemStoppedError,
     ContextExistsError,
     ContextNotFoundError,
     ContextState,
@@ -44,6 +46,7 @@ from ._messages import (
     Activate,
     Close,
     Configure,
+    ContextCrashed,
     ContextStatus,
     CreateContext,
     CurrentId,
@@ -54,6 +57,7 @@ from ._messages import (
     ListIds,
     Load,
     Passivate,
+    Reset,
     SetPinned,
     Shutdown,
     StateOf,
@@ -87,7 +91,9 @@ class SupervisorActor(pykka.ThreadingActor):
         self.current: str | None = None
         self.pinned: set[str] = set()
         self.stopped = False
-        self.stats = {"activations": 0, "evictions": 0, "deactivations": 0}
+        self.failed: dict[str, str] = {}  # context id -> why it is FAILED
+        self.restarts: dict[str, list[float]] = {}  # context id -> monotonic times of recent restarts
+        self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0}
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Activate: self._on_activate,
             Deactivate: lambda m: self._deactivate(m.context_id, DeactivationReason.EXPLICIT),
@@ -102,11 +108,14 @@ class SupervisorActor(pykka.ThreadingActor):
             SetPinned: self._on_set_pinned,
             Configure: self._on_configure,
             Shutdown: self._on_shutdown,
+            ContextCrashed: self._on_crashed,
+            Reset: self._on_reset,
         }
 
     def on_receive(self, message: Any) -> Any:
         if self.stopped:
-            from storage import SystemStoppedError
+            if isinstance(message, ContextCrashed):
+                return None
             raise SystemStoppedError()
         return self._handlers[type(message)](message)
 
@@ -130,13 +139,12 @@ class SupervisorActor(pykka.ThreadingActor):
         if cell is not None and m.must_create:
             raise ContextExistsError(cid)
         if cell is not None and not cell.actor_ref.is_alive():
-            # its actor died (it never should: handlers fail the caller, not the actor); start afresh
-            # from the durable state
-            log.error("context %r: actor found dead; restarting it from its durable state", cid)
-            cell.closed = True
-            del self.cells[cid]
-            cell = None
+            # it crashed and its ContextCrashed message is still behind this one in the mailbox
+            self._on_crashed(ContextCrashed(cell, "found dead"))
+            cell = self.cells.get(cid)
         if cell is None:
+            if cid in self.failed:
+                raise ContextFailedError(cid, self.failed[cid])
             cell = self._start(cid, m)
         if m.make_current:
             self.current = cid
@@ -163,7 +171,7 @@ class SupervisorActor(pykka.ThreadingActor):
             raise ContextNotFoundError(cid)
         cell = ContextCell(cid, state)
         cell.pinned = cid in self.pinned
-        cell.actor_ref = ContextActor.start(cell, self.persistence, self.context_settings)
+        cell.actor_ref = ContextActor.start(cell, self.persistence, self.context_settings, self.actor_ref)
         self.cells[cid] = cell
         self.stats["activations"] += 1
         return cell
@@ -236,9 +244,48 @@ class SupervisorActor(pykka.ThreadingActor):
             self.current = default
 
     # -- status, reads, create, delete ---------------------------------------------------------------
+    # -- supervision -----------------------------------------------------------------------------
+    def _on_crashed(self, m: ContextCrashed) -> None:
+        """One-for-one restart from the durable state, at most max_restarts within restart_window;
+        past that the context is FAILED until reset."""
+        cid = m.cell.id
+        if self.cells.get(cid) is not m.cell:
+            return  # already handled (found dead by an activation), or passivated meanwhile
+        del self.cells[cid]
+        m.cell.closed = True
+        now = self.settings.monotonic()
+        recent = [t for t in self.restarts.get(cid, []) if now - t <= self.settings.restart_window]
+        if len(recent) >= self.settings.max_restarts:
+            self.failed[cid] = f"crashed {len(recent) + 1} times within {self.settings.restart_window} s: {m.reason}"
+            self.restarts.pop(cid, None)
+            log.error("context %r FAILED: %s", cid, self.failed[cid])
+            if self.current == cid:
+                self._fall_back_to_default()
+            return
+        recent.append(now)
+        self.restarts[cid] = recent
+        self.stats["restarts"] += 1
+        log.warning("context %r crashed (%s); restart %d of %d within %s s", cid, m.reason, len(recent),
+                    self.settings.max_restarts, self.settings.restart_window)
+        try:
+            cell = self._start(cid, Activate(cid, create=False, make_current=False))
+        except HoardError as exc:
+            self.failed[cid] = f"restart failed: {exc}"
+            log.error("context %r FAILED: could not restart: %s", cid, exc)
+            if self.current == cid:
+                self._fall_back_to_default()
+            return
+        cell.touched = m.cell.touched
+
+    def _on_reset(self, m: Reset) -> bool:
+        self.restarts.pop(m.context_id, None)
+        return self.failed.pop(m.context_id, None) is not None
+
     def _on_status(self, m: StatusOf) -> ContextStatus:
         if m.context_id in self.cells:
             return ContextStatus.ACTIVE
+        if m.context_id in self.failed:
+            return ContextStatus.FAILED
         return ContextStatus.INACTIVE if self._store("info", m.context_id) is not None else ContextStatus.NONEXISTENT
 
     def _on_state_of(self, m: StateOf) -> ContextState:
@@ -264,6 +311,8 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _on_delete(self, m: DeleteMsg) -> None:
         cid = m.context_id
+        self.failed.pop(cid, None)
+        self.restarts.pop(cid, None)
         cell = self.cells.pop(cid, None)
         if cell is None and self._store("info", cid) is None:
             raise ContextNotFoundError(cid)
@@ -288,7 +337,12 @@ class SupervisorActor(pykka.ThreadingActor):
         self.settings = m.settings
         if m.settings.auto_activate_default:
             cid = m.settings.default_context_id
-            self._on_activate(Activate(cid, create=True, make_current=self.current is None))
+            try:
+                self._on_activate(Activate(cid, create=True, make_current=self.current is None))
+            except (PersistenceError, ContextTimeoutError) as exc:
+                # a damaged default must not keep the system from opening: no current context then
+                self.failed[cid] = f"could not load: {exc}"
+                log.error("default context %r could not be loaded; opening with no current context: %s", cid, exc)
 
     def _on_shutdown(self, _m: Shutdown) -> None:
         errors: list[BaseException] = []

@@ -15,6 +15,7 @@ from actors import ContextStatus as ContextStatus
 from actors import DeactivationReason as DeactivationReason
 from storage import CapacityError as CapacityError
 from storage import ConfigError as ConfigError
+from storage import ContextCrashedError as ContextCrashedError
 from storage import ContextExistsError as ContextExistsError
 from storage import ContextFailedError as ContextFailedError
 from storage import ContextNotFoundError as ContextNotFoundError
@@ -58,7 +59,7 @@ _logging.getLogger("storage").addHandler(_logging.NullHandler())
 _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 
 __all__ = [
-    "CapacityError", "ConfigError", "ContextAdapter", "ContextAdapterConfig", "ContextExistsError",
+    "CapacityError", "ConfigError", "ContextAdapter", "ContextCrashedError", "ContextAdapterConfig", "ContextExistsError",
     "ContextFailedError", "ContextManager", "ContextManagerConfig", "ContextNotFoundError", "ContextSnapshot",
     "ContextState", "ContextStatus", "ContextSystem", "ContextTimeoutError", "ContextTracker",
     "ContextTrackerFactory", "CorruptStateError", "DeactivationReason", "FrozenDict", "FrozenList", "HoardError",

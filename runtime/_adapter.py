@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from actors import ContextCell, ContextStatus
-from actors._messages import Activate, CurrentId, Deactivate, ListActive, StatusOf
+from actors._messages import Activate, CurrentId, Deactivate, ListActive, Reset, StatusOf
 from storage import NoCurrentContextError, validate_id
 
 from ._config import ContextAdapterConfig
@@ -102,6 +102,13 @@ class ContextAdapter:
         validate_id(context_id)
         result: ContextStatus = self._system.ask(StatusOf(context_id), timeout, f"status of {context_id!r}")
         return result
+
+    def reset(self, context_id: str, *, timeout: float | None = None) -> bool:
+        """Clear a FAILED context so that it can be activated again (from its durable state).
+
+        Returns True if it was FAILED. Blocks on one supervisor message."""
+        validate_id(context_id)
+        return bool(self._system.ask(Reset(context_id), timeout, f"resetting {context_id!r}"))
 
     def is_active(self, context_id: str, *, timeout: float | None = None) -> bool:
         return self.status(context_id, timeout=timeout) is ContextStatus.ACTIVE

@@ -93,7 +93,8 @@ class ContextManagerConfig:
         call_timeout: seconds a blocking call waits by default before `ContextTimeoutError`.
         max_value_bytes: largest value (JSON-encoded) one key may hold.
         max_state_bytes: largest context (JSON-encoded data + metadata); also the decompression bound.
-        clock: returns seconds since the epoch; injectable for tests.
+        clock: returns seconds since the epoch (timestamps); injectable for tests.
+        monotonic: returns monotonic seconds (restart windows, idle time); injectable for tests.
     """
 
     store: str | os.PathLike[str] | Store | None = attrs.field(default=None, validator=_store)
@@ -109,6 +110,7 @@ class ContextManagerConfig:
     max_value_bytes: int = attrs.field(default=2**20, validator=_number(16, integer=True))
     max_state_bytes: int = attrs.field(default=64 * 2**20, validator=_number(64, integer=True))
     clock: Callable[[], float] = attrs.field(default=time.time, validator=_callable, repr=False)
+    monotonic: Callable[[], float] = attrs.field(default=time.monotonic, validator=_callable, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -123,6 +125,10 @@ class ContextAdapterConfig:
         auto_activate_default: activate (creating if needed) the default context at start.
         capacity_policy: at `max_active_contexts`, ``"evict_lru"`` passivates the least recently used
             context (never the current, the default or a pinned one); ``"reject"`` raises `CapacityError`.
+        max_restarts: a context actor that crashes (a bug, not bad input) is restarted from its durable
+            state at most this many times within `restart_window`; past that it is FAILED and calls
+            raise `ContextFailedError` until ``adapter.reset(id)``.
+        restart_window: seconds (see `max_restarts`).
         idle_timeout: idle passivation (seconds; None: off). Not available in this release: any
             other value raises `ConfigError` rather than being silently ignored.
     """
@@ -132,4 +138,6 @@ class ContextAdapterConfig:
     auto_create_contexts: bool = attrs.field(default=True, validator=_bool)
     auto_activate_default: bool = attrs.field(default=True, validator=_bool)
     capacity_policy: str = attrs.field(default="evict_lru", validator=_choice("evict_lru", "reject"))
+    max_restarts: int = attrs.field(default=3, validator=_number(0, integer=True))
+    restart_window: float = attrs.field(default=5.0, validator=_number(0.001))
     idle_timeout: float | None = attrs.field(default=None, validator=_not_yet)

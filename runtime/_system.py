@@ -108,7 +108,8 @@ class ContextSystem:
             default_context_id=a.default_context_id, max_active_contexts=a.max_active_contexts,
             auto_create_contexts=a.auto_create_contexts, auto_activate_default=a.auto_activate_default,
             capacity_policy=a.capacity_policy, idle_timeout=a.idle_timeout, call_timeout=self.call_timeout,
-            max_contexts=self.config.max_contexts)
+            max_contexts=self.config.max_contexts, max_restarts=a.max_restarts, restart_window=a.restart_window,
+            monotonic=self.config.monotonic)
 
     def attach_adapter(self, config: ContextAdapterConfig) -> ContextAdapter:
         """Create this system's one adapter (a second raises `HoardError`). Blocks until the default

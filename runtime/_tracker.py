@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["ContextTracker", "ContextTrackerFactory"]
 
 _MISSING: Any = object()
+_tick = TICK.__next__  # bound once: the read path is a few attribute loads and this call
 _ATTEMPTS = 5  # a call that meets a passivating actor re-activates and retries (it was not applied)
 
 
@@ -100,7 +101,7 @@ class ContextTracker:
         cell = self._cell
         if cell.closed:
             cell = self._reactivate(None)
-        cell.touched = next(TICK)
+        cell.touched = _tick()
         return cell
 
     def _reactivate(self, timeout: float | None) -> ContextCell:
@@ -148,11 +149,18 @@ class ContextTracker:
     def get(self, key: str, default: Any = None) -> Any:
         """The value of `key` (frozen: a read-only dict/list), or `default`. Lock-free, no message.
 
-        Raises `InvalidValueError` for a key that is not a str.
+        Like ``dict.get``: a key that cannot be present (an int, say) gives `default`; an unhashable
+        key raises `InvalidValueError`. This is the hot read path: one attribute check, one LRU tick,
+        one persistent-map lookup.
         """
-        if type(key) is not str:
-            raise InvalidValueError(key, f"keys are str, not {type(key).__name__}", context_id=self._id)
-        return self._live_cell().state.data.get(key, default)
+        cell = self._cell
+        if cell.closed:
+            cell = self._reactivate(None)
+        cell.touched = _tick()
+        try:
+            return cell.state.data.get(key, default)
+        except TypeError:
+            raise InvalidValueError(key, f"keys are str, not {type(key).__name__}", context_id=self._id) from None
 
     def __getitem__(self, key: str) -> Any:
         value = self.get(key, _MISSING)

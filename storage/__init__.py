@@ -9,6 +9,7 @@ from ._codec import Codec as Codec
 from ._codec import make_converter as make_converter
 from ._errors import CapacityError as CapacityError
 from ._errors import ConfigError as ConfigError
+from ._errors import ContextCrashedError as ContextCrashedError
 from ._errors import ContextExistsError as ContextExistsError
 from ._errors import ContextFailedError as ContextFailedError
 from ._errors import ContextNotFoundError as ContextNotFoundError
@@ -50,7 +51,7 @@ from ._values import validate_id as validate_id
 from ._values import validate_key as validate_key
 
 __all__ = [
-    "FORMAT_VERSION", "Append", "CapacityError", "Change", "Codec", "ConfigError", "ContextExistsError",
+    "FORMAT_VERSION", "Append", "CapacityError", "Change", "Codec", "ConfigError", "ContextCrashedError", "ContextExistsError",
     "ContextFailedError", "ContextNotFoundError", "ContextState", "ContextTimeoutError", "CorruptStateError",
     "CreateContext", "DeleteContext", "DeleteRecoveryPoint", "FrozenDict", "FrozenList", "HoardError",
     "InvalidContextIdError", "InvalidValueError", "MemoryStore", "NoCurrentContextError", "Op", "PersistenceError", "PutRecoveryPoint",

@@ -12,11 +12,14 @@ from __future__ import annotations
 __all__ = [
     "CapacityError",
     "ConfigError",
+    "ContextCrashedError",
     "ContextExistsError",
     "ContextFailedError",
     "ContextNotFoundError",
+    "ContextOwnedElsewhereError",
     "ContextTimeoutError",
     "CorruptStateError",
+    "FencedOffError",
     "HoardError",
     "InvalidContextIdError",
     "InvalidValueError",
@@ -201,3 +204,63 @@ class NoCurrentContextError(HoardError, LookupError):
 
     def __init__(self) -> None:
         super().__init__("no context is current; call adapter.switch(context_id) first")
+
+
+class ContextOwnedElsewhereError(HoardError):
+    """Another process holds the context's ownership lease and it has not expired, so this process
+    cannot take the context (PostgreSQL store, single activation). Nothing was written.
+
+    Differs from `FencedOffError`: this one refuses to *take* ownership; `FencedOffError` refuses a
+    write from an owner that has *lost* it. `owner` names the holder; `expires_in` is how many seconds
+    its lease still runs by the database clock (None if unknown). Retry after that, deactivate the
+    context in the owning process, or address it through that process.
+    """
+
+    def __init__(self, context_id: str, owner: str, *, expires_in: float | None = None) -> None:
+        self.context_id = context_id
+        self.owner = owner
+        self.expires_in = expires_in
+        when = f" for another {expires_in:.3g} s" if expires_in is not None else ""
+        super().__init__(
+            f"context {context_id!r} is owned by {owner!r}{when}; deactivate it there, "
+            "or retry once its lease has expired"
+        )
+
+
+class FencedOffError(PersistenceError):
+    """A write was refused because this store does not own the context any more: another owner has
+    taken its lease over (the fencing token in the store is newer than `token`, the one held here),
+    or this store holds no lease (`token` is None) while `owner` holds a live one. Nothing of the batch
+    was written.
+
+    Differs from its parent `PersistenceError`: the store is healthy, and retrying the same write can
+    never succeed. Differs from `ContextOwnedElsewhereError`, which refuses to *take* ownership. It
+    typically follows a pause longer than the lease (GC, SIGSTOP, a network partition). Drop the
+    context here without writing, and activate it again to read the current state.
+    """
+
+    def __init__(self, context_id: str, *, token: int | None, current_token: int | None,
+                 owner: str | None) -> None:
+        self.token = token
+        self.current_token = current_token
+        self.owner = owner
+        held = f"lease token {token}" if token is not None else "no lease"
+        super().__init__(
+            f"write to context {context_id!r} refused: this store holds {held}, but {owner!r} owns it "
+            f"now (token {current_token}); drop the context here and activate it again",
+            context_id=context_id,
+        )
+
+
+class ContextCrashedError(HoardError):
+    """The context's actor crashed (a bug, not bad input) while handling this call, which was not
+    applied. The supervisor restarted it from its last durable state; retry the call.
+
+    Differs from `ContextFailedError`: the context still works; it has not exceeded its restart limit.
+    """
+
+    def __init__(self, context_id: str, cause: BaseException) -> None:
+        self.context_id = context_id
+        self.cause = cause
+        super().__init__(f"context {context_id!r} crashed handling this call ({cause!r}); it was restarted "
+                         "from its last durable state and the call was not applied; retry it")

@@ -184,7 +184,8 @@ def test_bad_ids_and_values_raise_typed_errors_and_change_nothing(system) -> Non
     with pytest.raises(InvalidValueError):
         t.update([("a", 1)])  # type: ignore[arg-type]
     with pytest.raises(InvalidValueError):
-        t.get(3)  # type: ignore[arg-type]
+        t.get(["unhashable"])  # type: ignore[arg-type]
+    assert t.get(3, "absent") == "absent"  # type: ignore[arg-type]  # like dict.get: never present
     assert t.state() is before
 
 

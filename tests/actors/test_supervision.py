@@ -1,0 +1,100 @@
+"""A crashing context actor is restarted from its durable state, within a limit; then FAILED."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import actors._context as context_module
+from runtime import (
+    ContextAdapterConfig,
+    ContextCrashedError,
+    ContextFailedError,
+    ContextManagerConfig,
+    ContextStatus,
+    open_system,
+)
+from storage import apply_change as real_apply_change
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def buggy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the write path: applying any change that sets the key "boom" raises."""
+
+    def apply_change(state, change):
+        if "boom" in change.data_set:
+            raise RuntimeError("injected bug")
+        return real_apply_change(state, change)
+
+    monkeypatch.setattr(context_module, "apply_change", apply_change)
+
+
+def test_a_crash_restarts_the_context_from_its_durable_state(store_path: Path, buggy: None) -> None:
+    with open_system(store_path) as s:
+        t = s.adapter.activate("c")
+        t.set("a", 1)
+        first_ref = t.actor_ref
+        with pytest.raises(ContextCrashedError) as info:
+            t.set("boom", 1)
+        assert info.value.context_id == "c"
+        # the next call reaches a restarted actor holding the durable state
+        assert t.get("a") == 1 and t.version == 2
+        assert t.set("b", 2) == 3
+        assert t.actor_ref.actor_urn != first_ref.actor_urn
+        assert s.adapter.status("c") is ContextStatus.ACTIVE
+        assert "boom" not in t
+
+
+def test_a_transact_fn_that_raises_is_the_callers_error_not_a_crash(system) -> None:
+    t = system.adapter.activate("c")
+    ref = t.actor_ref
+    with pytest.raises(KeyError):
+        t.transact(lambda d: d["missing"])
+    assert t.actor_ref.actor_urn == ref.actor_urn  # same actor: nothing crashed
+
+
+def test_past_the_restart_limit_the_context_is_failed_until_reset(store_path: Path, buggy: None) -> None:
+    clock = Clock()
+    cfg = ContextAdapterConfig(max_restarts=2, restart_window=5.0)
+    with open_system(store_path, adapter_config=cfg, manager_config=ContextManagerConfig(monotonic=clock)) as s:
+        a = s.adapter
+        t = a.activate("c")
+        t.set("a", 1)
+        for _ in range(2):
+            with pytest.raises(ContextCrashedError):
+                t.set("boom", 1)
+            clock.now += 1
+        assert a.status("c") is ContextStatus.ACTIVE
+        with pytest.raises(ContextCrashedError):
+            t.set("boom", 1)  # third crash within 5 s: FAILED
+        assert a.status("c") is ContextStatus.FAILED
+        assert a.current_id() == "default"
+        with pytest.raises(ContextFailedError):
+            t.get("a")
+        with pytest.raises(ContextFailedError):
+            a.activate("c")
+        assert "c" in s.manager.list_ids()  # still stored, nothing lost
+        assert a.reset("c") is True
+        assert a.activate("c").get("a") == 1
+        assert a.status("c") is ContextStatus.ACTIVE
+
+
+def test_crashes_spread_out_in_time_do_not_accumulate(store_path: Path, buggy: None) -> None:
+    clock = Clock()
+    with open_system(store_path, adapter_config=ContextAdapterConfig(max_restarts=1, restart_window=5.0),
+                     manager_config=ContextManagerConfig(monotonic=clock)) as s:
+        t = s.adapter.activate("c")
+        for _ in range(4):
+            with pytest.raises(ContextCrashedError):
+                t.set("boom", 1)
+            clock.now += 10  # outside the window
+        assert s.adapter.status("c") is ContextStatus.ACTIVE
