@@ -10,6 +10,20 @@ from ._cell import ContextCell as ContextCell
 from ._context import ContextActor as ContextActor
 from ._context import UnknownMessageError as UnknownMessageError
 from ._draft import Draft as Draft
+from ._events import ContextActivated as ContextActivated
+from ._events import ContextCreated as ContextCreated
+from ._events import ContextDeactivated as ContextDeactivated
+from ._events import ContextDeleted as ContextDeleted
+from ._events import ContextEvent as ContextEvent
+from ._events import ContextFailed as ContextFailed
+from ._events import ContextRestarted as ContextRestarted
+from ._events import CorruptionRecovered as CorruptionRecovered
+from ._events import MetadataChanged as MetadataChanged
+from ._events import RecoveryPointCreated as RecoveryPointCreated
+from ._events import RecoveryPointDeleted as RecoveryPointDeleted
+from ._events import Restored as Restored
+from ._events import StateChanged as StateChanged
+from ._events import Switched as Switched
 from ._future import DEFERRED as DEFERRED
 from ._future import Reply as Reply
 from ._messages import ContextStatus as ContextStatus
@@ -31,7 +45,10 @@ from ._settings import SupervisorSettings as SupervisorSettings
 from ._supervisor import SupervisorActor as SupervisorActor
 
 __all__ = [
-    "DEFERRED", "DURABILITIES", "ContextActor", "ContextCell", "ContextSettings", "ContextStatus",
+    "DEFERRED", "DURABILITIES", "ContextActivated", "ContextActor", "ContextCell", "ContextCreated",
+    "ContextDeactivated", "ContextDeleted", "ContextEvent", "ContextFailed", "ContextRestarted",
+    "CorruptionRecovered", "MetadataChanged", "RecoveryPointCreated", "RecoveryPointDeleted", "Restored",
+    "StateChanged", "Switched", "ContextSettings", "ContextStatus",
     "CreateRecoveryPoint", "DeactivationReason", "Delete", "Draft", "Get", "GetState", "PersistenceActor",
     "PersistenceSettings", "Reply", "Restore", "Set", "SetMetadata", "SupervisorActor", "SupervisorSettings",
     "Transact", "UnknownMessageError", "Update",

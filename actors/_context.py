@@ -44,6 +44,7 @@ from storage import (
 
 from ._cell import ContextCell
 from ._draft import Draft
+from ._events import NO_EVENTS, Emitter, MetadataChanged, Restored, StateChanged
 from ._future import DEFERRED, Reply
 from ._messages import (
     Commit,
@@ -106,9 +107,10 @@ class ContextActor(pykka.ThreadingActor):
         return Reply()
 
     def __init__(self, cell: ContextCell, persistence: pykka.ActorRef[Any], settings: ContextSettings,
-                 supervisor: pykka.ActorRef[Any] | None = None) -> None:
+                 supervisor: pykka.ActorRef[Any] | None = None, events: Emitter = NO_EVENTS) -> None:
         super().__init__()
         self.supervisor = supervisor
+        self.events = events
         self.cell = cell
         self.working: ContextState = cell.state
         self.persistence = persistence
@@ -167,7 +169,7 @@ class ContextActor(pykka.ThreadingActor):
             raise VersionConflictError(self.cell.id, expected, self.working.version)
 
     def _apply(self, change_args: dict[str, Any], size_delta: int, result: Any = None,
-               replace: bool = False) -> Any:
+               replace: bool = False, rp_id: int | None = None) -> Any:
         """Make a change of the working state; hand it to persistence and/or publish it.
 
         Returns the reply: `result` (the new version when None), or DEFERRED when the persistence
@@ -185,12 +187,15 @@ class ContextActor(pykka.ThreadingActor):
         elif result is _NONE:
             result = None
         self.working, self._size = new, new_size
+        event = _state_event(w, change, new, rp_id) if self.events.active else None
         if self._immediate:
-            # the persistence actor publishes after the commit and answers the caller (if it asked)
+            # the persistence actor publishes after the commit, emits, and answers the caller
             reply = self._reply()
-            self.persistence.tell(Commit(self.cell, change, new, reply, result, True))
+            self.persistence.tell(Commit(self.cell, change, new, reply, result, True, event))
             return DEFERRED
         self.cell.state = new
+        if event is not None:
+            self.events.emit(event)
         if self._deferred:
             self.persistence.tell(Commit(self.cell, change, new, None, result, False))
         return result
@@ -274,7 +279,7 @@ class ContextActor(pykka.ThreadingActor):
                                     context_id=self.cell.id)
         st = m.rp.state
         return self._apply({"data_set": dict(st.data), "meta_set": dict(st.metadata)},
-                           _state_size(st) - self._size, replace=True)
+                           _state_size(st) - self._size, replace=True, rp_id=m.rp.id)
 
     # -- reads and the rest --------------------------------------------------------------------------
     def _on_get(self, m: Get) -> Any:
@@ -312,6 +317,20 @@ _NONE: Any = object()  # "the reply is None" (a transact fn that returned None),
 
 
 _MISSING: Any = object()
+
+
+def _state_event(old: ContextState, change: Change, new: ContextState, rp_id: int | None) -> StateChanged:
+    """The one event of version `new.version`."""
+    if change.replace:
+        return Restored(context_id=new.id, at=change.at, version=new.version, changed=tuple(new.data),
+                        removed=tuple(k for k in old.data if k not in new.data),
+                        metadata_changed=tuple(new.metadata),
+                        metadata_removed=tuple(k for k in old.metadata if k not in new.metadata),
+                        rp_id=rp_id if rp_id is not None else 0)
+    cls = MetadataChanged if not change.data_set and not change.data_del and (
+        change.meta_set or change.meta_del) else StateChanged
+    return cls(context_id=new.id, at=change.at, version=new.version, changed=tuple(change.data_set),
+               removed=change.data_del, metadata_changed=tuple(change.meta_set), metadata_removed=change.meta_del)
 
 
 def _state_size(state: ContextState) -> int:

@@ -151,6 +151,7 @@ class Commit:
     reply: Reply | None
     result: Any
     publish: bool
+    event: Any = None  # the StateChanged to emit once committed (None when nobody subscribes)
 
 
 @attrs.frozen

@@ -31,6 +31,7 @@ from storage import (
     ContextState,
     CreateContext,
     DeleteContext,
+    DeleteRecoveryPoint,
     HoardError,
     PersistenceError,
     PutRecoveryPoint,
@@ -39,6 +40,7 @@ from storage import (
     Store,
 )
 
+from ._events import NO_EVENTS, ContextCreated, Emitter, RecoveryPointCreated, RecoveryPointDeleted
 from ._messages import (
     Close,
     Commit,
@@ -64,8 +66,9 @@ class PersistenceActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, store: Store, settings: PersistenceSettings) -> None:
+    def __init__(self, store: Store, settings: PersistenceSettings, events: Emitter = NO_EVENTS) -> None:
         super().__init__()
+        self.events = events
         self.store = store
         self.settings = settings
         self._pending: list[Commit] = []
@@ -194,6 +197,8 @@ class PersistenceActor(pykka.ThreadingActor):
                 self._durable[m.cell.id] = m.state
             if m.publish:
                 m.cell.state = m.state  # publish before answering: the caller then reads its own write
+            if m.event is not None:
+                self.events.emit(m.event)
             if m.reply is not None:
                 m.reply.resolve(m.result)
 
@@ -220,6 +225,7 @@ class PersistenceActor(pykka.ThreadingActor):
         if state is None and m.create is not None:
             self.store.commit([CreateContext(m.create)])
             state = m.create
+            self.events(ContextCreated, state.id)
         if state is not None:
             self._durable[m.context_id] = state
             info = self.store.info(m.context_id)
@@ -268,6 +274,7 @@ class PersistenceActor(pykka.ThreadingActor):
             if m.reply is not None:
                 m.reply.fail(exc)
             return
+        self.events(RecoveryPointCreated, st.id, version=st.version, rp_id=rp.id, label=rp.label)
         if m.reply is not None:
             m.reply.resolve(rp)
 
@@ -284,6 +291,10 @@ class PersistenceActor(pykka.ThreadingActor):
             if isinstance(op, DeleteContext):
                 self._durable.pop(op.context_id, None)
                 self._since_snapshot.pop(op.context_id, None)
+            elif isinstance(op, CreateContext):
+                self.events(ContextCreated, op.state.id)
+            elif isinstance(op, DeleteRecoveryPoint):
+                self.events(RecoveryPointDeleted, op.context_id, rp_id=op.rp_id)
 
     def _on_close(self, _m: Close) -> None:
         if self._closed:

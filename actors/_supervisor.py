@@ -42,6 +42,16 @@ from storage import (
 
 from ._cell import TICK, ContextCell
 from ._context import ContextActor
+from ._events import (
+    NO_EVENTS,
+    ContextActivated,
+    ContextDeactivated,
+    ContextDeleted,
+    ContextFailed,
+    ContextRestarted,
+    Emitter,
+    Switched,
+)
 from ._messages import (
     Activate,
     Close,
@@ -81,8 +91,10 @@ class SupervisorActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, persistence: pykka.ActorRef[Any], settings: SupervisorSettings,
-                 context_settings: ContextSettings, max_state_bytes: int = 64 * 2**20) -> None:
+                 context_settings: ContextSettings, max_state_bytes: int = 64 * 2**20,
+                 events: Emitter = NO_EVENTS) -> None:
         super().__init__()
+        self.events = events
         self.persistence = persistence
         self.settings = settings
         self.context_settings = context_settings
@@ -147,9 +159,14 @@ class SupervisorActor(pykka.ThreadingActor):
                 raise ContextFailedError(cid, self.failed[cid])
             cell = self._start(cid, m)
         if m.make_current:
-            self.current = cid
+            self._set_current(cid)
         cell.touched = next(TICK)
         return cell
+
+    def _set_current(self, cid: str | None) -> None:
+        if cid != self.current:
+            previous, self.current = self.current, cid
+            self.events(Switched, cid, previous=previous)
 
     def _start(self, cid: str, m: Activate) -> ContextCell:
         create = self.settings.auto_create_contexts if m.create is None else m.create
@@ -171,9 +188,11 @@ class SupervisorActor(pykka.ThreadingActor):
             raise ContextNotFoundError(cid)
         cell = ContextCell(cid, state)
         cell.pinned = cid in self.pinned
-        cell.actor_ref = ContextActor.start(cell, self.persistence, self.context_settings, self.actor_ref)
+        cell.actor_ref = ContextActor.start(cell, self.persistence, self.context_settings, self.actor_ref,
+                                            self.events)
         self.cells[cid] = cell
         self.stats["activations"] += 1
+        self.events(ContextActivated, cid, version=state.version)
         return cell
 
     def _new_state(self, cid: str, data: Any, metadata: Any) -> ContextState:
@@ -232,6 +251,7 @@ class SupervisorActor(pykka.ThreadingActor):
             self._passivate(cell)
         finally:
             self.stats["deactivations"] += 1
+            self.events(ContextDeactivated, cid, version=cell.state.version, reason=reason)
             if self.current == cid:
                 self._fall_back_to_default()
         log.debug("deactivated %r (%s)", cid, reason.value)
@@ -239,9 +259,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _fall_back_to_default(self) -> None:
         default = self.settings.default_context_id
-        self.current = None
-        if default in self.cells:
-            self.current = default
+        self._set_current(default if default in self.cells else None)
 
     # -- status, reads, create, delete ---------------------------------------------------------------
     # -- supervision -----------------------------------------------------------------------------
@@ -259,6 +277,7 @@ class SupervisorActor(pykka.ThreadingActor):
             self.failed[cid] = f"crashed {len(recent) + 1} times within {self.settings.restart_window} s: {m.reason}"
             self.restarts.pop(cid, None)
             log.error("context %r FAILED: %s", cid, self.failed[cid])
+            self.events(ContextFailed, cid, reason=self.failed[cid])
             if self.current == cid:
                 self._fall_back_to_default()
             return
@@ -272,10 +291,12 @@ class SupervisorActor(pykka.ThreadingActor):
         except HoardError as exc:
             self.failed[cid] = f"restart failed: {exc}"
             log.error("context %r FAILED: could not restart: %s", cid, exc)
+            self.events(ContextFailed, cid, reason=self.failed[cid])
             if self.current == cid:
                 self._fall_back_to_default()
             return
         cell.touched = m.cell.touched
+        self.events(ContextRestarted, cid, version=cell.state.version, restarts=len(recent))
 
     def _on_reset(self, m: Reset) -> bool:
         self.restarts.pop(m.context_id, None)
@@ -326,6 +347,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._fall_back_to_default()
         self.pinned.discard(cid)
         self._ask_persistence(StoreWrite((DeleteContext(cid),)), f"deleting {cid!r}", cid)
+        self.events(ContextDeleted, cid)
 
     def _on_set_pinned(self, m: SetPinned) -> None:
         (self.pinned.add if m.pinned else self.pinned.discard)(m.context_id)
@@ -343,6 +365,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 # a damaged default must not keep the system from opening: no current context then
                 self.failed[cid] = f"could not load: {exc}"
                 log.error("default context %r could not be loaded; opening with no current context: %s", cid, exc)
+                self.events(ContextFailed, cid, reason=self.failed[cid])
 
     def _on_shutdown(self, _m: Shutdown) -> None:
         errors: list[BaseException] = []
@@ -350,6 +373,7 @@ class SupervisorActor(pykka.ThreadingActor):
             cell = self.cells.pop(cid)
             try:
                 self._passivate(cell)
+                self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.SHUTDOWN)
             except HoardError as exc:  # keep going: every other context still gets its snapshot
                 errors.append(exc)
         self.current = None

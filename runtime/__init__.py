@@ -11,7 +11,21 @@ Start with `open_system(path)` (SQLite) or `create_manager()` / `create_adapter(
 
 import logging as _logging
 
+from actors import ContextActivated as ContextActivated
+from actors import ContextCreated as ContextCreated
+from actors import ContextDeactivated as ContextDeactivated
+from actors import ContextDeleted as ContextDeleted
+from actors import ContextEvent as ContextEvent
+from actors import ContextFailed as ContextFailed
+from actors import ContextRestarted as ContextRestarted
 from actors import ContextStatus as ContextStatus
+from actors import CorruptionRecovered as CorruptionRecovered
+from actors import MetadataChanged as MetadataChanged
+from actors import RecoveryPointCreated as RecoveryPointCreated
+from actors import RecoveryPointDeleted as RecoveryPointDeleted
+from actors import Restored as Restored
+from actors import StateChanged as StateChanged
+from actors import Switched as Switched
 from actors import DeactivationReason as DeactivationReason
 from storage import CapacityError as CapacityError
 from storage import ConfigError as ConfigError
@@ -42,6 +56,7 @@ from storage import thaw as thaw
 from ._adapter import ContextAdapter as ContextAdapter
 from ._config import ContextAdapterConfig as ContextAdapterConfig
 from ._config import ContextManagerConfig as ContextManagerConfig
+from ._events import Subscription as Subscription
 from ._factory import create_adapter as create_adapter
 from ._factory import create_adapter_with_config as create_adapter_with_config
 from ._factory import create_manager as create_manager
@@ -59,6 +74,9 @@ _logging.getLogger("storage").addHandler(_logging.NullHandler())
 _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "ContextActivated", "ContextCreated", "ContextDeactivated", "ContextDeleted", "ContextEvent", "ContextFailed",
+    "ContextRestarted", "CorruptionRecovered", "MetadataChanged", "RecoveryPointCreated", "RecoveryPointDeleted",
+    "Restored", "StateChanged", "Subscription", "Switched",
     "CapacityError", "ConfigError", "ContextAdapter", "ContextCrashedError", "ContextAdapterConfig", "ContextExistsError",
     "ContextFailedError", "ContextManager", "ContextManagerConfig", "ContextNotFoundError", "ContextSnapshot",
     "ContextState", "ContextStatus", "ContextSystem", "ContextTimeoutError", "ContextTracker",

@@ -13,17 +13,20 @@ import atexit
 import logging
 import os
 import weakref
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from actors import (
+    ContextEvent,
     ContextSettings,
     PersistenceActor,
     PersistenceSettings,
     SupervisorActor,
     SupervisorSettings,
 )
+from actors._events import Emitter, EventBusActor, EventGate
 from actors._messages import Configure, Shutdown
 from storage import (
     ConfigError,
@@ -37,6 +40,7 @@ from storage import (
 )
 
 from ._config import ContextAdapterConfig, ContextManagerConfig
+from ._events import Subscription, subscribe
 
 if TYPE_CHECKING:
     from ._adapter import ContextAdapter
@@ -56,7 +60,7 @@ def _resolve_store(config: ContextManagerConfig) -> Store:
         if os.fspath(store) in ("", ":memory:"):
             return MemoryStore()
         return SQLiteStore(store, sync=config.sync, compression_level=config.compression_level,
-                           max_state_bytes=config.max_state_bytes)
+                           max_state_bytes=config.max_state_bytes, recovery=config.recovery)
     return store
 
 
@@ -84,16 +88,21 @@ class ContextSystem:
         cfg = manager_config
         self.context_settings = ContextSettings(durability=cfg.durability, max_value_bytes=cfg.max_value_bytes,
                                                 max_state_bytes=cfg.max_state_bytes, clock=cfg.clock)
+        self._gate = EventGate()
         try:
+            self._bus = EventBusActor.start(self._gate)
+            self._events = Emitter(self._gate, self._bus, cfg.clock)
             self._persistence = PersistenceActor.start(self.store, PersistenceSettings(
                 durability=cfg.durability, snapshot_every=cfg.snapshot_every, flush_interval=cfg.flush_interval,
-                max_recovery_points=cfg.max_recovery_points, clock=cfg.clock))
+                max_recovery_points=cfg.max_recovery_points, clock=cfg.clock), self._events)
         except BaseException:
             self.store.close()
+            if getattr(self, "_bus", None) is not None:
+                self._bus.stop()
             raise
         self._supervisor = SupervisorActor.start(
             self._persistence, self._supervisor_settings(ContextAdapterConfig(auto_activate_default=False)),
-            self.context_settings, cfg.max_state_bytes)
+            self.context_settings, cfg.max_state_bytes, self._events)
         _LIVE.add(self)
         self.manager: ContextManager = ContextManager(self)
         if adapter_config is not None:
@@ -163,6 +172,35 @@ class ContextSystem:
     def persistence_ref(self) -> pykka.ActorRef[Any]:
         return self._persistence
 
+    # -- events --------------------------------------------------------------------------------------
+    def subscribe(self, subscriber: Callable[[ContextEvent], Any] | pykka.ActorRef[Any], *,
+                  context_id: str | None = None, kinds: Iterable[type[ContextEvent]] | None = None,
+                  timeout: float | None = None) -> Subscription:
+        """Receive events, asynchronously, in order per context (see `actors._events`).
+
+        Args:
+            subscriber: a callable (run in its own actor thread, one event at a time; an exception
+                is logged and the subscription kept) or a pykka `ActorRef` (events arrive as
+                messages; dropped with a log line once it is dead).
+            context_id: only events of this context (None: all).
+            kinds: only events that are instances of these classes (e.g. ``[StateChanged]``).
+
+        Returns a `Subscription`; ``cancel()`` it (or use it as a context manager). Events emitted
+        after this call returns are delivered; earlier ones are not. Blocks on one bus message.
+        """
+        return subscribe(self, subscriber, context_id=context_id, kinds=kinds, timeout=timeout)
+
+    def ask_bus(self, message: Any, timeout: float | None, what: str) -> Any:
+        if self._stopped:
+            raise SystemStoppedError()
+        t = self.call_timeout if timeout is None else timeout
+        try:
+            return self._bus.ask(message, timeout=t)
+        except pykka.Timeout as exc:
+            raise ContextTimeoutError(what, t) from exc
+        except pykka.ActorDeadError as exc:
+            raise SystemStoppedError() from exc
+
     # -- lifecycle -----------------------------------------------------------------------------------
     def stop(self, timeout: float | None = None) -> None:
         """Passivate every context (commit + snapshot), close the store, stop every actor.
@@ -186,7 +224,7 @@ class ContextSystem:
         except HoardError as exc:
             error = exc
         finally:
-            for ref in (self._supervisor, self._persistence):
+            for ref in (self._supervisor, self._persistence, self._bus):  # the bus last: it delivers the rest
                 try:
                     ref.stop(block=True, timeout=t)
                 except (pykka.Timeout, pykka.ActorDeadError):

@@ -13,6 +13,8 @@ number may point at one context.
 
 from __future__ import annotations
 
+import contextlib
+import queue
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -182,6 +184,37 @@ class ContextTracker:
     def metadata(self) -> Mapping[str, Any]:
         """The newest committed metadata (read-only mapping)."""
         return self._live_cell().state.metadata
+
+    def wait_for_version(self, version: int, *, timeout: float | None = None) -> ContextState:
+        """Block until the context's committed version is at least `version`; return that state.
+
+        Returns at once if it already is. Raises `ContextTimeoutError` after `timeout` seconds
+        (default: call_timeout). Waits on an event subscription, not by polling.
+        """
+        from actors import StateChanged
+
+        from ._events import subscribe
+
+        state = self.state()
+        if state.version >= version:
+            return state
+        t = timeout if timeout is not None else (self._timeout or self._system.call_timeout)
+        reached: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
+
+        def check(event: Any) -> None:
+            if event.version >= version:
+                with contextlib.suppress(queue.Full):
+                    reached.set(None)
+
+        sub = subscribe(self._system, check, context_id=self._id, kinds=[StateChanged], inline=True)
+        try:
+            if self.state().version < version:  # a change may have landed while subscribing
+                reached.get(timeout=t)
+        except pykka.Timeout as exc:
+            raise ContextTimeoutError(f"waiting for version {version} of {self._id!r}", t, self._id) from exc
+        finally:
+            sub.cancel()
+        return self.state()
 
     # -- writes: one message each, atomic, version-checked ---------------------------------------------
     def set(self, key: str, value: Any, *, expected_version: int | None = None,

@@ -13,7 +13,7 @@ import pytest
 
 from runtime import ContextSystem, open_system
 
-_OUR_THREADS = ("ContextActor-", "SupervisorActor-", "PersistenceActor-")
+_OUR_THREADS = ("ContextActor-", "SupervisorActor-", "PersistenceActor-", "EventBusActor-", "SubscriberActor-")
 
 
 def _actor_threads() -> list[threading.Thread]:

@@ -1,0 +1,63 @@
+"""Subscriptions to the system's events (the event classes live in `actors._events`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from actors import ContextEvent
+from actors._events import Subscribe, Unsubscribe
+from storage import InvalidValueError, SystemStoppedError, validate_id
+
+if TYPE_CHECKING:
+    from ._system import ContextSystem
+
+__all__ = ["Subscription", "subscribe"]
+
+
+class Subscription:
+    """A live subscription. `cancel()` ends it (idempotent; events still queued for a callable
+    subscriber are dropped). Usable as a context manager."""
+
+    def __init__(self, system: ContextSystem, sub_id: int) -> None:
+        self._system = system
+        self.id = sub_id
+        self.cancelled = False
+
+    def cancel(self, *, timeout: float | None = None) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        try:
+            self._system.ask_bus(Unsubscribe(self.id), timeout, "cancelling a subscription")
+        except SystemStoppedError:
+            pass  # the system's stop ended every subscription
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.id}{' cancelled' if self.cancelled else ''}>"
+
+
+def subscribe(system: ContextSystem, subscriber: Callable[[ContextEvent], Any] | pykka.ActorRef[Any], *,
+              context_id: str | None = None, kinds: Iterable[type[ContextEvent]] | None = None,
+              timeout: float | None = None, inline: bool = False) -> Subscription:
+    """See `ContextSystem.subscribe`. `inline` (internal) runs a quick callable in the bus itself."""
+    if not isinstance(subscriber, pykka.ActorRef) and not callable(subscriber):
+        raise InvalidValueError("subscriber", f"must be a callable or a pykka ActorRef, not {type(subscriber).__name__}")
+    if context_id is not None:
+        validate_id(context_id)
+    kind_tuple: tuple[type, ...] | None = None
+    if kinds is not None:
+        kind_tuple = (kinds,) if isinstance(kinds, type) else tuple(kinds)
+        bad = [k for k in kind_tuple if not (isinstance(k, type) and issubclass(k, ContextEvent))]
+        if bad or not kind_tuple:
+            raise InvalidValueError("kinds", f"must be event classes (subclasses of ContextEvent), not {bad!r}")
+    sub_id = system.ask_bus(Subscribe(subscriber, context_id, kind_tuple, inline), timeout, "subscribing")
+    return Subscription(system, sub_id)
