@@ -9,8 +9,11 @@ before handling the message: no caller is ever left waiting for a reply that can
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import queue
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pykka
@@ -29,18 +32,80 @@ DEFERRED: Any = _Deferred()
 
 
 class Reply(pykka.ThreadingFuture[Any]):
-    """A future whose `set(DEFERRED)` is a no-op; `resolve`/`fail` answer it for real."""
+    """A future whose `set(DEFERRED)` is a no-op; `resolve`/`fail` answer it for real.
+
+    It also runs done-callbacks (`add_done_callback`) and can be awaited from asyncio without blocking
+    the event loop. Callbacks are kept lock-free: each side pops them with ``list.pop`` (atomic), so
+    every callback runs exactly once, in the thread that completes the future or in the one that
+    adds the callback after completion. Callbacks must be quick and must not block.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[Reply], Any]] = []
+        self._finished = False
 
     def set(self, value: Any = None) -> None:
         if value is not DEFERRED:
             pykka.ThreadingFuture.set(self, value)
+            self._finish()
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        pykka.ThreadingFuture.set_exception(self, exc_info)
+        self._finish()
 
     def resolve(self, value: Any) -> None:
         """Answer with `value`; a reply already answered keeps its first answer."""
         with contextlib.suppress(queue.Full):
             pykka.ThreadingFuture.set(self, value)
+            self._finish()
 
     def fail(self, exc: BaseException) -> None:
         """Answer with `exc` raised; a reply already answered keeps its first answer."""
         with contextlib.suppress(queue.Full):
             self.set_exception((type(exc), exc, exc.__traceback__))
+
+    @property
+    def done(self) -> bool:
+        return self._finished
+
+    def add_done_callback(self, fn: Callable[[Reply], Any]) -> None:
+        """Call ``fn(self)`` once the reply is answered (at once if it already is)."""
+        self._callbacks.append(fn)
+        if self._finished:
+            self._run_callbacks()
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        while True:
+            try:
+                fn = self._callbacks.pop()
+            except IndexError:
+                return
+            try:
+                fn(self)
+            except Exception:  # noqa: BLE001 - a callback's bug must not break the completing thread
+                logging.getLogger(__name__).exception("reply callback %r raised", fn)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """Await the reply from asyncio without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+
+        def settle(_reply: Reply) -> None:
+            if waiter.cancelled():
+                return
+            try:
+                waiter.set_result(self.get(timeout=0))
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                waiter.set_exception(exc)
+
+        def wake(_reply: Reply) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                loop.call_soon_threadsafe(settle, self)
+
+        self.add_done_callback(wake)
+        return (yield from waiter.__await__())

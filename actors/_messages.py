@@ -293,5 +293,10 @@ class Reset:
 
 
 @attrs.frozen
+class Sweep:
+    """Passivate contexts idle for ``idle_timeout``. Reply: the ids passivated."""
+
+
+@attrs.frozen
 class Shutdown:
     """Passivate every context, then close the store. Reply: None."""

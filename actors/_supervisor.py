@@ -69,6 +69,7 @@ from ._messages import (
     Passivate,
     Reset,
     SetPinned,
+    Sweep,
     Shutdown,
     StateOf,
     StatusOf,
@@ -105,6 +106,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.stopped = False
         self.failed: dict[str, str] = {}  # context id -> why it is FAILED
         self.restarts: dict[str, list[float]] = {}  # context id -> monotonic times of recent restarts
+        self.seen: dict[str, tuple[int, float]] = {}  # context id -> (LRU tick, when a sweep first saw it)
         self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0}
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Activate: self._on_activate,
@@ -122,6 +124,7 @@ class SupervisorActor(pykka.ThreadingActor):
             Shutdown: self._on_shutdown,
             ContextCrashed: self._on_crashed,
             Reset: self._on_reset,
+            Sweep: self._on_sweep,
         }
 
     def on_receive(self, message: Any) -> Any:
@@ -297,6 +300,29 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         cell.touched = m.cell.touched
         self.events(ContextRestarted, cid, version=cell.state.version, restarts=len(recent))
+
+    def _on_sweep(self, _m: Sweep) -> list[str]:
+        """Idle passivation. A context is idle once its LRU tick has not moved for idle_timeout (as
+        seen by successive sweeps, so the precision is one sweep interval). Never the current, the
+        default or a pinned one."""
+        timeout = self.settings.idle_timeout
+        if timeout is None:
+            return []
+        now = self.settings.monotonic()
+        protected = {self.current, self.settings.default_context_id}
+        idle = []
+        for cid, cell in list(self.cells.items()):
+            tick, since = self.seen.get(cid, (-1, now))
+            if cell.touched != tick:
+                self.seen[cid] = (cell.touched, now)
+            elif now - since >= timeout and cid not in protected and not cell.pinned:
+                idle.append(cid)
+        for cid in idle:
+            self._deactivate(cid, DeactivationReason.IDLE)
+            self.stats["passivations"] = self.stats.get("passivations", 0) + 1
+        for cid in [c for c in self.seen if c not in self.cells]:
+            del self.seen[cid]
+        return idle
 
     def _on_reset(self, m: Reset) -> bool:
         self.restarts.pop(m.context_id, None)

@@ -62,11 +62,6 @@ def _context_id(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{attr.name}: {exc}") from None
 
 
-def _not_yet(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None:
-        raise ConfigError(f"{attr.name} is not supported yet; leave it None")
-
-
 @attrs.frozen(kw_only=True)
 class ContextManagerConfig:
     """Where and how contexts are kept.
@@ -129,8 +124,10 @@ class ContextAdapterConfig:
             state at most this many times within `restart_window`; past that it is FAILED and calls
             raise `ContextFailedError` until ``adapter.reset(id)``.
         restart_window: seconds (see `max_restarts`).
-        idle_timeout: idle passivation (seconds; None: off). Not available in this release: any
-            other value raises `ConfigError` rather than being silently ignored.
+        idle_timeout: seconds after which an unused context (no call through any tracker) is
+            passivated, by a background sweep every ``idle_timeout / 4`` (at least 50 ms), so within
+            ``idle_timeout * 1.25`` or so. Never the current, the default or a pinned context.
+            None (default): off.
     """
 
     default_context_id: str = attrs.field(default="default", validator=_context_id)
@@ -140,4 +137,4 @@ class ContextAdapterConfig:
     capacity_policy: str = attrs.field(default="evict_lru", validator=_choice("evict_lru", "reject"))
     max_restarts: int = attrs.field(default=3, validator=_number(0, integer=True))
     restart_window: float = attrs.field(default=5.0, validator=_number(0.001))
-    idle_timeout: float | None = attrs.field(default=None, validator=_not_yet)
+    idle_timeout: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from actors import (
     SupervisorSettings,
 )
 from actors._events import Emitter, EventBusActor, EventGate
-from actors._messages import Configure, Shutdown
+from actors._messages import Configure, Shutdown, Sweep
 from storage import (
     ConfigError,
     ContextTimeoutError,
@@ -84,6 +85,8 @@ class ContextSystem:
         self.call_timeout = manager_config.call_timeout
         self._stopped = False
         self._adapter: ContextAdapter | None = None
+        self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
         self.store.open()
         cfg = manager_config
         self.context_settings = ContextSettings(durability=cfg.durability, max_value_bytes=cfg.max_value_bytes,
@@ -131,7 +134,32 @@ class ContextSystem:
             raise HoardError("this manager already has an adapter; a manager has exactly one")
         self.ask(Configure(self._supervisor_settings(config)), None, "configuring the adapter")
         self._adapter = ContextAdapter(self, config)
+        if config.idle_timeout is not None:
+            self._start_ticker(max(0.05, config.idle_timeout / 4))
         return self._adapter
+
+    # -- maintenance ---------------------------------------------------------------------------------
+    def maintain(self, *, timeout: float | None = None) -> list[str]:
+        """Run one maintenance sweep now (idle passivation); returns the ids passivated.
+
+        The background ticker calls this periodically when ``idle_timeout`` is set; tests with an
+        injected clock call it directly. Blocks until the sweep is done.
+        """
+        result: list[str] = self.ask(Sweep(), timeout, "maintenance sweep")
+        return result
+
+    def _start_ticker(self, interval: float) -> None:
+        stop = self._ticker_stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(interval):
+                try:
+                    self._supervisor.tell(Sweep())
+                except pykka.ActorDeadError:
+                    return
+
+        self._ticker = threading.Thread(target=tick, name="hoard-maintenance", daemon=True)
+        self._ticker.start()
 
     @property
     def adapter(self) -> ContextAdapter:
@@ -212,6 +240,9 @@ class ContextSystem:
             return
         self._stopped = True
         _LIVE.discard(self)
+        if self._ticker is not None:
+            self._ticker_stop.set()
+            self._ticker.join(5)
         t = self.call_timeout * 4 if timeout is None else timeout
         error: BaseException | None = None
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from actors import (
     Update,
 )
 from actors._cell import TICK
+from actors._future import Reply
 from actors._messages import Activate, SetPinned, StoreCall, StoreWrite
 from storage import (
     ContextState,
@@ -84,6 +86,17 @@ def delete_recovery_point(system: ContextSystem, context_id: str, rp_id: object,
                            f"deleting recovery point {rp.id} of {context_id!r}")
 
 
+class Pending(Reply):
+    """The future a ``*_async`` call returns: a pykka future (``pykka.get_all`` works), awaitable
+    from asyncio. `get` raises the call's error, or `ContextTimeoutError` after `timeout`."""
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        try:
+            return super().get(timeout=timeout)
+        except pykka.Timeout as exc:
+            raise ContextTimeoutError("an asynchronous call", timeout) from exc
+
+
 class ContextTracker:
     """Handle to one context. See the module docstring for the concurrency contract."""
 
@@ -132,6 +145,72 @@ class ContextTracker:
             except pykka.Timeout as exc:
                 raise ContextTimeoutError(what, t, self._id) from exc
         raise HoardError(f"{what}: context {self._id!r} was passivated {_ATTEMPTS} times during the call")
+
+    def _submit(self, message: Any, what: str) -> Pending:
+        """Send `message` without waiting; the returned future is answered with the reply. A call that
+        meets a passivating actor (not applied) is retried, on a short-lived thread, like `_call`."""
+        outer = Pending()
+        if self._system.stopped:
+            outer.fail(SystemStoppedError())
+            return outer
+        try:
+            inner = self._live_cell().actor_ref.ask(message, block=False)
+        except HoardError as exc:
+            outer.fail(exc)
+            return outer
+
+        def forward(reply: Reply) -> None:
+            try:
+                outer.resolve(reply.get(timeout=0))
+            except pykka.ActorDeadError:
+                threading.Thread(target=self._retry, args=(outer, message, what), daemon=True,
+                                 name="hoard-retry").start()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                outer.fail(exc)
+
+        inner.add_done_callback(forward)
+        return outer
+
+    def _retry(self, outer: Pending, message: Any, what: str) -> None:
+        try:
+            outer.resolve(self._call(message, None, what))
+        except BaseException as exc:  # noqa: BLE001
+            outer.fail(exc)
+
+    # -- non-blocking forms: each returns a `Pending` future at once (await it, or .get()) ---------------
+    def set_async(self, key: str, value: Any, *, expected_version: int | None = None) -> Pending:
+        """`set` without waiting: returns a future of the new version."""
+        return self._submit(Set(key, value, expected_version), f"set on {self._id!r}")
+
+    def update_async(self, values: Mapping[str, Any], *, expected_version: int | None = None) -> Pending:
+        """`update` without waiting: returns a future of the new version."""
+        return self._submit(Update(values, expected_version), f"update on {self._id!r}")
+
+    def delete_async(self, keys: str | Iterable[str], *, expected_version: int | None = None) -> Pending:
+        """`delete` without waiting: returns a future of the new version."""
+        ks = (keys,) if isinstance(keys, str) else tuple(keys)
+        return self._submit(Delete(ks, expected_version), f"delete on {self._id!r}")
+
+    def set_metadata_async(self, values: Mapping[str, Any], *, remove: Iterable[str] = (),
+                           expected_version: int | None = None) -> Pending:
+        """`set_metadata` (mapping form) without waiting: returns a future of the new version."""
+        rm = (remove,) if isinstance(remove, str) else tuple(remove)
+        return self._submit(SetMetadata(values, rm, expected_version), f"set_metadata on {self._id!r}")
+
+    def transact_async(self, fn: Callable[[Any], Any], *, expected_version: int | None = None) -> Pending:
+        """`transact` without waiting: returns a future of what `fn` returns."""
+        return self._submit(Transact(fn, expected_version), f"transact on {self._id!r}")
+
+    def create_recovery_point_async(self, label: str | None = None) -> Pending:
+        """`create_recovery_point` without waiting: returns a future of the `RecoveryPoint`."""
+        return self._submit(CreateRecoveryPoint(label), f"recovery point of {self._id!r}")
+
+    def restore_async(self, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
+                      timeout: float | None = None) -> Pending:
+        """`restore` without waiting for the change (it reads the recovery point first, blocking up to
+        `timeout` on that store read): returns a future of the new version."""
+        rp = read_recovery_point(self._system, self._id, rp_id, timeout)
+        return self._submit(Restore(rp, expected_version), f"restore of {self._id!r}")
 
     # -- reads: no message, no wait -----------------------------------------------------------------
     @property

@@ -13,7 +13,8 @@ import pytest
 
 from runtime import ContextSystem, open_system
 
-_OUR_THREADS = ("ContextActor-", "SupervisorActor-", "PersistenceActor-", "EventBusActor-", "SubscriberActor-")
+_OUR_THREADS = ("ContextActor-", "SupervisorActor-", "PersistenceActor-", "EventBusActor-", "SubscriberActor-",
+                "hoard-maintenance")
 
 
 def _actor_threads() -> list[threading.Thread]:
