@@ -56,6 +56,7 @@ from storage import thaw as thaw
 from ._adapter import ContextAdapter as ContextAdapter
 from ._config import ContextAdapterConfig as ContextAdapterConfig
 from ._config import ContextManagerConfig as ContextManagerConfig
+from ._daemon import run_forever as run_forever
 from ._events import Subscription as Subscription
 from ._factory import create_adapter as create_adapter
 from ._factory import create_adapter_with_config as create_adapter_with_config
@@ -84,5 +85,5 @@ __all__ = [
     "InvalidContextIdError", "InvalidValueError", "MemoryStore", "NoCurrentContextError", "PersistenceError",
     "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "Store", "StoreLockedError",
     "SystemStoppedError", "VersionConflictError", "create_adapter", "create_adapter_with_config",
-    "create_manager", "create_manager_with_config", "open_system", "thaw",
+    "create_manager", "create_manager_with_config", "open_system", "run_forever", "thaw",
 ]
