@@ -36,3 +36,21 @@ def test_sigterm_stops_the_daemon_gracefully(store_path: Path) -> None:
     with open_system(store_path) as s:
         st = s.manager.get_state("svc")
         assert st.version == 101 and all(st.data[f"k{i}"] == i for i in range(100))
+
+
+FORGETFUL = r"""
+import sys
+from runtime import open_system, ContextManagerConfig
+system = open_system(sys.argv[1], manager_config=ContextManagerConfig(durability="deferred", flush_interval=60))
+t = system.adapter.activate("svc")
+for i in range(50):
+    t.set(f"k{i}", i)
+# no stop(): interpreter exit must neither hang nor lose these deferred writes
+"""
+
+
+def test_a_forgotten_stop_neither_hangs_exit_nor_loses_writes(store_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", FORGETFUL, str(store_path)], timeout=60, check=False)
+    assert proc.returncode == 0
+    with open_system(store_path) as s:
+        assert s.manager.get_state("svc").version == 51
