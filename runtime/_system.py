@@ -175,22 +175,22 @@ class ContextSystem:
     # -- plumbing ------------------------------------------------------------------------------------
     def ask(self, message: Any, timeout: float | None, what: str) -> Any:
         """Ask the supervisor; translate pykka's errors into ours. Blocks at most `timeout`."""
-        if self._stopped:
-            raise SystemStoppedError()
-        t = self.call_timeout if timeout is None else timeout
-        try:
-            return self._supervisor.ask(message, timeout=t)
-        except pykka.Timeout as exc:
-            raise ContextTimeoutError(what, t) from exc
-        except pykka.ActorDeadError as exc:
-            raise SystemStoppedError() from exc
+        return self._ask(self._supervisor, message, timeout, what)
 
     def ask_persistence(self, message: Any, timeout: float | None, what: str) -> Any:
+        """Ask the persistence actor (store reads and writes that need no context actor)."""
+        return self._ask(self._persistence, message, timeout, what)
+
+    def ask_bus(self, message: Any, timeout: float | None, what: str) -> Any:
+        """Ask the event bus (subscribe, unsubscribe)."""
+        return self._ask(self._bus, message, timeout, what)
+
+    def _ask(self, ref: pykka.ActorRef[Any], message: Any, timeout: float | None, what: str) -> Any:
         if self._stopped:
             raise SystemStoppedError()
         t = self.call_timeout if timeout is None else timeout
         try:
-            return self._persistence.ask(message, timeout=t)
+            return ref.ask(message, timeout=t)
         except pykka.Timeout as exc:
             raise ContextTimeoutError(what, t) from exc
         except pykka.ActorDeadError as exc:
@@ -218,16 +218,6 @@ class ContextSystem:
         """
         return subscribe(self, subscriber, context_id=context_id, kinds=kinds, timeout=timeout)
 
-    def ask_bus(self, message: Any, timeout: float | None, what: str) -> Any:
-        if self._stopped:
-            raise SystemStoppedError()
-        t = self.call_timeout if timeout is None else timeout
-        try:
-            return self._bus.ask(message, timeout=t)
-        except pykka.Timeout as exc:
-            raise ContextTimeoutError(what, t) from exc
-        except pykka.ActorDeadError as exc:
-            raise SystemStoppedError() from exc
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def stop(self, timeout: float | None = None) -> None:

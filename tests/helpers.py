@@ -41,3 +41,13 @@ class RecordingStore(SQLiteStore):
     def appends(self) -> list[int]:
         """Number of journal appends per recorded commit."""
         return [sum(isinstance(op, Append) for op in b) for b in self.batches]
+
+
+class Clock:
+    """An injectable clock: tests move `now` by hand instead of sleeping."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -17,15 +17,7 @@ from runtime import (
     VersionConflictError,
     open_system,
 )
-from tests.helpers import wait_until
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock, wait_until
 
 
 def test_pipelined_futures_all_resolve_in_order(system) -> None:
