@@ -13,8 +13,10 @@ from ._errors import ContextCrashedError as ContextCrashedError
 from ._errors import ContextExistsError as ContextExistsError
 from ._errors import ContextFailedError as ContextFailedError
 from ._errors import ContextNotFoundError as ContextNotFoundError
+from ._errors import ContextOwnedElsewhereError as ContextOwnedElsewhereError
 from ._errors import ContextTimeoutError as ContextTimeoutError
 from ._errors import CorruptStateError as CorruptStateError
+from ._errors import FencedOffError as FencedOffError
 from ._errors import HoardError as HoardError
 from ._errors import InvalidContextIdError as InvalidContextIdError
 from ._errors import InvalidValueError as InvalidValueError
@@ -30,6 +32,9 @@ from ._model import ContextState as ContextState
 from ._model import RecoveryPoint as RecoveryPoint
 from ._model import apply_change as apply_change
 from ._model import new_state as new_state
+from ._postgres import ChangeListener as ChangeListener
+from ._postgres import ChangeNotice as ChangeNotice
+from ._postgres import PostgresStore as PostgresStore
 from ._sqlite import SQLiteStore as SQLiteStore
 from ._store import Append as Append
 from ._store import CreateContext as CreateContext
@@ -59,4 +64,5 @@ __all__ = [
     "StoredContext", "SystemStoppedError", "VerifyIssue", "VersionConflictError", "apply_change",
     "encoded_size", "freeze_mapping", "freeze_value", "make_converter", "new_state", "thaw", "validate_id",
     "validate_key",
+    "ChangeListener", "ChangeNotice", "ContextOwnedElsewhereError", "FencedOffError", "PostgresStore",
 ]

@@ -1,0 +1,1021 @@
+"""`PostgresStore`: the shared store for several processes or hosts, on PostgreSQL (psycopg 3).
+
+Same model as `SQLiteStore`, in tables of one PostgreSQL schema (default ``hoard``; any other name
+keeps several stores, or throwaway test stores, apart in one database): `contexts` (version, times,
+next recovery point id), `snapshots` (newest two per context), `journal` (changes after the older
+kept snapshot), `recovery_points`, `leases` (ownership, see below) and `schema_version` (one row per
+applied migration). `open()` creates the schema and tables, or migrates older ones, under an advisory
+lock, and refuses (`CorruptStateError`) a schema written by a newer hoard or one that is not hoard's.
+Blobs are encoded by the same `Codec` as SQLite's (zstd, header, checksum), stored uncompressed by
+PostgreSQL (``STORAGE EXTERNAL``: they are compressed already).
+
+Writes: `commit(ops)` is **one transaction** (group commit), and every write is checked in SQL, so
+two writers can never both succeed on the same version: an append is
+``UPDATE contexts SET version=v WHERE id=... AND version=v-1`` and counts the rows it changed; a
+recovery point advances ``next_rp_id`` the same way; a create is an insert that must not conflict.
+A refused check raises `PersistenceError` and rolls the whole batch back.
+
+Single activation (ownership leases with fencing tokens). One `leases` row per context that was
+ever written or leased: ``(context_id, owner, token, expires_at)``. Expiry is judged by the database
+clock (``now()``) only, so the hosts' clocks do not matter.
+
+- ``acquire_lease(context_id, ttl=None) -> int`` takes the lease if it is free, released or expired
+  (or held by an earlier incarnation with the same `owner_id`), and returns its fencing token, which
+  grows by one on every acquisition; if this store holds it already, it is renewed and the same token
+  returned. If another owner holds a live lease it raises `ContextOwnedElsewhereError` at once (with
+  the owner and ``expires_in``): a store never waits, the caller decides whether to retry.
+- ``renew_lease(context_id, token, ttl=None)`` extends it (`FencedOffError` if it was taken over);
+  ``renew_leases(ttl=None) -> list[str]`` renews every lease this store holds in one statement and
+  returns (and forgets) the ids it lost.
+- ``release_lease(context_id, token) -> bool`` frees it at once for the next owner (the token stays
+  in the row, so the next owner's token is still larger). `close()` releases every lease still held.
+- Fencing: the store remembers the token of each lease it holds. Every `commit` first locks the lease
+  rows of the contexts it touches and refuses the whole batch with `FencedOffError` when the token in
+  the row is not the one held here (someone took over), or when this store holds no lease on a
+  context another owner holds a live lease on (or on any context, with ``require_lease=True``). The
+  row lock makes the check and the write one atomic step against a takeover: a takeover waits for a
+  write in progress, and a write after a takeover is refused. A lease that expired but was not taken
+  over fences nobody: its holder may still write (nobody else did meanwhile), and renewing it works.
+
+How the persistence actor is meant to use it (phase 2): on activation ``token =
+store.acquire_lease(cid)``; on `ContextOwnedElsewhereError`, retry from a timer message (never a
+sleep in the actor) until the activation timeout, using ``exc.expires_in`` as the next delay; renew
+every held lease from a timer every ``lease_ttl / 3`` with ``renew_leases()``, and drop the contexts
+it returns without writing; on `FencedOffError` from a commit, fail the waiting callers with it and
+passivate that context without a snapshot; on deactivation, after the final snapshot,
+``release_lease(cid, token)``. A lease is only as good as its renewal: an owner paused for longer than
+its ttl (GC, SIGSTOP, a partition) has lost the context, and every write it attempts afterwards is
+refused by the token, but it may still *serve reads* of its stale in-memory state until it learns so.
+
+Cross-process events: each commit sends, inside its transaction (so only if it commits), one
+``NOTIFY hoard_changes`` per context touched, with a small JSON payload (schema, context id, version
+after the commit, the kinds of operation, the committing owner); leases send ``lease_acquired`` and
+``lease_released``. `listen()` returns a `ChangeListener` on its own connection; subscribers read what
+they need from the store. Notices are hints: those sent while a listener is disconnected are lost.
+PostgreSQL serializes the commits of notifying transactions in a database; ``notify=False`` turns
+notices off for stores nobody listens to.
+
+Connection faults: the store keeps one connection of a `psycopg_pool.ConnectionPool` (size 1) and
+gives it back when it breaks; the pool reconnects in the background. A read on a dead connection is
+retried once on a new one, and so is a commit whose connection was found dead before anything of it
+was sent. A connection lost in the middle of a commit raises `PersistenceError`: nothing of the batch
+is committed. If it is lost while COMMIT itself is in flight, the outcome is looked up by transaction
+id (``txid_status``) on a new connection: a committed batch returns normally, an aborted one raises;
+so a write is never reported failed while stored, nor reported done while lost. Every statement is
+bounded by ``statement_timeout``; a session left idle inside a transaction (a paused process holding a
+lease row lock) is ended by the server after ``lease_ttl`` (at least 1 s), so a takeover never waits on
+a paused owner for long.
+
+Threading: not thread-safe; one owner thread at a time (see `Store`). While open, the pool runs two
+background threads of its own (a scheduler and a worker that reconnects); `close()` ends them. A
+`ChangeListener` has its own connection and is used by one (other) thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import orjson
+
+from ._codec import Codec
+from ._errors import (
+    ConfigError,
+    ContextOwnedElsewhereError,
+    CorruptStateError,
+    FencedOffError,
+    PersistenceError,
+)
+from ._model import ContextState, RecoveryPoint, apply_change
+from ._store import (
+    Append,
+    CreateContext,
+    DeleteContext,
+    DeleteRecoveryPoint,
+    Op,
+    PutRecoveryPoint,
+    PutSnapshot,
+    StoredContext,
+    VerifyIssue,
+)
+
+try:  # the "postgres" extra: the rest of storage must import without it
+    import psycopg
+    import psycopg_pool
+    from psycopg.conninfo import conninfo_to_dict
+except ImportError:  # pragma: no cover - exercised only without the extra
+    psycopg = None  # type: ignore[assignment]
+    psycopg_pool = None  # type: ignore[assignment]
+
+__all__ = ["CHANNEL", "SCHEMA_VERSION", "ChangeListener", "ChangeNotice", "PostgresStore"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: the NOTIFY channel of every hoard store (notices carry their schema; listeners filter on it)
+CHANNEL = "hoard_changes"
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+# Migrations, in order; migration n brings a schema from version n-1 to n. Never edit a released one:
+# append a new one. "{s}" is the quoted schema name.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: journal + snapshots + recovery points, and ownership leases
+        'CREATE TABLE {s}.contexts (id text COLLATE "C" PRIMARY KEY, version bigint NOT NULL, '
+        "created_at double precision NOT NULL, updated_at double precision NOT NULL, "
+        "next_rp_id bigint NOT NULL DEFAULT 1)",
+        'CREATE TABLE {s}.snapshots (context_id text COLLATE "C" NOT NULL, version bigint NOT NULL, '
+        "blob bytea NOT NULL, PRIMARY KEY (context_id, version))",
+        'CREATE TABLE {s}.journal (context_id text COLLATE "C" NOT NULL, version bigint NOT NULL, '
+        "blob bytea NOT NULL, PRIMARY KEY (context_id, version))",
+        'CREATE TABLE {s}.recovery_points (context_id text COLLATE "C" NOT NULL, rp_id bigint NOT NULL, '
+        "version bigint NOT NULL, label text, created_at double precision NOT NULL, blob bytea NOT NULL, "
+        "PRIMARY KEY (context_id, rp_id))",
+        'CREATE TABLE {s}.leases (context_id text COLLATE "C" PRIMARY KEY, owner text NOT NULL, '
+        "token bigint NOT NULL, expires_at timestamptz NOT NULL)",
+        # blobs are zstd-compressed already: keep PostgreSQL from compressing them again
+        "ALTER TABLE {s}.snapshots ALTER COLUMN blob SET STORAGE EXTERNAL",
+        "ALTER TABLE {s}.journal ALTER COLUMN blob SET STORAGE EXTERNAL",
+        "ALTER TABLE {s}.recovery_points ALTER COLUMN blob SET STORAGE EXTERNAL",
+    ),
+)
+#: the table layout this hoard writes; a schema of a higher version is refused
+SCHEMA_VERSION = len(_MIGRATIONS)
+_TABLES = {"schema_version", "contexts", "snapshots", "journal", "recovery_points", "leases"}
+
+# -- SQL (formatted once per store with its schema) -----------------------------------------------------
+# Lock the lease row of every context a batch touches (creating a free one if missing, so that a
+# concurrent first acquisition waits for this transaction too), in id order (no deadlocks between
+# writers), and read what fencing needs plus the transaction id (to resolve a commit lost in flight).
+_FENCE = """
+INSERT INTO {s}.leases AS l (context_id, owner, token, expires_at)
+SELECT id, '', 0, '-infinity' FROM unnest(%(ids)s::text[]) AS id ORDER BY id
+ON CONFLICT (context_id) DO UPDATE SET token = l.token
+RETURNING l.context_id, l.owner, l.token, l.expires_at > now(), txid_current()"""
+_APPEND = """
+WITH u AS (UPDATE {s}.contexts SET version = %(v)s, updated_at = %(at)s
+           WHERE id = %(id)s AND version = %(prev)s RETURNING id)
+INSERT INTO {s}.journal (context_id, version, blob) SELECT id, %(v)s, %(blob)s FROM u RETURNING version"""
+_CREATE = """
+WITH c AS (INSERT INTO {s}.contexts (id, version, created_at, updated_at) VALUES (%(id)s, %(v)s, %(c)s, %(u)s)
+           ON CONFLICT (id) DO NOTHING RETURNING id)
+INSERT INTO {s}.snapshots (context_id, version, blob) SELECT id, %(v)s, %(blob)s FROM c RETURNING version"""
+_SNAPSHOT_TRIM = """
+WITH k AS (SELECT min(version) AS v FROM (SELECT version FROM {s}.snapshots WHERE context_id = %(id)s
+                                           ORDER BY version DESC LIMIT 2) AS newest),
+     d AS (DELETE FROM {s}.snapshots WHERE context_id = %(id)s AND version < (SELECT v FROM k))
+DELETE FROM {s}.journal WHERE context_id = %(id)s AND version <= (SELECT v FROM k)"""
+_RP_INSERT = """
+WITH c AS (UPDATE {s}.contexts SET next_rp_id = %(rp)s + 1 WHERE id = %(id)s AND next_rp_id = %(rp)s RETURNING id)
+INSERT INTO {s}.recovery_points (context_id, rp_id, version, label, created_at, blob)
+SELECT id, %(rp)s, %(v)s, %(label)s, %(at)s, %(blob)s FROM c RETURNING rp_id"""
+_RP_TRIM = """
+DELETE FROM {s}.recovery_points WHERE context_id = %(id)s AND rp_id < (
+    SELECT min(rp_id) FROM (SELECT rp_id FROM {s}.recovery_points WHERE context_id = %(id)s
+                            ORDER BY rp_id DESC LIMIT %(keep)s) AS newest)"""
+_DELETE = """
+WITH j AS (DELETE FROM {s}.journal WHERE context_id = %(id)s),
+     s AS (DELETE FROM {s}.snapshots WHERE context_id = %(id)s),
+     r AS (DELETE FROM {s}.recovery_points WHERE context_id = %(id)s)
+DELETE FROM {s}.contexts WHERE id = %(id)s"""
+_NOTIFY = """
+SELECT pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'id', n.id, 'v', c.version,
+                                           'ops', string_to_array(n.ops, ','), 'owner', %(owner)s::text)::text)
+FROM unnest(%(ids)s::text[], %(ops)s::text[]) AS n(id, ops) LEFT JOIN {s}.contexts c ON c.id = n.id"""
+# One statement, so the newest snapshot, the journal after it and the acknowledged version are read
+# from one consistent snapshot of the database even while other processes write.
+_LOAD = """
+SELECT 0, version, NULL::bytea FROM {s}.contexts WHERE id = %(id)s
+UNION ALL (SELECT 1, version, blob FROM {s}.snapshots WHERE context_id = %(id)s ORDER BY version DESC LIMIT 1)
+UNION ALL SELECT 2, version, blob FROM {s}.journal WHERE context_id = %(id)s
+    AND version > (SELECT coalesce(max(version), 0) FROM {s}.snapshots WHERE context_id = %(id)s)"""
+_INFO = """
+SELECT c.id, c.version, c.created_at, c.updated_at, c.next_rp_id,
+ (SELECT max(version) FROM {s}.snapshots s WHERE s.context_id = c.id),
+ (SELECT count(*) FROM {s}.journal j WHERE j.context_id = c.id),
+ (SELECT count(*) FROM {s}.recovery_points r WHERE r.context_id = c.id),
+ (SELECT coalesce(sum(octet_length(blob)), 0) FROM {s}.snapshots s WHERE s.context_id = c.id)::bigint
+ + (SELECT coalesce(sum(octet_length(blob)), 0) FROM {s}.journal j WHERE j.context_id = c.id)::bigint
+FROM {s}.contexts c WHERE c.id = %(id)s"""
+_ACQUIRE = """
+WITH a AS (
+  INSERT INTO {s}.leases AS l (context_id, owner, token, expires_at)
+  VALUES (%(id)s, %(owner)s, 1, now() + make_interval(secs => %(ttl)s))
+  ON CONFLICT (context_id) DO UPDATE
+    SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at
+    WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner
+  RETURNING l.token)
+SELECT token, pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'id', %(id)s::text,
+        'ops', ARRAY['lease_acquired'], 'owner', %(owner)s::text, 'token', token)::text) FROM a"""
+_RENEW = """
+UPDATE {s}.leases SET expires_at = now() + make_interval(secs => %(ttl)s)
+WHERE context_id = %(id)s AND token = %(token)s AND owner = %(owner)s RETURNING token"""
+_RENEW_ALL = """
+UPDATE {s}.leases AS l SET expires_at = now() + make_interval(secs => %(ttl)s)
+FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS h(id, token)
+WHERE l.context_id = h.id AND l.token = h.token AND l.owner = %(owner)s RETURNING l.context_id"""
+_RELEASE = """
+WITH r AS (UPDATE {s}.leases SET expires_at = '-infinity'
+           WHERE context_id = %(id)s AND token = %(token)s AND owner = %(owner)s RETURNING context_id)
+SELECT context_id, pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'id', context_id,
+        'ops', ARRAY['lease_released'], 'owner', %(owner)s::text)::text) FROM r"""
+_HOLDER = """
+SELECT owner, token, expires_at > now(),
+       CASE WHEN expires_at > now() THEN extract(epoch FROM expires_at - now())::float8 END
+FROM {s}.leases WHERE context_id = %(id)s"""
+
+
+@attrs.frozen
+class ChangeNotice:
+    """One cross-process notice, as received by a `ChangeListener`.
+
+    Attributes:
+        schema: the store schema it comes from.
+        context_id: the context concerned.
+        version: its stored version right after the commit (None when it was deleted, or for a lease).
+        ops: what happened: "create", "append", "snapshot", "recovery_point", "delete_recovery_point",
+            "delete", "lease_acquired", "lease_released".
+        owner: the `owner_id` of the store that committed it.
+        sender_pid: the server process id of the committing connection.
+    """
+
+    schema: str
+    context_id: str
+    version: int | None
+    ops: tuple[str, ...]
+    owner: str | None
+    sender_pid: int
+
+
+class PostgresStore:
+    """Every context in one PostgreSQL schema, shared by any number of processes. See the module
+    docstring for the tables, group commit, leases and fencing, notices and connection faults.
+
+    Args:
+        dsn: a libpq connection string or URI (``"postgresql://user@host/db"``).
+        schema: the PostgreSQL schema holding the tables (an identifier: letters, digits, ``_``).
+        compression_level: zstd level for snapshots and recovery points.
+        max_state_bytes: the largest decoded state accepted when reading (bombs are refused).
+        owner_id: who this store is in the `leases` table; unique per live process (reuse one only
+            for a restart of the same node: it takes its leases back at once). Default:
+            ``"<host>:<pid>:<random>"``.
+        lease_ttl: seconds a lease runs unless renewed (the default for `acquire_lease` and renewals).
+        require_lease: refuse (`FencedOffError`) any write to a context this store holds no lease on.
+        notify: send ``NOTIFY hoard_changes`` with each commit.
+        connect_timeout: seconds to wait for a connection (at open, and when reconnecting).
+        statement_timeout: seconds any one statement may run (lock waits included) before it fails
+            with `PersistenceError`.
+
+    Threading: one owner thread at a time; not thread-safe (see `Store`).
+    """
+
+    def __init__(self, dsn: str, *, schema: str = "hoard", compression_level: int = 3,
+                 max_state_bytes: int = 64 * 2**20, owner_id: str | None = None, lease_ttl: float = 10.0,
+                 require_lease: bool = False, notify: bool = True, connect_timeout: float = 5.0,
+                 statement_timeout: float = 30.0) -> None:
+        if psycopg is None:  # pragma: no cover - exercised only without the extra
+            raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard[postgres]'")
+        if not _IDENT.fullmatch(schema):
+            raise ConfigError(f"schema must be an identifier (letters, digits, '_', at most 63), not {schema!r}")
+        if not lease_ttl > 0 or not connect_timeout > 0 or not statement_timeout > 0:
+            raise ConfigError("lease_ttl, connect_timeout and statement_timeout must be positive")
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(f"invalid PostgreSQL connection string: {exc}") from exc
+        self.dsn = dsn
+        self.schema = schema
+        self.owner_id = owner_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_ttl = float(lease_ttl)
+        self.require_lease = require_lease
+        self.notify = notify
+        self.connect_timeout = float(connect_timeout)
+        self.statement_timeout = float(statement_timeout)
+        self.codec = Codec(compression_level, max_bytes=max_state_bytes + 2**20)
+        # never show a password: location appears in messages and logs
+        where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+        self.location = f"postgresql://{where}#{schema}"
+        self._params = params
+        self._sql = {name: text.format(s=f'"{schema}"') for name, text in _SQL.items()}
+        self._pool: Any = None
+        self._db: Any = None  # the connection in use, taken from the pool
+        self._leases: dict[str, int] = {}  # context id -> fencing token this store holds
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.location!r})"
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Connect and create or migrate the schema. Blocks up to `connect_timeout` for the server.
+
+        Raises `PersistenceError` if the server cannot be reached, `CorruptStateError` if the schema
+        holds other tables than hoard's or was written by a newer hoard. Idempotent.
+        """
+        if self._pool is not None:
+            return
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": f"hoard {self.owner_id}"[:63]}
+        if "connect_timeout" not in self._params:
+            kwargs["connect_timeout"] = max(2, round(self.connect_timeout))
+        if "tcp_user_timeout" not in self._params and psycopg.pq.version() >= 120000:
+            # a dead peer on a half-open connection is noticed after this, not after TCP's ~15 min
+            kwargs["tcp_user_timeout"] = round((self.statement_timeout + self.connect_timeout) * 1000)
+        pool = psycopg_pool.ConnectionPool(
+            self.dsn, min_size=1, max_size=1, open=False, kwargs=kwargs, configure=self._configure,
+            timeout=self.connect_timeout, num_workers=1, name=f"hoard-{self.schema}")
+        try:
+            pool.open(wait=True, timeout=self.connect_timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            pool.close(timeout=1.0)
+            raise PersistenceError(f"cannot connect to {self.location} within {self.connect_timeout} s "
+                                   "(is the server up, and the connection string right?)") from exc
+        self._pool = pool
+        try:
+            self._run("open", self._migrate, idempotent=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def _configure(self, conn: Any) -> None:
+        """Session settings of every new pooled connection (runs in the pool's thread)."""
+        conn.execute("SELECT set_config('statement_timeout', %s, false), "
+                     "set_config('idle_in_transaction_session_timeout', %s, false)",
+                     (f"{round(self.statement_timeout * 1000)}", f"{round(max(self.lease_ttl, 1.0) * 1000)}"))
+
+    def _migrate(self, conn: Any) -> None:
+        encoding = conn.execute("SHOW server_encoding").fetchone()[0]
+        if encoding.upper() not in ("UTF8", "UTF-8"):
+            raise PersistenceError(f"{self.location}: database encoding is {encoding}; hoard needs UTF8 "
+                                   "(context ids and keys are any Unicode)")
+        s = f'"{self.schema}"'
+        with conn.transaction():
+            # serialize concurrent openers of the same schema (CREATE ... IF NOT EXISTS still races)
+            conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)",
+                         (0x686F617264 << 24 | zlib.crc32(self.schema.encode()) & 0xFFFFFF,))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s",
+                                                 (self.schema,))}
+            if tables and "schema_version" not in tables:
+                raise CorruptStateError(f"{self.location}: schema {self.schema!r} holds tables that are not a "
+                                        f"hoard store ({', '.join(sorted(tables)[:5])}); choose another schema",
+                                        what="store")
+            if "schema_version" in tables:
+                row = conn.execute(f"SELECT max(version) FROM {s}.schema_version").fetchone()  # noqa: S608
+                current = int(row[0] or 0)
+            else:
+                conn.execute(f"CREATE TABLE {s}.schema_version (version integer PRIMARY KEY, "
+                             "applied_at timestamptz NOT NULL DEFAULT now())")
+                current = 0
+            if current > SCHEMA_VERSION:
+                raise CorruptStateError(f"{self.location} uses store schema version {current}, written by a "
+                                        f"newer hoard; this one knows up to {SCHEMA_VERSION}", what="store")
+            if current == SCHEMA_VERSION and not tables >= _TABLES:
+                raise CorruptStateError(f"{self.location}: hoard store missing tables {sorted(_TABLES - tables)}",
+                                        what="store")
+            for number in range(current + 1, SCHEMA_VERSION + 1):
+                log.info("%s: migrating store schema to version %d", self.location, number)
+                for stmt in _MIGRATIONS[number - 1]:
+                    conn.execute(stmt.format(s=s))
+                conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES (%s)", (number,))  # noqa: S608
+
+    def close(self) -> None:
+        """Release every lease still held (best effort), return the connection, stop the pool.
+        Idempotent; blocks up to a few seconds for the pool's thread."""
+        if self._pool is None:
+            return
+        held, self._leases = self._leases, {}
+        try:
+            for cid, token in held.items():
+                self._release(cid, token)
+        except PersistenceError as exc:
+            log.warning("%s: could not release leases at close (they expire by themselves): %s", self.location, exc)
+        self._drop_connection()
+        pool, self._pool = self._pool, None
+        with contextlib.suppress(Exception):  # closing must not fail: the pool only holds sockets
+            pool.close(timeout=2.0)
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process id of the connection in use (None if none): for diagnostics."""
+        return None if self._db is None or self._db.closed else int(self._db.info.backend_pid)
+
+    # -- connections and errors ----------------------------------------------------------------------
+    def _connection(self) -> Any:
+        if self._pool is None:
+            raise PersistenceError(f"store {self.location} is not open")
+        if self._db is None:
+            try:
+                self._db = self._pool.getconn(timeout=self.connect_timeout)
+            except psycopg_pool.PoolTimeout as exc:
+                raise PersistenceError(f"cannot reach {self.location} within {self.connect_timeout} s; "
+                                       "the pool keeps reconnecting") from exc
+            except psycopg_pool.PoolClosed as exc:
+                raise PersistenceError(f"store {self.location} is closed") from exc
+        return self._db
+
+    def _drop_connection(self) -> None:
+        """Give the connection back; the pool discards a broken one and connects anew."""
+        conn, self._db = self._db, None
+        if conn is not None and self._pool is not None:
+            with contextlib.suppress(Exception):  # the pool closes it if it cannot reset it
+                self._pool.putconn(conn)
+
+    @staticmethod
+    def _lost(conn: Any) -> bool:
+        return bool(conn.closed or conn.broken)
+
+    def _rollback(self, conn: Any) -> None:
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+        except psycopg.Error:
+            self._drop_connection()
+
+    def _translate(self, exc: Exception, what: str, context_id: str | None) -> PersistenceError:
+        if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)):
+            return PersistenceError(f"{self.location}: {what} failed: the store's tables are gone ({exc}); "
+                                    "was the schema dropped while open?", context_id=context_id)
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            return PersistenceError(f"{self.location}: {what} took longer than statement_timeout="
+                                    f"{self.statement_timeout} s ({exc})", context_id=context_id)
+        if isinstance(exc, psycopg.OperationalError):
+            return PersistenceError(f"{self.location}: {what} failed, connection lost ({exc}); nothing of it "
+                                    "was committed, and the store reconnects on the next call",
+                                    context_id=context_id)
+        return PersistenceError(f"{self.location}: {what} failed: {exc}", context_id=context_id)
+
+    def _run(self, what: str, fn: Callable[[Any], T], context_id: str | None = None, *,
+             idempotent: bool = True) -> T:
+        """Run `fn(connection)`, translating psycopg errors into ours; an idempotent `fn` whose
+        connection was dead is retried once on a new one."""
+        for attempt in (0, 1):
+            conn = self._connection()
+            try:
+                return fn(conn)
+            except psycopg.Error as exc:
+                if not self._lost(conn):
+                    self._rollback(conn)
+                    raise self._translate(exc, what, context_id) from exc
+                self._drop_connection()
+                if idempotent and attempt == 0:
+                    log.warning("%s: connection lost during %s (%s); retrying on a new one", self.location, what, exc)
+                    continue
+                raise self._translate(exc, what, context_id) from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- writes --------------------------------------------------------------------------------------
+    def commit(self, ops: Sequence[Op]) -> None:
+        """Apply `ops` in order in one transaction (see `Store.commit`), fenced by the leases.
+
+        Runs in the caller's thread; blocks for the round trips (bounded by `statement_timeout`).
+        Raises `FencedOffError` if a touched context is owned elsewhere, `PersistenceError` if a
+        version check fails or the connection is lost; then nothing of the batch is committed.
+        """
+        if not ops:
+            return
+        encoded = [self._encode(op) for op in ops]  # before the transaction: row locks are held briefly
+        touched: dict[str, list[str]] = {}
+        for op in ops:
+            kinds = touched.setdefault(_context_of(op), [])
+            if _KIND[type(op)] not in kinds:
+                kinds.append(_KIND[type(op)])
+        ids = sorted(touched)
+        first = _context_of(ops[0])
+        for attempt in (0, 1):
+            conn = self._connection()
+            stage, xid = "begin", None
+            try:
+                conn.execute("BEGIN")
+                stage = "write"
+                xid = self._fence(conn, ids)
+                self._apply_all(conn, ops, encoded)
+                if self.notify:
+                    conn.execute(self._sql["notify"], {
+                        "ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
+                        "ops": [",".join(touched[cid]) for cid in ids]})
+                stage = "commit"
+                self._finish(conn)
+                return
+            except psycopg.Error as exc:
+                if not self._lost(conn):
+                    self._rollback(conn)
+                    raise self._translate(exc, "commit", first) from exc
+                self._drop_connection()
+                if stage == "begin" and attempt == 0:
+                    # dead before anything was sent (killed while idle, server restarted): retry
+                    log.warning("%s: connection found dead at commit (%s); retrying on a new one", self.location, exc)
+                    continue
+                if stage == "commit" and xid is not None and self._committed_anyway(xid, exc, first):
+                    return
+                raise self._translate(exc, "commit", first) from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+
+    def _finish(self, conn: Any) -> None:
+        """Send COMMIT (a seam of its own: the fault tests break the connection exactly here)."""
+        conn.execute("COMMIT")
+
+    def _committed_anyway(self, xid: int, exc: Exception, context_id: str | None) -> bool:
+        """After the connection broke during COMMIT: did the transaction commit? Asked on a new
+        connection by transaction id; waits (bounded) while the old session is still finishing."""
+        deadline = time.monotonic() + self.statement_timeout
+        while True:
+            try:
+                status = self._run("commit status", lambda c: c.execute("SELECT txid_status(%s)", (xid,)).fetchone()[0])
+            except PersistenceError as lookup:
+                raise PersistenceError(f"{self.location}: the connection broke during COMMIT ({exc}) and the outcome "
+                                       f"cannot be looked up ({lookup}); reload the context before writing again",
+                                       context_id=context_id) from exc
+            if status == "committed":
+                log.warning("%s: the connection broke during COMMIT (%s), but the transaction committed",
+                            self.location, exc)
+                return True
+            if status == "aborted":
+                return False
+            if status != "in progress" or time.monotonic() > deadline:
+                raise PersistenceError(f"{self.location}: the connection broke during COMMIT ({exc}) and the "
+                                       f"outcome is unknown (status {status!r}); reload the context before writing "
+                                       "again", context_id=context_id) from exc
+            time.sleep(0.01)  # the old session is still ending: it will commit or abort shortly
+
+    def _fence(self, conn: Any, ids: list[str]) -> int:
+        """Lock and check the lease rows of `ids`; return the transaction id."""
+        rows = conn.execute(self._sql["fence"], {"ids": ids}).fetchall()
+        for cid, owner, token, live, _xid in rows:
+            mine = self._leases.get(cid)
+            if mine is not None:
+                if token != mine:
+                    raise FencedOffError(cid, token=mine, current_token=token, owner=owner)
+            elif live or self.require_lease:
+                raise FencedOffError(cid, token=None, current_token=token, owner=owner or None)
+        return int(rows[0][4])
+
+    def _encode(self, op: Op) -> bytes | None:
+        codec = self.codec
+        if isinstance(op, Append):
+            return codec.encode_change(op.change)
+        if isinstance(op, (PutSnapshot, CreateContext)):
+            return codec.encode_state(op.state)
+        if isinstance(op, PutRecoveryPoint):
+            return codec.encode_state(op.rp.state)
+        return None
+
+    def _apply_all(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None]) -> None:
+        i = 0
+        while i < len(ops):
+            if isinstance(ops[i], Append):
+                j = i
+                while j < len(ops) and isinstance(ops[j], Append):
+                    j += 1
+                self._append_many(conn, ops[i:j], encoded[i:j])  # type: ignore[arg-type]
+                i = j
+            else:
+                self._apply(conn, ops[i], encoded[i])
+                i += 1
+
+    def _append_many(self, conn: Any, appends: Sequence[Append], blobs: Sequence[bytes | None]) -> None:
+        """Consecutive appends in one pipelined round trip, each still version-checked."""
+        cur = conn.cursor()
+        cur.executemany(self._sql["append"], [
+            {"id": op.context_id, "v": op.change.version, "prev": op.change.version - 1, "at": op.change.at,
+             "blob": blob} for op, blob in zip(appends, blobs, strict=True)], returning=True)
+        for op in appends:
+            if cur.fetchone() is None:
+                raise PersistenceError(self._version_problem(conn, op.context_id, op.change.version),
+                                       context_id=op.context_id)
+            cur.nextset()
+
+    def _apply(self, conn: Any, op: Op, blob: bytes | None) -> None:
+        sql = self._sql
+        if isinstance(op, PutSnapshot):
+            st = op.state
+            row = conn.execute(sql["lock_context"], {"id": st.id}).fetchone()
+            if row is None:
+                raise PersistenceError(f"snapshot of {st.id!r}, which is not in the store", context_id=st.id)
+            if row[0] < st.version:
+                # a checkpoint of changes that were never journaled (durability "none"): it becomes
+                # the stored version, and nothing older can rebuild it any more
+                conn.execute(sql["checkpoint"], {"id": st.id, "v": st.version, "u": st.updated_at})
+            conn.execute(sql["snapshot"], {"id": st.id, "v": st.version, "blob": blob})
+            conn.execute(sql["snapshot_trim"], {"id": st.id})
+        elif isinstance(op, CreateContext):
+            st = op.state
+            if conn.execute(sql["create"], {"id": st.id, "v": st.version, "c": st.created_at, "u": st.updated_at,
+                                            "blob": blob}).fetchone() is None:
+                raise PersistenceError(f"context {st.id!r} already exists in the store", context_id=st.id)
+        elif isinstance(op, PutRecoveryPoint):
+            rp = op.rp
+            if conn.execute(sql["rp_insert"], {"id": rp.context_id, "rp": rp.id, "v": rp.version, "label": rp.label,
+                                               "at": rp.created_at, "blob": blob}).fetchone() is None:
+                row = conn.execute(sql["next_rp"], {"id": rp.context_id}).fetchone()
+                if row is None:
+                    raise PersistenceError(f"context {rp.context_id!r} is not in the store", context_id=rp.context_id)
+                raise PersistenceError(f"recovery point id {rp.id} out of sequence (next is {row[0]})",
+                                       context_id=rp.context_id)
+            conn.execute(sql["rp_trim"], {"id": rp.context_id, "keep": max(1, op.keep)})
+        elif isinstance(op, DeleteRecoveryPoint):
+            conn.execute(sql["rp_delete"], {"id": op.context_id, "rp": op.rp_id})
+        elif isinstance(op, DeleteContext):
+            conn.execute(sql["delete"], {"id": op.context_id})
+        else:  # pragma: no cover - the Op union is closed
+            raise TypeError(f"unknown store operation {op!r}")
+
+    def _version_problem(self, conn: Any, context_id: str, version: int) -> str:
+        row = conn.execute(self._sql["version"], {"id": context_id}).fetchone()
+        if row is None:
+            return f"journal entry for {context_id!r}, which is not in the store"
+        return f"journal entry {version} for {context_id!r} does not follow stored version {row[0]}"
+
+    # -- leases --------------------------------------------------------------------------------------
+    def _ttl(self, ttl: float | None) -> float:
+        ttl = self.lease_ttl if ttl is None else float(ttl)
+        if not ttl > 0:
+            raise ConfigError(f"a lease ttl must be positive, not {ttl!r}")
+        return ttl
+
+    def _lease_args(self, context_id: str, **extra: Any) -> dict[str, Any]:
+        return {"id": context_id, "owner": self.owner_id, "ch": CHANNEL, "schema": self.schema, **extra}
+
+    def acquire_lease(self, context_id: str, ttl: float | None = None) -> int:
+        """Take (or renew) ownership of `context_id` for `ttl` seconds (default `lease_ttl`) and
+        return the fencing token; from now on this store's writes to it carry that token.
+
+        Runs in the caller's thread, one autocommit statement (two when owned elsewhere); never waits
+        for the owner. The lease is taken when it is free, released, expired by the database clock, or
+        held by an earlier incarnation of this `owner_id`; each such acquisition increments the token,
+        so it is strictly increasing per context. If this store holds the lease already it is renewed
+        and the same token returned.
+
+        Raises:
+            ContextOwnedElsewhereError: another owner holds a live lease (`owner`, `expires_in`).
+            PersistenceError: the server could not be asked.
+        """
+        ttl = self._ttl(ttl)
+        mine = self._leases.get(context_id)
+        if mine is not None:
+            renewed = self._run("renew lease", lambda c: c.execute(
+                self._sql["renew"], self._lease_args(context_id, token=mine, ttl=ttl)).fetchone(), context_id)
+            if renewed is not None:
+                return mine
+            del self._leases[context_id]  # taken over meanwhile: try to take it back like anyone else
+        for _ in range(3):
+            row = self._run("acquire lease", lambda c: c.execute(
+                self._sql["acquire"], self._lease_args(context_id, ttl=ttl)).fetchone(), context_id,
+                idempotent=False)
+            if row is not None:
+                self._leases[context_id] = token = int(row[0])
+                log.debug("%s: lease on %r acquired, token %d", self.location, context_id, token)
+                return token
+            holder = self._run("read lease", lambda c: c.execute(
+                self._sql["holder"], {"id": context_id}).fetchone(), context_id)
+            if holder is not None and holder[2]:
+                raise ContextOwnedElsewhereError(context_id, holder[0], expires_in=max(0.0, float(holder[3])))
+            # released or expired between the two statements: try again
+        raise ContextOwnedElsewhereError(context_id, "another owner (the lease changed hands repeatedly)")
+
+    def renew_lease(self, context_id: str, token: int, ttl: float | None = None) -> None:
+        """Extend the lease with `token` on `context_id` to `ttl` seconds from now (database clock).
+
+        Runs in the caller's thread; one statement. A lease that expired but was not taken over is
+        renewed too (nobody wrote meanwhile).
+
+        Raises:
+            FencedOffError: another owner took it over; this store forgets the token.
+            PersistenceError: the server could not be asked.
+        """
+        ttl = self._ttl(ttl)
+        row = self._run("renew lease", lambda c: c.execute(
+            self._sql["renew"], self._lease_args(context_id, token=token, ttl=ttl)).fetchone(), context_id)
+        if row is not None:
+            self._leases[context_id] = token
+            return
+        if self._leases.get(context_id) == token:
+            del self._leases[context_id]
+        holder = self._run("read lease", lambda c: c.execute(
+            self._sql["holder"], {"id": context_id}).fetchone(), context_id)
+        raise FencedOffError(context_id, token=token, current_token=None if holder is None else int(holder[1]),
+                             owner=None if holder is None else holder[0])
+
+    def renew_leases(self, ttl: float | None = None) -> list[str]:
+        """Renew every lease this store holds, in one statement; return (sorted) the ids of those that
+        were taken over meanwhile, which this store forgets: drop those contexts without writing.
+
+        Runs in the caller's thread (meant for a periodic timer, every ``lease_ttl / 3``).
+        Raises `PersistenceError` if the server could not be asked (the leases then keep running
+        until their expiry).
+        """
+        ttl = self._ttl(ttl)
+        if not self._leases:
+            return []
+        held = dict(self._leases)
+        rows = self._run("renew leases", lambda c: c.execute(self._sql["renew_all"], {
+            "ttl": ttl, "owner": self.owner_id, "ids": list(held), "tokens": list(held.values())}).fetchall())
+        lost = sorted(set(held) - {r[0] for r in rows})
+        for cid in lost:
+            if self._leases.get(cid) == held[cid]:
+                del self._leases[cid]
+        if lost:
+            log.warning("%s: leases taken over by other owners: %s", self.location, lost)
+        return lost
+
+    def release_lease(self, context_id: str, token: int) -> bool:
+        """Give up the lease with `token` on `context_id` now, so that another owner can take it at
+        once. Returns False if it had been taken over already (nothing to release).
+
+        Runs in the caller's thread; one statement. Call it after the context's last write (its
+        final snapshot): a write after it is no longer fenced by this lease.
+        """
+        if self._leases.get(context_id) == token:
+            del self._leases[context_id]
+        return self._release(context_id, token)
+
+    def _release(self, context_id: str, token: int) -> bool:
+        def run(conn: Any) -> bool:
+            return conn.execute(self._sql["release"], self._lease_args(context_id, token=token)).fetchone() is not None
+        return self._run("release lease", run, context_id, idempotent=False)
+
+    def lease_token(self, context_id: str) -> int | None:
+        """The fencing token this store holds for `context_id`, or None. No I/O."""
+        return self._leases.get(context_id)
+
+    # -- notices -------------------------------------------------------------------------------------
+    def listen(self) -> ChangeListener:
+        """A `ChangeListener` for this store's schema, on a connection of its own (opened lazily).
+
+        Independent of this store's connection: it may be used by another thread than the store's
+        owner. Close it when done (it is a context manager).
+        """
+        return ChangeListener(self.dsn, self.schema, connect_timeout=self.connect_timeout)
+
+    # -- reads ---------------------------------------------------------------------------------------
+    def load(self, context_id: str) -> ContextState | None:
+        """The newest state (see `Store.load`), read in one statement: the snapshot, the journal after
+        it and the acknowledged version come from one consistent view even while others write.
+        Runs in the caller's thread; retried once on a new connection if the old one was dead."""
+        return self._run("load", lambda c: self._load(c, context_id), context_id)
+
+    def _load(self, conn: Any, context_id: str) -> ContextState | None:
+        rows = sorted(conn.execute(self._sql["load"], {"id": context_id}, binary=True).fetchall(),
+                      key=lambda r: (r[0], r[1]))
+        if not rows or rows[0][0] != 0:
+            return None
+        stored_version = rows[0][1]
+        snaps = [r for r in rows if r[0] == 1]
+        if not snaps:
+            raise CorruptStateError(f"context {context_id!r} has no snapshot", context_id=context_id,
+                                    what="snapshot")
+        _, snap_version, snap_blob = snaps[0]
+        state = self._decode_state(snap_blob, context_id, f"snapshot v{snap_version} of {context_id!r}")
+        if state.version != snap_version or state.id != context_id:
+            raise CorruptStateError(f"snapshot v{snap_version} of {context_id!r} holds {state.id!r} "
+                                    f"v{state.version}", context_id=context_id, what="snapshot")
+        for _, version, blob in (r for r in rows if r[0] == 2):
+            what = f"journal entry v{version} of {context_id!r}"
+            change = self._decode_change(blob, context_id, what)
+            if change.version != version or version != state.version + 1:
+                raise CorruptStateError(f"{what}: expected version {state.version + 1}, found {change.version}",
+                                        context_id=context_id, what="journal")
+            state = apply_change(state, change)
+        if state.version != stored_version:
+            raise CorruptStateError(f"context {context_id!r}: journal ends at v{state.version}, but the store "
+                                    f"acknowledged v{stored_version}", context_id=context_id, what="journal")
+        return state
+
+    def _decode_state(self, blob: bytes, context_id: str, what: str) -> ContextState:
+        try:
+            return self.codec.decode_state(blob, what)
+        except CorruptStateError as exc:
+            exc.context_id = context_id
+            raise
+
+    def _decode_change(self, blob: bytes, context_id: str, what: str) -> Any:
+        try:
+            return self.codec.decode_change(blob, what)
+        except CorruptStateError as exc:
+            exc.context_id = context_id
+            raise
+
+    def info(self, context_id: str) -> StoredContext | None:
+        """Stored facts without decoding (see `Store.info`); one statement, caller's thread."""
+        row = self._run("info", lambda c: c.execute(self._sql["info"], {"id": context_id}).fetchone(), context_id)
+        if row is None:
+            return None
+        cid, ver, created, updated, next_rp, snap_v, jn, rps, size = row
+        return StoredContext(cid, ver, created, updated, snap_v or 0, jn, next_rp, rps, size)
+
+    def list_ids(self, prefix: str = "") -> list[str]:
+        """Stored ids starting with `prefix` (taken literally), in code point order: the ids are
+        ``COLLATE "C"``, which orders UTF-8 as Python orders str. One statement, caller's thread."""
+        return self._run("list", lambda c: [r[0] for r in c.execute(self._sql["list"], {"p": prefix})])
+
+    def count(self) -> int:
+        """Number of stored contexts; one statement, caller's thread."""
+        return self._run("count", lambda c: int(c.execute(self._sql["count"]).fetchone()[0]))
+
+    def recovery_points(self, context_id: str) -> list[RecoveryPoint]:
+        """The context's recovery points, oldest first, each verified; caller's thread."""
+        rows = self._run("list recovery points", lambda c: c.execute(
+            self._sql["rps"], {"id": context_id}, binary=True).fetchall(), context_id)
+        return [self._rp(context_id, r) for r in rows]
+
+    def recovery_point(self, context_id: str, rp_id: int) -> RecoveryPoint | None:
+        """One recovery point, verified, or None; caller's thread."""
+        r = self._run("read recovery point", lambda c: c.execute(
+            self._sql["rp"], {"id": context_id, "rp": rp_id}, binary=True).fetchone(), context_id)
+        return None if r is None else self._rp(context_id, r)
+
+    def _rp(self, context_id: str, row: tuple[Any, ...]) -> RecoveryPoint:
+        """A recovery point from its row ``(rp_id, version, label, created_at, blob)``, verified."""
+        rp_id, version, label, created_at, blob = row
+        state = self._decode_state(blob, context_id, f"recovery point {rp_id} of {context_id!r}")
+        if state.version != version or state.id != context_id:
+            raise CorruptStateError(f"recovery point {rp_id} of {context_id!r} holds {state.id!r} "
+                                    f"v{state.version}, not v{version}", context_id=context_id,
+                                    what="recovery_point")
+        return RecoveryPoint(rp_id, context_id, version, label, created_at, state)
+
+    # -- verification --------------------------------------------------------------------------------
+    def verify(self, fix: bool = False) -> list[VerifyIssue]:
+        """Check every context: its snapshots, journal and recovery points decode and line up, and no
+        row belongs to a context that does not exist. With `fix`, orphan rows are deleted (they hold
+        no acknowledged data of any existing context). Lease rows are not orphans: they outlive their
+        context so that tokens keep growing. Runs in the caller's thread; reads everything."""
+        def run(conn: Any) -> list[VerifyIssue]:
+            issues: list[VerifyIssue] = []
+            for (cid,) in conn.execute(self._sql["list"], {"p": ""}).fetchall():
+                try:
+                    self._load(conn, cid)
+                except CorruptStateError as exc:
+                    issues.append(VerifyIssue(cid, _row_kind(exc.what), str(exc)))
+                for rp_id, version, blob in conn.execute(self._sql["rp_blobs"], {"id": cid}, binary=True).fetchall():
+                    try:
+                        self._rp(cid, (rp_id, version, None, 0.0, blob))
+                    except CorruptStateError as exc:
+                        issues.append(VerifyIssue(cid, "recovery_point", str(exc)))
+            for table in ("snapshots", "journal", "recovery_points"):
+                for (cid,) in conn.execute(self._sql[f"orphans_{table}"]).fetchall():
+                    if fix:
+                        conn.execute(self._sql[f"fix_{table}"], {"id": cid})
+                    issues.append(VerifyIssue(cid, _ROW_KIND[table], f"orphan rows in {table}: the context "
+                                              "does not exist", fixed=fix))
+            return issues
+        return self._run("verify", run)
+
+
+# the rest of the statements; every "{s}" is the quoted schema
+_SQL: dict[str, str] = {
+    "fence": _FENCE, "append": _APPEND, "create": _CREATE, "snapshot_trim": _SNAPSHOT_TRIM,
+    "rp_insert": _RP_INSERT, "rp_trim": _RP_TRIM, "delete": _DELETE, "notify": _NOTIFY, "load": _LOAD,
+    "info": _INFO, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,
+    "holder": _HOLDER,
+    "lock_context": "SELECT version FROM {s}.contexts WHERE id = %(id)s FOR UPDATE",
+    "version": "SELECT version FROM {s}.contexts WHERE id = %(id)s",
+    "next_rp": "SELECT next_rp_id FROM {s}.contexts WHERE id = %(id)s",
+    "checkpoint": "WITH v AS (UPDATE {s}.contexts SET version = %(v)s, updated_at = %(u)s WHERE id = %(id)s), "
+                  "d AS (DELETE FROM {s}.snapshots WHERE context_id = %(id)s) "
+                  "DELETE FROM {s}.journal WHERE context_id = %(id)s",
+    "snapshot": "INSERT INTO {s}.snapshots (context_id, version, blob) VALUES (%(id)s, %(v)s, %(blob)s) "
+                "ON CONFLICT (context_id, version) DO UPDATE SET blob = EXCLUDED.blob",
+    "rp_delete": "DELETE FROM {s}.recovery_points WHERE context_id = %(id)s AND rp_id = %(rp)s",
+    # starts_with keeps '%' and '_' in ids literal; the range condition lets the primary key help
+    "list": "SELECT id FROM {s}.contexts WHERE id >= %(p)s AND starts_with(id, %(p)s) ORDER BY id",
+    "count": "SELECT count(*) FROM {s}.contexts",
+    "rps": "SELECT rp_id, version, label, created_at, blob FROM {s}.recovery_points WHERE context_id = %(id)s "
+           "ORDER BY rp_id",
+    "rp": "SELECT rp_id, version, label, created_at, blob FROM {s}.recovery_points "
+          "WHERE context_id = %(id)s AND rp_id = %(rp)s",
+    "rp_blobs": "SELECT rp_id, version, blob FROM {s}.recovery_points WHERE context_id = %(id)s ORDER BY rp_id",
+    **{f"orphans_{t}": f"SELECT DISTINCT context_id FROM {{s}}.{t} t "  # noqa: S608 - fixed names
+                       "WHERE NOT EXISTS (SELECT 1 FROM {s}.contexts c WHERE c.id = t.context_id)"
+       for t in ("snapshots", "journal", "recovery_points")},
+    **{f"fix_{t}": f"DELETE FROM {{s}}.{t} WHERE context_id = %(id)s "  # noqa: S608 - fixed names
+                   "AND NOT EXISTS (SELECT 1 FROM {s}.contexts c WHERE c.id = %(id)s)"
+       for t in ("snapshots", "journal", "recovery_points")},
+}
+
+_KIND: dict[type, str] = {
+    CreateContext: "create", Append: "append", PutSnapshot: "snapshot", PutRecoveryPoint: "recovery_point",
+    DeleteRecoveryPoint: "delete_recovery_point", DeleteContext: "delete",
+}
+
+
+_ROW_KIND = {"snapshots": "snapshot", "journal": "journal", "recovery_points": "recovery_point"}
+
+
+def _row_kind(what: str) -> str:
+    """`VerifyIssue.what` for a `CorruptStateError` whose `what` may be a row label ("journal entry v3 of 'c'")."""
+    for prefix, kind in (("snapshot", "snapshot"), ("journal", "journal"), ("recovery", "recovery_point")):
+        if what.startswith(prefix):
+            return kind
+    return "context"
+
+
+def _context_of(op: Op) -> str:
+    if isinstance(op, (PutSnapshot, CreateContext)):
+        return op.state.id
+    if isinstance(op, PutRecoveryPoint):
+        return op.rp.context_id
+    return op.context_id
+
+
+class ChangeListener:
+    """Receives the notices (``NOTIFY hoard_changes``) of one store schema, from every process.
+
+    Has a connection of its own, opened on first use; a lost connection raises `PersistenceError`
+    once (notices sent while disconnected are lost: re-read what you need) and is reopened on the
+    next call. Notices are hints for subscribers, who read the store for the facts.
+
+    Threading: one thread at a time (any thread, also not the store's owner); `wait` blocks up to its
+    timeout, never longer. A context manager; `close()` is idempotent.
+    """
+
+    def __init__(self, dsn: str, schema: str, *, connect_timeout: float = 5.0) -> None:
+        if psycopg is None:  # pragma: no cover - exercised only without the extra
+            raise ConfigError("ChangeListener needs psycopg 3: pip install 'hoard[postgres]'")
+        self.dsn = dsn
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self._conn: Any = None
+
+    def __enter__(self) -> ChangeListener:
+        self.open()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Connect and LISTEN now (otherwise the first `wait` does). Notices committed after this
+        returns are received. Raises `PersistenceError` if the server cannot be reached."""
+        if self._conn is not None:
+            return
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(2, round(self.connect_timeout)))
+        except psycopg.Error as exc:
+            raise PersistenceError(f"cannot connect to listen for {CHANNEL}: {exc}") from exc
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as exc:
+            conn.close()
+            raise PersistenceError(f"cannot LISTEN {CHANNEL}: {exc}") from exc
+        self._conn = conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def wait(self, timeout: float) -> list[ChangeNotice]:
+        """Block until at least one notice of this schema arrives or `timeout` seconds pass; return
+        every notice received by then, in commit order (empty on timeout)."""
+        self.open()
+        conn = self._conn
+        deadline = time.monotonic() + max(0.0, timeout)
+        found: list[ChangeNotice] = []
+        try:
+            while True:
+                remaining = max(0.0, deadline - time.monotonic())
+                for n in conn.notifies(timeout=remaining, stop_after=1):
+                    found.extend(self._parse(n.payload, n.pid))
+                if found:  # take whatever else has arrived, without waiting
+                    for n in conn.notifies(timeout=0):
+                        found.extend(self._parse(n.payload, n.pid))
+                    return found
+                if remaining <= 0:
+                    return found
+        except psycopg.Error as exc:
+            self.close()
+            raise PersistenceError(f"listening for {CHANNEL} failed, connection lost ({exc}); notices sent "
+                                   "meanwhile are lost: re-read what you need") from exc
+
+    def dispatch(self, callback: Callable[[ChangeNotice], object], timeout: float) -> int:
+        """`wait` up to `timeout`, then call `callback` with each notice in order; return how many.
+        A callback that raises stops the dispatch (the rest of the batch is dropped)."""
+        notices = self.wait(timeout)
+        for notice in notices:
+            callback(notice)
+        return len(notices)
+
+    def _parse(self, payload: str, pid: int) -> Iterable[ChangeNotice]:
+        try:
+            obj = orjson.loads(payload)
+            if obj.get("schema") != self.schema:
+                return ()
+            return (ChangeNotice(self.schema, str(obj["id"]), obj.get("v"), tuple(obj.get("ops") or ()),
+                                 obj.get("owner"), int(pid)),)
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+            log.debug("ignoring a foreign notice on %s: %r (%s)", CHANNEL, payload[:80], exc)
+            return ()

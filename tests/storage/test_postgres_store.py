@@ -1,0 +1,631 @@
+"""PostgresStore beyond the shared contract (tests/storage/test_store_contract.py): its schema and
+migrations, ownership leases and fencing tokens, LISTEN/NOTIFY, connection faults, and real OS
+processes competing for the same contexts.
+
+Every test runs in a schema of its own (the `pg_schema` fixture drops it), against the server at
+127.0.0.1:5432; without one they skip, under CI=true they fail (tests/storage/conftest.py).
+Child processes use the "spawn" start method and are killed at teardown (`children`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql as pgsql
+
+from storage import (
+    Append,
+    Change,
+    ChangeListener,
+    ChangeNotice,
+    ContextOwnedElsewhereError,
+    ContextState,
+    CorruptStateError,
+    CreateContext,
+    FencedOffError,
+    PersistenceError,
+    PostgresStore,
+    PutSnapshot,
+    apply_change,
+    freeze_mapping,
+    new_state,
+)
+
+pytestmark = pytest.mark.postgres
+
+MakeStore = Callable[..., PostgresStore]
+SPAWN = multiprocessing.get_context("spawn")
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        pause.wait(0.01)
+
+
+def acquire_when_free(store: PostgresStore, cid: str, timeout: float) -> tuple[int, int]:
+    """Acquire the lease on `cid`, retrying while it is owned elsewhere; return (token, refusals)."""
+    refusals = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return store.acquire_lease(cid), refusals
+        except ContextOwnedElsewhereError as exc:
+            refusals += 1
+            if time.monotonic() > deadline:
+                raise AssertionError(f"lease on {cid!r} not free after {timeout} s") from exc
+            time.sleep(min(0.05, exc.expires_in or 0.05))
+
+
+def change(version: int, **data: Any) -> Change:
+    return Change(version, time.time(), freeze_mapping(data))
+
+
+def grow(store: PostgresStore, state: ContextState, n: int) -> ContextState:
+    for _ in range(n):
+        ch = change(state.version + 1, **{f"v{state.version + 1}": state.version + 1})
+        store.commit([Append(state.id, ch)])
+        state = apply_change(state, ch)
+    return state
+
+
+def sql(dsn: str, query: str, params: Any = None, *, schema: str | None = None) -> list[tuple[Any, ...]]:
+    """Run one statement on a connection of its own (tables of `schema` unqualified)."""
+    with psycopg.connect(dsn, autocommit=True, options=f"-c search_path={schema}" if schema else "") as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def journal_versions(dsn: str, schema: str, cid: str) -> list[int]:
+    rows = sql(dsn, "SELECT version FROM journal WHERE context_id = %s ORDER BY version", (cid,), schema=schema)
+    return [r[0] for r in rows]
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """JSON lines written by a child; a torn last line (child killed mid-write) is ignored."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
+
+
+@pytest.fixture
+def children() -> Iterator[list[Any]]:
+    """Child processes started by a test; whatever is still alive at teardown is killed (SIGCONT
+    first, so a stopped one dies too) and reaped."""
+    procs: list[Any] = []
+    yield procs
+    for p in procs:
+        if p.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+            p.kill()
+        p.join(10)
+        assert not p.is_alive(), f"child {p.pid} survived SIGKILL"
+        p.close()
+
+
+# -- schema and migrations -------------------------------------------------------------------------------
+def test_open_creates_the_tables_and_records_the_schema_version(make_pg_store: MakeStore, pg_dsn: str,
+                                                                pg_schema: str) -> None:
+    make_pg_store()
+    tables = {r[0] for r in sql(pg_dsn, "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_schema,))}
+    assert tables == {"schema_version", "contexts", "snapshots", "journal", "recovery_points", "leases"}
+    assert sql(pg_dsn, "SELECT version FROM schema_version", schema=pg_schema) == [(1,)]
+    make_pg_store()  # a second opener (another process, say) migrates nothing
+    assert sql(pg_dsn, "SELECT count(*) FROM schema_version", schema=pg_schema) == [(1,)]
+
+
+def test_a_schema_written_by_a_newer_hoard_is_refused(make_pg_store: MakeStore, pg_dsn: str,
+                                                      pg_schema: str) -> None:
+    make_pg_store().close()
+    sql(pg_dsn, "INSERT INTO schema_version (version) VALUES (99)", schema=pg_schema)
+    with pytest.raises(CorruptStateError, match="newer hoard"):
+        make_pg_store()
+
+
+def test_a_schema_holding_other_tables_is_refused(make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
+    sql(pg_dsn, "CREATE TABLE customers (id int)", schema=pg_schema)
+    with pytest.raises(CorruptStateError, match="not a hoard store"):
+        make_pg_store()
+
+
+def test_an_unreachable_server_is_a_persistence_error() -> None:
+    store = PostgresStore("host=127.0.0.1 port=1 user=postgres dbname=test", connect_timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(PersistenceError, match="cannot connect"):
+        store.open()
+    assert time.monotonic() - started < 5
+    store.close()
+
+
+# -- version-checked writes ------------------------------------------------------------------------------
+def test_two_stores_can_never_both_append_the_same_version(make_pg_store: MakeStore) -> None:
+    a, b = make_pg_store(), make_pg_store()
+    st = new_state("c")
+    a.commit([CreateContext(st)])
+    a.commit([Append("c", change(2, by="a"))])
+    with pytest.raises(PersistenceError, match="does not follow stored version 2"):
+        b.commit([Append("c", change(2, by="b"))])
+    assert b.load("c").get("by") == "a"  # type: ignore[union-attr]
+
+
+def test_damaged_blobs_are_detected_not_loaded(make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
+    s = make_pg_store()
+    st = new_state("c", freeze_mapping({"a": 1}))
+    s.commit([CreateContext(st)])
+    grow(s, st, 2)
+    sql(pg_dsn, "UPDATE journal SET blob = set_byte(blob, 30, (get_byte(blob, 30) + 1) % 256) "
+                "WHERE context_id = 'c' AND version = 3", schema=pg_schema)
+    with pytest.raises(CorruptStateError, match="checksum"):
+        s.load("c")
+    issues = s.verify()
+    assert [(i.context_id, i.what) for i in issues] == [("c", "journal")]
+    # orphan rows (no such context) are reported, and removed by verify(fix=True)
+    sql(pg_dsn, "INSERT INTO snapshots VALUES ('ghost', 1, '\\x00')", schema=pg_schema)
+    assert ("ghost", "snapshot", False) in [(i.context_id, i.what, i.fixed) for i in s.verify()]
+    assert ("ghost", "snapshot", True) in [(i.context_id, i.what, i.fixed) for i in s.verify(fix=True)]
+    assert [i.context_id for i in s.verify()] == ["c"]
+
+
+# -- leases and fencing ----------------------------------------------------------------------------------
+def test_a_lease_excludes_other_owners_until_released_and_tokens_grow(make_pg_store: MakeStore) -> None:
+    a, b = make_pg_store(owner_id="node-a"), make_pg_store(owner_id="node-b")
+    t1 = a.acquire_lease("c", 30)
+    assert a.acquire_lease("c", 30) == t1  # held already: renewed, same token
+    with pytest.raises(ContextOwnedElsewhereError) as caught:
+        b.acquire_lease("c", 30)
+    assert (caught.value.context_id, caught.value.owner) == ("c", "node-a")
+    assert 25 < caught.value.expires_in <= 30  # type: ignore[operator]
+    assert a.release_lease("c", t1) is True
+    t2 = b.acquire_lease("c", 30)
+    assert t2 > t1
+    assert a.lease_token("c") is None
+    assert b.lease_token("c") == t2
+
+
+def test_expiry_is_judged_by_the_database_clock(make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
+    a, b = make_pg_store(owner_id="node-a"), make_pg_store(owner_id="node-b")
+    t1 = a.acquire_lease("c", 3600)
+    (left,) = sql(pg_dsn, "SELECT extract(epoch FROM expires_at - now())::float8 FROM leases", schema=pg_schema)[0]
+    assert 3590 < left <= 3600
+    # an hour passes on the server's clock only: the lease is free, whatever the local clock says
+    sql(pg_dsn, "UPDATE leases SET expires_at = expires_at - interval '1 hour'", schema=pg_schema)
+    assert b.acquire_lease("c") == t1 + 1
+
+
+def test_a_write_by_an_owner_that_was_taken_over_is_fenced_off(make_pg_store: MakeStore) -> None:
+    a, b = make_pg_store(owner_id="node-a"), make_pg_store(owner_id="node-b")
+    t1 = a.acquire_lease("c", 0.2)
+    st = new_state("c")
+    a.commit([CreateContext(st)])
+    st = grow(a, st, 2)
+    t2, _ = acquire_when_free(b, "c", timeout=10)
+    assert t2 == t1 + 1
+    # a's version would be the right next one: only the token stops it
+    with pytest.raises(FencedOffError) as caught:
+        a.commit([Append("c", change(4, late=True))])
+    assert (caught.value.token, caught.value.current_token, caught.value.owner) == (t1, t2, "node-b")
+    with pytest.raises(FencedOffError):
+        a.commit([PutSnapshot(st)])
+    with pytest.raises(FencedOffError):
+        a.renew_lease("c", t1)
+    assert b.load("c") == st
+    grow(b, st, 1)
+    assert b.load("c").version == 4  # type: ignore[union-attr]
+
+
+def test_an_expired_lease_nobody_took_still_lets_its_holder_write_and_renew(make_pg_store: MakeStore,
+                                                                            pg_dsn: str, pg_schema: str) -> None:
+    a = make_pg_store()
+    t = a.acquire_lease("c", 60)
+    sql(pg_dsn, "UPDATE leases SET expires_at = now() - interval '1 s'", schema=pg_schema)
+    a.commit([CreateContext(new_state("c"))])
+    a.renew_lease("c", t)
+    assert a.acquire_lease("c") == t
+
+
+def test_a_store_without_the_lease_cannot_write_a_context_leased_elsewhere(make_pg_store: MakeStore) -> None:
+    a, b = make_pg_store(owner_id="node-a"), make_pg_store(owner_id="node-b")
+    a.commit([CreateContext(new_state("c")), CreateContext(new_state("free"))])
+    a.acquire_lease("c", 30)
+    with pytest.raises(FencedOffError) as caught:
+        b.commit([Append("free", change(2)), Append("c", change(2))])  # one fenced op: nothing applies
+    assert (caught.value.token, caught.value.owner) == (None, "node-a")
+    assert b.info("free").version == 1  # type: ignore[union-attr]
+    b.commit([Append("free", change(2))])  # contexts nobody leases stay writable
+    strict = make_pg_store(owner_id="strict", require_lease=True)
+    with pytest.raises(FencedOffError):
+        strict.commit([Append("free", change(3))])
+    strict.acquire_lease("free")
+    strict.commit([Append("free", change(3))])
+
+
+def test_renew_leases_reports_the_leases_taken_over(make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
+    a, b = make_pg_store(owner_id="node-a"), make_pg_store(owner_id="node-b")
+    for cid in ("x", "y", "z"):
+        a.acquire_lease(cid, 60)
+    sql(pg_dsn, "UPDATE leases SET expires_at = now() - interval '1 s' WHERE context_id = 'y'", schema=pg_schema)
+    b.acquire_lease("y")
+    assert a.renew_leases(60) == ["y"]
+    assert (a.lease_token("x"), a.lease_token("y")) == (1, None)
+    assert a.renew_leases() == []
+
+
+def test_a_restarted_owner_with_the_same_id_takes_its_leases_back_and_fences_its_old_self(
+        make_pg_store: MakeStore) -> None:
+    old = make_pg_store(owner_id="node-a")
+    t1 = old.acquire_lease("c", 60)
+    old.commit([CreateContext(new_state("c"))])
+    new = make_pg_store(owner_id="node-a")
+    assert new.acquire_lease("c", 60) == t1 + 1  # no wait for expiry
+    with pytest.raises(FencedOffError):
+        old.commit([Append("c", change(2))])
+    new.commit([Append("c", change(2))])
+
+
+def test_closing_a_store_releases_its_leases(make_pg_store: MakeStore) -> None:
+    a, b = make_pg_store(owner_id="node-a"), make_pg_store(owner_id="node-b")
+    t = a.acquire_lease("c", 60)
+    a.close()
+    assert b.acquire_lease("c", 60) == t + 1
+
+
+# -- LISTEN / NOTIFY -------------------------------------------------------------------------------------
+def collect(listener: ChangeListener, count: int, timeout: float = 10) -> list[ChangeNotice]:
+    """Notices from `listener` until there are `count` of them (fails after `timeout`)."""
+    got: list[ChangeNotice] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"only {len(got)} of {count} notices arrived: {got}"
+        got += listener.wait(0.5)
+    return got
+
+
+def test_commits_notify_listeners_of_other_stores_with_id_and_version(make_pg_store: MakeStore, pg_dsn: str) -> None:
+    writer, reader = make_pg_store(owner_id="writer"), make_pg_store(owner_id="reader")
+    other_schema = make_pg_store(schema="hoard_test_other_" + os.urandom(4).hex())
+    try:
+        with reader.listen() as listener:
+            st = new_state("c")
+            writer.commit([CreateContext(st)])
+            st = grow(writer, st, 2)
+            with pytest.raises(PersistenceError):  # refused: rolled back, so nothing is notified
+                writer.commit([Append("c", change(2))])
+            other_schema.commit([CreateContext(new_state("elsewhere"))])
+            ch = change(4)
+            writer.commit([Append("c", ch), PutSnapshot(apply_change(st, ch)), CreateContext(new_state("d"))])
+            got = collect(listener, 5)
+            assert [(n.context_id, n.version, n.ops) for n in got] == [
+                ("c", 1, ("create",)), ("c", 2, ("append",)), ("c", 3, ("append",)),
+                ("c", 4, ("append", "snapshot")), ("d", 1, ("create",))]
+            assert {n.owner for n in got} == {"writer"}
+            assert listener.wait(0.05) == []
+            t = writer.acquire_lease("c")
+            writer.release_lease("c", t)
+            got = collect(listener, 2)
+            assert [(n.context_id, n.ops) for n in got] == [("c", ("lease_acquired",)), ("c", ("lease_released",))]
+    finally:
+        other_schema.close()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP SCHEMA {} CASCADE").format(pgsql.Identifier(other_schema.schema)))
+
+
+def test_a_listener_whose_connection_dies_raises_then_listens_again(make_pg_store: MakeStore, pg_dsn: str) -> None:
+    writer = make_pg_store()
+    with writer.listen() as listener:
+        listener.open()
+        pid = listener._conn.info.backend_pid  # noqa: SLF001 - the test needs the server-side pid
+        sql(pg_dsn, "SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(PersistenceError, match="notices sent meanwhile are lost"):
+            wait_for(lambda: listener.wait(0.2) and False, 10, "the listener to notice its connection died")
+        listener.open()
+        writer.commit([CreateContext(new_state("c"))])
+        assert [n.context_id for n in wait_for(lambda: listener.wait(0.5), 10, "a notice")] == ["c"]
+
+
+# -- connection faults -----------------------------------------------------------------------------------
+def terminate(dsn: str, pid: int) -> None:
+    assert sql(dsn, "SELECT pg_terminate_backend(%s)", (pid,)) == [(True,)]
+    wait_for(lambda: not sql(dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)), 10, "backend exit")
+
+
+def test_a_connection_killed_while_idle_is_replaced_without_an_error(make_pg_store: MakeStore, pg_dsn: str) -> None:
+    s = make_pg_store()
+    st = new_state("c")
+    s.commit([CreateContext(st)])
+    for step in range(2):
+        old = s.backend_pid
+        assert old is not None
+        terminate(pg_dsn, old)
+        if step == 0:
+            assert s.load("c") == st  # a read is retried on a new connection
+        else:
+            st = grow(s, st, 1)  # so is a commit whose connection was dead before it began
+        assert s.backend_pid not in (None, old)
+    assert s.load("c") == st
+    assert journal_versions(pg_dsn, s.schema, "c") == [2]
+
+
+def test_a_connection_killed_mid_commit_is_a_persistence_error_and_nothing_is_lost_or_doubled(
+        make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
+    s = make_pg_store()
+    st = new_state("c")
+    s.commit([CreateContext(st)])
+    st = grow(s, st, 2)
+    pid = s.backend_pid
+    outcome: list[BaseException | None] = []
+    # a transaction holding the context row: the store's commit waits on it
+    with psycopg.connect(pg_dsn, options=f"-c search_path={pg_schema}") as locker:
+        locker.execute("SELECT 1 FROM contexts WHERE id = %s FOR UPDATE", ("c",))
+
+        def write() -> None:
+            try:
+                s.commit([Append("c", change(4, lost=True))])
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                outcome.append(exc)
+        writer = threading.Thread(target=write)
+        writer.start()
+        wait_for(lambda: sql(pg_dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                             (pid,)), 10, "the commit to block inside its transaction")
+        terminate(pg_dsn, pid)  # type: ignore[arg-type]
+        writer.join(10)
+        locker.rollback()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], PersistenceError)
+    assert not isinstance(outcome[0], FencedOffError)
+    assert "connection lost" in str(outcome[0])
+    assert s.load("c") == st  # nothing of the lost transaction
+    retried = change(4, lost=False)
+    s.commit([Append("c", retried)])
+    assert s.load("c") == apply_change(st, retried)
+    assert journal_versions(pg_dsn, pg_schema, "c") == [2, 3, 4]
+    assert s.verify() == []
+
+
+@pytest.mark.parametrize("breaks", ["after COMMIT", "before COMMIT"])
+def test_a_connection_lost_around_commit_is_resolved_by_transaction_status(
+        make_pg_store: MakeStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        breaks: str) -> None:
+    s = make_pg_store()
+    pg_dsn, pg_schema = s.dsn, s.schema
+    st = new_state("c")
+    s.commit([CreateContext(st)])
+    real_finish = s._finish  # noqa: SLF001 - the seam where the fault is injected
+
+    def finish_and_break(conn: Any) -> None:
+        if breaks == "after COMMIT":
+            real_finish(conn)  # the server has committed; the client then loses the connection
+        sql(pg_dsn, "SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        wait_for(lambda: conn.execute("SELECT 1") and False, 10, "the connection to break")
+    monkeypatch.setattr(s, "_finish", finish_and_break)
+    ch = change(2, x=1)
+    if breaks == "after COMMIT":
+        with caplog.at_level(logging.WARNING, logger="storage._postgres"):
+            s.commit([Append("c", ch)])  # reported done: it is stored
+        assert "broke during COMMIT" in caplog.text and "but the transaction committed" in caplog.text
+        assert s.load("c") == apply_change(st, ch)
+        assert journal_versions(pg_dsn, pg_schema, "c") == [2]
+    else:
+        with pytest.raises(PersistenceError, match="connection lost"):  # reported failed: it is not stored
+            s.commit([Append("c", ch)])
+        assert s.load("c") == st
+        assert journal_versions(pg_dsn, pg_schema, "c") == []
+
+
+# -- real processes --------------------------------------------------------------------------------------
+def _hammer_child(*, dsn: str, schema: str, ids: list[str], duration: float, log_path: str, start: Any) -> None:
+    """Repeatedly: take the lease of a random context, mark it occupied (a separate table: the check
+    does not trust the lease code), append a few changes, unmark, release. Logs each acknowledged
+    change and any occupancy violation as JSON lines."""
+    start.wait(60)
+    store = PostgresStore(dsn, schema=schema, lease_ttl=5.0)
+    store.open()
+    occupancy = psycopg.connect(dsn, autocommit=True, options=f"-c search_path={schema}")
+    me, rng = store.owner_id, random.Random(os.getpid())  # noqa: S311 - picks contexts, not secrets
+    end = time.monotonic() + duration
+    refused = 0
+    with open(log_path, "a") as log:
+        def record(**entry: Any) -> None:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+        while time.monotonic() < end:
+            cid = rng.choice(ids)
+            try:
+                token = store.acquire_lease(cid)
+            except ContextOwnedElsewhereError:
+                refused += 1
+                time.sleep(0.001)
+                continue
+            holders = occupancy.execute("UPDATE occupancy SET holder = %s WHERE id = %s AND holder IS NULL",
+                                        (me, cid)).rowcount
+            if holders != 1:
+                record(violation=f"{me} got the lease on {cid} while it was occupied")
+            state = store.load(cid)
+            if state is None:
+                state = new_state(cid)
+                store.commit([CreateContext(state)])
+                record(cid=cid, v=1, owner=me, token=token)
+            for _ in range(rng.randint(1, 4)):
+                ch = Change(state.version + 1, time.time(), freeze_mapping({f"v{state.version + 1}": [me, token]}))
+                nxt = apply_change(state, ch)
+                store.commit([Append(cid, ch), PutSnapshot(nxt)] if ch.version % 7 == 0 else [Append(cid, ch)])
+                state = nxt
+                record(cid=cid, v=state.version, owner=me, token=token)
+            if occupancy.execute("UPDATE occupancy SET holder = NULL WHERE id = %s AND holder = %s",
+                                 (cid, me)).rowcount != 1:
+                record(violation=f"{me} found {cid} occupied by someone else before releasing")
+            store.release_lease(cid, token)
+        record(refused=refused)
+    occupancy.close()
+    store.close()
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_hammering_overlapping_contexts_own_each_alone_and_lose_nothing(
+        make_pg_store: MakeStore, tmp_path: Path, children: list[Any], processes: int) -> None:
+    ids = ["c0", "c1", "c2"]
+    store = make_pg_store()
+    sql(store.dsn, "CREATE TABLE occupancy (id text PRIMARY KEY, holder text)", schema=store.schema)
+    sql(store.dsn, "INSERT INTO occupancy SELECT unnest(%s::text[])", (ids,), schema=store.schema)
+    start = SPAWN.Event()
+    logs = [tmp_path / f"child{i}.jsonl" for i in range(processes)]
+    for path in logs:
+        p = SPAWN.Process(target=_hammer_child, kwargs={"dsn": store.dsn, "schema": store.schema, "ids": ids,
+                                                         "duration": 2.0, "log_path": str(path), "start": start})
+        children.append(p)
+        p.start()
+    start.set()
+    for p in children:
+        p.join(60)
+        assert p.exitcode == 0, f"child {p.pid} failed (exit code {p.exitcode}); see its stderr"
+    entries = [e for path in logs for e in read_log(path)]
+    assert [e["violation"] for e in entries if "violation" in e] == []
+    assert sum(e["refused"] for e in entries if "refused" in e) > 0  # they really did compete
+    acked = [e for e in entries if "cid" in e]
+    assert len({e["owner"] for e in acked}) == processes  # every process got its turns
+    for cid in ids:
+        state = store.load(cid)
+        assert state is not None
+        mine = {e["v"]: (e["owner"], e["token"]) for e in acked if e["cid"] == cid}
+        # gapless, and exactly the acknowledged changes: each version holds who wrote it under which token
+        assert sorted(mine) == list(range(1, state.version + 1))
+        written = [tuple(state.data[f"v{v}"]) for v in range(2, state.version + 1)]
+        assert written == [mine[v] for v in range(2, state.version + 1)]
+        # ownership moved only forward: tokens never decrease along the history, one owner per token
+        tokens = [t for _, t in written]
+        assert tokens == sorted(tokens)
+        assert len(set(tokens)) >= 10  # the context changed hands many times
+        assert len({t for _, t in written}) == len(set(written))
+    assert store.verify() == []
+
+
+def _owner_child(*, dsn: str, schema: str, cid: str, log_path: str, pipe: Any) -> None:
+    """Own `cid` with a 1 s lease. Then either append (renewing the lease) until killed ("run"), or
+    wait for a "write" command and report how the late write and renewal went ("hold")."""
+    store = PostgresStore(dsn, schema=schema, lease_ttl=1.0)
+    store.open()
+    token = store.acquire_lease(cid)
+    state = store.load(cid)
+    assert state is not None
+    pipe.send(("ready", token, store.owner_id))
+    mode = pipe.recv()
+    with open(log_path, "a") as log:
+        while mode == "run":
+            store.renew_lease(cid, token)
+            ch = Change(state.version + 1, time.time(), freeze_mapping({f"v{state.version + 1}": token}))
+            store.commit([Append(cid, ch)])
+            state = apply_change(state, ch)
+            log.write(json.dumps({"v": state.version}) + "\n")
+            log.flush()
+    pipe.recv()  # "write", sent after SIGCONT
+    report: list[Any] = []
+
+    def late_write() -> None:
+        store.commit([Append(cid, Change(state.version + 1, time.time(), freeze_mapping({"late": True})))])
+
+    def late_renewal() -> None:
+        store.renew_lease(cid, token)
+
+    for attempt in (late_write, late_renewal):
+        try:
+            attempt()
+            report.append("accepted")
+        except FencedOffError as exc:
+            report.append(("fenced", exc.token, exc.current_token))
+    pipe.send(report)
+    store.close()
+
+
+def test_a_killed_owner_is_taken_over_after_expiry_with_every_acknowledged_change(
+        make_pg_store: MakeStore, tmp_path: Path, children: list[Any]) -> None:
+    store = make_pg_store(owner_id="successor", lease_ttl=5.0)
+    pg_dsn, pg_schema = store.dsn, store.schema
+    store.commit([CreateContext(new_state("f"))])
+    log_path = tmp_path / "owner.jsonl"
+    parent_end, child_end = SPAWN.Pipe()
+    owner = SPAWN.Process(target=_owner_child, kwargs={"dsn": pg_dsn, "schema": pg_schema, "cid": "f",
+                                                       "log_path": str(log_path), "pipe": child_end})
+    children.append(owner)
+    owner.start()
+    assert parent_end.poll(60), "the owner child did not start"
+    _, token, _ = parent_end.recv()
+    parent_end.send("run")
+    wait_for(lambda: len(read_log(log_path)) >= 30, 20, "30 acknowledged changes")
+    owner.kill()  # SIGKILL, wherever it is (possibly mid-commit)
+    killed_at = time.monotonic()
+    owner.join(10)
+    new_token, refusals = acquire_when_free(store, "f", timeout=10)
+    waited = time.monotonic() - killed_at
+    assert refusals >= 1  # it was still owned: the takeover waited for the expiry ...
+    assert waited < 5  # ... of a 1 s lease, not longer
+    assert new_token == token + 1
+    acked = [e["v"] for e in read_log(log_path)]
+    state = store.load("f")
+    assert state is not None
+    assert state.version >= max(acked)  # every acknowledged change survived (one more may be unacknowledged)
+    assert sorted(int(k[1:]) for k in state.data) == list(range(2, state.version + 1))
+    assert journal_versions(pg_dsn, pg_schema, "f") == list(range(2, state.version + 1))
+    grow(store, state, 1)
+    parent_end.close()
+    child_end.close()
+
+
+def test_a_paused_owner_is_taken_over_and_its_late_write_is_fenced_off(
+        make_pg_store: MakeStore, tmp_path: Path, children: list[Any]) -> None:
+    store = make_pg_store(owner_id="successor", lease_ttl=5.0)
+    pg_dsn, pg_schema = store.dsn, store.schema
+    st = new_state("p")
+    store.commit([CreateContext(st)])
+    parent_end, child_end = SPAWN.Pipe()
+    owner = SPAWN.Process(target=_owner_child, kwargs={"dsn": pg_dsn, "schema": pg_schema, "cid": "p",
+                                                       "log_path": str(tmp_path / "x.jsonl"), "pipe": child_end})
+    children.append(owner)
+    owner.start()
+    assert parent_end.poll(60), "the owner child did not start"
+    _, token, owner_id = parent_end.recv()
+    parent_end.send("hold")
+    os.kill(owner.pid, signal.SIGSTOP)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(ContextOwnedElsewhereError) as caught:
+            store.acquire_lease("p")
+        assert caught.value.owner == owner_id
+        new_token, _ = acquire_when_free(store, "p", timeout=10)
+        assert new_token == token + 1
+    finally:
+        os.kill(owner.pid, signal.SIGCONT)  # type: ignore[arg-type]
+    parent_end.send("write")  # its next version (2) would pass the version check: only the token refuses it
+    assert parent_end.poll(30), "the resumed owner did not report"
+    assert parent_end.recv() == [("fenced", token, new_token), ("fenced", token, new_token)]
+    owner.join(10)
+    assert owner.exitcode == 0
+    assert store.load("p") == st
+    assert journal_versions(pg_dsn, pg_schema, "p") == []
+    grow(store, st, 1)
+    parent_end.close()
+    child_end.close()

@@ -1,0 +1,278 @@
+"""The `Store` contract, run against every store: MemoryStore, SQLiteStore and PostgresStore.
+
+What the persistence actor relies on: version-checked, all-or-nothing batches; snapshots (the newest
+two) with journal truncation and the checkpoint rule; recovery point sequence and trimming; reads
+(`info`, `list_ids`, `count`); and, for the durable stores, that a reopened store holds exactly what
+was committed. Every test ends with a clean `verify()`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import immutables
+import pytest
+
+from storage import (
+    Append,
+    Change,
+    ContextState,
+    CreateContext,
+    DeleteContext,
+    DeleteRecoveryPoint,
+    MemoryStore,
+    PersistenceError,
+    PostgresStore,
+    PutRecoveryPoint,
+    PutSnapshot,
+    RecoveryPoint,
+    SQLiteStore,
+    Store,
+    apply_change,
+    freeze_mapping,
+    new_state,
+)
+
+KINDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+class Harness:
+    """One store under test, and a way to reopen it (durable stores only)."""
+
+    def __init__(self, kind: str, factory: Callable[[], Store]) -> None:
+        self.kind = kind
+        self.durable = kind != "memory"
+        self._factory = factory
+        self.store = self._open()
+
+    def _open(self) -> Store:
+        store = self._factory()
+        store.open()
+        return store
+
+    def reopen(self) -> Store:
+        self.store.close()
+        self.store = self._open()
+        return self.store
+
+
+@pytest.fixture(params=KINDS)
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    kind = request.param
+    if kind == "memory":
+        shared = MemoryStore()
+        factory: Callable[[], Store] = lambda: shared  # noqa: E731 - "reopening" memory is a no-op
+    elif kind == "sqlite":
+        factory = lambda: SQLiteStore(tmp_path / "state.db")  # noqa: E731
+    else:
+        dsn = request.getfixturevalue("pg_dsn")
+        schema = request.getfixturevalue("pg_schema")
+        factory = lambda: PostgresStore(dsn, schema=schema)  # noqa: E731
+    h = Harness(kind, factory)
+    try:
+        yield h
+        assert h.store.verify() == []
+    finally:
+        h.store.close()
+
+
+def _state(cid: str = "c", **data: Any) -> ContextState:
+    return new_state(cid, freeze_mapping(data), now=1_700_000_000.25)
+
+
+def _change(version: int, **data: Any) -> Change:
+    return Change(version, 1_700_000_000.5 + version, freeze_mapping(data))
+
+
+def _grow(store: Store, state: ContextState, n: int, **extra: Any) -> ContextState:
+    """Append `n` changes to `state` one commit each; return the resulting state."""
+    for _ in range(n):
+        ch = _change(state.version + 1, **{f"k{state.version + 1}": state.version + 1}, **extra)
+        store.commit([Append(state.id, ch)])
+        state = apply_change(state, ch)
+    return state
+
+
+def test_a_created_context_loads_back_equal_and_an_unknown_one_is_none(harness: Harness) -> None:
+    s = harness.store
+    st = new_state("c", freeze_mapping({"n": 1, "f": 0.1, "deep": {"a": [1, 2, {"b": None}]}, "ü": "日本"}),
+                   freeze_mapping({"owner": "me"}), now=1_700_000_000.123456789)
+    s.commit([CreateContext(st)])
+    assert s.load("c") == st
+    assert s.load("nope") is None
+    assert s.info("nope") is None
+    info = s.info("c")
+    assert info is not None
+    assert (info.id, info.version, info.created_at, info.updated_at, info.next_rp_id) == \
+        ("c", 1, st.created_at, st.updated_at, 1)
+
+
+def test_appends_replay_in_order_and_each_must_follow_the_stored_version(harness: Harness) -> None:
+    s = harness.store
+    st = _state()
+    s.commit([CreateContext(st)])
+    st = _grow(s, st, 3)
+    for bad in (st.version, st.version + 2, 1):  # a duplicate, a gap, a stale one
+        with pytest.raises(PersistenceError):
+            s.commit([Append("c", _change(bad, x=bad))])
+    with pytest.raises(PersistenceError):
+        s.commit([Append("ghost", _change(2))])
+    assert s.load("c") == st
+    assert s.info("c").version == 4  # type: ignore[union-attr]
+
+
+def test_a_batch_with_one_bad_op_applies_nothing(harness: Harness) -> None:
+    s = harness.store
+    st = _state()
+    s.commit([CreateContext(st), CreateContext(_state("other"))])
+    good = _change(2, a=1)
+    rp = RecoveryPoint(1, "c", 1, None, 1.0, st)
+    with pytest.raises(PersistenceError):
+        s.commit([Append("c", good), PutRecoveryPoint(rp, 5), CreateContext(_state("new")),
+                  DeleteContext("other"), Append("c", _change(4, b=2))])
+    assert s.load("c") == st
+    assert s.recovery_points("c") == []
+    assert s.list_ids() == ["c", "other"]
+    s.commit([Append("c", good)])  # the store is still usable, and the good op still applies
+    assert s.load("c") == apply_change(st, good)
+
+
+def test_creating_an_existing_context_is_refused(harness: Harness) -> None:
+    s = harness.store
+    s.commit([CreateContext(_state(a=1))])
+    with pytest.raises(PersistenceError):
+        s.commit([CreateContext(_state(a=2))])
+    assert s.load("c").get("a") == 1  # type: ignore[union-attr]
+
+
+def test_snapshots_keep_the_newest_two_and_truncate_the_journal(harness: Harness) -> None:
+    s = harness.store
+    st = _state()
+    s.commit([CreateContext(st)])
+    st = _grow(s, st, 4)
+    s.commit([PutSnapshot(st)])
+    assert s.info("c").snapshot_version == 5  # type: ignore[union-attr]
+    st = _grow(s, st, 2)
+    s.commit([PutSnapshot(st)])
+    info = s.info("c")
+    assert info is not None
+    assert (info.version, info.snapshot_version) == (7, 7)
+    if harness.durable:  # the journal is kept back to the older snapshot (v5): entries 6 and 7
+        assert info.journal_entries == 2
+        assert info.stored_bytes > 0
+    st = _grow(s, st, 1)
+    assert s.load("c") == st
+    if harness.durable:
+        assert harness.reopen().load("c") == st
+
+
+def test_a_snapshot_ahead_of_the_stored_version_is_a_checkpoint(harness: Harness) -> None:
+    s = harness.store
+    st = _state(a=1)
+    s.commit([CreateContext(st)])
+    ahead = ContextState("c", 9, immutables.Map({"a": 9}), immutables.Map(), st.created_at, st.created_at + 9)
+    s.commit([PutSnapshot(ahead)])
+    info = s.info("c")
+    assert info is not None
+    assert (info.version, info.snapshot_version, info.journal_entries) == (9, 9, 0)
+    assert s.load("c") == ahead
+    with pytest.raises(PersistenceError):
+        s.commit([Append("c", _change(2))])
+    after = _grow(s, ahead, 1)
+    assert s.load("c") == after
+
+
+def test_recovery_points_follow_their_sequence_and_are_trimmed_oldest_first(harness: Harness) -> None:
+    s = harness.store
+    st = _state(a=1)
+    s.commit([CreateContext(st)])
+    made = []
+    for rp_id in range(1, 6):
+        st = _grow(s, st, 1)
+        rp = RecoveryPoint(rp_id, "c", st.version, f"rp{rp_id}", 1_700_000_100.0 + rp_id, st)
+        s.commit([PutRecoveryPoint(rp, 3)])
+        made.append(rp)
+    assert s.recovery_points("c") == made[-3:]
+    assert s.recovery_point("c", 5) == made[4]
+    assert s.recovery_point("c", 1) is None
+    for wrong in (5, 7, 1):  # reused, skipped ahead, and trimmed ids are all out of sequence
+        with pytest.raises(PersistenceError):
+            s.commit([PutRecoveryPoint(RecoveryPoint(wrong, "c", st.version, None, 1.0, st), 3)])
+    with pytest.raises(PersistenceError):
+        s.commit([PutRecoveryPoint(RecoveryPoint(1, "ghost", 1, None, 1.0, _state("ghost")), 3)])
+    s.commit([DeleteRecoveryPoint("c", 5)])
+    assert [rp.id for rp in s.recovery_points("c")] == [3, 4]
+    assert s.info("c").next_rp_id == 6  # type: ignore[union-attr]  # ids are never reused
+    # keep=1 never drops the point just made
+    s.commit([PutRecoveryPoint(RecoveryPoint(6, "c", st.version, None, 1.0, st), 1)])
+    assert [rp.id for rp in s.recovery_points("c")] == [6]
+    if harness.durable:
+        assert harness.reopen().recovery_points("c") == [RecoveryPoint(6, "c", st.version, None, 1.0, st)]
+
+
+def test_deleting_a_context_removes_everything_and_it_can_be_created_afresh(harness: Harness) -> None:
+    s = harness.store
+    st = _state(a=1)
+    s.commit([CreateContext(st), CreateContext(_state("keep"))])
+    st = _grow(s, st, 3)
+    s.commit([PutRecoveryPoint(RecoveryPoint(1, "c", st.version, None, 1.0, st), 5), PutSnapshot(st)])
+    s.commit([DeleteContext("c")])
+    assert s.load("c") is None
+    assert s.info("c") is None
+    assert s.recovery_points("c") == []
+    assert (s.list_ids(), s.count()) == (["keep"], 1)
+    fresh = _state(b=2)
+    s.commit([CreateContext(fresh)])
+    assert s.load("c") == fresh
+    assert s.info("c").next_rp_id == 1  # type: ignore[union-attr]
+
+
+def test_ids_list_sorted_by_code_point_and_filter_by_literal_prefix(harness: Harness) -> None:
+    s = harness.store
+    ids = ["b", "a", "a%", "a_b", "ab", "aé", "a\U0001f600", "日本", "A", "a b", "%", "_"]
+    s.commit([CreateContext(_state(cid)) for cid in ids])
+    assert s.list_ids() == sorted(ids)
+    assert s.list_ids("a") == sorted(i for i in ids if i.startswith("a"))
+    assert s.list_ids("a_") == ["a_b"]
+    assert s.list_ids("a%") == ["a%"]
+    assert s.list_ids("%") == ["%"]
+    assert s.list_ids("zz") == []
+    assert s.count() == len(ids)
+    for cid in ids:
+        assert s.load(cid).id == cid  # type: ignore[union-attr]
+
+
+def test_a_reopened_durable_store_holds_exactly_what_was_committed(harness: Harness) -> None:
+    if not harness.durable:
+        pytest.skip("a memory store keeps nothing across a real reopen")
+    s = harness.store
+    a, b = _state("a", x=1), _state("b", y=[1, {"z": 0.5}])
+    s.commit([CreateContext(a), CreateContext(b)])
+    a = _grow(s, a, 3)
+    ch = Change(2, 2.0, freeze_mapping({"new": True}), ("y",), freeze_mapping({"m": 1}))
+    s.commit([Append("b", ch)])
+    b = apply_change(b, ch)
+    restore = Change(5, 3.0, freeze_mapping({"only": 1}), (), {}, (), True)
+    s.commit([Append("a", restore)])
+    a = apply_change(a, restore)
+    s = harness.reopen()
+    assert (s.load("a"), s.load("b")) == (a, b)
+    assert s.list_ids() == ["a", "b"]
+    assert dict(s.load("a").data) == {"only": 1}  # type: ignore[union-attr]
+
+
+def test_an_empty_batch_is_a_no_op(harness: Harness) -> None:
+    harness.store.commit([])
+    assert harness.store.count() == 0
+
+
+def test_a_large_state_round_trips(harness: Harness) -> None:
+    s = harness.store
+    st = new_state("big", freeze_mapping({f"key{i}": {"i": i, "s": "x" * 50} for i in range(2000)}))
+    s.commit([CreateContext(st)])
+    started = time.perf_counter()
+    assert s.load("big") == st
+    assert time.perf_counter() - started < 5
