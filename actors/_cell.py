@@ -24,7 +24,7 @@ TICK = itertools.count(1)
 
 
 class ContextCell:
-    __slots__ = ("actor_ref", "closed", "id", "pinned", "state", "touched")
+    __slots__ = ("actor_ref", "closed", "id", "pinned", "schema", "state", "touched")
 
     def __init__(self, context_id: str, state: ContextState) -> None:
         self.id = context_id
@@ -32,6 +32,7 @@ class ContextCell:
         self.actor_ref: Any = None
         self.closed = False
         self.pinned = False
+        self.schema: Any = None  # the storage.Schema the context is bound to, once bound
         self.touched = next(TICK)
 
     def __repr__(self) -> str:

@@ -29,7 +29,12 @@ import orjson
 import pykka
 
 from storage import (
+    SCHEMA_KEY,
     Change,
+    Schema,
+    SchemaValidationError,
+    read_marker,
+    thaw,
     ContextCrashedError,
     ContextState,
     HoardError,
@@ -47,6 +52,7 @@ from ._draft import Draft
 from ._events import NO_EVENTS, Emitter, MetadataChanged, Restored, StateChanged
 from ._future import DEFERRED, Reply
 from ._messages import (
+    BindSchema,
     Commit,
     ContextCrashed,
     CreateRecoveryPoint,
@@ -65,7 +71,9 @@ from ._messages import (
 )
 from ._settings import ContextSettings
 
-__all__ = ["ContextActor", "UnknownMessageError"]
+__all__ = ["RESERVED_PREFIX", "ContextActor", "UnknownMessageError"]
+
+RESERVED_PREFIX = "hoard:"  # metadata keys hoard itself writes (the schema marker)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +126,7 @@ class ContextActor(pykka.ThreadingActor):
         self._immediate = settings.durability == "immediate"
         self._deferred = settings.durability == "deferred"
         self._size = _state_size(cell.state)
+        self._binding = False
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Set: self._on_set,
             Update: self._on_update,
@@ -130,7 +139,16 @@ class ContextActor(pykka.ThreadingActor):
             CreateRecoveryPoint: self._on_create_recovery_point,
             Passivate: self._on_passivate,
             Rollback: self._on_rollback,
+            BindSchema: self._on_bind_schema,
         }
+        self.schema: Schema | None = None
+        self._unknown_schema: str | None = None  # bound to a schema this system does not know
+        try:
+            marker = read_marker(cell.state.metadata, cell.id)
+        except HoardError:
+            marker = ("(unreadable marker)", 0)
+        if marker is not None:
+            self._unknown_schema = marker[0]  # writes are refused until the supervisor binds it
 
     def on_receive(self, message: Any) -> Any:
         handler = self._handlers.get(type(message))
@@ -176,12 +194,18 @@ class ContextActor(pykka.ThreadingActor):
         actor answers after the commit.
         """
         w = self.working
+        if self._unknown_schema is not None and not self._binding:
+            raise SchemaValidationError(self._unknown_schema, [(
+                "", "this context is bound to a schema this system does not know; activate it with "
+                    "schema=... (or register the schema) before changing it")], context_id=self.cell.id)
         new_size = self._size + size_delta
         if new_size > self.settings.max_state_bytes:
             raise InvalidValueError(None, f"the state would be {new_size} bytes, over max_state_bytes="
                                     f"{self.settings.max_state_bytes}", context_id=self.cell.id)
         change = Change(w.version + 1, self.settings.clock(), replace=replace, **change_args)
         new = apply_change(w, change)
+        if self.schema is not None and (replace or change.data_set or change.data_del):
+            self.schema.validate(new.data, self.cell.id)  # SchemaValidationError: nothing changes
         if result is None:
             result = new.version
         elif result is _NONE:
@@ -245,6 +269,7 @@ class ContextActor(pykka.ThreadingActor):
         self._check_version(m.expected_version)
         sets = freeze_mapping(m.values, self.settings.max_value_bytes, self.cell.id)
         dels = tuple(validate_key(k, self.cell.id) for k in m.remove if k in self.working.metadata)
+        _check_reserved([*sets, *dels], self.cell.id)
         return self._apply({"meta_set": sets, "meta_del": dels},
                            self._sizes(self.working.metadata, sets, dels))
 
@@ -268,6 +293,7 @@ class ContextActor(pykka.ThreadingActor):
         meta_set = {k: v for k, v in meta_frozen.items()
                     if k not in w.metadata or not _same_value(w.metadata[k], v)}
         meta_del = tuple(k for k in w.metadata if k not in meta_frozen)
+        _check_reserved([*meta_set, *meta_del], self.cell.id)
         delta = self._sizes(w.data, sets, dels) + self._sizes(w.metadata, meta_set, meta_del)
         return self._apply({"data_set": sets, "data_del": dels, "meta_set": meta_set, "meta_del": meta_del},
                            delta, result=_NONE if result is None else result)
@@ -291,6 +317,43 @@ class ContextActor(pykka.ThreadingActor):
                                     context_id=self.cell.id)
         self.persistence.tell(SaveRecoveryPoint(self.working, m.label, self._reply()))
         return DEFERRED
+
+    def _on_bind_schema(self, m: BindSchema) -> Any:
+        """Bind to `m.schema`: a context without a marker is validated and stamped, one of an older
+        schema version is migrated (one replace change), one of another schema or a newer version is
+        refused. Each of these is a new version; binding an already stamped, current context is not."""
+        schema: Schema = m.schema
+        w = self.working
+        marker = read_marker(w.metadata, self.cell.id)
+        self._binding = True
+        try:
+            if marker is not None and marker[0] != schema.name:
+                raise SchemaValidationError(schema.name, [("", f"this context is bound to schema {marker[0]!r}")],
+                                            context_id=self.cell.id)
+            if marker is None:
+                schema.validate(w.data, self.cell.id)
+                self.schema = schema
+                result = self._apply({"meta_set": {SCHEMA_KEY: freeze_value(SCHEMA_KEY, schema.marker())}},
+                                     len(SCHEMA_KEY) + 64)
+            elif marker[1] != schema.version:
+                data = freeze_mapping(schema.migrate(thaw(dict(w.data)), marker[1], self.cell.id),
+                                      self.settings.max_value_bytes, self.cell.id)
+                schema.validate(data, self.cell.id)
+                meta = {**dict(w.metadata), SCHEMA_KEY: freeze_value(SCHEMA_KEY, schema.marker())}
+                self.schema = schema
+                new_size = _state_size(ContextState(w.id, w.version, immutables.Map(data), immutables.Map(meta)))
+                result = self._apply({"data_set": data, "meta_set": meta}, new_size - self._size, replace=True)
+            else:
+                self.schema = schema
+                result = w.version
+        except BaseException:
+            self.schema = None
+            raise
+        finally:
+            self._binding = False
+        self._unknown_schema = None
+        self.cell.schema = schema
+        return result
 
     def _on_passivate(self, _m: Passivate) -> Any:
         reply = self._reply()
@@ -317,6 +380,13 @@ _NONE: Any = object()  # "the reply is None" (a transact fn that returned None),
 
 
 _MISSING: Any = object()
+
+
+def _check_reserved(keys: list[str], context_id: str) -> None:
+    for k in keys:
+        if k.startswith(RESERVED_PREFIX):
+            raise InvalidValueError(k, f"metadata keys starting with {RESERVED_PREFIX!r} are reserved for hoard",
+                                    context_id=context_id)
 
 
 def _state_event(old: ContextState, change: Change, new: ContextState, rp_id: int | None) -> StateChanged:

@@ -128,6 +128,14 @@ class CreateRecoveryPoint:
 
 # -- context actor: internal -------------------------------------------------------------------------
 @attrs.frozen
+class BindSchema:
+    """From the supervisor: bind the context to `schema` (a `storage.Schema`): validate and stamp it,
+    or migrate stored data of an older version (a new version). Reply: the new or same version."""
+
+    schema: Any
+
+
+@attrs.frozen
 class Passivate:
     """From the supervisor: commit everything, write a snapshot. Reply: None once durable."""
 
@@ -215,6 +223,7 @@ class Activate:
     data: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] | None = None
     must_create: bool = False  # create_and_activate: fail if it exists
+    schema: Any = None  # a storage.Schema to bind (and register for later activations)
 
 
 @attrs.frozen

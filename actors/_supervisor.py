@@ -35,6 +35,7 @@ from storage import (
     PersistenceError,
     freeze_mapping,
     new_state,
+    read_marker,
 )
 from storage import (
     CreateContext as CreateOp,
@@ -54,6 +55,7 @@ from ._events import (
 )
 from ._messages import (
     Activate,
+    BindSchema,
     Close,
     Configure,
     ContextCrashed,
@@ -106,7 +108,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.stopped = False
         self.failed: dict[str, str] = {}  # context id -> why it is FAILED
         self.restarts: dict[str, list[float]] = {}  # context id -> monotonic times of recent restarts
-        self.seen: dict[str, tuple[int, float]] = {}  # context id -> (LRU tick, when a sweep first saw it)
+        self.seen: dict[str, tuple[int, float]] = {}
+        self.schemas: dict[str, Any] = {}  # schema name -> storage.Schema, for later activations  # context id -> (LRU tick, when a sweep first saw it)
         self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0}
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Activate: self._on_activate,
@@ -157,14 +160,41 @@ class SupervisorActor(pykka.ThreadingActor):
             # it crashed and its ContextCrashed message is still behind this one in the mailbox
             self._on_crashed(ContextCrashed(cell, "found dead"))
             cell = self.cells.get(cid)
+        started = False
         if cell is None:
             if cid in self.failed:
                 raise ContextFailedError(cid, self.failed[cid])
             cell = self._start(cid, m)
+            started = True
+        if m.schema is not None:
+            self.schemas[m.schema.name] = m.schema
+        self._bind_schema(cell, m.schema, started)
         if m.make_current:
             self._set_current(cid)
         cell.touched = next(TICK)
         return cell
+
+    def _bind_schema(self, cell: ContextCell, schema: Any, started: bool) -> None:
+        """Bind the context to `schema`, or to the registered schema its stored marker names."""
+        if schema is None and cell.schema is None:
+            try:
+                marker = read_marker(cell.state.metadata, cell.id)
+            except HoardError:
+                marker = None
+            schema = self.schemas.get(marker[0]) if marker is not None else None
+        if schema is None or (cell.schema is not None and cell.schema == schema):
+            return
+        try:
+            cell.actor_ref.ask(BindSchema(schema), timeout=self.settings.call_timeout)
+        except pykka.Timeout as exc:
+            raise ContextTimeoutError(f"binding {cell.id!r} to its schema", self.settings.call_timeout,
+                                      cell.id) from exc
+        except BaseException:
+            if started:  # do not leave an unbound actor behind a failed activation
+                del self.cells[cell.id]
+                cell.closed = True
+                cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
+            raise
 
     def _set_current(self, cid: str | None) -> None:
         if cid != self.current:

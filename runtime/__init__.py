@@ -46,6 +46,9 @@ from storage import NoCurrentContextError as NoCurrentContextError
 from storage import PersistenceError as PersistenceError
 from storage import RecoveryPoint as RecoveryPoint
 from storage import RecoveryPointNotFoundError as RecoveryPointNotFoundError
+from storage import Schema as Schema
+from storage import SchemaMigrationError as SchemaMigrationError
+from storage import SchemaValidationError as SchemaValidationError
 from storage import SQLiteStore as SQLiteStore
 from storage import Store as Store
 from storage import StoreLockedError as StoreLockedError
@@ -77,7 +80,8 @@ _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 __all__ = [
     "ContextActivated", "ContextCreated", "ContextDeactivated", "ContextDeleted", "ContextEvent", "ContextFailed",
     "ContextRestarted", "CorruptionRecovered", "MetadataChanged", "RecoveryPointCreated", "RecoveryPointDeleted",
-    "Restored", "StateChanged", "Subscription", "Switched",
+    "Restored", "Schema", "SchemaMigrationError", "SchemaValidationError", "StateChanged", "Subscription",
+    "Switched",
     "CapacityError", "ConfigError", "ContextAdapter", "ContextCrashedError", "ContextAdapterConfig", "ContextExistsError",
     "ContextFailedError", "ContextManager", "ContextManagerConfig", "ContextNotFoundError", "ContextSnapshot",
     "ContextState", "ContextStatus", "ContextSystem", "ContextTimeoutError", "ContextTracker",

@@ -14,6 +14,7 @@ import pykka
 from actors import ContextCell, ContextStatus
 from actors._messages import Activate, CurrentId, Deactivate, ListActive, Reset, StatusOf
 from storage import NoCurrentContextError, validate_id
+from storage._schema import as_schema
 
 from ._config import ContextAdapterConfig
 from ._tracker import ContextTracker
@@ -46,37 +47,44 @@ class ContextAdapter:
 
     def _tracker(self, context_id: str, *, make_current: bool, create: bool | None,
                  timeout: float | None, data: Mapping[str, Any] | None = None,
-                 metadata: Mapping[str, Any] | None = None, must_create: bool = False) -> ContextTracker:
+                 metadata: Mapping[str, Any] | None = None, must_create: bool = False,
+                 schema: Any = None, tracker_timeout: float | None = None) -> ContextTracker:
         validate_id(context_id)
+        bound = as_schema(schema) if schema is not None else None
         cell: ContextCell = self._system.ask(
             Activate(context_id, create=create, make_current=make_current, data=data, metadata=metadata,
-                     must_create=must_create), timeout, f"activating {context_id!r}")
-        return ContextTracker(self._system, cell)
+                     must_create=must_create, schema=bound), timeout, f"activating {context_id!r}")
+        return ContextTracker(self._system, cell, tracker_timeout)
 
-    def activate(self, context_id: str, *, timeout: float | None = None) -> ContextTracker:
+    def activate(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> ContextTracker:
         """Activate `context_id` (loading it, or creating it when ``auto_create_contexts``) and make it
         current. Returns its tracker. Raises `ContextNotFoundError` (no auto-create), `CapacityError`
         (policy "reject", or nothing evictable), `InvalidContextIdError`. Concurrent calls for one id
-        yield one actor."""
-        return self._tracker(context_id, make_current=True, create=None, timeout=timeout)
+        yield one actor.
 
-    def switch(self, context_id: str, *, timeout: float | None = None) -> ContextTracker:
+        `schema` (an attrs class or a `Schema`) binds the context to it, persisted with the context:
+        every later change is validated (`SchemaValidationError` lists every bad field, nothing changes);
+        stored data of an older schema version is migrated now. Binding a context whose data does not
+        fit raises `SchemaValidationError` and leaves it unbound."""
+        return self._tracker(context_id, make_current=True, create=None, timeout=timeout, schema=schema)
+
+    def switch(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> ContextTracker:
         """Make `context_id` current, activating it if needed (also when it is already active)."""
-        return self._tracker(context_id, make_current=True, create=None, timeout=timeout)
+        return self._tracker(context_id, make_current=True, create=None, timeout=timeout, schema=schema)
 
-    def tracker(self, context_id: str, *, timeout: float | None = None) -> ContextTracker:
+    def tracker(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> ContextTracker:
         """A tracker for an existing context, activating it without making it current."""
-        return self._tracker(context_id, make_current=False, create=False, timeout=timeout)
+        return self._tracker(context_id, make_current=False, create=False, timeout=timeout, schema=schema)
 
     def create_and_activate(self, context_id: str, data: Mapping[str, Any] | None = None,
-                            metadata: Mapping[str, Any] | None = None, *,
+                            metadata: Mapping[str, Any] | None = None, *, schema: Any = None,
                             timeout: float | None = None) -> ContextTracker:
         """Create a new context (`ContextExistsError` if it exists), activate it, make it current.
 
         One supervisor step: either all of it happens or (on error) nothing does.
         """
         return self._tracker(context_id, make_current=True, create=True, timeout=timeout, data=data,
-                             metadata=metadata, must_create=True)
+                             metadata=metadata, must_create=True, schema=schema)
 
     def deactivate(self, context_id: str, *, timeout: float | None = None) -> bool:
         """Commit and snapshot the context, stop its actor. If it was current, the default becomes

@@ -260,6 +260,14 @@ class ContextTracker:
         """Key/value pairs of the newest committed state (a list, a snapshot)."""
         return list(self._live_cell().state.data.items())
 
+    def typed(self) -> Any:
+        """The newest committed data as an instance of the context's schema class (lock-free read plus
+        one cattrs structure). Raises `HoardError` if the context is not bound to a schema."""
+        cell = self._live_cell()
+        if cell.schema is None:
+            raise HoardError(f"context {self._id!r} is not bound to a schema; activate it with schema=...")
+        return cell.schema.structure(cell.state.data, self._id)
+
     def metadata(self) -> Mapping[str, Any]:
         """The newest committed metadata (read-only mapping)."""
         return self._live_cell().state.metadata
@@ -403,14 +411,17 @@ class ContextTrackerFactory:
         adapter: the adapter whose contexts the trackers reach.
         timeout: default timeout of the trackers' blocking calls (None: the manager's call_timeout).
         make_current: whether `create` also makes the context current (default False).
+        schema: an attrs class (or `Schema`) every tracker's context is bound to (see `activate`).
     """
 
-    def __init__(self, adapter: Any, *, timeout: float | None = None, make_current: bool = False) -> None:
+    def __init__(self, adapter: Any, *, timeout: float | None = None, make_current: bool = False,
+                 schema: Any = None) -> None:
         self.adapter = adapter
         self.timeout = timeout
         self.make_current = make_current
+        self.schema = schema
 
     def create(self, context_id: str) -> ContextTracker:
         """A tracker for `context_id`, activating (and, if configured, creating) it."""
         return self.adapter._tracker(context_id, make_current=self.make_current, create=None,  # noqa: SLF001
-                                     timeout=self.timeout)
+                                     timeout=self.timeout, schema=self.schema, tracker_timeout=self.timeout)

@@ -35,6 +35,11 @@ from ._model import new_state as new_state
 from ._postgres import ChangeListener as ChangeListener
 from ._postgres import ChangeNotice as ChangeNotice
 from ._postgres import PostgresStore as PostgresStore
+from ._schema import SCHEMA_KEY as SCHEMA_KEY
+from ._schema import Schema as Schema
+from ._schema import SchemaMigrationError as SchemaMigrationError
+from ._schema import SchemaValidationError as SchemaValidationError
+from ._schema import read_marker as read_marker
 from ._sqlite import SQLiteStore as SQLiteStore
 from ._store import Append as Append
 from ._store import CreateContext as CreateContext
@@ -65,4 +70,5 @@ __all__ = [
     "encoded_size", "freeze_mapping", "freeze_value", "make_converter", "new_state", "thaw", "validate_id",
     "validate_key",
     "ChangeListener", "ChangeNotice", "ContextOwnedElsewhereError", "FencedOffError", "PostgresStore",
+    "SCHEMA_KEY", "Schema", "SchemaMigrationError", "SchemaValidationError", "read_marker",
 ]
