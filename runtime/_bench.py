@@ -1,0 +1,839 @@
+"""The benchmark behind ``hoard bench``: every measure against its floor, in the same process and run.
+
+Each row of the table in issue 5 is measured here next to its *floor* (the cheapest thing that does
+the same job without hoard: a bare pykka actor, a plain dict, one raw SQLite commit, a raw read...).
+Value and floor run in alternating rounds (value, floor, floor, value, ...) and each side's median is
+kept, so load from other programs on a shared machine hits both about equally; only the **ratio** is
+meant to be compared, never a number across runs or machines.
+
+Ratios: for throughput rows (``better="higher"``) ``ratio = value / floor`` and the target is a
+minimum; for time and memory rows (``better="lower"``) ``ratio = value / floor`` and the target is a
+maximum.
+
+Everything runs in the calling thread, except the RSS row, which starts two short-lived child
+processes (``python -m runtime._bench rss ...``) so that each measures a clean interpreter. Every
+system and actor a measure starts is stopped before it returns, and every file lives in one temporary
+directory removed at the end. Nothing here prints: progress goes to the ``progress`` callback.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
+from typing import Any
+
+import attrs
+import orjson
+import pykka
+import zstandard
+
+from actors import Set
+from storage import (
+    Append,
+    Change,
+    Codec,
+    ConfigError,
+    CreateContext,
+    HoardError,
+    SQLiteStore,
+    freeze_mapping,
+    new_state,
+)
+
+from ._config import ContextAdapterConfig, ContextManagerConfig
+from ._system import ContextSystem, open_system
+
+__all__ = ["MEASURES", "SERIES_MEASURES", "BenchReport", "BenchRow", "run_bench", "write_chart"]
+
+_NO_DEFAULT = ContextAdapterConfig(auto_activate_default=False)
+
+
+@attrs.frozen
+class BenchRow:
+    """One measure next to its floor.
+
+    Attributes:
+        name: stable id of the measure (what ``--only`` takes).
+        measure: what hoard does.
+        floor_name: what it is compared with.
+        value: hoard's median (in `unit`); None when the row was skipped.
+        floor: the floor's median (in `unit`); None when skipped.
+        unit: e.g. ``"ops/s"``, ``"ms"``, ``"MiB"``.
+        ratio: ``value / floor``; None when skipped.
+        target: the ratio the issue asks for.
+        better: ``"higher"`` (ratio must be >= target) or ``"lower"`` (ratio must be <= target).
+        meets: whether the ratio reaches the target; None when skipped.
+        note: how it was measured, or why it was skipped.
+        value_samples: every round's value (for the curious; medians are what count).
+        floor_samples: every round's floor.
+    """
+
+    name: str
+    measure: str
+    floor_name: str
+    value: float | None
+    floor: float | None
+    unit: str
+    ratio: float | None
+    target: float
+    better: str
+    meets: bool | None
+    note: str = ""
+    value_samples: tuple[float, ...] = ()
+    floor_samples: tuple[float, ...] = ()
+
+    @property
+    def skipped(self) -> bool:
+        return self.ratio is None
+
+    def to_json(self) -> dict[str, Any]:
+        out = attrs.asdict(self)
+        out["target_op"] = ">=" if self.better == "higher" else "<="
+        out["skipped"] = self.skipped
+        out["value_samples"] = list(self.value_samples)
+        out["floor_samples"] = list(self.floor_samples)
+        return out
+
+
+@attrs.frozen
+class Series:
+    """A scaling series for the chart: `y` (in `unit`) against `x`."""
+
+    title: str
+    xlabel: str
+    unit: str
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+
+@attrs.frozen
+class BenchReport:
+    """What `run_bench` measured: the rows (in table order), scaling series, and the machine."""
+
+    rows: tuple[BenchRow, ...]
+    series: tuple[Series, ...]
+    environment: dict[str, Any]
+    seconds: float
+    quick: bool
+
+
+# -- workload -----------------------------------------------------------------------------------------
+def _value(i: int) -> Any:
+    """Mixed JSON values like those of shared/reference/perf-floors.md."""
+    r = i % 6
+    if r == 0:
+        return f"status-{i}-é✓"
+    if r == 1:
+        return i * 7919
+    if r == 2:
+        return {"id": i, "name": f"user {i}", "tags": ["a", "b"], "active": i % 2 == 0, "score": i / 7}
+    if r == 3:
+        return [i, i + 1, i + 2, i + 3]
+    if r == 4:
+        return (None, True, i / 3, "x")[i % 4]
+    return {"ts": 1_700_000_000 + i, "by": "bench", "changes": [{"op": "set", "path": f"/a/{i}"}]}
+
+
+def _key(i: int) -> str:
+    return f"user.{i}.status"
+
+
+def _mapping(n: int, offset: int = 0) -> dict[str, Any]:
+    return {_key(i): _value(i + offset) for i in range(n)}
+
+
+def _items(n: int, keys: int = 100) -> list[tuple[str, Any]]:
+    return [(_key(i % keys), _value(i)) for i in range(n)]
+
+
+class _BareActor(pykka.ThreadingActor):
+    """The floor of a synchronous mutation: a pykka actor that sets a key and counts versions."""
+
+    use_daemon_thread = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data: dict[str, Any] = {}
+        self.version = 0
+
+    def set(self, key: str, value: Any) -> int:
+        self.data[key] = value
+        self.version += 1
+        return self.version
+
+
+class _PlainReader:
+    """The floor of a read: a plain method reading a dict."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+
+# -- timing -------------------------------------------------------------------------------------------
+def _rate(n: int, fn: Callable[[], object]) -> float:
+    """Run `fn` (which does `n` operations) once; operations per second."""
+    t0 = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t0)
+
+
+def _elapsed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _rounds(rounds: int, *sides: Callable[[], float], warmup: bool = True) -> list[list[float]]:
+    """Alternate the sides for `rounds` rounds (reversing the order every other round); one sample per
+    side per round. A first, discarded round warms caches and lazy imports."""
+    samples: list[list[float]] = [[] for _ in sides]
+    order = list(range(len(sides)))
+    if warmup:
+        for i in order:
+            sides[i]()
+    for r in range(rounds):
+        for i in order if r % 2 == 0 else reversed(order):
+            gc.collect()
+            samples[i].append(sides[i]())
+    return samples
+
+
+@attrs.frozen
+class _Spec:
+    """A row of issue 5's table: what is measured, against what, and the target ratio."""
+
+    measure: str
+    floor_name: str
+    unit: str
+    target: float
+    better: str  # "higher": ratio >= target; "lower": ratio <= target
+
+
+_SPECS: dict[str, _Spec] = {
+    "sync_set": _Spec("sync tracker.set, durability none", "pykka proxy call .get() on a bare actor",
+                      "ops/s", 0.8, "higher"),
+    "get": _Spec("tracker.get", "a plain method reading a dict", "ops/s", 0.5, "higher"),
+    "pipelined": _Spec("pipelined writes (non-blocking form, then wait all)", "pykka pipelined proxy calls",
+                       "ops/s", 0.7, "higher"),
+    "update_1000": _Spec("update of 1,000 keys in one call", "1,000 plain dict writes", "keys/s", 0.05, "higher"),
+    "set_100k": _Spec("sync set on a context holding 100k keys", "the same on a context holding 10 keys",
+                      "ops/s", 0.5, "higher"),
+    "durable_set": _Spec("durable set, 1 thread, immediate",
+                         "one SQLite commit per write, synchronous=FULL, same blob size", "ops/s", 0.7, "higher"),
+    "durable_32_threads": _Spec("durable set, 32 threads on 32 contexts, immediate",
+                                "the same workload with durability none", "ops/s", 0.5, "higher"),
+    "activation_10k": _Spec("activation of a 10k-key context (snapshot + 1k journal entries)",
+                            "raw SQLite read + zstd decompress + JSON decode of the same data", "ms", 2.0, "lower"),
+    "open_100k": _Spec("open a store holding 100k contexts", "same with 100 contexts", "ms", 2.0, "lower"),
+    "rss_1000": _Spec("RSS of 1,000 active contexts x 100 keys", "idle pykka actors + the same dicts", "MiB", 2.0,
+                      "lower"),
+    "peer_diskcache": _Spec("peers: durable single-key writes", "diskcache Cache.set at equal sync settings",
+                            "ops/s", 1.0, "higher"),
+    "peer_json_file": _Spec("peers: durable single-key writes",
+                            "a JSON file rewritten atomically per change (tmp + fsync + os.replace + dir fsync)",
+                            "ops/s", 1.0, "higher"),
+}
+
+
+def _row(name: str, values: Sequence[float], floors: Sequence[float], note: str = "") -> BenchRow:
+    spec = _SPECS[name]
+    value, floor = statistics.median(values), statistics.median(floors)
+    ratio = value / floor if floor else float("inf")
+    meets = ratio >= spec.target if spec.better == "higher" else ratio <= spec.target
+    return BenchRow(name, spec.measure, spec.floor_name, value, floor, spec.unit, ratio, spec.target, spec.better,
+                    meets, note, tuple(values), tuple(floors))
+
+
+def _skipped(name: str, note: str) -> BenchRow:
+    spec = _SPECS[name]
+    return BenchRow(name, spec.measure, spec.floor_name, None, None, spec.unit, None, spec.target, spec.better,
+                    None, note)
+
+
+@attrs.define
+class _Run:
+    """Settings and scratch space shared by the measures of one run."""
+
+    quick: bool
+    workdir: str
+    series: list[Series] = attrs.Factory(list)
+
+    def n(self, quick: int, full: int) -> int:
+        return quick if self.quick else full
+
+    @property
+    def rounds(self) -> int:
+        return 5 if self.quick else 15
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
+
+    def system(self, store: str | None, durability: str, **config: Any) -> ContextSystem:
+        return open_system(store, manager_config=ContextManagerConfig(durability=durability, **config),
+                           adapter_config=_NO_DEFAULT)
+
+
+# -- the measures -------------------------------------------------------------------------------------
+def _sync_set(run: _Run) -> list[BenchRow]:
+    n = run.n(2_000, 10_000)
+    items = _items(n)
+    system = run.system(None, "none")
+    bare = _BareActor.start()
+    try:
+        tracker = system.adapter.activate("bench")
+        proxy = bare.proxy()
+
+        def hoard() -> float:
+            tset = tracker.set
+            return _rate(n, lambda: [tset(k, v) for k, v in items])
+
+        def floor() -> float:
+            pset = proxy.set
+            return _rate(n, lambda: [pset(k, v).get(timeout=30) for k, v in items])
+
+        values, floors = _rounds(run.rounds, hoard, floor)
+    finally:
+        bare.stop()
+        system.stop()
+    return [_row("sync_set", values, floors, f"{n} calls a round, mixed values, 100 keys")]
+
+
+def _get(run: _Run) -> list[BenchRow]:
+    n = run.n(200_000, 1_000_000)
+    data = _mapping(100)
+    keys = [_key(i % 100) for i in range(n)]
+    system = run.system(None, "none")
+    try:
+        system.manager.create("bench", data)
+        tracker = system.adapter.activate("bench")
+        plain = _PlainReader(data)
+
+        def hoard() -> float:
+            get = tracker.get
+            return _rate(n, lambda: [get(k) for k in keys])
+
+        def floor() -> float:
+            get = plain.get
+            return _rate(n, lambda: [get(k) for k in keys])
+
+        values, floors = _rounds(run.rounds, hoard, floor)
+    finally:
+        system.stop()
+    return [_row("get", values, floors, f"{n} reads a round")]
+
+
+def _pipelined(run: _Run) -> list[BenchRow]:
+    n = run.n(1_000, 5_000)
+    items = _items(n)
+    system = run.system(None, "none")
+    bare = _BareActor.start()
+    try:
+        ref = system.adapter.activate("bench").actor_ref
+        proxy = bare.proxy()
+
+        def hoard() -> float:
+            def go() -> None:
+                futures = [ref.ask(Set(k, v), block=False) for k, v in items]
+                pykka.get_all(futures, timeout=60)
+            return _rate(n, go)
+
+        def floor() -> float:
+            def go() -> None:
+                pset = proxy.set
+                futures = [pset(k, v) for k, v in items]
+                pykka.get_all(futures, timeout=60)
+            return _rate(n, go)
+
+        values, floors = _rounds(run.rounds, hoard, floor)
+    finally:
+        bare.stop()
+        system.stop()
+    return [_row("pipelined", values, floors,
+                 f"{n} writes a round; the tracker has no public submit() yet, so hoard's side is "
+                 "tracker.actor_ref.ask(actors.Set(k, v), block=False) + pykka.get_all (durability none)")]
+
+
+def _update(run: _Run) -> list[BenchRow]:
+    calls = run.n(20, 100)
+    mappings = [_mapping(1_000, offset=c) for c in range(calls)]
+    system = run.system(None, "none")
+    try:
+        tracker = system.adapter.activate("bench")
+
+        def hoard() -> float:
+            update = tracker.update
+            return _rate(calls * 1_000, lambda: [update(m) for m in mappings])
+
+        def floor() -> float:
+            def go() -> None:
+                for m in mappings:
+                    d: dict[str, Any] = {}
+                    for k, v in m.items():
+                        d[k] = v
+            return _rate(calls * 1_000, go)
+
+        values, floors = _rounds(run.rounds, hoard, floor)
+    finally:
+        system.stop()
+    return [_row("update_1000", values, floors, f"{calls} calls of 1,000 mixed values a round, durability none")]
+
+
+def _big_state(run: _Run) -> list[BenchRow]:
+    sizes = [10, 100_000] if run.quick else [10, 1_000, 10_000, 100_000]
+    n = run.n(2_000, 5_000)
+    system = run.system(None, "none")
+    try:
+        trackers = {}
+        for size in sizes:
+            system.manager.create(f"ctx{size}", _mapping(size))
+            trackers[size] = system.adapter.activate(f"ctx{size}")
+        items = _items(n, keys=10)  # keys present in every context: each set replaces a value
+
+        def side(size: int) -> Callable[[], float]:
+            def go() -> float:
+                tset = trackers[size].set
+                return _rate(n, lambda: [tset(k, v) for k, v in items])
+            return go
+
+        samples = _rounds(run.rounds, *(side(s) for s in sizes))
+    finally:
+        system.stop()
+    medians = [statistics.median(s) for s in samples]
+    run.series.append(Series("sync set vs context size (durability none)", "keys in the context", "ops/s",
+                             tuple(float(s) for s in sizes), tuple(medians)))
+    return [_row("set_100k", samples[-1], samples[0], f"{n} calls a round, durability none")]
+
+
+def _durable_set(run: _Run) -> list[BenchRow]:
+    n = run.n(200, 1_000)
+    items = _items(n)
+    codec = Codec()
+    # the floor commits exactly the journal blobs hoard writes for these changes
+    blobs = [codec.encode_change(Change(i + 2, time.time(), {k: v})) for i, (k, v) in enumerate(items)]
+    system = run.system(run.path("durable.db"), "immediate", sync="full")
+    db = sqlite3.connect(run.path("floor.db"), isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL").fetchone()
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE journal (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)")
+        tracker = system.adapter.activate("bench")
+
+        def hoard() -> float:
+            tset = tracker.set
+            return _rate(n, lambda: [tset(k, v) for k, v in items])
+
+        def floor() -> float:
+            ex = db.execute
+            return _rate(n, lambda: [ex("INSERT INTO journal (blob) VALUES (?)", (b,)) for b in blobs])
+
+        values, floors = _rounds(run.rounds, hoard, floor)
+    finally:
+        db.close()
+        system.stop()
+    size = statistics.mean(len(b) for b in blobs)
+    return [_row("durable_set", values, floors,
+                 f"{n} writes a round; SQLite WAL, sync=full; blobs of {size:.0f} B on average")]
+
+
+def _threaded_rate(trackers: Sequence[Any], per_thread: int, items: Sequence[tuple[str, Any]]) -> float:
+    """Aggregate set rate of one thread per tracker, all released at once by a barrier."""
+    start = threading.Barrier(len(trackers) + 1)
+    errors: list[BaseException] = []
+
+    def body(tracker: Any) -> None:
+        try:
+            start.wait(30)
+            tset = tracker.set
+            for k, v in items[:per_thread]:
+                tset(k, v)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(t,), name=f"bench-writer-{i}") for i, t in enumerate(trackers)]
+    for th in threads:
+        th.start()
+    start.wait(30)
+    t0 = time.perf_counter()
+    for th in threads:
+        th.join(120)
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return len(trackers) * per_thread / elapsed
+
+
+def _durable_threads(run: _Run) -> list[BenchRow]:
+    threads = 32
+    per_thread = run.n(25, 100)
+    items = _items(per_thread)
+    durable = run.system(run.path("threads-durable.db"), "immediate", sync="full")
+    volatile = run.system(run.path("threads-none.db"), "none")
+    try:
+        t_durable = [durable.adapter.activate(f"c{i}") for i in range(threads)]
+        t_none = [volatile.adapter.activate(f"c{i}") for i in range(threads)]
+        values, floors = _rounds(run.rounds, lambda: _threaded_rate(t_durable, per_thread, items),
+                                 lambda: _threaded_rate(t_none, per_thread, items))
+        counts = [1, 32] if run.quick else [1, 4, 8, 16, 32]
+        scaling = [statistics.median(_threaded_rate(t_durable[:c], per_thread, items) for _ in range(3))
+                   for c in counts]
+    finally:
+        durable.stop()
+        volatile.stop()
+    run.series.append(Series("durable set, aggregate over threads (1 context each)", "threads", "ops/s",
+                             tuple(float(c) for c in counts), tuple(scaling)))
+    return [_row("durable_32_threads", values, floors,
+                 f"{per_thread} writes per thread a round; SQLite sync=full; group commit")]
+
+
+_HEADER = struct.Struct("<4sBBBxQI")  # storage's blob header: magic, format, kind, flags, length, crc32
+
+
+def _raw_payload(blob: bytes, dctx: zstandard.ZstdDecompressor) -> bytes:
+    _magic, _fmt, _kind, flags, length, _crc = _HEADER.unpack_from(blob)
+    payload = blob[_HEADER.size:]
+    return dctx.decompress(payload, max_output_size=length) if flags & 1 else payload
+
+
+def _build_big_context(path: str, keys: int, journal: int) -> None:
+    store = SQLiteStore(path, sync="normal")
+    store.open()
+    try:
+        now = time.time()
+        state = new_state("big", freeze_mapping(_mapping(keys)), now=now)
+        ops: list[Any] = [CreateContext(state)]
+        for i in range(journal):
+            k = _key(i % keys)
+            ops.append(Append("big", Change(i + 2, now + i / 1000, freeze_mapping({k: _value(i + keys)}))))
+        store.commit(ops)
+    finally:
+        store.close()
+
+
+def _activation(run: _Run) -> list[BenchRow]:
+    keys, journal = 10_000, 1_000
+    template = run.path("activation-template.db")
+    _build_big_context(template, keys, journal)
+    dctx = zstandard.ZstdDecompressor()
+    copy = run.path("activation.db")
+
+    def fresh_copy() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(copy + suffix):
+                os.remove(copy + suffix)
+        shutil.copyfile(template, copy)
+
+    def hoard() -> float:
+        fresh_copy()  # passivation writes a new snapshot: every round starts from the same data
+        system = run.system(copy, "immediate")
+        try:
+            return _elapsed(lambda: system.adapter.activate("big")) * 1e3
+        finally:
+            system.stop()
+
+    def floor() -> float:
+        fresh_copy()
+        db = sqlite3.connect(copy, isolation_level=None)
+        try:
+            def read() -> None:
+                version, blob = db.execute("SELECT version, blob FROM snapshots WHERE context_id=? "
+                                           "ORDER BY version DESC LIMIT 1", ("big",)).fetchone()
+                orjson.loads(_raw_payload(blob, dctx))
+                for (entry,) in db.execute("SELECT blob FROM journal WHERE context_id=? AND version>? "
+                                           "ORDER BY version", ("big", version)):
+                    orjson.loads(_raw_payload(entry, dctx))
+            return _elapsed(read) * 1e3
+        finally:
+            db.close()
+
+    values, floors = _rounds(run.rounds, hoard, floor)
+    return [_row("activation_10k", values, floors,
+                 "time of adapter.activate on a freshly opened store (file in the page cache)")]
+
+
+def _build_many(path: str, count: int) -> None:
+    store = SQLiteStore(path, sync="normal")
+    store.open()
+    try:
+        now = time.time()
+        batch: list[Any] = []
+        for i in range(count):
+            batch.append(CreateContext(new_state(f"ctx-{i:06d}", {"n": i, "name": f"c{i}"}, now=now)))
+            if len(batch) == 10_000:
+                store.commit(batch)
+                batch = []
+        store.commit(batch)
+    finally:
+        store.close()
+
+
+def _open_store(run: _Run) -> list[BenchRow]:
+    big = 100_000
+    counts = [100, big] if run.quick else [100, 1_000, 10_000, big]
+    paths = {}
+    for c in counts:
+        paths[c] = run.path(f"open-{c}.db")
+        _build_many(paths[c], c)
+
+    def side(count: int) -> Callable[[], float]:
+        def go() -> float:
+            t0 = time.perf_counter()
+            system = run.system(paths[count], "immediate")
+            elapsed = time.perf_counter() - t0
+            system.stop()
+            return elapsed * 1e3
+        return go
+
+    samples = _rounds(run.rounds + 2, *(side(c) for c in counts))
+    run.series.append(Series("open_system() time vs contexts in the store", "contexts", "ms",
+                             tuple(float(c) for c in counts), tuple(statistics.median(s) for s in samples)))
+    return [_row("open_100k", samples[-1], samples[0], "time of open_system() (no default context) on a SQLite file")]
+
+
+def _rss_child(mode: str, contexts: int, keys: int) -> int:
+    """Runs in a child process: RSS growth (bytes) for `contexts` x `keys` in hoard or in the floor."""
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    gc.collect()
+    before = rss()
+    if mode == "hoard":
+        system = open_system(None, manager_config=ContextManagerConfig(durability="none"),
+                             adapter_config=ContextAdapterConfig(auto_activate_default=False,
+                                                                 max_active_contexts=contexts + 1))
+        try:
+            for i in range(contexts):
+                system.adapter.create_and_activate(f"c{i}", _mapping(keys, offset=i))
+            gc.collect()
+            return rss() - before
+        finally:
+            system.stop()
+    held = []
+    try:
+        for i in range(contexts):
+            ref = _BareActor.start()
+            held.append((ref, _mapping(keys, offset=i)))
+        gc.collect()
+        return rss() - before
+    finally:
+        pykka.ActorRegistry.stop_all(block=True, timeout=30)
+
+
+def _rss(run: _Run) -> list[BenchRow]:
+    if not os.path.exists("/proc/self/statm"):
+        return [_skipped("rss_1000", "skipped: needs /proc (Linux)")]
+    contexts, keys = 1_000, 100
+
+    def child(mode: str) -> float:
+        argv = [sys.executable, "-m", "runtime._bench", "rss", mode, str(contexts), str(keys)]
+        out = subprocess.run(argv,  # noqa: S603 - our own interpreter and module, fixed arguments
+                             capture_output=True, text=True, timeout=300, check=False)
+        if out.returncode != 0:
+            raise HoardError(f"RSS child ({mode}) failed: {out.stderr.strip()[-500:]}")
+        return int(out.stdout.strip().splitlines()[-1]) / 2**20
+
+    rounds = 1 if run.quick else 3
+    values, floors = _rounds(rounds, lambda: child("hoard"), lambda: child("floor"), warmup=False)
+    return [_row("rss_1000", values, floors, "RSS growth of a fresh child process (durability none)")]
+
+
+def _atomic_json_writes(path: str, doc: dict[str, Any], items: Sequence[tuple[str, Any]]) -> Callable[[], float]:
+    """The JSON-file peer: each change rewrites the whole document atomically and durably
+    (temp file, fsync, os.replace, fsync of the directory), as STYLE.md's storage section says."""
+    directory = os.path.dirname(path)
+    tmp = path + ".tmp"
+
+    def go() -> None:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            for k, v in items:
+                doc[k] = v
+                with open(tmp, "wb") as f:
+                    f.write(orjson.dumps(doc))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return lambda: _rate(len(items), go)
+
+
+def _open_diskcache(directory: str, doc: dict[str, Any]) -> Any:
+    """A diskcache `Cache` at synchronous=FULL (its default is NORMAL; FULL matches hoard's
+    sync="full"), filled with `doc`; None if diskcache is not installed (it is an optional extra)."""
+    try:
+        import diskcache  # noqa: PLC0415 - optional: pip install 'hoard[bench]'
+    except ImportError:
+        return None
+    cache = diskcache.Cache(directory, sqlite_synchronous=2, sqlite_journal_mode="wal")
+    for k, v in doc.items():
+        cache.set(k, v)
+    return cache
+
+
+def _peers(run: _Run) -> list[BenchRow]:
+    n = run.n(150, 1_000)
+    keys = 100
+    items = _items(n, keys)
+    system = run.system(run.path("peer-hoard.db"), "immediate", sync="full")
+    cache = _open_diskcache(run.path("diskcache"), _mapping(keys))
+    try:
+        system.manager.create("bench", _mapping(keys))
+        tracker = system.adapter.activate("bench")
+
+        def hoard() -> float:
+            tset = tracker.set
+            return _rate(n, lambda: [tset(k, v) for k, v in items])
+
+        sides = [hoard, _atomic_json_writes(run.path("peer.json"), _mapping(keys), items)]
+        if cache is not None:
+            cset = cache.set
+            sides.append(lambda: _rate(n, lambda: [cset(k, v) for k, v in items]))
+        samples = _rounds(run.rounds, *sides)
+    finally:
+        if cache is not None:
+            cache.close()
+        system.stop()
+    note = f"{n} single-key writes a round on a {keys}-key context; hoard: SQLite sync=full, immediate"
+    if cache is None:
+        first = _skipped("peer_diskcache", "skipped: diskcache is not installed (pip install 'hoard[bench]')")
+    else:
+        first = _row("peer_diskcache", samples[0], samples[2], note + "; diskcache: sqlite_synchronous=FULL, WAL")
+    return [first, _row("peer_json_file", samples[0], samples[1], note)]
+
+
+#: measure name -> (function, the row names it produces), in table order
+_MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] = {
+    "sync_set": (_sync_set, ("sync_set",)),
+    "get": (_get, ("get",)),
+    "pipelined": (_pipelined, ("pipelined",)),
+    "update_1000": (_update, ("update_1000",)),
+    "set_100k": (_big_state, ("set_100k",)),
+    "durable_set": (_durable_set, ("durable_set",)),
+    "durable_32_threads": (_durable_threads, ("durable_32_threads",)),
+    "activation_10k": (_activation, ("activation_10k",)),
+    "open_100k": (_open_store, ("open_100k",)),
+    "rss_1000": (_rss, ("rss_1000",)),
+    "peers": (_peers, ("peer_diskcache", "peer_json_file")),
+}
+MEASURES: tuple[str, ...] = tuple(_MEASURES)
+#: the measures that also record a scaling series (what `write_chart` draws)
+SERIES_MEASURES: tuple[str, ...] = ("set_100k", "durable_32_threads", "open_100k")
+
+
+def _environment() -> dict[str, Any]:
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "sqlite": sqlite3.sqlite_version,
+        "hoard": version("hoard"),
+        "pykka": version("pykka"),
+        "diskcache": version("diskcache"),
+    }
+
+
+def run_bench(*, quick: bool = False, only: Iterable[str] | None = None, workdir: str | None = None,
+              progress: Callable[[int, int, str], None] | None = None) -> BenchReport:
+    """Run the benchmark in this process (plus two child processes for the RSS row).
+
+    Blocks until every selected measure has run: under a minute with `quick`, under ten otherwise, on
+    the 2-core machine of shared/reference/perf-floors.md. Temporary stores go in a directory under
+    `workdir` (default: the system temp dir) that is removed afterwards, and every system and actor
+    started is stopped, also when a measure fails.
+
+    Args:
+        quick: fewer operations and rounds (same rows, noisier ratios).
+        only: measure names to run (see `MEASURES`); default all.
+        workdir: where the temporary directory goes (the disk measured by the durable rows).
+        progress: called as ``progress(done, total, measure_name)`` before each measure and at the end.
+
+    Raises:
+        ConfigError: an unknown measure name in `only`.
+        HoardError: a measure failed (the message names it).
+    """
+    chosen = set(MEASURES if only is None else only)
+    unknown = sorted(chosen - set(MEASURES))
+    names = [n for n in MEASURES if n in chosen]
+    if unknown:
+        raise ConfigError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    t0 = time.perf_counter()
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="hoard-bench-", dir=workdir) as tmp:
+        run = _Run(quick=quick, workdir=tmp)
+        for i, name in enumerate(names):
+            if progress is not None:
+                progress(i, len(names), name)
+            fn, _ = _MEASURES[name]
+            try:
+                rows.extend(fn(run))
+            except HoardError as exc:
+                raise HoardError(f"bench measure {name!r} failed: {exc}") from exc
+        if progress is not None:
+            progress(len(names), len(names), "done")
+    return BenchReport(tuple(rows), tuple(run.series), _environment(), time.perf_counter() - t0, quick)
+
+
+def write_chart(report: BenchReport, path: str) -> None:
+    """Draw the report's scaling series (one panel each) into a PNG at `path`. Needs matplotlib
+    (``pip install 'hoard[chart]'``; `ImportError` otherwise). Runs in the calling thread."""
+    import matplotlib  # noqa: PLC0415 - an optional extra, needed only here
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    series = report.series
+    if not series:
+        raise ConfigError("this run measured no scaling series (run set_100k, durable_32_threads or open_100k)")
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 4), squeeze=False)
+    for ax, s in zip(axes[0], series, strict=True):
+        ax.plot(s.x, s.y, marker="o")
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)  # a zero baseline: noise must not look like a trend
+        ax.set_title(s.title, fontsize=9)
+        ax.set_xlabel(s.xlabel)
+        ax.set_ylabel(s.unit)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"hoard bench{' --quick' if report.quick else ''} ({report.environment.get('cpus')} CPUs, "
+                 f"Python {report.environment.get('python')})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _main(argv: Sequence[str]) -> int:
+    """``python -m runtime._bench rss MODE CONTEXTS KEYS``: the RSS row's child process."""
+    if len(argv) == 4 and argv[0] == "rss" and argv[1] in ("hoard", "floor"):
+        sys.stdout.write(f"{_rss_child(argv[1], int(argv[2]), int(argv[3]))}\n")
+        return 0
+    sys.stderr.write("usage: python -m runtime._bench rss hoard|floor CONTEXTS KEYS\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,5 @@
+"""``python -m runtime.cli``: the same as the `hoard` console script."""
+
+from ._main import main
+
+main()

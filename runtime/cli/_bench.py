@@ -1,0 +1,107 @@
+"""``hoard bench``: run `runtime._bench` and print its table (or JSON, or a chart)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .._bench import MEASURES, SERIES_MEASURES, BenchReport, BenchRow, run_bench, write_chart
+from ._common import emit_json, out
+
+__all__ = ["bench"]
+
+
+def _amount(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
+    if unit == "MiB":
+        return f"{value:.1f} MiB"
+    for limit, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= limit:
+            return f"{value / limit:.3g}{suffix} {unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _print_table(report: BenchReport) -> None:
+    console = out()
+    table = Table(box=None, header_style="bold")
+    table.add_column("MEASURE", overflow="fold", max_width=44)
+    table.add_column("HOARD", justify="right", no_wrap=True)
+    table.add_column("FLOOR", justify="right", no_wrap=True)
+    table.add_column("COMPARED WITH", overflow="fold", max_width=44)
+    table.add_column("RATIO", justify="right")
+    table.add_column("TARGET", justify="right", no_wrap=True)
+    table.add_column("MET")
+    for row in report.rows:
+        met = "skipped" if row.meets is None else ("[green]yes[/green]" if row.meets else "[red]no[/red]")
+        ratio = "-" if row.ratio is None else f"{row.ratio:.2f}"
+        table.add_row(row.measure, _amount(row.value, row.unit), _amount(row.floor, row.unit), row.floor_name,
+                      ratio, f"{'>=' if row.better == 'higher' else '<='} {row.target:g}", met)
+    console.print(table)
+    env = report.environment
+    load = env.get("load_average")
+    console.print(f"\n{'quick run' if report.quick else 'full run'} in {report.seconds:.0f} s on {env['cpus']} CPUs, "
+                  f"{env['implementation']} {env['python']}, SQLite {env['sqlite']}, {env['platform']}"
+                  + (f", load {load[0]:.2f}" if load else ""), markup=False)
+    console.print("Each value ran in alternating rounds with its floor in this process; compare ratios only, "
+                  "never numbers across runs. Time and memory rows: lower is better.", markup=False)
+    for row in report.rows:
+        if row.note:
+            console.print(f"- {row.name}: {row.note}", markup=False)
+
+
+def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
+    return [r.to_json() for r in rows]
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="Fewer operations and rounds: under a minute (noisier ratios).")
+@click.option("--only", multiple=True, type=click.Choice(MEASURES), help="Run only this measure (repeatable).")
+@click.option("--chart", "chart", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also draw the scaling series into this PNG (needs matplotlib: pip install 'hoard[chart]').")
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, exists=True, path_type=str), default=None,
+              help="Where the temporary stores go (the disk the durable rows measure). Default: the temp dir.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list, one object per row (name, value, floor, ratio, target, meets, ...).")
+def bench(quick: bool, only: tuple[str, ...], chart: str | None, workdir: str | None, as_json: bool) -> None:
+    """Measure hoard against its floors, each in the same process and run, and print the ratios.
+
+    Every row compares a hoard operation with the cheapest way to do the same thing without hoard
+    (a bare pykka actor, a plain dict, a raw SQLite commit...). The full run takes a few minutes;
+    --quick under one.
+
+    \b
+    Examples:
+      hoard bench --quick
+      hoard bench --json > bench.json
+      hoard bench --only durable_set --only peers
+      hoard bench --chart scaling.png
+    """
+    if chart is not None and only and not set(only) & set(SERIES_MEASURES):
+        raise click.UsageError(f"--chart draws the scaling series of {', '.join(SERIES_MEASURES)}; "
+                               "--only selects none of them")
+    if chart is not None and importlib.util.find_spec("matplotlib") is None:
+        raise click.ClickException("--chart needs matplotlib: pip install 'hoard[chart]'")
+    if sys.stderr.isatty():
+        with Progress(TextColumn("bench: {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("starting", total=len(only or MEASURES))
+            report = run_bench(quick=quick, only=only or None, workdir=workdir,
+                               progress=lambda done, _total, name: bar.update(task, completed=done, description=name))
+    else:
+        report = run_bench(quick=quick, only=only or None, workdir=workdir)
+    if as_json:
+        emit_json(_rows_json(report.rows))
+    else:
+        _print_table(report)
+    if chart is not None:
+        write_chart(report, chart)
+        click.echo(f"chart written to {chart}", err=True)

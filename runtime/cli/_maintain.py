@@ -1,0 +1,202 @@
+"""Commands that change a store: ``hoard restore``, ``verify [--fix]``, ``compact``.
+
+Each takes the store's writer lock (``restore`` through `open_system`, so the restore is an ordinary
+versioned, journaled change), so each refuses at once, changing nothing, while another program has
+the store open. ``verify`` without ``--fix`` only reads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from storage import CorruptStateError, DeleteContext, HoardError, PersistenceError
+
+from ._archive import context_ops
+from ._common import (
+    STORE,
+    emit_json,
+    file_sizes,
+    human_bytes,
+    json_option,
+    not_found,
+    out,
+    progress,
+    read_store,
+    system_for,
+    write_store,
+)
+from ._reader import StoreReader
+
+__all__ = ["compact", "restore", "verify"]
+
+
+@click.command("restore")
+@click.argument("store", type=STORE)
+@click.argument("context_id", metavar="ID")
+@click.argument("rp_id", metavar="RP", type=int)
+@json_option
+def restore(store: str, context_id: str, rp_id: int, as_json: bool) -> None:
+    """Restore context ID in STORE to its recovery point RP.
+
+    The data and metadata become the recovery point's, as a new version (versions never go back;
+    the change is journaled like any other). Refused while another program has STORE open: restore
+    through that program's API instead. `hoard history` lists the recovery points.
+
+    \b
+    Examples:
+      hoard restore state.db cart-42 3
+      hoard restore state.db cart-42 3 --json
+    """
+    with system_for(store, "restore") as system:
+        manager = system.manager
+        if not manager.exists(context_id):
+            raise not_found(store, context_id)
+        points = {rp.id: rp for rp in manager.recovery_points(context_id)}
+        rp = points.get(rp_id)
+        if rp is None:
+            have = ", ".join(map(str, points)) or "none"
+            raise HoardError(f"context {context_id!r} has no recovery point {rp_id} (it has: {have})")
+        before = manager.get_state(context_id).version
+        version = manager.restore(context_id, rp_id)
+    result = {"id": context_id, "recovery_point": rp_id, "recovery_point_version": rp.version,
+              "previous_version": before, "version": version}
+    if as_json:
+        emit_json(result)
+    else:
+        out().print(f"restored {context_id!r} to recovery point {rp_id} (the data of v{rp.version}): "
+                    f"v{before} -> v{version}", markup=False)
+
+
+@click.command("verify")
+@click.argument("store", type=STORE)
+@click.option("--fix", is_flag=True,
+              help="Repair what can be repaired without losing an acknowledged change (takes the writer lock).")
+@json_option
+def verify(store: str, fix: bool, as_json: bool) -> None:
+    """Check every snapshot, journal entry and recovery point in STORE; exit 1 if anything is wrong.
+
+    Without --fix nothing is written (and it works while a program has STORE open). With --fix,
+    what can be repaired without losing an acknowledged change is repaired; the rest is reported and
+    the exit code stays 1.
+
+    \b
+    Examples:
+      hoard verify state.db
+      hoard verify state.db --fix --json
+    """
+    opener = write_store(store, "repair") if fix else read_store(store)
+    with opener as st, progress("verifying", None):
+        contexts = st.count()
+        issues = st.verify(fix=fix)
+    unfixed = [i for i in issues if not i.fixed]
+    result = {"ok": not unfixed, "contexts": contexts,
+              "issues": [{"context_id": i.context_id, "what": i.what, "problem": i.problem, "fixed": i.fixed}
+                         for i in issues]}
+    if as_json:
+        emit_json(result)
+    else:
+        console = out()
+        if issues:
+            table = Table(box=None, header_style="bold")
+            for name in ("CONTEXT", "WHAT", "PROBLEM", "FIXED"):
+                table.add_column(name, overflow="fold")
+            for i in issues:
+                table.add_row(Text(i.context_id or "-"), i.what, Text(i.problem), "yes" if i.fixed else "no")
+            console.print(table)
+        verdict = "ok" if not issues else (f"{len(issues) - len(unfixed)} fixed, {len(unfixed)} left" if fix
+                                           else f"{len(issues)} problem{'s' if len(issues) != 1 else ''}")
+        console.print(f"{contexts} contexts checked: {verdict}")
+        if unfixed and not fix:
+            console.print("run `hoard verify --fix` to repair what can be repaired without losing data")
+    if unfixed:
+        click.get_current_context().exit(1)
+
+
+def _needs_compaction(reader: StoreReader, cid: str, version: int, journal_entries: int) -> bool:
+    return journal_entries > 0 or reader.snapshot_versions(cid) != [version]
+
+
+def _vacuum(path: str) -> None:
+    """VACUUM and truncate the WAL. Runs while the caller holds the writer lock (`SQLiteStore` has no
+    vacuum yet: see the issue 5 report), on a connection of its own."""
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise PersistenceError(f"cannot vacuum {path!r}: {exc}") from exc
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.Error as exc:
+        raise PersistenceError(f"cannot vacuum {path!r}: {exc}") from exc
+    finally:
+        db.close()
+
+
+@click.command("compact")
+@click.argument("store", type=STORE)
+@json_option
+def compact(store: str, as_json: bool) -> None:
+    """Compact STORE: one snapshot per context at its current version, no journal, then VACUUM.
+
+    Each context is rewritten in one transaction (same version, data, metadata, times and recovery
+    points), so a crash midway leaves every context either old or compacted, never half. Afterwards
+    the older kept snapshot and its journal are gone, so `hoard show --version` can rebuild only
+    recovery point versions. A context that cannot be read is left untouched and reported (exit
+    1; see `hoard verify`). Refused while another program has STORE open.
+
+    \b
+    Examples:
+      hoard compact state.db
+      hoard compact state.db --json
+    """
+    before = file_sizes(store)
+    rewritten: list[str] = []
+    failed: list[dict[str, Any]] = []
+    dropped = 0
+    with write_store(store, "compact") as st:
+        with StoreReader(st) as reader:
+            ids = st.list_ids()
+            with progress("compacting", len(ids)) as advance:
+                for cid in ids:
+                    advance(1)
+                    info = st.info(cid)
+                    if info is None or not _needs_compaction(reader, cid, info.version, info.journal_entries):
+                        continue
+                    try:
+                        state = st.load(cid)
+                        rps = st.recovery_points(cid)
+                    except CorruptStateError as exc:
+                        failed.append({"id": cid, "problem": str(exc)})
+                        continue
+                    if state is None:  # pragma: no cover - we hold the writer lock
+                        continue
+                    ops, _written, _note = context_ops(state, rps, info.next_rp_id)
+                    st.commit([DeleteContext(cid), *ops])
+                    rewritten.append(cid)
+                    dropped += info.journal_entries
+        with progress("vacuuming", None):
+            _vacuum(store)
+    after = file_sizes(store)
+    result: dict[str, Any] = {
+        "contexts_rewritten": len(rewritten), "journal_entries_removed": dropped, "failed": failed,
+        "bytes_before": before["file_bytes"] + before["wal_bytes"],
+        "bytes_after": after["file_bytes"] + after["wal_bytes"]}
+    if as_json:
+        emit_json(result)
+    else:
+        console = out()
+        console.print(f"compacted {len(rewritten)} context{'s' if len(rewritten) != 1 else ''} "
+                      f"({dropped} journal entries removed); file {human_bytes(result['bytes_before'])} -> "
+                      f"{human_bytes(result['bytes_after'])}")
+        for f in failed:
+            console.print(f"not compacted: {f['id']}: {f['problem']}", markup=False)
+        if failed:
+            console.print("run `hoard verify` for details", markup=False)
+    if failed:
+        click.get_current_context().exit(1)

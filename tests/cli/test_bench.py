@@ -1,0 +1,56 @@
+"""`hoard bench`: the quick run produces every row of issue 5's table. Ratios are printed in the test
+output (this is a shared, noisy machine), never asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from runtime._bench import MEASURES
+
+from .conftest import Hoard
+
+ROWS = ["sync_set", "get", "pipelined", "update_1000", "set_100k", "durable_set", "durable_32_threads",
+        "activation_10k", "open_100k", "rss_1000", "peer_diskcache", "peer_json_file"]
+
+
+def test_quick_bench_json_has_every_row(hoard: Hoard, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chart = importlib.util.find_spec("matplotlib") is not None  # an optional extra
+    args = ["bench", "--quick", "--json", "--dir", str(tmp_path)] + (["--chart", "scaling.png"] if chart else [])
+    rows = hoard(*args, timeout=300).json()
+    assert [row["name"] for row in rows] == ROWS
+    for row in rows:
+        assert {"name", "value", "floor", "ratio", "target", "meets", "unit", "better", "note"} <= row.keys()
+        if row["skipped"]:  # peer_diskcache without the optional diskcache
+            assert row["ratio"] is None and row["note"].startswith("skipped")
+            continue
+        assert row["value"] > 0 and row["floor"] > 0 and math.isfinite(row["ratio"])
+        assert row["meets"] == (row["ratio"] >= row["target"] if row["better"] == "higher"
+                                else row["ratio"] <= row["target"])
+    if chart:
+        assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == (["scaling.png"] if chart else [])  # temp stores removed
+    with capsys.disabled():  # shown in every run, CI included: the ratios are the point
+        print("\nhoard bench --quick ratios (printed, not asserted):")
+        for row in rows:
+            ratio = "skipped" if row["skipped"] else f"{row['ratio']:.2f}"
+            print(f"  {row['name']:<20} {ratio:>7}  target {'>=' if row['better'] == 'higher' else '<='} "
+                  f"{row['target']}")
+
+
+def test_bench_table_names_each_measure_and_its_floor(hoard: Hoard) -> None:
+    r = hoard("bench", "--quick", "--only", "get")
+    assert r.code == 0, r.err
+    assert "tracker.get" in r.out and "a plain method reading a dict" in r.out and ">= 0.5" in r.out
+    assert "compare ratios only" in r.out
+
+
+def test_bench_usage_errors(hoard: Hoard) -> None:
+    assert hoard("bench", "--only", "nonsense").code == 2
+    help_text = hoard("bench", "--help").out
+    assert all(name in help_text for name in MEASURES)
+    r = hoard("bench", "--quick", "--only", "get", "--chart", "x.png")
+    assert r.code == 2 and "scaling series" in r.err

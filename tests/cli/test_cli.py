@@ -1,0 +1,61 @@
+"""The command line as a whole: help with examples, exit codes, errors without tracebacks, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import Hoard, no_traceback
+
+COMMANDS = ["ls", "show", "history", "restore", "export", "import", "verify", "compact", "stats", "demo", "bench"]
+
+
+def test_every_command_has_help_with_an_example(hoard: Hoard) -> None:
+    top = hoard("--help")
+    assert top.code == 0
+    for name in COMMANDS:
+        assert name in top.out
+        r = hoard(name, "--help")
+        assert r.code == 0, name
+        assert "Example" in r.out and f"hoard {name}" in r.out, name
+
+
+def test_version(hoard: Hoard) -> None:
+    r = hoard("--version")
+    assert r.code == 0 and "version" in r.out
+
+
+@pytest.mark.parametrize("args", [["frobnicate"], ["show"], ["ls", "--no-such-option", "x"],
+                                  ["ls", "missing.db"], ["restore", "x.db", "id", "not-a-number"]])
+def test_usage_errors_exit_2(hoard: Hoard, args: list[str]) -> None:
+    r = hoard(*args)
+    assert r.code == 2, r
+    no_traceback(r)
+
+
+def test_a_file_that_is_not_a_store_fails_with_a_message(hoard: Hoard, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello, this is not SQLite\n" * 100)
+    for args in (["ls", "notes.txt"], ["show", "notes.txt", "x"], ["stats", "notes.txt"],
+                 ["compact", "notes.txt"], ["verify", "notes.txt"]):
+        r = hoard(*args)
+        assert r.code == 1, args
+        assert r.err.startswith("Error: ") and "notes.txt" in r.err
+        no_traceback(r)
+    assert (tmp_path / "notes.txt").read_text().startswith("hello")  # untouched
+
+
+def test_an_empty_file_is_not_turned_into_a_store(hoard: Hoard, tmp_path: Path) -> None:
+    (tmp_path / "empty.db").write_bytes(b"")
+    r = hoard("compact", "empty.db")
+    assert r.code == 1 and "not a hoard store" in r.err
+    assert (tmp_path / "empty.db").read_bytes() == b""
+
+
+def test_demo_runs(hoard: Hoard, tmp_path: Path) -> None:
+    r = hoard("demo", "--dir", str(tmp_path / "demo"))
+    assert r.code == 0, r.out + r.err
+    no_traceback(r)
+    stores = list((tmp_path / "demo").glob("*.db"))
+    assert stores
+    assert hoard("ls", str(stores[0]), "--json").json() != []
