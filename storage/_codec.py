@@ -10,9 +10,14 @@ Blob layout (all integers little-endian)::
     length    u64      length of the payload once decompressed (bounded by the reader's limit)
     crc32     u32      zlib.crc32 of the 16 header bytes before it and of the stored payload
 
-`decode_*` verify every field before decompressing, decompress at most `length` bytes (which must
-not exceed the configured bound: no decompression bombs) and raise `CorruptStateError` for anything
-they cannot verify: nothing is unpickled, nothing unverified is loaded.
+`decode_*` verify every field before decompressing and raise `CorruptStateError` for anything they
+cannot verify: nothing is unpickled, nothing unverified is loaded. Decompression bombs are refused
+without allocating their output: `length` must not exceed the reader's bound (``max_state_bytes``),
+the zstd frame must declare exactly `length` bytes (we always write the content size), zstd refuses
+output beyond the declared size, and trailing bytes after the frame are refused. So the most a blob
+can make a reader allocate is the bound, and only for a blob that really holds that much. Decoded
+models are then checked field by field (types, nesting depth), so a blob with a recomputed checksum
+but hostile content is refused as well.
 
 A `Codec` holds one zstd compressor and decompressor; it is owned by one store and used by one thread
 at a time (the persistence actor's, or the CLI's).
@@ -33,7 +38,7 @@ import zstandard
 
 from ._errors import CorruptStateError
 from ._model import Change, ContextState
-from ._values import FrozenDict, FrozenList
+from ._values import MAX_DEPTH, FrozenDict, FrozenList
 
 __all__ = [
     "FORMAT_VERSION",
@@ -56,13 +61,20 @@ _COMPRESSED = 1
 COMPRESS_MIN = 256  # payloads smaller than this are stored plain: zstd gains nothing on them
 
 
-def freeze_decoded(value: Any) -> Any:
-    """Freeze a value that came out of orjson.loads (so it is JSON-typed already): containers only."""
+def freeze_decoded(value: Any, depth: int = 0) -> Any:
+    """Freeze a value that came out of orjson.loads (so it is JSON-typed already): containers only.
+
+    Values were at most `MAX_DEPTH` containers deep when they were stored; anything deeper did not
+    come from hoard and raises `CorruptStateError` (it also keeps the recursion bounded).
+    """
     t = type(value)
-    if t is dict:
-        return FrozenDict({k: freeze_decoded(v) if type(v) in _CONTAINERS else v for k, v in value.items()})
-    if t is list:
-        return FrozenList([freeze_decoded(v) if type(v) in _CONTAINERS else v for v in value])
+    if t is dict or t is list:
+        if depth >= MAX_DEPTH:
+            raise CorruptStateError(f"a stored value is nested deeper than {MAX_DEPTH} levels")
+        d = depth + 1
+        if t is dict:
+            return FrozenDict({k: freeze_decoded(v, d) if type(v) in _CONTAINERS else v for k, v in value.items()})
+        return FrozenList([freeze_decoded(v, d) if type(v) in _CONTAINERS else v for v in value])
     return value
 
 
@@ -72,13 +84,45 @@ _CONTAINERS = frozenset({dict, list})
 def _decoded_map(value: Any, _: object = None) -> immutables.Map[str, Any]:
     if type(value) is not dict:
         raise CorruptStateError(f"expected a JSON object, found {type(value).__name__}")
+    if "" in value:
+        raise CorruptStateError("a stored mapping has an empty key")
     return immutables.Map({k: freeze_decoded(v) if type(v) in _CONTAINERS else v for k, v in value.items()})
 
 
 def _decoded_dict(value: Any, _: object = None) -> Mapping[str, Any]:
     if type(value) is not dict:
         raise CorruptStateError(f"expected a JSON object, found {type(value).__name__}")
+    if "" in value:
+        raise CorruptStateError("a stored mapping has an empty key")
     return {k: freeze_decoded(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
+
+
+def _check_fields(obj: Any, ints: tuple[str, ...], floats: tuple[str, ...], strs: tuple[str, ...] = (),
+                  str_tuples: tuple[str, ...] = (), bools: tuple[str, ...] = ()) -> None:
+    """Refuse decoded JSON whose scalar fields are not exactly the types we write (cattrs would coerce
+    "7" into 7 or a string into a tuple of characters)."""
+    if type(obj) is not dict:
+        raise CorruptStateError(f"expected a JSON object, found {type(obj).__name__}")
+    for name in ints:
+        v = obj.get(name)
+        if type(v) is not int or v < 1:
+            raise CorruptStateError(f"field {name!r} is {v!r}, not a positive integer")
+    for name in floats:
+        v = obj.get(name)
+        if type(v) not in (int, float):
+            raise CorruptStateError(f"field {name!r} is {type(v).__name__}, not a number")
+    for name in strs:
+        v = obj.get(name)
+        if type(v) is not str or not v:
+            raise CorruptStateError(f"field {name!r} is {type(v).__name__}, not a non-empty str")
+    for name in str_tuples:
+        v = obj.get(name, [])
+        if type(v) is not list or any(type(k) is not str or not k for k in v):
+            raise CorruptStateError(f"field {name!r} is not a list of keys")
+    for name in bools:
+        v = obj.get(name, False)
+        if type(v) is not bool:
+            raise CorruptStateError(f"field {name!r} is {type(v).__name__}, not a bool")
 
 
 def _origin(t: Any) -> Any:
@@ -111,6 +155,8 @@ class Codec:
 
     def __init__(self, compression_level: int = 3, max_bytes: int = 256 * 2**20) -> None:
         self.converter = make_converter()
+        self.bytes_in = 0  # payload bytes framed (before compression), for metrics
+        self.bytes_out = 0  # blob bytes framed (after compression, with headers)
         self.max_bytes = max_bytes
         self._cctx = zstandard.ZstdCompressor(level=compression_level)
         self._dctx = zstandard.ZstdDecompressor()
@@ -128,12 +174,14 @@ class Codec:
             stored = self._cctx.compress(payload)
             flags = _COMPRESSED
         head = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, flags, len(payload))
+        self.bytes_in += len(payload)  # metrics: what was encoded, before and after compression
+        self.bytes_out += HEADER_SIZE + len(stored)
         return head + _CRC.pack(zlib.crc32(stored, zlib.crc32(head))) + stored
 
     def unframe(self, kind: int, blob: bytes, what: str = "") -> bytes:
         """Verify a blob of `kind` and return its payload; raise `CorruptStateError` if anything is off."""
         name = _KIND_NAMES.get(kind, "blob")
-        label = f"{name} {what}".strip()
+        label = what or name
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise CorruptStateError(f"{label}: not binary data ({type(blob).__name__})", what=what)
         blob = bytes(blob)
@@ -163,8 +211,15 @@ class Codec:
                 raise CorruptStateError(f"{label}: length mismatch", what=what)
             return stored
         try:
-            payload = self._dctx.decompress(stored, max_output_size=length)
-        except zstandard.ZstdError as exc:
+            # the frame must declare exactly `length` (hoard always writes the content size): zstd
+            # then allocates `length` bytes at most and refuses a frame that would produce more
+            declared = zstandard.get_frame_parameters(stored).content_size
+            if declared != length:
+                shown = "no size" if declared == zstandard.CONTENTSIZE_UNKNOWN else f"{declared} bytes"
+                raise CorruptStateError(f"{label}: compressed frame declares {shown}, header says {length}",
+                                        what=what)
+            payload = self._dctx.decompress(stored, max_output_size=max(length, 1), allow_extra_data=False)
+        except (zstandard.ZstdError, ValueError) as exc:
             raise CorruptStateError(f"{label}: cannot decompress ({exc})", what=what) from exc
         if len(payload) != length:
             raise CorruptStateError(f"{label}: decompressed to {len(payload)} bytes, header says {length}",
@@ -182,15 +237,28 @@ class Codec:
         return self.frame(KIND_STATE, orjson.dumps(self._unstructure_state(state)))
 
     def decode_state(self, blob: bytes, what: str = "") -> ContextState:
+        """Verify and decode a state blob; `CorruptStateError` (naming `what`) for anything else."""
         obj = self._loads(self.unframe(KIND_STATE, blob, what), what)
-        return self._structure(self._structure_state, obj, ContextState, what)
+        self._checked(obj, what, ("version",), ("created_at", "updated_at"), ("id",))
+        state: ContextState = self._structure(self._structure_state, obj, ContextState, what)
+        return state
 
     def encode_change(self, change: Change) -> bytes:
         return self.frame(KIND_CHANGE, orjson.dumps(self._unstructure_change(change)))
 
     def decode_change(self, blob: bytes, what: str = "") -> Change:
+        """Verify and decode a journal entry; `CorruptStateError` (naming `what`) for anything else."""
         obj = self._loads(self.unframe(KIND_CHANGE, blob, what), what)
-        return self._structure(self._structure_change, obj, Change, what)
+        self._checked(obj, what, ("version",), ("at",), (), ("data_del", "meta_del"), ("replace",))
+        change: Change = self._structure(self._structure_change, obj, Change, what)
+        return change
+
+    @staticmethod
+    def _checked(obj: Any, what: str, *fields: Any) -> None:
+        try:
+            _check_fields(obj, *fields)
+        except CorruptStateError as exc:
+            raise CorruptStateError(f"{what or 'blob'}: {exc}", what=what) from None
 
     def encode_json(self, kind: int, obj: Any) -> bytes:
         return self.frame(kind, orjson.dumps(obj))
@@ -202,8 +270,9 @@ class Codec:
     def _structure(hook: Any, obj: Any, cls: type, what: str) -> Any:
         try:
             return hook(obj, cls)
-        except CorruptStateError:
-            raise
-        except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except CorruptStateError as exc:
+            raise CorruptStateError(f"{what or cls.__name__}: {exc}", what=what) from None
+        except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError,
+                RecursionError) as exc:
             raise CorruptStateError(f"{what or cls.__name__}: does not hold a valid {cls.__name__} ({exc})",
                                     what=what) from exc

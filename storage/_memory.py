@@ -23,6 +23,7 @@ from ._store import (
     StoredContext,
     VerifyIssue,
 )
+from ._values import validate_id
 
 __all__ = ["MemoryStore"]
 
@@ -62,6 +63,7 @@ class MemoryStore:
                 states[op.context_id] = apply_change(cur, op.change)
                 journal[op.context_id] = journal.get(op.context_id, 0) + 1
             elif isinstance(op, CreateContext):
+                validate_id(op.state.id)  # like every store: a malformed id never gets in
                 if op.state.id in states:
                     raise PersistenceError(f"context {op.state.id!r} already exists in the store",
                                            context_id=op.state.id)

@@ -89,16 +89,22 @@ class FrozenList(list):  # type: ignore[type-arg]
         return f"FrozenList({list.__repr__(self)})"
 
 
+_CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))  # Unicode category Cc: C0, DEL, C1
+
+
 def _control_char(s: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in s)
+    if s.isprintable():  # C speed; false for every control character (and for some harmless ones)
+        return False
+    return not _CONTROL.isdisjoint(s)
 
 
 def validate_id(context_id: object) -> str:
     """Return `context_id` if it may name a context, else raise `InvalidContextIdError`.
 
     A context id is a non-empty str of at most 255 UTF-8 bytes with no NUL or other control
-    characters. Any other Unicode (slashes, dots, emoji) is allowed and kept exactly; ids are never
-    used as file names.
+    characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) and no lone surrogates. Any other
+    Unicode (slashes, ``..``, spaces, emoji) is allowed and kept exactly; ids are never used as file
+    names, only as SQL parameters.
     """
     if type(context_id) is not str:
         raise InvalidContextIdError(context_id, f"must be a str, not {type(context_id).__name__}")
@@ -205,10 +211,11 @@ def freeze_mapping(mapping: object, max_bytes: int | None = None, context_id: st
 
 
 def encoded_size(value: Any) -> int:
-    """Bytes of `value` (already frozen) encoded as compact JSON."""
+    """Bytes of `value` (already frozen) encoded as compact JSON. Exact: the size limits must never
+    let a state grow past what a reader accepts (``max_state_bytes`` bounds decompression)."""
     t = type(value)
-    if t is str and value.isascii():
-        return len(value) + 2  # fast path for the most common case; exact unless it needs escapes
+    if t is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return len(value) + 2  # fast path for the most common case: nothing to escape
     return len(orjson.dumps(value))
 
 
