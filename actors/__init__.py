@@ -38,6 +38,7 @@ from ._messages import SetMetadata as SetMetadata
 from ._messages import Transact as Transact
 from ._messages import Update as Update
 from ._persistence import PersistenceActor as PersistenceActor
+from ._remote import RemoteChange as RemoteChange
 from ._settings import DURABILITIES as DURABILITIES
 from ._settings import ContextSettings as ContextSettings
 from ._settings import PersistenceSettings as PersistenceSettings
@@ -52,4 +53,5 @@ __all__ = [
     "CreateRecoveryPoint", "DeactivationReason", "Delete", "Draft", "Get", "GetState", "PersistenceActor",
     "PersistenceSettings", "Reply", "Restore", "Set", "SetMetadata", "SupervisorActor", "SupervisorSettings",
     "Transact", "UnknownMessageError", "Update",
+    "RemoteChange",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from time import perf_counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,8 +52,10 @@ from ._cell import ContextCell
 from ._draft import Draft
 from ._events import NO_EVENTS, Emitter, MetadataChanged, Restored, StateChanged
 from ._future import DEFERRED, Reply
+from ._metrics import Counters, Histogram, kind_of
 from ._messages import (
     BindSchema,
+    GetMetrics,
     Commit,
     ContextCrashed,
     CreateRecoveryPoint,
@@ -76,6 +79,16 @@ __all__ = ["RESERVED_PREFIX", "ContextActor", "UnknownMessageError"]
 RESERVED_PREFIX = "hoard:"  # metadata keys hoard itself writes (the schema marker)
 
 log = logging.getLogger(__name__)
+
+
+_KINDS: dict[type, str] = {}
+
+
+def _kind(cls: type) -> str:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        kind = _KINDS[cls] = kind_of(cls)
+    return kind
 
 
 class UnknownMessageError(HoardError, TypeError):
@@ -125,7 +138,10 @@ class ContextActor(pykka.ThreadingActor):
         self.settings = settings
         self._immediate = settings.durability == "immediate"
         self._deferred = settings.durability == "deferred"
-        self._size = _state_size(cell.state)
+        # An upper bound of the JSON size of data + metadata: None until the first write measures it
+        # exactly (an O(n) encode, kept off the activation path); then each change adds what it sets,
+        # and only a bound that crosses max_state_bytes is measured exactly again.
+        self._size: int | None = None
         self._binding = False
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Set: self._on_set,
@@ -140,7 +156,12 @@ class ContextActor(pykka.ThreadingActor):
             Passivate: self._on_passivate,
             Rollback: self._on_rollback,
             BindSchema: self._on_bind_schema,
+            GetMetrics: self._on_get_metrics,
         }
+        self._calls = Counters()
+        self._latency = Histogram()
+        self._conflicts = 0
+        self._t0 = 0.0
         self.schema: Schema | None = None
         self._unknown_schema: str | None = None  # bound to a schema this system does not know
         try:
@@ -154,8 +175,13 @@ class ContextActor(pykka.ThreadingActor):
         handler = self._handlers.get(type(message))
         if handler is None:
             raise UnknownMessageError(f"context actor {self.cell.id!r} does not handle {type(message).__name__}")
+        self._t0 = started = perf_counter()
+        self._calls.inc(_kind(type(message)))
         try:
-            return handler(message)
+            result = handler(message)
+        except VersionConflictError:
+            self._conflicts += 1
+            raise
         except HoardError:
             raise  # bad input, conflicts, limits: the caller's error; the state is unchanged
         except _UserError as exc:
@@ -167,6 +193,12 @@ class ContextActor(pykka.ThreadingActor):
             log.exception("context %r crashed handling %s", self.cell.id, type(message).__name__)
             self._crash(exc)
             raise ContextCrashedError(self.cell.id, exc) from exc
+        if result is not DEFERRED:  # a deferred reply's latency is recorded when it is answered
+            self._latency.observe(perf_counter() - started)
+        return result
+
+    def _on_get_metrics(self, _m: GetMetrics) -> dict[str, Any]:
+        return {"calls": self._calls.snapshot(), "conflicts": self._conflicts, "call_latency": self._latency.snapshot()}
 
     def _crash(self, exc: BaseException) -> None:
         self.cell.closed = True
@@ -186,36 +218,45 @@ class ContextActor(pykka.ThreadingActor):
         if expected is not None and expected != self.working.version:
             raise VersionConflictError(self.cell.id, expected, self.working.version)
 
-    def _apply(self, change_args: dict[str, Any], size_delta: int, result: Any = None,
+    def _apply(self, change_args: dict[str, Any], growth: int, result: Any = None,
                replace: bool = False, rp_id: int | None = None) -> Any:
         """Make a change of the working state; hand it to persistence and/or publish it.
 
-        Returns the reply: `result` (the new version when None), or DEFERRED when the persistence
-        actor answers after the commit.
+        `growth` bounds the bytes the change adds (deletions count as 0; a replace passes its exact
+        new size). Returns the reply: `result` (the new version when None), or DEFERRED when the
+        persistence actor answers after the commit.
         """
         w = self.working
         if self._unknown_schema is not None and not self._binding:
             raise SchemaValidationError(self._unknown_schema, [(
                 "", "this context is bound to a schema this system does not know; activate it with "
                     "schema=... (or register the schema) before changing it")], context_id=self.cell.id)
-        new_size = self._size + size_delta
-        if new_size > self.settings.max_state_bytes:
-            raise InvalidValueError(None, f"the state would be {new_size} bytes, over max_state_bytes="
-                                    f"{self.settings.max_state_bytes}", context_id=self.cell.id)
         change = Change(w.version + 1, self.settings.clock(), replace=replace, **change_args)
         new = apply_change(w, change)
+        limit = self.settings.max_state_bytes
+        if replace:
+            size = growth
+        else:
+            if self._size is None:
+                self._size = _state_size(w)
+            size = self._size + growth
+            if size > limit:
+                size = _state_size(new)  # the bound is pessimistic: measure before refusing
+        if size > limit:
+            raise InvalidValueError(None, f"the state would be {size} bytes, over max_state_bytes={limit}",
+                                    context_id=self.cell.id)
         if self.schema is not None and (replace or change.data_set or change.data_del):
             self.schema.validate(new.data, self.cell.id)  # SchemaValidationError: nothing changes
         if result is None:
             result = new.version
         elif result is _NONE:
             result = None
-        self.working, self._size = new, new_size
+        self.working, self._size = new, size
         event = _state_event(w, change, new, rp_id) if self.events.active else None
         if self._immediate:
             # the persistence actor publishes after the commit, emits, and answers the caller
             reply = self._reply()
-            self.persistence.tell(Commit(self.cell, change, new, reply, result, True, event))
+            self.persistence.tell(Commit(self.cell, change, new, reply, result, True, event, self._t0))
             return DEFERRED
         self.cell.state = new
         if event is not None:
@@ -224,54 +265,50 @@ class ContextActor(pykka.ThreadingActor):
             self.persistence.tell(Commit(self.cell, change, new, None, result, False))
         return result
 
-    def _sizes(self, data: immutables.Map[str, Any], sets: Mapping[str, Any], dels: tuple[str, ...] = ()) -> int:
-        delta = 0
-        for k, v in sets.items():
-            old = data.get(k, _MISSING)
-            delta += encoded_size(v) + (len(k) + 4 if old is _MISSING else -encoded_size(old))
-        for k in dels:
-            old = data.get(k, _MISSING)
-            if old is not _MISSING:
-                delta -= encoded_size(old) + len(k) + 4
-        return delta
-
-    def _frozen(self, key: str, value: Any) -> Any:
+    def _frozen(self, key: str, value: Any) -> tuple[Any, int]:
+        """The frozen value and its size as a new entry (key, quotes, colon, comma included)."""
         v = freeze_value(key, value, None, self.cell.id)
+        size = encoded_size(v)
         limit = self.settings.max_value_bytes
-        if encoded_size(v) > limit:
-            raise InvalidValueError(key, f"{encoded_size(v)} bytes encoded, over max_value_bytes={limit}",
-                                    context_id=self.cell.id)
-        return v
+        if size > limit:
+            raise InvalidValueError(key, f"{size} bytes encoded, over max_value_bytes={limit}", context_id=self.cell.id)
+        return v, size + len(key) + 4
+
+    def _frozen_mapping(self, values: Any) -> tuple[dict[str, Any], int]:
+        sets = freeze_mapping(values, None, self.cell.id)
+        limit = self.settings.max_value_bytes
+        growth = 0
+        for k, v in sets.items():
+            size = encoded_size(v)
+            if size > limit:
+                raise InvalidValueError(k, f"{size} bytes encoded, over max_value_bytes={limit}",
+                                        context_id=self.cell.id)
+            growth += size + len(k) + 4
+        return sets, growth
 
     def _on_set(self, m: Set) -> Any:
         self._check_version(m.expected_version)
         key = validate_key(m.key, self.cell.id)
-        value = self._frozen(key, m.value)
-        sets = {key: value}
-        return self._apply({"data_set": sets}, self._sizes(self.working.data, sets))
+        value, growth = self._frozen(key, m.value)
+        return self._apply({"data_set": {key: value}}, growth)
 
     def _on_update(self, m: Update) -> Any:
         self._check_version(m.expected_version)
-        sets = freeze_mapping(m.values, None, self.cell.id)
-        limit = self.settings.max_value_bytes
-        for k, v in sets.items():
-            if encoded_size(v) > limit:
-                raise InvalidValueError(k, f"over max_value_bytes={limit}", context_id=self.cell.id)
-        return self._apply({"data_set": sets}, self._sizes(self.working.data, sets))
+        sets, growth = self._frozen_mapping(m.values)
+        return self._apply({"data_set": sets}, growth)
 
     def _on_delete(self, m: Delete) -> Any:
         self._check_version(m.expected_version)
         keys = tuple(dict.fromkeys(validate_key(k, self.cell.id) for k in m.keys))
         present = tuple(k for k in keys if k in self.working.data)
-        return self._apply({"data_del": present}, self._sizes(self.working.data, {}, present))
+        return self._apply({"data_del": present}, 0)
 
     def _on_set_metadata(self, m: SetMetadata) -> Any:
         self._check_version(m.expected_version)
-        sets = freeze_mapping(m.values, self.settings.max_value_bytes, self.cell.id)
+        sets, growth = self._frozen_mapping(m.values)
         dels = tuple(validate_key(k, self.cell.id) for k in m.remove if k in self.working.metadata)
         _check_reserved([*sets, *dels], self.cell.id)
-        return self._apply({"meta_set": sets, "meta_del": dels},
-                           self._sizes(self.working.metadata, sets, dels))
+        return self._apply({"meta_set": sets, "meta_del": dels}, growth)
 
     def _on_transact(self, m: Transact) -> Any:
         self._check_version(m.expected_version)
@@ -283,20 +320,22 @@ class ContextActor(pykka.ThreadingActor):
             raise _UserError(exc) from exc
         writes, dels, meta = draft.finish()
         sets = {}
+        growth = 0
         for k, v in writes.items():
             key = validate_key(k, self.cell.id)
-            fv = self._frozen(key, v)
+            fv, size = self._frozen(key, v)
             old = w.data.get(key, _MISSING)
             if old is _MISSING or not _same_value(old, fv):
                 sets[key] = fv
-        meta_frozen = freeze_mapping(meta, self.settings.max_value_bytes, self.cell.id)
+                growth += size
+        meta_frozen, _ = self._frozen_mapping(meta)
         meta_set = {k: v for k, v in meta_frozen.items()
                     if k not in w.metadata or not _same_value(w.metadata[k], v)}
         meta_del = tuple(k for k in w.metadata if k not in meta_frozen)
         _check_reserved([*meta_set, *meta_del], self.cell.id)
-        delta = self._sizes(w.data, sets, dels) + self._sizes(w.metadata, meta_set, meta_del)
+        growth += sum(encoded_size(v) + len(k) + 4 for k, v in meta_set.items())
         return self._apply({"data_set": sets, "data_del": dels, "meta_set": meta_set, "meta_del": meta_del},
-                           delta, result=_NONE if result is None else result)
+                           growth, result=_NONE if result is None else result)
 
     def _on_restore(self, m: Restore) -> Any:
         self._check_version(m.expected_version)
@@ -305,7 +344,7 @@ class ContextActor(pykka.ThreadingActor):
                                     context_id=self.cell.id)
         st = m.rp.state
         return self._apply({"data_set": dict(st.data), "meta_set": dict(st.metadata)},
-                           _state_size(st) - self._size, replace=True, rp_id=m.rp.id)
+                           _state_size(st), replace=True, rp_id=m.rp.id)
 
     # -- reads and the rest --------------------------------------------------------------------------
     def _on_get(self, m: Get) -> Any:
@@ -333,8 +372,8 @@ class ContextActor(pykka.ThreadingActor):
             if marker is None:
                 schema.validate(w.data, self.cell.id)
                 self.schema = schema
-                result = self._apply({"meta_set": {SCHEMA_KEY: freeze_value(SCHEMA_KEY, schema.marker())}},
-                                     len(SCHEMA_KEY) + 64)
+                marker_value, growth = self._frozen(SCHEMA_KEY, schema.marker())
+                result = self._apply({"meta_set": {SCHEMA_KEY: marker_value}}, growth)
             elif marker[1] != schema.version:
                 data = freeze_mapping(schema.migrate(thaw(dict(w.data)), marker[1], self.cell.id),
                                       self.settings.max_value_bytes, self.cell.id)
@@ -342,7 +381,7 @@ class ContextActor(pykka.ThreadingActor):
                 meta = {**dict(w.metadata), SCHEMA_KEY: freeze_value(SCHEMA_KEY, schema.marker())}
                 self.schema = schema
                 new_size = _state_size(ContextState(w.id, w.version, immutables.Map(data), immutables.Map(meta)))
-                result = self._apply({"data_set": data, "meta_set": meta}, new_size - self._size, replace=True)
+                result = self._apply({"data_set": data, "meta_set": meta}, new_size, replace=True)
             else:
                 self.schema = schema
                 result = w.version
@@ -366,7 +405,7 @@ class ContextActor(pykka.ThreadingActor):
                         self.cell.id, m.state.version, self.working.version)
             self.working = m.state
             self.cell.state = m.state
-            self._size = _state_size(m.state)
+            self._size = None  # measured again on the next write
 
 
 class _UserError(Exception):

@@ -80,10 +80,11 @@ class Reply(pykka.ThreadingFuture[Any]):
         self._run_callbacks()
 
     def _run_callbacks(self) -> None:
-        while True:
+        callbacks = self._callbacks
+        while callbacks:  # the common case, no callback at all, costs this one check
             try:
-                fn = self._callbacks.pop()
-            except IndexError:
+                fn = callbacks.pop()
+            except IndexError:  # another thread took the last one meanwhile
                 return
             try:
                 fn(self)

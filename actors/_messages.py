@@ -136,6 +136,16 @@ class BindSchema:
 
 
 @attrs.frozen
+class GetMetrics:
+    """Reply: this actor's metrics part (see runtime._metrics.Metrics.from_parts)."""
+
+
+@attrs.frozen
+class CollectMetrics:
+    """To the supervisor. Reply: (parts, mailbox depths) of itself and every context actor."""
+
+
+@attrs.frozen
 class Passivate:
     """From the supervisor: commit everything, write a snapshot. Reply: None once durable."""
 
@@ -160,6 +170,7 @@ class Commit:
     result: Any
     publish: bool
     event: Any = None  # the StateChanged to emit once committed (None when nobody subscribes)
+    started: float = 0.0  # perf_counter() when the context actor took the call (call latency)
 
 
 @attrs.frozen

@@ -15,12 +15,23 @@ If a commit fails, no change of the batch is applied: each waiting caller gets `
 and each affected context actor gets `Rollback` with the last durable state. Changes that were
 built on a failed one are refused when their turn comes (their version no longer follows the
 stored one).
+
+With a store that has ownership leases (PostgreSQL: several processes share the contexts), the rules
+of `actors._leases` apply on top: a `Load` first takes the context's lease (`ContextOwnedElsewhereError`
+goes back to the asking supervisor at once, never waited for here); held leases are renewed by a
+timer every ``lease_ttl / 3``; passivation releases the lease after the final snapshot. A commit
+refused with `FencedOffError` (another owner took the context over) fails its callers with that
+error, and the context is dropped here, not rolled back: the supervisor stops its actor without a
+snapshot. The rest of the batch is committed again without it. After any other failed commit the
+rollback state is re-read from the store, which is the truth when a connection was lost while COMMIT
+was in flight (the store resolves or reports that outcome).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from time import perf_counter
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +43,7 @@ from storage import (
     CreateContext,
     DeleteContext,
     DeleteRecoveryPoint,
+    FencedOffError,
     HoardError,
     PersistenceError,
     PutRecoveryPoint,
@@ -41,8 +53,11 @@ from storage import (
 )
 
 from ._events import NO_EVENTS, ContextCreated, Emitter, RecoveryPointCreated, RecoveryPointDeleted
+from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases, context_of
+from ._metrics import SIZE_BOUNDS, Histogram
 from ._messages import (
     Close,
+    GetMetrics,
     Commit,
     Flush,
     Load,
@@ -58,7 +73,8 @@ __all__ = ["PersistenceActor"]
 
 log = logging.getLogger(__name__)
 
-_READS = frozenset({"load", "info", "list_ids", "count", "recovery_points", "recovery_point", "verify"})
+_READS = frozenset({"load", "info", "list_ids", "count", "recovery_points", "recovery_point", "verify",
+                    "lease_token"})  # lease_token: only asked of stores with leases (after LeasesLost)
 
 
 class PersistenceActor(pykka.ThreadingActor):
@@ -77,7 +93,11 @@ class PersistenceActor(pykka.ThreadingActor):
         self._durable: dict[str, ContextState] = {}  # last committed state of each active context
         self._since_snapshot: dict[str, int] = {}
         self._closed = False
-        self.stats = {"commits": 0, "changes": 0, "failed_commits": 0, "snapshots": 0, "max_batch": 0}
+        self.leases = LeaseKeeper(store)  # no-op unless the store has ownership leases
+        self.stats = {"commits": 0, "changes": 0, "failed_commits": 0, "snapshots": 0, "recovery_points": 0}
+        self.batch_sizes = Histogram(SIZE_BOUNDS)
+        self.commit_latency = Histogram()
+        self.call_latency = Histogram()  # immediate-mode calls: from the context actor to the answer
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Commit: self._on_commit,
             Flush: lambda _m: self._flush(),
@@ -87,10 +107,15 @@ class PersistenceActor(pykka.ThreadingActor):
             StoreCall: self._on_store_call,
             StoreWrite: self._on_store_write,
             Close: self._on_close,
+            GetMetrics: self._on_get_metrics,
+            RenewLeases: self._on_renew_leases,
+            AttachSupervisor: lambda m: setattr(self.leases, "supervisor", m.supervisor),
         }
 
     def on_receive(self, message: Any) -> Any:
         if self._closed and not isinstance(message, (Close, Flush)):
+            if isinstance(message, (RenewLeases, AttachSupervisor)):
+                return None  # told, late: nothing to do once closed
             error = PersistenceError(f"store {self.store.location!r} is closed")
             if isinstance(message, Commit | SaveSnapshot | SaveRecoveryPoint) and message.reply is not None:
                 message.reply.fail(error)
@@ -100,6 +125,7 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._cancel_timer()
+        self.leases.cancel()
 
     # -- group commit --------------------------------------------------------------------------------
     def _on_commit(self, m: Commit) -> None:
@@ -141,7 +167,8 @@ class PersistenceActor(pykka.ThreadingActor):
             self._commit_batch(batch)
         except Exception as exc:  # noqa: BLE001 - a told message: nothing may escape, no caller may hang
             log.exception("group commit failed unexpectedly")
-            error = PersistenceError(f"commit to {self.store.location!r} failed: {exc!r}")
+            error = exc if isinstance(exc, PersistenceError) else PersistenceError(
+                f"commit to {self.store.location!r} failed: {exc!r}")
             for m in batch:
                 self._fail(m, error)  # those already answered keep their answer
             for cell in {id(m.cell): m.cell for m in batch}.values():
@@ -151,12 +178,35 @@ class PersistenceActor(pykka.ThreadingActor):
                     log.exception("rollback of %r failed", cell.id)
 
     def _commit_batch(self, batch: list[Commit]) -> None:
+        while True:
+            ops, accepted, counts = self._prepare(batch)
+            if not ops:
+                return
+            try:
+                self._commit_ops(ops, accepted, counts)
+                return
+            except FencedOffError as exc:
+                # another owner took a context over: its callers get this error and it is dropped here
+                # (no rollback: it may not be written any more); the rest goes again without it
+                self.stats["failed_commits"] += 1
+                cid = self._lease_lost(exc)
+                if cid is None or all(m.cell.id != cid for m in accepted):
+                    self._commit_failed(accepted, exc)
+                    return
+                batch = accepted
+
+    def _prepare(self, batch: list[Commit]) -> tuple[list[Any], list[Commit], dict[str, int]]:
+        """The store operations of `batch`; refuses (fails) the changes that may not be written."""
         ops: list[Any] = []
         accepted: list[Commit] = []
         tips: dict[str, int] = {}
         counts = dict(self._since_snapshot)
         for m in batch:
             cid = m.cell.id
+            fenced = self.leases.check(cid)
+            if fenced is not None:
+                self._fail(m, fenced)  # its lease was lost: nothing of it may be written any more
+                continue
             tip = tips.get(cid)
             if tip is None:
                 tip = self._tip(cid)
@@ -174,23 +224,25 @@ class PersistenceActor(pykka.ThreadingActor):
                 ops.append(PutSnapshot(m.state))
                 n = 0
             counts[cid] = n
-        if not ops:
-            return
+        return ops, accepted, counts
+
+    def _commit_ops(self, ops: list[Any], accepted: list[Commit], counts: dict[str, int]) -> None:
+        """Commit, then publish and answer; a failure (but `FencedOffError`) fails and rolls back."""
+        started = perf_counter()
         try:
             self.store.commit(ops)
-        except Exception as exc:
+        except FencedOffError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every caller is answered with a PersistenceError
             self.stats["failed_commits"] += 1
-            error = exc if isinstance(exc, PersistenceError) else PersistenceError(
-                f"commit to {self.store.location!r} failed: {exc!r}")
-            log.error("group commit of %d changes failed: %s", len(accepted), error)
-            for m in accepted:
-                self._fail(m, PersistenceError(str(error), context_id=m.cell.id))
-            for cell in {id(m.cell): m.cell for m in accepted}.values():
-                self._rollback(cell)
+            self._commit_failed(accepted, exc)
             return
+        done = perf_counter()
+        self.commit_latency.observe(done - started)
+        self.batch_sizes.observe(len(accepted))
         self.stats["commits"] += 1
         self.stats["changes"] += len(accepted)
-        self.stats["max_batch"] = max(self.stats["max_batch"], len(accepted))
+        self.stats["snapshots"] += sum(isinstance(op, PutSnapshot) for op in ops)
         self._since_snapshot = counts
         for m in accepted:
             if m.cell.id in self._durable or m.cell.closed is False:
@@ -201,6 +253,49 @@ class PersistenceActor(pykka.ThreadingActor):
                 self.events.emit(m.event)
             if m.reply is not None:
                 m.reply.resolve(m.result)
+                if m.started:
+                    self.call_latency.observe(done - m.started)
+
+    def _commit_failed(self, accepted: list[Commit], exc: Exception) -> None:
+        error = exc if isinstance(exc, PersistenceError) else PersistenceError(
+            f"commit to {self.store.location!r} failed: {exc!r}")
+        log.error("group commit of %d changes failed: %s", len(accepted), error)
+        # roll back before answering: a caller's next call then reaches its actor after the Rollback
+        for cell in {id(m.cell): m.cell for m in accepted}.values():
+            try:
+                self._rollback(cell)
+            except Exception:
+                log.exception("rollback of %r failed", cell.id)
+        for m in accepted:
+            # a plain PersistenceError is re-made per context; a subclass keeps its type and fields
+            self._fail(m, PersistenceError(str(error), context_id=m.cell.id)
+                       if type(error) is PersistenceError else error)
+
+    def _lease_lost(self, exc: FencedOffError) -> str | None:
+        """`exc` refused a write: the context it names is lost here. Forget it and have the supervisor
+        stop its actor without a snapshot. Returns its id."""
+        cid = self.leases.fenced(exc)
+        if cid is not None:
+            self._forget([cid])
+            self.leases.tell_lost([cid])
+        return cid
+
+    def _forget(self, context_ids: list[str]) -> None:
+        for cid in context_ids:
+            self._durable.pop(cid, None)
+            self._since_snapshot.pop(cid, None)
+
+    def _on_renew_leases(self, _m: RenewLeases) -> None:
+        """Timer: renew every held lease; drop the contexts whose lease was taken over. Never raises
+        (a told message that raised would stop this actor)."""
+        try:
+            lost = self.leases.renew()
+            self._forget(lost)
+            self.leases.tell_lost(lost)
+        except Exception:  # see the docstring
+            log.exception("lease renewal failed unexpectedly")
+        finally:
+            self.leases.rearm(self.actor_ref)
 
     @staticmethod
     def _fail(m: Commit, error: HoardError) -> None:
@@ -209,8 +304,20 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def _rollback(self, cell: Any) -> None:
         durable = self._durable.get(cell.id)
-        if durable is None:
-            durable = self.store.load(cell.id)
+        if durable is None or self.leases.enabled:
+            # a shared store is the truth: a connection lost while COMMIT was in flight leaves the
+            # outcome to the store (it resolves it, or reports it unknown), so re-read what it holds
+            try:
+                stored = self.store.load(cell.id)
+            except PersistenceError as exc:
+                if durable is None:
+                    raise
+                log.warning("context %r: re-reading after a failed commit failed (%s); rolling back to "
+                            "v%d as known here", cell.id, exc, durable.version)
+            else:
+                if stored is not None and cell.id in self._durable:
+                    self._durable[cell.id] = stored
+                durable = stored
         if durable is None or cell.actor_ref is None:
             return
         try:
@@ -220,13 +327,22 @@ class PersistenceActor(pykka.ThreadingActor):
 
     # -- requests that see every change accepted before them -----------------------------------------
     def _on_load(self, m: Load) -> ContextState | None:
+        """Activation: take the lease (if the store has leases; `ContextOwnedElsewhereError` at once
+        when another owner holds it), then read the context, creating it if asked."""
         self._flush()
-        state = self.store.load(m.context_id)
-        if state is None and m.create is not None:
-            self.store.commit([CreateContext(m.create)])
-            state = m.create
-            self.events(ContextCreated, state.id)
-        if state is not None:
+        self.leases.acquire(m.context_id, self.actor_ref)
+        try:
+            state = self.store.load(m.context_id)
+            if state is None and m.create is not None:
+                self.store.commit([CreateContext(m.create)])
+                state = m.create
+                self.events(ContextCreated, state.id)
+        except BaseException:
+            self.leases.release([m.context_id])  # not activated: do not keep others out
+            raise
+        if state is None:
+            self.leases.release([m.context_id])
+        else:
             self._durable[m.context_id] = state
             info = self.store.info(m.context_id)
             self._since_snapshot[m.context_id] = 0 if info is None else state.version - info.snapshot_version
@@ -237,6 +353,9 @@ class PersistenceActor(pykka.ThreadingActor):
         self._flush()
         cid = m.state.id
         try:
+            fenced = self.leases.check(cid)
+            if fenced is not None:
+                raise fenced  # taken over by another owner: nothing more may be written
             if self.settings.durability == "none":
                 target: ContextState | None = m.state  # a checkpoint of changes never journaled
             else:
@@ -253,6 +372,7 @@ class PersistenceActor(pykka.ThreadingActor):
         finally:
             self._durable.pop(cid, None)
             self._since_snapshot.pop(cid, None)
+            self.leases.release([cid])  # after the last write: the next owner may take it at once
         if m.reply is not None:
             m.reply.resolve(None)
 
@@ -260,6 +380,9 @@ class PersistenceActor(pykka.ThreadingActor):
         self._flush()
         st = m.state
         try:
+            fenced = self.leases.check(st.id)
+            if fenced is not None:
+                raise fenced
             if self.settings.durability != "none":
                 durable = self._durable.get(st.id)
                 if durable is not None and durable.version < st.version:
@@ -271,9 +394,12 @@ class PersistenceActor(pykka.ThreadingActor):
             rp = RecoveryPoint(info.next_rp_id, st.id, st.version, m.label, self.settings.clock(), st)
             self.store.commit([PutRecoveryPoint(rp, self.settings.max_recovery_points)])
         except HoardError as exc:
+            if isinstance(exc, FencedOffError) and exc is not self.leases.check(st.id):
+                self._lease_lost(exc)
             if m.reply is not None:
                 m.reply.fail(exc)
             return
+        self.stats["recovery_points"] += 1
         self.events(RecoveryPointCreated, st.id, version=st.version, rp_id=rp.id, label=rp.label)
         if m.reply is not None:
             m.reply.resolve(rp)
@@ -285,8 +411,18 @@ class PersistenceActor(pykka.ThreadingActor):
         return getattr(self.store, m.method)(*m.args)
 
     def _on_store_write(self, m: StoreWrite) -> None:
+        """Writes that need no context actor (create, delete, delete a recovery point). With leases, a
+        context not active here is leased for the write only (`ContextOwnedElsewhereError` if another
+        owner holds it), and a deleted context's lease is released."""
         self._flush()
-        self.store.commit(list(m.ops))
+        taken = self.leases.acquire_for_write((context_of(op) for op in m.ops), self.actor_ref)
+        try:
+            self.store.commit(list(m.ops))
+        except FencedOffError as exc:
+            self._lease_lost(exc)
+            raise
+        finally:
+            self.leases.release(taken + [op.context_id for op in m.ops if isinstance(op, DeleteContext)])
         for op in m.ops:
             if isinstance(op, DeleteContext):
                 self._durable.pop(op.context_id, None)
@@ -296,6 +432,17 @@ class PersistenceActor(pykka.ThreadingActor):
             elif isinstance(op, DeleteRecoveryPoint):
                 self.events(RecoveryPointDeleted, op.context_id, rp_id=op.rp_id)
 
+    def _on_get_metrics(self, _m: GetMetrics) -> dict[str, Any]:
+        part: dict[str, Any] = dict(self.stats)
+        part["batch_sizes"] = self.batch_sizes.snapshot()
+        part["commit_latency"] = self.commit_latency.snapshot()
+        part["call_latency"] = self.call_latency.snapshot()
+        sizes = getattr(self.store, "codec", None)
+        if sizes is not None:  # stores that encode through a Codec report what they wrote
+            part["bytes_written"] = sizes.bytes_out
+            part["payload_bytes"] = sizes.bytes_in
+        return part
+
     def _on_close(self, _m: Close) -> None:
         if self._closed:
             return
@@ -304,4 +451,5 @@ class PersistenceActor(pykka.ThreadingActor):
         finally:
             self._closed = True
             self._cancel_timer()
-            self.store.close()
+            self.leases.cancel()
+            self.store.close()  # releases every lease still held

@@ -53,9 +53,13 @@ from ._events import (
     Emitter,
     Switched,
 )
+from ._leases import LeasesLost
+from ._metrics import Counters, Histogram
 from ._messages import (
     Activate,
     BindSchema,
+    CollectMetrics,
+    GetMetrics,
     Close,
     Configure,
     ContextCrashed,
@@ -110,7 +114,11 @@ class SupervisorActor(pykka.ThreadingActor):
         self.restarts: dict[str, list[float]] = {}  # context id -> monotonic times of recent restarts
         self.seen: dict[str, tuple[int, float]] = {}
         self.schemas: dict[str, Any] = {}  # schema name -> storage.Schema, for later activations  # context id -> (LRU tick, when a sweep first saw it)
-        self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0}
+        self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0, "passivations": 0}
+        # what passivated context actors counted, so that metrics survive their actors
+        self.retired_calls = Counters()
+        self.retired_latency = Histogram()
+        self.retired_conflicts = 0
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Activate: self._on_activate,
             Deactivate: lambda m: self._deactivate(m.context_id, DeactivationReason.EXPLICIT),
@@ -128,6 +136,8 @@ class SupervisorActor(pykka.ThreadingActor):
             ContextCrashed: self._on_crashed,
             Reset: self._on_reset,
             Sweep: self._on_sweep,
+            CollectMetrics: self._on_collect_metrics,
+            LeasesLost: self._on_leases_lost,
         }
 
     def on_receive(self, message: Any) -> Any:
@@ -259,6 +269,7 @@ class SupervisorActor(pykka.ThreadingActor):
         cell.closed = True
         timeout = self.settings.call_timeout
         try:
+            self._retire_metrics(cell.actor_ref.ask(GetMetrics(), timeout=timeout))
             cell.actor_ref.ask(Passivate(), timeout=timeout)
         except pykka.ActorDeadError:
             pass
@@ -349,10 +360,60 @@ class SupervisorActor(pykka.ThreadingActor):
                 idle.append(cid)
         for cid in idle:
             self._deactivate(cid, DeactivationReason.IDLE)
-            self.stats["passivations"] = self.stats.get("passivations", 0) + 1
+            self.stats["passivations"] += 1
         for cid in [c for c in self.seen if c not in self.cells]:
             del self.seen[cid]
         return idle
+
+    # -- metrics -------------------------------------------------------------------------------------
+    def _retire_metrics(self, part: dict[str, Any]) -> None:
+        self.retired_calls.add(part["calls"])
+        self.retired_latency.add(part["call_latency"])
+        self.retired_conflicts += part["conflicts"]
+
+    def _on_collect_metrics(self, _m: CollectMetrics) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Every context actor's part (asked in turn, each bounded by call_timeout), the retired
+        ones, this actor's counts and the mailbox depths."""
+        parts: list[dict[str, Any]] = [
+            {**self.stats, "active_contexts": len(self.cells), "failed_contexts": len(self.failed)},
+            {"calls": self.retired_calls.snapshot(), "conflicts": self.retired_conflicts,
+             "call_latency": self.retired_latency.snapshot()},
+        ]
+        depths = [0]
+        for cell in list(self.cells.values()):
+            try:
+                parts.append(cell.actor_ref.ask(GetMetrics(), timeout=self.settings.call_timeout))
+                depths.append(cell.actor_ref.actor_inbox.qsize())
+            except (pykka.ActorDeadError, pykka.Timeout):
+                continue  # crashed or stuck: its numbers are missing from this reading
+        mailboxes = {"supervisor": self.actor_inbox.qsize(), "persistence": self.persistence.actor_inbox.qsize(),
+                     "contexts_total": sum(depths), "contexts_max": max(depths)}
+        return parts, mailboxes
+
+    def _on_leases_lost(self, m: LeasesLost) -> None:
+        """Another process took these contexts over (shared store): stop their actors *without* a
+        snapshot (nothing may be written any more; their queued calls fail and their trackers
+        re-activate, which waits for the new owner). A context re-activated under a new lease since
+        the loss was reported is left alone (the persistence actor holds a lease on it again)."""
+        for cid in m.context_ids:
+            cell = self.cells.get(cid)
+            if cell is None:
+                continue
+            try:
+                if self._store("lease_token", cid) is not None:
+                    continue
+            except HoardError:  # cannot ask: drop it anyway (a told message must not raise)
+                pass
+            del self.cells[cid]
+            cell.closed = True
+            try:
+                cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
+            except pykka.Timeout:
+                log.error("context %r did not stop within %s s", cid, self.settings.call_timeout)
+            if self.current == cid:
+                self._fall_back_to_default()
+            log.warning("context %r: taken over by another owner; dropped here without a snapshot", cid)
+            self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.EVICTED)
 
     def _on_reset(self, m: Reset) -> bool:
         self.restarts.pop(m.context_id, None)

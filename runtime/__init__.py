@@ -26,6 +26,7 @@ from actors import RecoveryPointDeleted as RecoveryPointDeleted
 from actors import Restored as Restored
 from actors import StateChanged as StateChanged
 from actors import Switched as Switched
+from actors import RemoteChange as RemoteChange
 from actors import DeactivationReason as DeactivationReason
 from storage import CapacityError as CapacityError
 from storage import ConfigError as ConfigError
@@ -33,6 +34,7 @@ from storage import ContextCrashedError as ContextCrashedError
 from storage import ContextExistsError as ContextExistsError
 from storage import ContextFailedError as ContextFailedError
 from storage import ContextNotFoundError as ContextNotFoundError
+from storage import ContextOwnedElsewhereError as ContextOwnedElsewhereError
 from storage import ContextState as ContextState
 from storage import ContextTimeoutError as ContextTimeoutError
 from storage import CorruptStateError as CorruptStateError
@@ -44,6 +46,8 @@ from storage import InvalidValueError as InvalidValueError
 from storage import MemoryStore as MemoryStore
 from storage import NoCurrentContextError as NoCurrentContextError
 from storage import PersistenceError as PersistenceError
+from storage import FencedOffError as FencedOffError
+from storage import PostgresStore as PostgresStore
 from storage import RecoveryPoint as RecoveryPoint
 from storage import RecoveryPointNotFoundError as RecoveryPointNotFoundError
 from storage import Schema as Schema
@@ -66,6 +70,8 @@ from ._factory import create_adapter_with_config as create_adapter_with_config
 from ._factory import create_manager as create_manager
 from ._factory import create_manager_with_config as create_manager_with_config
 from ._manager import ContextManager as ContextManager
+from ._metrics import Metrics as Metrics
+from ._metrics import register_prometheus as register_prometheus
 from ._system import ContextSystem as ContextSystem
 from ._system import open_system as open_system
 from ._tracker import ContextTracker as ContextTracker
@@ -81,7 +87,7 @@ __all__ = [
     "ContextActivated", "ContextCreated", "ContextDeactivated", "ContextDeleted", "ContextEvent", "ContextFailed",
     "ContextRestarted", "CorruptionRecovered", "MetadataChanged", "RecoveryPointCreated", "RecoveryPointDeleted",
     "Restored", "Schema", "SchemaMigrationError", "SchemaValidationError", "StateChanged", "Subscription",
-    "Switched",
+    "Switched", "Metrics", "register_prometheus",
     "CapacityError", "ConfigError", "ContextAdapter", "ContextCrashedError", "ContextAdapterConfig", "ContextExistsError",
     "ContextFailedError", "ContextManager", "ContextManagerConfig", "ContextNotFoundError", "ContextSnapshot",
     "ContextState", "ContextStatus", "ContextSystem", "ContextTimeoutError", "ContextTracker",
@@ -90,4 +96,5 @@ __all__ = [
     "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "Store", "StoreLockedError",
     "SystemStoppedError", "VersionConflictError", "create_adapter", "create_adapter_with_config",
     "create_manager", "create_manager_with_config", "open_system", "run_forever", "thaw",
+    "RemoteChange", "ContextOwnedElsewhereError", "FencedOffError", "PostgresStore",
 ]

@@ -17,7 +17,7 @@ from storage import NoCurrentContextError, validate_id
 from storage._schema import as_schema
 
 from ._config import ContextAdapterConfig
-from ._tracker import ContextTracker
+from ._tracker import ContextTracker, activate_waiting
 
 if TYPE_CHECKING:
     from ._system import ContextSystem
@@ -51,9 +51,10 @@ class ContextAdapter:
                  schema: Any = None, tracker_timeout: float | None = None) -> ContextTracker:
         validate_id(context_id)
         bound = as_schema(schema) if schema is not None else None
-        cell: ContextCell = self._system.ask(
-            Activate(context_id, create=create, make_current=make_current, data=data, metadata=metadata,
-                     must_create=must_create, schema=bound), timeout, f"activating {context_id!r}")
+        # owned by another process (shared store): waits up to `timeout` for it, see activate_waiting
+        cell: ContextCell = activate_waiting(self._system, Activate(
+            context_id, create=create, make_current=make_current, data=data, metadata=metadata,
+            must_create=must_create, schema=bound), timeout, f"activating {context_id!r}")
         return ContextTracker(self._system, cell, tracker_timeout)
 
     def activate(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> ContextTracker:

@@ -16,6 +16,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pykka
 
@@ -28,13 +29,16 @@ from actors import (
     SupervisorSettings,
 )
 from actors._events import Emitter, EventBusActor, EventGate
-from actors._messages import Configure, Shutdown, Sweep
+from actors._leases import AttachSupervisor
+from actors._messages import CollectMetrics, Configure, GetMetrics, Shutdown, Sweep
+from actors._remote import RemoteListener
 from storage import (
     ConfigError,
     ContextTimeoutError,
     HoardError,
     MemoryStore,
     PersistenceError,
+    PostgresStore,
     SQLiteStore,
     Store,
     SystemStoppedError,
@@ -42,6 +46,7 @@ from storage import (
 
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._events import Subscription, subscribe
+from ._metrics import Metrics
 
 if TYPE_CHECKING:
     from ._adapter import ContextAdapter
@@ -53,10 +58,44 @@ log = logging.getLogger(__name__)
 _LIVE: weakref.WeakSet[ContextSystem] = weakref.WeakSet()
 
 
+_PG_SCHEMES = ("postgresql://", "postgres://")
+_PG_OPTIONS = ("schema", "lease_ttl")  # hoard's own query options; every other one is libpq's
+
+
+def _postgres_store(url: str, config: ContextManagerConfig) -> Store:
+    """A `PostgresStore` for a ``postgresql://`` URL. Two query options are hoard's and are taken out
+    before the URL reaches libpq: ``schema`` (the PostgreSQL schema holding the tables, default
+    ``hoard``) and ``lease_ttl`` (seconds, default 10). ``require_lease=True``: every write of this
+    system is made under the context's ownership lease, so a write that lost its lease can never land.
+    Anything else (``owner_id``, timeouts, ``notify``) needs ``store=PostgresStore(...)``."""
+    base, _, query = url.partition("?")
+    options: dict[str, str] = {}
+    rest = []
+    for piece in query.split("&") if query else []:
+        key, _, value = piece.partition("=")
+        if unquote(key) in _PG_OPTIONS:
+            options[unquote(key)] = unquote(value)
+        else:
+            rest.append(piece)
+    kwargs: dict[str, Any] = {}
+    if "schema" in options:
+        kwargs["schema"] = options["schema"]
+    if "lease_ttl" in options:
+        try:
+            kwargs["lease_ttl"] = float(options["lease_ttl"])
+        except ValueError:
+            raise ConfigError(f"lease_ttl in the store URL must be a number of seconds, not "
+                              f"{options['lease_ttl']!r}") from None
+    return PostgresStore(base + ("?" + "&".join(rest) if rest else ""), compression_level=config.compression_level,
+                         max_state_bytes=config.max_state_bytes, require_lease=True, **kwargs)
+
+
 def _resolve_store(config: ContextManagerConfig) -> Store:
     store = config.store
     if store is None:
         return MemoryStore()
+    if isinstance(store, str) and store.startswith(_PG_SCHEMES):
+        return _postgres_store(store, config)
     if isinstance(store, (str, os.PathLike)):
         if os.fspath(store) in ("", ":memory:"):
             return MemoryStore()
@@ -106,6 +145,8 @@ class ContextSystem:
         self._supervisor = SupervisorActor.start(
             self._persistence, self._supervisor_settings(ContextAdapterConfig(auto_activate_default=False)),
             self.context_settings, cfg.max_state_bytes, self._events)
+        self._persistence.tell(AttachSupervisor(self._supervisor))  # where lost leases are reported
+        self._remote = RemoteListener.start_for(self.store, self._events)  # None unless shared
         _LIVE.add(self)
         self.manager: ContextManager = ContextManager(self)
         if adapter_config is not None:
@@ -137,6 +178,20 @@ class ContextSystem:
         if config.idle_timeout is not None:
             self._start_ticker(max(0.05, config.idle_timeout / 4))
         return self._adapter
+
+    # -- metrics -------------------------------------------------------------------------------------
+    def metrics(self, *, timeout: float | None = None) -> Metrics:
+        """A frozen `Metrics` record of everything since the system opened: calls by kind, conflicts,
+        activations, evictions, passivations, restarts, active contexts, mailbox depths, commits,
+        batch sizes, commit and call latency histograms, bytes written, compression ratio.
+
+        Asks the supervisor (which asks each context actor in turn) and the persistence actor; each
+        step is bounded by `timeout` (default call_timeout). `to_prometheus()` renders it.
+        """
+        parts, depths = self.ask(CollectMetrics(), timeout, "collecting metrics")
+        persistence = self.ask_persistence(GetMetrics(), timeout, "collecting metrics")
+        depths = {**depths, "events": self._bus.actor_inbox.qsize()}
+        return Metrics.from_parts(*parts, persistence, mailbox_depths=depths)
 
     # -- maintenance ---------------------------------------------------------------------------------
     def maintain(self, *, timeout: float | None = None) -> list[str]:
@@ -233,6 +288,8 @@ class ContextSystem:
         if self._ticker is not None:
             self._ticker_stop.set()
             self._ticker.join(5)
+        if self._remote is not None:
+            self._remote.stop()
         t = self.call_timeout * 4 if timeout is None else timeout
         error: BaseException | None = None
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from actors._cell import TICK
 from actors._future import Reply
 from actors._messages import Activate, SetPinned, StoreCall, StoreWrite
 from storage import (
+    ContextOwnedElsewhereError,
     ContextState,
     ContextTimeoutError,
     DeleteRecoveryPoint,
@@ -53,6 +55,38 @@ __all__ = ["ContextTracker", "ContextTrackerFactory"]
 _MISSING: Any = object()
 _tick = TICK.__next__  # bound once: the read path is a few attribute loads and this call
 _ATTEMPTS = 5  # a call that meets a passivating actor re-activates and retries (it was not applied)
+
+
+def activate_waiting(system: ContextSystem, message: Activate, timeout: float | None, what: str) -> ContextCell:
+    """Ask the supervisor to activate; while another process owns the context (shared store: its
+    lease is live), retry in the caller's thread with a short backoff (20 ms doubling to 250 ms, never
+    past the lease's remaining time) until `timeout` (default: call_timeout) is spent; then raise the
+    last `ContextOwnedElsewhereError`, which names the owner. A lease that expires or is released
+    meanwhile is taken over by the next attempt. No actor ever waits: the supervisor answers each
+    attempt at once."""
+    t = system.call_timeout if timeout is None else timeout
+    deadline = time.monotonic() + t
+    delay = 0.02
+    refused: ContextOwnedElsewhereError | None = None
+    while True:
+        try:
+            cell: ContextCell = system.ask(message, t if refused is None else max(0.001, deadline - time.monotonic()),
+                                           what)
+            return cell
+        except ContextOwnedElsewhereError as exc:
+            refused = exc
+        except ContextTimeoutError:
+            if refused is None:
+                raise
+            raise refused from None  # the time ran out while it was owned elsewhere: say by whom
+        remaining = deadline - time.monotonic()
+        if remaining < 0.02:
+            raise refused
+        pause = min(delay, remaining - 0.01)
+        if refused.expires_in is not None:
+            pause = min(pause, max(0.005, refused.expires_in))
+        threading.Event().wait(pause)  # a backoff in the caller's thread (an Event, not a lock)
+        delay = min(delay * 2, 0.25)
 
 
 def _rp_id(rp_id: object, context_id: str) -> int:
@@ -112,18 +146,17 @@ class ContextTracker:
         return f"<ContextTracker {self._id!r} v{self._cell.state.version}>"
 
     # -- plumbing ------------------------------------------------------------------------------------
-    def _live_cell(self) -> ContextCell:
+    def _live_cell(self, timeout: float | None = None) -> ContextCell:
         cell = self._cell
         if cell.closed:
-            cell = self._reactivate(None)
+            cell = self._reactivate(timeout)
         cell.touched = _tick()
         return cell
 
     def _reactivate(self, timeout: float | None) -> ContextCell:
         """The context was passivated: activate it again (not as current). Blocks up to `timeout`."""
-        cell: ContextCell = self._system.ask(Activate(self._id, create=False, make_current=False),
-                                             timeout if timeout is not None else self._timeout,
-                                             f"activating {self._id!r}")
+        cell = activate_waiting(self._system, Activate(self._id, create=False, make_current=False),
+                                timeout if timeout is not None else self._timeout, f"activating {self._id!r}")
         self._cell = cell
         return cell
 
@@ -134,7 +167,7 @@ class ContextTracker:
         for _ in range(_ATTEMPTS):
             if self._system.stopped:
                 raise SystemStoppedError()
-            cell = self._live_cell()
+            cell = self._live_cell(t)
             try:
                 return cell.actor_ref.ask(message, block=False).get(timeout=t)
             except pykka.ActorDeadError:

@@ -17,6 +17,8 @@ from typing import Any
 import attrs
 import immutables
 
+from ._values import FrozenDict
+
 __all__ = ["EMPTY", "Change", "ContextState", "RecoveryPoint", "apply_change", "new_state"]
 
 EMPTY: immutables.Map[str, Any] = immutables.Map()
@@ -89,6 +91,9 @@ class RecoveryPoint:
     state: ContextState
 
 
+_NO_CHANGES: Mapping[str, Any] = FrozenDict()  # immutable, and orjson encodes it (a dict subclass)
+
+
 @attrs.frozen(slots=True)
 class Change:
     """One journal entry: what one mutating call did to a context, producing `version`.
@@ -99,9 +104,9 @@ class Change:
 
     version: int
     at: float
-    data_set: Mapping[str, Any] = attrs.field(factory=dict)
+    data_set: Mapping[str, Any] = _NO_CHANGES  # shared read-only default: no factory call per change
     data_del: tuple[str, ...] = ()
-    meta_set: Mapping[str, Any] = attrs.field(factory=dict)
+    meta_set: Mapping[str, Any] = _NO_CHANGES
     meta_del: tuple[str, ...] = ()
     replace: bool = False
 
