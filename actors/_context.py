@@ -272,7 +272,7 @@ class ContextActor(pykka.ThreadingActor):
         limit = self.settings.max_value_bytes
         if size > limit:
             raise InvalidValueError(key, f"{size} bytes encoded, over max_value_bytes={limit}", context_id=self.cell.id)
-        return v, size + len(key) + 4
+        return v, size + encoded_size(key) + 2
 
     def _frozen_mapping(self, values: Any) -> tuple[dict[str, Any], int]:
         sets = freeze_mapping(values, None, self.cell.id)
@@ -283,7 +283,7 @@ class ContextActor(pykka.ThreadingActor):
             if size > limit:
                 raise InvalidValueError(k, f"{size} bytes encoded, over max_value_bytes={limit}",
                                         context_id=self.cell.id)
-            growth += size + len(k) + 4
+            growth += size + encoded_size(k) + 2
         return sets, growth
 
     def _on_set(self, m: Set) -> Any:
@@ -333,7 +333,7 @@ class ContextActor(pykka.ThreadingActor):
                     if k not in w.metadata or not _same_value(w.metadata[k], v)}
         meta_del = tuple(k for k in w.metadata if k not in meta_frozen)
         _check_reserved([*meta_set, *meta_del], self.cell.id)
-        growth += sum(encoded_size(v) + len(k) + 4 for k, v in meta_set.items())
+        growth += sum(encoded_size(v) + encoded_size(k) + 2 for k, v in meta_set.items())
         return self._apply({"data_set": sets, "data_del": dels, "meta_set": meta_set, "meta_del": meta_del},
                            growth, result=_NONE if result is None else result)
 

@@ -52,7 +52,14 @@ from storage import (
     Store,
 )
 
-from ._events import NO_EVENTS, ContextCreated, Emitter, RecoveryPointCreated, RecoveryPointDeleted
+from ._events import (
+    NO_EVENTS,
+    ContextCreated,
+    CorruptionRecovered,
+    Emitter,
+    RecoveryPointCreated,
+    RecoveryPointDeleted,
+)
 from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases, context_of
 from ._metrics import SIZE_BOUNDS, Histogram
 from ._messages import (
@@ -234,9 +241,14 @@ class PersistenceActor(pykka.ThreadingActor):
         except FencedOffError:
             raise
         except Exception as exc:  # noqa: BLE001 - every caller is answered with a PersistenceError
-            self.stats["failed_commits"] += 1
-            self._commit_failed(accepted, exc)
-            return
+            if not self._landed(accepted):
+                self.stats["failed_commits"] += 1
+                self._commit_failed(accepted, exc)
+                return
+            # the commit reported failure after it reached the store (a late fsync error, a lost
+            # connection during COMMIT): the store holds the batch, so it is committed
+            log.warning("a commit reported %r, but the store holds all %d changes: treated as committed",
+                        exc, len(accepted))
         done = perf_counter()
         self.commit_latency.observe(done - started)
         self.batch_sizes.observe(len(accepted))
@@ -255,6 +267,21 @@ class PersistenceActor(pykka.ThreadingActor):
                 m.reply.resolve(m.result)
                 if m.started:
                     self.call_latency.observe(done - m.started)
+
+    def _landed(self, accepted: list[Commit]) -> bool:
+        """Whether the store holds every context of a batch at the batch's last version, although
+        its commit raised. One transaction: all of it landed or none did."""
+        last: dict[str, int] = {}
+        for m in accepted:
+            last[m.cell.id] = m.change.version
+        try:
+            for cid, version in last.items():
+                info = self.store.info(cid)
+                if info is None or info.version != version:
+                    return False
+        except Exception:  # noqa: BLE001 - the store cannot even answer: the commit failed
+            return False
+        return True
 
     def _commit_failed(self, accepted: list[Commit], exc: Exception) -> None:
         error = exc if isinstance(exc, PersistenceError) else PersistenceError(
@@ -343,10 +370,21 @@ class PersistenceActor(pykka.ThreadingActor):
         if state is None:
             self.leases.release([m.context_id])
         else:
+            self._report_recovery(m.context_id)
             self._durable[m.context_id] = state
             info = self.store.info(m.context_id)
             self._since_snapshot[m.context_id] = 0 if info is None else state.version - info.snapshot_version
         return state
+
+    def _report_recovery(self, context_id: str) -> None:
+        """After a ``recovery="fallback"`` load that skipped damaged rows: emit what was skipped and
+        which acknowledged versions were lost (the store has logged it too)."""
+        report = getattr(self.store, "last_recovery_report", None)
+        if report is None or report.context_id != context_id:
+            return
+        skipped = tuple(f"{item.what} v{item.version}: {item.problem}" for item in report.skipped)
+        self.events(CorruptionRecovered, context_id, version=report.version, skipped=skipped,
+                    lost_versions=tuple(report.lost_versions))
 
     def _on_save_snapshot(self, m: SaveSnapshot) -> None:
         """Snapshot on passivation. Afterwards the context is no longer tracked here."""

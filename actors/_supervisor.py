@@ -24,6 +24,7 @@ import pykka
 
 from storage import (
     CapacityError,
+    ContextOwnedElsewhereError,
     ContextFailedError,
     SystemStoppedError,
     ContextExistsError,
@@ -74,6 +75,7 @@ from ._messages import (
     Load,
     Passivate,
     Reset,
+    SaveSnapshot,
     SetPinned,
     Sweep,
     Shutdown,
@@ -142,8 +144,8 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if self.stopped:
-            if isinstance(message, ContextCrashed):
-                return None
+            if isinstance(message, (ContextCrashed, LeasesLost)):
+                return None  # reports that arrive after shutdown have nothing left to act on
             raise SystemStoppedError()
         return self._handlers[type(message)](message)
 
@@ -217,7 +219,7 @@ class SupervisorActor(pykka.ThreadingActor):
             if self._store("info", cid) is not None:
                 raise ContextExistsError(cid)
             create = True
-        self._make_room(cid, m.make_current)
+        self._check_room(cid, m.make_current)  # refuse before loading; evict only once it loaded
         template = None
         if create:
             template = self._new_state(cid, m.data, m.metadata)
@@ -229,6 +231,7 @@ class SupervisorActor(pykka.ThreadingActor):
         state = self._ask_persistence(Load(cid, template), f"loading context {cid!r}", cid)
         if state is None:
             raise ContextNotFoundError(cid)
+        self._make_room(cid, m.make_current)
         cell = ContextCell(cid, state)
         cell.pinned = cid in self.pinned
         cell.actor_ref = ContextActor.start(cell, self.persistence, self.context_settings, self.actor_ref,
@@ -243,23 +246,31 @@ class SupervisorActor(pykka.ThreadingActor):
         return new_state(cid, freeze_mapping(data or {}, limit, cid), freeze_mapping(metadata or {}, limit, cid),
                          self.context_settings.clock())
 
-    def _make_room(self, incoming: str, becomes_current: bool) -> None:
-        """Evict until there is room for `incoming`. Never evicts the default, a pinned context, the
+    def _candidates(self, incoming: str, becomes_current: bool) -> list[ContextCell]:
+        """Contexts that may be evicted for `incoming`: never the default, a pinned context, the
         incoming one, or the current one unless `incoming` is about to replace it as current."""
+        protected = {self.settings.default_context_id, incoming}
+        if not becomes_current:
+            protected.add(self.current)
+        return [c for c in self.cells.values() if c.id not in protected and not c.pinned]
+
+    def _check_room(self, incoming: str, becomes_current: bool) -> None:
+        """Raise `CapacityError` if `incoming` could not get a place; evicts nothing."""
         limit = self.settings.max_active_contexts
-        while len(self.cells) >= limit:
-            if self.settings.capacity_policy == "reject":
-                raise CapacityError(f"cannot activate {incoming!r}: max_active_contexts={limit} are active "
-                                    "(capacity_policy='reject'); deactivate one first", limit=limit,
-                                    context_id=incoming)
-            protected = {self.settings.default_context_id, incoming}
-            if not becomes_current:
-                protected.add(self.current)
-            candidates = [c for c in self.cells.values() if c.id not in protected and not c.pinned]
-            if not candidates:
-                raise CapacityError(f"cannot activate {incoming!r}: all {limit} active contexts are the default, "
-                                    "pinned or current; unpin or deactivate one", limit=limit, context_id=incoming)
-            victim = min(candidates, key=lambda c: c.touched)
+        if len(self.cells) < limit:
+            return
+        if self.settings.capacity_policy == "reject":
+            raise CapacityError(f"cannot activate {incoming!r}: max_active_contexts={limit} are active "
+                                "(capacity_policy='reject'); deactivate one first", limit=limit, context_id=incoming)
+        if not self._candidates(incoming, becomes_current):
+            raise CapacityError(f"cannot activate {incoming!r}: all {limit} active contexts are the default, "
+                                "pinned or current; unpin or deactivate one", limit=limit, context_id=incoming)
+
+    def _make_room(self, incoming: str, becomes_current: bool) -> None:
+        """Evict least recently used contexts until there is room for `incoming`."""
+        while len(self.cells) >= self.settings.max_active_contexts:
+            self._check_room(incoming, becomes_current)
+            victim = min(self._candidates(incoming, becomes_current), key=lambda c: c.touched)
             self._deactivate(victim.id, DeactivationReason.EVICTED)
             self.stats["evictions"] += 1
 
@@ -322,6 +333,9 @@ class SupervisorActor(pykka.ThreadingActor):
             self.restarts.pop(cid, None)
             log.error("context %r FAILED: %s", cid, self.failed[cid])
             self.events(ContextFailed, cid, reason=self.failed[cid])
+            # let go of it in the store as passivation would (final snapshot of its durable state,
+            # lease released on a shared store): another process may take it while it is FAILED here
+            self.persistence.tell(SaveSnapshot(m.cell.state, None))
             if self.current == cid:
                 self._fall_back_to_default()
             return
@@ -478,6 +492,9 @@ class SupervisorActor(pykka.ThreadingActor):
             cid = m.settings.default_context_id
             try:
                 self._on_activate(Activate(cid, create=True, make_current=self.current is None))
+            except ContextOwnedElsewhereError as exc:
+                # a shared store where another process holds the default: open with no current context
+                log.warning("default context %r is owned by another process; no current context: %s", cid, exc)
             except (PersistenceError, ContextTimeoutError) as exc:
                 # a damaged default must not keep the system from opening: no current context then
                 self.failed[cid] = f"could not load: {exc}"

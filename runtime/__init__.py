@@ -50,6 +50,7 @@ from storage import FencedOffError as FencedOffError
 from storage import PostgresStore as PostgresStore
 from storage import RecoveryPoint as RecoveryPoint
 from storage import RecoveryPointNotFoundError as RecoveryPointNotFoundError
+from storage import RecoveryReport as RecoveryReport
 from storage import Schema as Schema
 from storage import SchemaMigrationError as SchemaMigrationError
 from storage import SchemaValidationError as SchemaValidationError
@@ -87,7 +88,7 @@ __all__ = [
     "ContextActivated", "ContextCreated", "ContextDeactivated", "ContextDeleted", "ContextEvent", "ContextFailed",
     "ContextRestarted", "CorruptionRecovered", "MetadataChanged", "RecoveryPointCreated", "RecoveryPointDeleted",
     "Restored", "Schema", "SchemaMigrationError", "SchemaValidationError", "StateChanged", "Subscription",
-    "Switched", "Metrics", "register_prometheus",
+    "Switched", "Metrics", "RecoveryReport", "register_prometheus",
     "CapacityError", "ConfigError", "ContextAdapter", "ContextCrashedError", "ContextAdapterConfig", "ContextExistsError",
     "ContextFailedError", "ContextManager", "ContextManagerConfig", "ContextNotFoundError", "ContextSnapshot",
     "ContextState", "ContextStatus", "ContextSystem", "ContextTimeoutError", "ContextTracker",

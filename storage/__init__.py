@@ -40,6 +40,8 @@ from ._schema import Schema as Schema
 from ._schema import SchemaMigrationError as SchemaMigrationError
 from ._schema import SchemaValidationError as SchemaValidationError
 from ._schema import read_marker as read_marker
+from ._sqlite import RecoveryReport as RecoveryReport
+from ._sqlite import SkippedItem as SkippedItem
 from ._sqlite import SQLiteStore as SQLiteStore
 from ._store import Append as Append
 from ._store import CreateContext as CreateContext
@@ -70,5 +72,5 @@ __all__ = [
     "encoded_size", "freeze_mapping", "freeze_value", "make_converter", "new_state", "thaw", "validate_id",
     "validate_key",
     "ChangeListener", "ChangeNotice", "ContextOwnedElsewhereError", "FencedOffError", "PostgresStore",
-    "SCHEMA_KEY", "Schema", "SchemaMigrationError", "SchemaValidationError", "read_marker",
+    "RecoveryReport", "SkippedItem", "SCHEMA_KEY", "Schema", "SchemaMigrationError", "SchemaValidationError", "read_marker",
 ]

@@ -153,3 +153,15 @@ def test_snapshots_truncate_the_journal(store_path: Path) -> None:
         assert st.verify() == []
     finally:
         st.close()
+
+
+def test_a_refused_activation_evicts_nothing(store_path: Path) -> None:
+    from runtime import ContextNotFoundError
+
+    with _lru(store_path, limit=3) as s:
+        a = s.adapter
+        a.activate("a")
+        a.activate("b")  # full: default, a, b (current)
+        with pytest.raises(ContextNotFoundError):
+            a.tracker("missing")  # refused by the load: nobody is evicted for it
+        assert sorted(a.list_active()) == ["a", "b", "default"]

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runtime import ContextFailedError, ContextManagerConfig, ContextStatus, CorruptStateError, open_system
+from runtime import (
+    ContextFailedError,
+    ContextManagerConfig,
+    ContextStatus,
+    CorruptionRecovered,
+    CorruptStateError,
+    open_system,
+)
 from storage import (
     Append,
     Change,
@@ -218,10 +226,17 @@ def test_a_damaged_context_through_the_runtime_strict_and_fallback(tmp_path: Pat
         assert system.adapter.activate("b").get("ok") is True
     fallback = ContextManagerConfig(snapshot_every=10, recovery="fallback")
     with open_system(path, manager_config=fallback) as system:
+        recovered: list[Any] = []
+        done = threading.Event()
+        system.subscribe(lambda e: (recovered.append(e), done.set()), kinds=[CorruptionRecovered])
         t = system.adapter.activate("a")
         assert t.get("n") == 23 and t.version == last + 1  # v{last} (n=24) was lost; a new version
         report = system.store.last_recovery_report  # type: ignore[attr-defined]
         assert report.lost_versions == (last,)
+        assert done.wait(10)  # ... and subscribers are told what was skipped and lost
+        (event,) = recovered
+        assert (event.context_id, event.version, event.lost_versions) == ("a", last + 1, (last,))
+        assert event.skipped and all(f"v{last}" in item for item in event.skipped)
         assert t.set("n", 100) == last + 2
     with open_system(path, manager_config=cfg) as system:
         assert system.adapter.activate("a").get("n") == 100
