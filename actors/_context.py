@@ -275,16 +275,18 @@ class ContextActor(pykka.ThreadingActor):
         return v, size + encoded_size(key) + 2
 
     def _frozen_mapping(self, values: Any) -> tuple[dict[str, Any], int]:
+        """The frozen mapping and its growth bound: one C-speed encode of the whole mapping (its exact
+        JSON size); values are measured one by one only when that total is over max_value_bytes."""
         sets = freeze_mapping(values, None, self.cell.id)
+        total = len(orjson.dumps(sets))
         limit = self.settings.max_value_bytes
-        growth = 0
-        for k, v in sets.items():
-            size = encoded_size(v)
-            if size > limit:
-                raise InvalidValueError(k, f"{size} bytes encoded, over max_value_bytes={limit}",
-                                        context_id=self.cell.id)
-            growth += size + encoded_size(k) + 2
-        return sets, growth
+        if total > limit:
+            for k, v in sets.items():
+                size = encoded_size(v)
+                if size > limit:
+                    raise InvalidValueError(k, f"{size} bytes encoded, over max_value_bytes={limit}",
+                                            context_id=self.cell.id)
+        return sets, total
 
     def _on_set(self, m: Set) -> Any:
         self._check_version(m.expected_version)

@@ -140,50 +140,103 @@ def validate_key(key: object, context_id: str | None = None) -> str:
         raise InvalidValueError(key, "keys must not contain NUL", context_id=context_id)
     if len(key) * 4 > MAX_KEY_BYTES and len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidValueError(key, f"keys must be at most {MAX_KEY_BYTES} UTF-8 bytes", context_id=context_id)
-    _check_encodable(key, lambda reason: InvalidValueError(key, reason, context_id=context_id))
+    if not _surrogate_free(key):
+        raise InvalidValueError(key, "contains a lone surrogate, which is not valid Unicode text", context_id=context_id)
     return key
 
 
-_SCALARS = frozenset({type(None), bool, str})
+class _Bad(Exception):
+    """A value failed a check; `path` is filled in on the way up (no path is built unless it fails)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.path: list[str] = []
 
 
-def _freeze(value: Any, key: str, path: str, depth: int, context_id: str | None) -> Any:
-    t = type(value)
-    if t in _SCALARS:
-        if t is str:
-            _check_encodable(value, lambda r: InvalidValueError(key, r, path=path, context_id=context_id))
-        return value
+def _surrogate_free(s: str) -> bool:
+    if s.isascii():
+        return True  # the common case costs one C call
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _scalar(v: Any, t: type) -> Any:
+    """Check a scalar of exact type `t`; returns it (or raises `_Bad`)."""
+    if t is str:
+        if not _surrogate_free(v):
+            raise _Bad("contains a lone surrogate, which is not valid Unicode text")
+        return v
     if t is int:
-        if _INT_MIN <= value <= _INT_MAX:
-            return value
-        raise InvalidValueError(key, "integer outside the 64-bit range JSON peers accept", path=path,
-                                context_id=context_id)
+        if _INT_MIN <= v <= _INT_MAX:
+            return v
+        raise _Bad("integer outside the 64-bit range JSON peers accept")
     if t is float:
-        if math.isfinite(value):
-            return value
-        raise InvalidValueError(key, f"{value!r} is not a finite number (JSON has no NaN or Infinity)",
-                                path=path, context_id=context_id)
-    if depth >= MAX_DEPTH:
-        raise InvalidValueError(key, f"nested deeper than {MAX_DEPTH} levels (or cyclic)", path=path,
-                                context_id=context_id)
+        if math.isfinite(v):
+            return v
+        raise _Bad(f"{v!r} is not a finite number (JSON has no NaN or Infinity)")
+    return v  # None, bool
+
+
+_SCALAR_TYPES = frozenset({type(None), bool, str, int, float})
+
+
+def _freeze_any(value: Any, depth: int) -> Any:
+    t = type(value)
+    if t in _SCALAR_TYPES:
+        return _scalar(value, t)
     if t is FrozenDict or t is FrozenList:
         return value  # already checked on its way in
-    if isinstance(value, Mapping):
+    if depth >= MAX_DEPTH:
+        raise _Bad(f"nested deeper than {MAX_DEPTH} levels (or cyclic)")
+    if t is dict or (t is not list and t is not tuple and isinstance(value, Mapping)):
         out = {}
         for k, v in value.items():
             if type(k) is not str:
-                raise InvalidValueError(key, f"dict keys must be str, not {type(k).__name__}",
-                                        path=f"{path}[{k!r}]", context_id=context_id)
-            _check_encodable(k, lambda r: InvalidValueError(key, r, path=path, context_id=context_id))
-            out[k] = _freeze(v, key, f"{path}[{k!r}]", depth + 1, context_id)
+                bad = _Bad(f"dict keys must be str, not {type(k).__name__}")
+                bad.path.append(f"[{k!r}]")
+                raise bad
+            tv = type(v)
+            if k.isascii() and (tv is int or tv is bool or v is None or (tv is str and v.isascii())) and (
+                    tv is not int or _INT_MIN <= v <= _INT_MAX):
+                out[k] = v  # the common case, checked inline: no call per element
+                continue
+            try:
+                if not _surrogate_free(k):
+                    raise _Bad("contains a lone surrogate, which is not valid Unicode text")
+                out[k] = _scalar(v, tv) if tv in _SCALAR_TYPES else _freeze_any(v, depth + 1)
+            except _Bad as bad:
+                bad.path.append(f"[{k!r}]")
+                raise
         return FrozenDict(out)
-    if isinstance(value, (list, tuple)):
-        return FrozenList([_freeze(v, key, f"{path}[{i}]", depth + 1, context_id) for i, v in enumerate(value)])
+    if t is list or t is tuple or isinstance(value, (list, tuple)):
+        items = []
+        for i, v in enumerate(value):
+            tv = type(v)
+            if tv is str and v.isascii():
+                items.append(v)
+                continue
+            try:
+                items.append(_scalar(v, tv) if tv in _SCALAR_TYPES else _freeze_any(v, depth + 1))
+            except _Bad as bad:
+                bad.path.append(f"[{i}]")
+                raise
+        return FrozenList(items)
     if isinstance(value, bool | int | float | str):  # subclasses (IntEnum, str Enum...): store the plain value
         base = bool if isinstance(value, bool) else int if isinstance(value, int) else float if isinstance(value, float) else str
-        return _freeze(base(value), key, path, depth, context_id)
-    raise InvalidValueError(key, f"{type(value).__name__} is not JSON-compatible", path=path,
-                            context_id=context_id)
+        return _freeze_any(base(value), depth)
+    raise _Bad(f"{type(value).__name__} is not JSON-compatible")
+
+
+def _freeze(value: Any, key: str, path: str, depth: int, context_id: str | None) -> Any:
+    """Frozen `value`, or `InvalidValueError` naming `key` and the path inside the value."""
+    try:
+        return _freeze_any(value, depth)
+    except _Bad as bad:
+        raise InvalidValueError(key, bad.reason, path=path + "".join(reversed(bad.path)),
+                                context_id=context_id) from None
 
 
 def freeze_value(key: str, value: Any, max_bytes: int | None = None, context_id: str | None = None) -> Any:
