@@ -80,7 +80,7 @@ __all__ = ["PersistenceActor"]
 
 log = logging.getLogger(__name__)
 
-_READS = frozenset({"load", "info", "list_ids", "count", "recovery_points", "recovery_point", "verify",
+_READS = frozenset({"load", "info", "list_ids", "count", "recovery_points", "recovery_point", "verify", "expired",
                     "lease_token"})  # lease_token: only asked of stores with leases (after LeasesLost)
 
 
@@ -443,6 +443,8 @@ class PersistenceActor(pykka.ThreadingActor):
             m.reply.resolve(rp)
 
     def _on_store_call(self, m: StoreCall) -> Any:
+        if m.method == "store_type":
+            return type(self.store)
         if m.method not in _READS:
             raise PersistenceError(f"not a store read: {m.method!r}")
         self._flush()

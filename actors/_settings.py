@@ -40,6 +40,7 @@ class SupervisorSettings:
     idle_timeout: float | None = None
     call_timeout: float = 5.0
     max_contexts: int | None = None
+    ttl: float | None = None  # default time to live of inactive contexts (seconds since their last change)
     max_restarts: int = 3
     restart_window: float = 5.0
     monotonic: Callable[[], float] = time.monotonic

@@ -116,7 +116,9 @@ class SupervisorActor(pykka.ThreadingActor):
         self.restarts: dict[str, list[float]] = {}  # context id -> monotonic times of recent restarts
         self.seen: dict[str, tuple[int, float]] = {}
         self.schemas: dict[str, Any] = {}  # schema name -> storage.Schema, for later activations  # context id -> (LRU tick, when a sweep first saw it)
-        self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0, "passivations": 0}
+        self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0, "passivations": 0,
+                      "expired": 0}
+        self._store_cls: type | None = None
         # what passivated context actors counted, so that metrics survive their actors
         self.retired_calls = Counters()
         self.retired_latency = Histogram()
@@ -362,7 +364,7 @@ class SupervisorActor(pykka.ThreadingActor):
         default or a pinned one."""
         timeout = self.settings.idle_timeout
         if timeout is None:
-            return []
+            return self._expire()
         now = self.settings.monotonic()
         protected = {self.current, self.settings.default_context_id}
         idle = []
@@ -377,7 +379,32 @@ class SupervisorActor(pykka.ThreadingActor):
             self.stats["passivations"] += 1
         for cid in [c for c in self.seen if c not in self.cells]:
             del self.seen[cid]
-        return idle
+        return idle + self._expire()
+
+    def _expire(self) -> list[str]:
+        """Delete inactive contexts whose TTL ran out (their own, else the default): an active,
+        failed or pinned context never expires. Stores without TTL support are skipped."""
+        if not hasattr(self._store_type(), "expired"):
+            return []
+        now = self.context_settings.clock()
+        expired = []
+        for cid in self._store("expired", now, self.settings.ttl, 500):
+            if cid in self.cells or cid in self.failed or cid in self.pinned:
+                continue
+            try:
+                self._ask_persistence(StoreWrite((DeleteContext(cid),)), f"expiring {cid!r}", cid)
+            except HoardError as exc:  # another process may own it (shared store): try next sweep
+                log.warning("could not expire %r: %s", cid, exc)
+                continue
+            self.stats["expired"] += 1
+            self.events(ContextDeleted, cid, reason="expired")
+            expired.append(cid)
+        return expired
+
+    def _store_type(self) -> type:
+        if self._store_cls is None:
+            self._store_cls = self._store("store_type")
+        return self._store_cls
 
     # -- metrics -------------------------------------------------------------------------------------
     def _retire_metrics(self, part: dict[str, Any]) -> None:

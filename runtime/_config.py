@@ -124,6 +124,12 @@ class ContextAdapterConfig:
             state at most this many times within `restart_window`; past that it is FAILED and calls
             raise `ContextFailedError` until ``adapter.reset(id)``.
         restart_window: seconds (see `max_restarts`).
+        maintenance_interval: seconds between maintenance sweeps (idle passivation, TTL expiry).
+            None (default): a quarter of the smaller of `idle_timeout` and `ttl` (at least 50 ms, at
+            most 30 s); 30 s when only per-context TTLs are used.
+        ttl: default time to live, in seconds since a context's last change: an *inactive* context older
+            than that is deleted (with a ``ContextDeleted(reason="expired")`` event) by the maintenance
+            sweep. A context's own TTL (``manager.set_ttl``) overrides it. None (default): never.
         idle_timeout: seconds after which an unused context (no call through any tracker) is
             passivated, by a background sweep every ``idle_timeout / 4`` (at least 50 ms), so within
             ``idle_timeout * 1.25`` or so. Never the current, the default or a pinned context.
@@ -138,3 +144,5 @@ class ContextAdapterConfig:
     max_restarts: int = attrs.field(default=3, validator=_number(0, integer=True))
     restart_window: float = attrs.field(default=5.0, validator=_number(0.001))
     idle_timeout: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
+    ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
+    maintenance_interval: float | None = attrs.field(default=None, validator=_number(0.01, optional=True))

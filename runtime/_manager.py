@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from actors._messages import Activate, CreateContext, DeleteContext, Exists, ListIds, StateOf
-from storage import ContextNotFoundError, ContextState, RecoveryPoint, validate_id
+from actors._messages import Activate, CreateContext, DeleteContext, Exists, ListIds, StateOf, StoreWrite
+from storage import ContextNotFoundError, ContextState, InvalidValueError, RecoveryPoint, SetTTL, validate_id
 
 from ._config import ContextManagerConfig
 from ._tracker import ContextTracker, delete_recovery_point, list_recovery_points
@@ -91,10 +91,24 @@ class ContextManager:
     def list_ids(self, prefix: str = "", *, timeout: float | None = None) -> list[str]:
         """Ids of every stored context (sorted), optionally only those starting with `prefix`."""
         if not isinstance(prefix, str):
-            from storage import InvalidValueError
             raise InvalidValueError("prefix", f"must be a str, not {type(prefix).__name__}")
         result: list[str] = self._system.ask(ListIds(prefix), timeout, "listing contexts")
         return result
+
+    def set_ttl(self, context_id: str, ttl: float | None, *, timeout: float | None = None) -> None:
+        """Give a context its own time to live: once it is inactive and its last change is older than
+        `ttl` seconds, the maintenance sweep deletes it (``ContextDeleted(reason="expired")``). None
+        falls back to ``ContextAdapterConfig.ttl``. Durable; not a change of the context (its version
+        stays). Blocks on one store write."""
+        validate_id(context_id)
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0):
+            raise InvalidValueError("ttl", f"must be a positive number of seconds or None, not {ttl!r}",
+                                    context_id=context_id)
+        if not self.exists(context_id, timeout=timeout):
+            raise ContextNotFoundError(context_id)
+        self._system.ask_persistence(StoreWrite((SetTTL(context_id, None if ttl is None else float(ttl)),)),
+                                     timeout, f"setting the ttl of {context_id!r}")
+        self._system.ensure_maintenance()
 
     # -- recovery points by context id -------------------------------------------------------------
     def create_recovery_point(self, context_id: str, label: str | None = None, *,

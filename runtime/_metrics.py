@@ -56,7 +56,8 @@ _COUNTERS: dict[str, tuple[str, str]] = {
     "conflicts": ("conflicts", "Optimistic writes refused because the context was at another version."),
     "activations": ("activations", "Context activations (an actor started for a context)."),
     "evictions": ("evictions", "Contexts passivated to make room (max_active_contexts)."),
-    "passivations": ("passivations", "Contexts passivated for any reason (eviction, idle, explicit)."),
+    "passivations": ("passivations", "Contexts passivated because they were idle (idle_timeout)."),
+    "expired": ("expired", "Inactive contexts deleted because their time to live ran out."),
     "deactivations": ("deactivations", "Contexts deactivated (their actor stopped)."),
     "restarts": ("restarts", "Context actors restarted by the supervisor after a crash."),
     "commits": ("commits", "Group commits (store transactions) that succeeded."),
@@ -109,7 +110,7 @@ class Metrics:
         calls: calls handled by context actors, by kind (``"set"``, ``"update"``, ``"delete"``,
             ``"set_metadata"``, ``"transact"``, ``"restore"``, ``"get"``, ``"get_state"`` ...).
         conflicts: writes refused with `VersionConflictError`.
-        activations, evictions, passivations, deactivations, restarts: lifecycle counts.
+        activations, evictions, passivations (idle), deactivations, restarts, expired (TTL): lifecycle counts.
         active_contexts: contexts with a live actor now.
         failed_contexts: contexts FAILED now (until ``adapter.reset``).
         mailbox_depths: messages waiting now, by actor name.
@@ -129,6 +130,7 @@ class Metrics:
     passivations: int = 0
     deactivations: int = 0
     restarts: int = 0
+    expired: int = 0
     active_contexts: int = 0
     failed_contexts: int = 0
     mailbox_depths: FrozenDict = attrs.field(factory=FrozenDict, converter=_counts)

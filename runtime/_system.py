@@ -162,6 +162,7 @@ class ContextSystem:
             auto_create_contexts=a.auto_create_contexts, auto_activate_default=a.auto_activate_default,
             capacity_policy=a.capacity_policy, idle_timeout=a.idle_timeout, call_timeout=self.call_timeout,
             max_contexts=self.config.max_contexts, max_restarts=a.max_restarts, restart_window=a.restart_window,
+            ttl=a.ttl,
             monotonic=self.config.monotonic)
 
     def attach_adapter(self, config: ContextAdapterConfig) -> ContextAdapter:
@@ -175,9 +176,16 @@ class ContextSystem:
             raise HoardError("this manager already has an adapter; a manager has exactly one")
         self.ask(Configure(self._supervisor_settings(config)), None, "configuring the adapter")
         self._adapter = ContextAdapter(self, config)
-        if config.idle_timeout is not None:
-            self._start_ticker(max(0.05, config.idle_timeout / 4))
+        timeouts = [t for t in (config.idle_timeout, config.ttl) if t is not None]
+        if config.maintenance_interval is not None or timeouts:
+            self._start_ticker(config.maintenance_interval or min(30.0, max(0.05, min(timeouts) / 4)))
         return self._adapter
+
+    def ensure_maintenance(self) -> None:
+        """Start the maintenance ticker if it is not running (per-context TTLs need it)."""
+        if self._ticker is None and not self._stopped:
+            interval = self._adapter.config.maintenance_interval if self._adapter is not None else None
+            self._start_ticker(interval or 30.0)
 
     # -- metrics -------------------------------------------------------------------------------------
     def metrics(self, *, timeout: float | None = None) -> Metrics:
@@ -195,7 +203,8 @@ class ContextSystem:
 
     # -- maintenance ---------------------------------------------------------------------------------
     def maintain(self, *, timeout: float | None = None) -> list[str]:
-        """Run one maintenance sweep now (idle passivation); returns the ids passivated.
+        """Run one maintenance sweep now (idle passivation, TTL expiry); returns the ids passivated or
+        deleted.
 
         The background ticker calls this periodically when ``idle_timeout`` is set; tests with an
         injected clock call it directly. Blocks until the sweep is done.

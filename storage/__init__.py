@@ -50,6 +50,7 @@ from ._store import DeleteRecoveryPoint as DeleteRecoveryPoint
 from ._store import Op as Op
 from ._store import PutRecoveryPoint as PutRecoveryPoint
 from ._store import PutSnapshot as PutSnapshot
+from ._store import SetTTL as SetTTL
 from ._store import Store as Store
 from ._store import StoredContext as StoredContext
 from ._store import VerifyIssue as VerifyIssue
@@ -72,5 +73,5 @@ __all__ = [
     "encoded_size", "freeze_mapping", "freeze_value", "make_converter", "new_state", "thaw", "validate_id",
     "validate_key",
     "ChangeListener", "ChangeNotice", "ContextOwnedElsewhereError", "FencedOffError", "PostgresStore",
-    "RecoveryReport", "SkippedItem", "SCHEMA_KEY", "Schema", "SchemaMigrationError", "SchemaValidationError", "read_marker",
+    "RecoveryReport", "SetTTL", "SkippedItem", "SCHEMA_KEY", "Schema", "SchemaMigrationError", "SchemaValidationError", "read_marker",
 ]

@@ -20,6 +20,7 @@ from ._store import (
     Op,
     PutRecoveryPoint,
     PutSnapshot,
+    SetTTL,
     StoredContext,
     VerifyIssue,
 )
@@ -38,6 +39,7 @@ class MemoryStore:
         self._rps: dict[str, dict[int, RecoveryPoint]] = {}
         self._snapshot_version: dict[str, int] = {}
         self._journal: dict[str, int] = {}
+        self._ttls: dict[str, float | None] = {}
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -53,6 +55,7 @@ class MemoryStore:
         states, next_rp = dict(self._states), dict(self._next_rp)
         rps = {k: dict(v) for k, v in self._rps.items()}
         snaps, journal = dict(self._snapshot_version), dict(self._journal)
+        ttls = dict(self._ttls)
         for op in ops:
             if isinstance(op, Append):
                 cur = states.get(op.context_id)
@@ -93,13 +96,18 @@ class MemoryStore:
                     del points[old]
             elif isinstance(op, DeleteRecoveryPoint):
                 rps.get(op.context_id, {}).pop(op.rp_id, None)
+            elif isinstance(op, SetTTL):
+                if op.context_id not in states:
+                    raise PersistenceError(f"context {op.context_id!r} is not in the store", context_id=op.context_id)
+                ttls[op.context_id] = op.ttl
             elif isinstance(op, DeleteContext):
-                for d in (states, next_rp, rps, snaps, journal):
+                for d in (states, next_rp, rps, snaps, journal, ttls):
                     d.pop(op.context_id, None)
             else:  # pragma: no cover
                 raise TypeError(f"unknown store operation {op!r}")
         self._states, self._next_rp, self._rps = states, next_rp, rps
         self._snapshot_version, self._journal = snaps, journal
+        self._ttls = ttls
 
     def load(self, context_id: str) -> ContextState | None:
         return self._states.get(context_id)
@@ -114,6 +122,17 @@ class MemoryStore:
 
     def list_ids(self, prefix: str = "") -> list[str]:
         return sorted(k for k in self._states if k.startswith(prefix))
+
+    def expired(self, now: float, default_ttl: float | None, limit: int = 1000) -> list[str]:
+        out = []
+        for cid, st in sorted(self._states.items(), key=lambda kv: kv[1].updated_at):
+            ttl = self._ttls.get(cid)
+            ttl = default_ttl if ttl is None else ttl
+            if ttl is not None and st.updated_at + ttl < now:
+                out.append(cid)
+                if len(out) >= limit:
+                    break
+        return out
 
     def count(self) -> int:
         return len(self._states)

@@ -26,6 +26,7 @@ __all__ = [
     "Op",
     "PutRecoveryPoint",
     "PutSnapshot",
+    "SetTTL",
     "Store",
     "StoredContext",
     "VerifyIssue",
@@ -79,7 +80,16 @@ class DeleteContext:
     context_id: str
 
 
-Op = CreateContext | Append | PutSnapshot | PutRecoveryPoint | DeleteRecoveryPoint | DeleteContext
+@attrs.frozen
+class SetTTL:
+    """Give a context its own time to live in seconds since its last change (None: use the
+    system's default). An expired context is deleted by the system when it is inactive."""
+
+    context_id: str
+    ttl: float | None
+
+
+Op = CreateContext | Append | PutSnapshot | PutRecoveryPoint | DeleteRecoveryPoint | DeleteContext | SetTTL
 
 
 @attrs.frozen
@@ -142,6 +152,10 @@ class Store(Protocol):
 
     def recovery_point(self, context_id: str, rp_id: int) -> RecoveryPoint | None:
         """One recovery point, or None."""
+
+    def expired(self, now: float, default_ttl: float | None, limit: int = 1000) -> list[str]:
+        """Ids of contexts whose last change (`updated_at`) is older than their TTL at `now` (seconds
+        since the epoch): their own TTL, else `default_ttl` (None: no default). At most `limit`."""
 
     def verify(self, fix: bool = False) -> list[VerifyIssue]:
         """Every inconsistency found; with `fix`, repaired where no acknowledged data is lost."""
