@@ -51,6 +51,7 @@ class DeactivationReason(enum.Enum):
     IDLE = "idle"
     SHUTDOWN = "shutdown"
     DELETED = "deleted"
+    TAKEN_OVER = "taken_over"  # another process took its lease over (shared store)
 
 
 # -- context actor: public ---------------------------------------------------------------------------

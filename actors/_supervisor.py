@@ -445,16 +445,9 @@ class SupervisorActor(pykka.ThreadingActor):
                     continue
             except HoardError:  # cannot ask: drop it anyway (a told message must not raise)
                 pass
-            del self.cells[cid]
-            cell.closed = True
-            try:
-                cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
-            except pykka.Timeout:
-                log.error("context %r did not stop within %s s", cid, self.settings.call_timeout)
-            if self.current == cid:
-                self._fall_back_to_default()
+            self._drop(cid)
             log.warning("context %r: taken over by another owner; dropped here without a snapshot", cid)
-            self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.EVICTED)
+            self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.TAKEN_OVER)
 
     def _on_reset(self, m: Reset) -> bool:
         self.restarts.pop(m.context_id, None)
@@ -492,20 +485,27 @@ class SupervisorActor(pykka.ThreadingActor):
         cid = m.context_id
         self.failed.pop(cid, None)
         self.restarts.pop(cid, None)
-        cell = self.cells.pop(cid, None)
-        if cell is None and self._store("info", cid) is None:
+        if cid not in self.cells and self._store("info", cid) is None:
             raise ContextNotFoundError(cid)
-        if cell is not None:
-            cell.closed = True
-            try:
-                cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
-            except pykka.Timeout:
-                log.error("context %r did not stop within %s s", cid, self.settings.call_timeout)
-            if self.current == cid:
-                self._fall_back_to_default()
+        self._drop(cid)
         self.pinned.discard(cid)
         self._ask_persistence(StoreWrite((DeleteContext(cid),)), f"deleting {cid!r}", cid)
         self.events(ContextDeleted, cid)
+
+    def _drop(self, cid: str) -> ContextCell | None:
+        """Stop an active context's actor *without* a snapshot (deleted, or owned elsewhere now);
+        current falls back to the default. Returns its cell (None if it was not active)."""
+        cell = self.cells.pop(cid, None)
+        if cell is None:
+            return None
+        cell.closed = True
+        try:
+            cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
+        except pykka.Timeout:
+            log.error("context %r did not stop within %s s", cid, self.settings.call_timeout)
+        if self.current == cid:
+            self._fall_back_to_default()
+        return cell
 
     def _on_set_pinned(self, m: SetPinned) -> None:
         (self.pinned.add if m.pinned else self.pinned.discard)(m.context_id)
