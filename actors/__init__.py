@@ -28,6 +28,7 @@ from ._future import DEFERRED as DEFERRED
 from ._future import Reply as Reply
 from ._messages import ContextStatus as ContextStatus
 from ._messages import CreateRecoveryPoint as CreateRecoveryPoint
+from ._messages import CreateRecoveryPoint as Snapshot  # the name issue 4 and the original system use
 from ._messages import DeactivationReason as DeactivationReason
 from ._messages import Delete as Delete
 from ._messages import Get as Get
@@ -49,7 +50,7 @@ __all__ = [
     "DEFERRED", "DURABILITIES", "ContextActivated", "ContextActor", "ContextCell", "ContextCreated",
     "ContextDeactivated", "ContextDeleted", "ContextEvent", "ContextFailed", "ContextRestarted",
     "CorruptionRecovered", "MetadataChanged", "RecoveryPointCreated", "RecoveryPointDeleted", "Restored",
-    "StateChanged", "Switched", "ContextSettings", "ContextStatus",
+    "Snapshot", "StateChanged", "Switched", "ContextSettings", "ContextStatus",
     "CreateRecoveryPoint", "DeactivationReason", "Delete", "Draft", "Get", "GetState", "PersistenceActor",
     "PersistenceSettings", "Reply", "Restore", "Set", "SetMetadata", "SupervisorActor", "SupervisorSettings",
     "Transact", "UnknownMessageError", "Update",
