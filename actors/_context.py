@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 from time import perf_counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import immutables

@@ -18,6 +18,8 @@ from typing import Any
 
 import pykka
 
+from storage import ContextTimeoutError
+
 __all__ = ["DEFERRED", "Reply"]
 
 
@@ -44,6 +46,22 @@ class Reply(pykka.ThreadingFuture[Any]):
         super().__init__()
         self._callbacks: list[Callable[[Reply], Any]] = []
         self._finished = False
+        #: set by the caller that sent the message: redoes the call synchronously if the actor stopped
+        #: before handling it (it was not applied), e.g. a tracker's blocking call
+        self.retry: Callable[[], Any] | None = None
+        self.what = "a call"
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        """The answer (or its exception raised). `ContextTimeoutError` after `timeout` seconds. A call
+        that met a stopping actor is redone through `retry` when the sender set one."""
+        try:
+            return pykka.ThreadingFuture.get(self, timeout=timeout)
+        except pykka.Timeout as exc:
+            raise ContextTimeoutError(self.what, timeout) from exc
+        except pykka.ActorDeadError:
+            if self.retry is None:
+                raise
+            return self.retry()
 
     def set(self, value: Any = None) -> None:
         if value is not DEFERRED:
@@ -100,7 +118,14 @@ class Reply(pykka.ThreadingFuture[Any]):
             if waiter.cancelled():
                 return
             try:
-                waiter.set_result(self.get(timeout=0))
+                waiter.set_result(pykka.ThreadingFuture.get(self, timeout=0))
+            except pykka.ActorDeadError as exc:
+                if self.retry is None:
+                    waiter.set_exception(exc)
+                    return
+                # redo the call off the event loop (it blocks while the context re-activates)
+                redo = loop.run_in_executor(None, self.retry)
+                redo.add_done_callback(lambda done: waiter.cancelled() or _transfer(done, waiter))
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
                 waiter.set_exception(exc)
 
@@ -110,3 +135,11 @@ class Reply(pykka.ThreadingFuture[Any]):
 
         self.add_done_callback(wake)
         return (yield from waiter.__await__())
+
+
+def _transfer(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())

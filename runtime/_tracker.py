@@ -14,6 +14,7 @@ number may point at one context.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -120,15 +121,9 @@ def delete_recovery_point(system: ContextSystem, context_id: str, rp_id: object,
                            f"deleting recovery point {rp.id} of {context_id!r}")
 
 
-class Pending(Reply):
-    """The future a ``*_async`` call returns: a pykka future (``pykka.get_all`` works), awaitable
-    from asyncio. `get` raises the call's error, or `ContextTimeoutError` after `timeout`."""
-
-    def get(self, *, timeout: float | None = None) -> Any:
-        try:
-            return super().get(timeout=timeout)
-        except pykka.Timeout as exc:
-            raise ContextTimeoutError("an asynchronous call", timeout) from exc
+#: the future a ``*_async`` call returns: a pykka future (``pykka.get_all`` works) that asyncio can
+#: await; `get` raises the call's error, or `ContextTimeoutError` after its timeout
+Pending = Reply
 
 
 class ContextTracker:
@@ -180,35 +175,14 @@ class ContextTracker:
         raise HoardError(f"{what}: context {self._id!r} was passivated {_ATTEMPTS} times during the call")
 
     def _submit(self, message: Any, what: str) -> Pending:
-        """Send `message` without waiting; the returned future is answered with the reply. A call that
-        meets a passivating actor (not applied) is retried, on a short-lived thread, like `_call`."""
-        outer = Pending()
+        """Send `message` without waiting; the actor's own reply future is returned (no second future,
+        no forwarding). A call that meets a stopping actor (not applied) is redone by its `get`."""
         if self._system.stopped:
-            outer.fail(SystemStoppedError())
-            return outer
-        try:
-            inner = self._live_cell().actor_ref.ask(message, block=False)
-        except HoardError as exc:
-            outer.fail(exc)
-            return outer
-
-        def forward(reply: Reply) -> None:
-            try:
-                outer.resolve(reply.get(timeout=0))
-            except pykka.ActorDeadError:
-                threading.Thread(target=self._retry, args=(outer, message, what), daemon=True,
-                                 name="hoard-retry").start()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
-                outer.fail(exc)
-
-        inner.add_done_callback(forward)
-        return outer
-
-    def _retry(self, outer: Pending, message: Any, what: str) -> None:
-        try:
-            outer.resolve(self._call(message, None, what))
-        except BaseException as exc:  # noqa: BLE001
-            outer.fail(exc)
+            raise SystemStoppedError()
+        reply: Reply = self._live_cell().actor_ref.ask(message, block=False)
+        reply.retry = functools.partial(self._call, message, None, what)
+        reply.what = what
+        return reply
 
     # -- non-blocking forms: each returns a `Pending` future at once (await it, or .get()) ---------------
     def set_async(self, key: str, value: Any, *, expected_version: int | None = None) -> Pending:
