@@ -23,7 +23,7 @@ import logging
 import queue
 from time import perf_counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import immutables
 import orjson
@@ -211,7 +211,7 @@ class ContextActor(pykka.ThreadingActor):
 
     # -- the write path ------------------------------------------------------------------------------
     def _reply(self) -> Reply | None:
-        reply = self.actor_inbox.current.reply_to
+        reply = cast(_Inbox, self.actor_inbox).current.reply_to
         return reply if isinstance(reply, Reply) else None
 
     def _check_version(self, expected: int | None) -> None:

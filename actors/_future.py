@@ -125,7 +125,12 @@ class Reply(pykka.ThreadingFuture[Any]):
                     return
                 # redo the call off the event loop (it blocks while the context re-activates)
                 redo = loop.run_in_executor(None, self.retry)
-                redo.add_done_callback(lambda done: waiter.cancelled() or _transfer(done, waiter))
+
+                def redone(done: asyncio.Future[Any]) -> None:
+                    if not waiter.cancelled():
+                        _transfer(done, waiter)
+
+                redo.add_done_callback(redone)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
                 waiter.set_exception(exc)
 

@@ -17,6 +17,7 @@ never names an inactive context.
 from __future__ import annotations
 
 import logging
+import queue
 from collections.abc import Callable
 from typing import Any
 
@@ -252,7 +253,7 @@ class SupervisorActor(pykka.ThreadingActor):
         """Contexts that may be evicted for `incoming`: never the default, a pinned context, the
         incoming one, or the current one unless `incoming` is about to replace it as current."""
         protected = {self.settings.default_context_id, incoming}
-        if not becomes_current:
+        if not becomes_current and self.current is not None:
             protected.add(self.current)
         return [c for c in self.cells.values() if c.id not in protected and not c.pinned]
 
@@ -424,10 +425,10 @@ class SupervisorActor(pykka.ThreadingActor):
         for cell in list(self.cells.values()):
             try:
                 parts.append(cell.actor_ref.ask(GetMetrics(), timeout=self.settings.call_timeout))
-                depths.append(cell.actor_ref.actor_inbox.qsize())
+                depths.append(_depth(cell.actor_ref))
             except (pykka.ActorDeadError, pykka.Timeout):
                 continue  # crashed or stuck: its numbers are missing from this reading
-        mailboxes = {"supervisor": self.actor_inbox.qsize(), "persistence": self.persistence.actor_inbox.qsize(),
+        mailboxes = {"supervisor": _depth(self.actor_ref), "persistence": _depth(self.persistence),
                      "contexts_total": sum(depths), "contexts_max": max(depths)}
         return parts, mailboxes
 
@@ -544,3 +545,12 @@ class SupervisorActor(pykka.ThreadingActor):
             self.stopped = True
         if errors:
             raise errors[0]
+
+
+def mailbox_depth(ref: pykka.ActorRef[Any]) -> int:
+    """Messages waiting in a (threading) actor's mailbox now."""
+    inbox = ref.actor_inbox
+    return inbox.qsize() if isinstance(inbox, queue.Queue) else 0
+
+
+_depth = mailbox_depth

@@ -8,6 +8,7 @@ acknowledged came back. Ends with a readable summary; returns 0 if every check h
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import threading
 import time
@@ -71,7 +72,7 @@ def _run(folder: Path, echo: Callable[[str], Any]) -> int:
             try:
                 for r in range(ROUNDS):
                     cid = ids[(n * 7 + r * 5) % CONTEXTS]
-                    trackers[cid].transact(lambda d, n=n, r=r: deposit(d, 1, f"w{n}r{r}"))
+                    trackers[cid].transact(functools.partial(deposit, amount=1, who=f"w{n}r{r}"))
                     per_worker[n][cid] += 1
             except BaseException as exc:  # noqa: BLE001 - reported in the summary
                 errors.append(exc)

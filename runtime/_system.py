@@ -30,6 +30,7 @@ from actors import (
 )
 from actors._events import Emitter, EventBusActor, EventGate
 from actors._leases import AttachSupervisor
+from actors._supervisor import mailbox_depth
 from actors._messages import CollectMetrics, Configure, GetMetrics, Shutdown, Sweep
 from actors._remote import RemoteListener
 from storage import (
@@ -198,7 +199,7 @@ class ContextSystem:
         """
         parts, depths = self.ask(CollectMetrics(), timeout, "collecting metrics")
         persistence = self.ask_persistence(GetMetrics(), timeout, "collecting metrics")
-        depths = {**depths, "events": self._bus.actor_inbox.qsize()}
+        depths = {**depths, "events": mailbox_depth(self._bus)}
         return Metrics.from_parts(*parts, persistence, mailbox_depths=depths)
 
     # -- maintenance ---------------------------------------------------------------------------------

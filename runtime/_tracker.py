@@ -408,7 +408,8 @@ class ContextTracker:
     @property
     def actor_ref(self) -> pykka.ActorRef[Any]:
         """The context actor's ref, for pykka users who message it directly (see `actors`)."""
-        return self._live_cell().actor_ref
+        ref: pykka.ActorRef[Any] = self._live_cell().actor_ref
+        return ref
 
 
 class ContextTrackerFactory:
@@ -430,5 +431,7 @@ class ContextTrackerFactory:
 
     def create(self, context_id: str) -> ContextTracker:
         """A tracker for `context_id`, activating (and, if configured, creating) it."""
-        return self.adapter._tracker(context_id, make_current=self.make_current, create=None,  # noqa: SLF001
-                                     timeout=self.timeout, schema=self.schema, tracker_timeout=self.timeout)
+        tracker: ContextTracker = self.adapter._tracker(  # noqa: SLF001
+            context_id, make_current=self.make_current, create=None, timeout=self.timeout, schema=self.schema,
+            tracker_timeout=self.timeout)
+        return tracker

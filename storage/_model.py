@@ -119,12 +119,12 @@ def _patch(m: immutables.Map[str, Any], sets: Mapping[str, Any], dels: tuple[str
             (k, v), = sets.items()
             return m.set(k, v)
         return m.delete(dels[0]) if dels[0] in m else m
-    with m.mutate() as mm:
-        for k in dels:
-            mm.pop(k, None)
-        for k, v in sets.items():
-            mm[k] = v
-        return mm.finish()
+    mm = m.mutate()
+    for k in dels:
+        mm.pop(k, None)
+    for k, v in sets.items():
+        mm[k] = v
+    return mm.finish()
 
 
 def apply_change(state: ContextState, change: Change) -> ContextState:
