@@ -6,7 +6,8 @@ time, so readers need no lock:
 
 * `state`: the newest committed `ContextState`. Written by the context's actor (``none``/``deferred``
   durability) or by the persistence actor after the commit (``immediate``), never by both.
-* `touched`: a global tick, written by any caller on each call; the supervisor reads it for LRU.
+* `touched`: the LRU epoch of the cell's last use, written by any caller on each call (reads too);
+  the supervisor reads it to choose what to evict and what is idle.
 * `closed`: set once by the supervisor before it passivates or deletes the context.
 """
 
@@ -17,10 +18,29 @@ from typing import Any
 
 from storage import ContextState
 
-__all__ = ["TICK", "ContextCell"]
+__all__ = ["EPOCH", "ContextCell", "advance_epoch", "fresh_mark"]
 
-#: a process-wide logical clock for LRU order (``next`` on it is atomic under the GIL)
-TICK = itertools.count(1)
+#: The process-wide LRU epoch: ``EPOCH[0]``. A read records it on the cell it uses (one list read and
+#: one slot write: the cheapest "use" mark there is, which matters on the lock-free read path); a
+#: write records a `fresh_mark`, newer than everything before it. Only supervisors advance the epoch,
+#: at every activation and every maintenance sweep, so reads between two of those count as
+#: simultaneous (writes stay exactly ordered). Eviction happens only at activations, so the victim is always one
+#: unused since an older epoch when there is one; idle detection compares epochs sweep to sweep.
+#: (An exact per-call tick cost reads 25%: measured 0.43x vs 0.55x a plain dict method.)
+EPOCH = [1]
+_EPOCHS = itertools.count(2)
+
+
+def fresh_mark() -> int:
+    """A mark newer than every epoch and mark handed out so far, for writes: a write costs tens of
+    microseconds anyway, so writes are ordered exactly; only reads share their epoch."""
+    return next(_EPOCHS)
+
+
+def advance_epoch() -> int:
+    """Start a new epoch and return it (``next`` on a count is atomic under the GIL)."""
+    EPOCH[0] = epoch = next(_EPOCHS)
+    return epoch
 
 
 class ContextCell:
@@ -33,7 +53,7 @@ class ContextCell:
         self.closed = False
         self.pinned = False
         self.schema: Any = None  # the storage.Schema the context is bound to, once bound
-        self.touched = next(TICK)
+        self.touched = EPOCH[0]
 
     def __repr__(self) -> str:
         return f"ContextCell({self.id!r}, v{self.state.version}{', closed' if self.closed else ''})"

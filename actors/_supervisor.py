@@ -43,7 +43,7 @@ from storage import (
     CreateContext as CreateOp,
 )
 
-from ._cell import TICK, ContextCell
+from ._cell import EPOCH, ContextCell, advance_epoch
 from ._context import ContextActor
 from ._events import (
     NO_EVENTS,
@@ -175,6 +175,7 @@ class SupervisorActor(pykka.ThreadingActor):
             # it crashed and its ContextCrashed message is still behind this one in the mailbox
             self._on_crashed(ContextCrashed(cell, "found dead"))
             cell = self.cells.get(cid)
+        advance_epoch()  # every use before this activation is now older than what follows it
         started = False
         if cell is None:
             if cid in self.failed:
@@ -186,7 +187,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._bind_schema(cell, m.schema, started)
         if m.make_current:
             self._set_current(cid)
-        cell.touched = next(TICK)
+        cell.touched = EPOCH[0]
         return cell
 
     def _bind_schema(self, cell: ContextCell, schema: Any, started: bool) -> None:
@@ -360,7 +361,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.events(ContextRestarted, cid, version=cell.state.version, restarts=len(recent))
 
     def _on_sweep(self, _m: Sweep) -> list[str]:
-        """Idle passivation. A context is idle once its LRU tick has not moved for idle_timeout (as
+        """Idle passivation. A context is idle once its LRU mark has not moved for idle_timeout (as
         seen by successive sweeps, so the precision is one sweep interval). Never the current, the
         default or a pinned one."""
         timeout = self.settings.idle_timeout
@@ -369,6 +370,7 @@ class SupervisorActor(pykka.ThreadingActor):
         now = self.settings.monotonic()
         protected = {self.current, self.settings.default_context_id}
         idle = []
+        advance_epoch()  # a use after this sweep shows up as a changed mark at the next one
         for cid, cell in list(self.cells.items()):
             tick, since = self.seen.get(cid, (-1, now))
             if cell.touched != tick:
@@ -464,7 +466,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def _on_state_of(self, m: StateOf) -> ContextState:
         cell = self.cells.get(m.context_id)
         if cell is not None:
-            cell.touched = next(TICK)
+            cell.touched = EPOCH[0]
             return cell.state
         state = self._store("load", m.context_id)
         if state is None:

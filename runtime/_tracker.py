@@ -33,7 +33,7 @@ from actors import (
     Transact,
     Update,
 )
-from actors._cell import TICK
+from actors._cell import EPOCH, fresh_mark
 from actors._future import Reply
 from actors._messages import Activate, SetPinned, StoreCall, StoreWrite
 from storage import (
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["ContextTracker", "ContextTrackerFactory"]
 
 _MISSING: Any = object()
-_tick = TICK.__next__  # bound once: the read path is a few attribute loads and this call
 _ATTEMPTS = 5  # a call that meets a passivating actor re-activates and retries (it was not applied)
 
 
@@ -145,7 +144,7 @@ class ContextTracker:
         cell = self._cell
         if cell.closed:
             cell = self._reactivate(timeout)
-        cell.touched = _tick()
+        cell.touched = EPOCH[0]
         return cell
 
     def _reactivate(self, timeout: float | None) -> ContextCell:
@@ -163,15 +162,16 @@ class ContextTracker:
             if self._system.stopped:
                 raise SystemStoppedError()
             cell = self._live_cell(t)
+            cell.touched = fresh_mark()  # writes are ordered exactly for LRU (reads share an epoch)
             try:
                 return cell.actor_ref.ask(message, block=False).get(timeout=t)
+            except ContextTimeoutError as exc:
+                raise ContextTimeoutError(what, t, self._id) from exc
             except pykka.ActorDeadError:
                 # the actor stopped before handling the message (passivated): it was not applied
                 if self._cell is cell and not cell.closed:
                     cell.closed = True  # dead without being closed: let the supervisor decide
                 continue
-            except pykka.Timeout as exc:
-                raise ContextTimeoutError(what, t, self._id) from exc
         raise HoardError(f"{what}: context {self._id!r} was passivated {_ATTEMPTS} times during the call")
 
     def _submit(self, message: Any, what: str) -> Pending:
@@ -179,7 +179,9 @@ class ContextTracker:
         no forwarding). A call that meets a stopping actor (not applied) is redone by its `get`."""
         if self._system.stopped:
             raise SystemStoppedError()
-        reply: Reply = self._live_cell().actor_ref.ask(message, block=False)
+        cell = self._live_cell()
+        cell.touched = fresh_mark()
+        reply: Reply = cell.actor_ref.ask(message, block=False)
         reply.retry = functools.partial(self._call, message, None, what)
         reply.what = what
         return reply
@@ -244,7 +246,7 @@ class ContextTracker:
         cell = self._cell
         if cell.closed:
             cell = self._reactivate(None)
-        cell.touched = _tick()
+        cell.touched = EPOCH[0]
         try:
             return cell.state.data.get(key, default)
         except TypeError:
