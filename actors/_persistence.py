@@ -30,6 +30,7 @@ was in flight (the store resolves or reports that outcome).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from time import perf_counter
 from collections.abc import Callable
@@ -76,7 +77,13 @@ from ._messages import (
 )
 from ._settings import PersistenceSettings
 
-__all__ = ["PersistenceActor"]
+__all__ = ["PersistenceActor", "mailbox_empty"]
+
+
+def mailbox_empty(ref: pykka.ActorRef[Any]) -> bool:
+    """Whether nothing waits in a (threading) actor's mailbox right now."""
+    inbox = ref.actor_inbox
+    return isinstance(inbox, queue.Queue) and inbox.empty()
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +150,10 @@ class PersistenceActor(pykka.ThreadingActor):
                 self._timer = threading.Timer(self.settings.flush_interval, self._timer_fired)
                 self._timer.daemon = True
                 self._timer.start()
+            elif mailbox_empty(self.actor_ref):
+                self._flush()  # nothing else waiting to share the sync with: commit now (one hop less)
             else:
-                self.actor_ref.tell(Flush())
+                self.actor_ref.tell(Flush())  # lands behind every queued message: they go together
 
     def _timer_fired(self) -> None:
         try:
