@@ -91,6 +91,9 @@ def _kind(cls: type) -> str:
     return kind
 
 
+_AFTER_PASSIVATION = frozenset({Get, GetState, GetMetrics, Passivate, Rollback})  # no write among them
+
+
 class UnknownMessageError(HoardError, TypeError):
     """A message of a type this actor does not handle was sent to it."""
 
@@ -162,6 +165,7 @@ class ContextActor(pykka.ThreadingActor):
         self._latency = Histogram()
         self._conflicts = 0
         self._t0 = 0.0
+        self._passivated = False
         self.schema: Schema | None = None
         self._unknown_schema: str | None = None  # bound to a schema this system does not know
         try:
@@ -175,6 +179,11 @@ class ContextActor(pykka.ThreadingActor):
         handler = self._handlers.get(type(message))
         if handler is None:
             raise UnknownMessageError(f"context actor {self.cell.id!r} does not handle {type(message).__name__}")
+        if self._passivated and type(message) not in _AFTER_PASSIVATION:
+            # a call that reached the mailbox just before passivation: after the final snapshot (and,
+            # on a shared store, the lease release) nothing more may be written here. It is refused
+            # as if the actor had already stopped, so its tracker re-activates and retries it.
+            raise pykka.ActorDeadError(f"context {self.cell.id!r} was passivated before this call")
         self._t0 = started = perf_counter()
         self._calls.inc(_kind(type(message)))
         try:
@@ -397,6 +406,7 @@ class ContextActor(pykka.ThreadingActor):
         return result
 
     def _on_passivate(self, _m: Passivate) -> Any:
+        self._passivated = True
         reply = self._reply()
         self.persistence.tell(SaveSnapshot(self.working, reply))
         return DEFERRED if reply is not None else None

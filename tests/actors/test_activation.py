@@ -165,3 +165,43 @@ def test_a_refused_activation_evicts_nothing(store_path: Path) -> None:
         with pytest.raises(ContextNotFoundError):
             a.tracker("missing")  # refused by the load: nobody is evicted for it
         assert sorted(a.list_active()) == ["a", "b", "default"]
+
+
+def test_a_call_that_reaches_a_passivating_actor_is_refused_and_retried_not_written_after_its_snapshot(
+        store_path: Path) -> None:
+    import threading
+
+    import pykka
+
+    from actors import Set
+    from storage import Append, PutSnapshot
+    from tests.helpers import RecordingStore
+
+    store = RecordingStore(store_path)
+    with open_system(store) as s:
+        t = s.adapter.activate("p")
+        t.set("k", 0)
+        ref = t.actor_ref  # what a tracker holds if it read the cell just before the passivation
+        gate, entered = threading.Event(), threading.Event()
+
+        def hold_snapshot(ops) -> None:
+            if any(isinstance(op, PutSnapshot) for op in ops) and not entered.is_set():
+                entered.set()
+                assert gate.wait(10)
+
+        store.before_commit = hold_snapshot
+        deactivating = threading.Thread(target=lambda: s.adapter.deactivate("p"))
+        deactivating.start()
+        try:
+            assert entered.wait(10)  # the final snapshot is being written; the actor is not stopped yet
+            late = ref.ask(Set("k", 1), block=False)
+            with pytest.raises(pykka.ActorDeadError):
+                late.get(timeout=5)  # refused at once: nothing may be written after the snapshot
+        finally:
+            gate.set()
+            deactivating.join(20)
+        store.before_commit = None
+        snapshot = max(op.state.version for b in store.batches for op in b if isinstance(op, PutSnapshot))
+        appended = [op.change.version for b in store.batches for op in b if isinstance(op, Append)]
+        assert max(appended) <= snapshot  # no journal entry after the final snapshot
+        assert t.set("k", 2) == 3 and t.get("k") == 2  # a tracker re-activates and goes on
