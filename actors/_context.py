@@ -74,7 +74,7 @@ from ._messages import (
 )
 from ._settings import ContextSettings
 
-__all__ = ["RESERVED_PREFIX", "ContextActor", "UnknownMessageError"]
+__all__ = ["RESERVED_PREFIX", "ContextActor", "Inbox", "UnknownMessageError"]
 
 RESERVED_PREFIX = "hoard:"  # metadata keys hoard itself writes (the schema marker)
 
@@ -98,7 +98,7 @@ class UnknownMessageError(HoardError, TypeError):
     """A message of a type this actor does not handle was sent to it."""
 
 
-class _Inbox(queue.Queue):  # type: ignore[type-arg]
+class Inbox(queue.Queue):  # type: ignore[type-arg]
     """The actor's mailbox; remembers the envelope being handled so a handler can defer its reply."""
 
     current: Any = None
@@ -124,7 +124,7 @@ class ContextActor(pykka.ThreadingActor):
 
     @staticmethod
     def _create_actor_inbox() -> Any:
-        return _Inbox()
+        return Inbox()
 
     @staticmethod
     def _create_future() -> Reply:
@@ -220,7 +220,7 @@ class ContextActor(pykka.ThreadingActor):
 
     # -- the write path ------------------------------------------------------------------------------
     def _reply(self) -> Reply | None:
-        reply = cast(_Inbox, self.actor_inbox).current.reply_to
+        reply = cast(Inbox, self.actor_inbox).current.reply_to
         return reply if isinstance(reply, Reply) else None
 
     def _check_version(self, expected: int | None) -> None:
@@ -362,9 +362,14 @@ class ContextActor(pykka.ThreadingActor):
         return self.working.data.get(m.key, m.default)
 
     def _on_create_recovery_point(self, m: CreateRecoveryPoint) -> Any:
-        if m.label is not None and not isinstance(m.label, str):
-            raise InvalidValueError("label", f"must be a str or None, not {type(m.label).__name__}",
-                                    context_id=self.cell.id)
+        if m.label is not None:
+            if not isinstance(m.label, str):
+                raise InvalidValueError("label", f"must be a str or None, not {type(m.label).__name__}",
+                                        context_id=self.cell.id)
+            try:
+                validate_key(m.label, self.cell.id)  # the same rules as keys: a stored, shown string
+            except InvalidValueError as exc:
+                raise InvalidValueError("label", exc.reason, context_id=self.cell.id) from None
         self.persistence.tell(SaveRecoveryPoint(self.working, m.label, self._reply()))
         return DEFERRED
 

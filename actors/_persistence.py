@@ -63,6 +63,7 @@ from ._events import (
 )
 from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases, context_of
 from ._metrics import SIZE_BOUNDS, Histogram
+from ._context import Inbox
 from ._messages import (
     Close,
     GetMetrics,
@@ -135,7 +136,27 @@ class PersistenceActor(pykka.ThreadingActor):
                 message.reply.fail(error)
                 return None
             raise error
-        return self._handlers[type(message)](message)
+        try:
+            return self._handlers[type(message)](message)
+        except Exception as exc:
+            envelope = self.actor_inbox.current
+            if envelope is not None and envelope.reply_to is not None:
+                # an ask: pykka hands the error to the asker and this actor goes on
+                if isinstance(exc, HoardError):
+                    raise
+                raise PersistenceError(f"store {self.store.location!r}: {type(message).__name__} failed: "
+                                       f"{exc!r}") from exc
+            # a tell: nothing may escape (pykka would stop this actor, and every write with it)
+            log.exception("persistence actor: %s failed", type(message).__name__)
+            reply = getattr(message, "reply", None)
+            if reply is not None:
+                reply.fail(exc if isinstance(exc, HoardError) else PersistenceError(
+                    f"store {self.store.location!r}: {type(message).__name__} failed: {exc!r}"))
+            return None
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return Inbox()  # remembers the envelope being handled: asked and told messages fail differently
 
     def on_stop(self) -> None:
         self._cancel_timer()

@@ -88,7 +88,8 @@ def _postgres_store(url: str, config: ContextManagerConfig) -> Store:
             raise ConfigError(f"lease_ttl in the store URL must be a number of seconds, not "
                               f"{options['lease_ttl']!r}") from None
     return PostgresStore(base + ("?" + "&".join(rest) if rest else ""), compression_level=config.compression_level,
-                         max_state_bytes=config.max_state_bytes, require_lease=True, **kwargs)
+                         max_state_bytes=config.max_state_bytes, require_lease=True, recovery=config.recovery,
+                         **kwargs)
 
 
 def _resolve_store(config: ContextManagerConfig) -> Store:
