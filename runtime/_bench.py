@@ -11,9 +11,15 @@ minimum; for time and memory rows (``better="lower"``) ``ratio = value / floor``
 maximum.
 
 Everything runs in the calling thread, except the RSS row, which starts two short-lived child
-processes (``python -m runtime._bench rss ...``) so that each measures a clean interpreter. Every
-system and actor a measure starts is stopped before it returns, and every file lives in one temporary
-directory removed at the end. Nothing here prints: progress goes to the ``progress`` callback.
+processes (``python -m runtime._bench rss ...``) so that each measures a clean interpreter, and the
+threaded rows. Every system and actor a measure starts is stopped before it returns, and every file
+lives in one temporary directory removed at the end. Nothing here prints: progress goes to the
+``progress`` callback.
+
+The PostgreSQL rows run against the server of ``HOARD_BENCH_PG_DSN`` (a libpq connection string;
+default ``host=127.0.0.1 port=5432 user=postgres dbname=test``) in a schema of their own
+(``hoard_bench_<random>``, dropped afterwards); they are skipped with a note when psycopg is not
+installed or no server answers.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from typing import Any
@@ -47,6 +54,7 @@ from storage import (
     ConfigError,
     CreateContext,
     HoardError,
+    PostgresStore,
     SQLiteStore,
     freeze_mapping,
     new_state,
@@ -247,6 +255,14 @@ _SPECS: dict[str, _Spec] = {
     "peer_json_file": _Spec("peers: durable single-key writes",
                             "a JSON file rewritten atomically per change (tmp + fsync + os.replace + dir fsync)",
                             "ops/s", 1.0, "higher"),
+    # issue 6: the PostgreSQL store against raw psycopg, one commit per write (the targets are those of
+    # the SQLite durable rows: a durable write costs at most a little more than one raw commit)
+    "pg_durable_set": _Spec("PostgreSQL: durable set, 1 thread, immediate",
+                            "one raw psycopg commit per write (autocommit INSERT), same blob size", "ops/s", 0.7,
+                            "higher"),
+    "pg_durable_32_threads": _Spec("PostgreSQL: durable set, 32 threads on 32 contexts, immediate",
+                                   "32 threads, each on its own psycopg connection, one commit per write, same "
+                                   "blob size", "ops/s", 0.5, "higher"),
 }
 
 
@@ -718,6 +734,116 @@ def _peers(run: _Run) -> list[BenchRow]:
     return [first, _row("peer_json_file", samples[0], samples[1], note)]
 
 
+PG_DSN_ENV = "HOARD_BENCH_PG_DSN"
+_PG_DSN_DEFAULT = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+def _pg_unavailable(dsn: str) -> str | None:
+    """Why the PostgreSQL rows cannot run (None: they can)."""
+    try:
+        import psycopg  # noqa: PLC0415 - the "postgres" extra is optional
+    except ImportError:
+        return "psycopg is not installed (pip install 'hoard[postgres]')"
+    try:
+        with psycopg.connect(dsn, connect_timeout=2, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"no PostgreSQL server answers at {dsn!r} (set {PG_DSN_ENV}): {first}"
+    return None
+
+
+def _pg_threads(conns: Sequence[Any], per_thread: int, blobs: Sequence[bytes], table: str) -> float:
+    """Aggregate rate of one thread per raw connection, each INSERT its own commit (autocommit)."""
+    start = threading.Barrier(len(conns) + 1)
+    errors: list[BaseException] = []
+
+    def body(conn: Any) -> None:
+        try:
+            start.wait(30)
+            sql = f"INSERT INTO {table} (blob) VALUES (%s)"  # noqa: S608 - our own table name
+            for b in blobs[:per_thread]:
+                conn.execute(sql, (b,))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(c,), name=f"bench-pg-{i}") for i, c in enumerate(conns)]
+    for th in threads:
+        th.start()
+    start.wait(30)
+    t0 = time.perf_counter()
+    for th in threads:
+        th.join(120)
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise HoardError(f"raw psycopg writer failed: {errors[0]!r}") from errors[0]
+    return len(conns) * per_thread / elapsed
+
+
+def _postgres(run: _Run) -> list[BenchRow]:
+    """Durable sets on PostgreSQL (1 thread; 32 threads on 32 contexts) against raw psycopg commits of
+    the same journal blobs, in a throwaway schema of the server of ``HOARD_BENCH_PG_DSN``."""
+    names = ("pg_durable_set", "pg_durable_32_threads")
+    dsn = os.environ.get(PG_DSN_ENV) or _PG_DSN_DEFAULT
+    problem = _pg_unavailable(dsn)
+    if problem is not None:
+        return [_skipped(name, f"skipped: {problem}") for name in names]
+    import psycopg  # noqa: PLC0415 - present: _pg_unavailable checked
+
+    schema = f"hoard_bench_{uuid.uuid4().hex[:12]}"
+    threads = 32
+    n = run.n(100, 500)
+    per_thread = run.n(10, 40)
+    items = _items(max(n, per_thread))
+    codec = Codec()
+    blobs = [codec.encode_change(Change(i + 2, time.time(), {k: v})) for i, (k, v) in enumerate(items)]
+    table = f'"{schema}".floor_journal'
+    admin = psycopg.connect(dsn, autocommit=True)
+    conns: list[Any] = []
+    system = None
+    try:
+        # what open_system makes for a postgresql:// URL (require_lease=True); it creates the schema
+        store = PostgresStore(dsn, schema=schema, require_lease=True)
+        system = open_system(store, manager_config=ContextManagerConfig(durability="immediate"),
+                             adapter_config=_NO_DEFAULT)
+        admin.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, blob bytea NOT NULL)")
+        admin.execute(f"ALTER TABLE {table} ALTER COLUMN blob SET STORAGE EXTERNAL")  # as hoard's journal
+        one = system.adapter.activate("bench")
+        many = [system.adapter.activate(f"c{i}") for i in range(threads)]
+        conns = [psycopg.connect(dsn, autocommit=True) for _ in range(threads)]
+
+        def hoard_one() -> float:
+            tset = one.set
+            return _rate(n, lambda: [tset(k, v) for k, v in items[:n]])
+
+        def floor_one() -> float:
+            ex = conns[0].execute
+            sql = f"INSERT INTO {table} (blob) VALUES (%s)"  # noqa: S608 - our own table name
+            return _rate(n, lambda: [ex(sql, (b,)) for b in blobs[:n]])
+
+        values, floors = _rounds(run.rounds, hoard_one, floor_one)
+        t_values, t_floors = _rounds(run.rounds, lambda: _threaded_rate(many, per_thread, items),
+                                     lambda: _pg_threads(conns, per_thread, blobs, table))
+        server = admin.execute("SELECT current_setting('server_version'), current_setting('synchronous_commit')"
+                               ).fetchone()
+    finally:
+        for conn in conns:
+            conn.close()
+        if system is not None:
+            system.stop()
+        try:
+            admin.execute("SET lock_timeout = '10s'")
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            admin.close()
+    size = statistics.mean(len(b) for b in blobs)
+    version, sync = server if server is not None else ("?", "?")
+    where = f"PostgreSQL {version}, synchronous_commit={sync}; blobs of {size:.0f} B on average"
+    return [_row("pg_durable_set", values, floors, f"{n} writes a round; {where}"),
+            _row("pg_durable_32_threads", t_values, t_floors,
+                 f"{per_thread} writes per thread a round; hoard: one connection, group commit; {where}")]
+
+
 #: measure name -> (function, the row names it produces), in table order
 _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] = {
     "sync_set": (_sync_set, ("sync_set",)),
@@ -731,6 +857,7 @@ _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] =
     "open_100k": (_open_store, ("open_100k",)),
     "rss_1000": (_rss, ("rss_1000",)),
     "peers": (_peers, ("peer_diskcache", "peer_json_file")),
+    "postgres": (_postgres, ("pg_durable_set", "pg_durable_32_threads")),
 }
 MEASURES: tuple[str, ...] = tuple(_MEASURES)
 #: the measures that also record a scaling series (what `write_chart` draws)

@@ -2,18 +2,35 @@
 
 Same model as `SQLiteStore`, in tables of one PostgreSQL schema (default ``hoard``; any other name
 keeps several stores, or throwaway test stores, apart in one database): `contexts` (version, times,
-next recovery point id), `snapshots` (newest two per context), `journal` (changes after the older
-kept snapshot), `recovery_points`, `leases` (ownership, see below) and `schema_version` (one row per
-applied migration). `open()` creates the schema and tables, or migrates older ones, under an advisory
-lock, and refuses (`CorruptStateError`) a schema written by a newer hoard or one that is not hoard's.
-Blobs are encoded by the same `Codec` as SQLite's (zstd, header, checksum), stored uncompressed by
-PostgreSQL (``STORAGE EXTERNAL``: they are compressed already).
+next recovery point id, own TTL), `snapshots` (newest two per context), `journal` (changes after the
+older kept snapshot), `recovery_points`, `leases` (ownership, see below) and `schema_version` (one row
+per applied migration); `quarantine` (rows a recovery set aside) is created by the first repair that
+needs it. `open()` creates the schema and tables, or migrates older ones, under an advisory lock, and
+refuses (`CorruptStateError`) a schema written by a newer hoard or one that is not hoard's. The `ttl`
+column (per-context TTLs, `SetTTL`) came after schema version 1: `open()` adds it when missing, as
+SQLiteStore does. Blobs are encoded by the same `Codec` as SQLite's (zstd, header, checksum), stored
+uncompressed by PostgreSQL (``STORAGE EXTERNAL``: they are compressed already). Context ids are
+checked by `validate_id` on every read and write, as by the other stores.
 
 Writes: `commit(ops)` is **one transaction** (group commit), and every write is checked in SQL, so
 two writers can never both succeed on the same version: an append is
 ``UPDATE contexts SET version=v WHERE id=... AND version=v-1`` and counts the rows it changed; a
 recovery point advances ``next_rp_id`` the same way; a create is an insert that must not conflict.
-A refused check raises `PersistenceError` and rolls the whole batch back.
+A refused check raises `PersistenceError` and rolls the whole batch back. A batch of appends (the
+common one) costs two round trips: BEGIN, the fence, the appends and NOTIFY in one pipeline, then
+COMMIT once every check held. A blob that cannot be encoded raises `PersistenceError` before anything
+is sent.
+
+Damaged data, exactly as `SQLiteStore` (see its module docstring): ``recovery="strict"`` (default)
+raises `CorruptStateError` naming the context and the row; ``"fallback"`` rebuilds from the newest
+valid snapshot or recovery point plus the journal, repairs the rows (or moves them to `quarantine`),
+continues at a new version when acknowledged changes are lost, and reports it in a `RecoveryReport`
+(`last_recovery_report`, `recovery_reports`, and a WARNING). A repair is a write, so it is fenced like
+a commit: a store that may not write the context (owned elsewhere, or ``require_lease`` without the
+lease) returns what it recovered and repairs nothing (``repaired=False``); its owner will. `verify()`
+makes SQLite's checks, and ``verify(fix=True)`` SQLite's repairs (fenced the same way), except that a
+journal problem that makes the acknowledged version unrecoverable is one issue here (SQLite reports
+the "unrecoverable" consequence as a second one).
 
 Single activation (ownership leases with fencing tokens). One `leases` row per context that was
 ever written or leased: ``(context_id, owner, token, expires_at)``. Expiry is judged by the database
@@ -74,6 +91,7 @@ background threads of its own (a scheduler and a worker that reconnects); `close
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -93,9 +111,11 @@ from ._errors import (
     ContextOwnedElsewhereError,
     CorruptStateError,
     FencedOffError,
+    HoardError,
     PersistenceError,
 )
-from ._model import ContextState, RecoveryPoint, apply_change
+from ._model import Change, ContextState, RecoveryPoint, apply_change
+from ._sqlite import RecoveryReport, SkippedItem, SQLiteStore, _problem, _ranges, _Row, _row_name, _Stored
 from ._store import (
     Append,
     CreateContext,
@@ -104,9 +124,11 @@ from ._store import (
     Op,
     PutRecoveryPoint,
     PutSnapshot,
+    SetTTL,
     StoredContext,
     VerifyIssue,
 )
+from ._values import validate_id
 
 try:  # the "postgres" extra: the rest of storage must import without it
     import psycopg
@@ -165,10 +187,17 @@ _APPEND = """
 WITH u AS (UPDATE {s}.contexts SET version = %(v)s, updated_at = %(at)s
            WHERE id = %(id)s AND version = %(prev)s RETURNING id)
 INSERT INTO {s}.journal (context_id, version, blob) SELECT id, %(v)s, %(blob)s FROM u RETURNING version"""
+# A create also removes leftover rows of its id (a context deleted by hand, or orphans verify() has
+# not fixed yet) so that they never mix in: the snapshot rows at other versions, the journal and the
+# recovery points (a leftover snapshot at the same version is overwritten).
 _CREATE = """
 WITH c AS (INSERT INTO {s}.contexts (id, version, created_at, updated_at) VALUES (%(id)s, %(v)s, %(c)s, %(u)s)
-           ON CONFLICT (id) DO NOTHING RETURNING id)
-INSERT INTO {s}.snapshots (context_id, version, blob) SELECT id, %(v)s, %(blob)s FROM c RETURNING version"""
+           ON CONFLICT (id) DO NOTHING RETURNING id),
+     ds AS (DELETE FROM {s}.snapshots WHERE context_id IN (SELECT id FROM c) AND version <> %(v)s),
+     dj AS (DELETE FROM {s}.journal WHERE context_id IN (SELECT id FROM c)),
+     dr AS (DELETE FROM {s}.recovery_points WHERE context_id IN (SELECT id FROM c))
+INSERT INTO {s}.snapshots (context_id, version, blob) SELECT id, %(v)s, %(blob)s FROM c
+ON CONFLICT (context_id, version) DO UPDATE SET blob = EXCLUDED.blob RETURNING version"""
 _SNAPSHOT_TRIM = """
 WITH k AS (SELECT min(version) AS v FROM (SELECT version FROM {s}.snapshots WHERE context_id = %(id)s
                                            ORDER BY version DESC LIMIT 2) AS newest),
@@ -198,6 +227,25 @@ SELECT 0, version, NULL::bytea FROM {s}.contexts WHERE id = %(id)s
 UNION ALL (SELECT 1, version, blob FROM {s}.snapshots WHERE context_id = %(id)s ORDER BY version DESC LIMIT 1)
 UNION ALL SELECT 2, version, blob FROM {s}.journal WHERE context_id = %(id)s
     AND version > (SELECT coalesce(max(version), 0) FROM {s}.snapshots WHERE context_id = %(id)s)"""
+# Every row of one context, in one statement (one consistent view), for fallback recovery and verify():
+# (kind, version, next recovery point id | recovery point id, label, created_at, blob)
+_STORED = """
+SELECT 0, version, next_rp_id, NULL::text, NULL::float8, NULL::bytea FROM {s}.contexts WHERE id = %(id)s
+UNION ALL SELECT 1, version, NULL, NULL, NULL, blob FROM {s}.snapshots WHERE context_id = %(id)s
+UNION ALL SELECT 2, version, NULL, NULL, NULL, blob FROM {s}.journal WHERE context_id = %(id)s
+UNION ALL SELECT 3, version, rp_id, label, created_at, blob FROM {s}.recovery_points WHERE context_id = %(id)s"""
+# Damaged or unusable rows a fallback recovery or a repair takes out of the way: kept for inspection,
+# never loaded. Created by the first repair that needs it (not by a migration: a store nobody repaired
+# keeps exactly the tables of schema version 1).
+_QUARANTINE_TABLE = (
+    'CREATE TABLE IF NOT EXISTS {s}.quarantine (context_id text COLLATE "C" NOT NULL, source text NOT NULL, '
+    "version bigint, rp_id bigint, problem text NOT NULL, at double precision NOT NULL, blob bytea)",
+    "ALTER TABLE {s}.quarantine ALTER COLUMN blob SET STORAGE EXTERNAL",
+)
+_QUARANTINE_ROW = """
+WITH d AS (DELETE FROM {s}.{table} WHERE context_id = %(id)s AND {key} = %(k)s RETURNING blob)
+INSERT INTO {s}.quarantine (context_id, source, version, rp_id, problem, at, blob)
+VALUES (%(id)s, %(source)s, %(v)s, %(rp)s, %(problem)s, %(at)s, (SELECT blob FROM d LIMIT 1))"""
 _INFO = """
 SELECT c.id, c.version, c.created_at, c.updated_at, c.next_rp_id,
  (SELECT max(version) FROM {s}.snapshots s WHERE s.context_id = c.id),
@@ -274,6 +322,8 @@ class PostgresStore:
         connect_timeout: seconds to wait for a connection (at open, and when reconnecting).
         statement_timeout: seconds any one statement may run (lock waits included) before it fails
             with `PersistenceError`.
+        recovery: "strict" (default) or "fallback": what `load` does with damaged data, as in
+            `SQLiteStore` (see the module docstring).
 
     Threading: one owner thread at a time; not thread-safe (see `Store`).
     """
@@ -281,9 +331,11 @@ class PostgresStore:
     def __init__(self, dsn: str, *, schema: str = "hoard", compression_level: int = 3,
                  max_state_bytes: int = 64 * 2**20, owner_id: str | None = None, lease_ttl: float = 10.0,
                  require_lease: bool = False, notify: bool = True, connect_timeout: float = 5.0,
-                 statement_timeout: float = 30.0) -> None:
+                 statement_timeout: float = 30.0, recovery: str = "strict") -> None:
         if psycopg is None:  # pragma: no cover - exercised only without the extra
             raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard[postgres]'")
+        if recovery not in _RECOVERY:
+            raise ConfigError(f"recovery must be one of {', '.join(map(repr, _RECOVERY))}, not {recovery!r}")
         if not _IDENT.fullmatch(schema):
             raise ConfigError(f"schema must be an identifier (letters, digits, '_', at most 63), not {schema!r}")
         if not lease_ttl > 0 or not connect_timeout > 0 or not statement_timeout > 0:
@@ -301,6 +353,11 @@ class PostgresStore:
         self.connect_timeout = float(connect_timeout)
         self.statement_timeout = float(statement_timeout)
         self.codec = Codec(compression_level, max_bytes=max_state_bytes + 2**20)
+        self.recovery = recovery
+        #: the report of the newest `load` that had to skip something (None if it did not)
+        self.last_recovery_report: RecoveryReport | None = None
+        #: every report since the store was made, oldest first (a caller may clear it)
+        self.recovery_reports: list[RecoveryReport] = []
         # never show a password: location appears in messages and logs
         where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
         self.location = f"postgresql://{where}#{schema}"
@@ -309,6 +366,8 @@ class PostgresStore:
         self._pool: Any = None
         self._db: Any = None  # the connection in use, taken from the pool
         self._leases: dict[str, int] = {}  # context id -> fencing token this store holds
+        self._quarantine_seen = False  # the quarantine table exists (it is never dropped once made)
+        self._quarantine_pending = False  # it was made by this store's repair transaction, still open
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.location!r})"
@@ -358,8 +417,7 @@ class PostgresStore:
         s = f'"{self.schema}"'
         with conn.transaction():
             # serialize concurrent openers of the same schema (CREATE ... IF NOT EXISTS still races)
-            conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)",
-                         (0x686F617264 << 24 | zlib.crc32(self.schema.encode()) & 0xFFFFFF,))
+            conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (self._advisory_key(),))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
             tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s",
                                                  (self.schema,))}
@@ -385,6 +443,10 @@ class PostgresStore:
                 for stmt in _MIGRATIONS[number - 1]:
                     conn.execute(stmt.format(s=s))
                 conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES (%s)", (number,))  # noqa: S608
+            # per-context TTLs (SetTTL) came after schema version 1: the column is added on open, as
+            # SQLiteStore adds it, only when missing (ALTER TABLE would lock out the other writers)
+            if conn.execute(self._sql["has_ttl"], {"t": f"{s}.contexts"}).fetchone() is None:
+                conn.execute(self._sql["add_ttl"])
 
     def close(self) -> None:
         """Release every lease still held (best effort), return the connection, stop the pool.
@@ -479,35 +541,36 @@ class PostgresStore:
         """Apply `ops` in order in one transaction (see `Store.commit`), fenced by the leases.
 
         Runs in the caller's thread; blocks for the round trips (bounded by `statement_timeout`).
-        Raises `FencedOffError` if a touched context is owned elsewhere, `PersistenceError` if a
-        version check fails or the connection is lost; then nothing of the batch is committed.
+        Raises `InvalidContextIdError` for an op on an id no context may have, `FencedOffError` if a
+        touched context is owned elsewhere, `PersistenceError` if encoding a blob fails, a version
+        check fails or the connection is lost; then nothing of the batch is committed.
         """
         if not ops:
             return
-        encoded = [self._encode(op) for op in ops]  # before the transaction: row locks are held briefly
         touched: dict[str, list[str]] = {}
         for op in ops:
             kinds = touched.setdefault(_context_of(op), [])
             if _KIND[type(op)] not in kinds:
                 kinds.append(_KIND[type(op)])
         ids = sorted(touched)
+        for cid in ids:
+            validate_id(cid)  # as SQLiteStore: and PostgreSQL text cannot hold NUL or lone surrogates
         first = _context_of(ops[0])
+        encoded = self._encode_all(ops, first)
+        notice = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
+                  "ops": [",".join(touched[cid]) for cid in ids]} if self.notify else None
         for attempt in (0, 1):
             conn = self._connection()
             stage, xid = "begin", None
+            sent: dict[str, Any] = {}
             try:
-                conn.execute("BEGIN")
-                stage = "write"
-                xid = self._fence(conn, ids)
-                self._apply_all(conn, ops, encoded)
-                if self.notify:
-                    conn.execute(self._sql["notify"], {
-                        "ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
-                        "ops": [",".join(touched[cid]) for cid in ids]})
+                xid = self._write(conn, ops, encoded, ids, notice=notice, sent=sent)
                 stage = "commit"
                 self._finish(conn)
                 return
             except psycopg.Error as exc:
+                if stage == "begin" and _began(sent.get("begin")):
+                    stage = "write"  # lost after the transaction began: something of it may have run
                 if not self._lost(conn):
                     self._rollback(conn)
                     raise self._translate(exc, "commit", first) from exc
@@ -519,9 +582,39 @@ class PostgresStore:
                 if stage == "commit" and xid is not None and self._committed_anyway(xid, exc, first):
                     return
                 raise self._translate(exc, "commit", first) from exc
+            except UnicodeError as exc:  # a str psycopg cannot send (a label with a lone surrogate)
+                self._rollback(conn)
+                raise PersistenceError(f"{self.location}: commit failed: {exc}; nothing was written",
+                                       context_id=first) from exc
             except BaseException:
                 self._rollback(conn)
                 raise
+
+    def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
+               notice: dict[str, Any] | None, sent: dict[str, Any]) -> int:
+        """Everything of a commit up to COMMIT; returns the transaction id. ``sent["begin"]`` is the
+        cursor of its BEGIN (`_began` tells from it whether the transaction started on the server).
+
+        The common batch (appends only) is one pipeline: BEGIN, the fence, the appends and NOTIFY in
+        one round trip, all checked before COMMIT, the second; nothing is visible to anyone before
+        COMMIT, and a refused check rolls everything back. Other batches check the fence before
+        writing anything."""
+        only_appends = all(isinstance(op, Append) for op in ops)
+        with conn.pipeline():
+            sent["begin"] = conn.execute("BEGIN")
+            fence = conn.execute(self._sql["fence"], {"ids": ids})
+            if only_appends:
+                appended = self._send_appends(conn, ops, encoded)  # type: ignore[arg-type]
+                if notice is not None:
+                    conn.execute(self._sql["notify"], notice)
+        xid = self._check_fence(fence.fetchall())
+        if only_appends:
+            self._check_appends(conn, appended, ops)  # type: ignore[arg-type]
+        else:
+            self._apply_all(conn, ops, encoded)
+            if notice is not None:
+                conn.execute(self._sql["notify"], notice)
+        return xid
 
     def _finish(self, conn: Any) -> None:
         """Send COMMIT (a seam of its own: the fault tests break the connection exactly here)."""
@@ -552,7 +645,11 @@ class PostgresStore:
 
     def _fence(self, conn: Any, ids: list[str]) -> int:
         """Lock and check the lease rows of `ids`; return the transaction id."""
-        rows = conn.execute(self._sql["fence"], {"ids": ids}).fetchall()
+        return self._check_fence(conn.execute(self._sql["fence"], {"ids": ids}).fetchall())
+
+    def _check_fence(self, rows: list[tuple[Any, ...]]) -> int:
+        """Check the lease rows the fence statement locked (see `_FENCE`); return the transaction id.
+        Raises `FencedOffError` (the caller rolls back) if this store may not write one of them."""
         for cid, owner, token, live, _xid in rows:
             mine = self._leases.get(cid)
             if mine is not None:
@@ -561,6 +658,16 @@ class PostgresStore:
             elif live or self.require_lease:
                 raise FencedOffError(cid, token=None, current_token=token, owner=owner or None)
         return int(rows[0][4])
+
+    def _encode_all(self, ops: Sequence[Op], first: str) -> list[bytes | None]:
+        """Every op's blob, made before the transaction (row locks are then held briefly)."""
+        try:
+            return [self._encode(op) for op in ops]
+        except HoardError:
+            raise
+        except Exception as exc:  # nothing was sent; the caller needs our error type, whatever failed
+            raise PersistenceError(f"{self.location}: encoding a change failed ({exc!r}); nothing was written",
+                                   context_id=first) from exc
 
     def _encode(self, op: Op) -> bytes | None:
         codec = self.codec
@@ -587,17 +694,25 @@ class PostgresStore:
 
     def _append_many(self, conn: Any, appends: Sequence[Append], blobs: Sequence[bytes | None]) -> None:
         """Consecutive appends in one pipelined round trip, each still version-checked."""
+        self._check_appends(conn, self._send_appends(conn, appends, blobs), appends)
+
+    def _send_appends(self, conn: Any, appends: Sequence[Append], blobs: Sequence[bytes | None]) -> Any:
+        """Send the appends (pipelined); their results are read by `_check_appends`."""
         cur = conn.cursor()
         cur.executemany(self._sql["append"], [
             {"id": op.context_id, "v": op.change.version, "prev": op.change.version - 1, "at": op.change.at,
              "blob": blob} for op, blob in zip(appends, blobs, strict=True)], returning=True)
+        return cur
+
+    def _check_appends(self, conn: Any, cur: Any, appends: Sequence[Append]) -> None:
+        """Each append of `cur` must have inserted its journal row: its version check held."""
         for op in appends:
             if cur.fetchone() is None:
                 raise PersistenceError(self._version_problem(conn, op.context_id, op.change.version),
                                        context_id=op.context_id)
             cur.nextset()
 
-    def _apply(self, conn: Any, op: Op, blob: bytes | None) -> None:
+    def _apply(self, conn: Any, op: Op, blob: bytes | None) -> None:  # noqa: PLR0912 - one branch per kind of op
         sql = self._sql
         if isinstance(op, PutSnapshot):
             st = op.state
@@ -627,8 +742,13 @@ class PostgresStore:
             conn.execute(sql["rp_trim"], {"id": rp.context_id, "keep": max(1, op.keep)})
         elif isinstance(op, DeleteRecoveryPoint):
             conn.execute(sql["rp_delete"], {"id": op.context_id, "rp": op.rp_id})
+        elif isinstance(op, SetTTL):
+            if conn.execute(sql["set_ttl"], {"id": op.context_id, "ttl": op.ttl}).fetchone() is None:
+                raise PersistenceError(f"context {op.context_id!r} is not in the store", context_id=op.context_id)
         elif isinstance(op, DeleteContext):
             conn.execute(sql["delete"], {"id": op.context_id})
+            if self._has_quarantine(conn):
+                conn.execute(sql["quarantine_delete"], {"id": op.context_id})
         else:  # pragma: no cover - the Op union is closed
             raise TypeError(f"unknown store operation {op!r}")
 
@@ -662,6 +782,7 @@ class PostgresStore:
             ContextOwnedElsewhereError: another owner holds a live lease (`owner`, `expires_in`).
             PersistenceError: the server could not be asked.
         """
+        validate_id(context_id)
         ttl = self._ttl(ttl)
         mine = self._leases.get(context_id)
         if mine is not None:
@@ -761,10 +882,29 @@ class PostgresStore:
 
     # -- reads ---------------------------------------------------------------------------------------
     def load(self, context_id: str) -> ContextState | None:
-        """The newest state (see `Store.load`), read in one statement: the snapshot, the journal after
-        it and the acknowledged version come from one consistent view even while others write.
-        Runs in the caller's thread; retried once on a new connection if the old one was dead."""
-        return self._run("load", lambda c: self._load(c, context_id), context_id)
+        """The newest state of a context (None if it does not exist), as `SQLiteStore.load`.
+
+        Strict: `CorruptStateError` naming the context and the row if anything fails verification.
+        Fallback: rebuilds what it can and repairs the store (see `_load_fallback`);
+        `last_recovery_report` tells what was skipped (None if nothing was).
+
+        The strict read is one statement: the snapshot, the journal after it and the acknowledged
+        version come from one consistent view even while others write. Runs in the caller's thread;
+        retried once on a new connection if the old one was dead.
+        """
+        validate_id(context_id)
+        self.last_recovery_report = None
+        try:
+            return self._run("load", lambda c: self._load(c, context_id), context_id)
+        except CorruptStateError as exc:
+            if exc.what == "store":
+                raise
+            if self.recovery != "fallback":
+                if _FALLBACK_HINT in str(exc):
+                    raise
+                raise CorruptStateError(f"{exc}; {_FALLBACK_HINT}", context_id=context_id, what=exc.what) from exc
+            first = exc
+        return self._run("load", lambda c: self._load_fallback(c, context_id, first), context_id, idempotent=False)
 
     def _load(self, conn: Any, context_id: str) -> ContextState | None:
         rows = sorted(conn.execute(self._sql["load"], {"id": context_id}, binary=True).fetchall(),
@@ -774,41 +914,54 @@ class PostgresStore:
         stored_version = rows[0][1]
         snaps = [r for r in rows if r[0] == 1]
         if not snaps:
-            raise CorruptStateError(f"context {context_id!r} has no snapshot", context_id=context_id,
-                                    what="snapshot")
+            raise CorruptStateError(f"context {context_id!r} has no snapshot; {_FALLBACK_HINT}",
+                                    context_id=context_id, what="snapshot")
         _, snap_version, snap_blob = snaps[0]
-        state = self._decode_state(snap_blob, context_id, f"snapshot v{snap_version} of {context_id!r}")
-        if state.version != snap_version or state.id != context_id:
-            raise CorruptStateError(f"snapshot v{snap_version} of {context_id!r} holds {state.id!r} "
-                                    f"v{state.version}", context_id=context_id, what="snapshot")
+        state = self._decode_state(snap_blob, context_id, f"snapshot v{snap_version} of {context_id!r}", snap_version)
         for _, version, blob in (r for r in rows if r[0] == 2):
             what = f"journal entry v{version} of {context_id!r}"
-            change = self._decode_change(blob, context_id, what)
-            if change.version != version or version != state.version + 1:
-                raise CorruptStateError(f"{what}: expected version {state.version + 1}, found {change.version}",
-                                        context_id=context_id, what="journal")
-            state = apply_change(state, change)
+            if version > stored_version:
+                raise CorruptStateError(f"{what}: beyond the acknowledged version v{stored_version}; "
+                                        f"{_FALLBACK_HINT}", context_id=context_id, what="journal")
+            if version != state.version + 1:
+                raise CorruptStateError(f"context {context_id!r}: version gap: journal lacks v{state.version + 1}"
+                                        f"..v{version - 1}; {_FALLBACK_HINT}", context_id=context_id,
+                                        what="journal")
+            state = apply_change(state, self._decode_change(blob, context_id, what, version))
         if state.version != stored_version:
             raise CorruptStateError(f"context {context_id!r}: journal ends at v{state.version}, but the store "
-                                    f"acknowledged v{stored_version}", context_id=context_id, what="journal")
+                                    f"acknowledged v{stored_version}; {_FALLBACK_HINT}", context_id=context_id,
+                                    what="journal")
         return state
 
-    def _decode_state(self, blob: bytes, context_id: str, what: str) -> ContextState:
+    def _decode_state(self, blob: bytes, context_id: str, what: str, version: int) -> ContextState:
+        kind = "snapshot" if what.startswith("snapshot") else "recovery_point"
         try:
-            return self.codec.decode_state(blob, what)
+            state = self.codec.decode_state(blob, what)
         except CorruptStateError as exc:
             exc.context_id = context_id
+            exc.what = kind
             raise
+        if state.version != version or state.id != context_id:
+            raise CorruptStateError(f"{what}: mismatch: holds {state.id!r} v{state.version}", context_id=context_id,
+                                    what=kind)
+        return state
 
-    def _decode_change(self, blob: bytes, context_id: str, what: str) -> Any:
+    def _decode_change(self, blob: bytes, context_id: str, what: str, version: int) -> Change:
         try:
-            return self.codec.decode_change(blob, what)
+            change = self.codec.decode_change(blob, what)
         except CorruptStateError as exc:
             exc.context_id = context_id
+            exc.what = "journal"
             raise
+        if change.version != version:
+            raise CorruptStateError(f"{what}: mismatch: holds v{change.version}", context_id=context_id,
+                                    what="journal")
+        return change
 
     def info(self, context_id: str) -> StoredContext | None:
         """Stored facts without decoding (see `Store.info`); one statement, caller's thread."""
+        validate_id(context_id)
         row = self._run("info", lambda c: c.execute(self._sql["info"], {"id": context_id}).fetchone(), context_id)
         if row is None:
             return None
@@ -818,20 +971,44 @@ class PostgresStore:
     def list_ids(self, prefix: str = "") -> list[str]:
         """Stored ids starting with `prefix` (taken literally), in code point order: the ids are
         ``COLLATE "C"``, which orders UTF-8 as Python orders str. One statement, caller's thread."""
+        if "\x00" in prefix:
+            return []  # no stored id holds NUL (validate_id refuses it; PostgreSQL text cannot hold it)
+        try:
+            prefix.encode("utf-8")
+        except UnicodeEncodeError:
+            return []  # nor a lone surrogate
         return self._run("list", lambda c: [r[0] for r in c.execute(self._sql["list"], {"p": prefix})])
 
     def count(self) -> int:
         """Number of stored contexts; one statement, caller's thread."""
         return self._run("count", lambda c: int(c.execute(self._sql["count"]).fetchone()[0]))
 
+    def expired(self, now: float, default_ttl: float | None, limit: int = 1000) -> list[str]:
+        """See `Store.expired`: ids whose ``updated_at`` plus their own TTL (else `default_ttl`) is
+        before `now` (seconds since the epoch, the caller's clock, as `updated_at` is), oldest change
+        first, at most `limit`. One statement (a scan of the contexts table), caller's thread."""
+        return self._run("expired", lambda c: [r[0] for r in c.execute(
+            self._sql["expired"], {"d": default_ttl, "now": now, "limit": limit})])
+
     def recovery_points(self, context_id: str) -> list[RecoveryPoint]:
-        """The context's recovery points, oldest first, each verified; caller's thread."""
+        """The context's recovery points, oldest first, each verified; caller's thread. A damaged one
+        raises `CorruptStateError` (strict) or is left out with a WARNING (fallback)."""
+        validate_id(context_id)
         rows = self._run("list recovery points", lambda c: c.execute(
             self._sql["rps"], {"id": context_id}, binary=True).fetchall(), context_id)
-        return [self._rp(context_id, r) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                out.append(self._rp(context_id, r))
+            except CorruptStateError as exc:
+                if self.recovery != "fallback":
+                    raise
+                log.warning("recovery point %d of %r skipped: %s", r[0], context_id, exc)
+        return out
 
     def recovery_point(self, context_id: str, rp_id: int) -> RecoveryPoint | None:
         """One recovery point, verified, or None; caller's thread."""
+        validate_id(context_id)
         r = self._run("read recovery point", lambda c: c.execute(
             self._sql["rp"], {"id": context_id, "rp": rp_id}, binary=True).fetchone(), context_id)
         return None if r is None else self._rp(context_id, r)
@@ -839,39 +1016,346 @@ class PostgresStore:
     def _rp(self, context_id: str, row: tuple[Any, ...]) -> RecoveryPoint:
         """A recovery point from its row ``(rp_id, version, label, created_at, blob)``, verified."""
         rp_id, version, label, created_at, blob = row
-        state = self._decode_state(blob, context_id, f"recovery point {rp_id} of {context_id!r}")
-        if state.version != version or state.id != context_id:
-            raise CorruptStateError(f"recovery point {rp_id} of {context_id!r} holds {state.id!r} "
-                                    f"v{state.version}, not v{version}", context_id=context_id,
-                                    what="recovery_point")
+        state = self._decode_state(blob, context_id, f"recovery point {rp_id} of {context_id!r}", version)
         return RecoveryPoint(rp_id, context_id, version, label, created_at, state)
+
+    # -- fallback recovery (the same rules as SQLiteStore's; see its module docstring) ---------------------
+    def _read_stored(self, conn: Any, context_id: str) -> _Stored | None:
+        """Every row of one context, from one statement, each decoded on its own (damage recorded)."""
+        rows = conn.execute(self._sql["stored"], {"id": context_id}, binary=True).fetchall()
+        head = [r for r in rows if r[0] == 0]
+        if not head:
+            return None
+
+        def decode(fn: Callable[..., Any], blob: bytes, what: str, version: int) -> tuple[Any, str | None]:
+            try:
+                return fn(blob, context_id, what, version), None
+            except CorruptStateError as exc:
+                return None, _problem(exc)
+
+        snaps, journal, rps = [], {}, []
+        for kind, version, n, label, created_at, blob in sorted(rows, key=lambda r: (r[0], r[2] or 0, r[1])):
+            if kind == 1:
+                st, problem = decode(self._decode_state, blob, f"snapshot v{version} of {context_id!r}", version)
+                snaps.append(_Row(version, st, problem))
+            elif kind == 2:
+                ch, problem = decode(self._decode_change, blob, f"journal entry v{version} of {context_id!r}", version)
+                journal[version] = _Row(version, ch, problem)
+            elif kind == 3:
+                st, problem = decode(self._decode_state, blob, f"recovery point {n} of {context_id!r}", version)
+                rps.append(_Row(version, st, problem, n, label, created_at))
+        return _Stored(context_id, head[0][1], head[0][2], snaps, journal, rps)
+
+    @staticmethod
+    def _rebuild(stored: _Stored, wanted: set[int]) -> tuple[ContextState | None, str, dict[int, ContextState]]:
+        # the same pure function as SQLite's (no I/O): one rule for both stores
+        return SQLiteStore._rebuild(stored, wanted)  # noqa: SLF001 - shared with the sibling store
+
+    def _repair_lease(self, conn: Any, context_id: str) -> bool:
+        """Inside a repair transaction: may this store write `context_id` now? Locks its lease row like
+        a commit; False (nothing is written) when another owner holds a live lease, or when this store
+        requires leases and holds none (a read of an inactive context: its next owner repairs it)."""
+        try:
+            self._fence(conn, [context_id])
+        except FencedOffError as exc:
+            log.warning("%s: not repairing %r now: %s", self.location, context_id, exc)
+            return False
+        return True
+
+    def _load_fallback(self, conn: Any, context_id: str, first: CorruptStateError) -> ContextState:
+        """`load` in fallback mode after the strict read failed with `first`. Rebuilds the newest state
+        from the newest valid snapshot or recovery point plus the contiguous valid journal after it,
+        and repairs the store in one transaction (see `SQLiteStore`): nothing lost -> damaged rows
+        rewritten from the rebuild or quarantined; changes lost -> the context continues at a new
+        version, one past the acknowledged one, from one fresh snapshot. The repair is fenced like a
+        commit and skipped (``repaired=False``) when the lease says this store may not write, or when
+        another process changed the context meanwhile."""
+        stored = self._read_stored(conn, context_id)
+        if stored is None:  # deleted by another process meanwhile
+            raise first
+        top = stored.version
+        bad_snaps = [r for r in stored.snapshots if r.problem is not None]
+        best, base, found = self._rebuild(stored, {top} | {r.version for r in bad_snaps})
+        if best is None:
+            problems = "; ".join(_row_name(r, "snapshot") + ": " + str(r.problem)
+                                 for r in stored.snapshots + stored.rps) or "no snapshot or recovery point"
+            raise CorruptStateError(f"context {context_id!r} cannot be recovered: no valid snapshot or recovery "
+                                    f"point ({problems})", context_id=context_id, what="snapshot") from first
+        lost = tuple(range(best.version + 1, top + 1))
+        skipped = _skipped_rows(stored, best.version, lost)
+        if lost:
+            # a new version holding the recovered data: versions never go backwards, and a writer
+            # holding any acknowledged version gets a conflict instead of overwriting unseen data
+            state = ContextState(context_id, top + 1, best.data, best.metadata, best.created_at, time.time())
+        else:
+            state = best
+        try:
+            with conn.transaction():
+                repaired = self._repair_lease(conn, context_id)
+                if repaired:
+                    row = conn.execute(self._sql["lock_context"], {"id": context_id}).fetchone()
+                    if row is None or row[0] != top:
+                        log.warning("%s: %r changed while it was being recovered; not repairing", self.location,
+                                    context_id)
+                        repaired = False
+                    else:
+                        self._ensure_quarantine(conn)
+                        self._repair_after_fallback(conn, stored, state, found, lost)
+        finally:
+            self._quarantine_pending = False
+        report = RecoveryReport(context_id, top, best.version, state.version, base, tuple(skipped), lost, repaired)
+        self.last_recovery_report = report
+        self.recovery_reports.append(report)
+        log.warning("fallback recovery: %s (first failure: %s)", report.describe(), first)
+        return state
+
+    def _has_quarantine(self, conn: Any) -> bool:
+        if self._quarantine_seen:
+            return True
+        found = bool(conn.execute(self._sql["has_quarantine"], {"t": f'"{self.schema}".quarantine'}).fetchone()[0])
+        # remember it only once committed: a table this store's open repair made may yet be rolled back
+        self._quarantine_seen = found and not self._quarantine_pending
+        return found
+
+    def _ensure_quarantine(self, conn: Any) -> None:
+        """Inside a repair transaction (which may then write): create the quarantine table if missing.
+        Serialized with other openers' migrations by their advisory lock; the caller resets
+        `_quarantine_pending` when its transaction ends."""
+        if self._has_quarantine(conn):
+            return
+        self._quarantine_pending = True
+        conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (self._advisory_key(),))
+        for stmt in _QUARANTINE_TABLE:
+            conn.execute(stmt.format(s=f'"{self.schema}"'))
+
+    def _quarantine(self, conn: Any, context_id: str, source: str, version: int | None,  # noqa: PLR0917 - as SQLiteStore._quarantine
+                    problem: str, rp_id: int | None = None) -> None:
+        """Move one row to the quarantine table (see `_ensure_quarantine`), in the caller's transaction."""
+        conn.execute(self._sql[f"quarantine_{source}"], {
+            "id": context_id, "source": source, "v": version, "rp": rp_id, "problem": problem, "at": time.time(),
+            "k": rp_id if source == "recovery_point" else version})
+
+    def _advisory_key(self) -> int:
+        return 0x686F617264 << 24 | zlib.crc32(self.schema.encode()) & 0xFFFFFF
+
+    def _repair_after_fallback(self, conn: Any, stored: _Stored, state: ContextState,
+                               found: dict[int, ContextState], lost: tuple[int, ...]) -> None:
+        cid, sql = stored.id, self._sql
+        for r in stored.rps:
+            if r.problem is not None:
+                self._quarantine(conn, cid, "recovery_point", r.version, r.problem, r.rp_id)
+        if lost:
+            # start over from one snapshot of the new version; unusable rows go to quarantine
+            for r in stored.snapshots:
+                if r.problem is not None:
+                    self._quarantine(conn, cid, "snapshot", r.version, r.problem)
+            for v, r in stored.journal.items():
+                if r.problem is not None:
+                    self._quarantine(conn, cid, "journal", v, r.problem)
+                elif v > lost[0]:
+                    self._quarantine(conn, cid, "journal", v, f"follows the unrecoverable v{lost[0]}")
+            conn.execute(sql["snapshot_delete_all"], {"id": cid})
+            conn.execute(sql["journal_delete_all"], {"id": cid})
+            conn.execute(sql["snapshot"], {"id": cid, "v": state.version, "blob": self.codec.encode_state(state)})
+            conn.execute(sql["set_version"], {"id": cid, "v": state.version, "u": state.updated_at})
+            return
+        # nothing lost: rewrite what the rebuild reproduced, set the rest aside
+        for r in stored.snapshots:
+            if r.problem is None:
+                continue
+            rebuilt = found.get(r.version)
+            if rebuilt is not None:
+                conn.execute(sql["snapshot_blob"], {"id": cid, "v": r.version,
+                                                    "blob": self.codec.encode_state(rebuilt)})
+            else:
+                self._quarantine(conn, cid, "snapshot", r.version, r.problem)
+        self._normalize(conn, cid, state)
+
+    def _normalize(self, conn: Any, cid: str, state: ContextState) -> None:
+        """Make the rows of a context loadable by the strict path: its newest snapshot + a contiguous
+        valid journal to its acknowledged version (`state`, already rebuilt). Writes a snapshot of
+        `state` if the newest one cannot reach it; drops journal entries no kept snapshot needs."""
+        sql = self._sql
+        stored = self._read_stored(conn, cid)
+        assert stored is not None
+        good = [r for r in stored.snapshots if r.problem is None and r.version <= stored.version]
+        newest = good[-1].version if good else None
+
+        def chain(lo: int, hi: int) -> bool:
+            return all(stored.good_journal(v) is not None for v in range(lo + 1, hi + 1))
+
+        if newest is None or not chain(newest, stored.version):
+            conn.execute(sql["snapshot"], {"id": cid, "v": state.version, "blob": self.codec.encode_state(state)})
+            good.append(_Row(state.version, state))
+            newest = state.version
+        keep = {newest}
+        older = [r.version for r in good if r.version < newest]
+        if older and chain(older[-1], newest):
+            keep.add(older[-1])
+        for r in stored.snapshots:
+            if r.version not in keep:
+                if r.problem is None and r.version <= stored.version:
+                    conn.execute(sql["snapshot_delete"], {"id": cid, "v": r.version})
+                else:  # damaged, or beyond the acknowledged version: keep it aside, never silently drop it
+                    self._quarantine(conn, cid, "snapshot", r.version,
+                                     r.problem or f"beyond the acknowledged v{stored.version}")
+        low = min(keep)
+        for v, r in stored.journal.items():
+            if low < v <= stored.version:
+                continue
+            if r.problem is None and v <= low:
+                conn.execute(sql["journal_delete"], {"id": cid, "v": v})
+            else:
+                self._quarantine(conn, cid, "journal", v, r.problem or f"beyond the acknowledged v{stored.version}")
 
     # -- verification --------------------------------------------------------------------------------
     def verify(self, fix: bool = False) -> list[VerifyIssue]:
-        """Check every context: its snapshots, journal and recovery points decode and line up, and no
-        row belongs to a context that does not exist. With `fix`, orphan rows are deleted (they hold
-        no acknowledged data of any existing context). Lease rows are not orphans: they outlive their
-        context so that tokens keep growing. Runs in the caller's thread; reads everything."""
+        """Check the whole store and return every inconsistency found (empty: all is well), with the
+        same checks, `what` kinds and problem texts as `SQLiteStore.verify` (less SQLite's own
+        integrity check): per context, every snapshot, journal entry and recovery point decodes and
+        verifies; there is a snapshot; the journal is contiguous from the older kept snapshot to the
+        acknowledged version; the newest snapshot plus the journal rebuilds it; an older snapshot plus
+        the journal reproduces the newer one; recovery point ids are below the next id. Finally rows of
+        contexts that do not exist (orphans). Lease rows are not orphans: they outlive their context so
+        that fencing tokens keep growing.
+
+        With `fix`, each context's repairs are one transaction, fenced like a commit: a context another
+        owner holds a live lease on (or, with ``require_lease``, one this store holds no lease on) is
+        reported and left alone. The repairs are SQLite's: nothing that would lose an acknowledged
+        change is touched. Runs in the caller's thread; reads every row.
+        """
         def run(conn: Any) -> list[VerifyIssue]:
             issues: list[VerifyIssue] = []
             for (cid,) in conn.execute(self._sql["list"], {"p": ""}).fetchall():
-                try:
-                    self._load(conn, cid)
-                except CorruptStateError as exc:
-                    issues.append(VerifyIssue(cid, _row_kind(exc.what), str(exc)))
-                for rp_id, version, blob in conn.execute(self._sql["rp_blobs"], {"id": cid}, binary=True).fetchall():
-                    try:
-                        self._rp(cid, (rp_id, version, None, 0.0, blob))
-                    except CorruptStateError as exc:
-                        issues.append(VerifyIssue(cid, "recovery_point", str(exc)))
-            for table in ("snapshots", "journal", "recovery_points"):
+                issues += self._verify_context(conn, cid, fix)
+            tables = ["snapshots", "journal", "recovery_points"]
+            if self._has_quarantine(conn):
+                tables.append("quarantine")
+            for table in tables:
                 for (cid,) in conn.execute(self._sql[f"orphans_{table}"]).fetchall():
                     if fix:
                         conn.execute(self._sql[f"fix_{table}"], {"id": cid})
                     issues.append(VerifyIssue(cid, _ROW_KIND[table], f"orphan rows in {table}: the context "
                                               "does not exist", fixed=fix))
             return issues
-        return self._run("verify", run)
+        return self._run("verify", run, idempotent=not fix)
+
+    def _verify_context(self, conn: Any, cid: str, fix: bool) -> list[VerifyIssue]:  # noqa: PLR0912, PLR0915 - one check per kind of inconsistency, read top to bottom
+        stored = self._read_stored(conn, cid)
+        if stored is None:  # deleted by another process meanwhile
+            return []
+        top = stored.version
+        found_issues: list[tuple[str, str, bool]] = []  # (what, problem, fixable)
+
+        def issue(what: str, problem: str, fixable: bool) -> None:
+            found_issues.append((what, problem, fixable))
+
+        bad_snaps = [r for r in stored.snapshots if r.problem is not None]
+        bad_rps = [r for r in stored.rps if r.problem is not None]
+        wanted = {top} | {r.version for r in bad_snaps} | {r.version for r in bad_rps}
+        best, _base, found = self._rebuild(stored, wanted)
+        reachable = best is not None and best.version == top
+        if top < 1 or stored.next_rp_id < 1:
+            issue("context", f"invalid context row (version {top}, next recovery point {stored.next_rp_id})", False)
+        good_snaps = [r for r in stored.snapshots if r.problem is None and r.version <= top]
+        for r in stored.snapshots:
+            if r.problem is not None:
+                issue("snapshot", f"{r.problem} (snapshot v{r.version})", reachable)
+            elif r.version > top:
+                issue("snapshot", f"beyond acknowledged version: snapshot v{r.version}, context at v{top}", reachable)
+        if not stored.snapshots:
+            issue("snapshot", f"no snapshot for v1..v{top}", reachable)
+        for v, r in stored.journal.items():
+            if r.problem is not None:
+                issue("journal", f"{r.problem} (journal entry v{v})", reachable)
+            elif v > top:
+                issue("journal", f"beyond acknowledged version: journal entry v{v}, context at v{top}", reachable)
+        if stored.snapshots:  # contiguity from the oldest snapshot to the acknowledged version
+            low = stored.snapshots[0].version
+            missing = [v for v in range(low + 1, top + 1) if v not in stored.journal]
+            if missing:
+                issue("journal", f"version gap: missing journal entries {_ranges(missing)} (after snapshot "
+                      f"v{low}, acknowledged v{top})", reachable)
+            stale = [v for v in stored.journal if v <= low]
+            if stale:
+                issue("journal", f"stale entries {_ranges(stale)} already covered by snapshot v{low}", reachable)
+        if good_snaps:
+            newest = good_snaps[-1].version
+            st: ContextState | None = good_snaps[-1].state
+            v = newest
+            while v < top and st is not None:
+                change = stored.good_journal(v + 1)
+                st = apply_change(st, change) if change is not None else None
+                v += 1
+            if st is None:
+                unrecoverable = (f"unrecoverable: snapshot v{newest} plus the journal cannot rebuild the "
+                                 f"acknowledged v{top}")
+                journal_issues = [i for i, f in enumerate(found_issues) if f[0] == "journal"]
+                if journal_issues:
+                    # the consequence of a journal problem reported already: said in that issue, so that
+                    # one damaged row is one issue (SQLiteStore reports it as an issue of its own)
+                    what, problem, fixable = found_issues[journal_issues[-1]]
+                    found_issues[journal_issues[-1]] = (what, f"{problem}; {unrecoverable}", fixable)
+                else:
+                    issue("journal", unrecoverable, reachable)
+            for older, newer in itertools.pairwise(good_snaps):  # an older snapshot + journal = the newer one
+                s2: ContextState | None = older.state
+                for v2 in range(older.version + 1, newer.version + 1):
+                    ch = stored.good_journal(v2)
+                    if ch is None or s2 is None:
+                        s2 = None
+                        break
+                    s2 = apply_change(s2, ch)
+                if s2 is not None and s2 != newer.state:
+                    issue("snapshot", f"mismatch: snapshot v{newer.version} differs from snapshot v{older.version} "
+                          "plus the journal", False)
+        elif not reachable and stored.snapshots:
+            issue("snapshot", f"unrecoverable: no valid snapshot reaches the acknowledged v{top}", False)
+        for r in stored.rps:
+            if r.problem is not None:
+                issue("recovery_point", f"{r.problem} (recovery point {r.rp_id})", r.version in found)
+            elif r.version > top:
+                issue("recovery_point", f"beyond acknowledged version: recovery point {r.rp_id} holds v{r.version}, "
+                      f"context at v{top}", False)
+        max_rp = max((r.rp_id or 0 for r in stored.rps), default=0)
+        if max_rp >= stored.next_rp_id:
+            issue("context", f"recovery point sequence: next id {stored.next_rp_id} but recovery point {max_rp} "
+                  "exists", True)
+
+        fixed = False
+        if fix and any(fixable for _w, _p, fixable in found_issues):
+            try:
+                with conn.transaction():
+                    fixed = self._fix_context(conn, stored, best=best if reachable else None, found=found,
+                                              bad_snaps=bad_snaps, bad_rps=bad_rps, max_rp=max_rp)
+            finally:
+                self._quarantine_pending = False
+        return [VerifyIssue(cid, what, problem, fixed=fixed and fixable) for what, problem, fixable in found_issues]
+
+    def _fix_context(self, conn: Any, stored: _Stored, *, best: ContextState | None, found: dict[int, ContextState],
+                     bad_snaps: list[_Row], bad_rps: list[_Row], max_rp: int) -> bool:
+        """`verify(fix=True)`'s repairs of one context (SQLite's), inside the caller's transaction:
+        `best` is the rebuilt acknowledged state (None if it cannot be rebuilt). Returns False, writing
+        nothing, when this store may not write the context now or it changed since it was read."""
+        cid, sql = stored.id, self._sql
+        row = conn.execute(sql["lock_context"], {"id": cid}).fetchone() if self._repair_lease(conn, cid) else None
+        if row is None or row[0] != stored.version:
+            return False
+        self._ensure_quarantine(conn)
+        if max_rp >= stored.next_rp_id:
+            conn.execute(sql["set_next_rp"], {"id": cid, "n": max_rp + 1})
+        for r in bad_rps:
+            rebuilt = found.get(r.version)
+            if rebuilt is not None:
+                conn.execute(sql["rp_blob"], {"id": cid, "rp": r.rp_id, "blob": self.codec.encode_state(rebuilt)})
+        if best is not None:
+            for r in bad_snaps:
+                rebuilt = found.get(r.version)
+                if rebuilt is not None:
+                    conn.execute(sql["snapshot_blob"], {"id": cid, "v": r.version,
+                                                        "blob": self.codec.encode_state(rebuilt)})
+            self._normalize(conn, cid, best)
+        return True
 
 
 # the rest of the statements; every "{s}" is the quoted schema
@@ -902,16 +1386,39 @@ _SQL: dict[str, str] = {
        for t in ("snapshots", "journal", "recovery_points")},
     **{f"fix_{t}": f"DELETE FROM {{s}}.{t} WHERE context_id = %(id)s "  # noqa: S608 - fixed names
                    "AND NOT EXISTS (SELECT 1 FROM {s}.contexts c WHERE c.id = %(id)s)"
-       for t in ("snapshots", "journal", "recovery_points")},
+       for t in ("snapshots", "journal", "recovery_points", "quarantine")},
+    "orphans_quarantine": "SELECT DISTINCT context_id FROM {s}.quarantine t "
+                          "WHERE NOT EXISTS (SELECT 1 FROM {s}.contexts c WHERE c.id = t.context_id)",
+    "stored": _STORED,
+    "set_ttl": "UPDATE {s}.contexts SET ttl = %(ttl)s WHERE id = %(id)s RETURNING id",
+    "expired": "SELECT id FROM {s}.contexts WHERE updated_at + coalesce(ttl, %(d)s::float8) < %(now)s::float8 "
+               "ORDER BY updated_at LIMIT %(limit)s",
+    "has_ttl": "SELECT 1 FROM pg_attribute WHERE attrelid = %(t)s::regclass AND attname = 'ttl' AND NOT attisdropped",
+    "add_ttl": "ALTER TABLE {s}.contexts ADD COLUMN IF NOT EXISTS ttl double precision",
+    "has_quarantine": "SELECT to_regclass(%(t)s) IS NOT NULL",
+    "quarantine_delete": "DELETE FROM {s}.quarantine WHERE context_id = %(id)s",
+    "quarantine_snapshot": _QUARANTINE_ROW.replace("{table}", "snapshots").replace("{key}", "version"),
+    "quarantine_journal": _QUARANTINE_ROW.replace("{table}", "journal").replace("{key}", "version"),
+    "quarantine_recovery_point": _QUARANTINE_ROW.replace("{table}", "recovery_points").replace("{key}", "rp_id"),
+    "snapshot_delete": "DELETE FROM {s}.snapshots WHERE context_id = %(id)s AND version = %(v)s",
+    "snapshot_delete_all": "DELETE FROM {s}.snapshots WHERE context_id = %(id)s",
+    "journal_delete": "DELETE FROM {s}.journal WHERE context_id = %(id)s AND version = %(v)s",
+    "journal_delete_all": "DELETE FROM {s}.journal WHERE context_id = %(id)s",
+    "snapshot_blob": "UPDATE {s}.snapshots SET blob = %(blob)s WHERE context_id = %(id)s AND version = %(v)s",
+    "rp_blob": "UPDATE {s}.recovery_points SET blob = %(blob)s WHERE context_id = %(id)s AND rp_id = %(rp)s",
+    "set_version": "UPDATE {s}.contexts SET version = %(v)s, updated_at = %(u)s WHERE id = %(id)s",
+    "set_next_rp": "UPDATE {s}.contexts SET next_rp_id = %(n)s WHERE id = %(id)s",
 }
 
 _KIND: dict[type, str] = {
     CreateContext: "create", Append: "append", PutSnapshot: "snapshot", PutRecoveryPoint: "recovery_point",
-    DeleteRecoveryPoint: "delete_recovery_point", DeleteContext: "delete",
+    DeleteRecoveryPoint: "delete_recovery_point", DeleteContext: "delete", SetTTL: "ttl",
 }
+_RECOVERY = ("strict", "fallback")
+_FALLBACK_HINT = "open the store with recovery='fallback' to load what can be recovered, or run verify()"
 
-
-_ROW_KIND = {"snapshots": "snapshot", "journal": "journal", "recovery_points": "recovery_point"}
+_ROW_KIND = {"snapshots": "snapshot", "journal": "journal", "recovery_points": "recovery_point",
+             "quarantine": "quarantine"}
 
 
 def _row_kind(what: str) -> str:
@@ -920,6 +1427,37 @@ def _row_kind(what: str) -> str:
         if what.startswith(prefix):
             return kind
     return "context"
+
+
+def _began(begin: Any) -> bool:
+    """Whether the BEGIN of a pipelined commit completed on the server (None: never sent). A session
+    found dead at the first result never began: its commit is safe to retry on a new connection."""
+    result = None if begin is None else begin.pgresult
+    return result is not None and result.status == psycopg.pq.ExecStatus.COMMAND_OK
+
+
+def _skipped_rows(stored: _Stored, recovered: int, lost: tuple[int, ...]) -> list[SkippedItem]:
+    """Every row a fallback recovery that reached v`recovered` could not use, in version order."""
+    top = stored.version
+    skipped = [SkippedItem("snapshot", r.version, r.problem or "") for r in stored.snapshots if r.problem is not None]
+    skipped += [SkippedItem("recovery_point", r.version, r.problem or "", r.rp_id) for r in stored.rps
+                if r.problem is not None]
+    for v in sorted(stored.journal):
+        r = stored.journal[v]
+        if r.problem is not None and (v <= recovered or v > top):
+            skipped.append(SkippedItem("journal", v, r.problem))
+        elif v > top:
+            skipped.append(SkippedItem("journal", v, f"beyond the acknowledged version v{top}"))
+    for v in lost:
+        entry = stored.journal.get(v)
+        if entry is None:
+            skipped.append(SkippedItem("journal", v, "missing"))
+        elif entry.problem is not None:
+            skipped.append(SkippedItem("journal", v, entry.problem))
+        else:
+            skipped.append(SkippedItem("journal", v, f"valid, but follows the unrecoverable v{lost[0]}"))
+    skipped.sort(key=lambda s: (s.version, s.what))
+    return skipped
 
 
 def _context_of(op: Op) -> str:

@@ -1,5 +1,5 @@
 """Fixtures of the multi-process tests: the PostgreSQL server (skipped with the reason when none
-answers, required under ``CI=true``: the logic of tests/storage/conftest.py, imported from there), a
+answers, required under ``CI=true``: tests/pg.py, shared with tests/storage and tests/reliability), a
 schema per test (dropped afterwards), its ``postgresql://`` URL, and the node processes a test
 starts (all killed and reaped at teardown)."""
 
@@ -18,12 +18,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 
 # the server fixtures, shared with tests/storage (imported to register them here, hence F401/F811)
-from tests.storage.conftest import pg_dsn, pg_schema  # noqa: F401
+from tests.pg import pg_dsn, pg_schema, url_for  # noqa: F401
 
 NODE = Path(__file__).with_name("node.py")
 _OUR_THREADS = ("hoard-listener", "hoard-lease-renewal")
@@ -46,15 +45,8 @@ def no_leaked_threads() -> Iterator[None]:
 @pytest.fixture
 def pg_url(pg_dsn: str, pg_schema: str) -> Callable[..., str]:  # noqa: F811
     """``pg_url(lease_ttl=1.0)``: the ``postgresql://`` URL of this test's schema, as users write it."""
-    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415 - after pg_dsn proved it importable
-
-    params = conninfo_to_dict(pg_dsn)
-    user = quote(str(params.get("user", "postgres")), safe="")
-    password = f":{quote(str(params['password']), safe='')}" if params.get("password") else ""
-    where = f"{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{params.get('dbname', 'test')}"
-
     def url(lease_ttl: float = 10.0) -> str:
-        return f"postgresql://{user}{password}@{where}?schema={pg_schema}&lease_ttl={lease_ttl}"
+        return url_for(pg_dsn, pg_schema, lease_ttl=lease_ttl)
     return url
 
 

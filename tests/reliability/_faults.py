@@ -1,10 +1,18 @@
-"""Fault injection into a real, open `SQLiteStore`.
+"""Fault injection into a real, open `SQLiteStore` (`Faults`) or `PostgresStore` (`PgFaults`).
 
-Nothing of the store's own logic is replaced: its sqlite3 connection is wrapped by `FaultyConnection`,
-which passes every statement to SQLite except the ones a test arms it to fail (with the error SQLite
-itself raises for a failing disk), and its codec's zstd compressor can be swapped for one that fails.
-"Disk full" is real: SQLite's ``max_page_count`` is lowered to the database's current size, so the
-next write that needs a page gets SQLite's own SQLITE_FULL.
+Nothing of the store's own logic is replaced. SQLite: its sqlite3 connection is wrapped by
+`FaultyConnection`, which passes every statement to SQLite except the ones a test arms it to fail (with
+the error SQLite itself raises for a failing disk), and its codec's zstd compressor can be swapped for
+one that fails. "Disk full" is real: SQLite's ``max_page_count`` is lowered to the database's current
+size, so the next write that needs a page gets SQLite's own SQLITE_FULL.
+
+PostgreSQL: the faults happen in the server. Triggers on the store's tables (installed in the test's
+schema, armed and cleared from a connection of the test's own) make the server itself fail the
+statement that writes a row (``disk_full``, SQLSTATE 53100), fail the COMMIT (a deferred constraint
+trigger raising ``io_error``, 58030, at commit time: the transaction is aborted), or end the store's
+own session at either point (``pg_terminate_backend(pg_backend_pid())``: the connection is lost mid-write
+or while COMMIT is in flight, exactly as when a network or the server fails). The store sees what it
+would see from a real failure, over its real connection.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from typing import Any
 
 import zstandard
 
-from storage import SQLiteStore
+from storage import PostgresStore, SQLiteStore
 
 
 def _shape(sql: str) -> list[str]:
@@ -100,8 +108,150 @@ class Faults:
         else:
             raise ValueError(kind)
 
+    def fail_insert(self, table: str) -> None:
+        """Fail every statement that inserts into `table`."""
+        self.fail_sql(f"INSERT INTO {table}")
+
+    def fail_commits(self, every: int) -> None:
+        """Fail every `every`-th COMMIT (after the statements before it succeeded)."""
+        real_execute = self.conn.execute
+        calls = {"n": 0}
+
+        def execute(sql: str, params: Any = ()) -> Any:
+            if sql == "COMMIT":
+                calls["n"] += 1
+                if calls["n"] % every == 0:
+                    raise self.conn.error
+            return real_execute(sql, params)
+        self.conn.execute = execute  # type: ignore[method-assign]
+        self._restore_execute: Callable[..., Any] | None = real_execute
+
     def clear(self) -> None:
         self.conn.fail_when = None
+        restore = getattr(self, "_restore_execute", None)
+        if restore is not None:
+            self.conn.execute = restore  # type: ignore[method-assign]
+            self._restore_execute = None
         if self.store._db is not None:  # noqa: SLF001 - still open
             self.real.execute("PRAGMA max_page_count=1073741823")
         self.store.codec._cctx = self._compressor  # noqa: SLF001
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------------
+# A fault point is armed by a row of test_faults: the trigger of `point` fires `action` on every
+# `every`-th row it sees (counted by a sequence: counts survive the rollback of the failed transaction).
+# A commit-time point fires at most once per transaction (a transaction-local setting remembers it).
+_PG_SETUP = """
+CREATE TABLE IF NOT EXISTS {s}.test_faults (point text PRIMARY KEY, action text NOT NULL, every int NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS {s}.test_fault_seen;
+CREATE SEQUENCE IF NOT EXISTS {s}.test_fault_fired;
+CREATE OR REPLACE FUNCTION {s}.test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    f record;
+BEGIN
+    SELECT action, every INTO f FROM {s}.test_faults WHERE point = TG_ARGV[0];
+    IF NOT FOUND THEN
+        RETURN NEW;  -- a BEFORE trigger must return the row (AFTER ones: ignored)
+    END IF;
+    IF TG_ARGV[0] = 'commit' THEN
+        IF current_setting('hoard_test.commit_seen', true) = 'yes' THEN
+            RETURN NEW;
+        END IF;
+        PERFORM set_config('hoard_test.commit_seen', 'yes', true);
+    END IF;
+    IF nextval('{s}.test_fault_seen') % f.every <> 0 THEN
+        RETURN NEW;
+    END IF;
+    PERFORM nextval('{s}.test_fault_fired');
+    IF f.action = 'disconnect' THEN
+        PERFORM pg_terminate_backend(pg_backend_pid());
+        PERFORM pg_sleep(10);  -- ended by the signal before this returns
+    ELSIF TG_ARGV[0] = 'commit' THEN
+        RAISE EXCEPTION 'simulated: could not fsync file "pg_wal/000000010000000000000001"'
+            USING ERRCODE = 'io_error';
+    ELSE
+        RAISE EXCEPTION 'simulated: could not extend file: No space left on device'
+            USING ERRCODE = 'disk_full';
+    END IF;
+    RETURN NEW;
+END $$;
+"""
+_PG_TABLES = ("journal", "snapshots", "recovery_points", "contexts")
+
+
+class PgFaults:
+    """Arms and clears server-side faults on the schema of one open `PostgresStore` (see the module
+    docstring), and can swap its codec's compressor for a failing one. `clear()` disarms everything."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        import psycopg  # noqa: PLC0415 - the PostgreSQL tests only
+
+        self.store = store
+        self.schema = s = f'"{store.schema}"'
+        self._admin = psycopg.connect(store.dsn, autocommit=True)
+        with self._admin.transaction():
+            self._admin.execute(_PG_SETUP.format(s=s))
+            for table in _PG_TABLES:
+                if table != "contexts":
+                    self._admin.execute(f"CREATE OR REPLACE TRIGGER test_fault_insert BEFORE INSERT ON {s}.{table} "
+                                        f"FOR EACH ROW EXECUTE FUNCTION {s}.test_fault('insert_{table}')")
+                self._admin.execute(f"DROP TRIGGER IF EXISTS test_fault_commit ON {s}.{table}")
+                self._admin.execute(f"CREATE CONSTRAINT TRIGGER test_fault_commit AFTER INSERT OR UPDATE OR DELETE "
+                                    f"ON {s}.{table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+                                    f"EXECUTE FUNCTION {s}.test_fault('commit')")
+        self._compressor = store.codec._cctx  # noqa: SLF001
+
+    def _arm(self, point: str, action: str, every: int = 1) -> None:
+        with self._admin.transaction():
+            self._admin.execute(f"ALTER SEQUENCE {self.schema}.test_fault_seen RESTART")
+            self._admin.execute(f"ALTER SEQUENCE {self.schema}.test_fault_fired RESTART")
+            self._admin.execute(f"INSERT INTO {self.schema}.test_faults VALUES (%s, %s, %s) "  # noqa: S608 - our schema
+                                "ON CONFLICT (point) DO UPDATE SET action = EXCLUDED.action, every = EXCLUDED.every",
+                                (point, action, every))
+
+    def fail_insert(self, table: str, *, disconnect: bool = False) -> None:
+        """The server fails (or, with `disconnect`, ends the session at) every insert into `table`."""
+        self._arm(f"insert_{table}", "disconnect" if disconnect else "error")
+
+    def fail_commits(self, every: int = 1, *, disconnect: bool = False) -> None:
+        """Every `every`-th COMMIT of a transaction that wrote a store table fails (or, with
+        `disconnect`, loses its connection while COMMIT is in flight); the transaction is aborted."""
+        self._arm("commit", "disconnect" if disconnect else "error", every)
+
+    def fail_compress(self) -> None:
+        self.store.codec._cctx = FailingCompressor()  # type: ignore[assignment]  # noqa: SLF001
+
+    @property
+    def fired(self) -> int:
+        """How many faults fired since the last arming."""
+        row = self._admin.execute(
+            f"SELECT last_value, is_called FROM {self.schema}.test_fault_fired").fetchone()  # noqa: S608 - our schema
+        assert row is not None
+        last, called = row
+        return int(last) if called else 0
+
+    def arm(self, kind: str) -> None:
+        if kind == "write":  # the journal insert, after the version update in the same statement
+            self.fail_insert("journal")
+        elif kind == "sync":  # the COMMIT itself
+            self.fail_commits()
+        elif kind == "connection":  # the session ends in the middle of the transaction
+            self.fail_insert("journal", disconnect=True)
+        elif kind == "connection_at_commit":  # the session ends while COMMIT is in flight
+            self.fail_commits(disconnect=True)
+        elif kind == "compress":
+            self.fail_compress()
+        else:
+            raise ValueError(kind)
+
+    def clear(self) -> None:
+        if not self._admin.closed:
+            self._admin.execute(f"DELETE FROM {self.schema}.test_faults")  # noqa: S608 - our schema
+        self.store.codec._cctx = self._compressor  # noqa: SLF001
+
+    def close(self) -> None:
+        """Clear the faults and close the admin connection (the triggers go with the schema)."""
+        try:
+            self.clear()
+        finally:
+            self._admin.close()

@@ -16,6 +16,11 @@ After the kill the store must hold, per context:
 * every acknowledged recovery point (unless trimmed by newer ones), at its version;
 * and `verify()` finds nothing.
 
+The store is a SQLite file (`SQLiteAccess`) or a PostgreSQL schema (`PostgresAccess`). On PostgreSQL
+the parent first waits for the killed child's server sessions to end: a session keeps running what
+it had received (a COMMIT, say) until the server notices its client is gone, and the check must see
+the store as it will stay.
+
 In ``deferred`` mode acknowledged changes may be lost; the check then also collects, for each lost
 change, how long before the kill it was acknowledged.
 """
@@ -34,7 +39,8 @@ from typing import Any
 
 import attrs
 
-from storage import SQLiteStore, thaw
+from storage import PostgresStore, SQLiteStore, Store, thaw
+from tests.pg import wait_for_sessions_to_end
 
 CHILD = Path(__file__).resolve().parent / "writer_child.py"
 ABSENT = object()
@@ -104,6 +110,52 @@ def run_child(cfg: dict[str, Any], workdir: Path, *, kill_after: float, from_rea
     return Run(lines, kill_time, proc.returncode, err_path.read_text(errors="replace"), ready_time)
 
 
+class SQLiteAccess:
+    """How the checker reads a SQLite store (strict: any damage fails the round)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def open(self) -> SQLiteStore:
+        store = SQLiteStore(self.path)
+        store.open()
+        return store
+
+    def settle(self, cfg: dict[str, Any]) -> None:
+        """Nothing outlives a killed SQLite writer."""
+
+    @staticmethod
+    def journal(store: Any, context_id: str) -> list[tuple[int, bytes]]:
+        db = store._require()  # noqa: SLF001 - a test reading the raw rows
+        return list(db.execute("SELECT version, blob FROM journal WHERE context_id=?", (context_id,)))
+
+
+class PostgresAccess:
+    """How the checker reads a PostgreSQL store (strict; no lease needed to read)."""
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self.dsn = dsn
+        self.schema = schema
+
+    def open(self) -> PostgresStore:
+        store = PostgresStore(self.dsn, schema=self.schema, notify=False)
+        store.open()
+        return store
+
+    def settle(self, cfg: dict[str, Any]) -> None:
+        """Wait until the server has ended every session of the killed child (see the module docstring)."""
+        wait_for_sessions_to_end(self.dsn, f"hoard {cfg['pg']['owner']}"[:63])
+
+    @staticmethod
+    def journal(store: Any, context_id: str) -> list[tuple[int, bytes]]:
+        import psycopg  # noqa: PLC0415 - the PostgreSQL tests only
+
+        with psycopg.connect(store.dsn, autocommit=True) as conn:
+            return [(v, bytes(b)) for v, b in conn.execute(
+                f'SELECT version, blob FROM "{store.schema}".journal WHERE context_id = %s',  # noqa: S608
+                (context_id,))]
+
+
 @attrs.define
 class Op:
     th: int
@@ -137,6 +189,7 @@ class Model:
         self.data: dict[str, dict[str, Any]] = {c: {} for c in contexts}
         self.rps: dict[str, dict[int, int]] = {c: {} for c in contexts}
         self.total = RoundResult()
+        self.takeovers = 0  # PostgreSQL: rounds in which a new node took the contexts over
 
     @staticmethod
     def parse(run: Run) -> tuple[list[Op], dict[int, Op], RoundResult]:
@@ -162,17 +215,17 @@ class Model:
                 result.commit_durations.append(e["t1"] - e["t0"])
         return acked, last_intent, result
 
-    def check(self, path: Path, run: Run, *, immediate: bool) -> RoundResult:
+    def check(self, where: Path | SQLiteAccess | PostgresAccess, run: Run, *, immediate: bool) -> RoundResult:
         acked, inflight, result = self.parse(run)
         result.acked = len(acked)
         result.inflight = len(inflight)
-        store = SQLiteStore(path)  # strict: any damage fails the round
-        store.open()
+        access = SQLiteAccess(where) if isinstance(where, Path) else where
+        store = access.open()  # strict: any damage fails the round
         try:
             issues = store.verify()
             assert issues == [], f"verify() after the kill: {issues}"
             for c in self.contexts:
-                self._check_context(store, c, acked, inflight, run, result, immediate)
+                self._check_context(store, access, c, acked, inflight, run, result, immediate=immediate)
         finally:
             store.close()
         self.total.acked += result.acked
@@ -183,8 +236,8 @@ class Model:
         self.total.errors += result.errors
         return result
 
-    def _check_context(self, store: SQLiteStore, c: str, acked: list[Op], inflight: dict[int, Op], run: Run,
-                       result: RoundResult, immediate: bool) -> None:
+    def _check_context(self, store: Store, access: SQLiteAccess | PostgresAccess, c: str, acked: list[Op],
+                       inflight: dict[int, Op], run: Run, result: RoundResult, *, immediate: bool) -> None:
         mine = [o for o in acked if o.c == c and o.op != "rp"]
         rps = [o for o in acked if o.c == c and o.op == "rp"]
         state = store.load(c)
@@ -213,12 +266,12 @@ class Model:
         result.max_version = max(result.max_version, state.version)
         # the journal entry of every acknowledged version it still covers is exactly that change
         by_version = {o.version: o for o in present}
-        db = store._require()  # noqa: SLF001 - a test reading the raw rows
-        for version, blob in db.execute("SELECT version, blob FROM journal WHERE context_id=?", (c,)):
+        codec = store.codec  # type: ignore[attr-defined]
+        for version, blob in access.journal(store, c):
             o = by_version.get(version)
             if o is None:
                 continue
-            change = store.codec.decode_change(blob, f"journal v{version}")
+            change = codec.decode_change(blob, f"journal v{version}")
             assert thaw(dict(change.data_set)) == o.sets, f"{c} v{version}: journal {change} != acked {o}"
             assert set(change.data_del) <= set(o.dels), f"{c} v{version}: journal {change} != acked {o}"
         # every key: newest acknowledged value, or its thread's call in flight, or last round's value

@@ -1,7 +1,11 @@
 """Reliability tests: kill -9, fault injection, property tests and fuzzing (issue 3).
 
 Variants marked ``slow`` (hundreds of kills, thousands of examples) are skipped unless the run selects
-them with ``-m slow`` (or sets ``HOARD_SLOW=1``); the default run keeps to about a minute.
+them with ``-m slow`` (or sets ``HOARD_SLOW=1``); the default run keeps to about a minute and a half
+(about half of it the PostgreSQL variants).
+
+The PostgreSQL variants use the server fixtures of tests/pg.py (a schema per test, dropped afterwards;
+skipped with the reason when no server answers, failed under ``CI=true``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ import os
 from pathlib import Path
 
 import pytest
+
+# the server fixtures, shared with tests/storage and tests/distributed (imported to register them, hence F401)
+from tests.pg import make_pg_store, pg_dsn, pg_schema  # noqa: F401
 
 _HERE = Path(__file__).resolve().parent
 

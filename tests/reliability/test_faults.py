@@ -1,7 +1,11 @@
-"""Store faults on the real SQLite store (see `_faults`): a failed write, sync, full disk or failed
-compression makes the affected calls raise `PersistenceError`, leaves the context at its last durable
-state (nothing uncommitted is visible), reads keep working, writes work again once the fault clears,
-and a reopen shows exactly the acknowledged changes."""
+"""Store faults (see `_faults`), on SQLite and on PostgreSQL: a failed write, sync, full disk, lost
+connection or failed compression makes the affected calls raise `PersistenceError`, leaves the context
+at its last durable state (nothing uncommitted is visible), reads keep working, writes work again once
+the fault clears, and a reopen shows exactly the acknowledged changes.
+
+On PostgreSQL the faults happen in the server (a statement or the COMMIT fails, or the store's session
+is ended in the middle of a transaction or while COMMIT is in flight); the system is opened on a
+``postgresql://`` URL, as users open it (``require_lease=True``)."""
 
 from __future__ import annotations
 
@@ -21,12 +25,14 @@ from runtime import (
     open_system,
     thaw,
 )
-from storage import Append, Change, CreateContext, SQLiteStore, new_state
+from storage import Append, Change, CreateContext, new_state
 from tests.helpers import wait_until
 
-from ._faults import FailingCompressor, Faults
+from ._backends import BACKENDS, Backend, PostgresBackend, SQLiteBackend, backend
+from ._faults import FailingCompressor, Faults, PgFaults
 
-KINDS = ["write", "sync", "disk_full", "compress"]
+KINDS = [(name, kind) for name, cls in (("sqlite", SQLiteBackend), ("postgres", PostgresBackend))
+         for kind in cls.kinds]
 
 
 def big(tag: str) -> dict[str, str]:
@@ -34,50 +40,73 @@ def big(tag: str) -> dict[str, str]:
     return {"tag": tag, "pad": os.urandom(6000).hex()}
 
 
-def reopen(path: Path) -> SQLiteStore:
-    store = SQLiteStore(path)
-    store.open()
-    return store
+@pytest.fixture(params=BACKENDS)
+def store_kind(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return backend(request.param, request, tmp_path)
+
+
+def _faulty(b: Backend, **config: Any) -> tuple[ContextSystem, Faults | PgFaults]:
+    system = open_system(b.target(), manager_config=ContextManagerConfig(**{"call_timeout": 10.0, **config}))
+    try:
+        return system, b.faults(system.store)
+    except BaseException:
+        system.stop()
+        raise
 
 
 @pytest.fixture
-def faulty(tmp_path: Path) -> Iterator[tuple[ContextSystem, Faults]]:
-    system = open_system(tmp_path / "f.db", manager_config=ContextManagerConfig(call_timeout=10.0))
-    faults = Faults(system.store)  # type: ignore[arg-type]
+def faulty(store_kind: Backend) -> Iterator[tuple[ContextSystem, Faults | PgFaults]]:
+    system, faults = _faulty(store_kind)
     try:
         yield system, faults
     finally:
+        _finish(system, faults)
+
+
+def _finish(system: ContextSystem, faults: Faults | PgFaults) -> None:
+    try:
         faults.clear()
-        system.stop()
+    finally:
+        try:
+            system.stop()
+        finally:
+            if isinstance(faults, PgFaults):
+                faults.close()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("name", "kind"), [pytest.param(n, k, marks=pytest.mark.postgres) if n == "postgres"
+                                            else (n, k) for n, k in KINDS], ids=[f"{n}-{k}" for n, k in KINDS])
 def test_a_failed_commit_raises_and_the_context_stays_at_its_durable_state(
-        faulty: tuple[ContextSystem, Faults], kind: str, tmp_path: Path) -> None:
-    system, faults = faulty
-    system.manager.create("other", {"o": 1})
-    t = system.adapter.activate("a")
-    v1 = t.set("k", big("one"))
-    durable = t.state()
-    faults.arm(kind)
-    for attempt in range(3):  # the fault stays: every write fails, none is half-applied
+        request: pytest.FixtureRequest, tmp_path: Path, name: str, kind: str) -> None:
+    b = backend(name, request, tmp_path)
+    system, faults = _faulty(b)
+    try:
+        system.manager.create("other", {"o": 1})
+        t = system.adapter.activate("a")
+        v1 = t.set("k", big("one"))
+        durable = t.state()
+        faults.arm(kind)
+        for attempt in range(3):  # the fault stays: every write fails, none is half-applied
+            with pytest.raises(PersistenceError):
+                t.set("k", big(f"lost-{attempt}"))
+            assert t.state() == durable
+            assert t.get("k")["tag"] == "one"
         with pytest.raises(PersistenceError):
-            t.set("k", big(f"lost-{attempt}"))
-        assert t.state() == durable
-        assert t.get("k")["tag"] == "one"
-    with pytest.raises(PersistenceError):
-        t.update({"k": big("lost-update"), "j": 1})
-    # reads keep working while the store cannot write: published state, other contexts, store reads
-    assert t.version == v1 and "j" not in t
-    assert system.manager.get_state("other").data["o"] == 1
-    assert system.manager.list_ids() == ["a", "default", "other"]
-    assert t.recovery_points() == []
-    faults.clear()
-    v2 = t.set("k", big("two"))  # at once, without a retry: the failed changes are gone
-    assert v2 == v1 + 1
-    assert t.get("k")["tag"] == "two"
-    system.stop()
-    store = reopen(tmp_path / "f.db")
+            t.update({"k": big("lost-update"), "j": 1})
+        if isinstance(faults, PgFaults) and kind != "compress":
+            assert faults.fired == 4  # the server failed every one of them
+        # reads keep working while the store cannot write: published state, other contexts, store reads
+        assert t.version == v1 and "j" not in t
+        assert system.manager.get_state("other").data["o"] == 1
+        assert system.manager.list_ids() == ["a", "default", "other"]
+        assert t.recovery_points() == []
+        faults.clear()
+        v2 = t.set("k", big("two"))  # at once, without a retry: the failed changes are gone
+        assert v2 == v1 + 1
+        assert t.get("k")["tag"] == "two"
+    finally:
+        _finish(system, faults)
+    store = b.open_store()
     try:
         st = store.load("a")
         assert st is not None and st.version == v2 and st.data["k"]["tag"] == "two" and "j" not in st.data
@@ -87,20 +116,13 @@ def test_a_failed_commit_raises_and_the_context_stays_at_its_durable_state(
 
 
 def test_every_call_that_returned_is_durable_and_every_call_that_failed_is_absent(
-        faulty: tuple[ContextSystem, Faults], tmp_path: Path) -> None:
+        faulty: tuple[ContextSystem, Faults | PgFaults], store_kind: Backend) -> None:
     """Group commits of 4 writers fail now and then (every 4th COMMIT): each call's outcome is exact."""
     system, faults = faulty
     trackers = [system.manager.tracker(system.manager.create(f"w{i}").id) for i in range(4)]
-    calls = {"n": 0}
-    real_execute = faults.conn.execute
-
-    def every_fourth_commit(sql: str, params: Any = ()) -> Any:
-        if sql == "COMMIT":
-            calls["n"] += 1
-            if calls["n"] % 4 == 0:
-                raise faults.conn.error
-        return real_execute(sql, params)
-    faults.conn.execute = every_fourth_commit  # type: ignore[method-assign]
+    for t in trackers:
+        t.state()  # activated before the faults: only the writes below meet them
+    faults.fail_commits(every=4)
     outcomes: list[list[tuple[int, bool, int | None]]] = [[] for _ in trackers]
     start = threading.Barrier(len(trackers))
 
@@ -119,11 +141,11 @@ def test_every_call_that_returned_is_durable_and_every_call_that_failed_is_absen
     for th in threads:
         th.join(timeout=60)
     assert not any(th.is_alive() for th in threads)
-    faults.conn.execute = real_execute  # type: ignore[method-assign]
+    faults.clear()
     failed = sum(not ok for out in outcomes for _n, ok, _v in out)
     assert 0 < failed < 4 * 60
     system.stop()
-    store = reopen(tmp_path / "f.db")
+    store = store_kind.open_store()
     try:
         assert store.verify() == []
         for i, out in enumerate(outcomes):
@@ -134,27 +156,27 @@ def test_every_call_that_returned_is_durable_and_every_call_that_failed_is_absen
             assert st is not None and st.version == 1 + len(ok)
             assert st.data.get("n") == (ok[-1][0] if ok else None)
             # the journal holds exactly the acknowledged values, in order
-            db = store._require()  # noqa: SLF001
-            rows = db.execute("SELECT version, blob FROM journal WHERE context_id=? ORDER BY version", (f"w{i}",))
+            rows = store_kind.journal(store, f"w{i}")
             assert [store.codec.decode_change(b).data_set["n"] for _v, b in rows] == [n for n, _v in ok]
     finally:
         store.close()
 
 
-def test_a_failed_snapshot_in_a_group_commit_fails_that_commit_only(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    with open_system(path, manager_config=ContextManagerConfig(snapshot_every=3)) as system:
-        faults = Faults(system.store)  # type: ignore[arg-type]
+def test_a_failed_snapshot_in_a_group_commit_fails_that_commit_only(store_kind: Backend) -> None:
+    system, faults = _faulty(store_kind, snapshot_every=3)
+    try:
         t = system.adapter.activate("a")
         t.set("x", 1)  # v2
-        faults.fail_sql("INSERT INTO snapshots")
+        faults.fail_insert("snapshots")
         t.set("x", 2)  # v3 (first since the snapshot at v1 and the one at load: count 2)
         with pytest.raises(PersistenceError):
             t.set("x", 3)  # v4 would carry the snapshot
         assert (t.version, t.get("x")) == (3, 2)
         faults.clear()
         assert t.set("x", 4) == 4
-    store = reopen(path)
+    finally:
+        _finish(system, faults)
+    store = store_kind.open_store()
     try:
         st = store.load("a")
         assert st is not None and (st.version, st.data["x"]) == (4, 4)
@@ -163,12 +185,13 @@ def test_a_failed_snapshot_in_a_group_commit_fails_that_commit_only(tmp_path: Pa
         store.close()
 
 
-def test_a_failed_passivation_snapshot_loses_nothing(faulty: tuple[ContextSystem, Faults], tmp_path: Path) -> None:
+def test_a_failed_passivation_snapshot_loses_nothing(faulty: tuple[ContextSystem, Faults | PgFaults],
+                                                     store_kind: Backend) -> None:
     system, faults = faulty
     t = system.adapter.activate("a")
     for i in range(5):
         t.set(f"k{i}", i)
-    faults.fail_sql("INSERT INTO snapshots")
+    faults.fail_insert("snapshots")
     system.adapter.deactivate("a")  # the snapshot fails; the journal has every change
     assert system.adapter.status("a") is ContextStatus.INACTIVE
     assert system.manager.get_state("a").version == 6  # read back from the store while it cannot write
@@ -176,7 +199,7 @@ def test_a_failed_passivation_snapshot_loses_nothing(faulty: tuple[ContextSystem
     t2 = system.adapter.activate("a")
     assert t2.version == 6 and t2.set("k5", 5) == 7
     system.stop()
-    store = reopen(tmp_path / "f.db")
+    store = store_kind.open_store()
     try:
         st = store.load("a")
         assert st is not None and st.version == 7 and thaw(dict(st.data)) == {f"k{i}": i for i in range(6)}
@@ -185,11 +208,11 @@ def test_a_failed_passivation_snapshot_loses_nothing(faulty: tuple[ContextSystem
         store.close()
 
 
-def test_a_failed_recovery_point_is_not_kept(faulty: tuple[ContextSystem, Faults]) -> None:
+def test_a_failed_recovery_point_is_not_kept(faulty: tuple[ContextSystem, Faults | PgFaults]) -> None:
     system, faults = faulty
     t = system.adapter.activate("a")
     t.set("k", 1)
-    faults.fail_sql("INSERT INTO recovery_points")
+    faults.fail_insert("recovery_points")
     with pytest.raises(PersistenceError):
         t.create_recovery_point("lost")
     assert t.recovery_points() == []
@@ -199,9 +222,9 @@ def test_a_failed_recovery_point_is_not_kept(faulty: tuple[ContextSystem, Faults
     assert [p.id for p in t.recovery_points()] == [1]
 
 
-def test_a_failed_create_leaves_no_context(faulty: tuple[ContextSystem, Faults]) -> None:
+def test_a_failed_create_leaves_no_context(faulty: tuple[ContextSystem, Faults | PgFaults]) -> None:
     system, faults = faulty
-    faults.fail_sql("INSERT INTO snapshots")  # after the contexts row, in the same transaction
+    faults.fail_insert("snapshots")  # after the contexts row, in the same transaction
     with pytest.raises(PersistenceError):
         system.adapter.activate("new")
     with pytest.raises(PersistenceError):
@@ -213,13 +236,11 @@ def test_a_failed_create_leaves_no_context(faulty: tuple[ContextSystem, Faults])
     assert t.version == 1 and t.set("k", 1) == 2
 
 
-def test_in_deferred_mode_a_failed_commit_rolls_memory_back_to_the_durable_state(tmp_path: Path) -> None:
+def test_in_deferred_mode_a_failed_commit_rolls_memory_back_to_the_durable_state(store_kind: Backend) -> None:
     """Deferred writes are acknowledged before they are committed, so a failed commit takes back
     changes a caller already saw succeed; memory then equals the store again, never more."""
-    path = tmp_path / "d.db"
-    cfg = ContextManagerConfig(durability="deferred", flush_interval=0.01)
-    with open_system(path, manager_config=cfg) as system:
-        faults = Faults(system.store)  # type: ignore[arg-type]
+    system, faults = _faulty(store_kind, durability="deferred", flush_interval=0.01)
+    try:
         t = system.adapter.activate("a")
         t.set("k", 1)
         t.recovery_points()  # a store read commits everything queued before it: v2 is durable
@@ -228,7 +249,9 @@ def test_in_deferred_mode_a_failed_commit_rolls_memory_back_to_the_durable_state
         wait_until(lambda: t.version == 2 and t.get("k") == 1, what="the rollback to the durable v2")
         faults.clear()
         assert t.set("k", 3) == 3
-    store = reopen(path)
+    finally:
+        _finish(system, faults)
+    store = store_kind.open_store()
     try:
         st = store.load("a")
         assert st is not None and (st.version, st.data["k"]) == (3, 3)
@@ -237,8 +260,8 @@ def test_in_deferred_mode_a_failed_commit_rolls_memory_back_to_the_durable_state
 
 
 def test_a_store_commit_whose_compression_fails_raises_persistence_error_and_writes_nothing(
-        tmp_path: Path) -> None:
-    store = reopen(tmp_path / "c.db")
+        store_kind: Backend) -> None:
+    store = store_kind.open_store()
     try:
         store.commit([CreateContext(new_state("a"))])
         store.codec._cctx = FailingCompressor()  # type: ignore[assignment]  # noqa: SLF001
@@ -251,25 +274,117 @@ def test_a_store_commit_whose_compression_fails_raises_persistence_error_and_wri
         store.close()
 
 
-def test_a_commit_whose_outcome_is_unknown_does_not_wedge_the_context(faulty: tuple[ContextSystem, Faults]) -> None:
-    system, faults = faulty
-    t = system.adapter.activate("a")
-    t.set("k", 1)
-    real_execute = faults.conn.execute
-    landed = {"n": 0}
+def test_a_commit_whose_outcome_is_unknown_does_not_wedge_the_context(tmp_path: Path) -> None:
+    system, faults = _faulty(SQLiteBackend(tmp_path))
+    try:
+        assert isinstance(faults, Faults)
+        t = system.adapter.activate("a")
+        t.set("k", 1)
+        real_execute = faults.conn.execute
+        landed = {"n": 0}
 
-    def commit_then_fail(sql: str, params: Any = ()) -> Any:
-        cur = real_execute(sql, params)
-        if sql == "COMMIT" and landed["n"] == 0:
-            landed["n"] += 1
-            raise faults.conn.error  # the data is committed, the caller is told it failed
-        return cur
-    faults.conn.execute = commit_then_fail  # type: ignore[method-assign]
-    # the COMMIT raised after the transaction reached the store: the store holds the change, so it is
-    # acknowledged (the persistence actor asks the store instead of trusting the error)
-    assert t.set("k", 2) == 3
-    assert landed["n"] == 1
-    faults.conn.execute = real_execute  # type: ignore[method-assign]
-    v = t.set("k", 3)  # and the context goes on
-    assert v == 4 and t.get("k") == 3
-    assert system.manager.get_state("a").version == v
+        def commit_then_fail(sql: str, params: Any = ()) -> Any:
+            cur = real_execute(sql, params)
+            if sql == "COMMIT" and landed["n"] == 0:
+                landed["n"] += 1
+                raise faults.conn.error  # the data is committed, the caller is told it failed
+            return cur
+        faults.conn.execute = commit_then_fail  # type: ignore[method-assign]
+        # the COMMIT raised after the transaction reached the store: the store holds the change, so it is
+        # acknowledged (the persistence actor asks the store instead of trusting the error)
+        assert t.set("k", 2) == 3
+        assert landed["n"] == 1
+        faults.conn.execute = real_execute  # type: ignore[method-assign]
+        v = t.set("k", 3)  # and the context goes on
+        assert v == 4 and t.get("k") == 3
+        assert system.manager.get_state("a").version == v
+    finally:
+        _finish(system, faults)
+
+
+# -- PostgreSQL: a connection lost while COMMIT is in flight --------------------------------------------------
+@pytest.mark.postgres
+def test_on_postgres_a_commit_that_landed_before_its_connection_was_lost_is_acknowledged(
+        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server committed, then the session ended before the client heard back: the store looks the
+    transaction up (``txid_status``) and acknowledges the write; the context goes on at once."""
+    b = backend("postgres", request, tmp_path)
+    system, faults = _faulty(b)
+    try:
+        t = system.adapter.activate("a")
+        t.set("k", 1)
+        store = system.store
+        real_finish = store._finish  # type: ignore[attr-defined]  # noqa: SLF001 - the store's COMMIT seam
+        landed = {"n": 0}
+
+        def commit_then_lose_the_session(conn: Any) -> None:
+            real_finish(conn)
+            if landed["n"] == 0:
+                landed["n"] += 1
+                faults._admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))  # noqa: SLF001
+                wait_until(lambda: _broken(conn), what="the session to end")
+                conn.execute("SELECT 1")  # the client learns it now, as it would reading COMMIT's reply
+        monkeypatch.setattr(store, "_finish", commit_then_lose_the_session)
+        assert t.set("k", 2) == 3  # acknowledged: it is stored
+        assert landed["n"] == 1
+        assert t.set("k", 3) == 4
+        assert system.manager.get_state("a").version == 4
+    finally:
+        _finish(system, faults)
+    store2 = b.open_store()
+    try:
+        st = store2.load("a")
+        assert st is not None and (st.version, st.data["k"]) == (4, 3)
+        assert [v for v, _b in b.journal(store2, "a")] == [2, 3, 4]  # nothing lost, nothing doubled
+        assert store2.verify() == []
+    finally:
+        store2.close()
+
+
+def _broken(conn: Any) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except Exception:  # noqa: BLE001 - any error means the session is gone
+        return True
+    return False
+
+
+@pytest.mark.postgres
+def test_on_postgres_a_landed_commit_whose_outcome_cannot_be_looked_up_is_acknowledged(
+        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, but the store cannot learn the outcome either (its lookup fails, as when the server
+    stays unreachable for a moment): the commit raises, and the persistence actor, asking the store,
+    finds the change stored and acknowledges it; the context is not wedged."""
+    b = backend("postgres", request, tmp_path)
+    system, faults = _faulty(b)
+    try:
+        t = system.adapter.activate("a")
+        t.set("k", 1)
+        store = system.store
+        real_finish = store._finish  # type: ignore[attr-defined]  # noqa: SLF001 - the store's COMMIT seam
+        landed = {"n": 0}
+
+        def commit_then_lose_the_session(conn: Any) -> None:
+            real_finish(conn)
+            if landed["n"] == 0:
+                landed["n"] += 1
+                faults._admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))  # noqa: SLF001
+                wait_until(lambda: _broken(conn), what="the session to end")
+                conn.execute("SELECT 1")
+
+        def lookup_fails(xid: int, exc: Exception, context_id: str | None) -> bool:
+            raise PersistenceError(f"the connection broke during COMMIT ({exc}) and the outcome cannot be "
+                                   "looked up (simulated)", context_id=context_id)
+        monkeypatch.setattr(store, "_finish", commit_then_lose_the_session)
+        monkeypatch.setattr(store, "_committed_anyway", lookup_fails)
+        assert t.set("k", 2) == 3
+        assert landed["n"] == 1
+        assert t.set("k", 3) == 4 and system.manager.get_state("a").version == 4
+    finally:
+        _finish(system, faults)
+    store2 = b.open_store()
+    try:
+        assert [v for v, _b in b.journal(store2, "a")] == [2, 3, 4]
+        assert store2.verify() == []
+    finally:
+        store2.close()

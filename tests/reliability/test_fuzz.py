@@ -1,6 +1,8 @@
 """Fuzzing of the blob decoder and the store reader: random and mutated blobs (bit flips, truncation,
 length-field lies, valid headers over garbage or hostile zstd/JSON, decompression bombs) give
-`CorruptStateError` and nothing else: no other exception, no hang, no large allocation."""
+`CorruptStateError` and nothing else: no other exception, no hang, no large allocation. The store
+reader fuzz runs on SQLite and on PostgreSQL (a schema per test, reset to the pristine rows before each
+damaged copy)."""
 
 from __future__ import annotations
 
@@ -186,10 +188,14 @@ def test_the_store_refuses_a_bomb_in_a_snapshot_row(tmp_path: Path) -> None:
 
 
 # -- the store reader ------------------------------------------------------------------------------
-def _pristine_store(path: Path) -> dict[str, ContextState]:
-    """Three contexts with two snapshots, a journal and recovery points each."""
-    store = SQLiteStore(path)
-    store.open()
+def _pristine_store(path: Path | Callable[[], Any]) -> dict[str, ContextState]:
+    """Three contexts with two snapshots, a journal and recovery points each (in the SQLite file `path`,
+    or in the store that `path()` opens)."""
+    if isinstance(path, Path):
+        store: Any = SQLiteStore(path)
+        store.open()
+    else:
+        store = path()
     truth = {}
     try:
         for n, cid in enumerate(("a", "b/..", "c")):
@@ -233,10 +239,13 @@ def _load_or_refuse(store: SQLiteStore, cid: str) -> ContextState | None:
     return got
 
 
-def _strict_and_fix(path: Path, cid: str, truth: ContextState, counts: dict[str, int]) -> None:
+def _strict_and_fix(path: Path | Callable[..., Any], cid: str, truth: ContextState, counts: dict[str, int]) -> None:
     """Strict loads the true state or refuses; verify(fix=True) never makes it load anything else."""
-    store = SQLiteStore(path)
-    store.open()
+    if isinstance(path, Path):
+        store: Any = SQLiteStore(path)
+        store.open()
+    else:
+        store = path()
     try:
         before = _load_or_refuse(store, cid)
         assert before in (None, truth)  # loaded only if the damaged rows were not needed (old rows)
@@ -249,10 +258,13 @@ def _strict_and_fix(path: Path, cid: str, truth: ContextState, counts: dict[str,
         store.close()
 
 
-def _fallback(path: Path, cid: str, truth: ContextState, counts: dict[str, int]) -> None:
+def _fallback(path: Path | Callable[..., Any], cid: str, truth: ContextState, counts: dict[str, int]) -> None:
     """Fallback loads the true state, or the best older one as a new version and says so, or refuses."""
-    store = SQLiteStore(path, recovery="fallback")
-    store.open()
+    if isinstance(path, Path):
+        store: Any = SQLiteStore(path, recovery="fallback")
+        store.open()
+    else:
+        store = path(recovery="fallback")
     try:
         got = _load_or_refuse(store, cid)
         if got is None:
@@ -295,6 +307,87 @@ def _run_store_fuzz(tmp_path: Path, n_inputs: int, seed: int) -> dict[str, int]:
         _damaged_copy(pristine, tmp_path / "fallback.db", victims)
         _fallback(tmp_path / "fallback.db", cid, truth[cid], counts)
     return counts
+
+
+_PG_TABLES = {"contexts": "id", "snapshots": "context_id, version", "journal": "context_id, version",
+              "recovery_points": "context_id, rp_id"}
+
+
+class _PgPristine:
+    """The rows of a pristine PostgreSQL store, and a way to put them back (after a damaged copy was
+    loaded, verified, fixed and recovered, which rewrites and quarantines rows)."""
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        import psycopg  # noqa: PLC0415 - the PostgreSQL tests only
+
+        self.conn = psycopg.connect(dsn, autocommit=True, options=f"-c search_path={schema}")
+        self.schema = schema
+        self.rows = {t: self.conn.execute(f"SELECT * FROM {t} ORDER BY {key}").fetchall()  # noqa: S608 - fixed names
+                     for t, key in _PG_TABLES.items()}
+
+    def damaged_copy(self, victims: list[tuple[str, str, int, bytes]]) -> None:
+        with self.conn.transaction():
+            if self.conn.execute("SELECT to_regclass('quarantine')").fetchone()[0] is not None:
+                self.conn.execute("DELETE FROM quarantine")
+            for t in _PG_TABLES:
+                self.conn.execute(f"DELETE FROM {t}")  # noqa: S608 - fixed names
+            for t, rows in self.rows.items():
+                if rows:
+                    marks = ", ".join(["%s"] * len(rows[0]))
+                    self.conn.cursor().executemany(f"INSERT INTO {t} VALUES ({marks})", rows)  # noqa: S608
+            for table, cid, key, bad in victims:
+                col = "rp_id" if table == "recovery_points" else "version"
+                self.conn.execute(f"UPDATE {table} SET blob = %s WHERE context_id = %s AND {col} = %s",  # noqa: S608
+                                  (bad, cid, key))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _run_pg_store_fuzz(dsn: str, schema: str, n_inputs: int, seed: int) -> dict[str, int]:
+    from storage import PostgresStore  # noqa: PLC0415
+
+    def opener(**kw: Any) -> PostgresStore:
+        store = PostgresStore(dsn, schema=schema, notify=False, **kw)
+        store.open()
+        return store
+
+    truth = _pristine_store(opener)
+    pristine = _PgPristine(dsn, schema)
+    rng = random.Random(seed)  # noqa: S311 - picks mutations, not secrets
+    counts = dict.fromkeys(("inputs", "strict_refused", "strict_loaded", "fixed_by_verify", "fallback_loaded",
+                            "fallback_lost", "fallback_refused"), 0)
+    rows = [(t, r[0], r[1], bytes(r[2])) for t in ("snapshots", "journal") for r in pristine.rows[t]]
+    rows += [("recovery_points", r[0], r[1], bytes(r[5])) for r in pristine.rows["recovery_points"]]
+    try:
+        for _ in range(n_inputs):
+            victims = [(t, cid, key, mutate(rng, blob, recompute_crc=False)[1])
+                       for t, cid, key, blob in rng.sample(rows, rng.randint(1, 3))]
+            cid = victims[0][1]
+            counts["inputs"] += 1
+            pristine.damaged_copy(victims)
+            _strict_and_fix(opener, cid, truth[cid], counts)
+            pristine.damaged_copy(victims)
+            _fallback(opener, cid, truth[cid], counts)
+    finally:
+        pristine.close()
+    return counts
+
+
+@pytest.mark.postgres
+def test_on_postgres_the_store_reader_refuses_or_recovers_every_damaged_store(pg_dsn: str, pg_schema: str) -> None:
+    counts = _run_pg_store_fuzz(pg_dsn, pg_schema, 120, seed=23)
+    print("postgres store fuzz:", counts)
+    assert counts["inputs"] == 120 and counts["strict_refused"] > 40 and counts["fallback_loaded"] > 40
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_on_postgres_the_store_reader_refuses_or_recovers_every_damaged_store_many_inputs(
+        pg_dsn: str, pg_schema: str) -> None:
+    counts = _run_pg_store_fuzz(pg_dsn, pg_schema, 3000, seed=24)
+    print("postgres store fuzz:", counts)
 
 
 def test_the_store_reader_refuses_or_recovers_every_damaged_store(tmp_path: Path) -> None:

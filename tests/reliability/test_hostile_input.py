@@ -1,7 +1,11 @@
 """Hostile input gets a typed error and changes nothing: malformed context ids, keys and values that
 are not JSON (NaN, cycles, 100 levels, too large), files that are not hoard stores or come from a newer
 hoard. Ids with slashes and dots are ordinary ids (they never become paths). Nothing is unpickled
-anywhere; store files are owner-only (0600), the -wal and -shm files included."""
+anywhere; store files are owner-only (0600), the -wal and -shm files included.
+
+The PostgreSQL variants (a schema per test) check the same through ``open_system(postgresql://...)`` and
+the store itself, and that a schema that is not a hoard store (or is a newer hoard's) is refused and left
+untouched; recovery point labels are checked on both stores."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime import (
@@ -26,9 +30,12 @@ from runtime import (
     CorruptStateError,
     InvalidContextIdError,
     InvalidValueError,
+    PersistenceError,
     open_system,
 )
-from storage import CreateContext, SQLiteStore, new_state
+from storage import Append, Change, CreateContext, DeleteContext, PostgresStore, SQLiteStore, new_state
+
+from ._backends import PostgresBackend, backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -259,3 +266,192 @@ def test_store_files_are_owner_only_even_with_an_open_umask(tmp_path: Path) -> N
             assert modes == dict.fromkeys(names, 0o600)
     finally:
         os.umask(old)
+
+
+# -- recovery point labels -----------------------------------------------------------------------------------
+LABELS = [("sqlite", "a\x00b"), ("postgres", "a\x00b"), ("postgres", "\ud800"),
+          ("sqlite", "\ud800")]
+
+
+def _label_case(name: str, label: str) -> Any:
+    marks: list[Any] = [pytest.mark.postgres] if name == "postgres" else []
+    return pytest.param(name, label, marks=marks, id=f"{name}-{label!r}")
+
+
+@pytest.mark.parametrize(("name", "label"), [_label_case(n, lb) for n, lb in LABELS])
+def test_a_recovery_point_label_is_stored_exactly_or_refused_with_a_typed_error(
+        request: pytest.FixtureRequest, tmp_path: Path, name: str, label: str) -> None:
+    """PostgreSQL text cannot hold NUL; no store can hold a lone surrogate. Whatever a store cannot keep
+    exactly is refused with our error, changes nothing, and the system goes on."""
+    b = backend(name, request, tmp_path)
+    with open_system(b.target(), manager_config=ContextManagerConfig(call_timeout=2.0)) as system:
+        t = system.adapter.activate("l")
+        t.set("k", 1)
+        before = (t.state(), t.recovery_points())
+        try:
+            rp = t.create_recovery_point(label)
+        except (InvalidValueError, PersistenceError):
+            assert (t.state(), t.recovery_points()) == before
+            rp = None
+        else:
+            assert [p.label for p in t.recovery_points()] == [label]
+        assert t.set("k", 2) == 3  # the system goes on
+    with open_system(b.target()) as system:
+        assert [p.label for p in system.manager.recovery_points("l")] == ([] if rp is None else [label])
+
+
+# -- the same on PostgreSQL ----------------------------------------------------------------------------------
+@pytest.fixture
+def pg(pg_dsn: str, pg_schema: str, tmp_path: Path) -> PostgresBackend:
+    return PostgresBackend(pg_dsn, pg_schema)
+
+
+def _pg_rows(b: PostgresBackend) -> dict[str, int]:
+    import psycopg  # noqa: PLC0415 - the PostgreSQL tests only
+
+    with psycopg.connect(b.dsn, autocommit=True) as conn:
+        return {t: conn.execute(f'SELECT count(*) FROM "{b.schema}".{t}').fetchone()[0]  # noqa: S608 - fixed names
+                for t in ("contexts", "snapshots", "journal", "recovery_points")}
+
+
+@pytest.mark.postgres
+def test_on_postgres_a_malformed_context_id_is_refused_everywhere_and_changes_nothing(pg: PostgresBackend) -> None:
+    with open_system(pg.target(), manager_config=ContextManagerConfig(max_value_bytes=1000)) as system:
+        a, m = system.adapter, system.manager
+        before = (m.list_ids(), _pg_rows(pg))
+        for bad in BAD_IDS:
+            for call in (a.activate, a.switch, a.tracker, a.status, a.deactivate, a.create_and_activate, m.create,
+                         m.get_state, m.exists, m.delete, lambda b: m.update(b, {"k": 1}), m.recovery_points):
+                with pytest.raises(InvalidContextIdError):
+                    call(bad)
+        assert (m.list_ids(), _pg_rows(pg)) == before
+        assert a.current_id() == "default"
+
+
+@pytest.mark.postgres
+def test_on_postgres_ids_with_slashes_dots_and_any_unicode_round_trip_exactly(pg: PostgresBackend) -> None:
+    with open_system(pg.target()) as system:
+        for i, cid in enumerate(GOOD_IDS):
+            system.adapter.activate(cid).set("i", i)
+    with open_system(pg.target()) as system:
+        assert system.manager.list_ids() == sorted([*GOOD_IDS, "default"])
+        for i, cid in enumerate(GOOD_IDS):
+            assert system.manager.get_state(cid).data["i"] == i
+            assert system.adapter.status(cid) is ContextStatus.INACTIVE
+        assert system.store.verify() == []
+
+
+@pytest.fixture
+def pg_store(make_pg_store: Callable[..., PostgresStore]) -> PostgresStore:
+    return make_pg_store(notify=False)
+
+
+@pytest.mark.postgres
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cid=st.text(min_size=1, max_size=60))
+def test_on_postgres_any_valid_id_round_trips_through_the_store_and_any_invalid_one_is_refused(
+        pg_store: PostgresStore, cid: str) -> None:
+    """One store (and schema) for every example, as a fresh one each would cost more than the test:
+    each example starts from an empty store and deletes what it made."""
+    store = pg_store
+    assert store.count() == 0
+    valid = (len(cid.encode("utf-8", "surrogatepass")) <= 255
+             and not any(ord(c) < 32 or 127 <= ord(c) < 160 or 0xD800 <= ord(c) < 0xE000 for c in cid))
+    if not valid:
+        for call in (lambda: store.commit([CreateContext(new_state(cid))]), lambda: store.load(cid),
+                     lambda: store.info(cid), lambda: store.recovery_points(cid),
+                     lambda: store.commit([Append(cid, Change(2, 0.0, {"k": 1}))])):
+            with pytest.raises(InvalidContextIdError):
+                call()
+        assert store.count() == 0 and store.list_ids(cid) == []
+        return
+    store.commit([CreateContext(new_state(cid, {"v": cid}))])
+    try:
+        assert store.list_ids() == [cid] and store.list_ids(cid) == [cid]
+        st_ = store.load(cid)
+        assert st_ is not None and st_.id == cid and st_.data["v"] == cid
+    finally:
+        store.commit([DeleteContext(cid)])
+
+
+@pytest.mark.postgres
+def test_on_postgres_values_and_keys_that_are_not_storable_are_refused_and_change_nothing(
+        pg: PostgresBackend) -> None:
+    with open_system(pg.target(), manager_config=ContextManagerConfig(max_value_bytes=1000)) as system:
+        t = system.adapter.activate("v")
+        t.set("keep", 1)
+        before = t.state()
+        m, a = system.manager, system.adapter
+        writes: list[Callable[[str, Any], object]] = [
+            lambda _n, v: t.set("k", v), lambda _n, v: t.update({"ok": 1, "k": v}),
+            lambda _n, v: t.transact(lambda d: d.update({"ok": 1, "k": v})), lambda _n, v: t.set_metadata("k", v),
+            lambda _n, v: t.set_metadata({"ok": 1, "k": v}), lambda n, v: m.create(f"new-{n}", {"k": v}),
+            lambda n, v: a.create_and_activate(f"new2-{n}", metadata={"k": v})]
+        for name, value in BAD_VALUES:
+            for write in writes:
+                with pytest.raises(InvalidValueError) as info:
+                    write(name, value)
+                assert info.value.key in ("k", None), name
+        key_writes: list[Callable[[Any], object]] = [
+            lambda k: t.set(k, 1), lambda k: t.update({k: 1}), lambda k: t.transact(lambda d: d.__setitem__(k, 1)),
+            lambda k: t.set_metadata({k: 1})]
+        for key in BAD_KEYS:
+            for key_write in key_writes:
+                with pytest.raises(InvalidValueError):
+                    key_write(key)
+        assert t.state() == before
+        system.adapter.deactivate("v")
+        assert system.manager.get_state("v") == before  # what the store holds, too
+        assert system.manager.list_ids() == ["default", "v"]
+
+
+@pytest.mark.postgres
+def test_on_postgres_size_limits_count_escaped_bytes(pg: PostgresBackend) -> None:
+    cfg = ContextManagerConfig(max_value_bytes=300_000, max_state_bytes=300_000)
+    with open_system(pg.target(), manager_config=cfg) as system:
+        t = system.adapter.activate("e")
+        with pytest.raises(InvalidValueError, match="max_value_bytes"):
+            t.set("big", "\x00" * 290_000)  # 1.74 MB as JSON
+        t.set("a", "\x01" * 45_000)  # 270 KB as JSON: accepted
+        with pytest.raises(InvalidValueError, match="max_state_bytes"):
+            t.set("b", "\x02" * 10_000)  # 60 KB more would pass 300 KB
+        v = t.version
+    with open_system(pg.target(), manager_config=cfg) as system:
+        assert system.manager.get_state("e").version == v
+        assert system.manager.get_state("e").data["a"] == "\x01" * 45_000
+
+
+def _foreign_schema(b: PostgresBackend, conn: Any) -> None:
+    conn.execute(f'CREATE TABLE "{b.schema}".people (name text)')
+    conn.execute(f"""INSERT INTO "{b.schema}".people VALUES ('ana')""")  # noqa: S608 - the test's schema
+
+
+def _newer_schema(b: PostgresBackend, conn: Any) -> None:
+    store = b.open_store()
+    store.commit([CreateContext(new_state("a"))])
+    store.close()
+    conn.execute(f'INSERT INTO "{b.schema}".schema_version (version) VALUES (99)')  # noqa: S608 - the test's schema
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("what", "make", "message"), [
+    ("a schema of something else", _foreign_schema, "not a hoard store"),
+    ("a hoard schema of a newer version", _newer_schema, "newer"),
+], ids=["foreign", "newer"])
+def test_on_postgres_a_schema_that_is_not_a_hoard_store_is_refused_and_left_untouched(
+        pg: PostgresBackend, what: str, make: Callable[[PostgresBackend, Any], None], message: str) -> None:
+    import psycopg  # noqa: PLC0415 - the PostgreSQL tests only
+
+    def dump(conn: Any) -> list[Any]:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1",
+                                             (pg.schema,))]
+        return [(t, conn.execute(f'SELECT r::text FROM "{pg.schema}".{t} r ORDER BY 1').fetchall())  # noqa: S608
+                for t in tables]
+
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        make(pg, conn)
+        before = dump(conn)
+        with pytest.raises(CorruptStateError, match=message) as info:
+            open_system(pg.target())
+        assert info.value.what == "store", what
+        assert dump(conn) == before

@@ -1,7 +1,10 @@
 """Damaged stores: ``recovery="strict"`` refuses naming the context and the row, ``"fallback"`` rebuilds
 from the newest valid snapshot or recovery point plus the journal and reports (log + record) what it
 skipped and which acknowledged changes it lost; `verify()` reports every inconsistency and
-``verify(fix=True)`` repairs exactly those that lose no acknowledged change."""
+``verify(fix=True)`` repairs exactly those that lose no acknowledged change.
+
+Every test runs on SQLite and on PostgreSQL (a schema per test), damaging the stored rows with SQL
+(`SQLiteDamage`, `PgDamage`); what is SQLite's alone (read-only stores) runs on SQLite only."""
 
 from __future__ import annotations
 
@@ -28,22 +31,106 @@ from storage import (
     Codec,
     ContextState,
     CreateContext,
+    PostgresStore,
     PutRecoveryPoint,
     PutSnapshot,
     RecoveryPoint,
     SQLiteStore,
+    Store,
     apply_change,
     freeze_mapping,
     new_state,
 )
+from tests.pg import url_for
+
+from ._backends import BACKENDS
 
 TOP = 29  # layout of context "a": snapshots v10 and v20, journal v11..v29, recovery points at v3, v15, v25
 
 
-def build(path: Path) -> dict[int, ContextState]:
+class SQLiteDamage:
+    """A SQLite store file, opened by tests and damaged with raw SQL."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def opened(self, **kw: Any) -> SQLiteStore:
+        return opened(self.path, **kw)
+
+    def target(self) -> Any:
+        return self.path
+
+    def runtime_store(self, recovery: str) -> Any:
+        """What `open_system` is given to load with `recovery` (a path takes the config's)."""
+        return self.path
+
+    def sql(self, query: str, *args: Any) -> list[Any]:
+        return raw(self.path, query, *args)
+
+    def flip(self, table: str, version: int, cid: str = "a", *, truncate: bool = False) -> None:
+        flip(self.path, table, version, cid, truncate=truncate)
+
+    def quarantined(self, cid: str) -> list[int]:
+        return [v for v, in self.sql("SELECT version FROM quarantine WHERE context_id=? ORDER BY version", cid)]
+
+
+class PgDamage:
+    """A PostgreSQL schema, opened by tests (`PostgresStore`) and damaged with raw SQL."""
+
+    name = "postgres"
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self.dsn = dsn
+        self.schema = schema
+
+    def opened(self, **kw: Any) -> PostgresStore:
+        store = PostgresStore(self.dsn, schema=self.schema, **kw)
+        store.open()
+        return store
+
+    def target(self) -> Any:
+        return url_for(self.dsn, self.schema)
+
+    def runtime_store(self, recovery: str) -> Any:
+        # a postgresql:// URL does not pass the config's `recovery` on (see
+        # test_on_postgres_open_system_on_a_url_loads_with_the_configured_recovery): the store open_system
+        # makes for the URL, with it
+        return PostgresStore(self.dsn, schema=self.schema, require_lease=True, recovery=recovery)
+
+    def sql(self, query: str, *args: Any) -> list[Any]:
+        import psycopg  # noqa: PLC0415 - the PostgreSQL tests only
+
+        with psycopg.connect(self.dsn, autocommit=True, options=f"-c search_path={self.schema}") as conn:
+            cur = conn.execute(query.replace("?", "%s"), args)
+            if cur.description is None:
+                return []
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in cur.fetchall()]
+
+    def flip(self, table: str, version: int, cid: str = "a", *, truncate: bool = False) -> None:
+        col = "rp_id" if table == "recovery_points" else "version"
+        change = "substring(blob from 1 for 10)" if truncate else \
+            "set_byte(blob, length(blob) / 2, get_byte(blob, length(blob) / 2) # 16)"
+        self.sql(f"UPDATE {table} SET blob = {change} WHERE context_id = ? AND {col} = ?", cid, version)  # noqa: S608
+
+    def quarantined(self, cid: str) -> list[int]:
+        if not self.sql("SELECT 1 FROM pg_tables WHERE schemaname = ? AND tablename = 'quarantine'", self.schema):
+            return []
+        return [v for v, in self.sql("SELECT version FROM quarantine WHERE context_id=? ORDER BY version", cid)]
+
+
+Damage = SQLiteDamage | PgDamage
+
+
+def build(where: Path | Damage) -> dict[int, ContextState]:
     """Context "a" at v29 in the layout above, and an intact context "b". Returns "a"'s state per version."""
-    store = SQLiteStore(path)
-    store.open()
+    store: Store
+    if isinstance(where, Path):
+        store = SQLiteStore(where)
+        store.open()
+    else:
+        store = where.opened()
     states: dict[int, ContextState] = {}
     try:
         st = new_state("a", freeze_mapping({"x": 0}), now=1.0)
@@ -93,19 +180,31 @@ def opened(path: Path, **kw: Any) -> SQLiteStore:
     return store
 
 
-@pytest.fixture
-def damaged(tmp_path: Path) -> tuple[Path, dict[int, ContextState]]:
-    path = tmp_path / "r.db"
-    return path, build(path)
+def _damage(request: pytest.FixtureRequest, tmp_path: Path, file: str) -> Damage:
+    if request.param == "sqlite":
+        return SQLiteDamage(tmp_path / file)
+    return PgDamage(request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_schema"))
+
+
+@pytest.fixture(params=BACKENDS)
+def damaged(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Damage, dict[int, ContextState]]:
+    d = _damage(request, tmp_path, "r.db")
+    return d, build(d)
+
+
+@pytest.fixture(params=BACKENDS)
+def empty(request: pytest.FixtureRequest, tmp_path: Path) -> Damage:
+    """A store nobody opened yet (a SQLite path, or an empty schema)."""
+    return _damage(request, tmp_path, "rt.db")
 
 
 # -- strict ----------------------------------------------------------------------------------------
 def test_strict_load_names_the_context_and_the_damaged_row_and_changes_nothing(
-        damaged: tuple[Path, dict[int, ContextState]]) -> None:
-    path, _states = damaged
-    flip(path, "snapshots", 20)
-    before = raw(path, "SELECT * FROM snapshots ORDER BY context_id, version")
-    store = opened(path)
+        damaged: tuple[Damage, dict[int, ContextState]]) -> None:
+    d, _states = damaged
+    d.flip("snapshots", 20)
+    before = d.sql("SELECT * FROM snapshots ORDER BY context_id, version")
+    store = d.opened()
     try:
         with pytest.raises(CorruptStateError) as info:
             store.load("a")
@@ -115,16 +214,16 @@ def test_strict_load_names_the_context_and_the_damaged_row_and_changes_nothing(
         assert store.load("b") is not None  # one damaged context never stops another
     finally:
         store.close()
-    assert raw(path, "SELECT * FROM snapshots ORDER BY context_id, version") == before
-    assert raw(path, "SELECT count(*) FROM quarantine") == [(0,)]
+    assert d.sql("SELECT * FROM snapshots ORDER BY context_id, version") == before
+    assert d.quarantined("a") == []
 
 
 # -- fallback --------------------------------------------------------------------------------------
 def test_fallback_rebuilds_a_damaged_newest_snapshot_from_the_older_one_losing_nothing(
-        damaged: tuple[Path, dict[int, ContextState]], caplog: pytest.LogCaptureFixture) -> None:
-    path, states = damaged
-    flip(path, "snapshots", 20)
-    store = opened(path, recovery="fallback")
+        damaged: tuple[Damage, dict[int, ContextState]], caplog: pytest.LogCaptureFixture) -> None:
+    d, states = damaged
+    d.flip("snapshots", 20)
+    store = d.opened(recovery="fallback")
     try:
         with caplog.at_level(logging.WARNING, logger="storage"):
             assert store.load("a") == states[TOP]
@@ -137,7 +236,7 @@ def test_fallback_rebuilds_a_damaged_newest_snapshot_from_the_older_one_losing_n
         assert store.verify() == []
     finally:
         store.close()
-    strict = opened(path)  # repaired in place: the strict path loads it now
+    strict = d.opened()  # repaired in place: the strict path loads it now
     try:
         assert strict.load("a") == states[TOP]
     finally:
@@ -145,10 +244,10 @@ def test_fallback_rebuilds_a_damaged_newest_snapshot_from_the_older_one_losing_n
 
 
 def test_fallback_loses_only_the_tail_after_a_damaged_journal_entry_and_names_every_lost_change(
-        damaged: tuple[Path, dict[int, ContextState]], caplog: pytest.LogCaptureFixture) -> None:
-    path, states = damaged
-    flip(path, "journal", 27)  # after the newest recovery point (v25): nothing can bridge it
-    store = opened(path, recovery="fallback")
+        damaged: tuple[Damage, dict[int, ContextState]], caplog: pytest.LogCaptureFixture) -> None:
+    d, states = damaged
+    d.flip("journal", 27)  # after the newest recovery point (v25): nothing can bridge it
+    store = d.opened(recovery="fallback")
     try:
         with caplog.at_level(logging.WARNING, logger="storage"):
             st = store.load("a")
@@ -164,8 +263,7 @@ def test_fallback_loses_only_the_tail_after_a_damaged_journal_entry_and_names_ev
         assert st is not None and st.version == TOP + 1
         assert (dict(st.data), dict(st.metadata)) == (dict(states[26].data), dict(states[26].metadata))
         assert store.recovery_reports == [report]
-        assert raw(path, "SELECT version FROM quarantine WHERE context_id='a' ORDER BY version") == \
-            [(v,) for v in range(27, 30)]
+        assert d.quarantined("a") == list(range(27, 30))
         assert store.verify() == []
         store.commit([Append("a", Change(TOP + 2, 99.0, {"after": True}))])  # writing continues
         again = store.load("a")
@@ -175,11 +273,11 @@ def test_fallback_loses_only_the_tail_after_a_damaged_journal_entry_and_names_ev
 
 
 def test_fallback_uses_a_recovery_point_when_every_snapshot_is_damaged(
-        damaged: tuple[Path, dict[int, ContextState]]) -> None:
-    path, states = damaged
-    flip(path, "snapshots", 10)
-    flip(path, "snapshots", 20, truncate=True)
-    store = opened(path, recovery="fallback")
+        damaged: tuple[Damage, dict[int, ContextState]]) -> None:
+    d, states = damaged
+    d.flip("snapshots", 10)
+    d.flip("snapshots", 20, truncate=True)
+    store = d.opened(recovery="fallback")
     try:
         assert store.load("a") == states[TOP]  # recovery point 3 (v25) + journal v26..v29
         report = store.last_recovery_report
@@ -190,13 +288,13 @@ def test_fallback_uses_a_recovery_point_when_every_snapshot_is_damaged(
         store.close()
 
 
-def test_fallback_refuses_a_context_that_nothing_can_rebuild(damaged: tuple[Path, dict[int, ContextState]]) -> None:
-    path, _states = damaged
+def test_fallback_refuses_a_context_that_nothing_can_rebuild(damaged: tuple[Damage, dict[int, ContextState]]) -> None:
+    d, _states = damaged
     for v in (10, 20):
-        flip(path, "snapshots", v)
+        d.flip("snapshots", v)
     for rp in (1, 2, 3):
-        flip(path, "recovery_points", rp)
-    store = opened(path, recovery="fallback")
+        d.flip("recovery_points", rp)
+    store = d.opened(recovery="fallback")
     try:
         with pytest.raises(CorruptStateError) as info:
             store.load("a")
@@ -206,26 +304,26 @@ def test_fallback_refuses_a_context_that_nothing_can_rebuild(damaged: tuple[Path
         store.close()
 
 
-def test_a_damaged_context_through_the_runtime_strict_and_fallback(tmp_path: Path) -> None:
-    path = tmp_path / "rt.db"
+def test_a_damaged_context_through_the_runtime_strict_and_fallback(empty: Damage) -> None:
+    d = empty
     cfg = ContextManagerConfig(snapshot_every=10)
-    with open_system(path, manager_config=cfg) as system:
+    with open_system(d.target(), manager_config=cfg) as system:
         t = system.adapter.activate("a")
         for i in range(25):
             t.set("n", i)
         system.adapter.activate("b").set("ok", True)
     # the stop wrote a snapshot of the last version: damage it and the journal entry that could rebuild it
-    (last,), = raw(path, "SELECT max(version) FROM snapshots WHERE context_id='a'")
-    assert raw(path, "SELECT max(version) FROM journal WHERE context_id='a'") == [(last,)] and last == 26
-    flip(path, "snapshots", last)
-    flip(path, "journal", last)
-    with open_system(path, manager_config=cfg) as system:  # strict: refuses "a", serves the rest
+    (last,), = d.sql("SELECT max(version) FROM snapshots WHERE context_id='a'")
+    assert d.sql("SELECT max(version) FROM journal WHERE context_id='a'") == [(last,)] and last == 26
+    d.flip("snapshots", last)
+    d.flip("journal", last)
+    with open_system(d.target(), manager_config=cfg) as system:  # strict: refuses "a", serves the rest
         with pytest.raises(CorruptStateError) as info:
             system.adapter.activate("a")
         assert info.value.context_id == "a"
         assert system.adapter.activate("b").get("ok") is True
     fallback = ContextManagerConfig(snapshot_every=10, recovery="fallback")
-    with open_system(path, manager_config=fallback) as system:
+    with open_system(d.runtime_store("fallback"), manager_config=fallback) as system:
         recovered: list[Any] = []
         done = threading.Event()
         system.subscribe(lambda e: (recovered.append(e), done.set()), kinds=[CorruptionRecovered])
@@ -238,7 +336,7 @@ def test_a_damaged_context_through_the_runtime_strict_and_fallback(tmp_path: Pat
         assert (event.context_id, event.version, event.lost_versions) == ("a", last + 1, (last,))
         assert event.skipped and all(f"v{last}" in item for item in event.skipped)
         assert t.set("n", 100) == last + 2
-    with open_system(path, manager_config=cfg) as system:
+    with open_system(d.target(), manager_config=cfg) as system:
         assert system.adapter.activate("a").get("n") == 100
         assert system.store.verify() == []
 
@@ -248,50 +346,50 @@ def _valid_change_blob(version: int) -> bytes:
     return Codec().encode_change(Change(version, 0.0, {"x": -version}))
 
 
-Damage = Callable[[Path, dict[int, ContextState]], None]
-CASES: list[tuple[str, Damage, str, str, bool]] = [
-    ("newest snapshot checksum", lambda p, s: flip(p, "snapshots", 20), "snapshot", "checksum mismatch", True),
-    ("older snapshot truncated", lambda p, s: flip(p, "snapshots", 10, truncate=True), "snapshot", "truncated", True),
-    ("journal before the newest snapshot", lambda p, s: flip(p, "journal", 15), "journal", "checksum", True),
-    ("journal tail", lambda p, s: flip(p, "journal", 27), "journal", "checksum", False),
-    ("journal bridged by a recovery point", lambda p, s: flip(p, "journal", 24), "journal", "checksum", True),
-    ("version gap before the newest snapshot", lambda p, s: raw(p, "DELETE FROM journal WHERE version=15"),
+Damaging = Callable[[Damage, dict[int, ContextState]], object]
+CASES: list[tuple[str, Damaging, str, str, bool]] = [
+    ("newest snapshot checksum", lambda d, s: d.flip("snapshots", 20), "snapshot", "checksum mismatch", True),
+    ("older snapshot truncated", lambda d, s: d.flip("snapshots", 10, truncate=True), "snapshot", "truncated", True),
+    ("journal before the newest snapshot", lambda d, s: d.flip("journal", 15), "journal", "checksum", True),
+    ("journal tail", lambda d, s: d.flip("journal", 27), "journal", "checksum", False),
+    ("journal bridged by a recovery point", lambda d, s: d.flip("journal", 24), "journal", "checksum", True),
+    ("version gap before the newest snapshot", lambda d, s: d.sql("DELETE FROM journal WHERE version=15"),
      "journal", "version gap", True),
-    ("version gap in the tail", lambda p, s: raw(p, "DELETE FROM journal WHERE version=27"),
+    ("version gap in the tail", lambda d, s: d.sql("DELETE FROM journal WHERE version=27"),
      "journal", "version gap", False),
-    ("context without snapshot", lambda p, s: raw(p, "DELETE FROM snapshots WHERE context_id='a'"),
+    ("context without snapshot", lambda d, s: d.sql("DELETE FROM snapshots WHERE context_id='a'"),
      "snapshot", "no snapshot", True),
-    ("orphan rows", lambda p, s: raw(p, "INSERT INTO journal VALUES ('ghost', 2, x'00')"),
+    ("orphan rows", lambda d, s: d.sql("INSERT INTO journal VALUES ('ghost', 2, ?)", b"\x00"),
      "journal", "orphan", True),
-    ("stale journal entry", lambda p, s: raw(p, "INSERT INTO journal VALUES ('a', 5, ?)", _valid_change_blob(5)),
+    ("stale journal entry", lambda d, s: d.sql("INSERT INTO journal VALUES ('a', 5, ?)", _valid_change_blob(5)),
      "journal", "stale", True),
     ("journal beyond the acknowledged version",
-     lambda p, s: raw(p, "INSERT INTO journal VALUES ('a', 31, ?)", _valid_change_blob(31)),
+     lambda d, s: d.sql("INSERT INTO journal VALUES ('a', 31, ?)", _valid_change_blob(31)),
      "journal", "beyond acknowledged version", True),
     ("snapshot beyond the acknowledged version",
-     lambda p, s: raw(p, "INSERT INTO snapshots VALUES ('a', 35, ?)",
-                      Codec().encode_state(ContextState("a", 35, s[TOP].data, s[TOP].metadata, 1.0, 35.0))),
+     lambda d, s: d.sql("INSERT INTO snapshots VALUES ('a', 35, ?)",
+                        Codec().encode_state(ContextState("a", 35, s[TOP].data, s[TOP].metadata, 1.0, 35.0))),
      "snapshot", "beyond acknowledged version", True),
-    ("recovery point the journal rebuilds", lambda p, s: flip(p, "recovery_points", 2),
+    ("recovery point the journal rebuilds", lambda d, s: d.flip("recovery_points", 2),
      "recovery_point", "checksum", True),
-    ("recovery point nothing rebuilds", lambda p, s: flip(p, "recovery_points", 1),
+    ("recovery point nothing rebuilds", lambda d, s: d.flip("recovery_points", 1),
      "recovery_point", "checksum", False),
-    ("recovery point sequence", lambda p, s: raw(p, "UPDATE contexts SET next_rp_id=2 WHERE id='a'"),
+    ("recovery point sequence", lambda d, s: d.sql("UPDATE contexts SET next_rp_id=2 WHERE id='a'"),
      "context", "recovery point sequence", True),
     ("snapshot that disagrees with the journal",
-     lambda p, s: raw(p, "UPDATE snapshots SET blob=? WHERE context_id='a' AND version=20",
-                      Codec().encode_state(ContextState("a", 20, s[19].data, s[19].metadata, 1.0, 20.0))),
+     lambda d, s: d.sql("UPDATE snapshots SET blob=? WHERE context_id='a' AND version=20",
+                        Codec().encode_state(ContextState("a", 20, s[19].data, s[19].metadata, 1.0, 20.0))),
      "snapshot", "mismatch", False),
 ]
 
 
 @pytest.mark.parametrize(("case", "damage", "what", "problem", "fixable"), CASES, ids=[c[0] for c in CASES])
 def test_verify_reports_each_inconsistency_and_fix_repairs_it_without_losing_acknowledged_data(
-        damaged: tuple[Path, dict[int, ContextState]], case: str, damage: Damage, what: str, problem: str,
+        damaged: tuple[Damage, dict[int, ContextState]], case: str, damage: Damaging, what: str, problem: str,
         fixable: bool) -> None:
-    path, states = damaged
-    damage(path, states)
-    store = opened(path)
+    d, states = damaged
+    damage(d, states)
+    store = d.opened()
     try:
         issues = store.verify()
         assert issues, case
@@ -313,8 +411,9 @@ def test_verify_reports_each_inconsistency_and_fix_repairs_it_without_losing_ack
         store.close()
 
 
-def test_verify_on_a_read_only_store_reports_and_fixes_nothing(damaged: tuple[Path, dict[int, ContextState]]) -> None:
-    path, _states = damaged
+def test_verify_on_a_read_only_store_reports_and_fixes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"  # SQLite only: PostgresStore has no read-only mode
+    build(path)
     flip(path, "snapshots", 20)
     before = raw(path, "SELECT blob FROM snapshots ORDER BY context_id, version")
     store = opened(path, readonly=True)
@@ -326,14 +425,14 @@ def test_verify_on_a_read_only_store_reports_and_fixes_nothing(damaged: tuple[Pa
     assert raw(path, "SELECT blob FROM snapshots ORDER BY context_id, version") == before
 
 
-def test_a_damaged_default_context_does_not_stop_the_system_from_opening(tmp_path: Path) -> None:
-    path = tmp_path / "d.db"
-    with open_system(path) as system:
+def test_a_damaged_default_context_does_not_stop_the_system_from_opening(empty: Damage) -> None:
+    d = empty
+    with open_system(d.target()) as system:
         system.adapter.activate("other").set("ok", 1)
         system.adapter.activate("default").set("k", 1)
-    for v, in raw(path, "SELECT version FROM snapshots WHERE context_id='default'"):
-        flip(path, "snapshots", v, cid="default")
-    with open_system(path) as system:
+    for v, in d.sql("SELECT version FROM snapshots WHERE context_id='default'"):
+        d.flip("snapshots", v, cid="default")
+    with open_system(d.target()) as system:
         assert system.adapter.current_id() is None
         assert system.adapter.status("default") is ContextStatus.FAILED
         with pytest.raises(ContextFailedError, match="checksum mismatch"):
@@ -342,10 +441,10 @@ def test_a_damaged_default_context_does_not_stop_the_system_from_opening(tmp_pat
 
 
 def test_a_damaged_recovery_point_is_refused_in_strict_mode_and_left_out_with_a_warning_in_fallback(
-        damaged: tuple[Path, dict[int, ContextState]], caplog: pytest.LogCaptureFixture) -> None:
-    path, states = damaged
-    flip(path, "recovery_points", 2)
-    store = opened(path)
+        damaged: tuple[Damage, dict[int, ContextState]], caplog: pytest.LogCaptureFixture) -> None:
+    d, states = damaged
+    d.flip("recovery_points", 2)
+    store = d.opened()
     try:
         with pytest.raises(CorruptStateError) as info:
             store.recovery_points("a")
@@ -355,7 +454,7 @@ def test_a_damaged_recovery_point_is_refused_in_strict_mode_and_left_out_with_a_
         assert store.recovery_point("a", 3) is not None
     finally:
         store.close()
-    store = opened(path, recovery="fallback")
+    store = d.opened(recovery="fallback")
     try:
         with caplog.at_level(logging.WARNING, logger="storage"):
             assert [rp.id for rp in store.recovery_points("a")] == [1, 3]
@@ -363,3 +462,48 @@ def test_a_damaged_recovery_point_is_refused_in_strict_mode_and_left_out_with_a_
         assert store.load("a") == states[TOP]  # the damaged point is not needed to load
     finally:
         store.close()
+
+
+# -- PostgreSQL only -------------------------------------------------------------------------------------------
+@pytest.mark.postgres
+def test_on_postgres_a_fallback_load_repairs_only_under_the_lease(pg_dsn: str, pg_schema: str) -> None:
+    """A fallback repair writes, so it is fenced like a commit: a store that may not write the context
+    (another owner holds its live lease) still loads what can be recovered, but leaves the rows as they
+    are (``repaired=False``); the owner's own fallback load then repairs them."""
+    d = PgDamage(pg_dsn, pg_schema)
+    states = build(d)
+    d.flip("journal", 27)
+    owner = d.opened(owner_id="owner", recovery="fallback", require_lease=True)
+    reader = d.opened(owner_id="reader", recovery="fallback", require_lease=True)
+    try:
+        owner.acquire_lease("a")
+        before = d.sql("SELECT version, blob FROM journal WHERE context_id='a' ORDER BY version")
+        st = reader.load("a")
+        report = reader.last_recovery_report
+        assert report is not None and not report.repaired and report.lost_versions == (27, 28, 29)
+        assert st is not None and st.version == TOP + 1 and dict(st.data) == dict(states[26].data)
+        assert d.sql("SELECT version, blob FROM journal WHERE context_id='a' ORDER BY version") == before
+        assert d.sql("SELECT version FROM contexts WHERE id='a'") == [(TOP,)]
+        got = owner.load("a")
+        report = owner.last_recovery_report
+        assert report is not None and report.repaired and report.lost_versions == (27, 28, 29)
+        assert got is not None and got.version == TOP + 1 and dict(got.data) == dict(states[26].data)
+        assert d.quarantined("a") == [27, 28, 29]
+    finally:
+        reader.close()
+        owner.close()
+    strict = d.opened()
+    try:
+        assert strict.load("a") == got
+        assert strict.verify() == []
+    finally:
+        strict.close()
+
+
+@pytest.mark.postgres
+def test_on_postgres_open_system_on_a_url_loads_with_the_configured_recovery(pg_dsn: str, pg_schema: str) -> None:
+    d = PgDamage(pg_dsn, pg_schema)
+    states = build(d)
+    d.flip("snapshots", 20)
+    with open_system(d.target(), manager_config=ContextManagerConfig(recovery="fallback")) as system:
+        assert system.adapter.activate("a").state() == states[TOP]

@@ -14,7 +14,11 @@ Events (``e``):
   ``stop``    the child began an orderly ``system.stop()`` (so a kill may land in the shutdown).
 
 Run as ``python writer_child.py '<json config>'``; it writes until it is killed (or, with
-``stop_after``, stops itself and exits 0).
+``stop_after``, stops itself and exits 0). The store is the SQLite file ``path``, or, with ``pg``
+(``dsn``, ``schema``, ``owner``, ``lease_ttl``), a `PostgresStore` made as ``open_system`` makes one for
+a ``postgresql://`` URL (``require_lease=True``), with a given ``owner_id``: a child started with the
+owner of the killed one is a restart of the same node and takes its leases back at once; one with a
+new owner waits for the killed one's leases to expire.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root, without installing
 
 from runtime import ContextAdapterConfig, ContextManagerConfig, open_system
-from storage import Append, Op, SQLiteStore
+from storage import Append, Op, PostgresStore, SQLiteStore
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -41,17 +45,26 @@ def emit(event: dict[str, Any]) -> None:
     os.write(1, line)
 
 
-class ReportingStore(SQLiteStore):
-    """The real store; reports each finished commit (its duration and the versions it made durable)."""
+class _Reporting:
+    """Mixed into a real store: reports each finished commit (its duration and the versions it made
+    durable)."""
 
     def commit(self, ops: Sequence[Op]) -> None:
         t0 = time.monotonic()
-        super().commit(ops)
+        super().commit(ops)  # type: ignore[misc]
         tips: dict[str, int] = {}
         for op in ops:
             if isinstance(op, Append):
                 tips[op.context_id] = max(tips.get(op.context_id, 0), op.change.version)
         emit({"e": "c", "t0": t0, "t1": time.monotonic(), "tips": tips})
+
+
+class ReportingStore(_Reporting, SQLiteStore):
+    pass
+
+
+class ReportingPostgresStore(_Reporting, PostgresStore):
+    pass
 
 
 def writer(system: Any, th: int, contexts: list[str], keys: int, seed: int, big_every: int,
@@ -106,9 +119,15 @@ def main() -> None:
     mcfg = ContextManagerConfig(durability=cfg["durability"], flush_interval=cfg.get("flush_interval", 0.05),
                                 snapshot_every=cfg.get("snapshot_every", 1000), call_timeout=30.0,
                                 max_recovery_points=cfg.get("keep", 10))
-    acfg = ContextAdapterConfig(max_active_contexts=cfg.get("max_active", 1024))
-    store: Any = cfg["path"]
-    if cfg.get("report_commits"):
+    # on PostgreSQL the default context would be one more lease a new owner waits for: not part of the test
+    acfg = ContextAdapterConfig(max_active_contexts=cfg.get("max_active", 1024), auto_activate_default="pg" not in cfg)
+    store: Any = cfg.get("path")
+    pg = cfg.get("pg")
+    if pg is not None:
+        cls = ReportingPostgresStore if cfg.get("report_commits") else PostgresStore
+        store = cls(pg["dsn"], schema=pg["schema"], owner_id=pg["owner"], lease_ttl=pg["lease_ttl"],
+                    require_lease=True, compression_level=mcfg.compression_level, max_state_bytes=mcfg.max_state_bytes)
+    elif cfg.get("report_commits"):
         store = ReportingStore(cfg["path"], sync=mcfg.sync, compression_level=mcfg.compression_level,
                                max_state_bytes=mcfg.max_state_bytes)
     system = open_system(store, manager_config=mcfg, adapter_config=acfg)
