@@ -46,7 +46,6 @@ import orjson
 import pykka
 import zstandard
 
-from actors import Set
 from storage import (
     Append,
     Change,
@@ -359,12 +358,13 @@ def _pipelined(run: _Run) -> list[BenchRow]:
     system = run.system(None, "none")
     bare = _BareActor.start()
     try:
-        ref = system.adapter.activate("bench").actor_ref
+        tracker = system.adapter.activate("bench")
         proxy = bare.proxy()
 
         def hoard() -> float:
             def go() -> None:
-                futures = [ref.ask(Set(k, v), block=False) for k, v in items]
+                set_async = tracker.set_async
+                futures = [set_async(k, v) for k, v in items]
                 pykka.get_all(futures, timeout=60)
             return _rate(n, go)
 
@@ -380,8 +380,7 @@ def _pipelined(run: _Run) -> list[BenchRow]:
         bare.stop()
         system.stop()
     return [_row("pipelined", values, floors,
-                 f"{n} writes a round; the tracker has no public submit() yet, so hoard's side is "
-                 "tracker.actor_ref.ask(actors.Set(k, v), block=False) + pykka.get_all (durability none)")]
+                 f"{n} writes a round: tracker.set_async(k, v) futures, then pykka.get_all (durability none)")]
 
 
 def _update(run: _Run) -> list[BenchRow]:
