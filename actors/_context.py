@@ -367,7 +367,8 @@ class ContextActor(pykka.ThreadingActor):
                 raise InvalidValueError("label", f"must be a str or None, not {type(m.label).__name__}",
                                         context_id=self.cell.id)
             try:
-                validate_key(m.label, self.cell.id)  # the same rules as keys: a stored, shown string
+                if m.label:  # "" is a label; otherwise the rules of keys: no NUL, surrogates, over 1 KiB
+                    validate_key(m.label, self.cell.id)
             except InvalidValueError as exc:
                 raise InvalidValueError("label", exc.reason, context_id=self.cell.id) from None
         self.persistence.tell(SaveRecoveryPoint(self.working, m.label, self._reply()))
