@@ -34,7 +34,7 @@ import queue
 import threading
 from time import perf_counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
@@ -139,7 +139,7 @@ class PersistenceActor(pykka.ThreadingActor):
         try:
             return self._handlers[type(message)](message)
         except Exception as exc:
-            envelope = self.actor_inbox.current
+            envelope = cast(Inbox, self.actor_inbox).current
             if envelope is not None and envelope.reply_to is not None:
                 # an ask: pykka hands the error to the asker and this actor goes on
                 if isinstance(exc, HoardError):

@@ -106,6 +106,7 @@ import attrs
 import orjson
 
 from ._codec import Codec
+from ._rows import FALLBACK_HINT, decode_change_row, decode_state_row, replay_strict
 from ._errors import (
     ConfigError,
     ContextOwnedElsewhereError,
@@ -911,53 +912,15 @@ class PostgresStore:
                       key=lambda r: (r[0], r[1]))
         if not rows or rows[0][0] != 0:
             return None
-        stored_version = rows[0][1]
-        snaps = [r for r in rows if r[0] == 1]
-        if not snaps:
-            raise CorruptStateError(f"context {context_id!r} has no snapshot; {_FALLBACK_HINT}",
-                                    context_id=context_id, what="snapshot")
-        _, snap_version, snap_blob = snaps[0]
-        state = self._decode_state(snap_blob, context_id, f"snapshot v{snap_version} of {context_id!r}", snap_version)
-        for _, version, blob in (r for r in rows if r[0] == 2):
-            what = f"journal entry v{version} of {context_id!r}"
-            if version > stored_version:
-                raise CorruptStateError(f"{what}: beyond the acknowledged version v{stored_version}; "
-                                        f"{_FALLBACK_HINT}", context_id=context_id, what="journal")
-            if version != state.version + 1:
-                raise CorruptStateError(f"context {context_id!r}: version gap: journal lacks v{state.version + 1}"
-                                        f"..v{version - 1}; {_FALLBACK_HINT}", context_id=context_id,
-                                        what="journal")
-            state = apply_change(state, self._decode_change(blob, context_id, what, version))
-        if state.version != stored_version:
-            raise CorruptStateError(f"context {context_id!r}: journal ends at v{state.version}, but the store "
-                                    f"acknowledged v{stored_version}; {_FALLBACK_HINT}", context_id=context_id,
-                                    what="journal")
-        return state
+        snaps = [(r[1], r[2]) for r in rows if r[0] == 1]
+        journal = ((version, blob) for kind, version, blob in rows if kind == 2)
+        return replay_strict(self.codec, context_id, rows[0][1], snaps[0] if snaps else None, journal)
 
     def _decode_state(self, blob: bytes, context_id: str, what: str, version: int) -> ContextState:
-        kind = "snapshot" if what.startswith("snapshot") else "recovery_point"
-        try:
-            state = self.codec.decode_state(blob, what)
-        except CorruptStateError as exc:
-            exc.context_id = context_id
-            exc.what = kind
-            raise
-        if state.version != version or state.id != context_id:
-            raise CorruptStateError(f"{what}: mismatch: holds {state.id!r} v{state.version}", context_id=context_id,
-                                    what=kind)
-        return state
+        return decode_state_row(self.codec, blob, context_id, what, version)
 
     def _decode_change(self, blob: bytes, context_id: str, what: str, version: int) -> Change:
-        try:
-            change = self.codec.decode_change(blob, what)
-        except CorruptStateError as exc:
-            exc.context_id = context_id
-            exc.what = "journal"
-            raise
-        if change.version != version:
-            raise CorruptStateError(f"{what}: mismatch: holds v{change.version}", context_id=context_id,
-                                    what="journal")
-        return change
+        return decode_change_row(self.codec, blob, context_id, what, version)
 
     def info(self, context_id: str) -> StoredContext | None:
         """Stored facts without decoding (see `Store.info`); one statement, caller's thread."""
@@ -1415,7 +1378,7 @@ _KIND: dict[type, str] = {
     DeleteRecoveryPoint: "delete_recovery_point", DeleteContext: "delete", SetTTL: "ttl",
 }
 _RECOVERY = ("strict", "fallback")
-_FALLBACK_HINT = "open the store with recovery='fallback' to load what can be recovered, or run verify()"
+_FALLBACK_HINT = FALLBACK_HINT
 
 _ROW_KIND = {"snapshots": "snapshot", "journal": "journal", "recovery_points": "recovery_point",
              "quarantine": "quarantine"}

@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ._rows import FALLBACK_HINT, decode_change_row, decode_state_row, replay_strict
 from ._codec import FORMAT_VERSION, Codec
 from ._errors import ConfigError, CorruptStateError, HoardError, PersistenceError, StoreLockedError
 from ._model import Change, ContextState, RecoveryPoint, apply_change
@@ -102,7 +103,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 _TABLES = {"hoard_meta", "contexts", "snapshots", "journal", "recovery_points"}
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 _RECOVERY = ("strict", "fallback")
-_FALLBACK_HINT = "open the store with recovery='fallback' to load what can be recovered, or run verify()"
+_FALLBACK_HINT = FALLBACK_HINT
 
 
 # -- recovery reports ------------------------------------------------------------------------------
@@ -519,55 +520,17 @@ class SQLiteStore:
         row = db.execute("SELECT version FROM contexts WHERE id=?", (context_id,)).fetchone()
         if row is None:
             return None
-        stored_version = row[0]
         snap = db.execute("SELECT version, blob FROM snapshots WHERE context_id=? ORDER BY version DESC LIMIT 1",
                           (context_id,)).fetchone()
-        if snap is None:
-            raise CorruptStateError(f"context {context_id!r} has no snapshot; {_FALLBACK_HINT}",
-                                    context_id=context_id, what="snapshot")
-        state = self._decode_state(snap[1], context_id, f"snapshot v{snap[0]} of {context_id!r}", snap[0])
-        for version, blob in db.execute("SELECT version, blob FROM journal WHERE context_id=? AND version>? "
-                                        "ORDER BY version", (context_id, state.version)):
-            what = f"journal entry v{version} of {context_id!r}"
-            if version > stored_version:
-                raise CorruptStateError(f"{what}: beyond the acknowledged version v{stored_version}; "
-                                        f"{_FALLBACK_HINT}", context_id=context_id, what="journal")
-            if version != state.version + 1:
-                raise CorruptStateError(f"context {context_id!r}: version gap: journal lacks v{state.version + 1}"
-                                        f"..v{version - 1}; {_FALLBACK_HINT}", context_id=context_id,
-                                        what="journal")
-            change = self._decode_change(blob, context_id, what, version)
-            state = apply_change(state, change)
-        if state.version != stored_version:
-            raise CorruptStateError(f"context {context_id!r}: journal ends at v{state.version}, but the store "
-                                    f"acknowledged v{stored_version}; {_FALLBACK_HINT}", context_id=context_id,
-                                    what="journal")
-        return state
+        journal = db.execute("SELECT version, blob FROM journal WHERE context_id=? AND version>? ORDER BY version",
+                             (context_id, snap[0] if snap else 0))
+        return replay_strict(self.codec, context_id, row[0], snap, journal)
 
     def _decode_state(self, blob: bytes, context_id: str, what: str, version: int) -> ContextState:
-        kind = "snapshot" if what.startswith("snapshot") else "recovery_point"
-        try:
-            state = self.codec.decode_state(blob, what)
-        except CorruptStateError as exc:
-            exc.context_id = context_id
-            exc.what = kind
-            raise
-        if state.version != version or state.id != context_id:
-            raise CorruptStateError(f"{what}: mismatch: holds {state.id!r} v{state.version}", context_id=context_id,
-                                    what=kind)
-        return state
+        return decode_state_row(self.codec, blob, context_id, what, version)
 
     def _decode_change(self, blob: bytes, context_id: str, what: str, version: int) -> Change:
-        try:
-            change = self.codec.decode_change(blob, what)
-        except CorruptStateError as exc:
-            exc.context_id = context_id
-            exc.what = "journal"
-            raise
-        if change.version != version:
-            raise CorruptStateError(f"{what}: mismatch: holds v{change.version}", context_id=context_id,
-                                    what="journal")
-        return change
+        return decode_change_row(self.codec, blob, context_id, what, version)
 
     # -- fallback recovery ---------------------------------------------------------------------------
     def _read_stored(self, db: sqlite3.Connection, context_id: str) -> _Stored | None:
