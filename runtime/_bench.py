@@ -465,21 +465,20 @@ def _durable_set(run: _Run) -> list[BenchRow]:
                  f"{n} writes a round; SQLite WAL, sync=full; blobs of {size:.0f} B on average")]
 
 
-def _threaded_rate(trackers: Sequence[Any], per_thread: int, items: Sequence[tuple[str, Any]]) -> float:
-    """Aggregate set rate of one thread per tracker, all released at once by a barrier."""
-    start = threading.Barrier(len(trackers) + 1)
+def _parallel_rate(workers: Sequence[Any], per_thread: int, work: Callable[[Any], None], name: str) -> float:
+    """Aggregate rate of one thread per worker, all released at once by a barrier: `work(worker)` does
+    `per_thread` operations. The first error of any thread is re-raised here."""
+    start = threading.Barrier(len(workers) + 1)
     errors: list[BaseException] = []
 
-    def body(tracker: Any) -> None:
+    def body(worker: Any) -> None:
         try:
             start.wait(30)
-            tset = tracker.set
-            for k, v in items[:per_thread]:
-                tset(k, v)
+            work(worker)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
             errors.append(exc)
 
-    threads = [threading.Thread(target=body, args=(t,), name=f"bench-writer-{i}") for i, t in enumerate(trackers)]
+    threads = [threading.Thread(target=body, args=(w,), name=f"{name}-{i}") for i, w in enumerate(workers)]
     for th in threads:
         th.start()
     start.wait(30)
@@ -489,7 +488,18 @@ def _threaded_rate(trackers: Sequence[Any], per_thread: int, items: Sequence[tup
     elapsed = time.perf_counter() - t0
     if errors:
         raise errors[0]
-    return len(trackers) * per_thread / elapsed
+    return len(workers) * per_thread / elapsed
+
+
+def _threaded_rate(trackers: Sequence[Any], per_thread: int, items: Sequence[tuple[str, Any]]) -> float:
+    """Aggregate set rate of one thread per tracker, all released at once by a barrier."""
+
+    def work(tracker: Any) -> None:
+        tset = tracker.set
+        for k, v in items[:per_thread]:
+            tset(k, v)
+
+    return _parallel_rate(trackers, per_thread, work, "bench-writer")
 
 
 def _durable_threads(run: _Run) -> list[BenchRow]:
@@ -754,29 +764,18 @@ def _pg_unavailable(dsn: str) -> str | None:
 
 def _pg_threads(conns: Sequence[Any], per_thread: int, blobs: Sequence[bytes], table: str) -> float:
     """Aggregate rate of one thread per raw connection, each INSERT its own commit (autocommit)."""
-    start = threading.Barrier(len(conns) + 1)
-    errors: list[BaseException] = []
+    sql = f"INSERT INTO {table} (blob) VALUES (%s)"  # noqa: S608 - our own table name
 
-    def body(conn: Any) -> None:
-        try:
-            start.wait(30)
-            sql = f"INSERT INTO {table} (blob) VALUES (%s)"  # noqa: S608 - our own table name
-            for b in blobs[:per_thread]:
-                conn.execute(sql, (b,))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
-            errors.append(exc)
+    def work(conn: Any) -> None:
+        for b in blobs[:per_thread]:
+            conn.execute(sql, (b,))
 
-    threads = [threading.Thread(target=body, args=(c,), name=f"bench-pg-{i}") for i, c in enumerate(conns)]
-    for th in threads:
-        th.start()
-    start.wait(30)
-    t0 = time.perf_counter()
-    for th in threads:
-        th.join(120)
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise HoardError(f"raw psycopg writer failed: {errors[0]!r}") from errors[0]
-    return len(conns) * per_thread / elapsed
+    try:
+        return _parallel_rate(conns, per_thread, work, "bench-pg")
+    except HoardError:
+        raise
+    except Exception as exc:
+        raise HoardError(f"raw psycopg writer failed: {exc!r}") from exc
 
 
 def _postgres(run: _Run) -> list[BenchRow]:
