@@ -16,14 +16,26 @@ from runtime import (
     open_system,
 )
 from tests.helpers import Clock, wait_until
+from tests.pg import pg_dsn, pg_schema  # noqa: F401 - fixtures for the PostgreSQL case
 
 
-@pytest.mark.parametrize("store", ["sqlite", "memory"])
-def test_expired_inactive_contexts_are_deleted_active_ones_never(store_path: Path, store: str) -> None:
+@pytest.fixture(params=["sqlite", "memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ttl_store(request: pytest.FixtureRequest, store_path: Path) -> str | Path | None:
+    """Where to open: a SQLite file, memory, or (skipped without a server, required under CI=true) a
+    PostgreSQL schema of this test."""
+    if request.param == "sqlite":
+        return store_path
+    if request.param == "memory":
+        return None
+    from tests.pg import url_for
+
+    return url_for(request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_schema"))
+
+
+def test_expired_inactive_contexts_are_deleted_active_ones_never(ttl_store: str | Path | None) -> None:
     clock = Clock(1_000_000.0)
     cfg = ContextManagerConfig(clock=clock, durability="immediate")
-    with open_system(store_path if store == "sqlite" else None, manager_config=cfg,
-                     adapter_config=ContextAdapterConfig(ttl=3600.0)) as s:
+    with open_system(ttl_store, manager_config=cfg, adapter_config=ContextAdapterConfig(ttl=3600.0)) as s:
         deleted = []
         s.subscribe(lambda e: deleted.append((e.context_id, e.reason)), kinds=[ContextDeleted])
         m, a = s.manager, s.adapter
