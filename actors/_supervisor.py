@@ -219,15 +219,16 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _start(self, cid: str, m: Activate) -> ContextCell:
         create = self.settings.auto_create_contexts if m.create is None else m.create
+        absent = False  # known not to be stored (asked once, not again for max_contexts)
         if m.must_create:
             if self._store("info", cid) is not None:
                 raise ContextExistsError(cid)
-            create = True
+            create = absent = True
         self._check_room(cid, m.make_current)  # refuse before loading; evict only once it loaded
         template = None
         if create:
             template = self._new_state(cid, m.data, m.metadata)
-            if self.settings.max_contexts is not None and self._store("info", cid) is None \
+            if self.settings.max_contexts is not None and (absent or self._store("info", cid) is None) \
                     and self._store("count") >= self.settings.max_contexts:
                 raise CapacityError(f"cannot create {cid!r}: the store holds max_contexts="
                                     f"{self.settings.max_contexts} contexts", limit=self.settings.max_contexts,

@@ -140,11 +140,13 @@ class ContextTracker:
         return f"<ContextTracker {self._id!r} v{self._cell.state.version}>"
 
     # -- plumbing ------------------------------------------------------------------------------------
-    def _live_cell(self, timeout: float | None = None) -> ContextCell:
+    def _live_cell(self, timeout: float | None = None, *, write: bool = False) -> ContextCell:
+        """The open cell (re-activating a passivated context), marked as used: a write gets an exact,
+        fresh LRU mark, a read the current epoch."""
         cell = self._cell
         if cell.closed:
             cell = self._reactivate(timeout)
-        cell.touched = EPOCH[0]
+        cell.touched = fresh_mark() if write else EPOCH[0]
         return cell
 
     def _reactivate(self, timeout: float | None) -> ContextCell:
@@ -161,8 +163,7 @@ class ContextTracker:
         for _ in range(_ATTEMPTS):
             if self._system.stopped:
                 raise SystemStoppedError()
-            cell = self._live_cell(t)
-            cell.touched = fresh_mark()  # writes are ordered exactly for LRU (reads share an epoch)
+            cell = self._live_cell(t, write=True)
             try:
                 return cell.actor_ref.ask(message, block=False).get(timeout=t)
             except ContextTimeoutError as exc:
@@ -179,8 +180,7 @@ class ContextTracker:
         no forwarding). A call that meets a stopping actor (not applied) is redone by its `get`."""
         if self._system.stopped:
             raise SystemStoppedError()
-        cell = self._live_cell()
-        cell.touched = fresh_mark()
+        cell = self._live_cell(write=True)
         reply: Reply = cell.actor_ref.ask(message, block=False)
         reply.retry = functools.partial(self._call, message, None, what)
         reply.what = what
