@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from storage import ContextState
+from hoard.storage import ContextState
 
 __all__ = ["EPOCH", "ContextCell", "advance_epoch", "fresh_mark"]
 
@@ -52,7 +52,7 @@ class ContextCell:
         self.actor_ref: Any = None
         self.closed = False
         self.pinned = False
-        self.schema: Any = None  # the storage.Schema the context is bound to, once bound
+        self.schema: Any = None  # the hoard.storage.Schema the context is bound to, once bound
         self.touched = EPOCH[0]
 
     def __repr__(self) -> str:

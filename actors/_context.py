@@ -29,7 +29,7 @@ import immutables
 import orjson
 import pykka
 
-from storage import (
+from hoard.storage import (
     SCHEMA_KEY,
     Change,
     Schema,

@@ -14,7 +14,7 @@ from typing import Any
 
 import immutables
 
-from storage import thaw
+from hoard.storage import thaw
 
 __all__ = ["Draft"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pykka
 
-from storage import ContextTimeoutError
+from hoard.storage import ContextTimeoutError
 
 __all__ = ["DEFERRED", "Reply"]
 

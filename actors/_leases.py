@@ -1,7 +1,7 @@
 """Ownership leases of a shared store (PostgreSQL), as the persistence actor keeps them.
 
 A store that offers leases (``acquire_lease``, ``renew_leases``, ``release_lease``, ``lease_token``:
-`storage.PostgresStore`) lets one process at a time own a context. The persistence actor, sole user
+`hoard.storage.PostgresStore`) lets one process at a time own a context. The persistence actor, sole user
 of the store, holds a `LeaseKeeper` that follows these rules (stores without leases make every
 method a no-op):
 
@@ -35,7 +35,7 @@ from typing import Any
 import attrs
 import pykka
 
-from storage import ContextOwnedElsewhereError, FencedOffError, PersistenceError
+from hoard.storage import ContextOwnedElsewhereError, FencedOffError, PersistenceError
 
 __all__ = ["AttachSupervisor", "LeaseKeeper", "LeasesLost", "RenewLeases", "context_of"]
 
@@ -63,7 +63,7 @@ class AttachSupervisor:
 
 
 def context_of(op: Any) -> str:
-    """The context a store operation (`storage.Op`) touches."""
+    """The context a store operation (`hoard.storage.Op`) touches."""
     state = getattr(op, "state", None)
     if state is not None:  # CreateContext, PutSnapshot
         return str(state.id)

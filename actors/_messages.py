@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from storage import Change, ContextState, RecoveryPoint
+from hoard.storage import Change, ContextState, RecoveryPoint
 
 if TYPE_CHECKING:
     from ._cell import ContextCell
@@ -130,7 +130,7 @@ class CreateRecoveryPoint:
 # -- context actor: internal -------------------------------------------------------------------------
 @attrs.frozen
 class BindSchema:
-    """From the supervisor: bind the context to `schema` (a `storage.Schema`): validate and stamp it,
+    """From the supervisor: bind the context to `schema` (a `hoard.storage.Schema`): validate and stamp it,
     or migrate stored data of an older version (a new version). Reply: the new or same version."""
 
     schema: Any
@@ -138,7 +138,7 @@ class BindSchema:
 
 @attrs.frozen
 class GetMetrics:
-    """Reply: this actor's metrics part (see runtime._metrics.Metrics.from_parts)."""
+    """Reply: this actor's metrics part (see hoard._metrics.Metrics.from_parts)."""
 
 
 @attrs.frozen
@@ -235,7 +235,7 @@ class Activate:
     data: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] | None = None
     must_create: bool = False  # create_and_activate: fail if it exists
-    schema: Any = None  # a storage.Schema to bind (and register for later activations)
+    schema: Any = None  # a hoard.storage.Schema to bind (and register for later activations)
 
 
 @attrs.frozen

@@ -17,7 +17,7 @@ built on a failed one are refused when their turn comes (their version no longer
 stored one).
 
 With a store that has ownership leases (PostgreSQL: several processes share the contexts), the rules
-of `actors._leases` apply on top: a `Load` first takes the context's lease (`ContextOwnedElsewhereError`
+of `hoard.actors._leases` apply on top: a `Load` first takes the context's lease (`ContextOwnedElsewhereError`
 goes back to the asking supervisor at once, never waited for here); held leases are renewed by a
 timer every ``lease_ttl / 3``; passivation releases the lease after the final snapshot. A commit
 refused with `FencedOffError` (another owner took the context over) fails its callers with that
@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import pykka
 
-from storage import (
+from hoard.storage import (
     Append,
     ContextState,
     CreateContext,

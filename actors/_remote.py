@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from storage import PersistenceError
+from hoard.storage import PersistenceError
 
 from ._events import ContextEvent, Emitter
 
@@ -64,7 +64,7 @@ class RemoteListener:
     """Publishes other processes' notices as `RemoteChange` events. See the module docstring.
 
     Args:
-        store: an open store with ``listen()`` and ``owner_id`` (`storage.PostgresStore`).
+        store: an open store with ``listen()`` and ``owner_id`` (`hoard.storage.PostgresStore`).
         events: the system's emitter (its gate and bus).
         poll: the longest wait for notices before checking for `stop()`, in seconds.
     """

@@ -23,7 +23,7 @@ from typing import Any
 
 import pykka
 
-from storage import (
+from hoard.storage import (
     CapacityError,
     ContextOwnedElsewhereError,
     ContextFailedError,
@@ -39,7 +39,7 @@ from storage import (
     new_state,
     read_marker,
 )
-from storage import (
+from hoard.storage import (
     CreateContext as CreateOp,
 )
 
@@ -116,7 +116,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.failed: dict[str, str] = {}  # context id -> why it is FAILED
         self.restarts: dict[str, list[float]] = {}  # context id -> monotonic times of recent restarts
         self.seen: dict[str, tuple[int, float]] = {}
-        self.schemas: dict[str, Any] = {}  # schema name -> storage.Schema, for later activations  # context id -> (LRU tick, when a sweep first saw it)
+        self.schemas: dict[str, Any] = {}  # schema name -> hoard.storage.Schema, for later activations  # context id -> (LRU tick, when a sweep first saw it)
         self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0, "passivations": 0,
                       "expired": 0}
         self._store_cls: type | None = None

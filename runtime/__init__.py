@@ -3,7 +3,7 @@ durable inside long-running programs.
 
 Start with `open_system(path)` (SQLite) or `create_manager()` / `create_adapter()` (memory)::
 
-    from runtime import open_system
+    from hoard import open_system
     with open_system("state.db") as system:
         t = system.adapter.activate("cart-42")
         v = t.set("user", {"name": "ana"})
@@ -11,55 +11,55 @@ Start with `open_system(path)` (SQLite) or `create_manager()` / `create_adapter(
 
 import logging as _logging
 
-from actors import ContextActivated as ContextActivated
-from actors import ContextCreated as ContextCreated
-from actors import ContextDeactivated as ContextDeactivated
-from actors import ContextDeleted as ContextDeleted
-from actors import ContextEvent as ContextEvent
-from actors import ContextFailed as ContextFailed
-from actors import ContextRestarted as ContextRestarted
-from actors import ContextStatus as ContextStatus
-from actors import CorruptionRecovered as CorruptionRecovered
-from actors import MetadataChanged as MetadataChanged
-from actors import RecoveryPointCreated as RecoveryPointCreated
-from actors import RecoveryPointDeleted as RecoveryPointDeleted
-from actors import Restored as Restored
-from actors import StateChanged as StateChanged
-from actors import Switched as Switched
-from actors import RemoteChange as RemoteChange
-from actors import DeactivationReason as DeactivationReason
-from storage import CapacityError as CapacityError
-from storage import ConfigError as ConfigError
-from storage import ContextCrashedError as ContextCrashedError
-from storage import ContextExistsError as ContextExistsError
-from storage import ContextFailedError as ContextFailedError
-from storage import ContextNotFoundError as ContextNotFoundError
-from storage import ContextOwnedElsewhereError as ContextOwnedElsewhereError
-from storage import ContextState as ContextState
-from storage import ContextTimeoutError as ContextTimeoutError
-from storage import CorruptStateError as CorruptStateError
-from storage import FrozenDict as FrozenDict
-from storage import FrozenList as FrozenList
-from storage import HoardError as HoardError
-from storage import InvalidContextIdError as InvalidContextIdError
-from storage import InvalidValueError as InvalidValueError
-from storage import MemoryStore as MemoryStore
-from storage import NoCurrentContextError as NoCurrentContextError
-from storage import PersistenceError as PersistenceError
-from storage import FencedOffError as FencedOffError
-from storage import PostgresStore as PostgresStore
-from storage import RecoveryPoint as RecoveryPoint
-from storage import RecoveryPointNotFoundError as RecoveryPointNotFoundError
-from storage import RecoveryReport as RecoveryReport
-from storage import Schema as Schema
-from storage import SchemaMigrationError as SchemaMigrationError
-from storage import SchemaValidationError as SchemaValidationError
-from storage import SQLiteStore as SQLiteStore
-from storage import Store as Store
-from storage import StoreLockedError as StoreLockedError
-from storage import SystemStoppedError as SystemStoppedError
-from storage import VersionConflictError as VersionConflictError
-from storage import thaw as thaw
+from hoard.actors import ContextActivated as ContextActivated
+from hoard.actors import ContextCreated as ContextCreated
+from hoard.actors import ContextDeactivated as ContextDeactivated
+from hoard.actors import ContextDeleted as ContextDeleted
+from hoard.actors import ContextEvent as ContextEvent
+from hoard.actors import ContextFailed as ContextFailed
+from hoard.actors import ContextRestarted as ContextRestarted
+from hoard.actors import ContextStatus as ContextStatus
+from hoard.actors import CorruptionRecovered as CorruptionRecovered
+from hoard.actors import MetadataChanged as MetadataChanged
+from hoard.actors import RecoveryPointCreated as RecoveryPointCreated
+from hoard.actors import RecoveryPointDeleted as RecoveryPointDeleted
+from hoard.actors import Restored as Restored
+from hoard.actors import StateChanged as StateChanged
+from hoard.actors import Switched as Switched
+from hoard.actors import RemoteChange as RemoteChange
+from hoard.actors import DeactivationReason as DeactivationReason
+from hoard.storage import CapacityError as CapacityError
+from hoard.storage import ConfigError as ConfigError
+from hoard.storage import ContextCrashedError as ContextCrashedError
+from hoard.storage import ContextExistsError as ContextExistsError
+from hoard.storage import ContextFailedError as ContextFailedError
+from hoard.storage import ContextNotFoundError as ContextNotFoundError
+from hoard.storage import ContextOwnedElsewhereError as ContextOwnedElsewhereError
+from hoard.storage import ContextState as ContextState
+from hoard.storage import ContextTimeoutError as ContextTimeoutError
+from hoard.storage import CorruptStateError as CorruptStateError
+from hoard.storage import FrozenDict as FrozenDict
+from hoard.storage import FrozenList as FrozenList
+from hoard.storage import HoardError as HoardError
+from hoard.storage import InvalidContextIdError as InvalidContextIdError
+from hoard.storage import InvalidValueError as InvalidValueError
+from hoard.storage import MemoryStore as MemoryStore
+from hoard.storage import NoCurrentContextError as NoCurrentContextError
+from hoard.storage import PersistenceError as PersistenceError
+from hoard.storage import FencedOffError as FencedOffError
+from hoard.storage import PostgresStore as PostgresStore
+from hoard.storage import RecoveryPoint as RecoveryPoint
+from hoard.storage import RecoveryPointNotFoundError as RecoveryPointNotFoundError
+from hoard.storage import RecoveryReport as RecoveryReport
+from hoard.storage import Schema as Schema
+from hoard.storage import SchemaMigrationError as SchemaMigrationError
+from hoard.storage import SchemaValidationError as SchemaValidationError
+from hoard.storage import SQLiteStore as SQLiteStore
+from hoard.storage import Store as Store
+from hoard.storage import StoreLockedError as StoreLockedError
+from hoard.storage import SystemStoppedError as SystemStoppedError
+from hoard.storage import VersionConflictError as VersionConflictError
+from hoard.storage import thaw as thaw
 
 from ._adapter import ContextAdapter as ContextAdapter
 from ._config import ContextAdapterConfig as ContextAdapterConfig

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from actors import ContextCell, ContextStatus
-from actors._messages import Activate, CurrentId, Deactivate, ListActive, Reset, StatusOf
-from storage import NoCurrentContextError, validate_id
-from storage._schema import as_schema
+from hoard.actors import ContextCell, ContextStatus
+from hoard.actors._messages import Activate, CurrentId, Deactivate, ListActive, Reset, StatusOf
+from hoard.storage import NoCurrentContextError, validate_id
+from hoard.storage._schema import as_schema
 
 from ._config import ContextAdapterConfig
 from ._tracker import ContextTracker, activate_waiting

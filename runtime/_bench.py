@@ -11,7 +11,7 @@ minimum; for time and memory rows (``better="lower"``) ``ratio = value / floor``
 maximum.
 
 Everything runs in the calling thread, except the RSS row, which starts two short-lived child
-processes (``python -m runtime._bench rss ...``) so that each measures a clean interpreter, and the
+processes (``python -m hoard._bench rss ...``) so that each measures a clean interpreter, and the
 threaded rows. Every system and actor a measure starts is stopped before it returns, and every file
 lives in one temporary directory removed at the end. Nothing here prints: progress goes to the
 ``progress`` callback.
@@ -46,7 +46,7 @@ import orjson
 import pykka
 import zstandard
 
-from storage import (
+from hoard.storage import (
     Append,
     Change,
     Codec,
@@ -665,7 +665,7 @@ def _rss(run: _Run) -> list[BenchRow]:
     contexts, keys = 1_000, 100
 
     def child(mode: str) -> float:
-        argv = [sys.executable, "-m", "runtime._bench", "rss", mode, str(contexts), str(keys)]
+        argv = [sys.executable, "-m", "hoard._bench", "rss", mode, str(contexts), str(keys)]
         out = subprocess.run(argv,  # noqa: S603 - our own interpreter and module, fixed arguments
                              capture_output=True, text=True, timeout=300, check=False)
         if out.returncode != 0:
@@ -952,11 +952,11 @@ def write_chart(report: BenchReport, path: str) -> None:
 
 
 def _main(argv: Sequence[str]) -> int:
-    """``python -m runtime._bench rss MODE CONTEXTS KEYS``: the RSS row's child process."""
+    """``python -m hoard._bench rss MODE CONTEXTS KEYS``: the RSS row's child process."""
     if len(argv) == 4 and argv[0] == "rss" and argv[1] in ("hoard", "floor"):
         sys.stdout.write(f"{_rss_child(argv[1], int(argv[2]), int(argv[3]))}\n")
         return 0
-    sys.stderr.write("usage: python -m runtime._bench rss hoard|floor CONTEXTS KEYS\n")
+    sys.stderr.write("usage: python -m hoard._bench rss hoard|floor CONTEXTS KEYS\n")
     return 2
 
 

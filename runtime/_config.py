@@ -11,8 +11,8 @@ from typing import Any
 
 import attrs
 
-from storage import ConfigError, Store, validate_id
-from storage import InvalidContextIdError as _BadId
+from hoard.storage import ConfigError, Store, validate_id
+from hoard.storage import InvalidContextIdError as _BadId
 
 __all__ = ["ContextAdapterConfig", "ContextManagerConfig"]
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from storage import HoardError
+from hoard.storage import HoardError
 
 from ._system import ContextSystem
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from storage import SQLiteStore
+from hoard.storage import SQLiteStore
 
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._system import open_system

@@ -1,4 +1,4 @@
-"""Subscriptions to the system's events (the event classes live in `actors._events`)."""
+"""Subscriptions to the system's events (the event classes live in `hoard.actors._events`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from actors import ContextEvent
-from actors._events import Subscribe, Unsubscribe
-from storage import InvalidValueError, SystemStoppedError, validate_id
+from hoard.actors import ContextEvent
+from hoard.actors._events import Subscribe, Unsubscribe
+from hoard.storage import InvalidValueError, SystemStoppedError, validate_id
 
 if TYPE_CHECKING:
     from ._system import ContextSystem

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage import ConfigError
+from hoard.storage import ConfigError
 
 from ._adapter import ContextAdapter
 from ._config import ContextAdapterConfig, ContextManagerConfig

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from actors._messages import Activate, CreateContext, DeleteContext, Exists, ListIds, StateOf, StoreWrite
-from storage import ContextNotFoundError, ContextState, InvalidValueError, RecoveryPoint, SetTTL, validate_id
+from hoard.actors._messages import Activate, CreateContext, DeleteContext, Exists, ListIds, StateOf, StoreWrite
+from hoard.storage import ContextNotFoundError, ContextState, InvalidValueError, RecoveryPoint, SetTTL, validate_id
 
 from ._config import ContextManagerConfig
 from ._tracker import ContextTracker, delete_recovery_point, list_recovery_points

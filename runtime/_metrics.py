@@ -1,12 +1,12 @@
 """`Metrics`: what ``system.metrics()`` returns, and its Prometheus exposition.
 
 `Metrics` is a frozen record built by `Metrics.from_parts` from what each actor hands over (plain
-counter dicts and histogram snapshots, see `actors._metrics`). It renders itself in the Prometheus
+counter dicts and histogram snapshots, see `hoard.actors._metrics`). It renders itself in the Prometheus
 text format (`Metrics.to_prometheus`), and `register_prometheus` exposes a live system to a
 Prometheus scraper through ``prometheus-client`` (the optional extra ``hoard[prometheus]``)::
 
     from prometheus_client import start_http_server
-    from runtime import register_prometheus
+    from hoard import register_prometheus
 
     collector = register_prometheus(system.metrics)      # the default prometheus_client registry
     server, thread = start_http_server(9464, addr="127.0.0.1")
@@ -44,8 +44,8 @@ from typing import Any
 
 import attrs
 
-from actors._metrics import LATENCY_BOUNDS, SIZE_BOUNDS, HistogramSnapshot
-from storage import FrozenDict
+from hoard.actors._metrics import LATENCY_BOUNDS, SIZE_BOUNDS, HistogramSnapshot
+from hoard.storage import FrozenDict
 
 __all__ = ["Metrics", "register_prometheus"]
 

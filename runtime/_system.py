@@ -20,7 +20,7 @@ from urllib.parse import unquote
 
 import pykka
 
-from actors import (
+from hoard.actors import (
     ContextEvent,
     ContextSettings,
     PersistenceActor,
@@ -28,12 +28,12 @@ from actors import (
     SupervisorActor,
     SupervisorSettings,
 )
-from actors._events import Emitter, EventBusActor, EventGate
-from actors._leases import AttachSupervisor
-from actors._supervisor import mailbox_depth
-from actors._messages import CollectMetrics, Configure, GetMetrics, Shutdown, Sweep
-from actors._remote import RemoteListener
-from storage import (
+from hoard.actors._events import Emitter, EventBusActor, EventGate
+from hoard.actors._leases import AttachSupervisor
+from hoard.actors._supervisor import mailbox_depth
+from hoard.actors._messages import CollectMetrics, Configure, GetMetrics, Shutdown, Sweep
+from hoard.actors._remote import RemoteListener
+from hoard.storage import (
     ConfigError,
     ContextTimeoutError,
     HoardError,
@@ -270,7 +270,7 @@ class ContextSystem:
     def subscribe(self, subscriber: Callable[[ContextEvent], Any] | pykka.ActorRef[Any], *,
                   context_id: str | None = None, kinds: Iterable[type[ContextEvent]] | None = None,
                   timeout: float | None = None) -> Subscription:
-        """Receive events, asynchronously, in order per context (see `actors._events`).
+        """Receive events, asynchronously, in order per context (see `hoard.actors._events`).
 
         Args:
             subscriber: a callable (run in its own actor thread, one event at a time; an exception

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from actors import (
+from hoard.actors import (
     ContextCell,
     CreateRecoveryPoint,
     Delete,
@@ -33,10 +33,10 @@ from actors import (
     Transact,
     Update,
 )
-from actors._cell import EPOCH, fresh_mark
-from actors._future import Reply
-from actors._messages import Activate, SetPinned, StoreCall, StoreWrite
-from storage import (
+from hoard.actors._cell import EPOCH, fresh_mark
+from hoard.actors._future import Reply
+from hoard.actors._messages import Activate, SetPinned, StoreCall, StoreWrite
+from hoard.storage import (
     ContextOwnedElsewhereError,
     ContextState,
     ContextTimeoutError,
@@ -287,7 +287,7 @@ class ContextTracker:
         Returns at once if it already is. Raises `ContextTimeoutError` after `timeout` seconds
         (default: call_timeout). Waits on an event subscription, not by polling.
         """
-        from actors import StateChanged
+        from hoard.actors import StateChanged
 
         from ._events import subscribe
 

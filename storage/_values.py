@@ -40,7 +40,7 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson (and every JSON peer wor
 
 
 def _immutable(self: object, *_a: object, **_k: object) -> NoReturn:
-    raise TypeError(f"{type(self).__name__} is immutable; use runtime.thaw() for a mutable copy")
+    raise TypeError(f"{type(self).__name__} is immutable; use hoard.thaw() for a mutable copy")
 
 
 class FrozenDict(dict):  # type: ignore[type-arg]

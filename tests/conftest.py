@@ -11,7 +11,7 @@ from pathlib import Path
 import pykka
 import pytest
 
-from runtime import ContextSystem, open_system
+from hoard import ContextSystem, open_system
 
 _OUR_THREADS = ("ContextActor-", "SupervisorActor-", "PersistenceActor-", "EventBusActor-", "SubscriberActor-",
                 "hoard-maintenance")

@@ -127,7 +127,7 @@ def pg_schema(pg_dsn: str) -> Iterator[str]:
 @pytest.fixture
 def make_pg_store(pg_dsn: str, pg_schema: str) -> Iterator[Callable[..., Any]]:
     """Factory of opened `PostgresStore`s on this test's schema; every one is closed at teardown."""
-    from storage import PostgresStore  # noqa: PLC0415 - keeps this module importable anywhere
+    from hoard.storage import PostgresStore  # noqa: PLC0415 - keeps this module importable anywhere
 
     stores: list[PostgresStore] = []
 

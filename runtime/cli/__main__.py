@@ -1,4 +1,4 @@
-"""``python -m runtime.cli``: the same as the `hoard` console script."""
+"""``python -m hoard.cli``: the same as the `hoard` console script."""
 
 from ._main import main
 

@@ -6,7 +6,7 @@ Archive layout (integers little-endian)::
     magic    8 bytes   b"HOARDARC"
     record*  u64 length + a storage `Codec` frame of kind KIND_ARCHIVE holding one JSON object
 
-The frame carries the blob format version, zstd compression and a CRC32 (see `storage.Codec`). The
+The frame carries the blob format version, zstd compression and a CRC32 (see `hoard.storage.Codec`). The
 records, in order:
 
 * ``{"type": "header", "archive_format": 1, "store_format": ..., "created_at": ..., "hoard": ...}``
@@ -38,7 +38,7 @@ from typing import IO, Any
 import attrs
 import click
 
-from storage import (
+from hoard.storage import (
     FORMAT_VERSION,
     Codec,
     ContextState,
@@ -54,7 +54,7 @@ from storage import (
     StoredContext,
     validate_id,
 )
-from storage._codec import KIND_ARCHIVE
+from hoard.storage._codec import KIND_ARCHIVE
 
 from ._common import STORE, check_writable_target, emit_json, json_option, out, progress, read_store, write_store
 

@@ -1,4 +1,4 @@
-"""``hoard bench``: run `runtime._bench` and print its table (or JSON, or a chart)."""
+"""``hoard bench``: run `hoard._bench` and print its table (or JSON, or a chart)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from storage import HoardError, PersistenceError, SQLiteStore, StoreLockedError
+from hoard.storage import HoardError, PersistenceError, SQLiteStore, StoreLockedError
 
 from .._config import ContextAdapterConfig, ContextManagerConfig
 from .._system import ContextSystem, open_system

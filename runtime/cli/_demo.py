@@ -1,4 +1,4 @@
-"""``hoard demo``: the lead's `runtime._demo.run_demo`, imported only when the command runs."""
+"""``hoard demo``: the lead's `hoard._demo.run_demo`, imported only when the command runs."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def demo(directory: str | None) -> None:
       hoard demo
       hoard demo --dir ./demo-state && hoard ls ./demo-state/demo.db
     """
-    if importlib.util.find_spec("runtime._demo") is None:
+    if importlib.util.find_spec("hoard._demo") is None:
         raise click.ClickException("hoard demo is not available in this build")
     from .._demo import run_demo  # noqa: PLC0415 - imported only when the command runs
 

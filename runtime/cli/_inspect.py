@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from storage import ContextState, HoardError, RecoveryPoint, SQLiteStore, thaw
+from hoard.storage import ContextState, HoardError, RecoveryPoint, SQLiteStore, thaw
 
 from ._common import (
     STORE,

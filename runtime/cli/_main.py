@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from storage import HoardError
+from hoard.storage import HoardError
 
 from ._archive import export, import_
 from ._bench import bench

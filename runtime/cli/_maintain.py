@@ -14,7 +14,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from storage import CorruptStateError, DeleteContext, HoardError, PersistenceError
+from hoard.storage import CorruptStateError, DeleteContext, HoardError, PersistenceError
 
 from ._archive import context_ops
 from ._common import (

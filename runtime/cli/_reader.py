@@ -1,7 +1,7 @@
 """Offline reads the `Store` protocol does not offer yet: journal entries, the kept snapshots, an older
 version rebuilt from them, uncompressed sizes, and file-level statistics.
 
-They read the SQLite tables documented in `storage._sqlite` through a second, read-only connection
+They read the SQLite tables documented in `hoard.storage._sqlite` through a second, read-only connection
 (``mode=ro``: no writer lock, committed data only) and decode every blob with the store's own
 `Codec`, so every checksum and format check still applies. This couples the CLI to the SQLite
 schema; it is the stopgap until `SQLiteStore` grows these reads itself (``journal()``,
@@ -20,12 +20,12 @@ from urllib.parse import quote
 
 import attrs
 
-from storage import Change, ContextState, CorruptStateError, PersistenceError, SQLiteStore, apply_change
+from hoard.storage import Change, ContextState, CorruptStateError, PersistenceError, SQLiteStore, apply_change
 
 __all__ = ["Rebuilt", "StoreReader"]
 
 _MAGIC = b"\x89HRD"
-_HEAD = struct.Struct("<4sBBBxQ")  # magic, format, kind, flags, decompressed length (see storage._codec)
+_HEAD = struct.Struct("<4sBBBxQ")  # magic, format, kind, flags, decompressed length (see hoard.storage._codec)
 
 
 @attrs.frozen

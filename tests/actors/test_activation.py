@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import (
+from hoard import (
     CapacityError,
     ContextAdapterConfig,
     ContextManagerConfig,
@@ -140,12 +140,12 @@ def test_snapshots_truncate_the_journal(store_path: Path) -> None:
         t = s.adapter.activate("j")
         for i in range(35):
             t.set("k", i)
-        info = s.ask_persistence(__import__("actors._messages", fromlist=["StoreCall"]).StoreCall("info", ("j",)),
+        info = s.ask_persistence(__import__("hoard.actors._messages", fromlist=["StoreCall"]).StoreCall("info", ("j",)),
                                  None, "info")
         # two snapshots kept; the journal holds only what the older one does not cover
         assert info.journal_entries <= 20
         assert info.snapshot_version >= 30
-    from storage import SQLiteStore
+    from hoard.storage import SQLiteStore
     st = SQLiteStore(store_path, readonly=True)
     st.open()
     try:
@@ -156,7 +156,7 @@ def test_snapshots_truncate_the_journal(store_path: Path) -> None:
 
 
 def test_a_refused_activation_evicts_nothing(store_path: Path) -> None:
-    from runtime import ContextNotFoundError
+    from hoard import ContextNotFoundError
 
     with _lru(store_path, limit=3) as s:
         a = s.adapter
@@ -173,8 +173,8 @@ def test_a_call_that_reaches_a_passivating_actor_is_refused_and_retried_not_writ
 
     import pykka
 
-    from actors import Set
-    from storage import Append, PutSnapshot
+    from hoard.actors import Set
+    from hoard.storage import Append, PutSnapshot
     from tests.helpers import RecordingStore
 
     store = RecordingStore(store_path)

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors._messages import CreateRecoveryPoint, Get, GetState, Set, SetMetadata, Transact
+from hoard.actors._messages import CreateRecoveryPoint, Get, GetState, Set, SetMetadata, Transact
 
 # the lead exports these from `actors`; until then the tests import the module itself
-from actors._metrics import LATENCY_BOUNDS, SIZE_BOUNDS, Counters, Histogram, HistogramSnapshot, kind_of
+from hoard.actors._metrics import LATENCY_BOUNDS, SIZE_BOUNDS, Counters, Histogram, HistogramSnapshot, kind_of
 
 
 # -- buckets -----------------------------------------------------------------------------------------------

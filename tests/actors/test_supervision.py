@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import actors._context as context_module
-from runtime import (
+import hoard.actors._context as context_module
+from hoard import (
     ContextAdapterConfig,
     ContextCrashedError,
     ContextFailedError,
@@ -15,7 +15,7 @@ from runtime import (
     ContextStatus,
     open_system,
 )
-from storage import apply_change as real_apply_change
+from hoard.storage import apply_change as real_apply_change
 from tests.helpers import Clock
 
 

@@ -1,5 +1,5 @@
 """Fixtures for the CLI tests: run the real command line in a subprocess, on real SQLite stores
-written through `runtime.open_system` (every system is stopped before the command runs)."""
+written through `hoard.open_system` (every system is stopped before the command runs)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 import attrs
 import pytest
 
-from runtime import ContextAdapterConfig, open_system
-from storage import Append, Change, SQLiteStore
+from hoard import ContextAdapterConfig, open_system
+from hoard.storage import Append, Change, SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,13 +37,13 @@ Hoard = Callable[..., Result]
 
 @pytest.fixture
 def hoard(tmp_path: Path) -> Hoard:
-    """``hoard(*args)`` runs ``python -m runtime.cli *args`` in `tmp_path` (not a TTY) and returns
+    """``hoard(*args)`` runs ``python -m hoard.cli *args`` in `tmp_path` (not a TTY) and returns
     its exit code and output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     env.pop("FORCE_COLOR", None)
 
     def run(*args: str, timeout: float = 120) -> Result:
-        proc = subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=tmp_path, env=env,  # noqa: S603
+        proc = subprocess.run([sys.executable, "-m", "hoard.cli", *args], cwd=tmp_path, env=env,  # noqa: S603
                               capture_output=True, text=True, timeout=timeout, check=False)
         return Result(proc.returncode, proc.stdout, proc.stderr)
     return run

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime import open_system
-from runtime.cli._archive import read_archive
+from hoard import open_system
+from hoard.cli._archive import read_archive
 
 from .conftest import NO_DEFAULT, Hoard, no_traceback
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime._bench import MEASURES
+from hoard._bench import MEASURES
 
 from .conftest import Hoard
 

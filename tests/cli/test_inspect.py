@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from runtime import open_system
+from hoard import open_system
 
 from .conftest import CART_META, CART_V3, CART_V9, CART_V11, NO_DEFAULT, Hoard, no_traceback
 

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from runtime import open_system
+from hoard import open_system
 
 from .conftest import CART_META, CART_V3, CART_V11, NO_DEFAULT, Hoard, no_traceback
 

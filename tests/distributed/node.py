@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
 
 import psycopg
 
-from runtime import (
+from hoard import (
     ContextAdapterConfig,
     ContextManagerConfig,
     ContextOwnedElsewhereError,

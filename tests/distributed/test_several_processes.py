@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from runtime import (
+from hoard import (
     ConfigError,
     ContextAdapterConfig,
     ContextManagerConfig,
@@ -32,7 +32,7 @@ from runtime import (
     RemoteChange,
     open_system,
 )
-from runtime._system import _resolve_store
+from hoard._system import _resolve_store
 
 from .conftest import Node
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from storage import PostgresStore, SQLiteStore
+from hoard.storage import PostgresStore, SQLiteStore
 from tests.pg import url_for
 
 from ._faults import Faults, PgFaults

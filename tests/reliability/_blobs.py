@@ -6,7 +6,7 @@ import random
 import struct
 import zlib
 
-from storage._codec import _CRC, _HEADER, FORMAT_VERSION, HEADER_SIZE, MAGIC
+from hoard.storage._codec import _CRC, _HEADER, FORMAT_VERSION, HEADER_SIZE, MAGIC
 
 ZSTD_MAGIC = 0xFD2FB528
 RLE_BLOCK = 1 << 17  # the largest zstd block (128 KiB)

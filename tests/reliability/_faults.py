@@ -23,7 +23,7 @@ from typing import Any
 
 import zstandard
 
-from storage import PostgresStore, SQLiteStore
+from hoard.storage import PostgresStore, SQLiteStore
 
 
 def _shape(sql: str) -> list[str]:

@@ -39,7 +39,7 @@ from typing import Any
 
 import attrs
 
-from storage import PostgresStore, SQLiteStore, Store, thaw
+from hoard.storage import PostgresStore, SQLiteStore, Store, thaw
 from tests.pg import wait_for_sessions_to_end
 
 CHILD = Path(__file__).resolve().parent / "writer_child.py"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from runtime import (
+from hoard import (
     ContextManagerConfig,
     ContextStatus,
     ContextSystem,
@@ -25,7 +25,7 @@ from runtime import (
     open_system,
     thaw,
 )
-from storage import Append, Change, CreateContext, new_state
+from hoard.storage import Append, Change, CreateContext, new_state
 from tests.helpers import wait_until
 
 from ._backends import BACKENDS, Backend, PostgresBackend, SQLiteBackend, backend

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage import (
+from hoard.storage import (
     Append,
     Change,
     Codec,
@@ -37,7 +37,7 @@ from storage import (
     freeze_mapping,
     new_state,
 )
-from storage._codec import KIND_ARCHIVE, KIND_CHANGE, KIND_STATE
+from hoard.storage._codec import KIND_ARCHIVE, KIND_CHANGE, KIND_STATE
 
 from ._blobs import frame_blob, mutate, rle_bomb, with_length
 
@@ -345,7 +345,7 @@ class _PgPristine:
 
 
 def _run_pg_store_fuzz(dsn: str, schema: str, n_inputs: int, seed: int) -> dict[str, int]:
-    from storage import PostgresStore  # noqa: PLC0415
+    from hoard.storage import PostgresStore  # noqa: PLC0415
 
     def opener(**kw: Any) -> PostgresStore:
         store = PostgresStore(dsn, schema=schema, notify=False, **kw)

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime import (
+from hoard import (
     ContextManagerConfig,
     ContextStatus,
     ContextSystem,
@@ -33,7 +33,7 @@ from runtime import (
     PersistenceError,
     open_system,
 )
-from storage import Append, Change, CreateContext, DeleteContext, PostgresStore, SQLiteStore, new_state
+from hoard.storage import Append, Change, CreateContext, DeleteContext, PostgresStore, SQLiteStore, new_state
 
 from ._backends import PostgresBackend, backend
 

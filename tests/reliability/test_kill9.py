@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from runtime import ContextManagerConfig, open_system
-from storage import thaw
+from hoard import ContextManagerConfig, open_system
+from hoard.storage import thaw
 from tests.pg import url_for
 
 from ._torture import Model, PostgresAccess, SQLiteAccess, run_child

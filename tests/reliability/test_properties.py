@@ -27,7 +27,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from runtime import (
+from hoard import (
     ContextManagerConfig,
     InvalidValueError,
     RecoveryPointNotFoundError,
@@ -35,8 +35,8 @@ from runtime import (
     open_system,
     thaw,
 )
-from storage import Change, Codec, ContextState, freeze_mapping, freeze_value
-from storage._codec import KIND_ARCHIVE
+from hoard.storage import Change, Codec, ContextState, freeze_mapping, freeze_value
+from hoard.storage._codec import KIND_ARCHIVE
 from tests.pg import url_for
 
 # -- strategies ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from runtime import (
+from hoard import (
     ContextFailedError,
     ContextManagerConfig,
     ContextStatus,
@@ -25,7 +25,7 @@ from runtime import (
     CorruptStateError,
     open_system,
 )
-from storage import (
+from hoard.storage import (
     Append,
     Change,
     Codec,

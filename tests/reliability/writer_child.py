@@ -35,8 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root, without installing
 
-from runtime import ContextAdapterConfig, ContextManagerConfig, open_system
-from storage import Append, Op, PostgresStore, SQLiteStore
+from hoard import ContextAdapterConfig, ContextManagerConfig, open_system
+from hoard.storage import Append, Op, PostgresStore, SQLiteStore
 
 
 def emit(event: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pykka
 import pytest
 
-from runtime import (
+from hoard import (
     ContextAdapterConfig,
     ContextDeactivated,
     ContextManagerConfig,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import (
+from hoard import (
     CapacityError,
     ContextAdapterConfig,
     ContextExistsError,
@@ -256,7 +256,7 @@ def test_deleting_the_current_context_falls_back_to_default(system) -> None:
 
 
 def test_deactivating_the_default_leaves_no_current_context(system) -> None:
-    from runtime import NoCurrentContextError
+    from hoard import NoCurrentContextError
 
     a = system.adapter
     a.deactivate("default")
@@ -387,7 +387,7 @@ def test_timeouts_raise_our_timeout_error(system) -> None:
 
 
 def test_config_is_validated() -> None:
-    from runtime import ConfigError
+    from hoard import ConfigError
 
     for kwargs in [{"durability": "sometimes"}, {"snapshot_every": 0}, {"call_timeout": -1},
                    {"max_recovery_points": "3"}, {"store": 3}, {"compression_level": 99}]:

@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime import open_system
+from hoard import open_system
 
 DAEMON = r"""
 import sys
-from runtime import open_system, run_forever, ContextManagerConfig
+from hoard import open_system, run_forever, ContextManagerConfig
 # deferred with a long window: only the graceful stop can have committed these writes
 system = open_system(sys.argv[1], manager_config=ContextManagerConfig(durability="deferred", flush_interval=60))
 t = system.adapter.activate("svc")
@@ -40,7 +40,7 @@ def test_sigterm_stops_the_daemon_gracefully(store_path: Path) -> None:
 
 FORGETFUL = r"""
 import sys
-from runtime import open_system, ContextManagerConfig
+from hoard import open_system, ContextManagerConfig
 system = open_system(sys.argv[1], manager_config=ContextManagerConfig(durability="deferred", flush_interval=60))
 t = system.adapter.activate("svc")
 for i in range(50):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import ContextStatus, CorruptStateError, NoCurrentContextError, open_system
+from hoard import ContextStatus, CorruptStateError, NoCurrentContextError, open_system
 
 
 def _damage(path: Path, context_id: str) -> None:

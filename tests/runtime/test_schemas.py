@@ -7,7 +7,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from runtime import (
+from hoard import (
     ContextTrackerFactory,
     HoardError,
     InvalidValueError,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import (
+from hoard import (
     ContextAdapterConfig,
     ContextDeleted,
     ContextManagerConfig,

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from storage import (
+from hoard.storage import (
     Append,
     Change,
     ChangeListener,
@@ -426,7 +426,7 @@ def test_a_connection_lost_around_commit_is_resolved_by_transaction_status(
     monkeypatch.setattr(s, "_finish", finish_and_break)
     ch = change(2, x=1)
     if breaks == "after COMMIT":
-        with caplog.at_level(logging.WARNING, logger="storage._postgres"):
+        with caplog.at_level(logging.WARNING, logger="hoard.storage._postgres"):
             s.commit([Append("c", ch)])  # reported done: it is stored
         assert "broke during COMMIT" in caplog.text and "but the transaction committed" in caplog.text
         assert s.load("c") == apply_change(st, ch)

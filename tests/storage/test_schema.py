@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage import ConfigError, CorruptStateError, FrozenDict, FrozenList, HoardError, freeze_mapping
+from hoard.storage import ConfigError, CorruptStateError, FrozenDict, FrozenList, HoardError, freeze_mapping
 
 # the lead exports these from `storage`; until then the tests import the module itself
-from storage._schema import (
+from hoard.storage._schema import (
     SCHEMA_KEY,
     Schema,
     SchemaMigrationError,

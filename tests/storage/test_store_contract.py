@@ -16,7 +16,7 @@ from typing import Any
 import immutables
 import pytest
 
-from storage import (
+from hoard.storage import (
     Append,
     Change,
     ContextState,
