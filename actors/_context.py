@@ -64,6 +64,7 @@ from ._messages import (
     GetState,
     Passivate,
     Restore,
+    Resume,
     Rollback,
     SaveRecoveryPoint,
     SaveSnapshot,
@@ -91,7 +92,7 @@ def _kind(cls: type) -> str:
     return kind
 
 
-_AFTER_PASSIVATION = frozenset({Get, GetState, GetMetrics, Passivate, Rollback})  # no write among them
+_AFTER_PASSIVATION = frozenset({Get, GetState, GetMetrics, Passivate, Resume, Rollback})  # no write among them
 
 
 class UnknownMessageError(HoardError, TypeError):
@@ -158,6 +159,7 @@ class ContextActor(pykka.ThreadingActor):
             CreateRecoveryPoint: self._on_create_recovery_point,
             Passivate: self._on_passivate,
             Rollback: self._on_rollback,
+            Resume: self._on_resume,
             BindSchema: self._on_bind_schema,
             GetMetrics: self._on_get_metrics,
         }
@@ -317,7 +319,8 @@ class ContextActor(pykka.ThreadingActor):
     def _on_set_metadata(self, m: SetMetadata) -> Any:
         self._check_version(m.expected_version)
         sets, growth = self._frozen_mapping(m.values)
-        dels = tuple(validate_key(k, self.cell.id) for k in m.remove if k in self.working.metadata)
+        # validate first: `in` hashes the key, and a str subclass's own __hash__ is user code
+        dels = tuple(k for k in (validate_key(k, self.cell.id) for k in m.remove) if k in self.working.metadata)
         _check_reserved([*sets, *dels], self.cell.id)
         return self._apply({"meta_set": sets, "meta_del": dels}, growth)
 
@@ -416,6 +419,9 @@ class ContextActor(pykka.ThreadingActor):
         reply = self._reply()
         self.persistence.tell(SaveSnapshot(self.working, reply))
         return DEFERRED if reply is not None else None
+
+    def _on_resume(self, _m: Resume) -> None:
+        self._passivated = False
 
     def _on_rollback(self, m: Rollback) -> None:
         if m.state.version <= self.working.version:

@@ -152,6 +152,12 @@ class Passivate:
 
 
 @attrs.frozen
+class Resume:
+    """From the supervisor: a passivation failed and the context stays active (its final snapshot, the
+    only copy of a ``durability="none"`` context's changes, could not be written); serve calls again."""
+
+
+@attrs.frozen
 class Rollback:
     """From the persistence actor: commits failed; go back to `state` (the last durable one)."""
 

@@ -50,6 +50,7 @@ from hoard.storage import (
     PutRecoveryPoint,
     PutSnapshot,
     RecoveryPoint,
+    StateNotSavedError,
     Store,
 )
 
@@ -417,14 +418,19 @@ class PersistenceActor(pykka.ThreadingActor):
                     lost_versions=tuple(report.lost_versions))
 
     def _on_save_snapshot(self, m: SaveSnapshot) -> None:
-        """Snapshot on passivation. Afterwards the context is no longer tracked here."""
+        """Snapshot on passivation. Afterwards the context is no longer tracked here, except when it
+        is ``durability="none"`` and the snapshot failed: that snapshot is the only copy of its
+        changes, so the caller gets `StateNotSavedError`, and the context (and its lease) stays here,
+        to be kept active by the supervisor and saved by a later passivation."""
         self._flush()
         cid = m.state.id
+        only_copy = self.settings.durability == "none"  # the snapshot is the only copy of its changes
+        kept = False
         try:
             fenced = self.leases.check(cid)
             if fenced is not None:
                 raise fenced  # taken over by another owner: nothing more may be written
-            if self.settings.durability == "none":
+            if only_copy:
                 target: ContextState | None = m.state  # a checkpoint of changes never journaled
             else:
                 # never snapshot what was not committed: the last durable state is what is stored
@@ -433,14 +439,24 @@ class PersistenceActor(pykka.ThreadingActor):
                 self.store.commit([PutSnapshot(target)])
                 self.stats["snapshots"] += 1
         except HoardError as exc:
+            if only_copy and m.reply is not None and not isinstance(exc, FencedOffError):
+                # the changes exist nowhere else: keep the context (and its lease) here; the
+                # supervisor keeps it active, and the caller may retry once the cause is fixed
+                kept = True
+                cause, exc = exc, StateNotSavedError(
+                    f"context {cid!r} v{m.state.version} (durability='none') could not be saved: {exc}; "
+                    "it stays active with every change; free space (or fix the store) and retry",
+                    context_id=cid)
+                exc.__cause__ = cause
             if m.reply is not None:
                 m.reply.fail(exc)
                 return
             raise
         finally:
-            self._durable.pop(cid, None)
-            self._since_snapshot.pop(cid, None)
-            self.leases.release([cid])  # after the last write: the next owner may take it at once
+            if not kept:
+                self._durable.pop(cid, None)
+                self._since_snapshot.pop(cid, None)
+                self.leases.release([cid])  # after the last write: the next owner may take it at once
         if m.reply is not None:
             m.reply.resolve(None)
 

@@ -16,25 +16,26 @@ never names an inactive context.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 from collections.abc import Callable
 from typing import Any
 
 import pykka
-
 from hoard.storage import (
     CapacityError,
-    ContextOwnedElsewhereError,
-    ContextFailedError,
-    SystemStoppedError,
     ContextExistsError,
+    ContextFailedError,
     ContextNotFoundError,
+    ContextOwnedElsewhereError,
     ContextState,
     ContextTimeoutError,
     DeleteContext,
     HoardError,
     PersistenceError,
+    StateNotSavedError,
+    SystemStoppedError,
     freeze_mapping,
     new_state,
     read_marker,
@@ -56,13 +57,11 @@ from ._events import (
     Switched,
 )
 from ._leases import LeasesLost
-from ._metrics import Counters, Histogram
 from ._messages import (
     Activate,
     BindSchema,
-    CollectMetrics,
-    GetMetrics,
     Close,
+    CollectMetrics,
     Configure,
     ContextCrashed,
     ContextStatus,
@@ -71,23 +70,26 @@ from ._messages import (
     Deactivate,
     DeactivationReason,
     Exists,
+    GetMetrics,
     ListActive,
     ListIds,
     Load,
     Passivate,
     Reset,
+    Resume,
     SaveSnapshot,
     SetPinned,
-    Sweep,
     Shutdown,
     StateOf,
     StatusOf,
     StoreCall,
     StoreWrite,
+    Sweep,
 )
 from ._messages import (
     DeleteContext as DeleteMsg,
 )
+from ._metrics import Counters, Histogram
 from ._settings import ContextSettings, SupervisorSettings
 
 __all__ = ["SupervisorActor"]
@@ -217,7 +219,7 @@ class SupervisorActor(pykka.ThreadingActor):
             previous, self.current = self.current, cid
             self.events(Switched, cid, previous=previous)
 
-    def _start(self, cid: str, m: Activate) -> ContextCell:
+    def _start(self, cid: str, m: Activate, resume: ContextState | None = None) -> ContextCell:
         create = self.settings.auto_create_contexts if m.create is None else m.create
         absent = False  # known not to be stored (asked once, not again for max_contexts)
         if m.must_create:
@@ -236,6 +238,8 @@ class SupervisorActor(pykka.ThreadingActor):
         state = self._ask_persistence(Load(cid, template), f"loading context {cid!r}", cid)
         if state is None:
             raise ContextNotFoundError(cid)
+        if resume is not None and resume.version > state.version:
+            state = resume  # see _on_crashed
         self._make_room(cid, m.make_current)
         cell = ContextCell(cid, state)
         cell.pinned = cid in self.pinned
@@ -285,7 +289,6 @@ class SupervisorActor(pykka.ThreadingActor):
         cell.closed = True
         timeout = self.settings.call_timeout
         try:
-            self._retire_metrics(cell.actor_ref.ask(GetMetrics(), timeout=timeout))
             cell.actor_ref.ask(Passivate(), timeout=timeout)
         except pykka.ActorDeadError:
             pass
@@ -293,8 +296,17 @@ class SupervisorActor(pykka.ThreadingActor):
             log.error("context %r did not passivate within %s s; stopping it anyway", cell.id, timeout)
             cell.actor_ref.stop(block=False)
             raise ContextTimeoutError(f"passivating {cell.id!r}", timeout, cell.id) from exc
+        except StateNotSavedError:
+            # durability="none": the snapshot was the only copy of its changes. Keep it active: Resume
+            # lands in its mailbox before any call a tracker may send once the cell is open again
+            cell.actor_ref.tell(Resume())
+            cell.closed = False
+            raise
         except HoardError as exc:
             log.error("context %r: final snapshot failed (%s); its journal is intact", cell.id, exc)
+        # its counts are missing from the metrics if it cannot answer; it is passivated all the same
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            self._retire_metrics(cell.actor_ref.ask(GetMetrics(), timeout=timeout))
         try:
             cell.actor_ref.stop(block=True, timeout=timeout)
         except pykka.Timeout as exc:
@@ -309,13 +321,21 @@ class SupervisorActor(pykka.ThreadingActor):
         del self.cells[cid]
         try:
             self._passivate(cell)
-        finally:
-            self.stats["deactivations"] += 1
-            self.events(ContextDeactivated, cid, version=cell.state.version, reason=reason)
-            if self.current == cid:
-                self._fall_back_to_default()
+        except StateNotSavedError:
+            self.cells[cid] = cell  # still active, every change kept; a later deactivation may save it
+            raise
+        except BaseException:
+            self._deactivated(cid, cell, reason)
+            raise
+        self._deactivated(cid, cell, reason)
         log.debug("deactivated %r (%s)", cid, reason.value)
         return True
+
+    def _deactivated(self, cid: str, cell: ContextCell, reason: DeactivationReason) -> None:
+        self.stats["deactivations"] += 1
+        self.events(ContextDeactivated, cid, version=cell.state.version, reason=reason)
+        if self.current == cid:
+            self._fall_back_to_default()
 
     def _fall_back_to_default(self) -> None:
         default = self.settings.default_context_id
@@ -349,8 +369,11 @@ class SupervisorActor(pykka.ThreadingActor):
         self.stats["restarts"] += 1
         log.warning("context %r crashed (%s); restart %d of %d within %s s", cid, m.reason, len(recent),
                     self.settings.max_restarts, self.settings.restart_window)
+        # durability="none": the store holds only the last checkpoint; the acknowledged changes since
+        # are in the last published state, which a crash (a bug in the write path) never touches
+        resume = m.cell.state if self.context_settings.durability == "none" else None
         try:
-            cell = self._start(cid, Activate(cid, create=False, make_current=False))
+            cell = self._start(cid, Activate(cid, create=False, make_current=False), resume=resume)
         except HoardError as exc:
             self.failed[cid] = f"restart failed: {exc}"
             log.error("context %r FAILED: could not restart: %s", cid, exc)
@@ -378,8 +401,13 @@ class SupervisorActor(pykka.ThreadingActor):
                 self.seen[cid] = (cell.touched, now)
             elif now - since >= timeout and cid not in protected and not cell.pinned:
                 idle.append(cid)
-        for cid in idle:
-            self._deactivate(cid, DeactivationReason.IDLE)
+        for cid in list(idle):
+            try:
+                self._deactivate(cid, DeactivationReason.IDLE)
+            except StateNotSavedError as exc:  # kept active with its changes; tried again next sweep
+                log.error("idle context %r not passivated: %s", cid, exc)
+                idle.remove(cid)
+                continue
             self.stats["passivations"] += 1
         for cid in [c for c in self.seen if c not in self.cells]:
             del self.seen[cid]
@@ -534,13 +562,27 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _on_shutdown(self, _m: Shutdown) -> None:
         errors: list[BaseException] = []
+        kept: dict[str, ContextCell] = {}
         for cid in list(self.cells):
             cell = self.cells.pop(cid)
             try:
                 self._passivate(cell)
                 self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.SHUTDOWN)
+            except StateNotSavedError as exc:
+                kept[cid] = cell
+                errors.append(exc)
             except HoardError as exc:  # keep going: every other context still gets its snapshot
                 errors.append(exc)
+        if kept:
+            # durability="none" contexts whose only copy could not be saved: the system keeps running
+            # (store open, those contexts active) so that a retried stop() can save them
+            self.cells.update(kept)
+            if self.current not in self.cells:
+                self._fall_back_to_default()
+            raise StateNotSavedError(
+                f"could not save {len(kept)} context(s) (durability='none'): {', '.join(map(repr, kept))}; "
+                f"the system keeps running with them; fix the cause and stop again (first error: {errors[0]})",
+                context_id=next(iter(kept)))
         self.current = None
         try:
             self._ask_persistence(Close(), "closing the store")

@@ -56,6 +56,7 @@ from hoard.storage import SchemaMigrationError as SchemaMigrationError
 from hoard.storage import SchemaValidationError as SchemaValidationError
 from hoard.storage import SQLiteStore as SQLiteStore
 from hoard.storage import Store as Store
+from hoard.storage import StateNotSavedError as StateNotSavedError
 from hoard.storage import StoreLockedError as StoreLockedError
 from hoard.storage import SystemStoppedError as SystemStoppedError
 from hoard.storage import VersionConflictError as VersionConflictError
@@ -94,7 +95,7 @@ __all__ = [
     "ContextState", "ContextStatus", "ContextSystem", "ContextTimeoutError", "ContextTracker",
     "ContextTrackerFactory", "CorruptStateError", "DeactivationReason", "FrozenDict", "FrozenList", "HoardError",
     "InvalidContextIdError", "InvalidValueError", "MemoryStore", "NoCurrentContextError", "PersistenceError",
-    "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "Store", "StoreLockedError",
+    "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "StateNotSavedError", "Store", "StoreLockedError",
     "SystemStoppedError", "VersionConflictError", "create_adapter", "create_adapter_with_config",
     "create_manager", "create_manager_with_config", "open_system", "run_forever", "thaw",
     "RemoteChange", "ContextOwnedElsewhereError", "FencedOffError", "PostgresStore",

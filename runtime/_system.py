@@ -41,6 +41,7 @@ from hoard.storage import (
     PersistenceError,
     PostgresStore,
     SQLiteStore,
+    StateNotSavedError,
     Store,
     SystemStoppedError,
 )
@@ -127,6 +128,7 @@ class ContextSystem:
         self._stopped = False
         self._adapter: ContextAdapter | None = None
         self._ticker: threading.Thread | None = None
+        self._ticker_interval = 30.0
         self._ticker_stop = threading.Event()
         self.store.open()
         cfg = manager_config
@@ -216,6 +218,7 @@ class ContextSystem:
 
     def _start_ticker(self, interval: float) -> None:
         stop = self._ticker_stop = threading.Event()
+        self._ticker_interval = interval
 
         def tick() -> None:
             while not stop.wait(interval):
@@ -291,20 +294,35 @@ class ContextSystem:
 
         Idempotent. Blocks until done; `timeout` bounds each step (default: call_timeout x 4 for the
         shutdown of all contexts). Afterwards no actor thread of this system is left.
+
+        One exception: with ``durability="none"`` the final snapshot is the only copy of a context's
+        changes; if it cannot be written (disk full), this raises `StateNotSavedError`, the system
+        keeps running with those contexts active, and a later `stop()` saves them.
         """
         if self._stopped:
             return
         self._stopped = True
         _LIVE.discard(self)
+        ticking = self._ticker is not None
         if self._ticker is not None:
             self._ticker_stop.set()
             self._ticker.join(5)
+            self._ticker = None
         if self._remote is not None:
             self._remote.stop()
         t = self.call_timeout * 4 if timeout is None else timeout
         error: BaseException | None = None
         try:
             self._supervisor.ask(Shutdown(), timeout=t)
+        except StateNotSavedError:
+            # durability="none" contexts whose only copy could not be written: nothing was stopped,
+            # so that a retried stop() can save them once the cause is fixed
+            self._stopped = False
+            _LIVE.add(self)
+            self._remote = RemoteListener.start_for(self.store, self._events)
+            if ticking:
+                self._start_ticker(self._ticker_interval)
+            raise
         except pykka.Timeout as exc:
             error = ContextTimeoutError("stopping the system", t)
             error.__cause__ = exc
@@ -312,19 +330,24 @@ class ContextSystem:
             pass
         except HoardError as exc:
             error = exc
-        finally:
-            for ref in (self._supervisor, self._persistence, self._bus):  # the bus last: it delivers the rest
-                try:
-                    ref.stop(block=True, timeout=t)
-                except (pykka.Timeout, pykka.ActorDeadError):
-                    pass
-            try:
-                self.store.close()  # normally closed by the persistence actor already
-            except PersistenceError:
-                pass
+        except BaseException:
+            self._stop_actors(t)
+            raise
+        self._stop_actors(t)
         if error is not None:
             log.error("hoard stopped with an error: %s", error)
             raise error
+
+    def _stop_actors(self, t: float) -> None:
+        for ref in (self._supervisor, self._persistence, self._bus):  # the bus last: it delivers the rest
+            try:
+                ref.stop(block=True, timeout=t)
+            except (pykka.Timeout, pykka.ActorDeadError):
+                pass
+        try:
+            self.store.close()  # normally closed by the persistence actor already
+        except PersistenceError:
+            pass
 
     def __enter__(self) -> ContextSystem:
         return self

@@ -125,6 +125,18 @@ def delete_recovery_point(system: ContextSystem, context_id: str, rp_id: object,
 Pending = Reply
 
 
+def _key_tuple(keys: Any, what: str, context_id: str) -> tuple[Any, ...]:
+    """One key or an iterable of keys, as a tuple; `InvalidValueError` for anything else (also for
+    an iterable whose own code raises). Runs in the caller's thread."""
+    if isinstance(keys, str):
+        return (keys,)
+    try:
+        return tuple(keys)
+    except Exception as exc:  # noqa: BLE001 - not iterable, or its own __iter__ raised
+        raise InvalidValueError(None, f"{what} takes a key or an iterable of keys; iterating this "
+                                f"{type(keys).__name__} raised {type(exc).__name__}", context_id=context_id) from None
+
+
 class ContextTracker:
     """Handle to one context. See the module docstring for the concurrency contract."""
 
@@ -197,13 +209,13 @@ class ContextTracker:
 
     def delete_async(self, keys: str | Iterable[str], *, expected_version: int | None = None) -> Pending:
         """`delete` without waiting: returns a future of the new version."""
-        ks = (keys,) if isinstance(keys, str) else tuple(keys)
+        ks = _key_tuple(keys, "delete", self._id)
         return self._submit(Delete(ks, expected_version), f"delete on {self._id!r}")
 
     def set_metadata_async(self, values: Mapping[str, Any], *, remove: Iterable[str] = (),
                            expected_version: int | None = None) -> Pending:
         """`set_metadata` (mapping form) without waiting: returns a future of the new version."""
-        rm = (remove,) if isinstance(remove, str) else tuple(remove)
+        rm = _key_tuple(remove, "remove", self._id)
         return self._submit(SetMetadata(values, rm, expected_version), f"set_metadata on {self._id!r}")
 
     def transact_async(self, fn: Callable[[Any], Any], *, expected_version: int | None = None) -> Pending:
@@ -334,14 +346,7 @@ class ContextTracker:
                timeout: float | None = None) -> int:
         """Remove one key or several in one atomic change; absent keys are allowed. Returns the new
         version (raised by exactly 1 even when nothing was present)."""
-        if isinstance(keys, str):
-            ks: tuple[Any, ...] = (keys,)
-        else:
-            try:
-                ks = tuple(keys)
-            except TypeError:
-                raise InvalidValueError(keys, "delete takes a key or an iterable of keys",
-                                        context_id=self._id) from None
+        ks = _key_tuple(keys, "delete", self._id)
         return self._call(Delete(ks, expected_version), timeout, f"delete on {self._id!r}")  # type: ignore[no-any-return]
 
     def set_metadata(self, key: str | Mapping[str, Any], value: Any = _MISSING, *, remove: Iterable[str] = (),
@@ -356,7 +361,7 @@ class ContextTracker:
             if value is _MISSING:
                 raise InvalidValueError(key, "set_metadata(key, value) needs a value", context_id=self._id)
             values = {key: value}
-        rm = (remove,) if isinstance(remove, str) else tuple(remove)
+        rm = _key_tuple(remove, "remove", self._id)
         return self._call(SetMetadata(values, rm, expected_version), timeout,  # type: ignore[no-any-return]
                           f"set_metadata on {self._id!r}")
 

@@ -23,6 +23,7 @@ from ._errors import InvalidValueError as InvalidValueError
 from ._errors import NoCurrentContextError as NoCurrentContextError
 from ._errors import PersistenceError as PersistenceError
 from ._errors import RecoveryPointNotFoundError as RecoveryPointNotFoundError
+from ._errors import StateNotSavedError as StateNotSavedError
 from ._errors import StoreLockedError as StoreLockedError
 from ._errors import SystemStoppedError as SystemStoppedError
 from ._errors import VersionConflictError as VersionConflictError
@@ -68,7 +69,7 @@ __all__ = [
     "ContextFailedError", "ContextNotFoundError", "ContextState", "ContextTimeoutError", "CorruptStateError",
     "CreateContext", "DeleteContext", "DeleteRecoveryPoint", "FrozenDict", "FrozenList", "HoardError",
     "InvalidContextIdError", "InvalidValueError", "MemoryStore", "NoCurrentContextError", "Op", "PersistenceError", "PutRecoveryPoint",
-    "PutSnapshot", "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "Store", "StoreLockedError",
+    "PutSnapshot", "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "StateNotSavedError", "Store", "StoreLockedError",
     "StoredContext", "SystemStoppedError", "VerifyIssue", "VersionConflictError", "apply_change",
     "encoded_size", "freeze_mapping", "freeze_value", "make_converter", "new_state", "thaw", "validate_id",
     "validate_key",

@@ -1,0 +1,276 @@
+"""Attacks on the edges (issue 11): disk full, hostile objects, moved or replaced stores, failed commits
+in ``deferred`` mode, limits at creation, typed errors, read-only stores, a full WAL.
+
+Every test counts what was acknowledged and checks, after a reopen, that each acknowledged change is
+there (0 lost). Disk full is a real, small tmpfs (`_edges.small_disk`; root only, skipped otherwise
+except under ``CI=true``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hoard import (
+    ContextAdapterConfig,
+    ContextCrashedError,
+    ContextManagerConfig,
+    ContextStatus,
+    InvalidContextIdError,
+    InvalidValueError,
+    PersistenceError,
+    open_system,
+)
+
+from ._edges import SmallDisk, small_disk
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    with small_disk(tmp_path / "mnt", "4m") as d:
+        yield d
+
+
+def _none(**kw: object) -> ContextManagerConfig:
+    return ContextManagerConfig(**{"durability": "none", "call_timeout": 10.0, **kw})  # type: ignore[arg-type]
+
+
+# -- 1. durability="none": a failed final snapshot is never swallowed -------------------------------------
+def test_none_mode_deactivate_on_a_full_disk_raises_keeps_the_context_and_a_retry_saves_it(
+        disk: SmallDisk, caplog: pytest.LogCaptureFixture) -> None:
+    path = disk.path / "state.db"
+    system = open_system(path, manager_config=_none())
+    try:
+        t = system.adapter.activate("x")
+        acked = {}
+        for i in range(600):
+            t.set(f"k{i}", f"value {i} " + "p" * 40)
+            acked[f"k{i}"] = f"value {i} " + "p" * 40
+        version = t.version
+        disk.fill()
+        with caplog.at_level(logging.ERROR), pytest.raises(PersistenceError):
+            system.adapter.deactivate("x")
+        assert "journal is intact" not in caplog.text  # there is no journal in this mode
+        assert system.adapter.status("x") is ContextStatus.ACTIVE  # kept, state and all
+        assert t.version == version
+        assert dict(t.state().data) == acked
+        t.set("after", 1)  # still serves writes (in memory, as this mode does)
+        acked["after"] = 1
+        disk.free()
+        assert system.adapter.deactivate("x") is True
+    finally:
+        disk.free()
+        system.stop()
+    with open_system(path, manager_config=_none()) as again:
+        assert dict(again.manager.get_state("x").data) == acked
+
+
+def test_none_mode_stop_on_a_full_disk_raises_and_a_retried_stop_saves_every_change(disk: SmallDisk) -> None:
+    path = disk.path / "state.db"
+    system = open_system(path, manager_config=_none(),
+                         adapter_config=ContextAdapterConfig(auto_activate_default=False))
+    try:
+        acked: dict[str, dict[str, int]] = {"a": {}, "b": {}}
+        for cid, data in acked.items():
+            t = system.adapter.create_and_activate(cid)
+            for i in range(300):
+                t.set(f"k{i}", i)
+                data[f"k{i}"] = i
+        disk.fill()
+        with pytest.raises(PersistenceError):
+            system.stop()
+        assert not system.stopped  # nothing was saved: the system keeps serving, stop() may be retried
+        assert dict(system.adapter.tracker("a").state().data) == acked["a"]
+    finally:
+        disk.free()
+        system.stop()
+    assert system.stopped
+    with open_system(path, manager_config=_none()) as again:
+        for cid, data in acked.items():
+            assert dict(again.manager.get_state(cid).data) == data
+
+
+# -- 2. hostile objects are refused, never crash a context; a crash loses nothing acknowledged -----------
+class Boom(Exception):
+    pass
+
+
+class EvilInt(int):
+    def __int__(self) -> int:
+        raise Boom("__int__")
+
+    def __index__(self) -> int:
+        raise Boom("__index__")
+
+
+class EvilFloat(float):
+    def __float__(self) -> float:
+        raise Boom("__float__")
+
+
+class EvilStr(str):
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        raise Boom("__str__")
+
+    def __hash__(self) -> int:
+        raise Boom("__hash__")
+
+    def __eq__(self, other: object) -> bool:
+        raise Boom("__eq__")
+
+    def __repr__(self) -> str:
+        raise Boom("__repr__")
+
+
+class EvilKey(str):
+    """Usable as a dict key (hashes like its text); its other methods raise."""
+
+    __slots__ = ()
+    __hash__ = str.__hash__
+
+    def __str__(self) -> str:
+        raise Boom("__str__")
+
+    def __repr__(self) -> str:
+        raise Boom("__repr__")
+
+    def isascii(self) -> bool:
+        raise Boom("isascii")
+
+    def encode(self, *a: Any, **k: Any) -> bytes:
+        raise Boom("encode")
+
+
+class EvilMapping(Mapping[str, object]):
+    def __getitem__(self, key: str) -> object:
+        raise Boom("__getitem__")
+
+    def __iter__(self) -> Iterator[str]:
+        raise Boom("__iter__")
+
+    def __len__(self) -> int:
+        return 1
+
+    def items(self) -> Any:
+        raise Boom("items")
+
+
+class EvilDict(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise Boom("items")
+
+    def __iter__(self) -> Any:
+        raise Boom("__iter__")
+
+
+class EvilList(list):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        raise Boom("__iter__")
+
+
+class EvilKeys:
+    def __iter__(self) -> Any:
+        raise Boom("__iter__")
+
+
+HOSTILE_VALUES = [EvilInt(1), EvilFloat(1.5), EvilStr("s"), EvilMapping(), EvilList([1]),
+                  {"nested": [EvilInt(2)]}, [EvilMapping()], {EvilKey("k"): 1}, {"a": EvilKey("v")}]
+
+
+def _attacks(t: Any) -> list[tuple[str, Callable[[], object]]]:
+    out: list[tuple[str, Callable[[], object]]] = []
+    for v in HOSTILE_VALUES:
+        name = type(v).__name__
+        out += [(f"set value {name}", lambda v=v: t.set("k", v)),
+                (f"update value {name}", lambda v=v: t.update({"k": v})),
+                (f"metadata value {name}", lambda v=v: t.set_metadata("m", v)),
+                (f"transact value {name}", lambda v=v: t.transact(lambda d, v=v: d.__setitem__("k", v)))]
+    out += [("set key EvilStr", lambda: t.set(EvilStr("k"), 1)),
+            ("update mapping EvilMapping", lambda: t.update(EvilMapping())),
+            ("update mapping EvilDict", lambda: t.update(EvilDict(k=1))),
+            ("update key EvilKey", lambda: t.update({EvilKey("k"): 1})),
+            ("delete key EvilStr", lambda: t.delete([EvilStr("k0")])),
+            ("delete keys EvilKeys", lambda: t.delete(EvilKeys())),
+            ("metadata key EvilKey", lambda: t.set_metadata(EvilKey("m"), 1)),
+            ("metadata key EvilStr", lambda: t.set_metadata({EvilKey("m"): EvilStr("v")})),
+            ("metadata remove EvilStr", lambda: t.set_metadata({}, remove=[EvilStr("m")])),
+            ("metadata remove EvilKeys", lambda: t.set_metadata({}, remove=EvilKeys())),
+            ("transact key EvilKey", lambda: t.transact(lambda d: d.__setitem__(EvilKey("k"), EvilInt(1))))]
+    return out
+
+
+@pytest.mark.parametrize("durability", ["immediate", "deferred", "none"])
+def test_hostile_objects_in_every_position_are_refused_and_never_crash_the_context(
+        tmp_path: Path, durability: str) -> None:
+    cfg = ContextManagerConfig(durability=durability, call_timeout=10.0)  # type: ignore[arg-type]
+    path = tmp_path / "state.db"
+    with open_system(path, manager_config=cfg) as system:
+        t = system.adapter.activate("x")
+        for i in range(100):
+            t.set(f"k{i}", i)
+        before = t.state()
+        refused = []
+        for what, attack in _attacks(t):
+            with pytest.raises(InvalidValueError, match=r"Boom|str") as info:
+                attack()
+            assert info.value.context_id == "x", what
+            refused.append(what)
+            assert t.state() == before, what  # nothing changed
+            assert system.adapter.status("x") is ContextStatus.ACTIVE, what  # no crash, never FAILED
+        assert len(refused) == len(_attacks(t))
+        # ids and the initial data of create
+        with pytest.raises(InvalidContextIdError):
+            system.manager.create(EvilStr("y"))  # type: ignore[arg-type]
+        for bad in ({"a": EvilInt(1)}, EvilMapping(), {EvilKey("a"): EvilStr("b")}):
+            with pytest.raises(InvalidValueError):
+                system.manager.create("y", bad)
+            with pytest.raises(InvalidValueError):
+                system.manager.create("y", {}, bad)
+            with pytest.raises(InvalidValueError):
+                system.adapter.create_and_activate("y", bad)
+        assert not system.manager.exists("y")
+        assert t.version == 101
+    with open_system(path, manager_config=cfg) as again:
+        assert dict(again.manager.get_state("x").data) == dict(before.data)
+        assert again.manager.get_state("x").version == before.version
+
+
+class FlakyClock:
+    """The injected wall clock; raises once when armed (a bug inside the write path)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def __call__(self) -> float:
+        if self.armed:
+            self.armed = False
+            raise Boom("clock")
+        return time.time()
+
+
+@pytest.mark.parametrize("durability", ["immediate", "deferred", "none"])
+def test_a_crashed_context_comes_back_with_every_acknowledged_change(tmp_path: Path, durability: str) -> None:
+    clock = FlakyClock()
+    cfg = ContextManagerConfig(durability=durability, call_timeout=10.0, clock=clock)  # type: ignore[arg-type]
+    path = tmp_path / "state.db"
+    with open_system(path, manager_config=cfg) as system:
+        t = system.adapter.activate("x")
+        acked = {f"k{i}": i for i in range(100)}
+        for k, v in acked.items():
+            t.set(k, v)
+        assert t.version == 101
+        clock.armed = True
+        with pytest.raises(ContextCrashedError):
+            t.set("crash", 1)
+        assert t.version == 101  # restarted: the acknowledged changes are all there, in memory too
+        assert dict(t.state().data) == acked
+        assert t.set("after", 1) == 102
+        acked["after"] = 1
+    with open_system(path, manager_config=cfg) as again:
+        assert dict(again.manager.get_state("x").data) == acked
