@@ -75,7 +75,7 @@ from ._messages import (
 )
 from ._settings import ContextSettings
 
-__all__ = ["RESERVED_PREFIX", "ContextActor", "Inbox", "UnknownMessageError"]
+__all__ = ["RESERVED_PREFIX", "ContextActor", "Inbox", "UnknownMessageError", "check_reserved"]
 
 RESERVED_PREFIX = "hoard:"  # metadata keys hoard itself writes (the schema marker)
 
@@ -321,7 +321,7 @@ class ContextActor(pykka.ThreadingActor):
         sets, growth = self._frozen_mapping(m.values)
         # validate first: `in` hashes the key, and a str subclass's own __hash__ is user code
         dels = tuple(k for k in (validate_key(k, self.cell.id) for k in m.remove) if k in self.working.metadata)
-        _check_reserved([*sets, *dels], self.cell.id)
+        check_reserved([*sets, *dels], self.cell.id)
         return self._apply({"meta_set": sets, "meta_del": dels}, growth)
 
     def _on_transact(self, m: Transact) -> Any:
@@ -346,7 +346,7 @@ class ContextActor(pykka.ThreadingActor):
         meta_set = {k: v for k, v in meta_frozen.items()
                     if k not in w.metadata or not _same_value(w.metadata[k], v)}
         meta_del = tuple(k for k in w.metadata if k not in meta_frozen)
-        _check_reserved([*meta_set, *meta_del], self.cell.id)
+        check_reserved([*meta_set, *meta_del], self.cell.id)
         growth += sum(encoded_size(v) + encoded_size(k) + 2 for k, v in meta_set.items())
         return self._apply({"data_set": sets, "data_del": dels, "meta_set": meta_set, "meta_del": meta_del},
                            growth, result=_NONE if result is None else result)
@@ -445,7 +445,7 @@ _NONE: Any = object()  # "the reply is None" (a transact fn that returned None),
 _MISSING: Any = object()
 
 
-def _check_reserved(keys: list[str], context_id: str) -> None:
+def check_reserved(keys: list[str], context_id: str) -> None:
     for k in keys:
         if k.startswith(RESERVED_PREFIX):
             raise InvalidValueError(k, f"metadata keys starting with {RESERVED_PREFIX!r} are reserved for hoard",

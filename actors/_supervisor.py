@@ -22,7 +22,9 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pykka
+
 from hoard.storage import (
     CapacityError,
     ContextExistsError,
@@ -33,6 +35,7 @@ from hoard.storage import (
     ContextTimeoutError,
     DeleteContext,
     HoardError,
+    InvalidValueError,
     PersistenceError,
     StateNotSavedError,
     SystemStoppedError,
@@ -45,7 +48,7 @@ from hoard.storage import (
 )
 
 from ._cell import EPOCH, ContextCell, advance_epoch
-from ._context import ContextActor
+from ._context import ContextActor, check_reserved
 from ._events import (
     NO_EVENTS,
     ContextActivated,
@@ -251,9 +254,18 @@ class SupervisorActor(pykka.ThreadingActor):
         return cell
 
     def _new_state(self, cid: str, data: Any, metadata: Any) -> ContextState:
+        """The first state of a new context, held to the limits every later change is held to:
+        `InvalidValueError` (nothing stored) for a bad value, a state over ``max_state_bytes`` (it could
+        never be read back) or a reserved ``hoard:`` metadata key."""
         limit = self.context_settings.max_value_bytes
-        return new_state(cid, freeze_mapping(data or {}, limit, cid), freeze_mapping(metadata or {}, limit, cid),
-                         self.context_settings.clock())
+        frozen_data = freeze_mapping(data if data is not None else {}, limit, cid)
+        frozen_meta = freeze_mapping(metadata if metadata is not None else {}, limit, cid)
+        check_reserved(list(frozen_meta), cid)
+        size = len(orjson.dumps(frozen_data)) + len(orjson.dumps(frozen_meta))
+        if size > self.context_settings.max_state_bytes:
+            raise InvalidValueError(None, f"the initial state would be {size} bytes, over max_state_bytes="
+                                    f"{self.context_settings.max_state_bytes}", context_id=cid)
+        return new_state(cid, frozen_data, frozen_meta, self.context_settings.clock())
 
     def _candidates(self, incoming: str, becomes_current: bool) -> list[ContextCell]:
         """Contexts that may be evicted for `incoming`: never the default, a pinned context, the

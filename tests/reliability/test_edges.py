@@ -274,3 +274,27 @@ def test_a_crashed_context_comes_back_with_every_acknowledged_change(tmp_path: P
         acked["after"] = 1
     with open_system(path, manager_config=cfg) as again:
         assert dict(again.manager.get_state("x").data) == acked
+
+
+# -- 6. create / create_and_activate hold the initial state to the limits ---------------------------------
+def test_create_refuses_a_state_over_max_state_bytes_and_reserved_metadata(tmp_path: Path) -> None:
+    cfg = ContextManagerConfig(max_state_bytes=100_000, max_value_bytes=20_000, call_timeout=10.0)
+    path = tmp_path / "state.db"
+    big = {f"k{i}": "v" * 10_000 for i in range(20)}  # every value within max_value_bytes, 200 kB in all
+    with open_system(path, manager_config=cfg) as system:
+        with pytest.raises(InvalidValueError, match="max_state_bytes"):
+            system.manager.create("big", big)
+        with pytest.raises(InvalidValueError, match="max_state_bytes"):
+            system.manager.create("big", {}, big)
+        with pytest.raises(InvalidValueError, match="max_state_bytes"):
+            system.adapter.create_and_activate("big", big)
+        with pytest.raises(InvalidValueError, match="reserved"):
+            system.manager.create("meta", {}, {"hoard:schema": "x"})
+        with pytest.raises(InvalidValueError, match="reserved"):
+            system.adapter.create_and_activate("meta", {}, {"hoard:anything": 1})
+        assert system.manager.list_ids() == ["default"]
+        small = system.adapter.create_and_activate("ok", {"k": "v"}, {"m": 1})
+        assert small.set("k2", "w") == 2  # a context that is created can be written and read back
+    with open_system(path, manager_config=cfg) as again:
+        assert set(again.manager.list_ids()) == {"default", "ok"}
+        assert dict(again.manager.get_state("ok").data) == {"k": "v", "k2": "w"}
