@@ -25,8 +25,16 @@ Damage is handled by the store's `recovery` mode:
 inconsistency as a `VerifyIssue`; ``verify(fix=True)`` repairs what can be repaired without losing an
 acknowledged change (and leaves the rest, reported, for ``recovery="fallback"`` to decide).
 
-Writers: one at a time. `open()` takes an exclusive `flock` on ``<path>.lock`` (created 0600), so a
-second opener, in this process or another, gets `StoreLockedError` at once. Readers that do not write
+Writers: one at a time, per store *file*, however it is named. `open()` takes an exclusive `flock` on
+``<path>.lock`` (created 0600; what older versions took) and one on the database file itself, and
+registers the file's identity (device, inode) in this process, so a second opener in this process or
+another gets `StoreLockedError` at once, also through a symlink, a hard link, a bind mount or another
+spelling of the path. (In this process the identity is checked *before* the file is opened: closing a
+descriptor of the database file would drop SQLite's own POSIX locks of the open store.)
+
+A writer checks before and after each commit that its path still names the file it opened: once the
+file is deleted (or its directory) or replaced, every later write and read raises `PersistenceError`
+saying so, and nothing written after that is acknowledged. Readers that do not write
 (`SQLiteStore(path, readonly=True)`, used by offline tools) take no lock and see committed data only.
 `open()` checks that an existing file is a hoard store of this format *before* changing anything in
 it (not even its journal mode).
@@ -102,6 +110,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 _TABLES = {"hoard_meta", "contexts", "snapshots", "journal", "recovery_points"}
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+# (st_dev, st_ino) of every store file open for writing in this process -> its store. setdefault is
+# atomic under the GIL: the check and the claim are one step, without a lock of ours.
+_WRITERS: dict[tuple[int, int], object] = {}
 _RECOVERY = ("strict", "fallback")
 _FALLBACK_HINT = FALLBACK_HINT
 
@@ -236,6 +247,10 @@ class SQLiteStore:
         self.recovery_reports: list[RecoveryReport] = []
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._file_fd: int | None = None  # the database file, flocked
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened for writing
+        self._abspath = os.path.abspath(self.path)
+        self._lost: str | None = None  # why the store can no longer be used (its file was deleted...)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -247,6 +262,8 @@ class SQLiteStore:
         if not self.readonly:
             self._take_lock()
         try:
+            if not self.readonly:
+                self._lock_file()
             self._db = self._connect()
             self._init_schema()
         except BaseException:
@@ -268,6 +285,51 @@ class SQLiteStore:
             os.close(fd)
             raise PersistenceError(f"cannot lock {lock_path!r}: {exc}") from exc
         self._lock_fd = fd
+
+    def _lock_file(self) -> None:
+        """Claim the database file by identity (this process), then flock it (other processes)."""
+        self._abspath = os.path.abspath(self.path)
+        try:
+            fd = os.open(self._abspath, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise PersistenceError(f"cannot open store {self.path!r}: {exc}") from exc
+        try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if _WRITERS.setdefault(key, self) is not self:
+                raise StoreLockedError(self.path)
+            self._identity = key
+        except BaseException:
+            # nothing of this process holds SQLite locks on a file it did not claim: safe to close
+            os.close(fd)
+            raise
+        self._file_fd = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLockedError(self.path) from None
+        except OSError as exc:
+            raise PersistenceError(f"cannot lock {self.path!r}: {exc}") from exc
+
+    def _check_identity(self) -> None:
+        """Raise `PersistenceError` (and refuse every later call) if the path no longer names the file
+        this store opened for writing: deleted, its directory deleted, or replaced."""
+        if self._identity is None:
+            return
+        try:
+            st = os.stat(self._abspath)
+        except FileNotFoundError:
+            what = "was deleted (the path no longer exists)"
+        except OSError as exc:
+            what = f"cannot be checked ({exc})"
+        else:
+            if (st.st_dev, st.st_ino) == self._identity:
+                return
+            what = "was replaced by another file"
+        self._lost = (f"store {self.path!r} {what} while it was open; nothing written since is acknowledged; "
+                      "stop this system and open the store again")
+        log.error("%s", self._lost)
+        raise PersistenceError(self._lost)
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
@@ -336,6 +398,14 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
+        if self._file_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._file_fd)  # after the connection: no SQLite lock of this store is dropped
+            self._file_fd = None
+        if self._identity is not None:
+            if _WRITERS.get(self._identity) is self:
+                del _WRITERS[self._identity]  # only its owner removes an entry
+            self._identity = None
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)  # closing releases the flock
@@ -345,6 +415,8 @@ class SQLiteStore:
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
             raise PersistenceError(f"store {self.path!r} is not open")
+        if self._lost is not None:
+            raise PersistenceError(self._lost)
         return self._db
 
     def _guard(self, fn: Callable[[], T], what: str, context_id: str | None = None) -> T:
@@ -404,7 +476,9 @@ class SQLiteStore:
             with self._transaction(db):
                 for op, blob in zip(ops, encoded, strict=True):
                     self._apply(db, op, blob)
+        self._check_identity()  # do not write into a file that is no longer the store
         self._guard(run, "commit", _first_context(ops))
+        self._check_identity()  # deleted or replaced meanwhile: the commit went to an orphan, not the store
 
     def _encode(self, op: Op) -> bytes | None:
         codec = self.codec

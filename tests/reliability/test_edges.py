@@ -8,7 +8,12 @@ except under ``CI=true``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,6 +28,7 @@ from hoard import (
     InvalidContextIdError,
     InvalidValueError,
     PersistenceError,
+    StoreLockedError,
     open_system,
 )
 
@@ -298,3 +304,90 @@ def test_create_refuses_a_state_over_max_state_bytes_and_reserved_metadata(tmp_p
     with open_system(path, manager_config=cfg) as again:
         assert set(again.manager.list_ids()) == {"default", "ok"}
         assert dict(again.manager.get_state("ok").data) == {"k": "v", "k2": "w"}
+
+
+# -- 3. one writer per store file, whatever it is called -------------------------------------------------
+def _spellings(tmp_path: Path, path: Path) -> list[tuple[str, Path]]:
+    (tmp_path / "link.db").symlink_to(path)
+    os.link(path, tmp_path / "hard.db")
+    (tmp_path / "sub").mkdir()
+    return [("symlink", tmp_path / "link.db"), ("hard link", tmp_path / "hard.db"),
+            ("another spelling", tmp_path / "sub" / ".." / path.name)]
+
+
+def test_a_second_writer_of_the_same_file_is_refused_by_any_name(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with open_system(path) as system:
+        t = system.adapter.activate("x")
+        t.set("k", 1)
+        for what, other in _spellings(tmp_path, path):
+            with pytest.raises(StoreLockedError):
+                open_system(other)
+            t.set("k", t.get("k") + 1)  # the refused opener took nothing from the open store
+            assert t.get("k") is not None, what
+        # another process, through the symlink
+        code = ("import sys\nfrom hoard import open_system, StoreLockedError\n"
+                "try:\n    open_system(sys.argv[1]).stop()\nexcept StoreLockedError:\n    sys.exit(3)\n")
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "link.db")], check=False,  # noqa: S603
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 3, done.stderr
+        final = t.set("k", 100)
+    with open_system(tmp_path / "link.db") as again:  # free again once the first one stopped
+        assert again.manager.get_state("x").version == final
+
+
+def test_a_second_writer_through_a_bind_mount_of_the_file_is_refused(tmp_path: Path) -> None:
+    real, bound = tmp_path / "state.db", tmp_path / "mounted.db"
+    with open_system(real) as system:
+        system.adapter.activate("x").set("k", 1)
+        bound.touch()
+        done = subprocess.run(["mount", "--bind", str(real), str(bound)], capture_output=True,  # noqa: S607
+                              text=True, check=False)
+        if done.returncode != 0:
+            reason = f"cannot bind-mount (needs root): {done.stderr.strip()}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(reason)
+            pytest.skip(reason)
+        try:
+            with pytest.raises(StoreLockedError):
+                open_system(bound)
+            assert system.adapter.activate("x").set("k", 2) == 3
+        finally:
+            subprocess.run(["umount", "-l", str(bound)], check=False, capture_output=True)  # noqa: S607
+
+
+# -- 4. the store deleted or replaced under a running system: nothing more is acknowledged ------------------
+@pytest.mark.parametrize("how", ["directory deleted", "file deleted", "file replaced"])
+def test_no_write_is_acknowledged_once_the_store_file_is_gone_or_replaced(tmp_path: Path, how: str) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path = folder / "state.db"
+    system = open_system(path, manager_config=ContextManagerConfig(call_timeout=10.0))
+    try:
+        t = system.adapter.activate("x")
+        for i in range(10):
+            t.set(f"k{i}", i)
+        if how == "directory deleted":
+            shutil.rmtree(folder)
+        elif how == "file deleted":
+            path.unlink()
+        else:
+            other = tmp_path / "other.db"
+            with open_system(other) as o:
+                o.adapter.activate("x").set("other", 1)
+            os.replace(other, path)
+        acknowledged_after = 0
+        for i in range(200):
+            try:
+                t.set(f"after{i}", i)
+            except PersistenceError as exc:
+                assert "deleted" in str(exc) or "replaced" in str(exc), exc
+            else:
+                acknowledged_after += 1
+        assert acknowledged_after == 0
+    finally:
+        with contextlib.suppress(PersistenceError):
+            system.stop()
+    if how == "file replaced":
+        with open_system(path) as again:  # the file now at the path: none of the refused writes in it
+            assert "after0" not in again.manager.get_state("x").data
