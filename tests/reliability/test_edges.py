@@ -341,7 +341,7 @@ def test_a_second_writer_through_a_bind_mount_of_the_file_is_refused(tmp_path: P
     with open_system(real) as system:
         system.adapter.activate("x").set("k", 1)
         bound.touch()
-        done = subprocess.run(["mount", "--bind", str(real), str(bound)], capture_output=True,  # noqa: S607
+        done = subprocess.run(["mount", "--bind", str(real), str(bound)], capture_output=True,  # noqa: S603, S607
                               text=True, check=False)
         if done.returncode != 0:
             reason = f"cannot bind-mount (needs root): {done.stderr.strip()}"
@@ -353,7 +353,7 @@ def test_a_second_writer_through_a_bind_mount_of_the_file_is_refused(tmp_path: P
                 open_system(bound)
             assert system.adapter.activate("x").set("k", 2) == 3
         finally:
-            subprocess.run(["umount", "-l", str(bound)], check=False, capture_output=True)  # noqa: S607
+            subprocess.run(["umount", "-l", str(bound)], check=False, capture_output=True)  # noqa: S603, S607
 
 
 # -- 4. the store deleted or replaced under a running system: nothing more is acknowledged ------------------
