@@ -25,16 +25,16 @@ import pykka
 
 from hoard.storage import (
     CapacityError,
-    ContextOwnedElsewhereError,
-    ContextFailedError,
-    SystemStoppedError,
     ContextExistsError,
+    ContextFailedError,
     ContextNotFoundError,
+    ContextOwnedElsewhereError,
     ContextState,
     ContextTimeoutError,
     DeleteContext,
     HoardError,
     PersistenceError,
+    SystemStoppedError,
     freeze_mapping,
     new_state,
     read_marker,
@@ -56,13 +56,11 @@ from ._events import (
     Switched,
 )
 from ._leases import LeasesLost
-from ._metrics import Counters, Histogram
 from ._messages import (
     Activate,
     BindSchema,
-    CollectMetrics,
-    GetMetrics,
     Close,
+    CollectMetrics,
     Configure,
     ContextCrashed,
     ContextStatus,
@@ -71,6 +69,7 @@ from ._messages import (
     Deactivate,
     DeactivationReason,
     Exists,
+    GetMetrics,
     ListActive,
     ListIds,
     Load,
@@ -78,16 +77,17 @@ from ._messages import (
     Reset,
     SaveSnapshot,
     SetPinned,
-    Sweep,
     Shutdown,
     StateOf,
     StatusOf,
     StoreCall,
     StoreWrite,
+    Sweep,
 )
 from ._messages import (
     DeleteContext as DeleteMsg,
 )
+from ._metrics import Counters, Histogram
 from ._settings import ContextSettings, SupervisorSettings
 
 __all__ = ["SupervisorActor"]

@@ -30,9 +30,9 @@ from hoard.actors import (
 )
 from hoard.actors._events import Emitter, EventBusActor, EventGate
 from hoard.actors._leases import AttachSupervisor
-from hoard.actors._supervisor import mailbox_depth
 from hoard.actors._messages import CollectMetrics, Configure, GetMetrics, Shutdown, Sweep
 from hoard.actors._remote import RemoteListener
+from hoard.actors._supervisor import mailbox_depth
 from hoard.storage import (
     ConfigError,
     ContextTimeoutError,
@@ -369,5 +369,5 @@ def _stop_live_systems() -> None:
     for system in list(_LIVE):
         try:
             system.stop()
-        except Exception:  # noqa: BLE001 - at exit, log and go on with the others
+        except Exception:
             log.exception("stopping %r at exit failed", system)
