@@ -11,10 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from hoard.actors import ContextCell, ContextStatus
-from hoard.actors._messages import Activate, CurrentId, Deactivate, ListActive, Reset, StatusOf
-from hoard.storage import NoCurrentContextError, validate_id
-from hoard.storage._schema import as_schema
+from hoard.actors import Activate, ContextCell, ContextStatus, CurrentId, Deactivate, ListActive, Reset, StatusOf
+from hoard.storage import NoCurrentContextError, as_schema, validate_id
 
 from ._config import ContextAdapterConfig
 from ._tracker import ContextTracker, activate_waiting

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from hoard.actors import ContextEvent
-from hoard.actors._events import Subscribe, Unsubscribe
+from hoard.actors import ContextEvent, Subscribe, Unsubscribe
 from hoard.storage import InvalidValueError, SystemStoppedError, validate_id
 
 if TYPE_CHECKING:

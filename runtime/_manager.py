@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from hoard.actors._messages import Activate, CreateContext, DeleteContext, Exists, ListIds, StateOf, StoreWrite
+from hoard.actors import Activate, AddContext, Exists, ListIds, RemoveContext, StateOf, StoreWrite
 from hoard.storage import ContextNotFoundError, ContextState, InvalidValueError, RecoveryPoint, SetTTL, validate_id
 
 from ._config import ContextManagerConfig
@@ -61,7 +61,7 @@ class ContextManager:
         at ``max_contexts``; nothing is created then.
         """
         validate_id(context_id)
-        result: ContextState = self._system.ask(CreateContext(context_id, data, metadata), timeout,
+        result: ContextState = self._system.ask(AddContext(context_id, data, metadata), timeout,
                                                 f"creating {context_id!r}")
         return result
 
@@ -82,7 +82,7 @@ class ContextManager:
         """Delete a context with its recovery points (`ContextNotFoundError` if absent). An active one
         is stopped first; if it was current, the default becomes current."""
         validate_id(context_id)
-        self._system.ask(DeleteContext(context_id), timeout, f"deleting {context_id!r}")
+        self._system.ask(RemoveContext(context_id), timeout, f"deleting {context_id!r}")
 
     def exists(self, context_id: str, *, timeout: float | None = None) -> bool:
         validate_id(context_id)

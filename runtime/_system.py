@@ -21,18 +21,24 @@ from urllib.parse import unquote
 import pykka
 
 from hoard.actors import (
+    AttachSupervisor,
+    CollectMetrics,
+    Configure,
     ContextEvent,
     ContextSettings,
+    Emitter,
+    EventBusActor,
+    EventGate,
+    GetMetrics,
     PersistenceActor,
     PersistenceSettings,
+    RemoteListener,
+    Shutdown,
     SupervisorActor,
     SupervisorSettings,
+    Sweep,
+    mailbox_depth,
 )
-from hoard.actors._events import Emitter, EventBusActor, EventGate
-from hoard.actors._leases import AttachSupervisor
-from hoard.actors._messages import CollectMetrics, Configure, GetMetrics, Shutdown, Sweep
-from hoard.actors._remote import RemoteListener
-from hoard.actors._supervisor import mailbox_depth
 from hoard.storage import (
     ConfigError,
     ContextTimeoutError,

@@ -24,18 +24,22 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from hoard.actors import (
+    EPOCH,
+    Activate,
     ContextCell,
     CreateRecoveryPoint,
     Delete,
+    Reply,
     Restore,
     Set,
     SetMetadata,
+    SetPinned,
+    StoreCall,
+    StoreWrite,
     Transact,
     Update,
+    fresh_mark,
 )
-from hoard.actors._cell import EPOCH, fresh_mark
-from hoard.actors._future import Reply
-from hoard.actors._messages import Activate, SetPinned, StoreCall, StoreWrite
 from hoard.storage import (
     ContextOwnedElsewhereError,
     ContextState,

@@ -5,6 +5,7 @@ Advanced users may use a store directly (`SQLiteStore(path).open()`); everyone e
 """
 
 from ._codec import FORMAT_VERSION as FORMAT_VERSION
+from ._codec import KIND_ARCHIVE as KIND_ARCHIVE
 from ._codec import Codec as Codec
 from ._codec import make_converter as make_converter
 from ._errors import CapacityError as CapacityError
@@ -39,6 +40,7 @@ from ._schema import SCHEMA_KEY as SCHEMA_KEY
 from ._schema import Schema as Schema
 from ._schema import SchemaMigrationError as SchemaMigrationError
 from ._schema import SchemaValidationError as SchemaValidationError
+from ._schema import as_schema as as_schema
 from ._schema import read_marker as read_marker
 from ._sqlite import RecoveryReport as RecoveryReport
 from ._sqlite import SkippedItem as SkippedItem
@@ -65,6 +67,7 @@ from ._values import validate_key as validate_key
 
 __all__ = [
     "FORMAT_VERSION",
+    "KIND_ARCHIVE",
     "SCHEMA_KEY",
     "Append",
     "CapacityError",
@@ -113,6 +116,7 @@ __all__ = [
     "VerifyIssue",
     "VersionConflictError",
     "apply_change",
+    "as_schema",
     "encoded_size",
     "freeze_mapping",
     "freeze_value",

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # the lead exports these from `runtime`; until then the tests import the module itself
 from hoard._metrics import Metrics, _exposition, register_prometheus
-from hoard.actors._metrics import LATENCY_BOUNDS, SIZE_BOUNDS, Histogram, HistogramSnapshot
+from hoard.actors import LATENCY_BOUNDS, SIZE_BOUNDS, Histogram, HistogramSnapshot
 
 
 def _hist(bounds: tuple[float, ...], values: list[float]) -> HistogramSnapshot:
