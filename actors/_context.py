@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import queue
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, cast
 
 import immutables
@@ -32,19 +32,19 @@ import pykka
 from hoard.storage import (
     SCHEMA_KEY,
     Change,
-    Schema,
-    SchemaValidationError,
-    read_marker,
-    thaw,
     ContextCrashedError,
     ContextState,
     HoardError,
     InvalidValueError,
+    Schema,
+    SchemaValidationError,
     VersionConflictError,
     apply_change,
     encoded_size,
     freeze_mapping,
     freeze_value,
+    read_marker,
+    thaw,
     validate_key,
 )
 
@@ -52,15 +52,14 @@ from ._cell import ContextCell
 from ._draft import Draft
 from ._events import NO_EVENTS, Emitter, MetadataChanged, Restored, StateChanged
 from ._future import DEFERRED, Reply
-from ._metrics import Counters, Histogram, kind_of
 from ._messages import (
     BindSchema,
-    GetMetrics,
     Commit,
     ContextCrashed,
     CreateRecoveryPoint,
     Delete,
     Get,
+    GetMetrics,
     GetState,
     Passivate,
     Restore,
@@ -73,6 +72,7 @@ from ._messages import (
     Transact,
     Update,
 )
+from ._metrics import Counters, Histogram, kind_of
 from ._settings import ContextSettings
 
 __all__ = ["RESERVED_PREFIX", "ContextActor", "Inbox", "UnknownMessageError", "check_reserved"]

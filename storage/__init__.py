@@ -5,6 +5,7 @@ Advanced users may use a store directly (`SQLiteStore(path).open()`); everyone e
 """
 
 from ._codec import FORMAT_VERSION as FORMAT_VERSION
+from ._codec import KIND_ARCHIVE as KIND_ARCHIVE
 from ._codec import Codec as Codec
 from ._codec import make_converter as make_converter
 from ._errors import CapacityError as CapacityError
@@ -40,6 +41,7 @@ from ._schema import SCHEMA_KEY as SCHEMA_KEY
 from ._schema import Schema as Schema
 from ._schema import SchemaMigrationError as SchemaMigrationError
 from ._schema import SchemaValidationError as SchemaValidationError
+from ._schema import as_schema as as_schema
 from ._schema import read_marker as read_marker
 from ._sqlite import RecoveryReport as RecoveryReport
 from ._sqlite import SkippedItem as SkippedItem
@@ -65,14 +67,65 @@ from ._values import validate_id as validate_id
 from ._values import validate_key as validate_key
 
 __all__ = [
-    "FORMAT_VERSION", "Append", "CapacityError", "Change", "Codec", "ConfigError", "ContextCrashedError", "ContextExistsError",
-    "ContextFailedError", "ContextNotFoundError", "ContextState", "ContextTimeoutError", "CorruptStateError",
-    "CreateContext", "DeleteContext", "DeleteRecoveryPoint", "FrozenDict", "FrozenList", "HoardError",
-    "InvalidContextIdError", "InvalidValueError", "MemoryStore", "NoCurrentContextError", "Op", "PersistenceError", "PutRecoveryPoint",
-    "PutSnapshot", "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "StateNotSavedError", "Store", "StoreLockedError",
-    "StoredContext", "SystemStoppedError", "VerifyIssue", "VersionConflictError", "apply_change",
-    "encoded_size", "freeze_mapping", "freeze_value", "make_converter", "new_state", "thaw", "validate_id",
+    "FORMAT_VERSION",
+    "KIND_ARCHIVE",
+    "SCHEMA_KEY",
+    "Append",
+    "CapacityError",
+    "Change",
+    "ChangeListener",
+    "ChangeNotice",
+    "Codec",
+    "ConfigError",
+    "ContextCrashedError",
+    "ContextExistsError",
+    "ContextFailedError",
+    "ContextNotFoundError",
+    "ContextOwnedElsewhereError",
+    "ContextState",
+    "ContextTimeoutError",
+    "CorruptStateError",
+    "CreateContext",
+    "DeleteContext",
+    "DeleteRecoveryPoint",
+    "FencedOffError",
+    "FrozenDict",
+    "FrozenList",
+    "HoardError",
+    "InvalidContextIdError",
+    "InvalidValueError",
+    "MemoryStore",
+    "NoCurrentContextError",
+    "Op",
+    "PersistenceError",
+    "PostgresStore",
+    "PutRecoveryPoint",
+    "PutSnapshot",
+    "RecoveryPoint",
+    "RecoveryPointNotFoundError",
+    "RecoveryReport",
+    "SQLiteStore",
+    "Schema",
+    "SchemaMigrationError",
+    "SchemaValidationError",
+    "SetTTL",
+    "SkippedItem",
+    "StateNotSavedError",
+    "Store",
+    "StoreLockedError",
+    "StoredContext",
+    "SystemStoppedError",
+    "VerifyIssue",
+    "VersionConflictError",
+    "apply_change",
+    "as_schema",
+    "encoded_size",
+    "freeze_mapping",
+    "freeze_value",
+    "make_converter",
+    "new_state",
+    "read_marker",
+    "thaw",
+    "validate_id",
     "validate_key",
-    "ChangeListener", "ChangeNotice", "ContextOwnedElsewhereError", "FencedOffError", "PostgresStore",
-    "RecoveryReport", "SetTTL", "SkippedItem", "SCHEMA_KEY", "Schema", "SchemaMigrationError", "SchemaValidationError", "read_marker",
 ]

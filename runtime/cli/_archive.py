@@ -40,6 +40,7 @@ import click
 
 from hoard.storage import (
     FORMAT_VERSION,
+    KIND_ARCHIVE,
     Codec,
     ContextState,
     CorruptStateError,
@@ -54,8 +55,8 @@ from hoard.storage import (
     StoredContext,
     validate_id,
 )
-from hoard.storage._codec import KIND_ARCHIVE
 
+from .._version import DISTRIBUTION
 from ._common import STORE, check_writable_target, emit_json, json_option, out, progress, read_store, write_store
 
 __all__ = ["ARCHIVE_FORMAT", "context_ops", "export", "import_"]
@@ -391,6 +392,6 @@ def _fsync_dir(path: str) -> None:
 
 def _version() -> str | None:
     try:
-        return metadata.version("hoard")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return None

@@ -9,6 +9,7 @@ import click
 
 from hoard.storage import HoardError
 
+from .._version import DISTRIBUTION
 from ._archive import export, import_
 from ._bench import bench
 from ._demo import demo
@@ -31,7 +32,7 @@ class _HoardGroup(click.Group):
 
 
 @click.group(cls=_HoardGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="hoard")
+@click.version_option(package_name=DISTRIBUTION)
 def cli() -> None:
     """hoard: durable named contexts for long-running Python programs.
 
