@@ -18,6 +18,7 @@ from ._cell import fresh_mark as fresh_mark
 from ._context import ContextActor as ContextActor
 from ._context import UnknownMessageError as UnknownMessageError
 from ._draft import Draft as Draft
+from ._events import ChangesLost as ChangesLost
 from ._events import ContextActivated as ContextActivated
 from ._events import ContextCreated as ContextCreated
 from ._events import ContextDeactivated as ContextDeactivated
@@ -94,6 +95,7 @@ __all__ = [
     "Activate",
     "AddContext",
     "AttachSupervisor",
+    "ChangesLost",
     "CollectMetrics",
     "Configure",
     "ContextActivated",

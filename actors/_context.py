@@ -25,6 +25,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, cast
 
+import attrs
 import immutables
 import orjson
 import pykka
@@ -50,11 +51,12 @@ from hoard.storage import (
 
 from ._cell import ContextCell
 from ._draft import Draft
-from ._events import NO_EVENTS, Emitter, MetadataChanged, Restored, StateChanged
+from ._events import NO_EVENTS, ChangesLost, Emitter, MetadataChanged, Restored, StateChanged
 from ._future import DEFERRED, Reply
 from ._messages import (
     BindSchema,
     Commit,
+    CommitsResumed,
     ContextCrashed,
     CreateRecoveryPoint,
     Delete,
@@ -62,6 +64,7 @@ from ._messages import (
     GetMetrics,
     GetState,
     Passivate,
+    Rebase,
     Restore,
     Resume,
     Rollback,
@@ -92,7 +95,8 @@ def _kind(cls: type) -> str:
     return kind
 
 
-_AFTER_PASSIVATION = frozenset({Get, GetState, GetMetrics, Passivate, Resume, Rollback})  # no write among them
+# no write among them
+_AFTER_PASSIVATION = frozenset({Get, GetState, GetMetrics, Passivate, Resume, Rollback, CommitsResumed})
 
 
 class UnknownMessageError(HoardError, TypeError):
@@ -142,6 +146,10 @@ class ContextActor(pykka.ThreadingActor):
         self.settings = settings
         self._immediate = settings.durability == "immediate"
         self._deferred = settings.durability == "deferred"
+        # deferred mode: the highest version answered before its commit, and whether commits are
+        # failing (then every write waits for its commit, as in immediate mode, until one succeeds)
+        self._acked = cell.state.version
+        self._degraded = False
         # An upper bound of the JSON size of data + metadata: None until the first write measures it
         # exactly (an O(n) encode, kept off the activation path); then each change adds what it sets,
         # and only a bound that crosses max_state_bytes is measured exactly again.
@@ -160,6 +168,7 @@ class ContextActor(pykka.ThreadingActor):
             Passivate: self._on_passivate,
             Rollback: self._on_rollback,
             Resume: self._on_resume,
+            CommitsResumed: self._on_commits_resumed,
             BindSchema: self._on_bind_schema,
             GetMetrics: self._on_get_metrics,
         }
@@ -264,7 +273,7 @@ class ContextActor(pykka.ThreadingActor):
             result = None
         self.working, self._size = new, size
         event = _state_event(w, change, new, rp_id) if self.events.active else None
-        if self._immediate:
+        if self._immediate or self._degraded:
             # the persistence actor publishes after the commit, emits, and answers the caller
             reply = self._reply()
             self.persistence.tell(Commit(self.cell, change, new, reply, result, True, event, self._t0))
@@ -274,6 +283,7 @@ class ContextActor(pykka.ThreadingActor):
             self.events.emit(event)
         if self._deferred:
             self.persistence.tell(Commit(self.cell, change, new, None, result, False))
+            self._acked = new.version
         return result
 
     def _frozen(self, key: str, value: Any) -> tuple[Any, int]:
@@ -424,12 +434,30 @@ class ContextActor(pykka.ThreadingActor):
         self._passivated = False
 
     def _on_rollback(self, m: Rollback) -> None:
-        if m.state.version <= self.working.version:
-            log.warning("context %r: commits failed; back to durable version %d (was %d)",
-                        self.cell.id, m.state.version, self.working.version)
-            self.working = m.state
-            self.cell.state = m.state
-            self._size = None  # measured again on the next write
+        state = m.state
+        if state.version > self.working.version:
+            return
+        if self._deferred:
+            # until a commit succeeds, every write waits for its commit (PersistenceError while they fail)
+            self._degraded = True
+            if self._acked > state.version:
+                # acknowledged changes are lost: continue from the durable data at a version above
+                # every one ever acknowledged (or handed out), so none is reused, and say so
+                lost = (state.version + 1, self._acked)
+                state = attrs.evolve(state, version=self.working.version + 1, updated_at=self.settings.clock())
+                self.persistence.tell(Rebase(self.cell, state))  # written before the next change
+                log.error("context %r: commits failed; acknowledged versions %d-%d are lost; continuing "
+                          "from durable data at v%d", self.cell.id, lost[0], lost[1], state.version)
+                self.events(ChangesLost, self.cell.id, first=lost[0], last=lost[1], version=state.version)
+            self._acked = state.version
+        log.warning("context %r: commits failed; back to durable data at version %d (was %d)",
+                    self.cell.id, state.version, self.working.version)
+        self.working = state
+        self.cell.state = state
+        self._size = None  # measured again on the next write
+
+    def _on_commits_resumed(self, _m: CommitsResumed) -> None:
+        self._degraded = False
 
 
 class _UserError(Exception):

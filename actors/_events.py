@@ -27,6 +27,7 @@ import pykka
 from ._messages import DeactivationReason
 
 __all__ = [
+    "ChangesLost",
     "ContextActivated",
     "ContextCreated",
     "ContextDeactivated",
@@ -137,6 +138,19 @@ class CorruptionRecovered(ContextEvent):
     version: int
     skipped: tuple[str, ...]
     lost_versions: tuple[int, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class ChangesLost(ContextEvent):
+    """``durability="deferred"``: commits failed, so acknowledged versions `first`..`last` never
+    reached the store and are gone. The context continues from its last durable data at `version`
+    (above every version ever acknowledged, so a write based on a lost version gets
+    `VersionConflictError`). Until a commit succeeds again, its writes wait for their commit (and
+    fail with `PersistenceError` while commits fail)."""
+
+    first: int
+    last: int
+    version: int
 
 
 class EventGate:

@@ -181,6 +181,22 @@ class Commit:
 
 
 @attrs.frozen
+class Rebase:
+    """From a ``deferred`` context actor after a failed commit lost acknowledged changes: `state` (the
+    last durable data at a version above every acknowledged one) is what the store must hold before
+    the context's next change."""
+
+    cell: ContextCell
+    state: ContextState
+
+
+@attrs.frozen
+class CommitsResumed:
+    """From the persistence actor to a ``deferred`` context whose commits had failed: one succeeded;
+    answer writes at once again."""
+
+
+@attrs.frozen
 class Flush:
     """Commit everything pending now (sent by the persistence actor to itself: group commit)."""
 

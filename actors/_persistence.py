@@ -29,6 +29,7 @@ was in flight (the store resolves or reports that outcome).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -67,9 +68,11 @@ from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases, context_of
 from ._messages import (
     Close,
     Commit,
+    CommitsResumed,
     Flush,
     GetMetrics,
     Load,
+    Rebase,
     Rollback,
     SaveRecoveryPoint,
     SaveSnapshot,
@@ -107,6 +110,10 @@ class PersistenceActor(pykka.ThreadingActor):
         self._flush_queued = False
         self._timer: threading.Timer | None = None
         self._durable: dict[str, ContextState] = {}  # last committed state of each active context
+        # deferred mode, after a failed commit lost acknowledged changes: the state (durable data at a
+        # version above every acknowledged one) to write before the context's next change
+        self._gaps: dict[str, ContextState] = {}
+        self._failing: set[str] = set()  # deferred contexts whose last commit failed
         self._since_snapshot: dict[str, int] = {}
         self._closed = False
         self.leases = LeaseKeeper(store)  # no-op unless the store has ownership leases
@@ -117,6 +124,7 @@ class PersistenceActor(pykka.ThreadingActor):
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Commit: self._on_commit,
             Flush: lambda _m: self._flush(),
+            Rebase: self._on_rebase,
             Load: self._on_load,
             SaveSnapshot: self._on_save_snapshot,
             SaveRecoveryPoint: self._on_save_recovery_point,
@@ -130,7 +138,7 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if self._closed and not isinstance(message, (Close, Flush)):
-            if isinstance(message, (RenewLeases, AttachSupervisor)):
+            if isinstance(message, (RenewLeases, AttachSupervisor, Rebase)):
                 return None  # told, late: nothing to do once closed
             error = PersistenceError(f"store {self.store.location!r} is closed")
             if isinstance(message, Commit | SaveSnapshot | SaveRecoveryPoint) and message.reply is not None:
@@ -188,7 +196,16 @@ class PersistenceActor(pykka.ThreadingActor):
             self._timer.cancel()
             self._timer = None
 
+    def _on_rebase(self, m: Rebase) -> None:
+        """A deferred context lost acknowledged changes and continues at `m.state`; the store gets it
+        (as a snapshot ahead of the stored version) with the context's next commit, or its final
+        snapshot. Until then the gap is where the context's versions continue."""
+        self._gaps[m.state.id] = m.state
+
     def _tip(self, context_id: str) -> int:
+        gap = self._gaps.get(context_id)
+        if gap is not None:
+            return gap.version
         durable = self._durable.get(context_id)
         if durable is not None:
             return durable.version
@@ -254,6 +271,8 @@ class PersistenceActor(pykka.ThreadingActor):
                     f"change v{m.change.version} of {cid!r} was built on a change that failed to commit; "
                     f"the context is back at v{tip}; retry", context_id=cid))
                 continue
+            if cid not in tips and cid in self._gaps:
+                ops.append(PutSnapshot(self._gaps[cid]))  # the version the context continues from
             tips[cid] = m.change.version
             ops.append(Append(cid, m.change))
             accepted.append(m)
@@ -288,6 +307,12 @@ class PersistenceActor(pykka.ThreadingActor):
         self.stats["snapshots"] += sum(isinstance(op, PutSnapshot) for op in ops)
         self._since_snapshot = counts
         for m in accepted:
+            self._gaps.pop(m.cell.id, None)  # written with this batch (see _prepare)
+            if m.cell.id in self._failing:
+                self._failing.discard(m.cell.id)
+                with contextlib.suppress(pykka.ActorDeadError):
+                    if m.cell.actor_ref is not None:
+                        m.cell.actor_ref.tell(CommitsResumed())
             if m.cell.id in self._durable or m.cell.closed is False:
                 self._durable[m.cell.id] = m.state
             if m.publish:
@@ -319,6 +344,8 @@ class PersistenceActor(pykka.ThreadingActor):
             f"commit to {self.store.location!r} failed: {exc!r}")
         log.error("group commit of %d changes failed: %s", len(accepted), error)
         # roll back before answering: a caller's next call then reaches its actor after the Rollback
+        if self.settings.durability == "deferred":
+            self._failing.update(m.cell.id for m in accepted)
         for cell in {id(m.cell): m.cell for m in accepted}.values():
             try:
                 self._rollback(cell)
@@ -362,7 +389,10 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def _rollback(self, cell: Any) -> None:
         durable = self._durable.get(cell.id)
-        if durable is None or self.leases.enabled:
+        gap = self._gaps.get(cell.id)
+        if gap is not None:
+            durable = gap  # not stored yet, but the versions before it were handed out: never reuse them
+        elif durable is None or self.leases.enabled:
             # a shared store is the truth: a connection lost while COMMIT was in flight leaves the
             # outcome to the store (it resolves it, or reports it unknown), so re-read what it holds
             try:
@@ -398,6 +428,9 @@ class PersistenceActor(pykka.ThreadingActor):
         except BaseException:
             self.leases.release([m.context_id])  # not activated: do not keep others out
             raise
+        gap = self._gaps.get(m.context_id)
+        if state is not None and gap is not None and gap.version > state.version:
+            state = gap  # restarted after losing changes: continue where the versions are, never below
         if state is None:
             self.leases.release([m.context_id])
         else:
@@ -434,10 +467,13 @@ class PersistenceActor(pykka.ThreadingActor):
                 target: ContextState | None = m.state  # a checkpoint of changes never journaled
             else:
                 # never snapshot what was not committed: the last durable state is what is stored
-                target = self._durable.get(cid)
+                # (or, after lost changes, that data at the version the context continued from)
+                target = self._gaps.get(cid) or self._durable.get(cid)
             if target is not None and self.store.info(cid) is not None:
                 self.store.commit([PutSnapshot(target)])
                 self.stats["snapshots"] += 1
+                if self._gaps.get(cid) is target:
+                    del self._gaps[cid]
         except HoardError as exc:
             if only_copy and m.reply is not None and not isinstance(exc, FencedOffError):
                 # the changes exist nowhere else: keep the context (and its lease) here; the
@@ -512,6 +548,7 @@ class PersistenceActor(pykka.ThreadingActor):
         for op in m.ops:
             if isinstance(op, DeleteContext):
                 self._durable.pop(op.context_id, None)
+                self._gaps.pop(op.context_id, None)
                 self._since_snapshot.pop(op.context_id, None)
             elif isinstance(op, CreateContext):
                 self.events(ContextCreated, op.state.id)

@@ -11,6 +11,7 @@ Start with `open_system(path)` (SQLite) or `create_manager()` / `create_adapter(
 
 import logging as _logging
 
+from hoard.actors import ChangesLost as ChangesLost
 from hoard.actors import ContextActivated as ContextActivated
 from hoard.actors import ContextCreated as ContextCreated
 from hoard.actors import ContextDeactivated as ContextDeactivated
@@ -55,8 +56,8 @@ from hoard.storage import Schema as Schema
 from hoard.storage import SchemaMigrationError as SchemaMigrationError
 from hoard.storage import SchemaValidationError as SchemaValidationError
 from hoard.storage import SQLiteStore as SQLiteStore
-from hoard.storage import Store as Store
 from hoard.storage import StateNotSavedError as StateNotSavedError
+from hoard.storage import Store as Store
 from hoard.storage import StoreLockedError as StoreLockedError
 from hoard.storage import SystemStoppedError as SystemStoppedError
 from hoard.storage import VersionConflictError as VersionConflictError
@@ -88,6 +89,7 @@ _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 
 __all__ = [
     "CapacityError",
+    "ChangesLost",
     "ConfigError",
     "ContextActivated",
     "ContextAdapter",

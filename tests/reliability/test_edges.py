@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from hoard import (
+    ChangesLost,
     ContextAdapterConfig,
     ContextCrashedError,
     ContextManagerConfig,
@@ -29,6 +31,7 @@ from hoard import (
     InvalidValueError,
     PersistenceError,
     StoreLockedError,
+    VersionConflictError,
     open_system,
 )
 
@@ -391,3 +394,51 @@ def test_no_write_is_acknowledged_once_the_store_file_is_gone_or_replaced(tmp_pa
     if how == "file replaced":
         with open_system(path) as again:  # the file now at the path: none of the refused writes in it
             assert "after0" not in again.manager.get_state("x").data
+
+
+# -- 5. deferred mode: versions are never reused; lost changes are reported; failing commits refuse writes --
+def test_deferred_mode_after_a_failed_commit_never_reuses_a_version_and_refuses_writes_until_commits_succeed(
+        disk: SmallDisk) -> None:
+    path = disk.path / "state.db"
+    cfg = ContextManagerConfig(durability="deferred", flush_interval=0.05, call_timeout=10.0)
+    system = open_system(path, manager_config=cfg)
+    lost_events: list[ChangesLost] = []
+    seen = threading.Event()
+
+    def on_lost(event: Any) -> None:
+        lost_events.append(event)
+        seen.set()
+
+    try:
+        system.subscribe(on_lost, kinds=[ChangesLost])
+        t = system.adapter.activate("x")
+        t.set("balance", 100)
+        system.manager.list_ids()  # a store read: commits what is queued first
+        durable_version = t.version
+        disk.fill()
+        acked = [t.set("balance", 0), t.set("note", "x" * 20_000), t.set("more", "y" * 20_000)]
+        assert seen.wait(10), "no ChangesLost event"
+        event = lost_events[0]
+        assert (event.context_id, event.first, event.last) == ("x", durable_version + 1, max(acked))
+        assert event.version > max(acked)
+        # a client that read a lost version is refused, not accepted on top of a different history
+        with pytest.raises(VersionConflictError):
+            t.set("balance", 50, expected_version=max(acked))
+        assert t.version > max(acked)
+        assert t.get("balance") == 100  # the durable data
+        # while commits fail, writes are refused, not acknowledged
+        for i in range(20):
+            with pytest.raises(PersistenceError):
+                t.set("refused", i)
+        disk.free()
+        after = t.set("balance", 101)  # a commit succeeds again: accepted, durable, above every old version
+        assert after > max(acked)
+        later = t.set("fast", 1)  # and deferred again
+        system.manager.list_ids()  # commits what is queued
+    finally:
+        disk.free()
+        system.stop()
+    with open_system(path, manager_config=cfg) as again:
+        st = again.manager.get_state("x")
+        assert st.version == later
+        assert dict(st.data) == {"balance": 101, "fast": 1}
