@@ -251,6 +251,7 @@ class SQLiteStore:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened for writing
         self._abspath = os.path.abspath(self.path)
         self._lost: str | None = None  # why the store can no longer be used (its file was deleted...)
+        self._checkpoint_due = False  # a commit failed: truncate the WAL after the next one succeeds
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -477,8 +478,27 @@ class SQLiteStore:
                 for op, blob in zip(ops, encoded, strict=True):
                     self._apply(db, op, blob)
         self._check_identity()  # do not write into a file that is no longer the store
-        self._guard(run, "commit", _first_context(ops))
+        try:
+            self._guard(run, "commit", _first_context(ops))
+        except PersistenceError:
+            self._checkpoint_due = True
+            raise
         self._check_identity()  # deleted or replaced meanwhile: the commit went to an orphan, not the store
+        if self._checkpoint_due:
+            self._truncate_wal(db)
+
+    def _truncate_wal(self, db: sqlite3.Connection) -> None:
+        """After failed commits (disk full) the WAL keeps the size it grew to, and a freed disk fills
+        up again at once. Once a commit succeeds again, copy the WAL into the database and truncate
+        it, giving that space back. Best effort: busy (a reader) or failing, it is tried after the
+        next commit again."""
+        try:
+            busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.debug("store %r: WAL checkpoint after failed commits failed: %s", self.path, exc)
+            return
+        if not busy:
+            self._checkpoint_due = False
 
     def _encode(self, op: Op) -> bytes | None:
         codec = self.codec

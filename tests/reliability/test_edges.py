@@ -442,3 +442,32 @@ def test_deferred_mode_after_a_failed_commit_never_reuses_a_version_and_refuses_
         st = again.manager.get_state("x")
         assert st.version == later
         assert dict(st.data) == {"balance": 101, "fast": 1}
+
+
+# -- 13. after disk full, once space is freed the WAL gives its space back --------------------------------
+def test_after_disk_full_the_first_successful_commit_truncates_the_wal(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "mnt", "16m") as disk:
+        path = disk.path / "state.db"
+        wal = Path(f"{path}-wal")
+        system = open_system(path, manager_config=ContextManagerConfig(call_timeout=10.0))
+        try:
+            t = system.adapter.activate("x")
+            for i in range(40):
+                t.set(f"k{i % 10}", os.urandom(50_000).hex())
+            assert wal.stat().st_size > 2 * 2**20  # grown, as a WAL does between checkpoints
+            disk.fill()
+            with pytest.raises(PersistenceError):
+                for i in range(100):
+                    t.set(f"k{i % 10}", os.urandom(50_000).hex())
+            disk.free()
+            t.set("k0", "small")
+            assert wal.stat().st_size < 2**20  # checkpointed and truncated: the space is free again
+            acked = {}
+            for i in range(100):
+                acked[f"k{i % 10}"] = os.urandom(5_000).hex()
+                t.set(f"k{i % 10}", acked[f"k{i % 10}"])
+            expected = {**dict(t.state().data), **acked}
+        finally:
+            system.stop()
+        with open_system(path) as again:
+            assert dict(again.manager.get_state("x").data) == expected
