@@ -236,6 +236,8 @@ class SQLiteStore:
         if recovery not in _RECOVERY:
             raise ConfigError(f"recovery must be one of {', '.join(map(repr, _RECOVERY))}, not {recovery!r}")
         self.path = os.fspath(path)
+        if not isinstance(self.path, str) or "\x00" in self.path:
+            raise ConfigError(f"the store path must be a str path without NUL bytes, not {self.path!r}")
         self.location = self.path
         self.sync = sync
         self.readonly = readonly
@@ -271,7 +273,21 @@ class SQLiteStore:
             self.close()
             raise
 
+    def _check_writable(self) -> None:
+        """Refuse at open what could be read but not written (a read-only file, directory or
+        filesystem): every write would fail later. Readers open it with ``readonly=True``."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise PersistenceError(f"cannot open store {self.path!r}: its folder {folder!r} does not exist")
+        target = self.path if os.path.exists(self.path) else folder
+        if _on_readonly_fs(target) or not os.access(target, os.W_OK) or not os.access(folder, os.W_OK):
+            where = "is on a read-only filesystem" if _on_readonly_fs(target) else "is not writable"
+            raise PersistenceError(f"store {self.path!r} {where}: it cannot be opened for writing (SQLite also "
+                                   "needs to create files next to it); open it read-only to read it "
+                                   "(SQLiteStore(path, readonly=True), or the hoard CLI)")
+
     def _take_lock(self) -> None:
+        self._check_writable()
         lock_path = self.path + ".lock"
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -337,6 +353,10 @@ class SQLiteStore:
             if not os.path.exists(self.path):
                 raise PersistenceError(f"no store at {self.path!r}")
             uri = "file:" + _quote_uri(os.path.abspath(self.path)) + "?mode=ro"
+            if _on_readonly_fs(self.path):
+                # SQLite cannot create the WAL index (-shm) there; nobody can write the file either,
+                # so it may be read as immutable (no locks, no WAL index)
+                uri += "&immutable=1"
             return self._guard(lambda: sqlite3.connect(uri, uri=True, isolation_level=None,
                                                       check_same_thread=False), "open")
         if not os.path.exists(self.path):
@@ -346,7 +366,10 @@ class SQLiteStore:
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             except OSError as exc:
                 raise PersistenceError(f"cannot create store {self.path!r}: {exc}") from exc
-        return self._guard(lambda: sqlite3.connect(self.path, isolation_level=None, check_same_thread=False),
+        # mode=rw: a file that can be read but not written fails here, instead of SQLite falling back
+        # to a read-only connection that opens fine and then fails every write
+        uri = "file:" + _quote_uri(os.path.abspath(self.path)) + "?mode=rw"
+        return self._guard(lambda: sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False),
                            "open")
 
     def _init_schema(self) -> None:
@@ -1095,6 +1118,13 @@ def _first_context(ops: Sequence[Op]) -> str | None:
     if isinstance(op, PutRecoveryPoint):
         return op.rp.context_id
     return op.context_id
+
+
+def _on_readonly_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _quote_uri(path: str) -> str:

@@ -31,6 +31,7 @@ from hoard import (
     InvalidContextIdError,
     InvalidValueError,
     PersistenceError,
+    SQLiteStore,
     StoreLockedError,
     VersionConflictError,
     open_system,
@@ -472,3 +473,29 @@ def test_after_disk_full_the_first_successful_commit_truncates_the_wal(tmp_path:
             system.stop()
         with open_system(path) as again:
             assert dict(again.manager.get_state("x").data) == expected
+
+
+# -- 12. a store that can be read but not written ----------------------------------------------------------
+def test_a_store_on_a_read_only_filesystem_is_refused_for_writing_at_open_and_read_by_readers(
+        tmp_path: Path) -> None:
+    with small_disk(tmp_path / "mnt", "4m") as disk:
+        path = disk.path / "state.db"
+        with open_system(path) as system:
+            final = system.adapter.activate("x").set("key", 12345)
+        done = subprocess.run(["mount", "-o", "remount,ro", str(disk.path)], capture_output=True,  # noqa: S603, S607
+                              text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        with pytest.raises(PersistenceError, match="read-only"):
+            open_system(path)
+        reader = SQLiteStore(path, readonly=True)
+        reader.open()
+        try:
+            st = reader.load("x")
+            assert st is not None and (st.version, dict(st.data)) == (final, {"key": 12345})
+        finally:
+            reader.close()
+        cli = subprocess.run([sys.executable, "-m", "hoard.cli", "show", str(path), "x"],  # noqa: S603
+                             capture_output=True, text=True, check=False, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        assert f"v{final}" in cli.stdout and "12345" in cli.stdout
+
