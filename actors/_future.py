@@ -50,6 +50,7 @@ class Reply(pykka.ThreadingFuture[Any]):
         #: before handling it (it was not applied), e.g. a tracker's blocking call
         self.retry: Callable[[], Any] | None = None
         self.what = "a call"
+        self.context_id: str | None = None  # named by the timeout error
 
     def get(self, *, timeout: float | None = None) -> Any:
         """The answer (or its exception raised). `ContextTimeoutError` after `timeout` seconds. A call
@@ -57,7 +58,7 @@ class Reply(pykka.ThreadingFuture[Any]):
         try:
             return pykka.ThreadingFuture.get(self, timeout=timeout)
         except pykka.Timeout as exc:
-            raise ContextTimeoutError(self.what, timeout) from exc
+            raise ContextTimeoutError(self.what, timeout, self.context_id) from exc
         except pykka.ActorDeadError:
             if self.retry is None:
                 raise

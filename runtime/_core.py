@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import threading
 import weakref
 from typing import Any
@@ -37,6 +38,7 @@ from hoard.actors import (
     mailbox_depth,
 )
 from hoard.storage import (
+    ConfigError,
     ContextTimeoutError,
     HoardError,
     PersistenceError,
@@ -48,7 +50,15 @@ from hoard.storage import (
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._metrics import Metrics
 
-__all__ = ["SystemCore"]
+__all__ = ["SystemCore", "check_timeout"]
+
+
+def check_timeout(timeout: object) -> float:
+    """`timeout` if it is a number of seconds (int or float, finite, not negative), else `ConfigError`
+    naming it: a wrong timeout is the caller's error, never a TypeError from deep inside a wait."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < math.inf:
+        raise ConfigError(f"timeout must be a number of seconds (or None for the default), not {timeout!r}")
+    return float(timeout)
 
 log = logging.getLogger(__name__)
 _LIVE: weakref.WeakSet[SystemCore] = weakref.WeakSet()
@@ -184,7 +194,7 @@ class SystemCore:
     def _ask(self, ref: pykka.ActorRef[Any], message: Any, timeout: float | None, what: str) -> Any:
         if self._stopped:
             raise SystemStoppedError()
-        t = self.call_timeout if timeout is None else timeout
+        t = self.call_timeout if timeout is None else check_timeout(timeout)
         try:
             return ref.ask(message, timeout=t)
         except pykka.Timeout as exc:

@@ -53,7 +53,7 @@ from hoard.storage import (
     SystemStoppedError,
 )
 
-from ._core import SystemCore
+from ._core import SystemCore, check_timeout
 from ._events import subscribe
 
 __all__ = ["ContextTracker", "ContextTrackerFactory"]
@@ -69,7 +69,7 @@ def activate_waiting(system: SystemCore, message: Activate, timeout: float | Non
     last `ContextOwnedElsewhereError`, which names the owner. A lease that expires or is released
     meanwhile is taken over by the next attempt. No actor ever waits: the supervisor answers each
     attempt at once."""
-    t = system.call_timeout if timeout is None else timeout
+    t = system.call_timeout if timeout is None else check_timeout(timeout)
     deadline = time.monotonic() + t
     delay = 0.02
     refused: ContextOwnedElsewhereError | None = None
@@ -97,8 +97,8 @@ def activate_waiting(system: SystemCore, message: Activate, timeout: float | Non
 def _rp_id(rp_id: object, context_id: str) -> int:
     if isinstance(rp_id, RecoveryPoint):
         return rp_id.id
-    if isinstance(rp_id, bool) or not isinstance(rp_id, int):
-        raise RecoveryPointNotFoundError(context_id, rp_id)
+    if isinstance(rp_id, bool) or not isinstance(rp_id, int) or not 0 < rp_id < 2**63:
+        raise RecoveryPointNotFoundError(context_id, rp_id)  # ids are positive 64-bit store integers
     return rp_id
 
 
@@ -174,7 +174,7 @@ class ContextTracker:
         return cell
 
     def _call(self, message: Any, timeout: float | None, what: str) -> Any:
-        t = timeout if timeout is not None else self._timeout
+        t = check_timeout(timeout) if timeout is not None else self._timeout
         if t is None:
             t = self._system.call_timeout
         for _ in range(_ATTEMPTS):
@@ -182,9 +182,11 @@ class ContextTracker:
                 raise SystemStoppedError()
             cell = self._live_cell(t, write=True)
             try:
-                return cell.actor_ref.ask(message, block=False).get(timeout=t)
-            except ContextTimeoutError as exc:
-                raise ContextTimeoutError(what, t, self._id) from exc
+                reply: Reply = cell.actor_ref.ask(message, block=False)
+                # the reply's own timeout names this call; a ContextTimeoutError that is the answer
+                # (raised inside a transact fn) reaches the caller as it was raised
+                reply.what, reply.context_id = what, self._id
+                return reply.get(timeout=t)
             except pykka.ActorDeadError:
                 # the actor stopped before handling the message (passivated): it was not applied
                 if self._cell is cell and not cell.closed:
@@ -307,7 +309,7 @@ class ContextTracker:
         state = self.state()
         if state.version >= version:
             return state
-        t = timeout if timeout is not None else (self._timeout or self._system.call_timeout)
+        t = check_timeout(timeout) if timeout is not None else (self._timeout or self._system.call_timeout)
         reached: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
 
         def check(event: Any) -> None:

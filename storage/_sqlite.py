@@ -451,6 +451,13 @@ class SQLiteStore:
             raise
         except sqlite3.DatabaseError as exc:
             msg = str(exc)
+            failing = self._io_error() if ("not a database" in msg or "malformed" in msg) else None
+            if failing is not None:
+                # the file cannot even be read back (the filesystem was shut down, the disk fails):
+                # an I/O error, not damaged data, which was never looked at
+                raise PersistenceError(f"store {self.path!r}: {what} failed: the file cannot be read ({failing}); "
+                                       "the filesystem reports an I/O error (shut down or failing); the stored "
+                                       "data was not checked", context_id=context_id) from exc
             if "not a database" in msg or "malformed" in msg:
                 raise CorruptStateError(f"{self.path!r}: {msg} (not a hoard store, or damaged)",
                                         context_id=context_id, what="store") from exc
@@ -461,6 +468,20 @@ class SQLiteStore:
             raise PersistenceError(f"store {self.path!r}: {what} failed: {exc}", context_id=context_id) from exc
         except OSError as exc:
             raise PersistenceError(f"store {self.path!r}: {what} failed: {exc}", context_id=context_id) from exc
+
+    def _io_error(self) -> OSError | None:
+        """The OS error that reading the start of the store file gives now (None if it reads)."""
+        try:
+            if self._file_fd is not None:
+                os.pread(self._file_fd, 4096, 0)
+            else:
+                # an error path: a descriptor of the database opened and closed here may drop this
+                # process's SQLite locks on it, which a connection that just failed can spare
+                with open(self._abspath, "rb", buffering=0) as f:
+                    f.read(4096)
+        except OSError as exc:
+            return exc
+        return None
 
     @contextlib.contextmanager
     def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:

@@ -9,9 +9,11 @@ except under ``CI=true``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -24,13 +26,17 @@ import pytest
 
 from hoard import (
     ChangesLost,
+    ConfigError,
     ContextAdapterConfig,
     ContextCrashedError,
     ContextManagerConfig,
     ContextStatus,
+    ContextTimeoutError,
+    CorruptStateError,
     InvalidContextIdError,
     InvalidValueError,
     PersistenceError,
+    RecoveryPointNotFoundError,
     SQLiteStore,
     StoreLockedError,
     VersionConflictError,
@@ -499,3 +505,81 @@ def test_a_store_on_a_read_only_filesystem_is_refused_for_writing_at_open_and_re
         assert cli.returncode == 0, cli.stderr
         assert f"v{final}" in cli.stdout and "12345" in cli.stdout
 
+
+
+# -- 11. typed errors with true messages ----------------------------------------------------------------------
+def test_bad_arguments_and_failures_raise_the_right_hoard_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NUL"):
+        open_system(str(tmp_path / "a\x00b.db"))
+    with open_system(tmp_path / "state.db", manager_config=ContextManagerConfig(call_timeout=5.0)) as system:
+        t = system.adapter.activate("x")
+        t.set("k", 1)
+        for bad in ("1", -1, float("nan"), float("inf"), True, [1]):
+            with pytest.raises(ConfigError, match="timeout"):
+                t.set("k", 2, timeout=bad)  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match="timeout"):
+                system.adapter.activate("x", timeout=bad)  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match="timeout"):
+                system.manager.get_state("x", timeout=bad)  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match="timeout"):
+                t.wait_for_version(5, timeout=bad)  # type: ignore[arg-type]
+        for rp in (2**70, -(2**70), 0, -1):
+            with pytest.raises(RecoveryPointNotFoundError):
+                t.restore(rp)
+            with pytest.raises(RecoveryPointNotFoundError):
+                t.delete_recovery_point(rp)
+        assert t.version == 2
+
+        def inner_timeout(draft: Any) -> None:
+            raise ContextTimeoutError("the caller's own wait", 2.0, "elsewhere")
+
+        with pytest.raises(ContextTimeoutError) as info:
+            t.transact(inner_timeout, timeout=5.0)
+        assert str(info.value) == "the caller's own wait did not complete within 2.0 s"  # not relabelled
+        assert info.value.context_id == "elsewhere"
+        assert t.version == 2
+
+
+def test_an_io_error_after_the_filesystem_shut_down_is_not_reported_as_corruption(tmp_path: Path) -> None:
+    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(32 * 2**20)
+    mounted = all(
+        subprocess.run(command, capture_output=True, check=False).returncode == 0  # noqa: S603 - fixed commands
+        for command in (["mkfs.ext4", "-q", "-F", str(image)], ["mount", "-o", "loop", str(image), str(mnt)]))
+    if not mounted:
+        reason = "cannot make and loop-mount an ext4 image (needs root and mkfs.ext4)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        path = mnt / "state.db"
+        system = open_system(path, manager_config=ContextManagerConfig(call_timeout=5.0))
+        try:
+            system.adapter.activate("x", timeout=5.0).set("k", "v" * 1000)
+            for i in range(5):
+                system.adapter.create_and_activate(f"c{i}", {"a": "b" * 5000})
+                system.adapter.deactivate(f"c{i}")
+            fd = os.open(mnt, os.O_RDONLY)
+            try:
+                fcntl.ioctl(fd, 0x8004587D, struct.pack("I", 2))  # EXT4_IOC_SHUTDOWN, NOLOGFLUSH
+            finally:
+                os.close(fd)
+            with pytest.raises(PersistenceError, match="I/O error"):
+                system.adapter.activate("x").set("k", "w")  # the write fails; SQLite drops its page cache
+            errors = []
+            for i in range(5):
+                try:
+                    system.manager.get_state(f"c{i}")
+                except PersistenceError as exc:
+                    errors.append(exc)
+            assert errors
+            for exc in errors:
+                assert not isinstance(exc, CorruptStateError), exc  # the data was never looked at
+                assert "I/O error" in str(exc)
+        finally:
+            with contextlib.suppress(PersistenceError):
+                system.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)  # noqa: S603, S607
