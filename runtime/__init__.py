@@ -28,6 +28,7 @@ from hoard.actors import RecoveryPointDeleted as RecoveryPointDeleted
 from hoard.actors import RemoteChange as RemoteChange
 from hoard.actors import Restored as Restored
 from hoard.actors import StateChanged as StateChanged
+from hoard.actors import SubscriberOverflow as SubscriberOverflow
 from hoard.actors import Switched as Switched
 from hoard.storage import CapacityError as CapacityError
 from hoard.storage import ConfigError as ConfigError
@@ -144,6 +145,7 @@ __all__ = [
     "StateNotSavedError",
     "Store",
     "StoreLockedError",
+    "SubscriberOverflow",
     "Subscription",
     "Switched",
     "SystemStoppedError",

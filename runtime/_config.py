@@ -93,6 +93,11 @@ class ContextManagerConfig:
         max_state_bytes: largest context (JSON-encoded data + metadata); also the decompression bound.
         clock: returns seconds since the epoch (timestamps); injectable for tests.
         monotonic: returns monotonic seconds (restart windows, idle time); injectable for tests.
+        subscriber_backlog: most events that may wait for one subscriber (a slow or blocked one);
+            beyond it `subscriber_overflow` applies. Bounds the memory a subscriber can hold.
+        subscriber_overflow: ``"drop_subscriber"`` (default): its subscription is ended, its queued
+            events discarded, and a `SubscriberOverflow` event and an error log line say so;
+            ``"drop_events"``: events are skipped for it while it is that far behind.
     """
 
     store: str | os.PathLike[str] | Store | None = attrs.field(default=None, validator=_store)
@@ -109,6 +114,9 @@ class ContextManagerConfig:
     max_state_bytes: int = attrs.field(default=64 * 2**20, validator=_number(64, integer=True))
     clock: Callable[[], float] = attrs.field(default=time.time, validator=_callable, repr=False)
     monotonic: Callable[[], float] = attrs.field(default=time.monotonic, validator=_callable, repr=False)
+    subscriber_backlog: int = attrs.field(default=10_000, validator=_number(1, integer=True))
+    subscriber_overflow: str = attrs.field(default="drop_subscriber",
+                                           validator=_choice("drop_subscriber", "drop_events"))
 
 
 @attrs.frozen(kw_only=True)

@@ -22,6 +22,7 @@ import pykka
 
 from hoard.actors import (
     AttachSupervisor,
+    Backlogs,
     CollectMetrics,
     ContextSettings,
     Emitter,
@@ -92,7 +93,7 @@ class SystemCore:
                                                 max_state_bytes=cfg.max_state_bytes, clock=cfg.clock)
         self._gate = EventGate()
         try:
-            self._bus = EventBusActor.start(self._gate)
+            self._bus = EventBusActor.start(self._gate, cfg.subscriber_backlog, cfg.subscriber_overflow)
             self._events = Emitter(self._gate, self._bus, cfg.clock)
             self._persistence = PersistenceActor.start(self.store, PersistenceSettings(
                 durability=cfg.durability, snapshot_every=cfg.snapshot_every, flush_interval=cfg.flush_interval,
@@ -146,7 +147,8 @@ class SystemCore:
         """
         parts, depths = self.ask(CollectMetrics(), timeout, "collecting metrics")
         persistence = self.ask_persistence(GetMetrics(), timeout, "collecting metrics")
-        depths = {**depths, "events": mailbox_depth(self._bus)}
+        backlogs = self.ask_bus(Backlogs(), timeout, "collecting metrics")  # per subscriber
+        depths = {**depths, "events": mailbox_depth(self._bus), **backlogs}
         return Metrics.from_parts(*parts, persistence, mailbox_depths=depths)
 
     # -- maintenance ---------------------------------------------------------------------------------

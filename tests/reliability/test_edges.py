@@ -38,10 +38,13 @@ from hoard import (
     PersistenceError,
     RecoveryPointNotFoundError,
     SQLiteStore,
+    StateChanged,
     StoreLockedError,
+    SubscriberOverflow,
     VersionConflictError,
     open_system,
 )
+from tests.helpers import wait_until
 
 from ._edges import SmallDisk, small_disk
 
@@ -583,3 +586,88 @@ def test_an_io_error_after_the_filesystem_shut_down_is_not_reported_as_corruptio
                 system.stop()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)  # noqa: S603, S607
+
+
+# -- 10. a blocked subscriber: bounded backlog, SubscriberOverflow, metrics, stop within its timeout ----------
+def test_a_blocked_subscriber_is_dropped_at_its_backlog_limit_and_reported(tmp_path: Path) -> None:
+    release = threading.Event()
+    overflows: list[SubscriberOverflow] = []
+    cfg = ContextManagerConfig(durability="none", subscriber_backlog=200, call_timeout=10.0)
+    system = open_system(tmp_path / "state.db", manager_config=cfg)
+    try:
+        entered = threading.Event()
+
+        def blocked(_event: Any) -> None:
+            entered.set()
+            release.wait(60)
+
+        stuck = system.subscribe(blocked)
+        watcher = system.subscribe(overflows.append, kinds=[SubscriberOverflow])
+        t = system.adapter.activate("x")
+        t.set("k", 0)
+        assert entered.wait(10)
+        backlogs = []
+        for i in range(2_000):
+            t.set("k", i)
+            if i == 100:
+                backlogs.append(system.metrics().mailbox_depths[f"subscriber:{stuck.id}"])
+        wait_until(lambda: len(overflows) == 1, what="the SubscriberOverflow event")
+        event = overflows[0]
+        assert (event.subscription, event.policy, event.backlog) == (stuck.id, "drop_subscriber", 200)
+        assert 50 <= backlogs[0] <= 200  # the backlog shows in the metrics
+        depths = system.metrics().mailbox_depths
+        assert f"subscriber:{stuck.id}" not in depths  # dropped: nothing of it is kept
+        assert depths[f"subscriber:{watcher.id}"] == 0
+    finally:
+        release.set()
+        system.stop()
+
+
+def test_a_subscriber_with_the_drop_events_policy_keeps_its_subscription(tmp_path: Path) -> None:
+    release = threading.Event()
+    got: list[int] = []
+    system = open_system(tmp_path / "state.db", manager_config=ContextManagerConfig(durability="none"))
+    try:
+        def slow(event: Any) -> None:
+            release.wait(60)
+            got.append(event.version)
+
+        sub = system.subscribe(slow, kinds=[StateChanged], max_backlog=10, overflow="drop_events")
+        t = system.adapter.activate("x")
+        for i in range(500):
+            t.set("k", i)
+        release.set()
+        wait_until(lambda: system.metrics().mailbox_depths[f"subscriber:{sub.id}"] == 0, what="the backlog")
+        assert 10 <= len(got) <= 12  # what was queued; the rest was skipped, not queued
+        t.set("k", "again")
+        wait_until(lambda: got[-1] == t.version, what="the next event")  # still subscribed
+    finally:
+        release.set()
+        system.stop()
+
+
+def test_stop_returns_within_its_timeout_whatever_subscribers_do(tmp_path: Path) -> None:
+    release = threading.Event()
+    system = open_system(tmp_path / "state.db", manager_config=ContextManagerConfig(durability="none"))
+    stopped = threading.Event()
+    try:
+        for _ in range(10):
+            system.subscribe(lambda _e: release.wait(120))
+        t = system.adapter.activate("x")
+        for i in range(100):
+            t.set("k", i)
+        started = time.monotonic()
+        stopper = threading.Thread(target=lambda: (system.stop(), stopped.set()))  # timeout: 4 x call_timeout
+        stopper.start()
+        assert stopped.wait(10), "stop() still blocked by its subscribers after 10 s"
+        took = time.monotonic() - started
+        stopper.join(10)
+        assert system.stopped
+        # every actor of the system is gone but the ten subscriber threads blocked in their own code
+        alive = [th.name for th in threading.enumerate() if th.is_alive() and th.name.startswith(
+            ("EventBusActor-", "SupervisorActor-", "PersistenceActor-", "ContextActor-"))]
+        assert alive == []
+        print(f"stop with 10 blocked subscribers: {took:.3f} s")
+    finally:
+        release.set()
+        system.stop()
