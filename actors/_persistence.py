@@ -41,6 +41,7 @@ import pykka
 
 from hoard.storage import (
     Append,
+    ContextLockedError,
     ContextState,
     CreateContext,
     DeleteContext,
@@ -240,6 +241,16 @@ class PersistenceActor(pykka.ThreadingActor):
             try:
                 self._commit_ops(ops, accepted, counts)
                 return
+            except ContextLockedError as exc:
+                # another session holds these contexts' rows locked: fail (and roll back) only their
+                # changes; the rest of the batch goes again without them (never waits behind them)
+                self.stats["failed_commits"] += 1
+                locked = set(exc.context_ids)
+                self._commit_failed([m for m in accepted if m.cell.id in locked], exc)
+                batch = [m for m in accepted if m.cell.id not in locked]
+                if not batch or len(batch) == len(accepted):
+                    self._commit_failed(batch, exc)
+                    return
             except FencedOffError as exc:
                 # another owner took a context over: its callers get this error and it is dropped here
                 # (no rollback: it may not be written any more); the rest goes again without it
@@ -288,7 +299,7 @@ class PersistenceActor(pykka.ThreadingActor):
         started = perf_counter()
         try:
             self.store.commit(ops)
-        except FencedOffError:
+        except (FencedOffError, ContextLockedError):
             raise
         except Exception as exc:  # noqa: BLE001 - every caller is answered with a PersistenceError
             if not self._landed(accepted):

@@ -35,6 +35,7 @@ from hoard.storage import ConfigError as ConfigError
 from hoard.storage import ContextCrashedError as ContextCrashedError
 from hoard.storage import ContextExistsError as ContextExistsError
 from hoard.storage import ContextFailedError as ContextFailedError
+from hoard.storage import ContextLockedError as ContextLockedError
 from hoard.storage import ContextNotFoundError as ContextNotFoundError
 from hoard.storage import ContextOwnedElsewhereError as ContextOwnedElsewhereError
 from hoard.storage import ContextState as ContextState
@@ -103,6 +104,7 @@ __all__ = [
     "ContextExistsError",
     "ContextFailed",
     "ContextFailedError",
+    "ContextLockedError",
     "ContextManager",
     "ContextManagerConfig",
     "ContextNotFoundError",

@@ -13,6 +13,7 @@ from ._errors import ConfigError as ConfigError
 from ._errors import ContextCrashedError as ContextCrashedError
 from ._errors import ContextExistsError as ContextExistsError
 from ._errors import ContextFailedError as ContextFailedError
+from ._errors import ContextLockedError as ContextLockedError
 from ._errors import ContextNotFoundError as ContextNotFoundError
 from ._errors import ContextOwnedElsewhereError as ContextOwnedElsewhereError
 from ._errors import ContextTimeoutError as ContextTimeoutError
@@ -80,6 +81,7 @@ __all__ = [
     "ContextCrashedError",
     "ContextExistsError",
     "ContextFailedError",
+    "ContextLockedError",
     "ContextNotFoundError",
     "ContextOwnedElsewhereError",
     "ContextState",

@@ -176,6 +176,17 @@ class StateNotSavedError(PersistenceError):
     in memory, not rolled back."""
 
 
+class ContextLockedError(PersistenceError):
+    """Another database session held a lock on the store rows of `context_ids` (e.g. their lease rows)
+    for longer than the store's ``lock_timeout``: their changes in this commit were not written. The
+    commit was rolled back as a whole; the changes of other contexts may be committed again without
+    them (the persistence actor does so). Retry once the other session lets go."""
+
+    def __init__(self, message: str, *, context_ids: tuple[str, ...]) -> None:
+        self.context_ids = context_ids
+        super().__init__(message, context_id=context_ids[0] if len(context_ids) == 1 else None)
+
+
 class StoreLockedError(PersistenceError):
     """The store is already open for writing, in this process or another. Only one writer at a time."""
 

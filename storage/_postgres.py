@@ -108,6 +108,7 @@ import orjson
 from ._codec import Codec
 from ._errors import (
     ConfigError,
+    ContextLockedError,
     ContextOwnedElsewhereError,
     CorruptStateError,
     FencedOffError,
@@ -323,6 +324,10 @@ class PostgresStore:
         connect_timeout: seconds to wait for a connection (at open, and when reconnecting).
         statement_timeout: seconds any one statement may run (lock waits included) before it fails
             with `PersistenceError`.
+        lock_timeout: seconds a statement waits for a row lock another session holds (a lease row
+            locked by someone else) before the commit fails with `ContextLockedError` naming those
+            contexts; the persistence actor then commits the rest of the batch without them, so one
+            locked context delays the others by at most this long.
         recovery: "strict" (default) or "fallback": what `load` does with damaged data, as in
             `SQLiteStore` (see the module docstring).
 
@@ -332,15 +337,15 @@ class PostgresStore:
     def __init__(self, dsn: str, *, schema: str = "hoard", compression_level: int = 3,
                  max_state_bytes: int = 64 * 2**20, owner_id: str | None = None, lease_ttl: float = 10.0,
                  require_lease: bool = False, notify: bool = True, connect_timeout: float = 5.0,
-                 statement_timeout: float = 30.0, recovery: str = "strict") -> None:
+                 statement_timeout: float = 30.0, recovery: str = "strict", lock_timeout: float = 1.0) -> None:
         if psycopg is None:  # pragma: no cover - exercised only without the extra
             raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard[postgres]'")
         if recovery not in _RECOVERY:
             raise ConfigError(f"recovery must be one of {', '.join(map(repr, _RECOVERY))}, not {recovery!r}")
         if not _IDENT.fullmatch(schema):
             raise ConfigError(f"schema must be an identifier (letters, digits, '_', at most 63), not {schema!r}")
-        if not lease_ttl > 0 or not connect_timeout > 0 or not statement_timeout > 0:
-            raise ConfigError("lease_ttl, connect_timeout and statement_timeout must be positive")
+        if not lease_ttl > 0 or not connect_timeout > 0 or not statement_timeout > 0 or not lock_timeout > 0:
+            raise ConfigError("lease_ttl, connect_timeout, statement_timeout and lock_timeout must be positive")
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
@@ -353,6 +358,7 @@ class PostgresStore:
         self.notify = notify
         self.connect_timeout = float(connect_timeout)
         self.statement_timeout = float(statement_timeout)
+        self.lock_timeout = float(lock_timeout)
         self.codec = Codec(compression_level, max_bytes=max_state_bytes + 2**20)
         self.recovery = recovery
         #: the report of the newest `load` that had to skip something (None if it did not)
@@ -407,8 +413,10 @@ class PostgresStore:
     def _configure(self, conn: Any) -> None:
         """Session settings of every new pooled connection (runs in the pool's thread)."""
         conn.execute("SELECT set_config('statement_timeout', %s, false), "
-                     "set_config('idle_in_transaction_session_timeout', %s, false)",
-                     (f"{round(self.statement_timeout * 1000)}", f"{round(max(self.lease_ttl, 1.0) * 1000)}"))
+                     "set_config('idle_in_transaction_session_timeout', %s, false), "
+                     "set_config('lock_timeout', %s, false)",
+                     (f"{round(self.statement_timeout * 1000)}", f"{round(max(self.lease_ttl, 1.0) * 1000)}",
+                      f"{max(1, round(min(self.lock_timeout, self.statement_timeout) * 1000))}"))
 
     def _migrate(self, conn: Any) -> None:
         encoding = conn.execute("SHOW server_encoding").fetchone()[0]
@@ -417,6 +425,7 @@ class PostgresStore:
                                    "(context ids and keys are any Unicode)")
         s = f'"{self.schema}"'
         with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = 0")  # waiting for another opener's migration is fine
             # serialize concurrent openers of the same schema (CREATE ... IF NOT EXISTS still races)
             conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (self._advisory_key(),))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
@@ -574,6 +583,8 @@ class PostgresStore:
                     stage = "write"  # lost after the transaction began: something of it may have run
                 if not self._lost(conn):
                     self._rollback(conn)
+                    if isinstance(exc, psycopg.errors.LockNotAvailable):
+                        raise self._locked(ids, exc) from exc
                     raise self._translate(exc, "commit", first) from exc
                 self._drop_connection()
                 if stage == "begin" and attempt == 0:
@@ -590,6 +601,23 @@ class PostgresStore:
             except BaseException:
                 self._rollback(conn)
                 raise
+
+    def _locked(self, ids: list[str], exc: Exception) -> PersistenceError:
+        """A commit waited `lock_timeout` for a row lock: which of `ids` are locked by another session
+        (their lease rows, skipped when locked; autocommit, so nothing stays locked here)?"""
+        try:
+            rows = self._run("find locked rows", lambda c: c.execute(self._sql["lockable"], {"ids": ids}).fetchall())
+        except PersistenceError:
+            rows = None
+        if rows is not None:
+            locked = tuple(cid for cid, free in rows if not free)
+            if locked:
+                return ContextLockedError(
+                    f"{self.location}: another session has held the lease rows of {', '.join(map(repr, locked))} "
+                    f"for over lock_timeout={self.lock_timeout} s; their changes were not committed ({exc})",
+                    context_ids=locked)
+        return PersistenceError(f"{self.location}: commit waited over lock_timeout={self.lock_timeout} s for a "
+                                f"lock another session holds ({exc}); nothing was committed")
 
     def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
                notice: dict[str, Any] | None, sent: dict[str, Any]) -> int:
@@ -1328,6 +1356,10 @@ _SQL: dict[str, str] = {
     "info": _INFO, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,
     "holder": _HOLDER,
     "lock_context": "SELECT version FROM {s}.contexts WHERE id = %(id)s FOR UPDATE",
+    # which lease rows of a batch another session holds locked (never waits: SKIP LOCKED)
+    "lockable": "SELECT l.context_id, f.context_id IS NOT NULL FROM {s}.leases l LEFT JOIN "
+                "(SELECT context_id FROM {s}.leases WHERE context_id = ANY(%(ids)s) FOR UPDATE SKIP LOCKED) f "
+                "ON f.context_id = l.context_id WHERE l.context_id = ANY(%(ids)s)",
     "version": "SELECT version FROM {s}.contexts WHERE id = %(id)s",
     "next_rp": "SELECT next_rp_id FROM {s}.contexts WHERE id = %(id)s",
     "checkpoint": "WITH v AS (UPDATE {s}.contexts SET version = %(v)s, updated_at = %(u)s WHERE id = %(id)s), "
