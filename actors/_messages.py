@@ -197,6 +197,14 @@ class CommitsResumed:
 
 
 @attrs.frozen
+class Abandon:
+    """From the supervisor: it gave up waiting for the `Load` of `context_id` (told after it, so it
+    is handled after it): forget the context and release its lease, unless a later load took it."""
+
+    context_id: str
+
+
+@attrs.frozen
 class Flush:
     """Commit everything pending now (sent by the persistence actor to itself: group commit)."""
 
@@ -258,6 +266,7 @@ class Activate:
     metadata: Mapping[str, Any] | None = None
     must_create: bool = False  # create_and_activate: fail if it exists
     schema: Any = None  # a hoard.storage.Schema to bind (and register for later activations)
+    timeout: float | None = None  # how long the caller waits: the supervisor's waits for it (None: call_timeout)
 
 
 @attrs.frozen

@@ -67,6 +67,7 @@ from ._events import (
 )
 from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases, context_of
 from ._messages import (
+    Abandon,
     Close,
     Commit,
     CommitsResumed,
@@ -126,6 +127,7 @@ class PersistenceActor(pykka.ThreadingActor):
             Commit: self._on_commit,
             Flush: lambda _m: self._flush(),
             Rebase: self._on_rebase,
+            Abandon: self._on_abandon,
             Load: self._on_load,
             SaveSnapshot: self._on_save_snapshot,
             SaveRecoveryPoint: self._on_save_recovery_point,
@@ -139,7 +141,7 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if self._closed and not isinstance(message, (Close, Flush)):
-            if isinstance(message, (RenewLeases, AttachSupervisor, Rebase)):
+            if isinstance(message, (RenewLeases, AttachSupervisor, Rebase, Abandon)):
                 return None  # told, late: nothing to do once closed
             error = PersistenceError(f"store {self.store.location!r} is closed")
             if isinstance(message, Commit | SaveSnapshot | SaveRecoveryPoint) and message.reply is not None:
@@ -196,6 +198,15 @@ class PersistenceActor(pykka.ThreadingActor):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _on_abandon(self, m: Abandon) -> None:
+        """The supervisor gave up on the `Load` before this one: the context is not active, so
+        nothing of it is kept here and its lease is released (the next owner may take it at once)."""
+        if m.context_id in self._durable:
+            self._forget([m.context_id])
+            self.leases.release([m.context_id])
+            log.warning("context %r: its activation timed out; loaded too late, let go of (lease released)",
+                        m.context_id)
 
     def _on_rebase(self, m: Rebase) -> None:
         """A deferred context lost acknowledged changes and continues at `m.state`; the store gets it

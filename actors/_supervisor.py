@@ -59,6 +59,7 @@ from ._events import (
 )
 from ._leases import LeasesLost
 from ._messages import (
+    Abandon,
     Activate,
     AddContext,
     BindSchema,
@@ -154,11 +155,16 @@ class SupervisorActor(pykka.ThreadingActor):
         return self._handlers[type(message)](message)
 
     # -- talking to the persistence actor ------------------------------------------------------------
-    def _ask_persistence(self, message: Any, what: str, context_id: str | None = None) -> Any:
-        timeout = self.settings.call_timeout
+    def _ask_persistence(self, message: Any, what: str, context_id: str | None = None,
+                         timeout: float | None = None) -> Any:
+        timeout = self.settings.call_timeout if timeout is None else timeout
         try:
             return self.persistence.ask(message, timeout=timeout)
         except pykka.Timeout as exc:
+            if isinstance(message, Load):
+                # the load still runs, later: have the persistence actor let go of it then (lease
+                # released), so that no lease is ever held for a context that is not active here
+                self.persistence.tell(Abandon(message.context_id))
             raise ContextTimeoutError(what, timeout, context_id) from exc
         except pykka.ActorDeadError as exc:
             raise PersistenceError(f"{what}: the persistence actor is gone", context_id=context_id) from exc
@@ -234,7 +240,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 raise CapacityError(f"cannot create {cid!r}: the store holds max_contexts="
                                     f"{self.settings.max_contexts} contexts", limit=self.settings.max_contexts,
                                     context_id=cid)
-        state = self._ask_persistence(Load(cid, template), f"loading context {cid!r}", cid)
+        state = self._ask_persistence(Load(cid, template), f"loading context {cid!r}", cid, m.timeout)
         if state is None:
             raise ContextNotFoundError(cid)
         if resume is not None and resume.version > state.version:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import attrs
 import pykka
 
 from hoard.actors import (
@@ -71,6 +72,7 @@ def activate_waiting(system: SystemCore, message: Activate, timeout: float | Non
     attempt at once."""
     t = system.call_timeout if timeout is None else check_timeout(timeout)
     deadline = time.monotonic() + t
+    message = attrs.evolve(message, timeout=t)  # the supervisor waits for the load as long as the caller
     delay = 0.02
     refused: ContextOwnedElsewhereError | None = None
     while True:

@@ -12,16 +12,21 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from hoard import (
     ContextLockedError,
     ContextManagerConfig,
+    ContextStatus,
     ContextSystem,
+    ContextTimeoutError,
     PersistenceError,
     PostgresStore,
     open_system,
 )
 from tests.pg import url_for
+
+from ._proxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 
@@ -44,7 +49,7 @@ def test_a_locked_lease_row_delays_the_other_contexts_by_at_most_the_lock_timeou
     x.set("k", 1)
     y.set("k", 1)
     with psycopg.connect(pg_dsn, autocommit=False) as holder:
-        holder.execute(f'SELECT * FROM "{pg_schema}".leases WHERE context_id = %s FOR UPDATE', ("x",))
+        holder.execute(f'SELECT * FROM "{pg_schema}".leases WHERE context_id = %s FOR UPDATE', ("x",))  # noqa: S608 - the test's own schema name
         x_result: list[Any] = []
         x_writer = threading.Thread(target=lambda: x_result.append(_outcome(lambda: x.set("k", 2, timeout=20))))
         x_writer.start()
@@ -73,3 +78,60 @@ def _outcome(fn: Any) -> Any:
         return fn()
     except PersistenceError as exc:
         return exc
+
+
+# -- 8. an activation that times out never leaks its lease; the caller's timeout is the one honoured ---------
+@pytest.fixture
+def proxy(pg_dsn: str) -> Iterator[TcpProxy]:
+    params = conninfo_to_dict(pg_dsn)
+    with TcpProxy((str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))) as p:
+        yield p
+
+
+def _via(pg_dsn: str, pg_schema: str, proxy: TcpProxy, **options: Any) -> str:
+    """The URL of `pg_schema` through the proxy."""
+    return url_for(make_conninfo(pg_dsn, host="127.0.0.1", port=proxy.port), pg_schema, **options)
+
+
+def _live_lease(pg_dsn: str, pg_schema: str, context_id: str) -> str | None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(f'SELECT owner FROM "{pg_schema}".leases WHERE context_id = %s '  # noqa: S608
+                           "AND expires_at > now()", (context_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def test_a_timed_out_activation_releases_its_lease_and_the_callers_timeout_is_honoured(
+        pg_dsn: str, pg_schema: str, proxy: TcpProxy) -> None:
+    cfg = ContextManagerConfig(call_timeout=1.0)
+    system = open_system(_via(pg_dsn, pg_schema, proxy, lease_ttl=30), manager_config=cfg)
+    try:
+        system.manager.create("x", {"k": 1})
+        system.manager.create("y", {"k": 1})
+        # the caller's timeout (4 s) is honoured, not call_timeout (1 s): the load takes 2 s here
+        proxy.stall()
+        resume = threading.Timer(2.0, proxy.resume)
+        resume.start()
+        try:
+            t = system.adapter.activate("y", timeout=4.0)
+        finally:
+            resume.join()
+        assert t.get("k") == 1
+        # a timed-out activation: abandoned (lease released), never a lease without an active context
+        proxy.stall()
+        with pytest.raises(ContextTimeoutError):
+            system.adapter.activate("x", timeout=0.5)
+        proxy.resume()
+        system.manager.list_ids()  # a store read: behind the late load of x and its abandonment
+        assert _live_lease(pg_dsn, pg_schema, "x") is None
+        assert system.adapter.status("x") is ContextStatus.INACTIVE
+        other = PostgresStore(pg_dsn, schema=pg_schema)
+        other.open()
+        try:
+            assert other.acquire_lease("x") > 0  # nobody keeps it from another process
+            other.release_lease("x", other.lease_token("x") or 0)
+        finally:
+            other.close()
+        assert system.adapter.activate("x").get("k") == 1
+    finally:
+        proxy.resume()
+        system.stop()
