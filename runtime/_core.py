@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -52,6 +53,8 @@ from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._metrics import Metrics
 
 __all__ = ["SystemCore", "check_timeout"]
+
+_ABORT_GRACE = 2.0  # seconds a persistence actor gets to leave the store once its connection is cut
 
 
 def check_timeout(timeout: object) -> float:
@@ -227,7 +230,8 @@ class SystemCore:
         self._halt_ticker()
         if self._remote is not None:
             self._remote.stop()
-        t = self.call_timeout * 4 if timeout is None else timeout
+        t = self.call_timeout * 4 if timeout is None else check_timeout(timeout)
+        deadline = time.monotonic() + t
         error: BaseException | None = None
         try:
             self._supervisor.ask(Shutdown(), timeout=t)
@@ -248,19 +252,39 @@ class SystemCore:
         except HoardError as exc:
             error = exc
         except BaseException:
-            self._stop_actors(t)
+            self._stop_actors(deadline)
             raise
-        self._stop_actors(t)
+        if not self._stop_actors(deadline) and error is None:
+            error = ContextTimeoutError("stopping the system (the store did not answer)", t)
         if error is not None:
             log.error("hoard stopped with an error: %s", error)
             raise error
 
-    def _stop_actors(self, t: float) -> None:
+    def _stop_actors(self, deadline: float) -> bool:
+        """Stop the actors by `deadline` (a monotonic time). A persistence actor still inside the
+        store then (a stalled connection) is not waited for: the store's connection is cut
+        (`abort`, when the store has it), which ends the blocked call at once, and the store is
+        closed only once that actor let go of it, never from this thread while it is in use.
+        Returns whether everything stopped in time."""
         for ref in (self._supervisor, self._persistence, self._bus):  # the bus last: it delivers the rest
             with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
-                ref.stop(block=True, timeout=t)
+                ref.stop(block=True, timeout=max(0.01, deadline - time.monotonic()))
+        clean = True
+        if self._persistence.is_alive():
+            clean = False
+            abort = getattr(self.store, "abort", None)
+            log.error("the persistence actor is still inside the store after the stop timeout; %s",
+                      "cutting the store's connection" if abort is not None else "leaving it behind")
+            if abort is not None:
+                abort()
+            with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+                self._persistence.stop(block=True, timeout=_ABORT_GRACE)
+        if self._persistence.is_alive():
+            log.error("the persistence actor did not stop; the store is left to it (a daemon thread)")
+            return False
         with contextlib.suppress(PersistenceError):
             self.store.close()  # normally closed by the persistence actor already
+        return clean
 
 
 @atexit.register

@@ -372,6 +372,7 @@ class PostgresStore:
         self._sql = {name: text.format(s=f'"{schema}"') for name, text in _SQL.items()}
         self._pool: Any = None
         self._db: Any = None  # the connection in use, taken from the pool
+        self._aborted = False  # abort() cut the connection: no call reconnects
         self._leases: dict[str, int] = {}  # context id -> fencing token this store holds
         self._quarantine_seen = False  # the quarantine table exists (it is never dropped once made)
         self._quarantine_pending = False  # it was made by this store's repair transaction, still open
@@ -460,19 +461,41 @@ class PostgresStore:
 
     def close(self) -> None:
         """Release every lease still held (best effort), return the connection, stop the pool.
-        Idempotent; blocks up to a few seconds for the pool's thread."""
+        Idempotent; blocks up to a few seconds for the pool's thread. After `abort()` it releases
+        nothing (the leases expire by themselves) and waits at most half a second."""
         if self._pool is None:
             return
         held, self._leases = self._leases, {}
         try:
             for cid, token in held.items():
-                self._release(cid, token)
+                if not self._aborted:
+                    self._release(cid, token)
         except PersistenceError as exc:
             log.warning("%s: could not release leases at close (they expire by themselves): %s", self.location, exc)
+        if self._aborted:
+            self._db = None  # cut: the pool discards it
         self._drop_connection()
         pool, self._pool = self._pool, None
         with contextlib.suppress(Exception):  # closing must not fail: the pool only holds sockets
-            pool.close(timeout=2.0)
+            pool.close(timeout=0.5 if self._aborted else 2.0)
+
+    def abort(self) -> None:
+        """Cut the connection in use, from any thread, without waiting for it: a thread blocked in a
+        call on it (a server that stopped answering, a stalled network) gets a connection error at
+        once, and every later call fails with `PersistenceError` instead of reconnecting. For a
+        shutdown that may not wait for the owner thread; `close()` afterwards releases nothing."""
+        self._aborted = True
+        conn = self._db
+        if conn is None:
+            return
+        try:
+            fd = conn.pgconn.socket
+            cut = socket.socket(fileno=os.dup(fd))
+        except Exception:  # noqa: BLE001 - already closed: nothing is blocked in it
+            return
+        with contextlib.suppress(OSError):
+            cut.shutdown(socket.SHUT_RDWR)  # the shared socket, not just this descriptor
+        cut.close()
 
     @property
     def backend_pid(self) -> int | None:
@@ -483,6 +506,8 @@ class PostgresStore:
     def _connection(self) -> Any:
         if self._pool is None:
             raise PersistenceError(f"store {self.location} is not open")
+        if self._aborted:
+            raise PersistenceError(f"store {self.location} was aborted (its connection cut while stopping)")
         if self._db is None:
             try:
                 self._db = self._pool.getconn(timeout=self.connect_timeout)
@@ -547,7 +572,7 @@ class PostgresStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- writes --------------------------------------------------------------------------------------
-    def commit(self, ops: Sequence[Op]) -> None:
+    def commit(self, ops: Sequence[Op]) -> None:  # noqa: PLR0912 - one branch per way a commit can end
         """Apply `ops` in order in one transaction (see `Store.commit`), fenced by the leases.
 
         Runs in the caller's thread; blocks for the round trips (bounded by `statement_timeout`).

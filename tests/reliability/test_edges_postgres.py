@@ -7,6 +7,7 @@ Skipped with the reason when the server does not answer, failed under ``CI=true`
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,3 +136,50 @@ def test_a_timed_out_activation_releases_its_lease_and_the_callers_timeout_is_ho
     finally:
         proxy.resume()
         system.stop()
+
+
+# -- 7. stop() returns within about its timeout while the connection is stalled ------------------------------
+def test_stop_returns_within_its_timeout_while_the_connection_is_stalled(
+        pg_dsn: str, pg_schema: str, proxy: TcpProxy) -> None:
+    cfg = ContextManagerConfig(call_timeout=1.0)
+    system = open_system(_via(pg_dsn, pg_schema, proxy, lease_ttl=5), manager_config=cfg)
+    t = system.adapter.activate("x")
+    acked = {}
+    for i in range(20):
+        t.set(f"k{i}", i)
+        acked[f"k{i}"] = i
+    proxy.stall()
+    writer = threading.Thread(target=lambda: _outcome(lambda: t.set("stalled", 1, timeout=30)))
+    writer.start()  # a commit now blocked inside the stalled connection
+    done = threading.Event()
+    outcome: list[Any] = []
+    started = time.monotonic()
+
+    def stop() -> None:
+        try:
+            system.stop(timeout=3.0)
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 - what it raised is checked below
+            outcome.append(exc)
+        done.set()
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    try:
+        assert done.wait(15), "stop(timeout=3) still blocked after 15 s"
+        took = time.monotonic() - started
+        print(f"stop(timeout=3) with a stalled connection: {took:.2f} s")
+        assert isinstance(outcome[0], ContextTimeoutError), outcome  # it says it could not finish
+    finally:
+        proxy.resume()
+        stopper.join(30)
+        writer.join(30)
+    # nothing acknowledged was lost: every acknowledged write is in the store
+    store = PostgresStore(pg_dsn, schema=pg_schema)
+    store.open()
+    try:
+        st = store.load("x")
+        assert st is not None
+        assert {k: st.data[k] for k in acked} == acked
+    finally:
+        store.close()
