@@ -86,7 +86,18 @@ def test_none_mode_deactivate_on_a_full_disk_raises_keeps_the_context_and_a_retr
         disk.free()
         system.stop()
     with open_system(path, manager_config=_none()) as again:
-        assert dict(again.manager.get_state("x").data) == acked
+        data = dict(again.manager.get_state("x").data)
+        _report("disk full at deactivate (none)", acked, data)
+        assert data == acked
+
+
+def _report(attack: str, acked: dict[str, Any], found: dict[str, Any]) -> None:
+    """One line per attack: acknowledged writes and how many of them are not in the store (-s shows it)."""
+    lost = sum(1 for k, v in acked.items() if found.get(k, _GONE) != v)
+    print(f"\nattack {attack}: acknowledged {len(acked)}, lost {lost}")
+
+
+_GONE = object()
 
 
 def test_none_mode_stop_on_a_full_disk_raises_and_a_retried_stop_saves_every_change(disk: SmallDisk) -> None:
@@ -111,7 +122,9 @@ def test_none_mode_stop_on_a_full_disk_raises_and_a_retried_stop_saves_every_cha
     assert system.stopped
     with open_system(path, manager_config=_none()) as again:
         for cid, data in acked.items():
-            assert dict(again.manager.get_state(cid).data) == data
+            found = dict(again.manager.get_state(cid).data)
+            _report(f"disk full at stop (none), context {cid}", data, found)
+            assert found == data
 
 
 # -- 2. hostile objects are refused, never crash a context; a crash loses nothing acknowledged -----------
@@ -257,6 +270,8 @@ def test_hostile_objects_in_every_position_are_refused_and_never_crash_the_conte
         assert not system.manager.exists("y")
         assert t.version == 101
     with open_system(path, manager_config=cfg) as again:
+        _report(f"hostile objects ({durability}, {len(refused)} refused)", dict(before.data),
+                dict(again.manager.get_state("x").data))
         assert dict(again.manager.get_state("x").data) == dict(before.data)
         assert again.manager.get_state("x").version == before.version
 
@@ -293,6 +308,7 @@ def test_a_crashed_context_comes_back_with_every_acknowledged_change(tmp_path: P
         assert t.set("after", 1) == 102
         acked["after"] = 1
     with open_system(path, manager_config=cfg) as again:
+        _report(f"context crash ({durability})", acked, dict(again.manager.get_state("x").data))
         assert dict(again.manager.get_state("x").data) == acked
 
 
@@ -398,6 +414,7 @@ def test_no_write_is_acknowledged_once_the_store_file_is_gone_or_replaced(tmp_pa
                 assert "deleted" in str(exc) or "replaced" in str(exc), exc
             else:
                 acknowledged_after += 1
+        print(f"\nattack store {how}: 200 writes after it, acknowledged {acknowledged_after}")
         assert acknowledged_after == 0
     finally:
         with contextlib.suppress(PersistenceError):
@@ -451,6 +468,9 @@ def test_deferred_mode_after_a_failed_commit_never_reuses_a_version_and_refuses_
         system.stop()
     with open_system(path, manager_config=cfg) as again:
         st = again.manager.get_state("x")
+        _report("disk full (deferred), after the failure", {"balance": 101, "fast": 1}, dict(st.data))
+        print(f"attack disk full (deferred): lost versions {event.first}-{event.last} reported by ChangesLost; "
+              f"writes acknowledged while commits failed: 0 of 20")
         assert st.version == later
         assert dict(st.data) == {"balance": 101, "fast": 1}
 
@@ -481,6 +501,7 @@ def test_after_disk_full_the_first_successful_commit_truncates_the_wal(tmp_path:
         finally:
             system.stop()
         with open_system(path) as again:
+            _report("disk full then freed (WAL)", expected, dict(again.manager.get_state("x").data))
             assert dict(again.manager.get_state("x").data) == expected
 
 
