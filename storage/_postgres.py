@@ -334,7 +334,7 @@ class PostgresStore:
                  require_lease: bool = False, notify: bool = True, connect_timeout: float = 5.0,
                  statement_timeout: float = 30.0, recovery: str = "strict") -> None:
         if psycopg is None:  # pragma: no cover - exercised only without the extra
-            raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard[postgres]'")
+            raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard-contexts[postgres]'")
         if recovery not in _RECOVERY:
             raise ConfigError(f"recovery must be one of {', '.join(map(repr, _RECOVERY))}, not {recovery!r}")
         if not _IDENT.fullmatch(schema):
@@ -1463,7 +1463,7 @@ class ChangeListener:
 
     def __init__(self, dsn: str, schema: str, *, connect_timeout: float = 5.0) -> None:
         if psycopg is None:  # pragma: no cover - exercised only without the extra
-            raise ConfigError("ChangeListener needs psycopg 3: pip install 'hoard[postgres]'")
+            raise ConfigError("ChangeListener needs psycopg 3: pip install 'hoard-contexts[postgres]'")
         self.dsn = dsn
         self.schema = schema
         self.connect_timeout = connect_timeout
