@@ -363,7 +363,8 @@ def register_prometheus(system_metrics_fn: Callable[[], Metrics], registry: Any 
     try:
         import prometheus_client  # noqa: PLC0415 - an optional dependency
     except ImportError as exc:
-        raise ImportError("register_prometheus needs prometheus-client: pip install 'hoard-contexts[prometheus]'") from exc
+        raise ImportError("register_prometheus needs prometheus-client: "
+                          "pip install 'hoard-contexts[prometheus]'") from exc
     collector = _Collector(system_metrics_fn)
     (prometheus_client.REGISTRY if registry is None else registry).register(collector)
     return collector

@@ -71,7 +71,8 @@ def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
 @click.option("--quick", is_flag=True, help="Fewer operations and rounds: under a minute (noisier ratios).")
 @click.option("--only", multiple=True, type=click.Choice(MEASURES), help="Run only this measure (repeatable).")
 @click.option("--chart", "chart", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Also draw the scaling series into this PNG (needs matplotlib: pip install 'hoard-contexts[chart]').")
+              help="Also draw the scaling series into this PNG "
+                   "(needs matplotlib: pip install 'hoard-contexts[chart]').")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False, exists=True, path_type=str), default=None,
               help="Where the temporary stores go (the disk the durable rows measure). Default: the temp dir.")
 @click.option("--json", "as_json", is_flag=True, is_eager=True, callback=remember_json,
