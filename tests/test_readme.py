@@ -80,3 +80,16 @@ def test_install_hints_name_our_distribution() -> None:
             if re.search(r"pip install\s+['\"]?hoard\[", line):  # an extra of the other project
                 wrong.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert wrong == []
+
+
+def test_the_group_commit_figure_is_one_measured_figure_with_its_command() -> None:
+    """README and docs/design.md state the same figure, and the command that measured it exists."""
+    figures = set()
+    for path in (README, ROOT / "docs" / "design.md"):
+        text = " ".join(path.read_text().split())
+        found = re.findall(r"16 writers on 16 contexts get (\d+(?:\.\d+)?)x", text)
+        assert len(found) == 1, path
+        assert "docs/measure_group_commit.py" in text, path
+        figures.add(found[0])
+    assert len(figures) == 1
+    assert (ROOT / "docs" / "measure_group_commit.py").is_file()
