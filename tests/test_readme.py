@@ -93,3 +93,11 @@ def test_the_group_commit_figure_is_one_measured_figure_with_its_command() -> No
         figures.add(found[0])
     assert len(figures) == 1
     assert (ROOT / "docs" / "measure_group_commit.py").is_file()
+
+
+def test_the_commands_the_readme_shows_exist() -> None:
+    from hoard.cli import cli  # noqa: PLC0415
+
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    shown = set(re.findall(r"\bhoard (\w+) ", section))
+    assert shown and shown <= set(cli.commands), shown - set(cli.commands)
