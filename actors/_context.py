@@ -19,6 +19,7 @@ both the working and the published state again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 from collections.abc import Callable
@@ -224,10 +225,8 @@ class ContextActor(pykka.ThreadingActor):
         self.cell.closed = True
         self._stop()  # pykka: stop now, without handling the rest of the mailbox
         if self.supervisor is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self.supervisor.tell(ContextCrashed(self.cell, repr(exc)))
-            except pykka.ActorDeadError:
-                pass
 
     # -- the write path ------------------------------------------------------------------------------
     def _reply(self) -> Reply | None:

@@ -189,10 +189,8 @@ class PersistenceActor(pykka.ThreadingActor):
                 self.actor_ref.tell(Flush())  # lands behind every queued message: they go together
 
     def _timer_fired(self) -> None:
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopped meanwhile; Close already committed everything
             self.actor_ref.tell(Flush())
-        except pykka.ActorDeadError:
-            pass  # stopped meanwhile; Close already committed everything
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -430,10 +428,9 @@ class PersistenceActor(pykka.ThreadingActor):
                 durable = stored
         if durable is None or cell.actor_ref is None:
             return
-        try:
+        # passivated meanwhile: the next activation loads the durable state anyway
+        with contextlib.suppress(pykka.ActorDeadError):
             cell.actor_ref.tell(Rollback(durable))
-        except pykka.ActorDeadError:
-            pass  # passivated meanwhile: the next activation loads the durable state anyway
 
     # -- requests that see every change accepted before them -----------------------------------------
     def _on_load(self, m: Load) -> ContextState | None:

@@ -28,7 +28,7 @@ _NETWORK = ("Could not find a version", "No matching distribution", "Failed to e
 
 
 def _run(args: list[str | Path], *, cwd: Path, timeout: float = 240) -> str:
-    done = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    done = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout,  # noqa: S603 - runs our own interpreter/tools with fixed arguments
                           check=False, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     if done.returncode != 0:
         output = done.stdout + done.stderr
