@@ -692,3 +692,32 @@ def test_stop_returns_within_its_timeout_whatever_subscribers_do(tmp_path: Path)
     finally:
         release.set()
         system.stop()
+
+
+def test_immediate_mode_on_a_full_disk_acknowledges_only_what_is_stored(disk: SmallDisk) -> None:
+    path = disk.path / "state.db"
+    acked: dict[str, str] = {}
+    refused = 0
+    system = open_system(path, manager_config=ContextManagerConfig(call_timeout=10.0))
+    try:
+        t = system.adapter.activate("x")
+        disk.fill()
+        for i in range(300):  # the disk is full: the WAL may still have room for a few
+            value = os.urandom(2_000).hex()
+            try:
+                t.set(f"k{i}", value)
+            except PersistenceError:
+                refused += 1
+            else:
+                acked[f"k{i}"] = value
+        assert refused > 0
+        disk.free()
+        t.set("after", "free")
+        acked["after"] = "free"
+    finally:
+        disk.free()
+        system.stop()
+    with open_system(path) as again:
+        found = dict(again.manager.get_state("x").data)
+        _report(f"disk full (immediate, {refused} refused)", acked, found)
+        assert found == acked
