@@ -359,4 +359,8 @@ class Sweep:
 
 @attrs.frozen
 class Shutdown:
-    """Passivate every context, then close the store. Reply: None."""
+    """Passivate every context, then close the store. Reply: None. A ``durability="none"`` context
+    whose final snapshot fails is kept (`StateNotSavedError`, nothing stops) unless
+    `discard_unsaved`: then it is stopped all the same and its unsaved changes are gone."""
+
+    discard_unsaved: bool = False

@@ -576,17 +576,25 @@ class SupervisorActor(pykka.ThreadingActor):
                 log.error("default context %r could not be loaded; opening with no current context: %s", cid, exc)
                 self.events(ContextFailed, cid, reason=self.failed[cid])
 
-    def _on_shutdown(self, _m: Shutdown) -> None:
+    def _on_shutdown(self, m: Shutdown) -> None:
         errors: list[BaseException] = []
         kept: dict[str, ContextCell] = {}
+        discarded: list[str] = []
         for cid in list(self.cells):
             cell = self.cells.pop(cid)
             try:
                 self._passivate(cell)
                 self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.SHUTDOWN)
             except StateNotSavedError as exc:
-                kept[cid] = cell
                 errors.append(exc)
+                if not m.discard_unsaved:
+                    kept[cid] = cell
+                    continue
+                log.error("context %r: stopped without saving (discard_unsaved): %s", cid, exc)
+                discarded.append(cid)
+                cell.closed = True
+                with contextlib.suppress(pykka.Timeout):
+                    cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
             except HoardError as exc:  # keep going: every other context still gets its snapshot
                 errors.append(exc)
         if kept:
@@ -604,6 +612,11 @@ class SupervisorActor(pykka.ThreadingActor):
             self._ask_persistence(Close(), "closing the store")
         finally:
             self.stopped = True
+        if discarded:
+            raise StateNotSavedError(
+                f"stopped without saving {len(discarded)} context(s) (durability='none', discard_unsaved): "
+                f"{', '.join(map(repr, discarded))}; their changes since their last save are gone "
+                f"(first error: {errors[0]})", context_id=discarded[0])
         if errors:
             raise errors[0]
 

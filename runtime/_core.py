@@ -212,7 +212,7 @@ class SystemCore:
         return self._persistence
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None, *, discard_unsaved: bool = False) -> None:
         """Passivate every context (commit + snapshot), close the store, stop every actor.
 
         Idempotent. Blocks until done; `timeout` bounds each step (default: call_timeout x 4 for the
@@ -221,6 +221,8 @@ class SystemCore:
         One exception: with ``durability="none"`` the final snapshot is the only copy of a context's
         changes; if it cannot be written (disk full), this raises `StateNotSavedError`, the system
         keeps running with those contexts active, and a later `stop()` saves them.
+        ``stop(discard_unsaved=True)`` stops all the same (those changes are then gone) and raises
+        the `StateNotSavedError` afterwards.
         """
         if self._stopped:
             return
@@ -234,8 +236,11 @@ class SystemCore:
         deadline = time.monotonic() + t
         error: BaseException | None = None
         try:
-            self._supervisor.ask(Shutdown(), timeout=t)
+            self._supervisor.ask(Shutdown(discard_unsaved), timeout=t)
         except StateNotSavedError:
+            if discard_unsaved:  # everything was stopped all the same; say what was not saved
+                self._stop_actors(deadline)
+                raise
             # durability="none" contexts whose only copy could not be written: nothing was stopped,
             # so that a retried stop() can save them once the cause is fixed
             self._stopped = False

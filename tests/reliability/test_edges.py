@@ -39,6 +39,7 @@ from hoard import (
     RecoveryPointNotFoundError,
     SQLiteStore,
     StateChanged,
+    StateNotSavedError,
     StoreLockedError,
     SubscriberOverflow,
     VersionConflictError,
@@ -98,6 +99,20 @@ def _report(attack: str, acked: dict[str, Any], found: dict[str, Any]) -> None:
 
 
 _GONE = object()
+
+
+def test_none_mode_stop_with_discard_unsaved_stops_on_a_full_disk_and_says_what_was_not_saved(
+        disk: SmallDisk) -> None:
+    system = open_system(disk.path / "state.db", manager_config=_none())
+    try:
+        system.adapter.activate("x").set("k", 1)
+        disk.fill()
+        with pytest.raises(StateNotSavedError, match="'x'"):
+            system.stop(discard_unsaved=True)
+        assert system.stopped
+    finally:
+        disk.free()
+        system.stop()
 
 
 def test_none_mode_stop_on_a_full_disk_raises_and_a_retried_stop_saves_every_change(disk: SmallDisk) -> None:
