@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
-
 from hoard.storage import Change, ContextState, RecoveryPoint
 
 if TYPE_CHECKING:
@@ -177,8 +176,6 @@ class Commit:
 @attrs.frozen
 class Flush:
     """Commit everything pending now (sent by the persistence actor to itself: group commit)."""
-
-    scheduled: bool = True
 
 
 @attrs.frozen

@@ -32,12 +32,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, cast
 
 import pykka
-
 from hoard.storage import (
     Append,
     ContextState,
@@ -51,8 +50,10 @@ from hoard.storage import (
     PutSnapshot,
     RecoveryPoint,
     Store,
+    context_of,
 )
 
+from ._context import Inbox
 from ._events import (
     NO_EVENTS,
     ContextCreated,
@@ -61,14 +62,12 @@ from ._events import (
     RecoveryPointCreated,
     RecoveryPointDeleted,
 )
-from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases, context_of
-from ._metrics import SIZE_BOUNDS, Histogram
-from ._context import Inbox
+from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases
 from ._messages import (
     Close,
-    GetMetrics,
     Commit,
     Flush,
+    GetMetrics,
     Load,
     Rollback,
     SaveRecoveryPoint,
@@ -76,6 +75,7 @@ from ._messages import (
     StoreCall,
     StoreWrite,
 )
+from ._metrics import SIZE_BOUNDS, Histogram
 from ._settings import PersistenceSettings
 
 __all__ = ["PersistenceActor", "mailbox_empty"]
