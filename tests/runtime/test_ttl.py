@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from hoard import (
     ContextAdapterConfig,
     ContextDeleted,
@@ -15,8 +14,8 @@ from hoard import (
     InvalidValueError,
     open_system,
 )
+
 from tests.helpers import Clock, wait_until
-from tests.pg import pg_dsn, pg_schema  # noqa: F401 - fixtures for the PostgreSQL case
 
 
 @pytest.fixture(params=["sqlite", "memory", pytest.param("postgres", marks=pytest.mark.postgres)])
