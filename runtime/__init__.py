@@ -59,6 +59,7 @@ from hoard.storage import Store as Store
 from hoard.storage import StoreLockedError as StoreLockedError
 from hoard.storage import SystemStoppedError as SystemStoppedError
 from hoard.storage import VersionConflictError as VersionConflictError
+from hoard.storage import VersionNotStoredError as VersionNotStoredError
 from hoard.storage import thaw as thaw
 
 from ._adapter import ContextAdapter as ContextAdapter
@@ -95,7 +96,7 @@ __all__ = [
     "ContextTrackerFactory", "CorruptStateError", "DeactivationReason", "FrozenDict", "FrozenList", "HoardError",
     "InvalidContextIdError", "InvalidValueError", "MemoryStore", "NoCurrentContextError", "PersistenceError",
     "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "Store", "StoreLockedError",
-    "SystemStoppedError", "VersionConflictError", "create_adapter", "create_adapter_with_config",
-    "create_manager", "create_manager_with_config", "open_system", "run_forever", "thaw",
+    "SystemStoppedError", "VersionConflictError", "VersionNotStoredError", "create_adapter",
+    "create_adapter_with_config", "create_manager", "create_manager_with_config", "open_system", "run_forever", "thaw",
     "RemoteChange", "ContextOwnedElsewhereError", "FencedOffError", "PostgresStore",
 ]
