@@ -3,7 +3,7 @@
 `Metrics` is a frozen record built by `Metrics.from_parts` from what each actor hands over (plain
 counter dicts and histogram snapshots, see `hoard.actors._metrics`). It renders itself in the Prometheus
 text format (`Metrics.to_prometheus`), and `register_prometheus` exposes a live system to a
-Prometheus scraper through ``prometheus-client`` (the optional extra ``hoard[prometheus]``)::
+Prometheus scraper through ``prometheus-client`` (the optional extra ``hoard-contexts[prometheus]``)::
 
     from prometheus_client import start_http_server
     from hoard import register_prometheus
@@ -44,7 +44,7 @@ from typing import Any
 
 import attrs
 
-from hoard.actors._metrics import LATENCY_BOUNDS, SIZE_BOUNDS, HistogramSnapshot
+from hoard.actors import LATENCY_BOUNDS, SIZE_BOUNDS, HistogramSnapshot
 from hoard.storage import FrozenDict
 
 __all__ = ["Metrics", "register_prometheus"]
@@ -353,7 +353,7 @@ def register_prometheus(system_metrics_fn: Callable[[], Metrics], registry: Any 
         or scrapes get its `SystemStoppedError`).
 
     Raises:
-        ImportError: prometheus-client is not installed (``pip install 'hoard[prometheus]'``).
+        ImportError: prometheus-client is not installed (``pip install 'hoard-contexts[prometheus]'``).
         ValueError: the registry already has series of these names (a second system in the same
             registry: give each its own registry).
 
@@ -363,7 +363,8 @@ def register_prometheus(system_metrics_fn: Callable[[], Metrics], registry: Any 
     try:
         import prometheus_client  # noqa: PLC0415 - an optional dependency
     except ImportError as exc:
-        raise ImportError("register_prometheus needs prometheus-client: pip install 'hoard[prometheus]'") from exc
+        raise ImportError("register_prometheus needs prometheus-client: "
+                          "pip install 'hoard-contexts[prometheus]'") from exc
     collector = _Collector(system_metrics_fn)
     (prometheus_client.REGISTRY if registry is None else registry).register(collector)
     return collector
