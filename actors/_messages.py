@@ -208,8 +208,6 @@ class Abandon:
 class Flush:
     """Commit everything pending now (sent by the persistence actor to itself: group commit)."""
 
-    scheduled: bool = True
-
 
 @attrs.frozen
 class Load:

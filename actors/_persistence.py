@@ -54,6 +54,7 @@ from hoard.storage import (
     RecoveryPoint,
     StateNotSavedError,
     Store,
+    context_of,
 )
 
 from ._context import Inbox
@@ -65,7 +66,7 @@ from ._events import (
     RecoveryPointCreated,
     RecoveryPointDeleted,
 )
-from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases, context_of
+from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases
 from ._messages import (
     Abandon,
     Close,
