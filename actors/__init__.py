@@ -18,6 +18,7 @@ from ._events import ContextEvent as ContextEvent
 from ._events import ContextFailed as ContextFailed
 from ._events import ContextRestarted as ContextRestarted
 from ._events import CorruptionRecovered as CorruptionRecovered
+from ._events import DeadLetter as DeadLetter
 from ._events import MetadataChanged as MetadataChanged
 from ._events import RecoveryPointCreated as RecoveryPointCreated
 from ._events import RecoveryPointDeleted as RecoveryPointDeleted
@@ -30,6 +31,7 @@ from ._messages import ContextStatus as ContextStatus
 from ._messages import CreateRecoveryPoint as CreateRecoveryPoint
 from ._messages import CreateRecoveryPoint as Snapshot  # the name issue 4 and the original system use
 from ._messages import DeactivationReason as DeactivationReason
+from ._messages import DeadLetterSeen as DeadLetterSeen
 from ._messages import Delete as Delete
 from ._messages import Get as Get
 from ._messages import GetState as GetState
@@ -37,6 +39,7 @@ from ._messages import Restore as Restore
 from ._messages import Set as Set
 from ._messages import SetMetadata as SetMetadata
 from ._messages import Transact as Transact
+from ._messages import Transacted as Transacted
 from ._messages import Update as Update
 from ._persistence import PersistenceActor as PersistenceActor
 from ._remote import RemoteChange as RemoteChange
@@ -54,5 +57,5 @@ __all__ = [
     "CreateRecoveryPoint", "DeactivationReason", "Delete", "Draft", "Get", "GetState", "PersistenceActor",
     "PersistenceSettings", "Reply", "Restore", "Set", "SetMetadata", "SupervisorActor", "SupervisorSettings",
     "Transact", "UnknownMessageError", "Update",
-    "RemoteChange",
+    "RemoteChange", "DeadLetter", "DeadLetterSeen", "Transacted",
 ]

@@ -10,6 +10,7 @@ forgotten `stop()` loses nothing in ``immediate`` or ``deferred`` mode.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import logging
 import os
 import threading
@@ -52,6 +53,7 @@ from ._metrics import Metrics
 if TYPE_CHECKING:
     from ._adapter import ContextAdapter
     from ._manager import ContextManager
+    from ._ref import ContextRef
 
 __all__ = ["ContextSystem", "open_system"]
 
@@ -128,6 +130,9 @@ class ContextSystem:
         self._adapter: ContextAdapter | None = None
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
+        # worker threads for what *_async calls and ContextRef.tell must not do in the caller's
+        # thread (an event loop's): re-activation, store reads, waiting for another owner's lease
+        self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="hoard-async")
         self.store.open()
         cfg = manager_config
         self.context_settings = ContextSettings(durability=cfg.durability, max_value_bytes=cfg.max_value_bytes,
@@ -262,6 +267,27 @@ class ContextSystem:
         except pykka.ActorDeadError as exc:
             raise SystemStoppedError() from exc
 
+    def offload(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` on one of the system's worker threads (never the caller's); returns at once.
+        `SystemStoppedError` after stop. `fn` must handle its own errors (they are logged)."""
+        if self._stopped:
+            raise SystemStoppedError()
+        try:
+            self._workers.submit(_logged, fn)
+        except RuntimeError as exc:  # shut down meanwhile
+            raise SystemStoppedError() from exc
+
+    def report_dead_letter(self, message: Any) -> None:
+        """Tell the supervisor about a dead letter (it counts and emits it). Never raises."""
+        try:
+            self._supervisor.tell(message)
+        except pykka.ActorDeadError:
+            pass
+
+    def ref(self, context_id: str, *, timeout: float | None = None) -> ContextRef:
+        """Shorthand for ``system.adapter.actor_ref(context_id)``: a stable `ContextRef`."""
+        return self.adapter.actor_ref(context_id, timeout=timeout)
+
     @property
     def persistence_ref(self) -> pykka.ActorRef[Any]:
         return self._persistence
@@ -322,6 +348,7 @@ class ContextSystem:
                 self.store.close()  # normally closed by the persistence actor already
             except PersistenceError:
                 pass
+            self._workers.shutdown(wait=True)  # their calls fail fast now (SystemStoppedError)
         if error is not None:
             log.error("hoard stopped with an error: %s", error)
             raise error
@@ -362,6 +389,13 @@ def open_system(store: str | os.PathLike[str] | Store | None = None, *,
 def _fields(cfg: ContextManagerConfig) -> dict[str, Any]:
     import attrs
     return attrs.asdict(cfg, recurse=False)
+
+
+def _logged(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - a worker's job must handle its errors; a bug is logged, not lost
+        log.exception("hoard worker job %r failed", fn)
 
 
 @atexit.register

@@ -7,6 +7,8 @@ Advanced users may use a store directly (`SQLiteStore(path).open()`); everyone e
 from ._codec import FORMAT_VERSION as FORMAT_VERSION
 from ._codec import Codec as Codec
 from ._codec import make_converter as make_converter
+from ._errors import CallNotStartedError as CallNotStartedError
+from ._errors import CallOutcomeUnknownError as CallOutcomeUnknownError
 from ._errors import CapacityError as CapacityError
 from ._errors import ConfigError as ConfigError
 from ._errors import ContextCrashedError as ContextCrashedError
@@ -19,6 +21,7 @@ from ._errors import CorruptStateError as CorruptStateError
 from ._errors import FencedOffError as FencedOffError
 from ._errors import HoardError as HoardError
 from ._errors import InvalidContextIdError as InvalidContextIdError
+from ._errors import InvalidMessageError as InvalidMessageError
 from ._errors import InvalidValueError as InvalidValueError
 from ._errors import NoCurrentContextError as NoCurrentContextError
 from ._errors import PersistenceError as PersistenceError
@@ -38,7 +41,10 @@ from ._postgres import PostgresStore as PostgresStore
 from ._schema import SCHEMA_KEY as SCHEMA_KEY
 from ._schema import Schema as Schema
 from ._schema import SchemaMigrationError as SchemaMigrationError
+from ._schema import SchemaNameMismatchError as SchemaNameMismatchError
+from ._schema import SchemaNameWarning as SchemaNameWarning
 from ._schema import SchemaValidationError as SchemaValidationError
+from ._schema import as_schema as as_schema
 from ._schema import read_marker as read_marker
 from ._sqlite import RecoveryReport as RecoveryReport
 from ._sqlite import SkippedItem as SkippedItem
@@ -74,4 +80,6 @@ __all__ = [
     "validate_key",
     "ChangeListener", "ChangeNotice", "ContextOwnedElsewhereError", "FencedOffError", "PostgresStore",
     "RecoveryReport", "SetTTL", "SkippedItem", "SCHEMA_KEY", "Schema", "SchemaMigrationError", "SchemaValidationError", "read_marker",
+    "CallNotStartedError", "CallOutcomeUnknownError", "InvalidMessageError", "SchemaNameMismatchError",
+    "SchemaNameWarning", "as_schema",
 ]
