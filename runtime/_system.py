@@ -136,7 +136,8 @@ class ContextSystem:
         self.store.open()
         cfg = manager_config
         self.context_settings = ContextSettings(durability=cfg.durability, max_value_bytes=cfg.max_value_bytes,
-                                                max_state_bytes=cfg.max_state_bytes, clock=cfg.clock)
+                                                max_state_bytes=cfg.max_state_bytes, clock=cfg.clock,
+                                                request_window=cfg.request_window, request_ttl=cfg.request_ttl)
         self._gate = EventGate()
         try:
             self._bus = EventBusActor.start(self._gate)
