@@ -30,10 +30,11 @@ committed).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, cast
 
 import attrs
@@ -44,21 +45,19 @@ import pykka
 from hoard.storage import (
     SCHEMA_KEY,
     Change,
-    Schema,
-    InvalidMessageError,
-    SchemaNameMismatchError,
-    SchemaValidationError,
-    read_marker,
-    thaw,
     ContextCrashedError,
     ContextState,
     HoardError,
     InvalidValueError,
+    Schema,
+    SchemaNameMismatchError,
     VersionConflictError,
     apply_change,
     encoded_size,
     freeze_mapping,
     freeze_value,
+    read_marker,
+    thaw,
     validate_key,
 )
 
@@ -66,18 +65,16 @@ from ._cell import ContextCell
 from ._draft import Draft
 from ._events import NO_EVENTS, Emitter, MetadataChanged, Restored, StateChanged
 from ._future import DEFERRED, Reply
-from ._metrics import Counters, Histogram, kind_of
 from ._messages import (
     BindSchema,
-    Confirm,
-    GetMetrics,
     Commit,
+    Confirm,
     ContextCrashed,
-    DeadLetterSeen,
-    Transacted,
     CreateRecoveryPoint,
+    DeadLetterSeen,
     Delete,
     Get,
+    GetMetrics,
     GetState,
     Passivate,
     Restore,
@@ -87,8 +84,10 @@ from ._messages import (
     Set,
     SetMetadata,
     Transact,
+    Transacted,
     Update,
 )
+from ._metrics import Counters, Histogram, kind_of
 from ._settings import ContextSettings
 
 __all__ = ["RESERVED_PREFIX", "ContextActor", "Inbox", "UnknownMessageError"]
@@ -213,10 +212,8 @@ class ContextActor(pykka.ThreadingActor):
     def _dead_letter(self, message: Any, exc: BaseException) -> None:
         log.warning("context %r: dead letter: a told %s was refused: %s", self.cell.id, type(message).__name__, exc)
         if self.supervisor is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self.supervisor.tell(DeadLetterSeen(self.cell.id, type(message).__name__, repr(exc), False))
-            except pykka.ActorDeadError:
-                pass
 
     def _receive(self, message: Any) -> Any:
         cls = type(message)
@@ -310,7 +307,7 @@ class ContextActor(pykka.ThreadingActor):
             raise VersionConflictError(self.cell.id, expected, self.working.version)
 
     def _apply(self, change_args: dict[str, Any], growth: int, result: Any = None,
-               replace: bool = False, rp_id: int | None = None, request_id: str | None = None) -> Any:
+               replace: bool = False, rp_id: int | None = None, *, request_id: str | None = None) -> Any:
         """Make a change of the working state; hand it to persistence and/or publish it.
 
         `growth` bounds the bytes the change adds (deletions count as 0; a replace passes its exact

@@ -197,7 +197,7 @@ class SubscriberActor(pykka.ThreadingActor):
         if isinstance(message, _Deliver):
             try:
                 self.fn(message.event)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not end its subscription
+            except Exception:
                 log.exception("event subscriber %r raised on %r; it stays subscribed", self.fn, message.event)
 
 
@@ -248,7 +248,7 @@ class EventBusActor(pykka.ThreadingActor):
             if sub.inline:
                 try:
                     sub.target(event)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("inline subscriber raised on %r", event)
                 continue
             try:

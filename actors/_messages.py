@@ -31,8 +31,8 @@ __all__ = [
     "Activate",
     "ContextStatus",
     "CreateRecoveryPoint",
-    "Delete",
     "DeactivationReason",
+    "Delete",
     "Get",
     "GetState",
     "Restore",
@@ -388,14 +388,22 @@ class StateOf:
 
 
 @attrs.frozen
-class CreateContext:
+class AddContext:
+    """Create a stored context (not activating it). Reply: its `ContextState`.
+
+    Named apart from `hoard.storage.CreateContext` (the store operation it leads to)."""
+
     context_id: str
     data: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] | None = None
 
 
 @attrs.frozen
-class DeleteContext:
+class RemoveContext:
+    """Stop a context without a snapshot and delete it from the store. Reply: None.
+
+    Named apart from `hoard.storage.DeleteContext` (the store operation it leads to)."""
+
     context_id: str
 
 

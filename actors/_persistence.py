@@ -32,8 +32,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, cast
 
 import pykka
@@ -53,6 +53,7 @@ from hoard.storage import (
     Store,
 )
 
+from ._context import Inbox
 from ._events import (
     NO_EVENTS,
     ContextCreated,
@@ -62,14 +63,12 @@ from ._events import (
     RecoveryPointDeleted,
 )
 from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases, context_of
-from ._metrics import SIZE_BOUNDS, Histogram
-from ._context import Inbox
 from ._messages import (
     Close,
-    Confirm,
-    GetMetrics,
     Commit,
+    Confirm,
     Flush,
+    GetMetrics,
     Load,
     Rollback,
     SaveRecoveryPoint,
@@ -77,6 +76,7 @@ from ._messages import (
     StoreCall,
     StoreWrite,
 )
+from ._metrics import SIZE_BOUNDS, Histogram
 from ._settings import PersistenceSettings
 
 __all__ = ["PersistenceActor", "mailbox_empty"]
@@ -217,7 +217,7 @@ class PersistenceActor(pykka.ThreadingActor):
         batch, self._pending = self._pending, []
         try:
             self._commit_batch(batch)
-        except Exception as exc:  # noqa: BLE001 - a told message: nothing may escape, no caller may hang
+        except Exception as exc:
             log.exception("group commit failed unexpectedly")
             error = exc if isinstance(exc, PersistenceError) else PersistenceError(
                 f"commit to {self.store.location!r} failed: {exc!r}")
@@ -226,7 +226,7 @@ class PersistenceActor(pykka.ThreadingActor):
             for cell in {id(m.cell): m.cell for m in batch}.values():
                 try:
                     self._rollback(cell)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("rollback of %r failed", cell.id)
 
     def _commit_batch(self, batch: list[Commit]) -> None:

@@ -25,22 +25,20 @@ import pykka
 
 from hoard.storage import (
     CapacityError,
-    ContextOwnedElsewhereError,
-    ContextFailedError,
-    SystemStoppedError,
     ContextExistsError,
+    ContextFailedError,
     ContextNotFoundError,
+    ContextOwnedElsewhereError,
     ContextState,
     ContextTimeoutError,
+    CreateContext,
     DeleteContext,
     HoardError,
     PersistenceError,
+    SystemStoppedError,
     freeze_mapping,
     new_state,
     read_marker,
-)
-from hoard.storage import (
-    CreateContext as CreateOp,
 )
 
 from ._cell import EPOCH, ContextCell, advance_epoch
@@ -57,39 +55,37 @@ from ._events import (
     Switched,
 )
 from ._leases import LeasesLost
-from ._metrics import Counters, Histogram
 from ._messages import (
     Activate,
+    AddContext,
     BindSchema,
-    CollectMetrics,
-    GetMetrics,
     Close,
+    CollectMetrics,
     Configure,
     ContextCrashed,
     ContextStatus,
-    CreateContext,
     CurrentId,
-    DeadLetterSeen,
     Deactivate,
     DeactivationReason,
+    DeadLetterSeen,
     Exists,
+    GetMetrics,
     ListActive,
     ListIds,
     Load,
     Passivate,
+    RemoveContext,
     Reset,
     SaveSnapshot,
     SetPinned,
-    Sweep,
     Shutdown,
     StateOf,
     StatusOf,
     StoreCall,
     StoreWrite,
+    Sweep,
 )
-from ._messages import (
-    DeleteContext as DeleteMsg,
-)
+from ._metrics import Counters, Histogram
 from ._settings import ContextSettings, SupervisorSettings
 
 __all__ = ["SupervisorActor"]
@@ -133,8 +129,8 @@ class SupervisorActor(pykka.ThreadingActor):
             CurrentId: lambda _m: self.current,
             ListActive: lambda _m: list(self.cells),
             StateOf: self._on_state_of,
-            CreateContext: self._on_create,
-            DeleteMsg: self._on_delete,
+            AddContext: self._on_create,
+            RemoveContext: self._on_delete,
             Exists: lambda m: m.context_id in self.cells or self._store("info", m.context_id) is not None,
             ListIds: lambda m: self._store("list_ids", m.prefix),
             SetPinned: self._on_set_pinned,
@@ -483,7 +479,7 @@ class SupervisorActor(pykka.ThreadingActor):
             raise ContextNotFoundError(m.context_id)
         return state  # type: ignore[no-any-return]
 
-    def _on_create(self, m: CreateContext) -> ContextState:
+    def _on_create(self, m: AddContext) -> ContextState:
         cid = m.context_id
         state = self._new_state(cid, m.data, m.metadata)
         if cid in self.cells or self._store("info", cid) is not None:
@@ -491,10 +487,10 @@ class SupervisorActor(pykka.ThreadingActor):
         if self.settings.max_contexts is not None and self._store("count") >= self.settings.max_contexts:
             raise CapacityError(f"cannot create {cid!r}: the store holds max_contexts={self.settings.max_contexts} "
                                 "contexts", limit=self.settings.max_contexts, context_id=cid)
-        self._ask_persistence(StoreWrite((CreateOp(state),)), f"creating {cid!r}", cid)
+        self._ask_persistence(StoreWrite((CreateContext(state),)), f"creating {cid!r}", cid)
         return state
 
-    def _on_delete(self, m: DeleteMsg) -> None:
+    def _on_delete(self, m: RemoveContext) -> None:
         cid = m.context_id
         self.failed.pop(cid, None)
         self.restarts.pop(cid, None)

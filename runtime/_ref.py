@@ -21,7 +21,7 @@ Thread-safe; any number of refs may address one context.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 
@@ -35,10 +35,8 @@ from hoard.storage import (
     SystemStoppedError,
 )
 
+from ._core import SystemCore
 from ._tracker import ContextTracker, Pending
-
-if TYPE_CHECKING:
-    from ._system import ContextSystem
 
 __all__ = ["ContextRef"]
 
@@ -50,7 +48,7 @@ class ContextRef:
 
     __slots__ = ("_system", "_tracker")
 
-    def __init__(self, system: ContextSystem, tracker: ContextTracker) -> None:
+    def __init__(self, system: SystemCore, tracker: ContextTracker) -> None:
         self._system = system
         self._tracker = tracker
 

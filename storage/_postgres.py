@@ -106,7 +106,6 @@ import attrs
 import orjson
 
 from ._codec import Codec
-from ._rows import FALLBACK_HINT, decode_change_row, decode_state_row, replay_strict
 from ._errors import (
     ConfigError,
     ContextOwnedElsewhereError,
@@ -116,6 +115,7 @@ from ._errors import (
     PersistenceError,
 )
 from ._model import Change, ContextState, RecoveryPoint, apply_change
+from ._rows import FALLBACK_HINT, decode_change_row, decode_state_row, replay_strict
 from ._sqlite import RecoveryReport, SkippedItem, SQLiteStore, _problem, _ranges, _Row, _row_name, _Stored
 from ._store import (
     Append,

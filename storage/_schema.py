@@ -36,9 +36,9 @@ only called (cattrs hooks are plain functions; calling them concurrently is safe
 from __future__ import annotations
 
 import enum
-import warnings
 import types
 import typing
+import warnings
 from collections import abc
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union

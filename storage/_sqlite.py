@@ -56,10 +56,10 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._rows import FALLBACK_HINT, decode_change_row, decode_state_row, replay_strict
 from ._codec import FORMAT_VERSION, Codec
 from ._errors import ConfigError, CorruptStateError, HoardError, PersistenceError, StoreLockedError
 from ._model import Change, ContextState, RecoveryPoint, apply_change
+from ._rows import FALLBACK_HINT, decode_change_row, decode_state_row, replay_strict
 from ._store import (
     Append,
     CreateContext,

@@ -40,6 +40,7 @@ import click
 
 from hoard.storage import (
     FORMAT_VERSION,
+    KIND_ARCHIVE,
     Codec,
     ContextState,
     CorruptStateError,
@@ -54,7 +55,6 @@ from hoard.storage import (
     StoredContext,
     validate_id,
 )
-from hoard.storage._codec import KIND_ARCHIVE
 
 from ._common import STORE, check_writable_target, emit_json, json_option, out, progress, read_store, write_store
 
