@@ -79,7 +79,8 @@ class SystemCore:
         self._ticker_stop = threading.Event()
         # worker threads for what *_async calls and ContextRef.tell must not do in the caller's
         # thread (an event loop's): re-activation, store reads, waiting for another owner's lease
-        self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="hoard-async")
+        self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="hoard-async")
+        _warm(self._workers)
         self.store.open()
         cfg = config
         self.context_settings = ContextSettings(durability=cfg.durability, max_value_bytes=cfg.max_value_bytes,
@@ -251,6 +252,19 @@ class SystemCore:
         if error is not None:
             log.error("hoard stopped with an error: %s", error)
             raise error
+
+
+_WORKERS = 4
+
+
+def _warm(pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    """Start every worker thread now: the pool starts one lazily inside `submit`, and a thread start
+    waits for the new thread (milliseconds under load), which an event loop calling an ``*_async``
+    method must never pay (tests/runtime/test_async_loop.py)."""
+    gate = threading.Barrier(_WORKERS + 1)
+    for _ in range(_WORKERS):
+        pool.submit(gate.wait, 10)
+    gate.wait(10)
 
 
 def _logged(fn: Callable[[], Any]) -> None:
