@@ -292,10 +292,8 @@ class ContextActor(pykka.ThreadingActor):
         self.cell.closed = True
         self._stop()  # pykka: stop now, without handling the rest of the mailbox
         if self.supervisor is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self.supervisor.tell(ContextCrashed(self.cell, repr(exc)))
-            except pykka.ActorDeadError:
-                pass
 
     # -- the write path ------------------------------------------------------------------------------
     def _reply(self) -> Reply | None:
@@ -306,8 +304,9 @@ class ContextActor(pykka.ThreadingActor):
         if expected is not None and expected != self.working.version:
             raise VersionConflictError(self.cell.id, expected, self.working.version)
 
-    def _apply(self, change_args: dict[str, Any], growth: int, result: Any = None,
-               replace: bool = False, rp_id: int | None = None, *, request_id: str | None = None) -> Any:
+    def _apply(  # noqa: PLR0912 - the one write path, read top to bottom: checks, size, schema, reply
+            self, change_args: dict[str, Any], growth: int, result: Any = None, replace: bool = False,
+            rp_id: int | None = None, *, request_id: str | None = None) -> Any:
         """Make a change of the working state; hand it to persistence and/or publish it.
 
         `growth` bounds the bytes the change adds (deletions count as 0; a replace passes its exact

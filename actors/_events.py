@@ -288,7 +288,7 @@ class Emitter:
 
     def emit(self, event: ContextEvent) -> None:
         if self.gate.active and self.bus is not None:
-            try:
+            try:  # noqa: SIM105 - on every write: a try costs nothing, suppress() builds an object per call
                 self.bus.tell(Publish(event))
             except pykka.ActorDeadError:
                 pass  # the system is stopping

@@ -29,6 +29,7 @@ was in flight (the store resolves or reports that outcome).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -192,10 +193,8 @@ class PersistenceActor(pykka.ThreadingActor):
                 self.actor_ref.tell(Flush())  # lands behind every queued message: they go together
 
     def _timer_fired(self) -> None:
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopped meanwhile; Close already committed everything
             self.actor_ref.tell(Flush())
-        except pykka.ActorDeadError:
-            pass  # stopped meanwhile; Close already committed everything
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -392,10 +391,9 @@ class PersistenceActor(pykka.ThreadingActor):
                 durable = stored
         if durable is None or cell.actor_ref is None:
             return
-        try:
+        # passivated meanwhile: the next activation loads the durable state anyway
+        with contextlib.suppress(pykka.ActorDeadError):
             cell.actor_ref.tell(Rollback(durable))
-        except pykka.ActorDeadError:
-            pass  # passivated meanwhile: the next activation loads the durable state anyway
 
     # -- requests that see every change accepted before them -----------------------------------------
     def _on_load(self, m: Load) -> ContextState | None:

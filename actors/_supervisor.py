@@ -113,8 +113,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.stopped = False
         self.failed: dict[str, str] = {}  # context id -> why it is FAILED
         self.restarts: dict[str, list[float]] = {}  # context id -> monotonic times of recent restarts
-        self.seen: dict[str, tuple[int, float]] = {}
-        self.schemas: dict[str, Any] = {}  # schema name -> hoard.storage.Schema, for later activations  # context id -> (LRU tick, when a sweep first saw it)
+        self.seen: dict[str, tuple[int, float]] = {}  # context id -> (LRU tick, when a sweep first saw it)
+        self.schemas: dict[str, Any] = {}  # schema name -> hoard.storage.Schema, for later activations
         self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0, "passivations": 0,
                       "expired": 0, "dead_letters": 0}
         self._store_cls: type | None = None

@@ -86,6 +86,7 @@ from ._system import open_system as open_system
 from ._tracker import ContextTracker as ContextTracker
 from ._tracker import ContextTrackerFactory as ContextTrackerFactory
 from ._tracker import Pending as Pending
+from ._version import __version__ as __version__
 
 ContextSnapshot = RecoveryPoint  # the name the original system used
 

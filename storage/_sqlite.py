@@ -418,7 +418,7 @@ class SQLiteStore:
             return codec.encode_state(op.rp.state)
         return None
 
-    def _apply(self, db: sqlite3.Connection, op: Op, blob: bytes | None) -> None:
+    def _apply(self, db: sqlite3.Connection, op: Op, blob: bytes | None) -> None:  # noqa: PLR0912 - one flat branch per case of the format; split, its rules would scatter
         if isinstance(op, Append):
             ch = op.change
             cur = db.execute("UPDATE contexts SET version=?, updated_at=? WHERE id=? AND version=?",
@@ -645,7 +645,7 @@ class SQLiteStore:
         log.warning("fallback recovery: %s (first failure: %s)", report.describe(), first)
         return state
 
-    def _quarantine(self, db: sqlite3.Connection, context_id: str, source: str, version: int | None,
+    def _quarantine(self, db: sqlite3.Connection, context_id: str, source: str, version: int | None,  # noqa: PLR0917 - a row's columns, in the table's order
                     problem: str, rp_id: int | None = None) -> None:
         if source == "recovery_point":
             sel = ("SELECT blob FROM recovery_points WHERE context_id=? AND rp_id=?", (context_id, rp_id))
@@ -809,7 +809,7 @@ class SQLiteStore:
             return None if r is None else self._rp(context_id, *r)
         return self._guard(run, "read recovery point", context_id)
 
-    def _rp(self, context_id: str, rp_id: int, version: int, label: str | None, created_at: float,
+    def _rp(self, context_id: str, rp_id: int, version: int, label: str | None, created_at: float,  # noqa: PLR0917 - a row's columns, in the table's order
             blob: bytes) -> RecoveryPoint:
         state = self._decode_state(blob, context_id, f"recovery point {rp_id} of {context_id!r}", version)
         return RecoveryPoint(rp_id, context_id, version, label, created_at, state)

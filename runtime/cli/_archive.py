@@ -56,6 +56,7 @@ from hoard.storage import (
     validate_id,
 )
 
+from .._version import DISTRIBUTION
 from ._common import STORE, check_writable_target, emit_json, json_option, out, progress, read_store, write_store
 
 __all__ = ["ARCHIVE_FORMAT", "context_ops", "export", "import_"]
@@ -391,6 +392,6 @@ def _fsync_dir(path: str) -> None:
 
 def _version() -> str | None:
     try:
-        return metadata.version("hoard")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return None

@@ -23,7 +23,7 @@ CHILD = Path(__file__).resolve().parent / "idempotent_child.py"
 def _run_and_kill(target: str, acks_before_kill: int) -> tuple[dict[int, int], int]:
     """Start the writer, kill -9 it after `acks_before_kill` acks; return (acked: i -> version, the
     highest i it announced)."""
-    proc = subprocess.Popen([sys.executable, str(CHILD), target], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(CHILD), target], stdout=subprocess.PIPE,  # noqa: S603 - our own child script
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     acked: dict[int, int] = {}
     announced = -1

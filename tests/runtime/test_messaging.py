@@ -39,7 +39,7 @@ from hoard import (
     open_system,
 )
 from hoard.actors import CreateRecoveryPoint, Delete, Get, GetState, Restore, Set, SetMetadata, Transact, Update
-from tests.helpers import wait_until
+from tests.helpers import Clock, wait_until
 
 # -- 1. malformed messages ---------------------------------------------------------------------------
 _BUILDERS: list[tuple[str, Callable[[], Any]]] = [
@@ -311,8 +311,6 @@ def test_request_ids_hold_across_a_restart_and_within_the_window_only(tmp_path: 
 
 
 def test_request_ids_are_forgotten_after_request_ttl(tmp_path: Path) -> None:
-    from tests.helpers import Clock
-
     clock = Clock()
     cfg = ContextManagerConfig(request_ttl=60.0, clock=clock)
     with open_system(tmp_path / "ttl.db", manager_config=cfg) as system:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hoard import ContextAdapterConfig, VersionConflictError, open_system
+from hoard import ContextAdapterConfig, VersionConflictError, open_system, register_prometheus
 
 
 def test_metrics_follow_what_happened(store_path: Path) -> None:
@@ -54,7 +54,6 @@ def test_concurrent_writers_show_group_commit_in_batch_sizes(store_path: Path) -
 
 def test_prometheus_exposition_is_scraped(system) -> None:
     prometheus_client = pytest.importorskip("prometheus_client")
-    from hoard import register_prometheus
 
     registry = prometheus_client.CollectorRegistry()
     register_prometheus(system.metrics, registry)
