@@ -290,7 +290,11 @@ def test_a_write_with_an_applied_request_id_is_not_applied_again(system) -> None
     assert ref.ask(Set("y", 1, request_id="msg-1")) == v + 6
     assert ref.ask(Set("y", 2, request_id="msg-1")) == v + 6
     assert t.version == v + 6 and t["y"] == 1
-    assert system.metrics().calls["duplicate"] == 7
+    assert system.manager.update("pay", {"z": 1}, request_id="mgr-1") == v + 7
+    assert system.manager.update("pay", {"z": 2}, request_id="mgr-1") == v + 7
+    assert system.manager.restore("pay", rp, request_id="mgr-2") == v + 8
+    assert system.manager.restore("pay", rp, request_id="mgr-2") == v + 8
+    assert system.metrics().calls["duplicate"] == 9
 
 
 def test_request_ids_hold_across_a_restart_and_within_the_window_only(tmp_path: Path) -> None:
