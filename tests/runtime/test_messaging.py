@@ -172,6 +172,21 @@ def test_a_stable_ref_survives_a_thousand_passivations_and_loses_no_message(tmp_
         assert metrics.dead_letters == 0 and metrics.deactivations >= 1000
 
 
+def test_tells_through_one_ref_keep_their_order_across_passivations(system) -> None:
+    ref = system.ref("ordered")
+
+    def append(i: int) -> Callable[[Any], None]:
+        return lambda d: d.__setitem__("log", [*d.get("log", []), i])
+
+    for i in range(300):
+        if i % 50 == 0:
+            system.adapter.deactivate("ordered")  # the next tells queue in the ref, delivered in turn
+        ref.tell(Transact(append(i)))
+    t = system.adapter.tracker("ordered")
+    wait_until(lambda: len(t.get("log", [])) == 300, what="every tell delivered")
+    assert t["log"] == list(range(300))
+
+
 def test_a_stable_ref_replies_like_pykka_blocking_or_not(system) -> None:
     ref = system.ref("shape")
     assert ref.ask(Set("k", 1)) == 2
