@@ -218,6 +218,26 @@ def test_a_tell_to_a_deleted_context_is_an_undeliverable_dead_letter(system, cap
         ref.ask(Get("k"))
 
 
+def test_a_tell_refused_for_capacity_is_an_undeliverable_dead_letter(tmp_path: Path) -> None:
+    cfg = ContextAdapterConfig(max_active_contexts=2, capacity_policy="reject")
+    with open_system(tmp_path / "cap.db", adapter_config=cfg) as system:
+        ref = system.ref("x")
+        system.adapter.deactivate("x")
+        system.adapter.get_or_create("y")  # default + y: full, and "reject" evicts nothing
+        seen: list[DeadLetter] = []
+        got = threading.Event()
+
+        def on_event(event: Any) -> None:
+            seen.append(event)
+            got.set()
+
+        with system.subscribe(on_event, kinds=[DeadLetter]):
+            ref.tell(Set("k", 1))
+            assert got.wait(10)
+        assert seen[0].undeliverable and "CapacityError" in seen[0].reason
+        assert system.metrics().dead_letters == 1
+
+
 # -- 4. timeouts ---------------------------------------------------------------------------------------
 @pytest.fixture
 def busy(system) -> Iterator[tuple[Any, threading.Event, threading.Event]]:
