@@ -2,8 +2,10 @@
 activation and the current context, and a `PersistenceActor` owning the store.
 
 The context messages (`Get`, `GetState`, `Set`, `Update`, `Delete`, `SetMetadata`, `Transact`,
-`Restore`, `CreateRecoveryPoint`) are public: another pykka actor can ``ask`` a context actor
-directly (``adapter.actor_ref(id)`` gives its ref).
+`Restore`, `CreateRecoveryPoint`) are public: another pykka actor can ``ask`` or ``tell`` them to a
+context (``system.ref(id)`` / ``adapter.actor_ref(id)`` give a stable address that survives
+passivation). They check their fields when built (`InvalidMessageError`); a malformed one that reaches
+an actor is answered with that error and never crashes it.
 
 The rest of what is exported here is the protocol `hoard` (the runtime layer) speaks to these actors:
 the supervisor's messages (`Activate`, `AddContext`, `RemoveContext`, `Sweep`, `Shutdown`, ...), the
@@ -29,6 +31,7 @@ from ._events import ContextEvent as ContextEvent
 from ._events import ContextFailed as ContextFailed
 from ._events import ContextRestarted as ContextRestarted
 from ._events import CorruptionRecovered as CorruptionRecovered
+from ._events import DeadLetter as DeadLetter
 from ._events import Emitter as Emitter
 from ._events import EventBusActor as EventBusActor
 from ._events import EventGate as EventGate
@@ -54,6 +57,7 @@ from ._messages import CreateRecoveryPoint as Snapshot  # the name issue 4 and t
 from ._messages import CurrentId as CurrentId
 from ._messages import Deactivate as Deactivate
 from ._messages import DeactivationReason as DeactivationReason
+from ._messages import DeadLetterSeen as DeadLetterSeen
 from ._messages import Delete as Delete
 from ._messages import Exists as Exists
 from ._messages import Get as Get
@@ -74,6 +78,7 @@ from ._messages import StoreCall as StoreCall
 from ._messages import StoreWrite as StoreWrite
 from ._messages import Sweep as Sweep
 from ._messages import Transact as Transact
+from ._messages import Transacted as Transacted
 from ._messages import Update as Update
 from ._metrics import LATENCY_BOUNDS as LATENCY_BOUNDS
 from ._metrics import SIZE_BOUNDS as SIZE_BOUNDS
@@ -119,6 +124,8 @@ __all__ = [
     "CurrentId",
     "Deactivate",
     "DeactivationReason",
+    "DeadLetter",
+    "DeadLetterSeen",
     "Delete",
     "Draft",
     "Emitter",
@@ -161,6 +168,7 @@ __all__ = [
     "Sweep",
     "Switched",
     "Transact",
+    "Transacted",
     "UnknownMessageError",
     "Unsubscribe",
     "Update",

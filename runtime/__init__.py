@@ -22,6 +22,7 @@ from hoard.actors import ContextRestarted as ContextRestarted
 from hoard.actors import ContextStatus as ContextStatus
 from hoard.actors import CorruptionRecovered as CorruptionRecovered
 from hoard.actors import DeactivationReason as DeactivationReason
+from hoard.actors import DeadLetter as DeadLetter
 from hoard.actors import MetadataChanged as MetadataChanged
 from hoard.actors import RecoveryPointCreated as RecoveryPointCreated
 from hoard.actors import RecoveryPointDeleted as RecoveryPointDeleted
@@ -30,6 +31,9 @@ from hoard.actors import Restored as Restored
 from hoard.actors import StateChanged as StateChanged
 from hoard.actors import SubscriberOverflow as SubscriberOverflow
 from hoard.actors import Switched as Switched
+from hoard.actors import Transacted as Transacted
+from hoard.storage import CallNotStartedError as CallNotStartedError
+from hoard.storage import CallOutcomeUnknownError as CallOutcomeUnknownError
 from hoard.storage import CapacityError as CapacityError
 from hoard.storage import ConfigError as ConfigError
 from hoard.storage import ContextCrashedError as ContextCrashedError
@@ -46,6 +50,7 @@ from hoard.storage import FrozenDict as FrozenDict
 from hoard.storage import FrozenList as FrozenList
 from hoard.storage import HoardError as HoardError
 from hoard.storage import InvalidContextIdError as InvalidContextIdError
+from hoard.storage import InvalidMessageError as InvalidMessageError
 from hoard.storage import InvalidValueError as InvalidValueError
 from hoard.storage import MemoryStore as MemoryStore
 from hoard.storage import NoCurrentContextError as NoCurrentContextError
@@ -56,6 +61,8 @@ from hoard.storage import RecoveryPointNotFoundError as RecoveryPointNotFoundErr
 from hoard.storage import RecoveryReport as RecoveryReport
 from hoard.storage import Schema as Schema
 from hoard.storage import SchemaMigrationError as SchemaMigrationError
+from hoard.storage import SchemaNameMismatchError as SchemaNameMismatchError
+from hoard.storage import SchemaNameWarning as SchemaNameWarning
 from hoard.storage import SchemaValidationError as SchemaValidationError
 from hoard.storage import SQLiteStore as SQLiteStore
 from hoard.storage import StateNotSavedError as StateNotSavedError
@@ -78,10 +85,12 @@ from ._factory import create_manager_with_config as create_manager_with_config
 from ._manager import ContextManager as ContextManager
 from ._metrics import Metrics as Metrics
 from ._metrics import register_prometheus as register_prometheus
+from ._ref import ContextRef as ContextRef
 from ._system import ContextSystem as ContextSystem
 from ._system import open_system as open_system
 from ._tracker import ContextTracker as ContextTracker
 from ._tracker import ContextTrackerFactory as ContextTrackerFactory
+from ._tracker import Pending as Pending
 from ._version import __version__ as __version__
 
 ContextSnapshot = RecoveryPoint  # the name the original system used
@@ -91,6 +100,8 @@ _logging.getLogger("storage").addHandler(_logging.NullHandler())
 _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "CallNotStartedError",
+    "CallOutcomeUnknownError",
     "CapacityError",
     "ChangesLost",
     "ConfigError",
@@ -110,6 +121,7 @@ __all__ = [
     "ContextManagerConfig",
     "ContextNotFoundError",
     "ContextOwnedElsewhereError",
+    "ContextRef",
     "ContextRestarted",
     "ContextSnapshot",
     "ContextState",
@@ -121,16 +133,19 @@ __all__ = [
     "CorruptStateError",
     "CorruptionRecovered",
     "DeactivationReason",
+    "DeadLetter",
     "FencedOffError",
     "FrozenDict",
     "FrozenList",
     "HoardError",
     "InvalidContextIdError",
+    "InvalidMessageError",
     "InvalidValueError",
     "MemoryStore",
     "MetadataChanged",
     "Metrics",
     "NoCurrentContextError",
+    "Pending",
     "PersistenceError",
     "PostgresStore",
     "RecoveryPoint",
@@ -143,6 +158,8 @@ __all__ = [
     "SQLiteStore",
     "Schema",
     "SchemaMigrationError",
+    "SchemaNameMismatchError",
+    "SchemaNameWarning",
     "SchemaValidationError",
     "StateChanged",
     "StateNotSavedError",
@@ -152,6 +169,7 @@ __all__ = [
     "Subscription",
     "Switched",
     "SystemStoppedError",
+    "Transacted",
     "VersionConflictError",
     "VersionNotStoredError",
     "create_adapter",

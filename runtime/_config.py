@@ -100,6 +100,10 @@ class ContextManagerConfig:
         subscriber_overflow: ``"drop_subscriber"`` (default): its subscription is ended, its queued
             events discarded, and a `SubscriberOverflow` event and an error log line say so;
             ``"drop_events"``: events are skipped for it while it is that far behind.
+        request_window: how many ``request_id=`` idempotency keys each context remembers (at least
+            its newest this many; stored with its changes, so across restarts and processes).
+        request_ttl: seconds an idempotency key is remembered at most (None, default: by count only).
+            A retry with a forgotten key is applied again.
     """
 
     store: str | os.PathLike[str] | Store | None = attrs.field(default=None, validator=_store)
@@ -119,6 +123,8 @@ class ContextManagerConfig:
     subscriber_backlog: int = attrs.field(default=10_000, validator=_number(1, integer=True))
     subscriber_overflow: str = attrs.field(default="drop_subscriber",
                                            validator=_choice("drop_subscriber", "drop_events"))
+    request_window: int = attrs.field(default=1000, validator=_number(1, integer=True))
+    request_ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
 
 
 @attrs.frozen(kw_only=True)

@@ -25,6 +25,7 @@ from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
 from ._events import Subscription, subscribe
 from ._manager import ContextManager
+from ._ref import ContextRef
 
 __all__ = ["ContextSystem", "open_system"]
 
@@ -105,6 +106,10 @@ class ContextSystem(SystemCore):
         """
         return subscribe(self, subscriber, context_id=context_id, kinds=kinds, timeout=timeout,
                          max_backlog=max_backlog, overflow=overflow)
+
+    def ref(self, context_id: str, *, timeout: float | None = None) -> ContextRef:
+        """Shorthand for ``system.adapter.actor_ref(context_id)``: a stable `ContextRef`."""
+        return self.adapter.actor_ref(context_id, timeout=timeout)
 
     def __enter__(self) -> ContextSystem:
         return self
