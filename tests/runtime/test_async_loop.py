@@ -185,9 +185,11 @@ def test_a_context_owned_by_another_process_never_blocks_the_loop(pg_dsn: str, p
             activation = here.adapter.activate_async("shared")
             returned = time.thread_time() - t0
             assert returned < STALL, f"the *_async calls took {returned * 1000:.1f} ms to return"
-            with pytest.raises((ContextOwnedElsewhereError, CallNotStartedError)):
+            # the typed error arrives through the future: owned elsewhere, or (on a loaded machine,
+            # where one activation attempt can take the whole 0.6 s) a timeout of either kind
+            with pytest.raises((ContextOwnedElsewhereError, CallNotStartedError, CallOutcomeUnknownError)):
                 await pending
-            with pytest.raises((ContextOwnedElsewhereError, CallNotStartedError)):
+            with pytest.raises((ContextOwnedElsewhereError, CallNotStartedError, CallOutcomeUnknownError)):
                 await activation
 
         asyncio.run(main())
