@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from hoard.storage import Change, ContextState, InvalidMessageError, RecoveryPoint
+from hoard.storage import Change, ContextState, InvalidMessageError, RecoveryPoint, shown_repr
 
 if TYPE_CHECKING:
     from ._cell import ContextCell
@@ -52,7 +52,7 @@ def _fail(instance: Any, attribute: Any, reason: str, key: object = None) -> Inv
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
+    text = shown_repr(value)  # a hostile __repr__ must not turn a refusal into a crash
     return text if len(text) <= 60 else text[:57] + "..."
 
 

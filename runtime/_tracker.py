@@ -205,6 +205,16 @@ class ContextTracker(Mapping[str, Any]):
         self._cell = weakref.ref(cell)
         return cell
 
+    def _message(self, cls: Callable[..., Any], *fields: Any) -> Any:
+        """Build a context message in the caller's thread; a malformed one (`InvalidMessageError`, or a
+        hostile value refused by the message's checks) is raised naming this context."""
+        try:
+            return cls(*fields)
+        except InvalidValueError as exc:
+            if exc.context_id is None:
+                exc.context_id = self._id
+            raise
+
     def _call(self, message: Any, timeout: float | None, what: str, outer: Reply | None = None) -> Any:
         """Send `message` and wait for the reply, all within one deadline of `timeout` (default: the
         tracker's, else call_timeout). A call that meets a stopping actor was not applied: it is
@@ -287,7 +297,7 @@ class ContextTracker(Mapping[str, Any]):
                   request_id: str | None = None, timeout: float | None = None) -> Pending:
         """`set` without waiting: returns a future of the new version at once (see `Pending`)."""
         try:
-            msg = Set(key, value, expected_version, request_id)
+            msg = self._message(Set, key, value, expected_version, request_id)
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"set on {self._id!r}", timeout)
@@ -296,7 +306,7 @@ class ContextTracker(Mapping[str, Any]):
                      request_id: str | None = None, timeout: float | None = None) -> Pending:
         """`update` without waiting: returns a future of the new version at once."""
         try:
-            msg = Update(values, expected_version, request_id)
+            msg = self._message(Update, values, expected_version, request_id)
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"update on {self._id!r}", timeout)
@@ -305,7 +315,7 @@ class ContextTracker(Mapping[str, Any]):
                      request_id: str | None = None, timeout: float | None = None) -> Pending:
         """`delete` without waiting: returns a future of the new version at once."""
         try:
-            msg = Delete(_key_tuple(keys, "delete", self._id), expected_version, request_id)
+            msg = self._message(Delete, _key_tuple(keys, "delete", self._id), expected_version, request_id)
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"delete on {self._id!r}", timeout)
@@ -315,7 +325,8 @@ class ContextTracker(Mapping[str, Any]):
                            timeout: float | None = None) -> Pending:
         """`set_metadata` (mapping form) without waiting: returns a future of the new version at once."""
         try:
-            msg = SetMetadata(values, _key_tuple(remove, "remove", self._id), expected_version, request_id)
+            rm = _key_tuple(remove, "remove", self._id)
+            msg = self._message(SetMetadata, values, rm, expected_version, request_id)
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"set_metadata on {self._id!r}", timeout)
@@ -326,7 +337,7 @@ class ContextTracker(Mapping[str, Any]):
         """`transact` without waiting: returns a future of what `fn` returns (a `Transacted` with
         ``with_version=True``) at once."""
         try:
-            msg = Transact(fn, expected_version, request_id, with_version)
+            msg = self._message(Transact, fn, expected_version, request_id, with_version)
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"transact on {self._id!r}", timeout)
@@ -334,7 +345,7 @@ class ContextTracker(Mapping[str, Any]):
     def create_recovery_point_async(self, label: str | None = None, *, timeout: float | None = None) -> Pending:
         """`create_recovery_point` without waiting: returns a future of the `RecoveryPoint` at once."""
         try:
-            msg = CreateRecoveryPoint(label)
+            msg = self._message(CreateRecoveryPoint, label)
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"recovery point of {self._id!r}", timeout)
@@ -466,7 +477,7 @@ class ContextTracker(Mapping[str, Any]):
         `VersionConflictError` if `expected_version` is given and differs, `InvalidValueError` for a
         bad key or value; in both cases nothing changes.
         """
-        return self._call(Set(key, value, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+        return self._call(self._message(Set, key, value, expected_version, request_id), timeout,  # type: ignore[no-any-return]
                           f"set on {self._id!r}")
 
     def update(self, values: Mapping[str, Any], *, expected_version: int | None = None,
@@ -474,7 +485,7 @@ class ContextTracker(Mapping[str, Any]):
         """Set several keys in one atomic change (one version). Returns the new version."""
         if not isinstance(values, Mapping):
             raise InvalidValueError(None, f"update takes a mapping, not {type(values).__name__}", context_id=self._id)
-        return self._call(Update(values, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+        return self._call(self._message(Update, values, expected_version, request_id), timeout,  # type: ignore[no-any-return]
                           f"update on {self._id!r}")
 
     def delete(self, keys: str | Iterable[str], *, expected_version: int | None = None,
@@ -482,7 +493,7 @@ class ContextTracker(Mapping[str, Any]):
         """Remove one key (a str) or several (an iterable of str) in one atomic change; absent keys
         are allowed. Returns the new version (raised by exactly 1 even when nothing was present)."""
         ks = _key_tuple(keys, "delete", self._id)
-        return self._call(Delete(ks, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+        return self._call(self._message(Delete, ks, expected_version, request_id), timeout,  # type: ignore[no-any-return]
                           f"delete on {self._id!r}")
 
     def set_metadata(self, key: str | Mapping[str, Any], value: Any = _MISSING, *, remove: str | Iterable[str] = (),
@@ -499,7 +510,7 @@ class ContextTracker(Mapping[str, Any]):
                 raise InvalidValueError(key, "set_metadata(key, value) needs a value", context_id=self._id)
             values = {key: value}
         rm = _key_tuple(remove, "remove", self._id)
-        return self._call(SetMetadata(values, rm, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+        return self._call(self._message(SetMetadata, values, rm, expected_version, request_id), timeout,  # type: ignore[no-any-return]
                           f"set_metadata on {self._id!r}")
 
     def transact(self, fn: Callable[[Any], Any], *, expected_version: int | None = None,
@@ -517,7 +528,7 @@ class ContextTracker(Mapping[str, Any]):
         """
         if not callable(fn):
             raise InvalidValueError(None, f"transact takes a callable, not {type(fn).__name__}", context_id=self._id)
-        return self._call(Transact(fn, expected_version, request_id, with_version), timeout,
+        return self._call(self._message(Transact, fn, expected_version, request_id, with_version), timeout,
                           f"transact on {self._id!r}")
 
     # -- recovery points ---------------------------------------------------------------------------
@@ -525,7 +536,7 @@ class ContextTracker(Mapping[str, Any]):
         """Store a durable, compressed copy of the current state; returns it. Its id is the next of
         this context's sequence. Keeps at most ``max_recovery_points`` (the oldest go first, never
         this one). Does not change the version."""
-        return self._call(CreateRecoveryPoint(label), timeout, f"recovery point of {self._id!r}")  # type: ignore[no-any-return]
+        return self._call(self._message(CreateRecoveryPoint, label), timeout, f"recovery point of {self._id!r}")  # type: ignore[no-any-return]
 
     def recovery_points(self, *, timeout: float | None = None) -> list[RecoveryPoint]:
         """This context's recovery points, oldest first. Blocks on one store read."""
@@ -542,7 +553,7 @@ class ContextTracker(Mapping[str, Any]):
     def _restore(self, rp_id: int | RecoveryPoint, expected_version: int | None, request_id: str | None,
                  timeout: float | None, outer: Reply | None) -> int:
         rp = read_recovery_point(self._system, self._id, rp_id, timeout)
-        return self._call(Restore(rp, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+        return self._call(self._message(Restore, rp, expected_version, request_id), timeout,  # type: ignore[no-any-return]
                           f"restore of {self._id!r}", outer)
 
     def delete_recovery_point(self, rp_id: int | RecoveryPoint, *, timeout: float | None = None) -> None:

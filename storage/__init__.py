@@ -33,6 +33,7 @@ from ._errors import StoreLockedError as StoreLockedError
 from ._errors import SystemStoppedError as SystemStoppedError
 from ._errors import VersionConflictError as VersionConflictError
 from ._errors import VersionNotStoredError as VersionNotStoredError
+from ._errors import shown_repr as shown_repr
 from ._memory import MemoryStore as MemoryStore
 from ._model import Change as Change
 from ._model import ContextState as ContextState
@@ -149,6 +150,7 @@ __all__ = [
     "new_state",
     "open_store",
     "read_marker",
+    "shown_repr",
     "thaw",
     "validate_id",
     "validate_key",
