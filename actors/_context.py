@@ -19,10 +19,11 @@ both the working and the published state again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, cast
 
 import immutables
@@ -32,19 +33,19 @@ import pykka
 from hoard.storage import (
     SCHEMA_KEY,
     Change,
-    Schema,
-    SchemaValidationError,
-    read_marker,
-    thaw,
     ContextCrashedError,
     ContextState,
     HoardError,
     InvalidValueError,
+    Schema,
+    SchemaValidationError,
     VersionConflictError,
     apply_change,
     encoded_size,
     freeze_mapping,
     freeze_value,
+    read_marker,
+    thaw,
     validate_key,
 )
 
@@ -52,15 +53,14 @@ from ._cell import ContextCell
 from ._draft import Draft
 from ._events import NO_EVENTS, Emitter, MetadataChanged, Restored, StateChanged
 from ._future import DEFERRED, Reply
-from ._metrics import Counters, Histogram, kind_of
 from ._messages import (
     BindSchema,
-    GetMetrics,
     Commit,
     ContextCrashed,
     CreateRecoveryPoint,
     Delete,
     Get,
+    GetMetrics,
     GetState,
     Passivate,
     Restore,
@@ -72,6 +72,7 @@ from ._messages import (
     Transact,
     Update,
 )
+from ._metrics import Counters, Histogram, kind_of
 from ._settings import ContextSettings
 
 __all__ = ["RESERVED_PREFIX", "ContextActor", "Inbox", "UnknownMessageError"]
@@ -213,10 +214,8 @@ class ContextActor(pykka.ThreadingActor):
         self.cell.closed = True
         self._stop()  # pykka: stop now, without handling the rest of the mailbox
         if self.supervisor is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self.supervisor.tell(ContextCrashed(self.cell, repr(exc)))
-            except pykka.ActorDeadError:
-                pass
 
     # -- the write path ------------------------------------------------------------------------------
     def _reply(self) -> Reply | None:

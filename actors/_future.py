@@ -106,7 +106,7 @@ class Reply(pykka.ThreadingFuture[Any]):
                 return
             try:
                 fn(self)
-            except Exception:  # noqa: BLE001 - a callback's bug must not break the completing thread
+            except Exception:
                 logging.getLogger(__name__).exception("reply callback %r raised", fn)
 
     def __await__(self) -> Generator[Any, None, Any]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import attrs
 import pykka
+
 from hoard.storage import ContextOwnedElsewhereError, FencedOffError, PersistenceError
 
 __all__ = ["AttachSupervisor", "LeaseKeeper", "LeasesLost", "RenewLeases"]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
+
 from hoard.storage import Change, ContextState, RecoveryPoint
 
 if TYPE_CHECKING:
@@ -23,8 +24,8 @@ __all__ = [
     "Activate",
     "ContextStatus",
     "CreateRecoveryPoint",
-    "Delete",
     "DeactivationReason",
+    "Delete",
     "Get",
     "GetState",
     "Restore",
@@ -261,14 +262,22 @@ class StateOf:
 
 
 @attrs.frozen
-class CreateContext:
+class AddContext:
+    """Create a stored context (not activating it). Reply: its `ContextState`.
+
+    Named apart from `hoard.storage.CreateContext` (the store operation it leads to)."""
+
     context_id: str
     data: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] | None = None
 
 
 @attrs.frozen
-class DeleteContext:
+class RemoveContext:
+    """Stop a context without a snapshot and delete it from the store. Reply: None.
+
+    Named apart from `hoard.storage.DeleteContext` (the store operation it leads to)."""
+
     context_id: str
 
 

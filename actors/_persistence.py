@@ -29,6 +29,7 @@ was in flight (the store resolves or reports that outcome).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -37,6 +38,7 @@ from time import perf_counter
 from typing import Any, cast
 
 import pykka
+
 from hoard.storage import (
     Append,
     ContextState,
@@ -177,10 +179,8 @@ class PersistenceActor(pykka.ThreadingActor):
                 self.actor_ref.tell(Flush())  # lands behind every queued message: they go together
 
     def _timer_fired(self) -> None:
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopped meanwhile; Close already committed everything
             self.actor_ref.tell(Flush())
-        except pykka.ActorDeadError:
-            pass  # stopped meanwhile; Close already committed everything
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -202,7 +202,7 @@ class PersistenceActor(pykka.ThreadingActor):
         batch, self._pending = self._pending, []
         try:
             self._commit_batch(batch)
-        except Exception as exc:  # noqa: BLE001 - a told message: nothing may escape, no caller may hang
+        except Exception as exc:
             log.exception("group commit failed unexpectedly")
             error = exc if isinstance(exc, PersistenceError) else PersistenceError(
                 f"commit to {self.store.location!r} failed: {exc!r}")
@@ -211,7 +211,7 @@ class PersistenceActor(pykka.ThreadingActor):
             for cell in {id(m.cell): m.cell for m in batch}.values():
                 try:
                     self._rollback(cell)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("rollback of %r failed", cell.id)
 
     def _commit_batch(self, batch: list[Commit]) -> None:
@@ -377,10 +377,9 @@ class PersistenceActor(pykka.ThreadingActor):
                 durable = stored
         if durable is None or cell.actor_ref is None:
             return
-        try:
+        # passivated meanwhile: the next activation loads the durable state anyway
+        with contextlib.suppress(pykka.ActorDeadError):
             cell.actor_ref.tell(Rollback(durable))
-        except pykka.ActorDeadError:
-            pass  # passivated meanwhile: the next activation loads the durable state anyway
 
     # -- requests that see every change accepted before them -----------------------------------------
     def _on_load(self, m: Load) -> ContextState | None:

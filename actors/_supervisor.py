@@ -25,22 +25,20 @@ import pykka
 
 from hoard.storage import (
     CapacityError,
-    ContextOwnedElsewhereError,
-    ContextFailedError,
-    SystemStoppedError,
     ContextExistsError,
+    ContextFailedError,
     ContextNotFoundError,
+    ContextOwnedElsewhereError,
     ContextState,
     ContextTimeoutError,
+    CreateContext,
     DeleteContext,
     HoardError,
     PersistenceError,
+    SystemStoppedError,
     freeze_mapping,
     new_state,
     read_marker,
-)
-from hoard.storage import (
-    CreateContext as CreateOp,
 )
 
 from ._cell import EPOCH, ContextCell, advance_epoch
@@ -56,38 +54,36 @@ from ._events import (
     Switched,
 )
 from ._leases import LeasesLost
-from ._metrics import Counters, Histogram
 from ._messages import (
     Activate,
+    AddContext,
     BindSchema,
-    CollectMetrics,
-    GetMetrics,
     Close,
+    CollectMetrics,
     Configure,
     ContextCrashed,
     ContextStatus,
-    CreateContext,
     CurrentId,
     Deactivate,
     DeactivationReason,
     Exists,
+    GetMetrics,
     ListActive,
     ListIds,
     Load,
     Passivate,
+    RemoveContext,
     Reset,
     SaveSnapshot,
     SetPinned,
-    Sweep,
     Shutdown,
     StateOf,
     StatusOf,
     StoreCall,
     StoreWrite,
+    Sweep,
 )
-from ._messages import (
-    DeleteContext as DeleteMsg,
-)
+from ._metrics import Counters, Histogram
 from ._settings import ContextSettings, SupervisorSettings
 
 __all__ = ["SupervisorActor"]
@@ -115,8 +111,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.stopped = False
         self.failed: dict[str, str] = {}  # context id -> why it is FAILED
         self.restarts: dict[str, list[float]] = {}  # context id -> monotonic times of recent restarts
-        self.seen: dict[str, tuple[int, float]] = {}
-        self.schemas: dict[str, Any] = {}  # schema name -> hoard.storage.Schema, for later activations  # context id -> (LRU tick, when a sweep first saw it)
+        self.seen: dict[str, tuple[int, float]] = {}  # context id -> (LRU tick, when a sweep first saw it)
+        self.schemas: dict[str, Any] = {}  # schema name -> hoard.storage.Schema, for later activations
         self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0, "passivations": 0,
                       "expired": 0}
         self._store_cls: type | None = None
@@ -131,8 +127,8 @@ class SupervisorActor(pykka.ThreadingActor):
             CurrentId: lambda _m: self.current,
             ListActive: lambda _m: list(self.cells),
             StateOf: self._on_state_of,
-            CreateContext: self._on_create,
-            DeleteMsg: self._on_delete,
+            AddContext: self._on_create,
+            RemoveContext: self._on_delete,
             Exists: lambda m: m.context_id in self.cells or self._store("info", m.context_id) is not None,
             ListIds: lambda m: self._store("list_ids", m.prefix),
             SetPinned: self._on_set_pinned,
@@ -474,7 +470,7 @@ class SupervisorActor(pykka.ThreadingActor):
             raise ContextNotFoundError(m.context_id)
         return state  # type: ignore[no-any-return]
 
-    def _on_create(self, m: CreateContext) -> ContextState:
+    def _on_create(self, m: AddContext) -> ContextState:
         cid = m.context_id
         state = self._new_state(cid, m.data, m.metadata)
         if cid in self.cells or self._store("info", cid) is not None:
@@ -482,16 +478,18 @@ class SupervisorActor(pykka.ThreadingActor):
         if self.settings.max_contexts is not None and self._store("count") >= self.settings.max_contexts:
             raise CapacityError(f"cannot create {cid!r}: the store holds max_contexts={self.settings.max_contexts} "
                                 "contexts", limit=self.settings.max_contexts, context_id=cid)
-        self._ask_persistence(StoreWrite((CreateOp(state),)), f"creating {cid!r}", cid)
+        self._ask_persistence(StoreWrite((CreateContext(state),)), f"creating {cid!r}", cid)
         return state
 
-    def _on_delete(self, m: DeleteMsg) -> None:
+    def _on_delete(self, m: RemoveContext) -> None:
         cid = m.context_id
         self.failed.pop(cid, None)
         self.restarts.pop(cid, None)
         if cid not in self.cells and self._store("info", cid) is None:
             raise ContextNotFoundError(cid)
-        self._drop(cid)
+        cell = self._drop(cid)
+        if cell is not None:  # its activation ends here: subscribers see every activation end
+            self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.DELETED)
         self.pinned.discard(cid)
         self._ask_persistence(StoreWrite((DeleteContext(cid),)), f"deleting {cid!r}", cid)
         self.events(ContextDeleted, cid)

@@ -20,14 +20,14 @@ from hoard.actors import ContextFailed as ContextFailed
 from hoard.actors import ContextRestarted as ContextRestarted
 from hoard.actors import ContextStatus as ContextStatus
 from hoard.actors import CorruptionRecovered as CorruptionRecovered
+from hoard.actors import DeactivationReason as DeactivationReason
 from hoard.actors import MetadataChanged as MetadataChanged
 from hoard.actors import RecoveryPointCreated as RecoveryPointCreated
 from hoard.actors import RecoveryPointDeleted as RecoveryPointDeleted
+from hoard.actors import RemoteChange as RemoteChange
 from hoard.actors import Restored as Restored
 from hoard.actors import StateChanged as StateChanged
 from hoard.actors import Switched as Switched
-from hoard.actors import RemoteChange as RemoteChange
-from hoard.actors import DeactivationReason as DeactivationReason
 from hoard.storage import CapacityError as CapacityError
 from hoard.storage import ConfigError as ConfigError
 from hoard.storage import ContextCrashedError as ContextCrashedError
@@ -38,6 +38,7 @@ from hoard.storage import ContextOwnedElsewhereError as ContextOwnedElsewhereErr
 from hoard.storage import ContextState as ContextState
 from hoard.storage import ContextTimeoutError as ContextTimeoutError
 from hoard.storage import CorruptStateError as CorruptStateError
+from hoard.storage import FencedOffError as FencedOffError
 from hoard.storage import FrozenDict as FrozenDict
 from hoard.storage import FrozenList as FrozenList
 from hoard.storage import HoardError as HoardError
@@ -46,7 +47,6 @@ from hoard.storage import InvalidValueError as InvalidValueError
 from hoard.storage import MemoryStore as MemoryStore
 from hoard.storage import NoCurrentContextError as NoCurrentContextError
 from hoard.storage import PersistenceError as PersistenceError
-from hoard.storage import FencedOffError as FencedOffError
 from hoard.storage import PostgresStore as PostgresStore
 from hoard.storage import RecoveryPoint as RecoveryPoint
 from hoard.storage import RecoveryPointNotFoundError as RecoveryPointNotFoundError
@@ -77,6 +77,7 @@ from ._system import ContextSystem as ContextSystem
 from ._system import open_system as open_system
 from ._tracker import ContextTracker as ContextTracker
 from ._tracker import ContextTrackerFactory as ContextTrackerFactory
+from ._version import __version__ as __version__
 
 ContextSnapshot = RecoveryPoint  # the name the original system used
 
@@ -85,17 +86,70 @@ _logging.getLogger("storage").addHandler(_logging.NullHandler())
 _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 
 __all__ = [
-    "ContextActivated", "ContextCreated", "ContextDeactivated", "ContextDeleted", "ContextEvent", "ContextFailed",
-    "ContextRestarted", "CorruptionRecovered", "MetadataChanged", "RecoveryPointCreated", "RecoveryPointDeleted",
-    "Restored", "Schema", "SchemaMigrationError", "SchemaValidationError", "StateChanged", "Subscription",
-    "Switched", "Metrics", "RecoveryReport", "register_prometheus",
-    "CapacityError", "ConfigError", "ContextAdapter", "ContextCrashedError", "ContextAdapterConfig", "ContextExistsError",
-    "ContextFailedError", "ContextManager", "ContextManagerConfig", "ContextNotFoundError", "ContextSnapshot",
-    "ContextState", "ContextStatus", "ContextSystem", "ContextTimeoutError", "ContextTracker",
-    "ContextTrackerFactory", "CorruptStateError", "DeactivationReason", "FrozenDict", "FrozenList", "HoardError",
-    "InvalidContextIdError", "InvalidValueError", "MemoryStore", "NoCurrentContextError", "PersistenceError",
-    "RecoveryPoint", "RecoveryPointNotFoundError", "SQLiteStore", "Store", "StoreLockedError",
-    "SystemStoppedError", "VersionConflictError", "create_adapter", "create_adapter_with_config",
-    "create_manager", "create_manager_with_config", "open_system", "run_forever", "thaw",
-    "RemoteChange", "ContextOwnedElsewhereError", "FencedOffError", "PostgresStore",
+    "CapacityError",
+    "ConfigError",
+    "ContextActivated",
+    "ContextAdapter",
+    "ContextAdapterConfig",
+    "ContextCrashedError",
+    "ContextCreated",
+    "ContextDeactivated",
+    "ContextDeleted",
+    "ContextEvent",
+    "ContextExistsError",
+    "ContextFailed",
+    "ContextFailedError",
+    "ContextManager",
+    "ContextManagerConfig",
+    "ContextNotFoundError",
+    "ContextOwnedElsewhereError",
+    "ContextRestarted",
+    "ContextSnapshot",
+    "ContextState",
+    "ContextStatus",
+    "ContextSystem",
+    "ContextTimeoutError",
+    "ContextTracker",
+    "ContextTrackerFactory",
+    "CorruptStateError",
+    "CorruptionRecovered",
+    "DeactivationReason",
+    "FencedOffError",
+    "FrozenDict",
+    "FrozenList",
+    "HoardError",
+    "InvalidContextIdError",
+    "InvalidValueError",
+    "MemoryStore",
+    "MetadataChanged",
+    "Metrics",
+    "NoCurrentContextError",
+    "PersistenceError",
+    "PostgresStore",
+    "RecoveryPoint",
+    "RecoveryPointCreated",
+    "RecoveryPointDeleted",
+    "RecoveryPointNotFoundError",
+    "RecoveryReport",
+    "RemoteChange",
+    "Restored",
+    "SQLiteStore",
+    "Schema",
+    "SchemaMigrationError",
+    "SchemaValidationError",
+    "StateChanged",
+    "Store",
+    "StoreLockedError",
+    "Subscription",
+    "Switched",
+    "SystemStoppedError",
+    "VersionConflictError",
+    "create_adapter",
+    "create_adapter_with_config",
+    "create_manager",
+    "create_manager_with_config",
+    "open_system",
+    "register_prometheus",
+    "run_forever",
+    "thaw",
 ]

@@ -7,20 +7,16 @@ answered, at most `timeout` seconds (default: the manager's ``call_timeout``). T
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 
-from hoard.actors import ContextCell, ContextStatus
-from hoard.actors._messages import Activate, CurrentId, Deactivate, ListActive, Reset, StatusOf
-from hoard.storage import NoCurrentContextError, validate_id
-from hoard.storage._schema import as_schema
+from hoard.actors import Activate, ContextCell, ContextStatus, CurrentId, Deactivate, ListActive, Reset, StatusOf
+from hoard.storage import NoCurrentContextError, as_schema, validate_id
 
 from ._config import ContextAdapterConfig
+from ._core import SystemCore
 from ._tracker import ContextTracker, activate_waiting
-
-if TYPE_CHECKING:
-    from ._system import ContextSystem
 
 __all__ = ["ContextAdapter"]
 
@@ -33,7 +29,7 @@ class ContextAdapter:
         config: the `ContextAdapterConfig` it runs with.
     """
 
-    def __init__(self, system: ContextSystem, config: ContextAdapterConfig) -> None:
+    def __init__(self, system: SystemCore, config: ContextAdapterConfig) -> None:
         self._system = system
         self.config = config
         self.default_context_id: str = config.default_context_id
@@ -42,7 +38,8 @@ class ContextAdapter:
         return f"<ContextAdapter default={self.default_context_id!r}>"
 
     @property
-    def system(self) -> ContextSystem:
+    def system(self) -> SystemCore:
+        """The system this adapter belongs to (at run time, its `ContextSystem`)."""
         return self._system
 
     def _tracker(self, context_id: str, *, make_current: bool, create: bool | None,

@@ -61,6 +61,7 @@ from hoard.storage import (
 
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._system import ContextSystem, open_system
+from ._version import DISTRIBUTION
 
 __all__ = ["MEASURES", "SERIES_MEASURES", "BenchReport", "BenchRow", "run_bench", "write_chart"]
 
@@ -877,7 +878,7 @@ def _environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "sqlite": sqlite3.sqlite_version,
-        "hoard": version("hoard"),
+        "hoard": version(DISTRIBUTION),
         "pykka": version("pykka"),
         "diskcache": version("diskcache"),
     }

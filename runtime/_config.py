@@ -4,6 +4,7 @@ checked when the object is built and a bad one raises `ConfigError` naming it.""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -33,14 +34,15 @@ def _number(minimum: float, *, integer: bool = False, optional: bool = False,
         if isinstance(value, bool) or not isinstance(value, kinds):
             raise ConfigError(f"{attr.name} must be {'an int' if integer else 'a number'}"
                               f"{' or None' if optional else ''}, not {value!r}")
-        if value < minimum or (maximum is not None and value > maximum) or value != value:
+        nan = isinstance(value, float) and math.isnan(value)
+        if nan or value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             raise ConfigError(f"{attr.name} must be {bound}, not {value!r}")
     return check
 
 
 def _store(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is None or isinstance(value, (str, os.PathLike)) or isinstance(value, Store):
+    if value is None or isinstance(value, (str, os.PathLike, Store)):
         return
     raise ConfigError(f"{attr.name} must be a path, a Store or None, not {type(value).__name__}")
 

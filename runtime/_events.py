@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 
-from hoard.actors import ContextEvent
-from hoard.actors._events import Subscribe, Unsubscribe
+from hoard.actors import ContextEvent, Subscribe, Unsubscribe
 from hoard.storage import InvalidValueError, SystemStoppedError, validate_id
 
-if TYPE_CHECKING:
-    from ._system import ContextSystem
+from ._core import SystemCore
 
 __all__ = ["Subscription", "subscribe"]
 
@@ -21,7 +20,7 @@ class Subscription:
     """A live subscription. `cancel()` ends it (idempotent; events still queued for a callable
     subscriber are dropped). Usable as a context manager."""
 
-    def __init__(self, system: ContextSystem, sub_id: int) -> None:
+    def __init__(self, system: SystemCore, sub_id: int) -> None:
         self._system = system
         self.id = sub_id
         self.cancelled = False
@@ -30,10 +29,8 @@ class Subscription:
         if self.cancelled:
             return
         self.cancelled = True
-        try:
+        with contextlib.suppress(SystemStoppedError):  # the system's stop ended every subscription
             self._system.ask_bus(Unsubscribe(self.id), timeout, "cancelling a subscription")
-        except SystemStoppedError:
-            pass  # the system's stop ended every subscription
 
     def __enter__(self) -> Subscription:
         return self
@@ -45,12 +42,13 @@ class Subscription:
         return f"<Subscription {self.id}{' cancelled' if self.cancelled else ''}>"
 
 
-def subscribe(system: ContextSystem, subscriber: Callable[[ContextEvent], Any] | pykka.ActorRef[Any], *,
+def subscribe(system: SystemCore, subscriber: Callable[[ContextEvent], Any] | pykka.ActorRef[Any], *,
               context_id: str | None = None, kinds: Iterable[type[ContextEvent]] | None = None,
               timeout: float | None = None, inline: bool = False) -> Subscription:
     """See `ContextSystem.subscribe`. `inline` (internal) runs a quick callable in the bus itself."""
     if not isinstance(subscriber, pykka.ActorRef) and not callable(subscriber):
-        raise InvalidValueError("subscriber", f"must be a callable or a pykka ActorRef, not {type(subscriber).__name__}")
+        raise InvalidValueError("subscriber",
+                                f"must be a callable or a pykka ActorRef, not {type(subscriber).__name__}")
     if context_id is not None:
         validate_id(context_id)
     kind_tuple: tuple[type, ...] | None = None

@@ -42,4 +42,4 @@ def create_adapter_with_config(manager: ContextManager, config: ContextAdapterCo
     """The manager's adapter with `config`. A second adapter for one manager raises `HoardError`."""
     if not isinstance(manager, ContextManager):
         raise ConfigError(f"expected a ContextManager, not {type(manager).__name__}")
-    return manager.system.attach_adapter(config)
+    return manager.attach_adapter(config)

@@ -9,17 +9,24 @@ seconds (default: ``call_timeout``). Thread-safe.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hoard.actors._messages import Activate, CreateContext, DeleteContext, Exists, ListIds, StateOf, StoreWrite
-from hoard.storage import ContextNotFoundError, ContextState, InvalidValueError, RecoveryPoint, SetTTL, validate_id
+from hoard.actors import Activate, AddContext, Configure, Exists, ListIds, RemoveContext, StateOf, StoreWrite
+from hoard.storage import (
+    ConfigError,
+    ContextNotFoundError,
+    ContextState,
+    HoardError,
+    InvalidValueError,
+    RecoveryPoint,
+    SetTTL,
+    validate_id,
+)
 
-from ._config import ContextManagerConfig
+from ._adapter import ContextAdapter
+from ._config import ContextAdapterConfig, ContextManagerConfig
+from ._core import SystemCore
 from ._tracker import ContextTracker, delete_recovery_point, list_recovery_points
-
-if TYPE_CHECKING:
-    from ._adapter import ContextAdapter
-    from ._system import ContextSystem
 
 __all__ = ["ContextManager"]
 
@@ -27,14 +34,16 @@ __all__ = ["ContextManager"]
 class ContextManager:
     """Context CRUD and recovery points by context id. See the module docstring."""
 
-    def __init__(self, system: ContextSystem) -> None:
+    def __init__(self, system: SystemCore) -> None:
         self._system = system
+        self._adapter: ContextAdapter | None = None
 
     def __repr__(self) -> str:
         return f"<ContextManager {self._system.store.location!r}>"
 
     @property
-    def system(self) -> ContextSystem:
+    def system(self) -> SystemCore:
+        """The system this manager belongs to (at run time, its `ContextSystem`)."""
         return self._system
 
     @property
@@ -44,7 +53,28 @@ class ContextManager:
     @property
     def adapter(self) -> ContextAdapter:
         """This manager's adapter (`HoardError` if `create_adapter` was not called yet)."""
-        return self._system.adapter
+        if self._adapter is None:
+            raise HoardError("this system has no adapter; call create_adapter(manager) first")
+        return self._adapter
+
+    def attach_adapter(self, config: ContextAdapterConfig) -> ContextAdapter:
+        """Create this manager's one adapter (a second raises `HoardError`), as `create_adapter` does.
+
+        Runs in the caller's thread; blocks until the supervisor has the new settings and, when
+        `auto_activate_default` asks for it, the default context is active. Starts the maintenance
+        ticker when ``idle_timeout``, ``ttl`` or ``maintenance_interval`` needs one.
+        """
+        if not isinstance(config, ContextAdapterConfig):
+            raise ConfigError(f"adapter config must be a ContextAdapterConfig, not {type(config).__name__}")
+        if self._adapter is not None:
+            raise HoardError("this manager already has an adapter; a manager has exactly one")
+        self._system.ask(Configure(self._system.supervisor_settings(config)), None, "configuring the adapter")
+        self._adapter = ContextAdapter(self._system, config)
+        self._system.maintenance_interval = config.maintenance_interval
+        timeouts = [t for t in (config.idle_timeout, config.ttl) if t is not None]
+        if config.maintenance_interval is not None or timeouts:
+            self._system.ensure_maintenance(config.maintenance_interval or min(30.0, max(0.05, min(timeouts) / 4)))
+        return self._adapter
 
     def tracker(self, context_id: str, *, timeout: float | None = None) -> ContextTracker:
         """A tracker for an existing context (activated, not made current)."""
@@ -61,7 +91,7 @@ class ContextManager:
         at ``max_contexts``; nothing is created then.
         """
         validate_id(context_id)
-        result: ContextState = self._system.ask(CreateContext(context_id, data, metadata), timeout,
+        result: ContextState = self._system.ask(AddContext(context_id, data, metadata), timeout,
                                                 f"creating {context_id!r}")
         return result
 
@@ -82,7 +112,7 @@ class ContextManager:
         """Delete a context with its recovery points (`ContextNotFoundError` if absent). An active one
         is stopped first; if it was current, the default becomes current."""
         validate_id(context_id)
-        self._system.ask(DeleteContext(context_id), timeout, f"deleting {context_id!r}")
+        self._system.ask(RemoveContext(context_id), timeout, f"deleting {context_id!r}")
 
     def exists(self, context_id: str, *, timeout: float | None = None) -> bool:
         validate_id(context_id)

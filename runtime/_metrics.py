@@ -44,7 +44,7 @@ from typing import Any
 
 import attrs
 
-from hoard.actors._metrics import LATENCY_BOUNDS, SIZE_BOUNDS, HistogramSnapshot
+from hoard.actors import LATENCY_BOUNDS, SIZE_BOUNDS, HistogramSnapshot
 from hoard.storage import FrozenDict
 
 __all__ = ["Metrics", "register_prometheus"]

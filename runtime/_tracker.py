@@ -19,23 +19,28 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 
 from hoard.actors import (
+    EPOCH,
+    Activate,
     ContextCell,
     CreateRecoveryPoint,
     Delete,
+    Reply,
     Restore,
     Set,
     SetMetadata,
+    SetPinned,
+    StateChanged,
+    StoreCall,
+    StoreWrite,
     Transact,
     Update,
+    fresh_mark,
 )
-from hoard.actors._cell import EPOCH, fresh_mark
-from hoard.actors._future import Reply
-from hoard.actors._messages import Activate, SetPinned, StoreCall, StoreWrite
 from hoard.storage import (
     ContextOwnedElsewhereError,
     ContextState,
@@ -48,8 +53,8 @@ from hoard.storage import (
     SystemStoppedError,
 )
 
-if TYPE_CHECKING:
-    from ._system import ContextSystem
+from ._core import SystemCore
+from ._events import subscribe
 
 __all__ = ["ContextTracker", "ContextTrackerFactory"]
 
@@ -57,7 +62,7 @@ _MISSING: Any = object()
 _ATTEMPTS = 5  # a call that meets a passivating actor re-activates and retries (it was not applied)
 
 
-def activate_waiting(system: ContextSystem, message: Activate, timeout: float | None, what: str) -> ContextCell:
+def activate_waiting(system: SystemCore, message: Activate, timeout: float | None, what: str) -> ContextCell:
     """Ask the supervisor to activate; while another process owns the context (shared store: its
     lease is live), retry in the caller's thread with a short backoff (20 ms doubling to 250 ms, never
     past the lease's remaining time) until `timeout` (default: call_timeout) is spent; then raise the
@@ -98,13 +103,13 @@ def _rp_id(rp_id: object, context_id: str) -> int:
 
 
 # Recovery points live in the store only, so these need no context actor (and work on inactive contexts).
-def list_recovery_points(system: ContextSystem, context_id: str, timeout: float | None) -> list[RecoveryPoint]:
+def list_recovery_points(system: SystemCore, context_id: str, timeout: float | None) -> list[RecoveryPoint]:
     result: list[RecoveryPoint] = system.ask_persistence(
         StoreCall("recovery_points", (context_id,)), timeout, f"listing recovery points of {context_id!r}")
     return result
 
 
-def read_recovery_point(system: ContextSystem, context_id: str, rp_id: object,
+def read_recovery_point(system: SystemCore, context_id: str, rp_id: object,
                         timeout: float | None) -> RecoveryPoint:
     rid = _rp_id(rp_id, context_id)
     rp: RecoveryPoint | None = system.ask_persistence(
@@ -114,7 +119,7 @@ def read_recovery_point(system: ContextSystem, context_id: str, rp_id: object,
     return rp
 
 
-def delete_recovery_point(system: ContextSystem, context_id: str, rp_id: object, timeout: float | None) -> None:
+def delete_recovery_point(system: SystemCore, context_id: str, rp_id: object, timeout: float | None) -> None:
     rp = read_recovery_point(system, context_id, rp_id, timeout)
     system.ask_persistence(StoreWrite((DeleteRecoveryPoint(context_id, rp.id),)), timeout,
                            f"deleting recovery point {rp.id} of {context_id!r}")
@@ -130,7 +135,7 @@ class ContextTracker:
 
     __slots__ = ("__weakref__", "_cell", "_id", "_system", "_timeout")
 
-    def __init__(self, system: ContextSystem, cell: ContextCell, timeout: float | None = None) -> None:
+    def __init__(self, system: SystemCore, cell: ContextCell, timeout: float | None = None) -> None:
         self._system = system
         self._cell = cell
         self._id = cell.id
@@ -287,10 +292,6 @@ class ContextTracker:
         Returns at once if it already is. Raises `ContextTimeoutError` after `timeout` seconds
         (default: call_timeout). Waits on an event subscription, not by polling.
         """
-        from hoard.actors import StateChanged
-
-        from ._events import subscribe
-
         state = self.state()
         if state.version >= version:
             return state

@@ -5,6 +5,7 @@ Advanced users may use a store directly (`SQLiteStore(path).open()`); everyone e
 """
 
 from ._codec import FORMAT_VERSION as FORMAT_VERSION
+from ._codec import KIND_ARCHIVE as KIND_ARCHIVE
 from ._codec import Codec as Codec
 from ._codec import make_converter as make_converter
 from ._errors import CapacityError as CapacityError
@@ -44,6 +45,7 @@ from ._schema import SCHEMA_KEY as SCHEMA_KEY
 from ._schema import Schema as Schema
 from ._schema import SchemaMigrationError as SchemaMigrationError
 from ._schema import SchemaValidationError as SchemaValidationError
+from ._schema import as_schema as as_schema
 from ._schema import read_marker as read_marker
 from ._sqlite import SQLiteStore as SQLiteStore
 from ._store import Append as Append
@@ -70,15 +72,70 @@ from ._values import validate_id as validate_id
 from ._values import validate_key as validate_key
 
 __all__ = [
-    "FORMAT_VERSION", "SCHEMA_KEY", "Append", "CapacityError", "Change", "ChangeListener", "ChangeNotice", "Codec",
-    "ConfigError", "ContextCrashedError", "ContextExistsError", "ContextFailedError", "ContextNotFoundError",
-    "ContextOwnedElsewhereError", "ContextState", "ContextTimeoutError", "CorruptStateError", "CreateContext",
-    "DeleteContext", "DeleteRecoveryPoint", "FencedOffError", "FrozenDict", "FrozenList", "HoardError",
-    "InvalidContextIdError", "InvalidValueError", "JournalEntry", "MemoryStore", "NoCurrentContextError", "Op",
-    "PersistenceError", "PostgresStore", "PutRecoveryPoint", "PutSnapshot", "RecoveryPoint",
-    "RecoveryPointNotFoundError", "RecoveryReport", "SQLiteStore", "Schema", "SchemaMigrationError",
-    "SchemaValidationError", "SetTTL", "SkippedItem", "Store", "StoreLockedError", "StoreStats", "StoredContext",
-    "SystemStoppedError", "VerifyIssue", "VersionConflictError", "VersionNotStoredError", "apply_change",
-    "context_of", "encoded_size", "freeze_mapping", "freeze_value", "make_converter", "make_store", "new_state",
-    "open_store", "read_marker", "thaw", "validate_id", "validate_key"
+    "FORMAT_VERSION",
+    "KIND_ARCHIVE",
+    "SCHEMA_KEY",
+    "Append",
+    "CapacityError",
+    "Change",
+    "ChangeListener",
+    "ChangeNotice",
+    "Codec",
+    "ConfigError",
+    "ContextCrashedError",
+    "ContextExistsError",
+    "ContextFailedError",
+    "ContextNotFoundError",
+    "ContextOwnedElsewhereError",
+    "ContextState",
+    "ContextTimeoutError",
+    "CorruptStateError",
+    "CreateContext",
+    "DeleteContext",
+    "DeleteRecoveryPoint",
+    "FencedOffError",
+    "FrozenDict",
+    "FrozenList",
+    "HoardError",
+    "InvalidContextIdError",
+    "InvalidValueError",
+    "JournalEntry",
+    "MemoryStore",
+    "NoCurrentContextError",
+    "Op",
+    "PersistenceError",
+    "PostgresStore",
+    "PutRecoveryPoint",
+    "PutSnapshot",
+    "RecoveryPoint",
+    "RecoveryPointNotFoundError",
+    "RecoveryReport",
+    "SQLiteStore",
+    "Schema",
+    "SchemaMigrationError",
+    "SchemaValidationError",
+    "SetTTL",
+    "SkippedItem",
+    "Store",
+    "StoreLockedError",
+    "StoreStats",
+    "StoredContext",
+    "SystemStoppedError",
+    "VerifyIssue",
+    "VersionConflictError",
+    "VersionNotStoredError",
+    "apply_change",
+    "as_schema",
+    "context_of",
+    "encoded_size",
+    "freeze_mapping",
+    "freeze_value",
+    "make_converter",
+    "make_store",
+    "new_state",
+    "open_store",
+    "read_marker",
+    "thaw",
+    "validate_id",
+    "validate_key",
 ]

@@ -97,7 +97,7 @@ def _decoded_dict(value: Any, _: object = None) -> Mapping[str, Any]:
     return {k: freeze_decoded(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
 
 
-def _check_fields(obj: Any, ints: tuple[str, ...], floats: tuple[str, ...], strs: tuple[str, ...] = (),
+def _check_fields(obj: Any, ints: tuple[str, ...], floats: tuple[str, ...], strs: tuple[str, ...] = (),  # noqa: PLR0917 - a row's columns, in the table's order
                   str_tuples: tuple[str, ...] = (), bools: tuple[str, ...] = ()) -> None:
     """Refuse decoded JSON whose scalar fields are not exactly the types we write (cattrs would coerce
     "7" into 7 or a string into a tuple of characters)."""
@@ -188,7 +188,7 @@ class Codec:
         self.bytes_out += HEADER_SIZE + len(stored)
         return head + _CRC.pack(zlib.crc32(stored, zlib.crc32(head))) + stored
 
-    def unframe(self, kind: int, blob: bytes, what: str = "") -> bytes:
+    def unframe(self, kind: int, blob: bytes, what: str = "") -> bytes:  # noqa: PLR0912 - one flat branch per case of the format; split, its rules would scatter
         """Verify a blob of `kind` and return its payload; raise `CorruptStateError` if anything is off."""
         name = _KIND_NAMES.get(kind, "blob")
         label = what or name

@@ -79,14 +79,19 @@ class InvalidValueError(HoardError, ValueError):
 
 
 class ContextNotFoundError(HoardError, LookupError):
-    """The context does not exist (never created, or deleted), and creating it was not asked for."""
+    """The context does not exist (never created, or deleted), and creating it was not asked for.
 
-    def __init__(self, context_id: str) -> None:
+    Raised by calls that never create (`adapter.tracker`, `deactivate`, manager reads, a tracker of a
+    deleted context) and by `activate` / `switch` when ``auto_create_contexts`` is off. `hint` replaces
+    the default advice (the command line names its own commands).
+    """
+
+    def __init__(self, context_id: str, *, hint: str | None = None) -> None:
         self.context_id = context_id
-        super().__init__(
-            f"context {context_id!r} does not exist; create it first "
-            "(manager.create, adapter.create_and_activate, or auto_create_contexts=True)"
-        )
+        advice = hint or (f"create it with manager.create({context_id!r}) or adapter.create_and_activate("
+                          f"{context_id!r}), or activate it with adapter.activate({context_id!r}), which creates "
+                          "a missing context unless auto_create_contexts is off")
+        super().__init__(f"context {context_id!r} does not exist (never created, or deleted); {advice}")
 
 
 class ContextExistsError(HoardError):
@@ -160,11 +165,11 @@ class CorruptStateError(PersistenceError):
 class StoreLockedError(PersistenceError):
     """The store is already open for writing, in this process or another. Only one writer at a time."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, hint: str | None = None) -> None:
         self.path = path
         super().__init__(
             f"store {path!r} is already open for writing by another system or process; "
-            "stop that one first"
+            f"{hint or 'stop that one first'}"
         )
 
 

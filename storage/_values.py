@@ -141,7 +141,8 @@ def validate_key(key: object, context_id: str | None = None) -> str:
     if len(key) * 4 > MAX_KEY_BYTES and len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidValueError(key, f"keys must be at most {MAX_KEY_BYTES} UTF-8 bytes", context_id=context_id)
     if not _surrogate_free(key):
-        raise InvalidValueError(key, "contains a lone surrogate, which is not valid Unicode text", context_id=context_id)
+        raise InvalidValueError(key, "contains a lone surrogate, which is not valid Unicode text",
+                                context_id=context_id)
     return key
 
 
@@ -183,7 +184,7 @@ def _scalar(v: Any, t: type) -> Any:
 _SCALAR_TYPES = frozenset({type(None), bool, str, int, float})
 
 
-def _freeze_any(value: Any, depth: int) -> Any:
+def _freeze_any(value: Any, depth: int) -> Any:  # noqa: PLR0912 - one flat branch per case of the format; split, its rules would scatter
     t = type(value)
     if t in _SCALAR_TYPES:
         return _scalar(value, t)
@@ -225,7 +226,8 @@ def _freeze_any(value: Any, depth: int) -> Any:
                 raise
         return FrozenList(items)
     if isinstance(value, bool | int | float | str):  # subclasses (IntEnum, str Enum...): store the plain value
-        base = bool if isinstance(value, bool) else int if isinstance(value, int) else float if isinstance(value, float) else str
+        base = (bool if isinstance(value, bool) else int if isinstance(value, int)
+                else float if isinstance(value, float) else str)
         return _freeze_any(base(value), depth)
     raise _Bad(f"{type(value).__name__} is not JSON-compatible")
 

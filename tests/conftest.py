@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pykka
 import pytest
+
 from hoard import ContextSystem, open_system
 
 # the PostgreSQL server fixtures (`pg_dsn`, `pg_schema`, `make_pg_store`), for every test directory:

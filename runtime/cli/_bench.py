@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .._bench import MEASURES, SERIES_MEASURES, BenchReport, BenchRow, run_bench, write_chart
-from ._common import emit_json, out
+from ._common import emit_json, out, remember_json
 
 __all__ = ["bench"]
 
@@ -69,7 +69,7 @@ def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
               help="Also draw the scaling series into this PNG (needs matplotlib: pip install 'hoard[chart]').")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False, exists=True, path_type=str), default=None,
               help="Where the temporary stores go (the disk the durable rows measure). Default: the temp dir.")
-@click.option("--json", "as_json", is_flag=True,
+@click.option("--json", "as_json", is_flag=True, is_eager=True, callback=remember_json,
               help="Print a JSON list, one object per row (name, value, floor, ratio, target, meets, ...).")
 def bench(quick: bool, only: tuple[str, ...], chart: str | None, workdir: str | None, as_json: bool) -> None:
     """Measure hoard against its floors, each in the same process and run, and print the ratios.

@@ -1,6 +1,11 @@
 """What every `hoard` command shares: output (rich on a TTY, plain otherwise, JSON for scripts),
 opening a store for reading or writing, progress bars, formatting, and parsing of times.
 
+Output ends quietly when its reader goes away (``hoard ls big.db | head -1``): a write to a closed
+pipe raises `BrokenPipeError` (Python ignores SIGPIPE), which the command group turns into exit 0
+after pointing stdout at ``os.devnull`` (see `discard_stdout`); rich's consoles raise it too instead of
+exiting on their own.
+
 Commands run in the main thread of a short-lived process. Read-only commands open the store with
 ``SQLiteStore(path, readonly=True)``: no writer lock, so they work while a program has the store open,
 and they see committed data only. Writing commands take the writer lock (directly, or through
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import os
 import re
 import sys
@@ -23,15 +29,18 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from hoard.storage import HoardError, PersistenceError, SQLiteStore, StoreLockedError
+from hoard.storage import ContextNotFoundError, PersistenceError, SQLiteStore, StoreLockedError
 
 from .._config import ContextAdapterConfig, ContextManagerConfig
 from .._system import ContextSystem, open_system
 
 __all__ = [
+    "JSON_META",
     "STORE",
+    "STORE_META",
     "WHEN",
     "check_writable_target",
+    "discard_stdout",
     "emit_json",
     "file_sizes",
     "human_bytes",
@@ -43,23 +52,72 @@ __all__ = [
     "print_columns",
     "progress",
     "read_store",
+    "remember_json",
     "system_for",
     "value_text",
     "write_store",
 ]
 
-#: the STORE argument of every command: an existing file (click reports a missing one as a usage error)
-STORE = click.Path(exists=True, dir_okay=False, path_type=str)
+#: ``ctx.meta`` keys (shared by a command's context and the group's): the command's ``--json`` flag,
+#: and the STORE it names, for the group's error reporting
+JSON_META = "hoard.json"
+STORE_META = "hoard.store"
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+
+class _StorePath(click.Path):
+    """An existing file (click reports a missing one as a usage error); remembers it in ``ctx.meta``
+    so that error advice can name it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        if ctx is not None:
+            ctx.meta[STORE_META] = path
+        return path
+
+
+#: the STORE argument of every command that reads an existing store
+STORE = _StorePath(exists=True, dir_okay=False, path_type=str)
+
+
+def remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """Callback of every ``--json`` flag: records it for the group's error reporting."""
+    ctx.meta[JSON_META] = value
+    return value
+
+
+# eager: processed before the other parameters, so an error in those is reported as JSON too
+json_option = click.option("--json", "as_json", is_flag=True, is_eager=True, callback=remember_json,
+                           help="Print JSON (for scripts) instead of a table; errors become one JSON object "
+                                "on stderr.")
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit(1) here; a closed stdout is the reader's choice, handled like every other write
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
 def out() -> Console:
     """A console on stdout: colour and tables sized to the terminal on a TTY, plain text otherwise
-    (rich also honours NO_COLOR and TERM=dumb)."""
+    (rich also honours NO_COLOR and TERM=dumb). A closed stdout raises `BrokenPipeError`."""
     if sys.stdout.isatty():
-        return Console(highlight=False)
-    return Console(highlight=False, width=160, no_color=True, color_system=None, soft_wrap=False)
+        return _Console(highlight=False)
+    return _Console(highlight=False, width=160, no_color=True, color_system=None, soft_wrap=False)
+
+
+def discard_stdout() -> None:
+    """Point file descriptor 1 at ``os.devnull`` after its reader went away, so that the output still
+    buffered (flushed at exit) goes nowhere instead of failing again (the recipe of the Python docs'
+    note on SIGPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (an embedding program replaced it): nothing to do
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def print_columns(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Collection[int] = ()) -> None:
@@ -95,9 +153,9 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def not_found(store: str, context_id: str) -> HoardError:
+def not_found(store: str, context_id: str) -> ContextNotFoundError:
     """The error for a context id that is not in the store."""
-    return HoardError(f"no context {context_id!r} in {store!r} (`hoard ls {store}` lists them)")
+    return ContextNotFoundError(context_id, hint=f"`hoard ls {store}` lists the contexts in {store!r}")
 
 
 @contextlib.contextmanager
@@ -125,9 +183,9 @@ def read_store(path: str) -> Iterator[SQLiteStore]:
         store.close()
 
 
-def _locked(action: str, exc: StoreLockedError) -> HoardError:
-    return HoardError(f"cannot {action}: the store {exc.path!r} is open for writing by another program "
-                      "(a running hoard system). Stop it first, or do this through that program's API.")
+def _locked(action: str, exc: StoreLockedError) -> StoreLockedError:
+    return StoreLockedError(exc.path, hint=f"cannot {action} now. Stop that program first, or {action} "
+                                           "through its API.")
 
 
 @contextlib.contextmanager

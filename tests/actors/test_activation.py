@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pykka
 import pytest
 
 from hoard import (
     CapacityError,
     ContextAdapterConfig,
     ContextManagerConfig,
+    ContextNotFoundError,
     ContextStatus,
     open_system,
 )
+from hoard.actors import Set
+from hoard.storage import Append, PutSnapshot, SQLiteStore
+from tests.helpers import RecordingStore
 
 
 def _lru(path: Path, limit: int = 3, **mgr):
@@ -145,7 +151,6 @@ def test_snapshots_truncate_the_journal(store_path: Path) -> None:
         # two snapshots kept; the journal holds only what the older one does not cover
         assert info.journal_entries <= 20
         assert info.snapshot_version >= 30
-    from hoard.storage import SQLiteStore
     st = SQLiteStore(store_path, readonly=True)
     st.open()
     try:
@@ -156,7 +161,6 @@ def test_snapshots_truncate_the_journal(store_path: Path) -> None:
 
 
 def test_a_refused_activation_evicts_nothing(store_path: Path) -> None:
-    from hoard import ContextNotFoundError
 
     with _lru(store_path, limit=3) as s:
         a = s.adapter
@@ -169,13 +173,8 @@ def test_a_refused_activation_evicts_nothing(store_path: Path) -> None:
 
 def test_a_call_that_reaches_a_passivating_actor_is_refused_and_retried_not_written_after_its_snapshot(
         store_path: Path) -> None:
-    import threading
 
-    import pykka
 
-    from hoard.actors import Set
-    from hoard.storage import Append, PutSnapshot
-    from tests.helpers import RecordingStore
 
     store = RecordingStore(store_path)
     with open_system(store) as s:

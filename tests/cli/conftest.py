@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -35,18 +36,39 @@ class Result:
 Hoard = Callable[..., Result]
 
 
+def command_env() -> dict[str, str]:
+    """The environment the CLI tests run ``hoard`` in: not a TTY, no forced colour."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    env.pop("FORCE_COLOR", None)
+    return env
+
+
+#: the command line the tests run: the same as the `hoard` console script
+HOARD = [sys.executable, "-m", "hoard.cli"]
+
+
 @pytest.fixture
 def hoard(tmp_path: Path) -> Hoard:
     """``hoard(*args)`` runs ``python -m hoard.cli *args`` in `tmp_path` (not a TTY) and returns
     its exit code and output."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    env.pop("FORCE_COLOR", None)
+    env = command_env()
 
     def run(*args: str, timeout: float = 120) -> Result:
-        proc = subprocess.run([sys.executable, "-m", "hoard.cli", *args], cwd=tmp_path, env=env,  # noqa: S603
+        proc = subprocess.run([*HOARD, *args], cwd=tmp_path, env=env,  # noqa: S603
                               capture_output=True, text=True, timeout=timeout, check=False)
         return Result(proc.returncode, proc.stdout, proc.stderr)
     return run
+
+
+def damage_snapshot(path: Path, context_id: str, version: int) -> None:
+    """Flip a byte inside one stored snapshot (its checksum no longer matches)."""
+    db = sqlite3.connect(path)
+    with db:
+        (blob,) = db.execute("SELECT blob FROM snapshots WHERE context_id=? AND version=?",
+                             (context_id, version)).fetchone()
+        damaged = blob[:-3] + bytes([blob[-3] ^ 0xFF]) + blob[-2:]
+        db.execute("UPDATE snapshots SET blob=? WHERE context_id=? AND version=?", (damaged, context_id, version))
+    db.close()
 
 
 def no_traceback(r: Result) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 from hoard import open_system
 
-from .conftest import CART_META, CART_V3, CART_V11, NO_DEFAULT, Hoard, no_traceback
+from .conftest import CART_META, CART_V3, CART_V11, NO_DEFAULT, Hoard, damage_snapshot, no_traceback
 
 
 def test_restore_makes_the_recovery_point_state_a_new_version(hoard: Hoard, store: Path) -> None:
@@ -40,7 +39,8 @@ def test_writing_commands_refuse_while_the_store_is_open_elsewhere(hoard: Hoard,
                      ["verify", str(store), "--fix"], ["import", str(store), str(archive), "--replace"]):
             r = hoard(*args)
             assert r.code == 1, args
-            assert "is open for writing by another program" in r.err and "Stop it first" in r.err
+            assert "is already open for writing by another system or process" in r.err
+            assert "Stop that program first" in r.err
             no_traceback(r)
     shown = hoard("show", str(store), "cart-42", "--json").json()
     assert (shown["version"], shown["data"]) == (11, CART_V11)
@@ -52,18 +52,8 @@ def test_verify_reports_a_clean_store(hoard: Hoard, store: Path) -> None:
     assert r.code == 0 and "3 contexts checked: ok" in r.out
 
 
-def _damage_snapshot(path: Path, context_id: str, version: int) -> None:
-    db = sqlite3.connect(path)
-    with db:
-        (blob,) = db.execute("SELECT blob FROM snapshots WHERE context_id=? AND version=?",
-                             (context_id, version)).fetchone()
-        damaged = blob[:-3] + bytes([blob[-3] ^ 0xFF]) + blob[-2:]
-        db.execute("UPDATE snapshots SET blob=? WHERE context_id=? AND version=?", (damaged, context_id, version))
-    db.close()
-
-
 def test_verify_finds_damage_exits_1_and_fix_repairs_what_loses_nothing(hoard: Hoard, store: Path) -> None:
-    _damage_snapshot(store, "cart-42", 1)  # the older snapshot: the newer one plus the journal cover it
+    damage_snapshot(store, "cart-42", 1)  # the older snapshot: the newer one plus the journal cover it
     r = hoard("verify", str(store), "--json")
     assert r.code == 1
     report = json.loads(r.out)

@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from hoard import (
     ContextAdapterConfig,
     ContextManagerConfig,
@@ -30,7 +31,6 @@ from hoard import (
     RemoteChange,
     open_system,
 )
-
 from tests.helpers import wait_for
 
 from .conftest import Node

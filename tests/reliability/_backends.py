@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hoard.storage import PostgresStore, SQLiteStore
 
+from hoard.storage import PostgresStore, SQLiteStore
 from tests.pg import url_for
 
 from ._faults import Faults, PgFaults

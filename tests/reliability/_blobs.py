@@ -46,7 +46,7 @@ def with_length(blob: bytes, length: int) -> bytes:
     return frame_blob(kind, blob[HEADER_SIZE:], length, flags=flags, fmt=fmt, magic=magic)
 
 
-def mutate(rng: random.Random, blob: bytes, *, recompute_crc: bool) -> tuple[str, bytes]:
+def mutate(rng: random.Random, blob: bytes, *, recompute_crc: bool) -> tuple[str, bytes]:  # noqa: PLR0911 - one return per kind of damage
     """One random mutation of `blob`; returns (its name, the result)."""
     b = bytearray(blob)
     choice = rng.randrange(9 if recompute_crc else 5)

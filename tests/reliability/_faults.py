@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import zstandard
+
 from hoard.storage import Codec, PostgresStore
 
 

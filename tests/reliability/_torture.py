@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from hoard.storage import PostgresStore, SQLiteStore, Store, thaw
 
+from hoard.storage import PostgresStore, SQLiteStore, Store, thaw
 from tests.pg import wait_for_sessions_to_end
 
 CHILD = Path(__file__).resolve().parent / "writer_child.py"
@@ -68,7 +68,7 @@ def run_child(cfg: dict[str, Any], workdir: Path, *, kill_after: float, from_rea
     ready = threading.Event()
     ended = threading.Event()
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, str(CHILD), json.dumps(cfg)], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, str(CHILD), json.dumps(cfg)], stdout=subprocess.PIPE,  # noqa: S603 - runs our own interpreter/tools with fixed arguments
                                 stderr=err, cwd=workdir)
     started = time.monotonic()
 
@@ -222,7 +222,7 @@ class Model:
         self.total.errors += result.errors
         return result
 
-    def _check_context(self, store: Store, access: SQLiteAccess | PostgresAccess, c: str, acked: list[Op],
+    def _check_context(self, store: Store, access: SQLiteAccess | PostgresAccess, c: str, acked: list[Op],  # noqa: PLR0915, PLR0917 - one context's whole check, in one place, over what the run produced
                        inflight: dict[int, Op], run: Run, result: RoundResult, *, immediate: bool) -> None:
         mine = [o for o in acked if o.c == c and o.op != "rp"]
         rps = [o for o in acked if o.c == c and o.op == "rp"]

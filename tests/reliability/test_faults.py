@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from hoard import (
     ContextManagerConfig,
     ContextStatus,
@@ -25,7 +26,6 @@ from hoard import (
     thaw,
 )
 from hoard.storage import Append, Change, CreateContext, new_state
-
 from tests.helpers import wait_until
 
 from ._backends import BACKENDS, Backend, PostgresBackend, SQLiteBackend, backend

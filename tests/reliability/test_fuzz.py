@@ -19,6 +19,9 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from hoard.storage import (
     Append,
     Change,
@@ -35,8 +38,6 @@ from hoard.storage import (
     new_state,
 )
 from hoard.storage._codec import KIND_ARCHIVE, KIND_CHANGE, KIND_STATE
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from ._blobs import frame_blob, mutate, rle_bomb, with_length
 
@@ -80,7 +81,7 @@ def _decoders(codec: Codec) -> list[Callable[[bytes], object]]:
 
 def _run_decoder_fuzz(n_inputs: int, seed: int) -> dict[str, int]:
     codec = Codec(max_bytes=4 * 2**20)
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - seeded, reproducible test data, not a secret
     seeds = _seeds(codec)
     decoders = _decoders(codec)
     counts: dict[str, int] = {"inputs": 0, "refused": 0, "accepted": 0}
@@ -287,7 +288,7 @@ def _fallback(path: Path | Callable[..., Any], cid: str, truth: ContextState, co
 def _run_store_fuzz(tmp_path: Path, n_inputs: int, seed: int) -> dict[str, int]:
     pristine = tmp_path / "pristine.db"
     truth = _pristine_store(pristine)
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - seeded, reproducible test data, not a secret
     counts = dict.fromkeys(("inputs", "strict_refused", "strict_loaded", "fixed_by_verify", "fallback_loaded",
                             "fallback_lost", "fallback_refused"), 0)
     with sqlite3.connect(pristine) as db:

@@ -61,7 +61,7 @@ def _torture(tmp_path: Path, kills: int, durability: str, seed: int,
     path = tmp_path / "torture.db"
     access: SQLiteAccess | PostgresAccess = SQLiteAccess(path) if pg is None else PostgresAccess(*pg)
     model = Model([f"ctx/{i}" for i in range(CONTEXTS)], keep=KEEP)
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - seeded, reproducible test data, not a secret
     killed = 0
     owner = writing_owner = f"torture-{seed}-0"
     for n in range(kills):

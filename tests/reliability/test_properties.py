@@ -75,7 +75,7 @@ def test_any_json_value_round_trips_through_the_codec_exactly(value: Any) -> Non
 
 @settings(max_examples=200, deadline=None, database=None)
 @given(ids, mappings, mappings, st.integers(1, 2**62), st.floats(0, 2e9), st.floats(0, 2e9))
-def test_any_state_round_trips_through_the_codec(cid: str, data: dict[str, Any], meta: dict[str, Any],
+def test_any_state_round_trips_through_the_codec(cid: str, data: dict[str, Any], meta: dict[str, Any],  # noqa: PLR0917 - one parameter per hypothesis strategy
                                                  version: int, created: float, updated: float) -> None:
     codec = Codec()
     state = ContextState(cid, version, immutables.Map(freeze_mapping(data)), immutables.Map(freeze_mapping(meta)),
@@ -88,7 +88,7 @@ def test_any_state_round_trips_through_the_codec(cid: str, data: dict[str, Any],
 @settings(max_examples=200, deadline=None, database=None)
 @given(mappings, st.lists(keys, max_size=4), mappings, st.lists(keys, max_size=3), st.booleans(),
        st.integers(2, 2**62))
-def test_any_change_round_trips_through_the_codec(sets: dict[str, Any], dels: list[str], msets: dict[str, Any],
+def test_any_change_round_trips_through_the_codec(sets: dict[str, Any], dels: list[str], msets: dict[str, Any],  # noqa: PLR0917 - one parameter per hypothesis strategy
                                                   mdels: list[str], replace: bool, version: int) -> None:
     codec = Codec()
     change = Change(version, 12.5, freeze_mapping(sets), tuple(dels), freeze_mapping(msets), tuple(mdels), replace)

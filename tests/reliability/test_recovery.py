@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from hoard import (
     ContextFailedError,
     ContextManagerConfig,
@@ -40,7 +41,6 @@ from hoard.storage import (
     freeze_mapping,
     new_state,
 )
-
 from tests.pg import url_for
 
 from ._backends import BACKENDS
@@ -384,7 +384,7 @@ CASES: list[tuple[str, Damaging, str, str, bool]] = [
 
 
 @pytest.mark.parametrize(("case", "damage", "what", "problem", "fixable"), CASES, ids=[c[0] for c in CASES])
-def test_verify_reports_each_inconsistency_and_fix_repairs_it_without_losing_acknowledged_data(
+def test_verify_reports_each_inconsistency_and_fix_repairs_it_without_losing_acknowledged_data(  # noqa: PLR0917 - pytest passes fixtures by name; the count is the fixtures it needs
         damaged: tuple[Damage, dict[int, ContextState]], case: str, damage: Damaging, what: str, problem: str,
         fixable: bool) -> None:
     d, states = damaged

@@ -67,9 +67,9 @@ class ReportingPostgresStore(_Reporting, PostgresStore):
     pass
 
 
-def writer(system: Any, th: int, contexts: list[str], keys: int, seed: int, big_every: int,
+def writer(system: Any, th: int, contexts: list[str], keys: int, seed: int, big_every: int,  # noqa: PLR0917 - positional, like the child process's command line
            rp_share: float) -> None:
-    rng = random.Random(seed * 1000 + th)
+    rng = random.Random(seed * 1000 + th)  # noqa: S311 - seeded, reproducible test data, not a secret
     trackers = {c: system.manager.tracker(c) for c in contexts}
     seq = 0
     while True:

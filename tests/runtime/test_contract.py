@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from hoard import (
     CapacityError,
+    ConfigError,
     ContextAdapterConfig,
     ContextExistsError,
     ContextManagerConfig,
@@ -20,6 +25,7 @@ from hoard import (
     HoardError,
     InvalidContextIdError,
     InvalidValueError,
+    NoCurrentContextError,
     RecoveryPoint,
     RecoveryPointNotFoundError,
     StoreLockedError,
@@ -256,7 +262,6 @@ def test_deleting_the_current_context_falls_back_to_default(system) -> None:
 
 
 def test_deactivating_the_default_leaves_no_current_context(system) -> None:
-    from hoard import NoCurrentContextError
 
     a = system.adapter
     a.deactivate("default")
@@ -278,13 +283,11 @@ def test_a_second_open_of_the_same_store_is_refused_at_once(store_path: Path) ->
 
 
 def test_a_second_open_from_another_process_is_refused(store_path: Path) -> None:
-    import subprocess
-    import sys
 
     with open_system(store_path):
         code = ("import sys\nfrom runtime import open_system, StoreLockedError\n"
                 "try:\n    open_system(sys.argv[1])\nexcept StoreLockedError:\n    sys.exit(7)\nsys.exit(0)\n")
-        proc = subprocess.run([sys.executable, "-c", code, str(store_path)], timeout=60, check=False)
+        proc = subprocess.run([sys.executable, "-c", code, str(store_path)], timeout=60, check=False)  # noqa: S603 - runs our own interpreter/tools with fixed arguments
         assert proc.returncode == 7
 
 
@@ -300,7 +303,6 @@ def test_a_file_that_is_not_a_hoard_store_is_refused(tmp_path: Path) -> None:
     p.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(CorruptStateError):
         open_system(p)
-    import sqlite3
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as db:
         db.execute("CREATE TABLE users (id INTEGER)")
@@ -315,7 +317,7 @@ def test_calls_after_stop_raise_system_stopped(store_path: Path) -> None:
     s.stop()
     s.stop()  # idempotent
     for call in (lambda: t.set("k", 2), lambda: t.get("k"), lambda: s.adapter.activate("b"),
-                 lambda: s.manager.list_ids(), lambda: s.adapter.current_id(), lambda: t.recovery_points()):
+                 s.manager.list_ids, s.adapter.current_id, t.recovery_points):
         with pytest.raises(SystemStoppedError):
             call()
 
@@ -363,7 +365,6 @@ def test_memory_manager_and_adapter_with_config() -> None:
 
 
 def test_timeouts_raise_our_timeout_error(system) -> None:
-    import threading
 
     t = system.adapter.activate("slow")
     release = threading.Event()
@@ -387,7 +388,6 @@ def test_timeouts_raise_our_timeout_error(system) -> None:
 
 
 def test_config_is_validated() -> None:
-    from hoard import ConfigError
 
     for kwargs in [{"durability": "sometimes"}, {"snapshot_every": 0}, {"call_timeout": -1},
                    {"max_recovery_points": "3"}, {"store": 3}, {"compression_level": 99}]:

@@ -22,7 +22,7 @@ sys.exit(0 if run_forever(system, on_ready=lambda: print("ready", flush=True)) =
 
 
 def test_sigterm_stops_the_daemon_gracefully(store_path: Path) -> None:
-    with subprocess.Popen([sys.executable, "-c", DAEMON, str(store_path)], stdout=subprocess.PIPE,
+    with subprocess.Popen([sys.executable, "-c", DAEMON, str(store_path)], stdout=subprocess.PIPE,  # noqa: S603 - runs our own interpreter/tools with fixed arguments
                           text=True) as proc:
         try:
             assert proc.stdout is not None
@@ -50,7 +50,7 @@ for i in range(50):
 
 
 def test_a_forgotten_stop_neither_hangs_exit_nor_loses_writes(store_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", FORGETFUL, str(store_path)], timeout=60, check=False)
+    proc = subprocess.run([sys.executable, "-c", FORGETFUL, str(store_path)], timeout=60, check=False)  # noqa: S603 - runs our own interpreter/tools with fixed arguments
     assert proc.returncode == 0
     with open_system(store_path) as s:
         assert s.manager.get_state("svc").version == 51

@@ -14,10 +14,9 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from hoard.actors._metrics import LATENCY_BOUNDS, SIZE_BOUNDS, Histogram, HistogramSnapshot
-
 # the lead exports these from `runtime`; until then the tests import the module itself
 from hoard._metrics import Metrics, _exposition, register_prometheus
+from hoard.actors import LATENCY_BOUNDS, SIZE_BOUNDS, Histogram, HistogramSnapshot
 
 
 def _hist(bounds: tuple[float, ...], values: list[float]) -> HistogramSnapshot:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pykka
 import pytest
 
-from hoard.actors import Delete, Get, GetState, Set, Transact, Update, UnknownMessageError
-from hoard import ContextTrackerFactory, ContextTimeoutError, VersionConflictError
+from hoard import ContextTimeoutError, ContextTrackerFactory, VersionConflictError
+from hoard.actors import Delete, Get, GetState, Set, Transact, UnknownMessageError, Update
 
 
 def test_factory_presets_timeout_and_current(system) -> None:

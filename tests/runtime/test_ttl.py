@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from hoard import (
     ContextAdapterConfig,
     ContextDeleted,
@@ -14,8 +15,8 @@ from hoard import (
     InvalidValueError,
     open_system,
 )
-
 from tests.helpers import Clock, wait_until
+from tests.pg import url_for
 
 
 @pytest.fixture(params=["sqlite", "memory", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -26,7 +27,6 @@ def ttl_store(request: pytest.FixtureRequest, store_path: Path) -> str | Path | 
         return store_path
     if request.param == "memory":
         return None
-    from tests.pg import url_for
 
     return url_for(request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_schema"))
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hoard.storage import HoardError, open_store
 
+from hoard.storage import HoardError, open_store
 from tests.pg import url_for
 
 WRITER = Path(__file__).with_name("busy_writer.py")

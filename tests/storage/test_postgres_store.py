@@ -24,6 +24,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql as pgsql
+
 from hoard.storage import (
     Append,
     Change,
@@ -41,8 +43,6 @@ from hoard.storage import (
     freeze_mapping,
     new_state,
 )
-from psycopg import sql as pgsql
-
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.postgres

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import immutables
 import pytest
+
 from hoard.storage import (
     Append,
     Change,
@@ -39,7 +40,6 @@ from hoard.storage import (
     new_state,
     open_store,
 )
-
 from tests.pg import url_for
 
 KINDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

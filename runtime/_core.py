@@ -1,0 +1,240 @@
+"""`SystemCore`: the running actors of one system and the one way to reach them.
+
+It owns the store (handed to the persistence actor), the persistence actor, the supervisor, the event
+bus, the remote-change listener and the maintenance ticker; it asks them (translating pykka's errors
+into ours) and stops them. Trackers, the adapter, the manager and subscriptions hold a `SystemCore`
+and nothing above it, so the runtime modules import one way: `_core` <- `_events` <- `_tracker` <-
+`_adapter` <- `_manager` <- `_system` (`ContextSystem` is a `SystemCore` that also builds the manager
+and its adapter). Systems still open at interpreter exit are stopped by an ``atexit`` hook.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import threading
+import weakref
+from typing import Any
+
+import pykka
+
+from hoard.actors import (
+    AttachSupervisor,
+    CollectMetrics,
+    ContextSettings,
+    Emitter,
+    EventBusActor,
+    EventGate,
+    GetMetrics,
+    PersistenceActor,
+    PersistenceSettings,
+    RemoteListener,
+    Shutdown,
+    SupervisorActor,
+    SupervisorSettings,
+    Sweep,
+    mailbox_depth,
+)
+from hoard.storage import (
+    ContextTimeoutError,
+    HoardError,
+    PersistenceError,
+    Store,
+    SystemStoppedError,
+)
+
+from ._config import ContextAdapterConfig, ContextManagerConfig
+from ._metrics import Metrics
+
+__all__ = ["SystemCore"]
+
+log = logging.getLogger(__name__)
+_LIVE: weakref.WeakSet[SystemCore] = weakref.WeakSet()
+
+
+class SystemCore:
+    """The actors of one running system, how to ask them, and how to stop them.
+
+    Thread-safe: every public call may come from any thread. After `stop()`, every ask raises
+    `SystemStoppedError`.
+
+    Attributes:
+        config: the `ContextManagerConfig` it runs with.
+        store: the store (owned by the persistence actor once started).
+        call_timeout: the default bound of every ask, in seconds.
+        maintenance_interval: the ticker's period once one is needed (set from the adapter's config).
+    """
+
+    def __init__(self, config: ContextManagerConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.call_timeout = config.call_timeout
+        self.maintenance_interval: float | None = None
+        self._stopped = False
+        self._ticker: threading.Thread | None = None
+        self._ticker_interval = 0.0
+        self._ticker_stop = threading.Event()
+        self.store.open()
+        cfg = config
+        self.context_settings = ContextSettings(durability=cfg.durability, max_value_bytes=cfg.max_value_bytes,
+                                                max_state_bytes=cfg.max_state_bytes, clock=cfg.clock)
+        self._gate = EventGate()
+        try:
+            self._bus = EventBusActor.start(self._gate)
+            self._events = Emitter(self._gate, self._bus, cfg.clock)
+            self._persistence = PersistenceActor.start(self.store, PersistenceSettings(
+                durability=cfg.durability, snapshot_every=cfg.snapshot_every, flush_interval=cfg.flush_interval,
+                max_recovery_points=cfg.max_recovery_points, clock=cfg.clock), self._events)
+        except BaseException:
+            self.store.close()
+            if getattr(self, "_bus", None) is not None:
+                self._bus.stop()
+            raise
+        self._supervisor = SupervisorActor.start(
+            self._persistence, self.supervisor_settings(ContextAdapterConfig(auto_activate_default=False)),
+            self.context_settings, cfg.max_state_bytes, self._events)
+        self._persistence.tell(AttachSupervisor(self._supervisor))  # where lost leases are reported
+        self._remote = RemoteListener.start_for(self.store, self._events)  # None unless shared
+        _LIVE.add(self)
+
+    def supervisor_settings(self, a: ContextAdapterConfig) -> SupervisorSettings:
+        """The supervisor's settings for adapter config `a` under this system's config."""
+        return SupervisorSettings(
+            default_context_id=a.default_context_id, max_active_contexts=a.max_active_contexts,
+            auto_create_contexts=a.auto_create_contexts, auto_activate_default=a.auto_activate_default,
+            capacity_policy=a.capacity_policy, idle_timeout=a.idle_timeout, call_timeout=self.call_timeout,
+            max_contexts=self.config.max_contexts, max_restarts=a.max_restarts, restart_window=a.restart_window,
+            ttl=a.ttl,
+            monotonic=self.config.monotonic)
+
+    def ensure_maintenance(self, interval: float | None = None) -> None:
+        """Make sure the maintenance ticker runs (idle timeouts and TTLs need it), at least every
+        `interval` seconds (default: `maintenance_interval`, else 30 s): a running ticker with a
+        longer period is replaced. Called by the manager and adapter; returns at once."""
+        wanted = interval or self.maintenance_interval or 30.0
+        if self._stopped or (self._ticker is not None and self._ticker_interval <= wanted):
+            return
+        self._halt_ticker()
+        self._start_ticker(wanted)
+
+    def _halt_ticker(self) -> None:
+        if self._ticker is not None:
+            self._ticker_stop.set()
+            self._ticker.join(5)
+            self._ticker = None
+
+    # -- metrics -------------------------------------------------------------------------------------
+    def metrics(self, *, timeout: float | None = None) -> Metrics:
+        """A frozen `Metrics` record of everything since the system opened: calls by kind, conflicts,
+        activations, evictions, passivations, restarts, active contexts, mailbox depths, commits,
+        batch sizes, commit and call latency histograms, bytes written, compression ratio.
+
+        Asks the supervisor (which asks each context actor in turn) and the persistence actor; each
+        step is bounded by `timeout` (default call_timeout). `to_prometheus()` renders it.
+        """
+        parts, depths = self.ask(CollectMetrics(), timeout, "collecting metrics")
+        persistence = self.ask_persistence(GetMetrics(), timeout, "collecting metrics")
+        depths = {**depths, "events": mailbox_depth(self._bus)}
+        return Metrics.from_parts(*parts, persistence, mailbox_depths=depths)
+
+    # -- maintenance ---------------------------------------------------------------------------------
+    def maintain(self, *, timeout: float | None = None) -> list[str]:
+        """Run one maintenance sweep now (idle passivation, TTL expiry); returns the ids passivated or
+        deleted.
+
+        The background ticker calls this periodically when ``idle_timeout`` is set; tests with an
+        injected clock call it directly. Blocks until the sweep is done.
+        """
+        result: list[str] = self.ask(Sweep(), timeout, "maintenance sweep")
+        return result
+
+    def _start_ticker(self, interval: float) -> None:
+        stop = self._ticker_stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(interval):
+                try:
+                    self._supervisor.tell(Sweep())
+                except pykka.ActorDeadError:
+                    return
+
+        self._ticker = threading.Thread(target=tick, name="hoard-maintenance", daemon=True)
+        self._ticker_interval = interval
+        self._ticker.start()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def ask(self, message: Any, timeout: float | None, what: str) -> Any:
+        """Ask the supervisor; translate pykka's errors into ours. Blocks at most `timeout`."""
+        return self._ask(self._supervisor, message, timeout, what)
+
+    def ask_persistence(self, message: Any, timeout: float | None, what: str) -> Any:
+        """Ask the persistence actor (store reads and writes that need no context actor)."""
+        return self._ask(self._persistence, message, timeout, what)
+
+    def ask_bus(self, message: Any, timeout: float | None, what: str) -> Any:
+        """Ask the event bus (subscribe, unsubscribe)."""
+        return self._ask(self._bus, message, timeout, what)
+
+    def _ask(self, ref: pykka.ActorRef[Any], message: Any, timeout: float | None, what: str) -> Any:
+        if self._stopped:
+            raise SystemStoppedError()
+        t = self.call_timeout if timeout is None else timeout
+        try:
+            return ref.ask(message, timeout=t)
+        except pykka.Timeout as exc:
+            raise ContextTimeoutError(what, t) from exc
+        except pykka.ActorDeadError as exc:
+            raise SystemStoppedError() from exc
+
+    @property
+    def persistence_ref(self) -> pykka.ActorRef[Any]:
+        return self._persistence
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def stop(self, timeout: float | None = None) -> None:
+        """Passivate every context (commit + snapshot), close the store, stop every actor.
+
+        Idempotent. Blocks until done; `timeout` bounds each step (default: call_timeout x 4 for the
+        shutdown of all contexts). Afterwards no actor thread of this system is left.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        _LIVE.discard(self)
+        self._halt_ticker()
+        if self._remote is not None:
+            self._remote.stop()
+        t = self.call_timeout * 4 if timeout is None else timeout
+        error: BaseException | None = None
+        try:
+            self._supervisor.ask(Shutdown(), timeout=t)
+        except pykka.Timeout as exc:
+            error = ContextTimeoutError("stopping the system", t)
+            error.__cause__ = exc
+        except pykka.ActorDeadError:
+            pass
+        except HoardError as exc:
+            error = exc
+        finally:
+            for ref in (self._supervisor, self._persistence, self._bus):  # the bus last: it delivers the rest
+                with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+                    ref.stop(block=True, timeout=t)
+            with contextlib.suppress(PersistenceError):
+                self.store.close()  # normally closed by the persistence actor already
+        if error is not None:
+            log.error("hoard stopped with an error: %s", error)
+            raise error
+
+
+@atexit.register
+def _stop_live_systems() -> None:
+    for system in list(_LIVE):
+        try:
+            system.stop()
+        except Exception:
+            log.exception("stopping %r at exit failed", system)
