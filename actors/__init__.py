@@ -26,6 +26,7 @@ from ._events import ContextEvent as ContextEvent
 from ._events import ContextFailed as ContextFailed
 from ._events import ContextRestarted as ContextRestarted
 from ._events import CorruptionRecovered as CorruptionRecovered
+from ._events import DeadLetter as DeadLetter
 from ._events import Emitter as Emitter
 from ._events import EventBusActor as EventBusActor
 from ._events import EventGate as EventGate
@@ -50,6 +51,7 @@ from ._messages import CreateRecoveryPoint as Snapshot  # the name issue 4 and t
 from ._messages import CurrentId as CurrentId
 from ._messages import Deactivate as Deactivate
 from ._messages import DeactivationReason as DeactivationReason
+from ._messages import DeadLetterSeen as DeadLetterSeen
 from ._messages import Delete as Delete
 from ._messages import Exists as Exists
 from ._messages import Get as Get
@@ -70,6 +72,7 @@ from ._messages import StoreCall as StoreCall
 from ._messages import StoreWrite as StoreWrite
 from ._messages import Sweep as Sweep
 from ._messages import Transact as Transact
+from ._messages import Transacted as Transacted
 from ._messages import Update as Update
 from ._metrics import LATENCY_BOUNDS as LATENCY_BOUNDS
 from ._metrics import SIZE_BOUNDS as SIZE_BOUNDS
@@ -112,6 +115,8 @@ __all__ = [
     "CurrentId",
     "Deactivate",
     "DeactivationReason",
+    "DeadLetter",
+    "DeadLetterSeen",
     "Delete",
     "Draft",
     "Emitter",
@@ -153,6 +158,7 @@ __all__ = [
     "Sweep",
     "Switched",
     "Transact",
+    "Transacted",
     "UnknownMessageError",
     "Unsubscribe",
     "Update",

@@ -44,7 +44,7 @@ def advance_epoch() -> int:
 
 
 class ContextCell:
-    __slots__ = ("actor_ref", "closed", "id", "pinned", "schema", "state", "touched")
+    __slots__ = ("__weakref__", "actor_ref", "closed", "id", "pinned", "schema", "state", "touched")
 
     def __init__(self, context_id: str, state: ContextState) -> None:
         self.id = context_id

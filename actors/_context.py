@@ -15,6 +15,17 @@ states to the context's `ContextCell`, where trackers read them without a messag
 
 If a commit fails, the persistence actor sends `Rollback` with the last durable state, which becomes
 both the working and the published state again.
+
+Messages are checked again here (`InvalidMessageError`, `UnknownMessageError`): a malformed message is
+the sender's error, answered as such, never a crash. A *told* message that is refused (malformed,
+a version conflict, a bad value: there is nobody to answer) is a dead letter: logged, counted and
+reported to the supervisor, which emits a `DeadLetter` event; the actor keeps running (pykka would
+stop an actor whose told message raised).
+
+A call whose caller timed out before this actor started it is skipped (its reply's start token was
+taken by the caller: see `hoard.actors._future`). A write with a `request_id` already in the state's
+idempotency record is not applied again: the reply is the version it made then (once that version is
+committed).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, cast
 
+import attrs
 import immutables
 import orjson
 import pykka
@@ -38,7 +50,7 @@ from hoard.storage import (
     HoardError,
     InvalidValueError,
     Schema,
-    SchemaValidationError,
+    SchemaNameMismatchError,
     VersionConflictError,
     apply_change,
     encoded_size,
@@ -56,8 +68,10 @@ from ._future import DEFERRED, Reply
 from ._messages import (
     BindSchema,
     Commit,
+    Confirm,
     ContextCrashed,
     CreateRecoveryPoint,
+    DeadLetterSeen,
     Delete,
     Get,
     GetMetrics,
@@ -70,6 +84,7 @@ from ._messages import (
     Set,
     SetMetadata,
     Transact,
+    Transacted,
     Update,
 )
 from ._metrics import Counters, Histogram, kind_of
@@ -93,6 +108,8 @@ def _kind(cls: type) -> str:
 
 
 _AFTER_PASSIVATION = frozenset({Get, GetState, GetMetrics, Passivate, Rollback})  # no write among them
+_PUBLIC = frozenset({Get, GetState, Set, Update, Delete, SetMetadata, Transact, Restore, CreateRecoveryPoint})
+_WRITES = frozenset({Set, Update, Delete, SetMetadata, Transact, Restore})
 
 
 class UnknownMessageError(HoardError, TypeError):
@@ -165,6 +182,7 @@ class ContextActor(pykka.ThreadingActor):
         self._calls = Counters()
         self._latency = Histogram()
         self._conflicts = 0
+        self._oldest_request: float | None = None  # `at` of the oldest remembered request id (None: unknown)
         self._t0 = 0.0
         self._passivated = False
         self.schema: Schema | None = None
@@ -177,9 +195,39 @@ class ContextActor(pykka.ThreadingActor):
             self._unknown_schema = marker[0]  # writes are refused until the supervisor binds it
 
     def on_receive(self, message: Any) -> Any:
-        handler = self._handlers.get(type(message))
+        envelope = cast(Inbox, self.actor_inbox).current
+        reply = envelope.reply_to if envelope is not None else None
+        if isinstance(reply, Reply) and not reply.start():
+            return DEFERRED  # its caller gave up before it started: cancelled, never run (no reply due)
+        if reply is not None:
+            return self._receive(message)
+        try:
+            return self._receive(message)
+        except pykka.ActorDeadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a told message: nobody to answer, and it must not stop us
+            self._dead_letter(message, exc)
+            return None
+
+    def _dead_letter(self, message: Any, exc: BaseException) -> None:
+        log.warning("context %r: dead letter: a told %s was refused: %s", self.cell.id, type(message).__name__, exc)
+        if self.supervisor is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.supervisor.tell(DeadLetterSeen(self.cell.id, type(message).__name__, repr(exc), False))
+
+    def _receive(self, message: Any) -> Any:
+        cls = type(message)
+        handler = self._handlers.get(cls)
         if handler is None:
-            raise UnknownMessageError(f"context actor {self.cell.id!r} does not handle {type(message).__name__}")
+            raise UnknownMessageError(f"context actor {self.cell.id!r} does not handle {cls.__name__}; send one "
+                                      "of the messages of hoard.actors")
+        if cls in _PUBLIC:
+            attrs.validate(message)  # InvalidMessageError: built around its checks (evolve, setattr)
+            if cls in _WRITES and message.request_id is not None:
+                done = self.working.requests.get(message.request_id)
+                if done is not None:
+                    self._calls.inc("duplicate")
+                    return self._duplicate(message, done[0])
         if self._passivated and type(message) not in _AFTER_PASSIVATION:
             # a call that reached the mailbox just before passivation: after the final snapshot (and,
             # on a shared store, the lease release) nothing more may be written here. It is refused
@@ -210,6 +258,36 @@ class ContextActor(pykka.ThreadingActor):
     def _on_get_metrics(self, _m: GetMetrics) -> dict[str, Any]:
         return {"calls": self._calls.snapshot(), "conflicts": self._conflicts, "call_latency": self._latency.snapshot()}
 
+    def _duplicate(self, message: Any, version: int) -> Any:
+        """The reply to a write whose request id was applied at `version`: that version (a
+        `Transacted` for ``transact(..., with_version=True)``, None for a plain transact), once
+        committed: in ``immediate`` mode an uncommitted one is confirmed by the persistence actor."""
+        result: Any = version
+        if type(message) is Transact:
+            result = Transacted(None, version, duplicate=True) if message.with_version else None
+        if self._immediate and version > self.cell.state.version:
+            self.persistence.tell(Confirm(self.cell.id, version, result, self._reply()))
+            return DEFERRED
+        return result
+
+    def _forget(self, now: float) -> tuple[str, ...]:
+        """The request ids to drop from the record with the next change (which adds one): those beyond
+        the newest `request_window` and those older than `request_ttl`. Trims in batches (an eighth of
+        the window), so the sort is paid once per many writes."""
+        reqs = self.working.requests
+        n = len(reqs)
+        window, ttl = self.settings.request_window, self.settings.request_ttl
+        expired = ttl is not None and n > 0 and (self._oldest_request is None or now - self._oldest_request > ttl)
+        if n < window + max(1, window // 8) and not expired:
+            return ()
+        entries = sorted(reqs.items(), key=lambda kv: kv[1][0])  # oldest version first
+        cut = max(0, n + 1 - window)
+        if ttl is not None:
+            while cut < n and now - entries[cut][1][1] > ttl:
+                cut += 1
+        self._oldest_request = entries[cut][1][1] if cut < n else now
+        return tuple(k for k, _ in entries[:cut])
+
     def _crash(self, exc: BaseException) -> None:
         self.cell.closed = True
         self._stop()  # pykka: stop now, without handling the rest of the mailbox
@@ -226,8 +304,9 @@ class ContextActor(pykka.ThreadingActor):
         if expected is not None and expected != self.working.version:
             raise VersionConflictError(self.cell.id, expected, self.working.version)
 
-    def _apply(self, change_args: dict[str, Any], growth: int, result: Any = None,
-               replace: bool = False, rp_id: int | None = None) -> Any:
+    def _apply(  # noqa: PLR0912 - the one write path, read top to bottom: checks, size, schema, reply
+            self, change_args: dict[str, Any], growth: int, result: Any = None, replace: bool = False,
+            rp_id: int | None = None, *, request_id: str | None = None) -> Any:
         """Make a change of the working state; hand it to persistence and/or publish it.
 
         `growth` bounds the bytes the change adds (deletions count as 0; a replace passes its exact
@@ -236,10 +315,12 @@ class ContextActor(pykka.ThreadingActor):
         """
         w = self.working
         if self._unknown_schema is not None and not self._binding:
-            raise SchemaValidationError(self._unknown_schema, [(
-                "", "this context is bound to a schema this system does not know; activate it with "
-                    "schema=... (or register the schema) before changing it")], context_id=self.cell.id)
-        change = Change(w.version + 1, self.settings.clock(), replace=replace, **change_args)
+            raise SchemaNameMismatchError(self._unknown_schema, None, context_id=self.cell.id)
+        now = self.settings.clock()
+        if request_id is not None:
+            change_args["request_id"] = request_id
+            change_args["forget"] = self._forget(now)
+        change = Change(w.version + 1, now, replace=replace, **change_args)
         new = apply_change(w, change)
         limit = self.settings.max_state_bytes
         if replace:
@@ -300,25 +381,25 @@ class ContextActor(pykka.ThreadingActor):
         self._check_version(m.expected_version)
         key = validate_key(m.key, self.cell.id)
         value, growth = self._frozen(key, m.value)
-        return self._apply({"data_set": {key: value}}, growth)
+        return self._apply({"data_set": {key: value}}, growth, request_id=m.request_id)
 
     def _on_update(self, m: Update) -> Any:
         self._check_version(m.expected_version)
         sets, growth = self._frozen_mapping(m.values)
-        return self._apply({"data_set": sets}, growth)
+        return self._apply({"data_set": sets}, growth, request_id=m.request_id)
 
     def _on_delete(self, m: Delete) -> Any:
         self._check_version(m.expected_version)
         keys = tuple(dict.fromkeys(validate_key(k, self.cell.id) for k in m.keys))
         present = tuple(k for k in keys if k in self.working.data)
-        return self._apply({"data_del": present}, 0)
+        return self._apply({"data_del": present}, 0, request_id=m.request_id)
 
     def _on_set_metadata(self, m: SetMetadata) -> Any:
         self._check_version(m.expected_version)
         sets, growth = self._frozen_mapping(m.values)
         dels = tuple(validate_key(k, self.cell.id) for k in m.remove if k in self.working.metadata)
         _check_reserved([*sets, *dels], self.cell.id)
-        return self._apply({"meta_set": sets, "meta_del": dels}, growth)
+        return self._apply({"meta_set": sets, "meta_del": dels}, growth, request_id=m.request_id)
 
     def _on_transact(self, m: Transact) -> Any:
         self._check_version(m.expected_version)
@@ -344,8 +425,10 @@ class ContextActor(pykka.ThreadingActor):
         meta_del = tuple(k for k in w.metadata if k not in meta_frozen)
         _check_reserved([*meta_set, *meta_del], self.cell.id)
         growth += sum(encoded_size(v) + encoded_size(k) + 2 for k, v in meta_set.items())
+        if m.with_version:
+            result = Transacted(result, w.version + 1)
         return self._apply({"data_set": sets, "data_del": dels, "meta_set": meta_set, "meta_del": meta_del},
-                           growth, result=_NONE if result is None else result)
+                           growth, result=_NONE if result is None else result, request_id=m.request_id)
 
     def _on_restore(self, m: Restore) -> Any:
         self._check_version(m.expected_version)
@@ -354,7 +437,7 @@ class ContextActor(pykka.ThreadingActor):
                                     context_id=self.cell.id)
         st = m.rp.state
         return self._apply({"data_set": dict(st.data), "meta_set": dict(st.metadata)},
-                           _state_size(st), replace=True, rp_id=m.rp.id)
+                           _state_size(st), replace=True, rp_id=m.rp.id, request_id=m.request_id)
 
     # -- reads and the rest --------------------------------------------------------------------------
     def _on_get(self, m: Get) -> Any:
@@ -383,8 +466,7 @@ class ContextActor(pykka.ThreadingActor):
         self._binding = True
         try:
             if marker is not None and marker[0] != schema.name:
-                raise SchemaValidationError(schema.name, [("", f"this context is bound to schema {marker[0]!r}")],
-                                            context_id=self.cell.id)
+                raise SchemaNameMismatchError(marker[0], schema.name, context_id=self.cell.id)
             if marker is None:
                 schema.validate(w.data, self.cell.id)
                 self.schema = schema

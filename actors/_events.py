@@ -35,6 +35,7 @@ __all__ = [
     "ContextFailed",
     "ContextRestarted",
     "CorruptionRecovered",
+    "DeadLetter",
     "EventBusActor",
     "EventGate",
     "MetadataChanged",
@@ -110,6 +111,17 @@ class RecoveryPointDeleted(ContextEvent):
 @attrs.frozen(kw_only=True)
 class ContextDeleted(ContextEvent):
     reason: str = "explicit"  # or "expired"
+
+
+@attrs.frozen(kw_only=True)
+class DeadLetter(ContextEvent):
+    """A told message (``tell``) that nobody could answer came to nothing: it could not be delivered
+    (`undeliverable`: the context was deleted, or capacity refused its activation) or its context
+    refused it (malformed, a version conflict, a bad value). `message` is its type's name."""
+
+    message: str
+    reason: str
+    undeliverable: bool
 
 
 @attrs.frozen(kw_only=True)

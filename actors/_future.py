@@ -5,6 +5,14 @@ answered only after the persistence actor has committed it, so the context actor
 which `Reply.set` ignores, and the persistence actor calls `resolve` after the commit. Because the reply
 still travels as the envelope's ``reply_to``, pykka fails it with ``ActorDeadError`` if the actor stops
 before handling the message: no caller is ever left waiting for a reply that cannot come.
+
+Cancellation in the mailbox: each reply carries one *start token*. The context actor takes it when it
+starts the call; a caller whose timeout runs out tries to take it first (`cancel`). Exactly one side
+gets it (``list.pop`` is atomic), so a call is either started, or cancelled and never run: the caller
+then gets `CallNotStartedError` ("nothing applied"), and otherwise `CallOutcomeUnknownError`.
+
+A reply may carry a `deadline` (``time.monotonic()``): `get()` without a timeout and ``await`` both
+end there, with the same errors, so a future honours the call timeout however it is waited for.
 """
 
 from __future__ import annotations
@@ -13,12 +21,13 @@ import asyncio
 import contextlib
 import logging
 import queue
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
 import pykka
 
-from hoard.storage import ContextTimeoutError
+from hoard.storage import CallNotStartedError, CallOutcomeUnknownError, ContextTimeoutError
 
 __all__ = ["DEFERRED", "Reply"]
 
@@ -46,18 +55,62 @@ class Reply(pykka.ThreadingFuture[Any]):
         super().__init__()
         self._callbacks: list[Callable[[Reply], Any]] = []
         self._finished = False
+        self._token = [True]  # taken once: by the actor starting the call, or by a caller cancelling it
         #: set by the caller that sent the message: redoes the call synchronously if the actor stopped
         #: before handling it (it was not applied), e.g. a tracker's blocking call
         self.retry: Callable[[], Any] | None = None
         self.what = "a call"
+        self.context_id: str | None = None
+        self.deadline: float | None = None  # time.monotonic() after which waiting raises a timeout
+        self.timeout: float | None = None  # the timeout that deadline came from (for the message)
+        self.inner: Reply | None = None  # a forwarded call: the reply of the message actually sent
+
+    # -- the start token -----------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Take the start token (the actor, as it starts the call). False: the call was cancelled."""
+        try:
+            self._token.pop()
+        except IndexError:
+            return False
+        return True
+
+    def cancel(self) -> bool:
+        """Cancel the call if no actor has started it: True means it will never run. A forwarded
+        reply cancels the call it forwarded, if that one has not started."""
+        if self.start():
+            return True
+        inner = self.inner
+        return inner is not None and inner.cancel()
+
+    def timed_out(self, timeout: float | None) -> ContextTimeoutError:
+        """The error for a caller whose wait of `timeout` s ran out: cancels the call if it had not
+        started (`CallNotStartedError`, and the reply fails with it), else `CallOutcomeUnknownError`."""
+        if self.cancel():
+            error: ContextTimeoutError = CallNotStartedError(self.what, timeout, self.context_id)
+            self.fail(error)
+            return error
+        return CallOutcomeUnknownError(self.what, timeout, self.context_id)
+
+    def set_deadline(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
 
     def get(self, *, timeout: float | None = None) -> Any:
-        """The answer (or its exception raised). `ContextTimeoutError` after `timeout` seconds. A call
-        that met a stopping actor is redone through `retry` when the sender set one."""
+        """The answer (or its exception raised). After `timeout` seconds (default: until the reply's
+        deadline, if it has one) `CallNotStartedError` or `CallOutcomeUnknownError`. A call that met
+        a stopping actor is redone through `retry` when the sender set one."""
+        if timeout is None and self.deadline is not None:
+            timeout = max(0.0, self.deadline - time.monotonic())
+            shown = self.timeout
+        else:
+            shown = timeout
         try:
             return pykka.ThreadingFuture.get(self, timeout=timeout)
         except pykka.Timeout as exc:
-            raise ContextTimeoutError(self.what, timeout) from exc
+            error = self.timed_out(shown)
+            if isinstance(error, CallOutcomeUnknownError) and self._finished:
+                return self.get(timeout=0)  # answered just now, after all
+            raise error from exc
         except pykka.ActorDeadError:
             if self.retry is None:
                 raise
@@ -65,12 +118,14 @@ class Reply(pykka.ThreadingFuture[Any]):
 
     def set(self, value: Any = None) -> None:
         if value is not DEFERRED:
-            pykka.ThreadingFuture.set(self, value)
-            self._finish()
+            with contextlib.suppress(queue.Full):  # already failed by a caller that cancelled it
+                pykka.ThreadingFuture.set(self, value)
+                self._finish()
 
     def set_exception(self, exc_info: Any = None) -> None:
-        pykka.ThreadingFuture.set_exception(self, exc_info)
-        self._finish()
+        with contextlib.suppress(queue.Full):
+            pykka.ThreadingFuture.set_exception(self, exc_info)
+            self._finish()
 
     def resolve(self, value: Any) -> None:
         """Answer with `value`; a reply already answered keeps its first answer."""
@@ -110,12 +165,24 @@ class Reply(pykka.ThreadingFuture[Any]):
                 logging.getLogger(__name__).exception("reply callback %r raised", fn)
 
     def __await__(self) -> Generator[Any, None, Any]:
-        """Await the reply from asyncio without blocking the event loop."""
+        """Await the reply from asyncio without blocking the event loop. Ends at the reply's deadline
+        (if it has one) with the same timeout errors as `get`."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
+        if self.deadline is not None:
+            def expire() -> None:
+                if waiter.done():
+                    return
+                error = self.timed_out(self.timeout)
+                if isinstance(error, CallOutcomeUnknownError) and self._finished:
+                    return  # answered just now: settle() is on its way
+                waiter.set_exception(error)
+
+            timer = loop.call_later(max(0.0, self.deadline - time.monotonic()), expire)
+            waiter.add_done_callback(lambda _w: timer.cancel())
 
         def settle(_reply: Reply) -> None:
-            if waiter.cancelled():
+            if waiter.done():
                 return
             try:
                 waiter.set_result(pykka.ThreadingFuture.get(self, timeout=0))
@@ -127,7 +194,7 @@ class Reply(pykka.ThreadingFuture[Any]):
                 redo = loop.run_in_executor(None, self.retry)
 
                 def redone(done: asyncio.Future[Any]) -> None:
-                    if not waiter.cancelled():
+                    if not waiter.done():
                         _transfer(done, waiter)
 
                 redo.add_done_callback(redone)

@@ -3,18 +3,25 @@
 Context messages (`Get`, `GetState`, `Set`, `Update`, `Delete`, `SetMetadata`, `Transact`, `Restore`,
 `CreateRecoveryPoint`) are public: another pykka actor may ``ask`` a context actor directly, e.g.
 ``ref.ask(Set("k", 1))`` returns the new version. Every mutating message takes `expected_version`
-(None: no check). The rest are internal to hoard.
+(None: no check) and `request_id` (an idempotency key: a change whose id the context already applied
+is not applied again, and the reply is the version it made then). The rest are internal to hoard.
+
+Public messages check their fields when they are built: a field of the wrong type raises
+`InvalidMessageError` at once (``Get(["x"])``, ``Restore(1)``, ``SetMetadata({...}, remove=True)``).
+A str where keys are expected is one key (``Delete("ab")`` deletes "ab"). The context actor checks
+each message again (a message can be built around its checks), and answers a malformed one with that
+error; nothing changes, and the context keeps running.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from hoard.storage import Change, ContextState, RecoveryPoint
+from hoard.storage import Change, ContextState, InvalidMessageError, RecoveryPoint
 
 if TYPE_CHECKING:
     from ._cell import ContextCell
@@ -32,8 +39,86 @@ __all__ = [
     "Set",
     "SetMetadata",
     "Transact",
+    "Transacted",
     "Update",
 ]
+
+#: the longest request id accepted: a short key (a UUID is 36 characters), stored with each change
+MAX_REQUEST_ID = 128
+
+
+def _fail(instance: Any, attribute: Any, reason: str, key: object = None) -> InvalidMessageError:
+    return InvalidMessageError(type(instance).__name__, attribute.name, reason, key=key)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_str(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not str:
+        raise _fail(instance, attribute, f"must be a str, not {type(value).__name__} {_shown(value)}", value)
+
+
+def _is_version(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and (type(value) is not int or value < 0):
+        raise _fail(instance, attribute, f"must be None or an int >= 0, not {_shown(value)}")
+
+
+def _is_request_id(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if type(value) is not str or not value or len(value) > MAX_REQUEST_ID or not value.isprintable():
+        raise _fail(instance, attribute, f"must be None or a printable str of 1 to {MAX_REQUEST_ID} characters, "
+                                         f"not {_shown(value)}")
+
+
+def _is_mapping(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise _fail(instance, attribute, f"must be a mapping of str keys to values, not {type(value).__name__}")
+
+
+def _as_keys(value: Any) -> Any:
+    """One key (a str) or an iterable of keys, as a tuple; anything else is left for `_are_keys`."""
+    if isinstance(value, str):
+        return (value,)  # a str is one key, never an iterable of one-letter keys
+    if isinstance(value, (bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+        return value
+    return tuple(value)
+
+
+def _are_keys(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not tuple:
+        raise _fail(instance, attribute, f"must be a key (str) or an iterable of keys, not {type(value).__name__} "
+                                         f"{_shown(value)}")
+    for k in value:
+        if type(k) is not str:
+            raise _fail(instance, attribute, f"holds {type(k).__name__} {_shown(k)}; keys are str", k)
+
+
+def _is_callable(instance: Any, attribute: Any, value: Any) -> None:
+    if not callable(value):
+        raise _fail(instance, attribute, f"must be callable, not {type(value).__name__}")
+
+
+def _is_recovery_point(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, RecoveryPoint):
+        raise _fail(instance, attribute, f"must be a RecoveryPoint (tracker.recovery_points() lists them), not "
+                                         f"{type(value).__name__} {_shown(value)}")
+
+
+def _is_label(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and type(value) is not str:
+        raise _fail(instance, attribute, f"must be None or a str, not {type(value).__name__}")
+
+
+def _is_bool(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not bool:
+        raise _fail(instance, attribute, f"must be a bool, not {_shown(value)}")
+
+
+
 
 
 class ContextStatus(enum.Enum):
@@ -59,7 +144,7 @@ class DeactivationReason(enum.Enum):
 class Get:
     """Reply: the value of `key`, or `default`."""
 
-    key: str
+    key: str = attrs.field(validator=_is_str)
     default: Any = None
 
 
@@ -73,58 +158,86 @@ class GetState:
 class Set:
     """Set one key. Reply: the new version."""
 
-    key: str
-    value: Any
-    expected_version: int | None = None
+    key: str = attrs.field(validator=_is_str)
+    value: Any = attrs.field()
+    expected_version: int | None = attrs.field(default=None, validator=_is_version)
+    request_id: str | None = attrs.field(default=None, validator=_is_request_id)
 
 
 @attrs.frozen
 class Update:
     """Set several keys atomically. Reply: the new version."""
 
-    values: Mapping[str, Any]
-    expected_version: int | None = None
+    values: Mapping[str, Any] = attrs.field(validator=_is_mapping)
+    expected_version: int | None = attrs.field(default=None, validator=_is_version)
+    request_id: str | None = attrs.field(default=None, validator=_is_request_id)
 
 
 @attrs.frozen
 class Delete:
-    """Remove keys (absent keys are allowed) atomically. Reply: the new version."""
+    """Remove keys (absent keys are allowed) atomically. Reply: the new version.
 
-    keys: tuple[str, ...]
-    expected_version: int | None = None
+    `keys` is one key (a str: ``Delete("ab")`` removes "ab") or an iterable of keys."""
+
+    keys: tuple[str, ...] = attrs.field(converter=_as_keys, validator=_are_keys)
+    expected_version: int | None = attrs.field(default=None, validator=_is_version)
+    request_id: str | None = attrs.field(default=None, validator=_is_request_id)
 
 
 @attrs.frozen
 class SetMetadata:
-    """Set (value) or remove (``remove=True``) metadata keys atomically. Reply: the new version."""
+    """Set the metadata keys of `values` and remove those named in `remove` (one key, or an iterable of
+    keys), atomically: ``SetMetadata({"owner": "ana"}, remove=("draft",))``. Reply: the new version."""
 
-    values: Mapping[str, Any]
-    remove: tuple[str, ...] = ()
-    expected_version: int | None = None
+    values: Mapping[str, Any] = attrs.field(validator=_is_mapping)
+    remove: tuple[str, ...] = attrs.field(default=(), converter=_as_keys, validator=_are_keys)
+    expected_version: int | None = attrs.field(default=None, validator=_is_version)
+    request_id: str | None = attrs.field(default=None, validator=_is_request_id)
 
 
 @attrs.frozen
 class Transact:
     """Run ``fn(draft)`` inside the actor; the draft's changes are applied atomically if it returns.
-    Reply: what `fn` returned (or its exception, with nothing changed)."""
+    Reply: what `fn` returned (or its exception, with nothing changed); with ``with_version=True`` a
+    `Transacted` (what `fn` returned, and the version committed). A transaction whose `request_id` was
+    already applied does not run `fn` again: its reply is ``Transacted(None, version, duplicate=True)``
+    (or None without ``with_version``)."""
 
-    fn: Callable[[Any], Any]
-    expected_version: int | None = None
+    fn: Callable[[Any], Any] = attrs.field(validator=_is_callable)
+    expected_version: int | None = attrs.field(default=None, validator=_is_version)
+    request_id: str | None = attrs.field(default=None, validator=_is_request_id)
+    with_version: bool = attrs.field(default=False, validator=_is_bool)
+
+
+@attrs.frozen
+class Transacted:
+    """What ``transact(fn, with_version=True)`` returns.
+
+    Attributes:
+        value: what `fn` returned (None for a duplicate: `fn` did not run again).
+        version: the version the transaction committed (for a duplicate: the one it committed then).
+        duplicate: True when the `request_id` had already been applied and nothing was done now.
+    """
+
+    value: Any
+    version: int
+    duplicate: bool = False
 
 
 @attrs.frozen
 class Restore:
     """Make data and metadata equal to the recovery point's, as a new version. Reply: the version."""
 
-    rp: RecoveryPoint
-    expected_version: int | None = None
+    rp: RecoveryPoint = attrs.field(validator=_is_recovery_point)
+    expected_version: int | None = attrs.field(default=None, validator=_is_version)
+    request_id: str | None = attrs.field(default=None, validator=_is_request_id)
 
 
 @attrs.frozen
 class CreateRecoveryPoint:
     """Store a durable copy of the current state. Reply: the `RecoveryPoint`."""
 
-    label: str | None = None
+    label: str | None = attrs.field(default=None, validator=_is_label)
 
 
 # -- context actor: internal -------------------------------------------------------------------------
@@ -149,6 +262,17 @@ class CollectMetrics:
 @attrs.frozen
 class Passivate:
     """From the supervisor: commit everything, write a snapshot. Reply: None once durable."""
+
+
+@attrs.frozen
+class Confirm:
+    """To the persistence actor: answer `reply` with `version` once `context_id` is durable at it (a
+    duplicate request whose original change may still be committing); fail it if that change failed."""
+
+    context_id: str
+    version: int
+    result: Any
+    reply: Reply | None
 
 
 @attrs.frozen
@@ -310,6 +434,17 @@ class ContextCrashed:
 
     cell: ContextCell
     reason: str
+
+
+@attrs.frozen
+class DeadLetterSeen:
+    """To the supervisor (told): a message for `context_id` could not be delivered or was refused with
+    nobody to answer. The supervisor counts it, logs it and emits a `DeadLetter` event."""
+
+    context_id: str
+    message: str  # the message's type name
+    reason: str
+    undeliverable: bool  # True: never reached an actor (deleted context, capacity); False: refused by it
 
 
 @attrs.frozen

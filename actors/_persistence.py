@@ -68,6 +68,7 @@ from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases
 from ._messages import (
     Close,
     Commit,
+    Confirm,
     Flush,
     GetMetrics,
     Load,
@@ -117,6 +118,7 @@ class PersistenceActor(pykka.ThreadingActor):
         self.call_latency = Histogram()  # immediate-mode calls: from the context actor to the answer
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Commit: self._on_commit,
+            Confirm: self._on_confirm,
             Flush: lambda _m: self._flush(),
             Load: self._on_load,
             SaveSnapshot: self._on_save_snapshot,
@@ -134,7 +136,7 @@ class PersistenceActor(pykka.ThreadingActor):
             if isinstance(message, (RenewLeases, AttachSupervisor)):
                 return None  # told, late: nothing to do once closed
             error = PersistenceError(f"store {self.store.location!r} is closed")
-            if isinstance(message, Commit | SaveSnapshot | SaveRecoveryPoint) and message.reply is not None:
+            if isinstance(message, Commit | SaveSnapshot | SaveRecoveryPoint | Confirm) and message.reply is not None:
                 message.reply.fail(error)
                 return None
             raise error
@@ -165,6 +167,19 @@ class PersistenceActor(pykka.ThreadingActor):
         self.leases.cancel()
 
     # -- group commit --------------------------------------------------------------------------------
+    def _on_confirm(self, m: Confirm) -> None:
+        """A duplicate request whose original change was still being committed: commit what is
+        pending, then answer with `m.result` if the context is durable at `m.version`."""
+        self._flush()
+        durable = self._durable.get(m.context_id)
+        if m.reply is None:
+            return
+        if durable is not None and durable.version >= m.version:
+            m.reply.resolve(m.result)
+        else:
+            m.reply.fail(PersistenceError(f"the change v{m.version} this request made on {m.context_id!r} failed to "
+                                          "commit; retry the request", context_id=m.context_id))
+
     def _on_commit(self, m: Commit) -> None:
         self._pending.append(m)
         if not self._flush_queued:

@@ -19,6 +19,8 @@ class ContextSettings:
     max_value_bytes: int = 2**20
     max_state_bytes: int = 64 * 2**20
     clock: Callable[[], float] = time.time
+    request_window: int = 1000  # request ids remembered per context (at least this many newest)
+    request_ttl: float | None = None  # seconds a request id is remembered at most (None: by count only)
 
 
 @attrs.frozen

@@ -50,6 +50,7 @@ from ._events import (
     ContextDeleted,
     ContextFailed,
     ContextRestarted,
+    DeadLetter,
     Emitter,
     Switched,
 )
@@ -66,6 +67,7 @@ from ._messages import (
     CurrentId,
     Deactivate,
     DeactivationReason,
+    DeadLetterSeen,
     Exists,
     GetMetrics,
     ListActive,
@@ -114,7 +116,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.seen: dict[str, tuple[int, float]] = {}  # context id -> (LRU tick, when a sweep first saw it)
         self.schemas: dict[str, Any] = {}  # schema name -> hoard.storage.Schema, for later activations
         self.stats = {"activations": 0, "evictions": 0, "deactivations": 0, "restarts": 0, "passivations": 0,
-                      "expired": 0}
+                      "expired": 0, "dead_letters": 0}
         self._store_cls: type | None = None
         # what passivated context actors counted, so that metrics survive their actors
         self.retired_calls = Counters()
@@ -139,11 +141,12 @@ class SupervisorActor(pykka.ThreadingActor):
             Sweep: self._on_sweep,
             CollectMetrics: self._on_collect_metrics,
             LeasesLost: self._on_leases_lost,
+            DeadLetterSeen: self._on_dead_letter,
         }
 
     def on_receive(self, message: Any) -> Any:
         if self.stopped:
-            if isinstance(message, (ContextCrashed, LeasesLost)):
+            if isinstance(message, (ContextCrashed, LeasesLost, DeadLetterSeen)):
                 return None  # reports that arrive after shutdown have nothing left to act on
             raise SystemStoppedError()
         return self._handlers[type(message)](message)
@@ -448,6 +451,12 @@ class SupervisorActor(pykka.ThreadingActor):
             self._drop(cid)
             log.warning("context %r: taken over by another owner; dropped here without a snapshot", cid)
             self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.TAKEN_OVER)
+
+    def _on_dead_letter(self, m: DeadLetterSeen) -> None:
+        """Count a dead letter (reported by a context actor or a `ContextRef`, which logged it) and
+        emit it as a `DeadLetter` event."""
+        self.stats["dead_letters"] += 1
+        self.events(DeadLetter, m.context_id, message=m.message, reason=m.reason, undeliverable=m.undeliverable)
 
     def _on_reset(self, m: Reset) -> bool:
         self.restarts.pop(m.context_id, None)

@@ -21,6 +21,7 @@ from hoard.actors import ContextRestarted as ContextRestarted
 from hoard.actors import ContextStatus as ContextStatus
 from hoard.actors import CorruptionRecovered as CorruptionRecovered
 from hoard.actors import DeactivationReason as DeactivationReason
+from hoard.actors import DeadLetter as DeadLetter
 from hoard.actors import MetadataChanged as MetadataChanged
 from hoard.actors import RecoveryPointCreated as RecoveryPointCreated
 from hoard.actors import RecoveryPointDeleted as RecoveryPointDeleted
@@ -28,6 +29,9 @@ from hoard.actors import RemoteChange as RemoteChange
 from hoard.actors import Restored as Restored
 from hoard.actors import StateChanged as StateChanged
 from hoard.actors import Switched as Switched
+from hoard.actors import Transacted as Transacted
+from hoard.storage import CallNotStartedError as CallNotStartedError
+from hoard.storage import CallOutcomeUnknownError as CallOutcomeUnknownError
 from hoard.storage import CapacityError as CapacityError
 from hoard.storage import ConfigError as ConfigError
 from hoard.storage import ContextCrashedError as ContextCrashedError
@@ -43,6 +47,7 @@ from hoard.storage import FrozenDict as FrozenDict
 from hoard.storage import FrozenList as FrozenList
 from hoard.storage import HoardError as HoardError
 from hoard.storage import InvalidContextIdError as InvalidContextIdError
+from hoard.storage import InvalidMessageError as InvalidMessageError
 from hoard.storage import InvalidValueError as InvalidValueError
 from hoard.storage import MemoryStore as MemoryStore
 from hoard.storage import NoCurrentContextError as NoCurrentContextError
@@ -53,6 +58,8 @@ from hoard.storage import RecoveryPointNotFoundError as RecoveryPointNotFoundErr
 from hoard.storage import RecoveryReport as RecoveryReport
 from hoard.storage import Schema as Schema
 from hoard.storage import SchemaMigrationError as SchemaMigrationError
+from hoard.storage import SchemaNameMismatchError as SchemaNameMismatchError
+from hoard.storage import SchemaNameWarning as SchemaNameWarning
 from hoard.storage import SchemaValidationError as SchemaValidationError
 from hoard.storage import SQLiteStore as SQLiteStore
 from hoard.storage import Store as Store
@@ -73,10 +80,12 @@ from ._factory import create_manager_with_config as create_manager_with_config
 from ._manager import ContextManager as ContextManager
 from ._metrics import Metrics as Metrics
 from ._metrics import register_prometheus as register_prometheus
+from ._ref import ContextRef as ContextRef
 from ._system import ContextSystem as ContextSystem
 from ._system import open_system as open_system
 from ._tracker import ContextTracker as ContextTracker
 from ._tracker import ContextTrackerFactory as ContextTrackerFactory
+from ._tracker import Pending as Pending
 from ._version import __version__ as __version__
 
 ContextSnapshot = RecoveryPoint  # the name the original system used
@@ -86,6 +95,8 @@ _logging.getLogger("storage").addHandler(_logging.NullHandler())
 _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "CallNotStartedError",
+    "CallOutcomeUnknownError",
     "CapacityError",
     "ConfigError",
     "ContextActivated",
@@ -103,6 +114,7 @@ __all__ = [
     "ContextManagerConfig",
     "ContextNotFoundError",
     "ContextOwnedElsewhereError",
+    "ContextRef",
     "ContextRestarted",
     "ContextSnapshot",
     "ContextState",
@@ -114,16 +126,19 @@ __all__ = [
     "CorruptStateError",
     "CorruptionRecovered",
     "DeactivationReason",
+    "DeadLetter",
     "FencedOffError",
     "FrozenDict",
     "FrozenList",
     "HoardError",
     "InvalidContextIdError",
+    "InvalidMessageError",
     "InvalidValueError",
     "MemoryStore",
     "MetadataChanged",
     "Metrics",
     "NoCurrentContextError",
+    "Pending",
     "PersistenceError",
     "PostgresStore",
     "RecoveryPoint",
@@ -136,6 +151,8 @@ __all__ = [
     "SQLiteStore",
     "Schema",
     "SchemaMigrationError",
+    "SchemaNameMismatchError",
+    "SchemaNameWarning",
     "SchemaValidationError",
     "StateChanged",
     "Store",
@@ -143,6 +160,7 @@ __all__ = [
     "Subscription",
     "Switched",
     "SystemStoppedError",
+    "Transacted",
     "VersionConflictError",
     "create_adapter",
     "create_adapter_with_config",

@@ -6,17 +6,27 @@ answered, at most `timeout` seconds (default: the manager's ``call_timeout``). T
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
-import pykka
-
-from hoard.actors import Activate, ContextCell, ContextStatus, CurrentId, Deactivate, ListActive, Reset, StatusOf
-from hoard.storage import NoCurrentContextError, as_schema, validate_id
+from hoard.actors import (
+    Activate,
+    ContextCell,
+    ContextStatus,
+    CurrentId,
+    Deactivate,
+    ListActive,
+    Reply,
+    Reset,
+    StatusOf,
+)
+from hoard.storage import HoardError, NoCurrentContextError, as_schema, validate_id
 
 from ._config import ContextAdapterConfig
 from ._core import SystemCore
-from ._tracker import ContextTracker, activate_waiting
+from ._ref import ContextRef
+from ._tracker import ContextTracker, Pending, activate_waiting
 
 __all__ = ["ContextAdapter"]
 
@@ -71,7 +81,8 @@ class ContextAdapter:
         return self._tracker(context_id, make_current=True, create=None, timeout=timeout, schema=schema)
 
     def tracker(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> ContextTracker:
-        """A tracker for an existing context, activating it without making it current."""
+        """A tracker for an existing context, activating it without making it current
+        (`ContextNotFoundError` if it does not exist; `get_or_create` creates it)."""
         return self._tracker(context_id, make_current=False, create=False, timeout=timeout, schema=schema)
 
     def create_and_activate(self, context_id: str, data: Mapping[str, Any] | None = None,
@@ -124,6 +135,46 @@ class ContextAdapter:
         result: list[str] = self._system.ask(ListActive(), timeout, "listing active contexts")
         return result
 
-    def actor_ref(self, context_id: str, *, timeout: float | None = None) -> pykka.ActorRef[Any]:
-        """Activate `context_id` (not as current) and return its actor's ref for direct messaging."""
-        return self._tracker(context_id, make_current=False, create=None, timeout=timeout).actor_ref
+    def actor_ref(self, context_id: str, *, timeout: float | None = None) -> ContextRef:
+        """A stable address of `context_id` for direct messaging with the messages of `hoard.actors`:
+        a `ContextRef` with pykka's ``ask(message, block=True, timeout=None)`` / ``tell(message)``
+        shape, valid for the life of the system (a message to a passivated context re-activates it).
+
+        Activates the context now (not as current; creating it when ``auto_create_contexts``), so a
+        missing one raises `ContextNotFoundError` here. Blocks up to `timeout` for that."""
+        return ContextRef(self._system, self._tracker(context_id, make_current=False, create=None, timeout=timeout))
+
+    def get_or_create(self, context_id: str, *, data: Mapping[str, Any] | None = None,
+                      metadata: Mapping[str, Any] | None = None, schema: Any = None,
+                      timeout: float | None = None) -> ContextTracker:
+        """A tracker for `context_id`, creating the context (with `data` and `metadata`) if it does
+        not exist, **without** making it current: the call for servers that touch many contexts from
+        many threads (the current context is one per process). `auto_create_contexts` does not
+        matter here; `max_contexts` does (`CapacityError`). Concurrent calls for one id yield one
+        context and one actor (the supervisor decides alone). Blocks up to `timeout` (default
+        call_timeout) while the context is loaded or created."""
+        return self._tracker(context_id, make_current=False, create=True, timeout=timeout, data=data,
+                             metadata=metadata, schema=schema)
+
+    def activate_async(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> Pending:
+        """`activate` without waiting: returns at once a future of the tracker (await it, or
+        ``.get()``); the activation runs on a system worker thread, never in the caller's (an event
+        loop's). Errors, `ContextNotFoundError` and timeouts included, arrive through the future."""
+        future = Reply()
+        future.what, future.context_id = f"activating {context_id!r}", context_id
+        future.set_deadline(timeout if timeout is not None else self._system.call_timeout)
+
+        def run() -> None:
+            if not future.start():
+                return
+            try:
+                remaining = max(0.001, (future.deadline or 0.0) - time.monotonic())
+                future.resolve(self.activate(context_id, schema=schema, timeout=remaining))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.fail(exc)
+
+        try:
+            self._system.offload(run)
+        except HoardError as exc:
+            future.fail(exc)
+        return future

@@ -95,6 +95,10 @@ class ContextManagerConfig:
         max_state_bytes: largest context (JSON-encoded data + metadata); also the decompression bound.
         clock: returns seconds since the epoch (timestamps); injectable for tests.
         monotonic: returns monotonic seconds (restart windows, idle time); injectable for tests.
+        request_window: how many ``request_id=`` idempotency keys each context remembers (at least
+            its newest this many; stored with its changes, so across restarts and processes).
+        request_ttl: seconds an idempotency key is remembered at most (None, default: by count only).
+            A retry with a forgotten key is applied again.
     """
 
     store: str | os.PathLike[str] | Store | None = attrs.field(default=None, validator=_store)
@@ -111,6 +115,8 @@ class ContextManagerConfig:
     max_state_bytes: int = attrs.field(default=64 * 2**20, validator=_number(64, integer=True))
     clock: Callable[[], float] = attrs.field(default=time.time, validator=_callable, repr=False)
     monotonic: Callable[[], float] = attrs.field(default=time.monotonic, validator=_callable, repr=False)
+    request_window: int = attrs.field(default=1000, validator=_number(1, integer=True))
+    request_ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
 
 
 @attrs.frozen(kw_only=True)

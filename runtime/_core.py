@@ -11,10 +11,12 @@ and its adapter). Systems still open at interpreter exit are stopped by an ``ate
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -75,10 +77,15 @@ class SystemCore:
         self._ticker: threading.Thread | None = None
         self._ticker_interval = 0.0
         self._ticker_stop = threading.Event()
+        # worker threads for what *_async calls and ContextRef.tell must not do in the caller's
+        # thread (an event loop's): re-activation, store reads, waiting for another owner's lease
+        self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="hoard-async")
+        _warm(self._workers)
         self.store.open()
         cfg = config
         self.context_settings = ContextSettings(durability=cfg.durability, max_value_bytes=cfg.max_value_bytes,
-                                                max_state_bytes=cfg.max_state_bytes, clock=cfg.clock)
+                                                max_state_bytes=cfg.max_state_bytes, clock=cfg.clock,
+                                                request_window=cfg.request_window, request_ttl=cfg.request_ttl)
         self._gate = EventGate()
         try:
             self._bus = EventBusActor.start(self._gate)
@@ -191,6 +198,21 @@ class SystemCore:
         except pykka.ActorDeadError as exc:
             raise SystemStoppedError() from exc
 
+    def offload(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` on one of the system's worker threads (never the caller's); returns at once.
+        `SystemStoppedError` after stop. `fn` must handle its own errors (a bug is logged)."""
+        if self._stopped:
+            raise SystemStoppedError()
+        try:
+            self._workers.submit(_logged, fn)
+        except RuntimeError as exc:  # shut down meanwhile
+            raise SystemStoppedError() from exc
+
+    def report_dead_letter(self, message: Any) -> None:
+        """Tell the supervisor about a dead letter (it counts and emits it). Never raises."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._supervisor.tell(message)
+
     @property
     def persistence_ref(self) -> pykka.ActorRef[Any]:
         return self._persistence
@@ -226,9 +248,30 @@ class SystemCore:
                     ref.stop(block=True, timeout=t)
             with contextlib.suppress(PersistenceError):
                 self.store.close()  # normally closed by the persistence actor already
+            self._workers.shutdown(wait=True)  # their calls fail fast now (SystemStoppedError)
         if error is not None:
             log.error("hoard stopped with an error: %s", error)
             raise error
+
+
+_WORKERS = 4
+
+
+def _warm(pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    """Start every worker thread now: the pool starts one lazily inside `submit`, and a thread start
+    waits for the new thread (milliseconds under load), which an event loop calling an ``*_async``
+    method must never pay (tests/runtime/test_async_loop.py)."""
+    gate = threading.Barrier(_WORKERS + 1)
+    for _ in range(_WORKERS):
+        pool.submit(gate.wait, 10)
+    gate.wait(10)
+
+
+def _logged(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception:  # a worker's job handles its errors; a bug is logged, not lost
+        log.exception("hoard worker job %r failed", fn)
 
 
 @atexit.register

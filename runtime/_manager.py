@@ -102,11 +102,12 @@ class ContextManager:
         return result
 
     def update(self, context_id: str, values: Mapping[str, Any], *, expected_version: int | None = None,
-               timeout: float | None = None) -> int:
+               request_id: str | None = None, timeout: float | None = None) -> int:
         """Set several keys of an existing context in one atomic, version-checked change; returns the
-        new version. Goes through the context's actor (activating it)."""
+        new version. Goes through the context's actor (activating it). `request_id`: see
+        `ContextTracker.update` (applied at most once)."""
         return self.tracker(context_id, timeout=timeout).update(values, expected_version=expected_version,
-                                                               timeout=timeout)
+                                                               request_id=request_id, timeout=timeout)
 
     def delete(self, context_id: str, *, timeout: float | None = None) -> None:
         """Delete a context with its recovery points (`ContextNotFoundError` if absent). An active one
@@ -153,9 +154,10 @@ class ContextManager:
         return list_recovery_points(self._system, context_id, timeout)
 
     def restore(self, context_id: str, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
-                timeout: float | None = None) -> int:
+                request_id: str | None = None, timeout: float | None = None) -> int:
+        """`ContextTracker.restore` on `context_id` (activating it)."""
         return self.tracker(context_id, timeout=timeout).restore(rp_id, expected_version=expected_version,
-                                                                timeout=timeout)
+                                                                request_id=request_id, timeout=timeout)
 
     def delete_recovery_point(self, context_id: str, rp_id: int | RecoveryPoint, *,
                               timeout: float | None = None) -> None:

@@ -54,6 +54,7 @@ _PREFIX = "hoard_"
 # field -> (series name without the _total suffix, help): the plain counters, in exposition order
 _COUNTERS: dict[str, tuple[str, str]] = {
     "conflicts": ("conflicts", "Optimistic writes refused because the context was at another version."),
+    "dead_letters": ("dead_letters", "Told messages that could not be delivered or were refused (nobody to answer)."),
     "activations": ("activations", "Context activations (an actor started for a context)."),
     "evictions": ("evictions", "Contexts passivated to make room (max_active_contexts)."),
     "passivations": ("passivations", "Contexts passivated because they were idle (idle_timeout)."),
@@ -110,6 +111,8 @@ class Metrics:
         calls: calls handled by context actors, by kind (``"set"``, ``"update"``, ``"delete"``,
             ``"set_metadata"``, ``"transact"``, ``"restore"``, ``"get"``, ``"get_state"`` ...).
         conflicts: writes refused with `VersionConflictError`.
+        dead_letters: told messages (``tell``) that could not be delivered (deleted context, capacity
+            refused) or that their context refused; each is logged and emitted as a `DeadLetter` event.
         activations, evictions, passivations (idle), deactivations, restarts, expired (TTL): lifecycle counts.
         active_contexts: contexts with a live actor now.
         failed_contexts: contexts FAILED now (until ``adapter.reset``).
@@ -125,6 +128,7 @@ class Metrics:
 
     calls: FrozenDict = attrs.field(factory=FrozenDict, converter=_counts)
     conflicts: int = 0
+    dead_letters: int = 0
     activations: int = 0
     evictions: int = 0
     passivations: int = 0

@@ -25,6 +25,7 @@ from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
 from ._events import Subscription, subscribe
 from ._manager import ContextManager
+from ._ref import ContextRef
 
 __all__ = ["ContextSystem", "open_system"]
 
@@ -92,6 +93,10 @@ class ContextSystem(SystemCore):
         after this call returns are delivered; earlier ones are not. Blocks on one bus message.
         """
         return subscribe(self, subscriber, context_id=context_id, kinds=kinds, timeout=timeout)
+
+    def ref(self, context_id: str, *, timeout: float | None = None) -> ContextRef:
+        """Shorthand for ``system.adapter.actor_ref(context_id)``: a stable `ContextRef`."""
+        return self.adapter.actor_ref(context_id, timeout=timeout)
 
     def __enter__(self) -> ContextSystem:
         return self

@@ -18,7 +18,8 @@ import functools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from typing import Any
 
 import pykka
@@ -42,6 +43,7 @@ from hoard.actors import (
     fresh_mark,
 )
 from hoard.storage import (
+    CallNotStartedError,
     ContextOwnedElsewhereError,
     ContextState,
     ContextTimeoutError,
@@ -94,6 +96,13 @@ def activate_waiting(system: SystemCore, message: Activate, timeout: float | Non
         delay = min(delay * 2, 0.25)
 
 
+def _failed(exc: BaseException) -> Reply:
+    """A future that already holds `exc` (``*_async`` calls hand every error through their future)."""
+    future = Reply()
+    future.fail(exc)
+    return future
+
+
 def _rp_id(rp_id: object, context_id: str) -> int:
     if isinstance(rp_id, RecoveryPoint):
         return rp_id.id
@@ -126,30 +135,48 @@ def delete_recovery_point(system: SystemCore, context_id: str, rp_id: object, ti
 
 
 #: the future a ``*_async`` call returns: a pykka future (``pykka.get_all`` works) that asyncio can
-#: await; `get` raises the call's error, or `ContextTimeoutError` after its timeout
+#: await. It carries the call's deadline: `get()` and ``await`` both raise `CallNotStartedError` or
+#: `CallOutcomeUnknownError` once the call's timeout (default call_timeout) has run out; other errors
+#: (the call's own, and activation errors) arrive through it as well, never from the ``*_async`` call.
 Pending = Reply
 
 
-class ContextTracker:
-    """Handle to one context. See the module docstring for the concurrency contract."""
+class ContextTracker(Mapping[str, Any]):
+    """Handle to one context: a read-only `Mapping` of its committed data, plus writes. See the
+    module docstring for the concurrency contract.
+
+    ``t["k"]`` (`KeyError` if absent), ``"k" in t``, ``len(t)``, ``list(t)``, ``dict(t)`` read the
+    newest committed state without a message. Equality is a mapping's (same keys and values); a
+    tracker is therefore not hashable.
+    """
 
     __slots__ = ("__weakref__", "_cell", "_id", "_system", "_timeout")
 
     def __init__(self, system: SystemCore, cell: ContextCell, timeout: float | None = None) -> None:
         self._system = system
-        self._cell = cell
+        # a weak reference: the supervisor holds the cell while the context is active; once it is
+        # passivated the cell (state, dead actor, mailbox) is freed and this tracker keeps only its
+        # id and system (measured in tests/runtime/test_messaging.py)
+        self._cell: weakref.ref[ContextCell] = weakref.ref(cell)
         self._id = cell.id
         self._timeout = timeout
 
     def __repr__(self) -> str:
-        return f"<ContextTracker {self._id!r} v{self._cell.state.version}>"
+        cell = self._cell()
+        if cell is None or cell.closed:
+            return f"<ContextTracker {self._id!r} (inactive)>"
+        return f"<ContextTracker {self._id!r} v{cell.state.version}>"
 
     # -- plumbing ------------------------------------------------------------------------------------
+    def _t(self, timeout: float | None) -> float:
+        t = timeout if timeout is not None else self._timeout
+        return self._system.call_timeout if t is None else t
+
     def _live_cell(self, timeout: float | None = None, *, write: bool = False) -> ContextCell:
         """The open cell (re-activating a passivated context), marked as used: a write gets an exact,
         fresh LRU mark, a read the current epoch."""
-        cell = self._cell
-        if cell.closed:
+        cell = self._cell()
+        if cell is None or cell.closed:
             cell = self._reactivate(timeout)
         cell.touched = fresh_mark() if write else EPOCH[0]
         return cell
@@ -158,73 +185,152 @@ class ContextTracker:
         """The context was passivated: activate it again (not as current). Blocks up to `timeout`."""
         cell = activate_waiting(self._system, Activate(self._id, create=False, make_current=False),
                                 timeout if timeout is not None else self._timeout, f"activating {self._id!r}")
-        self._cell = cell
+        self._cell = weakref.ref(cell)
         return cell
 
-    def _call(self, message: Any, timeout: float | None, what: str) -> Any:
-        t = timeout if timeout is not None else self._timeout
-        if t is None:
-            t = self._system.call_timeout
+    def _call(self, message: Any, timeout: float | None, what: str, outer: Reply | None = None) -> Any:
+        """Send `message` and wait for the reply, all within one deadline of `timeout` (default: the
+        tracker's, else call_timeout). A call that meets a stopping actor was not applied: it is
+        re-activated and sent again. `outer`: the future of an ``*_async`` call this one serves."""
+        t = self._t(timeout)
+        deadline = time.monotonic() + t
         for _ in range(_ATTEMPTS):
             if self._system.stopped:
                 raise SystemStoppedError()
-            cell = self._live_cell(t, write=True)
             try:
-                return cell.actor_ref.ask(message, block=False).get(timeout=t)
-            except ContextTimeoutError as exc:
-                raise ContextTimeoutError(what, t, self._id) from exc
+                cell = self._live_cell(max(0.001, deadline - time.monotonic()), write=True)
+            except ContextTimeoutError as exc:  # the time ran out activating: the call was never sent
+                raise CallNotStartedError(what, t, self._id) from exc
+            if time.monotonic() >= deadline:
+                raise CallNotStartedError(what, t, self._id)
+            reply: Reply = cell.actor_ref.ask(message, block=False)
+            reply.what, reply.context_id, reply.timeout, reply.deadline = what, self._id, t, deadline
+            if outer is not None:
+                outer.inner = reply
+            try:
+                return reply.get()
             except pykka.ActorDeadError:
                 # the actor stopped before handling the message (passivated): it was not applied
-                if self._cell is cell and not cell.closed:
+                if self._cell() is cell and not cell.closed:
                     cell.closed = True  # dead without being closed: let the supervisor decide
                 continue
         raise HoardError(f"{what}: context {self._id!r} was passivated {_ATTEMPTS} times during the call")
 
-    def _submit(self, message: Any, what: str) -> Pending:
-        """Send `message` without waiting; the actor's own reply future is returned (no second future,
-        no forwarding). A call that meets a stopping actor (not applied) is redone by its `get`."""
-        if self._system.stopped:
-            raise SystemStoppedError()
-        cell = self._live_cell(write=True)
-        reply: Reply = cell.actor_ref.ask(message, block=False)
-        reply.retry = functools.partial(self._call, message, None, what)
-        reply.what = what
-        return reply
+    def _submit(self, message: Any, what: str, timeout: float | None = None) -> Pending:
+        """Send `message` without waiting and return its future at once. With the actor running this
+        is one message (the actor's own reply future, no thread); a passivated context is
+        re-activated on a worker thread of the system, never in the caller's (an event loop's)
+        thread. Errors, timeouts included, arrive through the future."""
+        t = self._t(timeout)
+        cell = self._cell()
+        if cell is not None and not cell.closed and not self._system.stopped:
+            cell.touched = fresh_mark()
+            reply: Reply = cell.actor_ref.ask(message, block=False)
+            reply.what, reply.context_id = what, self._id
+            reply.set_deadline(t)
+            reply.retry = functools.partial(self._retry, message, reply, what)
+            return reply
+        def work(remaining: float, outer: Reply) -> Any:
+            return self._call(message, remaining, what, outer)
+
+        return self._offload(work, what, t)
+
+    def _retry(self, message: Any, reply: Reply, what: str) -> Any:
+        """Redo a submitted call that met a stopping actor, within what is left of its deadline."""
+        remaining = (reply.deadline or 0.0) - time.monotonic()
+        if remaining <= 0:
+            raise CallNotStartedError(what, reply.timeout, self._id)
+        return self._call(message, remaining, what)
+
+    def _offload(self, work: Callable[[float, Reply], Any], what: str, t: float) -> Pending:
+        """Run ``work(remaining_time, future)`` on a system worker thread; return `future` at once."""
+        future = Reply()
+        future.what, future.context_id = what, self._id
+        future.set_deadline(t)
+
+        def run() -> None:
+            if not future.start():
+                return  # its caller gave up (and was told "not started") before a worker got to it
+            try:
+                result = work(max(0.001, (future.deadline or 0.0) - time.monotonic()), future)
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.fail(exc)
+            else:
+                future.resolve(result)
+
+        try:
+            self._system.offload(run)
+        except HoardError as exc:
+            future.fail(exc)
+        return future
 
     # -- non-blocking forms: each returns a `Pending` future at once (await it, or .get()) ---------------
-    def set_async(self, key: str, value: Any, *, expected_version: int | None = None) -> Pending:
-        """`set` without waiting: returns a future of the new version."""
-        return self._submit(Set(key, value, expected_version), f"set on {self._id!r}")
+    def set_async(self, key: str, value: Any, *, expected_version: int | None = None,
+                  request_id: str | None = None, timeout: float | None = None) -> Pending:
+        """`set` without waiting: returns a future of the new version at once (see `Pending`)."""
+        try:
+            msg = Set(key, value, expected_version, request_id)
+        except HoardError as exc:
+            return _failed(exc)
+        return self._submit(msg, f"set on {self._id!r}", timeout)
 
-    def update_async(self, values: Mapping[str, Any], *, expected_version: int | None = None) -> Pending:
-        """`update` without waiting: returns a future of the new version."""
-        return self._submit(Update(values, expected_version), f"update on {self._id!r}")
+    def update_async(self, values: Mapping[str, Any], *, expected_version: int | None = None,
+                     request_id: str | None = None, timeout: float | None = None) -> Pending:
+        """`update` without waiting: returns a future of the new version at once."""
+        try:
+            msg = Update(values, expected_version, request_id)
+        except HoardError as exc:
+            return _failed(exc)
+        return self._submit(msg, f"update on {self._id!r}", timeout)
 
-    def delete_async(self, keys: str | Iterable[str], *, expected_version: int | None = None) -> Pending:
-        """`delete` without waiting: returns a future of the new version."""
-        ks = (keys,) if isinstance(keys, str) else tuple(keys)
-        return self._submit(Delete(ks, expected_version), f"delete on {self._id!r}")
+    def delete_async(self, keys: str | Iterable[str], *, expected_version: int | None = None,
+                     request_id: str | None = None, timeout: float | None = None) -> Pending:
+        """`delete` without waiting: returns a future of the new version at once."""
+        try:
+            msg = Delete(keys, expected_version, request_id)
+        except HoardError as exc:
+            return _failed(exc)
+        return self._submit(msg, f"delete on {self._id!r}", timeout)
 
-    def set_metadata_async(self, values: Mapping[str, Any], *, remove: Iterable[str] = (),
-                           expected_version: int | None = None) -> Pending:
-        """`set_metadata` (mapping form) without waiting: returns a future of the new version."""
-        rm = (remove,) if isinstance(remove, str) else tuple(remove)
-        return self._submit(SetMetadata(values, rm, expected_version), f"set_metadata on {self._id!r}")
+    def set_metadata_async(self, values: Mapping[str, Any], *, remove: str | Iterable[str] = (),
+                           expected_version: int | None = None, request_id: str | None = None,
+                           timeout: float | None = None) -> Pending:
+        """`set_metadata` (mapping form) without waiting: returns a future of the new version at once."""
+        try:
+            msg = SetMetadata(values, remove, expected_version, request_id)
+        except HoardError as exc:
+            return _failed(exc)
+        return self._submit(msg, f"set_metadata on {self._id!r}", timeout)
 
-    def transact_async(self, fn: Callable[[Any], Any], *, expected_version: int | None = None) -> Pending:
-        """`transact` without waiting: returns a future of what `fn` returns."""
-        return self._submit(Transact(fn, expected_version), f"transact on {self._id!r}")
+    def transact_async(self, fn: Callable[[Any], Any], *, expected_version: int | None = None,
+                       request_id: str | None = None, with_version: bool = False,
+                       timeout: float | None = None) -> Pending:
+        """`transact` without waiting: returns a future of what `fn` returns (a `Transacted` with
+        ``with_version=True``) at once."""
+        try:
+            msg = Transact(fn, expected_version, request_id, with_version)
+        except HoardError as exc:
+            return _failed(exc)
+        return self._submit(msg, f"transact on {self._id!r}", timeout)
 
-    def create_recovery_point_async(self, label: str | None = None) -> Pending:
-        """`create_recovery_point` without waiting: returns a future of the `RecoveryPoint`."""
-        return self._submit(CreateRecoveryPoint(label), f"recovery point of {self._id!r}")
+    def create_recovery_point_async(self, label: str | None = None, *, timeout: float | None = None) -> Pending:
+        """`create_recovery_point` without waiting: returns a future of the `RecoveryPoint` at once."""
+        try:
+            msg = CreateRecoveryPoint(label)
+        except HoardError as exc:
+            return _failed(exc)
+        return self._submit(msg, f"recovery point of {self._id!r}", timeout)
 
     def restore_async(self, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
-                      timeout: float | None = None) -> Pending:
-        """`restore` without waiting for the change (it reads the recovery point first, blocking up to
-        `timeout` on that store read): returns a future of the new version."""
-        rp = read_recovery_point(self._system, self._id, rp_id, timeout)
-        return self._submit(Restore(rp, expected_version), f"restore of {self._id!r}")
+                      request_id: str | None = None, timeout: float | None = None) -> Pending:
+        """`restore` without waiting: returns a future of the new version at once (the recovery point
+        is read from the store on a worker thread, then the change is sent)."""
+        what = f"restore of {self._id!r}"
+
+        def work(remaining: float, outer: Reply) -> Any:
+            return self._restore(rp_id, expected_version, request_id, remaining, outer)
+
+        return self._offload(work, what, self._t(timeout))
 
     # -- reads: no message, no wait -----------------------------------------------------------------
     @property
@@ -245,11 +351,11 @@ class ContextTracker:
         """The value of `key` (frozen: a read-only dict/list), or `default`. Lock-free, no message.
 
         Like ``dict.get``: a key that cannot be present (an int, say) gives `default`; an unhashable
-        key raises `InvalidValueError`. This is the hot read path: one attribute check, one LRU tick,
-        one persistent-map lookup.
+        key raises `InvalidValueError`. This is the hot read path: one weak reference, one attribute
+        check, one LRU tick, one persistent-map lookup.
         """
-        cell = self._cell
-        if cell.closed:
+        cell = self._cell()
+        if cell is None or cell.closed:
             cell = self._reactivate(None)
         cell.touched = EPOCH[0]
         try:
@@ -266,13 +372,24 @@ class ContextTracker:
     def __contains__(self, key: object) -> bool:
         return type(key) is str and key in self._live_cell().state.data
 
-    def keys(self) -> list[str]:
-        """The keys of the newest committed state (a list, a snapshot)."""
-        return list(self._live_cell().state.data.keys())
+    def __iter__(self) -> Iterator[str]:
+        """The keys of the newest committed state (one snapshot: later changes do not affect it)."""
+        return iter(self._live_cell().state.data)
 
-    def items(self) -> list[tuple[str, Any]]:
-        """Key/value pairs of the newest committed state (a list, a snapshot)."""
-        return list(self._live_cell().state.data.items())
+    def __len__(self) -> int:
+        return len(self._live_cell().state.data)
+
+    def keys(self) -> KeysView[str]:
+        """The keys of the newest committed state (a view of one snapshot)."""
+        return KeysView(self._live_cell().state.data)
+
+    def items(self) -> ItemsView[str, Any]:
+        """Key/value pairs of the newest committed state (a view of one snapshot)."""
+        return ItemsView(self._live_cell().state.data)
+
+    def values(self) -> ValuesView[Any]:
+        """The values of the newest committed state (a view of one snapshot)."""
+        return ValuesView(self._live_cell().state.data)
 
     def typed(self) -> Any:
         """The newest committed data as an instance of the context's schema class (lock-free read plus
@@ -314,7 +431,16 @@ class ContextTracker:
         return self.state()
 
     # -- writes: one message each, atomic, version-checked ---------------------------------------------
-    def set(self, key: str, value: Any, *, expected_version: int | None = None,
+    # Every write takes `request_id=`, an idempotency key (a short str, e.g. a UUID or a broker's
+    # message id): a write whose request id this context already applied is not applied again and
+    # returns the version it made then. The record is stored with the changes, so it holds across
+    # stop, kill -9 and a move to another process, for the newest `request_window` ids of the context
+    # (and at most `request_ttl` seconds, if set). Retrying after `CallOutcomeUnknownError` with the
+    # same request id is therefore safe.
+    #
+    # A call whose timeout runs out raises `CallNotStartedError` if the actor had not started it (it
+    # is cancelled in the mailbox: nothing applied, ever) or `CallOutcomeUnknownError` if it had.
+    def set(self, key: str, value: Any, *, expected_version: int | None = None, request_id: str | None = None,
             timeout: float | None = None) -> int:
         """Set one key. Returns the new version (the old one + 1).
 
@@ -322,33 +448,35 @@ class ContextTracker:
         `VersionConflictError` if `expected_version` is given and differs, `InvalidValueError` for a
         bad key or value; in both cases nothing changes.
         """
-        return self._call(Set(key, value, expected_version), timeout, f"set on {self._id!r}")  # type: ignore[no-any-return]
+        return self._call(Set(key, value, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+                          f"set on {self._id!r}")
 
     def update(self, values: Mapping[str, Any], *, expected_version: int | None = None,
-               timeout: float | None = None) -> int:
+               request_id: str | None = None, timeout: float | None = None) -> int:
         """Set several keys in one atomic change (one version). Returns the new version."""
         if not isinstance(values, Mapping):
             raise InvalidValueError(None, f"update takes a mapping, not {type(values).__name__}", context_id=self._id)
-        return self._call(Update(values, expected_version), timeout, f"update on {self._id!r}")  # type: ignore[no-any-return]
+        return self._call(Update(values, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+                          f"update on {self._id!r}")
 
     def delete(self, keys: str | Iterable[str], *, expected_version: int | None = None,
-               timeout: float | None = None) -> int:
-        """Remove one key or several in one atomic change; absent keys are allowed. Returns the new
-        version (raised by exactly 1 even when nothing was present)."""
-        if isinstance(keys, str):
-            ks: tuple[Any, ...] = (keys,)
-        else:
+               request_id: str | None = None, timeout: float | None = None) -> int:
+        """Remove one key (a str) or several (an iterable of str) in one atomic change; absent keys
+        are allowed. Returns the new version (raised by exactly 1 even when nothing was present)."""
+        if not isinstance(keys, str):
             try:
-                ks = tuple(keys)
+                keys = tuple(keys)
             except TypeError:
                 raise InvalidValueError(keys, "delete takes a key or an iterable of keys",
                                         context_id=self._id) from None
-        return self._call(Delete(ks, expected_version), timeout, f"delete on {self._id!r}")  # type: ignore[no-any-return]
+        return self._call(Delete(keys, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+                          f"delete on {self._id!r}")
 
-    def set_metadata(self, key: str | Mapping[str, Any], value: Any = _MISSING, *, remove: Iterable[str] = (),
-                     expected_version: int | None = None, timeout: float | None = None) -> int:
-        """Set metadata: ``set_metadata("k", v)`` or ``set_metadata({"k": v, ...})``; `remove` names keys to
-        drop. One atomic change; returns the new version."""
+    def set_metadata(self, key: str | Mapping[str, Any], value: Any = _MISSING, *, remove: str | Iterable[str] = (),
+                     expected_version: int | None = None, request_id: str | None = None,
+                     timeout: float | None = None) -> int:
+        """Set metadata: ``set_metadata("k", v)`` or ``set_metadata({"k": v, ...})``; `remove` names a key
+        (a str) or keys to drop. One atomic change; returns the new version."""
         if isinstance(key, Mapping):
             if value is not _MISSING:
                 raise InvalidValueError(None, "give a mapping or a key and a value, not both", context_id=self._id)
@@ -357,23 +485,26 @@ class ContextTracker:
             if value is _MISSING:
                 raise InvalidValueError(key, "set_metadata(key, value) needs a value", context_id=self._id)
             values = {key: value}
-        rm = (remove,) if isinstance(remove, str) else tuple(remove)
-        return self._call(SetMetadata(values, rm, expected_version), timeout,  # type: ignore[no-any-return]
+        return self._call(SetMetadata(values, remove, expected_version, request_id), timeout,  # type: ignore[no-any-return]
                           f"set_metadata on {self._id!r}")
 
     def transact(self, fn: Callable[[Any], Any], *, expected_version: int | None = None,
-                 timeout: float | None = None) -> Any:
+                 request_id: str | None = None, with_version: bool = False, timeout: float | None = None) -> Any:
         """Run ``fn(draft)`` inside the context's actor and apply the draft's changes atomically.
 
         `draft` is a mutable mapping of the data (with ``draft.metadata``, a dict, and
         ``draft.version``). No other change to the context happens while `fn` runs. If `fn` raises,
-        nothing changes and the exception reaches the caller. Returns what `fn` returned. The version
-        rises by 1 even if `fn` changed nothing. `fn` runs in the actor's thread: keep it short and
-        never call this context's tracker from inside it (that would wait for itself until timeout).
+        nothing changes and the exception reaches the caller. Returns what `fn` returned, or with
+        ``with_version=True`` a `Transacted` (``.value``: what `fn` returned, ``.version``: the version
+        committed, ``.duplicate``: the `request_id` had been applied already, so `fn` did not run and
+        ``.value`` is None; the plain form returns None then). The version rises by 1 even if `fn`
+        changed nothing. `fn` runs in the actor's thread: keep it short and never call this
+        context's tracker from inside it (that would wait for itself until timeout).
         """
         if not callable(fn):
             raise InvalidValueError(None, f"transact takes a callable, not {type(fn).__name__}", context_id=self._id)
-        return self._call(Transact(fn, expected_version), timeout, f"transact on {self._id!r}")
+        return self._call(Transact(fn, expected_version, request_id, with_version), timeout,
+                          f"transact on {self._id!r}")
 
     # -- recovery points ---------------------------------------------------------------------------
     def create_recovery_point(self, label: str | None = None, *, timeout: float | None = None) -> RecoveryPoint:
@@ -387,13 +518,18 @@ class ContextTracker:
         return list_recovery_points(self._system, self._id, timeout)
 
     def restore(self, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
-                timeout: float | None = None) -> int:
+                request_id: str | None = None, timeout: float | None = None) -> int:
         """Make data and metadata equal to recovery point `rp_id`'s, as a new version (returned).
 
         Raises `RecoveryPointNotFoundError` if it does not exist; nothing changes then.
         """
+        return self._restore(rp_id, expected_version, request_id, timeout, None)
+
+    def _restore(self, rp_id: int | RecoveryPoint, expected_version: int | None, request_id: str | None,
+                 timeout: float | None, outer: Reply | None) -> int:
         rp = read_recovery_point(self._system, self._id, rp_id, timeout)
-        return self._call(Restore(rp, expected_version), timeout, f"restore of {self._id!r}")  # type: ignore[no-any-return]
+        return self._call(Restore(rp, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+                          f"restore of {self._id!r}", outer)
 
     def delete_recovery_point(self, rp_id: int | RecoveryPoint, *, timeout: float | None = None) -> None:
         """Delete one recovery point (`RecoveryPointNotFoundError` if there is none with that id)."""
@@ -410,7 +546,8 @@ class ContextTracker:
 
     @property
     def actor_ref(self) -> pykka.ActorRef[Any]:
-        """The context actor's ref, for pykka users who message it directly (see `actors`)."""
+        """The context actor's current ref (activating it if needed). It dies when the context is
+        passivated; for an address that stays valid use ``adapter.actor_ref(id)`` (a `ContextRef`)."""
         ref: pykka.ActorRef[Any] = self._live_cell().actor_ref
         return ref
 

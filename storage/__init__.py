@@ -8,6 +8,8 @@ from ._codec import FORMAT_VERSION as FORMAT_VERSION
 from ._codec import KIND_ARCHIVE as KIND_ARCHIVE
 from ._codec import Codec as Codec
 from ._codec import make_converter as make_converter
+from ._errors import CallNotStartedError as CallNotStartedError
+from ._errors import CallOutcomeUnknownError as CallOutcomeUnknownError
 from ._errors import CapacityError as CapacityError
 from ._errors import ConfigError as ConfigError
 from ._errors import ContextCrashedError as ContextCrashedError
@@ -20,6 +22,7 @@ from ._errors import CorruptStateError as CorruptStateError
 from ._errors import FencedOffError as FencedOffError
 from ._errors import HoardError as HoardError
 from ._errors import InvalidContextIdError as InvalidContextIdError
+from ._errors import InvalidMessageError as InvalidMessageError
 from ._errors import InvalidValueError as InvalidValueError
 from ._errors import NoCurrentContextError as NoCurrentContextError
 from ._errors import PersistenceError as PersistenceError
@@ -44,6 +47,8 @@ from ._recovery import SkippedItem as SkippedItem
 from ._schema import SCHEMA_KEY as SCHEMA_KEY
 from ._schema import Schema as Schema
 from ._schema import SchemaMigrationError as SchemaMigrationError
+from ._schema import SchemaNameMismatchError as SchemaNameMismatchError
+from ._schema import SchemaNameWarning as SchemaNameWarning
 from ._schema import SchemaValidationError as SchemaValidationError
 from ._schema import as_schema as as_schema
 from ._schema import read_marker as read_marker
@@ -76,6 +81,8 @@ __all__ = [
     "KIND_ARCHIVE",
     "SCHEMA_KEY",
     "Append",
+    "CallNotStartedError",
+    "CallOutcomeUnknownError",
     "CapacityError",
     "Change",
     "ChangeListener",
@@ -98,6 +105,7 @@ __all__ = [
     "FrozenList",
     "HoardError",
     "InvalidContextIdError",
+    "InvalidMessageError",
     "InvalidValueError",
     "JournalEntry",
     "MemoryStore",
@@ -113,6 +121,8 @@ __all__ = [
     "SQLiteStore",
     "Schema",
     "SchemaMigrationError",
+    "SchemaNameMismatchError",
+    "SchemaNameWarning",
     "SchemaValidationError",
     "SetTTL",
     "SkippedItem",

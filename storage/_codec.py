@@ -31,6 +31,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import attrs
 import cattrs
 import immutables
 import orjson
@@ -123,6 +124,18 @@ def _check_fields(obj: Any, ints: tuple[str, ...], floats: tuple[str, ...], strs
         v = obj.get(name, False)
         if type(v) is not bool:
             raise CorruptStateError(f"field {name!r} is {type(v).__name__}, not a bool")
+
+
+def _requests(record: Any, what: str) -> immutables.Map[str, tuple[int, float]]:
+    """The idempotency record of a decoded state, as ``id -> (version, at)`` tuples (as the live one)."""
+    out = {}
+    for rid, entry in record.items():
+        if (type(entry) not in (list, FrozenList) or len(entry) != 2 or type(entry[0]) is not int
+                or type(entry[1]) not in (int, float)):
+            raise CorruptStateError(f"{what or 'state'}: request record {rid!r} is {entry!r}, not [version, at]",
+                                    what=what)
+        out[rid] = (entry[0], float(entry[1]))
+    return immutables.Map(out)
 
 
 def _origin(t: Any) -> Any:
@@ -251,6 +264,8 @@ class Codec:
         obj = self._loads(self.unframe(KIND_STATE, blob, what), what)
         self._checked(obj, what, ("version",), ("created_at", "updated_at"), ("id",))
         state: ContextState = self._structure(self._structure_state, obj, ContextState, what)
+        if state.requests:
+            state = attrs.evolve(state, requests=_requests(state.requests, what))
         return state
 
     def encode_change(self, change: Change) -> bytes:
@@ -259,7 +274,10 @@ class Codec:
     def decode_change(self, blob: bytes, what: str = "") -> Change:
         """Verify and decode a journal entry; `CorruptStateError` (naming `what`) for anything else."""
         obj = self._loads(self.unframe(KIND_CHANGE, blob, what), what)
-        self._checked(obj, what, ("version",), ("at",), (), ("data_del", "meta_del"), ("replace",))
+        self._checked(obj, what, ("version",), ("at",), (), ("data_del", "meta_del", "forget"), ("replace",))
+        rid = obj.get("request_id")
+        if rid is not None and (type(rid) is not str or not rid):
+            raise CorruptStateError(f"{what or 'journal entry'}: field 'request_id' is {rid!r}, not a str", what=what)
         change: Change = self._structure(self._structure_change, obj, Change, what)
         return change
 

@@ -10,6 +10,8 @@ are translated into these at the boundary with ``raise ... from exc``.
 from __future__ import annotations
 
 __all__ = [
+    "CallNotStartedError",
+    "CallOutcomeUnknownError",
     "CapacityError",
     "ConfigError",
     "ContextCrashedError",
@@ -22,6 +24,7 @@ __all__ = [
     "FencedOffError",
     "HoardError",
     "InvalidContextIdError",
+    "InvalidMessageError",
     "InvalidValueError",
     "NoCurrentContextError",
     "PersistenceError",
@@ -78,6 +81,26 @@ class InvalidValueError(HoardError, ValueError):
         super().__init__(f"{where}{ctx}: {reason}")
 
 
+class InvalidMessageError(InvalidValueError, TypeError):
+    """A message to a context actor is malformed: a field of the wrong type (``Get(["x"])``,
+    ``Restore(1)``, ``SetMetadata({...}, remove=True)``). Raised when the message is built, and again
+    by the actor for a message that got past construction. Nothing was changed, and the context keeps
+    running (this is the sender's error, never counted as a crash).
+
+    `message` names the message class, `field` the bad field, `reason` what is wrong with it; `key`
+    (as in `InvalidValueError`, which this refines) is the bad value of a key field, else None.
+    """
+
+    def __init__(self, message: str, field: str, reason: str, *, key: object = None) -> None:
+        super().__init__(key, reason)
+        self.message = message
+        self.field = field
+        self.args = (f"malformed {message} message: field {field!r} {reason}; fix the message and send it again",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class ContextNotFoundError(HoardError, LookupError):
     """The context does not exist (never created, or deleted), and creating it was not asked for.
 
@@ -129,17 +152,43 @@ class CapacityError(HoardError):
 
 
 class ContextTimeoutError(HoardError, TimeoutError):
-    """A blocking call did not get its answer within its timeout.
+    """A blocking call did not get its answer within its timeout. Also a builtin `TimeoutError`.
 
-    The operation may still complete afterwards (it was already queued); read the state to find out.
-    Also a builtin `TimeoutError`.
+    A call to a context actor raises one of two subclasses that say what became of it:
+    `CallNotStartedError` (cancelled in the mailbox, nothing applied) or `CallOutcomeUnknownError`
+    (the actor had started it). Other waits (the supervisor, the store, waiting for a version) raise
+    this class itself: the operation may still complete afterwards; read the state to find out.
     """
+
+    outcome = "it may still complete afterwards; read the state to find out"
 
     def __init__(self, what: str, timeout: float | None, context_id: str | None = None) -> None:
         self.what = what
         self.timeout = timeout
         self.context_id = context_id
-        super().__init__(f"{what} did not complete within {timeout} s")
+        super().__init__(f"{what} did not complete within {timeout} s; {self.outcome}")
+
+
+class CallNotStartedError(ContextTimeoutError):
+    """The caller's timeout ran out before the context's actor started the call, so the call was
+    cancelled in the mailbox: **nothing was applied**, and it never will be. Retrying is safe.
+
+    Differs from `CallOutcomeUnknownError`, where the actor had already started the call.
+    """
+
+    outcome = "it had not started and was cancelled: nothing was applied; retrying is safe"
+
+
+class CallOutcomeUnknownError(ContextTimeoutError):
+    """The caller's timeout ran out after the context's actor had started the call (a long
+    ``transact``, or a commit still in flight): it **may or may not** be applied. Retry it with the
+    same ``request_id=`` (applied at most once), or read the state to find out.
+
+    Differs from `CallNotStartedError`, which guarantees that nothing was applied.
+    """
+
+    outcome = ("it had started, so its outcome is unknown: retry with the same request_id= (applied at "
+               "most once) or read the state")
 
 
 class PersistenceError(HoardError):

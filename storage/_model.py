@@ -35,6 +35,10 @@ class ContextState:
         metadata: key -> frozen JSON value, versioned together with `data`.
         created_at: seconds since the epoch (``time.time()``) when the context was created.
         updated_at: seconds since the epoch of the change that made this version.
+        requests: the idempotency record: ``request_id -> (version, at)`` of the recent changes made
+            with a ``request_id=`` (see `Change.request_id`). Stored with the state (snapshot) and
+            rebuilt by replaying the journal, so it holds across restarts, kill -9 and a move to
+            another process; kept to the configured window by the context actor (`Change.forget`).
     """
 
     id: str
@@ -43,6 +47,7 @@ class ContextState:
     metadata: immutables.Map[str, Any] = EMPTY
     created_at: float = 0.0
     updated_at: float = 0.0
+    requests: immutables.Map[str, tuple[int, float]] = EMPTY
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of `key`, or `default`."""
@@ -100,6 +105,10 @@ class Change:
 
     `replace` (restore) means: data and metadata become exactly `data_set` / `meta_set`. Otherwise the
     keys in `data_set` are set and those in `data_del` removed (likewise for metadata).
+
+    `request_id` (the caller's idempotency key, or None) is recorded in the state's `requests` with
+    this version; `forget` names request ids that leave the record with this change (the window is
+    the context actor's decision; recording it here keeps replay exact).
     """
 
     version: int
@@ -109,6 +118,8 @@ class Change:
     meta_set: Mapping[str, Any] = _NO_CHANGES
     meta_del: tuple[str, ...] = ()
     replace: bool = False
+    request_id: str | None = None
+    forget: tuple[str, ...] = ()
 
 
 def _patch(m: immutables.Map[str, Any], sets: Mapping[str, Any], dels: tuple[str, ...]) -> immutables.Map[str, Any]:
@@ -135,4 +146,12 @@ def apply_change(state: ContextState, change: Change) -> ContextState:
     else:
         data = _patch(state.data, change.data_set, change.data_del)
         meta = _patch(state.metadata, change.meta_set, change.meta_del)
-    return ContextState(state.id, change.version, data, meta, state.created_at, change.at)
+    requests = state.requests
+    if change.request_id is not None or change.forget:
+        mm = requests.mutate()
+        for rid in change.forget:
+            mm.pop(rid, None)
+        if change.request_id is not None:
+            mm[change.request_id] = (change.version, change.at)
+        requests = mm.finish()
+    return ContextState(state.id, change.version, data, meta, state.created_at, change.at, requests)

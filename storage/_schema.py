@@ -38,6 +38,7 @@ from __future__ import annotations
 import enum
 import types
 import typing
+import warnings
 from collections import abc
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union
@@ -63,6 +64,8 @@ __all__ = [
     "Migration",
     "Schema",
     "SchemaMigrationError",
+    "SchemaNameMismatchError",
+    "SchemaNameWarning",
     "SchemaValidationError",
     "as_schema",
     "make_schema_converter",
@@ -128,6 +131,41 @@ class SchemaMigrationError(HoardError):
         self.missing = missing
         where = f"context {context_id!r}: " if context_id is not None else ""
         super().__init__(f"{where}{message}")
+
+
+class SchemaNameMismatchError(SchemaValidationError):
+    """A context is bound to a schema of another name than the one given (or known here).
+
+    Most often the same class under a new default name: a class defined in a script is
+    ``__main__.Customer``, and ``models.Customer`` once moved. Give the schema its stored name
+    (``Schema.of(Customer, name=stored)``) if it is the same class; otherwise the context belongs to
+    another schema. Nothing was changed. A `SchemaValidationError` for callers that catch that.
+
+    Attributes:
+        stored: the schema name stored with the context (None: one this system does not know).
+        given: the name of the schema given or looked for.
+    """
+
+    def __init__(self, stored: str, given: str | None, *, context_id: str | None = None) -> None:
+        self.stored = stored
+        self.given = given
+        self.schema = stored
+        self.errors = [("", f"bound to schema {stored!r}")]
+        self.context_id = context_id
+        where = f"context {context_id!r}" if context_id is not None else "the data"
+        if given is None:
+            text = (f"{where} is bound to schema {stored!r}, which this system does not know; activate it "
+                    f"with schema=Schema.of(YourClass, name={stored!r}) before changing it")
+        else:
+            text = (f"{where} is bound to schema {stored!r}, not {given!r}; if it is the same class (moved or "
+                    f"renamed), build it with Schema.of(YourClass, name={stored!r}); nothing was changed")
+        HoardError.__init__(self, text)
+
+
+class SchemaNameWarning(UserWarning):
+    """A schema was built without an explicit name for a class defined in ``__main__``: its default
+    name (``__main__.Cls``) changes as soon as the class moves to a module, and contexts bound under
+    the old name then refuse it. Pass ``name=`` to `Schema.of`."""
 
 
 class _Mismatch(TypeError):
@@ -526,8 +564,9 @@ class Schema:
             version: the schema version of data written from now on (>= 1).
             migrations: ``{N: fn}`` where ``fn(data_of_version_N) -> data_of_version_N_plus_1`` for
                 every N from the oldest version still stored up to ``version - 1``.
-            name: the name stored with each context; defaults to ``"module.QualName"``. Give a fixed
-                name if the class may move or be renamed.
+            name: the stable name stored with each context (e.g. ``"customer"``); give one always.
+                It defaults to ``"module.QualName"``, which changes when the class moves or is
+                renamed (a class in ``__main__`` warns: `SchemaNameWarning`).
 
         Raises:
             ConfigError: not an attrs class, a field type without JSON form, a version below 1, or a
@@ -552,6 +591,10 @@ class Schema:
         if type(self.name) is not str:
             raise ConfigError(f"schema name must be a str, not {self.name!r}")
         if not self.name:
+            if c.__module__ == "__main__":
+                warnings.warn(f"schema {c.__qualname__} is defined in __main__ and has no name=: its stored name "
+                              f"'__main__.{c.__qualname__}' breaks once the class moves to a module; use "
+                              f"Schema.of({c.__qualname__}, name='...')", SchemaNameWarning, stacklevel=4)
             object.__setattr__(self, "name", f"{c.__module__}.{c.__qualname__}")
         _check_type(c, c.__qualname__, set())
         conv = make_schema_converter()

@@ -63,7 +63,7 @@ class FrozenDict(dict):  # type: ignore[type-arg]
         return self
 
     def __repr__(self) -> str:
-        return f"FrozenDict({dict.__repr__(self)})"
+        return dict.__repr__(self)  # prints like the dict it equals (a type check tells them apart)
 
 
 class FrozenList(list):  # type: ignore[type-arg]
@@ -86,7 +86,7 @@ class FrozenList(list):  # type: ignore[type-arg]
         return self
 
     def __repr__(self) -> str:
-        return f"FrozenList({list.__repr__(self)})"
+        return list.__repr__(self)
 
 
 _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))  # Unicode category Cc: C0, DEL, C1

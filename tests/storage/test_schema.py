@@ -98,7 +98,7 @@ def test_a_change_with_many_bad_fields_lists_every_one_of_them() -> None:
         ("limits['a']", "expected int, got str 'b'"),
         ("ident", "expected int | str, got bool True"),
         ("pair[1]", "expected str, got int 2"),
-        ("seen[1]", "expected int, got list FrozenList([2])"),
+        ("seen[1]", "expected int, got list [2]"),
         ("homes[1].zip", "required field missing"),
         ("homes[2]", "expected an object (Address), got int 7"),
         ("other", "unexpected field (Profile has no field 'other')"),
