@@ -92,7 +92,8 @@ def mailbox_empty(ref: pykka.ActorRef[Any]) -> bool:
 log = logging.getLogger(__name__)
 
 _READS = frozenset({"load", "info", "list_ids", "count", "recovery_points", "recovery_point", "verify", "expired",
-                    "lease_token"})  # lease_token: only asked of stores with leases (after LeasesLost)
+                    "lease_token",  # lease_token: only asked of stores with leases (after LeasesLost)
+                    "set_consumer", "remove_consumer"})  # feed consumers: store writes of no context
 
 
 class PersistenceActor(pykka.ThreadingActor):
@@ -512,7 +513,7 @@ class PersistenceActor(pykka.ThreadingActor):
                 self._durable.pop(op.context_id, None)
                 self._since_snapshot.pop(op.context_id, None)
             elif isinstance(op, CreateContext):
-                self.events(ContextCreated, op.state.id)
+                self.events(ContextCreated, op.state.id, by=op.by)
             elif isinstance(op, DeleteRecoveryPoint):
                 self.events(RecoveryPointDeleted, op.context_id, rp_id=op.rp_id)
 

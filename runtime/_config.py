@@ -99,6 +99,11 @@ class ContextManagerConfig:
             its newest this many; stored with its changes, so across restarts and processes).
         request_ttl: seconds an idempotency key is remembered at most (None, default: by count only).
             A retry with a forgotten key is applied again.
+        feed: record every committed change in the store's change feed (default True; see
+            `ContextSystem.changes`). Every process writing to one PostgreSQL schema must agree.
+        feed_retention: the most feed entries kept back from the newest (default 1,000,000):
+            entries are kept until every registered consumer passed them, but never beyond this; a
+            consumer behind it gets `FeedTruncatedError`. Applies to stores opened from a path or URL.
     """
 
     store: str | os.PathLike[str] | Store | None = attrs.field(default=None, validator=_store)
@@ -117,6 +122,8 @@ class ContextManagerConfig:
     monotonic: Callable[[], float] = attrs.field(default=time.monotonic, validator=_callable, repr=False)
     request_window: int = attrs.field(default=1000, validator=_number(1, integer=True))
     request_ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
+    feed: bool = attrs.field(default=True, validator=_bool)
+    feed_retention: int = attrs.field(default=1_000_000, validator=_number(1, integer=True))
 
 
 @attrs.frozen(kw_only=True)

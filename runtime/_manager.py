@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hoard.actors import Activate, AddContext, Configure, Exists, ListIds, RemoveContext, StateOf, StoreWrite
+from hoard.actors import (
+    Activate,
+    AddContext,
+    Configure,
+    Exists,
+    ListIds,
+    RemoveContext,
+    StateOf,
+    StoreWrite,
+    current_by,
+)
 from hoard.storage import (
     ConfigError,
     ContextNotFoundError,
@@ -20,6 +30,7 @@ from hoard.storage import (
     InvalidValueError,
     RecoveryPoint,
     SetTTL,
+    validate_by,
     validate_id,
 )
 
@@ -84,14 +95,17 @@ class ContextManager:
         return ContextTracker(self._system, cell)
 
     def create(self, context_id: str, data: Mapping[str, Any] | None = None,
-               metadata: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> ContextState:
+               metadata: Mapping[str, Any] | None = None, *, by: str | None = None,
+               timeout: float | None = None) -> ContextState:
         """Create a context at version 1 (durably) without activating it. Returns its state.
 
-        Raises `ContextExistsError` if it exists, `InvalidValueError` for bad data, `CapacityError`
-        at ``max_contexts``; nothing is created then.
+        `by`: who creates it (default: the `acting_as` in force), recorded in the change feed and the
+        `ContextCreated` event. Raises `ContextExistsError` if it exists, `InvalidValueError` for bad
+        data or `by`, `CapacityError` at ``max_contexts``; nothing is created then.
         """
         validate_id(context_id)
-        result: ContextState = self._system.ask(AddContext(context_id, data, metadata), timeout,
+        who = current_by() if by is None else validate_by(by)
+        result: ContextState = self._system.ask(AddContext(context_id, data, metadata, who), timeout,
                                                 f"creating {context_id!r}")
         return result
 
@@ -102,12 +116,12 @@ class ContextManager:
         return result
 
     def update(self, context_id: str, values: Mapping[str, Any], *, expected_version: int | None = None,
-               request_id: str | None = None, timeout: float | None = None) -> int:
+               request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
         """Set several keys of an existing context in one atomic, version-checked change; returns the
-        new version. Goes through the context's actor (activating it). `request_id`: see
-        `ContextTracker.update` (applied at most once)."""
+        new version. Goes through the context's actor (activating it). `request_id`, `by`: see
+        `ContextTracker.update` (applied at most once; who made it)."""
         return self.tracker(context_id, timeout=timeout).update(values, expected_version=expected_version,
-                                                               request_id=request_id, timeout=timeout)
+                                                               request_id=request_id, by=by, timeout=timeout)
 
     def delete(self, context_id: str, *, timeout: float | None = None) -> None:
         """Delete a context with its recovery points (`ContextNotFoundError` if absent). An active one
@@ -154,10 +168,10 @@ class ContextManager:
         return list_recovery_points(self._system, context_id, timeout)
 
     def restore(self, context_id: str, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
-                request_id: str | None = None, timeout: float | None = None) -> int:
+                request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
         """`ContextTracker.restore` on `context_id` (activating it)."""
         return self.tracker(context_id, timeout=timeout).restore(rp_id, expected_version=expected_version,
-                                                                request_id=request_id, timeout=timeout)
+                                                                request_id=request_id, by=by, timeout=timeout)
 
     def delete_recovery_point(self, context_id: str, rp_id: int | RecoveryPoint, *,
                               timeout: float | None = None) -> None:

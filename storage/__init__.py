@@ -19,6 +19,7 @@ from ._errors import ContextNotFoundError as ContextNotFoundError
 from ._errors import ContextOwnedElsewhereError as ContextOwnedElsewhereError
 from ._errors import ContextTimeoutError as ContextTimeoutError
 from ._errors import CorruptStateError as CorruptStateError
+from ._errors import FeedTruncatedError as FeedTruncatedError
 from ._errors import FencedOffError as FencedOffError
 from ._errors import HoardError as HoardError
 from ._errors import InvalidContextIdError as InvalidContextIdError
@@ -31,6 +32,7 @@ from ._errors import StoreLockedError as StoreLockedError
 from ._errors import SystemStoppedError as SystemStoppedError
 from ._errors import VersionConflictError as VersionConflictError
 from ._errors import VersionNotStoredError as VersionNotStoredError
+from ._feed import FeedEntry as FeedEntry
 from ._memory import MemoryStore as MemoryStore
 from ._model import Change as Change
 from ._model import ContextState as ContextState
@@ -73,6 +75,7 @@ from ._values import encoded_size as encoded_size
 from ._values import freeze_mapping as freeze_mapping
 from ._values import freeze_value as freeze_value
 from ._values import thaw as thaw
+from ._values import validate_by as validate_by
 from ._values import validate_id as validate_id
 from ._values import validate_key as validate_key
 
@@ -100,6 +103,8 @@ __all__ = [
     "CreateContext",
     "DeleteContext",
     "DeleteRecoveryPoint",
+    "FeedEntry",
+    "FeedTruncatedError",
     "FencedOffError",
     "FrozenDict",
     "FrozenList",
@@ -146,6 +151,7 @@ __all__ = [
     "open_store",
     "read_marker",
     "thaw",
+    "validate_by",
     "validate_id",
     "validate_key",
 ]

@@ -18,7 +18,21 @@ from collections.abc import Sequence
 import attrs
 import immutables
 
-from ._errors import ContextNotFoundError, PersistenceError, VersionNotStoredError
+from ._errors import (
+    ContextNotFoundError,
+    FeedTruncatedError,
+    InvalidValueError,
+    PersistenceError,
+    VersionNotStoredError,
+)
+from ._feed import (
+    DEFAULT_FEED_RETENTION,
+    FeedEntry,
+    check_retention,
+    consumer_position,
+    creation_change,
+    prune_floor,
+)
 from ._model import Change, ContextState, RecoveryPoint, apply_change
 from ._store import (
     Append,
@@ -57,9 +71,17 @@ class _Context:
 class MemoryStore:
     """Contexts kept in a dict. See the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, feed: bool = True, feed_retention: int = DEFAULT_FEED_RETENTION) -> None:
         self.location = ":memory:"
         self._contexts: dict[str, _Context] = {}
+        self.feed_enabled = feed
+        self.feed_retention = check_retention(feed_retention)
+        # the change feed: (floor, entries after it). The writer only appends to the list (one C call
+        # under the GIL) or replaces the whole pair when it prunes, so a reader in another thread
+        # takes one consistent pair without a lock; entries at or below the floor were pruned
+        self._view: tuple[int, list[FeedEntry]] = (0, [])
+        self._head = 0
+        self._consumers: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -81,6 +103,23 @@ class MemoryStore:
                 self._contexts.pop(cid, None)
             else:
                 self._contexts[cid] = ctx
+        if self.feed_enabled:
+            self._append_feed(ops)
+
+    def _append_feed(self, ops: Sequence[Op]) -> None:
+        added = []
+        for op in ops:
+            change = op.change if isinstance(op, Append) else creation_change(op) if isinstance(op, CreateContext) \
+                else None
+            if change is not None:
+                self._head += 1
+                added.append(FeedEntry.of(self._head, context_of(op), change))
+        if added:
+            old_floor, feed = self._view
+            feed.extend(added)
+            floor = prune_floor(self._head, old_floor, list(self._consumers.values()), self.feed_retention)
+            if floor > old_floor + 1023:
+                self._view = (floor, feed[floor - old_floor:])  # offsets are contiguous from old_floor + 1
 
     @staticmethod
     def _apply(cur: _Context | None, op: Op) -> _Context | None:  # noqa: PLR0911, PLR0912 - one branch per kind of op
@@ -196,6 +235,35 @@ class MemoryStore:
                     return st
         raise VersionNotStoredError(context_id, version, oldest=min(bases, default=None),
                                     newest=ctx.state.version if bases else None)
+
+    # -- the change feed ---------------------------------------------------------------------------
+    def feed(self, after: int = 0, limit: int = 1000) -> list[FeedEntry]:
+        if type(after) is not int or after < 0 or type(limit) is not int or limit < 1:
+            raise InvalidValueError("after", f"the feed is read after an offset >= 0 (got {after!r}) in batches "
+                                             f"of at least 1 (got {limit!r})")
+        floor, feed = self._view  # one consistent value (replaced whole by the writer)
+        if after < floor:
+            raise FeedTruncatedError(after, floor)
+        start = 0 if not feed else max(0, after + 1 - feed[0].offset)  # offsets are contiguous
+        return list(feed[start:start + limit])
+
+    def feed_bounds(self) -> tuple[int, int]:
+        return self._view[0], self._head
+
+    def consumers(self) -> dict[str, int]:
+        return dict(self._consumers)
+
+    def set_consumer(self, name: str, position: int | None = None) -> int:
+        pos = consumer_position(name, self._consumers.get(name), position, self._view[0], self._head)
+        self._consumers = {**self._consumers, name: pos}
+        return pos
+
+    def remove_consumer(self, name: str) -> None:
+        self._consumers = {k: v for k, v in self._consumers.items() if k != name}
+
+    def reader(self) -> MemoryStore:
+        """This store itself: its reads take one consistent immutable value, safe from any thread."""
+        return self
 
     def stats(self) -> StoreStats:
         ctxs = self._contexts.values()

@@ -40,7 +40,15 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 from ._codec import Codec
-from ._errors import ConfigError, ContextNotFoundError, CorruptStateError, VersionNotStoredError
+from ._errors import (
+    ConfigError,
+    ContextNotFoundError,
+    CorruptStateError,
+    FeedTruncatedError,
+    InvalidValueError,
+    VersionNotStoredError,
+)
+from ._feed import FeedEntry
 from ._model import Change, ContextState, RecoveryPoint, apply_change
 from ._store import JournalEntry, StoredContext, StoreStats, VerifyIssue
 from ._values import validate_id
@@ -101,6 +109,16 @@ class RowAccess(Protocol):
 
     def totals(self) -> StoreStats:
         """Counts and bytes of the whole store (`location` left empty)."""
+
+    def feed_bounds(self) -> tuple[int, int]:
+        """``(floor, head)`` of the change feed: every entry at or below `floor` was pruned, `head` is
+        the newest offset given (both 0 for an empty feed, or a store made before the feed)."""
+
+    def feed_rows(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        """At most `limit` feed rows ``(offset, context_id, blob)`` with offset > `after`, by offset."""
+
+    def consumer_rows(self) -> dict[str, int]:
+        """Every registered feed consumer and the offset it committed."""
 
     # -- writes (repair transactions only) ---------------------------------------------------------
     def write_snapshot(self, context_id: str, version: int, blob: bytes) -> None:
@@ -730,6 +748,29 @@ class RowStore:
         bases = [r.version for r in stored.snapshots + stored.rps if r.problem is None and r.version <= stored.version]
         raise VersionNotStoredError(context_id, version, oldest=min(bases, default=None),
                                     newest=stored.version if bases else None)
+
+    # -- the change feed ---------------------------------------------------------------------------
+    def feed(self, after: int = 0, limit: int = 1000) -> list[FeedEntry]:
+        """See `Store.feed`: one read transaction, caller's thread; each entry verified."""
+        if type(after) is not int or after < 0 or type(limit) is not int or limit < 1:
+            raise InvalidValueError("after", f"the feed is read after an offset >= 0 (got {after!r}) in batches "
+                                             f"of at least 1 (got {limit!r})")
+
+        def run(rows: RowAccess) -> list[FeedEntry]:
+            floor, _head = rows.feed_bounds()
+            if after < floor:
+                raise FeedTruncatedError(after, floor)
+            return [FeedEntry.of(pos, cid, self.codec.decode_change(blob, f"feed entry {pos} ({cid!r})"))
+                    for pos, cid, blob in rows.feed_rows(after, limit)]
+        return self._read("read the change feed", None, run)
+
+    def feed_bounds(self) -> tuple[int, int]:
+        """See `Store.feed_bounds`: one read transaction, caller's thread."""
+        return self._read("read the change feed", None, lambda r: r.feed_bounds())
+
+    def consumers(self) -> dict[str, int]:
+        """See `Store.consumers`: one read transaction, caller's thread."""
+        return self._read("read feed consumers", None, lambda r: r.consumer_rows())
 
     def stats(self) -> StoreStats:
         """See `Store.stats`: one read transaction, caller's thread."""
