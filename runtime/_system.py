@@ -37,7 +37,7 @@ def _resolve_store(config: ContextManagerConfig) -> Store:
     context's ownership lease, so a write that lost its lease can never land)."""
     store = config.store
     if store is None:
-        return MemoryStore()
+        return MemoryStore(feed=config.feed, feed_retention=config.feed_retention)
     if isinstance(store, (str, os.PathLike)):
         return make_store(store, sync=config.sync, compression_level=config.compression_level,
                           max_state_bytes=config.max_state_bytes, recovery=config.recovery, require_lease=True,

@@ -27,6 +27,7 @@ from ._errors import (
 )
 from ._feed import (
     DEFAULT_FEED_RETENTION,
+    PRUNE_EVERY,
     FeedEntry,
     check_retention,
     consumer_position,
@@ -81,6 +82,7 @@ class MemoryStore:
         # takes one consistent pair without a lock; entries at or below the floor were pruned
         self._view: tuple[int, list[FeedEntry]] = (0, [])
         self._head = 0
+        self._since_prune = 0
         self._consumers: dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -117,9 +119,12 @@ class MemoryStore:
         if added:
             old_floor, feed = self._view
             feed.extend(added)
-            floor = prune_floor(self._head, old_floor, list(self._consumers.values()), self.feed_retention)
-            if floor > old_floor + 1023:
-                self._view = (floor, feed[floor - old_floor:])  # offsets are contiguous from old_floor + 1
+            self._since_prune += len(added)
+            if self._since_prune >= PRUNE_EVERY:  # as often as the durable stores prune
+                self._since_prune = 0
+                floor = prune_floor(self._head, old_floor, list(self._consumers.values()), self.feed_retention)
+                if floor > old_floor:
+                    self._view = (floor, feed[floor - old_floor:])  # offsets are contiguous from old_floor + 1
 
     @staticmethod
     def _apply(cur: _Context | None, op: Op) -> _Context | None:  # noqa: PLR0911, PLR0912 - one branch per kind of op
