@@ -156,7 +156,7 @@ class PostgresStore(LeaseHolder, RowStore):
                  codec: Codec | None = None, connection_class: type[Any] | None = None, feed: bool = True,
                  feed_retention: int = DEFAULT_FEED_RETENTION) -> None:
         if psycopg is None:  # pragma: no cover - exercised only without the extra
-            raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard[postgres]'")
+            raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard-contexts[postgres]'")
         super().__init__(codec or Codec(compression_level, max_bytes=max_state_bytes + 2**20), recovery, readonly)
         if not IDENT.fullmatch(schema):
             raise ConfigError(f"schema must be an identifier (letters, digits, '_', at most 63), not {schema!r}")
@@ -233,7 +233,7 @@ class PostgresStore(LeaseHolder, RowStore):
         words; a server that does not answer (yet), or is starting up, is left to the pool, which
         retries up to `connect_timeout`. Returns that first problem (None if the connection worked)."""
         try:
-            psycopg.connect(self.dsn, **kwargs).close()
+            self.connection_class.connect(self.dsn, **kwargs).close()
         except psycopg.Error as exc:
             problem = " ".join(str(exc).split())
             refusal = problem.partition("FATAL:")[2].strip()
@@ -848,12 +848,14 @@ class _PgRows:
         self.conn.execute(self.sql[f"fix_{table}"], {"id": context_id})
 
 
-#: refusals of a server that is busy or changing state, not saying "no": worth waiting for
-_TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "connection slots")
 _KIND: dict[type, str] = {
     CreateContext: "create", Append: "append", PutSnapshot: "snapshot", PutRecoveryPoint: "recovery_point",
     DeleteRecoveryPoint: "delete_recovery_point", DeleteContext: "delete", SetTTL: "ttl",
 }
+
+
+#: refusals of a server that is busy or changing state, not saying "no": worth waiting for
+_TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "connection slots")
 
 
 def _touched(ops: Sequence[Op]) -> dict[str, list[str]]:
