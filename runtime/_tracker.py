@@ -63,7 +63,6 @@ from ._events import subscribe
 __all__ = ["ContextTracker", "ContextTrackerFactory"]
 
 _MISSING: Any = object()
-_ATTEMPTS = 5  # a call that meets a passivating actor re-activates and retries (it was not applied)
 
 
 def activate_waiting(system: SystemCore, message: Activate, timeout: float | None, what: str) -> ContextCell:
@@ -196,7 +195,7 @@ class ContextTracker(Mapping[str, Any]):
         re-activated and sent again. `outer`: the future of an ``*_async`` call this one serves."""
         t = self._t(timeout)
         deadline = time.monotonic() + t
-        for _ in range(_ATTEMPTS):
+        while True:  # each round that meets a stopping actor did not apply it: bounded by the deadline
             if self._system.stopped:
                 raise SystemStoppedError()
             try:
@@ -216,7 +215,6 @@ class ContextTracker(Mapping[str, Any]):
                 if self._cell() is cell and not cell.closed:
                     cell.closed = True  # dead without being closed: let the supervisor decide
                 continue
-        raise HoardError(f"{what}: context {self._id!r} was passivated {_ATTEMPTS} times during the call")
 
     def _submit(self, message: Any, what: str, timeout: float | None = None) -> Pending:
         """Send `message` without waiting and return its future at once. With the actor running this
