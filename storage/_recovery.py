@@ -741,9 +741,10 @@ class RowStore:
         if isinstance(version, int) and not isinstance(version, bool):
             # the common case reads and decodes only what rebuilds `version`: the newest snapshot at or
             # below it and the journal up to it (history reads many versions back on long policies)
-            found = self._read("read state", context_id, lambda rows: self._state_at_direct(rows, context_id, version))
-            if found is not None:
-                return found
+            direct = self._read("read state", context_id,
+                                lambda rows: self._state_at_direct(rows, context_id, version))
+            if direct is not None:
+                return direct
         stored = self._read("read state", context_id, lambda rows: _read_stored(self.codec, rows, context_id))
         if stored is None:
             raise ContextNotFoundError(context_id)
