@@ -80,6 +80,8 @@ from ._messages import Sweep as Sweep
 from ._messages import Transact as Transact
 from ._messages import Transacted as Transacted
 from ._messages import Update as Update
+from ._messages import acting_as as acting_as
+from ._messages import current_by as current_by
 from ._metrics import LATENCY_BOUNDS as LATENCY_BOUNDS
 from ._metrics import SIZE_BOUNDS as SIZE_BOUNDS
 from ._metrics import Histogram as Histogram
@@ -172,6 +174,8 @@ __all__ = [
     "UnknownMessageError",
     "Unsubscribe",
     "Update",
+    "acting_as",
+    "current_by",
     "fresh_mark",
     "mailbox_depth",
 ]

@@ -318,7 +318,7 @@ class ContextActor(pykka.ThreadingActor):
 
     def _apply(  # noqa: PLR0912 - the one write path, read top to bottom: checks, size, schema, reply
             self, change_args: dict[str, Any], growth: int, result: Any = None, replace: bool = False,
-            rp_id: int | None = None, *, request_id: str | None = None) -> Any:
+            rp_id: int | None = None, *, request_id: str | None = None, by: str | None = None) -> Any:
         """Make a change of the working state; hand it to persistence and/or publish it.
 
         `growth` bounds the bytes the change adds (deletions count as 0; a replace passes its exact
@@ -332,6 +332,8 @@ class ContextActor(pykka.ThreadingActor):
         if request_id is not None:
             change_args["request_id"] = request_id
             change_args["forget"] = self._forget(now)
+        if by is not None:
+            change_args["by"] = by
         change = Change(w.version + 1, now, replace=replace, **change_args)
         new = apply_change(w, change)
         limit = self.settings.max_state_bytes
@@ -394,18 +396,18 @@ class ContextActor(pykka.ThreadingActor):
         self._check_version(m.expected_version)
         key = validate_key(m.key, self.cell.id)
         value, growth = self._frozen(key, m.value)
-        return self._apply({"data_set": {key: value}}, growth, request_id=m.request_id)
+        return self._apply({"data_set": {key: value}}, growth, request_id=m.request_id, by=m.by)
 
     def _on_update(self, m: Update) -> Any:
         self._check_version(m.expected_version)
         sets, growth = self._frozen_mapping(m.values)
-        return self._apply({"data_set": sets}, growth, request_id=m.request_id)
+        return self._apply({"data_set": sets}, growth, request_id=m.request_id, by=m.by)
 
     def _on_delete(self, m: Delete) -> Any:
         self._check_version(m.expected_version)
         keys = tuple(dict.fromkeys(validate_key(k, self.cell.id) for k in m.keys))
         present = tuple(k for k in keys if k in self.working.data)
-        return self._apply({"data_del": present}, 0, request_id=m.request_id)
+        return self._apply({"data_del": present}, 0, request_id=m.request_id, by=m.by)
 
     def _on_set_metadata(self, m: SetMetadata) -> Any:
         self._check_version(m.expected_version)
@@ -413,7 +415,7 @@ class ContextActor(pykka.ThreadingActor):
         # validate first: `in` hashes the key, and a str subclass's own __hash__ is user code
         dels = tuple(k for k in (validate_key(k, self.cell.id) for k in m.remove) if k in self.working.metadata)
         check_reserved([*sets, *dels], self.cell.id)
-        return self._apply({"meta_set": sets, "meta_del": dels}, growth, request_id=m.request_id)
+        return self._apply({"meta_set": sets, "meta_del": dels}, growth, request_id=m.request_id, by=m.by)
 
     def _on_transact(self, m: Transact) -> Any:
         self._check_version(m.expected_version)
@@ -442,7 +444,7 @@ class ContextActor(pykka.ThreadingActor):
         if m.with_version:
             result = Transacted(result, w.version + 1)
         return self._apply({"data_set": sets, "data_del": dels, "meta_set": meta_set, "meta_del": meta_del},
-                           growth, result=_NONE if result is None else result, request_id=m.request_id)
+                           growth, result=_NONE if result is None else result, request_id=m.request_id, by=m.by)
 
     def _on_restore(self, m: Restore) -> Any:
         self._check_version(m.expected_version)
@@ -451,7 +453,7 @@ class ContextActor(pykka.ThreadingActor):
                                     context_id=self.cell.id)
         st = m.rp.state
         return self._apply({"data_set": dict(st.data), "meta_set": dict(st.metadata)},
-                           _state_size(st), replace=True, rp_id=m.rp.id, request_id=m.request_id)
+                           _state_size(st), replace=True, rp_id=m.rp.id, request_id=m.request_id, by=m.by)
 
     # -- reads and the rest --------------------------------------------------------------------------
     def _on_get(self, m: Get) -> Any:
@@ -569,11 +571,12 @@ def _state_event(old: ContextState, change: Change, new: ContextState, rp_id: in
                         removed=tuple(k for k in old.data if k not in new.data),
                         metadata_changed=tuple(new.metadata),
                         metadata_removed=tuple(k for k in old.metadata if k not in new.metadata),
-                        rp_id=rp_id if rp_id is not None else 0)
+                        rp_id=rp_id if rp_id is not None else 0, by=change.by)
     cls = MetadataChanged if not change.data_set and not change.data_del and (
         change.meta_set or change.meta_del) else StateChanged
     return cls(context_id=new.id, at=change.at, version=new.version, changed=tuple(change.data_set),
-               removed=change.data_del, metadata_changed=tuple(change.meta_set), metadata_removed=change.meta_del)
+               removed=change.data_del, metadata_changed=tuple(change.meta_set), metadata_removed=change.meta_del,
+               by=change.by)
 
 
 def _state_size(state: ContextState) -> int:

@@ -67,6 +67,7 @@ class ContextEvent:
 @attrs.frozen(kw_only=True)
 class ContextCreated(ContextEvent):
     version: int = 1
+    by: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -82,13 +83,15 @@ class ContextDeactivated(ContextEvent):
 
 @attrs.frozen(kw_only=True)
 class StateChanged(ContextEvent):
-    """A new version: which data keys were set or removed (and metadata keys, if any)."""
+    """A new version: which data keys were set or removed (and metadata keys, if any), and `by` whom
+    (the change's ``by=``, None if nobody said)."""
 
     version: int
     changed: tuple[str, ...]
     removed: tuple[str, ...]
     metadata_changed: tuple[str, ...] = ()
     metadata_removed: tuple[str, ...] = ()
+    by: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -4,7 +4,9 @@ Context messages (`Get`, `GetState`, `Set`, `Update`, `Delete`, `SetMetadata`, `
 `CreateRecoveryPoint`) are public: another pykka actor may ``ask`` a context actor directly, e.g.
 ``ref.ask(Set("k", 1))`` returns the new version. Every mutating message takes `expected_version`
 (None: no check) and `request_id` (an idempotency key: a change whose id the context already applied
-is not applied again, and the reply is the version it made then). The rest are internal to hoard.
+is not applied again, and the reply is the version it made then) and `by` (who makes the change, a
+short str stored with it; by default the one `acting_as` set in the sender's thread or task). The rest
+are internal to hoard.
 
 Public messages check their fields when they are built: a field of the wrong type raises
 `InvalidMessageError` at once (``Get(["x"])``, ``Restore(1)``, ``SetMetadata({...}, remove=True)``).
@@ -15,13 +17,23 @@ error; nothing changes, and the context keeps running.
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from hoard.storage import Change, ContextState, InvalidMessageError, RecoveryPoint, shown_repr
+from hoard.storage import (
+    Change,
+    ContextState,
+    InvalidMessageError,
+    InvalidValueError,
+    RecoveryPoint,
+    shown_repr,
+    validate_by,
+)
 
 if TYPE_CHECKING:
     from ._cell import ContextCell
@@ -41,6 +53,8 @@ __all__ = [
     "Transact",
     "Transacted",
     "Update",
+    "acting_as",
+    "current_by",
 ]
 
 #: the longest request id accepted: a short key (a UUID is 36 characters), stored with each change
@@ -73,6 +87,38 @@ def _is_request_id(instance: Any, attribute: Any, value: Any) -> None:
     if type(value) is not str or not value or len(value) > MAX_REQUEST_ID or not value.isprintable():
         raise _fail(instance, attribute, f"must be None or a printable str of 1 to {MAX_REQUEST_ID} characters, "
                                          f"not {_shown(value)}")
+
+
+#: who is acting in this thread or asyncio task (`acting_as`); read when a write message is built
+_ACTING_AS: ContextVar[str | None] = ContextVar("hoard_acting_as", default=None)
+
+
+@contextlib.contextmanager
+def acting_as(by: str | None) -> Iterator[str | None]:
+    """Within the block, every write made from this thread or asyncio task (and every write message
+    built in it) records `by` as who made the change, unless the call passes its own ``by=``.
+
+    A `contextvars` value: other threads and tasks keep their own; a task started inside the block
+    inherits it. Nests (the inner one wins, the outer returns on exit). Raises `InvalidValueError`
+    for a `by` that is not None or a short printable str, before the block runs.
+    """
+    token = _ACTING_AS.set(validate_by(by))
+    try:
+        yield by
+    finally:
+        _ACTING_AS.reset(token)
+
+
+def current_by() -> str | None:
+    """The `by` that `acting_as` set for this thread or task (None outside any)."""
+    return _ACTING_AS.get()
+
+
+def _is_by(instance: Any, attribute: Any, value: Any) -> None:
+    try:
+        validate_by(value)
+    except InvalidValueError as exc:
+        raise _fail(instance, attribute, exc.reason) from None
 
 
 def _is_mapping(instance: Any, attribute: Any, value: Any) -> None:
@@ -163,6 +209,7 @@ class Set:
     value: Any = attrs.field()
     expected_version: int | None = attrs.field(default=None, validator=_is_version)
     request_id: str | None = attrs.field(default=None, validator=_is_request_id)
+    by: str | None = attrs.field(factory=current_by, validator=_is_by)
 
 
 @attrs.frozen
@@ -172,6 +219,7 @@ class Update:
     values: Mapping[str, Any] = attrs.field(validator=_is_mapping)
     expected_version: int | None = attrs.field(default=None, validator=_is_version)
     request_id: str | None = attrs.field(default=None, validator=_is_request_id)
+    by: str | None = attrs.field(factory=current_by, validator=_is_by)
 
 
 @attrs.frozen
@@ -183,6 +231,7 @@ class Delete:
     keys: tuple[str, ...] = attrs.field(converter=_as_keys, validator=_are_keys)
     expected_version: int | None = attrs.field(default=None, validator=_is_version)
     request_id: str | None = attrs.field(default=None, validator=_is_request_id)
+    by: str | None = attrs.field(factory=current_by, validator=_is_by)
 
 
 @attrs.frozen
@@ -194,6 +243,7 @@ class SetMetadata:
     remove: tuple[str, ...] = attrs.field(default=(), converter=_as_keys, validator=_are_keys)
     expected_version: int | None = attrs.field(default=None, validator=_is_version)
     request_id: str | None = attrs.field(default=None, validator=_is_request_id)
+    by: str | None = attrs.field(factory=current_by, validator=_is_by)
 
 
 @attrs.frozen
@@ -208,6 +258,7 @@ class Transact:
     expected_version: int | None = attrs.field(default=None, validator=_is_version)
     request_id: str | None = attrs.field(default=None, validator=_is_request_id)
     with_version: bool = attrs.field(default=False, validator=_is_bool)
+    by: str | None = attrs.field(factory=current_by, validator=_is_by)
 
 
 @attrs.frozen
@@ -232,6 +283,7 @@ class Restore:
     rp: RecoveryPoint = attrs.field(validator=_is_recovery_point)
     expected_version: int | None = attrs.field(default=None, validator=_is_version)
     request_id: str | None = attrs.field(default=None, validator=_is_request_id)
+    by: str | None = attrs.field(factory=current_by, validator=_is_by)
 
 
 @attrs.frozen
@@ -426,6 +478,7 @@ class AddContext:
     context_id: str
     data: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] | None = None
+    by: str | None = attrs.field(factory=current_by, validator=_is_by)
 
 
 @attrs.frozen

@@ -97,7 +97,9 @@ def mailbox_empty(ref: pykka.ActorRef[Any]) -> bool:
 log = logging.getLogger(__name__)
 
 _READS = frozenset({"load", "info", "list_ids", "count", "recovery_points", "recovery_point", "verify", "expired",
-                    "lease_token"})  # lease_token: only asked of stores with leases (after LeasesLost)
+                    "lease_token",  # lease_token: only asked of stores with leases (after LeasesLost)
+                    "set_consumer", "remove_consumer",  # feed consumers: store writes of no context
+                    "set_history"})  # the store's history policy, recorded when a system opens it
 
 
 class PersistenceActor(pykka.ThreadingActor):
@@ -586,7 +588,7 @@ class PersistenceActor(pykka.ThreadingActor):
                 self._gaps.pop(op.context_id, None)
                 self._since_snapshot.pop(op.context_id, None)
             elif isinstance(op, CreateContext):
-                self.events(ContextCreated, op.state.id)
+                self.events(ContextCreated, op.state.id, by=op.by)
             elif isinstance(op, DeleteRecoveryPoint):
                 self.events(RecoveryPointDeleted, op.context_id, rp_id=op.rp_id)
 

@@ -537,7 +537,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if self.settings.max_contexts is not None and self._store("count") >= self.settings.max_contexts:
             raise CapacityError(f"cannot create {cid!r}: the store holds max_contexts={self.settings.max_contexts} "
                                 "contexts", limit=self.settings.max_contexts, context_id=cid)
-        self._ask_persistence(StoreWrite((CreateContext(state),)), f"creating {cid!r}", cid)
+        self._ask_persistence(StoreWrite((CreateContext(state, m.by),)), f"creating {cid!r}", cid)
         return state
 
     def _on_delete(self, m: RemoveContext) -> None:

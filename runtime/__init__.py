@@ -32,6 +32,7 @@ from hoard.actors import StateChanged as StateChanged
 from hoard.actors import SubscriberOverflow as SubscriberOverflow
 from hoard.actors import Switched as Switched
 from hoard.actors import Transacted as Transacted
+from hoard.actors import acting_as as acting_as
 from hoard.storage import CallNotStartedError as CallNotStartedError
 from hoard.storage import CallOutcomeUnknownError as CallOutcomeUnknownError
 from hoard.storage import CapacityError as CapacityError
@@ -45,6 +46,8 @@ from hoard.storage import ContextOwnedElsewhereError as ContextOwnedElsewhereErr
 from hoard.storage import ContextState as ContextState
 from hoard.storage import ContextTimeoutError as ContextTimeoutError
 from hoard.storage import CorruptStateError as CorruptStateError
+from hoard.storage import FeedEntry as FeedEntry
+from hoard.storage import FeedTruncatedError as FeedTruncatedError
 from hoard.storage import FencedOffError as FencedOffError
 from hoard.storage import FrozenDict as FrozenDict
 from hoard.storage import FrozenList as FrozenList
@@ -82,6 +85,10 @@ from ._factory import create_adapter as create_adapter
 from ._factory import create_adapter_with_config as create_adapter_with_config
 from ._factory import create_manager as create_manager
 from ._factory import create_manager_with_config as create_manager_with_config
+from ._feed import ChangeStream as ChangeStream
+from ._feed import FeedConsumer as FeedConsumer
+from ._history import Diff as Diff
+from ._history import HistoryEntry as HistoryEntry
 from ._manager import ContextManager as ContextManager
 from ._metrics import Metrics as Metrics
 from ._metrics import register_prometheus as register_prometheus
@@ -103,6 +110,7 @@ __all__ = [
     "CallNotStartedError",
     "CallOutcomeUnknownError",
     "CapacityError",
+    "ChangeStream",
     "ChangesLost",
     "ConfigError",
     "ContextActivated",
@@ -134,9 +142,14 @@ __all__ = [
     "CorruptionRecovered",
     "DeactivationReason",
     "DeadLetter",
+    "Diff",
+    "FeedConsumer",
+    "FeedEntry",
+    "FeedTruncatedError",
     "FencedOffError",
     "FrozenDict",
     "FrozenList",
+    "HistoryEntry",
     "HoardError",
     "InvalidContextIdError",
     "InvalidMessageError",
@@ -172,6 +185,7 @@ __all__ = [
     "Transacted",
     "VersionConflictError",
     "VersionNotStoredError",
+    "acting_as",
     "create_adapter",
     "create_adapter_with_config",
     "create_manager",

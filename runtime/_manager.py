@@ -8,10 +8,20 @@ seconds (default: ``call_timeout``). Thread-safe.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from hoard.actors import Activate, AddContext, Configure, Exists, ListIds, RemoveContext, StateOf, StoreWrite
+from hoard.actors import (
+    Activate,
+    AddContext,
+    Configure,
+    Exists,
+    ListIds,
+    RemoveContext,
+    StateOf,
+    StoreWrite,
+    current_by,
+)
 from hoard.storage import (
     ConfigError,
     ContextNotFoundError,
@@ -20,12 +30,16 @@ from hoard.storage import (
     InvalidValueError,
     RecoveryPoint,
     SetTTL,
+    validate_by,
     validate_id,
 )
 
+from . import _history
 from ._adapter import ContextAdapter
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
+from ._feed import FeedReaders
+from ._history import Diff, HistoryEntry
 from ._tracker import ContextTracker, delete_recovery_point, list_recovery_points
 
 __all__ = ["ContextManager"]
@@ -37,6 +51,8 @@ class ContextManager:
     def __init__(self, system: SystemCore) -> None:
         self._system = system
         self._adapter: ContextAdapter | None = None
+        #: read-only stores, one per reading thread: history and the change feed read there
+        self.readers = FeedReaders(system.store)
 
     def __repr__(self) -> str:
         return f"<ContextManager {self._system.store.location!r}>"
@@ -84,14 +100,17 @@ class ContextManager:
         return ContextTracker(self._system, cell)
 
     def create(self, context_id: str, data: Mapping[str, Any] | None = None,
-               metadata: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> ContextState:
+               metadata: Mapping[str, Any] | None = None, *, by: str | None = None,
+               timeout: float | None = None) -> ContextState:
         """Create a context at version 1 (durably) without activating it. Returns its state.
 
-        Raises `ContextExistsError` if it exists, `InvalidValueError` for bad data, `CapacityError`
-        at ``max_contexts``; nothing is created then.
+        `by`: who creates it (default: the `acting_as` in force), recorded in the change feed and the
+        `ContextCreated` event. Raises `ContextExistsError` if it exists, `InvalidValueError` for bad
+        data or `by`, `CapacityError` at ``max_contexts``; nothing is created then.
         """
         validate_id(context_id)
-        result: ContextState = self._system.ask(AddContext(context_id, data, metadata), timeout,
+        who = current_by() if by is None else validate_by(by)
+        result: ContextState = self._system.ask(AddContext(context_id, data, metadata, who), timeout,
                                                 f"creating {context_id!r}")
         return result
 
@@ -102,12 +121,12 @@ class ContextManager:
         return result
 
     def update(self, context_id: str, values: Mapping[str, Any], *, expected_version: int | None = None,
-               request_id: str | None = None, timeout: float | None = None) -> int:
+               request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
         """Set several keys of an existing context in one atomic, version-checked change; returns the
-        new version. Goes through the context's actor (activating it). `request_id`: see
-        `ContextTracker.update` (applied at most once)."""
+        new version. Goes through the context's actor (activating it). `request_id`, `by`: see
+        `ContextTracker.update` (applied at most once; who made it)."""
         return self.tracker(context_id, timeout=timeout).update(values, expected_version=expected_version,
-                                                               request_id=request_id, timeout=timeout)
+                                                               request_id=request_id, by=by, timeout=timeout)
 
     def delete(self, context_id: str, *, timeout: float | None = None) -> None:
         """Delete a context with its recovery points (`ContextNotFoundError` if absent). An active one
@@ -141,6 +160,34 @@ class ContextManager:
                                      timeout, f"setting the ttl of {context_id!r}")
         self._system.ensure_maintenance()
 
+    # -- history: read from the store, never through the context's actor ----------------------------
+    def history(self, context_id: str, since_version: int | None = None,
+                until_version: int | None = None) -> Iterator[HistoryEntry]:
+        """The stored changes of a context with ``since_version <= version <= until_version``
+        (None: from the oldest kept, to the newest stored), oldest first, as `HistoryEntry` records:
+        version, time, `by`, keys changed and removed, their values before and after.
+
+        Reads a read-only store of the caller's thread: no lock on the context, no message to its
+        actor, so it never delays the context's writer and never activates it; it sees committed
+        changes (``deferred``: those flushed). How far back it reaches is the store's ``history``
+        policy (default: what recovery keeps, back to the older of the two newest snapshots).
+        Raises `ContextNotFoundError`, `VersionNotStoredError` (naming the oldest version kept) for
+        a `since_version` older than that, `InvalidValueError` for a bad version.
+        """
+        return _history.history(self.readers.get(), context_id, since_version, until_version)
+
+    def state_at(self, context_id: str, version: int) -> ContextState:
+        """The context's state at `version`, rebuilt from the store (a kept snapshot or recovery
+        point plus the journal), without a lock and without its actor (see `history`). Raises
+        `ContextNotFoundError`, or `VersionNotStoredError` naming the oldest version kept."""
+        return _history.state_at(self.readers.get(), context_id, version)
+
+    def diff(self, context_id: str, a: int | RecoveryPoint, b: int | RecoveryPoint) -> Diff:
+        """What differs between two versions of a context, or a recovery point and a version: data
+        and metadata keys added, changed (before and after) and removed. `Diff.to_json_patch()`
+        gives RFC 6902 operations. Reads like `state_at` (no lock, no actor)."""
+        return _history.diff(self.readers.get(), context_id, a, b)
+
     # -- recovery points by context id -------------------------------------------------------------
     def create_recovery_point(self, context_id: str, label: str | None = None, *,
                               timeout: float | None = None) -> RecoveryPoint:
@@ -154,10 +201,10 @@ class ContextManager:
         return list_recovery_points(self._system, context_id, timeout)
 
     def restore(self, context_id: str, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
-                request_id: str | None = None, timeout: float | None = None) -> int:
+                request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
         """`ContextTracker.restore` on `context_id` (activating it)."""
         return self.tracker(context_id, timeout=timeout).restore(rp_id, expected_version=expected_version,
-                                                                request_id=request_id, timeout=timeout)
+                                                                request_id=request_id, by=by, timeout=timeout)
 
     def delete_recovery_point(self, context_id: str, rp_id: int | RecoveryPoint, *,
                               timeout: float | None = None) -> None:

@@ -17,18 +17,18 @@ from typing import Any
 import attrs
 import pykka
 
-from hoard.actors import ContextEvent
-from hoard.storage import ConfigError, MemoryStore, Store, make_store
+from hoard.actors import ContextEvent, StoreCall
+from hoard.storage import ConfigError, HistoryPolicy, MemoryStore, Store, make_store
 
 from ._adapter import ContextAdapter
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
 from ._events import Subscription, subscribe
+from ._feed import ChangeStream, FeedConsumer, check_offset, check_timeout
 from ._manager import ContextManager
 from ._ref import ContextRef
 
 __all__ = ["ContextSystem", "open_system"]
-
 
 
 def _resolve_store(config: ContextManagerConfig) -> Store:
@@ -37,10 +37,11 @@ def _resolve_store(config: ContextManagerConfig) -> Store:
     context's ownership lease, so a write that lost its lease can never land)."""
     store = config.store
     if store is None:
-        return MemoryStore()
+        return MemoryStore(feed=config.feed, feed_retention=config.feed_retention)
     if isinstance(store, (str, os.PathLike)):
         return make_store(store, sync=config.sync, compression_level=config.compression_level,
-                          max_state_bytes=config.max_state_bytes, recovery=config.recovery, require_lease=True)
+                          max_state_bytes=config.max_state_bytes, recovery=config.recovery, require_lease=True,
+                          feed=config.feed, feed_retention=config.feed_retention)
     return store
 
 
@@ -61,6 +62,14 @@ class ContextSystem(SystemCore):
             raise ConfigError(f"adapter_config must be a ContextAdapterConfig, not {type(adapter_config).__name__}")
         super().__init__(manager_config, _resolve_store(manager_config))
         self.manager: ContextManager = ContextManager(self)
+        self._feed_readers = self.manager.readers
+        if manager_config.history is not None:
+            try:  # recorded in the store: compaction here, later openers and `hoard compact` follow it
+                self.ask_persistence(StoreCall("set_history", (HistoryPolicy.parse(manager_config.history),)),
+                                     None, "recording the history policy")
+            except BaseException:
+                self.stop()
+                raise
         if adapter_config is not None:
             try:
                 self.attach_adapter(adapter_config)
@@ -106,6 +115,46 @@ class ContextSystem(SystemCore):
         """
         return subscribe(self, subscriber, context_id=context_id, kinds=kinds, timeout=timeout,
                          max_backlog=max_backlog, overflow=overflow)
+
+    # -- the change feed -----------------------------------------------------------------------------
+    def changes(self, after: int = 0, *, timeout: float | None = None) -> ChangeStream:
+        """Every committed change of every context after feed offset `after`, in offset order, then
+        each new one as it commits: ``for entry in system.changes(after=n, timeout=5): ...`` or
+        ``async for`` (the waiting runs on a worker thread, never on the event loop).
+
+        Entries are `FeedEntry` records (offset, context id, version, time, `by`, changed and removed
+        keys, new values). Offsets only grow, in commit order across contexts, with no gap (also
+        with several processes on one PostgreSQL store). The stream ends when nothing new arrived
+        for `timeout` seconds (None: it waits until the system stops, or `close()`).
+
+        Runs in the caller's thread (or a worker thread for ``async for``) on a read-only store of
+        its own: no lock on any context, no actor mailbox, never blocks a writer. Sees changes once
+        they are committed (``durability="deferred"``: within `flush_interval`; ``"none"``: never,
+        changes reach the store only as snapshots). Raises `FeedTruncatedError` when retention
+        removed entries after `after`, `InvalidValueError` for a bad `after` or `timeout`.
+        """
+        return ChangeStream(self, self._feed_readers, check_offset("after", after), check_timeout(timeout))
+
+    def consumer(self, name: str, *, timeout: float | None = None) -> FeedConsumer:
+        """The feed consumer `name`, registered in the store if new (at the feed's oldest kept entry).
+
+        Its position (`FeedConsumer.position`) and `commit(offset)` live in the same store, so a
+        consumer killed at any moment and started again goes on from its last committed offset:
+        at least once, per context in version order, none skipped. Retention keeps every entry a
+        registered consumer has not passed (within ``feed_retention``). Blocks on one store write
+        (at most `timeout`). `InvalidValueError` for a name that is not a printable str of 1 to 128
+        characters.
+        """
+        return FeedConsumer(self, self._feed_readers, name, timeout)
+
+    def stop(self, timeout: float | None = None, *, discard_unsaved: bool = False) -> None:
+        """See `SystemCore.stop`; once stopped, also closes the change feed's readers (open streams
+        end). A stop refused with `StateNotSavedError` leaves the system, and its feed, running."""
+        try:
+            super().stop(timeout, discard_unsaved=discard_unsaved)
+        finally:
+            if self.stopped:
+                self._feed_readers.close()
 
     def ref(self, context_id: str, *, timeout: float | None = None) -> ContextRef:
         """Shorthand for ``system.adapter.actor_ref(context_id)``: a stable `ContextRef`."""

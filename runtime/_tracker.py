@@ -45,6 +45,7 @@ from hoard.actors import (
     StoreWrite,
     Transact,
     Update,
+    current_by,
     fresh_mark,
 )
 from hoard.storage import (
@@ -58,6 +59,7 @@ from hoard.storage import (
     RecoveryPoint,
     RecoveryPointNotFoundError,
     SystemStoppedError,
+    validate_by,
 )
 
 from ._core import SystemCore, check_timeout
@@ -294,50 +296,50 @@ class ContextTracker(Mapping[str, Any]):
 
     # -- non-blocking forms: each returns a `Pending` future at once (await it, or .get()) ---------------
     def set_async(self, key: str, value: Any, *, expected_version: int | None = None,
-                  request_id: str | None = None, timeout: float | None = None) -> Pending:
+                  request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> Pending:
         """`set` without waiting: returns a future of the new version at once (see `Pending`)."""
         try:
-            msg = self._message(Set, key, value, expected_version, request_id)
+            msg = self._message(Set, key, value, expected_version, request_id, _by(by))
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"set on {self._id!r}", timeout)
 
     def update_async(self, values: Mapping[str, Any], *, expected_version: int | None = None,
-                     request_id: str | None = None, timeout: float | None = None) -> Pending:
+                     request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> Pending:
         """`update` without waiting: returns a future of the new version at once."""
         try:
-            msg = self._message(Update, values, expected_version, request_id)
+            msg = self._message(Update, values, expected_version, request_id, _by(by))
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"update on {self._id!r}", timeout)
 
     def delete_async(self, keys: str | Iterable[str], *, expected_version: int | None = None,
-                     request_id: str | None = None, timeout: float | None = None) -> Pending:
+                     request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> Pending:
         """`delete` without waiting: returns a future of the new version at once."""
         try:
-            msg = self._message(Delete, _key_tuple(keys, "delete", self._id), expected_version, request_id)
+            msg = self._message(Delete, _key_tuple(keys, "delete", self._id), expected_version, request_id, _by(by))
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"delete on {self._id!r}", timeout)
 
     def set_metadata_async(self, values: Mapping[str, Any], *, remove: str | Iterable[str] = (),
                            expected_version: int | None = None, request_id: str | None = None,
-                           timeout: float | None = None) -> Pending:
+                           by: str | None = None, timeout: float | None = None) -> Pending:
         """`set_metadata` (mapping form) without waiting: returns a future of the new version at once."""
         try:
             rm = _key_tuple(remove, "remove", self._id)
-            msg = self._message(SetMetadata, values, rm, expected_version, request_id)
+            msg = self._message(SetMetadata, values, rm, expected_version, request_id, _by(by))
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"set_metadata on {self._id!r}", timeout)
 
     def transact_async(self, fn: Callable[[Any], Any], *, expected_version: int | None = None,
                        request_id: str | None = None, with_version: bool = False,
-                       timeout: float | None = None) -> Pending:
+                       by: str | None = None, timeout: float | None = None) -> Pending:
         """`transact` without waiting: returns a future of what `fn` returns (a `Transacted` with
         ``with_version=True``) at once."""
         try:
-            msg = self._message(Transact, fn, expected_version, request_id, with_version)
+            msg = self._message(Transact, fn, expected_version, request_id, with_version, _by(by))
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"transact on {self._id!r}", timeout)
@@ -351,13 +353,18 @@ class ContextTracker(Mapping[str, Any]):
         return self._submit(msg, f"recovery point of {self._id!r}", timeout)
 
     def restore_async(self, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
-                      request_id: str | None = None, timeout: float | None = None) -> Pending:
+                      request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> Pending:
         """`restore` without waiting: returns a future of the new version at once (the recovery point
         is read from the store on a worker thread, then the change is sent)."""
         what = f"restore of {self._id!r}"
 
+        try:
+            who = _by(by)  # taken in the caller's thread or task: the work runs on a worker thread
+        except HoardError as exc:
+            return _failed(exc)
+
         def work(remaining: float, outer: Reply) -> Any:
-            return self._restore(rp_id, expected_version, request_id, remaining, outer)
+            return self._restore(rp_id, expected_version, request_id, remaining, outer, who)
 
         return self._offload(work, what, self._t(timeout))
 
@@ -467,38 +474,43 @@ class ContextTracker(Mapping[str, Any]):
     # (and at most `request_ttl` seconds, if set). Retrying after `CallOutcomeUnknownError` with the
     # same request id is therefore safe.
     #
+    # Every write also takes `by=`: who makes the change (a short str such as "user:ana"), stored with
+    # it and shown in events, history and the change feed. Without it, the `by` that
+    # `hoard.acting_as(...)` set in the calling thread or asyncio task is used (None outside any).
+    # A `by` that is not a short printable str raises `InvalidValueError`; nothing changes then.
+    #
     # A call whose timeout runs out raises `CallNotStartedError` if the actor had not started it (it
     # is cancelled in the mailbox: nothing applied, ever) or `CallOutcomeUnknownError` if it had.
     def set(self, key: str, value: Any, *, expected_version: int | None = None, request_id: str | None = None,
-            timeout: float | None = None) -> int:
+            by: str | None = None, timeout: float | None = None) -> int:
         """Set one key. Returns the new version (the old one + 1).
 
         Blocks until applied (``immediate``: committed), at most `timeout` s. Raises
         `VersionConflictError` if `expected_version` is given and differs, `InvalidValueError` for a
         bad key or value; in both cases nothing changes.
         """
-        return self._call(self._message(Set, key, value, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+        return self._call(self._message(Set, key, value, expected_version, request_id, _by(by)), timeout,  # type: ignore[no-any-return]
                           f"set on {self._id!r}")
 
     def update(self, values: Mapping[str, Any], *, expected_version: int | None = None,
-               request_id: str | None = None, timeout: float | None = None) -> int:
+               request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
         """Set several keys in one atomic change (one version). Returns the new version."""
         if not isinstance(values, Mapping):
             raise InvalidValueError(None, f"update takes a mapping, not {type(values).__name__}", context_id=self._id)
-        return self._call(self._message(Update, values, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+        return self._call(self._message(Update, values, expected_version, request_id, _by(by)), timeout,  # type: ignore[no-any-return]
                           f"update on {self._id!r}")
 
     def delete(self, keys: str | Iterable[str], *, expected_version: int | None = None,
-               request_id: str | None = None, timeout: float | None = None) -> int:
+               request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
         """Remove one key (a str) or several (an iterable of str) in one atomic change; absent keys
         are allowed. Returns the new version (raised by exactly 1 even when nothing was present)."""
         ks = _key_tuple(keys, "delete", self._id)
-        return self._call(self._message(Delete, ks, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+        return self._call(self._message(Delete, ks, expected_version, request_id, _by(by)), timeout,  # type: ignore[no-any-return]
                           f"delete on {self._id!r}")
 
     def set_metadata(self, key: str | Mapping[str, Any], value: Any = _MISSING, *, remove: str | Iterable[str] = (),
                      expected_version: int | None = None, request_id: str | None = None,
-                     timeout: float | None = None) -> int:
+                     by: str | None = None, timeout: float | None = None) -> int:
         """Set metadata: ``set_metadata("k", v)`` or ``set_metadata({"k": v, ...})``; `remove` names a key
         (a str) or keys to drop. One atomic change; returns the new version."""
         if isinstance(key, Mapping):
@@ -510,11 +522,12 @@ class ContextTracker(Mapping[str, Any]):
                 raise InvalidValueError(key, "set_metadata(key, value) needs a value", context_id=self._id)
             values = {key: value}
         rm = _key_tuple(remove, "remove", self._id)
-        return self._call(self._message(SetMetadata, values, rm, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+        return self._call(self._message(SetMetadata, values, rm, expected_version, request_id, _by(by)), timeout,  # type: ignore[no-any-return]
                           f"set_metadata on {self._id!r}")
 
     def transact(self, fn: Callable[[Any], Any], *, expected_version: int | None = None,
-                 request_id: str | None = None, with_version: bool = False, timeout: float | None = None) -> Any:
+                 request_id: str | None = None, with_version: bool = False, by: str | None = None,
+                 timeout: float | None = None) -> Any:
         """Run ``fn(draft)`` inside the context's actor and apply the draft's changes atomically.
 
         `draft` is a mutable mapping of the data (with ``draft.metadata``, a dict, and
@@ -528,7 +541,7 @@ class ContextTracker(Mapping[str, Any]):
         """
         if not callable(fn):
             raise InvalidValueError(None, f"transact takes a callable, not {type(fn).__name__}", context_id=self._id)
-        return self._call(self._message(Transact, fn, expected_version, request_id, with_version), timeout,
+        return self._call(self._message(Transact, fn, expected_version, request_id, with_version, _by(by)), timeout,
                           f"transact on {self._id!r}")
 
     # -- recovery points ---------------------------------------------------------------------------
@@ -543,17 +556,17 @@ class ContextTracker(Mapping[str, Any]):
         return list_recovery_points(self._system, self._id, timeout)
 
     def restore(self, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
-                request_id: str | None = None, timeout: float | None = None) -> int:
+                request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
         """Make data and metadata equal to recovery point `rp_id`'s, as a new version (returned).
 
         Raises `RecoveryPointNotFoundError` if it does not exist; nothing changes then.
         """
-        return self._restore(rp_id, expected_version, request_id, timeout, None)
+        return self._restore(rp_id, expected_version, request_id, timeout, None, _by(by))
 
-    def _restore(self, rp_id: int | RecoveryPoint, expected_version: int | None, request_id: str | None,
-                 timeout: float | None, outer: Reply | None) -> int:
+    def _restore(self, rp_id: int | RecoveryPoint, expected_version: int | None, request_id: str | None,  # noqa: PLR0917 - the write's parts
+                 timeout: float | None, outer: Reply | None, by: str | None) -> int:
         rp = read_recovery_point(self._system, self._id, rp_id, timeout)
-        return self._call(self._message(Restore, rp, expected_version, request_id), timeout,  # type: ignore[no-any-return]
+        return self._call(self._message(Restore, rp, expected_version, request_id, by), timeout,  # type: ignore[no-any-return]
                           f"restore of {self._id!r}", outer)
 
     def delete_recovery_point(self, rp_id: int | RecoveryPoint, *, timeout: float | None = None) -> None:
@@ -600,3 +613,9 @@ class ContextTrackerFactory:
             context_id, make_current=self.make_current, create=None, timeout=self.timeout, schema=self.schema,
             tracker_timeout=self.timeout)
         return tracker
+
+
+def _by(by: str | None) -> str | None:
+    """The `by` of a write: the caller's, else the one `acting_as` set in this thread or task.
+    `InvalidValueError` (nothing sent) for one that is not a short printable str."""
+    return current_by() if by is None else validate_by(by)

@@ -20,6 +20,7 @@ from ._errors import ContextNotFoundError as ContextNotFoundError
 from ._errors import ContextOwnedElsewhereError as ContextOwnedElsewhereError
 from ._errors import ContextTimeoutError as ContextTimeoutError
 from ._errors import CorruptStateError as CorruptStateError
+from ._errors import FeedTruncatedError as FeedTruncatedError
 from ._errors import FencedOffError as FencedOffError
 from ._errors import HoardError as HoardError
 from ._errors import InvalidContextIdError as InvalidContextIdError
@@ -34,6 +35,7 @@ from ._errors import SystemStoppedError as SystemStoppedError
 from ._errors import VersionConflictError as VersionConflictError
 from ._errors import VersionNotStoredError as VersionNotStoredError
 from ._errors import shown_repr as shown_repr
+from ._feed import FeedEntry as FeedEntry
 from ._memory import MemoryStore as MemoryStore
 from ._model import Change as Change
 from ._model import ContextState as ContextState
@@ -47,6 +49,7 @@ from ._postgres_listen import ChangeListener as ChangeListener
 from ._postgres_listen import ChangeNotice as ChangeNotice
 from ._recovery import RecoveryReport as RecoveryReport
 from ._recovery import SkippedItem as SkippedItem
+from ._retention import HistoryPolicy as HistoryPolicy
 from ._schema import SCHEMA_KEY as SCHEMA_KEY
 from ._schema import Schema as Schema
 from ._schema import SchemaMigrationError as SchemaMigrationError
@@ -76,6 +79,7 @@ from ._values import encoded_size as encoded_size
 from ._values import freeze_mapping as freeze_mapping
 from ._values import freeze_value as freeze_value
 from ._values import thaw as thaw
+from ._values import validate_by as validate_by
 from ._values import validate_id as validate_id
 from ._values import validate_key as validate_key
 
@@ -104,9 +108,12 @@ __all__ = [
     "CreateContext",
     "DeleteContext",
     "DeleteRecoveryPoint",
+    "FeedEntry",
+    "FeedTruncatedError",
     "FencedOffError",
     "FrozenDict",
     "FrozenList",
+    "HistoryPolicy",
     "HoardError",
     "InvalidContextIdError",
     "InvalidMessageError",
@@ -152,6 +159,7 @@ __all__ = [
     "read_marker",
     "shown_repr",
     "thaw",
+    "validate_by",
     "validate_id",
     "validate_key",
 ]

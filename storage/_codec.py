@@ -278,6 +278,9 @@ class Codec:
         rid = obj.get("request_id")
         if rid is not None and (type(rid) is not str or not rid):
             raise CorruptStateError(f"{what or 'journal entry'}: field 'request_id' is {rid!r}, not a str", what=what)
+        by = obj.get("by")
+        if by is not None and type(by) is not str:
+            raise CorruptStateError(f"{what or 'journal entry'}: field 'by' is {by!r}, not a str", what=what)
         change: Change = self._structure(self._structure_change, obj, Change, what)
         return change
 

@@ -21,6 +21,7 @@ __all__ = [
     "ContextOwnedElsewhereError",
     "ContextTimeoutError",
     "CorruptStateError",
+    "FeedTruncatedError",
     "FencedOffError",
     "HoardError",
     "InvalidContextIdError",
@@ -276,6 +277,24 @@ class VersionNotStoredError(HoardError, LookupError):
         span = "nothing" if oldest is None or newest is None else f"v{oldest}..v{newest}"
         super().__init__(f"context {context_id!r}: version {version!r} is not stored (the store can rebuild "
                          f"{span}); use snapshot_versions() and journal() to see what it keeps")
+
+
+class FeedTruncatedError(HoardError, LookupError):
+    """A reader of the change feed asked for entries after `after`, but the store no longer keeps
+    them: retention (the configured bound, ``feed_retention``) removed every entry up to `floor`.
+    Never a silent gap: the reader must decide how to catch up (rebuild from the contexts' current
+    state, then follow the feed from `floor`). `consumer` names the consumer that fell behind (None
+    for a plain ``changes(after=...)`` reader). (`VersionNotStoredError`: one context's history.)"""
+
+    def __init__(self, after: int, floor: int, *, consumer: str | None = None) -> None:
+        self.after = after
+        self.floor = floor
+        self.consumer = consumer
+        who = f"consumer {consumer!r} is at offset {after}" if consumer is not None else \
+            f"entries after offset {after} were asked for"
+        super().__init__(f"{who}, but the feed keeps only entries after offset {floor} (older ones fell out of "
+                         f"the retention bound, feed_retention); rebuild from the current state and follow on "
+                         f"from offset {floor}")
 
 
 class SystemStoppedError(HoardError):

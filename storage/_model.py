@@ -108,7 +108,9 @@ class Change:
 
     `request_id` (the caller's idempotency key, or None) is recorded in the state's `requests` with
     this version; `forget` names request ids that leave the record with this change (the window is
-    the context actor's decision; recording it here keeps replay exact).
+    the context actor's decision; recording it here keeps replay exact). `by` says who made the
+    change (``"user:ana"``, ``"svc:billing"``; None: nobody said): an audit field, stored with the
+    change and shown in events, history and the change feed; it does not affect the state.
     """
 
     version: int
@@ -120,6 +122,7 @@ class Change:
     replace: bool = False
     request_id: str | None = None
     forget: tuple[str, ...] = ()
+    by: str | None = None
 
 
 def _patch(m: immutables.Map[str, Any], sets: Mapping[str, Any], dels: tuple[str, ...]) -> immutables.Map[str, Any]:

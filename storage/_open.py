@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ._errors import ConfigError
+from ._feed import DEFAULT_FEED_RETENTION
 from ._memory import MemoryStore
 from ._postgres import PostgresStore
 from ._sqlite import SQLiteStore
@@ -27,7 +28,7 @@ _PG_OPTIONS = ("schema", "lease_ttl")  # hoard's own query options; every other 
 
 def make_store(target: str | os.PathLike[str], *, readonly: bool = False, recovery: str = "strict",
                sync: str = "full", compression_level: int = 3, max_state_bytes: int = 64 * 2**20,
-               require_lease: bool = False) -> Store:
+               require_lease: bool = False, feed: bool = True, feed_retention: int = DEFAULT_FEED_RETENTION) -> Store:
     """The store `target` names, not yet opened.
 
     Args:
@@ -42,6 +43,7 @@ def make_store(target: str | os.PathLike[str], *, readonly: bool = False, recove
         compression_level: zstd level for snapshots and recovery points.
         max_state_bytes: the largest decoded state accepted when reading.
         require_lease: PostgreSQL only: refuse writes to contexts this store holds no lease on.
+        feed: record the change feed (see `hoard.storage._feed`); feed_retention: its bound.
 
     Raises `ConfigError` for a target or option that cannot name a store. Runs in the caller's
     thread and does no I/O.
@@ -49,13 +51,14 @@ def make_store(target: str | os.PathLike[str], *, readonly: bool = False, recove
     if isinstance(target, str) and target.startswith(PG_SCHEMES):
         dsn, options = _split_url(target)
         return PostgresStore(dsn, compression_level=compression_level, max_state_bytes=max_state_bytes,
-                             require_lease=require_lease, recovery=recovery, readonly=readonly, **options)
+                             require_lease=require_lease, recovery=recovery, readonly=readonly, feed=feed,
+                             feed_retention=feed_retention, **options)
     if not isinstance(target, (str, os.PathLike)):
         raise ConfigError(f"a store target is a path or a postgresql:// URL, not {type(target).__name__}")
     if os.fspath(target) in ("", ":memory:"):
-        return MemoryStore()
+        return MemoryStore(feed=feed, feed_retention=feed_retention)
     return SQLiteStore(target, sync=sync, compression_level=compression_level, max_state_bytes=max_state_bytes,
-                       readonly=readonly, recovery=recovery)
+                       readonly=readonly, recovery=recovery, feed=feed, feed_retention=feed_retention)
 
 
 def open_store(target: str | os.PathLike[str], *, readonly: bool = True, **options: Any) -> Store:

@@ -82,10 +82,12 @@ from typing import Any, TypeVar
 
 from ._codec import Codec
 from ._errors import ConfigError, ContextLockedError, CorruptStateError, FencedOffError, HoardError, PersistenceError
+from ._feed import DEFAULT_FEED_RETENTION, PRUNE_EVERY, check_retention, consumer_position, feed_rows
 from ._postgres_leases import LeaseHolder
 from ._postgres_listen import CHANNEL, ChangeListener
 from ._postgres_sql import IDENT, MIGRATIONS, QUARANTINE_TABLE, SCHEMA_VERSION, SQL, TABLES
 from ._recovery import RowAccess, RowStore, _storable_prefix
+from ._retention import RECOVERY, HistoryPolicy, history_base
 from ._store import (
     Append,
     CreateContext,
@@ -145,6 +147,9 @@ class PostgresStore(LeaseHolder, RowStore):
             `compression_level` and `max_state_bytes`); a test may hand in one that fails.
         connection_class: the connection factory: a `psycopg.Connection` subclass whose ``connect``
             the pool calls (default `psycopg.Connection`); a test may hand in one that fails.
+        feed: record every committed change in the change feed, in the commit's transaction
+            (default True; every process writing to one schema must agree); False only to measure.
+        feed_retention: feed entries kept back from the newest, at most (see `Store.feed`).
 
     Threading: one owner thread at a time; not thread-safe (see `Store`).
     """
@@ -153,8 +158,8 @@ class PostgresStore(LeaseHolder, RowStore):
                  max_state_bytes: int = 64 * 2**20, owner_id: str | None = None, lease_ttl: float = 10.0,
                  require_lease: bool = False, notify: bool = True, connect_timeout: float = 5.0,
                  statement_timeout: float = 30.0, recovery: str = "strict", readonly: bool = False,
-                 codec: Codec | None = None, connection_class: type[Any] | None = None,
-                 lock_timeout: float = 1.0) -> None:
+                 codec: Codec | None = None, connection_class: type[Any] | None = None, feed: bool = True,
+                 feed_retention: int = DEFAULT_FEED_RETENTION, lock_timeout: float = 1.0) -> None:
         if psycopg is None:  # pragma: no cover - exercised only without the extra
             raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard-contexts[postgres]'")
         super().__init__(codec or Codec(compression_level, max_bytes=max_state_bytes + 2**20), recovery, readonly)
@@ -176,6 +181,12 @@ class PostgresStore(LeaseHolder, RowStore):
         self.statement_timeout = float(statement_timeout)
         self.lock_timeout = float(lock_timeout)
         self.connection_class = connection_class or psycopg.Connection
+        self.feed_enabled = feed
+        self.feed_retention = check_retention(feed_retention)
+        self._since_prune = 0
+        self._max_state_bytes = max_state_bytes
+        self.history_policy: HistoryPolicy = RECOVERY  # as recorded in the schema (read on open)
+        self._snapshot_times: dict[tuple[str, int], float] = {}
         # never show a password: location appears in messages and logs
         where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
         self.location = f"postgresql://{where}#{schema}"
@@ -221,6 +232,7 @@ class PostgresStore(LeaseHolder, RowStore):
         self._pool = pool
         try:
             self._run("open", self._migrate, idempotent=False)
+            self.history_policy = self._run("open", self._recorded_history)
         except BaseException:
             self.close()
             raise
@@ -431,6 +443,10 @@ class PostgresStore(LeaseHolder, RowStore):
         ids = sorted(touched)
         first = context_of(ops[0])
         encoded = self._encode_all(ops, first)
+        feed = feed_rows(ops, encoded, self.codec.encode_change) if self.feed_enabled else []
+        prune = bool(feed) and self._since_prune + len(feed) >= PRUNE_EVERY
+        sent_feed = {"n": len(feed), "ids": [r[0] for r in feed], "vs": [r[1] for r in feed],
+                     "blobs": [r[2] for r in feed], "keep": self.feed_retention, "prune": prune} if feed else None
         notice = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
                   "ops": [",".join(touched[cid]) for cid in ids]} if self.notify else None
         for attempt in (0, 1):
@@ -438,9 +454,10 @@ class PostgresStore(LeaseHolder, RowStore):
             stage, xid = "begin", None
             sent: dict[str, Any] = {}
             try:
-                xid = self._write(conn, ops, encoded, ids, notice=notice, sent=sent)
+                xid = self._write(conn, ops, encoded, ids, notice=notice, sent=sent, feed=sent_feed)
                 stage = "commit"
                 conn.execute("COMMIT")
+                self._since_prune = 0 if prune else self._since_prune + len(feed)
                 return
             except psycopg.Error as exc:
                 if stage == "begin" and _began(sent.get("begin")):
@@ -484,14 +501,15 @@ class PostgresStore(LeaseHolder, RowStore):
                                 f"lock another session holds ({exc}); nothing was committed")
 
     def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
-               notice: dict[str, Any] | None, sent: dict[str, Any]) -> int:
+               notice: dict[str, Any] | None, sent: dict[str, Any], feed: dict[str, Any] | None) -> int:
         """Everything of a commit up to COMMIT; returns the transaction id. ``sent["begin"]`` is the
         cursor of its BEGIN (`_began` tells from it whether the transaction started on the server).
 
         The common batch (appends only) is one pipeline: BEGIN, the fence, the appends and NOTIFY in
         one round trip, all checked before COMMIT, the second; nothing is visible to anyone before
         COMMIT, and a refused check rolls everything back. Other batches check the fence before
-        writing anything."""
+        writing anything. The feed rows go last (`_FEED_INSERT`): the feed_head row lock they take is
+        held only from there to COMMIT."""
         only_appends = all(isinstance(op, Append) for op in ops)
         with conn.pipeline():
             sent["begin"] = conn.execute("BEGIN")
@@ -500,6 +518,8 @@ class PostgresStore(LeaseHolder, RowStore):
                 appended = self._send_appends(conn, ops, encoded)  # type: ignore[arg-type]
                 if notice is not None:
                     conn.execute(self._sql["notify"], notice)
+                if feed is not None:
+                    self._send_feed(conn, feed)
         xid = self._check_fence(fence.fetchall())
         if only_appends:
             self._check_appends(conn, appended, ops)  # type: ignore[arg-type]
@@ -507,7 +527,14 @@ class PostgresStore(LeaseHolder, RowStore):
             self._apply_all(conn, ops, encoded)
             if notice is not None:
                 conn.execute(self._sql["notify"], notice)
+            if feed is not None:
+                self._send_feed(conn, feed)
         return xid
+
+    def _send_feed(self, conn: Any, feed: dict[str, Any]) -> None:
+        conn.execute(self._sql["feed_insert"], feed)
+        if feed["prune"]:
+            conn.execute(self._sql["feed_prune"], feed)
 
     def _committed_anyway(self, xid: int, exc: Exception, context_id: str | None) -> bool:
         """After the connection broke during COMMIT: did the transaction commit? Asked on a new
@@ -597,7 +624,12 @@ class PostgresStore(LeaseHolder, RowStore):
                 # the stored version, and nothing older can rebuild it any more
                 conn.execute(sql["checkpoint"], {"id": st.id, "v": st.version, "u": st.updated_at})
             conn.execute(sql["snapshot"], {"id": st.id, "v": st.version, "blob": blob})
-            conn.execute(sql["snapshot_trim"], {"id": st.id})
+            if self.history_policy.kind == "recovery":
+                conn.execute(sql["snapshot_trim"], {"id": st.id})  # one statement: the common case
+            else:
+                if self.history_policy.kind == "seconds":
+                    self._snapshot_times[(st.id, st.version)] = st.updated_at
+                self._trim_history(conn, st.id, max(row[0], st.version), st.updated_at)
         elif isinstance(op, CreateContext):
             st = op.state
             if conn.execute(sql["create"], {"id": st.id, "v": st.version, "c": st.created_at, "u": st.updated_at,
@@ -631,6 +663,92 @@ class PostgresStore(LeaseHolder, RowStore):
             return f"journal entry for {context_id!r}, which is not in the store"
         return f"journal entry {version} for {context_id!r} does not follow stored version {row[0]}"
 
+
+    # -- the history policy --------------------------------------------------------------------------
+    def _trim_history(self, conn: Any, context_id: str, top: int, now: float) -> int:
+        """Drop what the history policy lets go (see `hoard.storage._retention`); rows gone."""
+        versions = [r[0] for r in conn.execute(self._sql["snapshot_versions"], {"id": context_id})]
+        if not versions:
+            return 0
+        base = history_base(self.history_policy, versions, top, now, lambda v: self._snapshot_time(conn, context_id, v))
+        gone = conn.execute(self._sql["trim_snapshots"], {"id": context_id, "v": base}).rowcount
+        return int(gone + conn.execute(self._sql["trim_journal"], {"id": context_id, "v": base}).rowcount)
+
+    def _snapshot_time(self, conn: Any, context_id: str, version: int) -> float:
+        key = (context_id, version)
+        if key not in self._snapshot_times:
+            rows = [b for v, b in conn.execute(self._sql["snapshot_rows"], {"id": context_id}) if v == version]
+            try:
+                self._snapshot_times[key] = self.codec.decode_state(bytes(rows[0])).updated_at
+            except (CorruptStateError, IndexError):
+                return float("inf")  # damaged or gone: never dropped on a guess
+        return self._snapshot_times[key]
+
+    def _recorded_history(self, conn: Any) -> HistoryPolicy:
+        if conn.execute(self._sql["has_feed"], {"t": f'"{self.schema}".settings'}).fetchone()[0] is not True:
+            return RECOVERY
+        row = conn.execute(self._sql["get_setting"], {"k": "history"}).fetchone()
+        return RECOVERY if row is None else HistoryPolicy.parse(str(row[0]))
+
+    def set_history(self, policy: HistoryPolicy) -> None:
+        """Record the history policy in the schema (every process's compaction follows it after its
+        next open; this one's at once). One transaction."""
+        policy = HistoryPolicy.parse(policy)
+        if self.readonly:
+            raise PersistenceError(f"store {self.location} is open read-only")
+
+        def run(conn: Any) -> None:
+            with conn.transaction():
+                conn.execute(self._sql["set_setting"], {"k": "history", "v": policy.text})
+        self._run("record the history policy", run)
+        self.history_policy = policy
+
+    def compact_history(self) -> int:
+        """Apply the recorded history policy to every context now (one transaction); returns how many
+        rows went. It only deletes rows the policy lets go, as each writer's own compaction does, so
+        it may run while other processes write."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.location} is open read-only")
+
+        def run(conn: Any) -> int:
+            with conn.transaction():
+                now = time.time()
+                return sum(self._trim_history(conn, cid, int(v), now)
+                           for cid, v in conn.execute(self._sql["all_versions"]).fetchall())
+        return self._run("compact history", run, idempotent=False)
+
+    # -- feed consumers ------------------------------------------------------------------------------
+    def set_consumer(self, name: str, position: int | None = None) -> int:
+        """See `Store.set_consumer`: one transaction (the consumer's row locked: two processes
+        committing one consumer take turns), caller's thread."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.location} is open read-only")
+
+        def run(conn: Any) -> int:
+            with conn.transaction():
+                floor, head = conn.execute(self._sql["feed_bounds"]).fetchone()
+                row = conn.execute(self._sql["consumer_lock"], {"name": name}).fetchone()
+                pos = consumer_position(name, None if row is None else int(row[0]), position, int(floor), int(head))
+                conn.execute(self._sql["consumer_set"], {"name": name, "pos": pos})
+                return pos
+        return self._run("commit a feed consumer", run, idempotent=False)
+
+    def remove_consumer(self, name: str) -> None:
+        """See `Store.remove_consumer`."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.location} is open read-only")
+
+        def run(conn: Any) -> None:
+            with conn.transaction():
+                conn.execute(self._sql["consumer_delete"], {"name": name})
+        self._run("remove a feed consumer", run)
+
+    def reader(self) -> PostgresStore:
+        """A new read-only store on the same schema, with its own connection and codec (for another
+        thread). Unopened; the caller owns it."""
+        return PostgresStore(self.dsn, schema=self.schema, readonly=True, recovery=self.recovery, notify=False,
+                             max_state_bytes=self._max_state_bytes, connect_timeout=self.connect_timeout,
+                             statement_timeout=self.statement_timeout, feed_retention=self.feed_retention)
 
     # -- notices -------------------------------------------------------------------------------------
     def listen(self) -> ChangeListener:
@@ -781,6 +899,25 @@ class _PgRows:
             kinds["quarantine"] = "quarantine"
         return [(kind, r[0]) for kind, table in kinds.items()
                 for r in self.conn.execute(self.sql[f"orphans_{table}"] + " ORDER BY 1")]
+
+    def _has_feed(self) -> bool:
+        return bool(self.conn.execute(self.sql["has_feed"], {"t": f'"{self.store.schema}".feed_head'}).fetchone()[0])
+
+    def feed_bounds(self) -> tuple[int, int]:
+        if not self._has_feed():
+            return 0, 0  # a schema no writer of this version has opened yet
+        row = self.conn.execute(self.sql["feed_bounds"]).fetchone()
+        return int(row[0]), int(row[1])
+
+    def feed_rows(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        if not self._has_feed():
+            return []
+        return [(int(p), c, b) for p, c, b in self._all("feed_rows", after=after, limit=limit)]
+
+    def consumer_rows(self) -> dict[str, int]:
+        if not self._has_feed():
+            return {}
+        return {n: int(p) for n, p in self.conn.execute(self.sql["consumers"])}
 
     def integrity_problems(self) -> list[str]:
         return []  # the server checks its own pages (checksums, if enabled, fail the reads themselves)

@@ -31,6 +31,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE {s}.journal ALTER COLUMN blob SET STORAGE EXTERNAL",
         "ALTER TABLE {s}.recovery_points ALTER COLUMN blob SET STORAGE EXTERNAL",
     ),
+    (  # 2: the change feed. feed_head is one row: the newest offset given and the pruned-up-to one
+        'CREATE TABLE {s}.feed (pos bigint PRIMARY KEY, context_id text COLLATE "C" NOT NULL, '
+        "version bigint NOT NULL, blob bytea NOT NULL)",
+        "ALTER TABLE {s}.feed ALTER COLUMN blob SET STORAGE EXTERNAL",
+        "CREATE TABLE {s}.feed_head (id integer PRIMARY KEY CHECK (id = 1), head bigint NOT NULL, "
+        "floor bigint NOT NULL)",
+        "INSERT INTO {s}.feed_head VALUES (1, 0, 0)",
+        "CREATE TABLE {s}.feed_consumers (name text PRIMARY KEY, pos bigint NOT NULL)",
+        # store-wide settings every process follows (the history policy)
+        "CREATE TABLE {s}.settings (key text PRIMARY KEY, value text NOT NULL)",
+    ),
 )
 #: the table layout this hoard writes; a schema of a higher version is refused
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -82,6 +93,22 @@ _NOTIFY = """
 SELECT pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'id', n.id, 'v', c.version,
                                            'ops', string_to_array(n.ops, ','), 'owner', %(owner)s::text)::text)
 FROM unnest(%(ids)s::text[], %(ops)s::text[]) AS n(id, ops) LEFT JOIN {s}.contexts c ON c.id = n.id"""
+# The feed rows of a commit, the last statement before COMMIT. The UPDATE takes the one feed_head row
+# lock and holds it until COMMIT: a second committer waits here until the first has committed (or
+# rolled back, which returns its offsets unused), so offsets are handed out in commit order and
+# become visible in that order. A reader that sees offset n therefore already sees every entry below
+# n: no entry with a lower offset can commit after a reader passed it (the sequence-gap problem).
+_FEED_INSERT = """
+WITH h AS (UPDATE {s}.feed_head SET head = head + %(n)s WHERE id = 1 RETURNING head)
+INSERT INTO {s}.feed (pos, context_id, version, blob)
+SELECT h.head - %(n)s + t.o, t.id, t.v, t.blob FROM h,
+       unnest(%(ids)s::text[], %(vs)s::bigint[], %(blobs)s::bytea[]) WITH ORDINALITY AS t(id, v, blob, o)"""
+# Retention, in a commit that holds the feed_head lock: past every consumer, within the bound.
+_FEED_PRUNE = """
+WITH b AS (SELECT head, floor, (SELECT min(pos) FROM {s}.feed_consumers) AS passed FROM {s}.feed_head WHERE id = 1),
+     n AS (SELECT greatest(floor, head - %(keep)s, coalesce(passed, head - %(keep)s)) AS f, floor AS old FROM b),
+     u AS (UPDATE {s}.feed_head SET floor = (SELECT f FROM n) WHERE id = 1 AND floor < (SELECT f FROM n))
+DELETE FROM {s}.feed WHERE pos <= (SELECT f FROM n) AND pos > (SELECT old FROM n)"""
 # One statement, so the newest snapshot, the journal after it and the acknowledged version are read
 # from one consistent snapshot of the database even while other processes write.
 _LOAD = """
@@ -151,7 +178,21 @@ SQL: dict[str, str] = {
     "summary": _SUMMARY + " WHERE c.id = %(id)s",
     "summaries": _SUMMARY + " WHERE c.id >= %(p)s AND starts_with(c.id, %(p)s) ORDER BY c.id",
     "totals": _TOTALS, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,
-    "holder": _HOLDER,
+    "holder": _HOLDER, "feed_insert": _FEED_INSERT, "feed_prune": _FEED_PRUNE,
+    "feed_bounds": "SELECT floor, head FROM {s}.feed_head WHERE id = 1",
+    "feed_rows": "SELECT pos, context_id, blob FROM {s}.feed WHERE pos > %(after)s ORDER BY pos LIMIT %(limit)s",
+    "consumers": "SELECT name, pos FROM {s}.feed_consumers ORDER BY name",
+    "consumer_lock": "SELECT pos FROM {s}.feed_consumers WHERE name = %(name)s FOR UPDATE",
+    "consumer_set": "INSERT INTO {s}.feed_consumers (name, pos) VALUES (%(name)s, %(pos)s) "
+                    "ON CONFLICT (name) DO UPDATE SET pos = EXCLUDED.pos",
+    "consumer_delete": "DELETE FROM {s}.feed_consumers WHERE name = %(name)s",
+    "has_feed": "SELECT to_regclass(%(t)s) IS NOT NULL",
+    "get_setting": "SELECT value FROM {s}.settings WHERE key = %(k)s",
+    "set_setting": "INSERT INTO {s}.settings (key, value) VALUES (%(k)s, %(v)s) "
+                   "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+    "trim_snapshots": "DELETE FROM {s}.snapshots WHERE context_id = %(id)s AND version < %(v)s",
+    "trim_journal": "DELETE FROM {s}.journal WHERE context_id = %(id)s AND version <= %(v)s",
+    "all_versions": "SELECT id, version FROM {s}.contexts",
     "lock_context": "SELECT version FROM {s}.contexts WHERE id = %(id)s FOR UPDATE",
     # which lease rows of a batch another session holds locked (never waits: SKIP LOCKED)
     "lockable": "SELECT l.context_id, f.context_id IS NOT NULL FROM {s}.leases l LEFT JOIN "

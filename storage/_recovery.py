@@ -41,7 +41,15 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 from ._codec import Codec
-from ._errors import ConfigError, ContextNotFoundError, CorruptStateError, VersionNotStoredError
+from ._errors import (
+    ConfigError,
+    ContextNotFoundError,
+    CorruptStateError,
+    FeedTruncatedError,
+    InvalidValueError,
+    VersionNotStoredError,
+)
+from ._feed import FeedEntry
 from ._model import Change, ContextState, RecoveryPoint, apply_change
 from ._store import JournalEntry, StoredContext, StoreStats, VerifyIssue
 from ._values import validate_id
@@ -102,6 +110,16 @@ class RowAccess(Protocol):
 
     def totals(self) -> StoreStats:
         """Counts and bytes of the whole store (`location` left empty)."""
+
+    def feed_bounds(self) -> tuple[int, int]:
+        """``(floor, head)`` of the change feed: every entry at or below `floor` was pruned, `head` is
+        the newest offset given (both 0 for an empty feed, or a store made before the feed)."""
+
+    def feed_rows(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        """At most `limit` feed rows ``(offset, context_id, blob)`` with offset > `after`, by offset."""
+
+    def consumer_rows(self) -> dict[str, int]:
+        """Every registered feed consumer and the offset it committed."""
 
     # -- writes (repair transactions only) ---------------------------------------------------------
     def write_snapshot(self, context_id: str, version: int, blob: bytes) -> None:
@@ -723,6 +741,13 @@ class RowStore:
         """See `Store.state_at`: one read transaction, caller's thread. Damaged rows are skipped (the
         state is rebuilt from another base if one reaches `version`)."""
         validate_id(context_id)
+        if isinstance(version, int) and not isinstance(version, bool):
+            # the common case reads and decodes only what rebuilds `version`: the newest snapshot at or
+            # below it and the journal up to it (history reads many versions back on long policies)
+            direct = self._read("read state", context_id,
+                                lambda rows: self._state_at_direct(rows, context_id, version))
+            if direct is not None:
+                return direct
         stored = self._read("read state", context_id, lambda rows: _read_stored(self.codec, rows, context_id))
         if stored is None:
             raise ContextNotFoundError(context_id)
@@ -733,6 +758,50 @@ class RowStore:
         bases = [r.version for r in stored.snapshots + stored.rps if r.problem is None and r.version <= stored.version]
         raise VersionNotStoredError(context_id, version, oldest=min(bases, default=None),
                                     newest=stored.version if bases else None)
+
+    def _state_at_direct(self, rows: RowAccess, context_id: str, version: int) -> ContextState | None:
+        """`version` from the newest snapshot at or below it plus the journal; None when that does
+        not work (absent, not stored, damaged rows: `state_at`'s full rebuild decides)."""
+        head = rows.head(context_id)
+        if head is None or not 1 <= version <= head[0]:
+            return None
+        base = max((v for v in rows.snapshot_versions(context_id) if v <= version), default=None)
+        if base is None:
+            return None
+        try:
+            blob = next(b for v, b in rows.snapshot_rows(context_id) if v == base)
+            state = decode_state_row(self.codec, blob, context_id, f"snapshot v{base} of {context_id!r}", base)
+            for v, jblob in rows.journal_rows(context_id, base, version):
+                if v != state.version + 1:
+                    return None
+                state = apply_change(state, decode_change_row(
+                    self.codec, jblob, context_id, f"journal entry v{v} of {context_id!r}", v))
+        except (CorruptStateError, StopIteration):
+            return None
+        return state if state.version == version else None
+
+    # -- the change feed ---------------------------------------------------------------------------
+    def feed(self, after: int = 0, limit: int = 1000) -> list[FeedEntry]:
+        """See `Store.feed`: one read transaction, caller's thread; each entry verified."""
+        if type(after) is not int or after < 0 or type(limit) is not int or limit < 1:
+            raise InvalidValueError("after", f"the feed is read after an offset >= 0 (got {after!r}) in batches "
+                                             f"of at least 1 (got {limit!r})")
+
+        def run(rows: RowAccess) -> list[FeedEntry]:
+            floor, _head = rows.feed_bounds()
+            if after < floor:
+                raise FeedTruncatedError(after, floor)
+            return [FeedEntry.of(pos, cid, self.codec.decode_change(blob, f"feed entry {pos} ({cid!r})"))
+                    for pos, cid, blob in rows.feed_rows(after, limit)]
+        return self._read("read the change feed", None, run)
+
+    def feed_bounds(self) -> tuple[int, int]:
+        """See `Store.feed_bounds`: one read transaction, caller's thread."""
+        return self._read("read the change feed", None, lambda r: r.feed_bounds())
+
+    def consumers(self) -> dict[str, int]:
+        """See `Store.consumers`: one read transaction, caller's thread."""
+        return self._read("read feed consumers", None, lambda r: r.consumer_rows())
 
     def stats(self) -> StoreStats:
         """See `Store.stats`: one read transaction, caller's thread."""

@@ -50,7 +50,9 @@ from typing import TypeVar
 
 from ._codec import FORMAT_VERSION, Codec
 from ._errors import ConfigError, CorruptStateError, HoardError, PersistenceError, StoreLockedError
+from ._feed import DEFAULT_FEED_RETENTION, PRUNE_EVERY, check_retention, consumer_position, feed_rows, prune_floor
 from ._recovery import RowAccess, RowStore, _storable_prefix
+from ._retention import RECOVERY, HistoryPolicy, history_base
 from ._store import (
     Append,
     CreateContext,
@@ -92,6 +94,13 @@ CREATE TABLE IF NOT EXISTS quarantine (
     context_id TEXT NOT NULL, source TEXT NOT NULL, version INTEGER, rp_id INTEGER, problem TEXT NOT NULL,
     at REAL NOT NULL, blob BLOB)
 """
+# the change feed (not part of _TABLES either): offsets from AUTOINCREMENT, so never reused, also
+# after every row was pruned; the pruned-up-to offset is hoard_meta's 'feed_floor'
+_FEED = (
+    "CREATE TABLE IF NOT EXISTS feed (pos INTEGER PRIMARY KEY AUTOINCREMENT, context_id TEXT NOT NULL, "
+    "version INTEGER NOT NULL, blob BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS feed_consumers (name TEXT PRIMARY KEY, pos INTEGER NOT NULL)",
+)
 _TABLES = {"hoard_meta", "contexts", "snapshots", "journal", "recovery_points"}
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 # (st_dev, st_ino) of every store file open for writing in this process -> its store. setdefault is
@@ -114,11 +123,15 @@ class SQLiteStore(RowStore):
             `compression_level` and `max_state_bytes`); a test may hand in one that fails.
         connect: the connection factory, called like `sqlite3.connect` (default); a test may hand in
             one whose connections fail chosen statements.
+        feed: record every committed change in the change feed (`hoard.storage._feed`), in the
+            commit's transaction (default True; False only to measure what it costs).
+        feed_retention: feed entries kept back from the newest, at most (see `Store.feed`).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, sync: str = "full", compression_level: int = 3,
                  max_state_bytes: int = 64 * 2**20, readonly: bool = False, recovery: str = "strict",
-                 codec: Codec | None = None, connect: Callable[..., sqlite3.Connection] = sqlite3.connect) -> None:
+                 codec: Codec | None = None, connect: Callable[..., sqlite3.Connection] = sqlite3.connect,
+                 feed: bool = True, feed_retention: int = DEFAULT_FEED_RETENTION) -> None:
         if sync not in _SYNC:
             raise ConfigError(f"sync must be one of {sorted(_SYNC)}, not {sync!r}")
         super().__init__(codec or Codec(compression_level, max_bytes=max_state_bytes + 2**20), recovery, readonly)
@@ -128,6 +141,11 @@ class SQLiteStore(RowStore):
         self.location = self.path
         self.sync = sync
         self._connect_fn = connect
+        self.feed_enabled = feed
+        self.feed_retention = check_retention(feed_retention)
+        self._since_prune = 0
+        self.history_policy: HistoryPolicy = RECOVERY  # as recorded in the store (read on open)
+        self._snapshot_times: dict[tuple[str, int], float] = {}  # (id, version) -> updated_at, for "seconds"
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._file_fd: int | None = None  # the database file, flocked
@@ -150,6 +168,7 @@ class SQLiteStore(RowStore):
                 self._lock_file()
             self._db = self._connect()
             self._init_schema()
+            self.history_policy = self._recorded_history()
         except BaseException:
             self.close()
             raise
@@ -295,6 +314,9 @@ class SQLiteStore(RowStore):
                     db.execute("INSERT OR REPLACE INTO hoard_meta VALUES ('format', ?)", (str(FORMAT_VERSION),))
                 if "quarantine" not in tables:
                     db.execute(_QUARANTINE)
+                if "feed" not in tables:
+                    for stmt in _FEED:
+                        db.execute(stmt)
                 columns = {r[1] for r in db.execute("PRAGMA table_info(contexts)")}
                 if "ttl" not in columns:  # a store made before TTLs: add the column, nothing else changes
                     db.execute("ALTER TABLE contexts ADD COLUMN ttl REAL")
@@ -400,10 +422,17 @@ class SQLiteStore(RowStore):
             raise PersistenceError(f"store {self.path!r}: encoding a change failed ({exc!r}); nothing was "
                                    "written", context_id=context_of(ops[0])) from exc
 
+        feed = feed_rows(ops, encoded, self.codec.encode_change) if self.feed_enabled else []
+
         def run() -> None:
             with self._transaction(db):
                 for op, blob in zip(ops, encoded, strict=True):
                     self._apply(db, op, blob)
+                if feed:
+                    # one writer (the flock): offsets are handed out in commit order by construction
+                    db.executemany("INSERT INTO feed (context_id, version, blob) VALUES (?,?,?)", feed)
+                    if self._since_prune + len(feed) >= PRUNE_EVERY:
+                        self._prune_feed(db)
         self._check_identity()  # do not write into a file that is no longer the store
         try:
             self._guard(run, "commit", context_of(ops[0]))
@@ -411,6 +440,7 @@ class SQLiteStore(RowStore):
             self._checkpoint_due = True
             raise
         self._check_identity()  # deleted or replaced meanwhile: the commit went to an orphan, not the store
+        self._since_prune = 0 if self._since_prune + len(feed) >= PRUNE_EVERY else self._since_prune + len(feed)
         if self._checkpoint_due:
             self._truncate_wal(db)
 
@@ -426,6 +456,51 @@ class SQLiteStore(RowStore):
             return
         if not busy:
             self._checkpoint_due = False
+
+    def _prune_feed(self, db: sqlite3.Connection) -> None:
+        """Drop the feed entries retention lets go (see `prune_floor`), inside the commit."""
+        rows = _SQLiteRows(db)
+        floor, head = rows.feed_bounds()
+        new = prune_floor(head, floor, list(rows.consumer_rows().values()), self.feed_retention)
+        if new > floor:
+            db.execute("DELETE FROM feed WHERE pos <= ?", (new,))
+            db.execute("INSERT OR REPLACE INTO hoard_meta VALUES ('feed_floor', ?)", (str(new),))
+
+    # -- feed consumers (writes: the store's owner calls them) ----------------------------------------
+    def set_consumer(self, name: str, position: int | None = None) -> int:
+        """Register feed consumer `name` (at the feed's floor: every kept entry is still ahead of it)
+        if it is new, and with `position` record the offset it has processed. Returns its position.
+        One transaction; `InvalidValueError` for a position behind the consumer's or past the head."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.path!r} is open read-only")
+        db = self._require()
+
+        def run() -> int:
+            with self._transaction(db):
+                rows = _SQLiteRows(db)
+                floor, head = rows.feed_bounds()
+                cur = rows.consumer_rows().get(name)
+                pos = consumer_position(name, cur, position, floor, head)
+                db.execute("INSERT OR REPLACE INTO feed_consumers VALUES (?, ?)", (name, pos))
+                return pos
+        return self._guard(run, "commit a feed consumer")
+
+    def remove_consumer(self, name: str) -> None:
+        """Forget feed consumer `name` (retention no longer waits for it). One transaction."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.path!r} is open read-only")
+        db = self._require()
+
+        def run() -> None:
+            with self._transaction(db):
+                db.execute("DELETE FROM feed_consumers WHERE name=?", (name,))
+        self._guard(run, "remove a feed consumer")
+
+    def reader(self) -> SQLiteStore:
+        """A new read-only store on the same file, with its own connection and codec (for another
+        thread: readers take no lock and never block the writer). Unopened; the caller owns it."""
+        return SQLiteStore(self.path, readonly=True, recovery=self.recovery,
+                           max_state_bytes=self.codec.max_bytes - 2**20, feed_retention=self.feed_retention)
 
     def _encode(self, op: Op) -> bytes | None:
         codec = self.codec
@@ -463,11 +538,9 @@ class SQLiteStore(RowStore):
                 db.execute("DELETE FROM snapshots WHERE context_id=?", (st.id,))
                 db.execute("DELETE FROM journal WHERE context_id=?", (st.id,))
             db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (st.id, st.version, blob))
-            kept = db.execute("SELECT version FROM snapshots WHERE context_id=? ORDER BY version DESC LIMIT 2",
-                              (st.id,)).fetchall()
-            oldest_kept = kept[-1][0]
-            db.execute("DELETE FROM snapshots WHERE context_id=? AND version<?", (st.id, oldest_kept))
-            db.execute("DELETE FROM journal WHERE context_id=? AND version<=?", (st.id, oldest_kept))
+            if self.history_policy.kind == "seconds":
+                self._snapshot_times[(st.id, st.version)] = st.updated_at
+            self._trim_history(db, st.id, max(row[0], st.version), st.updated_at)
         elif isinstance(op, CreateContext):
             st = op.state
             try:
@@ -506,6 +579,63 @@ class SQLiteStore(RowStore):
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (op.context_id,))  # noqa: S608 - fixed names
         else:  # pragma: no cover - the Op union is closed
             raise TypeError(f"unknown store operation {op!r}")
+
+    def _trim_history(self, db: sqlite3.Connection, context_id: str, top: int, now: float) -> int:
+        """Drop the snapshots and journal entries the history policy lets go (see
+        `hoard.storage._retention`) as of `now` (the writer's clock: the snapshot's time); returns
+        how many rows went."""
+        versions = [r[0] for r in db.execute("SELECT version FROM snapshots WHERE context_id=? ORDER BY version",
+                                             (context_id,))]
+        if not versions:
+            return 0
+        base = history_base(self.history_policy, versions, top, now, lambda v: self._snapshot_time(db, context_id, v))
+        gone = db.execute("DELETE FROM snapshots WHERE context_id=? AND version<?", (context_id, base)).rowcount
+        return gone + db.execute("DELETE FROM journal WHERE context_id=? AND version<=?", (context_id, base)).rowcount
+
+    def _snapshot_time(self, db: sqlite3.Connection, context_id: str, version: int) -> float:
+        """When snapshot `version` was made (its state's updated_at): remembered, else decoded once;
+        a damaged one counts as new (kept: never dropped on a guess)."""
+        key = (context_id, version)
+        if key not in self._snapshot_times:
+            row = db.execute("SELECT blob FROM snapshots WHERE context_id=? AND version=?", key).fetchone()
+            try:
+                self._snapshot_times[key] = self.codec.decode_state(row[0]).updated_at
+            except CorruptStateError:
+                return float("inf")
+        return self._snapshot_times[key]
+
+    # -- the history policy --------------------------------------------------------------------------
+    def _recorded_history(self) -> HistoryPolicy:
+        row = self._require().execute("SELECT value FROM hoard_meta WHERE key='history'").fetchone()
+        return RECOVERY if row is None else HistoryPolicy.parse(str(row[0]))
+
+    def set_history(self, policy: HistoryPolicy) -> None:
+        """Record the history policy in the store (compaction follows it from now on, here and in
+        every later opener, `hoard compact` included). One transaction."""
+        policy = HistoryPolicy.parse(policy)
+        if self.readonly:
+            raise PersistenceError(f"store {self.path!r} is open read-only")
+        db = self._require()
+
+        def run() -> None:
+            with self._transaction(db):
+                db.execute("INSERT OR REPLACE INTO hoard_meta VALUES ('history', ?)", (policy.text,))
+        self._guard(run, "record the history policy")
+        self.history_policy = policy
+
+    def compact_history(self) -> int:
+        """Apply the recorded history policy to every context now (one transaction); returns how
+        many snapshot and journal rows went. What `hoard compact` runs before VACUUM."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.path!r} is open read-only")
+        db = self._require()
+
+        def run() -> int:
+            with self._transaction(db):
+                now = time.time()
+                return sum(self._trim_history(db, cid, version, now)
+                           for cid, version in db.execute("SELECT id, version FROM contexts").fetchall())
+        return self._guard(run, "compact history")
 
     @staticmethod
     def _version_problem(db: sqlite3.Connection, context_id: str, version: int) -> str:
@@ -650,6 +780,24 @@ class _SQLiteRows:
         rps, rp_bytes = one("SELECT count(*), sum(length(blob)) FROM recovery_points")
         quarantined = one("SELECT count(*), 0 FROM quarantine")[0] if _has_table(self.db, "quarantine") else 0
         return StoreStats("", contexts, snaps, journal, rps, quarantined, snap_bytes, journal_bytes, rp_bytes)
+
+    def feed_bounds(self) -> tuple[int, int]:
+        if not _has_table(self.db, "feed"):
+            return 0, 0
+        row = self.db.execute("SELECT (SELECT seq FROM sqlite_sequence WHERE name='feed'), "
+                              "(SELECT value FROM hoard_meta WHERE key='feed_floor')").fetchone()
+        return int(row[1] or 0), int(row[0] or 0)
+
+    def feed_rows(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        if not _has_table(self.db, "feed"):
+            return []
+        return self.db.execute("SELECT pos, context_id, blob FROM feed WHERE pos > ? ORDER BY pos LIMIT ?",
+                               (after, limit)).fetchall()
+
+    def consumer_rows(self) -> dict[str, int]:
+        if not _has_table(self.db, "feed_consumers"):
+            return {}
+        return dict(self.db.execute("SELECT name, pos FROM feed_consumers ORDER BY name").fetchall())
 
     def write_snapshot(self, context_id: str, version: int, blob: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (context_id, version, blob))

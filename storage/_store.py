@@ -18,11 +18,15 @@ stored version, `stats()` counts rows and bytes. Each call reads one consistent 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
 from ._model import Change, ContextState, RecoveryPoint
+
+if TYPE_CHECKING:
+    from ._feed import FeedEntry
+    from ._retention import HistoryPolicy
 
 __all__ = [
     "Append",
@@ -44,9 +48,11 @@ __all__ = [
 
 @attrs.frozen
 class CreateContext:
-    """Create a context at `state` (version 1). Fails the batch if it exists."""
+    """Create a context at `state` (version 1), made `by` whom (recorded in the change feed). Fails the
+    batch if it exists."""
 
     state: ContextState
+    by: str | None = None
 
 
 @attrs.frozen
@@ -249,3 +255,34 @@ class Store(Protocol):
 
     def stats(self) -> StoreStats:
         """Row counts and stored bytes of the whole store."""
+
+    # -- the change feed (see `hoard.storage._feed`) --------------------------------------------------
+    def feed(self, after: int = 0, limit: int = 1000) -> list[FeedEntry]:
+        """At most `limit` feed entries with offset > `after`, by offset (commit order across every
+        context; no gap: an entry below one returned is never committed later). One consistent read.
+        Raises `FeedTruncatedError` when retention removed entries after `after`."""
+
+    def feed_bounds(self) -> tuple[int, int]:
+        """``(floor, head)``: entries up to `floor` were pruned; `head` is the newest offset."""
+
+    def consumers(self) -> dict[str, int]:
+        """Every registered feed consumer and the offset it committed."""
+
+    def set_consumer(self, name: str, position: int | None = None) -> int:
+        """A write: register consumer `name` (new: at the floor) and, with `position`, record the
+        offset it processed (never backwards, never past the head: `InvalidValueError`). Returns
+        its position. Retention keeps every entry a registered consumer has not passed."""
+
+    def remove_consumer(self, name: str) -> None:
+        """A write: forget consumer `name`."""
+
+    # -- the history policy (see `hoard.storage._retention`) ------------------------------------------
+    def set_history(self, policy: HistoryPolicy) -> None:
+        """A write: record the history policy in the store; compaction follows it from now on."""
+
+    def compact_history(self) -> int:
+        """A write: apply the recorded history policy to every context now; rows removed."""
+
+    def reader(self) -> Store:
+        """A read-only store on the same data for another thread (its own connection), unopened
+        (the memory store returns itself: its reads are safe from any thread)."""

@@ -20,6 +20,7 @@ import orjson
 from ._errors import InvalidContextIdError, InvalidValueError, shown_repr
 
 __all__ = [
+    "MAX_BY",
     "MAX_DEPTH",
     "MAX_ID_BYTES",
     "MAX_KEY_BYTES",
@@ -29,6 +30,7 @@ __all__ = [
     "freeze_mapping",
     "freeze_value",
     "thaw",
+    "validate_by",
     "validate_id",
     "validate_key",
 ]
@@ -116,6 +118,23 @@ def validate_id(context_id: object) -> str:
         raise InvalidContextIdError(context_id, "contains NUL or control characters")
     _check_encodable(context_id, lambda reason: InvalidContextIdError(context_id, reason))
     return context_id
+
+
+#: the longest ``by=`` accepted: who made a change, a short name such as "user:ana" or "svc:billing"
+MAX_BY = 128
+
+
+def validate_by(by: object) -> str | None:
+    """Return `by` if it may say who made a change (None, or a printable str of 1 to `MAX_BY`
+    characters with no lone surrogate), else raise `InvalidValueError` naming ``by``."""
+    if by is None:
+        return None
+    if type(by) is not str or not by or len(by) > MAX_BY or not by.isprintable():
+        shown = repr(by) if len(repr(by)) <= 60 else repr(by)[:57] + "..."
+        raise InvalidValueError("by", f"who made a change must be None or a printable str of 1 to {MAX_BY} "
+                                      f"characters (such as 'user:ana'), not {type(by).__name__} {shown}")
+    _check_encodable(by, lambda reason: InvalidValueError("by", reason))
+    return by
 
 
 def _check_encodable(s: str, error: Any) -> None:

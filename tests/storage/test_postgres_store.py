@@ -122,10 +122,11 @@ def test_open_creates_the_tables_and_records_the_schema_version(make_pg_store: M
                                                                 pg_schema: str) -> None:
     make_pg_store()
     tables = {r[0] for r in sql(pg_dsn, "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_schema,))}
-    assert tables == {"schema_version", "contexts", "snapshots", "journal", "recovery_points", "leases"}
-    assert sql(pg_dsn, "SELECT version FROM schema_version", schema=pg_schema) == [(1,)]
+    assert tables == {"schema_version", "contexts", "snapshots", "journal", "recovery_points", "leases", "feed",
+                      "feed_head", "feed_consumers", "settings"}
+    assert sql(pg_dsn, "SELECT version FROM schema_version ORDER BY version", schema=pg_schema) == [(1,), (2,)]
     make_pg_store()  # a second opener (another process, say) migrates nothing
-    assert sql(pg_dsn, "SELECT count(*) FROM schema_version", schema=pg_schema) == [(1,)]
+    assert sql(pg_dsn, "SELECT count(*) FROM schema_version", schema=pg_schema) == [(2,)]
 
 
 def test_a_schema_written_by_a_newer_hoard_is_refused(make_pg_store: MakeStore, pg_dsn: str,
