@@ -496,7 +496,9 @@ class SupervisorActor(pykka.ThreadingActor):
         self.restarts.pop(cid, None)
         if cid not in self.cells and self._store("info", cid) is None:
             raise ContextNotFoundError(cid)
-        self._drop(cid)
+        cell = self._drop(cid)
+        if cell is not None:  # its activation ends here: subscribers see every activation end
+            self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.DELETED)
         self.pinned.discard(cid)
         self._ask_persistence(StoreWrite((DeleteContext(cid),)), f"deleting {cid!r}", cid)
         self.events(ContextDeleted, cid)

@@ -20,7 +20,7 @@ from typing import Any
 from hoard.storage import SQLiteStore
 
 from ._config import ContextAdapterConfig, ContextManagerConfig
-from ._system import open_system
+from ._system import ContextSystem, open_system
 
 __all__ = ["run_demo"]
 
@@ -44,88 +44,124 @@ def run_demo(directory: str | None = None, *, echo: Callable[[str], Any] = print
 
 
 def _run(folder: Path, echo: Callable[[str], Any]) -> int:
-    db = folder / "demo.db"
-    echo(f"hoard demo: store {db}")
-    checks: list[tuple[str, bool]] = []
-    ids = [f"account-{i:02d}" for i in range(CONTEXTS)]
-    per_worker: list[Counter[str]] = [Counter() for _ in range(WORKERS)]  # each thread counts its own
-    errors: list[BaseException] = []
-    adapter_cfg = ContextAdapterConfig(max_active_contexts=MAX_ACTIVE)
-    manager_cfg = ContextManagerConfig(durability="immediate", snapshot_every=50)
-    started = time.perf_counter()
+    return _Demo(folder / "demo.db", echo).run()
 
-    with open_system(db, manager_config=manager_cfg, adapter_config=adapter_cfg) as system:
+
+class _Demo:
+    """One run of the demo: its store, what it checked, and what every worker thread acknowledged."""
+
+    def __init__(self, db: Path, echo: Callable[[str], Any]) -> None:
+        self.db = db
+        self.echo = echo
+        self.ids = [f"account-{i:02d}" for i in range(CONTEXTS)]
+        self.checks: list[tuple[str, bool]] = []
+        self.per_worker: list[Counter[str]] = [Counter() for _ in range(WORKERS)]  # each thread counts its own
+        self.errors: list[BaseException] = []
+
+    def _open(self) -> ContextSystem:
+        return open_system(self.db, manager_config=ContextManagerConfig(durability="immediate", snapshot_every=50),
+                           adapter_config=ContextAdapterConfig(max_active_contexts=MAX_ACTIVE))
+
+    @property
+    def acknowledged(self) -> Counter[str]:
+        return sum(self.per_worker, Counter())
+
+    def run(self) -> int:
+        self.echo(f"hoard demo: store {self.db}")
+        started = time.perf_counter()
+        with self._open() as system:
+            self.echo(f"  opened; current context: {system.adapter.current_id()!r}; {WORKERS} threads x {ROUNDS} "
+                      f"rounds over {CONTEXTS} contexts (at most {MAX_ACTIVE} active)")
+            base = self._work(system)
+            rp = self._bonus(system)
+            versions = {cid: system.manager.get_state(cid).version for cid in self.ids}
+            current = system.adapter.current_id()
+        elapsed = time.perf_counter() - started
+        self.echo(f"  stopped after {elapsed:.2f} s (every context committed and snapshotted)")
+        with self._open() as system:
+            manager = system.manager
+            back = {cid: manager.get_state(cid) for cid in self.ids}
+            acknowledged = self.acknowledged
+            self.checks.append(("every balance came back",
+                                all(back[c].data["balance"] == base[c] + acknowledged[c] for c in self.ids)))
+            self.checks.append(("every version came back", all(back[c].version == versions[c] for c in self.ids)))
+            self.checks.append(("the recovery point came back", manager.recovery_points("account-00")[-1].id == rp))
+            # the current context is a choice of the running program, not stored: a reopen starts at the default
+            now = system.adapter.current_id()
+            self.echo(f"  reopened: {len(manager.list_ids())} contexts; current is {now!r} (before the stop it "
+                      f"was {current!r}; a reopen starts at the default context)")
+            self.checks.append(("the reopen starts at the default context", now == "default"))
+        self._verify()
+        self._summary(versions, elapsed)
+        return 0 if all(ok for _, ok in self.checks) else 1
+
+    def _work(self, system: ContextSystem) -> dict[str, int]:
+        """WORKERS threads make durable deposits on many contexts while the current context is switched;
+        returns the balances before (a rerun in the same folder starts from the stored ones)."""
         adapter, manager = system.adapter, system.manager
-        echo(f"  opened; current context: {adapter.current_id()!r}; "
-             f"{WORKERS} threads x {ROUNDS} rounds over {CONTEXTS} contexts (at most {MAX_ACTIVE} active)")
         trackers = {cid: adapter.tracker(cid) if manager.exists(cid) else
-                    adapter.create_and_activate(cid, {"balance": 0, "log": []}) for cid in ids}
-        base = {cid: int(trackers[cid].get("balance", 0)) for cid in ids}  # a rerun in the same folder
+                    adapter.create_and_activate(cid, {"balance": 0, "log": []}) for cid in self.ids}
+        base = {cid: int(trackers[cid].get("balance", 0)) for cid in self.ids}
         adapter.switch("default")
-
-        def deposit(d: Any, amount: int, who: str) -> int:
-            d["balance"] = d.get("balance", 0) + amount
-            d["log"] = [*d.get("log", []), who][-5:]
-            return int(d["balance"])
 
         def worker(n: int) -> None:
             try:
                 for r in range(ROUNDS):
-                    cid = ids[(n * 7 + r * 5) % CONTEXTS]
-                    trackers[cid].transact(functools.partial(deposit, amount=1, who=f"w{n}r{r}"))
-                    per_worker[n][cid] += 1
+                    cid = self.ids[(n * 7 + r * 5) % CONTEXTS]
+                    trackers[cid].transact(functools.partial(_deposit, amount=1, who=f"w{n}r{r}"))
+                    self.per_worker[n][cid] += 1
             except BaseException as exc:  # noqa: BLE001 - reported in the summary
-                errors.append(exc)
+                self.errors.append(exc)
 
         threads = [threading.Thread(target=worker, args=(n,), name=f"demo-worker-{n}") for n in range(WORKERS)]
         for t in threads:
             t.start()
-        for cid in ids[:6]:  # meanwhile, the "UI thread" switches the current context around
+        for cid in self.ids[:6]:  # meanwhile, the "UI thread" switches the current context around
             adapter.switch(cid)
         for t in threads:
             t.join(120)
-        checks.append(("all worker calls succeeded", not errors))
-        acknowledged = sum(per_worker, Counter())
-        echo(f"  {sum(acknowledged.values())} deposits acknowledged; active now: {len(adapter.list_active())}")
+        self.checks.append(("all worker calls succeeded", not self.errors))
+        self.echo(f"  {sum(self.acknowledged.values())} deposits acknowledged; active now: "
+                  f"{len(adapter.list_active())}")
+        return base
 
-        vip = adapter.switch("account-00")
+    def _bonus(self, system: ContextSystem) -> int:
+        """A recovery point, a change, a restore to it; returns the recovery point's id."""
+        vip = system.adapter.switch("account-00")
         before = vip.get("balance")
         rp = vip.create_recovery_point(label="before-bonus")
         vip.set("balance", before + 1_000_000)
         vip.restore(rp.id)
-        checks.append(("restore brought the balance back", vip.get("balance") == before))
-        echo(f"  recovery point {rp.id} of 'account-00' at v{rp.version}; bonus applied, then restored "
-             f"(balance {before})")
-        versions = {cid: manager.get_state(cid).version for cid in ids}
-        current = adapter.current_id()
-    elapsed = time.perf_counter() - started
-    echo(f"  stopped after {elapsed:.2f} s (every context committed and snapshotted)")
+        self.checks.append(("restore brought the balance back", vip.get("balance") == before))
+        self.echo(f"  recovery point {rp.id} of 'account-00' at v{rp.version}; bonus applied, then restored "
+                  f"(balance {before})")
+        return rp.id
 
-    with open_system(db, manager_config=manager_cfg, adapter_config=adapter_cfg) as system:
-        manager = system.manager
-        back = {cid: manager.get_state(cid) for cid in ids}
-        checks.append(("every balance came back", all(back[c].data["balance"] == base[c] + acknowledged[c] for c in ids)))
-        checks.append(("every version came back", all(back[c].version == versions[c] for c in ids)))
-        checks.append(("the recovery point came back",
-                       manager.recovery_points("account-00")[-1].id == rp.id))
-        echo(f"  reopened: {len(manager.list_ids())} contexts; current was {current!r}")
-    store = SQLiteStore(db, readonly=True)
-    store.open()
-    try:
-        problems = store.verify()
-    finally:
-        store.close()
-    checks.append(("store verifies clean", problems == []))
+    def _verify(self) -> None:
+        store = SQLiteStore(self.db, readonly=True)
+        store.open()
+        try:
+            problems = store.verify()
+        finally:
+            store.close()
+        self.checks.append(("store verifies clean", problems == []))
 
-    echo("")
-    echo("summary")
-    echo(f"  contexts             {CONTEXTS} (+ 'default')")
-    echo(f"  changes acknowledged {sum(acknowledged.values())} deposits, all durable before each call returned")
-    echo(f"  newest version       {max(versions.values())} ({min(versions.values())} at the least)")
-    echo(f"  throughput           {sum(acknowledged.values()) / elapsed:,.0f} durable transactions/s "
-         f"with {WORKERS} threads (incl. start, evictions, stop)")
-    for name, ok in checks:
-        echo(f"  [{'ok' if ok else 'FAILED'}] {name}")
-    for exc in errors[:3]:
-        echo(f"  error: {exc!r}")
-    return 0 if all(ok for _, ok in checks) else 1
+    def _summary(self, versions: dict[str, int], elapsed: float) -> None:
+        echo, deposits = self.echo, sum(self.acknowledged.values())
+        echo("")
+        echo("summary")
+        echo(f"  contexts             {CONTEXTS} (+ 'default')")
+        echo(f"  changes acknowledged {deposits} deposits, all durable before each call returned")
+        echo(f"  newest version       {max(versions.values())} ({min(versions.values())} at the least)")
+        echo(f"  throughput           {deposits / elapsed:,.0f} durable transactions/s with {WORKERS} threads "
+             "(incl. start, evictions, stop)")
+        for name, ok in self.checks:
+            echo(f"  [{'ok' if ok else 'FAILED'}] {name}")
+        for exc in self.errors[:3]:
+            echo(f"  error: {exc!r}")
+
+
+def _deposit(d: Any, amount: int, who: str) -> int:
+    d["balance"] = d.get("balance", 0) + amount
+    d["log"] = [*d.get("log", []), who][-5:]
+    return int(d["balance"])

@@ -388,6 +388,7 @@ class PostgresStore:
         if "tcp_user_timeout" not in self._params and psycopg.pq.version() >= 120000:
             # a dead peer on a half-open connection is noticed after this, not after TCP's ~15 min
             kwargs["tcp_user_timeout"] = round((self.statement_timeout + self.connect_timeout) * 1000)
+        first_problem = self._refused(kwargs)
         pool = psycopg_pool.ConnectionPool(
             self.dsn, min_size=1, max_size=1, open=False, kwargs=kwargs, configure=self._configure,
             timeout=self.connect_timeout, num_workers=1, name=f"hoard-{self.schema}")
@@ -396,13 +397,29 @@ class PostgresStore:
         except psycopg_pool.PoolTimeout as exc:
             pool.close(timeout=1.0)
             raise PersistenceError(f"cannot connect to {self.location} within {self.connect_timeout} s "
-                                   "(is the server up, and the connection string right?)") from exc
+                                   f"({first_problem or 'is the server up, and the connection string right?'})"
+                                   ) from exc
         self._pool = pool
         try:
             self._run("open", self._migrate, idempotent=False)
         except BaseException:
             self.close()
             raise
+
+    def _refused(self, kwargs: dict[str, Any]) -> str | None:
+        """Try one connection first. A server that answers with a refusal that waiting cannot change
+        (no such database or role, authentication failed) fails the open at once with the server's own
+        words; a server that does not answer (yet), or is starting up, is left to the pool, which
+        retries up to `connect_timeout`. Returns that first problem (None if the connection worked)."""
+        try:
+            psycopg.connect(self.dsn, **kwargs).close()
+        except psycopg.Error as exc:
+            problem = " ".join(str(exc).split())
+            refusal = problem.partition("FATAL:")[2].strip()
+            if refusal and not any(word in refusal for word in _TRANSIENT_REFUSALS):
+                raise PersistenceError(f"cannot connect to {self.location}: the server refused: {refusal}") from exc
+            return problem
+        return None
 
     def _configure(self, conn: Any) -> None:
         """Session settings of every new pooled connection (runs in the pool's thread)."""
@@ -1379,6 +1396,8 @@ _KIND: dict[type, str] = {
 }
 _RECOVERY = ("strict", "fallback")
 _FALLBACK_HINT = FALLBACK_HINT
+#: refusals of a server that is busy or changing state, not saying "no": worth waiting for
+_TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "connection slots")
 
 _ROW_KIND = {"snapshots": "snapshot", "journal": "journal", "recovery_points": "recovery_point",
              "quarantine": "quarantine"}

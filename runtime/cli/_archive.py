@@ -19,10 +19,11 @@ States are in the store's own unstructured form (the project converter), so an i
 each context exactly: id, version, data, metadata, both times, every recovery point with its id,
 label and time, and the recovery point sequence (the next id), so ids are never reused.
 
-Import reads and verifies the whole archive before it writes anything, then writes whole contexts
-per transaction (several small ones share one), so a context is either entirely imported or not at
-all. A context that already exists
-is refused unless ``--replace``; a replaced context never goes back in version (see `context_ops`).
+Import reads and verifies the whole archive before it writes anything, then writes every context in
+one transaction, so an import is entirely done or not at all (a failure midway, a crash, a full disk
+leave the store as it was). That transaction is built in memory: an import needs memory for the
+archive's contents (decompressed) and their encoded form. A context that already exists is refused
+unless ``--replace``; a replaced context never goes back in version (see `context_ops`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from hoard.storage import (
     FORMAT_VERSION,
     KIND_ARCHIVE,
     Codec,
+    ContextNotFoundError,
     ContextState,
     CorruptStateError,
     CreateContext,
@@ -66,10 +68,6 @@ ARCHIVE_FORMAT = 1
 _LEN = struct.Struct("<Q")
 #: a record holds one state; a reader refuses to decompress more than this per record
 MAX_RECORD_BYTES = 256 * 2**20
-#: import commits whole contexts together until a transaction holds about this many operations (one
-#: sync per context made importing 100k small contexts take 20 s here; batched, 3.5 s)
-_BATCH_OPS = 1_000
-
 
 @attrs.frozen
 class ArchivedContext:
@@ -227,8 +225,9 @@ def context_ops(state: ContextState, recovery_points: tuple[RecoveryPoint, ...] 
     rps = sorted(recovery_points, key=lambda rp: rp.id)
     if existing is not None:
         if state.version <= existing.version:
-            notes.append(f"stored v{existing.version} is newer than the archived v{state.version}: written as "
-                         f"v{existing.version + 1} (versions never go back)")
+            than = "the same version as" if state.version == existing.version else "newer than"
+            notes.append(f"the stored v{existing.version} is {than} the archived v{state.version}: the archived "
+                         f"data written as v{existing.version + 1} (versions never go back)")
             state = attrs.evolve(state, version=existing.version + 1, updated_at=time.time())
         if rps and rps[0].id < existing.next_rp_id:
             first = existing.next_rp_id
@@ -283,7 +282,9 @@ def export(*, store: str, out_path: str, prefix: str, ids: tuple[str, ...], forc
             if ids:
                 missing = [i for i in ids if st.info(i) is None]
                 if missing:
-                    raise HoardError(f"no context {', '.join(map(repr, missing))} in {store!r}")
+                    also = f"(nor {', '.join(map(repr, missing[1:]))}); " if len(missing) > 1 else ""
+                    raise ContextNotFoundError(missing[0], hint=f"{also}`hoard ls {store}` lists the contexts "
+                                                                f"in {store!r}")
                 selected = [i for i in dict.fromkeys(ids) if i.startswith(prefix)]
             w = _Writer(f)
             conv = w.codec.converter
@@ -330,9 +331,9 @@ def import_(store: str, in_path: str, replace: bool, as_json: bool) -> None:
     """Import the contexts of archive IN (made by `hoard export`) into STORE.
 
     STORE is created if it does not exist. The whole archive is verified before anything is
-    written; then each context is written exactly as exported, all of it in one transaction. If a
-    context already exists, nothing is imported unless --replace is given. Refused while another
-    program has STORE open.
+    written; then each context is written exactly as exported, all of it in one transaction: the
+    import is done entirely or not at all. If a context already exists, nothing is imported unless
+    --replace is given. Refused while another program has STORE open.
 
     \b
     Examples:
@@ -354,20 +355,22 @@ def import_(store: str, in_path: str, replace: bool, as_json: bool) -> None:
             shown = ", ".join(map(repr, list(existing)[:10])) + (" ..." if len(existing) > 10 else "")
             raise HoardError(f"{len(existing)} of the archived contexts already exist in {store!r} ({shown}); "
                              "nothing was imported. Use --replace to overwrite them.")
-        batch: list[Op] = []
+        everything: list[Op] = []
         with progress("importing", len(ids)) as advance:
             for ctx in read_archive(in_path):
                 ops, written, note = context_ops(ctx.state, ctx.recovery_points, ctx.next_rp_id,
                                                  existing.get(ctx.state.id))
-                batch += ops
-                if len(batch) >= _BATCH_OPS:  # whole contexts per transaction: each is in or out entirely
-                    st.commit(batch)
-                    batch = []
+                everything += ops
                 results.append({"id": written.id, "version": written.version,
                                 "recovery_points": len(ctx.recovery_points),
                                 "replaced": ctx.state.id in existing, "note": note})
                 advance(1)
-            st.commit(batch)
+        with progress("writing", None):
+            try:
+                st.commit(everything)  # one transaction: all of the import or none of it
+            except PersistenceError as exc:
+                raise PersistenceError(f"nothing was imported into {store!r}: {exc}",
+                                       context_id=exc.context_id) from exc
     if as_json:
         emit_json({"store": store, "contexts": results})
         return

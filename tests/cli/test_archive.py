@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from hoard import open_system
 from hoard.cli._archive import read_archive
+from hoard.storage import ContextState, CreateContext, SQLiteStore
 
 from .conftest import NO_DEFAULT, Hoard, no_traceback
 
@@ -53,7 +55,7 @@ def test_export_a_subset_by_prefix_or_id(hoard: Hoard, store: Path, tmp_path: Pa
     assert hoard("import", str(tmp_path / "u.db"), str(one)).code == 0
     assert [c["id"] for c in hoard("ls", str(tmp_path / "u.db"), "--json").json()] == ["user.ana"]
     r = hoard("export", str(store), str(tmp_path / "x.hoard"), "--id", "nope")
-    assert r.code == 1 and "no context 'nope'" in r.err
+    assert r.code == 1 and "context 'nope' does not exist" in r.err
 
 
 def test_export_does_not_overwrite_without_force(hoard: Hoard, store: Path, tmp_path: Path) -> None:
@@ -117,3 +119,51 @@ def test_a_damaged_or_truncated_archive_is_refused_and_changes_nothing(hoard: Ho
 def test_import_of_a_missing_archive_is_a_usage_error(hoard: Hoard, tmp_path: Path) -> None:
     r = hoard("import", str(tmp_path / "s.db"), str(tmp_path / "missing.hoard"))
     assert r.code == 2 and "does not exist" in r.err
+
+
+def test_a_failing_import_leaves_the_store_unchanged(hoard: Hoard, tmp_path: Path) -> None:
+    """More operations than the old batches of 1,000, with the very last context refused by the store:
+    nothing of the archive may be left behind (one transaction)."""
+    source, target, archive = tmp_path / "source.db", tmp_path / "target.db", tmp_path / "a.hoard"
+    many = 1_100
+    store = SQLiteStore(source)
+    store.open()
+    try:
+        store.commit([CreateContext(ContextState(f"c-{i:04d}", 1, {"i": i})) for i in range(many)])
+    finally:
+        store.close()
+    assert hoard("export", str(source), str(archive)).code == 0
+    with open_system(target, adapter_config=NO_DEFAULT) as s:
+        s.manager.create("mine", {"local": True})
+    db = sqlite3.connect(target)  # a real failure inside the store's transaction, at the last context
+    with db:
+        db.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON contexts WHEN NEW.id = 'c-{many - 1:04d}' "
+                   "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END")
+    db.close()
+    r = hoard("import", str(target), str(archive))
+    assert r.code == 1, r.err
+    assert [c["id"] for c in hoard("ls", str(target), "--json").json()] == ["mine"]
+    assert "nothing was imported" in r.err, r.err
+    no_traceback(r)
+    assert hoard("verify", str(target), "--json").json()["ok"] is True
+    db = sqlite3.connect(target)
+    with db:
+        db.execute("DROP TRIGGER refuse")
+    db.close()
+    assert len(hoard("import", str(target), str(archive), "--json").json()["contexts"]) == many  # now all of it
+
+
+def test_the_replace_note_compares_versions_truly(hoard: Hoard, store: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "a.hoard"
+    assert hoard("export", str(store), str(archive), "--id", "cart-42").code == 0  # v11, as stored
+    note = hoard("import", str(store), str(archive), "--replace", "--json").json()["contexts"][0]["note"]
+    assert note.startswith("the stored v11 is the same version as the archived v11: the archived data written "
+                           "as v12"), note
+    note = hoard("import", str(store), str(archive), "--replace", "--json").json()["contexts"][0]["note"]
+    assert note.startswith("the stored v12 is newer than the archived v11"), note
+    assert hoard("show", str(store), "cart-42", "--json").json()["version"] == 13
+
+
+def test_import_help_says_what_import_does(hoard: Hoard) -> None:
+    text = " ".join(hoard("import", "--help").out.split())
+    assert "all of it in one transaction: the import is done entirely or not at all" in text

@@ -52,10 +52,14 @@ def test_an_empty_file_is_not_turned_into_a_store(hoard: Hoard, tmp_path: Path) 
     assert (tmp_path / "empty.db").read_bytes() == b""
 
 
-def test_demo_runs(hoard: Hoard, tmp_path: Path) -> None:
-    r = hoard("demo", "--dir", str(tmp_path / "demo"))
-    assert r.code == 0, r.out + r.err
-    no_traceback(r)
+def test_demo_runs_and_reruns_in_the_same_folder(hoard: Hoard, tmp_path: Path) -> None:
+    for _ in range(2):  # the second run starts from the balances the first one stored
+        r = hoard("demo", "--dir", str(tmp_path / "demo"))
+        assert r.code == 0, r.out + r.err
+        no_traceback(r)
+        assert "FAILED" not in r.out
+        # what it says of the current context after the reopen is what the reopened system has
+        assert "current is 'default' (before the stop it was 'account-00'; a reopen starts at the default" in r.out
     stores = list((tmp_path / "demo").glob("*.db"))
     assert stores
     assert hoard("ls", str(stores[0]), "--json").json() != []
