@@ -37,7 +37,7 @@ import pykka
 
 from hoard.storage import ContextOwnedElsewhereError, FencedOffError, PersistenceError
 
-__all__ = ["AttachSupervisor", "LeaseKeeper", "LeasesLost", "RenewLeases", "context_of"]
+__all__ = ["AttachSupervisor", "LeaseKeeper", "LeasesLost", "RenewLeases"]
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +60,6 @@ class AttachSupervisor:
     """From the system, once, to the persistence actor: where `LeasesLost` goes."""
 
     supervisor: Any  # pykka.ActorRef
-
-
-def context_of(op: Any) -> str:
-    """The context a store operation (`hoard.storage.Op`) touches."""
-    state = getattr(op, "state", None)
-    if state is not None:  # CreateContext, PutSnapshot
-        return str(state.id)
-    rp = getattr(op, "rp", None)
-    if rp is not None:  # PutRecoveryPoint
-        return str(rp.context_id)
-    return str(op.context_id)
 
 
 class LeaseKeeper:

@@ -302,8 +302,6 @@ class Commit:
 class Flush:
     """Commit everything pending now (sent by the persistence actor to itself: group commit)."""
 
-    scheduled: bool = True
-
 
 @attrs.frozen
 class Load:

@@ -52,6 +52,7 @@ from hoard.storage import (
     PutSnapshot,
     RecoveryPoint,
     Store,
+    context_of,
 )
 
 from ._context import Inbox
@@ -63,7 +64,7 @@ from ._events import (
     RecoveryPointCreated,
     RecoveryPointDeleted,
 )
-from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases, context_of
+from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases
 from ._messages import (
     Close,
     Commit,

@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import unquote
 
 import attrs
 import pykka
 
 from hoard.actors import ContextEvent
-from hoard.storage import ConfigError, MemoryStore, PostgresStore, SQLiteStore, Store
+from hoard.storage import ConfigError, MemoryStore, Store, make_store
 
 from ._adapter import ContextAdapter
 from ._config import ContextAdapterConfig, ContextManagerConfig
@@ -30,50 +29,17 @@ from ._ref import ContextRef
 
 __all__ = ["ContextSystem", "open_system"]
 
-_PG_SCHEMES = ("postgresql://", "postgres://")
-_PG_OPTIONS = ("schema", "lease_ttl")  # hoard's own query options; every other one is libpq's
-
-
-def _postgres_store(url: str, config: ContextManagerConfig) -> Store:
-    """A `PostgresStore` for a ``postgresql://`` URL. Two query options are hoard's and are taken out
-    before the URL reaches libpq: ``schema`` (the PostgreSQL schema holding the tables, default
-    ``hoard``) and ``lease_ttl`` (seconds, default 10). ``require_lease=True``: every write of this
-    system is made under the context's ownership lease, so a write that lost its lease can never land.
-    Anything else (``owner_id``, timeouts, ``notify``) needs ``store=PostgresStore(...)``."""
-    base, _, query = url.partition("?")
-    options: dict[str, str] = {}
-    rest = []
-    for piece in query.split("&") if query else []:
-        key, _, value = piece.partition("=")
-        if unquote(key) in _PG_OPTIONS:
-            options[unquote(key)] = unquote(value)
-        else:
-            rest.append(piece)
-    kwargs: dict[str, Any] = {}
-    if "schema" in options:
-        kwargs["schema"] = options["schema"]
-    if "lease_ttl" in options:
-        try:
-            kwargs["lease_ttl"] = float(options["lease_ttl"])
-        except ValueError:
-            raise ConfigError(f"lease_ttl in the store URL must be a number of seconds, not "
-                              f"{options['lease_ttl']!r}") from None
-    return PostgresStore(base + ("?" + "&".join(rest) if rest else ""), compression_level=config.compression_level,
-                         max_state_bytes=config.max_state_bytes, require_lease=True, recovery=config.recovery,
-                         **kwargs)
-
 
 def _resolve_store(config: ContextManagerConfig) -> Store:
+    """The configured store: None is a `MemoryStore`; a path or URL is made by `make_store` (a
+    PostgreSQL store with ``require_lease=True``: every write of this system is made under the
+    context's ownership lease, so a write that lost its lease can never land)."""
     store = config.store
     if store is None:
         return MemoryStore()
-    if isinstance(store, str) and store.startswith(_PG_SCHEMES):
-        return _postgres_store(store, config)
     if isinstance(store, (str, os.PathLike)):
-        if os.fspath(store) in ("", ":memory:"):
-            return MemoryStore()
-        return SQLiteStore(store, sync=config.sync, compression_level=config.compression_level,
-                           max_state_bytes=config.max_state_bytes, recovery=config.recovery)
+        return make_store(store, sync=config.sync, compression_level=config.compression_level,
+                          max_state_bytes=config.max_state_bytes, recovery=config.recovery, require_lease=True)
     return store
 
 

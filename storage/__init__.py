@@ -30,15 +30,20 @@ from ._errors import RecoveryPointNotFoundError as RecoveryPointNotFoundError
 from ._errors import StoreLockedError as StoreLockedError
 from ._errors import SystemStoppedError as SystemStoppedError
 from ._errors import VersionConflictError as VersionConflictError
+from ._errors import VersionNotStoredError as VersionNotStoredError
 from ._memory import MemoryStore as MemoryStore
 from ._model import Change as Change
 from ._model import ContextState as ContextState
 from ._model import RecoveryPoint as RecoveryPoint
 from ._model import apply_change as apply_change
 from ._model import new_state as new_state
-from ._postgres import ChangeListener as ChangeListener
-from ._postgres import ChangeNotice as ChangeNotice
+from ._open import make_store as make_store
+from ._open import open_store as open_store
 from ._postgres import PostgresStore as PostgresStore
+from ._postgres_listen import ChangeListener as ChangeListener
+from ._postgres_listen import ChangeNotice as ChangeNotice
+from ._recovery import RecoveryReport as RecoveryReport
+from ._recovery import SkippedItem as SkippedItem
 from ._schema import SCHEMA_KEY as SCHEMA_KEY
 from ._schema import Schema as Schema
 from ._schema import SchemaMigrationError as SchemaMigrationError
@@ -47,20 +52,21 @@ from ._schema import SchemaNameWarning as SchemaNameWarning
 from ._schema import SchemaValidationError as SchemaValidationError
 from ._schema import as_schema as as_schema
 from ._schema import read_marker as read_marker
-from ._sqlite import RecoveryReport as RecoveryReport
-from ._sqlite import SkippedItem as SkippedItem
 from ._sqlite import SQLiteStore as SQLiteStore
 from ._store import Append as Append
 from ._store import CreateContext as CreateContext
 from ._store import DeleteContext as DeleteContext
 from ._store import DeleteRecoveryPoint as DeleteRecoveryPoint
+from ._store import JournalEntry as JournalEntry
 from ._store import Op as Op
 from ._store import PutRecoveryPoint as PutRecoveryPoint
 from ._store import PutSnapshot as PutSnapshot
 from ._store import SetTTL as SetTTL
 from ._store import Store as Store
 from ._store import StoredContext as StoredContext
+from ._store import StoreStats as StoreStats
 from ._store import VerifyIssue as VerifyIssue
+from ._store import context_of as context_of
 from ._values import FrozenDict as FrozenDict
 from ._values import FrozenList as FrozenList
 from ._values import encoded_size as encoded_size
@@ -101,6 +107,7 @@ __all__ = [
     "InvalidContextIdError",
     "InvalidMessageError",
     "InvalidValueError",
+    "JournalEntry",
     "MemoryStore",
     "NoCurrentContextError",
     "Op",
@@ -121,17 +128,22 @@ __all__ = [
     "SkippedItem",
     "Store",
     "StoreLockedError",
+    "StoreStats",
     "StoredContext",
     "SystemStoppedError",
     "VerifyIssue",
     "VersionConflictError",
+    "VersionNotStoredError",
     "apply_change",
     "as_schema",
+    "context_of",
     "encoded_size",
     "freeze_mapping",
     "freeze_value",
     "make_converter",
+    "make_store",
     "new_state",
+    "open_store",
     "read_marker",
     "thaw",
     "validate_id",

@@ -29,7 +29,7 @@ import struct
 import typing
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import cattrs
@@ -156,6 +156,12 @@ def make_converter() -> cattrs.Converter:
     return conv
 
 
+class Compressor(Protocol):
+    """What `Codec` compresses with (zstandard's ``ZstdCompressor`` has this shape)."""
+
+    def compress(self, data: bytes, /) -> bytes: ...
+
+
 class Codec:
     """Encodes and verifies blobs. Not thread-safe: one owner thread at a time.
 
@@ -164,14 +170,18 @@ class Codec:
             measured best trade-off here).
         max_bytes: the largest payload a reader accepts once decompressed (``max_state_bytes`` plus
             headroom for field names); larger claims are refused before decompressing.
+        compressor: what compresses payloads (anything with zstd's ``compress(bytes) -> bytes``;
+            default a ``zstandard.ZstdCompressor`` at `compression_level`); a test may hand in one
+            that fails.
     """
 
-    def __init__(self, compression_level: int = 3, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, compression_level: int = 3, max_bytes: int = 256 * 2**20, *,
+                 compressor: Compressor | None = None) -> None:
         self.converter = make_converter()
         self.bytes_in = 0  # payload bytes framed (before compression), for metrics
         self.bytes_out = 0  # blob bytes framed (after compression, with headers)
         self.max_bytes = max_bytes
-        self._cctx = zstandard.ZstdCompressor(level=compression_level)
+        self._cctx = compressor or zstandard.ZstdCompressor(level=compression_level)
         self._dctx = zstandard.ZstdDecompressor()
         self._unstructure_state = self.converter.get_unstructure_hook(ContextState)
         self._structure_state = self.converter.get_structure_hook(ContextState)

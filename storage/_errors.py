@@ -32,6 +32,7 @@ __all__ = [
     "StoreLockedError",
     "SystemStoppedError",
     "VersionConflictError",
+    "VersionNotStoredError",
 ]
 
 
@@ -228,6 +229,22 @@ class RecoveryPointNotFoundError(HoardError, LookupError):
         self.context_id = context_id
         self.rp_id = rp_id
         super().__init__(f"context {context_id!r} has no recovery point {rp_id!r}")
+
+
+class VersionNotStoredError(HoardError, LookupError):
+    """A stored context exists but the store cannot rebuild the asked version: it is older than the
+    oldest kept snapshot, recovery point and journal entry, or newer than the acknowledged version.
+    (`ContextNotFoundError`: the context itself is absent; `RecoveryPointNotFoundError`: a recovery
+    point id is unknown.)"""
+
+    def __init__(self, context_id: str, version: object, *, oldest: int | None, newest: int | None) -> None:
+        self.context_id = context_id
+        self.version = version
+        self.oldest = oldest
+        self.newest = newest
+        span = "nothing" if oldest is None or newest is None else f"v{oldest}..v{newest}"
+        super().__init__(f"context {context_id!r}: version {version!r} is not stored (the store can rebuild "
+                         f"{span}); use snapshot_versions() and journal() to see what it keeps")
 
 
 class SystemStoppedError(HoardError):

@@ -1,32 +1,57 @@
 """`MemoryStore`: a store in this process's memory, for tests and ``durability="none"``.
 
-It keeps the newest state of each context (journal entries are applied as they are committed) and its
-recovery points. It follows the `Store` contract exactly (version-checked appends, all-or-nothing
-batches, recovery point sequence and trimming), so code tested on it behaves the same on SQLite.
-Nothing survives the process. Not thread-safe: one owner thread at a time.
+It keeps, per context, what a durable store keeps, as objects instead of blobs: the newest state, the
+newest two snapshots, the journal after the older one, the recovery points and the TTL. It follows the
+`Store` contract exactly (version-checked appends, all-or-nothing batches, recovery point sequence and
+trimming) and offers the same read interface, so code tested on it behaves the same on SQLite. Nothing
+is encoded, so nothing can be damaged: `verify()` finds nothing. Nothing survives the process.
+
+Each context's rows are persistent maps (`immutables.Map`): a batch stages the contexts it touches
+without copying the others, and a failing batch leaves everything as it was. Not thread-safe: one
+owner thread at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._errors import PersistenceError
-from ._model import ContextState, RecoveryPoint, apply_change
+import attrs
+import immutables
+
+from ._errors import ContextNotFoundError, PersistenceError, VersionNotStoredError
+from ._model import Change, ContextState, RecoveryPoint, apply_change
 from ._store import (
     Append,
     CreateContext,
     DeleteContext,
     DeleteRecoveryPoint,
+    JournalEntry,
     Op,
     PutRecoveryPoint,
     PutSnapshot,
     SetTTL,
     StoredContext,
+    StoreStats,
     VerifyIssue,
+    context_of,
 )
 from ._values import validate_id
 
 __all__ = ["MemoryStore"]
+
+_EMPTY: immutables.Map[int, object] = immutables.Map()  # immutable: one shared default is safe
+
+
+@attrs.frozen
+class _Context:
+    """Everything kept for one context."""
+
+    state: ContextState
+    next_rp: int = 1
+    ttl: float | None = None
+    snapshots: immutables.Map[int, ContextState] = _EMPTY  # type: ignore[assignment]
+    journal: immutables.Map[int, Change] = _EMPTY  # type: ignore[assignment]
+    rps: immutables.Map[int, RecoveryPoint] = _EMPTY  # type: ignore[assignment]
 
 
 class MemoryStore:
@@ -34,12 +59,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.location = ":memory:"
-        self._states: dict[str, ContextState] = {}
-        self._next_rp: dict[str, int] = {}
-        self._rps: dict[str, dict[int, RecoveryPoint]] = {}
-        self._snapshot_version: dict[str, int] = {}
-        self._journal: dict[str, int] = {}
-        self._ttls: dict[str, float | None] = {}
+        self._contexts: dict[str, _Context] = {}
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -50,99 +70,134 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
-    def commit(self, ops: Sequence[Op]) -> None:  # noqa: PLR0912 - one flat branch per case of the format; split, its rules would scatter
-        # stage on copies so that a failing op leaves everything as it was (all or nothing)
-        states, next_rp = dict(self._states), dict(self._next_rp)
-        rps = {k: dict(v) for k, v in self._rps.items()}
-        snaps, journal = dict(self._snapshot_version), dict(self._journal)
-        ttls = dict(self._ttls)
+    def commit(self, ops: Sequence[Op]) -> None:
+        staged: dict[str, _Context | None] = {}  # the touched contexts after the batch (None: deleted)
         for op in ops:
-            if isinstance(op, Append):
-                cur = states.get(op.context_id)
-                if cur is None or cur.version + 1 != op.change.version:
-                    raise PersistenceError(f"journal entry {op.change.version} for {op.context_id!r} does not "
-                                           f"follow stored version {cur.version if cur else None}",
-                                           context_id=op.context_id)
-                states[op.context_id] = apply_change(cur, op.change)
-                journal[op.context_id] = journal.get(op.context_id, 0) + 1
-            elif isinstance(op, CreateContext):
-                validate_id(op.state.id)  # like every store: a malformed id never gets in
-                if op.state.id in states:
-                    raise PersistenceError(f"context {op.state.id!r} already exists in the store",
-                                           context_id=op.state.id)
-                states[op.state.id] = op.state
-                next_rp[op.state.id] = 1
-                snaps[op.state.id] = op.state.version
-                journal[op.state.id] = 0
-            elif isinstance(op, PutSnapshot):
-                cur = states.get(op.state.id)
-                if cur is None:
-                    raise PersistenceError(f"snapshot of {op.state.id!r}, which is not in the store",
-                                           context_id=op.state.id)
-                if cur.version < op.state.version:  # checkpoint of unjournaled changes (durability none)
-                    states[op.state.id] = cur = op.state
-                snaps[op.state.id] = op.state.version
-                journal[op.state.id] = cur.version - op.state.version
-            elif isinstance(op, PutRecoveryPoint):
-                cid = op.rp.context_id
-                if cid not in states:
-                    raise PersistenceError(f"context {cid!r} is not in the store", context_id=cid)
-                if next_rp[cid] != op.rp.id:
-                    raise PersistenceError(f"recovery point id {op.rp.id} out of sequence", context_id=cid)
-                points = rps.setdefault(cid, {})
-                points[op.rp.id] = op.rp
-                next_rp[cid] = op.rp.id + 1
-                for old in sorted(points)[: max(0, len(points) - max(1, op.keep))]:
-                    del points[old]
-            elif isinstance(op, DeleteRecoveryPoint):
-                rps.get(op.context_id, {}).pop(op.rp_id, None)
-            elif isinstance(op, SetTTL):
-                if op.context_id not in states:
-                    raise PersistenceError(f"context {op.context_id!r} is not in the store", context_id=op.context_id)
-                ttls[op.context_id] = op.ttl
-            elif isinstance(op, DeleteContext):
-                for d in (states, next_rp, rps, snaps, journal, ttls):
-                    d.pop(op.context_id, None)
-            else:  # pragma: no cover
-                raise TypeError(f"unknown store operation {op!r}")
-        self._states, self._next_rp, self._rps = states, next_rp, rps
-        self._snapshot_version, self._journal = snaps, journal
-        self._ttls = ttls
+            cid = context_of(op)
+            cur = staged[cid] if cid in staged else self._contexts.get(cid)
+            staged[cid] = self._apply(cur, op)
+        for cid, ctx in staged.items():  # all or nothing: applied only once every op held
+            if ctx is None:
+                self._contexts.pop(cid, None)
+            else:
+                self._contexts[cid] = ctx
+
+    @staticmethod
+    def _apply(cur: _Context | None, op: Op) -> _Context | None:  # noqa: PLR0911, PLR0912 - one branch per kind of op
+        if isinstance(op, CreateContext):
+            validate_id(op.state.id)  # like every store: a malformed id never gets in
+            if cur is not None:
+                raise PersistenceError(f"context {op.state.id!r} already exists in the store", context_id=op.state.id)
+            return _Context(op.state, snapshots=immutables.Map({op.state.version: op.state}), journal=immutables.Map())
+        if isinstance(op, DeleteContext):
+            return None
+        cid = context_of(op)
+        if isinstance(op, DeleteRecoveryPoint):
+            return cur if cur is None else attrs.evolve(cur, rps=cur.rps.delete(op.rp_id) if op.rp_id in cur.rps
+                                                        else cur.rps)
+        if cur is None:
+            what = "journal entry for" if isinstance(op, Append) else "snapshot of" if isinstance(op, PutSnapshot) \
+                else "context"
+            raise PersistenceError(f"{what} {cid!r}, which is not in the store", context_id=cid)
+        if isinstance(op, Append):
+            if cur.state.version + 1 != op.change.version:
+                raise PersistenceError(f"journal entry {op.change.version} for {cid!r} does not follow stored "
+                                       f"version {cur.state.version}", context_id=cid)
+            return attrs.evolve(cur, state=apply_change(cur.state, op.change),
+                                journal=cur.journal.set(op.change.version, op.change))
+        if isinstance(op, PutSnapshot):
+            if cur.state.version < op.state.version:  # checkpoint of unjournaled changes (durability none)
+                return attrs.evolve(cur, state=op.state, snapshots=immutables.Map({op.state.version: op.state}),
+                                    journal=immutables.Map())
+            snaps = cur.snapshots.set(op.state.version, op.state)
+            keep = sorted(snaps)[-2:]
+            return attrs.evolve(cur, snapshots=immutables.Map({v: snaps[v] for v in keep}),
+                                journal=immutables.Map({v: c for v, c in cur.journal.items() if v > keep[0]}))
+        if isinstance(op, PutRecoveryPoint):
+            if cur.next_rp != op.rp.id:
+                raise PersistenceError(f"recovery point id {op.rp.id} out of sequence", context_id=cid)
+            rps = cur.rps.set(op.rp.id, op.rp)
+            for old in sorted(rps)[: max(0, len(rps) - max(1, op.keep))]:
+                rps = rps.delete(old)
+            return attrs.evolve(cur, rps=rps, next_rp=op.rp.id + 1)
+        if isinstance(op, SetTTL):
+            return attrs.evolve(cur, ttl=op.ttl)
+        raise TypeError(f"unknown store operation {op!r}")  # pragma: no cover - the Op union is closed
 
     def load(self, context_id: str) -> ContextState | None:
-        return self._states.get(context_id)
+        ctx = self._contexts.get(context_id)
+        return None if ctx is None else ctx.state
 
     def info(self, context_id: str) -> StoredContext | None:
-        st = self._states.get(context_id)
-        if st is None:
-            return None
-        return StoredContext(st.id, st.version, st.created_at, st.updated_at,
-                             self._snapshot_version.get(context_id, 0), self._journal.get(context_id, 0),
-                             self._next_rp[context_id], len(self._rps.get(context_id, {})), 0)
+        ctx = self._contexts.get(context_id)
+        return None if ctx is None else self._summary(ctx)
+
+    @staticmethod
+    def _summary(ctx: _Context) -> StoredContext:
+        st = ctx.state
+        return StoredContext(st.id, st.version, st.created_at, st.updated_at, max(ctx.snapshots, default=0),
+                             len(ctx.journal), ctx.next_rp, len(ctx.rps), 0)
 
     def list_ids(self, prefix: str = "") -> list[str]:
-        return sorted(k for k in self._states if k.startswith(prefix))
+        return sorted(k for k in self._contexts if k.startswith(prefix))
 
     def expired(self, now: float, default_ttl: float | None, limit: int = 1000) -> list[str]:
         out = []
-        for cid, st in sorted(self._states.items(), key=lambda kv: kv[1].updated_at):
-            ttl = self._ttls.get(cid)
-            ttl = default_ttl if ttl is None else ttl
-            if ttl is not None and st.updated_at + ttl < now:
+        for cid, ctx in sorted(self._contexts.items(), key=lambda kv: kv[1].state.updated_at):
+            ttl = default_ttl if ctx.ttl is None else ctx.ttl
+            if ttl is not None and ctx.state.updated_at + ttl < now:
                 out.append(cid)
                 if len(out) >= limit:
                     break
         return out
 
     def count(self) -> int:
-        return len(self._states)
+        return len(self._contexts)
 
     def recovery_points(self, context_id: str) -> list[RecoveryPoint]:
-        points = self._rps.get(context_id, {})
-        return [points[k] for k in sorted(points)]
+        ctx = self._contexts.get(context_id)
+        return [] if ctx is None else [ctx.rps[k] for k in sorted(ctx.rps)]
 
     def recovery_point(self, context_id: str, rp_id: int) -> RecoveryPoint | None:
-        return self._rps.get(context_id, {}).get(rp_id)
+        ctx = self._contexts.get(context_id)
+        return None if ctx is None else ctx.rps.get(rp_id)
 
     def verify(self, fix: bool = False) -> list[VerifyIssue]:
         return []
+
+    # -- the read interface ------------------------------------------------------------------------
+    def _context(self, context_id: str) -> _Context:
+        validate_id(context_id)
+        ctx = self._contexts.get(context_id)
+        if ctx is None:
+            raise ContextNotFoundError(context_id)
+        return ctx
+
+    def contexts(self, prefix: str = "") -> list[StoredContext]:
+        return [self._summary(self._contexts[cid]) for cid in self.list_ids(prefix)]
+
+    def journal(self, context_id: str, after: int = 0, upto: int | None = None) -> list[JournalEntry]:
+        ctx = self._context(context_id)
+        hi = ctx.state.version if upto is None else upto
+        return [JournalEntry.of(context_id, ctx.journal[v]) for v in sorted(ctx.journal) if after < v <= hi]
+
+    def snapshot_versions(self, context_id: str) -> list[int]:
+        return sorted(self._context(context_id).snapshots)
+
+    def state_at(self, context_id: str, version: int) -> ContextState:
+        ctx = self._context(context_id)
+        bases = {**{rp.version: rp.state for rp in ctx.rps.values()}, **dict(ctx.snapshots.items())}
+        if isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= ctx.state.version:
+            for base in sorted((v for v in bases if v <= version), reverse=True):
+                st = bases[base]
+                while st.version < version and st.version + 1 in ctx.journal:
+                    st = apply_change(st, ctx.journal[st.version + 1])
+                if st.version == version:
+                    return st
+        raise VersionNotStoredError(context_id, version, oldest=min(bases, default=None),
+                                    newest=ctx.state.version if bases else None)
+
+    def stats(self) -> StoreStats:
+        ctxs = self._contexts.values()
+        return StoreStats(self.location, len(self._contexts), sum(len(c.snapshots) for c in ctxs),
+                          sum(len(c.journal) for c in ctxs), sum(len(c.rps) for c in ctxs), 0, 0, 0, 0)

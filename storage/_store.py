@@ -6,7 +6,13 @@ them, plus recovery points. `commit()` applies a batch of operations in **one tr
 sync (group commit); either all of them are durable afterwards or none is.
 
 Operations are frozen attrs classes (`Put*`, `Append`, `Delete*`) so that batches can be built in one
-thread and committed in another.
+thread and committed in another; `context_of(op)` names the context an operation touches.
+
+The read interface (every store offers it, a writer or a read-only one): `contexts()` lists what is
+stored with versions and sizes, `journal()` reads one context's journal between two versions as
+`JournalEntry` records, `snapshot_versions()` lists its snapshots, `state_at()` rebuilds the state at a
+stored version, `stats()` counts rows and bytes. Each call reads one consistent snapshot of the store
+(one read transaction), so a reader never sees half of a concurrent commit.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ __all__ = [
     "CreateContext",
     "DeleteContext",
     "DeleteRecoveryPoint",
+    "JournalEntry",
     "Op",
     "PutRecoveryPoint",
     "PutSnapshot",
     "SetTTL",
     "Store",
+    "StoreStats",
     "StoredContext",
     "VerifyIssue",
+    "context_of",
 ]
 
 
@@ -92,6 +101,15 @@ class SetTTL:
 Op = CreateContext | Append | PutSnapshot | PutRecoveryPoint | DeleteRecoveryPoint | DeleteContext | SetTTL
 
 
+def context_of(op: Op) -> str:
+    """The id of the context a store operation touches (every `Op` touches exactly one)."""
+    if isinstance(op, (PutSnapshot, CreateContext)):
+        return op.state.id
+    if isinstance(op, PutRecoveryPoint):
+        return op.rp.context_id
+    return op.context_id
+
+
 @attrs.frozen
 class StoredContext:
     """What the store knows of a context without loading it."""
@@ -105,6 +123,56 @@ class StoredContext:
     next_rp_id: int
     recovery_points: int
     stored_bytes: int
+
+
+@attrs.frozen
+class JournalEntry:
+    """One stored journal entry, decoded and verified: the change that produced `version`.
+
+    Attributes:
+        context_id: the context.
+        version: the version this change produced.
+        at: seconds since the epoch of the change (the state's `updated_at` at `version`).
+        changed: data keys set by the change, sorted (for a restore: every key of the restored data).
+        removed: data keys removed, sorted (for a restore: none; compare with the state before).
+        metadata_changed: whether the change touched metadata.
+        replaced: the change replaced data and metadata wholesale (a restore).
+        change: the change itself (`apply_change(state_before, change)` gives the state at `version`).
+    """
+
+    context_id: str
+    version: int
+    at: float
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    metadata_changed: bool
+    replaced: bool
+    change: Change
+
+    @classmethod
+    def of(cls, context_id: str, change: Change) -> JournalEntry:
+        return cls(context_id, change.version, change.at, tuple(sorted(change.data_set)),
+                   tuple(sorted(change.data_del)), bool(change.meta_set or change.meta_del or change.replace),
+                   change.replace, change)
+
+
+@attrs.frozen
+class StoreStats:
+    """Counts and sizes of what a store holds (`Store.stats()`); bytes are stored (encoded) bytes."""
+
+    location: str
+    contexts: int
+    snapshots: int
+    journal_entries: int
+    recovery_points: int
+    quarantined: int
+    snapshot_bytes: int
+    journal_bytes: int
+    recovery_point_bytes: int
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.snapshot_bytes + self.journal_bytes + self.recovery_point_bytes
 
 
 @attrs.frozen
@@ -159,3 +227,25 @@ class Store(Protocol):
 
     def verify(self, fix: bool = False) -> list[VerifyIssue]:
         """Every inconsistency found; with `fix`, repaired where no acknowledged data is lost."""
+
+    # -- the read interface: each call reads one consistent snapshot of the store --------------------
+    def contexts(self, prefix: str = "") -> list[StoredContext]:
+        """Every stored context whose id starts with `prefix`, sorted by id, with its stored version,
+        snapshot and journal counts and stored bytes. No blob is decoded."""
+
+    def journal(self, context_id: str, after: int = 0, upto: int | None = None) -> list[JournalEntry]:
+        """The stored journal entries of a context with ``after < version <= upto`` (`upto` None: the
+        acknowledged version), oldest first, each verified. The journal reaches back only to the
+        older kept snapshot. Raises `ContextNotFoundError`, or `CorruptStateError` for a damaged entry."""
+
+    def snapshot_versions(self, context_id: str) -> list[int]:
+        """The versions of the context's stored snapshots, oldest first (no blob is decoded).
+        Raises `ContextNotFoundError`."""
+
+    def state_at(self, context_id: str, version: int) -> ContextState:
+        """The context's state at a stored `version`, rebuilt from the newest valid snapshot or
+        recovery point at or before it plus the journal. Raises `ContextNotFoundError`, or
+        `VersionNotStoredError` when the store keeps nothing that rebuilds `version`."""
+
+    def stats(self) -> StoreStats:
+        """Row counts and stored bytes of the whole store."""

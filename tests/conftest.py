@@ -13,6 +13,10 @@ import pytest
 
 from hoard import ContextSystem, open_system
 
+# the PostgreSQL server fixtures (`pg_dsn`, `pg_schema`, `make_pg_store`), for every test directory:
+# defined once, in tests/pg.py
+pytest_plugins = ["tests.pg"]
+
 _OUR_THREADS = ("ContextActor-", "SupervisorActor-", "PersistenceActor-", "EventBusActor-", "SubscriberActor-",
                 "hoard-maintenance")
 

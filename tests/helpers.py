@@ -10,14 +10,24 @@ from typing import Any
 from hoard.storage import Append, Op, SQLiteStore
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll `condition` until true; fail after `timeout` (no fixed sleeps in tests)."""
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+             pause: float = 0.002) -> Any:
+    """Poll `condition` until it returns something truthy and return that; fail after `timeout`. The one
+    polling helper of the tests: a short Event wait between polls, never a fixed sleep for a result."""
     deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
+    idle = threading.Event()
+    while True:
+        result = condition()
+        if result:
+            return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        pause.wait(0.002)
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        idle.wait(pause)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """`wait_for` for a condition (no result)."""
+    wait_for(condition, timeout, what)
 
 
 class RecordingStore(SQLiteStore):

@@ -10,8 +10,6 @@ the connection string. Each test gets a schema of its own, dropped with everythi
 from __future__ import annotations
 
 import os
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -95,17 +93,14 @@ def wait_for_sessions_to_end(dsn: str, application_name: str, timeout: float = 3
     end once the server notices it is gone, finishing or rolling back what they were doing)."""
     import psycopg  # noqa: PLC0415
 
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
+    from tests.helpers import wait_for  # noqa: PLC0415 - keeps this module free of hoard imports
+
     with psycopg.connect(dsn, autocommit=True) as conn:
-        while True:
+        def gone() -> bool:
             left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                                 (application_name,)).fetchone()
-            if left is not None and left[0] == 0:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{left} sessions of {application_name!r} still on the server after {timeout} s")
-            pause.wait(0.005)
+            return left is not None and left[0] == 0
+        wait_for(gone, timeout, f"the sessions of {application_name!r} to end")
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------

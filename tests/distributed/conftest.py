@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 
-# the server fixtures, shared with tests/storage (imported to register them here, hence F401/F811)
-from tests.pg import pg_dsn, pg_schema, url_for  # noqa: F401
+from tests.pg import url_for
 
 NODE = Path(__file__).with_name("node.py")
 _OUR_THREADS = ("hoard-listener", "hoard-lease-renewal")
@@ -43,7 +42,7 @@ def no_leaked_threads() -> Iterator[None]:
 
 
 @pytest.fixture
-def pg_url(pg_dsn: str, pg_schema: str) -> Callable[..., str]:  # noqa: F811
+def pg_url(pg_dsn: str, pg_schema: str) -> Callable[..., str]:
     """``pg_url(lease_ttl=1.0)``: the ``postgresql://`` URL of this test's schema, as users write it."""
     def url(lease_ttl: float = 10.0) -> str:
         return url_for(pg_dsn, pg_schema, lease_ttl=lease_ttl)

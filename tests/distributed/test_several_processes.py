@@ -22,7 +22,6 @@ import psycopg
 import pytest
 
 from hoard import (
-    ConfigError,
     ContextAdapterConfig,
     ContextManagerConfig,
     ContextOwnedElsewhereError,
@@ -32,7 +31,7 @@ from hoard import (
     RemoteChange,
     open_system,
 )
-from hoard._system import _resolve_store
+from tests.helpers import wait_for
 
 from .conftest import Node
 
@@ -41,19 +40,6 @@ pytestmark = pytest.mark.postgres
 Url = Callable[..., str]
 Nodes = Callable[[dict[str, Any]], Node]
 NO_DEFAULT = ContextAdapterConfig(auto_activate_default=False)  # each node picks its contexts itself
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `condition` until truthy; fail after `timeout` (a short Event wait, no fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        pause.wait(0.01)
 
 
 def sql(dsn: str, schema: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -94,18 +80,15 @@ CREATE TRIGGER lease_log AFTER INSERT OR UPDATE ON {s}.leases FOR EACH ROW EXECU
 
 
 # -- the URL -----------------------------------------------------------------------------------------------
-def test_a_postgresql_url_selects_the_shared_store_with_hoards_options_taken_out_of_it() -> None:
-    store = _resolve_store(ContextManagerConfig(
-        store="postgresql://u@db.example:6543/app?sslmode=disable&schema=tenant_7&lease_ttl=2.5&application_name=x",
-        max_state_bytes=4096))
-    assert isinstance(store, PostgresStore)
-    assert (store.schema, store.lease_ttl, store.require_lease) == ("tenant_7", 2.5, True)
-    assert store.dsn == "postgresql://u@db.example:6543/app?sslmode=disable&application_name=x"
-    assert store.codec.max_bytes == 4096 + 2**20  # the config's limits reach the store
-    plain = _resolve_store(ContextManagerConfig(store="postgres://u@h/app"))
-    assert isinstance(plain, PostgresStore) and (plain.schema, plain.lease_ttl) == ("hoard", 10.0)
-    with pytest.raises(ConfigError, match="lease_ttl"):
-        _resolve_store(ContextManagerConfig(store="postgresql://u@h/app?lease_ttl=soon"))
+def test_a_system_opened_on_a_url_writes_under_leases_with_the_configs_limits(pg_url: Url) -> None:
+    """The URL is parsed by `hoard.storage.make_store` (tested in tests/storage); the system adds
+    ``require_lease=True`` and its configured limits."""
+    with open_system(pg_url(lease_ttl=2.5), manager_config=ContextManagerConfig(max_state_bytes=4096),
+                     adapter_config=NO_DEFAULT) as system:
+        store = system.store
+        assert isinstance(store, PostgresStore)
+        assert (store.lease_ttl, store.require_lease) == (2.5, True)
+        assert store.codec.max_bytes == 4096 + 2**20
 
 
 # -- single activation ---------------------------------------------------------------------------------------

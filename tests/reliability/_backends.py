@@ -1,6 +1,7 @@
 """The durable stores the reliability tests run on, behind one interface: where a system opens
 (`target`: a SQLite path or a ``postgresql://`` URL, as users write them), how a test reopens the store
-on its own, reads raw journal rows and injects faults.
+on its own, and how it builds the store a system opens with injected faults (`faults()` then
+`system_store(faults)`: the store of `target`, with the faults' codec and connection factory).
 
 `backend(name, request, tmp_path)` makes one; the PostgreSQL one uses the server fixtures of tests/pg.py
 (a schema per test, dropped afterwards; skipped with the reason when no server answers, failed under
@@ -40,13 +41,12 @@ class SQLiteBackend:
         store.open()
         return store
 
-    def faults(self, store: Any) -> Faults:
-        return Faults(store)
+    def faults(self) -> Faults:
+        return Faults()
 
-    @staticmethod
-    def journal(store: Any, context_id: str) -> list[tuple[int, bytes]]:
-        db = store._require()  # noqa: SLF001 - a test reading the raw rows
-        return list(db.execute("SELECT version, blob FROM journal WHERE context_id=? ORDER BY version", (context_id,)))
+    def system_store(self, faults: Faults) -> SQLiteStore:
+        """What ``open_system(self.target())`` opens, built with the faults' codec and connections."""
+        return SQLiteStore(self.path, codec=faults.codec, connect=faults.connect)
 
 
 class PostgresBackend:
@@ -68,16 +68,14 @@ class PostgresBackend:
         store.open()
         return store
 
-    def faults(self, store: Any) -> PgFaults:
-        return PgFaults(store)
+    def faults(self) -> PgFaults:
+        return PgFaults(self.dsn, self.schema)
 
-    def journal(self, store: Any, context_id: str) -> list[tuple[int, bytes]]:
-        import psycopg  # noqa: PLC0415 - the PostgreSQL tests only
-
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            return [(v, bytes(b)) for v, b in conn.execute(
-                f'SELECT version, blob FROM "{self.schema}".journal WHERE context_id = %s ORDER BY version',  # noqa: S608
-                (context_id,))]
+    def system_store(self, faults: PgFaults) -> PostgresStore:
+        """What ``open_system(self.target())`` opens (leases required), built with the faults' codec
+        and connection class."""
+        return PostgresStore(self.dsn, schema=self.schema, lease_ttl=self.lease_ttl, require_lease=True,
+                             codec=faults.codec, connection_class=faults.connection_class)
 
 
 Backend = SQLiteBackend | PostgresBackend

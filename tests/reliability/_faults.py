@@ -1,29 +1,35 @@
-"""Fault injection into a real, open `SQLiteStore` (`Faults`) or `PostgresStore` (`PgFaults`).
+"""Fault injection into a real `SQLiteStore` (`Faults`) or `PostgresStore` (`PgFaults`), through the
+stores' injection points: a test builds the store with the faults' codec and connection factory
+(`codec=`, `connect=` / `connection_class=`), never by patching its private members.
 
-Nothing of the store's own logic is replaced. SQLite: its sqlite3 connection is wrapped by
-`FaultyConnection`, which passes every statement to SQLite except the ones a test arms it to fail (with
-the error SQLite itself raises for a failing disk), and its codec's zstd compressor can be swapped for
-one that fails. "Disk full" is real: SQLite's ``max_page_count`` is lowered to the database's current
-size, so the next write that needs a page gets SQLite's own SQLITE_FULL.
+Nothing of the store's own logic is replaced. SQLite: the connection factory wraps each sqlite3
+connection in a `FaultyConnection`, which passes every statement to SQLite except the ones a test arms
+it to fail (with the error SQLite itself raises for a failing disk); the codec's compressor
+(`SwitchableCompressor`) can be made to fail as zstd does. "Disk full" is real: SQLite's
+``max_page_count`` is lowered to the database's current size, so the next write that needs a page gets
+SQLite's own SQLITE_FULL.
 
 PostgreSQL: the faults happen in the server. Triggers on the store's tables (installed in the test's
-schema, armed and cleared from a connection of the test's own) make the server itself fail the
-statement that writes a row (``disk_full``, SQLSTATE 53100), fail the COMMIT (a deferred constraint
+schema by `attach`, armed and cleared from a connection of the test's own) make the server itself fail
+the statement that writes a row (``disk_full``, SQLSTATE 53100), fail the COMMIT (a deferred constraint
 trigger raising ``io_error``, 58030, at commit time: the transaction is aborted), or end the store's
 own session at either point (``pg_terminate_backend(pg_backend_pid())``: the connection is lost mid-write
-or while COMMIT is in flight, exactly as when a network or the server fails). The store sees what it
-would see from a real failure, over its real connection.
+or while COMMIT is in flight, exactly as when a network or the server fails). The store's connection
+class (`PgFaults.connection_class`) adds two client-side points: a hook run right after a COMMIT
+returned, and failing the outcome lookup (``txid_status``). The store sees what it would see from a
+real failure, over its real connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import zstandard
 
-from hoard.storage import PostgresStore, SQLiteStore
+from hoard.storage import Codec, PostgresStore
 
 
 def _shape(sql: str) -> list[str]:
@@ -62,39 +68,60 @@ class FaultyConnection:
         return getattr(self._db, name)
 
 
-class FailingCompressor:
-    """Stands in for the codec's zstd compressor and fails like zstd does when it runs out of memory."""
+class SwitchableCompressor:
+    """A real zstd compressor that fails like zstd does when it runs out of memory while `fail` is set."""
+
+    def __init__(self) -> None:
+        self.fail = False
+        self._real = zstandard.ZstdCompressor(level=3)
 
     def compress(self, data: bytes) -> bytes:
-        raise zstandard.ZstdError("simulated: cannot allocate compression context")
+        if self.fail:
+            raise zstandard.ZstdError("simulated: cannot allocate compression context")
+        return self._real.compress(data)
+
+
+def switchable_codec() -> tuple[Codec, SwitchableCompressor]:
+    """A store's codec (default bounds) whose compression a test can make fail."""
+    compressor = SwitchableCompressor()
+    return Codec(max_bytes=65 * 2**20, compressor=compressor), compressor
 
 
 class Faults:
-    """Arms and clears faults on one open store (owned by a running system's persistence actor)."""
+    """Arms and clears faults on one SQLite store built with `codec` and `connect` (the store is then
+    owned by a running system's persistence actor, or by the test)."""
 
-    def __init__(self, store: SQLiteStore) -> None:
-        self.store = store
-        db = store._db  # noqa: SLF001 - the test wraps the real connection
-        assert isinstance(db, sqlite3.Connection)
-        self.real = db
-        self.conn = FaultyConnection(db)
-        store._db = self.conn  # type: ignore[assignment]  # noqa: SLF001
-        self._compressor = store.codec._cctx  # noqa: SLF001
+    def __init__(self) -> None:
+        self.codec, self.compressor = switchable_codec()
+        self.conn: FaultyConnection | None = None
+        self.real: sqlite3.Connection | None = None
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        """The store's connection factory: a real sqlite3 connection, wrapped."""
+        self.real = sqlite3.connect(*args, **kwargs)
+        self.conn = FaultyConnection(self.real)
+        return self.conn
+
+    def attach(self, store: Any) -> None:
+        """Nothing to install: the store was built with this object's codec and connection factory."""
+        assert self.conn is not None, "open the store before arming faults"
 
     def fail_sql(self, prefix: str, *, times: int | None = None, error: Exception | None = None) -> None:
         """Fail every statement that starts like `prefix` (`times` of them, or until cleared). "INSERT
         INTO t" also matches "INSERT OR REPLACE INTO t" (the statement's verb and table are what count)."""
+        assert self.conn is not None
         self.conn.error = error or sqlite3.OperationalError("disk I/O error")
         self.conn.remaining = times
         want = _shape(prefix)
         self.conn.fail_when = lambda sql: _shape(sql)[: len(want)] == want
 
     def disk_full(self) -> None:
+        assert self.real is not None
         pages = self.real.execute("PRAGMA page_count").fetchone()[0]
         self.real.execute(f"PRAGMA max_page_count={pages}")
 
     def fail_compress(self) -> None:
-        self.store.codec._cctx = FailingCompressor()  # type: ignore[assignment]  # noqa: SLF001
+        self.compressor.fail = True
 
     def arm(self, kind: str) -> None:
         if kind == "write":  # the journal insert, after the version update in the same transaction
@@ -114,6 +141,7 @@ class Faults:
 
     def fail_commits(self, every: int) -> None:
         """Fail every `every`-th COMMIT (after the statements before it succeeded)."""
+        assert self.conn is not None
         real_execute = self.conn.execute
         calls = {"n": 0}
 
@@ -127,14 +155,16 @@ class Faults:
         self._restore_execute: Callable[..., Any] | None = real_execute
 
     def clear(self) -> None:
+        self.compressor.fail = False
+        if self.conn is None or self.real is None:
+            return
         self.conn.fail_when = None
         restore = getattr(self, "_restore_execute", None)
         if restore is not None:
             self.conn.execute = restore  # type: ignore[method-assign]
             self._restore_execute = None
-        if self.store._db is not None:  # noqa: SLF001 - still open
+        with contextlib.suppress(sqlite3.ProgrammingError):  # closed already: nothing to reset
             self.real.execute("PRAGMA max_page_count=1073741823")
-        self.store.codec._cctx = self._compressor  # noqa: SLF001
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------------------
@@ -180,15 +210,42 @@ _PG_TABLES = ("journal", "snapshots", "recovery_points", "contexts")
 
 
 class PgFaults:
-    """Arms and clears server-side faults on the schema of one open `PostgresStore` (see the module
-    docstring), and can swap its codec's compressor for a failing one. `clear()` disarms everything."""
+    """Arms and clears server-side faults on the schema of one `PostgresStore` built with `codec` and
+    `connection_class` (see the module docstring). `attach(store)` installs the triggers once the store
+    has made its tables; `clear()` disarms everything."""
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, dsn: str, schema: str) -> None:
         import psycopg  # noqa: PLC0415 - the PostgreSQL tests only
 
-        self.store = store
-        self.schema = s = f'"{store.schema}"'
-        self._admin = psycopg.connect(store.dsn, autocommit=True)
+        self.dsn = dsn
+        self.schema = f'"{schema}"'
+        self.codec, self.compressor = switchable_codec()
+        #: called with the connection right after a COMMIT returned (None: nothing)
+        self.after_commit: Callable[[Any], None] | None = None
+        #: fail the outcome lookup of a commit whose connection broke (``txid_status``)
+        self.fail_lookup = False
+        self._admin: Any = None
+        faults = self
+
+        class FaultyPgConnection(psycopg.Connection):  # type: ignore[type-arg]
+            """psycopg's connection with the two client-side fault points."""
+
+            def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+                if faults.fail_lookup and isinstance(query, str) and "txid_status" in query:
+                    raise psycopg.OperationalError("simulated: the server cannot be reached for the lookup")
+                cur = super().execute(query, params, **kwargs)
+                if query == "COMMIT" and faults.after_commit is not None:
+                    faults.after_commit(self)
+                return cur
+
+        self.connection_class = FaultyPgConnection
+
+    def attach(self, store: PostgresStore) -> None:
+        """Install the fault triggers on the tables `store` made (it is open)."""
+        import psycopg  # noqa: PLC0415 - the PostgreSQL tests only
+
+        s = self.schema
+        self._admin = psycopg.connect(self.dsn, autocommit=True)
         with self._admin.transaction():
             self._admin.execute(_PG_SETUP.format(s=s))
             for table in _PG_TABLES:
@@ -199,7 +256,10 @@ class PgFaults:
                 self._admin.execute(f"CREATE CONSTRAINT TRIGGER test_fault_commit AFTER INSERT OR UPDATE OR DELETE "
                                     f"ON {s}.{table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
                                     f"EXECUTE FUNCTION {s}.test_fault('commit')")
-        self._compressor = store.codec._cctx  # noqa: SLF001
+
+    def end_session(self, conn: Any) -> None:
+        """End the server session of `conn` (from the admin connection), as a failing network would."""
+        self._admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
 
     def _arm(self, point: str, action: str, every: int = 1) -> None:
         with self._admin.transaction():
@@ -219,7 +279,7 @@ class PgFaults:
         self._arm("commit", "disconnect" if disconnect else "error", every)
 
     def fail_compress(self) -> None:
-        self.store.codec._cctx = FailingCompressor()  # type: ignore[assignment]  # noqa: SLF001
+        self.compressor.fail = True
 
     @property
     def fired(self) -> int:
@@ -245,13 +305,16 @@ class PgFaults:
             raise ValueError(kind)
 
     def clear(self) -> None:
-        if not self._admin.closed:
+        self.compressor.fail = False
+        self.after_commit = None
+        self.fail_lookup = False
+        if self._admin is not None and not self._admin.closed:
             self._admin.execute(f"DELETE FROM {self.schema}.test_faults")  # noqa: S608 - our schema
-        self.store.codec._cctx = self._compressor  # noqa: SLF001
 
     def close(self) -> None:
         """Clear the faults and close the admin connection (the triggers go with the schema)."""
         try:
             self.clear()
         finally:
-            self._admin.close()
+            if self._admin is not None:
+                self._admin.close()

@@ -124,11 +124,6 @@ class SQLiteAccess:
     def settle(self, cfg: dict[str, Any]) -> None:
         """Nothing outlives a killed SQLite writer."""
 
-    @staticmethod
-    def journal(store: Any, context_id: str) -> list[tuple[int, bytes]]:
-        db = store._require()  # noqa: SLF001 - a test reading the raw rows
-        return list(db.execute("SELECT version, blob FROM journal WHERE context_id=?", (context_id,)))
-
 
 class PostgresAccess:
     """How the checker reads a PostgreSQL store (strict; no lease needed to read)."""
@@ -145,15 +140,6 @@ class PostgresAccess:
     def settle(self, cfg: dict[str, Any]) -> None:
         """Wait until the server has ended every session of the killed child (see the module docstring)."""
         wait_for_sessions_to_end(self.dsn, f"hoard {cfg['pg']['owner']}"[:63])
-
-    @staticmethod
-    def journal(store: Any, context_id: str) -> list[tuple[int, bytes]]:
-        import psycopg  # noqa: PLC0415 - the PostgreSQL tests only
-
-        with psycopg.connect(store.dsn, autocommit=True) as conn:
-            return [(v, bytes(b)) for v, b in conn.execute(
-                f'SELECT version, blob FROM "{store.schema}".journal WHERE context_id = %s',  # noqa: S608
-                (context_id,))]
 
 
 @attrs.define
@@ -266,12 +252,11 @@ class Model:
         result.max_version = max(result.max_version, state.version)
         # the journal entry of every acknowledged version it still covers is exactly that change
         by_version = {o.version: o for o in present}
-        codec = store.codec  # type: ignore[attr-defined]
-        for version, blob in access.journal(store, c):
-            o = by_version.get(version)
+        for entry in store.journal(c):
+            o = by_version.get(entry.version)
             if o is None:
                 continue
-            change = codec.decode_change(blob, f"journal v{version}")
+            change, version = entry.change, entry.version
             assert thaw(dict(change.data_set)) == o.sets, f"{c} v{version}: journal {change} != acked {o}"
             assert set(change.data_del) <= set(o.dels), f"{c} v{version}: journal {change} != acked {o}"
         # every key: newest acknowledged value, or its thread's call in flight, or last round's value

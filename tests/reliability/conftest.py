@@ -15,9 +15,6 @@ from pathlib import Path
 
 import pytest
 
-# the server fixtures, shared with tests/storage and tests/distributed (imported to register them, hence F401)
-from tests.pg import make_pg_store, pg_dsn, pg_schema  # noqa: F401
-
 _HERE = Path(__file__).resolve().parent
 
 

@@ -29,7 +29,7 @@ from hoard.storage import Append, Change, CreateContext, new_state
 from tests.helpers import wait_until
 
 from ._backends import BACKENDS, Backend, PostgresBackend, SQLiteBackend, backend
-from ._faults import FailingCompressor, Faults, PgFaults
+from ._faults import Faults, PgFaults, switchable_codec
 
 KINDS = [(name, kind) for name, cls in (("sqlite", SQLiteBackend), ("postgres", PostgresBackend))
          for kind in cls.kinds]
@@ -46,9 +46,12 @@ def store_kind(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 
 def _faulty(b: Backend, **config: Any) -> tuple[ContextSystem, Faults | PgFaults]:
-    system = open_system(b.target(), manager_config=ContextManagerConfig(**{"call_timeout": 10.0, **config}))
+    faults = b.faults()
+    system = open_system(b.system_store(faults),  # type: ignore[arg-type]
+                         manager_config=ContextManagerConfig(**{"call_timeout": 10.0, **config}))
     try:
-        return system, b.faults(system.store)
+        faults.attach(system.store)  # type: ignore[arg-type]
+        return system, faults
     except BaseException:
         system.stop()
         raise
@@ -156,8 +159,7 @@ def test_every_call_that_returned_is_durable_and_every_call_that_failed_is_absen
             assert st is not None and st.version == 1 + len(ok)
             assert st.data.get("n") == (ok[-1][0] if ok else None)
             # the journal holds exactly the acknowledged values, in order
-            rows = store_kind.journal(store, f"w{i}")
-            assert [store.codec.decode_change(b).data_set["n"] for _v, b in rows] == [n for n, _v in ok]
+            assert [e.change.data_set["n"] for e in store.journal(f"w{i}")] == [n for n, _v in ok]
     finally:
         store.close()
 
@@ -261,10 +263,11 @@ def test_in_deferred_mode_a_failed_commit_rolls_memory_back_to_the_durable_state
 
 def test_a_store_commit_whose_compression_fails_raises_persistence_error_and_writes_nothing(
         store_kind: Backend) -> None:
-    store = store_kind.open_store()
+    codec, compressor = switchable_codec()
+    store = store_kind.open_store(codec=codec)
     try:
         store.commit([CreateContext(new_state("a"))])
-        store.codec._cctx = FailingCompressor()  # type: ignore[assignment]  # noqa: SLF001
+        compressor.fail = True
         with pytest.raises(PersistenceError) as info:
             store.commit([Append("a", Change(2, 0.0, {"k": "x" * 1000}))])
         assert info.value.context_id == "a"
@@ -305,7 +308,7 @@ def test_a_commit_whose_outcome_is_unknown_does_not_wedge_the_context(tmp_path: 
 # -- PostgreSQL: a connection lost while COMMIT is in flight --------------------------------------------------
 @pytest.mark.postgres
 def test_on_postgres_a_commit_that_landed_before_its_connection_was_lost_is_acknowledged(
-        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """The server committed, then the session ended before the client heard back: the store looks the
     transaction up (``txid_status``) and acknowledges the write; the context goes on at once."""
     b = backend("postgres", request, tmp_path)
@@ -313,18 +316,16 @@ def test_on_postgres_a_commit_that_landed_before_its_connection_was_lost_is_ackn
     try:
         t = system.adapter.activate("a")
         t.set("k", 1)
-        store = system.store
-        real_finish = store._finish  # type: ignore[attr-defined]  # noqa: SLF001 - the store's COMMIT seam
+        assert isinstance(faults, PgFaults)
         landed = {"n": 0}
 
-        def commit_then_lose_the_session(conn: Any) -> None:
-            real_finish(conn)
+        def lose_the_session(conn: Any) -> None:  # right after the server committed
             if landed["n"] == 0:
                 landed["n"] += 1
-                faults._admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))  # noqa: SLF001
+                faults.end_session(conn)
                 wait_until(lambda: _broken(conn), what="the session to end")
                 conn.execute("SELECT 1")  # the client learns it now, as it would reading COMMIT's reply
-        monkeypatch.setattr(store, "_finish", commit_then_lose_the_session)
+        faults.after_commit = lose_the_session
         assert t.set("k", 2) == 3  # acknowledged: it is stored
         assert landed["n"] == 1
         assert t.set("k", 3) == 4
@@ -335,7 +336,7 @@ def test_on_postgres_a_commit_that_landed_before_its_connection_was_lost_is_ackn
     try:
         st = store2.load("a")
         assert st is not None and (st.version, st.data["k"]) == (4, 3)
-        assert [v for v, _b in b.journal(store2, "a")] == [2, 3, 4]  # nothing lost, nothing doubled
+        assert [e.version for e in store2.journal("a")] == [2, 3, 4]  # nothing lost, nothing doubled
         assert store2.verify() == []
     finally:
         store2.close()
@@ -351,7 +352,7 @@ def _broken(conn: Any) -> bool:
 
 @pytest.mark.postgres
 def test_on_postgres_a_landed_commit_whose_outcome_cannot_be_looked_up_is_acknowledged(
-        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """As above, but the store cannot learn the outcome either (its lookup fails, as when the server
     stays unreachable for a moment): the commit raises, and the persistence actor, asking the store,
     finds the change stored and acknowledges it; the context is not wedged."""
@@ -360,31 +361,26 @@ def test_on_postgres_a_landed_commit_whose_outcome_cannot_be_looked_up_is_acknow
     try:
         t = system.adapter.activate("a")
         t.set("k", 1)
-        store = system.store
-        real_finish = store._finish  # type: ignore[attr-defined]  # noqa: SLF001 - the store's COMMIT seam
+        assert isinstance(faults, PgFaults)
         landed = {"n": 0}
 
-        def commit_then_lose_the_session(conn: Any) -> None:
-            real_finish(conn)
+        def lose_the_session(conn: Any) -> None:  # right after the server committed
             if landed["n"] == 0:
                 landed["n"] += 1
-                faults._admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))  # noqa: SLF001
+                faults.fail_lookup = True  # and the store cannot learn the outcome either
+                faults.end_session(conn)
                 wait_until(lambda: _broken(conn), what="the session to end")
                 conn.execute("SELECT 1")
-
-        def lookup_fails(xid: int, exc: Exception, context_id: str | None) -> bool:
-            raise PersistenceError(f"the connection broke during COMMIT ({exc}) and the outcome cannot be "
-                                   "looked up (simulated)", context_id=context_id)
-        monkeypatch.setattr(store, "_finish", commit_then_lose_the_session)
-        monkeypatch.setattr(store, "_committed_anyway", lookup_fails)
+        faults.after_commit = lose_the_session
         assert t.set("k", 2) == 3
         assert landed["n"] == 1
+        faults.fail_lookup = False
         assert t.set("k", 3) == 4 and system.manager.get_state("a").version == 4
     finally:
         _finish(system, faults)
     store2 = b.open_store()
     try:
-        assert [v for v, _b in b.journal(store2, "a")] == [2, 3, 4]
+        assert [e.version for e in store2.journal("a")] == [2, 3, 4]
         assert store2.verify() == []
     finally:
         store2.close()

@@ -175,9 +175,9 @@ def test_the_store_refuses_a_bomb_in_a_snapshot_row(tmp_path: Path) -> None:
     store.open()
     try:
         store.commit([CreateContext(new_state("a"))])
-        db = store._require()  # noqa: SLF001
-        db.execute("UPDATE snapshots SET blob=? WHERE context_id='a'",
-                   (frame_blob(KIND_STATE, rle_bomb(10 * GiB, declare=1000), 1000),))
+        with contextlib.closing(sqlite3.connect(tmp_path / "b.db")) as db, db:  # the damage, from outside
+            db.execute("UPDATE snapshots SET blob=? WHERE context_id='a'",
+                       (frame_blob(KIND_STATE, rle_bomb(10 * GiB, declare=1000), 1000),))
         peak = _peak_while(lambda: store.load("a"))
         assert peak < 4 * 2**20
         issues = store.verify()

@@ -16,7 +16,7 @@ from hoard import (
     open_system,
 )
 from tests.helpers import Clock, wait_until
-from tests.pg import pg_dsn, pg_schema, url_for  # noqa: F401 - fixtures for the PostgreSQL case
+from tests.pg import url_for
 
 
 @pytest.fixture(params=["sqlite", "memory", pytest.param("postgres", marks=pytest.mark.postgres)])

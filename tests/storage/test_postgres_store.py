@@ -43,6 +43,7 @@ from hoard.storage import (
     freeze_mapping,
     new_state,
 )
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -51,31 +52,18 @@ SPAWN = multiprocessing.get_context("spawn")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `condition` until it returns something truthy; fail after `timeout` (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        pause.wait(0.01)
-
-
 def acquire_when_free(store: PostgresStore, cid: str, timeout: float) -> tuple[int, int]:
     """Acquire the lease on `cid`, retrying while it is owned elsewhere; return (token, refusals)."""
     refusals = 0
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def attempt() -> int | None:
+        nonlocal refusals
         try:
-            return store.acquire_lease(cid), refusals
-        except ContextOwnedElsewhereError as exc:
+            return store.acquire_lease(cid)
+        except ContextOwnedElsewhereError:
             refusals += 1
-            if time.monotonic() > deadline:
-                raise AssertionError(f"lease on {cid!r} not free after {timeout} s") from exc
-            time.sleep(min(0.05, exc.expires_in or 0.05))
+            return None
+    return wait_for(attempt, timeout, f"the lease on {cid!r} to be free", pause=0.02), refusals
 
 
 def change(version: int, **data: Any) -> Change:
@@ -97,9 +85,9 @@ def sql(dsn: str, query: str, params: Any = None, *, schema: str | None = None) 
         return cur.fetchall() if cur.description else []
 
 
-def journal_versions(dsn: str, schema: str, cid: str) -> list[int]:
-    rows = sql(dsn, "SELECT version FROM journal WHERE context_id = %s ORDER BY version", (cid,), schema=schema)
-    return [r[0] for r in rows]
+def journal_versions(store: PostgresStore, cid: str) -> list[int]:
+    """The versions of the stored journal of `cid`, through the store's read interface."""
+    return [e.version for e in store.journal(cid)]
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -184,12 +172,14 @@ def test_damaged_blobs_are_detected_not_loaded(make_pg_store: MakeStore, pg_dsn:
     with pytest.raises(CorruptStateError, match="checksum"):
         s.load("c")
     issues = s.verify()
-    assert [(i.context_id, i.what) for i in issues] == [("c", "journal")]
+    # the damaged row, and its consequence (as SQLiteStore reports it: one engine)
+    assert [(i.context_id, i.what, i.problem.split(" ")[0]) for i in issues] == [
+        ("c", "journal", "checksum"), ("c", "journal", "unrecoverable:")]
     # orphan rows (no such context) are reported, and removed by verify(fix=True)
     sql(pg_dsn, "INSERT INTO snapshots VALUES ('ghost', 1, '\\x00')", schema=pg_schema)
     assert ("ghost", "snapshot", False) in [(i.context_id, i.what, i.fixed) for i in s.verify()]
     assert ("ghost", "snapshot", True) in [(i.context_id, i.what, i.fixed) for i in s.verify(fix=True)]
-    assert [i.context_id for i in s.verify()] == ["c"]
+    assert [i.context_id for i in s.verify()] == ["c", "c"]
 
 
 # -- leases and fencing ----------------------------------------------------------------------------------
@@ -368,7 +358,7 @@ def test_a_connection_killed_while_idle_is_replaced_without_an_error(make_pg_sto
             st = grow(s, st, 1)  # so is a commit whose connection was dead before it began
         assert s.backend_pid not in (None, old)
     assert s.load("c") == st
-    assert journal_versions(pg_dsn, s.schema, "c") == [2]
+    assert journal_versions(s, "c") == [2]
 
 
 def test_a_connection_killed_mid_commit_is_a_persistence_error_and_nothing_is_lost_or_doubled(
@@ -404,38 +394,46 @@ def test_a_connection_killed_mid_commit_is_a_persistence_error_and_nothing_is_lo
     retried = change(4, lost=False)
     s.commit([Append("c", retried)])
     assert s.load("c") == apply_change(st, retried)
-    assert journal_versions(pg_dsn, pg_schema, "c") == [2, 3, 4]
+    assert journal_versions(s, "c") == [2, 3, 4]
     assert s.verify() == []
 
 
 @pytest.mark.parametrize("breaks", ["after COMMIT", "before COMMIT"])
 def test_a_connection_lost_around_commit_is_resolved_by_transaction_status(
-        make_pg_store: MakeStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        breaks: str) -> None:
-    s = make_pg_store()
-    pg_dsn, pg_schema = s.dsn, s.schema
+        make_pg_store: MakeStore, caplog: pytest.LogCaptureFixture, breaks: str) -> None:
+    armed: list[bool] = []
+
+    class BreakAtCommit(psycopg.Connection[Any]):
+        """The store's connections (injected): the armed COMMIT loses its session."""
+
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            if query != "COMMIT" or not armed:
+                return super().execute(query, params, **kwargs)
+            armed.clear()
+            if breaks == "after COMMIT":
+                super().execute(query, params, **kwargs)  # the server has committed; then the session ends
+            sql(self_dsn, "SELECT pg_terminate_backend(%s)", (self.info.backend_pid,))
+            return wait_for(lambda: super(BreakAtCommit, self).execute("SELECT 1") and False, 10,
+                            "the connection to break")  # raises once the client learns it
+
+    s = make_pg_store(connection_class=BreakAtCommit)
+    self_dsn = s.dsn
     st = new_state("c")
     s.commit([CreateContext(st)])
-    real_finish = s._finish  # noqa: SLF001 - the seam where the fault is injected
-
-    def finish_and_break(conn: Any) -> None:
-        if breaks == "after COMMIT":
-            real_finish(conn)  # the server has committed; the client then loses the connection
-        sql(pg_dsn, "SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        wait_for(lambda: conn.execute("SELECT 1") and False, 10, "the connection to break")
-    monkeypatch.setattr(s, "_finish", finish_and_break)
+    armed.append(True)
     ch = change(2, x=1)
     if breaks == "after COMMIT":
         with caplog.at_level(logging.WARNING, logger="hoard.storage._postgres"):
             s.commit([Append("c", ch)])  # reported done: it is stored
         assert "broke during COMMIT" in caplog.text and "but the transaction committed" in caplog.text
         assert s.load("c") == apply_change(st, ch)
-        assert journal_versions(pg_dsn, pg_schema, "c") == [2]
+        assert journal_versions(s, "c") == [2]
     else:
         with pytest.raises(PersistenceError, match="connection lost"):  # reported failed: it is not stored
             s.commit([Append("c", ch)])
         assert s.load("c") == st
-        assert journal_versions(pg_dsn, pg_schema, "c") == []
+        assert journal_versions(s, "c") == []
+    assert not armed
 
 
 # -- real processes --------------------------------------------------------------------------------------
@@ -590,7 +588,7 @@ def test_a_killed_owner_is_taken_over_after_expiry_with_every_acknowledged_chang
     assert state is not None
     assert state.version >= max(acked)  # every acknowledged change survived (one more may be unacknowledged)
     assert sorted(int(k[1:]) for k in state.data) == list(range(2, state.version + 1))
-    assert journal_versions(pg_dsn, pg_schema, "f") == list(range(2, state.version + 1))
+    assert journal_versions(store, "f") == list(range(2, state.version + 1))
     grow(store, state, 1)
     parent_end.close()
     child_end.close()
@@ -625,7 +623,7 @@ def test_a_paused_owner_is_taken_over_and_its_late_write_is_fenced_off(
     owner.join(10)
     assert owner.exitcode == 0
     assert store.load("p") == st
-    assert journal_versions(pg_dsn, pg_schema, "p") == []
+    assert journal_versions(store, "p") == []
     grow(store, st, 1)
     parent_end.close()
     child_end.close()

@@ -13,16 +13,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import immutables
 import pytest
 
 from hoard.storage import (
     Append,
     Change,
+    ContextNotFoundError,
     ContextState,
     CreateContext,
     DeleteContext,
     DeleteRecoveryPoint,
+    InvalidContextIdError,
     MemoryStore,
     PersistenceError,
     PostgresStore,
@@ -31,10 +34,13 @@ from hoard.storage import (
     RecoveryPoint,
     SQLiteStore,
     Store,
+    VersionNotStoredError,
     apply_change,
     freeze_mapping,
     new_state,
+    open_store,
 )
+from tests.pg import url_for
 
 KINDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -276,3 +282,107 @@ def test_a_large_state_round_trips(harness: Harness) -> None:
     started = time.perf_counter()
     assert s.load("big") == st
     assert time.perf_counter() - started < 5
+
+
+# -- the read interface ------------------------------------------------------------------------------------
+def _history(harness: Harness) -> dict[int, ContextState]:
+    """Context "c" through v1..v9 (a snapshot at v4 and v7, a recovery point of v5); every state by version.
+    Also a second context "d" at v1."""
+    s = harness.store
+    st = _state("c", base=0)
+    states = {1: st}
+    s.commit([CreateContext(st), CreateContext(_state("d"))])
+    for v in range(2, 10):
+        ch = Change(v, 1_700_000_000.5 + v, freeze_mapping({f"k{v}": v}), ("base",) if v == 3 else (),
+                    freeze_mapping({"m": v} if v == 6 else {}))
+        st = apply_change(st, ch)
+        states[v] = st
+        ops: list[Any] = [Append("c", ch)]
+        if v in (4, 7):
+            ops.append(PutSnapshot(st))
+        if v == 5:
+            ops.append(PutRecoveryPoint(RecoveryPoint(1, "c", 5, "five", 1.0, st), keep=3))
+        s.commit(ops)
+    return states
+
+
+def test_contexts_lists_every_context_with_its_stored_version_and_sizes(harness: Harness) -> None:
+    _history(harness)
+    s = harness.store
+    listed = s.contexts()
+    assert [(c.id, c.version, c.snapshot_version, c.journal_entries, c.recovery_points, c.next_rp_id)
+            for c in listed] == [("c", 9, 7, 5, 1, 2), ("d", 1, 1, 0, 0, 1)]
+    assert listed[0] == s.info("c")
+    assert [c.id for c in s.contexts("d")] == ["d"] and s.contexts("x") == [] and s.contexts("\x00") == []
+    if harness.durable:
+        assert listed[0].stored_bytes > listed[1].stored_bytes > 0
+
+
+def test_journal_returns_the_stored_changes_between_two_versions_as_records(harness: Harness) -> None:
+    states = _history(harness)
+    s = harness.store
+    entries = s.journal("c")
+    assert [e.version for e in entries] == [5, 6, 7, 8, 9]  # back to the older kept snapshot (v4)
+    assert [e.version for e in s.journal("c", after=6, upto=8)] == [7, 8]
+    assert s.journal("c", after=9) == [] and s.journal("d") == []
+    six = entries[1]
+    assert (six.context_id, six.at, six.changed, six.removed, six.metadata_changed, six.replaced) == \
+        ("c", states[6].updated_at, ("k6",), (), True, False)
+    assert apply_change(states[5], six.change) == states[6]
+    with pytest.raises(ContextNotFoundError):
+        s.journal("nope")
+
+
+def test_snapshot_versions_lists_the_kept_snapshots(harness: Harness) -> None:
+    _history(harness)
+    assert harness.store.snapshot_versions("c") == [4, 7]
+    assert harness.store.snapshot_versions("d") == [1]
+    with pytest.raises(ContextNotFoundError):
+        harness.store.snapshot_versions("nope")
+
+
+def test_state_at_rebuilds_every_stored_version_and_names_what_it_cannot(harness: Harness) -> None:
+    states = _history(harness)
+    s = harness.store
+    for v in range(4, 10):  # from the snapshot at v4 (or the recovery point at v5) on
+        assert s.state_at("c", v) == states[v], v
+    with pytest.raises(VersionNotStoredError) as info:
+        s.state_at("c", 3)  # older than every kept snapshot and recovery point
+    assert (info.value.context_id, info.value.version, info.value.oldest, info.value.newest) == ("c", 3, 4, 9)
+    for bad in (10, 0, -1, True):
+        with pytest.raises(VersionNotStoredError):
+            s.state_at("c", bad)  # type: ignore[arg-type]
+    with pytest.raises(ContextNotFoundError):
+        s.state_at("nope", 1)
+    with pytest.raises(InvalidContextIdError):
+        s.state_at("", 1)
+
+
+def test_stats_count_the_rows_of_the_whole_store(harness: Harness) -> None:
+    _history(harness)
+    stats = harness.store.stats()
+    assert (stats.contexts, stats.snapshots, stats.journal_entries, stats.recovery_points, stats.quarantined) == \
+        (2, 3, 5, 1, 0)
+    assert stats.location == harness.store.location
+    if harness.durable:
+        assert stats.snapshot_bytes > 0 and stats.journal_bytes > 0 and stats.recovery_point_bytes > 0
+        assert stats.stored_bytes == stats.snapshot_bytes + stats.journal_bytes + stats.recovery_point_bytes
+
+
+def test_a_read_only_store_gives_the_same_answers_and_refuses_writes(harness: Harness) -> None:
+    if not harness.durable:
+        pytest.skip("a memory store has nothing to reopen read-only")
+    states = _history(harness)
+    s = harness.store
+    ro = open_store(s.path if isinstance(s, SQLiteStore) else url_for(s.dsn, s.schema))  # type: ignore[attr-defined]
+    try:
+        assert ro.contexts() == s.contexts()
+        assert ro.journal("c") == s.journal("c")
+        assert ro.state_at("c", 6) == states[6] and ro.load("c") == states[9]
+        assert ro.stats() == attrs.evolve(s.stats(), location=ro.location)
+        assert ro.verify(fix=True) == []
+        with pytest.raises(PersistenceError, match="read-only"):
+            ro.commit([Append("c", _change(10))])
+    finally:
+        ro.close()
+    assert s.load("c") == states[9]

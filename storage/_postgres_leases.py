@@ -1,0 +1,195 @@
+"""Ownership leases with fencing tokens for `PostgresStore` (single activation across processes).
+
+Single activation (ownership leases with fencing tokens). One `leases` row per context that was
+ever written or leased: ``(context_id, owner, token, expires_at)``. Expiry is judged by the database
+clock (``now()``) only, so the hosts' clocks do not matter.
+
+- ``acquire_lease(context_id, ttl=None) -> int`` takes the lease if it is free, released or expired
+  (or held by an earlier incarnation with the same `owner_id`), and returns its fencing token, which
+  grows by one on every acquisition; if this store holds it already, it is renewed and the same token
+  returned. If another owner holds a live lease it raises `ContextOwnedElsewhereError` at once (with
+  the owner and ``expires_in``): a store never waits, the caller decides whether to retry.
+- ``renew_lease(context_id, token, ttl=None)`` extends it (`FencedOffError` if it was taken over);
+  ``renew_leases(ttl=None) -> list[str]`` renews every lease this store holds in one statement and
+  returns (and forgets) the ids it lost.
+- ``release_lease(context_id, token) -> bool`` frees it at once for the next owner (the token stays
+  in the row, so the next owner's token is still larger). `close()` releases every lease still held.
+- Fencing: the store remembers the token of each lease it holds. Every `commit` first locks the lease
+  rows of the contexts it touches and refuses the whole batch with `FencedOffError` when the token in
+  the row is not the one held here (someone took over), or when this store holds no lease on a
+  context another owner holds a live lease on (or on any context, with ``require_lease=True``). The
+  row lock makes the check and the write one atomic step against a takeover: a takeover waits for a
+  write in progress, and a write after a takeover is refused. A lease that expired but was not taken
+  over fences nobody: its holder may still write (nobody else did meanwhile), and renewing it works.
+
+How the persistence actor is meant to use it (phase 2): on activation ``token =
+store.acquire_lease(cid)``; on `ContextOwnedElsewhereError`, retry from a timer message (never a
+sleep in the actor) until the activation timeout, using ``exc.expires_in`` as the next delay; renew
+every held lease from a timer every ``lease_ttl / 3`` with ``renew_leases()``, and drop the contexts
+it returns without writing; on `FencedOffError` from a commit, fail the waiting callers with it and
+passivate that context without a snapshot; on deactivation, after the final snapshot,
+``release_lease(cid, token)``. A lease is only as good as its renewal: an owner paused for longer than
+its ttl (GC, SIGSTOP, a partition) has lost the context, and every write it attempts afterwards is
+refused by the token, but it may still *serve reads* of its stale in-memory state until it learns so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._errors import ConfigError, ContextOwnedElsewhereError, FencedOffError
+from ._postgres_listen import CHANNEL
+from ._values import validate_id
+
+__all__ = ["LeaseHolder"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LeaseHolder:
+    """The lease half of `PostgresStore` (a mixin): acquiring, renewing and releasing leases, and the
+    fence every write transaction checks. Uses the store's `_run`, `_sql` and identity."""
+
+    owner_id: str
+    schema: str
+    location: str
+    lease_ttl: float
+    require_lease: bool
+    _sql: dict[str, str]
+    _leases: dict[str, int]  # context id -> fencing token this store holds
+
+    def _run(self, what: str, fn: Callable[[Any], T], context_id: str | None = None, *,
+             idempotent: bool = True) -> T:
+        raise NotImplementedError  # pragma: no cover - PostgresStore's
+
+    def _fence(self, conn: Any, ids: list[str]) -> int:
+        """Lock and check the lease rows of `ids`; return the transaction id."""
+        return self._check_fence(conn.execute(self._sql["fence"], {"ids": ids}).fetchall())
+
+    def _check_fence(self, rows: list[tuple[Any, ...]]) -> int:
+        """Check the lease rows the fence statement locked (see `SQL["fence"]`); return the transaction
+        id. Raises `FencedOffError` (the caller rolls back) if this store may not write one of them."""
+        for cid, owner, token, live, _xid in rows:
+            mine = self._leases.get(cid)
+            if mine is not None:
+                if token != mine:
+                    raise FencedOffError(cid, token=mine, current_token=token, owner=owner)
+            elif live or self.require_lease:
+                raise FencedOffError(cid, token=None, current_token=token, owner=owner or None)
+        return int(rows[0][4])
+
+    # -- leases --------------------------------------------------------------------------------------
+    def _ttl(self, ttl: float | None) -> float:
+        ttl = self.lease_ttl if ttl is None else float(ttl)
+        if not ttl > 0:
+            raise ConfigError(f"a lease ttl must be positive, not {ttl!r}")
+        return ttl
+
+    def _lease_args(self, context_id: str, **extra: Any) -> dict[str, Any]:
+        return {"id": context_id, "owner": self.owner_id, "ch": CHANNEL, "schema": self.schema, **extra}
+
+    def acquire_lease(self, context_id: str, ttl: float | None = None) -> int:
+        """Take (or renew) ownership of `context_id` for `ttl` seconds (default `lease_ttl`) and
+        return the fencing token; from now on this store's writes to it carry that token.
+
+        Runs in the caller's thread, one autocommit statement (two when owned elsewhere); never waits
+        for the owner. The lease is taken when it is free, released, expired by the database clock, or
+        held by an earlier incarnation of this `owner_id`; each such acquisition increments the token,
+        so it is strictly increasing per context. If this store holds the lease already it is renewed
+        and the same token returned.
+
+        Raises:
+            ContextOwnedElsewhereError: another owner holds a live lease (`owner`, `expires_in`).
+            PersistenceError: the server could not be asked.
+        """
+        validate_id(context_id)
+        ttl = self._ttl(ttl)
+        mine = self._leases.get(context_id)
+        if mine is not None:
+            renewed = self._run("renew lease", lambda c: c.execute(
+                self._sql["renew"], self._lease_args(context_id, token=mine, ttl=ttl)).fetchone(), context_id)
+            if renewed is not None:
+                return mine
+            del self._leases[context_id]  # taken over meanwhile: try to take it back like anyone else
+        for _ in range(3):
+            row = self._run("acquire lease", lambda c: c.execute(
+                self._sql["acquire"], self._lease_args(context_id, ttl=ttl)).fetchone(), context_id,
+                idempotent=False)
+            if row is not None:
+                self._leases[context_id] = token = int(row[0])
+                log.debug("%s: lease on %r acquired, token %d", self.location, context_id, token)
+                return token
+            holder = self._run("read lease", lambda c: c.execute(
+                self._sql["holder"], {"id": context_id}).fetchone(), context_id)
+            if holder is not None and holder[2]:
+                raise ContextOwnedElsewhereError(context_id, holder[0], expires_in=max(0.0, float(holder[3])))
+            # released or expired between the two statements: try again
+        raise ContextOwnedElsewhereError(context_id, "another owner (the lease changed hands repeatedly)")
+
+    def renew_lease(self, context_id: str, token: int, ttl: float | None = None) -> None:
+        """Extend the lease with `token` on `context_id` to `ttl` seconds from now (database clock).
+
+        Runs in the caller's thread; one statement. A lease that expired but was not taken over is
+        renewed too (nobody wrote meanwhile).
+
+        Raises:
+            FencedOffError: another owner took it over; this store forgets the token.
+            PersistenceError: the server could not be asked.
+        """
+        ttl = self._ttl(ttl)
+        row = self._run("renew lease", lambda c: c.execute(
+            self._sql["renew"], self._lease_args(context_id, token=token, ttl=ttl)).fetchone(), context_id)
+        if row is not None:
+            self._leases[context_id] = token
+            return
+        if self._leases.get(context_id) == token:
+            del self._leases[context_id]
+        holder = self._run("read lease", lambda c: c.execute(
+            self._sql["holder"], {"id": context_id}).fetchone(), context_id)
+        raise FencedOffError(context_id, token=token, current_token=None if holder is None else int(holder[1]),
+                             owner=None if holder is None else holder[0])
+
+    def renew_leases(self, ttl: float | None = None) -> list[str]:
+        """Renew every lease this store holds, in one statement; return (sorted) the ids of those that
+        were taken over meanwhile, which this store forgets: drop those contexts without writing.
+
+        Runs in the caller's thread (meant for a periodic timer, every ``lease_ttl / 3``).
+        Raises `PersistenceError` if the server could not be asked (the leases then keep running
+        until their expiry).
+        """
+        ttl = self._ttl(ttl)
+        if not self._leases:
+            return []
+        held = dict(self._leases)
+        rows = self._run("renew leases", lambda c: c.execute(self._sql["renew_all"], {
+            "ttl": ttl, "owner": self.owner_id, "ids": list(held), "tokens": list(held.values())}).fetchall())
+        lost = sorted(set(held) - {r[0] for r in rows})
+        for cid in lost:
+            if self._leases.get(cid) == held[cid]:
+                del self._leases[cid]
+        if lost:
+            log.warning("%s: leases taken over by other owners: %s", self.location, lost)
+        return lost
+
+    def release_lease(self, context_id: str, token: int) -> bool:
+        """Give up the lease with `token` on `context_id` now, so that another owner can take it at
+        once. Returns False if it had been taken over already (nothing to release).
+
+        Runs in the caller's thread; one statement. Call it after the context's last write (its
+        final snapshot): a write after it is no longer fenced by this lease.
+        """
+        if self._leases.get(context_id) == token:
+            del self._leases[context_id]
+        return self._release(context_id, token)
+
+    def _release(self, context_id: str, token: int) -> bool:
+        def run(conn: Any) -> bool:
+            return conn.execute(self._sql["release"], self._lease_args(context_id, token=token)).fetchone() is not None
+        return self._run("release lease", run, context_id, idempotent=False)
+
+    def lease_token(self, context_id: str) -> int | None:
+        """The fencing token this store holds for `context_id`, or None. No I/O."""
+        return self._leases.get(context_id)

@@ -1,0 +1,203 @@
+"""The SQL of the PostgreSQL store: its migrations and every statement, with ``{s}`` for the quoted
+schema (`PostgresStore` formats them once per store). Kept apart so that the store module reads as
+what it does, and the SQL as one reviewable list."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["IDENT", "MIGRATIONS", "QUARANTINE_TABLE", "SCHEMA_VERSION", "SQL", "TABLES"]
+
+IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+# Migrations, in order; migration n brings a schema from version n-1 to n. Never edit a released one:
+# append a new one. "{s}" is the quoted schema name.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: journal + snapshots + recovery points, and ownership leases
+        'CREATE TABLE {s}.contexts (id text COLLATE "C" PRIMARY KEY, version bigint NOT NULL, '
+        "created_at double precision NOT NULL, updated_at double precision NOT NULL, "
+        "next_rp_id bigint NOT NULL DEFAULT 1)",
+        'CREATE TABLE {s}.snapshots (context_id text COLLATE "C" NOT NULL, version bigint NOT NULL, '
+        "blob bytea NOT NULL, PRIMARY KEY (context_id, version))",
+        'CREATE TABLE {s}.journal (context_id text COLLATE "C" NOT NULL, version bigint NOT NULL, '
+        "blob bytea NOT NULL, PRIMARY KEY (context_id, version))",
+        'CREATE TABLE {s}.recovery_points (context_id text COLLATE "C" NOT NULL, rp_id bigint NOT NULL, '
+        "version bigint NOT NULL, label text, created_at double precision NOT NULL, blob bytea NOT NULL, "
+        "PRIMARY KEY (context_id, rp_id))",
+        'CREATE TABLE {s}.leases (context_id text COLLATE "C" PRIMARY KEY, owner text NOT NULL, '
+        "token bigint NOT NULL, expires_at timestamptz NOT NULL)",
+        # blobs are zstd-compressed already: keep PostgreSQL from compressing them again
+        "ALTER TABLE {s}.snapshots ALTER COLUMN blob SET STORAGE EXTERNAL",
+        "ALTER TABLE {s}.journal ALTER COLUMN blob SET STORAGE EXTERNAL",
+        "ALTER TABLE {s}.recovery_points ALTER COLUMN blob SET STORAGE EXTERNAL",
+    ),
+)
+#: the table layout this hoard writes; a schema of a higher version is refused
+SCHEMA_VERSION = len(MIGRATIONS)
+TABLES = {"schema_version", "contexts", "snapshots", "journal", "recovery_points", "leases"}
+
+# -- SQL (formatted once per store with its schema) -----------------------------------------------------
+# Lock the lease row of every context a batch touches (creating a free one if missing, so that a
+# concurrent first acquisition waits for this transaction too), in id order (no deadlocks between
+# writers), and read what fencing needs plus the transaction id (to resolve a commit lost in flight).
+_FENCE = """
+INSERT INTO {s}.leases AS l (context_id, owner, token, expires_at)
+SELECT id, '', 0, '-infinity' FROM unnest(%(ids)s::text[]) AS id ORDER BY id
+ON CONFLICT (context_id) DO UPDATE SET token = l.token
+RETURNING l.context_id, l.owner, l.token, l.expires_at > now(), txid_current()"""
+_APPEND = """
+WITH u AS (UPDATE {s}.contexts SET version = %(v)s, updated_at = %(at)s
+           WHERE id = %(id)s AND version = %(prev)s RETURNING id)
+INSERT INTO {s}.journal (context_id, version, blob) SELECT id, %(v)s, %(blob)s FROM u RETURNING version"""
+# A create also removes leftover rows of its id (a context deleted by hand, or orphans verify() has
+# not fixed yet) so that they never mix in: the snapshot rows at other versions, the journal and the
+# recovery points (a leftover snapshot at the same version is overwritten).
+_CREATE = """
+WITH c AS (INSERT INTO {s}.contexts (id, version, created_at, updated_at) VALUES (%(id)s, %(v)s, %(c)s, %(u)s)
+           ON CONFLICT (id) DO NOTHING RETURNING id),
+     ds AS (DELETE FROM {s}.snapshots WHERE context_id IN (SELECT id FROM c) AND version <> %(v)s),
+     dj AS (DELETE FROM {s}.journal WHERE context_id IN (SELECT id FROM c)),
+     dr AS (DELETE FROM {s}.recovery_points WHERE context_id IN (SELECT id FROM c))
+INSERT INTO {s}.snapshots (context_id, version, blob) SELECT id, %(v)s, %(blob)s FROM c
+ON CONFLICT (context_id, version) DO UPDATE SET blob = EXCLUDED.blob RETURNING version"""
+_SNAPSHOT_TRIM = """
+WITH k AS (SELECT min(version) AS v FROM (SELECT version FROM {s}.snapshots WHERE context_id = %(id)s
+                                           ORDER BY version DESC LIMIT 2) AS newest),
+     d AS (DELETE FROM {s}.snapshots WHERE context_id = %(id)s AND version < (SELECT v FROM k))
+DELETE FROM {s}.journal WHERE context_id = %(id)s AND version <= (SELECT v FROM k)"""
+_RP_INSERT = """
+WITH c AS (UPDATE {s}.contexts SET next_rp_id = %(rp)s + 1 WHERE id = %(id)s AND next_rp_id = %(rp)s RETURNING id)
+INSERT INTO {s}.recovery_points (context_id, rp_id, version, label, created_at, blob)
+SELECT id, %(rp)s, %(v)s, %(label)s, %(at)s, %(blob)s FROM c RETURNING rp_id"""
+_RP_TRIM = """
+DELETE FROM {s}.recovery_points WHERE context_id = %(id)s AND rp_id < (
+    SELECT min(rp_id) FROM (SELECT rp_id FROM {s}.recovery_points WHERE context_id = %(id)s
+                            ORDER BY rp_id DESC LIMIT %(keep)s) AS newest)"""
+_DELETE = """
+WITH j AS (DELETE FROM {s}.journal WHERE context_id = %(id)s),
+     s AS (DELETE FROM {s}.snapshots WHERE context_id = %(id)s),
+     r AS (DELETE FROM {s}.recovery_points WHERE context_id = %(id)s)
+DELETE FROM {s}.contexts WHERE id = %(id)s"""
+_NOTIFY = """
+SELECT pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'id', n.id, 'v', c.version,
+                                           'ops', string_to_array(n.ops, ','), 'owner', %(owner)s::text)::text)
+FROM unnest(%(ids)s::text[], %(ops)s::text[]) AS n(id, ops) LEFT JOIN {s}.contexts c ON c.id = n.id"""
+# One statement, so the newest snapshot, the journal after it and the acknowledged version are read
+# from one consistent snapshot of the database even while other processes write.
+_LOAD = """
+SELECT 0, version, NULL::bytea FROM {s}.contexts WHERE id = %(id)s
+UNION ALL (SELECT 1, version, blob FROM {s}.snapshots WHERE context_id = %(id)s ORDER BY version DESC LIMIT 1)
+UNION ALL SELECT 2, version, blob FROM {s}.journal WHERE context_id = %(id)s
+    AND version > (SELECT coalesce(max(version), 0) FROM {s}.snapshots WHERE context_id = %(id)s)"""
+# Damaged or unusable rows a fallback recovery or a repair takes out of the way: kept for inspection,
+# never loaded. Created by the first repair that needs it (not by a migration: a store nobody repaired
+# keeps exactly the tables of schema version 1).
+QUARANTINE_TABLE = (
+    'CREATE TABLE IF NOT EXISTS {s}.quarantine (context_id text COLLATE "C" NOT NULL, source text NOT NULL, '
+    "version bigint, rp_id bigint, problem text NOT NULL, at double precision NOT NULL, blob bytea)",
+    "ALTER TABLE {s}.quarantine ALTER COLUMN blob SET STORAGE EXTERNAL",
+)
+_QUARANTINE_ROW = """
+WITH d AS (DELETE FROM {s}.{table} WHERE context_id = %(id)s AND {key} = %(k)s RETURNING blob)
+INSERT INTO {s}.quarantine (context_id, source, version, rp_id, problem, at, blob)
+VALUES (%(id)s, %(source)s, %(v)s, %(rp)s, %(problem)s, %(at)s, (SELECT blob FROM d LIMIT 1))"""
+_SUMMARY = """
+SELECT c.id, c.version, c.created_at, c.updated_at,
+ (SELECT max(version) FROM {s}.snapshots s WHERE s.context_id = c.id),
+ (SELECT count(*) FROM {s}.journal j WHERE j.context_id = c.id),
+ c.next_rp_id,
+ (SELECT count(*) FROM {s}.recovery_points r WHERE r.context_id = c.id),
+ (SELECT coalesce(sum(octet_length(blob)), 0) FROM {s}.snapshots s WHERE s.context_id = c.id)::bigint
+ + (SELECT coalesce(sum(octet_length(blob)), 0) FROM {s}.journal j WHERE j.context_id = c.id)::bigint
+FROM {s}.contexts c"""
+_TOTALS = """
+SELECT (SELECT count(*) FROM {s}.contexts),
+ (SELECT count(*) FROM {s}.snapshots), (SELECT coalesce(sum(octet_length(blob)), 0)::bigint FROM {s}.snapshots),
+ (SELECT count(*) FROM {s}.journal), (SELECT coalesce(sum(octet_length(blob)), 0)::bigint FROM {s}.journal),
+ (SELECT count(*) FROM {s}.recovery_points),
+ (SELECT coalesce(sum(octet_length(blob)), 0)::bigint FROM {s}.recovery_points)"""
+_ACQUIRE = """
+WITH a AS (
+  INSERT INTO {s}.leases AS l (context_id, owner, token, expires_at)
+  VALUES (%(id)s, %(owner)s, 1, now() + make_interval(secs => %(ttl)s))
+  ON CONFLICT (context_id) DO UPDATE
+    SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at
+    WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner
+  RETURNING l.token)
+SELECT token, pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'id', %(id)s::text,
+        'ops', ARRAY['lease_acquired'], 'owner', %(owner)s::text, 'token', token)::text) FROM a"""
+_RENEW = """
+UPDATE {s}.leases SET expires_at = now() + make_interval(secs => %(ttl)s)
+WHERE context_id = %(id)s AND token = %(token)s AND owner = %(owner)s RETURNING token"""
+_RENEW_ALL = """
+UPDATE {s}.leases AS l SET expires_at = now() + make_interval(secs => %(ttl)s)
+FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS h(id, token)
+WHERE l.context_id = h.id AND l.token = h.token AND l.owner = %(owner)s RETURNING l.context_id"""
+_RELEASE = """
+WITH r AS (UPDATE {s}.leases SET expires_at = '-infinity'
+           WHERE context_id = %(id)s AND token = %(token)s AND owner = %(owner)s RETURNING context_id)
+SELECT context_id, pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'id', context_id,
+        'ops', ARRAY['lease_released'], 'owner', %(owner)s::text)::text) FROM r"""
+_HOLDER = """
+SELECT owner, token, expires_at > now(),
+       CASE WHEN expires_at > now() THEN extract(epoch FROM expires_at - now())::float8 END
+FROM {s}.leases WHERE context_id = %(id)s"""
+
+
+# every statement by name
+SQL: dict[str, str] = {
+    "fence": _FENCE, "append": _APPEND, "create": _CREATE, "snapshot_trim": _SNAPSHOT_TRIM,
+    "rp_insert": _RP_INSERT, "rp_trim": _RP_TRIM, "delete": _DELETE, "notify": _NOTIFY, "load": _LOAD,
+    "summary": _SUMMARY + " WHERE c.id = %(id)s",
+    "summaries": _SUMMARY + " WHERE c.id >= %(p)s AND starts_with(c.id, %(p)s) ORDER BY c.id",
+    "totals": _TOTALS, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,
+    "holder": _HOLDER,
+    "lock_context": "SELECT version FROM {s}.contexts WHERE id = %(id)s FOR UPDATE",
+    "version": "SELECT version FROM {s}.contexts WHERE id = %(id)s",
+    "next_rp": "SELECT next_rp_id FROM {s}.contexts WHERE id = %(id)s",
+    "checkpoint": "WITH v AS (UPDATE {s}.contexts SET version = %(v)s, updated_at = %(u)s WHERE id = %(id)s), "
+                  "d AS (DELETE FROM {s}.snapshots WHERE context_id = %(id)s) "
+                  "DELETE FROM {s}.journal WHERE context_id = %(id)s",
+    "snapshot": "INSERT INTO {s}.snapshots (context_id, version, blob) VALUES (%(id)s, %(v)s, %(blob)s) "
+                "ON CONFLICT (context_id, version) DO UPDATE SET blob = EXCLUDED.blob",
+    "rp_delete": "DELETE FROM {s}.recovery_points WHERE context_id = %(id)s AND rp_id = %(rp)s",
+    # starts_with keeps '%' and '_' in ids literal; the range condition lets the primary key help
+    "list": "SELECT id FROM {s}.contexts WHERE id >= %(p)s AND starts_with(id, %(p)s) ORDER BY id",
+    "count": "SELECT count(*) FROM {s}.contexts",
+    "rps": "SELECT rp_id, version, label, created_at, blob FROM {s}.recovery_points WHERE context_id = %(id)s "
+           "ORDER BY rp_id",
+    "rp": "SELECT rp_id, version, label, created_at, blob FROM {s}.recovery_points "
+          "WHERE context_id = %(id)s AND rp_id = %(rp)s",
+    **{f"orphans_{t}": f"SELECT DISTINCT context_id FROM {{s}}.{t} t "  # noqa: S608 - fixed names
+                       "WHERE NOT EXISTS (SELECT 1 FROM {s}.contexts c WHERE c.id = t.context_id)"
+       for t in ("snapshots", "journal", "recovery_points")},
+    **{f"fix_{t}": f"DELETE FROM {{s}}.{t} WHERE context_id = %(id)s "  # noqa: S608 - fixed names
+                   "AND NOT EXISTS (SELECT 1 FROM {s}.contexts c WHERE c.id = %(id)s)"
+       for t in ("snapshots", "journal", "recovery_points", "quarantine")},
+    "orphans_quarantine": "SELECT DISTINCT context_id FROM {s}.quarantine t "
+                          "WHERE NOT EXISTS (SELECT 1 FROM {s}.contexts c WHERE c.id = t.context_id)",
+    "head": "SELECT version, next_rp_id FROM {s}.contexts WHERE id = %(id)s",
+    "snapshot_rows": "SELECT version, blob FROM {s}.snapshots WHERE context_id = %(id)s ORDER BY version",
+    "snapshot_versions": "SELECT version FROM {s}.snapshots WHERE context_id = %(id)s ORDER BY version",
+    "journal_rows": "SELECT version, blob FROM {s}.journal WHERE context_id = %(id)s AND version > %(after)s "
+                    "AND version <= %(upto)s ORDER BY version",
+    "quarantined": "SELECT count(*) FROM {s}.quarantine",
+    "set_ttl": "UPDATE {s}.contexts SET ttl = %(ttl)s WHERE id = %(id)s RETURNING id",
+    "expired": "SELECT id FROM {s}.contexts WHERE updated_at + coalesce(ttl, %(d)s::float8) < %(now)s::float8 "
+               "ORDER BY updated_at LIMIT %(limit)s",
+    "has_ttl": "SELECT 1 FROM pg_attribute WHERE attrelid = %(t)s::regclass AND attname = 'ttl' AND NOT attisdropped",
+    "add_ttl": "ALTER TABLE {s}.contexts ADD COLUMN IF NOT EXISTS ttl double precision",
+    "has_quarantine": "SELECT to_regclass(%(t)s) IS NOT NULL",
+    "quarantine_delete": "DELETE FROM {s}.quarantine WHERE context_id = %(id)s",
+    "quarantine_snapshot": _QUARANTINE_ROW.replace("{table}", "snapshots").replace("{key}", "version"),
+    "quarantine_journal": _QUARANTINE_ROW.replace("{table}", "journal").replace("{key}", "version"),
+    "quarantine_recovery_point": _QUARANTINE_ROW.replace("{table}", "recovery_points").replace("{key}", "rp_id"),
+    "snapshot_delete": "DELETE FROM {s}.snapshots WHERE context_id = %(id)s AND version = %(v)s",
+    "snapshot_delete_all": "DELETE FROM {s}.snapshots WHERE context_id = %(id)s",
+    "journal_delete": "DELETE FROM {s}.journal WHERE context_id = %(id)s AND version = %(v)s",
+    "journal_delete_all": "DELETE FROM {s}.journal WHERE context_id = %(id)s",
+    "snapshot_blob": "UPDATE {s}.snapshots SET blob = %(blob)s WHERE context_id = %(id)s AND version = %(v)s",
+    "rp_blob": "UPDATE {s}.recovery_points SET blob = %(blob)s WHERE context_id = %(id)s AND rp_id = %(rp)s",
+    "set_version": "UPDATE {s}.contexts SET version = %(v)s, updated_at = %(u)s WHERE id = %(id)s",
+    "set_next_rp": "UPDATE {s}.contexts SET next_rp_id = %(n)s WHERE id = %(id)s",
+}

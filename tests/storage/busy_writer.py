@@ -1,0 +1,62 @@
+"""A writer process for tests/storage/test_consistent_reads.py: commits to a store as fast as it can.
+
+Usage: ``python busy_writer.py '<json config>'`` with ``target`` (a SQLite path or a ``postgresql://``
+URL), ``contexts`` and ``commits``. It creates the contexts, prints ``{"ready": true}``, then commits
+`commits` batches: journal appends to one or several contexts, a snapshot every 7th version of a
+context, a recovery point every 13th (keeping 3), so that every kind of row changes under a reader.
+At the end it prints ``{"done": {context id: version}}`` and closes the store.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from typing import Any
+
+from hoard.storage import (
+    Append,
+    Change,
+    CreateContext,
+    PutRecoveryPoint,
+    PutSnapshot,
+    RecoveryPoint,
+    apply_change,
+    freeze_mapping,
+    new_state,
+    open_store,
+)
+
+
+def main(cfg: dict[str, Any]) -> None:
+    store = open_store(cfg["target"], readonly=False, sync="normal")
+    rng = random.Random(cfg.get("seed", 1))  # noqa: S311 - test data, not secrets
+    try:
+        ids = [f"c{i}" for i in range(cfg["contexts"])]
+        states = {cid: new_state(cid, freeze_mapping({"n": 0})) for cid in ids}
+        next_rp = dict.fromkeys(ids, 1)
+        store.commit([CreateContext(st) for st in states.values()])
+        print(json.dumps({"ready": True}), flush=True)
+        for i in range(cfg["commits"]):
+            ops: list[Any] = []
+            for cid in rng.sample(ids, rng.choice((1, 1, 2, len(ids)))):
+                st = states[cid]
+                v = st.version + 1
+                ch = Change(v, time.time(), freeze_mapping({"n": i, f"k{v % 5}": "x" * rng.randrange(1, 600)}),
+                            (f"k{(v + 2) % 5}",) if v % 3 == 0 else ())
+                st = states[cid] = apply_change(st, ch)
+                ops.append(Append(cid, ch))
+                if v % 7 == 0:
+                    ops.append(PutSnapshot(st))
+                if v % 13 == 0:
+                    ops.append(PutRecoveryPoint(RecoveryPoint(next_rp[cid], cid, v, None, time.time(), st), keep=3))
+                    next_rp[cid] += 1
+            store.commit(ops)
+        print(json.dumps({"done": {cid: st.version for cid, st in states.items()}}), flush=True)
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
