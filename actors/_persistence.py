@@ -92,7 +92,7 @@ def mailbox_empty(ref: pykka.ActorRef[Any]) -> bool:
 log = logging.getLogger(__name__)
 
 _READS = frozenset({"load", "info", "list_ids", "count", "recovery_points", "recovery_point", "verify", "expired",
-                    "lease_token"})  # lease_token: only asked of stores with leases (after LeasesLost)
+                    "lease_token", "lease_holder"})  # lease_*: only asked of stores with leases
 
 
 class PersistenceActor(pykka.ThreadingActor):

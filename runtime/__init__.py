@@ -77,7 +77,9 @@ from ._factory import create_adapter as create_adapter
 from ._factory import create_adapter_with_config as create_adapter_with_config
 from ._factory import create_manager as create_manager
 from ._factory import create_manager_with_config as create_manager_with_config
+from ._forward import NotForwardableError as NotForwardableError
 from ._manager import ContextManager as ContextManager
+from ._manager import Ownership as Ownership
 from ._metrics import Metrics as Metrics
 from ._metrics import register_prometheus as register_prometheus
 from ._ref import ContextRef as ContextRef
@@ -138,6 +140,8 @@ __all__ = [
     "MetadataChanged",
     "Metrics",
     "NoCurrentContextError",
+    "NotForwardableError",
+    "Ownership",
     "Pending",
     "PersistenceError",
     "PostgresStore",

@@ -57,6 +57,11 @@ def _callable(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{attr.name} must be callable, not {value!r}")
 
 
+def _nats_url(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not (isinstance(value, str) and value.startswith(("nats://", "tls://"))):
+        raise ConfigError(f"{attr.name} must be a nats:// (or tls://) URL or None, not {value!r}")
+
+
 def _context_id(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     try:
         validate_id(value)
@@ -99,6 +104,10 @@ class ContextManagerConfig:
             its newest this many; stored with its changes, so across restarts and processes).
         request_ttl: seconds an idempotency key is remembered at most (None, default: by count only).
             A retry with a forgotten key is applied again.
+        forward_via: a NATS URL (``"nats://127.0.0.1:4222"``; needs the ``nats`` extra). On a shared
+            PostgreSQL store, a call on a context active in another process is then forwarded to that
+            process and answered there (see `hoard._forward`), instead of waiting for its lease.
+            None (default): no forwarding. `ConfigError` with a store that is not PostgreSQL.
     """
 
     store: str | os.PathLike[str] | Store | None = attrs.field(default=None, validator=_store)
@@ -117,6 +126,7 @@ class ContextManagerConfig:
     monotonic: Callable[[], float] = attrs.field(default=time.monotonic, validator=_callable, repr=False)
     request_window: int = attrs.field(default=1000, validator=_number(1, integer=True))
     request_ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
+    forward_via: str | None = attrs.field(default=None, validator=_nats_url)
 
 
 @attrs.frozen(kw_only=True)

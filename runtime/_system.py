@@ -10,6 +10,7 @@ forgotten `stop()` loses nothing in ``immediate`` or ``deferred`` mode. The acto
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,16 +19,20 @@ import attrs
 import pykka
 
 from hoard.actors import ContextEvent
-from hoard.storage import ConfigError, MemoryStore, Store, make_store
+from hoard.storage import ConfigError, HoardError, MemoryStore, PostgresStore, Store, make_store, validate_id
 
 from ._adapter import ContextAdapter
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
 from ._events import Subscription, subscribe
+from ._forward import Forwarder, decode_message, done_reply, encode_error, encode_value
 from ._manager import ContextManager
 from ._ref import ContextRef
+from ._tracker import LOCAL, ContextTracker
 
 __all__ = ["ContextSystem", "open_system"]
+
+_SERVED_KEPT = 10_000  # trackers kept for contexts served to other processes (cheap once passivated)
 
 
 def _resolve_store(config: ContextManagerConfig) -> Store:
@@ -60,12 +65,62 @@ class ContextSystem(SystemCore):
             raise ConfigError(f"adapter_config must be a ContextAdapterConfig, not {type(adapter_config).__name__}")
         super().__init__(manager_config, _resolve_store(manager_config))
         self.manager: ContextManager = ContextManager(self)
-        if adapter_config is not None:
-            try:
+        self._served: collections.OrderedDict[str, ContextTracker] = collections.OrderedDict()
+        try:
+            if manager_config.forward_via is not None:
+                self.forwarder = self._connect_forwarding(manager_config.forward_via)
+            if adapter_config is not None:
                 self.attach_adapter(adapter_config)
-            except BaseException:
-                self.stop()
-                raise
+        except BaseException:
+            self.stop()
+            raise
+
+    # -- forwarding: calls from other processes on contexts owned here ---------------------------------
+    def _connect_forwarding(self, url: str) -> Forwarder:
+        store = self.store
+        if not isinstance(store, PostgresStore):
+            raise ConfigError(f"forward_via needs a shared PostgreSQL store (with leases), not {store!r}: "
+                              "with one process per store every context is local")
+        return Forwarder(url, schema=store.schema, owner_id=store.owner_id, serve=self._serve)
+
+    def _serve(self, request: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> None:
+        """Run one forwarded call here, as the owner (runs on the NATS loop thread: never blocks).
+        A message goes to the context's actor (`done` runs from the thread that answers it); a call
+        that must read the store first runs on a worker thread. The call is never forwarded on: if
+        this process does not own the context it answers `ContextOwnedElsewhereError` (or, for an
+        actor that stopped before taking it, "retry"), and the caller re-routes."""
+        cid = validate_id(request["id"])
+        t = float(request["t"])
+        lease = self.store.lease_ttl / 2 if isinstance(self.store, PostgresStore) else None
+        tracker = self._served_tracker(cid)
+        if request["k"] == "msg":
+            message = decode_message(request["m"])
+            pending = tracker._submit(message, f"forwarded {type(message).__name__} to {cid!r}", t)  # noqa: SLF001 - one package
+            pending.add_done_callback(lambda reply: done(done_reply(reply, lease)))
+            return
+        if request["k"] != "restore":
+            raise HoardError(f"not a forwarded call: {request['k']!r}")
+        m = request["m"]
+
+        def restore() -> None:
+            try:
+                version = tracker.restore(m["rp"], expected_version=m["expected_version"],
+                                          request_id=m["request_id"], timeout=t)
+            except BaseException as exc:  # noqa: BLE001 - every error goes back typed
+                done({"error": encode_error(exc if isinstance(exc, HoardError) else HoardError(repr(exc)))})
+            else:
+                done({"ok": encode_value(version), "lease": lease})
+
+        self.offload(restore)
+
+    def _served_tracker(self, context_id: str) -> ContextTracker:
+        """A tracker that serves forwarded calls: it never waits for another owner nor forwards."""
+        tracker = self._served.get(context_id)
+        if tracker is None:
+            tracker = self._served[context_id] = ContextTracker(self, None, context_id=context_id, mode=LOCAL)
+            while len(self._served) > _SERVED_KEPT:
+                self._served.popitem(last=False)
+        return tracker
 
     def attach_adapter(self, config: ContextAdapterConfig) -> ContextAdapter:
         """Create this system's one adapter (see `ContextManager.attach_adapter`)."""
@@ -110,7 +165,7 @@ class ContextSystem(SystemCore):
 
 def open_system(store: str | os.PathLike[str] | Store | None = None, *,
                 manager_config: ContextManagerConfig | None = None,
-                adapter_config: ContextAdapterConfig | None = None) -> ContextSystem:
+                adapter_config: ContextAdapterConfig | None = None, forward_via: str | None = None) -> ContextSystem:
     """Open a store and start a `ContextSystem` with a manager and an adapter.
 
     Args:
@@ -118,6 +173,9 @@ def open_system(store: str | os.PathLike[str] | Store | None = None, *,
             memory). Overrides ``manager_config.store``.
         manager_config: storage, durability and limits (default `ContextManagerConfig()`).
         adapter_config: activation and capacity (default `ContextAdapterConfig()`).
+        forward_via: a NATS URL: on a shared PostgreSQL store, calls on contexts active in another
+            process are forwarded there (see ``ContextManagerConfig.forward_via``). Overrides the
+            config's. Connecting blocks up to 5 s (`ConfigError` if NATS cannot be reached).
 
     Blocks until the store is open and (by default) the default context is active and current.
     Raises `StoreLockedError` at once if another system or process has the store open,
@@ -128,6 +186,8 @@ def open_system(store: str | os.PathLike[str] | Store | None = None, *,
         raise ConfigError(f"manager_config must be a ContextManagerConfig, not {type(cfg).__name__}")
     if store is not None:
         cfg = ContextManagerConfig(**{**_fields(cfg), "store": store})
+    if forward_via is not None:
+        cfg = ContextManagerConfig(**{**_fields(cfg), "forward_via": forward_via})
     return ContextSystem(cfg, adapter_config if adapter_config is not None else ContextAdapterConfig())
 
 
