@@ -92,15 +92,17 @@ _CONVERTER = make_converter()
 
 class NotForwardableError(HoardError):
     """A call that cannot cross processes met a context active in another process: `transact` (its
-    function cannot be sent; hoard never unpickles). Nothing was applied. Run the transaction in the
-    owning process (``manager.owner(id)`` names it), or express it as `update` with
-    ``expected_version`` and retry on `VersionConflictError`."""
+    function cannot be sent; hoard never unpickles), or a request or answer larger than the NATS
+    server's ``max_payload``. Nothing was applied. Run it in the owning process (``manager.owner(id)``
+    names it); a transaction can often be an `update` with ``expected_version``, retried on
+    `VersionConflictError`."""
 
-    def __init__(self, context_id: str, what: str, owner: str) -> None:
+    def __init__(self, context_id: str, what: str, owner: str,
+                 reason: str = "a function does not cross processes") -> None:
         self.context_id = context_id
         self.owner = owner
         super().__init__(f"{what}: context {context_id!r} is active in {owner!r}, and this call cannot be "
-                         "forwarded there (a function does not cross processes); run it in that process")
+                         f"forwarded there ({reason}); run it in that process")
 
 
 def _subject(schema: str, owner: str) -> str:
@@ -274,8 +276,12 @@ class Forwarder:
             if self._closed:
                 raise SystemStoppedError()
             request["t"] = remaining
+            payload = _dumps(request)
+            if len(payload) > self._nc.max_payload:
+                raise NotForwardableError(context_id, what, owner, f"the request has {len(payload)} bytes, over "
+                                          f"the NATS server's max_payload of {self._nc.max_payload}")
             try:
-                answer = self._request(owner, _dumps(request), remaining)
+                answer = self._request(owner, payload, remaining)
             except self._nats.errors.NoRespondersError:
                 # the owner's process is gone (or not forwarding): its lease runs out by itself
                 self.forget(context_id)
@@ -326,6 +332,11 @@ class Forwarder:
                 data = _dumps(reply)
             except TypeError as exc:
                 data = _dumps({"error": encode_error(HoardError(f"the answer cannot be sent: {exc}"))})
+            if len(data) > self._nc.max_payload:
+                data = _dumps({"error": encode_error(NotForwardableError(
+                    str(request.get("id")), "answering", self.owner_id,
+                    f"the answer has {len(data)} bytes, over the NATS server's max_payload of "
+                    f"{self._nc.max_payload}"))})
 
             def respond() -> None:
                 task = loop.create_task(msg.respond(data))
@@ -335,8 +346,10 @@ class Forwarder:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(respond)
 
+        request: dict[str, Any] = {}
         try:
-            self._serve(orjson.loads(msg.data), done)
+            request = orjson.loads(msg.data)
+            self._serve(request, done)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
             done({"error": encode_error(exc if isinstance(exc, HoardError) else HoardError(repr(exc)))})
 

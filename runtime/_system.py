@@ -10,6 +10,7 @@ forgotten `stop()` loses nothing in ``immediate`` or ``deferred`` mode. The acto
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 from collections.abc import Callable, Iterable
@@ -19,7 +20,16 @@ import attrs
 import pykka
 
 from hoard.actors import ContextEvent
-from hoard.storage import ConfigError, HoardError, MemoryStore, PostgresStore, Store, make_store, validate_id
+from hoard.storage import (
+    Codec,
+    ConfigError,
+    HoardError,
+    MemoryStore,
+    PostgresStore,
+    Store,
+    make_store,
+    validate_id,
+)
 
 from ._adapter import ContextAdapter
 from ._config import ContextAdapterConfig, ContextManagerConfig
@@ -28,7 +38,7 @@ from ._events import Subscription, subscribe
 from ._forward import Forwarder, decode_message, done_reply, encode_error, encode_value
 from ._manager import ContextManager
 from ._ref import ContextRef
-from ._tracker import LOCAL, ContextTracker
+from ._tracker import LOCAL, ContextTracker, Pending
 
 __all__ = ["ContextSystem", "open_system"]
 
@@ -45,7 +55,37 @@ def _resolve_store(config: ContextManagerConfig) -> Store:
     if isinstance(store, (str, os.PathLike)):
         return make_store(store, sync=config.sync, compression_level=config.compression_level,
                           max_state_bytes=config.max_state_bytes, recovery=config.recovery, require_lease=True)
+    if isinstance(store, PostgresStore):
+        _adopt(store, config)
     return store
+
+
+_DEFAULTS = ContextManagerConfig()
+_CODEC_SLACK = 2**20  # PostgresStore's codec bound: max_state_bytes plus framing
+
+
+def _adopt(store: PostgresStore, config: ContextManagerConfig) -> None:
+    """A `PostgresStore` object runs like the URL form: every write under the context's lease, and
+    the config's `recovery`, `max_state_bytes` and `compression_level` apply to it. A setting left at
+    its default in the config keeps the store's own; set in both, differently, is a `ConfigError`
+    naming it. (The store's compression level is not readable back: a config level other than the
+    default replaces it.)"""
+    if store.readonly:
+        raise ConfigError(f"{store!r} is read-only; a system writes (open it with readonly=False)")
+    store.require_lease = True
+    if config.recovery != _DEFAULTS.recovery:
+        if store.recovery not in (_DEFAULTS.recovery, config.recovery):
+            raise ConfigError(f"recovery: the config says {config.recovery!r}, the store {store.recovery!r}")
+        store.recovery = config.recovery
+    own_max = store.codec.max_bytes - _CODEC_SLACK
+    wanted_max = own_max
+    if config.max_state_bytes != _DEFAULTS.max_state_bytes:
+        if own_max not in (_DEFAULTS.max_state_bytes, config.max_state_bytes):
+            raise ConfigError(f"max_state_bytes: the config says {config.max_state_bytes}, the store {own_max}; "
+                              "set it in one place")
+        wanted_max = config.max_state_bytes
+    if wanted_max != own_max or config.compression_level != _DEFAULTS.compression_level:
+        store.codec = Codec(config.compression_level, max_bytes=wanted_max + _CODEC_SLACK)
 
 
 class ContextSystem(SystemCore):
@@ -97,6 +137,9 @@ class ContextSystem(SystemCore):
             message = decode_message(request["m"])
             pending = tracker._submit(message, f"forwarded {type(message).__name__} to {cid!r}", t)  # noqa: SLF001 - one package
             pending.add_done_callback(lambda reply: done(done_reply(reply, lease)))
+            # the caller's deadline holds here too: not started by then, it never runs, and the caller
+            # hears so (CallNotStartedError) just before its own wait ends
+            asyncio.get_running_loop().call_later(max(0.0, t - min(0.05, t / 5)), _expire, pending, t)
             return
         if request["k"] != "restore":
             raise HoardError(f"not a forwarded call: {request['k']!r}")
@@ -161,6 +204,13 @@ class ContextSystem(SystemCore):
 
     def __repr__(self) -> str:
         return f"<ContextSystem {self.store.location!r}{' stopped' if self.stopped else ''}>"
+
+
+def _expire(pending: Pending, timeout: float) -> None:
+    """A served call's deadline: cancel it if its actor has not started it (its reply then fails
+    with `CallNotStartedError`, which the waiting caller receives)."""
+    if not pending.done:
+        pending.timed_out(timeout)
 
 
 def open_system(store: str | os.PathLike[str] | Store | None = None, *,
