@@ -75,13 +75,27 @@ from hoard.storage import (
     make_converter,
 )
 
-__all__ = ["RETRY_HERE", "Forwarder", "NotForwardableError"]
+__all__ = ["RETRY_HERE", "RETRY_SENT", "Forwarder", "NotForwardableError", "Retry"]
 
 log = logging.getLogger(__name__)
 
-#: returned by `Forwarder.send` when the call should be tried in this process (the owner is gone or
-#: its lease ran out, so this process may take the context)
-RETRY_HERE: Any = object()
+@attrs.frozen
+class Retry:
+    """What `Forwarder.send` returns when the call should be tried here again (the owner is gone, let
+    go, or did not answer in time: its lease runs out by itself, and then this process may take the
+    context). `sent`: the request may have reached the owner (its outcome is unknown; the request id
+    makes a re-send safe)."""
+
+    sent: bool
+
+
+RETRY_HERE = Retry(sent=False)
+RETRY_SENT = Retry(sent=True)
+
+
+@attrs.frozen
+class _MovedTo:
+    owner: str
 
 _MESSAGES: dict[str, type] = {c.__name__: c for c in (Set, Update, Delete, SetMetadata, Get, GetState,
                                                       CreateRecoveryPoint)}
@@ -190,7 +204,7 @@ class Forwarder:
 
     def __init__(self, url: str, *, schema: str, owner_id: str,
                  serve: Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None],
-                 connect_timeout: float = 5.0) -> None:
+                 attempt_timeout: float = 5.0, connect_timeout: float = 5.0) -> None:
         try:
             import nats  # noqa: PLC0415 - an optional extra: only a system with forward_via needs it
         except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -202,6 +216,9 @@ class Forwarder:
         self.owner_id = owner_id
         self.subject = _subject(schema, owner_id)
         self._serve = serve
+        # one request waits at most this long for its answer before ownership is checked again: an
+        # owner cut off from the network answers nothing, and its lease ends within lease_ttl
+        self.attempt_timeout = attempt_timeout
         self._nats = nats
         self._owners: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -264,7 +281,8 @@ class Forwarder:
         while ownership moves, all before `deadline` (``time.monotonic()``). Returns `RETRY_HERE` when
         nobody owns it any more (its lease ran out or was released), so the caller may take it here.
         Blocks the caller's thread up to the deadline; raises the owner's typed error, or
-        `CallNotStartedError` / `CallOutcomeUnknownError` when the time runs out."""
+        `CallNotStartedError` / `CallOutcomeUnknownError` when the time runs out. A request not
+        answered within `attempt_timeout` returns `RETRY_SENT` (the caller checks who owns it now)."""
         sent = False
         pause = 0.005
         while True:
@@ -280,36 +298,48 @@ class Forwarder:
             if len(payload) > self._nc.max_payload:
                 raise NotForwardableError(context_id, what, owner, f"the request has {len(payload)} bytes, over "
                                           f"the NATS server's max_payload of {self._nc.max_payload}")
+            wait = min(remaining, self.attempt_timeout)
             try:
-                answer = self._request(owner, payload, remaining)
+                answer = self._request(owner, payload, wait)
             except self._nats.errors.NoRespondersError:
                 # the owner's process is gone (or not forwarding): its lease runs out by itself
                 self.forget(context_id)
-                return RETRY_HERE
+                return RETRY_SENT if sent else RETRY_HERE
             except (self._nats.errors.TimeoutError, TimeoutError):
                 sent = True
-                continue  # loops once more: the deadline is spent, so this raises
-            reply = orjson.loads(answer)
-            if "retry" in reply:  # the owner's actor stopped before taking it (passivated): not applied
-                self.forget(context_id)
-                return RETRY_HERE
-            if "ok" in reply:
-                self.remember(context_id, owner, reply.get("lease"))
-                return decode_value(reply["ok"])
-            error = decode_error(reply["error"])
-            if isinstance(error, FencedOffError):
-                self.forget(context_id)  # it lost the lease while committing: nothing written; re-route
-                return RETRY_HERE
-            if not isinstance(error, ContextOwnedElsewhereError):
-                raise error
-            # it moved on: to a third process (send there), or nowhere known (try here)
-            if error.owner in (self.owner_id, owner):
-                self.forget(context_id)
-                return RETRY_HERE
-            self.remember(context_id, error.owner, error.expires_in)
-            owner = error.owner
+                if wait >= remaining:
+                    continue  # loops once more: the deadline is spent, so this raises
+                self.forget(context_id)  # no answer: cut off, or stuck; who owns it now?
+                return RETRY_SENT
+            outcome = self._outcome(orjson.loads(answer), context_id, owner)
+            if outcome is RETRY_HERE:
+                return RETRY_SENT if sent else RETRY_HERE
+            if not isinstance(outcome, _MovedTo):
+                return outcome
+            owner = outcome.owner  # a third process owns it now: send there
             threading.Event().wait(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.1)
+
+    def _outcome(self, reply: dict[str, Any], context_id: str, owner: str) -> Any:
+        """An owner's answer: the result, `RETRY_HERE` (not applied there; try here), `_MovedTo` (not
+        applied; another process owns it), or the owner's error raised."""
+        if "ok" in reply:
+            self.remember(context_id, owner, reply.get("lease"))
+            return decode_value(reply["ok"])
+        if "retry" in reply:  # the owner's actor stopped before taking it (passivated): not applied
+            self.forget(context_id)
+            return RETRY_HERE
+        error = decode_error(reply["error"])
+        if isinstance(error, FencedOffError):
+            self.forget(context_id)  # it lost the lease while committing: nothing written; re-route
+            return RETRY_HERE
+        if not isinstance(error, ContextOwnedElsewhereError):
+            raise error
+        if error.owner in (self.owner_id, owner):  # it let go, and nobody else holds it yet
+            self.forget(context_id)
+            return RETRY_HERE
+        self.remember(context_id, error.owner, error.expires_in)
+        return _MovedTo(error.owner)
 
     def _request(self, owner: str, payload: bytes, timeout: float) -> bytes:
         future = asyncio.run_coroutine_threadsafe(

@@ -121,7 +121,8 @@ class ContextSystem(SystemCore):
         if not isinstance(store, PostgresStore):
             raise ConfigError(f"forward_via needs a shared PostgreSQL store (with leases), not {store!r}: "
                               "with one process per store every context is local")
-        return Forwarder(url, schema=store.schema, owner_id=store.owner_id, serve=self._serve)
+        return Forwarder(url, schema=store.schema, owner_id=store.owner_id, serve=self._serve,
+                         attempt_timeout=max(0.25, store.lease_ttl / 2))
 
     def _serve(self, request: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> None:
         """Run one forwarded call here, as the owner (runs on the NATS loop thread: never blocks).

@@ -45,6 +45,7 @@ from hoard.actors import (
 )
 from hoard.storage import (
     CallNotStartedError,
+    CallOutcomeUnknownError,
     ContextOwnedElsewhereError,
     ContextState,
     ContextTimeoutError,
@@ -58,7 +59,7 @@ from hoard.storage import (
 
 from ._core import SystemCore
 from ._events import subscribe
-from ._forward import RETRY_HERE, Forwarder, check_forwardable, encode_message, with_request_id
+from ._forward import Forwarder, Retry, check_forwardable, encode_message, with_request_id
 
 __all__ = ["ContextTracker", "ContextTrackerFactory"]
 
@@ -256,6 +257,7 @@ class ContextTracker(Mapping[str, Any]):
         `hoard._forward`): all within `deadline`. Once a call may be re-sent it carries a request id,
         so no attempt applies it twice."""
         pause = 0.02
+        sent = False  # a request may have reached an owner: running out of time then is "outcome unknown"
         while True:
             cell = self._cell()
             owner = fwd.known_owner(self._id) if cell is None or cell.closed else None
@@ -269,13 +271,14 @@ class ContextTracker(Mapping[str, Any]):
             message = with_request_id(message)
             check_forwardable(message, self._id, what, owner)
             result = fwd.send(self._id, _request(self._id, message), owner, deadline=deadline, what=what, timeout=t)
-            if result is not RETRY_HERE:
+            if not isinstance(result, Retry):
                 return result
-            # the owner is gone or let go: its lease runs out by itself (or is released already); try
-            # here again after a short backoff, never past that lease's end
+            sent = sent or result.sent
+            # the owner is gone, let go or did not answer: its lease runs out by itself (or is released
+            # already); try here again after a short backoff, never past that lease's end
             remaining = deadline - time.monotonic()
             if remaining <= 0.001:
-                raise CallNotStartedError(what, t, self._id)
+                raise (CallOutcomeUnknownError if sent else CallNotStartedError)(what, t, self._id)
             threading.Event().wait(max(0.001, min(pause, remaining, pause if expires is None else expires)))
             pause = min(pause * 2, 0.25)
 
