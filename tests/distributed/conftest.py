@@ -160,3 +160,15 @@ def nats_url() -> str:
             pytest.fail(f"CI=true requires the NATS server at {NATS_URL}: {exc}")
         pytest.skip(f"no NATS server answers at {NATS_URL} ({exc}); these tests run in CI, where it is required")
     return NATS_URL
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Variants marked ``slow`` (more rounds, more partitions) run with ``-m slow`` or HOARD_SLOW=1."""
+    markexpr = config.getoption("markexpr", "") or ""
+    if "slow" in markexpr or os.environ.get("HOARD_SLOW") == "1":
+        return
+    here = Path(__file__).resolve().parent
+    skip = pytest.mark.skip(reason="slow variant: run with -m slow (or HOARD_SLOW=1)")
+    for item in items:
+        if "slow" in item.keywords and here in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)
