@@ -64,7 +64,6 @@ from ._forward import Forwarder, Retry, check_forwardable, encode_message, with_
 __all__ = ["ContextTracker", "ContextTrackerFactory"]
 
 _MISSING: Any = object()
-_ATTEMPTS = 5  # a call that meets a passivating actor re-activates and retries (it was not applied)
 
 #: how a tracker meets a context that another process owns (shared store)
 WAIT = 0  # wait up to the timeout for the lease (or, with forwarding, forward the call to the owner)
@@ -284,7 +283,7 @@ class ContextTracker(Mapping[str, Any]):
 
     def _call_here(self, message: Any, t: float, deadline: float, what: str, outer: Reply | None) -> Any:
         """`message` to this process's actor of the context (re-activated if need be)."""
-        for _ in range(_ATTEMPTS):
+        while True:  # each round that meets a stopping actor did not apply it: bounded by the deadline
             if self._system.stopped:
                 raise SystemStoppedError()
             try:
@@ -304,7 +303,6 @@ class ContextTracker(Mapping[str, Any]):
                 if self._cell() is cell and not cell.closed:
                     cell.closed = True  # dead without being closed: let the supervisor decide
                 continue
-        raise HoardError(f"{what}: context {self._id!r} was passivated {_ATTEMPTS} times during the call")
 
     def _submit(self, message: Any, what: str, timeout: float | None = None) -> Pending:
         """Send `message` without waiting and return its future at once. With the actor running this
