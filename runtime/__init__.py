@@ -66,6 +66,7 @@ from hoard.storage import Store as Store
 from hoard.storage import StoreLockedError as StoreLockedError
 from hoard.storage import SystemStoppedError as SystemStoppedError
 from hoard.storage import VersionConflictError as VersionConflictError
+from hoard.storage import VersionNotStoredError as VersionNotStoredError
 from hoard.storage import thaw as thaw
 
 from ._adapter import ContextAdapter as ContextAdapter
@@ -166,6 +167,7 @@ __all__ = [
     "SystemStoppedError",
     "Transacted",
     "VersionConflictError",
+    "VersionNotStoredError",
     "create_adapter",
     "create_adapter_with_config",
     "create_manager",

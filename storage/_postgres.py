@@ -787,12 +787,14 @@ class _PgRows:
         self.conn.execute(self.sql[f"fix_{table}"], {"id": context_id})
 
 
-#: refusals of a server that is busy or changing state, not saying "no": worth waiting for
-_TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "connection slots")
 _KIND: dict[type, str] = {
     CreateContext: "create", Append: "append", PutSnapshot: "snapshot", PutRecoveryPoint: "recovery_point",
     DeleteRecoveryPoint: "delete_recovery_point", DeleteContext: "delete", SetTTL: "ttl",
 }
+
+
+#: refusals of a server that is busy or changing state, not saying "no": worth waiting for
+_TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "connection slots")
 
 
 def _touched(ops: Sequence[Op]) -> dict[str, list[str]]:

@@ -196,7 +196,6 @@ SQL: dict[str, str] = {
     "snapshot_delete_all": "DELETE FROM {s}.snapshots WHERE context_id = %(id)s",
     "journal_delete": "DELETE FROM {s}.journal WHERE context_id = %(id)s AND version = %(v)s",
     "journal_delete_all": "DELETE FROM {s}.journal WHERE context_id = %(id)s",
-    "snapshot_blob": "UPDATE {s}.snapshots SET blob = %(blob)s WHERE context_id = %(id)s AND version = %(v)s",
     "rp_blob": "UPDATE {s}.recovery_points SET blob = %(blob)s WHERE context_id = %(id)s AND rp_id = %(rp)s",
     "set_version": "UPDATE {s}.contexts SET version = %(v)s, updated_at = %(u)s WHERE id = %(id)s",
     "set_next_rp": "UPDATE {s}.contexts SET next_rp_id = %(n)s WHERE id = %(id)s",
