@@ -199,11 +199,13 @@ class Forwarder:
 
     Built by the system when ``forward_via`` is given (see the module docstring for the contract).
     `serve` is the callable the system gives it to run a served request: ``serve(request, done)``
-    starts the work and returns at once; ``done(reply_dict)`` is called once, from any thread.
+    starts the work and returns at once (it runs on the loop thread); ``done(reply_dict, after=None)``
+    is called once, from any thread, and sends the answer from the loop thread after calling
+    ``after()`` there.
     """
 
     def __init__(self, url: str, *, schema: str, owner_id: str,
-                 serve: Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None],
+                 serve: Callable[[dict[str, Any], Callable[..., None]], None],
                  attempt_timeout: float = 5.0, connect_timeout: float = 5.0) -> None:
         try:
             import nats  # noqa: PLC0415 - an optional extra: only a system with forward_via needs it
@@ -357,7 +359,7 @@ class Forwarder:
         """A request for a context owned here: decoded on the loop thread, handed on without blocking."""
         loop = self._loop
 
-        def done(reply: dict[str, Any]) -> None:
+        def done(reply: dict[str, Any], after: Callable[[], object] | None = None) -> None:
             try:
                 data = _dumps(reply)
             except TypeError as exc:
@@ -369,6 +371,8 @@ class Forwarder:
                     f"{self._nc.max_payload}"))})
 
             def respond() -> None:
+                if after is not None:
+                    after()  # on the loop thread, as the request's own clean-up must run
                 task = loop.create_task(msg.respond(data))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

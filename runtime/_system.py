@@ -124,7 +124,7 @@ class ContextSystem(SystemCore):
         return Forwarder(url, schema=store.schema, owner_id=store.owner_id, serve=self._serve,
                          attempt_timeout=max(0.25, store.lease_ttl / 2))
 
-    def _serve(self, request: dict[str, Any], done: Callable[[dict[str, Any]], None]) -> None:
+    def _serve(self, request: dict[str, Any], done: Callable[..., None]) -> None:
         """Run one forwarded call here, as the owner (runs on the NATS loop thread: never blocks).
         A message goes to the context's actor (`done` runs from the thread that answers it); a call
         that must read the store first runs on a worker thread. The call is never forwarded on: if
@@ -137,10 +137,10 @@ class ContextSystem(SystemCore):
         if request["k"] == "msg":
             message = decode_message(request["m"])
             pending = tracker._submit(message, f"forwarded {type(message).__name__} to {cid!r}", t)  # noqa: SLF001 - one package
-            pending.add_done_callback(lambda reply: done(done_reply(reply, lease)))
             # the caller's deadline holds here too: not started by then, it never runs, and the caller
             # hears so (CallNotStartedError) just before its own wait ends
-            asyncio.get_running_loop().call_later(max(0.0, t - min(0.05, t / 5)), _expire, pending, t)
+            expiry = asyncio.get_running_loop().call_later(max(0.0, t - min(0.05, t / 5)), _expire, pending, t)
+            pending.add_done_callback(lambda reply: done(done_reply(reply, lease), expiry.cancel))
             return
         if request["k"] != "restore":
             raise HoardError(f"not a forwarded call: {request['k']!r}")
