@@ -39,7 +39,7 @@ from hoard.storage import (
 from ._adapter import ContextAdapter
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
-from ._tracker import ContextTracker, activate_tracker, delete_recovery_point, list_recovery_points
+from ._tracker import ContextTracker, activate_tracker, delete_recovery_point, list_recovery_points, run_anywhere
 
 __all__ = ["ContextManager", "Ownership"]
 
@@ -168,6 +168,11 @@ class ContextManager:
         """Delete a context with its recovery points (`ContextNotFoundError` if absent). An active one
         is stopped first; if it was current, the default becomes current."""
         validate_id(context_id)
+        run_anywhere(self._system, context_id, "delete", [], timeout, lambda t: self.delete_here(context_id, t),
+                     f"deleting {context_id!r}")
+
+    def delete_here(self, context_id: str, timeout: float | None) -> None:
+        """`delete` in this process only (what a forwarded delete runs in the owner)."""
         self._system.ask(RemoveContext(context_id), timeout, f"deleting {context_id!r}")
 
     def exists(self, context_id: str, *, timeout: float | None = None) -> bool:
@@ -185,11 +190,16 @@ class ContextManager:
         """Give a context its own time to live: once it is inactive and its last change is older than
         `ttl` seconds, the maintenance sweep deletes it (``ContextDeleted(reason="expired")``). None
         falls back to ``ContextAdapterConfig.ttl``. Durable; not a change of the context (its version
-        stays). Blocks on one store write."""
+        stays). Blocks on one store write; with forwarding, made by the process that owns the context."""
         validate_id(context_id)
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0):
             raise InvalidValueError("ttl", f"must be a positive number of seconds or None, not {ttl!r}",
                                     context_id=context_id)
+        run_anywhere(self._system, context_id, "set_ttl", [ttl], timeout,
+                     lambda t: self.set_ttl_here(context_id, ttl, t), f"setting the ttl of {context_id!r}")
+
+    def set_ttl_here(self, context_id: str, ttl: float | None, timeout: float | None) -> None:
+        """`set_ttl` in this process only (what a forwarded one runs in the owner)."""
         if not self.exists(context_id, timeout=timeout):
             raise ContextNotFoundError(context_id)
         self._system.ask_persistence(StoreWrite((SetTTL(context_id, None if ttl is None else float(ttl)),)),

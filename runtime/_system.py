@@ -38,7 +38,7 @@ from ._events import Subscription, subscribe
 from ._forward import Forwarder, decode_message, done_reply, encode_error, encode_value
 from ._manager import ContextManager
 from ._ref import ContextRef
-from ._tracker import LOCAL, ContextTracker, Pending
+from ._tracker import LOCAL, ContextTracker, Pending, delete_recovery_point_here
 
 __all__ = ["ContextSystem", "open_system"]
 
@@ -142,20 +142,34 @@ class ContextSystem(SystemCore):
             expiry = asyncio.get_running_loop().call_later(max(0.0, t - min(0.05, t / 5)), _expire, pending, t)
             pending.add_done_callback(lambda reply: done(done_reply(reply, lease), expiry.cancel))
             return
-        if request["k"] != "restore":
-            raise HoardError(f"not a forwarded call: {request['k']!r}")
-        m = request["m"]
+        work = self._blocking_work(request, tracker, t)
 
-        def restore() -> None:
+        def run() -> None:
             try:
-                version = tracker.restore(m["rp"], expected_version=m["expected_version"],
-                                          request_id=m["request_id"], timeout=t)
+                value = work()
             except BaseException as exc:  # noqa: BLE001 - every error goes back typed
                 done({"error": encode_error(exc if isinstance(exc, HoardError) else HoardError(repr(exc)))})
             else:
-                done({"ok": encode_value(version), "lease": lease})
+                done({"ok": encode_value(value), "lease": lease})
 
-        self.offload(restore)
+        self.offload(run)
+
+    def _blocking_work(self, request: dict[str, Any], tracker: ContextTracker, t: float) -> Callable[[], Any]:
+        """A served call that reads the store or asks the supervisor first: run on a worker thread,
+        in this process only (a context owned elsewhere by now answers ContextOwnedElsewhereError)."""
+        cid, args = tracker.id, request.get("a", [])
+        if request["k"] == "restore":
+            m = request["m"]
+            return lambda: tracker.restore(m["rp"], expected_version=m["expected_version"],
+                                           request_id=m["request_id"], timeout=t)
+        ops: dict[str, Callable[[], Any]] = {
+            "delete": lambda: self.manager.delete_here(cid, t),
+            "set_ttl": lambda: self.manager.set_ttl_here(cid, args[0], t),
+            "delete_recovery_point": lambda: delete_recovery_point_here(self, cid, args[0], t),
+        }
+        if request["k"] != "op" or request.get("op") not in ops:
+            raise HoardError(f"not a forwarded call: {request['k']!r} {request.get('op')!r}")
+        return ops[request["op"]]
 
     def _served_tracker(self, context_id: str) -> ContextTracker:
         """A tracker that serves forwarded calls: it never waits for another owner nor forwards."""

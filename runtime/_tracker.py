@@ -170,9 +170,45 @@ def read_recovery_point(system: SystemCore, context_id: str, rp_id: object,
 
 
 def delete_recovery_point(system: SystemCore, context_id: str, rp_id: object, timeout: float | None) -> None:
+    """Delete one recovery point; with forwarding, in the process that owns the context."""
+    rid = _rp_id(rp_id, context_id)
+    run_anywhere(system, context_id, "delete_recovery_point", [rid], timeout,
+                 lambda t: delete_recovery_point_here(system, context_id, rid, t),
+                 f"deleting recovery point {rid} of {context_id!r}")
+
+
+def delete_recovery_point_here(system: SystemCore, context_id: str, rp_id: object, timeout: float | None) -> None:
     rp = read_recovery_point(system, context_id, rp_id, timeout)
     system.ask_persistence(StoreWrite((DeleteRecoveryPoint(context_id, rp.id),)), timeout,
                            f"deleting recovery point {rp.id} of {context_id!r}")
+
+
+def run_anywhere(system: SystemCore, context_id: str, op: str, args: list[Any], timeout: float | None,  # noqa: PLR0917 - an operation and where it runs
+                 here: Callable[[float], Any], what: str) -> Any:
+    """``here(remaining)`` in this process; with forwarding, while another process owns the context
+    (`ContextOwnedElsewhereError`), the operation `op` with `args` runs there instead (see
+    `hoard._forward`). All within `timeout` (default call_timeout). For the manager's writes that
+    need no context actor (delete, set_ttl, deleting a recovery point); they carry no request id, so
+    a re-send after an unknown outcome may find the work done (e.g. `ContextNotFoundError`)."""
+    t = system.call_timeout if timeout is None else timeout
+    fwd = system.forwarder
+    if fwd is None:
+        return here(t)
+    deadline = time.monotonic() + t
+    pause = 0.02
+    while True:
+        try:
+            return here(max(0.001, deadline - time.monotonic()))
+        except ContextOwnedElsewhereError as exc:
+            result = fwd.send(context_id, {"k": "op", "op": op, "id": context_id, "a": args}, exc.owner,
+                              deadline=deadline, what=what, timeout=t)
+            if not isinstance(result, Retry):
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.001:
+                raise (CallOutcomeUnknownError if result.sent else CallNotStartedError)(what, t, context_id) from exc
+            threading.Event().wait(max(0.001, min(pause, remaining, exc.expires_in or pause)))
+            pause = min(pause * 2, 0.25)
 
 
 #: the future a ``*_async`` call returns: a pykka future (``pykka.get_all`` works) that asyncio can

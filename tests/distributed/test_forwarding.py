@@ -91,6 +91,13 @@ def test_every_kind_of_call_on_a_context_owned_elsewhere_is_answered_by_its_owne
     assert a.manager.owner("acct").here  # type: ignore[union-attr]
     assert b.adapter.status("acct") is not ContextStatus.ACTIVE
 
+    # the manager's writes that need no context actor run in the owner too
+    b.manager.set_ttl("acct", 3600)
+    b.manager.delete_recovery_point("acct", rp.id)
+    assert [p.id for p in a.manager.recovery_points("acct")] == [2]
+    b.manager.delete("acct")
+    assert a.adapter.status("acct") is ContextStatus.NONEXISTENT and not b.manager.exists("acct")
+
 
 def test_typed_errors_come_back_as_the_same_classes_with_their_fields(systems: Open) -> None:
     a, b = systems(manager_config=ContextManagerConfig(max_value_bytes=1024)), systems()
