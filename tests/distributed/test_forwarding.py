@@ -30,6 +30,7 @@ from hoard import (
     open_system,
 )
 from hoard.actors import Get, Set, Update
+from tests.distributed.test_hosts import Host
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.postgres
@@ -235,6 +236,24 @@ def test_a_restart_with_the_same_owner_id_takes_its_leases_back_at_once_and_fenc
     with pytest.raises(FencedOffError):
         old.set("n", 99)
     assert dict(reborn.manager.get_state("acct").data) == {"n": 1}
+
+
+def test_a_restart_under_a_new_owner_id_takes_its_default_context_once_the_old_lease_ends(
+        systems: Open, pg_dsn: str, pg_schema: str, nats_url: str) -> None:
+    old = Host(None, {"dsn": pg_dsn, "schema": pg_schema, "nats": nats_url, "owner": "incarnation-1",
+                      "lease_ttl": 4.0, "default": "main"})
+    try:
+        old.expect("ready", 60)
+        old.kill()  # SIGKILL: its lease on "main" is left to run out (4 s)
+        new = systems(store=PostgresStore(pg_dsn, schema=pg_schema, owner_id="incarnation-2", lease_ttl=1.0),
+                      auto_activate_default=True, default_context_id="main")
+        # opened while the dead incarnation's lease still ran: no current context at first, then the
+        # default is activated in the background as soon as that lease has ended
+        assert new.adapter.current_id() is None
+        wait_until(lambda: new.adapter.current_id() == "main", 15, "the default context becoming current")
+        assert new.manager.owner("main").here  # type: ignore[union-attr]
+    finally:
+        old.kill()
 
 
 def test_a_postgres_store_object_is_configured_like_the_url(systems: Open, pg_dsn: str, pg_schema: str) -> None:

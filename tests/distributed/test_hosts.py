@@ -117,14 +117,16 @@ def _answers(host: str, port: int) -> bool:
 
 
 class Host(Node):
-    """A host process in namespace `link.ns` (`Node`'s report reading, killing and reaping)."""
+    """A host process in namespace `link.ns` (or, without a link, in this one), with `Node`'s report
+    reading, killing and reaping."""
 
-    def __init__(self, link: Link, config: dict[str, Any]) -> None:
-        self.link = link
+    def __init__(self, link: Link | None, config: dict[str, Any]) -> None:
+        self.link: Link = link  # type: ignore[assignment] # only the namespace tests use it
         self.owner = config["owner"]
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this method
         self.proc = subprocess.Popen(  # noqa: S603 - our own script, run by this interpreter
-            [_IP, "netns", "exec", link.ns, sys.executable, str(HOST), json.dumps(config)],
+            ([_IP, "netns", "exec", link.ns] if link is not None else []) + [sys.executable, str(HOST),
+                                                                          json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         self.reports: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
