@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import logging
 import threading
@@ -377,7 +378,8 @@ class Forwarder:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-            if not loop.is_closed():
+            # runs in the thread that answered (a context actor's): it must never raise there
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the caller re-routes
                 loop.call_soon_threadsafe(respond)
 
         request: dict[str, Any] = {}
