@@ -108,6 +108,11 @@ class ContextManagerConfig:
             PostgreSQL store, a call on a context active in another process is then forwarded to that
             process and answered there (see `hoard._forward`), instead of waiting for its lease.
             None (default): no forwarding. `ConfigError` with a store that is not PostgreSQL.
+        subscriber_backlog: most events that may wait for one subscriber (a slow or blocked one);
+            beyond it `subscriber_overflow` applies. Bounds the memory a subscriber can hold.
+        subscriber_overflow: ``"drop_subscriber"`` (default): its subscription is ended, its queued
+            events discarded, and a `SubscriberOverflow` event and an error log line say so;
+            ``"drop_events"``: events are skipped for it while it is that far behind.
     """
 
     store: str | os.PathLike[str] | Store | None = attrs.field(default=None, validator=_store)
@@ -127,6 +132,9 @@ class ContextManagerConfig:
     request_window: int = attrs.field(default=1000, validator=_number(1, integer=True))
     request_ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
     forward_via: str | None = attrs.field(default=None, validator=_nats_url)
+    subscriber_backlog: int = attrs.field(default=10_000, validator=_number(1, integer=True))
+    subscriber_overflow: str = attrs.field(default="drop_subscriber",
+                                           validator=_choice("drop_subscriber", "drop_events"))
 
 
 @attrs.frozen(kw_only=True)
