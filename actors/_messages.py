@@ -545,6 +545,12 @@ class Sweep:
 
 
 @attrs.frozen
+class ActivateDefault:
+    """Timer: try again to activate the default context that another owner's lease kept from
+    starting here (`Configure`); retried each time that lease would end. Reply: None."""
+
+
+@attrs.frozen
 class Shutdown:
     """Passivate every context, then close the store. Reply: None. A ``durability="none"`` context
     whose final snapshot fails is kept (`StateNotSavedError`, nothing stops) unless

@@ -97,7 +97,7 @@ def mailbox_empty(ref: pykka.ActorRef[Any]) -> bool:
 log = logging.getLogger(__name__)
 
 _READS = frozenset({"load", "info", "list_ids", "count", "recovery_points", "recovery_point", "verify", "expired",
-                    "lease_token",  # lease_token: only asked of stores with leases (after LeasesLost)
+                    "lease_token", "lease_holder",  # lease_*: only asked of stores with leases
                     "set_consumer", "remove_consumer",  # feed consumers: store writes of no context
                     "set_history"})  # the store's history policy, recorded when a system opens it
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,7 @@ from ._leases import LeasesLost
 from ._messages import (
     Abandon,
     Activate,
+    ActivateDefault,
     AddContext,
     BindSchema,
     Close,
@@ -148,11 +150,13 @@ class SupervisorActor(pykka.ThreadingActor):
             CollectMetrics: self._on_collect_metrics,
             LeasesLost: self._on_leases_lost,
             DeadLetterSeen: self._on_dead_letter,
+            ActivateDefault: self._on_activate_default,
         }
+        self._default_timer: threading.Timer | None = None
 
     def on_receive(self, message: Any) -> Any:
         if self.stopped:
-            if isinstance(message, (ContextCrashed, LeasesLost, DeadLetterSeen)):
+            if isinstance(message, (ContextCrashed, LeasesLost, DeadLetterSeen, ActivateDefault)):
                 return None  # reports that arrive after shutdown have nothing left to act on
             raise SystemStoppedError()
         return self._handlers[type(message)](message)
@@ -581,15 +585,48 @@ class SupervisorActor(pykka.ThreadingActor):
             try:
                 self._on_activate(Activate(cid, create=True, make_current=self.current is None))
             except ContextOwnedElsewhereError as exc:
-                # a shared store where another process holds the default: open with no current context
-                log.warning("default context %r is owned by another process; no current context: %s", cid, exc)
+                # a shared store where another process holds the default (say, this program's previous
+                # incarnation under another owner id): open with no current context, and take the
+                # default in the background as soon as that lease ends
+                log.warning("default context %r is owned by another process; no current context until its "
+                            "lease ends: %s", cid, exc)
+                self._retry_default(exc.expires_in)
             except (PersistenceError, ContextTimeoutError) as exc:
                 # a damaged default must not keep the system from opening: no current context then
                 self.failed[cid] = f"could not load: {exc}"
                 log.error("default context %r could not be loaded; opening with no current context: %s", cid, exc)
                 self.events(ContextFailed, cid, reason=self.failed[cid])
 
+    def _retry_default(self, expires_in: float | None) -> None:
+        """Send `ActivateDefault` to this actor once the lease that refused the default should be over
+        (a timer thread; the actor never waits)."""
+        ref = self.actor_ref
+
+        def fire() -> None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(ActivateDefault())
+
+        timer = threading.Timer(max(0.02, (expires_in if expires_in is not None else 1.0) + 0.02), fire)
+        timer.daemon = True
+        timer.name = "hoard-default-retry"
+        self._default_timer = timer
+        timer.start()
+
+    def _on_activate_default(self, _m: ActivateDefault) -> None:
+        cid = self.settings.default_context_id
+        if not self.settings.auto_activate_default or cid in self.cells:
+            return
+        try:
+            self._on_activate(Activate(cid, create=True, make_current=self.current is None))
+            log.info("default context %r activated here after the other owner's lease ended", cid)
+        except ContextOwnedElsewhereError as exc:
+            self._retry_default(exc.expires_in)
+        except (PersistenceError, ContextTimeoutError) as exc:
+            log.error("default context %r could not be activated: %s", cid, exc)
+
     def _on_shutdown(self, m: Shutdown) -> None:
+        if self._default_timer is not None:
+            self._default_timer.cancel()
         errors: list[BaseException] = []
         kept: dict[str, ContextCell] = {}
         discarded: list[str] = []

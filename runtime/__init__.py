@@ -87,9 +87,11 @@ from ._factory import create_manager as create_manager
 from ._factory import create_manager_with_config as create_manager_with_config
 from ._feed import ChangeStream as ChangeStream
 from ._feed import FeedConsumer as FeedConsumer
+from ._forward import NotForwardableError as NotForwardableError
 from ._history import Diff as Diff
 from ._history import HistoryEntry as HistoryEntry
 from ._manager import ContextManager as ContextManager
+from ._manager import Ownership as Ownership
 from ._metrics import Metrics as Metrics
 from ._metrics import register_prometheus as register_prometheus
 from ._ref import ContextRef as ContextRef
@@ -158,6 +160,8 @@ __all__ = [
     "MetadataChanged",
     "Metrics",
     "NoCurrentContextError",
+    "NotForwardableError",
+    "Ownership",
     "Pending",
     "PersistenceError",
     "PostgresStore",

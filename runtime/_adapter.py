@@ -12,7 +12,6 @@ from typing import Any
 
 from hoard.actors import (
     Activate,
-    ContextCell,
     ContextStatus,
     CurrentId,
     Deactivate,
@@ -26,7 +25,7 @@ from hoard.storage import HoardError, NoCurrentContextError, as_schema, validate
 from ._config import ContextAdapterConfig
 from ._core import SystemCore
 from ._ref import ContextRef
-from ._tracker import ContextTracker, Pending, activate_waiting
+from ._tracker import ContextTracker, Pending, activate_tracker
 
 __all__ = ["ContextAdapter"]
 
@@ -55,26 +54,31 @@ class ContextAdapter:
     def _tracker(self, context_id: str, *, make_current: bool, create: bool | None,
                  timeout: float | None, data: Mapping[str, Any] | None = None,
                  metadata: Mapping[str, Any] | None = None, must_create: bool = False,
-                 schema: Any = None, tracker_timeout: float | None = None) -> ContextTracker:
+                 schema: Any = None, tracker_timeout: float | None = None, wait: bool = True) -> ContextTracker:
         validate_id(context_id)
         bound = as_schema(schema) if schema is not None else None
-        # owned by another process (shared store): waits up to `timeout` for it, see activate_waiting
-        cell: ContextCell = activate_waiting(self._system, Activate(
+        return activate_tracker(self._system, Activate(
             context_id, create=create, make_current=make_current, data=data, metadata=metadata,
-            must_create=must_create, schema=bound), timeout, f"activating {context_id!r}")
-        return ContextTracker(self._system, cell, tracker_timeout)
+            must_create=must_create, schema=bound), timeout, tracker_timeout, wait=wait)
 
-    def activate(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> ContextTracker:
+    def activate(self, context_id: str, *, schema: Any = None, timeout: float | None = None,
+                 wait: bool = True) -> ContextTracker:
         """Activate `context_id` (loading it, or creating it when ``auto_create_contexts``) and make it
         current. Returns its tracker. Raises `ContextNotFoundError` (no auto-create), `CapacityError`
         (policy "reject", or nothing evictable), `InvalidContextIdError`. Concurrent calls for one id
         yield one actor.
 
+        On a shared (PostgreSQL) store a context active in another process cannot be activated here.
+        With forwarding (``open_system(..., forward_via=...)``) the tracker returned reaches it there
+        (every call is forwarded; it does not become current here). Without, this waits up to
+        `timeout` for the other owner's lease to end, as manager writes do; ``wait=False`` raises
+        `ContextOwnedElsewhereError` at once instead (and so do the tracker's later re-activations).
+
         `schema` (an attrs class or a `Schema`) binds the context to it, persisted with the context:
         every later change is validated (`SchemaValidationError` lists every bad field, nothing changes);
         stored data of an older schema version is migrated now. Binding a context whose data does not
         fit raises `SchemaValidationError` and leaves it unbound."""
-        return self._tracker(context_id, make_current=True, create=None, timeout=timeout, schema=schema)
+        return self._tracker(context_id, make_current=True, create=None, timeout=timeout, schema=schema, wait=wait)
 
     def switch(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> ContextTracker:
         """Make `context_id` current, activating it if needed (also when it is already active)."""
@@ -146,15 +150,16 @@ class ContextAdapter:
 
     def get_or_create(self, context_id: str, *, data: Mapping[str, Any] | None = None,
                       metadata: Mapping[str, Any] | None = None, schema: Any = None,
-                      timeout: float | None = None) -> ContextTracker:
+                      timeout: float | None = None, wait: bool = True) -> ContextTracker:
         """A tracker for `context_id`, creating the context (with `data` and `metadata`) if it does
         not exist, **without** making it current: the call for servers that touch many contexts from
         many threads (the current context is one per process). `auto_create_contexts` does not
         matter here; `max_contexts` does (`CapacityError`). Concurrent calls for one id yield one
         context and one actor (the supervisor decides alone). Blocks up to `timeout` (default
-        call_timeout) while the context is loaded or created."""
+        call_timeout) while the context is loaded or created; for a context active in another
+        process, see `activate` (forwarded, or waited for, or ``wait=False``)."""
         return self._tracker(context_id, make_current=False, create=True, timeout=timeout, data=data,
-                             metadata=metadata, schema=schema)
+                             metadata=metadata, schema=schema, wait=wait)
 
     def activate_async(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> Pending:
         """`activate` without waiting: returns at once a future of the tracker (await it, or

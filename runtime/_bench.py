@@ -24,10 +24,12 @@ installed or no server answers.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import platform
 import shutil
+import socket
 import sqlite3
 import statistics
 import struct
@@ -46,6 +48,7 @@ import orjson
 import pykka
 import zstandard
 
+from hoard.actors import Set as SetMessage
 from hoard.storage import (
     Append,
     Change,
@@ -60,6 +63,7 @@ from hoard.storage import (
 )
 
 from ._config import ContextAdapterConfig, ContextManagerConfig
+from ._forward import encode_message, with_request_id
 from ._system import ContextSystem, open_system
 from ._version import DISTRIBUTION
 
@@ -278,6 +282,16 @@ _SPECS: dict[str, _Spec] = {
     "pg_durable_32_threads": _Spec("PostgreSQL: durable set, 32 threads on 32 contexts, immediate",
                                    "32 threads, each on its own psycopg connection, one commit per write, same "
                                    "blob size", "ops/s", 0.5, "higher"),
+    # issue 15: a call forwarded to the owning process over NATS, against a bare nats-py request/reply
+    # round trip with the same payload sizes (the target is the issue's), and against a local call
+    "fwd_throughput": _Spec("forwarded set (owner in another system), 8 threads",
+                            "bare NATS request/reply, same payload sizes, 8 threads", "ops/s", 0.6, "higher"),
+    "fwd_latency_median": _Spec("forwarded set, 1 thread: median latency", "bare NATS round trip: median",
+                                "ms", 1 / 0.6, "lower"),
+    "fwd_latency_p99": _Spec("forwarded set, 1 thread: p99 latency", "bare NATS round trip: p99", "ms", 1 / 0.6,
+                             "lower"),
+    "fwd_vs_local": _Spec("forwarded set, 8 threads", "the same set by the owner itself (a local call), 8 threads",
+                          "ops/s", 0.0, "higher"),
 }
 
 
@@ -858,6 +872,154 @@ def _postgres(run: _Run) -> list[BenchRow]:
                  f"{per_thread} writes per thread a round; hoard: one connection, group commit; {where}")]
 
 
+NATS_URL_ENV = "HOARD_BENCH_NATS_URL"
+_NATS_URL_DEFAULT = "nats://127.0.0.1:4222"
+_FWD_ROWS = ("fwd_throughput", "fwd_latency_median", "fwd_latency_p99", "fwd_vs_local")
+_FWD_THREADS = 8
+
+
+def _nats_unavailable(url: str) -> str | None:
+    """Why the forwarding rows cannot run (None: they can)."""
+    try:
+        import nats  # noqa: F401, PLC0415 - the "nats" extra is optional
+    except ImportError:
+        return "nats-py is not installed (pip install 'hoard-contexts[nats]')"
+    host, _, port = url.partition("://")[2].partition(":")
+    try:
+        socket.create_connection((host, int(port or 4222)), timeout=2).close()
+    except OSError as exc:
+        return f"no NATS server answers at {url} (set {NATS_URL_ENV}): {exc}"
+    return None
+
+
+class _BareNats:
+    """The floor of the forwarding rows: nats-py request/reply with nothing around it. A responder
+    on one connection and event-loop thread answers every request at once with `reply`; requests go
+    out on another connection and loop thread, from the calling threads, as hoard's forwarder does."""
+
+    def __init__(self, url: str, reply: bytes) -> None:
+        import nats  # noqa: PLC0415 - checked by _nats_unavailable
+
+        self.subject = f"hoard.bench.{uuid.uuid4().hex}"
+        self._loops = [asyncio.new_event_loop() for _ in range(2)]
+        self._threads = [threading.Thread(target=loop.run_forever, name="bench-nats", daemon=True)
+                         for loop in self._loops]
+        for th in self._threads:
+            th.start()
+
+        async def respond(msg: Any) -> None:
+            await msg.respond(reply)
+
+        async def responder() -> Any:
+            nc = await nats.connect(url)
+            await nc.subscribe(self.subject, cb=respond)
+            await nc.flush()
+            return nc
+
+        self._responder = asyncio.run_coroutine_threadsafe(responder(), self._loops[0]).result(10)
+        self._requester = asyncio.run_coroutine_threadsafe(nats.connect(url), self._loops[1]).result(10)
+
+    def request(self, payload: bytes) -> bytes:
+        msg = asyncio.run_coroutine_threadsafe(self._requester.request(self.subject, payload, timeout=5),
+                                               self._loops[1]).result(10)
+        data: bytes = msg.data
+        return data
+
+    def close(self) -> None:
+        for nc, loop in ((self._requester, self._loops[1]), (self._responder, self._loops[0])):
+            asyncio.run_coroutine_threadsafe(nc.close(), loop).result(10)
+        for loop, th in zip(self._loops, self._threads, strict=True):
+            loop.call_soon_threadsafe(loop.stop)
+            th.join(10)
+            loop.close()
+
+
+def _latencies(n: int, call: Callable[[int], object]) -> list[float]:
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        call(i)
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def _p99(samples: Sequence[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def _forwarding(run: _Run) -> list[BenchRow]:
+    """A set on a context active in another system (same PostgreSQL schema, forwarding over NATS),
+    against a bare nats-py round trip carrying the same request and reply sizes, and against the same
+    set made by the owner itself. Both systems run in this process (durability deferred: the rows
+    measure the call, not PostgreSQL's commit)."""
+    dsn = os.environ.get(PG_DSN_ENV) or _PG_DSN_DEFAULT
+    url = os.environ.get(NATS_URL_ENV) or _NATS_URL_DEFAULT
+    problem = _pg_unavailable(dsn) or _nats_unavailable(url)
+    if problem is not None:
+        return [_skipped(name, f"skipped: {problem}") for name in _FWD_ROWS]
+    import psycopg  # noqa: PLC0415 - present: _pg_unavailable checked
+
+    schema = f"hoard_bench_{uuid.uuid4().hex[:12]}"
+    per_thread = run.n(100, 400)
+    n_lat = run.n(300, 1500)
+    value = "x" * 100
+    systems: list[ContextSystem] = []
+    bare: _BareNats | None = None
+    try:
+        cfg = ContextManagerConfig(durability="deferred")
+        for _ in range(2):
+            systems.append(open_system(PostgresStore(dsn, schema=schema), manager_config=cfg,
+                                       adapter_config=_NO_DEFAULT, forward_via=url))
+        owner, caller = systems
+        local = [owner.adapter.get_or_create(f"c{i}") for i in range(_FWD_THREADS)]
+        remote = [caller.adapter.get_or_create(f"c{i}") for i in range(_FWD_THREADS)]
+        remote[0].set("warm", value)
+        # the same sizes on the wire as one forwarded set: its request and its answer
+        request = _forwarded_request_size("c0", "k-000000", value)
+        bare = _BareNats(url, orjson.dumps({"ok": {"v": 123456}, "lease": 5.0}))
+        payload = b"x" * request
+        floor_call = bare.request
+
+        def sets(tracker: Any) -> None:
+            tset = tracker.set
+            for i in range(per_thread):
+                tset(f"k-{i:06d}", value)
+
+        def floor_work(_worker: Any) -> None:
+            for _ in range(per_thread):
+                floor_call(payload)
+
+        fwd, floor, here = _rounds(
+            run.rounds, lambda: _parallel_rate(remote, per_thread, sets, "bench-fwd"),
+            lambda: _parallel_rate(range(_FWD_THREADS), per_thread, floor_work, "bench-nats"),
+            lambda: _parallel_rate(local, per_thread, sets, "bench-local"))
+        one = remote[0].set
+        lat_fwd = _latencies(n_lat, lambda i: one(f"l-{i:06d}", value))
+        lat_floor = _latencies(n_lat, lambda _i: floor_call(payload))
+    finally:
+        if bare is not None:
+            bare.close()
+        for system in reversed(systems):
+            system.stop()
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SET lock_timeout = '10s'")
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    note = (f"{_FWD_THREADS} threads x {per_thread} sets a round, each on its own context; request {request} B; "
+            f"both systems and the bare responder in this process; NATS at {url}")
+    lat_note = f"{n_lat} sequential calls; request {request} B"
+    return [_row("fwd_throughput", fwd, floor, note),
+            _row("fwd_latency_median", [statistics.median(lat_fwd)], [statistics.median(lat_floor)], lat_note),
+            _row("fwd_latency_p99", [_p99(lat_fwd)], [_p99(lat_floor)], lat_note),
+            _row("fwd_vs_local", fwd, here, note + "; reported against a local call, no target")]
+
+
+def _forwarded_request_size(context_id: str, key: str, value: Any) -> int:
+    """Bytes of the NATS request one forwarded ``set(key, value)`` sends."""
+    message = with_request_id(SetMessage(key, value))
+    return len(orjson.dumps({"k": "msg", "id": context_id, "m": encode_message(message), "t": 5.0}))
+
+
 #: measure name -> (function, the row names it produces), in table order
 def _feed_cost(run: _Run) -> list[BenchRow]:
     """Durable sets with history='all' and the feed against the same sets with neither (SQLite,
@@ -1017,6 +1179,7 @@ _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] =
     "rss_1000": (_rss, ("rss_1000",)),
     "peers": (_peers, ("peer_diskcache", "peer_json_file")),
     "postgres": (_postgres, ("pg_durable_set", "pg_durable_32_threads")),
+    "forwarding": (_forwarding, _FWD_ROWS),
 }
 _MEASURES.update({
     "feed": (_feed_cost, ("feed_write_cost", "feed_write_cost_16_threads")),

@@ -63,6 +63,11 @@ def _callable(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{attr.name} must be callable, not {value!r}")
 
 
+def _nats_url(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not (isinstance(value, str) and value.startswith(("nats://", "tls://"))):
+        raise ConfigError(f"{attr.name} must be a nats:// (or tls://) URL or None, not {value!r}")
+
+
 def _context_id(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     try:
         validate_id(value)
@@ -101,6 +106,10 @@ class ContextManagerConfig:
         max_state_bytes: largest context (JSON-encoded data + metadata); also the decompression bound.
         clock: returns seconds since the epoch (timestamps); injectable for tests.
         monotonic: returns monotonic seconds (restart windows, idle time); injectable for tests.
+        forward_via: a NATS URL (``"nats://127.0.0.1:4222"``; needs the ``nats`` extra). On a shared
+            PostgreSQL store, a call on a context active in another process is then forwarded to that
+            process and answered there (see `hoard._forward`), instead of waiting for its lease.
+            None (default): no forwarding. `ConfigError` with a store that is not PostgreSQL.
         subscriber_backlog: most events that may wait for one subscriber (a slow or blocked one);
             beyond it `subscriber_overflow` applies. Bounds the memory a subscriber can hold.
         subscriber_overflow: ``"drop_subscriber"`` (default): its subscription is ended, its queued
@@ -142,6 +151,7 @@ class ContextManagerConfig:
                                            validator=_choice("drop_subscriber", "drop_events"))
     request_window: int = attrs.field(default=1000, validator=_number(1, integer=True))
     request_ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
+    forward_via: str | None = attrs.field(default=None, validator=_nats_url)
     history: str | int | datetime.timedelta | None = attrs.field(default=None, validator=_history)
     feed: bool = attrs.field(default=True, validator=_bool)
     feed_retention: int = attrs.field(default=1_000_000, validator=_number(1, integer=True))

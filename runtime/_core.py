@@ -52,6 +52,7 @@ from hoard.storage import (
 )
 
 from ._config import ContextAdapterConfig, ContextManagerConfig
+from ._forward import Forwarder
 from ._metrics import Metrics
 
 __all__ = ["SystemCore", "check_timeout"]
@@ -88,6 +89,8 @@ class SystemCore:
         self.store = store
         self.call_timeout = config.call_timeout
         self.maintenance_interval: float | None = None
+        #: the NATS connection calls on contexts owned elsewhere go through (None: no forwarding)
+        self.forwarder: Forwarder | None = None
         self._stopped = False
         self._ticker: threading.Thread | None = None
         self._ticker_interval = 0.0
@@ -252,6 +255,8 @@ class SystemCore:
         _LIVE.discard(self)
         ticking = self._ticker_interval if self._ticker is not None else None
         self._halt_ticker()
+        if self.forwarder is not None:
+            self.forwarder.close()  # no more calls from other processes; they re-route to the next owner
         if self._remote is not None:
             self._remote.stop()
         t = self.call_timeout * 4 if timeout is None else check_timeout(timeout)

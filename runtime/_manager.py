@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import attrs
+
 from hoard.actors import (
     Activate,
     AddContext,
@@ -19,6 +21,7 @@ from hoard.actors import (
     ListIds,
     RemoveContext,
     StateOf,
+    StoreCall,
     StoreWrite,
     current_by,
 )
@@ -28,6 +31,7 @@ from hoard.storage import (
     ContextState,
     HoardError,
     InvalidValueError,
+    PostgresStore,
     RecoveryPoint,
     SetTTL,
     validate_by,
@@ -40,9 +44,29 @@ from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
 from ._feed import FeedReaders
 from ._history import Diff, HistoryEntry
-from ._tracker import ContextTracker, delete_recovery_point, list_recovery_points
+from ._tracker import ContextTracker, activate_tracker, delete_recovery_point, list_recovery_points, run_anywhere
 
-__all__ = ["ContextManager"]
+__all__ = ["ContextManager", "Ownership"]
+
+
+@attrs.frozen
+class Ownership:
+    """Who owns a context on a shared store (`ContextManager.owner`).
+
+    Attributes:
+        context_id: the context.
+        owner: the owner id of the process holding its lease (``PostgresStore.owner_id``).
+        expires_in: seconds its lease still runs, by the database clock, when it was read (the owner
+            renews it every ``lease_ttl / 3`` while it is alive).
+        token: the lease's fencing token (it grows with every change of hands).
+        here: the owner is this process.
+    """
+
+    context_id: str
+    owner: str
+    expires_in: float
+    token: int
+    here: bool
 
 
 class ContextManager:
@@ -92,12 +116,33 @@ class ContextManager:
             self._system.ensure_maintenance(config.maintenance_interval or min(30.0, max(0.05, min(timeouts) / 4)))
         return self._adapter
 
-    def tracker(self, context_id: str, *, timeout: float | None = None) -> ContextTracker:
-        """A tracker for an existing context (activated, not made current)."""
+    def tracker(self, context_id: str, *, timeout: float | None = None, wait: bool = True) -> ContextTracker:
+        """A tracker for an existing context (activated, not made current).
+
+        A context active in another process (shared store) follows the adapter's rule (see
+        `ContextAdapter.activate`): with forwarding, the tracker's calls are forwarded there;
+        without, this waits up to `timeout` for that lease, or raises `ContextOwnedElsewhereError`
+        at once with ``wait=False``. Every manager write goes through here, so they behave alike."""
         validate_id(context_id)
-        cell = self._system.ask(Activate(context_id, create=False, make_current=False, timeout=timeout), timeout,
-                                f"activating {context_id!r}")
-        return ContextTracker(self._system, cell)
+        return activate_tracker(self._system, Activate(context_id, create=False, make_current=False), timeout,
+                                wait=wait)
+
+    def owner(self, context_id: str, *, timeout: float | None = None) -> Ownership | None:
+        """Who owns `context_id` now, without activating it: an `Ownership` (the owner id, the seconds
+        its lease still runs by the database clock, its fencing token, and whether it is this
+        process), or None when nobody holds a live lease (the context is inactive everywhere; the
+        next activation anywhere takes it). Only a shared (PostgreSQL) store has owners: on the
+        others this is always None. One store read through the persistence actor; blocks up to
+        `timeout`."""
+        validate_id(context_id)
+        store = self._system.store
+        if not isinstance(store, PostgresStore):
+            return None
+        held: tuple[str, int, float] | None = self._system.ask_persistence(
+            StoreCall("lease_holder", (context_id,)), timeout, f"reading the owner of {context_id!r}")
+        if held is None:
+            return None
+        return Ownership(context_id, held[0], held[2], held[1], held[0] == store.owner_id)
 
     def create(self, context_id: str, data: Mapping[str, Any] | None = None,
                metadata: Mapping[str, Any] | None = None, *, by: str | None = None,
@@ -121,17 +166,24 @@ class ContextManager:
         return result
 
     def update(self, context_id: str, values: Mapping[str, Any], *, expected_version: int | None = None,
-               request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
+               request_id: str | None = None, by: str | None = None, timeout: float | None = None,
+               wait: bool = True) -> int:
         """Set several keys of an existing context in one atomic, version-checked change; returns the
-        new version. Goes through the context's actor (activating it). `request_id`, `by`: see
+        new version. Goes through the context's actor (activating it; for a context active in another
+        process see `tracker`: forwarded, waited for, or ``wait=False``). `request_id`, `by`: see
         `ContextTracker.update` (applied at most once; who made it)."""
-        return self.tracker(context_id, timeout=timeout).update(values, expected_version=expected_version,
-                                                               request_id=request_id, by=by, timeout=timeout)
+        return self.tracker(context_id, timeout=timeout, wait=wait).update(
+            values, expected_version=expected_version, request_id=request_id, by=by, timeout=timeout)
 
     def delete(self, context_id: str, *, timeout: float | None = None) -> None:
         """Delete a context with its recovery points (`ContextNotFoundError` if absent). An active one
         is stopped first; if it was current, the default becomes current."""
         validate_id(context_id)
+        run_anywhere(self._system, context_id, "delete", [], timeout, lambda t: self.delete_here(context_id, t),
+                     f"deleting {context_id!r}")
+
+    def delete_here(self, context_id: str, timeout: float | None) -> None:
+        """`delete` in this process only (what a forwarded delete runs in the owner)."""
         self._system.ask(RemoveContext(context_id), timeout, f"deleting {context_id!r}")
 
     def exists(self, context_id: str, *, timeout: float | None = None) -> bool:
@@ -149,11 +201,16 @@ class ContextManager:
         """Give a context its own time to live: once it is inactive and its last change is older than
         `ttl` seconds, the maintenance sweep deletes it (``ContextDeleted(reason="expired")``). None
         falls back to ``ContextAdapterConfig.ttl``. Durable; not a change of the context (its version
-        stays). Blocks on one store write."""
+        stays). Blocks on one store write; with forwarding, made by the process that owns the context."""
         validate_id(context_id)
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0):
             raise InvalidValueError("ttl", f"must be a positive number of seconds or None, not {ttl!r}",
                                     context_id=context_id)
+        run_anywhere(self._system, context_id, "set_ttl", [ttl], timeout,
+                     lambda t: self.set_ttl_here(context_id, ttl, t), f"setting the ttl of {context_id!r}")
+
+    def set_ttl_here(self, context_id: str, ttl: float | None, timeout: float | None) -> None:
+        """`set_ttl` in this process only (what a forwarded one runs in the owner)."""
         if not self.exists(context_id, timeout=timeout):
             raise ContextNotFoundError(context_id)
         self._system.ask_persistence(StoreWrite((SetTTL(context_id, None if ttl is None else float(ttl)),)),
@@ -190,8 +247,9 @@ class ContextManager:
 
     # -- recovery points by context id -------------------------------------------------------------
     def create_recovery_point(self, context_id: str, label: str | None = None, *,
-                              timeout: float | None = None) -> RecoveryPoint:
-        return self.tracker(context_id, timeout=timeout).create_recovery_point(label, timeout=timeout)
+                              timeout: float | None = None, wait: bool = True) -> RecoveryPoint:
+        """`ContextTracker.create_recovery_point` on `context_id` (see `tracker` for ``wait``)."""
+        return self.tracker(context_id, timeout=timeout, wait=wait).create_recovery_point(label, timeout=timeout)
 
     def recovery_points(self, context_id: str, *, timeout: float | None = None) -> list[RecoveryPoint]:
         """Recovery points of a context, active or not, oldest first."""
@@ -201,10 +259,11 @@ class ContextManager:
         return list_recovery_points(self._system, context_id, timeout)
 
     def restore(self, context_id: str, rp_id: int | RecoveryPoint, *, expected_version: int | None = None,
-                request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
-        """`ContextTracker.restore` on `context_id` (activating it)."""
-        return self.tracker(context_id, timeout=timeout).restore(rp_id, expected_version=expected_version,
-                                                                request_id=request_id, by=by, timeout=timeout)
+                request_id: str | None = None, by: str | None = None, timeout: float | None = None,
+                wait: bool = True) -> int:
+        """`ContextTracker.restore` on `context_id` (activating it; see `tracker` for ``wait``)."""
+        return self.tracker(context_id, timeout=timeout, wait=wait).restore(
+            rp_id, expected_version=expected_version, request_id=request_id, by=by, timeout=timeout)
 
     def delete_recovery_point(self, context_id: str, rp_id: int | RecoveryPoint, *,
                               timeout: float | None = None) -> None:

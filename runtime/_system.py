@@ -10,6 +10,8 @@ forgotten `stop()` loses nothing in ``immediate`` or ``deferred`` mode. The acto
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,18 +20,31 @@ import attrs
 import pykka
 
 from hoard.actors import ContextEvent, StoreCall
-from hoard.storage import ConfigError, HistoryPolicy, MemoryStore, Store, make_store
+from hoard.storage import (
+    Codec,
+    ConfigError,
+    HistoryPolicy,
+    HoardError,
+    MemoryStore,
+    PostgresStore,
+    Store,
+    make_store,
+    validate_id,
+)
 
 from ._adapter import ContextAdapter
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
 from ._events import Subscription, subscribe
 from ._feed import ChangeStream, FeedConsumer, check_offset, check_timeout
+from ._forward import Forwarder, decode_message, done_reply, encode_error, encode_value
 from ._manager import ContextManager
 from ._ref import ContextRef
+from ._tracker import LOCAL, ContextTracker, Pending, delete_recovery_point_here
 
 __all__ = ["ContextSystem", "open_system"]
 
+_SERVED_KEPT = 10_000  # trackers kept for contexts served to other processes (cheap once passivated)
 
 def _resolve_store(config: ContextManagerConfig) -> Store:
     """The configured store: None is a `MemoryStore`; a path or URL is made by `make_store` (a
@@ -42,7 +57,37 @@ def _resolve_store(config: ContextManagerConfig) -> Store:
         return make_store(store, sync=config.sync, compression_level=config.compression_level,
                           max_state_bytes=config.max_state_bytes, recovery=config.recovery, require_lease=True,
                           feed=config.feed, feed_retention=config.feed_retention)
+    if isinstance(store, PostgresStore):
+        _adopt(store, config)
     return store
+
+
+_DEFAULTS = ContextManagerConfig()
+_CODEC_SLACK = 2**20  # PostgresStore's codec bound: max_state_bytes plus framing
+
+
+def _adopt(store: PostgresStore, config: ContextManagerConfig) -> None:
+    """A `PostgresStore` object runs like the URL form: every write under the context's lease, and
+    the config's `recovery`, `max_state_bytes` and `compression_level` apply to it. A setting left at
+    its default in the config keeps the store's own; set in both, differently, is a `ConfigError`
+    naming it. (The store's compression level is not readable back: a config level other than the
+    default replaces it.)"""
+    if store.readonly:
+        raise ConfigError(f"{store!r} is read-only; a system writes (open it with readonly=False)")
+    store.require_lease = True
+    if config.recovery != _DEFAULTS.recovery:
+        if store.recovery not in (_DEFAULTS.recovery, config.recovery):
+            raise ConfigError(f"recovery: the config says {config.recovery!r}, the store {store.recovery!r}")
+        store.recovery = config.recovery
+    own_max = store.codec.max_bytes - _CODEC_SLACK
+    wanted_max = own_max
+    if config.max_state_bytes != _DEFAULTS.max_state_bytes:
+        if own_max not in (_DEFAULTS.max_state_bytes, config.max_state_bytes):
+            raise ConfigError(f"max_state_bytes: the config says {config.max_state_bytes}, the store {own_max}; "
+                              "set it in one place")
+        wanted_max = config.max_state_bytes
+    if wanted_max != own_max or config.compression_level != _DEFAULTS.compression_level:
+        store.codec = Codec(config.compression_level, max_bytes=wanted_max + _CODEC_SLACK)
 
 
 class ContextSystem(SystemCore):
@@ -63,19 +108,84 @@ class ContextSystem(SystemCore):
         super().__init__(manager_config, _resolve_store(manager_config))
         self.manager: ContextManager = ContextManager(self)
         self._feed_readers = self.manager.readers
-        if manager_config.history is not None:
-            try:  # recorded in the store: compaction here, later openers and `hoard compact` follow it
+        self._served: collections.OrderedDict[str, ContextTracker] = collections.OrderedDict()
+        try:
+            if manager_config.history is not None:
+                # recorded in the store: compaction here, later openers and `hoard compact` follow it
                 self.ask_persistence(StoreCall("set_history", (HistoryPolicy.parse(manager_config.history),)),
                                      None, "recording the history policy")
-            except BaseException:
-                self.stop()
-                raise
-        if adapter_config is not None:
-            try:
+            if manager_config.forward_via is not None:
+                self.forwarder = self._connect_forwarding(manager_config.forward_via)
+            if adapter_config is not None:
                 self.attach_adapter(adapter_config)
-            except BaseException:
-                self.stop()
-                raise
+        except BaseException:
+            self.stop()
+            raise
+
+    # -- forwarding: calls from other processes on contexts owned here ---------------------------------
+    def _connect_forwarding(self, url: str) -> Forwarder:
+        store = self.store
+        if not isinstance(store, PostgresStore):
+            raise ConfigError(f"forward_via needs a shared PostgreSQL store (with leases), not {store!r}: "
+                              "with one process per store every context is local")
+        return Forwarder(url, schema=store.schema, owner_id=store.owner_id, serve=self._serve,
+                         attempt_timeout=max(0.25, store.lease_ttl / 2))
+
+    def _serve(self, request: dict[str, Any], done: Callable[..., None]) -> None:
+        """Run one forwarded call here, as the owner (runs on the NATS loop thread: never blocks).
+        A message goes to the context's actor (`done` runs from the thread that answers it); a call
+        that must read the store first runs on a worker thread. The call is never forwarded on: if
+        this process does not own the context it answers `ContextOwnedElsewhereError` (or, for an
+        actor that stopped before taking it, "retry"), and the caller re-routes."""
+        cid = validate_id(request["id"])
+        t = float(request["t"])
+        lease = self.store.lease_ttl / 2 if isinstance(self.store, PostgresStore) else None
+        tracker = self._served_tracker(cid)
+        if request["k"] == "msg":
+            message = decode_message(request["m"])
+            pending = tracker._submit(message, f"forwarded {type(message).__name__} to {cid!r}", t)  # noqa: SLF001 - one package
+            # the caller's deadline holds here too: not started by then, it never runs, and the caller
+            # hears so (CallNotStartedError) just before its own wait ends
+            expiry = asyncio.get_running_loop().call_later(max(0.0, t - min(0.05, t / 5)), _expire, pending, t)
+            pending.add_done_callback(lambda reply: done(done_reply(reply, lease), expiry.cancel))
+            return
+        work = self._blocking_work(request, tracker, t)
+
+        def run() -> None:
+            try:
+                value = work()
+            except BaseException as exc:  # noqa: BLE001 - every error goes back typed
+                done({"error": encode_error(exc if isinstance(exc, HoardError) else HoardError(repr(exc)))})
+            else:
+                done({"ok": encode_value(value), "lease": lease})
+
+        self.offload(run)
+
+    def _blocking_work(self, request: dict[str, Any], tracker: ContextTracker, t: float) -> Callable[[], Any]:
+        """A served call that reads the store or asks the supervisor first: run on a worker thread,
+        in this process only (a context owned elsewhere by now answers ContextOwnedElsewhereError)."""
+        cid, args = tracker.id, request.get("a", [])
+        if request["k"] == "restore":
+            m = request["m"]
+            return lambda: tracker.restore(m["rp"], expected_version=m["expected_version"],
+                                           request_id=m["request_id"], by=m.get("by"), timeout=t)
+        ops: dict[str, Callable[[], Any]] = {
+            "delete": lambda: self.manager.delete_here(cid, t),
+            "set_ttl": lambda: self.manager.set_ttl_here(cid, args[0], t),
+            "delete_recovery_point": lambda: delete_recovery_point_here(self, cid, args[0], t),
+        }
+        if request["k"] != "op" or request.get("op") not in ops:
+            raise HoardError(f"not a forwarded call: {request['k']!r} {request.get('op')!r}")
+        return ops[request["op"]]
+
+    def _served_tracker(self, context_id: str) -> ContextTracker:
+        """A tracker that serves forwarded calls: it never waits for another owner nor forwards."""
+        tracker = self._served.get(context_id)
+        if tracker is None:
+            tracker = self._served[context_id] = ContextTracker(self, None, context_id=context_id, mode=LOCAL)
+            while len(self._served) > _SERVED_KEPT:
+                self._served.popitem(last=False)
+        return tracker
 
     def attach_adapter(self, config: ContextAdapterConfig) -> ContextAdapter:
         """Create this system's one adapter (see `ContextManager.attach_adapter`)."""
@@ -170,9 +280,16 @@ class ContextSystem(SystemCore):
         return f"<ContextSystem {self.store.location!r}{' stopped' if self.stopped else ''}>"
 
 
+def _expire(pending: Pending, timeout: float) -> None:
+    """A served call's deadline: cancel it if its actor has not started it (its reply then fails
+    with `CallNotStartedError`, which the waiting caller receives)."""
+    if not pending.done:
+        pending.timed_out(timeout)
+
+
 def open_system(store: str | os.PathLike[str] | Store | None = None, *,
                 manager_config: ContextManagerConfig | None = None,
-                adapter_config: ContextAdapterConfig | None = None) -> ContextSystem:
+                adapter_config: ContextAdapterConfig | None = None, forward_via: str | None = None) -> ContextSystem:
     """Open a store and start a `ContextSystem` with a manager and an adapter.
 
     Args:
@@ -180,6 +297,9 @@ def open_system(store: str | os.PathLike[str] | Store | None = None, *,
             memory). Overrides ``manager_config.store``.
         manager_config: storage, durability and limits (default `ContextManagerConfig()`).
         adapter_config: activation and capacity (default `ContextAdapterConfig()`).
+        forward_via: a NATS URL: on a shared PostgreSQL store, calls on contexts active in another
+            process are forwarded there (see ``ContextManagerConfig.forward_via``). Overrides the
+            config's. Connecting blocks up to 5 s (`ConfigError` if NATS cannot be reached).
 
     Blocks until the store is open and (by default) the default context is active and current.
     Raises `StoreLockedError` at once if another system or process has the store open,
@@ -190,6 +310,8 @@ def open_system(store: str | os.PathLike[str] | Store | None = None, *,
         raise ConfigError(f"manager_config must be a ContextManagerConfig, not {type(cfg).__name__}")
     if store is not None:
         cfg = ContextManagerConfig(**{**_fields(cfg), "store": store})
+    if forward_via is not None:
+        cfg = ContextManagerConfig(**{**_fields(cfg), "forward_via": forward_via})
     return ContextSystem(cfg, adapter_config if adapter_config is not None else ContextAdapterConfig())
 
 

@@ -35,6 +35,7 @@ from hoard.actors import (
     ContextCell,
     CreateRecoveryPoint,
     Delete,
+    GetState,
     Reply,
     Restore,
     Set,
@@ -50,6 +51,7 @@ from hoard.actors import (
 )
 from hoard.storage import (
     CallNotStartedError,
+    CallOutcomeUnknownError,
     ContextOwnedElsewhereError,
     ContextState,
     ContextTimeoutError,
@@ -64,19 +66,33 @@ from hoard.storage import (
 
 from ._core import SystemCore, check_timeout
 from ._events import subscribe
+from ._forward import Forwarder, Retry, check_forwardable, encode_message, with_request_id
 
 __all__ = ["ContextTracker", "ContextTrackerFactory"]
 
 _MISSING: Any = object()
 
+#: how a tracker meets a context that another process owns (shared store)
+WAIT = 0  # wait up to the timeout for the lease (or, with forwarding, forward the call to the owner)
+NO_WAIT = 1  # raise `ContextOwnedElsewhereError` at once (or forward, with forwarding)
+LOCAL = 2  # serving a forwarded call: never wait, never forward on (the caller re-routes)
 
-def activate_waiting(system: SystemCore, message: Activate, timeout: float | None, what: str) -> ContextCell:
+
+class _Gone:
+    pass
+
+
+_NO_CELL: weakref.ref[Any] = weakref.ref(_Gone())  # collected at once: a tracker with no cell yet
+
+
+def activate_waiting(system: SystemCore, message: Activate, timeout: float | None, what: str, *,
+                     wait: bool = True) -> ContextCell:
     """Ask the supervisor to activate; while another process owns the context (shared store: its
     lease is live), retry in the caller's thread with a short backoff (20 ms doubling to 250 ms, never
     past the lease's remaining time) until `timeout` (default: call_timeout) is spent; then raise the
     last `ContextOwnedElsewhereError`, which names the owner. A lease that expires or is released
     meanwhile is taken over by the next attempt. No actor ever waits: the supervisor answers each
-    attempt at once."""
+    attempt at once. ``wait=False``: one attempt; `ContextOwnedElsewhereError` at once."""
     t = system.call_timeout if timeout is None else check_timeout(timeout)
     deadline = time.monotonic() + t
     message = attrs.evolve(message, timeout=t)  # the supervisor waits for the load as long as the caller
@@ -88,6 +104,8 @@ def activate_waiting(system: SystemCore, message: Activate, timeout: float | Non
                                            what)
             return cell
         except ContextOwnedElsewhereError as exc:
+            if not wait:
+                raise
             refused = exc
         except ContextTimeoutError:
             if refused is None:
@@ -101,6 +119,30 @@ def activate_waiting(system: SystemCore, message: Activate, timeout: float | Non
             pause = min(pause, max(0.005, refused.expires_in))
         threading.Event().wait(pause)  # a backoff in the caller's thread (an Event, not a lock)
         delay = min(delay * 2, 0.25)
+
+
+def activate_tracker(system: SystemCore, message: Activate, timeout: float | None,
+                     tracker_timeout: float | None = None, *, wait: bool = True) -> ContextTracker:
+    """A tracker of the context `message` activates. Owned by another process: with forwarding, a
+    tracker without a cell whose calls are forwarded; else wait as `activate_waiting` does (or not,
+    ``wait=False``). Blocks up to `timeout` (default call_timeout)."""
+    fwd = system.forwarder
+    mode = WAIT if wait else NO_WAIT
+    try:
+        cell = activate_waiting(system, message, timeout, f"activating {message.context_id!r}",
+                                wait=wait and fwd is None)
+    except ContextOwnedElsewhereError as exc:
+        if fwd is None:
+            raise
+        fwd.remember(message.context_id, exc.owner, exc.expires_in)
+        return ContextTracker(system, None, tracker_timeout, context_id=message.context_id, mode=mode)
+    return ContextTracker(system, cell, tracker_timeout, mode=mode)
+
+
+def _request(context_id: str, message: Any) -> dict[str, Any]:
+    """The forwarded form of `message` (a restore is served on a worker: it reads the store first)."""
+    return {"k": "restore" if isinstance(message, Restore) else "msg", "id": context_id,
+            "m": encode_message(message)}
 
 
 def _failed(exc: BaseException) -> Reply:
@@ -136,9 +178,45 @@ def read_recovery_point(system: SystemCore, context_id: str, rp_id: object,
 
 
 def delete_recovery_point(system: SystemCore, context_id: str, rp_id: object, timeout: float | None) -> None:
+    """Delete one recovery point; with forwarding, in the process that owns the context."""
+    rid = _rp_id(rp_id, context_id)
+    run_anywhere(system, context_id, "delete_recovery_point", [rid], timeout,
+                 lambda t: delete_recovery_point_here(system, context_id, rid, t),
+                 f"deleting recovery point {rid} of {context_id!r}")
+
+
+def delete_recovery_point_here(system: SystemCore, context_id: str, rp_id: object, timeout: float | None) -> None:
     rp = read_recovery_point(system, context_id, rp_id, timeout)
     system.ask_persistence(StoreWrite((DeleteRecoveryPoint(context_id, rp.id),)), timeout,
                            f"deleting recovery point {rp.id} of {context_id!r}")
+
+
+def run_anywhere(system: SystemCore, context_id: str, op: str, args: list[Any], timeout: float | None,  # noqa: PLR0917 - an operation and where it runs
+                 here: Callable[[float], Any], what: str) -> Any:
+    """``here(remaining)`` in this process; with forwarding, while another process owns the context
+    (`ContextOwnedElsewhereError`), the operation `op` with `args` runs there instead (see
+    `hoard._forward`). All within `timeout` (default call_timeout). For the manager's writes that
+    need no context actor (delete, set_ttl, deleting a recovery point); they carry no request id, so
+    a re-send after an unknown outcome may find the work done (e.g. `ContextNotFoundError`)."""
+    t = system.call_timeout if timeout is None else timeout
+    fwd = system.forwarder
+    if fwd is None:
+        return here(t)
+    deadline = time.monotonic() + t
+    pause = 0.02
+    while True:
+        try:
+            return here(max(0.001, deadline - time.monotonic()))
+        except ContextOwnedElsewhereError as exc:
+            result = fwd.send(context_id, {"k": "op", "op": op, "id": context_id, "a": args}, exc.owner,
+                              deadline=deadline, what=what, timeout=t)
+            if not isinstance(result, Retry):
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.001:
+                raise (CallOutcomeUnknownError if result.sent else CallNotStartedError)(what, t, context_id) from exc
+            threading.Event().wait(max(0.001, min(pause, remaining, exc.expires_in or pause)))
+            pause = min(pause * 2, 0.25)
 
 
 #: the future a ``*_async`` call returns: a pykka future (``pykka.get_all`` works) that asyncio can
@@ -169,16 +247,19 @@ class ContextTracker(Mapping[str, Any]):
     tracker is therefore not hashable.
     """
 
-    __slots__ = ("__weakref__", "_cell", "_id", "_system", "_timeout")
+    __slots__ = ("__weakref__", "_cell", "_id", "_mode", "_system", "_timeout")
 
-    def __init__(self, system: SystemCore, cell: ContextCell, timeout: float | None = None) -> None:
+    def __init__(self, system: SystemCore, cell: ContextCell | None, timeout: float | None = None, *,
+                 context_id: str | None = None, mode: int = WAIT) -> None:
         self._system = system
         # a weak reference: the supervisor holds the cell while the context is active; once it is
         # passivated the cell (state, dead actor, mailbox) is freed and this tracker keeps only its
-        # id and system (measured in tests/runtime/test_messaging.py)
-        self._cell: weakref.ref[ContextCell] = weakref.ref(cell)
-        self._id = cell.id
+        # id and system (measured in tests/runtime/test_messaging.py). No cell: the context is
+        # active in another process (forwarding), or not activated yet (a served call's tracker).
+        self._cell: weakref.ref[ContextCell] = _NO_CELL if cell is None else weakref.ref(cell)
+        self._id: str = cell.id if cell is not None else str(context_id)
         self._timeout = timeout
+        self._mode = mode
 
     def __repr__(self) -> str:
         cell = self._cell()
@@ -201,9 +282,12 @@ class ContextTracker(Mapping[str, Any]):
         return cell
 
     def _reactivate(self, timeout: float | None) -> ContextCell:
-        """The context was passivated: activate it again (not as current). Blocks up to `timeout`."""
+        """The context was passivated: activate it again (not as current). Blocks up to `timeout`
+        (not at all for another owner's lease when forwarding, or when made with ``wait=False``)."""
+        wait = self._mode == WAIT and self._forwarder() is None
         cell = activate_waiting(self._system, Activate(self._id, create=False, make_current=False),
-                                timeout if timeout is not None else self._timeout, f"activating {self._id!r}")
+                                timeout if timeout is not None else self._timeout, f"activating {self._id!r}",
+                                wait=wait)
         self._cell = weakref.ref(cell)
         return cell
 
@@ -216,6 +300,8 @@ class ContextTracker(Mapping[str, Any]):
             if exc.context_id is None:
                 exc.context_id = self._id
             raise
+    def _forwarder(self) -> Forwarder | None:
+        return None if self._mode == LOCAL else self._system.forwarder
 
     def _call(self, message: Any, timeout: float | None, what: str, outer: Reply | None = None) -> Any:
         """Send `message` and wait for the reply, all within one deadline of `timeout` (default: the
@@ -223,6 +309,44 @@ class ContextTracker(Mapping[str, Any]):
         re-activated and sent again. `outer`: the future of an ``*_async`` call this one serves."""
         t = self._t(timeout)
         deadline = time.monotonic() + t
+        fwd = self._forwarder()
+        if fwd is not None:
+            return self._call_anywhere(fwd, message, t, deadline, what, outer)
+        return self._call_here(message, t, deadline, what, outer)
+
+    def _call_anywhere(self, fwd: Forwarder, message: Any, t: float, deadline: float, what: str,  # noqa: PLR0917 - _call_here's, plus the forwarder
+                       outer: Reply | None) -> Any:
+        """`_call_here`, or, while another process owns the context, forwarded to it (see
+        `hoard._forward`): all within `deadline`. Once a call may be re-sent it carries a request id,
+        so no attempt applies it twice."""
+        pause = 0.02
+        sent = False  # a request may have reached an owner: running out of time then is "outcome unknown"
+        while True:
+            cell = self._cell()
+            owner = fwd.known_owner(self._id) if cell is None or cell.closed else None
+            expires: float | None = None
+            if owner is None:
+                try:
+                    return self._call_here(message, t, deadline, what, outer)
+                except ContextOwnedElsewhereError as exc:
+                    fwd.remember(self._id, exc.owner, exc.expires_in)
+                    owner, expires = exc.owner, exc.expires_in
+            message = with_request_id(message)
+            check_forwardable(message, self._id, what, owner)
+            result = fwd.send(self._id, _request(self._id, message), owner, deadline=deadline, what=what, timeout=t)
+            if not isinstance(result, Retry):
+                return result
+            sent = sent or result.sent
+            # the owner is gone, let go or did not answer: its lease runs out by itself (or is released
+            # already); try here again after a short backoff, never past that lease's end
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.001:
+                raise (CallOutcomeUnknownError if sent else CallNotStartedError)(what, t, self._id)
+            threading.Event().wait(max(0.001, min(pause, remaining, pause if expires is None else expires)))
+            pause = min(pause * 2, 0.25)
+
+    def _call_here(self, message: Any, t: float, deadline: float, what: str, outer: Reply | None) -> Any:
+        """`message` to this process's actor of the context (re-activated if need be)."""
         while True:  # each round that meets a stopping actor did not apply it: bounded by the deadline
             if self._system.stopped:
                 raise SystemStoppedError()
@@ -377,10 +501,21 @@ class ContextTracker(Mapping[str, Any]):
     @property
     def version(self) -> int:
         """The newest committed version. Lock-free; re-activates a passivated context."""
-        return self._live_cell().state.version
+        return self._state().version
 
     def state(self) -> ContextState:
-        """The newest committed `ContextState` (immutable). Lock-free; re-activates if passivated."""
+        """The newest committed `ContextState` (immutable). Lock-free; re-activates if passivated.
+        A context active in another process (forwarding) is asked there: one round trip."""
+        return self._state()
+
+    def _state(self) -> ContextState:
+        cell = self._cell()
+        if cell is not None and not cell.closed:
+            cell.touched = EPOCH[0]
+            return cell.state
+        if self._forwarder() is not None:
+            state: ContextState = self._call(GetState(), None, f"reading {self._id!r}")
+            return state
         return self._live_cell().state
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -392,6 +527,13 @@ class ContextTracker(Mapping[str, Any]):
         """
         cell = self._cell()
         if cell is None or cell.closed:
+            if self._forwarder() is not None:
+                data: Any = self._state().data
+                try:
+                    return data.get(key, default)
+                except TypeError:
+                    raise InvalidValueError(key, f"keys are str, not {type(key).__name__}",
+                                            context_id=self._id) from None
             cell = self._reactivate(None)
         cell.touched = EPOCH[0]
         try:
@@ -406,26 +548,26 @@ class ContextTracker(Mapping[str, Any]):
         return value
 
     def __contains__(self, key: object) -> bool:
-        return type(key) is str and key in self._live_cell().state.data
+        return type(key) is str and key in self._state().data
 
     def __iter__(self) -> Iterator[str]:
         """The keys of the newest committed state (one snapshot: later changes do not affect it)."""
-        return iter(self._live_cell().state.data)
+        return iter(self._state().data)
 
     def __len__(self) -> int:
-        return len(self._live_cell().state.data)
+        return len(self._state().data)
 
     def keys(self) -> KeysView[str]:
         """The keys of the newest committed state (a view of one snapshot)."""
-        return KeysView(self._live_cell().state.data)
+        return KeysView(self._state().data)
 
     def items(self) -> ItemsView[str, Any]:
         """Key/value pairs of the newest committed state (a view of one snapshot)."""
-        return ItemsView(self._live_cell().state.data)
+        return ItemsView(self._state().data)
 
     def values(self) -> ValuesView[Any]:
         """The values of the newest committed state (a view of one snapshot)."""
-        return ValuesView(self._live_cell().state.data)
+        return ValuesView(self._state().data)
 
     def typed(self) -> Any:
         """The newest committed data as an instance of the context's schema class (lock-free read plus
@@ -437,7 +579,7 @@ class ContextTracker(Mapping[str, Any]):
 
     def metadata(self) -> Mapping[str, Any]:
         """The newest committed metadata (read-only mapping)."""
-        return self._live_cell().state.metadata
+        return self._state().metadata
 
     def wait_for_version(self, version: int, *, timeout: float | None = None) -> ContextState:
         """Block until the context's committed version is at least `version`; return that state.

@@ -217,6 +217,11 @@ class PostgresStore(LeaseHolder, RowStore):
         if "tcp_user_timeout" not in self._params and psycopg.pq.version() >= 120000:
             # a dead peer on a half-open connection is noticed after this, not after TCP's ~15 min
             kwargs["tcp_user_timeout"] = round((self.statement_timeout + self.connect_timeout) * 1000)
+        if "keepalives" not in self._params:
+            # a server that vanished while this side waits for an answer (nothing unacknowledged, so the
+            # user timeout above never fires) is noticed within about lease_ttl, not never
+            kwargs.update(keepalives=1, keepalives_idle=max(1, round(self.lease_ttl / 3)), keepalives_interval=1,
+                          keepalives_count=2)
         first_problem = self._refused(kwargs)
         pool = psycopg_pool.ConnectionPool(
             self.dsn, min_size=1, max_size=1, open=False, kwargs=kwargs, configure=self._configure,
@@ -253,14 +258,25 @@ class PostgresStore(LeaseHolder, RowStore):
         return None
 
     def _configure(self, conn: Any) -> None:
-        """Session settings of every new pooled connection (runs in the pool's thread)."""
+        """Session settings of every new pooled connection (runs in the pool's thread).
+
+        The server's side of the connection notices a vanished client within about `lease_ttl`
+        (keepalives and a TCP user timeout): a host cut off in the middle of a write transaction
+        holds lease row locks, and until its session ends no other owner can take its contexts over,
+        not even after the lease expired (tests/distributed/test_hosts.py)."""
+        idle = max(1, round(self.lease_ttl / 3))
         conn.execute("SELECT set_config('statement_timeout', %s, false), "
                      "set_config('idle_in_transaction_session_timeout', %s, false), "
                      "set_config('default_transaction_read_only', %s, false), "
-                     "set_config('lock_timeout', %s, false)",
+                     "set_config('lock_timeout', %s, false), "
+                     "set_config('tcp_keepalives_idle', %s, false), "
+                     "set_config('tcp_keepalives_interval', '1', false), "
+                     "set_config('tcp_keepalives_count', '2', false), "
+                     "set_config('tcp_user_timeout', %s, false)",
                      (f"{round(self.statement_timeout * 1000)}", f"{round(max(self.lease_ttl, 1.0) * 1000)}",
                       "on" if self.readonly else "off",
-                      f"{max(1, round(min(self.lock_timeout, self.statement_timeout) * 1000))}"))
+                      f"{max(1, round(min(self.lock_timeout, self.statement_timeout) * 1000))}",
+                      f"{idle}", f"{round(max(self.lease_ttl, 1.0) * 500)}"))
 
     def _migrate(self, conn: Any) -> None:
         encoding = conn.execute("SHOW server_encoding").fetchone()[0]

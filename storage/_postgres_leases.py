@@ -190,6 +190,17 @@ class LeaseHolder:
             return conn.execute(self._sql["release"], self._lease_args(context_id, token=token)).fetchone() is not None
         return self._run("release lease", run, context_id, idempotent=False)
 
+    def lease_holder(self, context_id: str) -> tuple[str, int, float] | None:
+        """Who holds a live lease on `context_id`: ``(owner, token, expires_in)`` (seconds left by the
+        database clock), or None if nobody does (never leased, released, or expired). One read
+        statement in the caller's thread; changes nothing."""
+        validate_id(context_id)
+        row = self._run("read lease", lambda c: c.execute(
+            self._sql["holder"], {"id": context_id}).fetchone(), context_id)
+        if row is None or not row[2]:
+            return None
+        return str(row[0]), int(row[1]), max(0.0, float(row[3]))
+
     def lease_token(self, context_id: str) -> int | None:
         """The fencing token this store holds for `context_id`, or None. No I/O."""
         return self._leases.get(context_id)

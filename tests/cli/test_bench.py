@@ -17,7 +17,8 @@ ROWS = ["sync_set", "get", "pipelined", "update_1000", "set_100k", "durable_set"
         "activation_10k", "open_100k", "rss_1000", "peer_diskcache", "peer_json_file",
         "pg_durable_set", "pg_durable_32_threads",  # issue 6; skipped with a note when no PostgreSQL answers
         "feed_write_cost", "feed_write_cost_16_threads", "pg_feed_write_cost_16_threads", "feed_read",
-        "state_at_1000"]  # issue 13
+        "state_at_1000",  # issue 13
+        "fwd_throughput", "fwd_latency_median", "fwd_latency_p99", "fwd_vs_local"]  # issue 15; also needs NATS
 
 
 def test_quick_bench_json_has_every_row(hoard: Hoard, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -27,7 +28,7 @@ def test_quick_bench_json_has_every_row(hoard: Hoard, tmp_path: Path, capsys: py
     assert [row["name"] for row in rows] == ROWS
     for row in rows:
         assert {"name", "value", "floor", "ratio", "target", "meets", "unit", "better", "note"} <= row.keys()
-        if row["skipped"]:  # peer_diskcache without the optional diskcache, pg_* without a server
+        if row["skipped"]:  # peer_diskcache without the optional diskcache, pg_* / fwd_* without a server
             assert row["ratio"] is None and row["note"].startswith("skipped")
             continue
         assert row["value"] > 0 and row["floor"] > 0 and math.isfinite(row["ratio"])

@@ -24,7 +24,7 @@ import pytest
 from tests.pg import url_for
 
 NODE = Path(__file__).with_name("node.py")
-_OUR_THREADS = ("hoard-listener", "hoard-lease-renewal")
+_OUR_THREADS = ("hoard-listener", "hoard-lease-renewal", "hoard-forward")
 
 
 @pytest.fixture(autouse=True)
@@ -141,3 +141,34 @@ def nodes() -> Iterator[Callable[[dict[str, Any]], Node]]:
     yield start
     for node in started:
         node.kill()
+
+
+NATS_URL = os.environ.get("HOARD_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+@pytest.fixture
+def nats_url() -> str:
+    """The NATS server forwarding tests use; skipped with the reason when none answers (failed under
+    ``CI=true``, where the server is required)."""
+    import socket  # noqa: PLC0415 - only this fixture needs it
+
+    host, _, port = NATS_URL.removeprefix("nats://").partition(":")
+    try:
+        socket.create_connection((host, int(port or 4222)), timeout=3).close()
+    except OSError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires the NATS server at {NATS_URL}: {exc}")
+        pytest.skip(f"no NATS server answers at {NATS_URL} ({exc}); these tests run in CI, where it is required")
+    return NATS_URL
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Variants marked ``slow`` (more rounds, more partitions) run with ``-m slow`` or HOARD_SLOW=1."""
+    markexpr = config.getoption("markexpr", "") or ""
+    if "slow" in markexpr or os.environ.get("HOARD_SLOW") == "1":
+        return
+    here = Path(__file__).resolve().parent
+    skip = pytest.mark.skip(reason="slow variant: run with -m slow (or HOARD_SLOW=1)")
+    for item in items:
+        if "slow" in item.keywords and here in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)

@@ -27,7 +27,7 @@ from hoard import (
     Transacted,
     open_system,
 )
-from tests.pg import pg_dsn, pg_schema, url_for  # noqa: F401 - fixtures for the PostgreSQL case
+from tests.pg import url_for
 
 STALL = 0.010  # seconds: the most any hoard call may hold the event loop
 
@@ -171,7 +171,7 @@ def test_await_and_get_agree_on_a_call_that_finishes_in_time(system) -> None:
     assert t.set_async("last", 1).get() == 52
 
 
-def test_a_context_owned_by_another_process_never_blocks_the_loop(pg_dsn: str, pg_schema: str) -> None:  # noqa: F811
+def test_a_context_owned_by_another_process_never_blocks_the_loop(pg_dsn: str, pg_schema: str) -> None:
     url = url_for(pg_dsn, pg_schema, lease_ttl=2.0)
     cfg = ContextManagerConfig(call_timeout=0.6)
     with open_system(url, manager_config=cfg) as here, open_system(url, manager_config=cfg) as there:

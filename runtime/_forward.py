@@ -1,0 +1,430 @@
+"""Location transparency: a call on a context active in another process is answered there.
+
+On a shared (PostgreSQL) store a context is active in one process at a time: the one holding its
+ownership lease. With ``open_system(url, forward_via="nats://...")`` every process connects to NATS
+and serves requests on one subject of its own (derived from the store's schema and ``owner_id``).
+A call that meets `ContextOwnedElsewhereError` (which names the owner) is not waited out: it is sent
+to the owner over NATS request/reply, run there through the owner's own tracker or manager, and its
+result (or its typed error, re-raised here as the same class with the same fields) comes back.
+
+Contract:
+
+* **Same deadline.** A forwarded call carries what is left of the caller's timeout; the owner runs it
+  under that deadline, and the NATS request waits no longer. A request that was sent and got no
+  answer in time raises `CallOutcomeUnknownError`; one that could not be sent, `CallNotStartedError`.
+* **Never applied twice.** Before a write is forwarded it gets a ``request_id`` (a fresh one, unless
+  the caller gave one). If ownership moves while the call is under way — the owner answers
+  `ContextOwnedElsewhereError` (it passivated or lost the lease) or `FencedOffError` (it lost the lease
+  during the commit: nothing was written), or nobody answers on its subject (the process is gone) —
+  the call is sent again to the new owner, or run here once this process can take the lease, within
+  the same deadline. The idempotency record that travels with the context's state makes the retry
+  return the first result if the first attempt was applied after all.
+* **Threads.** The NATS client runs its own asyncio loop in one daemon thread (``hoard-forward``); no
+  caller's thread ever runs NATS code, and no actor waits on NATS. The caller's thread blocks in
+  `Forwarder.send` for at most the call's deadline. Requests served here are handed to the context
+  actor as messages (no thread per request); answers go back from the loop thread.
+* **Owner cache.** The last owner seen for each context is remembered (bounded) until its lease
+  runs out, so the next call goes straight to it without asking the supervisor and the store first.
+* **After stop.** `close()` drains the subscription (requests already taken are answered) and stops the
+  loop; calls afterwards raise `SystemStoppedError`.
+
+What cannot be forwarded: `transact` (a Python function does not cross processes; nothing is ever
+unpickled) raises `NotForwardableError` when its context is active elsewhere. Reads from a tracker
+of a context active elsewhere (``t["k"]``, ``t.state()``) are forwarded too (one round trip each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import attrs
+import orjson
+import pykka
+
+import hoard.storage as _storage_face
+from hoard.actors import (
+    CreateRecoveryPoint,
+    Delete,
+    Get,
+    GetState,
+    Reply,
+    Restore,
+    Set,
+    SetMetadata,
+    Transact,
+    Update,
+)
+from hoard.storage import (
+    CallNotStartedError,
+    CallOutcomeUnknownError,
+    ConfigError,
+    ContextOwnedElsewhereError,
+    ContextState,
+    FencedOffError,
+    HoardError,
+    RecoveryPoint,
+    SystemStoppedError,
+    make_converter,
+)
+
+__all__ = ["RETRY_HERE", "RETRY_SENT", "Forwarder", "NotForwardableError", "Retry"]
+
+log = logging.getLogger(__name__)
+
+@attrs.frozen
+class Retry:
+    """What `Forwarder.send` returns when the call should be tried here again (the owner is gone, let
+    go, or did not answer in time: its lease runs out by itself, and then this process may take the
+    context). `sent`: the request may have reached the owner (its outcome is unknown; the request id
+    makes a re-send safe)."""
+
+    sent: bool
+
+
+RETRY_HERE = Retry(sent=False)
+RETRY_SENT = Retry(sent=True)
+
+
+@attrs.frozen
+class _MovedTo:
+    owner: str
+
+_MESSAGES: dict[str, type] = {c.__name__: c for c in (Set, Update, Delete, SetMetadata, Get, GetState,
+                                                      CreateRecoveryPoint)}
+_WRITES = (Set, Update, Delete, SetMetadata, Restore)
+_OWNERS_KEPT = 10_000  # remembered owners (least recently seen forgotten first)
+_CONVERTER = make_converter()
+
+
+class NotForwardableError(HoardError):
+    """A call that cannot cross processes met a context active in another process: `transact` (its
+    function cannot be sent; hoard never unpickles), or a request or answer larger than the NATS
+    server's ``max_payload``. Nothing was applied. Run it in the owning process (``manager.owner(id)``
+    names it); a transaction can often be an `update` with ``expected_version``, retried on
+    `VersionConflictError`."""
+
+    def __init__(self, context_id: str, what: str, owner: str,
+                 reason: str = "a function does not cross processes") -> None:
+        self.context_id = context_id
+        self.owner = owner
+        super().__init__(f"{what}: context {context_id!r} is active in {owner!r}, and this call cannot be "
+                         f"forwarded there ({reason}); run it in that process")
+
+
+def _subject(schema: str, owner: str) -> str:
+    """The NATS subject a process serves on: a digest, so any owner id makes a valid subject."""
+    return "hoard.fwd." + hashlib.blake2s(f"{schema}\0{owner}".encode(), digest_size=12).hexdigest()
+
+
+# -- the wire format: JSON, with states and recovery points through the project's converter ----------
+def encode_message(message: Any) -> dict[str, Any]:
+    """A context message as JSON-ready data (`NotForwardableError`'s caller checks `Transact` first)."""
+    if isinstance(message, Restore):
+        return {"type": "Restore", "rp": message.rp.id, "expected_version": message.expected_version,
+                "request_id": message.request_id, "by": message.by}
+    name = type(message).__name__
+    if _MESSAGES.get(name) is not type(message):
+        raise HoardError(f"a {name} cannot be forwarded to another process")
+    return {"type": name, **attrs.asdict(cast("Any", message), recurse=False)}
+
+
+def decode_message(data: Mapping[str, Any]) -> Any:
+    """The message `encode_message` made (checked again by its class: a bad field is a typed error)."""
+    fields = dict(data)
+    cls = _MESSAGES.get(fields.pop("type", None))
+    if cls is None:
+        raise HoardError(f"not a message that is forwarded: {data.get('type')!r}")
+    return cls(**fields)
+
+
+def encode_value(value: Any) -> Any:
+    if isinstance(value, ContextState):
+        return {"state": _CONVERTER.unstructure(value)}
+    if isinstance(value, RecoveryPoint):
+        return {"rp": _CONVERTER.unstructure(value)}
+    return {"v": value}
+
+
+def decode_value(data: Mapping[str, Any]) -> Any:
+    if "state" in data:
+        return _CONVERTER.structure(data["state"], ContextState)
+    if "rp" in data:
+        return _CONVERTER.structure(data["rp"], RecoveryPoint)
+    return data["v"]
+
+
+def encode_error(exc: BaseException) -> dict[str, Any]:
+    """A typed error as its class name, message and fields (JSON values only; others as text)."""
+    fields = {k: v for k, v in vars(exc).items() if not k.startswith("_")}
+    return {"type": type(exc).__name__, "message": str(exc),
+            "fields": orjson.loads(orjson.dumps(fields, default=str))}
+
+
+def decode_error(data: Mapping[str, Any]) -> BaseException:
+    """The same class (any public `hoard.storage` error, or this module's) with the same fields and
+    message; anything else becomes a `HoardError` naming the remote type."""
+    cls = getattr(_storage_face, data["type"], None) if data["type"] in _storage_face.__all__ else None
+    if data["type"] == "NotForwardableError":
+        cls = NotForwardableError
+    if not (isinstance(cls, type) and issubclass(cls, HoardError)):
+        return HoardError(f"{data['type']} in the owning process: {data['message']}")
+    exc = cls.__new__(cls)
+    exc.args = (data["message"],)
+    vars(exc).update(data["fields"])
+    return exc
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_thaw)
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (tuple, list)) or type(value).__name__ == "FrozenList":
+        return list(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+class Forwarder:
+    """One process's NATS connection: sends calls to owners and serves calls for contexts owned here.
+
+    Built by the system when ``forward_via`` is given (see the module docstring for the contract).
+    `serve` is the callable the system gives it to run a served request: ``serve(request, done)``
+    starts the work and returns at once (it runs on the loop thread); ``done(reply_dict, after=None)``
+    is called once, from any thread, and sends the answer from the loop thread after calling
+    ``after()`` there.
+    """
+
+    def __init__(self, url: str, *, schema: str, owner_id: str,
+                 serve: Callable[[dict[str, Any], Callable[..., None]], None],
+                 attempt_timeout: float = 5.0, connect_timeout: float = 5.0) -> None:
+        try:
+            import nats  # noqa: PLC0415 - an optional extra: only a system with forward_via needs it
+        except ImportError as exc:  # pragma: no cover - exercised only without the extra
+            raise ConfigError("forward_via needs the NATS client: pip install 'hoard-contexts[nats]'") from exc
+        if not isinstance(url, str) or not url.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ConfigError(f"forward_via must be a nats:// URL, not {url!r}")
+        self.url = url
+        self.schema = schema
+        self.owner_id = owner_id
+        self.subject = _subject(schema, owner_id)
+        self._serve = serve
+        # one request waits at most this long for its answer before ownership is checked again: an
+        # owner cut off from the network answers nothing, and its lease ends within lease_ttl
+        self.attempt_timeout = attempt_timeout
+        self._nats = nats
+        self._owners: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hoard-forward", daemon=True)
+        self._thread.start()
+        try:
+            self._nc = self._run(self._connect(connect_timeout), connect_timeout + 1.0)
+        except BaseException:
+            self._halt_loop()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<Forwarder {self.url} as {self.owner_id!r}>"
+
+    async def _connect(self, timeout: float) -> Any:
+        try:
+            nc = await self._nats.connect(self.url, connect_timeout=max(1, round(timeout)), allow_reconnect=True,
+                                          max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                                          name=f"hoard {self.owner_id}", error_cb=self._on_error)
+        except Exception as exc:
+            raise ConfigError(f"forward_via: cannot connect to NATS at {self.url}: {exc!r}") from exc
+        await nc.subscribe(self.subject, cb=self._on_request)
+        await nc.flush()
+        return nc
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS connection of %s: %r", self.owner_id, exc)
+
+    def _run(self, coro: Any, timeout: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # -- owners ----------------------------------------------------------------------------------------
+    def known_owner(self, context_id: str) -> str | None:
+        """The owner last seen for `context_id` whose lease has not run out yet, else None."""
+        seen = self._owners.get(context_id)
+        if seen is None:
+            return None
+        if seen[1] <= time.monotonic():
+            self._owners.pop(context_id, None)
+            return None
+        return seen[0]
+
+    def remember(self, context_id: str, owner: str, expires_in: float | None) -> None:
+        if owner == self.owner_id:
+            return
+        self._owners[context_id] = (owner, time.monotonic() + (expires_in if expires_in is not None else 1.0))
+        self._owners.move_to_end(context_id)
+        while len(self._owners) > _OWNERS_KEPT:
+            self._owners.popitem(last=False)
+
+    def forget(self, context_id: str) -> None:
+        self._owners.pop(context_id, None)
+
+    # -- sending ---------------------------------------------------------------------------------------
+    def send(self, context_id: str, request: dict[str, Any], owner: str, *, deadline: float, what: str,
+             timeout: float) -> Any:
+        """Send `request` about `context_id` to `owner` and return its answer, re-sending to a new owner
+        while ownership moves, all before `deadline` (``time.monotonic()``). Returns `RETRY_HERE` when
+        nobody owns it any more (its lease ran out or was released), so the caller may take it here.
+        Blocks the caller's thread up to the deadline; raises the owner's typed error, or
+        `CallNotStartedError` / `CallOutcomeUnknownError` when the time runs out. A request not
+        answered within `attempt_timeout` returns `RETRY_SENT` (the caller checks who owns it now)."""
+        sent = False
+        pause = 0.005
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.001:
+                if sent:
+                    raise CallOutcomeUnknownError(what, timeout, context_id)
+                raise CallNotStartedError(what, timeout, context_id)
+            if self._closed:
+                raise SystemStoppedError()
+            request["t"] = remaining
+            payload = _dumps(request)
+            if len(payload) > self._nc.max_payload:
+                raise NotForwardableError(context_id, what, owner, f"the request has {len(payload)} bytes, over "
+                                          f"the NATS server's max_payload of {self._nc.max_payload}")
+            wait = min(remaining, self.attempt_timeout)
+            try:
+                answer = self._request(owner, payload, wait)
+            except self._nats.errors.NoRespondersError:
+                # the owner's process is gone (or not forwarding): its lease runs out by itself
+                self.forget(context_id)
+                return RETRY_SENT if sent else RETRY_HERE
+            except (self._nats.errors.TimeoutError, TimeoutError):
+                sent = True
+                if wait >= remaining:
+                    continue  # loops once more: the deadline is spent, so this raises
+                self.forget(context_id)  # no answer: cut off, or stuck; who owns it now?
+                return RETRY_SENT
+            outcome = self._outcome(orjson.loads(answer), context_id, owner)
+            if outcome is RETRY_HERE:
+                return RETRY_SENT if sent else RETRY_HERE
+            if not isinstance(outcome, _MovedTo):
+                return outcome
+            owner = outcome.owner  # a third process owns it now: send there
+            threading.Event().wait(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.1)
+
+    def _outcome(self, reply: dict[str, Any], context_id: str, owner: str) -> Any:
+        """An owner's answer: the result, `RETRY_HERE` (not applied there; try here), `_MovedTo` (not
+        applied; another process owns it), or the owner's error raised."""
+        if "ok" in reply:
+            self.remember(context_id, owner, reply.get("lease"))
+            return decode_value(reply["ok"])
+        if "retry" in reply:  # the owner's actor stopped before taking it (passivated): not applied
+            self.forget(context_id)
+            return RETRY_HERE
+        error = decode_error(reply["error"])
+        if isinstance(error, FencedOffError):
+            self.forget(context_id)  # it lost the lease while committing: nothing written; re-route
+            return RETRY_HERE
+        if not isinstance(error, ContextOwnedElsewhereError):
+            raise error
+        if error.owner in (self.owner_id, owner):  # it let go, and nobody else holds it yet
+            self.forget(context_id)
+            return RETRY_HERE
+        self.remember(context_id, error.owner, error.expires_in)
+        return _MovedTo(error.owner)
+
+    def _request(self, owner: str, payload: bytes, timeout: float) -> bytes:
+        future = asyncio.run_coroutine_threadsafe(
+            self._nc.request(_subject(self.schema, owner), payload, timeout=timeout), self._loop)
+        try:
+            msg = future.result(timeout + 1.0)
+        except TimeoutError:
+            future.cancel()
+            raise
+        data: bytes = msg.data
+        return data
+
+    # -- serving ---------------------------------------------------------------------------------------
+    async def _on_request(self, msg: Any) -> None:
+        """A request for a context owned here: decoded on the loop thread, handed on without blocking."""
+        loop = self._loop
+
+        def done(reply: dict[str, Any], after: Callable[[], object] | None = None) -> None:
+            try:
+                data = _dumps(reply)
+            except TypeError as exc:
+                data = _dumps({"error": encode_error(HoardError(f"the answer cannot be sent: {exc}"))})
+            if len(data) > self._nc.max_payload:
+                data = _dumps({"error": encode_error(NotForwardableError(
+                    str(request.get("id")), "answering", self.owner_id,
+                    f"the answer has {len(data)} bytes, over the NATS server's max_payload of "
+                    f"{self._nc.max_payload}"))})
+
+            def respond() -> None:
+                if after is not None:
+                    after()  # on the loop thread, as the request's own clean-up must run
+                task = loop.create_task(msg.respond(data))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+            # runs in the thread that answered (a context actor's): it must never raise there
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the caller re-routes
+                loop.call_soon_threadsafe(respond)
+
+        request: dict[str, Any] = {}
+        try:
+            request = orjson.loads(msg.data)
+            self._serve(request, done)
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            done({"error": encode_error(exc if isinstance(exc, HoardError) else HoardError(repr(exc)))})
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop serving and sending (requests taken are answered first). Idempotent; blocks up to ~2 s."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._nc.drain(), 2.0)
+        except Exception as exc:  # noqa: BLE001 - closing anyway
+            log.warning("closing the NATS connection: %r", exc)
+        self._halt_loop()
+
+    def _halt_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+def with_request_id(message: Any) -> Any:
+    """`message` with a request id, so that re-sending it can never apply it twice."""
+    if isinstance(message, _WRITES) and message.request_id is None:
+        return attrs.evolve(message, request_id=uuid.uuid4().hex[:24])
+    return message
+
+
+def done_reply(reply: Reply, lease: float | None) -> dict[str, Any]:
+    """The answer for a served call whose future `reply` is done."""
+    try:
+        value = pykka.ThreadingFuture.get(reply, timeout=0)
+    except pykka.ActorDeadError:
+        return {"retry": True}
+    except BaseException as exc:  # noqa: BLE001 - every error goes back typed
+        return {"error": encode_error(exc if isinstance(exc, HoardError) else HoardError(repr(exc)))}
+    return {"ok": encode_value(value), "lease": lease}
+
+
+def check_forwardable(message: Any, context_id: str, what: str, owner: str) -> None:
+    if isinstance(message, Transact):
+        raise NotForwardableError(context_id, what, owner)

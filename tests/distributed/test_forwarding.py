@@ -1,0 +1,269 @@
+"""Issue 15 in one test process: two (or three) systems on one PostgreSQL schema, each its own owner,
+forwarding over the real NATS server. A call on a context active in another system is answered
+there: same result, same typed errors with their fields, same deadline, and a call made while the
+context changes hands is applied exactly once. Separate hosts and partitions: test_hosts.py."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from hoard import (
+    CallNotStartedError,
+    ConfigError,
+    ContextAdapterConfig,
+    ContextManagerConfig,
+    ContextOwnedElsewhereError,
+    ContextStatus,
+    ContextSystem,
+    FencedOffError,
+    HoardError,
+    InvalidValueError,
+    NotForwardableError,
+    PostgresStore,
+    RecoveryPointNotFoundError,
+    VersionConflictError,
+    open_system,
+)
+from hoard.actors import Get, Set, Update
+from tests.distributed.test_hosts import Host
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.postgres
+
+Open = Callable[..., ContextSystem]
+
+
+@pytest.fixture
+def systems(pg_url: Callable[..., str], nats_url: str) -> Iterator[Open]:
+    """``open_(lease_ttl=..., forward=True, **adapter options)``: a system on this test's schema,
+    forwarding through NATS unless ``forward=False``; every one is stopped at teardown."""
+    opened: list[ContextSystem] = []
+
+    def open_(lease_ttl: float = 10.0, *, forward: bool = True, store: Any = None,
+              manager_config: ContextManagerConfig | None = None, **adapter: Any) -> ContextSystem:
+        adapter.setdefault("auto_activate_default", False)
+        system = open_system(store if store is not None else pg_url(lease_ttl), manager_config=manager_config,
+                             adapter_config=ContextAdapterConfig(**adapter),
+                             forward_via=nats_url if forward else None)
+        opened.append(system)
+        return system
+
+    yield open_
+    for system in reversed(opened):
+        with contextlib.suppress(HoardError):
+            system.stop()
+
+
+def test_every_kind_of_call_on_a_context_owned_elsewhere_is_answered_by_its_owner(systems: Open) -> None:
+    a, b = systems(), systems()
+    here = a.adapter.get_or_create("acct", data={"n": 0}, metadata={"tier": "gold"})
+    there = b.adapter.get_or_create("acct")  # owned by a: b's tracker forwards
+    assert b.manager.owner("acct") is not None
+    assert b.manager.owner("acct").owner == a.store.owner_id  # type: ignore[union-attr]
+    assert b.adapter.status("acct") is not ContextStatus.ACTIVE  # nothing was activated in b
+
+    assert there["n"] == 0 and there.metadata()["tier"] == "gold" and dict(there) == {"n": 0}
+    assert there.set("n", 1) == 2
+    assert there.update({"a": 1, "b": 2}) == 3
+    assert there.delete("b") == 4
+    assert there.set_metadata("tier", "silver") == 5
+    rp = there.create_recovery_point("before")
+    assert (rp.id, rp.version, rp.label) == (1, 5, "before")
+    assert there.set("n", 2) == 6
+    assert there.restore(rp.id) == 7
+    assert b.manager.update("acct", {"m": 1}) == 8
+    assert b.manager.create_recovery_point("acct").version == 8
+    assert b.manager.restore("acct", rp) == 9
+    assert there.set_async("x", [1, {"y": 2}]).get() == 10
+    assert there.update_async({"z": True}).get() == 11
+    ref = b.ref("acct")
+    assert ref.ask(Get("x")) == [1, {"y": 2}]
+    assert ref.ask(Update({"w": 1})) == 12
+    assert ref.ask(Set("v", 2), block=False).get() == 13
+
+    # every call was applied by the owner, once, in order: its own tracker reads the result
+    assert here.version == there.version == 13
+    assert dict(here) == dict(there) == {"n": 1, "a": 1, "x": [1, {"y": 2}], "z": True, "w": 1, "v": 2}
+    assert a.manager.owner("acct").here  # type: ignore[union-attr]
+    assert b.adapter.status("acct") is not ContextStatus.ACTIVE
+
+    # the manager's writes that need no context actor run in the owner too
+    b.manager.set_ttl("acct", 3600)
+    b.manager.delete_recovery_point("acct", rp.id)
+    assert [p.id for p in a.manager.recovery_points("acct")] == [2]
+    b.manager.delete("acct")
+    assert a.adapter.status("acct") is ContextStatus.NONEXISTENT and not b.manager.exists("acct")
+
+
+def test_typed_errors_come_back_as_the_same_classes_with_their_fields(systems: Open) -> None:
+    a, b = systems(manager_config=ContextManagerConfig(max_value_bytes=1024)), systems()
+    a.adapter.get_or_create("acct", data={"n": 0})
+    there = b.adapter.get_or_create("acct")
+
+    with pytest.raises(VersionConflictError) as conflict:
+        there.set("n", 1, expected_version=7)
+    assert (conflict.value.context_id, conflict.value.expected, conflict.value.actual) == ("acct", 7, 1)
+    with pytest.raises(InvalidValueError) as bad:  # refused by the owner's own limit (b's is 1 MiB)
+        there.set("big", "x" * 2000)
+    assert bad.value.key == "big" and bad.value.context_id == "acct"
+    with pytest.raises(NotForwardableError, match="max_payload"):  # more than NATS carries: not sent
+        there.set("huge", "x" * (2**20 + 10))
+    with pytest.raises(RecoveryPointNotFoundError):
+        there.restore(99)
+    with pytest.raises(NotForwardableError) as nf:  # a function does not cross processes
+        there.transact(lambda d: d.update(n=5))
+    assert nf.value.owner == a.store.owner_id
+    assert there.version == 1  # nothing above changed it
+
+
+def test_a_forwarded_call_keeps_the_callers_deadline(systems: Open) -> None:
+    a, b = systems(), systems()
+    here = a.adapter.get_or_create("acct", data={"n": 0})
+    there = b.adapter.get_or_create("acct")
+    there.set("n", 1)  # the owner is known now
+    busy, release = threading.Event(), threading.Event()
+
+    def slow(draft: Any) -> None:
+        busy.set()
+        release.wait(10)
+
+    blocker = here.transact_async(slow, timeout=15)
+    assert busy.wait(5)
+    try:
+        with pytest.raises(CallNotStartedError) as late:  # queued behind the transaction past its deadline
+            there.set("n", 2, timeout=0.5)
+        assert late.value.context_id == "acct"
+    finally:
+        release.set()
+    blocker.get()
+    assert here.version == 3 and here["n"] == 1  # 1 (create) + set + transact: the cancelled set never ran
+
+
+def test_writes_while_ownership_moves_back_and_forth_land_exactly_once(systems: Open) -> None:
+    a, b = systems(lease_ttl=2.0), systems(lease_ttl=2.0)
+    a.adapter.get_or_create("acct")
+    there = b.adapter.get_or_create("acct")
+    acknowledged: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                there.set(f"k{i}", i, timeout=5)
+                acknowledged.append(i)
+            except HoardError as exc:
+                errors.append(exc)
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(6):  # the context moves: a lets go, the next call (from b) takes it, a takes it back...
+            n = len(acknowledged)
+            wait_until(lambda n=n: len(acknowledged) > n + 5, 20, "writes through a")
+            a.adapter.deactivate("acct")
+            n = len(acknowledged)
+            wait_until(lambda n=n: len(acknowledged) > n + 5, 20, "writes in b")
+            b.adapter.deactivate("acct")
+            a.adapter.get_or_create("acct")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == []
+    state = a.manager.get_state("acct")
+    assert {f"k{i}" for i in acknowledged} <= set(state.data)
+    assert state.version == 1 + len(acknowledged)  # gapless: no write applied twice, none lost
+
+
+def test_owner_names_the_lease_holder_without_activating(systems: Open) -> None:
+    a, b = systems(), systems()
+    assert b.manager.owner("acct") is None  # never activated anywhere
+    a.adapter.get_or_create("acct")
+    seen = b.manager.owner("acct")
+    assert seen is not None and seen.owner == a.store.owner_id and not seen.here and seen.token >= 1
+    assert 0 < seen.expires_in <= 10
+    assert b.adapter.status("acct") is ContextStatus.INACTIVE  # asking activated nothing in b
+    a.adapter.deactivate("acct")
+    assert b.manager.owner("acct") is None  # released
+
+
+def test_without_forwarding_writes_and_activations_wait_alike_or_fail_fast(systems: Open) -> None:
+    a, b = systems(forward=False), systems(forward=False)
+    a.adapter.get_or_create("acct", data={"n": 0})
+    for call in (lambda: b.manager.update("acct", {"n": 1}, wait=False),
+                 lambda: b.adapter.activate("acct", wait=False),
+                 lambda: b.manager.tracker("acct", wait=False),
+                 lambda: b.manager.update("acct", {"n": 1}, timeout=0.3),
+                 lambda: b.adapter.activate("acct", timeout=0.3)):
+        with pytest.raises(ContextOwnedElsewhereError) as owned:
+            call()
+        assert owned.value.owner == a.store.owner_id
+    # waiting means waiting: a manager write that started while a owned it lands once a lets go
+    result: list[int] = []
+    started = threading.Event()
+
+    def write() -> None:
+        started.set()
+        result.append(b.manager.update("acct", {"n": 2}, timeout=10))
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    started.wait(5)
+    a.adapter.deactivate("acct")
+    thread.join(15)
+    assert result == [2]
+
+
+def test_a_restart_with_the_same_owner_id_takes_its_leases_back_at_once_and_fences_the_zombie(
+        systems: Open, pg_dsn: str, pg_schema: str) -> None:
+    def store() -> PostgresStore:
+        return PostgresStore(pg_dsn, schema=pg_schema, owner_id="node-1", lease_ttl=30.0)
+
+    zombie = systems(store=store())
+    old = zombie.adapter.get_or_create("acct", data={"n": 0})
+    token = zombie.manager.owner("acct").token  # type: ignore[union-attr]
+    reborn = systems(store=store())  # same owner id, while the old incarnation still runs (a zombie)
+    fresh = reborn.adapter.get_or_create("acct", timeout=2.0)  # no wait for the 30 s lease
+    assert reborn.manager.owner("acct").token == token + 1  # type: ignore[union-attr]
+    assert fresh.set("n", 1) == 2
+    with pytest.raises(FencedOffError):
+        old.set("n", 99)
+    assert dict(reborn.manager.get_state("acct").data) == {"n": 1}
+
+
+def test_a_restart_under_a_new_owner_id_takes_its_default_context_once_the_old_lease_ends(
+        systems: Open, pg_dsn: str, pg_schema: str, nats_url: str) -> None:
+    old = Host(None, {"dsn": pg_dsn, "schema": pg_schema, "nats": nats_url, "owner": "incarnation-1",
+                      "lease_ttl": 4.0, "default": "main"})
+    try:
+        old.expect("ready", 60)
+        old.kill()  # SIGKILL: its lease on "main" is left to run out (4 s)
+        new = systems(store=PostgresStore(pg_dsn, schema=pg_schema, owner_id="incarnation-2", lease_ttl=1.0),
+                      auto_activate_default=True, default_context_id="main")
+        # opened while the dead incarnation's lease still ran: no current context at first, then the
+        # default is activated in the background as soon as that lease has ended
+        assert new.adapter.current_id() is None
+        wait_until(lambda: new.adapter.current_id() == "main", 15, "the default context becoming current")
+        assert new.manager.owner("main").here  # type: ignore[union-attr]
+    finally:
+        old.kill()
+
+
+def test_a_postgres_store_object_is_configured_like_the_url(systems: Open, pg_dsn: str, pg_schema: str) -> None:
+    store = PostgresStore(pg_dsn, schema=pg_schema)
+    system = systems(store=store, manager_config=ContextManagerConfig(max_state_bytes=4096, recovery="fallback"))
+    assert store.require_lease  # like the URL form: every write under its lease
+    assert store.recovery == "fallback"
+    with pytest.raises(InvalidValueError):  # the config's max_state_bytes applies
+        system.adapter.get_or_create("acct").set("big", "x" * 5000)
+    with pytest.raises(ConfigError, match="max_state_bytes"):  # both set, differently: which one?
+        systems(store=PostgresStore(pg_dsn, schema=pg_schema, max_state_bytes=8192),
+                manager_config=ContextManagerConfig(max_state_bytes=4096))
+
