@@ -72,6 +72,13 @@ from hoard.storage import VersionConflictError as VersionConflictError
 from hoard.storage import thaw as thaw
 
 from ._adapter import ContextAdapter as ContextAdapter
+from ._bridges import ApplierStats as ApplierStats
+from ._bridges import BridgeError as BridgeError
+from ._bridges import BrokerUnavailableError as BrokerUnavailableError
+from ._bridges import CommandApplier as CommandApplier
+from ._bridges import InvalidCommandError as InvalidCommandError
+from ._bridges import Relay as Relay
+from ._bridges import RelayLag as RelayLag
 from ._config import ContextAdapterConfig as ContextAdapterConfig
 from ._config import ContextManagerConfig as ContextManagerConfig
 from ._daemon import run_forever as run_forever
@@ -100,10 +107,14 @@ _logging.getLogger("storage").addHandler(_logging.NullHandler())
 _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "ApplierStats",
+    "BridgeError",
+    "BrokerUnavailableError",
     "CallNotStartedError",
     "CallOutcomeUnknownError",
     "CapacityError",
     "ChangeStream",
+    "CommandApplier",
     "ConfigError",
     "ContextActivated",
     "ContextAdapter",
@@ -140,6 +151,7 @@ __all__ = [
     "FrozenDict",
     "FrozenList",
     "HoardError",
+    "InvalidCommandError",
     "InvalidContextIdError",
     "InvalidMessageError",
     "InvalidValueError",
@@ -155,6 +167,8 @@ __all__ = [
     "RecoveryPointDeleted",
     "RecoveryPointNotFoundError",
     "RecoveryReport",
+    "Relay",
+    "RelayLag",
     "RemoteChange",
     "Restored",
     "SQLiteStore",

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pykka
 
 from hoard.actors import (
@@ -74,6 +75,9 @@ class SystemCore:
         self.call_timeout = config.call_timeout
         self.maintenance_interval: float | None = None
         self._stopped = False
+        # broker bridges (hoard._bridges' Relay / CommandApplier) started on this system: stopped first
+        # by stop(), their lag in metrics(); list.append/remove are atomic, no lock needed
+        self._bridges: list[Any] = []
         self._ticker: threading.Thread | None = None
         self._ticker_interval = 0.0
         self._ticker_stop = threading.Event()
@@ -143,7 +147,23 @@ class SystemCore:
         parts, depths = self.ask(CollectMetrics(), timeout, "collecting metrics")
         persistence = self.ask_persistence(GetMetrics(), timeout, "collecting metrics")
         depths = {**depths, "events": mailbox_depth(self._bus)}
-        return Metrics.from_parts(*parts, persistence, mailbox_depths=depths)
+        lags = [bridge.lag() for bridge in list(self._bridges) if hasattr(bridge, "lag")]
+        return attrs.evolve(Metrics.from_parts(*parts, persistence, mailbox_depths=depths),
+                            relay_lag_entries={lag.name: lag.entries for lag in lags},
+                            relay_lag_seconds={lag.name: lag.seconds for lag in lags})
+
+    # -- broker bridges ------------------------------------------------------------------------------
+    def attach_bridge(self, bridge: Any) -> None:
+        """Called by a starting `Relay` / `CommandApplier`: `stop()` stops it first, `metrics()` shows
+        its lag. `SystemStoppedError` after stop."""
+        if self._stopped:
+            raise SystemStoppedError()
+        self._bridges.append(bridge)
+
+    def detach_bridge(self, bridge: Any) -> None:
+        """Called by a stopping bridge (idempotent)."""
+        with contextlib.suppress(ValueError):
+            self._bridges.remove(bridge)
 
     # -- maintenance ---------------------------------------------------------------------------------
     def maintain(self, *, timeout: float | None = None) -> list[str]:
@@ -226,6 +246,8 @@ class SystemCore:
         """
         if self._stopped:
             return
+        for bridge in list(self._bridges):  # first: a relay commits its last confirmed offset while the store is open
+            bridge.stop()
         self._stopped = True
         _LIVE.discard(self)
         self._halt_ticker()
