@@ -284,3 +284,180 @@ def proxy_for(port: int) -> Iterator[TcpProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+# -- commands in ----------------------------------------------------------------------------------------
+@attrs.define
+class CommandChannel:
+    """Where a test sends commands to an applier on broker `kind`, and where its dead letters go."""
+
+    kind: str
+    tag: str
+    subject: str
+    dead_letter: str
+    stream: str | None
+    dead: list[dict[str, Any]] = attrs.field(factory=list)  # MQTT: dead letters as they arrive
+    closers: list[Callable[[], None]] = attrs.field(factory=list)
+
+    def url(self) -> str:
+        return url(self.kind, ack_wait=1) if self.kind == "nats" else url(self.kind)
+
+    def cli_args(self, store: str, name: str) -> list[str]:
+        args = ["apply", store, "--from", self.url(), "--subject", self.subject, "--dead-letter", self.dead_letter,
+                "--name", name]
+        return [*args, "--stream", self.stream] if self.stream else args
+
+    def send(self, bodies: list[bytes]) -> None:
+        """Publish `bodies` in order, each confirmed by the broker."""
+        if self.kind == "nats":
+            import nats  # noqa: PLC0415
+
+            async def send() -> None:
+                nc = await nats.connect(url("nats"))
+                js = nc.jetstream()
+                for body in bodies:
+                    await js.publish(self.subject, body)
+                await nc.close()
+            asyncio.run(send())
+        elif self.kind == "amqp":
+            import pika  # noqa: PLC0415
+
+            conn = pika.BlockingConnection(pika.URLParameters(url("amqp")))
+            ch = conn.channel()
+            ch.confirm_delivery()
+            for body in bodies:
+                ch.basic_publish("", self.subject, body, pika.BasicProperties(delivery_mode=2))
+            conn.close()
+        else:
+            client = _mqtt_client(f"{self.tag}-pub")
+            for body in bodies:
+                client.publish(self.subject, body, qos=1).wait_for_publish(10)
+            client.disconnect()
+            client.loop_stop()
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        if self.kind == "nats":
+            import nats  # noqa: PLC0415
+
+            async def read() -> list[dict[str, Any]]:
+                nc = await nats.connect(url("nats"))
+                js = nc.jetstream()
+                info = await js.stream_info(self.stream)
+                out = []
+                for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                    msg = await js.get_msg(self.stream, seq)
+                    if msg.subject == self.dead_letter:
+                        out.append(orjson.loads(msg.data))
+                await nc.close()
+                return out
+            return asyncio.run(read())
+        if self.kind == "amqp":
+            import pika  # noqa: PLC0415
+
+            conn = pika.BlockingConnection(pika.URLParameters(url("amqp")))
+            ch = conn.channel()
+            out = []
+            while True:
+                method, _props, body = ch.basic_get(self.dead_letter, auto_ack=False)
+                if method is None:
+                    break
+                out.append(orjson.loads(body))
+            conn.close()  # not acked: they stay for a second look
+            return out
+        return list(self.dead)
+
+    def unfinished(self, name: str) -> int:
+        """Commands the broker still holds for applier `name` (not acknowledged); NATS and AMQP."""
+        if self.kind == "nats":
+            import nats  # noqa: PLC0415
+
+            async def info() -> int:
+                nc = await nats.connect(url("nats"))
+                ci = await nc.jetstream().consumer_info(self.stream, name)
+                await nc.close()
+                return int(ci.num_ack_pending + ci.num_pending)
+            return asyncio.run(info())
+        import pika  # noqa: PLC0415
+
+        conn = pika.BlockingConnection(pika.URLParameters(url("amqp")))
+        count = int(conn.channel().queue_declare(self.subject, passive=True).method.message_count)
+        conn.close()
+        return count
+
+    def close(self) -> None:
+        for closer in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                closer()
+
+
+def _mqtt_client(client_id: str, *, persistent: bool = False) -> Any:
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    connected: queue.Queue[int] = queue.Queue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
+    client.on_connect = lambda *_args: connected.put(1)
+    client.connect(HOST, PORTS["mqtt"])
+    client.loop_start()
+    connected.get(timeout=10)
+    return client
+
+
+def _subscribe(client: Any, topic: str) -> None:
+    """Subscribe at QoS 1 and wait for the SUBACK."""
+    done: queue.Queue[int] = queue.Queue()
+    client.on_subscribe = lambda *_args: done.put(1)
+    client.subscribe(topic, qos=1)
+    done.get(timeout=10)
+
+
+def make_channel(kind: str, applier_name: str) -> CommandChannel:
+    """Declare a command subject (and dead-letter subject) for one test on broker `kind`."""
+    tag = f"t{uuid.uuid4().hex[:10]}"
+    if kind == "nats":
+        import nats  # noqa: PLC0415
+
+        stream = f"C{tag.upper()}"
+        channel = CommandChannel(kind, tag, f"{tag}.cmd", f"{tag}.dead", stream)
+
+        async def create() -> None:
+            nc = await nats.connect(url("nats"))
+            await nc.jetstream().add_stream(name=stream, subjects=[channel.subject, channel.dead_letter])
+            await nc.close()
+        asyncio.run(create())
+        channel.closers.append(lambda: _nats_delete_stream(stream))
+        return channel
+    if kind == "amqp":
+        import pika  # noqa: PLC0415
+
+        channel = CommandChannel(kind, tag, f"{tag}.cmd", f"{tag}.dead", None)
+        conn = pika.BlockingConnection(pika.URLParameters(url("amqp")))
+        for q in (channel.subject, channel.dead_letter):
+            conn.channel().queue_declare(q, durable=True)
+        conn.close()
+
+        def drop() -> None:
+            c = pika.BlockingConnection(pika.URLParameters(url("amqp")))
+            for q in (channel.subject, channel.dead_letter):
+                c.channel().queue_delete(q)
+            c.close()
+        channel.closers.append(drop)
+        return channel
+    channel = CommandChannel(kind, tag, f"{tag}/cmd", f"{tag}/dead", None)
+    # the applier's persistent session exists before any command is sent: the broker keeps them for it
+    session = _mqtt_client(applier_name, persistent=True)
+    _subscribe(session, channel.subject)
+    session.disconnect()
+    session.loop_stop()
+    watcher = _mqtt_client(f"{tag}-dead")
+    watcher.on_message = lambda _c, _u, msg: channel.dead.append(orjson.loads(msg.payload))
+    _subscribe(watcher, channel.dead_letter)
+
+    def stop() -> None:
+        watcher.disconnect()
+        watcher.loop_stop()
+        cleaner = _mqtt_client(applier_name)  # a clean session ends the persistent one
+        cleaner.disconnect()
+        cleaner.loop_stop()
+    channel.closers.append(stop)
+    return channel

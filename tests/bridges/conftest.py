@@ -1,5 +1,8 @@
 """Fixtures of the broker bridge tests: the real brokers (skipped when one does not answer, failed
-under ``CI=true``), a per-test target on a broker, and a check that no bridge thread is left."""
+under ``CI=true``), a per-test target on a broker, and a check that no bridge thread is left.
+
+Variants marked ``slow`` (50 kills instead of 10) are skipped unless the run selects them with
+``-m slow`` (or sets ``HOARD_SLOW=1``), as in tests/reliability."""
 
 from __future__ import annotations
 
@@ -7,10 +10,24 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.bridges.brokers import Target, broker_problem, make_target
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    markexpr = config.getoption("markexpr", "") or ""
+    if "slow" in markexpr or os.environ.get("HOARD_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow variant: run with -m slow (or HOARD_SLOW=1)")
+    for item in items:
+        if "slow" in item.keywords and _HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)
+
 
 _BRIDGE_THREADS = ("hoard-relay-", "hoard-apply-", "hoard-nats", "paho-mqtt-client-", "test-proxy")
 

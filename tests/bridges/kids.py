@@ -20,11 +20,12 @@ class Zygote:
         self._proc = proc
         self.pids: list[int] = []
 
-    def fork(self, args: Sequence[str]) -> int:
-        """Start ``hoard ARGS...`` in a forked child; returns its pid."""
+    def fork(self, args: Sequence[str], out: Path | None = None) -> int:
+        """Start ``hoard ARGS...`` in a forked child (its stdout appended to `out`); returns its pid."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        assert all(a and not any(c.isspace() for c in a) for a in args), args
-        self._proc.stdin.write("fork " + " ".join(args) + "\n")
+        words = [str(out) if out is not None else "-", *args]
+        assert all(w and not any(c.isspace() for c in w) for w in words), words
+        self._proc.stdin.write("fork " + " ".join(words) + "\n")
         self._proc.stdin.flush()
         pid = int(self._proc.stdout.readline())
         self.pids.append(pid)

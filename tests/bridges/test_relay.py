@@ -59,7 +59,7 @@ def _relay_killed(target: Target, pg_dsn: str, pg_schema: str, kills: int, seed:
                     pid = z.fork(args)
                     # a random moment while it publishes: once it committed an offset, within 0-150 ms
                     position = wait_for(lambda p=position: (now := consumer.position) > p and now, 60,
-                                        "the relay to publish")
+                                        "the relay to publish", pause=0.01)  # each look is a store read
                     pause.wait(rng.uniform(0.0, 0.15))
                     z.kill(pid)
                 stop.set()
@@ -67,9 +67,10 @@ def _relay_killed(target: Target, pg_dsn: str, pg_schema: str, kills: int, seed:
                 assert not errors, errors
                 written = {t.id: t.version for t in trackers}
                 assert sum(written.values()) > CONTEXTS * 5, written  # the writer made progress during the kills
-                head = _head(system, 0)
+                head = _head(system, consumer.position)
                 pid = z.fork([*args[:-1], "256"])  # the last one catches up in big batches
-                wait_for(lambda: consumer.position >= head, 60, f"the last relay to reach offset {head}")
+                wait_for(lambda: consumer.position >= head, 60, f"the last relay to reach offset {head}",
+                         pause=0.05)
                 z.kill(pid, signal.SIGTERM)
         finally:
             stop.set()
