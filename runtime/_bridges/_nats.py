@@ -27,10 +27,10 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-import nats
 import nats.errors
 import nats.js.api
 import nats.js.errors
+from nats.aio.client import Client as NATS
 
 from ._broker import Incoming, Outgoing, public_url, url_options
 from ._errors import BrokerUnavailableError
@@ -75,8 +75,15 @@ class _Loop:
         servers = self.url.split("?", 1)[0]
 
         async def connect() -> Any:
-            return await nats.connect(servers, connect_timeout=timeout, allow_reconnect=False,
-                                      max_reconnect_attempts=0)
+            nc = NATS()
+            try:
+                await nc.connect(servers, connect_timeout=max(1, round(timeout)), allow_reconnect=False,
+                                 max_reconnect_attempts=0)
+            except BaseException:
+                with contextlib.suppress(Exception):  # what a failed connect left open (its transport)
+                    await nc.close()
+                raise
+            return nc
         try:
             self.nc = self.run(connect(), timeout + 1, "connecting")
         except BaseException:
