@@ -704,7 +704,7 @@ def _open_diskcache(directory: str, doc: dict[str, Any]) -> Any:
     """A diskcache `Cache` at synchronous=FULL (its default is NORMAL; FULL matches hoard's
     sync="full"), filled with `doc`; None if diskcache is not installed (it is an optional extra)."""
     try:
-        import diskcache  # noqa: PLC0415 - optional: pip install 'hoard[bench]'
+        import diskcache  # noqa: PLC0415 - optional: pip install 'hoard-contexts[bench]'
     except ImportError:
         return None
     cache = diskcache.Cache(directory, sqlite_synchronous=2, sqlite_journal_mode="wal")
@@ -738,7 +738,7 @@ def _peers(run: _Run) -> list[BenchRow]:
         system.stop()
     note = f"{n} single-key writes a round on a {keys}-key context; hoard: SQLite sync=full, immediate"
     if cache is None:
-        first = _skipped("peer_diskcache", "skipped: diskcache is not installed (pip install 'hoard[bench]')")
+        first = _skipped("peer_diskcache", "skipped: diskcache is not installed (pip install 'hoard-contexts[bench]')")
     else:
         first = _row("peer_diskcache", samples[0], samples[2], note + "; diskcache: sqlite_synchronous=FULL, WAL")
     return [first, _row("peer_json_file", samples[0], samples[1], note)]
@@ -753,7 +753,7 @@ def _pg_unavailable(dsn: str) -> str | None:
     try:
         import psycopg  # noqa: PLC0415 - the "postgres" extra is optional
     except ImportError:
-        return "psycopg is not installed (pip install 'hoard[postgres]')"
+        return "psycopg is not installed (pip install 'hoard-contexts[postgres]')"
     try:
         with psycopg.connect(dsn, connect_timeout=2, autocommit=True) as conn:
             conn.execute("SELECT 1")
@@ -927,7 +927,7 @@ def run_bench(*, quick: bool = False, only: Iterable[str] | None = None, workdir
 
 def write_chart(report: BenchReport, path: str) -> None:
     """Draw the report's scaling series (one panel each) into a PNG at `path`. Needs matplotlib
-    (``pip install 'hoard[chart]'``; `ImportError` otherwise). Runs in the calling thread."""
+    (``pip install 'hoard-contexts[chart]'``; `ImportError` otherwise). Runs in the calling thread."""
     import matplotlib  # noqa: PLC0415 - an optional extra, needed only here
 
     matplotlib.use("Agg")

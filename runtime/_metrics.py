@@ -3,7 +3,7 @@
 `Metrics` is a frozen record built by `Metrics.from_parts` from what each actor hands over (plain
 counter dicts and histogram snapshots, see `hoard.actors._metrics`). It renders itself in the Prometheus
 text format (`Metrics.to_prometheus`), and `register_prometheus` exposes a live system to a
-Prometheus scraper through ``prometheus-client`` (the optional extra ``hoard[prometheus]``)::
+Prometheus scraper through ``prometheus-client`` (the optional extra ``hoard-contexts[prometheus]``)::
 
     from prometheus_client import start_http_server
     from hoard import register_prometheus
@@ -378,7 +378,7 @@ def register_prometheus(system_metrics_fn: Callable[[], Metrics], registry: Any 
         or scrapes get its `SystemStoppedError`).
 
     Raises:
-        ImportError: prometheus-client is not installed (``pip install 'hoard[prometheus]'``).
+        ImportError: prometheus-client is not installed (``pip install 'hoard-contexts[prometheus]'``).
         ValueError: the registry already has series of these names (a second system in the same
             registry: give each its own registry).
 
@@ -388,7 +388,8 @@ def register_prometheus(system_metrics_fn: Callable[[], Metrics], registry: Any 
     try:
         import prometheus_client  # noqa: PLC0415 - an optional dependency
     except ImportError as exc:
-        raise ImportError("register_prometheus needs prometheus-client: pip install 'hoard[prometheus]'") from exc
+        raise ImportError("register_prometheus needs prometheus-client: "
+                          "pip install 'hoard-contexts[prometheus]'") from exc
     collector = _Collector(system_metrics_fn)
     (prometheus_client.REGISTRY if registry is None else registry).register(collector)
     return collector

@@ -156,7 +156,7 @@ class PostgresStore(LeaseHolder, RowStore):
                  codec: Codec | None = None, connection_class: type[Any] | None = None, feed: bool = True,
                  feed_retention: int = DEFAULT_FEED_RETENTION) -> None:
         if psycopg is None:  # pragma: no cover - exercised only without the extra
-            raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard[postgres]'")
+            raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard-contexts[postgres]'")
         super().__init__(codec or Codec(compression_level, max_bytes=max_state_bytes + 2**20), recovery, readonly)
         if not IDENT.fullmatch(schema):
             raise ConfigError(f"schema must be an identifier (letters, digits, '_', at most 63), not {schema!r}")

@@ -56,6 +56,11 @@ def _print_table(report: BenchReport) -> None:
     for row in report.rows:
         if row.note:
             console.print(f"- {row.name}: {row.note}", markup=False)
+    for series in report.series:  # the scaling series as numbers too (--chart draws them)
+        first = series.y[0] if series.y and series.y[0] else None
+        points = ", ".join(f"{x:g}: {_amount(y, series.unit)}" + (f" ({y / first:.2f}x)" if first else "")
+                           for x, y in zip(series.x, series.y, strict=True))
+        console.print(f"- {series.title}, by {series.xlabel}: {points}", markup=False)
 
 
 def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
@@ -66,7 +71,8 @@ def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
 @click.option("--quick", is_flag=True, help="Fewer operations and rounds: under a minute (noisier ratios).")
 @click.option("--only", multiple=True, type=click.Choice(MEASURES), help="Run only this measure (repeatable).")
 @click.option("--chart", "chart", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Also draw the scaling series into this PNG (needs matplotlib: pip install 'hoard[chart]').")
+              help="Also draw the scaling series into this PNG "
+                   "(needs matplotlib: pip install 'hoard-contexts[chart]').")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False, exists=True, path_type=str), default=None,
               help="Where the temporary stores go (the disk the durable rows measure). Default: the temp dir.")
 @click.option("--json", "as_json", is_flag=True, is_eager=True, callback=remember_json,
@@ -89,7 +95,7 @@ def bench(quick: bool, only: tuple[str, ...], chart: str | None, workdir: str | 
         raise click.UsageError(f"--chart draws the scaling series of {', '.join(SERIES_MEASURES)}; "
                                "--only selects none of them")
     if chart is not None and importlib.util.find_spec("matplotlib") is None:
-        raise click.ClickException("--chart needs matplotlib: pip install 'hoard[chart]'")
+        raise click.ClickException("--chart needs matplotlib: pip install 'hoard-contexts[chart]'")
     if sys.stderr.isatty():
         with Progress(TextColumn("bench: {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:

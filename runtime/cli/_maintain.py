@@ -112,7 +112,8 @@ def verify(store: str, fix: bool, as_json: bool) -> None:
                                            else f"{len(issues)} problem{'s' if len(issues) != 1 else ''}")
         console.print(f"{contexts} contexts checked: {verdict}")
         if unfixed and not fix:
-            console.print("run `hoard verify --fix` to repair what can be repaired without losing data")
+            console.print(f"run `hoard verify --fix {store}` to repair what can be repaired without losing data",
+                          markup=False)
     if unfixed:
         click.get_current_context().exit(1)
 
@@ -197,6 +198,6 @@ def compact(store: str, as_json: bool) -> None:
         for f in failed:
             console.print(f"not compacted: {f['id']}: {f['problem']}", markup=False)
         if failed:
-            console.print("run `hoard verify` for details", markup=False)
+            console.print(f"run `hoard verify {store}` for details", markup=False)
     if failed:
         click.get_current_context().exit(1)
