@@ -26,7 +26,6 @@ committed before the store closes).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
 import time
@@ -276,8 +275,9 @@ class Relay:
         return min(self._max_backoff, max(0.05, backoff * 2))
 
     def _read(self) -> list[FeedEntry]:
-        with self._system.changes(after=self._position, timeout=0) as stream:
-            return list(itertools.islice(stream, self._batch))
+        """The next entries after our position, at most `batch`: one read of this thread's own store
+        reader (exactly the batch; the waiting is `_wait`'s)."""
+        return self._store_reader().feed(self._position, self._batch)
 
     def _wait(self) -> None:
         """Wait for an entry after our position (woken by this system's commits; bounded)."""
@@ -286,13 +286,17 @@ class Relay:
         if entry is not None:
             self._head = max(self._head, entry.offset)
 
-    def _read_head(self) -> int:
+    def _store_reader(self) -> Store:
+        """The relay thread's read-only store (a store is single-threaded), opened on first use."""
         if self._reader is None:
             reader = self._system.store.reader()
             if reader is not self._system.store:
                 reader.open()
             self._reader = reader
-        return int(self._reader.feed_bounds()[1])
+        return self._reader
+
+    def _read_head(self) -> int:
+        return int(self._store_reader().feed_bounds()[1])
 
     def _refresh_head(self, *, force: bool = False) -> None:
         now = time.monotonic()
