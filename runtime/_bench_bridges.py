@@ -155,13 +155,13 @@ def _bare_publish(kind: str, options: dict[str, Any], messages: Sequence[Outgoin
     else:
         import redis  # noqa: PLC0415
 
-        client = redis.Redis.from_url(url)
+        rclient = redis.Redis.from_url(url)
         for chunk in chunks:
-            pipe = client.pipeline(transaction=False)
+            pipe = rclient.pipeline(transaction=False)
             for m in chunk:
                 pipe.xadd(m.subject, {"message_id": m.message_id, "body": m.body})
             pipe.execute()
-        client.close()
+        rclient.close()
 
 
 def throughput_sides(kind: str, system: ContextSystem, messages: Callable[[str], list[Outgoing]],
@@ -242,7 +242,7 @@ class _Receiver:
 
             parts = urlsplit(url)
             client = mqtt.Client(CallbackAPIVersion.VERSION2)
-            client.on_message = lambda _c, _u, m: self._note(m.payload)
+            client.on_message = lambda _c, _u, m: self._note(bytes(m.payload))
             client.on_subscribe = lambda *_a: self._ready.set()
             client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
             client.subscribe(subject.replace("{context_id}", "#"), qos=1)
@@ -267,15 +267,15 @@ class _Receiver:
         else:
             import redis  # noqa: PLC0415
 
-            client = redis.Redis.from_url(url)
+            rclient = redis.Redis.from_url(url)
             last = "$"
             self._ready.set()
             while not self._stop.is_set():
-                for _key, items in client.xread({self.tag: last}, block=50) or []:
+                for _key, items in rclient.xread({self.tag: last}, block=50) or []:
                     for entry_id, fields in items:
                         last = entry_id
                         self._note(fields[b"body"])
-            client.close()
+            rclient.close()
 
     def close(self) -> None:
         self._stop.set()
