@@ -203,17 +203,19 @@ class ContextActor(pykka.ThreadingActor):
             return self._receive(message)
         try:
             return self._receive(message)
-        except pykka.ActorDeadError:
-            raise
+        except pykka.ActorDeadError as exc:  # told after the final snapshot: it cannot be applied here
+            self._dead_letter(message, exc, undeliverable=True)
+            return None
         except Exception as exc:  # noqa: BLE001 - a told message: nobody to answer, and it must not stop us
             self._dead_letter(message, exc)
             return None
 
-    def _dead_letter(self, message: Any, exc: BaseException) -> None:
-        log.warning("context %r: dead letter: a told %s was refused: %s", self.cell.id, type(message).__name__, exc)
+    def _dead_letter(self, message: Any, exc: BaseException, *, undeliverable: bool = False) -> None:
+        log.warning("context %r: dead letter: a told %s was %s: %s", self.cell.id, type(message).__name__,
+                    "too late (passivated)" if undeliverable else "refused", exc)
         if self.supervisor is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                self.supervisor.tell(DeadLetterSeen(self.cell.id, type(message).__name__, repr(exc), False))
+                self.supervisor.tell(DeadLetterSeen(self.cell.id, type(message).__name__, repr(exc), undeliverable))
 
     def _receive(self, message: Any) -> Any:
         cls = type(message)

@@ -69,6 +69,7 @@ from hoard.storage import Store as Store
 from hoard.storage import StoreLockedError as StoreLockedError
 from hoard.storage import SystemStoppedError as SystemStoppedError
 from hoard.storage import VersionConflictError as VersionConflictError
+from hoard.storage import VersionNotStoredError as VersionNotStoredError
 from hoard.storage import thaw as thaw
 
 from ._adapter import ContextAdapter as ContextAdapter
@@ -89,6 +90,8 @@ from ._factory import create_manager as create_manager
 from ._factory import create_manager_with_config as create_manager_with_config
 from ._feed import ChangeStream as ChangeStream
 from ._feed import FeedConsumer as FeedConsumer
+from ._history import Diff as Diff
+from ._history import HistoryEntry as HistoryEntry
 from ._manager import ContextManager as ContextManager
 from ._metrics import Metrics as Metrics
 from ._metrics import register_prometheus as register_prometheus
@@ -144,12 +147,14 @@ __all__ = [
     "CorruptionRecovered",
     "DeactivationReason",
     "DeadLetter",
+    "Diff",
     "FeedConsumer",
     "FeedEntry",
     "FeedTruncatedError",
     "FencedOffError",
     "FrozenDict",
     "FrozenList",
+    "HistoryEntry",
     "HoardError",
     "InvalidCommandError",
     "InvalidContextIdError",
@@ -185,6 +190,7 @@ __all__ = [
     "SystemStoppedError",
     "Transacted",
     "VersionConflictError",
+    "VersionNotStoredError",
     "acting_as",
     "create_adapter",
     "create_adapter_with_config",

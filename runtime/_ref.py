@@ -11,15 +11,17 @@ to the context's current actor, and a passivated context is activated again firs
 * ``tell(message)``: returns at once (re-activation happens on a system worker thread). A told
   message that cannot be delivered (the context was deleted, capacity refused its activation) or
   that the context refuses (malformed, a version conflict) is a *dead letter*: logged, counted in
-  ``system.metrics().dead_letters`` and emitted as a `DeadLetter` event. Tells from one thread keep
-  their order while the context stays active; one that meets a passivation is redelivered and may
-  land after later ones.
+  ``system.metrics().dead_letters`` and emitted as a `DeadLetter` event. Tells through one ref keep
+  their order: while the context is passivated (or earlier tells wait to be delivered) they queue in
+  the ref and one worker delivers them in turn. A tell already in a mailbox when its actor stops is
+  redelivered; it may then land after tells sent later.
 
 Thread-safe; any number of refs may address one context.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any
 
@@ -46,11 +48,13 @@ log = logging.getLogger(__name__)
 class ContextRef:
     """A stable address of one context (see the module docstring)."""
 
-    __slots__ = ("_system", "_tracker")
+    __slots__ = ("_backlog", "_drainer", "_system", "_tracker")
 
     def __init__(self, system: SystemCore, tracker: ContextTracker) -> None:
         self._system = system
         self._tracker = tracker
+        self._backlog: collections.deque[Any] = collections.deque()  # tells waiting for delivery, in order
+        self._drainer = [True]  # one token: the worker that holds it delivers the backlog (list.pop is atomic)
 
     @property
     def context_id(self) -> str:
@@ -76,34 +80,59 @@ class ContextRef:
 
     def tell(self, message: Any) -> None:
         """Send `message` without waiting for a reply. Returns at once; see the module docstring for
-        what happens to a message that cannot be delivered. `SystemStoppedError` after stop."""
+        ordering and for what happens to a message that cannot be delivered. `SystemStoppedError`
+        after stop."""
         if self._system.stopped:
             raise SystemStoppedError()
-        what = f"told {type(message).__name__} to {self.context_id!r}"
-        pending: Pending = self._tracker._submit(message, what)  # noqa: SLF001
-        pending.add_done_callback(lambda reply: self._told(message, reply))
+        cell = self._tracker._cell()  # noqa: SLF001 - one package
+        if not self._backlog and cell is not None and not cell.closed:
+            what = f"told {type(message).__name__} to {self.context_id!r}"
+            pending: Pending = self._tracker._submit(message, what)  # noqa: SLF001 - one message, no thread
+            pending.add_done_callback(lambda reply: self._told(message, reply))
+            return
+        self._backlog.append(message)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Have a worker deliver the backlog, unless one already does."""
+        try:
+            self._drainer.pop()
+        except IndexError:
+            return  # the worker draining now will take the new message too
+        try:
+            self._system.offload(self._drain)
+        except HoardError as exc:
+            self._drainer.append(True)
+            while self._backlog:
+                self._dead_letter(self._backlog.popleft(), repr(exc), undeliverable=True)
+
+    def _drain(self) -> None:
+        """On a worker thread: deliver the backlog in order (re-activating the context as needed)."""
+        while True:
+            while self._backlog:
+                message = self._backlog.popleft()
+                try:
+                    self._tracker._call(message, None, f"told {type(message).__name__} to {self.context_id!r}")  # noqa: SLF001
+                except BaseException as exc:  # noqa: BLE001 - reported as a dead letter
+                    self._dead_letter(message, repr(exc), undeliverable=_undeliverable(exc))
+            self._drainer.append(True)
+            if not self._backlog:
+                return
+            try:  # a message came in after the check above: drain it, unless its sender started a drain
+                self._drainer.pop()
+            except IndexError:
+                return
 
     def _told(self, message: Any, reply: Reply) -> None:
         """Runs in the thread that completed the reply: must not block."""
         try:
             pykka.ThreadingFuture.get(reply, timeout=0)
-        except pykka.ActorDeadError:
-            if reply.retry is None or self._system.stopped:
+        except pykka.ActorDeadError:  # it met a stopping actor, so it was not applied: deliver it again
+            if self._system.stopped:
                 self._dead_letter(message, "the system stopped", undeliverable=True)
                 return
-            retry = reply.retry
-            reply.retry = None  # at most one redelivery round from here (it retries itself inside)
-
-            def redeliver() -> None:
-                try:
-                    retry()
-                except BaseException as exc:  # noqa: BLE001 - reported as a dead letter
-                    self._dead_letter(message, repr(exc), undeliverable=_undeliverable(exc))
-
-            try:
-                self._system.offload(redeliver)
-            except HoardError as exc:
-                self._dead_letter(message, repr(exc), undeliverable=True)
+            self._backlog.append(message)
+            self._kick()
         except BaseException as exc:  # noqa: BLE001 - refused, or never delivered
             self._dead_letter(message, repr(exc), undeliverable=_undeliverable(exc))
 

@@ -4,11 +4,15 @@ Reads (`get`, `state`, `version`, `keys`) never enter a mailbox: they read the n
 state the context published, a single reference read, in the calling thread. Writes are messages to
 the context's actor; the call blocks until the actor (and, in ``immediate`` mode, the store) has
 answered, at most `timeout` seconds (default: the manager's ``call_timeout``), then raises
-`ContextTimeoutError`. A thread always reads its own acknowledged writes.
+`CallNotStartedError` (the actor had not started the call: it is cancelled in the mailbox and never
+applied) or `CallOutcomeUnknownError` (it had). Every write takes ``request_id=`` (applied at most
+once). A thread always reads its own acknowledged writes. Each ``*_async`` form returns a `Pending`
+future at once and never waits in the caller's thread (see `ContextTracker._submit`).
 
 A tracker stays valid when its context is passivated (evicted, deactivated): its next call, reads
-included, activates it again (without making it current). Trackers are cheap and thread-safe; any
-number may point at one context.
+included, activates it again (without making it current). It holds the context's cell only weakly,
+so a tracker of a passivated context keeps nothing but its id and system. Trackers are cheap,
+thread-safe read-only `Mapping`s; any number may point at one context.
 """
 
 from __future__ import annotations
@@ -63,7 +67,6 @@ from ._events import subscribe
 __all__ = ["ContextTracker", "ContextTrackerFactory"]
 
 _MISSING: Any = object()
-_ATTEMPTS = 5  # a call that meets a passivating actor re-activates and retries (it was not applied)
 
 
 def activate_waiting(system: SystemCore, message: Activate, timeout: float | None, what: str) -> ContextCell:
@@ -196,7 +199,7 @@ class ContextTracker(Mapping[str, Any]):
         re-activated and sent again. `outer`: the future of an ``*_async`` call this one serves."""
         t = self._t(timeout)
         deadline = time.monotonic() + t
-        for _ in range(_ATTEMPTS):
+        while True:  # each round that meets a stopping actor did not apply it: bounded by the deadline
             if self._system.stopped:
                 raise SystemStoppedError()
             try:
@@ -216,7 +219,6 @@ class ContextTracker(Mapping[str, Any]):
                 if self._cell() is cell and not cell.closed:
                     cell.closed = True  # dead without being closed: let the supervisor decide
                 continue
-        raise HoardError(f"{what}: context {self._id!r} was passivated {_ATTEMPTS} times during the call")
 
     def _submit(self, message: Any, what: str, timeout: float | None = None) -> Pending:
         """Send `message` without waiting and return its future at once. With the actor running this

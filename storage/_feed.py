@@ -26,6 +26,7 @@ from ._store import Append, CreateContext, Op
 
 __all__ = [
     "DEFAULT_FEED_RETENTION",
+    "PRUNE_EVERY",
     "FeedEntry",
     "check_retention",
     "consumer_position",

@@ -69,7 +69,7 @@ class ChangeListener:
 
     def __init__(self, dsn: str, schema: str, *, connect_timeout: float = 5.0) -> None:
         if psycopg is None:  # pragma: no cover - exercised only without the extra
-            raise ConfigError("ChangeListener needs psycopg 3: pip install 'hoard[postgres]'")
+            raise ConfigError("ChangeListener needs psycopg 3: pip install 'hoard-contexts[postgres]'")
         self.dsn = dsn
         self.schema = schema
         self.connect_timeout = connect_timeout

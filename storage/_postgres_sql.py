@@ -39,6 +39,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "floor bigint NOT NULL)",
         "INSERT INTO {s}.feed_head VALUES (1, 0, 0)",
         "CREATE TABLE {s}.feed_consumers (name text PRIMARY KEY, pos bigint NOT NULL)",
+        # store-wide settings every process follows (the history policy)
+        "CREATE TABLE {s}.settings (key text PRIMARY KEY, value text NOT NULL)",
     ),
 )
 #: the table layout this hoard writes; a schema of a higher version is refused
@@ -185,6 +187,12 @@ SQL: dict[str, str] = {
                     "ON CONFLICT (name) DO UPDATE SET pos = EXCLUDED.pos",
     "consumer_delete": "DELETE FROM {s}.feed_consumers WHERE name = %(name)s",
     "has_feed": "SELECT to_regclass(%(t)s) IS NOT NULL",
+    "get_setting": "SELECT value FROM {s}.settings WHERE key = %(k)s",
+    "set_setting": "INSERT INTO {s}.settings (key, value) VALUES (%(k)s, %(v)s) "
+                   "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+    "trim_snapshots": "DELETE FROM {s}.snapshots WHERE context_id = %(id)s AND version < %(v)s",
+    "trim_journal": "DELETE FROM {s}.journal WHERE context_id = %(id)s AND version <= %(v)s",
+    "all_versions": "SELECT id, version FROM {s}.contexts",
     "lock_context": "SELECT version FROM {s}.contexts WHERE id = %(id)s FOR UPDATE",
     "version": "SELECT version FROM {s}.contexts WHERE id = %(id)s",
     "next_rp": "SELECT next_rp_id FROM {s}.contexts WHERE id = %(id)s",
@@ -229,7 +237,6 @@ SQL: dict[str, str] = {
     "snapshot_delete_all": "DELETE FROM {s}.snapshots WHERE context_id = %(id)s",
     "journal_delete": "DELETE FROM {s}.journal WHERE context_id = %(id)s AND version = %(v)s",
     "journal_delete_all": "DELETE FROM {s}.journal WHERE context_id = %(id)s",
-    "snapshot_blob": "UPDATE {s}.snapshots SET blob = %(blob)s WHERE context_id = %(id)s AND version = %(v)s",
     "rp_blob": "UPDATE {s}.recovery_points SET blob = %(blob)s WHERE context_id = %(id)s AND rp_id = %(rp)s",
     "set_version": "UPDATE {s}.contexts SET version = %(v)s, updated_at = %(u)s WHERE id = %(id)s",
     "set_next_rp": "UPDATE {s}.contexts SET next_rp_id = %(n)s WHERE id = %(id)s",

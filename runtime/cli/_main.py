@@ -23,6 +23,7 @@ from .._version import DISTRIBUTION
 from ._archive import export, import_
 from ._bench import bench
 from ._bridge import apply, relay
+from ._changes import diff
 from ._common import JSON_META, STORE_META, discard_stdout
 from ._demo import demo
 from ._inspect import history, ls, show, stats
@@ -133,7 +134,8 @@ def cli() -> None:
     """
 
 
-for _command in (ls, show, history, stats, restore, export, import_, verify, compact, demo, bench, relay, apply):
+for _command in (ls, show, history, diff, stats, restore, export, import_, verify, compact, demo, bench, relay,
+                 apply):
     cli.add_command(_command)
 
 

@@ -27,7 +27,6 @@ def ttl_store(request: pytest.FixtureRequest, store_path: Path) -> str | Path | 
         return store_path
     if request.param == "memory":
         return None
-
     return url_for(request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_schema"))
 
 

@@ -1,0 +1,91 @@
+"""`open_store` / `make_store`: one function turns what users write (a path, ``":memory:"``, a
+``postgresql://`` URL) into a store, read-only by default; `open_system` goes through it too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hoard.storage import (
+    ConfigError,
+    CorruptStateError,
+    CreateContext,
+    MemoryStore,
+    PersistenceError,
+    PostgresStore,
+    SQLiteStore,
+    StoreLockedError,
+    make_store,
+    new_state,
+    open_store,
+)
+from tests.pg import url_for
+
+
+def test_a_postgresql_url_makes_a_postgres_store_with_hoards_options_taken_out_of_it() -> None:
+    store = make_store("postgresql://u@db.example:6543/app?sslmode=disable&schema=tenant_7&lease_ttl=2.5"
+                       "&application_name=x", max_state_bytes=4096, require_lease=True)
+    assert isinstance(store, PostgresStore)
+    assert (store.schema, store.lease_ttl, store.require_lease, store.readonly) == ("tenant_7", 2.5, True, False)
+    assert store.dsn == "postgresql://u@db.example:6543/app?sslmode=disable&application_name=x"
+    assert store.codec.max_bytes == 4096 + 2**20  # the limits reach the store
+    plain = make_store("postgres://u@h/app", readonly=True)
+    assert isinstance(plain, PostgresStore)
+    assert (plain.schema, plain.lease_ttl, plain.require_lease, plain.readonly) == ("hoard", 10.0, False, True)
+    with pytest.raises(ConfigError, match="lease_ttl"):
+        make_store("postgresql://u@h/app?lease_ttl=soon")
+    with pytest.raises(ConfigError, match="schema"):
+        make_store("postgresql://u@h/app?schema=no;drop")
+
+
+def test_a_path_makes_a_sqlite_store_and_memory_a_memory_store(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "s.db", sync="normal", recovery="fallback")
+    assert isinstance(store, SQLiteStore)
+    assert (store.sync, store.recovery, store.readonly) == ("normal", "fallback", False)
+    assert isinstance(make_store(":memory:"), MemoryStore) and isinstance(make_store(""), MemoryStore)
+    with pytest.raises(ConfigError, match="path or a postgresql"):
+        make_store(42)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="sync"):
+        make_store(tmp_path / "s.db", sync="sometimes")
+
+
+def test_open_store_reads_alongside_the_writer_and_refuses_what_is_not_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with pytest.raises(PersistenceError, match="no store"):
+        open_store(path)  # read-only: nothing is created
+    assert not path.exists()
+    writer = open_store(path, readonly=False)
+    try:
+        writer.commit([CreateContext(new_state("a"))])
+        with pytest.raises(StoreLockedError):
+            open_store(path, readonly=False)
+        reader = open_store(path)  # no writer lock
+        try:
+            assert [c.id for c in reader.contexts()] == ["a"]
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+    (tmp_path / "other.db").write_bytes(b"not a database at all, just some bytes" * 100)
+    with pytest.raises(CorruptStateError):
+        open_store(tmp_path / "other.db")
+
+
+@pytest.mark.postgres
+def test_open_store_on_a_url_reads_without_creating_or_writing_anything(pg_dsn: str, pg_schema: str) -> None:
+    url = url_for(pg_dsn, pg_schema)
+    with pytest.raises(CorruptStateError, match="no hoard store"):
+        open_store(url)  # the schema is empty: a reader creates no tables
+    writer = open_store(url, readonly=False)
+    try:
+        writer.commit([CreateContext(new_state("a"))])
+        reader = open_store(url)
+        try:
+            assert [c.id for c in reader.contexts()] == ["a"] and reader.load("a") == writer.load("a")
+            with pytest.raises(PersistenceError, match="read-only"):
+                reader.commit([CreateContext(new_state("b"))])
+        finally:
+            reader.close()
+    finally:
+        writer.close()
