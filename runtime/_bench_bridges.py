@@ -268,13 +268,14 @@ class _Receiver:
             import redis  # noqa: PLC0415
 
             rclient = redis.Redis.from_url(url)
-            last = "$"
+            last: Any = "$"
             self._ready.set()
             while not self._stop.is_set():
-                for _key, items in rclient.xread({self.tag: last}, block=50) or []:
+                reply: Any = rclient.xread({self.tag: last}, block=50)
+                for _key, items in reply or []:
                     for entry_id, fields in items:
                         last = entry_id
-                        self._note(fields[b"body"])
+                        self._note(bytes(fields[b"body"]))
             rclient.close()
 
     def close(self) -> None:
