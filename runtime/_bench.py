@@ -876,7 +876,7 @@ def _bridges(run: _Run) -> list[BenchRow]:
     from ._bridges import Outgoing, change_body, message_id, render_subject  # noqa: PLC0415
 
     rows: list[BenchRow] = []
-    n, writes, rate, rounds = run.n(2_000, 10_000), run.n(200, 1_000), 200.0, run.n(3, 5)
+    n, writes, rate, rounds = run.n(1_000, 5_000), run.n(50, 1_000), 200.0, run.n(1, 3)
     with run.system(run.path("bridges.db"), "immediate") as system:
         system.consumer("bench-anchor")  # registered at 0, never committing: retention keeps every entry
         trackers = [system.adapter.get_or_create(f"c{i}") for i in range(10)]

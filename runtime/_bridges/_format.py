@@ -81,7 +81,7 @@ def change_body(entry: FeedEntry) -> bytes:
 
 def subject_token(context_id: str) -> str:
     """`context_id` as one subject / topic / routing-key token (percent-encoded outside ``[A-Za-z0-9_-~]``)."""
-    return quote(context_id, safe=_SAFE)
+    return quote(context_id, safe=_SAFE).replace(".", "%2E")  # quote() never encodes "." itself
 
 
 def render_subject(template: str, context_id: str) -> str:
