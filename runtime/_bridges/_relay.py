@@ -25,6 +25,7 @@ committed before the store closes).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -136,7 +137,11 @@ class Relay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Any = None
-        self._reader: Store | None = None
+        self._reader: Store | None = None  # opened and used on the read-ahead thread only
+        # reads and encodes the next batch while the broker confirms this one (the decode of feed
+        # entries is most of the relay's CPU; the broker's round trip releases the GIL)
+        self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoard-relay-ahead")
+        self._next: tuple[int, concurrent.futures.Future[tuple[list[FeedEntry], list[Outgoing]]]] | None = None
         # written by the relay's thread only; read anywhere (lag())
         self._position = 0
         self._head = 0
@@ -224,9 +229,9 @@ class Relay:
         finally:
             self._connected = False
             self._publisher.close()
-            if self._reader is not None and self._reader is not self._system.store:
-                with contextlib.suppress(HoardError):
-                    self._reader.close()
+            with contextlib.suppress(HoardError, concurrent.futures.TimeoutError):
+                self._ahead.submit(self._close_reader).result(self._timeout)
+            self._ahead.shutdown(wait=True)
 
     def _loop(self) -> None:
         backoff = 0.0
@@ -244,15 +249,14 @@ class Relay:
                     continue
                 self._connected = True
                 log.info("relay %r connected to %s", self.name, self.url)
-            batch = self._read()
+            batch, messages = self._take(self._position)
             if not batch:
                 self._oldest = None
                 self._wait()
                 continue
             self._oldest = batch[0].at
             self._head = max(self._head, batch[-1].offset)
-            messages = [Outgoing(render_subject(self.subject, e.context_id), change_body(e), message_id(e))
-                        for e in batch]
+            self._read_ahead(batch[-1].offset)
             try:
                 self._publisher.publish(messages, self._timeout)
             except BrokerUnavailableError as exc:
@@ -274,10 +278,27 @@ class Relay:
         log.warning("relay %r: %s", self.name, exc)
         return min(self._max_backoff, max(0.05, backoff * 2))
 
-    def _read(self) -> list[FeedEntry]:
-        """The next entries after our position, at most `batch`: one read of this thread's own store
-        reader (exactly the batch; the waiting is `_wait`'s)."""
-        return self._store_reader().feed(self._position, self._batch)
+    def _load(self, after: int) -> tuple[list[FeedEntry], list[Outgoing]]:
+        """On the read-ahead thread: the entries after `after`, at most `batch` (one read of its own
+        store reader), and their messages."""
+        entries = self._store_reader().feed(after, self._batch)
+        return entries, [Outgoing(render_subject(self.subject, e.context_id), change_body(e), message_id(e))
+                         for e in entries]
+
+    def _read_ahead(self, after: int) -> None:
+        self._next = (after, self._ahead.submit(self._load, after))
+
+    def _take(self, after: int) -> tuple[list[FeedEntry], list[Outgoing]]:
+        """The batch after `after`: the one read ahead if it starts there (a failed publish leaves a
+        read-ahead that does not: it is dropped), else read now."""
+        ahead, self._next = self._next, None
+        future = ahead[1] if ahead is not None and ahead[0] == after else self._ahead.submit(self._load, after)
+        return future.result()
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not self._system.store:
+            reader.close()
 
     def _wait(self) -> None:
         """Wait for an entry after our position (woken by this system's commits; bounded)."""
@@ -287,7 +308,7 @@ class Relay:
             self._head = max(self._head, entry.offset)
 
     def _store_reader(self) -> Store:
-        """The relay thread's read-only store (a store is single-threaded), opened on first use."""
+        """The read-ahead thread's read-only store (a store is single-threaded), opened on first use."""
         if self._reader is None:
             reader = self._system.store.reader()
             if reader is not self._system.store:
@@ -296,7 +317,8 @@ class Relay:
         return self._reader
 
     def _read_head(self) -> int:
-        return int(self._store_reader().feed_bounds()[1])
+        """The feed's newest offset (read on the read-ahead thread, which owns the reader)."""
+        return int(self._ahead.submit(lambda: self._store_reader().feed_bounds()[1]).result())
 
     def _refresh_head(self, *, force: bool = False) -> None:
         now = time.monotonic()
