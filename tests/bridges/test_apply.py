@@ -136,3 +136,36 @@ def test_bad_commands_are_acknowledged_and_dead_lettered_with_their_typed_error(
         applier.stop()
         if channel.kind != "mqtt":
             assert channel.unfinished(NAME) == 0  # all acknowledged: none comes again
+
+
+def test_an_amqp_command_sent_twice_is_applied_once_and_both_are_answered(tmp_path: Path) -> None:
+    require_broker("amqp")
+    import pika  # noqa: PLC0415 - the broker's client, only where its tests run
+
+    from tests.bridges.brokers import url  # noqa: PLC0415
+
+    channel = make_channel("amqp", NAME)
+    conn = pika.BlockingConnection(pika.URLParameters(url("amqp")))
+    try:
+        ch = conn.channel()
+        answers = ch.queue_declare("", exclusive=True).method.queue
+        ch.confirm_delivery()
+        body = orjson.dumps({"context_id": "acct", "operation": "set", "arguments": {"key": "balance", "value": 5},
+                             "message_id": "deposit-1"})
+        with _system(tmp_path / "s.db") as system:
+            with CommandApplier(system, channel.url(), channel.subject, name=NAME) as applier:
+                for _ in range(2):  # a client retrying after a lost answer
+                    ch.basic_publish("", channel.subject, body, pika.BasicProperties(reply_to=answers))
+                wait_for(lambda: applier.stats().applied == 2, 30, "both commands handled")
+            state = system.manager.get_state("acct")
+            assert (state.version, dict(state.data)) == (2, {"balance": 5})  # created, then set once
+        replies = []
+        for _ in range(2):
+            method, _props, reply = ch.basic_get(answers, auto_ack=True)
+            assert method is not None
+            replies.append(orjson.loads(reply))
+        expected = [(True, 2, "deposit-1", None)] * 2
+        assert [(r["ok"], r["version"], r["message_id"], r["error"]) for r in replies] == expected
+    finally:
+        conn.close()
+        channel.close()
