@@ -77,6 +77,13 @@ from hoard.storage import VersionNotStoredError as VersionNotStoredError
 from hoard.storage import thaw as thaw
 
 from ._adapter import ContextAdapter as ContextAdapter
+from ._bridges import ApplierStats as ApplierStats
+from ._bridges import BridgeError as BridgeError
+from ._bridges import BrokerUnavailableError as BrokerUnavailableError
+from ._bridges import CommandApplier as CommandApplier
+from ._bridges import InvalidCommandError as InvalidCommandError
+from ._bridges import Relay as Relay
+from ._bridges import RelayLag as RelayLag
 from ._config import ContextAdapterConfig as ContextAdapterConfig
 from ._config import ContextManagerConfig as ContextManagerConfig
 from ._daemon import run_forever as run_forever
@@ -109,11 +116,15 @@ _logging.getLogger("storage").addHandler(_logging.NullHandler())
 _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "ApplierStats",
+    "BridgeError",
+    "BrokerUnavailableError",
     "CallNotStartedError",
     "CallOutcomeUnknownError",
     "CapacityError",
     "ChangeStream",
     "ChangesLost",
+    "CommandApplier",
     "ConfigError",
     "ContextActivated",
     "ContextAdapter",
@@ -153,6 +164,7 @@ __all__ = [
     "FrozenList",
     "HistoryEntry",
     "HoardError",
+    "InvalidCommandError",
     "InvalidContextIdError",
     "InvalidMessageError",
     "InvalidValueError",
@@ -170,6 +182,8 @@ __all__ = [
     "RecoveryPointDeleted",
     "RecoveryPointNotFoundError",
     "RecoveryReport",
+    "Relay",
+    "RelayLag",
     "RemoteChange",
     "Restored",
     "SQLiteStore",

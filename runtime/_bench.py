@@ -62,6 +62,8 @@ from hoard.storage import (
     new_state,
 )
 
+from ._bench_bridges import broker_problem, latency_sides, throughput_sides  # the broker clients load in its calls
+from ._bridges import Outgoing, change_body, message_id, render_subject
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._forward import encode_message, with_request_id
 from ._system import ContextSystem, open_system
@@ -1018,6 +1020,51 @@ def _forwarded_request_size(context_id: str, key: str, value: Any) -> int:
     """Bytes of the NATS request one forwarded ``set(key, value)`` sends."""
     message = with_request_id(SetMessage(key, value))
     return len(orjson.dumps({"k": "msg", "id": context_id, "m": encode_message(message), "t": 5.0}))
+# -- issue 16: broker bridges (the work is in _bench_bridges; this builds the rows) ----------------------
+_BRIDGE_KINDS = ("nats", "mqtt", "amqp", "redis")
+_BRIDGE_NAMES = {"nats": "NATS JetStream", "mqtt": "MQTT QoS 1", "amqp": "AMQP confirms", "redis": "Redis XADD"}
+for _kind in _BRIDGE_KINDS:
+    _SPECS[f"relay_{_kind}"] = _Spec(
+        f"relay to {_BRIDGE_NAMES[_kind]}: feed -> broker -> offset commit",
+        "the same client publishing the same messages in a bare loop, same acks and batches", "msgs/s", 0.7,
+        "higher")
+    _SPECS[f"relay_latency_{_kind}"] = _Spec(
+        f"relay to {_BRIDGE_NAMES[_kind]}: change to broker receipt, median under a steady load",
+        "the same client's publish to receipt, same rate", "ms", 20.0, "lower")
+
+
+def _bridges(run: _Run) -> list[BenchRow]:
+    rows: list[BenchRow] = []
+    n, writes, rate, rounds = run.n(1_000, 5_000), run.n(50, 1_000), 200.0, run.n(1, 3)
+    with run.system(run.path("bridges.db"), "immediate") as system:
+        system.consumer("bench-anchor")  # registered at 0, never committing: retention keeps every entry
+        trackers = [system.adapter.get_or_create(f"c{i}") for i in range(10)]
+        for i in range(n - len(trackers)):
+            trackers[i % 10].update({"n": i, "v": _value(i)})
+        entries = list(system.changes(after=0, timeout=0))
+
+        def messages(template: str) -> list[Any]:
+            return [Outgoing(render_subject(template, e.context_id), change_body(e), message_id(e)) for e in entries]
+
+        for kind in _BRIDGE_KINDS:
+            problem = broker_problem(kind)
+            if problem is not None:
+                rows += [_skipped(f"relay_{kind}", problem), _skipped(f"relay_latency_{kind}", problem)]
+                continue
+            retries: list[int] = []
+            sides = throughput_sides(kind, system, messages, len(entries), retries)
+            values, floors = _rounds(rounds, *sides, warmup=False)
+            rows.append(_row(f"relay_{kind}", values, floors, f"{len(entries)} feed entries a round (SQLite, "
+                             "sync=full), offset committed per 256; connect included on both sides; broker "
+                             f"failures (batch published again) per round: {retries}"))
+            failures: list[int] = []
+            relay_lat, bare_lat = latency_sides(kind, system, writes, rate, failures)
+            lat, bare = relay_lat(), bare_lat()
+            rows.append(_row(f"relay_latency_{kind}", [lat[0]], [bare[0]],
+                             f"p99 {lat[1]:.1f} ms (bare {bare[1]:.2f} ms); {writes} durable writes at {rate:.0f}/s, "
+                             "from the change's time (set as it is applied, before its commit) to a subscriber; "
+                             f"relay broker failures: {failures[0]}"))
+    return rows
 
 
 #: measure name -> (function, the row names it produces), in table order
@@ -1180,6 +1227,7 @@ _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] =
     "peers": (_peers, ("peer_diskcache", "peer_json_file")),
     "postgres": (_postgres, ("pg_durable_set", "pg_durable_32_threads")),
     "forwarding": (_forwarding, _FWD_ROWS),
+    "bridges": (_bridges, tuple(f"relay{s}_{k}" for k in _BRIDGE_KINDS for s in ("", "_latency"))),
 }
 _MEASURES.update({
     "feed": (_feed_cost, ("feed_write_cost", "feed_write_cost_16_threads")),

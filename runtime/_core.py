@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pykka
 
 from hoard.actors import (
@@ -92,6 +93,9 @@ class SystemCore:
         #: the NATS connection calls on contexts owned elsewhere go through (None: no forwarding)
         self.forwarder: Forwarder | None = None
         self._stopped = False
+        # broker bridges (hoard._bridges' Relay / CommandApplier) started on this system: stopped first
+        # by stop(), their lag in metrics(); list.append/remove are atomic, no lock needed
+        self._bridges: list[Any] = []
         self._ticker: threading.Thread | None = None
         self._ticker_interval = 0.0
         self._ticker_stop = threading.Event()
@@ -162,7 +166,23 @@ class SystemCore:
         persistence = self.ask_persistence(GetMetrics(), timeout, "collecting metrics")
         backlogs = self.ask_bus(Backlogs(), timeout, "collecting metrics")  # per subscriber
         depths = {**depths, "events": mailbox_depth(self._bus), **backlogs}
-        return Metrics.from_parts(*parts, persistence, mailbox_depths=depths)
+        lags = [bridge.lag() for bridge in list(self._bridges) if hasattr(bridge, "lag")]
+        return attrs.evolve(Metrics.from_parts(*parts, persistence, mailbox_depths=depths),
+                            relay_lag_entries={lag.name: lag.entries for lag in lags},
+                            relay_lag_seconds={lag.name: lag.seconds for lag in lags})
+
+    # -- broker bridges ------------------------------------------------------------------------------
+    def attach_bridge(self, bridge: Any) -> None:
+        """Called by a starting `Relay` / `CommandApplier`: `stop()` stops it first, `metrics()` shows
+        its lag. `SystemStoppedError` after stop."""
+        if self._stopped:
+            raise SystemStoppedError()
+        self._bridges.append(bridge)
+
+    def detach_bridge(self, bridge: Any) -> None:
+        """Called by a stopping bridge (idempotent)."""
+        with contextlib.suppress(ValueError):
+            self._bridges.remove(bridge)
 
     # -- maintenance ---------------------------------------------------------------------------------
     def maintain(self, *, timeout: float | None = None) -> list[str]:
@@ -251,14 +271,7 @@ class SystemCore:
         """
         if self._stopped:
             return
-        self._stopped = True
-        _LIVE.discard(self)
-        ticking = self._ticker_interval if self._ticker is not None else None
-        self._halt_ticker()
-        if self.forwarder is not None:
-            self.forwarder.close()  # no more calls from other processes; they re-route to the next owner
-        if self._remote is not None:
-            self._remote.stop()
+        ticking = self._halt_inbound()
         t = self.call_timeout * 4 if timeout is None else check_timeout(timeout)
         deadline = time.monotonic() + t
         error: BaseException | None = None
@@ -291,6 +304,22 @@ class SystemCore:
         if error is not None:
             log.error("hoard stopped with an error: %s", error)
             raise error
+
+    def _halt_inbound(self) -> float | None:
+        """The first step of `stop`: end what brings work in (bridges, the maintenance ticker, calls
+        forwarded from other processes, remote change notices) and mark the system stopped. Returns
+        the ticker's interval (None if it was not running), for a stop that is taken back."""
+        for bridge in list(self._bridges):  # first: a relay commits its last confirmed offset while the store is open
+            bridge.stop()
+        self._stopped = True
+        _LIVE.discard(self)
+        ticking = self._ticker_interval if self._ticker is not None else None
+        self._halt_ticker()
+        if self.forwarder is not None:
+            self.forwarder.close()  # no more calls from other processes; they re-route to the next owner
+        if self._remote is not None:
+            self._remote.stop()
+        return ticking
 
     def _stop_actors(self, deadline: float) -> bool:
         """Stop the actors by `deadline` (a monotonic time). A persistence actor still inside the

@@ -81,6 +81,9 @@ _HISTOGRAMS: dict[str, tuple[str, str]] = {
 }
 _CALLS = ("calls", "Calls handled by context actors, by kind.")
 _MAILBOX = ("mailbox_depth", "Messages waiting in an actor's mailbox.")
+_RELAY_LAG = {"relay_lag_entries": ("relay_lag_entries", "Feed entries a broker relay has not had confirmed yet."),
+              "relay_lag_seconds": ("relay_lag_seconds", "Age of the oldest feed entry a broker relay has not had "
+                                                         "confirmed yet (0 when caught up).")}
 _RATIO = ("compression_ratio", "Bytes before compression divided by bytes written (1.0 before any write).")
 
 _ALIASES = {"changes": "changes_committed"}  # the persistence actor's stats dict names it `changes`
@@ -90,6 +93,10 @@ _INT_FIELDS = frozenset(_COUNTERS) | frozenset(_GAUGES)
 
 def _counts(value: Mapping[str, int] | None) -> FrozenDict:
     return FrozenDict({str(k): int(v) for k, v in (value or {}).items()})
+
+
+def _seconds(value: Mapping[str, float] | None) -> FrozenDict:
+    return FrozenDict({str(k): float(v) for k, v in (value or {}).items()})
 
 
 def _latency() -> HistogramSnapshot:
@@ -117,6 +124,9 @@ class Metrics:
         active_contexts: contexts with a live actor now.
         failed_contexts: contexts FAILED now (until ``adapter.reset``).
         mailbox_depths: messages waiting now, by actor name.
+        relay_lag_entries: feed entries each running broker relay (`hoard.Relay`, by name) has not had
+            confirmed by its broker yet.
+        relay_lag_seconds: the age of the oldest of them, by relay (0.0 when caught up).
         commits, changes_committed, failed_commits, snapshots, recovery_points: store writes.
         bytes_written: bytes written to the store (after compression).
         payload_bytes: the same bytes before compression.
@@ -138,6 +148,8 @@ class Metrics:
     active_contexts: int = 0
     failed_contexts: int = 0
     mailbox_depths: FrozenDict = attrs.field(factory=FrozenDict, converter=_counts)
+    relay_lag_entries: FrozenDict = attrs.field(factory=FrozenDict, converter=_counts)
+    relay_lag_seconds: FrozenDict = attrs.field(factory=FrozenDict, converter=_seconds)
     commits: int = 0
     changes_committed: int = 0
     failed_commits: int = 0
@@ -218,7 +230,7 @@ class Metrics:
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-encodable form (histograms as dicts of their fields)."""
         out: dict[str, Any] = attrs.asdict(self, recurse=False)
-        for name in ("calls", "mailbox_depths"):
+        for name in ("calls", "mailbox_depths", "relay_lag_entries", "relay_lag_seconds"):
             out[name] = dict(out[name])
         for name in _HISTOGRAMS:
             h: HistogramSnapshot = out[name]
@@ -283,6 +295,9 @@ def _exposition(m: Metrics) -> str:
         family(f"{_PREFIX}{name}", "gauge", text, [("", "", getattr(m, field))])
     family(f"{_PREFIX}{_MAILBOX[0]}", "gauge", _MAILBOX[1],
            [("", f'{{actor="{_label(k)}"}}', n) for k, n in sorted(m.mailbox_depths.items())])
+    for field, (name, text) in _RELAY_LAG.items():  # after the mailbox depths, as _families yields them
+        family(f"{_PREFIX}{name}", "gauge", text,
+               [("", f'{{relay="{_label(k)}"}}', n) for k, n in sorted(getattr(m, field).items())])
     family(f"{_PREFIX}{_RATIO[0]}", "gauge", _RATIO[1], [("", "", m.compression_ratio)])
     for field, (name, text) in _HISTOGRAMS.items():
         h: HistogramSnapshot = getattr(m, field)
@@ -334,6 +349,12 @@ def _families(m: Metrics | None) -> Iterator[Any]:
         for actor, n in sorted(m.mailbox_depths.items()):
             depths.add_metric([actor], n)
     yield depths
+    for field, (name, text) in _RELAY_LAG.items():
+        lag = GaugeMetricFamily(f"{_PREFIX}{name}", text, labels=["relay"])
+        if m is not None:
+            for relay, n in sorted(getattr(m, field).items()):
+                lag.add_metric([relay], n)
+        yield lag
     yield GaugeMetricFamily(f"{_PREFIX}{_RATIO[0]}", _RATIO[1], value=None if m is None else m.compression_ratio)
     for field, (name, text) in _HISTOGRAMS.items():
         if m is None:

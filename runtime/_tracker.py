@@ -300,6 +300,7 @@ class ContextTracker(Mapping[str, Any]):
             if exc.context_id is None:
                 exc.context_id = self._id
             raise
+
     def _forwarder(self) -> Forwarder | None:
         return None if self._mode == LOCAL else self._system.forwarder
 

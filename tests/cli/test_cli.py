@@ -8,7 +8,8 @@ import pytest
 
 from .conftest import Hoard, no_traceback
 
-COMMANDS = ["ls", "show", "history", "restore", "export", "import", "verify", "compact", "stats", "demo", "bench"]
+COMMANDS = ["ls", "show", "history", "restore", "export", "import", "verify", "compact", "stats", "demo", "bench",
+            "relay", "apply"]
 
 
 def test_every_command_has_help_with_an_example(hoard: Hoard) -> None:

@@ -1,0 +1,351 @@
+"""The broker bridge rows of ``hoard bench`` (issue 16): relay throughput per broker against the same
+broker client publishing the same messages in a bare loop with the same acknowledgement settings,
+and commit-to-broker latency under a steady load against the same client's bare publish-to-receipt
+latency at the same rate.
+
+Runs against the brokers of ``HOARD_BENCH_BROKERS`` (default: the local ones, NATS 4222, MQTT 1883,
+RabbitMQ 5672 guest/guest, Redis 6379); a broker that does not answer, or whose client extra is not
+installed, gives a skipped row with the reason. Every name used on a broker (stream, exchange,
+queue, key, topic) is unique to the run and removed afterwards. Threads and connections started here
+are stopped before a function returns. Tooling, not imported by ``import hoard``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import queue
+import socket
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from hoard.storage import HoardError
+
+from ._bridges import Outgoing, Relay, make_publisher
+from ._system import ContextSystem
+
+__all__ = ["BROKERS", "broker_problem", "latency_sides", "throughput_sides"]
+
+BROKERS: dict[str, str] = {
+    "nats": "nats://127.0.0.1:4222", "mqtt": "mqtt://127.0.0.1:1883",
+    "amqp": "amqp://guest:guest@127.0.0.1:5672/%2F", "redis": "redis://127.0.0.1:6379/0",
+}
+_CLIENTS = {"nats": "nats", "mqtt": "paho", "amqp": "pika", "redis": "redis"}
+_BATCH = 256
+
+
+def broker_url(kind: str) -> str:
+    override = os.environ.get("HOARD_BENCH_BROKERS")
+    if override:
+        for item in override.split(","):
+            if item.split("://", 1)[0] == kind:
+                return item
+    return BROKERS[kind]
+
+
+def broker_problem(kind: str) -> str | None:
+    """Why broker `kind` cannot be measured, or None."""
+    if importlib.util.find_spec(_CLIENTS[kind]) is None:
+        return f"its client is not installed: pip install 'hoard-contexts[{kind}]'"
+    parts = urlsplit(broker_url(kind))
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=2):
+            return None
+    except OSError as exc:
+        return f"no {kind} broker answers at {parts.hostname}:{parts.port} ({exc})"
+
+
+# -- where a side publishes, unique per round --------------------------------------------------------
+def _place(kind: str, tag: str) -> tuple[str, dict[str, Any], Callable[[], None]]:
+    """(subject template, publisher options, cleanup) for one round."""
+    url = broker_url(kind)
+    if kind == "nats":
+        stream = tag.upper()
+
+        def drop() -> None:
+            import nats  # noqa: PLC0415 - the extra's client, only when measured
+
+            async def run() -> None:
+                nc = await nats.connect(url)
+                with contextlib.suppress(Exception):
+                    await nc.jetstream().delete_stream(stream)
+                await nc.close()
+            asyncio.run(run())
+        return f"{tag}.{{context_id}}", {"stream": stream}, drop
+    if kind == "amqp":
+        def drop_amqp() -> None:
+            import pika  # noqa: PLC0415
+
+            conn = pika.BlockingConnection(pika.URLParameters(url))
+            conn.channel().exchange_delete(tag)
+            conn.close()
+        return f"{tag}.{{context_id}}", {"exchange": tag}, drop_amqp
+    if kind == "redis":
+        def drop_redis() -> None:
+            import redis  # noqa: PLC0415
+
+            client = redis.Redis.from_url(url)
+            client.delete(tag)
+            client.close()
+        return tag, {}, drop_redis
+    return f"{tag}/{{context_id}}", {}, lambda: None
+
+
+def _bare_publish(kind: str, options: dict[str, Any], messages: Sequence[Outgoing]) -> None:
+    """The floor: the broker's client itself, connect + publish every message + close, with the relay's
+    acknowledgement settings and batches (JetStream acks with message ids, QoS 1 PUBACKs, publisher
+    confirms, pipelined XADD replies)."""
+    url = broker_url(kind)
+    chunks = [messages[i:i + _BATCH] for i in range(0, len(messages), _BATCH)]
+    if kind == "nats":
+        import nats  # noqa: PLC0415
+
+        async def run() -> None:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            with contextlib.suppress(Exception):
+                await js.add_stream(name=options["stream"], subjects=[f"{messages[0].subject.split('.')[0]}.>"])
+            for chunk in chunks:
+                futures = [await js.publish_async(m.subject, m.body, headers={"Nats-Msg-Id": m.message_id})
+                           for m in chunk]
+                await nc.flush()
+                for f in futures:
+                    await f
+            await nc.close()
+        asyncio.run(run())
+    elif kind == "mqtt":
+        import paho.mqtt.client as mqtt  # noqa: PLC0415
+        from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+        parts = urlsplit(url)
+        connected: queue.Queue[int] = queue.Queue()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        client.max_inflight_messages_set(1000)
+        client.on_connect = lambda *_a: connected.put(1)
+        client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+        client.loop_start()
+        connected.get(timeout=10)
+        for chunk in chunks:
+            infos = [client.publish(m.subject, m.body, qos=1) for m in chunk]
+            for info in infos:
+                info.wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
+    elif kind == "amqp":
+        import pika  # noqa: PLC0415
+
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.exchange_declare(options["exchange"], exchange_type="topic", durable=True)
+        for m in messages:
+            ch.basic_publish(options["exchange"], m.subject, m.body,
+                             pika.BasicProperties(delivery_mode=2, message_id=m.message_id,
+                                                  content_type="application/json"))
+        conn.close()
+    else:
+        import redis  # noqa: PLC0415
+
+        rclient = redis.Redis.from_url(url)
+        for chunk in chunks:
+            pipe = rclient.pipeline(transaction=False)
+            for m in chunk:
+                pipe.xadd(m.subject, {"message_id": m.message_id, "body": m.body})
+            pipe.execute()
+        rclient.close()
+
+
+def throughput_sides(kind: str, system: ContextSystem, messages: Callable[[str], list[Outgoing]],
+                     entries: int, retries: list[int]) -> tuple[Callable[[], float], Callable[[], float]]:
+    """(relay, bare loop): each a callable running one round and returning messages per second. The
+    relay follows `system`'s feed (holding `entries` entries) from offset 0 under a new consumer name;
+    `messages(template)` gives the floor the same payloads and subjects. Each relay round appends its
+    broker failures (batches published again) to `retries`."""
+    def relay_side() -> float:
+        tag = f"hb{uuid.uuid4().hex[:10]}"
+        subject, options, drop = _place(kind, tag)
+        try:
+            t0 = time.perf_counter()
+            relay = Relay(system, broker_url(kind), subject=subject, name=tag, batch=_BATCH, **options).start()
+            try:
+                relay.wait_caught_up(timeout=300)
+            finally:
+                relay.stop()
+            elapsed = time.perf_counter() - t0
+            lag = relay.lag()
+            if lag.published < entries:
+                raise HoardError(f"the {kind} relay published {lag.published} entries, not {entries}")
+            retries.append(lag.failures)
+            return entries / elapsed
+        finally:
+            drop()
+
+    def bare_side() -> float:
+        tag = f"hb{uuid.uuid4().hex[:10]}"
+        subject, options, drop = _place(kind, tag)
+        try:
+            batch = messages(subject)
+            t0 = time.perf_counter()
+            _bare_publish(kind, options, batch)
+            return len(batch) / (time.perf_counter() - t0)
+        finally:
+            drop()
+    return relay_side, bare_side
+
+
+# -- latency ---------------------------------------------------------------------------------------------
+class _Receiver:
+    """Subscribes to what one round publishes and notes the receipt time of each message."""
+
+    def __init__(self, kind: str, tag: str, subject: str) -> None:
+        self.kind, self.tag = kind, tag
+        self.got: queue.Queue[tuple[float, bytes]] = queue.Queue()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(subject,), name="hoard-bench-receiver", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError(f"the {kind} receiver did not subscribe")
+
+    def _note(self, body: bytes) -> None:
+        self.got.put((time.time(), body))
+
+    def _run(self, subject: str) -> None:  # one small subscriber per broker, side by side
+        url = broker_url(self.kind)
+        if self.kind == "nats":
+            import nats  # noqa: PLC0415
+
+            async def note(msg: Any) -> None:
+                self._note(msg.data)
+
+            async def run() -> None:
+                nc = await nats.connect(url)
+                await nc.subscribe(subject.replace("{context_id}", ">"), cb=note)
+                await nc.flush()
+                self._ready.set()
+                while not self._stop.is_set():
+                    await asyncio.sleep(0.05)  # the loop must run to deliver; the stop flag is checked between
+                await nc.close()
+            asyncio.run(run())
+        elif self.kind == "mqtt":
+            import paho.mqtt.client as mqtt  # noqa: PLC0415
+            from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+            parts = urlsplit(url)
+            client = mqtt.Client(CallbackAPIVersion.VERSION2)
+            client.on_message = lambda _c, _u, m: self._note(bytes(m.payload))
+            client.on_subscribe = lambda *_a: self._ready.set()
+            client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+            client.subscribe(subject.replace("{context_id}", "#"), qos=1)
+            while not self._stop.is_set():
+                client.loop(0.05)
+            client.disconnect()
+        elif self.kind == "amqp":
+            import pika  # noqa: PLC0415
+
+            conn = pika.BlockingConnection(pika.URLParameters(url))
+            ch = conn.channel()
+            ch.exchange_declare(self.tag, exchange_type="topic", durable=True)
+            q = ch.queue_declare("", exclusive=True).method.queue
+            ch.queue_bind(q, self.tag, routing_key=f"{self.tag}.#")
+            self._ready.set()
+            for method, _props, body in ch.consume(q, auto_ack=True, inactivity_timeout=0.05):
+                if method is not None:
+                    self._note(body)
+                if self._stop.is_set():
+                    break
+            conn.close()
+        else:
+            import redis  # noqa: PLC0415
+
+            rclient = redis.Redis.from_url(url)
+            last: Any = "$"
+            self._ready.set()
+            while not self._stop.is_set():
+                reply: Any = rclient.xread({self.tag: last}, block=50)
+                for _key, items in reply or []:
+                    for entry_id, fields in items:
+                        last = entry_id
+                        self._note(bytes(fields[b"body"]))
+            rclient.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency_sides(kind: str, system: ContextSystem, writes: int, rate: float, failures: list[int]
+                  ) -> tuple[Callable[[], tuple[float, float]], Callable[[], tuple[float, float]]]:
+    """(relay, bare): each runs one round of `writes` messages at `rate` per second and returns
+    (median, p99) in ms. Relay: a durable write's change time (``at``, taken as it is applied, before
+    its commit) to receipt by a subscriber, with the relay running. Bare: the client's publish (same
+    acknowledgement settings, one message at a time) to receipt by the same subscriber. The relay's
+    broker failures of the round are appended to `failures`."""
+    tracker = system.adapter.get_or_create(f"latency-{kind}")
+    pace = threading.Event()  # paces the steady load: one write per 1/rate s (a timer, not a wait for a result)
+
+    def collect(receiver: _Receiver, n: int, key: str) -> list[float]:
+        out: list[float] = []
+        deadline = time.monotonic() + 60
+        while len(out) < n and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                at, body = receiver.got.get(timeout=1)
+                out.append((at - orjson.loads(body)[key]) * 1000)
+        return out
+
+    def summary(ms: list[float]) -> tuple[float, float]:
+        return statistics.median(ms), _percentile(ms, 0.99)
+
+    def relay_side() -> tuple[float, float]:
+        tag = f"hl{uuid.uuid4().hex[:10]}"
+        subject, options, drop = _place(kind, tag)
+        receiver = _Receiver(kind, tag, subject)
+        try:
+            relay = Relay(system, broker_url(kind), subject=subject, name=tag, **options).start()
+            try:
+                relay.wait_caught_up(timeout=60)
+                while not receiver.got.empty():
+                    receiver.got.get_nowait()  # what the catch-up published is not part of the steady load
+                for i in range(writes):
+                    tracker.set("n", i)
+                    pace.wait(1 / rate)
+                result = summary(collect(receiver, writes, "at"))
+            finally:
+                relay.stop()
+            failures.append(relay.lag().failures)
+            return result
+        finally:
+            receiver.close()
+            drop()
+
+    def bare_side() -> tuple[float, float]:
+        tag = f"hl{uuid.uuid4().hex[:10]}"
+        subject, options, drop = _place(kind, tag)
+        receiver = _Receiver(kind, tag, subject)
+        publisher = make_publisher(broker_url(kind), subject=subject, **options)
+        try:
+            publisher.connect(5.0)
+            for i in range(writes):
+                sent = orjson.dumps({"sent": time.time(), "i": i})
+                publisher.publish([Outgoing(subject.replace("{context_id}", "bare"), sent, f"bare:{i}")], 5.0)
+                pace.wait(1 / rate)
+            return summary(collect(receiver, writes, "sent"))
+        finally:
+            publisher.close()
+            receiver.close()
+            drop()
+    return relay_side, bare_side

@@ -1,0 +1,152 @@
+"""What a broker backend is (`Publisher`, `CommandSource`) and how a URL chooses one.
+
+A backend is the broker's own well-kept client configured for the bridge's guarantees, and nothing
+else: the relay and apply loops (`_relay`, `_apply`) are written once over these two protocols.
+Every call of a backend blocks its caller (the bridge's own thread) for at most the `timeout` it is
+given, and reports any failure of the broker or the network as `BrokerUnavailableError` (after which
+the bridge closes the backend and connects it again with back-off).
+
+URLs (the scheme picks the backend; credentials are never shown in errors or metrics):
+
+==============================  ==========================================================  ==========
+``nats://host:4222?stream=S``   NATS JetStream; ``stream`` is created when missing           ``[nats]``
+``mqtt://host:1883``            MQTT 3.1.1, QoS 1                                             ``[mqtt]``
+``amqp://user:pw@host:5672/vh`` AMQP 0-9-1 (RabbitMQ); ``?exchange=E`` (topic, durable)       ``[amqp]``
+``redis://host:6379/0``         Redis Streams (``XADD``; the subject is the stream key)     ``[redis]``
+==============================  ==========================================================  ==========
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+from urllib.parse import SplitResult, parse_qs, urlsplit, urlunsplit
+
+import attrs
+
+from hoard.storage import ConfigError
+
+__all__ = [
+    "CommandSource",
+    "Incoming",
+    "Outgoing",
+    "Publisher",
+    "make_publisher",
+    "make_source",
+    "public_url",
+    "url_options",
+]
+
+
+@attrs.frozen
+class Outgoing:
+    """One message to publish: where, what, and its identity (``<context id>:<version>``)."""
+
+    subject: str
+    body: bytes
+    message_id: str
+
+
+@attrs.frozen(eq=False)
+class Incoming:
+    """One message received: its body, where to answer (None: nowhere), and the backend's handle
+    (what `CommandSource.ack` needs)."""
+
+    body: bytes
+    reply_to: str | None
+    handle: Any = attrs.field(repr=False)
+
+
+class Publisher(Protocol):
+    """The outbound half of a backend."""
+
+    url: str
+
+    def connect(self, timeout: float) -> None:
+        """Connect (and declare what publishing needs: a stream, an exchange)."""
+
+    def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
+        """Publish `messages` in order; return only when the broker confirmed every one (JetStream
+        ack, PUBACK, publisher confirm, XADD reply). Raises `BrokerUnavailableError` otherwise: then
+        any of them may or may not have arrived, but those that arrived are a prefix (one ordered
+        connection)."""
+
+    def close(self) -> None:
+        """Disconnect (idempotent, never raises, returns within a few seconds)."""
+
+
+class CommandSource(Protocol):
+    """The inbound half of a backend: a durable subscription whose messages stay with the broker
+    until acknowledged (a JetStream durable consumer, an AMQP queue, an MQTT persistent session)."""
+
+    url: str
+
+    def connect(self, timeout: float) -> None:
+        """Connect and subscribe (declaring the consumer / queue / session when missing)."""
+
+    def fetch(self, max_messages: int, timeout: float) -> list[Incoming]:
+        """Up to `max_messages`, waiting at most `timeout` for the first; [] when none came."""
+
+    def ack(self, message: Incoming) -> None:
+        """Tell the broker `message` is done with: it is not delivered again."""
+
+    def send(self, subject: str, body: bytes, timeout: float) -> None:
+        """Publish an answer or a dead letter, confirmed like `Publisher.publish`."""
+
+    def close(self) -> None:
+        """Disconnect (idempotent, never raises). Unacknowledged messages are delivered again."""
+
+
+_BACKENDS = {
+    "nats": ("._nats", "NatsPublisher", "NatsCommandSource", "nats"),
+    "mqtt": ("._mqtt", "MqttPublisher", "MqttCommandSource", "mqtt"),
+    "amqp": ("._amqp", "AmqpPublisher", "AmqpCommandSource", "amqp"),
+    "redis": ("._redis", "RedisPublisher", None, "redis"),
+}
+
+
+def public_url(url: str) -> str:
+    """`url` without its password (what errors, logs and metrics show)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def url_options(url: str) -> dict[str, str]:
+    """The query of `url` as single values (``?stream=S&x=1`` -> ``{"stream": "S", "x": "1"}``)."""
+    return {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def _backend(url: object, role: int) -> Any:
+    if not isinstance(url, str):
+        raise ConfigError(f"a broker URL is a str, not {type(url).__name__}")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in _BACKENDS:
+        raise ConfigError(f"unknown broker URL scheme {scheme!r} in {public_url(url)!r}; use one of "
+                          f"{', '.join(s + '://' for s in _BACKENDS)}")
+    entry = _BACKENDS[scheme]
+    name = entry[role]
+    if name is None:
+        raise ConfigError(f"{scheme}:// brokers can be relayed to, not consumed from; commands come from "
+                          "nats://, amqp:// or mqtt://")
+    try:
+        module = importlib.import_module(entry[0], __package__)
+    except ImportError as exc:  # the broker's client is an optional extra
+        raise ConfigError(f"{scheme}:// needs its client: pip install 'hoard-contexts[{entry[3]}]' ({exc})") from exc
+    return getattr(module, name)
+
+
+def make_publisher(url: str, **options: Any) -> Publisher:
+    """The publisher for `url` (`ConfigError`: unknown scheme, or its client extra not installed)."""
+    publisher: Publisher = _backend(url, 1)(url, **options)
+    return publisher
+
+
+def make_source(url: str, subject: str, **options: Any) -> CommandSource:
+    """The command source for `url` consuming `subject` (see each backend for the options)."""
+    source: CommandSource = _backend(url, 2)(url, subject, **options)
+    return source

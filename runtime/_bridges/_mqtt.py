@@ -1,0 +1,165 @@
+"""MQTT backend (paho-mqtt 2; ``pip install 'hoard-contexts[mqtt]'``), MQTT 3.1.1, QoS 1.
+
+paho runs its network loop on a thread of its own ("paho-mqtt-client-...", started by `connect`,
+joined by `close`); the bridge's thread publishes and waits on the message infos.
+
+Out: every message at QoS 1; a batch returns when every PUBACK came. (MQTT has no message id a broker
+de-duplicates on: a batch published again after a crash arrives again; the payload's ``message_id``
+lets a subscriber drop repeats.)
+
+In: a persistent session (``clean_session=False``, client id ``?client_id=`` or the bridge's name) with
+a QoS 1 subscription and manual acknowledgement: a PUBACK is sent only by `ack`, after the write
+committed, so a command whose bridge was killed is delivered again when the session resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ._broker import Incoming, Outgoing, public_url, url_options
+from ._errors import BrokerUnavailableError
+
+__all__ = ["MqttCommandSource", "MqttPublisher"]
+
+_INFLIGHT = 1000
+
+
+class _Client:
+    def __init__(self, url: str, client_id: str = "", *, persistent: bool = False, manual_ack: bool = False) -> None:
+        parts = urlsplit(url)
+        self.url = public_url(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 1883
+        self.username, self.password = parts.username, parts.password
+        self.client_id = client_id
+        self.persistent = persistent
+        self.manual_ack = manual_ack
+        self.client: mqtt.Client | None = None
+        self.connected: queue.Queue[int] = queue.Queue()
+
+    def open(self, timeout: float, on_message: Any = None) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=not self.persistent, manual_ack=self.manual_ack)
+        client.max_inflight_messages_set(_INFLIGHT)
+        client.max_queued_messages_set(0)
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
+        client.on_connect = lambda _c, _u, _f, rc, _p: self.connected.put(rc.value)
+        if on_message is not None:
+            client.on_message = on_message
+        try:
+            client.connect(self.host, self.port, keepalive=max(5, int(timeout * 4)))
+        except OSError as exc:
+            raise BrokerUnavailableError(self.url, f"connecting: {exc}") from exc
+        client.loop_start()
+        self.client = client
+        try:
+            rc = self.connected.get(timeout=timeout)
+        except queue.Empty:
+            self.close()
+            raise BrokerUnavailableError(self.url, f"no CONNACK within {timeout:g} s") from None
+        if rc != 0:
+            self.close()
+            raise BrokerUnavailableError(self.url, f"connection refused (code {rc})")
+        return client
+
+    def publish(self, messages: Sequence[tuple[str, bytes]], timeout: float) -> None:
+        client = self.client
+        if client is None or not client.is_connected():
+            raise BrokerUnavailableError(self.url, "not connected")
+        deadline = time.monotonic() + timeout
+        infos = [client.publish(topic, body, qos=1) for topic, body in messages]
+        for info in infos:
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise BrokerUnavailableError(self.url, f"publish refused: {mqtt.error_string(info.rc)}")
+            try:
+                info.wait_for_publish(max(0.001, deadline - time.monotonic()))
+            except (ValueError, RuntimeError) as exc:  # paho: the connection went away meanwhile
+                raise BrokerUnavailableError(self.url, f"publishing: {exc}") from exc
+            if not info.is_published():
+                raise BrokerUnavailableError(self.url, f"no PUBACK within {timeout:g} s")
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None:
+            return
+        with contextlib.suppress(Exception):  # a broken connection: nothing left to report
+            client.disconnect()
+        client.loop_stop()
+
+
+class MqttPublisher:
+    """Publishes at QoS 1 and waits for every PUBACK (see the module docstring)."""
+
+    def __init__(self, url: str, *, subject: str = "hoard/{context_id}", client_id: str | None = None) -> None:
+        self.url = public_url(url)
+        self._client = _Client(url, client_id or url_options(url).get("client_id", ""))
+
+    def connect(self, timeout: float) -> None:
+        self._client.open(timeout)
+
+    def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
+        self._client.publish([(m.subject, m.body) for m in messages], timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class MqttCommandSource:
+    """Commands from a QoS 1 subscription of a persistent session (see the module docstring)."""
+
+    def __init__(self, url: str, subject: str, *, client_id: str | None = None, **_ignored: Any) -> None:
+        self.url = public_url(url)
+        cid = client_id or url_options(url).get("client_id") or "hoard-apply"
+        self._client = _Client(url, cid, persistent=True, manual_ack=True)
+        self._subject = subject
+        self._inbox: queue.Queue[Any] = queue.Queue()
+
+    def connect(self, timeout: float) -> None:
+        self._inbox = queue.Queue()
+        inbox = self._inbox
+        client = self._client.open(timeout, on_message=lambda _c, _u, msg: inbox.put(msg))
+        result, _mid = client.subscribe(self._subject, qos=1)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            self._client.close()
+            raise BrokerUnavailableError(self.url, f"subscribing: {mqtt.error_string(result)}")
+
+    def fetch(self, max_messages: int, timeout: float) -> list[Incoming]:
+        client = self._client.client
+        if client is None or not client.is_connected():
+            raise BrokerUnavailableError(self.url, "not connected")
+        out: list[Incoming] = []
+        try:
+            msg = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return out
+        while True:
+            out.append(Incoming(bytes(msg.payload), None, msg))
+            if len(out) >= max_messages:
+                return out
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                return out
+
+    def ack(self, message: Incoming) -> None:
+        client = self._client.client
+        if client is None:
+            raise BrokerUnavailableError(self.url, "not connected")
+        rc = client.ack(message.handle.mid, message.handle.qos)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BrokerUnavailableError(self.url, f"acknowledging: {mqtt.error_string(rc)}")
+
+    def send(self, subject: str, body: bytes, timeout: float) -> None:
+        self._client.publish([(subject, body)], timeout)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,212 @@
+"""NATS JetStream backend (nats-py; ``pip install 'hoard-contexts[nats]'``).
+
+nats-py is asyncio-only: each backend object runs one event loop on a thread of its own
+("hoard-nats"), started by `connect` and stopped by `close`; the bridge's thread hands it coroutines
+and waits for them with its timeout (`asyncio.run_coroutine_threadsafe`).
+
+Out: every message is published with ``Nats-Msg-Id: <context id>:<version>``; JetStream drops a
+message whose id it stored within the stream's duplicate window (default 2 minutes), so a relay that
+publishes a batch again after a crash or a cut stores each change once. A batch is pipelined
+(``publish_async``: sent in order on the one connection) and returns when every ack came. With
+``?stream=NAME`` the stream is created when missing, over the subjects of the template (``{context_id}``
+becomes ``>``).
+
+In: a durable pull consumer (``?durable=NAME``, default the bridge's name) on the stream
+(``--stream``), explicit acks; a message not acked within ``ack_wait`` (``?ack_wait=SECONDS``, default
+30) is delivered again (also after the consumer was killed).
+
+The client's own reconnection is off: a failure closes the connection and the bridge connects again
+with back-off, so a batch is never half in one connection's buffers and half in the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import nats.errors
+import nats.js.api
+import nats.js.errors
+from nats.aio.client import Client as NATS
+
+from ._broker import Incoming, Outgoing, public_url, url_options
+from ._errors import BrokerUnavailableError
+
+__all__ = ["NatsCommandSource", "NatsPublisher"]
+
+T = TypeVar("T")
+_STOP_WAIT = 5.0
+
+
+def _stream_subject(template: str) -> str:
+    head, sep, _ = template.partition("{context_id}")
+    return f"{head}>" if sep else template
+
+
+class _Loop:
+    """One asyncio loop on a thread of its own, and a NATS connection on it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.shown = public_url(url)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self.nc: Any = None
+        self.js: Any = None
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+        assert self.loop is not None
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError as exc:
+            future.cancel()
+            raise BrokerUnavailableError(self.shown, f"no answer to {what} within {timeout:g} s") from exc
+        except (nats.errors.Error, OSError) as exc:
+            raise BrokerUnavailableError(self.shown, f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    def open(self, timeout: float) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="hoard-nats", daemon=True)
+        self.thread.start()
+        servers = self.url.split("?", 1)[0]
+
+        async def connect() -> Any:
+            nc = NATS()
+            try:
+                await nc.connect(servers, connect_timeout=max(1, round(timeout)), allow_reconnect=False,
+                                 max_reconnect_attempts=0)
+            except BaseException:
+                with contextlib.suppress(Exception):  # what a failed connect left open (its transport)
+                    await nc.close()
+                raise
+            return nc
+        try:
+            self.nc = self.run(connect(), timeout + 1, "connecting")
+        except BaseException:
+            self.shut()
+            raise
+        self.js = self.nc.jetstream(timeout=timeout)
+
+    def shut(self) -> None:
+        loop, self.loop = self.loop, None
+        if loop is None:
+            return
+        nc, self.nc, self.js = self.nc, None, None
+        if nc is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection: nothing to report
+                asyncio.run_coroutine_threadsafe(nc.close(), loop).result(_STOP_WAIT)
+        loop.call_soon_threadsafe(loop.stop)
+        if self.thread is not None:
+            self.thread.join(_STOP_WAIT)
+        if not loop.is_running():
+            loop.close()
+
+
+class NatsPublisher:
+    """Publishes to JetStream with message ids (see the module docstring)."""
+
+    def __init__(self, url: str, *, subject: str = "hoard.{context_id}", stream: str | None = None) -> None:
+        self.url = public_url(url)
+        self._loop = _Loop(url)
+        self._stream = stream or url_options(url).get("stream")
+        self._subjects = [_stream_subject(subject)]
+
+    def connect(self, timeout: float) -> None:
+        self._loop.open(timeout)
+        if self._stream:
+            try:
+                self._loop.run(self._ensure_stream(), timeout, "declaring the stream")
+            except BaseException:
+                self._loop.shut()
+                raise
+
+    async def _ensure_stream(self) -> None:
+        js = self._loop.js
+        try:
+            await js.stream_info(self._stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(name=self._stream, subjects=self._subjects)
+
+    def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
+        self._loop.run(self._publish(messages), timeout, f"publishing {len(messages)} messages")
+
+    async def _publish(self, messages: Sequence[Outgoing]) -> None:
+        js = self._loop.js
+        futures = [await js.publish_async(m.subject, m.body, headers={"Nats-Msg-Id": m.message_id})
+                   for m in messages]
+        await self._loop.nc.flush()
+        for future in futures:
+            await future  # a PubAck, or the server's error (raised)
+
+    def close(self) -> None:
+        self._loop.shut()
+
+
+class NatsCommandSource:
+    """Commands from a durable JetStream pull consumer (see the module docstring)."""
+
+    def __init__(self, url: str, subject: str, *, stream: str | None = None, durable: str | None = None,
+                 ack_wait: float | None = None, **_ignored: Any) -> None:
+        options = url_options(url)
+        self.url = public_url(url)
+        self._loop = _Loop(url)
+        self._subject = subject
+        self._stream = stream or options.get("stream")
+        self._durable = durable or options.get("durable") or "hoard-apply"
+        self._ack_wait = float(ack_wait if ack_wait is not None else options.get("ack_wait", 30))
+        self._sub: Any = None
+        self._streams: dict[str, str | None] = {}  # answer / dead-letter subject -> its stream (None: none)
+
+    def connect(self, timeout: float) -> None:
+        self._loop.open(timeout)
+        try:
+            self._sub = self._loop.run(self._subscribe(), timeout, "subscribing")
+        except BaseException:
+            self._loop.shut()
+            raise
+
+    async def _subscribe(self) -> Any:
+        js = self._loop.js
+        if self._stream:
+            try:
+                await js.stream_info(self._stream)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(name=self._stream, subjects=[self._subject])
+        config = nats.js.api.ConsumerConfig(ack_wait=self._ack_wait, ack_policy=nats.js.api.AckPolicy.EXPLICIT)
+        return await js.pull_subscribe(self._subject, durable=self._durable, stream=self._stream, config=config)
+
+    def fetch(self, max_messages: int, timeout: float) -> list[Incoming]:
+        async def fetch() -> list[Any]:
+            try:
+                return list(await self._sub.fetch(max_messages, timeout=timeout))
+            except nats.errors.TimeoutError:
+                return []
+        msgs = self._loop.run(fetch(), timeout + 5, "fetching commands")
+        return [Incoming(m.data, None, m) for m in msgs]
+
+    def ack(self, message: Incoming) -> None:
+        self._loop.run(message.handle.ack(), 5.0, "acknowledging")
+
+    def send(self, subject: str, body: bytes, timeout: float) -> None:
+        """An answer or dead letter: a JetStream publish (acked) when a stream covers `subject`, else a
+        plain NATS message (flushed). Deciding by asking first, not by trying: a JetStream publish to
+        a subject that has a plain subscriber and no stream is a request nobody answers."""
+        async def send() -> None:
+            if subject not in self._streams:
+                try:
+                    self._streams[subject] = await self._loop.js.find_stream_name_by_subject(subject)
+                except nats.js.errors.NotFoundError:
+                    self._streams[subject] = None
+            if self._streams[subject] is not None:
+                await self._loop.js.publish(subject, body)
+            else:
+                await self._loop.nc.publish(subject, body)
+                await self._loop.nc.flush()
+        self._loop.run(send(), timeout, f"publishing to {subject!r}")
+
+    def close(self) -> None:
+        self._loop.shut()

@@ -1,0 +1,330 @@
+"""`Relay`: the change feed out to a broker, at least once, in order per context.
+
+A relay is a named feed consumer (`ContextSystem.consumer`) with one thread of its own. Its loop:
+
+1. read the entries after the consumer's committed offset (at most `batch` at a time; when there are
+   none, wait for the next commit);
+2. publish them in offset order through the broker's backend, which returns only once the broker
+   confirmed every one (JetStream ack, MQTT PUBACK, AMQP publisher confirm, the XADD reply);
+3. commit the consumer's offset to the last entry published (a store write, durable when it returns).
+
+A relay killed between 2 and 3 (SIGKILL, power loss) publishes those entries again when it starts
+over: every change reaches the broker at least once; one context's changes are in version order
+because the feed is in commit order and a batch is published in order on one connection. On
+JetStream the message id header (``Nats-Msg-Id: <context id>:<version>``) makes the stream drop the
+repeats within its duplicate window: exactly once there. A broker that fails or is cut off makes the
+relay close the connection, wait (exponential back-off, up to `max_backoff`) and publish the same
+entries again; nothing is skipped, and `lag()` shows how far behind it is meanwhile.
+
+Threads: `start()` and `stop()` may be called from any thread; the loop runs on the relay's thread
+("hoard-relay-<name>"), the only one that touches the backend. The counters read by `lag()` are plain
+attributes written by that thread alone (lock-free reads of single references). A relay is stopped
+with its system (`ContextSystem.stop` stops every bridge first, so the last confirmed offset is
+committed before the store closes).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from hoard.storage import ConfigError, FeedTruncatedError, HoardError, Store, SystemStoppedError
+
+from ._broker import Outgoing, Publisher, make_publisher, public_url
+from ._errors import BrokerUnavailableError
+from ._format import change_body, message_id, render_subject
+
+if TYPE_CHECKING:
+    from hoard.storage import FeedEntry
+
+    from .._system import ContextSystem
+
+__all__ = ["Relay", "RelayLag"]
+
+log = logging.getLogger(__name__)
+
+#: the longest the relay waits for a new entry before looking at the store again (and at `stop()`)
+_IDLE_POLL = 0.25
+#: how often, at most, the relay reads the feed's newest offset for `lag()` while it cannot keep up
+_HEAD_EVERY = 0.1
+
+
+@attrs.frozen
+class RelayLag:
+    """How far a relay is behind the feed, at one moment.
+
+    Attributes:
+        name: the relay's consumer name.
+        url: the broker (without password).
+        entries: feed entries committed but not yet confirmed by the broker.
+        seconds: age of the oldest of them (0.0 when caught up).
+        published: entries confirmed by the broker since the relay started (repeats included).
+        failures: times the broker failed or was unreachable since the relay started.
+        connected: whether the relay has a connection now.
+        position: the consumer's committed offset.
+        error: why the relay stopped on its own (None while it runs or after `stop()`).
+    """
+
+    name: str
+    url: str
+    entries: int
+    seconds: float
+    published: int
+    failures: int
+    connected: bool
+    position: int
+    error: str | None = None
+
+
+def _head_now(store: Store) -> int:
+    """The feed's newest offset, read in the caller's thread on a reader of its own."""
+    reader = store.reader()
+    if reader is store:
+        return int(store.feed_bounds()[1])
+    reader.open()
+    try:
+        return int(reader.feed_bounds()[1])
+    finally:
+        reader.close()
+
+
+def _default_name(url: str, subject: str) -> str:
+    return f"relay {public_url(url)} {subject}"[:128]
+
+
+class Relay:
+    """Publishes every change of `system`'s feed to the broker at `to`. See the module docstring.
+
+    Args:
+        system: the running system whose feed is relayed.
+        to: the broker URL (``nats://``, ``mqtt://``, ``amqp://``, ``redis://``: see `hoard._bridges._broker`).
+        subject: the subject / topic / routing key / stream key template; ``{context_id}`` is replaced by
+            the context id (percent-encoded outside ``[A-Za-z0-9_-~]``, so it is one token).
+        name: the feed consumer's name (default: from the URL and subject). Two relays with one name
+            share one position: run one relay per name.
+        batch: the most entries published before one offset commit.
+        publish_timeout: seconds the broker has to confirm a batch (and to accept a connection).
+        max_backoff: the longest wait between two attempts while the broker is away.
+        publisher: a backend to use instead of the one `to` names (tests, or a broker of one's own).
+        **options: passed to the backend (e.g. ``stream="HOARD"`` for NATS, ``exchange="hoard"`` for AMQP).
+    """
+
+    def __init__(self, system: ContextSystem, to: str, *, subject: str = "hoard.{context_id}", name: str | None = None,
+                 batch: int = 256, publish_timeout: float = 5.0, max_backoff: float = 2.0,
+                 publisher: Publisher | None = None, **options: Any) -> None:
+        if not isinstance(subject, str) or not subject:
+            raise ConfigError(f"subject must be a non-empty str template, not {subject!r}")
+        if type(batch) is not int or batch < 1:
+            raise ConfigError(f"batch must be an int >= 1, not {batch!r}")
+        for label, value in (("publish_timeout", publish_timeout), ("max_backoff", max_backoff)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{label} must be seconds > 0, not {value!r}")
+        self._publisher = publisher if publisher is not None else make_publisher(to, subject=subject, **options)
+        self._system = system
+        self.url = public_url(to)
+        self.subject = subject
+        self.name = name if name is not None else _default_name(to, subject)
+        self._batch = batch
+        self._timeout = float(publish_timeout)
+        self._max_backoff = float(max_backoff)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer: Any = None
+        self._reader: Store | None = None  # opened and used on the read-ahead thread only
+        # reads and encodes the next batch while the broker confirms this one (the decode of feed
+        # entries is most of the relay's CPU; the broker's round trip releases the GIL)
+        self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoard-relay-ahead")
+        self._next: tuple[int, concurrent.futures.Future[tuple[list[FeedEntry], list[Outgoing]]]] | None = None
+        # written by the relay's thread only; read anywhere (lag())
+        self._position = 0
+        self._head = 0
+        self._head_read = 0.0
+        self._oldest: float | None = None
+        self._published = 0
+        self._failures = 0
+        self._connected = False
+        self._error: str | None = None
+        self._on_published: Callable[[list[FeedEntry]], None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> Relay:
+        """Register the feed consumer (a store write: its errors reach the caller) and start the
+        relay's thread; returns at once after that (the broker is connected on the relay's thread,
+        so a broker that is away does not fail the start: the relay retries). Starting twice, or
+        after `stop()`, raises `HoardError`."""
+        if self._thread is not None:
+            raise HoardError(f"relay {self.name!r} was started already; make a new Relay to start again")
+        self._consumer = self._system.consumer(self.name)
+        self._position = self._head = self._consumer.position
+        self._system.attach_bridge(self)
+        self._thread = threading.Thread(target=self._run, name=f"hoard-relay-{self.name}"[:60], daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the relay's thread and close the broker connection; blocks until then, at most
+        `timeout` (default: ``publish_timeout`` + 5 s). A batch being published is finished or
+        abandoned (then published again by the next relay of this name); the consumer's position is
+        what the broker confirmed. Idempotent; also called by the system's `stop()`."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self._timeout + 5 if timeout is None else timeout)
+        with contextlib.suppress(HoardError):
+            self._system.detach_bridge(self)
+
+    def __enter__(self) -> Relay:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the relay's thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def lag(self) -> RelayLag:
+        """How far behind the relay is now (lock-free; any thread)."""
+        entries = max(0, self._head - self._position)
+        oldest = self._oldest
+        seconds = 0.0 if oldest is None or entries == 0 else max(0.0, time.time() - oldest)
+        return RelayLag(self.name, self.url, entries, seconds, self._published, self._failures, self._connected,
+                        self._position, self._error)
+
+    def wait_caught_up(self, *, timeout: float) -> RelayLag:
+        """Block until the relay confirmed every entry committed before this call (checked against
+        the feed's newest offset then), at most `timeout` s; returns the lag then. Raises
+        `ContextTimeoutError` when it did not catch up in time."""
+        from hoard.storage import ContextTimeoutError  # noqa: PLC0415 - only this waiting call needs it
+
+        target = _head_now(self._system.store)
+        deadline = time.monotonic() + timeout
+        while self._position < target:
+            if self._error is not None or not self.running:
+                raise HoardError(f"relay {self.name!r} is not running: {self._error or 'stopped'}")
+            if time.monotonic() >= deadline:
+                raise ContextTimeoutError(f"relay {self.name!r} catching up to offset {target}", timeout)
+            self._stop.wait(0.01)  # a bounded poll of a plain attribute: no event to wait on across threads
+        return self.lag()
+
+    # -- the loop (the relay's thread) -----------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except (SystemStoppedError, FeedTruncatedError) as exc:
+            if not isinstance(exc, SystemStoppedError):
+                self._error = str(exc)
+                log.error("relay %r stopped: %s", self.name, exc)
+        except Exception as exc:  # a bug must be seen (logged, in lag().error), not kill silently
+            self._error = f"{type(exc).__name__}: {exc}"
+            log.exception("relay %r stopped by an unexpected error", self.name)
+        finally:
+            self._connected = False
+            self._publisher.close()
+            with contextlib.suppress(HoardError, concurrent.futures.TimeoutError):
+                self._ahead.submit(self._close_reader).result(self._timeout)
+            self._ahead.shutdown(wait=True)
+
+    def _loop(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            if backoff:
+                self._refresh_head(force=True)
+                if self._oldest is None and self._head > self._position:  # away since before the first batch
+                    first = self._ahead.submit(lambda: self._store_reader().feed(self._position, 1)).result()
+                    self._oldest = first[0].at if first else None
+                self._stop.wait(backoff)
+                if self._stop.is_set():
+                    return
+            if not self._connected:
+                try:
+                    self._publisher.connect(self._timeout)
+                except BrokerUnavailableError as exc:
+                    backoff = self._failed(exc, backoff)
+                    continue
+                self._connected = True
+                log.info("relay %r connected to %s", self.name, self.url)
+            batch, messages = self._take(self._position)
+            if not batch:
+                self._oldest = None
+                self._wait()
+                continue
+            self._oldest = batch[0].at
+            self._head = max(self._head, batch[-1].offset)
+            self._read_ahead(batch[-1].offset)
+            try:
+                self._publisher.publish(messages, self._timeout)
+            except BrokerUnavailableError as exc:
+                self._publisher.close()
+                self._connected = False
+                backoff = self._failed(exc, backoff)
+                continue
+            backoff = 0.0
+            self._consumer.commit(batch[-1].offset)
+            self._position = batch[-1].offset
+            self._published += len(batch)
+            if self._on_published is not None:
+                self._on_published(batch)
+            if len(batch) == self._batch:
+                self._refresh_head()
+
+    def _failed(self, exc: BrokerUnavailableError, backoff: float) -> float:
+        self._failures += 1
+        log.warning("relay %r: %s", self.name, exc)
+        return min(self._max_backoff, max(0.05, backoff * 2))
+
+    def _load(self, after: int) -> tuple[list[FeedEntry], list[Outgoing]]:
+        """On the read-ahead thread: the entries after `after`, at most `batch` (one read of its own
+        store reader), and their messages."""
+        entries = self._store_reader().feed(after, self._batch)
+        return entries, [Outgoing(render_subject(self.subject, e.context_id), change_body(e), message_id(e))
+                         for e in entries]
+
+    def _read_ahead(self, after: int) -> None:
+        self._next = (after, self._ahead.submit(self._load, after))
+
+    def _take(self, after: int) -> tuple[list[FeedEntry], list[Outgoing]]:
+        """The batch after `after`: the one read ahead if it starts there (a failed publish leaves a
+        read-ahead that does not: it is dropped), else read now."""
+        ahead, self._next = self._next, None
+        future = ahead[1] if ahead is not None and ahead[0] == after else self._ahead.submit(self._load, after)
+        return future.result()
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not self._system.store:
+            reader.close()
+
+    def _wait(self) -> None:
+        """Wait for an entry after our position (woken by this system's commits; bounded)."""
+        with self._system.changes(after=self._position, timeout=_IDLE_POLL) as stream:
+            entry = next(iter(stream), None)
+        if entry is not None:
+            self._head = max(self._head, entry.offset)
+
+    def _store_reader(self) -> Store:
+        """The read-ahead thread's read-only store (a store is single-threaded), opened on first use."""
+        if self._reader is None:
+            reader = self._system.store.reader()
+            if reader is not self._system.store:
+                reader.open()
+            self._reader = reader
+        return self._reader
+
+    def _read_head(self) -> int:
+        """The feed's newest offset (read on the read-ahead thread, which owns the reader)."""
+        return int(self._ahead.submit(lambda: self._store_reader().feed_bounds()[1]).result())
+
+    def _refresh_head(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._head_read >= _HEAD_EVERY:
+            self._head_read = now
+            self._head = max(self._head, self._read_head())

@@ -1,0 +1,213 @@
+"""Commands in from the real brokers: exactly once in effect across SIGKILLs of the consumer, and bad
+commands acknowledged and dead-lettered with their typed error, never retried, never a crash."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from hoard import CommandApplier, ContextAdapterConfig, ContextSystem, open_system
+from hoard.storage import CorruptStateError, SQLiteStore
+from tests.bridges.brokers import CommandChannel, make_channel
+from tests.bridges.conftest import require_broker
+from tests.bridges.kids import zygote
+from tests.helpers import wait_for
+
+INBOUND = ("nats", "amqp", "mqtt")
+CONTEXTS = 4
+NAME = "apply-under-test"
+
+
+@pytest.fixture(params=INBOUND)
+def channel(request: pytest.FixtureRequest) -> Iterator[CommandChannel]:
+    require_broker(request.param)
+    c = make_channel(request.param, NAME)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _command(i: int, tag: str) -> bytes:
+    return orjson.dumps({"format": 1, "context_id": f"c{i % CONTEXTS}", "operation": "update",
+                         "arguments": {"values": {f"k{i}": i}}, "message_id": f"{tag}-{i}", "by": "svc:test"})
+
+
+def _applied(path: Path) -> int:
+    """Commands applied so far, read from the store without its writer lock (versions past creation)."""
+    if not path.exists():
+        return 0
+    store = SQLiteStore(path, readonly=True)
+    try:
+        store.open()
+    except CorruptStateError:  # the first applier is creating the file right now
+        return 0
+    try:
+        states = [store.load(f"c{i}") for i in range(CONTEXTS)]
+        return sum(s.version - 1 for s in states if s is not None)
+    finally:
+        store.close()
+
+
+def _system(path: Path) -> ContextSystem:
+    return open_system(path, adapter_config=ContextAdapterConfig(auto_activate_default=False))
+
+
+def test_commands_redelivered_after_the_consumer_is_killed_are_applied_once(channel: CommandChannel,
+                                                                              tmp_path: Path) -> None:
+    rng = random.Random(12)  # noqa: S311 - seeded, reproducible kill moments, not a secret
+    path = tmp_path / "s.db"
+    total = 200
+    channel.send([_command(i, channel.tag) for i in range(total)])
+    args = channel.cli_args(str(path), NAME)
+    pause = threading.Event()
+    with zygote() as z:
+        done = 0
+        for run in range(5):
+            out = tmp_path / f"apply-{run}.out"
+            pid = z.fork(args, out)
+            # the store is read only once the child has opened it (a reader while a writer opens after
+            # a crash can make that open fail: SQLite's WAL recovery wants the file to itself)
+            wait_for(lambda o=out: o.exists() and "applying" in o.read_text(), 60, "the applier to start")
+            # a random moment while it applies: once it committed one more command, within 0-100 ms
+            done = wait_for(lambda d=done: (n := _applied(path)) > d and n, 60, "the applier to apply", pause=0.01)
+            pause.wait(rng.uniform(0.0, 0.1))
+            z.kill(pid)
+        assert _applied(path) < total, "the kills came too late to interrupt anything"
+        out = tmp_path / "apply-last.out"
+        pid = z.fork(args, out)
+        wait_for(lambda: out.exists() and "applying" in out.read_text(), 60, "the applier to start")
+        wait_for(lambda: _applied(path) >= total, 60, f"{total} commands applied", pause=0.05)
+        z.kill(pid, signal.SIGTERM)
+    with _system(path) as system:
+        for c in range(CONTEXTS):
+            mine = [i for i in range(total) if i % CONTEXTS == c]
+            state = system.manager.get_state(f"c{c}")
+            assert state.version == 1 + len(mine), f"c{c}: a command was applied twice or not at all"
+            assert dict(state.data) == {f"k{i}": i for i in mine}
+    if channel.kind != "mqtt":  # MQTT offers no count of a session's unacknowledged messages
+        assert channel.unfinished(NAME) == 0
+    assert channel.dead_letters() == []
+
+
+def _deep(levels: int) -> object:
+    value: object = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_bad_commands_are_acknowledged_and_dead_lettered_with_their_typed_error(channel: CommandChannel,
+                                                                                tmp_path: Path) -> None:
+    def cmd(**fields: object) -> bytes:
+        doc = {"context_id": "a", "operation": "set", "arguments": {"key": "k", "value": 1}, "message_id": "m"}
+        return orjson.dumps({**doc, **fields})
+
+    bad = {
+        b"this is not JSON": "InvalidCommandError",
+        cmd(operation="explode", message_id="m1"): "InvalidCommandError",
+        cmd(arguments={"value": 1}, message_id="m2"): "InvalidCommandError",
+        cmd(arguments={"key": "k", "value": _deep(80)}, message_id="m3"): "InvalidValueError",
+        cmd(expected_version=99, message_id="m4"): "VersionConflictError",
+        cmd(context_id="", message_id="m5"): "InvalidContextIdError",
+    }
+    with _system(tmp_path / "s.db") as system:
+        applier = CommandApplier(system, channel.url(), channel.subject, dead_letter=channel.dead_letter,
+                                 stream=channel.stream, name=NAME, call_timeout=5.0).start()
+        channel.send([*bad, cmd(message_id="good")])
+        wait_for(lambda: applier.stats().applied + applier.stats().rejected >= len(bad) + 1, 30,
+                 "every command handled")
+        stats = applier.stats()
+        assert (stats.applied, stats.rejected, stats.error) == (1, len(bad), None)
+        assert applier.running
+        assert system.manager.get_state("a").version == 2  # created, then the one good command
+        letters = wait_for(lambda: d if len(d := channel.dead_letters()) >= len(bad) else None, 30,
+                           "the dead letters")
+        assert [d["error"]["type"] for d in letters] == list(bad.values())
+        assert all(d["ok"] is False and d["type"] == "hoard.command_result" and d["format"] == 1 for d in letters)
+        assert letters[0]["body"] == "this is not JSON"
+        assert letters[4]["context_id"] == "a" and "expected" in letters[4]["error"]["message"]
+        applier.stop()
+        if channel.kind != "mqtt":
+            assert channel.unfinished(NAME) == 0  # all acknowledged: none comes again
+
+
+def test_an_amqp_command_sent_twice_is_applied_once_and_both_are_answered(tmp_path: Path) -> None:
+    require_broker("amqp")
+    import pika  # noqa: PLC0415 - the broker's client, only where its tests run
+
+    from tests.bridges.brokers import url  # noqa: PLC0415
+
+    channel = make_channel("amqp", NAME)
+    conn = pika.BlockingConnection(pika.URLParameters(url("amqp")))
+    try:
+        ch = conn.channel()
+        answers = ch.queue_declare("", exclusive=True).method.queue
+        ch.confirm_delivery()
+        body = orjson.dumps({"context_id": "acct", "operation": "set", "arguments": {"key": "balance", "value": 5},
+                             "message_id": "deposit-1"})
+        with _system(tmp_path / "s.db") as system:
+            with CommandApplier(system, channel.url(), channel.subject, name=NAME) as applier:
+                for _ in range(2):  # a client retrying after a lost answer
+                    ch.basic_publish("", channel.subject, body, pika.BasicProperties(reply_to=answers))
+                wait_for(lambda: applier.stats().applied == 2, 30, "both commands handled")
+            state = system.manager.get_state("acct")
+            assert (state.version, dict(state.data)) == (2, {"balance": 5})  # created, then set once
+        replies = []
+        for _ in range(2):
+            method, _props, reply = ch.basic_get(answers, auto_ack=True)
+            assert method is not None
+            replies.append(orjson.loads(reply))
+        expected = [(True, 2, "deposit-1", None)] * 2
+        assert [(r["ok"], r["version"], r["message_id"], r["error"]) for r in replies] == expected
+    finally:
+        conn.close()
+        channel.close()
+
+
+def test_a_nats_dead_letter_subject_without_a_stream_gets_a_plain_message(tmp_path: Path) -> None:
+    require_broker("nats")
+    import asyncio  # noqa: PLC0415
+
+    import nats  # noqa: PLC0415
+
+    from tests.bridges.brokers import url  # noqa: PLC0415
+
+    channel = make_channel("nats", NAME)
+    dead = f"{channel.tag}-nostream.dead"  # outside the command stream's subjects
+    received: list[bytes] = []
+
+    async def listen(ready: threading.Event, stop: threading.Event) -> None:
+        nc = await nats.connect(url("nats"))
+
+        async def note(msg: object) -> None:
+            received.append(msg.data)  # type: ignore[attr-defined]
+        await nc.subscribe(dead, cb=note)
+        await nc.flush()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)  # keeps the loop delivering until the test is done
+        await nc.close()
+
+    ready, stop = threading.Event(), threading.Event()
+    listener = threading.Thread(target=asyncio.run, args=(listen(ready, stop),), name="test-nats-listener")
+    listener.start()
+    try:
+        assert ready.wait(10)
+        with _system(tmp_path / "s.db") as system, CommandApplier(
+                system, channel.url(), channel.subject, dead_letter=dead, stream=channel.stream, name=NAME) as applier:
+            channel.send([b"not a command"])
+            wait_for(lambda: applier.stats().rejected == 1 and received, 30, "the dead letter")
+            assert applier.stats().failures == 0
+        assert orjson.loads(received[0])["error"]["type"] == "InvalidCommandError"
+        assert channel.unfinished(NAME) == 0
+    finally:
+        stop.set()
+        listener.join(10)
+        channel.close()

@@ -1,0 +1,74 @@
+"""The bridges' wire format, URL handling and refusals, without a broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from hoard import ConfigError, InvalidCommandError, Relay, open_system
+from hoard.bridges import make_publisher, make_source, parse_command, public_url, render_subject
+
+
+def test_a_context_id_is_one_subject_token_on_every_broker() -> None:
+    assert render_subject("hoard.{context_id}", "cart-42") == "hoard.cart-42"
+    token = render_subject("{context_id}", "a.b/c*d>e+f#g h\u00e9")
+    assert not any(c in token for c in "./*>+# ") and token.isascii()
+    assert render_subject("all-changes", "x") == "all-changes"  # no placeholder: one subject for all
+
+
+def test_a_well_formed_command_parses() -> None:
+    c = parse_command(orjson.dumps({"context_id": "a", "operation": "update", "arguments": {"values": {"k": [1]}},
+                                    "message_id": "m-1", "expected_version": 3, "by": "svc:x"}))
+    assert (c.context_id, c.operation, c.arguments, c.message_id, c.expected_version, c.by) == \
+        ("a", "update", {"values": {"k": [1]}}, "m-1", 3, "svc:x")
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b"{", None),
+    (b"[1]", None),
+    (b'{"format": 2, "context_id": "a", "operation": "set", "arguments": {}, "message_id": "m"}', "format"),
+    (b'{"operation": "set", "arguments": {"key": "k", "value": 1}, "message_id": "m"}', "context_id"),
+    (b'{"context_id": "a", "operation": "drop", "arguments": {}, "message_id": "m"}', "operation"),
+    (b'{"context_id": "a", "operation": "set", "arguments": {"key": "k"}, "message_id": "m"}', "arguments.value"),
+    (b'{"context_id": "a", "operation": "set", "arguments": {"key": 1, "value": 1}, "message_id": "m"}',
+     "arguments.key"),
+    (b'{"context_id": "a", "operation": "update", "arguments": {"values": [1]}, "message_id": "m"}',
+     "arguments.values"),
+    (b'{"context_id": "a", "operation": "delete", "arguments": {"key": "k", "x": 1}, "message_id": "m"}',
+     "arguments"),
+    (b'{"context_id": "a", "operation": "delete", "arguments": {"key": "k"}, "message_id": ""}', "message_id"),
+    (b'{"context_id": "a", "operation": "delete", "arguments": {"key": "k"}, "message_id": "m",'
+     b' "expected_version": "3"}', "expected_version"),
+])
+def test_a_malformed_command_names_what_is_wrong(body: bytes, field: str | None) -> None:
+    with pytest.raises(InvalidCommandError) as info:
+        parse_command(body)
+    assert info.value.field == field
+
+
+def test_urls_choose_a_backend_and_hide_passwords() -> None:
+    assert public_url("amqp://guest:secret@host:5672/%2F") == "amqp://guest:***@host:5672/%2F"
+    with pytest.raises(ConfigError, match="unknown broker URL scheme 'kafka'"):
+        make_publisher("kafka://host:9092")
+    with pytest.raises(ConfigError, match="relayed to, not consumed from"):
+        make_source("redis://127.0.0.1:6379/0", "commands")
+
+
+def test_a_relay_refuses_bad_settings_before_it_starts(tmp_path: Path) -> None:
+    with open_system(tmp_path / "s.db") as system:
+        for kwargs in ({"batch": 0}, {"publish_timeout": -1}, {"subject": ""}):
+            with pytest.raises(ConfigError):
+                Relay(system, "redis://127.0.0.1:6379/0", **kwargs)  # type: ignore[arg-type]
+        assert system.metrics().relay_lag_entries == {}
+
+
+def test_hoard_relay_with_an_unknown_scheme_fails_with_a_json_error(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "hoard", "relay", str(tmp_path / "s.db"), "--to", "kafka://x:1",  # noqa: S603 - our own CLI
+                        "--json"], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 1 and r.stdout == ""
+    error = orjson.loads(r.stderr)
+    assert error["type"] == "ConfigError" and "kafka" in error["error"]

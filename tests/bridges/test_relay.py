@@ -1,0 +1,146 @@
+"""The relay against the real brokers: at least once and in order per context across SIGKILLs of its
+process, exactly once on JetStream; a broker cut off mid-run loses nothing and the lag recovers."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from hoard import ContextAdapterConfig, ContextSystem, Relay, open_system
+from tests.bridges.brokers import KINDS, PORTS, Target, check_in_order, proxy_for
+from tests.bridges.kids import zygote
+from tests.helpers import wait_for
+from tests.pg import url_for
+
+CONTEXTS = 5
+NAME = "relay-under-test"
+
+
+def _system(store: object) -> ContextSystem:
+    return open_system(store, adapter_config=ContextAdapterConfig(auto_activate_default=False))  # type: ignore[arg-type]
+
+
+def _head(system: ContextSystem, after: int) -> int:
+    entries = list(system.changes(after=after, timeout=0))
+    return entries[-1].offset if entries else after
+
+
+def _relay_killed(target: Target, pg_dsn: str, pg_schema: str, kills: int, seed: int) -> None:
+    rng = random.Random(seed)  # noqa: S311 - seeded, reproducible kill moments, not a secret
+    store = url_for(pg_dsn, pg_schema)
+    args = ["relay", store, "--to", target.url(), "--subject", target.subject, "--name", NAME, "--batch", "8"]
+    with _system(store) as system:
+        consumer = system.consumer(NAME)  # registered before any write: the relay starts at offset 0
+        trackers = [system.adapter.get_or_create(f"ctx {i}/{kind_safe(target)}") for i in range(CONTEXTS)]
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            i = 0
+            try:
+                while not stop.is_set():
+                    trackers[i % CONTEXTS].set("n", i)
+                    i += 1
+            except BaseException as exc:
+                errors.append(exc)
+                raise
+
+        writer = threading.Thread(target=write, name="test-writer")
+        writer.start()
+        pause = threading.Event()
+        try:
+            with zygote() as z:
+                position = consumer.position
+                for _ in range(kills):
+                    pid = z.fork(args)
+                    # a random moment while it publishes: once it committed an offset, within 0-150 ms
+                    position = wait_for(lambda p=position: (now := consumer.position) > p and now, 60,
+                                        "the relay to publish", pause=0.01)  # each look is a store read
+                    pause.wait(rng.uniform(0.0, 0.15))
+                    z.kill(pid)
+                stop.set()
+                writer.join(30)
+                assert not errors, errors
+                written = {t.id: t.version for t in trackers}
+                assert sum(written.values()) > CONTEXTS * 5, written  # the writer made progress during the kills
+                head = _head(system, consumer.position)
+                pid = z.fork([*args[:-1], "256"])  # the last one catches up in big batches
+                wait_for(lambda: consumer.position >= head, 60, f"the last relay to reach offset {head}",
+                         pause=0.05)
+                z.kill(pid, signal.SIGTERM)
+        finally:
+            stop.set()
+            writer.join(30)
+    check_in_order(target.received(), written, exactly_once=target.kind == "nats")
+
+
+def kind_safe(target: Target) -> str:
+    """A context id part with characters every broker's subject syntax treats specially (. / + #)."""
+    return {"nats": "a.b*>", "mqtt": "a/b+#", "amqp": "a.b#*", "redis": "a b"}[target.kind]
+
+
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_a_relay_killed_at_random_moments_publishes_every_change_in_order(target: Target, pg_dsn: str,
+                                                                         pg_schema: str) -> None:
+    _relay_killed(target, pg_dsn, pg_schema, kills=10, seed=16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_a_relay_killed_fifty_times_publishes_every_change_in_order(target: Target, pg_dsn: str,
+                                                                   pg_schema: str) -> None:
+    _relay_killed(target, pg_dsn, pg_schema, kills=50, seed=1616)
+
+
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_a_broker_cut_off_mid_run_loses_nothing_and_the_lag_recovers(target: Target, tmp_path: Path) -> None:
+    with proxy_for(PORTS[target.kind]) as proxy, _system(tmp_path / "s.db") as system:
+        relay = Relay(system, target.url(proxy.port), subject=target.subject, name="cut", publish_timeout=1.0,
+                      max_backoff=0.2).start()
+        a, b = system.adapter.get_or_create("a"), system.adapter.get_or_create("b")
+        for i in range(20):
+            (a, b)[i % 2].set("n", i)
+        relay.wait_caught_up(timeout=20)
+        proxy.cut()
+        for i in range(30):
+            (a, b)[i % 2].update({"n": i, "m": -i})
+        lag = wait_for(lambda: (lag := relay.lag()).failures > 0 and lag.entries > 0 and lag.seconds > 0.2 and lag,
+                       20, "the relay to notice the broker is away, and its lag to age")
+        assert lag.entries > 0 and not lag.connected
+        metrics = system.metrics()
+        assert metrics.relay_lag_entries["cut"] > 0
+        assert 'hoard_relay_lag_entries{relay="cut"}' in metrics.to_prometheus()
+        proxy.restore()
+        relay.wait_caught_up(timeout=30)
+        lag = relay.lag()
+        assert (lag.entries, lag.seconds, lag.error) == (0, 0.0, None) and lag.connected
+        assert system.metrics().relay_lag_entries["cut"] == 0
+        written = {"a": a.version, "b": b.version}
+        relay.stop()
+        assert not relay.running
+    check_in_order(target.received(), written, exactly_once=target.kind == "nats")
+
+
+@pytest.mark.parametrize("target", ["redis", "nats"], indirect=True)
+def test_a_relay_whose_broker_is_away_from_the_start_shows_its_lag_then_catches_up(target: Target,
+                                                                                   tmp_path: Path) -> None:
+    with proxy_for(PORTS[target.kind]) as proxy, _system(tmp_path / "s.db") as system:
+        proxy.cut()
+        a = system.adapter.get_or_create("a")
+        for i in range(3):
+            a.set("n", i)
+        relay = Relay(system, target.url(proxy.port), subject=target.subject, name="late", publish_timeout=1.0,
+                      max_backoff=0.2).start()
+        lag = wait_for(lambda: (lag := relay.lag()).failures > 1 and lag.seconds > 0.2 and lag, 20,
+                       "the relay's lag to age while it cannot connect")
+        assert (lag.entries, lag.published, lag.connected) == (4, 0, False)  # created + 3 sets
+        assert system.metrics().relay_lag_seconds["late"] > 0.2
+        proxy.restore()
+        assert relay.wait_caught_up(timeout=30).entries == 0
+        written = {"a": a.version}
+        relay.stop()
+    check_in_order(target.received(), written, exactly_once=target.kind == "nats")
