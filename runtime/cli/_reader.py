@@ -42,6 +42,8 @@ class StoreReader:
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
         uri = "file:" + quote(os.path.abspath(store.path)) + "?mode=ro"
+        if os.statvfs(os.path.abspath(store.path)).f_flag & os.ST_RDONLY:
+            uri += "&immutable=1"  # a read-only filesystem: no WAL index can be made, and nobody writes
         try:
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
         except sqlite3.Error as exc:
