@@ -28,6 +28,7 @@ import attrs
 import pykka
 
 from ._messages import DeactivationReason
+from ._metrics import MetricsBoard
 
 __all__ = [
     "OVERFLOW_POLICIES",
@@ -265,9 +266,11 @@ class EventBusActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, gate: EventGate, max_backlog: int = 10_000, overflow: str = "drop_subscriber") -> None:
+    def __init__(self, gate: EventGate, max_backlog: int = 10_000, overflow: str = "drop_subscriber", *,
+                 board: MetricsBoard | None = None) -> None:
         super().__init__()
         self.gate = gate
+        self.board = board  # where metrics() reads the subscribers' backlogs, without asking
         self.max_backlog = max_backlog
         self.overflow = overflow
         self.subs: dict[int, Subscribe] = {}
@@ -295,6 +298,7 @@ class EventBusActor(pykka.ThreadingActor):
                 max_backlog=self.max_backlog if message.max_backlog is None else message.max_backlog,
                 overflow=self.overflow if message.overflow is None else message.overflow)
             self.gate.active = True
+            self._publish_subscribers()
             return sub_id
         if isinstance(message, Unsubscribe):
             self._drop(message.sub_id)
@@ -317,6 +321,11 @@ class EventBusActor(pykka.ThreadingActor):
             _discard_queued(ref)
             ref.stop(block=False)
         self.gate.active = bool(self.subs)
+        self._publish_subscribers()
+
+    def _publish_subscribers(self) -> None:
+        if self.board is not None:  # one reference assignment of a new tuple: readers need no lock
+            self.board.subscribers = tuple((i, sub.target) for i, sub in self.subs.items() if not sub.inline)
 
     def _overflowed(self, sub_id: int, sub: Subscribe, backlog: int) -> bool:
         """`sub` is `backlog` events behind, at its limit: apply its policy. Returns True when the

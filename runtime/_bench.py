@@ -264,6 +264,12 @@ _SPECS: dict[str, _Spec] = {
                                    "32 threads, each on its own psycopg connection, one commit per write, same "
                                    "blob size", "ops/s", 0.5, "higher"),
 }
+# issue 14's rows (self-contained: their measures are in the "issue 14" section below)
+_SPECS.update({
+    "metrics_1000": _Spec("system.metrics() with 1,000 active contexts (no message sent)",
+                          "reading and summing 1,000 plain counter sets (a dict of call kinds and a 23-bucket "
+                          "histogram each) in Python", "ms", 3.0, "lower"),
+})
 
 
 def _row(name: str, values: Sequence[float], floors: Sequence[float], note: str = "") -> BenchRow:
@@ -843,6 +849,45 @@ def _postgres(run: _Run) -> list[BenchRow]:
                  f"{per_thread} writes per thread a round; hoard: one connection, group commit; {where}")]
 
 
+# -- issue 14 -----------------------------------------------------------------------------------------
+def _metrics_scale(run: _Run) -> list[BenchRow]:
+    """`metrics()` over 1,000 live context actors (each with counted calls) against summing the same
+    number of plain counter sets: what reading the published meters costs beyond the arithmetic."""
+    contexts = 1_000
+    calls = 5  # metrics() calls per round (the round's sample is their mean)
+    system = open_system(None, manager_config=ContextManagerConfig(durability="none"),
+                         adapter_config=ContextAdapterConfig(auto_activate_default=False,
+                                                             max_active_contexts=contexts + 1))
+    plain = [({"set": 1, "get": 2}, [0] * 23) for _ in range(contexts)]
+
+    def floor_read() -> None:
+        total: dict[str, int] = {}
+        for kinds, _ in plain:
+            for kind, n in kinds.copy().items():
+                total[kind] = total.get(kind, 0) + n
+        tuple(map(sum, zip(*[tuple(b) for _, b in plain], strict=True)))
+
+    def timed(fn: Callable[[], object]) -> Callable[[], float]:
+        return lambda: _elapsed(lambda: [fn() for _ in range(calls)]) / calls * 1e3
+
+    try:
+        for i in range(contexts):
+            t = system.adapter.activate(f"m{i}")
+            t.set("k", i)
+            t.get("k")
+        values, floors = _rounds(run.rounds, timed(system.metrics), timed(floor_read))
+        seen = system.metrics()
+    finally:
+        system.stop()
+    if seen.active_contexts != contexts or seen.calls.get("set") != contexts:
+        raise HoardError(f"metrics() read {seen.active_contexts} active contexts and {seen.calls} calls; "
+                         f"expected {contexts} and {contexts} sets")
+    median = statistics.median(values)
+    return [_row("metrics_1000", values, floors,
+                 f"{median:.1f} ms median (target <= 10 ms); {calls} calls a round; load average "
+                 f"{os.getloadavg()[0]:.1f}")]
+
+
 #: measure name -> (function, the row names it produces), in table order
 _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] = {
     "sync_set": (_sync_set, ("sync_set",)),
@@ -858,6 +903,9 @@ _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] =
     "peers": (_peers, ("peer_diskcache", "peer_json_file")),
     "postgres": (_postgres, ("pg_durable_set", "pg_durable_32_threads")),
 }
+_MEASURES.update({  # issue 14
+    "metrics_1000": (_metrics_scale, ("metrics_1000",)),
+})
 MEASURES: tuple[str, ...] = tuple(_MEASURES)
 #: the measures that also record a scaling series (what `write_chart` draws)
 SERIES_MEASURES: tuple[str, ...] = ("set_100k", "durable_32_threads", "open_100k")
