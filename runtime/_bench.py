@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import random
 import shutil
 import sqlite3
 import statistics
@@ -269,6 +270,10 @@ _SPECS.update({
     "metrics_1000": _Spec("system.metrics() with 1,000 active contexts (no message sent)",
                           "reading and summing 1,000 plain counter sets (a dict of call kinds and a 23-bucket "
                           "histogram each) in Python", "ms", 3.0, "lower"),
+    "compression_dict": _Spec("compression ratio of 1 KB session-like states, with the store's trained zstd "
+                              "dictionary", "the same states with zstd alone (no dictionary)", "x", 2.0, "higher"),
+    "compression_write": _Spec("encoding 1 KB session-like states with the dictionary (write path)",
+                               "the same with zstd alone", "states/s", 0.8, "higher"),
 })
 
 
@@ -888,6 +893,54 @@ def _metrics_scale(run: _Run) -> list[BenchRow]:
                  f"{os.getloadavg()[0]:.1f}")]
 
 
+def _session(i: int) -> dict[str, Any]:
+    """A web-session-like state of about 1 KB: the same keys in every context, different values."""
+    r = random.Random(i)  # noqa: S311 - reproducible bench data
+    return {
+        "user_id": r.randint(1, 10**6), "user_name": f"user{r.randint(1, 99999)}",
+        "email": f"u{r.randint(1, 99999)}@example.com", "roles": ["reader", "writer", "admin"][: r.randint(1, 3)],
+        "cart": [{"sku": f"SKU-{r.randint(1000, 9999)}", "qty": r.randint(1, 5), "price": round(r.random() * 100, 2),
+                  "title": r.choice(["Blue mug", "Red chair", "Green lamp", "Desk", "Notebook"])}
+                 for _ in range(r.randint(5, 8))],
+        "last_page": f"/products/{r.randint(1, 500)}", "locale": r.choice(["en-US", "de-DE", "fr-FR"]),
+        "csrf_token": f"{r.getrandbits(128):032x}", "flags": {"beta": r.random() < 0.5, "dark_mode": r.random() < 0.5},
+        "started_at": 1.7e9 + r.random() * 1e6, "user_agent": "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Firefox/120.0",
+    }
+
+
+def _compression(run: _Run) -> list[BenchRow]:
+    """1 KB session states: stored bytes with the dictionary a store trains from its own blobs (after
+    `DICTIONARY_AFTER` writes) against zstd alone, and what encoding them costs either way."""
+    trained = SQLiteStore(run.path("dict.db"), sync="normal", dictionary=False)
+    trained.open()
+    try:
+        trained.commit([CreateContext(new_state(f"s{i}", freeze_mapping(_session(i)), now=time.time()))
+                        for i in range(1_000)])
+        if trained.train_dictionary() is None:
+            raise HoardError("no dictionary could be trained from 1,000 session states")
+        with_dict = trained.codec
+    finally:
+        trained.close()
+    plain = Codec()
+    first = 1_000  # states the dictionary never saw
+    states = [new_state(f"t{i}", freeze_mapping(_session(i)), now=time.time())
+              for i in range(first, first + run.n(500, 2_000))]
+    raw = sum(len(orjson.dumps(plain.converter.unstructure(st))) for st in states)
+    sizes = {name: sum(len(c.encode_state(st)) for st in states) for name, c in (("dict", with_dict), ("plain", plain))}
+    ratio_dict, ratio_plain = raw / sizes["dict"], raw / sizes["plain"]
+
+    def encoder(codec: Codec) -> Callable[[], float]:
+        enc = codec.encode_state
+        return lambda: _rate(len(states), lambda: [enc(st) for st in states])
+
+    values, floors = _rounds(run.rounds, encoder(with_dict), encoder(plain))
+    avg = raw / len(states)
+    note = (f"{len(states)} states of {avg:.0f} B on average (raw JSON / stored blob, headers included): "
+            f"{ratio_dict:.2f}x with the dictionary, {ratio_plain:.2f}x without")
+    return [_row("compression_dict", [ratio_dict], [ratio_plain], note),
+            _row("compression_write", values, floors, f"{len(states)} encodes a round (orjson + zstd level 3)")]
+
+
 #: measure name -> (function, the row names it produces), in table order
 _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] = {
     "sync_set": (_sync_set, ("sync_set",)),
@@ -905,6 +958,7 @@ _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] =
 }
 _MEASURES.update({  # issue 14
     "metrics_1000": (_metrics_scale, ("metrics_1000",)),
+    "compression": (_compression, ("compression_dict", "compression_write")),
 })
 MEASURES: tuple[str, ...] = tuple(_MEASURES)
 #: the measures that also record a scaling series (what `write_chart` draws)
