@@ -146,7 +146,7 @@ def test_without_prometheus_client_the_text_is_written_by_hand_and_register_says
     expected = metrics.to_prometheus()
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # `import prometheus_client` now fails
     assert metrics.to_prometheus() == expected
-    with pytest.raises(ImportError, match=r"pip install 'hoard\[prometheus\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'hoard-contexts\[prometheus\]'"):
         register_prometheus(lambda: metrics, CollectorRegistry())
 
 
