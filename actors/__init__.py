@@ -2,8 +2,10 @@
 activation and the current context, and a `PersistenceActor` owning the store.
 
 The context messages (`Get`, `GetState`, `Set`, `Update`, `Delete`, `SetMetadata`, `Transact`,
-`Restore`, `CreateRecoveryPoint`) are public: another pykka actor can ``ask`` a context actor
-directly (``adapter.actor_ref(id)`` gives its ref).
+`Restore`, `CreateRecoveryPoint`) are public: another pykka actor can ``ask`` or ``tell`` them to a
+context (``system.ref(id)`` / ``adapter.actor_ref(id)`` give a stable address that survives
+passivation). They check their fields when built (`InvalidMessageError`); a malformed one that reaches
+an actor is answered with that error and never crashes it.
 
 The rest of what is exported here is the protocol `hoard` (the runtime layer) speaks to these actors:
 the supervisor's messages (`Activate`, `AddContext`, `RemoveContext`, `Sweep`, `Shutdown`, ...), the

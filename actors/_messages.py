@@ -68,8 +68,9 @@ def _is_str(instance: Any, attribute: Any, value: Any) -> None:
 
 
 def _is_version(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and (type(value) is not int or value < 0):
-        raise _fail(instance, attribute, f"must be None or an int >= 0, not {_shown(value)}")
+    # any int is a version to compare with (a negative one simply conflicts); only the type is checked
+    if value is not None and type(value) is not int:
+        raise _fail(instance, attribute, f"must be None or an int, not {_shown(value)}")
 
 
 def _is_request_id(instance: Any, attribute: Any, value: Any) -> None:

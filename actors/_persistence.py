@@ -98,7 +98,8 @@ log = logging.getLogger(__name__)
 
 _READS = frozenset({"load", "info", "list_ids", "count", "recovery_points", "recovery_point", "verify", "expired",
                     "lease_token",  # lease_token: only asked of stores with leases (after LeasesLost)
-                    "set_consumer", "remove_consumer"})  # feed consumers: store writes of no context
+                    "set_consumer", "remove_consumer",  # feed consumers: store writes of no context
+                    "set_history"})  # the store's history policy, recorded when a system opens it
 
 
 class PersistenceActor(pykka.ThreadingActor):

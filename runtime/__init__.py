@@ -87,6 +87,8 @@ from ._factory import create_manager as create_manager
 from ._factory import create_manager_with_config as create_manager_with_config
 from ._feed import ChangeStream as ChangeStream
 from ._feed import FeedConsumer as FeedConsumer
+from ._history import Diff as Diff
+from ._history import HistoryEntry as HistoryEntry
 from ._manager import ContextManager as ContextManager
 from ._metrics import Metrics as Metrics
 from ._metrics import register_prometheus as register_prometheus
@@ -140,12 +142,14 @@ __all__ = [
     "CorruptionRecovered",
     "DeactivationReason",
     "DeadLetter",
+    "Diff",
     "FeedConsumer",
     "FeedEntry",
     "FeedTruncatedError",
     "FencedOffError",
     "FrozenDict",
     "FrozenList",
+    "HistoryEntry",
     "HoardError",
     "InvalidContextIdError",
     "InvalidMessageError",

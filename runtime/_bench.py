@@ -261,6 +261,21 @@ _SPECS: dict[str, _Spec] = {
     "pg_durable_set": _Spec("PostgreSQL: durable set, 1 thread, immediate",
                             "one raw psycopg commit per write (autocommit INSERT), same blob size", "ops/s", 0.7,
                             "higher"),
+    # issue 13: what history and the change feed cost, and how fast they read
+    "feed_write_cost": _Spec("durable set with history='all' and the change feed, 1 thread, immediate",
+                             "the same writes with neither (history='recovery', feed=False)", "ops/s", 0.87,
+                             "higher"),
+    "feed_write_cost_16_threads": _Spec("the same, 16 threads on 16 contexts (group commit)",
+                                        "the same writes with neither", "ops/s", 0.87, "higher"),
+    "pg_feed_write_cost_16_threads": _Spec(
+        "PostgreSQL: durable set with the change feed (its one counter row), 16 threads on 16 contexts",
+        "the same writes without the feed", "ops/s", 0.87, "higher"),
+    "feed_read": _Spec("a consumer catching up: system.changes() entries (decoded, verified)",
+                       "a raw indexed range scan of the same feed table (rows, not decoded)", "entries/s", 0.1,
+                       "higher"),
+    "state_at_1000": _Spec("manager.state_at 1,000 versions back from the newest snapshot",
+                           "raw rebuild: the snapshot row and 1,000 journal rows read, decompressed, JSON-decoded "
+                           "and applied to a dict", "ms", 2.0, "lower"),
     "pg_durable_32_threads": _Spec("PostgreSQL: durable set, 32 threads on 32 contexts, immediate",
                                    "32 threads, each on its own psycopg connection, one commit per write, same "
                                    "blob size", "ops/s", 0.5, "higher"),
@@ -941,6 +956,151 @@ def _compression(run: _Run) -> list[BenchRow]:
             _row("compression_write", values, floors, f"{len(states)} encodes a round (orjson + zstd level 3)")]
 
 
+def _feed_cost(run: _Run) -> list[BenchRow]:
+    """Durable sets with history='all' and the feed against the same sets with neither (SQLite,
+    sync=full, immediate): 1 thread, and 16 threads on 16 contexts."""
+    n = run.n(200, 1_000)
+    items = _items(n)
+    threads, per_thread = 16, run.n(25, 100)
+    rows = []
+    for name, with_threads in (("feed_write_cost", False), ("feed_write_cost_16_threads", True)):
+        both = run.system(run.path(f"{name}-on.db"), "immediate", sync="full", history="all", feed=True)
+        neither = run.system(run.path(f"{name}-off.db"), "immediate", sync="full", history="recovery", feed=False)
+        try:
+            if with_threads:
+                t_on = [both.adapter.activate(f"c{i}") for i in range(threads)]
+                t_off = [neither.adapter.activate(f"c{i}") for i in range(threads)]
+                values, floors = _rounds(run.rounds, lambda: _threaded_rate(t_on, per_thread, items),  # noqa: B023
+                                         lambda: _threaded_rate(t_off, per_thread, items))  # noqa: B023
+            else:
+                on, off = both.adapter.activate("bench"), neither.adapter.activate("bench")
+                values, floors = _rounds(run.rounds, lambda: _rate(n, lambda: [on.set(k, v) for k, v in items]),  # noqa: B023
+                                         lambda: _rate(n, lambda: [off.set(k, v) for k, v in items]))  # noqa: B023
+        finally:
+            both.stop()
+            neither.stop()
+        what = f"{threads} threads x {per_thread} writes" if with_threads else f"{n} writes"
+        rows.append(_row(name, values, floors, f"{what} a round; SQLite WAL, sync=full; snapshot every 1,000"))
+    return rows
+
+
+def _pg_feed_cost(run: _Run) -> list[BenchRow]:
+    """On PostgreSQL (``HOARD_BENCH_PG_DSN``), 16 threads writing 16 contexts with the feed against
+    without: what serializing offset assignment on the feed_head row costs under concurrent commits.
+    Two throwaway schemas, dropped afterwards."""
+    name = "pg_feed_write_cost_16_threads"
+    dsn = os.environ.get(PG_DSN_ENV) or _PG_DSN_DEFAULT
+    problem = _pg_unavailable(dsn)
+    if problem is not None:
+        return [_skipped(name, f"skipped: {problem}")]
+    import psycopg  # noqa: PLC0415 - present: _pg_unavailable checked
+
+    threads, per_thread = 16, run.n(15, 60)
+    items = _items(per_thread)
+    schemas = [f"hoard_bench_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    systems = []
+    try:
+        for schema, feed in zip(schemas, (True, False), strict=True):
+            store = PostgresStore(dsn, schema=schema, require_lease=True, feed=feed)
+            systems.append(open_system(store, manager_config=ContextManagerConfig(durability="immediate"),
+                                       adapter_config=_NO_DEFAULT))
+        t_on = [systems[0].adapter.activate(f"c{i}") for i in range(threads)]
+        t_off = [systems[1].adapter.activate(f"c{i}") for i in range(threads)]
+        values, floors = _rounds(run.rounds, lambda: _threaded_rate(t_on, per_thread, items),
+                                 lambda: _threaded_rate(t_off, per_thread, items))
+    finally:
+        for system in systems:
+            system.stop()
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            for schema in schemas:
+                admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    return [_row(name, values, floors, f"{threads} threads x {per_thread} writes a round; one system per schema")]
+
+
+def _feed_read(run: _Run) -> list[BenchRow]:
+    """A consumer reading the whole feed through `system.changes(timeout=0)` against a raw range scan
+    of the feed table by offset (same batches of 1,000, no decoding)."""
+    n = run.n(5_000, 50_000)
+    path = run.path("feed-read.db")
+    system = run.system(path, "immediate", sync="normal")
+    try:
+        trackers = [system.adapter.activate(f"c{i}") for i in range(10)]
+        pending = [trackers[i % 10].set_async(f"k{i % 100}", _value(i)) for i in range(n)]
+        pykka.get_all(pending, timeout=600)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+
+        def hoard() -> float:
+            return _rate(n, lambda: sum(1 for _ in system.changes(timeout=0)))
+
+        def floor() -> float:
+            def scan() -> None:
+                after = 0
+                while True:
+                    rows = db.execute("SELECT pos, context_id, blob FROM feed WHERE pos > ? ORDER BY pos LIMIT 1000",
+                                      (after,)).fetchall()
+                    if not rows:
+                        return
+                    after = rows[-1][0]
+            return _rate(n, scan)
+
+        try:
+            values, floors = _rounds(run.rounds, hoard, floor)
+        finally:
+            db.close()
+    finally:
+        system.stop()
+    return [_row("feed_read", values, floors, f"{n} entries of 10 contexts; SQLite; batches of 1,000")]
+
+
+def _state_at(run: _Run) -> list[BenchRow]:
+    """`manager.state_at(v)` where v is 1,000 versions after the snapshot below it (history='all',
+    snapshot_every=2,000, a 200-key context) against rebuilding it by hand from the raw rows."""
+    path = run.path("state-at.db")
+    system = run.system(path, "immediate", sync="normal", history="all", snapshot_every=2_000)
+    try:
+        t = system.adapter.activate("ctx")
+        t.update(_mapping(200))
+        pending = [t.set_async(_key(i % 200), _value(i)) for i in range(4_100)]
+        pykka.get_all(pending, timeout=600)
+        reader = system.store.reader()
+        reader.open()
+        snaps = reader.snapshot_versions("ctx")
+        reader.close()
+        newest = snaps[-1]
+        target = newest - 1_000
+        base = max(v for v in snaps if v <= target)
+        dctx = zstandard.ZstdDecompressor()
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        expected = dict(system.manager.state_at("ctx", target).data)
+
+        def hoard() -> float:
+            return _elapsed(lambda: system.manager.state_at("ctx", target)) * 1000
+
+        def floor() -> float:
+            def rebuild() -> dict[str, Any]:
+                (blob,) = db.execute("SELECT blob FROM snapshots WHERE context_id=? AND version=?",
+                                     ("ctx", base)).fetchone()
+                data: dict[str, Any] = dict(orjson.loads(_raw_payload(blob, dctx))["data"])
+                for (jblob,) in db.execute("SELECT blob FROM journal WHERE context_id=? AND version>? AND "
+                                           "version<=? ORDER BY version", ("ctx", base, target)):
+                    change = orjson.loads(_raw_payload(jblob, dctx))
+                    for k in change["data_del"]:
+                        data.pop(k, None)
+                    data.update(change["data_set"])
+                return data
+            assert rebuild() == expected  # the floor does the same work
+            return _elapsed(rebuild) * 1000
+
+        try:
+            values, floors = _rounds(run.rounds, hoard, floor)
+        finally:
+            db.close()
+    finally:
+        system.stop()
+    return [_row("state_at_1000", values, floors,
+                 f"v{target} from snapshot v{base} plus {target - base} journal entries; 200 keys; SQLite")]
+
+
 #: measure name -> (function, the row names it produces), in table order
 _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] = {
     "sync_set": (_sync_set, ("sync_set",)),
@@ -956,6 +1116,12 @@ _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] =
     "peers": (_peers, ("peer_diskcache", "peer_json_file")),
     "postgres": (_postgres, ("pg_durable_set", "pg_durable_32_threads")),
 }
+_MEASURES.update({
+    "feed": (_feed_cost, ("feed_write_cost", "feed_write_cost_16_threads")),
+    "pg_feed": (_pg_feed_cost, ("pg_feed_write_cost_16_threads",)),
+    "feed_read": (_feed_read, ("feed_read",)),
+    "state_at": (_state_at, ("state_at_1000",)),
+})
 _MEASURES.update({  # issue 14
     "metrics_1000": (_metrics_scale, ("metrics_1000",)),
     "compression": (_compression, ("compression_dict", "compression_write")),

@@ -4,6 +4,7 @@ checked when the object is built and a bad one raises `ConfigError` naming it.""
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from hoard.storage import ConfigError, Store, validate_id
+from hoard.storage import ConfigError, HistoryPolicy, Store, validate_id
 from hoard.storage import InvalidContextIdError as _BadId
 
 __all__ = ["ContextAdapterConfig", "ContextManagerConfig"]
@@ -50,6 +51,11 @@ def _store(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
 def _bool(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{attr.name} must be True or False, not {value!r}")
+
+
+def _history(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        HistoryPolicy.parse(value)  # ConfigError naming what it takes
 
 
 def _callable(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
@@ -99,6 +105,12 @@ class ContextManagerConfig:
             its newest this many; stored with its changes, so across restarts and processes).
         request_ttl: seconds an idempotency key is remembered at most (None, default: by count only).
             A retry with a forgotten key is applied again.
+        history: how much journal the store keeps (see `ContextManager.history`): ``"recovery"``
+            (what recovery needs: back to the older of the two newest snapshots), an int N (at least
+            the newest N versions), a `datetime.timedelta` (every version of that long ago and
+            since), or ``"all"``. Recorded in the store when the system opens it, so compaction, every
+            later opener and ``hoard compact`` follow it. None (default): keep what the store
+            recorded (``"recovery"`` for a store that recorded nothing).
         feed: record every committed change in the store's change feed (default True; see
             `ContextSystem.changes`). Every process writing to one PostgreSQL schema must agree.
         feed_retention: the most feed entries kept back from the newest (default 1,000,000):
@@ -127,6 +139,7 @@ class ContextManagerConfig:
     monotonic: Callable[[], float] = attrs.field(default=time.monotonic, validator=_callable, repr=False)
     request_window: int = attrs.field(default=1000, validator=_number(1, integer=True))
     request_ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
+    history: str | int | datetime.timedelta | None = attrs.field(default=None, validator=_history)
     feed: bool = attrs.field(default=True, validator=_bool)
     feed_retention: int = attrs.field(default=1_000_000, validator=_number(1, integer=True))
     subscriber_backlog: int = attrs.field(default=10_000, validator=_number(1, integer=True))

@@ -8,7 +8,7 @@ seconds (default: ``call_timeout``). Thread-safe.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from hoard.actors import (
@@ -34,9 +34,12 @@ from hoard.storage import (
     validate_id,
 )
 
+from . import _history
 from ._adapter import ContextAdapter
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
+from ._feed import FeedReaders
+from ._history import Diff, HistoryEntry
 from ._tracker import ContextTracker, delete_recovery_point, list_recovery_points
 
 __all__ = ["ContextManager"]
@@ -48,6 +51,8 @@ class ContextManager:
     def __init__(self, system: SystemCore) -> None:
         self._system = system
         self._adapter: ContextAdapter | None = None
+        #: read-only stores, one per reading thread: history and the change feed read there
+        self.readers = FeedReaders(system.store)
 
     def __repr__(self) -> str:
         return f"<ContextManager {self._system.store.location!r}>"
@@ -154,6 +159,34 @@ class ContextManager:
         self._system.ask_persistence(StoreWrite((SetTTL(context_id, None if ttl is None else float(ttl)),)),
                                      timeout, f"setting the ttl of {context_id!r}")
         self._system.ensure_maintenance()
+
+    # -- history: read from the store, never through the context's actor ----------------------------
+    def history(self, context_id: str, since_version: int | None = None,
+                until_version: int | None = None) -> Iterator[HistoryEntry]:
+        """The stored changes of a context with ``since_version <= version <= until_version``
+        (None: from the oldest kept, to the newest stored), oldest first, as `HistoryEntry` records:
+        version, time, `by`, keys changed and removed, their values before and after.
+
+        Reads a read-only store of the caller's thread: no lock on the context, no message to its
+        actor, so it never delays the context's writer and never activates it; it sees committed
+        changes (``deferred``: those flushed). How far back it reaches is the store's ``history``
+        policy (default: what recovery keeps, back to the older of the two newest snapshots).
+        Raises `ContextNotFoundError`, `VersionNotStoredError` (naming the oldest version kept) for
+        a `since_version` older than that, `InvalidValueError` for a bad version.
+        """
+        return _history.history(self.readers.get(), context_id, since_version, until_version)
+
+    def state_at(self, context_id: str, version: int) -> ContextState:
+        """The context's state at `version`, rebuilt from the store (a kept snapshot or recovery
+        point plus the journal), without a lock and without its actor (see `history`). Raises
+        `ContextNotFoundError`, or `VersionNotStoredError` naming the oldest version kept."""
+        return _history.state_at(self.readers.get(), context_id, version)
+
+    def diff(self, context_id: str, a: int | RecoveryPoint, b: int | RecoveryPoint) -> Diff:
+        """What differs between two versions of a context, or a recovery point and a version: data
+        and metadata keys added, changed (before and after) and removed. `Diff.to_json_patch()`
+        gives RFC 6902 operations. Reads like `state_at` (no lock, no actor)."""
+        return _history.diff(self.readers.get(), context_id, a, b)
 
     # -- recovery points by context id -------------------------------------------------------------
     def create_recovery_point(self, context_id: str, label: str | None = None, *,

@@ -17,14 +17,14 @@ from typing import Any
 import attrs
 import pykka
 
-from hoard.actors import ContextEvent
-from hoard.storage import ConfigError, MemoryStore, Store, make_store
+from hoard.actors import ContextEvent, StoreCall
+from hoard.storage import ConfigError, HistoryPolicy, MemoryStore, Store, make_store
 
 from ._adapter import ContextAdapter
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
 from ._events import Subscription, subscribe
-from ._feed import ChangeStream, FeedConsumer, FeedReaders, check_offset, check_timeout
+from ._feed import ChangeStream, FeedConsumer, check_offset, check_timeout
 from ._manager import ContextManager
 from ._ref import ContextRef
 
@@ -61,8 +61,15 @@ class ContextSystem(SystemCore):
         if adapter_config is not None and not isinstance(adapter_config, ContextAdapterConfig):
             raise ConfigError(f"adapter_config must be a ContextAdapterConfig, not {type(adapter_config).__name__}")
         super().__init__(manager_config, _resolve_store(manager_config))
-        self._feed_readers = FeedReaders(self.store)
         self.manager: ContextManager = ContextManager(self)
+        self._feed_readers = self.manager.readers
+        if manager_config.history is not None:
+            try:  # recorded in the store: compaction here, later openers and `hoard compact` follow it
+                self.ask_persistence(StoreCall("set_history", (HistoryPolicy.parse(manager_config.history),)),
+                                     None, "recording the history policy")
+            except BaseException:
+                self.stop()
+                raise
         if adapter_config is not None:
             try:
                 self.attach_adapter(adapter_config)

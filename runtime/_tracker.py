@@ -4,11 +4,15 @@ Reads (`get`, `state`, `version`, `keys`) never enter a mailbox: they read the n
 state the context published, a single reference read, in the calling thread. Writes are messages to
 the context's actor; the call blocks until the actor (and, in ``immediate`` mode, the store) has
 answered, at most `timeout` seconds (default: the manager's ``call_timeout``), then raises
-`ContextTimeoutError`. A thread always reads its own acknowledged writes.
+`CallNotStartedError` (the actor had not started the call: it is cancelled in the mailbox and never
+applied) or `CallOutcomeUnknownError` (it had). Every write takes ``request_id=`` (applied at most
+once). A thread always reads its own acknowledged writes. Each ``*_async`` form returns a `Pending`
+future at once and never waits in the caller's thread (see `ContextTracker._submit`).
 
 A tracker stays valid when its context is passivated (evicted, deactivated): its next call, reads
-included, activates it again (without making it current). Trackers are cheap and thread-safe; any
-number may point at one context.
+included, activates it again (without making it current). It holds the context's cell only weakly,
+so a tracker of a passivated context keeps nothing but its id and system. Trackers are cheap,
+thread-safe read-only `Mapping`s; any number may point at one context.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from ._postgres_listen import ChangeListener as ChangeListener
 from ._postgres_listen import ChangeNotice as ChangeNotice
 from ._recovery import RecoveryReport as RecoveryReport
 from ._recovery import SkippedItem as SkippedItem
+from ._retention import HistoryPolicy as HistoryPolicy
 from ._schema import SCHEMA_KEY as SCHEMA_KEY
 from ._schema import Schema as Schema
 from ._schema import SchemaMigrationError as SchemaMigrationError
@@ -111,6 +112,7 @@ __all__ = [
     "FencedOffError",
     "FrozenDict",
     "FrozenList",
+    "HistoryPolicy",
     "HoardError",
     "InvalidContextIdError",
     "InvalidMessageError",

@@ -13,6 +13,7 @@ owner thread at a time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import attrs
@@ -35,6 +36,7 @@ from ._feed import (
     prune_floor,
 )
 from ._model import Change, ContextState, RecoveryPoint, apply_change
+from ._retention import RECOVERY, HistoryPolicy, history_base
 from ._store import (
     Append,
     CreateContext,
@@ -69,6 +71,16 @@ class _Context:
     rps: immutables.Map[int, RecoveryPoint] = _EMPTY  # type: ignore[assignment]
 
 
+def _trimmed(ctx: _Context, policy: HistoryPolicy, now: float) -> _Context:
+    """`ctx` without the snapshots and journal entries the history policy lets go as of `now`."""
+    versions = sorted(ctx.snapshots)
+    base = history_base(policy, versions, ctx.state.version, now, lambda v: ctx.snapshots[v].updated_at)
+    if base == versions[0]:
+        return ctx
+    return attrs.evolve(ctx, snapshots=immutables.Map({v: ctx.snapshots[v] for v in versions if v >= base}),
+                        journal=immutables.Map({v: c for v, c in ctx.journal.items() if v > base}))
+
+
 class MemoryStore:
     """Contexts kept in a dict. See the module docstring."""
 
@@ -76,6 +88,7 @@ class MemoryStore:
         self.location = ":memory:"
         self._contexts: dict[str, _Context] = {}
         self.feed_enabled = feed
+        self.history_policy: HistoryPolicy = RECOVERY
         self.feed_retention = check_retention(feed_retention)
         # the change feed: (floor, entries after it). The writer only appends to the list (one C call
         # under the GIL) or replaces the whole pair when it prunes, so a reader in another thread
@@ -99,7 +112,7 @@ class MemoryStore:
         for op in ops:
             cid = context_of(op)
             cur = staged[cid] if cid in staged else self._contexts.get(cid)
-            staged[cid] = self._apply(cur, op)
+            staged[cid] = self._apply(cur, op, self.history_policy)
         for cid, ctx in staged.items():  # all or nothing: applied only once every op held
             if ctx is None:
                 self._contexts.pop(cid, None)
@@ -127,7 +140,7 @@ class MemoryStore:
                     self._view = (floor, feed[floor - old_floor:])  # offsets are contiguous from old_floor + 1
 
     @staticmethod
-    def _apply(cur: _Context | None, op: Op) -> _Context | None:  # noqa: PLR0911, PLR0912 - one branch per kind of op
+    def _apply(cur: _Context | None, op: Op, policy: HistoryPolicy) -> _Context | None:  # noqa: PLR0911, PLR0912 - one branch per kind of op
         if isinstance(op, CreateContext):
             validate_id(op.state.id)  # like every store: a malformed id never gets in
             if cur is not None:
@@ -153,10 +166,8 @@ class MemoryStore:
             if cur.state.version < op.state.version:  # checkpoint of unjournaled changes (durability none)
                 return attrs.evolve(cur, state=op.state, snapshots=immutables.Map({op.state.version: op.state}),
                                     journal=immutables.Map())
-            snaps = cur.snapshots.set(op.state.version, op.state)
-            keep = sorted(snaps)[-2:]
-            return attrs.evolve(cur, snapshots=immutables.Map({v: snaps[v] for v in keep}),
-                                journal=immutables.Map({v: c for v, c in cur.journal.items() if v > keep[0]}))
+            return _trimmed(attrs.evolve(cur, snapshots=cur.snapshots.set(op.state.version, op.state)), policy,
+                            op.state.updated_at)
         if isinstance(op, PutRecoveryPoint):
             if cur.next_rp != op.rp.id:
                 raise PersistenceError(f"recovery point id {op.rp.id} out of sequence", context_id=cid)
@@ -265,6 +276,19 @@ class MemoryStore:
 
     def remove_consumer(self, name: str) -> None:
         self._consumers = {k: v for k, v in self._consumers.items() if k != name}
+
+    def set_history(self, policy: HistoryPolicy) -> None:
+        """Record the history policy (see `hoard.storage._retention`)."""
+        self.history_policy = HistoryPolicy.parse(policy)
+
+    def compact_history(self) -> int:
+        """Apply the history policy to every context now; returns how many rows went."""
+        gone = 0
+        for cid, ctx in list(self._contexts.items()):
+            new = _trimmed(ctx, self.history_policy, time.time())
+            gone += len(ctx.snapshots) - len(new.snapshots) + len(ctx.journal) - len(new.journal)
+            self._contexts[cid] = new
+        return gone
 
     def reader(self) -> MemoryStore:
         """This store itself: its reads take one consistent immutable value, safe from any thread."""

@@ -87,6 +87,7 @@ from ._postgres_leases import LeaseHolder
 from ._postgres_listen import CHANNEL, ChangeListener
 from ._postgres_sql import IDENT, MIGRATIONS, QUARANTINE_TABLE, SCHEMA_VERSION, SQL, TABLES
 from ._recovery import RowAccess, RowStore, _storable_prefix
+from ._retention import RECOVERY, HistoryPolicy, history_base
 from ._store import (
     Append,
     CreateContext,
@@ -184,6 +185,8 @@ class PostgresStore(LeaseHolder, RowStore):
         self.feed_retention = check_retention(feed_retention)
         self._since_prune = 0
         self._max_state_bytes = max_state_bytes
+        self.history_policy: HistoryPolicy = RECOVERY  # as recorded in the schema (read on open)
+        self._snapshot_times: dict[tuple[str, int], float] = {}
         # never show a password: location appears in messages and logs
         where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
         self.location = f"postgresql://{where}#{schema}"
@@ -229,6 +232,7 @@ class PostgresStore(LeaseHolder, RowStore):
         self._pool = pool
         try:
             self._run("open", self._migrate, idempotent=False)
+            self.history_policy = self._run("open", self._recorded_history)
         except BaseException:
             self.close()
             raise
@@ -620,7 +624,12 @@ class PostgresStore(LeaseHolder, RowStore):
                 # the stored version, and nothing older can rebuild it any more
                 conn.execute(sql["checkpoint"], {"id": st.id, "v": st.version, "u": st.updated_at})
             conn.execute(sql["snapshot"], {"id": st.id, "v": st.version, "blob": blob})
-            conn.execute(sql["snapshot_trim"], {"id": st.id})
+            if self.history_policy.kind == "recovery":
+                conn.execute(sql["snapshot_trim"], {"id": st.id})  # one statement: the common case
+            else:
+                if self.history_policy.kind == "seconds":
+                    self._snapshot_times[(st.id, st.version)] = st.updated_at
+                self._trim_history(conn, st.id, max(row[0], st.version), st.updated_at)
         elif isinstance(op, CreateContext):
             st = op.state
             if conn.execute(sql["create"], {"id": st.id, "v": st.version, "c": st.created_at, "u": st.updated_at,
@@ -654,6 +663,59 @@ class PostgresStore(LeaseHolder, RowStore):
             return f"journal entry for {context_id!r}, which is not in the store"
         return f"journal entry {version} for {context_id!r} does not follow stored version {row[0]}"
 
+
+    # -- the history policy --------------------------------------------------------------------------
+    def _trim_history(self, conn: Any, context_id: str, top: int, now: float) -> int:
+        """Drop what the history policy lets go (see `hoard.storage._retention`); rows gone."""
+        versions = [r[0] for r in conn.execute(self._sql["snapshot_versions"], {"id": context_id})]
+        if not versions:
+            return 0
+        base = history_base(self.history_policy, versions, top, now, lambda v: self._snapshot_time(conn, context_id, v))
+        gone = conn.execute(self._sql["trim_snapshots"], {"id": context_id, "v": base}).rowcount
+        return int(gone + conn.execute(self._sql["trim_journal"], {"id": context_id, "v": base}).rowcount)
+
+    def _snapshot_time(self, conn: Any, context_id: str, version: int) -> float:
+        key = (context_id, version)
+        if key not in self._snapshot_times:
+            rows = [b for v, b in conn.execute(self._sql["snapshot_rows"], {"id": context_id}) if v == version]
+            try:
+                self._snapshot_times[key] = self.codec.decode_state(bytes(rows[0])).updated_at
+            except (CorruptStateError, IndexError):
+                return float("inf")  # damaged or gone: never dropped on a guess
+        return self._snapshot_times[key]
+
+    def _recorded_history(self, conn: Any) -> HistoryPolicy:
+        if conn.execute(self._sql["has_feed"], {"t": f'"{self.schema}".settings'}).fetchone()[0] is not True:
+            return RECOVERY
+        row = conn.execute(self._sql["get_setting"], {"k": "history"}).fetchone()
+        return RECOVERY if row is None else HistoryPolicy.parse(str(row[0]))
+
+    def set_history(self, policy: HistoryPolicy) -> None:
+        """Record the history policy in the schema (every process's compaction follows it after its
+        next open; this one's at once). One transaction."""
+        policy = HistoryPolicy.parse(policy)
+        if self.readonly:
+            raise PersistenceError(f"store {self.location} is open read-only")
+
+        def run(conn: Any) -> None:
+            with conn.transaction():
+                conn.execute(self._sql["set_setting"], {"k": "history", "v": policy.text})
+        self._run("record the history policy", run)
+        self.history_policy = policy
+
+    def compact_history(self) -> int:
+        """Apply the recorded history policy to every context now (one transaction); returns how many
+        rows went. It only deletes rows the policy lets go, as each writer's own compaction does, so
+        it may run while other processes write."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.location} is open read-only")
+
+        def run(conn: Any) -> int:
+            with conn.transaction():
+                now = time.time()
+                return sum(self._trim_history(conn, cid, int(v), now)
+                           for cid, v in conn.execute(self._sql["all_versions"]).fetchall())
+        return self._run("compact history", run, idempotent=False)
 
     # -- feed consumers ------------------------------------------------------------------------------
     def set_consumer(self, name: str, position: int | None = None) -> int:

@@ -39,6 +39,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "floor bigint NOT NULL)",
         "INSERT INTO {s}.feed_head VALUES (1, 0, 0)",
         "CREATE TABLE {s}.feed_consumers (name text PRIMARY KEY, pos bigint NOT NULL)",
+        # store-wide settings every process follows (the history policy)
+        "CREATE TABLE {s}.settings (key text PRIMARY KEY, value text NOT NULL)",
     ),
 )
 #: the table layout this hoard writes; a schema of a higher version is refused
@@ -185,6 +187,12 @@ SQL: dict[str, str] = {
                     "ON CONFLICT (name) DO UPDATE SET pos = EXCLUDED.pos",
     "consumer_delete": "DELETE FROM {s}.feed_consumers WHERE name = %(name)s",
     "has_feed": "SELECT to_regclass(%(t)s) IS NOT NULL",
+    "get_setting": "SELECT value FROM {s}.settings WHERE key = %(k)s",
+    "set_setting": "INSERT INTO {s}.settings (key, value) VALUES (%(k)s, %(v)s) "
+                   "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+    "trim_snapshots": "DELETE FROM {s}.snapshots WHERE context_id = %(id)s AND version < %(v)s",
+    "trim_journal": "DELETE FROM {s}.journal WHERE context_id = %(id)s AND version <= %(v)s",
+    "all_versions": "SELECT id, version FROM {s}.contexts",
     "lock_context": "SELECT version FROM {s}.contexts WHERE id = %(id)s FOR UPDATE",
     # which lease rows of a batch another session holds locked (never waits: SKIP LOCKED)
     "lockable": "SELECT l.context_id, f.context_id IS NOT NULL FROM {s}.leases l LEFT JOIN "

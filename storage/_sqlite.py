@@ -52,6 +52,7 @@ from ._codec import DICT_ID_BASE, FORMAT_VERSION, KIND_DICTIONARY, Codec, train_
 from ._errors import ConfigError, CorruptStateError, HoardError, PersistenceError, StoreLockedError
 from ._feed import DEFAULT_FEED_RETENTION, PRUNE_EVERY, check_retention, consumer_position, feed_rows, prune_floor
 from ._recovery import RowAccess, RowStore, _storable_prefix
+from ._retention import RECOVERY, HistoryPolicy, history_base
 from ._store import (
     Append,
     CreateContext,
@@ -151,6 +152,8 @@ class SQLiteStore(RowStore):
         self.feed_enabled = feed
         self.feed_retention = check_retention(feed_retention)
         self._since_prune = 0
+        self.history_policy: HistoryPolicy = RECOVERY  # as recorded in the store (read on open)
+        self._snapshot_times: dict[tuple[str, int], float] = {}  # (id, version) -> updated_at, for "seconds"
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._file_fd: int | None = None  # the database file, flocked
@@ -175,6 +178,7 @@ class SQLiteStore(RowStore):
                 self._lock_file()
             self._db = self._connect()
             self._init_schema()
+            self.history_policy = self._recorded_history()
         except BaseException:
             self.close()
             raise
@@ -606,11 +610,9 @@ class SQLiteStore(RowStore):
                 db.execute("DELETE FROM snapshots WHERE context_id=?", (st.id,))
                 db.execute("DELETE FROM journal WHERE context_id=?", (st.id,))
             db.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?)", (st.id, st.version, blob))
-            kept = db.execute("SELECT version FROM snapshots WHERE context_id=? ORDER BY version DESC LIMIT 2",
-                              (st.id,)).fetchall()
-            oldest_kept = kept[-1][0]
-            db.execute("DELETE FROM snapshots WHERE context_id=? AND version<?", (st.id, oldest_kept))
-            db.execute("DELETE FROM journal WHERE context_id=? AND version<=?", (st.id, oldest_kept))
+            if self.history_policy.kind == "seconds":
+                self._snapshot_times[(st.id, st.version)] = st.updated_at
+            self._trim_history(db, st.id, max(row[0], st.version), st.updated_at)
         elif isinstance(op, CreateContext):
             st = op.state
             try:
@@ -649,6 +651,63 @@ class SQLiteStore(RowStore):
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (op.context_id,))  # noqa: S608 - fixed names
         else:  # pragma: no cover - the Op union is closed
             raise TypeError(f"unknown store operation {op!r}")
+
+    def _trim_history(self, db: sqlite3.Connection, context_id: str, top: int, now: float) -> int:
+        """Drop the snapshots and journal entries the history policy lets go (see
+        `hoard.storage._retention`) as of `now` (the writer's clock: the snapshot's time); returns
+        how many rows went."""
+        versions = [r[0] for r in db.execute("SELECT version FROM snapshots WHERE context_id=? ORDER BY version",
+                                             (context_id,))]
+        if not versions:
+            return 0
+        base = history_base(self.history_policy, versions, top, now, lambda v: self._snapshot_time(db, context_id, v))
+        gone = db.execute("DELETE FROM snapshots WHERE context_id=? AND version<?", (context_id, base)).rowcount
+        return gone + db.execute("DELETE FROM journal WHERE context_id=? AND version<=?", (context_id, base)).rowcount
+
+    def _snapshot_time(self, db: sqlite3.Connection, context_id: str, version: int) -> float:
+        """When snapshot `version` was made (its state's updated_at): remembered, else decoded once;
+        a damaged one counts as new (kept: never dropped on a guess)."""
+        key = (context_id, version)
+        if key not in self._snapshot_times:
+            row = db.execute("SELECT blob FROM snapshots WHERE context_id=? AND version=?", key).fetchone()
+            try:
+                self._snapshot_times[key] = self.codec.decode_state(row[0]).updated_at
+            except CorruptStateError:
+                return float("inf")
+        return self._snapshot_times[key]
+
+    # -- the history policy --------------------------------------------------------------------------
+    def _recorded_history(self) -> HistoryPolicy:
+        row = self._require().execute("SELECT value FROM hoard_meta WHERE key='history'").fetchone()
+        return RECOVERY if row is None else HistoryPolicy.parse(str(row[0]))
+
+    def set_history(self, policy: HistoryPolicy) -> None:
+        """Record the history policy in the store (compaction follows it from now on, here and in
+        every later opener, `hoard compact` included). One transaction."""
+        policy = HistoryPolicy.parse(policy)
+        if self.readonly:
+            raise PersistenceError(f"store {self.path!r} is open read-only")
+        db = self._require()
+
+        def run() -> None:
+            with self._transaction(db):
+                db.execute("INSERT OR REPLACE INTO hoard_meta VALUES ('history', ?)", (policy.text,))
+        self._guard(run, "record the history policy")
+        self.history_policy = policy
+
+    def compact_history(self) -> int:
+        """Apply the recorded history policy to every context now (one transaction); returns how
+        many snapshot and journal rows went. What `hoard compact` runs before VACUUM."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.path!r} is open read-only")
+        db = self._require()
+
+        def run() -> int:
+            with self._transaction(db):
+                now = time.time()
+                return sum(self._trim_history(db, cid, version, now)
+                           for cid, version in db.execute("SELECT id, version FROM contexts").fetchall())
+        return self._guard(run, "compact history")
 
     @staticmethod
     def _version_problem(db: sqlite3.Connection, context_id: str, version: int) -> str:

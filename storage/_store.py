@@ -26,6 +26,7 @@ from ._model import Change, ContextState, RecoveryPoint
 
 if TYPE_CHECKING:
     from ._feed import FeedEntry
+    from ._retention import HistoryPolicy
 
 __all__ = [
     "Append",
@@ -274,6 +275,13 @@ class Store(Protocol):
 
     def remove_consumer(self, name: str) -> None:
         """A write: forget consumer `name`."""
+
+    # -- the history policy (see `hoard.storage._retention`) ------------------------------------------
+    def set_history(self, policy: HistoryPolicy) -> None:
+        """A write: record the history policy in the store; compaction follows it from now on."""
+
+    def compact_history(self) -> int:
+        """A write: apply the recorded history policy to every context now; rows removed."""
 
     def reader(self) -> Store:
         """A read-only store on the same data for another thread (its own connection), unopened

@@ -15,6 +15,8 @@ from rich.text import Text
 
 from hoard.storage import ContextState, HoardError, RecoveryPoint, SQLiteStore, thaw
 
+from .._history import history as stored_history
+from ._changes import print_changes
 from ._common import (
     STORE,
     WHEN,
@@ -176,17 +178,25 @@ def _rp_json(rp: RecoveryPoint) -> dict[str, Any]:
 @click.command("history")
 @click.argument("store", type=STORE)
 @click.argument("context_id", metavar="ID")
+@click.option("--since", "since", type=click.IntRange(min=1), default=None,
+              help="Changes from this version on (default: the oldest the store keeps).")
+@click.option("--until", "until", type=click.IntRange(min=1), default=None, help="Changes up to this version.")
 @json_option
-def history(store: str, context_id: str, as_json: bool) -> None:
-    """Show the recovery points of context ID and its journal entries since the last snapshot.
+def history(store: str, context_id: str, since: int | None, until: int | None, as_json: bool) -> None:
+    """Show the stored changes of context ID (version, time, who, keys with old and new values),
+    its recovery points, and which versions `hoard show --version` can still rebuild.
 
-    Also says which versions `hoard show --version` can still rebuild.
+    How far back the changes go is the store's history policy (ContextManagerConfig(history=...)).
 
     \b
     Examples:
       hoard history state.db cart-42
-      hoard history state.db cart-42 --json
+      hoard history state.db cart-42 --since 40 --json
     """
+    with read_store(store) as st:
+        if st.info(context_id) is None:
+            raise not_found(store, context_id)
+        stored = [e.to_dict() for e in stored_history(st, context_id, since, until)]
     with read_store(store) as st, StoreReader(st) as reader:
         info = st.info(context_id)
         if info is None:
@@ -201,12 +211,13 @@ def history(store: str, context_id: str, as_json: bool) -> None:
     result = {
         "id": context_id, "version": info.version, "snapshots": snapshots,
         "recovery_points": [_rp_json(rp) for rp in rps], "journal": journal,
-        "rebuildable": {"from": span[0], "to": span[1]} if span else None,
+        "rebuildable": {"from": span[0], "to": span[1]} if span else None, "changes": stored,
     }
     if as_json:
         emit_json(result)
         return
     console = out()
+    print_changes(console, stored)
     console.print(f"[bold]{escape(context_id)}[/bold]  v{info.version}   snapshots: "
                   + (", ".join(f"v{v}" for v in snapshots) or "none"))
     if rps:

@@ -22,6 +22,7 @@ from hoard.storage import CorruptStateError, HoardError
 from .._version import DISTRIBUTION
 from ._archive import export, import_
 from ._bench import bench
+from ._changes import diff
 from ._common import JSON_META, STORE_META, discard_stdout
 from ._demo import demo
 from ._inspect import history, ls, show, stats
@@ -132,7 +133,7 @@ def cli() -> None:
     """
 
 
-for _command in (ls, show, history, stats, restore, export, import_, verify, compact, demo, bench):
+for _command in (ls, show, history, diff, stats, restore, export, import_, verify, compact, demo, bench):
     cli.add_command(_command)
 
 

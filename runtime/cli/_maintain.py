@@ -145,6 +145,9 @@ def _vacuum(path: str) -> None:
 def compact(store: str, as_json: bool) -> None:
     """Compact STORE: one snapshot per context at its current version, no journal, then VACUUM.
 
+    A store that records a longer history policy (``ContextManagerConfig(history=...)``) keeps what
+    it says: compact then drops only the snapshots and journal entries the policy lets go.
+
     Each context is rewritten in one transaction (same version, data, metadata, times and recovery
     points), so a crash midway leaves every context either old or compacted, never half. Afterwards
     the older kept snapshot and its journal are gone, so `hoard show --version` can rebuild only
@@ -161,8 +164,12 @@ def compact(store: str, as_json: bool) -> None:
     failed: list[dict[str, Any]] = []
     dropped = 0
     with write_store(store, "compact") as st:
+        st.feed_enabled = False  # a rewrite changes no context: nothing for the change feed
+        keep_history = st.history_policy.kind != "recovery"
+        if keep_history:  # the store's recorded history policy: trim to it, never below it
+            dropped = st.compact_history()
         with StoreReader(st) as reader:
-            ids = st.list_ids()
+            ids = [] if keep_history else st.list_ids()
             with progress("compacting", len(ids)) as advance:
                 for cid in ids:
                     advance(1)

@@ -16,6 +16,8 @@ from .conftest import Hoard
 ROWS = ["sync_set", "get", "pipelined", "update_1000", "set_100k", "durable_set", "durable_32_threads",
         "activation_10k", "open_100k", "rss_1000", "peer_diskcache", "peer_json_file",
         "pg_durable_set", "pg_durable_32_threads",  # issue 6; skipped with a note when no PostgreSQL answers
+        "feed_write_cost", "feed_write_cost_16_threads", "pg_feed_write_cost_16_threads", "feed_read",
+        "state_at_1000",  # issue 13
         "metrics_1000", "compression_dict", "compression_write"]  # issue 14
 
 

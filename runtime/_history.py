@@ -1,0 +1,200 @@
+"""History and diffs of one context, read from the store: `ContextManager.history`, `state_at` and
+`diff`.
+
+Everything here reads a read-only store of the calling thread (`Store.reader()`, opened once per
+thread by `FeedReaders`): no message to the context's actor, no lock, so a reader never delays the
+context's writer, and an inactive context is not activated. What can be read is what the store keeps:
+the journal back to the oldest kept snapshot (the ``history`` policy of the store decides how far
+that is), plus recovery points for `diff`. An older version raises `VersionNotStoredError`, which
+names the oldest version kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+import jsonpatch
+
+from hoard.storage import (
+    ContextState,
+    InvalidValueError,
+    JournalEntry,
+    RecoveryPoint,
+    Store,
+    VersionNotStoredError,
+    apply_change,
+    thaw,
+    validate_id,
+)
+
+__all__ = ["Diff", "HistoryEntry", "diff", "history", "state_at"]
+
+_MISSING: Any = object()
+
+
+@attrs.frozen
+class HistoryEntry:
+    """One stored change of a context, with the values it replaced.
+
+    Attributes:
+        context_id: the context.
+        version: the version the change made.
+        at: seconds since the epoch of the change.
+        by: who made it (the write's ``by=``; None if nobody said).
+        changed: data keys set (sorted); a restore lists every key of the restored data.
+        removed: data keys removed (sorted), a restore's included.
+        before: the value each key of `changed` and `removed` had before (absent: it had none).
+        after: the new value of each key of `changed`.
+        metadata_changed: metadata keys set (sorted); metadata_removed: metadata keys removed.
+        replaced: the change replaced data and metadata wholesale (a restore).
+        request_id: the write's idempotency key, if it had one.
+    """
+
+    context_id: str
+    version: int
+    at: float
+    by: str | None
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+    metadata_changed: tuple[str, ...]
+    metadata_removed: tuple[str, ...]
+    replaced: bool
+    request_id: str | None
+
+    @classmethod
+    def of(cls, old: ContextState, entry: JournalEntry, new: ContextState) -> HistoryEntry:
+        ch = entry.change
+        if ch.replace:
+            changed = tuple(sorted(k for k in new.data if old.data.get(k, _MISSING) != new.data[k]))
+            removed = tuple(sorted(k for k in old.data if k not in new.data))
+            meta_changed = tuple(sorted(k for k in new.metadata if old.metadata.get(k, _MISSING) != new.metadata[k]))
+            meta_removed = tuple(sorted(k for k in old.metadata if k not in new.metadata))
+        else:
+            changed, removed = tuple(sorted(ch.data_set)), tuple(sorted(k for k in ch.data_del if k in old.data))
+            meta_changed = tuple(sorted(ch.meta_set))
+            meta_removed = tuple(sorted(k for k in ch.meta_del if k in old.metadata))
+        before = {k: old.data[k] for k in (*changed, *removed) if k in old.data}
+        return cls(new.id, new.version, ch.at, ch.by, changed, removed, before, {k: new.data[k] for k in changed},
+                   meta_changed, meta_removed, ch.replace, ch.request_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-shaped form (what ``hoard history --json`` prints, one per line)."""
+        return {"context_id": self.context_id, "version": self.version, "at": self.at, "by": self.by,
+                "changed": list(self.changed), "removed": list(self.removed), "before": thaw(dict(self.before)),
+                "after": thaw(dict(self.after)), "metadata_changed": list(self.metadata_changed),
+                "metadata_removed": list(self.metadata_removed), "replaced": self.replaced,
+                "request_id": self.request_id}
+
+
+@attrs.frozen
+class Diff:
+    """What differs between two states of a context (`ContextManager.diff`): data and metadata keys
+    added (with the new value), changed (``(before, after)``) and removed (with the old value).
+
+    `a` and `b` name the two sides as given (a version, or ``"rp:<id>"`` for a recovery point);
+    `before` and `after` are the two states.
+    """
+
+    context_id: str
+    a: str
+    b: str
+    added: Mapping[str, Any]
+    changed: Mapping[str, tuple[Any, Any]]
+    removed: Mapping[str, Any]
+    metadata_added: Mapping[str, Any]
+    metadata_changed: Mapping[str, tuple[Any, Any]]
+    metadata_removed: Mapping[str, Any]
+    before: ContextState = attrs.field(repr=False)
+    after: ContextState = attrs.field(repr=False)
+
+    @classmethod
+    def between(cls, context_id: str, a: str, before: ContextState, b: str, after: ContextState) -> Diff:
+        def parts(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
+                                                                           dict[str, Any]]:
+            added = {k: new[k] for k in sorted(new) if k not in old}
+            changed = {k: (old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k]}
+            removed = {k: old[k] for k in sorted(old) if k not in new}
+            return added, changed, removed
+        return cls(context_id, a, b, *parts(before.data, after.data), *parts(before.metadata, after.metadata),
+                   before, after)
+
+    @property
+    def empty(self) -> bool:
+        """True when data and metadata are the same on both sides."""
+        return not (self.added or self.changed or self.removed or self.metadata_added or self.metadata_changed
+                    or self.metadata_removed)
+
+    def to_json_patch(self) -> list[dict[str, Any]]:
+        """RFC 6902 operations that turn ``{"data": ..., "metadata": ...}`` of `before` into that of
+        `after` (made by the `jsonpatch` library: nested values get nested operations, and keys are
+        escaped as JSON Pointer requires: ``a/b`` is ``/data/a~1b``)."""
+        def doc(st: ContextState) -> dict[str, Any]:
+            return {"data": thaw(dict(st.data)), "metadata": thaw(dict(st.metadata))}
+        ops: list[dict[str, Any]] = jsonpatch.make_patch(doc(self.before), doc(self.after)).patch
+        return ops
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-shaped form (what ``hoard diff --json`` prints)."""
+        def pairs(m: Mapping[str, tuple[Any, Any]]) -> dict[str, Any]:
+            return {k: {"before": thaw(v[0]), "after": thaw(v[1])} for k, v in m.items()}
+        return {"context_id": self.context_id, "a": self.a, "b": self.b, "added": thaw(dict(self.added)),
+                "changed": pairs(self.changed), "removed": thaw(dict(self.removed)),
+                "metadata_added": thaw(dict(self.metadata_added)), "metadata_changed": pairs(self.metadata_changed),
+                "metadata_removed": thaw(dict(self.metadata_removed)), "json_patch": self.to_json_patch()}
+
+
+def _version(name: str, value: object, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if type(value) is not int or value < 1:
+        raise InvalidValueError(name, f"a version is an int >= 1{' or None' if optional else ''}, not {value!r}")
+    return value
+
+
+def state_at(store: Store, context_id: str, version: int) -> ContextState:
+    """See `ContextManager.state_at`."""
+    validate_id(context_id)
+    return store.state_at(context_id, _version("version", version))  # type: ignore[arg-type]
+
+
+def history(store: Store, context_id: str, since_version: int | None = None,
+            until_version: int | None = None) -> Iterator[HistoryEntry]:
+    """See `ContextManager.history`."""
+    validate_id(context_id)
+    since = _version("since_version", since_version, optional=True)
+    until = _version("until_version", until_version, optional=True)
+    entries = store.journal(context_id, after=0 if since is None else since - 1, upto=until)
+    oldest = min(store.snapshot_versions(context_id), default=1)  # the journal goes on from there
+    if since is not None and oldest > 1 and since <= oldest:
+        info = store.info(context_id)
+        raise VersionNotStoredError(context_id, since, oldest=oldest + 1, newest=None if info is None else info.version)
+    return _replay(store, context_id, entries)
+
+
+def _replay(store: Store, context_id: str, entries: list[JournalEntry]) -> Iterator[HistoryEntry]:
+    if not entries:
+        return
+    state = store.state_at(context_id, entries[0].version - 1)
+    for entry in entries:
+        new = apply_change(state, entry.change)
+        yield HistoryEntry.of(state, entry, new)
+        state = new
+
+
+def diff(store: Store, context_id: str, a: int | RecoveryPoint, b: int | RecoveryPoint) -> Diff:
+    """See `ContextManager.diff`."""
+    validate_id(context_id)
+
+    def side(name: str, value: object) -> tuple[str, ContextState]:
+        if isinstance(value, RecoveryPoint):
+            if value.context_id != context_id:
+                raise InvalidValueError(name, f"recovery point {value.id} belongs to {value.context_id!r}, not "
+                                              f"{context_id!r}")
+            return f"rp:{value.id}", value.state
+        return str(value), store.state_at(context_id, _version(name, value))  # type: ignore[arg-type]
+    (an, before), (bn, after) = side("a", a), side("b", b)
+    return Diff.between(context_id, an, before, bn, after)

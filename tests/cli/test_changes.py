@@ -1,0 +1,59 @@
+"""``hoard history`` (the stored changes, who made them, values before and after) and ``hoard diff``
+(two versions, or a recovery point and a version; --json with an RFC 6902 patch), on a real store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonpatch
+
+from hoard import ContextManagerConfig, open_system
+from tests.cli.conftest import NO_DEFAULT, Hoard, no_traceback
+
+
+def _write(path: Path) -> int:
+    with open_system(path, manager_config=ContextManagerConfig(history="all", snapshot_every=5),
+                     adapter_config=NO_DEFAULT) as system:
+        t = system.adapter.get_or_create("cart")
+        t.update({"a": 1, "b": [1, 2]}, by="user:ana")
+        t.create_recovery_point()
+        for i in range(8):
+            t.set("n", i, by="svc:x")
+        t.delete("a", by="user:bo")
+        return t.set_metadata("owner", "ana")
+
+
+def test_history_shows_every_kept_change_with_who_and_the_values_before_and_after(tmp_path: Path,
+                                                                                  hoard: Hoard) -> None:
+    last = _write(tmp_path / "s.db")
+    changes = hoard("history", "s.db", "cart", "--json").json()["changes"]
+    assert [c["version"] for c in changes] == list(range(2, last + 1))  # history='all': back to the creation
+    assert changes[0]["by"] == "user:ana" and changes[0]["after"] == {"a": 1, "b": [1, 2]}
+    assert changes[2]["before"] == {"n": 0} and changes[2]["after"] == {"n": 1} and changes[2]["by"] == "svc:x"
+    assert changes[-2]["removed"] == ["a"] and changes[-2]["before"] == {"a": 1}
+    assert changes[-1]["metadata_changed"] == ["owner"] and changes[-1]["by"] is None
+    some = hoard("history", "s.db", "cart", "--since", str(last - 1), "--json").json()["changes"]
+    assert [c["version"] for c in some] == [last - 1, last]
+    text = hoard("history", "s.db", "cart")
+    assert text.code == 0 and "user:bo" in text.out and "-a: 1" in text.out
+    no_traceback(text)
+
+
+def test_diff_between_versions_and_against_a_recovery_point(tmp_path: Path, hoard: Hoard) -> None:
+    last = _write(tmp_path / "s.db")
+    d = hoard("diff", "s.db", "cart", "rp:1", str(last), "--json").json()
+    assert (d["a"], d["b"]) == ("rp:1", str(last))
+    assert d["added"] == {"n": 7} and d["removed"] == {"a": 1} and d["metadata_added"] == {"owner": "ana"}
+    before = {"data": {"a": 1, "b": [1, 2]}, "metadata": {}}
+    assert jsonpatch.apply_patch(before, d["json_patch"]) == {"data": {"b": [1, 2], "n": 7},
+                                                             "metadata": {"owner": "ana"}}
+    changed = hoard("diff", "s.db", "cart", "3", "9", "--json").json()["changed"]
+    assert changed == {"n": {"before": 0, "after": 6}}
+    text = hoard("diff", "s.db", "cart", "3", "9")
+    assert text.code == 0 and "~ n: 0 -> 6" in text.out
+    for bad in (("x", "3"), ("rp:9", "3"), ("0", "3")):
+        r = hoard("diff", "s.db", "cart", *bad)
+        assert r.code == 2, r
+        no_traceback(r)
+    r = hoard("diff", "s.db", "nope", "1", "2")
+    assert r.code == 1 and "nope" in r.err
