@@ -39,7 +39,7 @@ from __future__ import annotations
 import struct
 import typing
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -209,6 +209,9 @@ class Codec:
         #: the newest dictionary's id and compressor (write side); None: no dictionary
         self.dictionary_id: int | None = None
         self._dict_cctx: Any = None
+        #: set by the store: called with a dictionary id this codec lacks (one trained by another
+        #: connection since it loaded them); returns whether it added it
+        self.on_missing_dictionary: Callable[[int], bool] | None = None
         self._unstructure_state = self.converter.get_unstructure_hook(ContextState)
         self._structure_state = self.converter.get_structure_hook(ContextState)
         self._unstructure_change = self.converter.get_unstructure_hook(Change)
@@ -292,6 +295,8 @@ class Codec:
             if flags & _DICTIONARY:
                 dict_id = zstandard.get_frame_parameters(stored).dict_id
                 found = self._dicts.get(dict_id)
+                if found is None and self.on_missing_dictionary is not None and self.on_missing_dictionary(dict_id):
+                    found = self._dicts.get(dict_id)
                 if found is None:
                     raise CorruptStateError(f"{label}: needs compression dictionary {dict_id}, which this store "
                                             "does not hold", what=what)

@@ -162,6 +162,7 @@ class SQLiteStore(RowStore):
         self._lost: str | None = None  # why the store can no longer be used (its file was deleted...)
         self._checkpoint_due = False  # a commit failed: truncate the WAL after the next one succeeds
         self.dictionary = dictionary
+        self.codec.on_missing_dictionary = self._reload_dictionary
         self._undictionaried = 0  # writes since the last attempt to train a dictionary
 
     def __repr__(self) -> str:
@@ -346,6 +347,23 @@ class SQLiteStore(RowStore):
         for i, (version, blob) in enumerate(rows):
             content = self.codec.unframe(KIND_DICTIONARY, blob, f"compression dictionary {version}")
             self.codec.add_dictionary(DICT_ID_BASE + version, content, newest=i == len(rows) - 1)
+
+    def _reload_dictionary(self, dict_id: int) -> bool:
+        """A blob needs dictionary `dict_id`, trained since this store loaded its dictionaries (by the
+        writer, while this reader stayed open): load it. False if the store does not hold it."""
+        db = self._db
+        version = dict_id - DICT_ID_BASE
+        if db is None or version < 1:
+            return False
+        try:
+            row = db.execute("SELECT blob FROM dictionaries WHERE version = ?", (version,)).fetchone()
+        except sqlite3.Error:  # a store without the table (made before dictionaries)
+            return False
+        if row is None:
+            return False
+        self.codec.add_dictionary(dict_id, self.codec.unframe(KIND_DICTIONARY, row[0],
+                                                              f"compression dictionary {version}"))
+        return True
 
     def train_dictionary(self) -> int | None:
         """Train a new zstd dictionary from small blobs of this store (up to 1,000 snapshots and

@@ -215,3 +215,20 @@ def test_a_running_system_trains_a_dictionary_and_ls_never_shows_compressed_over
     assert len(rows) >= 120
     for r in rows:
         assert 0 < r["compressed_size"] <= r["size"], r
+
+
+def test_a_reader_open_before_a_dictionary_was_trained_reads_blobs_that_use_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    writer = SQLiteStore(path, dictionary=False)
+    writer.open()
+    reader = writer.reader()
+    reader.open()  # loads the dictionaries there are now: none
+    try:
+        writer.commit([CreateContext(_state(i)) for i in range(200)])
+        assert writer.train_dictionary() == 1
+        writer.commit([CreateContext(_state(500))])  # written with dictionary 1
+        loaded = reader.load("s500")
+        assert loaded is not None and dict(loaded.data) == session(500)
+    finally:
+        reader.close()
+        writer.close()
