@@ -289,6 +289,14 @@ _SPECS.update({
                               "dictionary", "the same states with zstd alone (no dictionary)", "x", 2.0, "higher"),
     "compression_write": _Spec("encoding 1 KB session-like states with the dictionary (write path)",
                                "the same with zstd alone", "states/s", 0.8, "higher"),
+    "peer_diskcache_16_threads": _Spec("peers: durable writes, 16 threads on 16 contexts",
+                                       "diskcache Cache.set, 16 threads on 16 keys, equal sync settings",
+                                       "ops/s", 2.0, "higher"),
+    "peer_sqlitedict": _Spec("peers: durable single-key writes", "sqlitedict, autocommit, WAL, synchronous=FULL",
+                             "ops/s", 1.0, "higher"),
+    "peer_sqlitedict_16_threads": _Spec("peers: durable writes, 16 threads on 16 contexts",
+                                        "sqlitedict, 16 threads on 16 keys, autocommit, WAL, synchronous=FULL",
+                                        "ops/s", 2.0, "higher"),
 })
 
 
@@ -956,6 +964,76 @@ def _compression(run: _Run) -> list[BenchRow]:
             _row("compression_write", values, floors, f"{len(states)} encodes a round (orjson + zstd level 3)")]
 
 
+def _open_sqlitedict(path: str) -> Any:
+    """A sqlitedict at hoard's sync="full": WAL, autocommit (each write waits for its commit), and
+    synchronous=FULL set on its connection (sqlitedict itself sets OFF, which syncs nothing); None if
+    sqlitedict is not installed."""
+    try:
+        import sqlitedict  # noqa: PLC0415 - optional: pip install 'hoard-contexts[bench]'
+    except ImportError:
+        return None
+    d = sqlitedict.SqliteDict(path, autocommit=True, journal_mode="WAL")
+    d.conn.execute("PRAGMA synchronous=FULL")  # runs on its worker thread, after its own OFF
+    if d.conn.select_one("PRAGMA synchronous")[0] != 2:
+        d.close()
+        raise HoardError("could not set sqlitedict's connection to synchronous=FULL")
+    return d
+
+
+def _peers_concurrent(run: _Run) -> list[BenchRow]:
+    """Durable writes against diskcache and sqlitedict at equal sync settings: 16 threads each on its
+    own context (hoard) or key (peers), and sqlitedict from one thread (diskcache's 1-thread row is
+    `peers`). Group commit is what should put hoard ahead under concurrency."""
+    threads, per_thread = 16, run.n(20, 60)
+    n = run.n(150, 1_000)
+    items = _items(max(n, per_thread))
+    system = run.system(run.path("peer16-hoard.db"), "immediate", sync="full")
+    cache = _open_diskcache(run.path("peer16-diskcache"), {})
+    sdict = _open_sqlitedict(run.path("peer16-sqlitedict.db"))
+    rows: list[BenchRow] = []
+    try:
+        trackers = [system.adapter.activate(f"c{i}") for i in range(threads)]
+        tracker = trackers[0]
+
+        def hoard_16() -> float:
+            return _threaded_rate(trackers, per_thread, items)
+
+        def peer_16(write: Callable[[str, Any], Any]) -> Callable[[], float]:
+            def work(key: str) -> None:
+                for _, v in items[:per_thread]:
+                    write(key, v)
+            return lambda: _parallel_rate([f"k{i}" for i in range(threads)], per_thread, work, "bench-peer")
+
+        def hoard_1() -> float:
+            tset = tracker.set
+            return _rate(n, lambda: [tset(k, v) for k, v in items[:n]])
+
+        for name, store, write in (("diskcache", cache, None if cache is None else cache.set),
+                                   ("sqlitedict", sdict, None if sdict is None else sdict.__setitem__)):
+            if store is None or write is None:
+                why = f"skipped: {name} is not installed (pip install 'hoard-contexts[bench]')"
+                rows.append(_skipped(f"peer_{name}_16_threads", why))
+                if name == "sqlitedict":
+                    rows.insert(len(rows) - 1, _skipped("peer_sqlitedict", why))
+                continue
+            if name == "sqlitedict":
+                single = _rounds(run.rounds, hoard_1,
+                                 lambda w=write: _rate(n, lambda: [w(k, v) for k, v in items[:n]]))
+                rows.append(_row("peer_sqlitedict", single[0], single[1],
+                                 f"{n} single-key writes a round; hoard: SQLite sync=full, immediate"))
+            values, floors = _rounds(run.rounds, hoard_16, peer_16(write))
+            rows.append(_row(f"peer_{name}_16_threads", values, floors,
+                             f"{threads} threads x {per_thread} writes a round; hoard: SQLite sync=full, immediate, "
+                             f"group commit; {name}: WAL, synchronous=FULL"))
+    finally:
+        if sdict is not None:
+            sdict.close()
+        if cache is not None:
+            cache.close()
+        system.stop()
+    return rows
+
+
 def _feed_cost(run: _Run) -> list[BenchRow]:
     """Durable sets with history='all' and the feed against the same sets with neither (SQLite,
     sync=full, immediate): 1 thread, and 16 threads on 16 contexts."""
@@ -1125,6 +1203,8 @@ _MEASURES.update({
 _MEASURES.update({  # issue 14
     "metrics_1000": (_metrics_scale, ("metrics_1000",)),
     "compression": (_compression, ("compression_dict", "compression_write")),
+    "peers_concurrent": (_peers_concurrent, ("peer_diskcache_16_threads", "peer_sqlitedict",
+                                             "peer_sqlitedict_16_threads")),
 })
 MEASURES: tuple[str, ...] = tuple(_MEASURES)
 #: the measures that also record a scaling series (what `write_chart` draws)
