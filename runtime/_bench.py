@@ -24,6 +24,7 @@ installed or no server answers.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import platform
@@ -980,6 +981,10 @@ def _open_sqlitedict(path: str) -> Any:
     return d
 
 
+def _rate_of_writes(write: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]]) -> float:
+    return _rate(len(items), lambda: [write(k, v) for k, v in items])
+
+
 def _peers_concurrent(run: _Run) -> list[BenchRow]:
     """Durable writes against diskcache and sqlitedict at equal sync settings: 16 threads each on its
     own context (hoard) or key (peers), and sqlitedict from one thread (diskcache's 1-thread row is
@@ -1017,8 +1022,7 @@ def _peers_concurrent(run: _Run) -> list[BenchRow]:
                     rows.insert(len(rows) - 1, _skipped("peer_sqlitedict", why))
                 continue
             if name == "sqlitedict":
-                single = _rounds(run.rounds, hoard_1,
-                                 lambda w=write: _rate(n, lambda: [w(k, v) for k, v in items[:n]]))
+                single = _rounds(run.rounds, hoard_1, functools.partial(_rate_of_writes, write, items[:n]))
                 rows.append(_row("peer_sqlitedict", single[0], single[1],
                                  f"{n} single-key writes a round; hoard: SQLite sync=full, immediate"))
             values, floors = _rounds(run.rounds, hoard_16, peer_16(write))
