@@ -48,6 +48,7 @@ import orjson
 import pykka
 import zstandard
 
+from hoard.actors import StateChanged
 from hoard.storage import (
     Append,
     Change,
@@ -290,6 +291,11 @@ _SPECS.update({
                               "dictionary", "the same states with zstd alone (no dictionary)", "x", 2.0, "higher"),
     "compression_write": _Spec("encoding 1 KB session-like states with the dictionary (write path)",
                                "the same with zstd alone", "states/s", 0.8, "higher"),
+    "events_delivery": _Spec("StateChanged delivered to one callable subscriber (writes sent pipelined)",
+                             "a pykka tell loop to a bare actor carrying the same event objects", "events/s",
+                             0.5, "higher"),
+    "events_latency": _Spec("commit-to-callback latency of StateChanged, median (durable set, immediate)",
+                            "one SQLite FULL commit of the same journal blob", "ms", 2.0, "lower"),
     "peer_diskcache_16_threads": _Spec("peers: durable writes, 16 threads on 16 contexts",
                                        "diskcache Cache.set, 16 threads on 16 keys, equal sync settings",
                                        "ops/s", 2.0, "higher"),
@@ -981,6 +987,126 @@ def _open_sqlitedict(path: str) -> Any:
     return d
 
 
+class _Counter(pykka.ThreadingActor):
+    """The events floor: counts told messages and sets `done` at the n-th."""
+
+    def __init__(self, n: int, done: threading.Event) -> None:
+        super().__init__()
+        self.n, self.seen, self.done = n, 0, done
+
+    def on_receive(self, message: Any) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            self.done.set()
+
+
+def _event_delivery(run: _Run) -> tuple[list[float], list[float], int]:
+    """StateChanged to one callable subscriber against pykka tells of the same event objects to a bare
+    counting actor: (values, floors, events a round). The events are emitted into the system's event
+    path as a context actor emits them after a commit (emitter -> bus actor -> subscriber actor ->
+    callable), so the writes that would cause them are not part of the figure."""
+    n = run.n(1_000, 5_000)
+    items = _items(n)
+    system = run.system(None, "none")
+    try:
+        system.adapter.activate("ev")
+        got: list[Any] = []
+        want = [0]
+        dones = [threading.Event()]
+
+        def on_event(event: Any) -> None:
+            got.append(event)
+            if len(got) >= want[0]:
+                dones[-1].set()
+
+        sub = system.subscribe(on_event, context_id="ev", kinds=[StateChanged])
+
+        emit = system._events  # noqa: SLF001 - the emitter context actors publish through
+        changes = [(i + 2, (k,)) for i, (k, _) in enumerate(items)]
+
+        def hoard() -> float:
+            got.clear()
+            want[0] = n
+            dones.append(threading.Event())
+            t0 = time.perf_counter()
+            for version, changed in changes:
+                emit(StateChanged, "ev", version=version, changed=changed, removed=())
+            if not dones[-1].wait(60):
+                raise HoardError(f"events: {len(got)} of {n} StateChanged delivered within 60 s")
+            return n / (time.perf_counter() - t0)
+
+        hoard()
+        payload = list(got)  # the same event objects, for the floor
+
+        def floor() -> float:
+            done = threading.Event()
+            ref = _Counter.start(n, done)
+            try:
+                t0 = time.perf_counter()
+                for event in payload:
+                    ref.tell(event)
+                if not done.wait(60):
+                    raise HoardError("events floor: tells not delivered within 60 s")
+                return n / (time.perf_counter() - t0)
+            finally:
+                ref.stop()
+
+        values, floors = _rounds(run.rounds, hoard, floor)
+        sub.cancel()
+    finally:
+        system.stop()
+    return values, floors, n
+
+
+def _event_latency(run: _Run) -> tuple[list[float], list[float], int]:
+    """Durable sets one at a time; the callback notes ``time.time() - event.at`` (the event is stamped
+    after the commit): (latencies in ms, raw SQLite FULL commit times in ms, sets)."""
+    m = run.n(100, 400)
+    lat: list[float] = []
+    arrived = threading.Event()
+
+    def on_durable(event: Any) -> None:
+        lat.append((time.time() - event.at) * 1e3)
+        arrived.set()
+
+    durable = run.system(run.path("events.db"), "immediate", sync="full")
+    try:
+        tracker = durable.adapter.activate("lat")
+        sub = durable.subscribe(on_durable, context_id="lat", kinds=[StateChanged])
+        for k, v in _items(m):
+            arrived.clear()
+            tracker.set(k, v)
+            if not arrived.wait(30):
+                raise HoardError("events: a durable set's StateChanged did not arrive within 30 s")
+        sub.cancel()
+    finally:
+        durable.stop()
+    codec = Codec()
+    blobs = [codec.encode_change(Change(i + 2, time.time(), {k: v})) for i, (k, v) in enumerate(_items(m))]
+    db = sqlite3.connect(run.path("events-floor.db"), isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL").fetchone()
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE journal (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)")
+        insert = functools.partial(db.execute, "INSERT INTO journal (blob) VALUES (?)")
+        commits = [_elapsed(functools.partial(insert, (b,))) * 1e3 for b in blobs]
+    finally:
+        db.close()
+    return lat, commits, m
+
+
+def _events(run: _Run) -> list[BenchRow]:
+    values, floors, n = _event_delivery(run)
+    lat, commits, m = _event_latency(run)
+    ordered = sorted(lat)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return [_row("events_delivery", values, floors, f"{n} events a round, emitted as after a commit; the "
+                                                    "subscriber runs in its own actor (bus + subscriber hops)"),
+            _row("events_latency", lat, commits,
+                 f"{m} sets; latency median {statistics.median(lat):.2f} ms, p99 {p99:.2f} ms (the event's `at` "
+                 "to the callback); floor: the median raw commit; target ratio chosen here (issue: report only)")]
+
+
 def _rate_of_writes(write: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]]) -> float:
     return _rate(len(items), lambda: [write(k, v) for k, v in items])
 
@@ -1207,6 +1333,7 @@ _MEASURES.update({
 _MEASURES.update({  # issue 14
     "metrics_1000": (_metrics_scale, ("metrics_1000",)),
     "compression": (_compression, ("compression_dict", "compression_write")),
+    "events": (_events, ("events_delivery", "events_latency")),
     "peers_concurrent": (_peers_concurrent, ("peer_diskcache_16_threads", "peer_sqlitedict",
                                              "peer_sqlitedict_16_threads")),
 })

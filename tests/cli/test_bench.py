@@ -18,7 +18,8 @@ ROWS = ["sync_set", "get", "pipelined", "update_1000", "set_100k", "durable_set"
         "pg_durable_set", "pg_durable_32_threads",  # issue 6; skipped with a note when no PostgreSQL answers
         "feed_write_cost", "feed_write_cost_16_threads", "pg_feed_write_cost_16_threads", "feed_read",
         "state_at_1000",  # issue 13
-        "metrics_1000", "compression_dict", "compression_write", "peer_diskcache_16_threads", "peer_sqlitedict",
+        "metrics_1000", "compression_dict", "compression_write", "events_delivery", "events_latency",
+        "peer_diskcache_16_threads", "peer_sqlitedict",
         "peer_sqlitedict_16_threads"]  # issue 14
 
 
