@@ -66,7 +66,8 @@ from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._system import ContextSystem, open_system
 from ._version import DISTRIBUTION
 
-__all__ = ["MEASURES", "SERIES_MEASURES", "BenchReport", "BenchRow", "run_bench", "write_chart"]
+__all__ = ["MEASURES", "SERIES_MEASURES", "BenchReport", "BenchRow", "SoakReport", "run_bench", "run_soak",
+           "write_chart"]
 
 _NO_DEFAULT = ContextAdapterConfig(auto_activate_default=False)
 
@@ -1107,6 +1108,95 @@ def _events(run: _Run) -> list[BenchRow]:
                  "to the callback); floor: the median raw commit; target ratio chosen here (issue: report only)")]
 
 
+@attrs.frozen
+class SoakReport:
+    """What `run_soak` measured.
+
+    Attributes:
+        minutes: how long it ran.
+        activations: context activations in all (each of the distinct contexts, then re-activations
+            of passivated ones).
+        distinct: distinct contexts touched.
+        hot_writes: writes to the hot set.
+        rss_start_mib / rss_end_mib: resident memory of this process at the start and at the end.
+        growth_per_100k: MiB of RSS growth per 100,000 activations after the warm-up (the slope of a
+            least-squares line through the samples after it); None with too few samples.
+        samples: ``(activations, rss_mib)`` every sample, warm-up included.
+        load_average: the machine's 1-minute load average at the end.
+    """
+
+    minutes: float
+    activations: int
+    distinct: int
+    hot_writes: int
+    rss_start_mib: float
+    rss_end_mib: float
+    growth_per_100k: float | None
+    samples: tuple[tuple[int, float], ...]
+    load_average: float
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_soak(minutes: float, *, workdir: str | None = None, distinct: int = 20_000, hot: int = 16,
+             progress: Callable[[int, float], None] | None = None) -> SoakReport:
+    """Run a daemon-like workload for `minutes` in this process and measure memory that grows.
+
+    One system on a SQLite file (durability deferred, as a daemon would run it) with at most 200
+    active contexts and idle passivation after 1 s: every round touches the next of `distinct`
+    contexts once (a creation on the first pass, an activation of a passivated or evicted one
+    after) and writes to the next of `hot` hot contexts. RSS is sampled every 2,000 activations;
+    the first third of the run is the warm-up (caches, the store's page cache, interned strings).
+    Blocks for `minutes`; the store is removed afterwards. `progress(activations, rss_mib)` is
+    called at each sample.
+    """
+    deadline = time.monotonic() + minutes * 60
+    warm_until = time.monotonic() + minutes * 20
+    samples: list[tuple[int, float]] = []
+    warm: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory(prefix="hoard-soak-", dir=workdir) as tmp:
+        system = open_system(os.path.join(tmp, "soak.db"),
+                             manager_config=ContextManagerConfig(durability="deferred"),
+                             adapter_config=ContextAdapterConfig(auto_activate_default=False, max_active_contexts=200,
+                                                                 idle_timeout=1.0))
+        start = _rss_mib()
+        hot_writes = touched = 0
+        try:
+            hot_set = [system.adapter.activate(f"hot{i}") for i in range(hot)]
+            next_sample = 2_000
+            while time.monotonic() < deadline:
+                system.adapter.get_or_create(f"c{touched % distinct}").set("seen", touched)
+                touched += 1
+                hot_set[touched % hot].set("n", hot_writes)
+                hot_writes += 1
+                activations = system.metrics().activations
+                if activations >= next_sample:
+                    next_sample += 2_000
+                    gc.collect()
+                    point = (activations, _rss_mib())
+                    samples.append(point)
+                    if time.monotonic() >= warm_until:
+                        warm.append(point)
+                    if progress is not None:
+                        progress(*point)
+            activations = system.metrics().activations
+        finally:
+            system.stop()
+        end = _rss_mib()
+    growth = None
+    if len(warm) >= 3:
+        xs, ys = [float(a) for a, _ in warm], [r for _, r in warm]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        if var > 0:
+            growth = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 100_000
+    return SoakReport(minutes, activations, min(touched, distinct), hot_writes, start, end, growth, tuple(samples),
+                      os.getloadavg()[0])
+
+
 def _rate_of_writes(write: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]]) -> float:
     return _rate(len(items), lambda: [write(k, v) for k, v in items])
 
@@ -1413,10 +1503,25 @@ def write_chart(report: BenchReport, path: str) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     series = report.series
-    if not series:
-        raise ConfigError("this run measured no scaling series (run set_100k, durable_32_threads or open_100k)")
-    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 4), squeeze=False)
-    for ax, s in zip(axes[0], series, strict=True):
+    peers = [r for r in report.rows if r.name.startswith("peer_") and not r.skipped]
+    if not series and not peers:
+        raise ConfigError("this run measured no scaling series and no peer row (run set_100k, durable_32_threads, "
+                          "open_100k, peers or peers_concurrent)")
+    panels = len(series) + (1 if peers else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    if peers:  # the last panel: hoard against each peer, as a ratio (1.0: as fast as the peer)
+        ax = axes[0][-1]
+        labels = [r.name.removeprefix("peer_").replace("_16_threads", "\n16 threads") for r in peers]
+        ax.bar(range(len(peers)), [r.ratio or 0.0 for r in peers],
+               color=["tab:green" if r.meets else "tab:red" for r in peers])
+        for i, r in enumerate(peers):
+            ax.plot([i - 0.4, i + 0.4], [r.target, r.target], color="black", linewidth=1)
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(peers)), labels, fontsize=7)
+        ax.set_title("hoard vs peers (ratio; bar: target)", fontsize=9)
+        ax.set_ylabel("x the peer's rate")
+        ax.grid(True, axis="y", alpha=0.3)
+    for ax, s in zip(axes[0], series, strict=False):
         ax.plot(s.x, s.y, marker="o")
         ax.set_xscale("log")
         ax.set_ylim(bottom=0)  # a zero baseline: noise must not look like a trend

@@ -60,3 +60,14 @@ def test_bench_usage_errors(hoard: Hoard) -> None:
     assert all(name in help_text for name in MEASURES)
     r = hoard("bench", "--quick", "--only", "get", "--chart", "x.png")
     assert r.code == 2 and "scaling series" in r.err
+
+
+def test_soak_mode_reports_activations_and_rss_and_leaves_nothing_behind(hoard: Hoard, tmp_path: Path) -> None:
+    r = hoard("bench", "--soak", "0.1", "--json", "--dir", str(tmp_path), timeout=120)
+    assert r.code == 0, r.err
+    report = r.json()
+    assert report["minutes"] == 0.1
+    assert report["activations"] >= report["distinct"] > 0 and report["hot_writes"] > 0
+    assert report["rss_start_mib"] > 0 and report["rss_end_mib"] > 0
+    assert report["growth_per_100k"] is None or isinstance(report["growth_per_100k"], float)
+    assert list(tmp_path.iterdir()) == []  # the soak's store was removed
