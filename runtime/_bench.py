@@ -1148,7 +1148,7 @@ def run_soak(minutes: float, *, workdir: str | None = None, distinct: int = 20_0
     One system on a SQLite file (durability deferred, as a daemon would run it) with at most 200
     active contexts and idle passivation after 1 s: every round touches the next of `distinct`
     contexts once (a creation on the first pass, an activation of a passivated or evicted one
-    after) and writes to the next of `hot` hot contexts. RSS is sampled every 2,000 activations;
+    after) and writes to the next of `hot` hot contexts. RSS is sampled every 500 activations;
     the first third of the run is the warm-up (caches, the store's page cache, interned strings).
     Blocks for `minutes`; the store is removed afterwards. `progress(activations, rss_mib)` is
     called at each sample.
@@ -1166,7 +1166,7 @@ def run_soak(minutes: float, *, workdir: str | None = None, distinct: int = 20_0
         hot_writes = touched = 0
         try:
             hot_set = [system.adapter.activate(f"hot{i}") for i in range(hot)]
-            next_sample = 2_000
+            next_sample = 500
             while time.monotonic() < deadline:
                 system.adapter.get_or_create(f"c{touched % distinct}").set("seen", touched)
                 touched += 1
@@ -1174,7 +1174,7 @@ def run_soak(minutes: float, *, workdir: str | None = None, distinct: int = 20_0
                 hot_writes += 1
                 activations = system.metrics().activations
                 if activations >= next_sample:
-                    next_sample += 2_000
+                    next_sample += 500
                     gc.collect()
                     point = (activations, _rss_mib())
                     samples.append(point)
