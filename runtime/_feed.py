@@ -174,6 +174,10 @@ class ChangeStream:
                 batch = self._read()
             except SystemStoppedError:
                 return False
+            except PersistenceError:
+                if self._system.stopped:  # its reader was closed under it by stop(): the stream ends
+                    return False
+                raise
             if batch:
                 self._buffer.extend(batch)
                 return True
