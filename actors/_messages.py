@@ -433,7 +433,7 @@ class Activate:
     metadata: Mapping[str, Any] | None = None
     must_create: bool = False  # create_and_activate: fail if it exists
     schema: Any = None  # a hoard.storage.Schema to bind (and register for later activations)
-    timeout: float | None = None  # how long the caller waits: the supervisor's waits for it (None: call_timeout)
+    timeout: float | None = None  # how long the caller waits: the supervisor waits at least that (and call_timeout)
 
 
 @attrs.frozen

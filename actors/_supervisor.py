@@ -250,7 +250,11 @@ class SupervisorActor(pykka.ThreadingActor):
                 raise CapacityError(f"cannot create {cid!r}: the store holds max_contexts="
                                     f"{self.settings.max_contexts} contexts", limit=self.settings.max_contexts,
                                     context_id=cid)
-        state = self._ask_persistence(Load(cid, template), f"loading context {cid!r}", cid, m.timeout)
+        # as long as the caller waits, and never less than call_timeout: a load that completes after a
+        # short caller timeout becomes an active context (served, evictable); one this actor gives up
+        # on is abandoned (see _ask_persistence): never a lease without an active context
+        wait = None if m.timeout is None else max(m.timeout, self.settings.call_timeout)
+        state = self._ask_persistence(Load(cid, template), f"loading context {cid!r}", cid, wait)
         if state is None:
             raise ContextNotFoundError(cid)
         if resume is not None and resume.version > state.version:

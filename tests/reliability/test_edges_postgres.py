@@ -123,6 +123,8 @@ def test_a_timed_out_activation_releases_its_lease_and_the_callers_timeout_is_ho
         proxy.stall()
         with pytest.raises(ContextTimeoutError):
             system.adapter.activate("x", timeout=0.5)
+        # the supervisor waits for the load no less than call_timeout (1 s), then gives up on it
+        assert "x" not in system.adapter.list_active(timeout=10)
         proxy.resume()
         system.manager.list_ids()  # a store read: behind the late load of x and its abandonment
         assert _live_lease(pg_dsn, pg_schema, "x") is None
