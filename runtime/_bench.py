@@ -50,6 +50,7 @@ import zstandard
 
 from hoard.actors import StateChanged
 from hoard.storage import (
+    KIND_DICTIONARY,
     Append,
     Change,
     Codec,
@@ -571,6 +572,22 @@ def _durable_threads(run: _Run) -> list[BenchRow]:
 _HEADER = struct.Struct("<4sBBBxQI")  # storage's blob header: magic, format, kind, flags, length, crc32
 
 
+def _raw_dctx(path: str) -> zstandard.ZstdDecompressor:
+    """A decompressor for the raw floors that read a store's rows: with the store's newest zstd
+    dictionary when it trained one (a dictionary-less frame decompresses with it as well)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT blob FROM dictionaries ORDER BY version DESC LIMIT 1").fetchone()
+    except sqlite3.Error:
+        row = None
+    finally:
+        db.close()
+    if row is None:
+        return zstandard.ZstdDecompressor()
+    content = Codec().unframe(KIND_DICTIONARY, row[0])
+    return zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(content))
+
+
 def _raw_payload(blob: bytes, dctx: zstandard.ZstdDecompressor) -> bytes:
     _magic, _fmt, _kind, flags, length, _crc = _HEADER.unpack_from(blob)
     payload = blob[_HEADER.size:]
@@ -596,7 +613,7 @@ def _activation(run: _Run) -> list[BenchRow]:
     keys, journal = 10_000, 1_000
     template = run.path("activation-template.db")
     _build_big_context(template, keys, journal)
-    dctx = zstandard.ZstdDecompressor()
+    dctx = _raw_dctx(template)
     copy = run.path("activation.db")
 
     def fresh_copy() -> None:
@@ -1367,7 +1384,7 @@ def _state_at(run: _Run) -> list[BenchRow]:
         newest = snaps[-1]
         target = newest - 1_000
         base = max(v for v in snaps if v <= target)
-        dctx = zstandard.ZstdDecompressor()
+        dctx = _raw_dctx(path)
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
         expected = dict(system.manager.state_at("ctx", target).data)
 
