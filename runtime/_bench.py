@@ -293,7 +293,7 @@ _SPECS.update({
                               "dictionary", "the same states with zstd alone (no dictionary)", "x", 2.0, "higher"),
     "compression_write": _Spec("encoding 1 KB session-like states with the dictionary (write path)",
                                "the same with zstd alone", "states/s", 0.8, "higher"),
-    "events_delivery": _Spec("StateChanged delivered to one callable subscriber (writes sent pipelined)",
+    "events_delivery": _Spec("StateChanged delivered to one callable subscriber (emitted as after a commit)",
                              "a pykka tell loop to a bare actor carrying the same event objects", "events/s",
                              0.5, "higher"),
     "events_latency": _Spec("commit-to-callback latency of StateChanged, median (durable set, immediate)",
