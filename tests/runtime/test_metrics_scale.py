@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import hoard.actors._context as context_module
-from hoard import ContextAdapterConfig, ContextCrashedError, ContextManagerConfig, open_system, register_prometheus
-from hoard.storage import apply_change as real_apply_change
+from hoard import ContextAdapterConfig, ContextManagerConfig, open_system, register_prometheus
 
 
 def _calls_lines(text: str) -> list[str]:
@@ -70,30 +68,6 @@ def test_metrics_does_not_wait_for_a_context_that_is_busy(system) -> None:
         release.set()
         caller.join(30)
     assert done == [None] and t["k"] == 1
-
-
-def test_counts_of_passivated_and_crashed_contexts_are_kept(store_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    def apply_change(state, change):  # a bug in the write path: a change setting "boom" crashes the actor
-        if "boom" in change.data_set:
-            raise RuntimeError("injected bug")
-        return real_apply_change(state, change)
-
-    monkeypatch.setattr(context_module, "apply_change", apply_change)
-    with open_system(store_path, adapter_config=ContextAdapterConfig(max_active_contexts=2)) as s:
-        t = s.adapter.activate("c")
-        t.set("a", 1)
-        with pytest.raises(ContextCrashedError):
-            t.set("boom", 1)
-        t.set("b", 2)  # on the restarted actor
-        m = s.metrics()
-        assert m.restarts == 1
-        assert m.calls["set"] == 3  # the two before the crash are not lost with the crashed actor
-        for i in range(3):  # evicts "c" (capacity 2): its counts move to the retired totals
-            s.adapter.activate(f"e{i}").set("x", i)
-        m = s.metrics()
-        assert m.evictions >= 2
-        assert m.calls["set"] == 6
 
 
 def test_counters_never_go_backwards_while_contexts_come_and_go(store_path: Path) -> None:
