@@ -86,6 +86,7 @@ from ._metrics import LATENCY_BOUNDS as LATENCY_BOUNDS
 from ._metrics import SIZE_BOUNDS as SIZE_BOUNDS
 from ._metrics import Histogram as Histogram
 from ._metrics import HistogramSnapshot as HistogramSnapshot
+from ._metrics import MetricsBoard as MetricsBoard
 from ._persistence import PersistenceActor as PersistenceActor
 from ._remote import RemoteChange as RemoteChange
 from ._remote import RemoteListener as RemoteListener
@@ -142,6 +143,7 @@ __all__ = [
     "ListActive",
     "ListIds",
     "MetadataChanged",
+    "MetricsBoard",
     "PersistenceActor",
     "PersistenceSettings",
     "RecoveryPointCreated",

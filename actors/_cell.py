@@ -44,7 +44,7 @@ def advance_epoch() -> int:
 
 
 class ContextCell:
-    __slots__ = ("__weakref__", "actor_ref", "closed", "id", "pinned", "schema", "state", "touched")
+    __slots__ = ("__weakref__", "actor_ref", "closed", "id", "meter", "pinned", "schema", "state", "touched")
 
     def __init__(self, context_id: str, state: ContextState) -> None:
         self.id = context_id
@@ -54,6 +54,7 @@ class ContextCell:
         self.pinned = False
         self.schema: Any = None  # the hoard.storage.Schema the context is bound to, once bound
         self.touched = EPOCH[0]
+        self.meter: Any = None  # the actor's hoard.actors._metrics.Meter, set by the actor it starts
 
     def __repr__(self) -> str:
         return f"ContextCell({self.id!r}, v{self.state.version}{', closed' if self.closed else ''})"

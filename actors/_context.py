@@ -90,7 +90,7 @@ from ._messages import (
     Transacted,
     Update,
 )
-from ._metrics import Counters, Histogram, kind_of
+from ._metrics import Meter, kind_of
 from ._settings import ContextSettings
 
 __all__ = ["RESERVED_PREFIX", "ContextActor", "Inbox", "UnknownMessageError", "check_reserved"]
@@ -189,9 +189,10 @@ class ContextActor(pykka.ThreadingActor):
             BindSchema: self._on_bind_schema,
             GetMetrics: self._on_get_metrics,
         }
-        self._calls = Counters()
-        self._latency = Histogram()
-        self._conflicts = 0
+        # read by metrics() from other threads without a message (see hoard.actors._metrics)
+        self.meter = cell.meter = Meter()
+        self._calls = self.meter.calls
+        self._latency = self.meter.latency
         self._oldest_request: float | None = None  # `at` of the oldest remembered request id (None: unknown)
         self._t0 = 0.0
         self._passivated = False
@@ -246,11 +247,12 @@ class ContextActor(pykka.ThreadingActor):
             # as if the actor had already stopped, so its tracker re-activates and retries it.
             raise pykka.ActorDeadError(f"context {self.cell.id!r} was passivated before this call")
         self._t0 = started = perf_counter()
-        self._calls.inc(_kind(type(message)))
+        if cls is not GetMetrics:  # asking for the numbers is not a call to count
+            self._calls.inc(_kind(cls))
         try:
             result = handler(message)
         except VersionConflictError:
-            self._conflicts += 1
+            self.meter.conflicts += 1
             raise
         except HoardError:
             raise  # bad input, conflicts, limits: the caller's error; the state is unchanged
@@ -268,7 +270,7 @@ class ContextActor(pykka.ThreadingActor):
         return result
 
     def _on_get_metrics(self, _m: GetMetrics) -> dict[str, Any]:
-        return {"calls": self._calls.snapshot(), "conflicts": self._conflicts, "call_latency": self._latency.snapshot()}
+        return self.meter.part()
 
     def _duplicate(self, message: Any, version: int) -> Any:
         """The reply to a write whose request id was applied at `version`: that version (a

@@ -28,6 +28,7 @@ import attrs
 import pykka
 
 from ._messages import DeactivationReason
+from ._metrics import MetricsBoard
 
 __all__ = [
     "OVERFLOW_POLICIES",
@@ -265,9 +266,11 @@ class EventBusActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, gate: EventGate, max_backlog: int = 10_000, overflow: str = "drop_subscriber") -> None:
+    def __init__(self, gate: EventGate, max_backlog: int = 10_000, overflow: str = "drop_subscriber", *,
+                 board: MetricsBoard | None = None) -> None:
         super().__init__()
         self.gate = gate
+        self.board = board  # where metrics() reads the subscribers' backlogs, without asking
         self.max_backlog = max_backlog
         self.overflow = overflow
         self.subs: dict[int, Subscribe] = {}
@@ -295,6 +298,7 @@ class EventBusActor(pykka.ThreadingActor):
                 max_backlog=self.max_backlog if message.max_backlog is None else message.max_backlog,
                 overflow=self.overflow if message.overflow is None else message.overflow)
             self.gate.active = True
+            self._publish_subscribers()
             return sub_id
         if isinstance(message, Unsubscribe):
             self._drop(message.sub_id)
@@ -317,6 +321,11 @@ class EventBusActor(pykka.ThreadingActor):
             _discard_queued(ref)
             ref.stop(block=False)
         self.gate.active = bool(self.subs)
+        self._publish_subscribers()
+
+    def _publish_subscribers(self) -> None:
+        if self.board is not None:  # one reference assignment of a new tuple: readers need no lock
+            self.board.subscribers = tuple((i, sub.target) for i, sub in self.subs.items() if not sub.inline)
 
     def _overflowed(self, sub_id: int, sub: Subscribe, backlog: int) -> bool:
         """`sub` is `backlog` events behind, at its limit: apply its policy. Returns True when the
@@ -378,9 +387,11 @@ class EventBusActor(pykka.ThreadingActor):
 
 
 def _backlog(target: Any) -> int:
-    """Events waiting in a subscriber actor's mailbox (0 for one whose mailbox cannot be measured)."""
+    """Events waiting in a subscriber actor's mailbox (0 for one whose mailbox cannot be measured):
+    the length of its deque, read without taking the queue's mutex (``len`` is atomic; ``qsize()``
+    would lock once per event and subscriber)."""
     inbox = getattr(target, "actor_inbox", None)
-    return inbox.qsize() if isinstance(inbox, queue.Queue) else 0
+    return len(inbox.queue) if isinstance(inbox, queue.Queue) else 0
 
 
 def _discard_queued(ref: pykka.ActorRef[Any]) -> None:

@@ -1,10 +1,19 @@
 """Metric accumulators owned by actors: `Histogram` and `Counters`, and their frozen snapshots.
 
 No locks, by design (DESIGN.md: no mutex anywhere): each accumulator is written by exactly one
-actor, on that actor's thread, as a plain attribute of the actor. Nobody else reads it directly:
-another thread asks the actor for `snapshot()` with a message, and gets a copy. Snapshots are frozen
-values that can be merged (`HistogramSnapshot.merge`, `Counters.add`), so totals over many actors,
-or over actors that have stopped, are built by the reader, never by sharing an accumulator.
+actor, on that actor's thread, as a plain attribute of the actor. Snapshots are frozen values that
+can be merged (`HistogramSnapshot.merge`, `Counters.add`), so totals over many actors, or over
+actors that have stopped, are built by the reader, never by sharing an accumulator.
+
+Reading without asking (`MetricsBoard`): a reader in another thread takes `snapshot()` of an
+accumulator directly. Each copy it makes is one C-level operation that holds the GIL throughout
+(``dict(d)``, ``tuple(list)``), so it sees every counter either before or after an increment, never
+half of one, and no counter it reads ever goes backwards. A histogram's count is the sum of the
+bucket counts it copied, so a snapshot is always self-consistent (its sum may miss the observation
+being made at that instant). Which context actors exist is published by the supervisor as one
+frozen `Census`, replaced by a single reference assignment, so a reader sees one membership: an
+actor that stopped is either still live in it or already in the retired totals, never both or
+neither, and a counter read twice never decreases.
 
 An `observe` or `inc` costs a few hundred ns: cheap enough for every call and every commit.
 """
@@ -12,9 +21,11 @@ An `observe` or `inc` costs a few hundred ns: cheap enough for every call and ev
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
+import queue
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from functools import cache
 from typing import Any
 
@@ -23,9 +34,12 @@ import attrs
 __all__ = [
     "LATENCY_BOUNDS",
     "SIZE_BOUNDS",
+    "Census",
     "Counters",
     "Histogram",
     "HistogramSnapshot",
+    "Meter",
+    "MetricsBoard",
     "kind_of",
 ]
 
@@ -166,7 +180,8 @@ class Histogram:
 
     def snapshot(self) -> HistogramSnapshot:
         """A frozen copy of the current distribution."""
-        return HistogramSnapshot(self._bounds, tuple(self._counts), self._sum, self.count, self._max)
+        counts = tuple(self._counts)  # one copy, atomic under the GIL; count follows from it
+        return HistogramSnapshot(self._bounds, counts, self._sum, sum(counts), self._max)
 
 
 class Counters:
@@ -202,3 +217,94 @@ def kind_of(message_type: type[Any]) -> str:
     """The call kind a message class counts as: ``SetMetadata`` -> ``"set_metadata"``,
     ``GetState`` -> ``"get_state"``. Cached per class (``functools.cache`` is thread-safe)."""
     return _CAMEL.sub("_", message_type.__name__).lower()
+
+
+class Meter:
+    """What one context actor counts: its calls by kind, its version conflicts and its call latency.
+    Written only by that actor's thread; read by any thread through `part()` (see the module
+    docstring). Created by the actor and handed to the supervisor through the context's cell."""
+
+    __slots__ = ("calls", "conflicts", "latency")
+
+    def __init__(self) -> None:
+        self.calls = Counters()
+        self.latency = Histogram()
+        self.conflicts = 0
+
+    def part(self) -> dict[str, Any]:
+        """A copy, as a `Metrics.from_parts` part. Any thread; never blocks."""
+        return {"calls": self.calls.snapshot(), "conflicts": self.conflicts, "call_latency": self.latency.snapshot()}
+
+
+@attrs.frozen
+class Census:
+    """The supervisor's published reading: its own counts, and the live context actors' meters with
+    their mailboxes, plus what the actors that stopped had counted. Replaced whole (one reference
+    assignment) by the supervisor whenever it changes; never changed in place.
+
+    Attributes:
+        stats: the supervisor's counters, ``active_contexts`` and ``failed_contexts`` included.
+        meters: the `Meter` of every live context actor.
+        mailboxes: their mailboxes' message deques (``queue.Queue.queue``, never replaced), whose
+            ``len`` is atomic.
+        retired: a `Meter.part` of the totals of the context actors that stopped.
+    """
+
+    stats: Mapping[str, int] = attrs.field(factory=dict)
+    meters: tuple[Meter, ...] = ()
+    mailboxes: tuple[Sized, ...] = ()
+    retired: Mapping[str, Any] = attrs.field(factory=lambda: Meter().part())
+
+
+class MetricsBoard:
+    """Where the actors of one system publish what `ContextSystem.metrics()` reads, so that reading
+    sends no message and waits for nobody (not for a busy persistence actor, nor for 1,000 context
+    actors in turn). No lock: every slot is written by one actor with one reference assignment.
+
+    Slots:
+        census: the supervisor's `Census`.
+        persistence: a callable, safe from any thread, returning the persistence actor's part.
+        subscribers: ``(subscription id, subscriber actor ref)`` of the bus's queued subscriptions.
+    """
+
+    __slots__ = ("census", "persistence", "subscribers")
+
+    def __init__(self) -> None:
+        self.census = Census()
+        self.persistence: Any = None
+        self.subscribers: tuple[tuple[int, Any], ...] = ()
+
+    def read(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Every part for `Metrics.from_parts` (the live contexts summed into one) and the context
+        mailbox depths (``contexts_total``, ``contexts_max``) and per-subscriber backlogs. Runs in
+        the caller's thread; sends no message, never blocks. O(live contexts), in comprehensions
+        whose steps are single C-level copies (see the module docstring)."""
+        census = self.census  # one reference: one consistent membership
+        retired = census.retired
+        meters = census.meters
+        hists = [m.latency for m in meters]
+        calls: dict[str, int] = dict(retired["calls"])
+        for kind, n in itertools.chain.from_iterable([m.calls._counts.copy().items() for m in meters]):  # noqa: SLF001
+            calls[kind] = calls.get(kind, 0) + n
+        old: HistogramSnapshot = retired["call_latency"]
+        # zip reads the live bucket lists (fixed length; each item read is atomic): no copies
+        buckets = tuple(map(sum, zip(old.counts, *[h._counts for h in hists], strict=True)))  # noqa: SLF001
+        latency = HistogramSnapshot(old.bounds, buckets, old.sum + math.fsum([h._sum for h in hists]),  # noqa: SLF001
+                                    sum(buckets), max([old.max, *[h._max for h in hists]]))  # noqa: SLF001
+        contexts = {"calls": calls, "conflicts": retired["conflicts"] + sum([m.conflicts for m in meters]),
+                    "call_latency": latency}
+        parts: list[dict[str, Any]] = [dict(census.stats), contexts]
+        persistence = self.persistence
+        if persistence is not None:
+            parts.append(persistence())
+        sizes = [len(waiting) for waiting in census.mailboxes]
+        depths = {"contexts_total": sum(sizes), "contexts_max": max(sizes, default=0)}
+        for sub_id, ref in self.subscribers:
+            depths[f"subscriber:{sub_id}"] = _waiting(getattr(ref, "actor_inbox", None))
+        return parts, depths
+
+
+def _waiting(inbox: Any) -> int:
+    """Messages in a mailbox: the length of a `queue.Queue`'s deque (atomic; no lock taken, unlike
+    ``qsize()``), 0 for anything else."""
+    return len(inbox.queue) if isinstance(inbox, queue.Queue) else 0

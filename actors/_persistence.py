@@ -83,7 +83,7 @@ from ._messages import (
     StoreCall,
     StoreWrite,
 )
-from ._metrics import SIZE_BOUNDS, Histogram
+from ._metrics import SIZE_BOUNDS, Histogram, MetricsBoard
 from ._settings import PersistenceSettings
 
 __all__ = ["PersistenceActor", "mailbox_empty"]
@@ -107,7 +107,8 @@ class PersistenceActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, store: Store, settings: PersistenceSettings, events: Emitter = NO_EVENTS) -> None:
+    def __init__(self, store: Store, settings: PersistenceSettings, events: Emitter = NO_EVENTS, *,
+                 board: MetricsBoard | None = None) -> None:
         super().__init__()
         self.events = events
         self.store = store
@@ -143,6 +144,8 @@ class PersistenceActor(pykka.ThreadingActor):
             RenewLeases: self._on_renew_leases,
             AttachSupervisor: lambda m: setattr(self.leases, "supervisor", m.supervisor),
         }
+        if board is not None:  # metrics() reads this actor's numbers there, without asking it
+            board.persistence = self.metrics_part
 
     def on_receive(self, message: Any) -> Any:
         if self._closed and not isinstance(message, (Close, Flush)):
@@ -593,6 +596,11 @@ class PersistenceActor(pykka.ThreadingActor):
                 self.events(RecoveryPointDeleted, op.context_id, rp_id=op.rp_id)
 
     def _on_get_metrics(self, _m: GetMetrics) -> dict[str, Any]:
+        return self.metrics_part()
+
+    def metrics_part(self) -> dict[str, Any]:
+        """This actor's numbers as a `Metrics.from_parts` part. Safe from any thread, without a
+        message: every copy is atomic under the GIL (see `hoard.actors._metrics`). Never blocks."""
         part: dict[str, Any] = dict(self.stats)
         part["batch_sizes"] = self.batch_sizes.snapshot()
         part["commit_latency"] = self.commit_latency.snapshot()

@@ -76,7 +76,6 @@ from ._messages import (
     DeactivationReason,
     DeadLetterSeen,
     Exists,
-    GetMetrics,
     ListActive,
     ListIds,
     Load,
@@ -93,7 +92,7 @@ from ._messages import (
     StoreWrite,
     Sweep,
 )
-from ._metrics import Counters, Histogram
+from ._metrics import Census, Counters, Histogram, MetricsBoard
 from ._settings import ContextSettings, SupervisorSettings
 
 __all__ = ["SupervisorActor"]
@@ -108,10 +107,12 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def __init__(self, persistence: pykka.ActorRef[Any], settings: SupervisorSettings,
                  context_settings: ContextSettings, max_state_bytes: int = 64 * 2**20,
-                 events: Emitter = NO_EVENTS) -> None:
+                 events: Emitter = NO_EVENTS, *, board: MetricsBoard | None = None) -> None:
         super().__init__()
         self.events = events
         self.persistence = persistence
+        self.board = board if board is not None else MetricsBoard()  # where metrics() reads us
+        self._census_key: tuple[int, ...] = ()
         self.settings = settings
         self.context_settings = context_settings
         self.max_state_bytes = max_state_bytes
@@ -159,7 +160,10 @@ class SupervisorActor(pykka.ThreadingActor):
             if isinstance(message, (ContextCrashed, LeasesLost, DeadLetterSeen, ActivateDefault)):
                 return None  # reports that arrive after shutdown have nothing left to act on
             raise SystemStoppedError()
-        return self._handlers[type(message)](message)
+        try:
+            return self._handlers[type(message)](message)
+        finally:
+            self._publish_census()
 
     # -- talking to the persistence actor ------------------------------------------------------------
     def _ask_persistence(self, message: Any, what: str, context_id: str | None = None,
@@ -223,7 +227,10 @@ class SupervisorActor(pykka.ThreadingActor):
             if started:  # do not leave an unbound actor behind a failed activation
                 del self.cells[cell.id]
                 cell.closed = True
-                cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
+                try:
+                    cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
+                finally:
+                    self._retire(cell)
             raise
 
     def _set_current(self, cid: str | None) -> None:
@@ -320,6 +327,7 @@ class SupervisorActor(pykka.ThreadingActor):
         except pykka.Timeout as exc:
             log.error("context %r did not passivate within %s s; stopping it anyway", cell.id, timeout)
             cell.actor_ref.stop(block=False)
+            self._retire(cell)
             raise ContextTimeoutError(f"passivating {cell.id!r}", timeout, cell.id) from exc
         except StateNotSavedError:
             # durability="none": the snapshot was the only copy of its changes. Keep it active: Resume
@@ -329,13 +337,12 @@ class SupervisorActor(pykka.ThreadingActor):
             raise
         except HoardError as exc:
             log.error("context %r: final snapshot failed (%s); its journal is intact", cell.id, exc)
-        # its counts are missing from the metrics if it cannot answer; it is passivated all the same
-        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-            self._retire_metrics(cell.actor_ref.ask(GetMetrics(), timeout=timeout))
         try:
             cell.actor_ref.stop(block=True, timeout=timeout)
         except pykka.Timeout as exc:
             raise ContextTimeoutError(f"stopping {cell.id!r}", timeout, cell.id) from exc
+        finally:
+            self._retire(cell)  # read once it stopped: nothing it counts is lost
 
     def _deactivate(self, cid: str, reason: DeactivationReason) -> bool:
         cell = self.cells.get(cid)
@@ -376,6 +383,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return  # already handled (found dead by an activation), or passivated meanwhile
         del self.cells[cid]
         m.cell.closed = True
+        self._retire(m.cell)  # what it counted before the crash stays counted
         now = self.settings.monotonic()
         recent = [t for t in self.restarts.get(cid, []) if now - t <= self.settings.restart_window]
         if len(recent) >= self.settings.max_restarts:
@@ -464,29 +472,40 @@ class SupervisorActor(pykka.ThreadingActor):
         return self._store_cls
 
     # -- metrics -------------------------------------------------------------------------------------
-    def _retire_metrics(self, part: dict[str, Any]) -> None:
+    def _retire(self, cell: ContextCell) -> None:
+        """Fold a context actor that stopped (or is stopping) into the retired totals, once."""
+        meter, cell.meter = cell.meter, None
+        if meter is None:
+            return
+        part = meter.part()
         self.retired_calls.add(part["calls"])
         self.retired_latency.add(part["call_latency"])
         self.retired_conflicts += part["conflicts"]
 
+    def _publish_census(self) -> None:
+        """Publish the live meters, the retired totals and this actor's counts as one new `Census`
+        (one reference assignment) when they changed. Every change of the active set changes a
+        count (an activation, a deactivation of any kind, a restart, a failure), so the counts and
+        the sizes are the key; runs after every message, so it must be cheap when nothing changed."""
+        key = (len(self.cells), len(self.failed), *self.stats.values())
+        if key == self._census_key:
+            return
+        self._census_key = key
+        self.board.census = Census(
+            stats={**self.stats, "active_contexts": len(self.cells), "failed_contexts": len(self.failed)},
+            meters=tuple(c.meter for c in self.cells.values() if c.meter is not None),
+            mailboxes=tuple(c.actor_ref.actor_inbox.queue for c in self.cells.values()
+                            if isinstance(c.actor_ref.actor_inbox, queue.Queue)),
+            retired={"calls": self.retired_calls.snapshot(), "conflicts": self.retired_conflicts,
+                     "call_latency": self.retired_latency.snapshot()})
+
     def _on_collect_metrics(self, _m: CollectMetrics) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """Every context actor's part (asked in turn, each bounded by call_timeout), the retired
-        ones, this actor's counts and the mailbox depths."""
-        parts: list[dict[str, Any]] = [
-            {**self.stats, "active_contexts": len(self.cells), "failed_contexts": len(self.failed)},
-            {"calls": self.retired_calls.snapshot(), "conflicts": self.retired_conflicts,
-             "call_latency": self.retired_latency.snapshot()},
-        ]
-        depths = [0]
-        for cell in list(self.cells.values()):
-            try:
-                parts.append(cell.actor_ref.ask(GetMetrics(), timeout=self.settings.call_timeout))
-                depths.append(_depth(cell.actor_ref))
-            except (pykka.ActorDeadError, pykka.Timeout):
-                continue  # crashed or stuck: its numbers are missing from this reading
-        mailboxes = {"supervisor": _depth(self.actor_ref), "persistence": _depth(self.persistence),
-                     "contexts_total": sum(depths), "contexts_max": max(depths)}
-        return parts, mailboxes
+        """This actor's counts and the context actors' (live ones summed, retired ones), read from
+        the published census without asking any actor, and the mailbox depths."""
+        self._publish_census()
+        parts, depths = self.board.read()
+        depths = {"supervisor": _depth(self.actor_ref), "persistence": _depth(self.persistence), **depths}
+        return parts[:2], depths
 
     def _on_leases_lost(self, m: LeasesLost) -> None:
         """Another process took these contexts over (shared store): stop their actors *without* a
@@ -568,6 +587,7 @@ class SupervisorActor(pykka.ThreadingActor):
             cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
         except pykka.Timeout:
             log.error("context %r did not stop within %s s", cid, self.settings.call_timeout)
+        self._retire(cell)
         if self.current == cid:
             self._fall_back_to_default()
         return cell
@@ -645,6 +665,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 cell.closed = True
                 with contextlib.suppress(pykka.Timeout):
                     cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
+                self._retire(cell)
             except HoardError as exc:  # keep going: every other context still gets its snapshot
                 errors.append(exc)
         if kept:

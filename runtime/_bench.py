@@ -25,9 +25,11 @@ installed or no server answers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import platform
+import random
 import shutil
 import socket
 import sqlite3
@@ -49,7 +51,9 @@ import pykka
 import zstandard
 
 from hoard.actors import Set as SetMessage
+from hoard.actors import StateChanged
 from hoard.storage import (
+    KIND_DICTIONARY,
     Append,
     Change,
     Codec,
@@ -69,7 +73,8 @@ from ._forward import encode_message, with_request_id
 from ._system import ContextSystem, open_system
 from ._version import DISTRIBUTION
 
-__all__ = ["MEASURES", "SERIES_MEASURES", "BenchReport", "BenchRow", "run_bench", "write_chart"]
+__all__ = ["MEASURES", "SERIES_MEASURES", "BenchReport", "BenchRow", "SoakReport", "run_bench", "run_soak",
+           "write_chart"]
 
 _NO_DEFAULT = ContextAdapterConfig(auto_activate_default=False)
 
@@ -295,6 +300,29 @@ _SPECS: dict[str, _Spec] = {
     "fwd_vs_local": _Spec("forwarded set, 8 threads", "the same set by the owner itself (a local call), 8 threads",
                           "ops/s", 0.0, "higher"),
 }
+# issue 14's rows (self-contained: their measures are in the "issue 14" section below)
+_SPECS.update({
+    "metrics_1000": _Spec("system.metrics() with 1,000 active contexts (no message sent)",
+                          "reading and summing 1,000 plain counter sets (a dict of call kinds and a 23-bucket "
+                          "histogram each) in Python", "ms", 3.0, "lower"),
+    "compression_dict": _Spec("compression ratio of 1 KB session-like states, with the store's trained zstd "
+                              "dictionary", "the same states with zstd alone (no dictionary)", "x", 2.0, "higher"),
+    "compression_write": _Spec("encoding 1 KB session-like states with the dictionary (write path)",
+                               "the same with zstd alone", "states/s", 0.8, "higher"),
+    "events_delivery": _Spec("StateChanged delivered to one callable subscriber (emitted as after a commit)",
+                             "a pykka tell loop to a bare actor carrying the same event objects", "events/s",
+                             0.5, "higher"),
+    "events_latency": _Spec("commit-to-callback latency of StateChanged, median (durable set, immediate)",
+                            "one SQLite FULL commit of the same journal blob", "ms", 2.0, "lower"),
+    "peer_diskcache_16_threads": _Spec("peers: durable writes, 16 threads on 16 contexts",
+                                       "diskcache Cache.set, 16 threads on 16 keys, equal sync settings",
+                                       "ops/s", 2.0, "higher"),
+    "peer_sqlitedict": _Spec("peers: durable single-key writes", "sqlitedict, autocommit, WAL, synchronous=FULL",
+                             "ops/s", 1.0, "higher"),
+    "peer_sqlitedict_16_threads": _Spec("peers: durable writes, 16 threads on 16 contexts",
+                                        "sqlitedict, 16 threads on 16 keys, autocommit, WAL, synchronous=FULL",
+                                        "ops/s", 2.0, "higher"),
+})
 
 
 def _row(name: str, values: Sequence[float], floors: Sequence[float], note: str = "") -> BenchRow:
@@ -560,6 +588,22 @@ def _durable_threads(run: _Run) -> list[BenchRow]:
 _HEADER = struct.Struct("<4sBBBxQI")  # storage's blob header: magic, format, kind, flags, length, crc32
 
 
+def _raw_dctx(path: str) -> zstandard.ZstdDecompressor:
+    """A decompressor for the raw floors that read a store's rows: with the store's newest zstd
+    dictionary when it trained one (a dictionary-less frame decompresses with it as well)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT blob FROM dictionaries ORDER BY version DESC LIMIT 1").fetchone()
+    except sqlite3.Error:
+        row = None
+    finally:
+        db.close()
+    if row is None:
+        return zstandard.ZstdDecompressor()
+    content = Codec().unframe(KIND_DICTIONARY, row[0])
+    return zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(content))
+
+
 def _raw_payload(blob: bytes, dctx: zstandard.ZstdDecompressor) -> bytes:
     _magic, _fmt, _kind, flags, length, _crc = _HEADER.unpack_from(blob)
     payload = blob[_HEADER.size:]
@@ -585,7 +629,7 @@ def _activation(run: _Run) -> list[BenchRow]:
     keys, journal = 10_000, 1_000
     template = run.path("activation-template.db")
     _build_big_context(template, keys, journal)
-    dctx = zstandard.ZstdDecompressor()
+    dctx = _raw_dctx(template)
     copy = run.path("activation.db")
 
     def fresh_copy() -> None:
@@ -1067,7 +1111,375 @@ def _bridges(run: _Run) -> list[BenchRow]:
     return rows
 
 
-#: measure name -> (function, the row names it produces), in table order
+# -- issue 14 -----------------------------------------------------------------------------------------
+def _metrics_scale(run: _Run) -> list[BenchRow]:
+    """`metrics()` over 1,000 live context actors (each with counted calls) against summing the same
+    number of plain counter sets: what reading the published meters costs beyond the arithmetic."""
+    contexts = 1_000
+    calls = 5  # metrics() calls per round (the round's sample is their mean)
+    system = open_system(None, manager_config=ContextManagerConfig(durability="none"),
+                         adapter_config=ContextAdapterConfig(auto_activate_default=False,
+                                                             max_active_contexts=contexts + 1))
+    plain = [({"set": 1, "get": 2}, [0] * 23) for _ in range(contexts)]
+
+    def floor_read() -> None:
+        total: dict[str, int] = {}
+        for kinds, _ in plain:
+            for kind, n in kinds.copy().items():
+                total[kind] = total.get(kind, 0) + n
+        tuple(map(sum, zip(*[tuple(b) for _, b in plain], strict=True)))
+
+    def timed(fn: Callable[[], object]) -> Callable[[], float]:
+        return lambda: _elapsed(lambda: [fn() for _ in range(calls)]) / calls * 1e3
+
+    try:
+        for i in range(contexts):
+            t = system.adapter.activate(f"m{i}")
+            t.set("k", i)
+            t.get("k")
+        values, floors = _rounds(run.rounds, timed(system.metrics), timed(floor_read))
+        seen = system.metrics()
+    finally:
+        system.stop()
+    if seen.active_contexts != contexts or seen.calls.get("set") != contexts:
+        raise HoardError(f"metrics() read {seen.active_contexts} active contexts and {seen.calls} calls; "
+                         f"expected {contexts} and {contexts} sets")
+    median = statistics.median(values)
+    return [_row("metrics_1000", values, floors,
+                 f"{median:.1f} ms median (target <= 10 ms); {calls} calls a round; load average "
+                 f"{os.getloadavg()[0]:.1f}")]
+
+
+def _session(i: int) -> dict[str, Any]:
+    """A web-session-like state of about 1 KB: the same keys in every context, different values."""
+    r = random.Random(i)  # noqa: S311 - reproducible bench data
+    return {
+        "user_id": r.randint(1, 10**6), "user_name": f"user{r.randint(1, 99999)}",
+        "email": f"u{r.randint(1, 99999)}@example.com", "roles": ["reader", "writer", "admin"][: r.randint(1, 3)],
+        "cart": [{"sku": f"SKU-{r.randint(1000, 9999)}", "qty": r.randint(1, 5), "price": round(r.random() * 100, 2),
+                  "title": r.choice(["Blue mug", "Red chair", "Green lamp", "Desk", "Notebook"])}
+                 for _ in range(r.randint(5, 8))],
+        "last_page": f"/products/{r.randint(1, 500)}", "locale": r.choice(["en-US", "de-DE", "fr-FR"]),
+        "csrf_token": f"{r.getrandbits(128):032x}", "flags": {"beta": r.random() < 0.5, "dark_mode": r.random() < 0.5},
+        "started_at": 1.7e9 + r.random() * 1e6, "user_agent": "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Firefox/120.0",
+    }
+
+
+def _compression(run: _Run) -> list[BenchRow]:
+    """1 KB session states: stored bytes with the dictionary a store trains from its own blobs (after
+    `DICTIONARY_AFTER` writes) against zstd alone, and what encoding them costs either way."""
+    trained = SQLiteStore(run.path("dict.db"), sync="normal", dictionary=False)
+    trained.open()
+    try:
+        trained.commit([CreateContext(new_state(f"s{i}", freeze_mapping(_session(i)), now=time.time()))
+                        for i in range(1_000)])
+        if trained.train_dictionary() is None:
+            raise HoardError("no dictionary could be trained from 1,000 session states")
+        with_dict = trained.codec
+    finally:
+        trained.close()
+    plain = Codec()
+    first = 1_000  # states the dictionary never saw
+    states = [new_state(f"t{i}", freeze_mapping(_session(i)), now=time.time())
+              for i in range(first, first + run.n(500, 2_000))]
+    raw = sum(len(orjson.dumps(plain.converter.unstructure(st))) for st in states)
+    sizes = {name: sum(len(c.encode_state(st)) for st in states) for name, c in (("dict", with_dict), ("plain", plain))}
+    ratio_dict, ratio_plain = raw / sizes["dict"], raw / sizes["plain"]
+
+    def encoder(codec: Codec) -> Callable[[], float]:
+        enc = codec.encode_state
+        return lambda: _rate(len(states), lambda: [enc(st) for st in states])
+
+    values, floors = _rounds(run.rounds, encoder(with_dict), encoder(plain))
+    avg = raw / len(states)
+    note = (f"{len(states)} states of {avg:.0f} B on average (raw JSON / stored blob, headers included): "
+            f"{ratio_dict:.2f}x with the dictionary, {ratio_plain:.2f}x without")
+    return [_row("compression_dict", [ratio_dict], [ratio_plain], note),
+            _row("compression_write", values, floors, f"{len(states)} encodes a round (orjson + zstd level 3)")]
+
+
+def _open_sqlitedict(path: str) -> Any:
+    """A sqlitedict at hoard's sync="full": WAL, autocommit (each write waits for its commit), and
+    synchronous=FULL set on its connection (sqlitedict itself sets OFF, which syncs nothing); None if
+    sqlitedict is not installed."""
+    try:
+        import sqlitedict  # noqa: PLC0415 - optional: pip install 'hoard-contexts[bench]'
+    except ImportError:
+        return None
+    d = sqlitedict.SqliteDict(path, autocommit=True, journal_mode="WAL")
+    d.conn.execute("PRAGMA synchronous=FULL")  # runs on its worker thread, after its own OFF
+    if d.conn.select_one("PRAGMA synchronous")[0] != 2:
+        d.close()
+        raise HoardError("could not set sqlitedict's connection to synchronous=FULL")
+    return d
+
+
+class _Counter(pykka.ThreadingActor):
+    """The events floor: counts told messages and sets `done` at the n-th."""
+
+    def __init__(self, n: int, done: threading.Event) -> None:
+        super().__init__()
+        self.n, self.seen, self.done = n, 0, done
+
+    def on_receive(self, message: Any) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            self.done.set()
+
+
+def _event_delivery(run: _Run) -> tuple[list[float], list[float], int]:
+    """StateChanged to one callable subscriber against pykka tells of the same event objects to a bare
+    counting actor: (values, floors, events a round). The events are emitted into the system's event
+    path as a context actor emits them after a commit (emitter -> bus actor -> subscriber actor ->
+    callable), so the writes that would cause them are not part of the figure."""
+    n = run.n(1_000, 5_000)
+    items = _items(n)
+    system = run.system(None, "none")
+    try:
+        system.adapter.activate("ev")
+        got: list[Any] = []
+        want = [0]
+        dones = [threading.Event()]
+
+        def on_event(event: Any) -> None:
+            got.append(event)
+            if len(got) >= want[0]:
+                dones[-1].set()
+
+        sub = system.subscribe(on_event, context_id="ev", kinds=[StateChanged])
+
+        emit = system._events  # noqa: SLF001 - the emitter context actors publish through
+        changes = [(i + 2, (k,)) for i, (k, _) in enumerate(items)]
+
+        def hoard() -> float:
+            got.clear()
+            want[0] = n
+            dones.append(threading.Event())
+            t0 = time.perf_counter()
+            for version, changed in changes:
+                emit(StateChanged, "ev", version=version, changed=changed, removed=())
+            if not dones[-1].wait(60):
+                raise HoardError(f"events: {len(got)} of {n} StateChanged delivered within 60 s")
+            return n / (time.perf_counter() - t0)
+
+        hoard()
+        payload = list(got)  # the same event objects, for the floor
+
+        def floor() -> float:
+            done = threading.Event()
+            ref = _Counter.start(n, done)
+            try:
+                t0 = time.perf_counter()
+                for event in payload:
+                    ref.tell(event)
+                if not done.wait(60):
+                    raise HoardError("events floor: tells not delivered within 60 s")
+                return n / (time.perf_counter() - t0)
+            finally:
+                ref.stop()
+
+        values, floors = _rounds(run.rounds, hoard, floor)
+        sub.cancel()
+    finally:
+        system.stop()
+    return values, floors, n
+
+
+def _event_latency(run: _Run) -> tuple[list[float], list[float], int]:
+    """Durable sets one at a time; the callback notes ``time.time() - event.at`` (the event is stamped
+    after the commit): (latencies in ms, raw SQLite FULL commit times in ms, sets)."""
+    m = run.n(100, 400)
+    lat: list[float] = []
+    arrived = threading.Event()
+
+    def on_durable(event: Any) -> None:
+        lat.append((time.time() - event.at) * 1e3)
+        arrived.set()
+
+    durable = run.system(run.path("events.db"), "immediate", sync="full")
+    try:
+        tracker = durable.adapter.activate("lat")
+        sub = durable.subscribe(on_durable, context_id="lat", kinds=[StateChanged])
+        for k, v in _items(m):
+            arrived.clear()
+            tracker.set(k, v)
+            if not arrived.wait(30):
+                raise HoardError("events: a durable set's StateChanged did not arrive within 30 s")
+        sub.cancel()
+    finally:
+        durable.stop()
+    codec = Codec()
+    blobs = [codec.encode_change(Change(i + 2, time.time(), {k: v})) for i, (k, v) in enumerate(_items(m))]
+    db = sqlite3.connect(run.path("events-floor.db"), isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL").fetchone()
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE journal (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)")
+        insert = functools.partial(db.execute, "INSERT INTO journal (blob) VALUES (?)")
+        commits = [_elapsed(functools.partial(insert, (b,))) * 1e3 for b in blobs]
+    finally:
+        db.close()
+    return lat, commits, m
+
+
+def _events(run: _Run) -> list[BenchRow]:
+    values, floors, n = _event_delivery(run)
+    lat, commits, m = _event_latency(run)
+    ordered = sorted(lat)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return [_row("events_delivery", values, floors, f"{n} events a round, emitted as after a commit; the "
+                                                    "subscriber runs in its own actor (bus + subscriber hops)"),
+            _row("events_latency", lat, commits,
+                 f"{m} sets; latency median {statistics.median(lat):.2f} ms, p99 {p99:.2f} ms (the event's `at` "
+                 "to the callback); floor: the median raw commit; target ratio chosen here (issue: report only)")]
+
+
+@attrs.frozen
+class SoakReport:
+    """What `run_soak` measured.
+
+    Attributes:
+        minutes: how long it ran.
+        activations: context activations in all (each of the distinct contexts, then re-activations
+            of passivated ones).
+        distinct: distinct contexts touched.
+        hot_writes: writes to the hot set.
+        rss_start_mib / rss_end_mib: resident memory of this process at the start and at the end.
+        growth_per_100k: MiB of RSS growth per 100,000 activations after the warm-up (the slope of a
+            least-squares line through the samples after it); None with too few samples.
+        samples: ``(activations, rss_mib)`` every sample, warm-up included.
+        load_average: the machine's 1-minute load average at the end.
+    """
+
+    minutes: float
+    activations: int
+    distinct: int
+    hot_writes: int
+    rss_start_mib: float
+    rss_end_mib: float
+    growth_per_100k: float | None
+    samples: tuple[tuple[int, float], ...]
+    load_average: float
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_soak(minutes: float, *, workdir: str | None = None, distinct: int = 20_000, hot: int = 16,
+             progress: Callable[[int, float], None] | None = None) -> SoakReport:
+    """Run a daemon-like workload for `minutes` in this process and measure memory that grows.
+
+    One system on a SQLite file (durability deferred, as a daemon would run it) with at most 200
+    active contexts and idle passivation after 1 s: every round touches the next of `distinct`
+    contexts once (a creation on the first pass, an activation of a passivated or evicted one
+    after) and writes to the next of `hot` hot contexts. RSS is sampled every 500 activations;
+    the first third of the run is the warm-up (caches, the store's page cache, interned strings).
+    Blocks for `minutes`; the store is removed afterwards. `progress(activations, rss_mib)` is
+    called at each sample.
+    """
+    deadline = time.monotonic() + minutes * 60
+    warm_until = time.monotonic() + minutes * 20
+    samples: list[tuple[int, float]] = []
+    warm: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory(prefix="hoard-soak-", dir=workdir) as tmp:
+        system = open_system(os.path.join(tmp, "soak.db"),
+                             manager_config=ContextManagerConfig(durability="deferred"),
+                             adapter_config=ContextAdapterConfig(auto_activate_default=False, max_active_contexts=200,
+                                                                 idle_timeout=1.0))
+        start = _rss_mib()
+        hot_writes = touched = 0
+        try:
+            hot_set = [system.adapter.activate(f"hot{i}") for i in range(hot)]
+            next_sample = 500
+            while time.monotonic() < deadline:
+                system.adapter.get_or_create(f"c{touched % distinct}").set("seen", touched)
+                touched += 1
+                hot_set[touched % hot].set("n", hot_writes)
+                hot_writes += 1
+                activations = system.metrics().activations
+                if activations >= next_sample:
+                    next_sample += 500
+                    gc.collect()
+                    point = (activations, _rss_mib())
+                    samples.append(point)
+                    if time.monotonic() >= warm_until:
+                        warm.append(point)
+                    if progress is not None:
+                        progress(*point)
+            activations = system.metrics().activations
+        finally:
+            system.stop()
+        end = _rss_mib()
+    growth = None
+    if len(warm) >= 3:
+        xs, ys = [float(a) for a, _ in warm], [r for _, r in warm]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        if var > 0:
+            growth = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 100_000
+    return SoakReport(minutes, activations, min(touched, distinct), hot_writes, start, end, growth, tuple(samples),
+                      os.getloadavg()[0])
+
+
+def _rate_of_writes(write: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]]) -> float:
+    return _rate(len(items), lambda: [write(k, v) for k, v in items])
+
+
+def _peers_concurrent(run: _Run) -> list[BenchRow]:
+    """Durable writes against diskcache and sqlitedict at equal sync settings: 16 threads each on its
+    own context (hoard) or key (peers), and sqlitedict from one thread (diskcache's 1-thread row is
+    `peers`). Group commit is what should put hoard ahead under concurrency."""
+    threads, per_thread = 16, run.n(20, 60)
+    n = run.n(150, 1_000)
+    items = _items(max(n, per_thread))
+    system = run.system(run.path("peer16-hoard.db"), "immediate", sync="full")
+    cache = _open_diskcache(run.path("peer16-diskcache"), {})
+    sdict = _open_sqlitedict(run.path("peer16-sqlitedict.db"))
+    rows: list[BenchRow] = []
+    try:
+        trackers = [system.adapter.activate(f"c{i}") for i in range(threads)]
+        tracker = trackers[0]
+
+        def hoard_16() -> float:
+            return _threaded_rate(trackers, per_thread, items)
+
+        def peer_16(write: Callable[[str, Any], Any]) -> Callable[[], float]:
+            def work(key: str) -> None:
+                for _, v in items[:per_thread]:
+                    write(key, v)
+            return lambda: _parallel_rate([f"k{i}" for i in range(threads)], per_thread, work, "bench-peer")
+
+        def hoard_1() -> float:
+            tset = tracker.set
+            return _rate(n, lambda: [tset(k, v) for k, v in items[:n]])
+
+        for name, store, write in (("diskcache", cache, None if cache is None else cache.set),
+                                   ("sqlitedict", sdict, None if sdict is None else sdict.__setitem__)):
+            if store is None or write is None:
+                why = f"skipped: {name} is not installed (pip install 'hoard-contexts[bench]')"
+                rows.append(_skipped(f"peer_{name}_16_threads", why))
+                if name == "sqlitedict":
+                    rows.insert(len(rows) - 1, _skipped("peer_sqlitedict", why))
+                continue
+            if name == "sqlitedict":
+                single = _rounds(run.rounds, hoard_1, functools.partial(_rate_of_writes, write, items[:n]))
+                rows.append(_row("peer_sqlitedict", single[0], single[1],
+                                 f"{n} single-key writes a round; hoard: SQLite sync=full, immediate"))
+            values, floors = _rounds(run.rounds, hoard_16, peer_16(write))
+            rows.append(_row(f"peer_{name}_16_threads", values, floors,
+                             f"{threads} threads x {per_thread} writes a round; hoard: SQLite sync=full, immediate, "
+                             f"group commit; {name}: WAL, synchronous=FULL"))
+    finally:
+        if sdict is not None:
+            sdict.close()
+        if cache is not None:
+            cache.close()
+        system.stop()
+    return rows
+
+
 def _feed_cost(run: _Run) -> list[BenchRow]:
     """Durable sets with history='all' and the feed against the same sets with neither (SQLite,
     sync=full, immediate): 1 thread, and 16 threads on 16 contexts."""
@@ -1181,7 +1593,7 @@ def _state_at(run: _Run) -> list[BenchRow]:
         newest = snaps[-1]
         target = newest - 1_000
         base = max(v for v in snaps if v <= target)
-        dctx = zstandard.ZstdDecompressor()
+        dctx = _raw_dctx(path)
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
         expected = dict(system.manager.state_at("ctx", target).data)
 
@@ -1213,6 +1625,7 @@ def _state_at(run: _Run) -> list[BenchRow]:
                  f"v{target} from snapshot v{base} plus {target - base} journal entries; 200 keys; SQLite")]
 
 
+#: measure name -> (function, the row names it produces), in table order
 _MEASURES: dict[str, tuple[Callable[[_Run], list[BenchRow]], tuple[str, ...]]] = {
     "sync_set": (_sync_set, ("sync_set",)),
     "get": (_get, ("get",)),
@@ -1234,6 +1647,13 @@ _MEASURES.update({
     "pg_feed": (_pg_feed_cost, ("pg_feed_write_cost_16_threads",)),
     "feed_read": (_feed_read, ("feed_read",)),
     "state_at": (_state_at, ("state_at_1000",)),
+})
+_MEASURES.update({  # issue 14
+    "metrics_1000": (_metrics_scale, ("metrics_1000",)),
+    "compression": (_compression, ("compression_dict", "compression_write")),
+    "events": (_events, ("events_delivery", "events_latency")),
+    "peers_concurrent": (_peers_concurrent, ("peer_diskcache_16_threads", "peer_sqlitedict",
+                                             "peer_sqlitedict_16_threads")),
 })
 MEASURES: tuple[str, ...] = tuple(_MEASURES)
 #: the measures that also record a scaling series (what `write_chart` draws)
@@ -1311,10 +1731,25 @@ def write_chart(report: BenchReport, path: str) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     series = report.series
-    if not series:
-        raise ConfigError("this run measured no scaling series (run set_100k, durable_32_threads or open_100k)")
-    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 4), squeeze=False)
-    for ax, s in zip(axes[0], series, strict=True):
+    peers = [r for r in report.rows if r.name.startswith("peer_") and not r.skipped]
+    if not series and not peers:
+        raise ConfigError("this run measured no scaling series and no peer row (run set_100k, durable_32_threads, "
+                          "open_100k, peers or peers_concurrent)")
+    panels = len(series) + (1 if peers else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    if peers:  # the last panel: hoard against each peer, as a ratio (1.0: as fast as the peer)
+        ax = axes[0][-1]
+        labels = [r.name.removeprefix("peer_").replace("_16_threads", "\n16 threads") for r in peers]
+        ax.bar(range(len(peers)), [r.ratio or 0.0 for r in peers],
+               color=["tab:green" if r.meets else "tab:red" for r in peers])
+        for i, r in enumerate(peers):
+            ax.plot([i - 0.4, i + 0.4], [r.target, r.target], color="black", linewidth=1)
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(peers)), labels, fontsize=7)
+        ax.set_title("hoard vs peers (ratio; bar: target)", fontsize=9)
+        ax.set_ylabel("x the peer's rate")
+        ax.grid(True, axis="y", alpha=0.3)
+    for ax, s in zip(axes[0], series, strict=False):
         ax.plot(s.x, s.y, marker="o")
         ax.set_xscale("log")
         ax.set_ylim(bottom=0)  # a zero baseline: noise must not look like a trend

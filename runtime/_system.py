@@ -258,8 +258,8 @@ class ContextSystem(SystemCore):
         return FeedConsumer(self, self._feed_readers, name, timeout)
 
     def stop(self, timeout: float | None = None, *, discard_unsaved: bool = False) -> None:
-        """See `SystemCore.stop`; once stopped, also closes the change feed's readers (open streams
-        end). A stop refused with `StateNotSavedError` leaves the system, and its feed, running."""
+        """See `SystemCore.stop`; also closes the change feed's readers (open streams end), unless
+        the system keeps running (`StateNotSavedError` without `discard_unsaved`)."""
         try:
             super().stop(timeout, discard_unsaved=discard_unsaved)
         finally:

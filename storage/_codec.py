@@ -5,7 +5,8 @@ Blob layout (all integers little-endian)::
     magic     4 bytes  b"\\x89HRD"   (the high byte catches text-mode and 7-bit damage, as in PNG)
     format    u8       FORMAT_VERSION; a reader refuses any other
     kind      u8       what the payload is (KIND_*); a reader refuses a blob of another kind
-    flags     u8       bit 0: payload is zstd-compressed
+    flags     u8       bit 0: payload is zstd-compressed; bit 1: with one of the store's zstd
+                       dictionaries (the frame names it by its dictionary id)
     reserved  u8       0
     length    u64      length of the payload once decompressed (bounded by the reader's limit)
     crc32     u32      zlib.crc32 of the 16 header bytes before it and of the stored payload
@@ -19,8 +20,18 @@ can make a reader allocate is the bound, and only for a blob that really holds t
 models are then checked field by field (types, nesting depth), so a blob with a recomputed checksum
 but hostile content is refused as well.
 
-A `Codec` holds one zstd compressor and decompressor; it is owned by one store and used by one thread
-at a time (the persistence actor's, or the CLI's).
+A payload is stored raw (flags 0) whenever compressing it does not make it smaller, so no blob is
+bigger than its payload plus the header. Small payloads (`DICT_MIN` to `DICT_MAX` bytes: the typical
+session-like state and every journal entry) are compressed with the store's newest zstd dictionary
+when the store has one: zstd alone barely shrinks 1 KB of JSON, since it has seen none of its keys
+before; a dictionary trained from the store's own blobs has (`train_dictionary`). Dictionaries are
+kept in the store, versioned (their zstd dictionary id) and checksummed (framed as `KIND_DICTIONARY`
+blobs); a blob names the dictionary it needs, every older one stays readable, and a blob whose
+dictionary is missing is refused as `CorruptStateError`. Blobs written before dictionaries existed
+are read as before.
+
+A `Codec` holds one zstd compressor and decompressor (and one per dictionary); it is owned by one
+store and used by one thread at a time (the persistence actor's, or the CLI's).
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from __future__ import annotations
 import struct
 import typing
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -45,21 +56,30 @@ __all__ = [
     "FORMAT_VERSION",
     "KIND_ARCHIVE",
     "KIND_CHANGE",
+    "KIND_DICTIONARY",
     "KIND_STATE",
     "Codec",
     "freeze_decoded",
     "make_converter",
+    "train_dictionary",
 ]
 
 MAGIC = b"\x89HRD"
 FORMAT_VERSION = 1
-KIND_STATE, KIND_CHANGE, KIND_ARCHIVE = 1, 2, 3
-_KIND_NAMES = {KIND_STATE: "state", KIND_CHANGE: "journal entry", KIND_ARCHIVE: "archive"}
+KIND_STATE, KIND_CHANGE, KIND_ARCHIVE, KIND_DICTIONARY = 1, 2, 3, 4
+_KIND_NAMES = {KIND_STATE: "state", KIND_CHANGE: "journal entry", KIND_ARCHIVE: "archive",
+               KIND_DICTIONARY: "compression dictionary"}
 _HEADER = struct.Struct("<4sBBBxQ")
 _CRC = struct.Struct("<I")
 HEADER_SIZE = _HEADER.size + _CRC.size
 _COMPRESSED = 1
-COMPRESS_MIN = 256  # payloads smaller than this are stored plain: zstd gains nothing on them
+_DICTIONARY = 2
+COMPRESS_MIN = 256  # without a dictionary, payloads smaller than this are stored plain: zstd gains nothing
+DICT_MIN = 48  # with a dictionary, payloads from this size ...
+DICT_MAX = 16 * 2**10  # ... up to this one are compressed with it (larger ones carry their own context)
+DICT_ID_BASE = 0x48520000  # zstd dictionary id of version n: DICT_ID_BASE + n (ids below 2**15 are reserved)
+DICT_SIZE = 16 * 2**10  # bytes of a trained dictionary
+DICT_MIN_SAMPLES = 64  # fewer payloads than this to learn from: no dictionary is trained
 
 
 def freeze_decoded(value: Any, depth: int = 0) -> Any:
@@ -181,21 +201,51 @@ class Codec:
         self.bytes_in = 0  # payload bytes framed (before compression), for metrics
         self.bytes_out = 0  # blob bytes framed (after compression, with headers)
         self.max_bytes = max_bytes
+        self.level = compression_level
         self._cctx = compressor or zstandard.ZstdCompressor(level=compression_level)
         self._dctx = zstandard.ZstdDecompressor()
+        #: zstd dictionary id -> decompressor, for every dictionary of the store (read side)
+        self._dicts: dict[int, zstandard.ZstdDecompressor] = {}
+        #: the newest dictionary's id and compressor (write side); None: no dictionary
+        self.dictionary_id: int | None = None
+        self._dict_cctx: Any = None
+        #: set by the store: called with a dictionary id this codec lacks (one trained by another
+        #: connection since it loaded them); returns whether it added it
+        self.on_missing_dictionary: Callable[[int], bool] | None = None
         self._unstructure_state = self.converter.get_unstructure_hook(ContextState)
         self._structure_state = self.converter.get_structure_hook(ContextState)
         self._unstructure_change = self.converter.get_unstructure_hook(Change)
         self._structure_change = self.converter.get_structure_hook(Change)
 
     # -- framing -------------------------------------------------------------------------------------
+    def add_dictionary(self, dict_id: int, content: bytes, *, newest: bool = False) -> None:
+        """Make the zstd dictionary `dict_id` (raw `content`, as trained) readable; with `newest`,
+        also compress small payloads with it from now on. `CorruptStateError` if `content` is not
+        a zstd dictionary with that id."""
+        try:
+            d = zstandard.ZstdCompressionDict(content, dict_type=zstandard.DICT_TYPE_FULLDICT)
+            if d.dict_id() != dict_id:
+                raise CorruptStateError(f"compression dictionary {dict_id}: its content has id {d.dict_id()}")
+            self._dicts[dict_id] = zstandard.ZstdDecompressor(dict_data=d)
+            if newest:
+                self._dict_cctx = zstandard.ZstdCompressor(level=self.level, dict_data=d)
+                self.dictionary_id = dict_id
+        except zstandard.ZstdError as exc:
+            raise CorruptStateError(f"compression dictionary {dict_id}: not a zstd dictionary ({exc})") from exc
+
     def frame(self, kind: int, payload: bytes) -> bytes:
-        """Wrap `payload` in a header (compressing it when that helps)."""
+        """Wrap `payload` in a header, compressed when that makes it smaller (see the module docstring)."""
         flags = 0
         stored = payload
-        if len(payload) >= COMPRESS_MIN:
-            stored = self._cctx.compress(payload)
-            flags = _COMPRESSED
+        n = len(payload)
+        if self._dict_cctx is not None and DICT_MIN <= n <= DICT_MAX and kind != KIND_DICTIONARY:
+            packed = self._dict_cctx.compress(payload)
+            if len(packed) < n:
+                stored, flags = packed, _COMPRESSED | _DICTIONARY
+        elif n >= COMPRESS_MIN:
+            packed = self._cctx.compress(payload)
+            if len(packed) < n:
+                stored, flags = packed, _COMPRESSED
         head = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, flags, len(payload))
         self.bytes_in += len(payload)  # metrics: what was encoded, before and after compression
         self.bytes_out += HEADER_SIZE + len(stored)
@@ -227,7 +277,7 @@ class Codec:
         if length > self.max_bytes:
             raise CorruptStateError(f"{label}: claims {length} bytes decompressed, over the limit of "
                                     f"{self.max_bytes} (max_state_bytes)", what=what)
-        if flags & ~_COMPRESSED:
+        if flags & ~(_COMPRESSED | _DICTIONARY) or flags == _DICTIONARY:
             raise CorruptStateError(f"{label}: unknown flags {flags:#x}", what=what)
         if not flags & _COMPRESSED:
             if len(stored) != length:
@@ -241,7 +291,17 @@ class Codec:
                 shown = "no size" if declared == zstandard.CONTENTSIZE_UNKNOWN else f"{declared} bytes"
                 raise CorruptStateError(f"{label}: compressed frame declares {shown}, header says {length}",
                                         what=what)
-            payload = self._dctx.decompress(stored, max_output_size=max(length, 1), allow_extra_data=False)
+            dctx = self._dctx
+            if flags & _DICTIONARY:
+                dict_id = zstandard.get_frame_parameters(stored).dict_id
+                found = self._dicts.get(dict_id)
+                if found is None and self.on_missing_dictionary is not None and self.on_missing_dictionary(dict_id):
+                    found = self._dicts.get(dict_id)
+                if found is None:
+                    raise CorruptStateError(f"{label}: needs compression dictionary {dict_id}, which this store "
+                                            "does not hold", what=what)
+                dctx = found
+            payload = dctx.decompress(stored, max_output_size=max(length, 1), allow_extra_data=False)
         except (zstandard.ZstdError, ValueError) as exc:
             raise CorruptStateError(f"{label}: cannot decompress ({exc})", what=what) from exc
         if len(payload) != length:
@@ -307,3 +367,17 @@ class Codec:
                 RecursionError) as exc:
             raise CorruptStateError(f"{what or cls.__name__}: does not hold a valid {cls.__name__} ({exc})",
                                     what=what) from exc
+
+
+def train_dictionary(samples: list[bytes], version: int, level: int = 3) -> bytes | None:
+    """A zstd dictionary of about `DICT_SIZE` bytes learned from `samples` (payloads of the store's
+    own blobs), with dictionary id ``DICT_ID_BASE + version``; None when there are fewer than
+    `DICT_MIN_SAMPLES` or zstd finds nothing to learn. Runs in the caller's thread (tens of ms)."""
+    usable: list[bytes | bytearray | memoryview] = [s for s in samples if DICT_MIN <= len(s) <= DICT_MAX]
+    if len(usable) < DICT_MIN_SAMPLES:
+        return None
+    try:
+        d = zstandard.train_dictionary(DICT_SIZE, usable, dict_id=DICT_ID_BASE + version, level=level)
+    except zstandard.ZstdError:
+        return None
+    return bytes(d.as_bytes())

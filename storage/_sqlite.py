@@ -48,7 +48,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-from ._codec import FORMAT_VERSION, Codec
+from ._codec import DICT_ID_BASE, FORMAT_VERSION, KIND_DICTIONARY, Codec, train_dictionary
 from ._errors import ConfigError, CorruptStateError, HoardError, PersistenceError, StoreLockedError
 from ._feed import DEFAULT_FEED_RETENTION, PRUNE_EVERY, check_retention, consumer_position, feed_rows, prune_floor
 from ._recovery import RowAccess, RowStore, _storable_prefix
@@ -101,6 +101,11 @@ _FEED = (
     "version INTEGER NOT NULL, blob BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS feed_consumers (name TEXT PRIMARY KEY, pos INTEGER NOT NULL)",
 )
+# zstd dictionaries for small payloads (not part of _TABLES either: stores made before have none);
+# each blob is a KIND_DICTIONARY frame (checksummed); version n has zstd dictionary id DICT_ID_BASE + n
+_DICTIONARIES = ("CREATE TABLE IF NOT EXISTS dictionaries (version INTEGER PRIMARY KEY, blob BLOB NOT NULL, "
+                 "created_at REAL NOT NULL)")
+DICTIONARY_AFTER = 2000  # writes without a dictionary after which one is trained from the store's blobs
 _TABLES = {"hoard_meta", "contexts", "snapshots", "journal", "recovery_points"}
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 # (st_dev, st_ino) of every store file open for writing in this process -> its store. setdefault is
@@ -126,12 +131,15 @@ class SQLiteStore(RowStore):
         feed: record every committed change in the change feed (`hoard.storage._feed`), in the
             commit's transaction (default True; False only to measure what it costs).
         feed_retention: feed entries kept back from the newest, at most (see `Store.feed`).
+        dictionary: train a zstd dictionary from the store's own blobs once `DICTIONARY_AFTER` writes
+            found none, and compress small payloads with it (default True; see `train_dictionary`).
+            Dictionaries already stored are read either way.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, sync: str = "full", compression_level: int = 3,
                  max_state_bytes: int = 64 * 2**20, readonly: bool = False, recovery: str = "strict",
                  codec: Codec | None = None, connect: Callable[..., sqlite3.Connection] = sqlite3.connect,
-                 feed: bool = True, feed_retention: int = DEFAULT_FEED_RETENTION) -> None:
+                 feed: bool = True, feed_retention: int = DEFAULT_FEED_RETENTION, dictionary: bool = True) -> None:
         if sync not in _SYNC:
             raise ConfigError(f"sync must be one of {sorted(_SYNC)}, not {sync!r}")
         super().__init__(codec or Codec(compression_level, max_bytes=max_state_bytes + 2**20), recovery, readonly)
@@ -153,6 +161,9 @@ class SQLiteStore(RowStore):
         self._abspath = os.path.abspath(self.path)
         self._lost: str | None = None  # why the store can no longer be used (its file was deleted...)
         self._checkpoint_due = False  # a commit failed: truncate the WAL after the next one succeeds
+        self.dictionary = dictionary
+        self.codec.on_missing_dictionary = self._reload_dictionary
+        self._undictionaried = 0  # writes since the last attempt to train a dictionary
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -302,6 +313,8 @@ class SQLiteStore(RowStore):
         elif self.readonly:
             raise CorruptStateError(f"{self.path!r} is not a hoard store (empty database)", what="store")
         if self.readonly:
+            if "dictionaries" in tables:
+                self._load_dictionaries(db)
             return
 
         def setup() -> None:
@@ -317,10 +330,85 @@ class SQLiteStore(RowStore):
                 if "feed" not in tables:
                     for stmt in _FEED:
                         db.execute(stmt)
+                if "dictionaries" not in tables:
+                    db.execute(_DICTIONARIES)
                 columns = {r[1] for r in db.execute("PRAGMA table_info(contexts)")}
                 if "ttl" not in columns:  # a store made before TTLs: add the column, nothing else changes
                     db.execute("ALTER TABLE contexts ADD COLUMN ttl REAL")
         self._guard(setup, "open")
+        self._load_dictionaries(db)
+
+    # -- compression dictionaries --------------------------------------------------------------------
+    def _load_dictionaries(self, db: sqlite3.Connection) -> None:
+        """Hand every stored dictionary to the codec (the newest one for writing). A damaged one is
+        `CorruptStateError` naming it: the blobs that need it could not be read."""
+        rows = self._guard(lambda: db.execute("SELECT version, blob FROM dictionaries ORDER BY version").fetchall(),
+                           "open")
+        for i, (version, blob) in enumerate(rows):
+            content = self.codec.unframe(KIND_DICTIONARY, blob, f"compression dictionary {version}")
+            self.codec.add_dictionary(DICT_ID_BASE + version, content, newest=i == len(rows) - 1)
+
+    def _reload_dictionary(self, dict_id: int) -> bool:
+        """A blob needs dictionary `dict_id`, trained since this store loaded its dictionaries (by the
+        writer, while this reader stayed open): load it. False if the store does not hold it."""
+        db = self._db
+        version = dict_id - DICT_ID_BASE
+        if db is None or version < 1:
+            return False
+        try:
+            row = db.execute("SELECT blob FROM dictionaries WHERE version = ?", (version,)).fetchone()
+        except sqlite3.Error:  # a store without the table (made before dictionaries)
+            return False
+        if row is None:
+            return False
+        self.codec.add_dictionary(dict_id, self.codec.unframe(KIND_DICTIONARY, row[0],
+                                                              f"compression dictionary {version}"))
+        return True
+
+    def train_dictionary(self) -> int | None:
+        """Train a new zstd dictionary from small blobs of this store (up to 1,000 snapshots and
+        1,000 journal entries), keep it (a new version, checksummed like every blob) and compress small
+        payloads with it from now on; blobs written with older ones stay readable. Returns its
+        version, or None when the store holds too few small blobs to learn from. Runs in the
+        caller's thread (the store's owner): a read of up to 2,000 rows and tens of ms of training;
+        one transaction. Called by `commit` once `DICTIONARY_AFTER` writes found no dictionary."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.path!r} is open read-only")
+        db = self._require()
+        rows = self._guard(lambda: db.execute(
+            "SELECT blob FROM (SELECT blob FROM snapshots LIMIT 1000) UNION ALL "
+            "SELECT blob FROM (SELECT blob FROM journal LIMIT 1000)").fetchall(), "train")
+        samples = []
+        for (blob,) in rows:
+            kind = blob[5] if len(blob) > 5 else 0
+            with contextlib.suppress(CorruptStateError):  # damaged rows are verify()'s business
+                samples.append(self.codec.unframe(kind, blob))
+        version = 1 + (self._guard(lambda: db.execute("SELECT max(version) FROM dictionaries").fetchone()[0],
+                                   "train") or 0)
+        content = train_dictionary(samples, version, self.codec.level)
+        if content is None:
+            return None
+        framed = self.codec.frame(KIND_DICTIONARY, content)
+
+        def run() -> None:
+            with self._transaction(db):
+                db.execute("INSERT INTO dictionaries (version, blob, created_at) VALUES (?,?,?)",
+                           (version, framed, time.time()))
+        self._guard(run, "store a compression dictionary")
+        self.codec.add_dictionary(DICT_ID_BASE + version, content, newest=True)
+        log.info("store %r: trained compression dictionary %d from %d payloads", self.path, version, len(samples))
+        return version
+
+    def _maybe_train(self, written: int) -> None:
+        """After `written` more writes without a dictionary, try to train one (see `train_dictionary`)."""
+        self._undictionaried += written
+        if self._undictionaried < DICTIONARY_AFTER:
+            return
+        self._undictionaried = 0
+        try:
+            self.train_dictionary()
+        except HoardError as exc:  # compression is an optimisation: the commit itself succeeded
+            log.warning("store %r: training a compression dictionary failed: %s", self.path, exc)
 
     def close(self) -> None:
         if self._db is not None:
@@ -439,10 +527,13 @@ class SQLiteStore(RowStore):
         except PersistenceError:
             self._checkpoint_due = True
             raise
+        self._since_prune = 0 if self._since_prune + len(feed) >= PRUNE_EVERY else self._since_prune + len(feed)
         self._check_identity()  # deleted or replaced meanwhile: the commit went to an orphan, not the store
         self._since_prune = 0 if self._since_prune + len(feed) >= PRUNE_EVERY else self._since_prune + len(feed)
         if self._checkpoint_due:
             self._truncate_wal(db)
+        if self.dictionary and self.codec.dictionary_id is None:
+            self._maybe_train(len(ops))
 
     def _truncate_wal(self, db: sqlite3.Connection) -> None:
         """After failed commits (disk full) the WAL keeps the size it grew to, and a freed disk fills

@@ -6,12 +6,13 @@ import importlib.util
 import sys
 from typing import Any
 
+import attrs
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .._bench import MEASURES, SERIES_MEASURES, BenchReport, BenchRow, run_bench, write_chart
+from .._bench import MEASURES, SERIES_MEASURES, BenchReport, BenchRow, run_bench, run_soak, write_chart
 from ._common import emit_json, out, remember_json
 
 __all__ = ["bench"]
@@ -63,6 +64,20 @@ def _print_table(report: BenchReport) -> None:
         console.print(f"- {series.title}, by {series.xlabel}: {points}", markup=False)
 
 
+def _soak(minutes: float, workdir: str | None, as_json: bool) -> None:
+    report = run_soak(minutes, workdir=workdir,
+                      progress=None if as_json else lambda n, rss: click.echo(f"soak: {n} activations, "
+                                                                              f"RSS {rss:.1f} MiB", err=True))
+    if as_json:
+        emit_json(attrs.asdict(report))
+        return
+    growth = "n/a (too few samples)" if report.growth_per_100k is None else f"{report.growth_per_100k:.2f} MiB"
+    click.echo(f"soak of {report.minutes:g} min: {report.activations} activations ({report.distinct} distinct "
+               f"contexts), {report.hot_writes} hot writes; RSS {report.rss_start_mib:.1f} -> "
+               f"{report.rss_end_mib:.1f} MiB; growth per 100,000 activations after warm-up: {growth} "
+               f"(target < 2 MiB); load average {report.load_average:.1f}")
+
+
 def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
     return [r.to_json() for r in rows]
 
@@ -75,9 +90,14 @@ def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
                    "(needs matplotlib: pip install 'hoard-contexts[chart]').")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False, exists=True, path_type=str), default=None,
               help="Where the temporary stores go (the disk the durable rows measure). Default: the temp dir.")
+@click.option("--soak", "soak", type=click.FloatRange(min=0.1), default=None, metavar="MINUTES",
+              help="Instead of the table: run a daemon-like soak for MINUTES (20,000 contexts touched once "
+                   "each, a hot set written steadily, idle passivation) and report RSS growth per 100,000 "
+                   "activations after the warm-up (target: under 2 MiB).")
 @click.option("--json", "as_json", is_flag=True, is_eager=True, callback=remember_json,
               help="Print a JSON list, one object per row (name, value, floor, ratio, target, meets, ...).")
-def bench(quick: bool, only: tuple[str, ...], chart: str | None, workdir: str | None, as_json: bool) -> None:
+def bench(quick: bool, only: tuple[str, ...], chart: str | None, workdir: str | None, soak: float | None,  # noqa: PLR0917
+          as_json: bool) -> None:
     """Measure hoard against its floors, each in the same process and run, and print the ratios.
 
     Every row compares a hoard operation with the cheapest way to do the same thing without hoard
@@ -90,10 +110,15 @@ def bench(quick: bool, only: tuple[str, ...], chart: str | None, workdir: str | 
       hoard bench --json > bench.json
       hoard bench --only durable_set --only peers
       hoard bench --chart scaling.png
+      hoard bench --soak 10
     """
-    if chart is not None and only and not set(only) & set(SERIES_MEASURES):
-        raise click.UsageError(f"--chart draws the scaling series of {', '.join(SERIES_MEASURES)}; "
-                               "--only selects none of them")
+    if soak is not None:
+        _soak(soak, workdir, as_json)
+        return
+    charted = {*SERIES_MEASURES, "peers", "peers_concurrent"}
+    if chart is not None and only and not set(only) & charted:
+        raise click.UsageError(f"--chart draws the scaling series of {', '.join(SERIES_MEASURES)} and the peer "
+                               "rows; --only selects none of them")
     if chart is not None and importlib.util.find_spec("matplotlib") is None:
         raise click.ClickException("--chart needs matplotlib: pip install 'hoard-contexts[chart]'")
     if sys.stderr.isatty():

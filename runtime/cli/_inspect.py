@@ -67,7 +67,8 @@ def ls(store: str, prefix: str, updated_since: float | None, as_json: bool) -> N
     """List the contexts in STORE: version, size, compressed size, last update, recovery points.
 
     SIZE is the uncompressed size of what is stored for the context (snapshots and journal entries);
-    COMPRESSED is what they take in the file.
+    COMPRESSED is what their payloads take in the file (never more than SIZE: a payload that
+    compression does not shrink is stored raw; each row's 20-byte header is not counted).
 
     \b
     Examples:

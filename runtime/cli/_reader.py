@@ -66,11 +66,13 @@ class StoreReader:
 
     # -- sizes ----------------------------------------------------------------------------------------
     def sizes(self, context_id: str) -> tuple[int, int]:
-        """(uncompressed, stored) bytes of the context's snapshots and journal entries."""
+        """(uncompressed, stored) bytes of the payloads of the context's snapshots and journal entries
+        (without each row's header, so that stored <= uncompressed: a payload that compression does
+        not shrink is stored raw)."""
         rows = self._rows("SELECT substr(blob, 1, 16), length(blob) FROM snapshots WHERE context_id=? "
                           "UNION ALL SELECT substr(blob, 1, 16), length(blob) FROM journal WHERE context_id=?",
                           (context_id, context_id))
-        return _raw_total(rows), sum(r[1] for r in rows)
+        return _raw_total(rows), sum(max(0, r[1] - _HEAD.size - 4) for r in rows)  # 4: the header's crc32
 
     # -- snapshots and journal ----------------------------------------------------------------------
     def snapshot_versions(self, context_id: str) -> list[int]:

@@ -19,7 +19,10 @@ ROWS = ["sync_set", "get", "pipelined", "update_1000", "set_100k", "durable_set"
         *(f"relay{s}_{k}" for k in ("nats", "mqtt", "amqp", "redis") for s in ("", "_latency")),  # issue 16
         "feed_write_cost", "feed_write_cost_16_threads", "pg_feed_write_cost_16_threads", "feed_read",
         "state_at_1000",  # issue 13
-        "fwd_throughput", "fwd_latency_median", "fwd_latency_p99", "fwd_vs_local"]  # issue 15; also needs NATS
+        "fwd_throughput", "fwd_latency_median", "fwd_latency_p99", "fwd_vs_local",  # issue 15; also needs NATS
+        "metrics_1000", "compression_dict", "compression_write", "events_delivery", "events_latency",
+        "peer_diskcache_16_threads", "peer_sqlitedict",
+        "peer_sqlitedict_16_threads"]  # issue 14
 
 
 @pytest.mark.timeout(480)  # the whole quick bench in one run (the command itself is given 420 s)
@@ -60,3 +63,14 @@ def test_bench_usage_errors(hoard: Hoard) -> None:
     assert all(name in help_text for name in MEASURES)
     r = hoard("bench", "--quick", "--only", "get", "--chart", "x.png")
     assert r.code == 2 and "scaling series" in r.err
+
+
+def test_soak_mode_reports_activations_and_rss_and_leaves_nothing_behind(hoard: Hoard, tmp_path: Path) -> None:
+    r = hoard("bench", "--soak", "0.1", "--json", "--dir", str(tmp_path), timeout=120)
+    assert r.code == 0, r.err
+    report = r.json()
+    assert report["minutes"] == 0.1
+    assert report["activations"] >= report["distinct"] > 0 and report["hot_writes"] > 0
+    assert report["rss_start_mib"] > 0 and report["rss_end_mib"] > 0
+    assert report["growth_per_100k"] is None or isinstance(report["growth_per_100k"], float)
+    assert list(tmp_path.iterdir()) == []  # the soak's store was removed

@@ -1,0 +1,36 @@
+"""metrics() keeps what passivated and crashed context actors counted (issue 14: their meters are
+folded into the retired totals once the actor stopped; a crashed actor's counts were lost before)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import hoard.actors._context as context_module
+from hoard import ContextAdapterConfig, ContextCrashedError, open_system
+from hoard.storage import apply_change as real_apply_change
+
+
+def test_counts_of_passivated_and_crashed_contexts_are_kept(store_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def apply_change(state, change):  # a bug in the write path: a change setting "boom" crashes the actor
+        if "boom" in change.data_set:
+            raise RuntimeError("injected bug")
+        return real_apply_change(state, change)
+
+    monkeypatch.setattr(context_module, "apply_change", apply_change)
+    with open_system(store_path, adapter_config=ContextAdapterConfig(max_active_contexts=2)) as s:
+        t = s.adapter.activate("c")
+        t.set("a", 1)
+        with pytest.raises(ContextCrashedError):
+            t.set("boom", 1)
+        t.set("b", 2)  # on the restarted actor
+        m = s.metrics()
+        assert m.restarts == 1
+        assert m.calls["set"] == 3  # the two before the crash are not lost with the crashed actor
+        for i in range(3):  # evicts "c" (capacity 2): its counts move to the retired totals
+            s.adapter.activate(f"e{i}").set("x", i)
+        m = s.metrics()
+        assert m.evictions >= 2
+        assert m.calls["set"] == 6
