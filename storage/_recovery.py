@@ -6,8 +6,9 @@ as seen inside one transaction) and subclasses `RowStore`, providing two callbac
 
 * ``_read(what, context_id, fn, transaction=True)``: run ``fn(rows)`` in **one read transaction** (a
   consistent snapshot: REPEATABLE READ on PostgreSQL, a WAL read transaction on SQLite), translating
-  the driver's errors into ours. ``transaction=False`` is allowed only for `RowAccess.newest`, which
-  is consistent on its own.
+  the driver's errors into ours. The engine passes ``transaction=False`` only when `fn` makes a single
+  statement (`newest`, `summaries`, `recovery_point_rows`), which is consistent on its own: a backend
+  may then spare the transaction's round trips.
 * ``_repair(what, context_id, expected_version, fn)``: run ``fn(rows)`` in **one write transaction**
   that first locks the context and checks that it is still at `expected_version` and that this store
   may write it (the writer lock, the lease); returns None, writing nothing, when it may not.
@@ -680,7 +681,8 @@ class RowStore:
         """The context's recovery points, oldest first, each verified; caller's thread. A damaged one
         raises `CorruptStateError` (strict) or is left out with a WARNING (fallback)."""
         validate_id(context_id)
-        rows = self._read("list recovery points", context_id, lambda r: r.recovery_point_rows(context_id))
+        rows = self._read("list recovery points", context_id, lambda r: r.recovery_point_rows(context_id),
+                          transaction=False)
         out = []
         for row in rows:
             try:
@@ -694,21 +696,22 @@ class RowStore:
     def recovery_point(self, context_id: str, rp_id: int) -> RecoveryPoint | None:
         """One recovery point, verified, or None; caller's thread."""
         validate_id(context_id)
-        rows = self._read("read recovery point", context_id, lambda r: r.recovery_point_rows(context_id, rp_id))
+        rows = self._read("read recovery point", context_id, lambda r: r.recovery_point_rows(context_id, rp_id),
+                          transaction=False)
         return _recovery_point(self.codec, context_id, rows[0]) if rows else None
 
     # -- the read interface ------------------------------------------------------------------------
     def info(self, context_id: str) -> StoredContext | None:
         """Stored facts about a context without decoding it; None if absent. Caller's thread."""
         validate_id(context_id)
-        found = self._read("info", context_id, lambda r: r.summaries(context_id=context_id))
+        found = self._read("info", context_id, lambda r: r.summaries(context_id=context_id), transaction=False)
         return found[0] if found else None
 
     def contexts(self, prefix: str = "") -> list[StoredContext]:
         """See `Store.contexts`: one read transaction, caller's thread."""
         if not _storable_prefix(prefix):
             return []
-        return self._read("list contexts", None, lambda r: r.summaries(prefix))
+        return self._read("list contexts", None, lambda r: r.summaries(prefix), transaction=False)
 
     def journal(self, context_id: str, after: int = 0, upto: int | None = None) -> list[JournalEntry]:
         """See `Store.journal`: one read transaction, caller's thread."""

@@ -313,8 +313,12 @@ def test_a_damaged_context_through_the_runtime_strict_and_fallback(empty: Damage
             t.set("n", i)
         system.adapter.activate("b").set("ok", True)
     # the stop wrote a snapshot of the last version: damage it and the journal entry that could rebuild it
-    (last,), = d.sql("SELECT max(version) FROM snapshots WHERE context_id='a'")
-    assert d.sql("SELECT max(version) FROM journal WHERE context_id='a'") == [(last,)] and last == 26
+    reader = d.opened(readonly=True)
+    try:
+        last = reader.snapshot_versions("a")[-1]
+        assert reader.journal("a")[-1].version == last == 26
+    finally:
+        reader.close()
     d.flip("snapshots", last)
     d.flip("journal", last)
     with open_system(d.target(), manager_config=cfg) as system:  # strict: refuses "a", serves the rest
@@ -458,7 +462,12 @@ def test_a_damaged_default_context_does_not_stop_the_system_from_opening(empty: 
     with open_system(d.target()) as system:
         system.adapter.activate("other").set("ok", 1)
         system.adapter.activate("default").set("k", 1)
-    for v, in d.sql("SELECT version FROM snapshots WHERE context_id='default'"):
+    reader = d.opened(readonly=True)
+    try:
+        versions = reader.snapshot_versions("default")
+    finally:
+        reader.close()
+    for v in versions:
         d.flip("snapshots", v, cid="default")
     with open_system(d.target()) as system:
         assert system.adapter.current_id() is None
