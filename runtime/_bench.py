@@ -898,11 +898,13 @@ def _bridges(run: _Run) -> list[BenchRow]:
             rows.append(_row(f"relay_{kind}", values, floors, f"{len(entries)} feed entries a round (SQLite, "
                              "sync=full), offset committed per 256; connect included on both sides; broker "
                              f"failures (batch published again) per round: {retries}"))
-            relay_lat, bare_lat = latency_sides(kind, system, writes, rate)
+            failures: list[int] = []
+            relay_lat, bare_lat = latency_sides(kind, system, writes, rate, failures)
             lat, bare = relay_lat(), bare_lat()
             rows.append(_row(f"relay_latency_{kind}", [lat[0]], [bare[0]],
                              f"p99 {lat[1]:.1f} ms (bare {bare[1]:.2f} ms); {writes} durable writes at {rate:.0f}/s, "
-                             "from the change's time (set as it is applied, before its commit) to a subscriber"))
+                             "from the change's time (set as it is applied, before its commit) to a subscriber; "
+                             f"relay broker failures: {failures[0]}"))
     return rows
 
 

@@ -288,12 +288,13 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def latency_sides(kind: str, system: ContextSystem, writes: int, rate: float
+def latency_sides(kind: str, system: ContextSystem, writes: int, rate: float, failures: list[int]
                   ) -> tuple[Callable[[], tuple[float, float]], Callable[[], tuple[float, float]]]:
     """(relay, bare): each runs one round of `writes` messages at `rate` per second and returns
     (median, p99) in ms. Relay: a durable write's change time (``at``, taken as it is applied, before
     its commit) to receipt by a subscriber, with the relay running. Bare: the client's publish (same
-    acknowledgement settings, one message at a time) to receipt by the same subscriber."""
+    acknowledgement settings, one message at a time) to receipt by the same subscriber. The relay's
+    broker failures of the round are appended to `failures`."""
     tracker = system.adapter.get_or_create(f"latency-{kind}")
     pace = threading.Event()  # paces the steady load: one write per 1/rate s (a timer, not a wait for a result)
 
@@ -322,9 +323,11 @@ def latency_sides(kind: str, system: ContextSystem, writes: int, rate: float
                 for i in range(writes):
                     tracker.set("n", i)
                     pace.wait(1 / rate)
-                return summary(collect(receiver, writes, "at"))
+                result = summary(collect(receiver, writes, "at"))
             finally:
                 relay.stop()
+            failures.append(relay.lag().failures)
+            return result
         finally:
             receiver.close()
             drop()

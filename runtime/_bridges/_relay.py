@@ -238,6 +238,9 @@ class Relay:
         while not self._stop.is_set():
             if backoff:
                 self._refresh_head(force=True)
+                if self._oldest is None and self._head > self._position:  # away since before the first batch
+                    first = self._ahead.submit(lambda: self._store_reader().feed(self._position, 1)).result()
+                    self._oldest = first[0].at if first else None
                 self._stop.wait(backoff)
                 if self._stop.is_set():
                     return

@@ -108,9 +108,9 @@ def test_a_broker_cut_off_mid_run_loses_nothing_and_the_lag_recovers(target: Tar
         proxy.cut()
         for i in range(30):
             (a, b)[i % 2].update({"n": i, "m": -i})
-        lag = wait_for(lambda: (lag := relay.lag()).failures > 0 and lag.entries > 0 and lag, 20,
-                       "the relay to notice the broker is away")
-        assert lag.entries > 0 and lag.seconds >= 0 and not lag.connected
+        lag = wait_for(lambda: (lag := relay.lag()).failures > 0 and lag.entries > 0 and lag.seconds > 0.2 and lag,
+                       20, "the relay to notice the broker is away, and its lag to age")
+        assert lag.entries > 0 and not lag.connected
         metrics = system.metrics()
         assert metrics.relay_lag_entries["cut"] > 0
         assert 'hoard_relay_lag_entries{relay="cut"}' in metrics.to_prometheus()
@@ -122,4 +122,25 @@ def test_a_broker_cut_off_mid_run_loses_nothing_and_the_lag_recovers(target: Tar
         written = {"a": a.version, "b": b.version}
         relay.stop()
         assert not relay.running
+    check_in_order(target.received(), written, exactly_once=target.kind == "nats")
+
+
+@pytest.mark.parametrize("target", ["redis", "nats"], indirect=True)
+def test_a_relay_whose_broker_is_away_from_the_start_shows_its_lag_then_catches_up(target: Target,
+                                                                                   tmp_path: Path) -> None:
+    with proxy_for(PORTS[target.kind]) as proxy, _system(tmp_path / "s.db") as system:
+        proxy.cut()
+        a = system.adapter.get_or_create("a")
+        for i in range(3):
+            a.set("n", i)
+        relay = Relay(system, target.url(proxy.port), subject=target.subject, name="late", publish_timeout=1.0,
+                      max_backoff=0.2).start()
+        lag = wait_for(lambda: (lag := relay.lag()).failures > 1 and lag.seconds > 0.2 and lag, 20,
+                       "the relay's lag to age while it cannot connect")
+        assert (lag.entries, lag.published, lag.connected) == (4, 0, False)  # created + 3 sets
+        assert system.metrics().relay_lag_seconds["late"] > 0.2
+        proxy.restore()
+        assert relay.wait_caught_up(timeout=30).entries == 0
+        written = {"a": a.version}
+        relay.stop()
     check_in_order(target.received(), written, exactly_once=target.kind == "nats")
