@@ -9,11 +9,12 @@ version that was committed, and by whom.
 
 Modes (``mode`` in the config):
 
-``hammer``  until ``duration`` has passed: activate a random one of ``ids`` (waiting at most 0.3 s
-            if another node owns it), claim it in the ``occupancy`` table (a separate record of who
-            works on what, written outside hoard), make 1-4 writes, release the claim, deactivate.
-            Reports ``ack`` per acknowledged write, ``violation`` if a claim finds the context taken,
-            and ``done`` with the number of refused activations.
+``hammer``  until ``duration`` has passed and it had ``min_turns`` turns on each context: activate a
+            random one of ``ids`` (waiting at most 0.3 s if another node owns it), claim it in the
+            ``occupancy`` table (a separate record of who works on what, written outside hoard), make
+            1-4 writes, release the claim, deactivate. Reports ``ack`` per acknowledged write,
+            ``violation`` if a claim finds the context taken, and ``done`` with the number of refused
+            activations.
 ``writer``  activate ``cid``, report ``ready``; on ``go`` write ``count`` times (forever if None),
             reporting each ``ack``; then stop the system and report ``done``.
 ``paused``  activate ``cid``, write once, then start a `transact` whose function blocks until the
@@ -75,9 +76,13 @@ def hammer(cfg: dict[str, Any]) -> None:
     rng = random.Random(os.getpid())  # noqa: S311 - picks contexts, not secrets
     emit(e="ready", owner=me)
     command()  # go
+    # Runs for ``duration`` and then on until it has had ``min_turns`` turns on every context (within
+    # ``limit`` seconds): on a loaded machine a fixed duration alone left some contexts with one owner.
     end = time.monotonic() + cfg["duration"]
+    limit = time.monotonic() + cfg.get("limit", 60.0)
+    mine = dict.fromkeys(cfg["ids"], 0)
     refused = turns = 0
-    while time.monotonic() < end:
+    while time.monotonic() < limit and (time.monotonic() < end or min(mine.values()) < cfg.get("min_turns", 0)):
         cid = rng.choice(cfg["ids"])
         try:
             tracker = system.adapter.activate(cid, timeout=0.3)
@@ -98,6 +103,7 @@ def hammer(cfg: dict[str, Any]) -> None:
             emit(e="violation", what=f"{me} found {cid} claimed by another node before deactivating")
         system.adapter.deactivate(cid)
         turns += 1
+        mine[cid] += 1
     occupancy.close()
     system.stop()
     emit(e="done", refused=refused, turns=turns)
