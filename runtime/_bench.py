@@ -30,7 +30,6 @@ import platform
 import shutil
 import sqlite3
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -44,9 +43,10 @@ from typing import Any
 import attrs
 import orjson
 import pykka
-import zstandard
 
 from hoard.storage import (
+    KIND_CHANGE,
+    KIND_STATE,
     Append,
     Change,
     Codec,
@@ -541,13 +541,10 @@ def _durable_threads(run: _Run) -> list[BenchRow]:
                  f"{per_thread} writes per thread a round; SQLite sync=full; group commit")]
 
 
-_HEADER = struct.Struct("<4sBBBxQI")  # storage's blob header: magic, format, kind, flags, length, crc32
-
-
-def _raw_payload(blob: bytes, dctx: zstandard.ZstdDecompressor) -> bytes:
-    _magic, _fmt, _kind, flags, length, _crc = _HEADER.unpack_from(blob)
-    payload = blob[_HEADER.size:]
-    return dctx.decompress(payload, max_output_size=length) if flags & 1 else payload
+def _raw_payload(blob: bytes, codec: Codec, kind: int) -> bytes:
+    """The verified payload of a stored blob, through storage's codec (header, checksum, zstd): the
+    floors read rows without hoard's store, but never parse its blob format themselves."""
+    return codec.unframe(kind, blob)
 
 
 def _build_big_context(path: str, keys: int, journal: int) -> None:
@@ -569,7 +566,7 @@ def _activation(run: _Run) -> list[BenchRow]:
     keys, journal = 10_000, 1_000
     template = run.path("activation-template.db")
     _build_big_context(template, keys, journal)
-    dctx = zstandard.ZstdDecompressor()
+    codec = Codec()
     copy = run.path("activation.db")
 
     def fresh_copy() -> None:
@@ -593,10 +590,10 @@ def _activation(run: _Run) -> list[BenchRow]:
             def read() -> None:
                 version, blob = db.execute("SELECT version, blob FROM snapshots WHERE context_id=? "
                                            "ORDER BY version DESC LIMIT 1", ("big",)).fetchone()
-                orjson.loads(_raw_payload(blob, dctx))
+                orjson.loads(_raw_payload(blob, codec, KIND_STATE))
                 for (entry,) in db.execute("SELECT blob FROM journal WHERE context_id=? AND version>? "
                                            "ORDER BY version", ("big", version)):
-                    orjson.loads(_raw_payload(entry, dctx))
+                    orjson.loads(_raw_payload(entry, codec, KIND_CHANGE))
             return _elapsed(read) * 1e3
         finally:
             db.close()
@@ -1022,7 +1019,7 @@ def _state_at(run: _Run) -> list[BenchRow]:
         newest = snaps[-1]
         target = newest - 1_000
         base = max(v for v in snaps if v <= target)
-        dctx = zstandard.ZstdDecompressor()
+        codec = Codec()
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
         expected = dict(system.manager.state_at("ctx", target).data)
 
@@ -1033,10 +1030,10 @@ def _state_at(run: _Run) -> list[BenchRow]:
             def rebuild() -> dict[str, Any]:
                 (blob,) = db.execute("SELECT blob FROM snapshots WHERE context_id=? AND version=?",
                                      ("ctx", base)).fetchone()
-                data: dict[str, Any] = dict(orjson.loads(_raw_payload(blob, dctx))["data"])
+                data: dict[str, Any] = dict(orjson.loads(_raw_payload(blob, codec, KIND_STATE))["data"])
                 for (jblob,) in db.execute("SELECT blob FROM journal WHERE context_id=? AND version>? AND "
                                            "version<=? ORDER BY version", ("ctx", base, target)):
-                    change = orjson.loads(_raw_payload(jblob, dctx))
+                    change = orjson.loads(_raw_payload(jblob, codec, KIND_CHANGE))
                     for k in change["data_del"]:
                         data.pop(k, None)
                     data.update(change["data_set"])
