@@ -197,6 +197,8 @@ class Store(Protocol):
 
     #: human-readable location, for messages
     location: str
+    #: the history policy recorded in the store (read on open; see `hoard.storage._retention`)
+    history_policy: HistoryPolicy
 
     def open(self) -> None:
         """Open for writing. Raises `StoreLockedError` at once if another writer has it open,
