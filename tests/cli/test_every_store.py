@@ -141,7 +141,8 @@ def test_every_command_gives_the_same_json_shapes_on_sqlite_and_postgresql(
         assert out["verify"] == {"ok": True, "contexts": 2, "issues": []}
         assert out["export"]["contexts"] == 2
         assert (out["imported"]["data"], out["imported"]["version"]) == (out["show"]["data"], 9)
-        assert out["compact"]["failed"] == [] and out["compact"]["journal_entries_removed"] == 8  # v2..v9: the older snapshot kept them
+        # v2..v9: the older snapshot (v1) kept them all
+        assert out["compact"]["failed"] == [] and out["compact"]["journal_entries_removed"] == 8
         assert out["after_compact"] == out["show"]
         assert out["error"] == {"error": out["error"]["error"], "type": "ContextNotFoundError", "exit_code": 1}
         assert f"hoard ls {target}" in out["error"]["error"]  # the hint names a command that runs as written
