@@ -159,6 +159,7 @@ class NatsCommandSource:
         self._durable = durable or options.get("durable") or "hoard-apply"
         self._ack_wait = float(ack_wait if ack_wait is not None else options.get("ack_wait", 30))
         self._sub: Any = None
+        self._streams: dict[str, str | None] = {}  # answer / dead-letter subject -> its stream (None: none)
 
     def connect(self, timeout: float) -> None:
         self._loop.open(timeout)
@@ -191,10 +192,18 @@ class NatsCommandSource:
         self._loop.run(message.handle.ack(), 5.0, "acknowledging")
 
     def send(self, subject: str, body: bytes, timeout: float) -> None:
+        """An answer or dead letter: a JetStream publish (acked) when a stream covers `subject`, else a
+        plain NATS message (flushed). Deciding by asking first, not by trying: a JetStream publish to
+        a subject that has a plain subscriber and no stream is a request nobody answers."""
         async def send() -> None:
-            try:
+            if subject not in self._streams:
+                try:
+                    self._streams[subject] = await self._loop.js.find_stream_name_by_subject(subject)
+                except nats.js.errors.NotFoundError:
+                    self._streams[subject] = None
+            if self._streams[subject] is not None:
                 await self._loop.js.publish(subject, body)
-            except nats.js.errors.NoStreamResponseError:  # no stream on it: a plain NATS message
+            else:
                 await self._loop.nc.publish(subject, body)
                 await self._loop.nc.flush()
         self._loop.run(send(), timeout, f"publishing to {subject!r}")

@@ -169,3 +169,45 @@ def test_an_amqp_command_sent_twice_is_applied_once_and_both_are_answered(tmp_pa
     finally:
         conn.close()
         channel.close()
+
+
+def test_a_nats_dead_letter_subject_without_a_stream_gets_a_plain_message(tmp_path: Path) -> None:
+    require_broker("nats")
+    import asyncio  # noqa: PLC0415
+
+    import nats  # noqa: PLC0415
+
+    from tests.bridges.brokers import url  # noqa: PLC0415
+
+    channel = make_channel("nats", NAME)
+    dead = f"{channel.tag}-nostream.dead"  # outside the command stream's subjects
+    received: list[bytes] = []
+
+    async def listen(ready: threading.Event, stop: threading.Event) -> None:
+        nc = await nats.connect(url("nats"))
+
+        async def note(msg: object) -> None:
+            received.append(msg.data)  # type: ignore[attr-defined]
+        await nc.subscribe(dead, cb=note)
+        await nc.flush()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)  # keeps the loop delivering until the test is done
+        await nc.close()
+
+    ready, stop = threading.Event(), threading.Event()
+    listener = threading.Thread(target=asyncio.run, args=(listen(ready, stop),), name="test-nats-listener")
+    listener.start()
+    try:
+        assert ready.wait(10)
+        with _system(tmp_path / "s.db") as system, CommandApplier(
+                system, channel.url(), channel.subject, dead_letter=dead, stream=channel.stream, name=NAME) as applier:
+            channel.send([b"not a command"])
+            wait_for(lambda: applier.stats().rejected == 1 and received, 30, "the dead letter")
+            assert applier.stats().failures == 0
+        assert orjson.loads(received[0])["error"]["type"] == "InvalidCommandError"
+        assert channel.unfinished(NAME) == 0
+    finally:
+        stop.set()
+        listener.join(10)
+        channel.close()
