@@ -56,12 +56,12 @@ def _target(kind: str, request: pytest.FixtureRequest, tmp_path: Path, name: str
     return url_for(request.getfixturevalue("pg_dsn"), schema)
 
 
-def _populate(target: str) -> None:
+def _populate(target: str, now: float | None = None) -> None:
     """Through the store API: cart (v1..v9, snapshots v1 and v6, recovery point 1 at v3, journal after
     v6) and user (v1)."""
     store = open_store(target, readonly=False)
     try:
-        now = time.time()
+        now = time.time() if now is None else now
         cart = new_state("cart", freeze_mapping({"items": []}), now=now)
         ops: list[Any] = [CreateContext(cart), CreateContext(new_state("user", freeze_mapping({"n": "a"}), now=now))]
         for v in range(2, 10):
@@ -126,9 +126,10 @@ def _outputs(hoard: Hoard, target: str, other: str, archive: str) -> dict[str, A
 def test_every_command_gives_the_same_json_shapes_on_sqlite_and_postgresql(
         hoard: Hoard, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     results = {}
+    now = time.time()
     for kind in ("sqlite", "postgres"):
         target = _target(kind, request, tmp_path)
-        _populate(target)
+        _populate(target, now)
         other = _target(kind, request, tmp_path, "other.db")
         results[kind] = out = _outputs(hoard, target, other, str(tmp_path / f"{kind}.hoard"))
         assert [r["id"] for r in out["ls"]] == ["cart", "user"] and out["ls"][0]["version"] == 9
