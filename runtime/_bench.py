@@ -909,9 +909,9 @@ def _bridges(run: _Run) -> list[BenchRow]:
 def _feed_cost(run: _Run) -> list[BenchRow]:
     """Durable sets with history='all' and the feed against the same sets with neither (SQLite,
     sync=full, immediate): 1 thread, and 16 threads on 16 contexts."""
-    n = run.n(200, 1_000)
+    n = run.n(100, 1_000)
     items = _items(n)
-    threads, per_thread = 16, run.n(25, 100)
+    threads, per_thread = 16, run.n(15, 100)
     rows = []
     for name, with_threads in (("feed_write_cost", False), ("feed_write_cost_16_threads", True)):
         both = run.system(run.path(f"{name}-on.db"), "immediate", sync="full", history="all", feed=True)
@@ -970,7 +970,7 @@ def _pg_feed_cost(run: _Run) -> list[BenchRow]:
 def _feed_read(run: _Run) -> list[BenchRow]:
     """A consumer reading the whole feed through `system.changes(timeout=0)` against a raw range scan
     of the feed table by offset (same batches of 1,000, no decoding)."""
-    n = run.n(5_000, 50_000)
+    n = run.n(2_000, 50_000)
     path = run.path("feed-read.db")
     system = run.system(path, "immediate", sync="normal")
     try:

@@ -123,7 +123,7 @@ def test_open_creates_the_tables_and_records_the_schema_version(make_pg_store: M
     make_pg_store()
     tables = {r[0] for r in sql(pg_dsn, "SELECT tablename FROM pg_tables WHERE schemaname = %s", (pg_schema,))}
     assert tables == {"schema_version", "contexts", "snapshots", "journal", "recovery_points", "leases", "feed",
-                      "feed_head", "feed_consumers"}
+                      "feed_head", "feed_consumers", "settings"}
     assert sql(pg_dsn, "SELECT version FROM schema_version ORDER BY version", schema=pg_schema) == [(1,), (2,)]
     make_pg_store()  # a second opener (another process, say) migrates nothing
     assert sql(pg_dsn, "SELECT count(*) FROM schema_version", schema=pg_schema) == [(2,)]
