@@ -20,6 +20,9 @@ from ._cell import fresh_mark as fresh_mark
 from ._context import ContextActor as ContextActor
 from ._context import UnknownMessageError as UnknownMessageError
 from ._draft import Draft as Draft
+from ._events import OVERFLOW_POLICIES as OVERFLOW_POLICIES
+from ._events import Backlogs as Backlogs
+from ._events import ChangesLost as ChangesLost
 from ._events import ContextActivated as ContextActivated
 from ._events import ContextCreated as ContextCreated
 from ._events import ContextDeactivated as ContextDeactivated
@@ -38,6 +41,7 @@ from ._events import RecoveryPointDeleted as RecoveryPointDeleted
 from ._events import Restored as Restored
 from ._events import StateChanged as StateChanged
 from ._events import Subscribe as Subscribe
+from ._events import SubscriberOverflow as SubscriberOverflow
 from ._events import Switched as Switched
 from ._events import Unsubscribe as Unsubscribe
 from ._future import DEFERRED as DEFERRED
@@ -97,10 +101,13 @@ __all__ = [
     "DURABILITIES",
     "EPOCH",
     "LATENCY_BOUNDS",
+    "OVERFLOW_POLICIES",
     "SIZE_BOUNDS",
     "Activate",
     "AddContext",
     "AttachSupervisor",
+    "Backlogs",
+    "ChangesLost",
     "CollectMetrics",
     "Configure",
     "ContextActivated",
@@ -157,6 +164,7 @@ __all__ = [
     "StoreCall",
     "StoreWrite",
     "Subscribe",
+    "SubscriberOverflow",
     "SupervisorActor",
     "SupervisorSettings",
     "Sweep",

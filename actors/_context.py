@@ -63,11 +63,12 @@ from hoard.storage import (
 
 from ._cell import ContextCell
 from ._draft import Draft
-from ._events import NO_EVENTS, Emitter, MetadataChanged, Restored, StateChanged
+from ._events import NO_EVENTS, ChangesLost, Emitter, MetadataChanged, Restored, StateChanged
 from ._future import DEFERRED, Reply
 from ._messages import (
     BindSchema,
     Commit,
+    CommitsResumed,
     Confirm,
     ContextCrashed,
     CreateRecoveryPoint,
@@ -77,7 +78,9 @@ from ._messages import (
     GetMetrics,
     GetState,
     Passivate,
+    Rebase,
     Restore,
+    Resume,
     Rollback,
     SaveRecoveryPoint,
     SaveSnapshot,
@@ -90,7 +93,7 @@ from ._messages import (
 from ._metrics import Counters, Histogram, kind_of
 from ._settings import ContextSettings
 
-__all__ = ["RESERVED_PREFIX", "ContextActor", "Inbox", "UnknownMessageError"]
+__all__ = ["RESERVED_PREFIX", "ContextActor", "Inbox", "UnknownMessageError", "check_reserved"]
 
 RESERVED_PREFIX = "hoard:"  # metadata keys hoard itself writes (the schema marker)
 
@@ -107,7 +110,7 @@ def _kind(cls: type) -> str:
     return kind
 
 
-_AFTER_PASSIVATION = frozenset({Get, GetState, GetMetrics, Passivate, Rollback})  # no write among them
+_AFTER_PASSIVATION = frozenset({Get, GetState, GetMetrics, Passivate, Resume, Rollback, CommitsResumed})  # no write
 _PUBLIC = frozenset({Get, GetState, Set, Update, Delete, SetMetadata, Transact, Restore, CreateRecoveryPoint})
 _WRITES = frozenset({Set, Update, Delete, SetMetadata, Transact, Restore})
 
@@ -159,6 +162,10 @@ class ContextActor(pykka.ThreadingActor):
         self.settings = settings
         self._immediate = settings.durability == "immediate"
         self._deferred = settings.durability == "deferred"
+        # deferred mode: the highest version answered before its commit, and whether commits are
+        # failing (then every write waits for its commit, as in immediate mode, until one succeeds)
+        self._acked = cell.state.version
+        self._degraded = False
         # An upper bound of the JSON size of data + metadata: None until the first write measures it
         # exactly (an O(n) encode, kept off the activation path); then each change adds what it sets,
         # and only a bound that crosses max_state_bytes is measured exactly again.
@@ -176,6 +183,8 @@ class ContextActor(pykka.ThreadingActor):
             CreateRecoveryPoint: self._on_create_recovery_point,
             Passivate: self._on_passivate,
             Rollback: self._on_rollback,
+            Resume: self._on_resume,
+            CommitsResumed: self._on_commits_resumed,
             BindSchema: self._on_bind_schema,
             GetMetrics: self._on_get_metrics,
         }
@@ -346,7 +355,7 @@ class ContextActor(pykka.ThreadingActor):
             result = None
         self.working, self._size = new, size
         event = _state_event(w, change, new, rp_id) if self.events.active else None
-        if self._immediate:
+        if self._immediate or self._degraded:
             # the persistence actor publishes after the commit, emits, and answers the caller
             reply = self._reply()
             self.persistence.tell(Commit(self.cell, change, new, reply, result, True, event, self._t0))
@@ -356,6 +365,7 @@ class ContextActor(pykka.ThreadingActor):
             self.events.emit(event)
         if self._deferred:
             self.persistence.tell(Commit(self.cell, change, new, None, result, False))
+            self._acked = new.version
         return result
 
     def _frozen(self, key: str, value: Any) -> tuple[Any, int]:
@@ -401,8 +411,9 @@ class ContextActor(pykka.ThreadingActor):
     def _on_set_metadata(self, m: SetMetadata) -> Any:
         self._check_version(m.expected_version)
         sets, growth = self._frozen_mapping(m.values)
-        dels = tuple(validate_key(k, self.cell.id) for k in m.remove if k in self.working.metadata)
-        _check_reserved([*sets, *dels], self.cell.id)
+        # validate first: `in` hashes the key, and a str subclass's own __hash__ is user code
+        dels = tuple(k for k in (validate_key(k, self.cell.id) for k in m.remove) if k in self.working.metadata)
+        check_reserved([*sets, *dels], self.cell.id)
         return self._apply({"meta_set": sets, "meta_del": dels}, growth, request_id=m.request_id, by=m.by)
 
     def _on_transact(self, m: Transact) -> Any:
@@ -427,7 +438,7 @@ class ContextActor(pykka.ThreadingActor):
         meta_set = {k: v for k, v in meta_frozen.items()
                     if k not in w.metadata or not _same_value(w.metadata[k], v)}
         meta_del = tuple(k for k in w.metadata if k not in meta_frozen)
-        _check_reserved([*meta_set, *meta_del], self.cell.id)
+        check_reserved([*meta_set, *meta_del], self.cell.id)
         growth += sum(encoded_size(v) + encoded_size(k) + 2 for k, v in meta_set.items())
         if m.with_version:
             result = Transacted(result, w.version + 1)
@@ -502,13 +513,34 @@ class ContextActor(pykka.ThreadingActor):
         self.persistence.tell(SaveSnapshot(self.working, reply))
         return DEFERRED if reply is not None else None
 
+    def _on_resume(self, _m: Resume) -> None:
+        self._passivated = False
+
     def _on_rollback(self, m: Rollback) -> None:
-        if m.state.version <= self.working.version:
-            log.warning("context %r: commits failed; back to durable version %d (was %d)",
-                        self.cell.id, m.state.version, self.working.version)
-            self.working = m.state
-            self.cell.state = m.state
-            self._size = None  # measured again on the next write
+        state = m.state
+        if state.version > self.working.version:
+            return
+        if self._deferred:
+            # until a commit succeeds, every write waits for its commit (PersistenceError while they fail)
+            self._degraded = True
+            if self._acked > state.version:
+                # acknowledged changes are lost: continue from the durable data at a version above
+                # every one ever acknowledged (or handed out), so none is reused, and say so
+                lost = (state.version + 1, self._acked)
+                state = attrs.evolve(state, version=self.working.version + 1, updated_at=self.settings.clock())
+                self.persistence.tell(Rebase(self.cell, state))  # written before the next change
+                log.error("context %r: commits failed; acknowledged versions %d-%d are lost; continuing "
+                          "from durable data at v%d", self.cell.id, lost[0], lost[1], state.version)
+                self.events(ChangesLost, self.cell.id, first=lost[0], last=lost[1], version=state.version)
+            self._acked = state.version
+        log.warning("context %r: commits failed; back to durable data at version %d (was %d)",
+                    self.cell.id, state.version, self.working.version)
+        self.working = state
+        self.cell.state = state
+        self._size = None  # measured again on the next write
+
+    def _on_commits_resumed(self, _m: CommitsResumed) -> None:
+        self._degraded = False
 
 
 class _UserError(Exception):
@@ -524,7 +556,7 @@ _NONE: Any = object()  # "the reply is None" (a transact fn that returned None),
 _MISSING: Any = object()
 
 
-def _check_reserved(keys: list[str], context_id: str) -> None:
+def check_reserved(keys: list[str], context_id: str) -> None:
     for k in keys:
         if k.startswith(RESERVED_PREFIX):
             raise InvalidValueError(k, f"metadata keys starting with {RESERVED_PREFIX!r} are reserved for hoard",

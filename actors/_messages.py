@@ -321,6 +321,12 @@ class Confirm:
 
 
 @attrs.frozen
+class Resume:
+    """From the supervisor: a passivation failed and the context stays active (its final snapshot, the
+    only copy of a ``durability="none"`` context's changes, could not be written); serve calls again."""
+
+
+@attrs.frozen
 class Rollback:
     """From the persistence actor: commits failed; go back to `state` (the last durable one)."""
 
@@ -341,6 +347,30 @@ class Commit:
     publish: bool
     event: Any = None  # the StateChanged to emit once committed (None when nobody subscribes)
     started: float = 0.0  # perf_counter() when the context actor took the call (call latency)
+
+
+@attrs.frozen
+class Rebase:
+    """From a ``deferred`` context actor after a failed commit lost acknowledged changes: `state` (the
+    last durable data at a version above every acknowledged one) is what the store must hold before
+    the context's next change."""
+
+    cell: ContextCell
+    state: ContextState
+
+
+@attrs.frozen
+class CommitsResumed:
+    """From the persistence actor to a ``deferred`` context whose commits had failed: one succeeded;
+    answer writes at once again."""
+
+
+@attrs.frozen
+class Abandon:
+    """From the supervisor: it gave up waiting for the `Load` of `context_id` (told after it, so it
+    is handled after it): forget the context and release its lease, unless a later load took it."""
+
+    context_id: str
 
 
 @attrs.frozen
@@ -403,6 +433,7 @@ class Activate:
     metadata: Mapping[str, Any] | None = None
     must_create: bool = False  # create_and_activate: fail if it exists
     schema: Any = None  # a hoard.storage.Schema to bind (and register for later activations)
+    timeout: float | None = None  # how long the caller waits: the supervisor waits at least that (and call_timeout)
 
 
 @attrs.frozen
@@ -507,4 +538,8 @@ class Sweep:
 
 @attrs.frozen
 class Shutdown:
-    """Passivate every context, then close the store. Reply: None."""
+    """Passivate every context, then close the store. Reply: None. A ``durability="none"`` context
+    whose final snapshot fails is kept (`StateNotSavedError`, nothing stops) unless
+    `discard_unsaved`: then it is stopped all the same and its unsaved changes are gone."""
+
+    discard_unsaved: bool = False

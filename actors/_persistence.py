@@ -41,6 +41,7 @@ import pykka
 
 from hoard.storage import (
     Append,
+    ContextLockedError,
     ContextState,
     CreateContext,
     DeleteContext,
@@ -51,6 +52,7 @@ from hoard.storage import (
     PutRecoveryPoint,
     PutSnapshot,
     RecoveryPoint,
+    StateNotSavedError,
     Store,
     context_of,
 )
@@ -66,12 +68,15 @@ from ._events import (
 )
 from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases
 from ._messages import (
+    Abandon,
     Close,
     Commit,
+    CommitsResumed,
     Confirm,
     Flush,
     GetMetrics,
     Load,
+    Rebase,
     Rollback,
     SaveRecoveryPoint,
     SaveSnapshot,
@@ -111,6 +116,10 @@ class PersistenceActor(pykka.ThreadingActor):
         self._flush_queued = False
         self._timer: threading.Timer | None = None
         self._durable: dict[str, ContextState] = {}  # last committed state of each active context
+        # deferred mode, after a failed commit lost acknowledged changes: the state (durable data at a
+        # version above every acknowledged one) to write before the context's next change
+        self._gaps: dict[str, ContextState] = {}
+        self._failing: set[str] = set()  # deferred contexts whose last commit failed
         self._since_snapshot: dict[str, int] = {}
         self._closed = False
         self.leases = LeaseKeeper(store)  # no-op unless the store has ownership leases
@@ -122,6 +131,8 @@ class PersistenceActor(pykka.ThreadingActor):
             Commit: self._on_commit,
             Confirm: self._on_confirm,
             Flush: lambda _m: self._flush(),
+            Rebase: self._on_rebase,
+            Abandon: self._on_abandon,
             Load: self._on_load,
             SaveSnapshot: self._on_save_snapshot,
             SaveRecoveryPoint: self._on_save_recovery_point,
@@ -135,7 +146,7 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if self._closed and not isinstance(message, (Close, Flush)):
-            if isinstance(message, (RenewLeases, AttachSupervisor)):
+            if isinstance(message, (RenewLeases, AttachSupervisor, Rebase, Abandon)):
                 return None  # told, late: nothing to do once closed
             error = PersistenceError(f"store {self.store.location!r} is closed")
             if isinstance(message, Commit | SaveSnapshot | SaveRecoveryPoint | Confirm) and message.reply is not None:
@@ -204,7 +215,25 @@ class PersistenceActor(pykka.ThreadingActor):
             self._timer.cancel()
             self._timer = None
 
+    def _on_abandon(self, m: Abandon) -> None:
+        """The supervisor gave up on the `Load` before this one: the context is not active, so
+        nothing of it is kept here and its lease is released (the next owner may take it at once)."""
+        if m.context_id in self._durable:
+            self._forget([m.context_id])
+            self.leases.release([m.context_id])
+            log.warning("context %r: its activation timed out; loaded too late, let go of (lease released)",
+                        m.context_id)
+
+    def _on_rebase(self, m: Rebase) -> None:
+        """A deferred context lost acknowledged changes and continues at `m.state`; the store gets it
+        (as a snapshot ahead of the stored version) with the context's next commit, or its final
+        snapshot. Until then the gap is where the context's versions continue."""
+        self._gaps[m.state.id] = m.state
+
     def _tip(self, context_id: str) -> int:
+        gap = self._gaps.get(context_id)
+        if gap is not None:
+            return gap.version
         durable = self._durable.get(context_id)
         if durable is not None:
             return durable.version
@@ -239,6 +268,16 @@ class PersistenceActor(pykka.ThreadingActor):
             try:
                 self._commit_ops(ops, accepted, counts)
                 return
+            except ContextLockedError as exc:
+                # another session holds these contexts' rows locked: fail (and roll back) only their
+                # changes; the rest of the batch goes again without them (never waits behind them)
+                self.stats["failed_commits"] += 1
+                locked = set(exc.context_ids)
+                self._commit_failed([m for m in accepted if m.cell.id in locked], exc)
+                batch = [m for m in accepted if m.cell.id not in locked]
+                if not batch or len(batch) == len(accepted):
+                    self._commit_failed(batch, exc)
+                    return
             except FencedOffError as exc:
                 # another owner took a context over: its callers get this error and it is dropped here
                 # (no rollback: it may not be written any more); the rest goes again without it
@@ -270,6 +309,8 @@ class PersistenceActor(pykka.ThreadingActor):
                     f"change v{m.change.version} of {cid!r} was built on a change that failed to commit; "
                     f"the context is back at v{tip}; retry", context_id=cid))
                 continue
+            if cid not in tips and cid in self._gaps:
+                ops.append(PutSnapshot(self._gaps[cid]))  # the version the context continues from
             tips[cid] = m.change.version
             ops.append(Append(cid, m.change))
             accepted.append(m)
@@ -285,7 +326,7 @@ class PersistenceActor(pykka.ThreadingActor):
         started = perf_counter()
         try:
             self.store.commit(ops)
-        except FencedOffError:
+        except (FencedOffError, ContextLockedError):
             raise
         except Exception as exc:  # noqa: BLE001 - every caller is answered with a PersistenceError
             if not self._landed(accepted):
@@ -304,6 +345,12 @@ class PersistenceActor(pykka.ThreadingActor):
         self.stats["snapshots"] += sum(isinstance(op, PutSnapshot) for op in ops)
         self._since_snapshot = counts
         for m in accepted:
+            self._gaps.pop(m.cell.id, None)  # written with this batch (see _prepare)
+            if m.cell.id in self._failing:
+                self._failing.discard(m.cell.id)
+                with contextlib.suppress(pykka.ActorDeadError):
+                    if m.cell.actor_ref is not None:
+                        m.cell.actor_ref.tell(CommitsResumed())
             if m.cell.id in self._durable or m.cell.closed is False:
                 self._durable[m.cell.id] = m.state
             if m.publish:
@@ -335,6 +382,8 @@ class PersistenceActor(pykka.ThreadingActor):
             f"commit to {self.store.location!r} failed: {exc!r}")
         log.error("group commit of %d changes failed: %s", len(accepted), error)
         # roll back before answering: a caller's next call then reaches its actor after the Rollback
+        if self.settings.durability == "deferred":
+            self._failing.update(m.cell.id for m in accepted)
         for cell in {id(m.cell): m.cell for m in accepted}.values():
             try:
                 self._rollback(cell)
@@ -378,7 +427,10 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def _rollback(self, cell: Any) -> None:
         durable = self._durable.get(cell.id)
-        if durable is None or self.leases.enabled:
+        gap = self._gaps.get(cell.id)
+        if gap is not None:
+            durable = gap  # not stored yet, but the versions before it were handed out: never reuse them
+        elif durable is None or self.leases.enabled:
             # a shared store is the truth: a connection lost while COMMIT was in flight leaves the
             # outcome to the store (it resolves it, or reports it unknown), so re-read what it holds
             try:
@@ -413,6 +465,9 @@ class PersistenceActor(pykka.ThreadingActor):
         except BaseException:
             self.leases.release([m.context_id])  # not activated: do not keep others out
             raise
+        gap = self._gaps.get(m.context_id)
+        if state is not None and gap is not None and gap.version > state.version:
+            state = gap  # restarted after losing changes: continue where the versions are, never below
         if state is None:
             self.leases.release([m.context_id])
         else:
@@ -433,30 +488,48 @@ class PersistenceActor(pykka.ThreadingActor):
                     lost_versions=tuple(report.lost_versions))
 
     def _on_save_snapshot(self, m: SaveSnapshot) -> None:
-        """Snapshot on passivation. Afterwards the context is no longer tracked here."""
+        """Snapshot on passivation. Afterwards the context is no longer tracked here, except when it
+        is ``durability="none"`` and the snapshot failed: that snapshot is the only copy of its
+        changes, so the caller gets `StateNotSavedError`, and the context (and its lease) stays here,
+        to be kept active by the supervisor and saved by a later passivation."""
         self._flush()
         cid = m.state.id
+        only_copy = self.settings.durability == "none"  # the snapshot is the only copy of its changes
+        kept = False
         try:
             fenced = self.leases.check(cid)
             if fenced is not None:
                 raise fenced  # taken over by another owner: nothing more may be written
-            if self.settings.durability == "none":
+            if only_copy:
                 target: ContextState | None = m.state  # a checkpoint of changes never journaled
             else:
                 # never snapshot what was not committed: the last durable state is what is stored
-                target = self._durable.get(cid)
+                # (or, after lost changes, that data at the version the context continued from)
+                target = self._gaps.get(cid) or self._durable.get(cid)
             if target is not None and self.store.info(cid) is not None:
                 self.store.commit([PutSnapshot(target)])
                 self.stats["snapshots"] += 1
+                if self._gaps.get(cid) is target:
+                    del self._gaps[cid]
         except HoardError as exc:
+            if only_copy and m.reply is not None and not isinstance(exc, FencedOffError):
+                # the changes exist nowhere else: keep the context (and its lease) here; the
+                # supervisor keeps it active, and the caller may retry once the cause is fixed
+                kept = True
+                cause, exc = exc, StateNotSavedError(
+                    f"context {cid!r} v{m.state.version} (durability='none') could not be saved: {exc}; "
+                    "it stays active with every change; free space (or fix the store) and retry",
+                    context_id=cid)
+                exc.__cause__ = cause
             if m.reply is not None:
                 m.reply.fail(exc)
                 return
             raise
         finally:
-            self._durable.pop(cid, None)
-            self._since_snapshot.pop(cid, None)
-            self.leases.release([cid])  # after the last write: the next owner may take it at once
+            if not kept:
+                self._durable.pop(cid, None)
+                self._since_snapshot.pop(cid, None)
+                self.leases.release([cid])  # after the last write: the next owner may take it at once
         if m.reply is not None:
             m.reply.resolve(None)
 
@@ -512,6 +585,7 @@ class PersistenceActor(pykka.ThreadingActor):
         for op in m.ops:
             if isinstance(op, DeleteContext):
                 self._durable.pop(op.context_id, None)
+                self._gaps.pop(op.context_id, None)
                 self._since_snapshot.pop(op.context_id, None)
             elif isinstance(op, CreateContext):
                 self.events(ContextCreated, op.state.id, by=op.by)

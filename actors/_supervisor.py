@@ -16,11 +16,13 @@ never names an inactive context.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pykka
 
 from hoard.storage import (
@@ -34,7 +36,9 @@ from hoard.storage import (
     CreateContext,
     DeleteContext,
     HoardError,
+    InvalidValueError,
     PersistenceError,
+    StateNotSavedError,
     SystemStoppedError,
     freeze_mapping,
     new_state,
@@ -42,7 +46,7 @@ from hoard.storage import (
 )
 
 from ._cell import EPOCH, ContextCell, advance_epoch
-from ._context import ContextActor
+from ._context import ContextActor, check_reserved
 from ._events import (
     NO_EVENTS,
     ContextActivated,
@@ -56,6 +60,7 @@ from ._events import (
 )
 from ._leases import LeasesLost
 from ._messages import (
+    Abandon,
     Activate,
     AddContext,
     BindSchema,
@@ -76,6 +81,7 @@ from ._messages import (
     Passivate,
     RemoveContext,
     Reset,
+    Resume,
     SaveSnapshot,
     SetPinned,
     Shutdown,
@@ -152,11 +158,16 @@ class SupervisorActor(pykka.ThreadingActor):
         return self._handlers[type(message)](message)
 
     # -- talking to the persistence actor ------------------------------------------------------------
-    def _ask_persistence(self, message: Any, what: str, context_id: str | None = None) -> Any:
-        timeout = self.settings.call_timeout
+    def _ask_persistence(self, message: Any, what: str, context_id: str | None = None,
+                         timeout: float | None = None) -> Any:
+        timeout = self.settings.call_timeout if timeout is None else timeout
         try:
             return self.persistence.ask(message, timeout=timeout)
         except pykka.Timeout as exc:
+            if isinstance(message, Load):
+                # the load still runs, later: have the persistence actor let go of it then (lease
+                # released), so that no lease is ever held for a context that is not active here
+                self.persistence.tell(Abandon(message.context_id))
             raise ContextTimeoutError(what, timeout, context_id) from exc
         except pykka.ActorDeadError as exc:
             raise PersistenceError(f"{what}: the persistence actor is gone", context_id=context_id) from exc
@@ -216,7 +227,7 @@ class SupervisorActor(pykka.ThreadingActor):
             previous, self.current = self.current, cid
             self.events(Switched, cid, previous=previous)
 
-    def _start(self, cid: str, m: Activate) -> ContextCell:
+    def _start(self, cid: str, m: Activate, resume: ContextState | None = None) -> ContextCell:
         create = self.settings.auto_create_contexts if m.create is None else m.create
         absent = False  # known not to be stored (asked once, not again for max_contexts)
         if m.must_create:
@@ -232,9 +243,15 @@ class SupervisorActor(pykka.ThreadingActor):
                 raise CapacityError(f"cannot create {cid!r}: the store holds max_contexts="
                                     f"{self.settings.max_contexts} contexts", limit=self.settings.max_contexts,
                                     context_id=cid)
-        state = self._ask_persistence(Load(cid, template), f"loading context {cid!r}", cid)
+        # as long as the caller waits, and never less than call_timeout: a load that completes after a
+        # short caller timeout becomes an active context (served, evictable); one this actor gives up
+        # on is abandoned (see _ask_persistence): never a lease without an active context
+        wait = None if m.timeout is None else max(m.timeout, self.settings.call_timeout)
+        state = self._ask_persistence(Load(cid, template), f"loading context {cid!r}", cid, wait)
         if state is None:
             raise ContextNotFoundError(cid)
+        if resume is not None and resume.version > state.version:
+            state = resume  # see _on_crashed
         self._make_room(cid, m.make_current)
         cell = ContextCell(cid, state)
         cell.pinned = cid in self.pinned
@@ -246,9 +263,18 @@ class SupervisorActor(pykka.ThreadingActor):
         return cell
 
     def _new_state(self, cid: str, data: Any, metadata: Any) -> ContextState:
+        """The first state of a new context, held to the limits every later change is held to:
+        `InvalidValueError` (nothing stored) for a bad value, a state over ``max_state_bytes`` (it could
+        never be read back) or a reserved ``hoard:`` metadata key."""
         limit = self.context_settings.max_value_bytes
-        return new_state(cid, freeze_mapping(data or {}, limit, cid), freeze_mapping(metadata or {}, limit, cid),
-                         self.context_settings.clock())
+        frozen_data = freeze_mapping(data if data is not None else {}, limit, cid)
+        frozen_meta = freeze_mapping(metadata if metadata is not None else {}, limit, cid)
+        check_reserved(list(frozen_meta), cid)
+        size = len(orjson.dumps(frozen_data)) + len(orjson.dumps(frozen_meta))
+        if size > self.context_settings.max_state_bytes:
+            raise InvalidValueError(None, f"the initial state would be {size} bytes, over max_state_bytes="
+                                    f"{self.context_settings.max_state_bytes}", context_id=cid)
+        return new_state(cid, frozen_data, frozen_meta, self.context_settings.clock())
 
     def _candidates(self, incoming: str, becomes_current: bool) -> list[ContextCell]:
         """Contexts that may be evicted for `incoming`: never the default, a pinned context, the
@@ -284,7 +310,6 @@ class SupervisorActor(pykka.ThreadingActor):
         cell.closed = True
         timeout = self.settings.call_timeout
         try:
-            self._retire_metrics(cell.actor_ref.ask(GetMetrics(), timeout=timeout))
             cell.actor_ref.ask(Passivate(), timeout=timeout)
         except pykka.ActorDeadError:
             pass
@@ -292,8 +317,17 @@ class SupervisorActor(pykka.ThreadingActor):
             log.error("context %r did not passivate within %s s; stopping it anyway", cell.id, timeout)
             cell.actor_ref.stop(block=False)
             raise ContextTimeoutError(f"passivating {cell.id!r}", timeout, cell.id) from exc
+        except StateNotSavedError:
+            # durability="none": the snapshot was the only copy of its changes. Keep it active: Resume
+            # lands in its mailbox before any call a tracker may send once the cell is open again
+            cell.actor_ref.tell(Resume())
+            cell.closed = False
+            raise
         except HoardError as exc:
             log.error("context %r: final snapshot failed (%s); its journal is intact", cell.id, exc)
+        # its counts are missing from the metrics if it cannot answer; it is passivated all the same
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            self._retire_metrics(cell.actor_ref.ask(GetMetrics(), timeout=timeout))
         try:
             cell.actor_ref.stop(block=True, timeout=timeout)
         except pykka.Timeout as exc:
@@ -308,13 +342,21 @@ class SupervisorActor(pykka.ThreadingActor):
         del self.cells[cid]
         try:
             self._passivate(cell)
-        finally:
-            self.stats["deactivations"] += 1
-            self.events(ContextDeactivated, cid, version=cell.state.version, reason=reason)
-            if self.current == cid:
-                self._fall_back_to_default()
+        except StateNotSavedError:
+            self.cells[cid] = cell  # still active, every change kept; a later deactivation may save it
+            raise
+        except BaseException:
+            self._deactivated(cid, cell, reason)
+            raise
+        self._deactivated(cid, cell, reason)
         log.debug("deactivated %r (%s)", cid, reason.value)
         return True
+
+    def _deactivated(self, cid: str, cell: ContextCell, reason: DeactivationReason) -> None:
+        self.stats["deactivations"] += 1
+        self.events(ContextDeactivated, cid, version=cell.state.version, reason=reason)
+        if self.current == cid:
+            self._fall_back_to_default()
 
     def _fall_back_to_default(self) -> None:
         default = self.settings.default_context_id
@@ -348,8 +390,11 @@ class SupervisorActor(pykka.ThreadingActor):
         self.stats["restarts"] += 1
         log.warning("context %r crashed (%s); restart %d of %d within %s s", cid, m.reason, len(recent),
                     self.settings.max_restarts, self.settings.restart_window)
+        # durability="none": the store holds only the last checkpoint; the acknowledged changes since
+        # are in the last published state, which a crash (a bug in the write path) never touches
+        resume = m.cell.state if self.context_settings.durability == "none" else None
         try:
-            cell = self._start(cid, Activate(cid, create=False, make_current=False))
+            cell = self._start(cid, Activate(cid, create=False, make_current=False), resume=resume)
         except HoardError as exc:
             self.failed[cid] = f"restart failed: {exc}"
             log.error("context %r FAILED: could not restart: %s", cid, exc)
@@ -377,8 +422,13 @@ class SupervisorActor(pykka.ThreadingActor):
                 self.seen[cid] = (cell.touched, now)
             elif now - since >= timeout and cid not in protected and not cell.pinned:
                 idle.append(cid)
-        for cid in idle:
-            self._deactivate(cid, DeactivationReason.IDLE)
+        for cid in list(idle):
+            try:
+                self._deactivate(cid, DeactivationReason.IDLE)
+            except StateNotSavedError as exc:  # kept active with its changes; tried again next sweep
+                log.error("idle context %r not passivated: %s", cid, exc)
+                idle.remove(cid)
+                continue
             self.stats["passivations"] += 1
         for cid in [c for c in self.seen if c not in self.cells]:
             del self.seen[cid]
@@ -539,20 +589,47 @@ class SupervisorActor(pykka.ThreadingActor):
                 log.error("default context %r could not be loaded; opening with no current context: %s", cid, exc)
                 self.events(ContextFailed, cid, reason=self.failed[cid])
 
-    def _on_shutdown(self, _m: Shutdown) -> None:
+    def _on_shutdown(self, m: Shutdown) -> None:
         errors: list[BaseException] = []
+        kept: dict[str, ContextCell] = {}
+        discarded: list[str] = []
         for cid in list(self.cells):
             cell = self.cells.pop(cid)
             try:
                 self._passivate(cell)
                 self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.SHUTDOWN)
+            except StateNotSavedError as exc:
+                errors.append(exc)
+                if not m.discard_unsaved:
+                    kept[cid] = cell
+                    continue
+                log.error("context %r: stopped without saving (discard_unsaved): %s", cid, exc)
+                discarded.append(cid)
+                cell.closed = True
+                with contextlib.suppress(pykka.Timeout):
+                    cell.actor_ref.stop(block=True, timeout=self.settings.call_timeout)
             except HoardError as exc:  # keep going: every other context still gets its snapshot
                 errors.append(exc)
+        if kept:
+            # durability="none" contexts whose only copy could not be saved: the system keeps running
+            # (store open, those contexts active) so that a retried stop() can save them
+            self.cells.update(kept)
+            if self.current not in self.cells:
+                self._fall_back_to_default()
+            raise StateNotSavedError(
+                f"could not save {len(kept)} context(s) (durability='none'): {', '.join(map(repr, kept))}; "
+                f"the system keeps running with them; fix the cause and stop again (first error: {errors[0]})",
+                context_id=next(iter(kept)))
         self.current = None
         try:
             self._ask_persistence(Close(), "closing the store")
         finally:
             self.stopped = True
+        if discarded:
+            raise StateNotSavedError(
+                f"stopped without saving {len(discarded)} context(s) (durability='none', discard_unsaved): "
+                f"{', '.join(map(repr, discarded))}; their changes since their last save are gone "
+                f"(first error: {errors[0]})", context_id=discarded[0])
         if errors:
             raise errors[0]
 

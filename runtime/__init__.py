@@ -11,6 +11,7 @@ Start with `open_system(path)` (SQLite) or `create_manager()` / `create_adapter(
 
 import logging as _logging
 
+from hoard.actors import ChangesLost as ChangesLost
 from hoard.actors import ContextActivated as ContextActivated
 from hoard.actors import ContextCreated as ContextCreated
 from hoard.actors import ContextDeactivated as ContextDeactivated
@@ -28,6 +29,7 @@ from hoard.actors import RecoveryPointDeleted as RecoveryPointDeleted
 from hoard.actors import RemoteChange as RemoteChange
 from hoard.actors import Restored as Restored
 from hoard.actors import StateChanged as StateChanged
+from hoard.actors import SubscriberOverflow as SubscriberOverflow
 from hoard.actors import Switched as Switched
 from hoard.actors import Transacted as Transacted
 from hoard.actors import acting_as as acting_as
@@ -38,6 +40,7 @@ from hoard.storage import ConfigError as ConfigError
 from hoard.storage import ContextCrashedError as ContextCrashedError
 from hoard.storage import ContextExistsError as ContextExistsError
 from hoard.storage import ContextFailedError as ContextFailedError
+from hoard.storage import ContextLockedError as ContextLockedError
 from hoard.storage import ContextNotFoundError as ContextNotFoundError
 from hoard.storage import ContextOwnedElsewhereError as ContextOwnedElsewhereError
 from hoard.storage import ContextState as ContextState
@@ -65,6 +68,7 @@ from hoard.storage import SchemaNameMismatchError as SchemaNameMismatchError
 from hoard.storage import SchemaNameWarning as SchemaNameWarning
 from hoard.storage import SchemaValidationError as SchemaValidationError
 from hoard.storage import SQLiteStore as SQLiteStore
+from hoard.storage import StateNotSavedError as StateNotSavedError
 from hoard.storage import Store as Store
 from hoard.storage import StoreLockedError as StoreLockedError
 from hoard.storage import SystemStoppedError as SystemStoppedError
@@ -117,6 +121,7 @@ __all__ = [
     "CallOutcomeUnknownError",
     "CapacityError",
     "ChangeStream",
+    "ChangesLost",
     "CommandApplier",
     "ConfigError",
     "ContextActivated",
@@ -130,6 +135,7 @@ __all__ = [
     "ContextExistsError",
     "ContextFailed",
     "ContextFailedError",
+    "ContextLockedError",
     "ContextManager",
     "ContextManagerConfig",
     "ContextNotFoundError",
@@ -183,8 +189,10 @@ __all__ = [
     "SchemaNameWarning",
     "SchemaValidationError",
     "StateChanged",
+    "StateNotSavedError",
     "Store",
     "StoreLockedError",
+    "SubscriberOverflow",
     "Subscription",
     "Switched",
     "SystemStoppedError",

@@ -116,6 +116,11 @@ class ContextManagerConfig:
         feed_retention: the most feed entries kept back from the newest (default 1,000,000):
             entries are kept until every registered consumer passed them, but never beyond this; a
             consumer behind it gets `FeedTruncatedError`. Applies to stores opened from a path or URL.
+        subscriber_backlog: most events that may wait for one subscriber (a slow or blocked one);
+            beyond it `subscriber_overflow` applies. Bounds the memory a subscriber can hold.
+        subscriber_overflow: ``"drop_subscriber"`` (default): its subscription is ended, its queued
+            events discarded, and a `SubscriberOverflow` event and an error log line say so;
+            ``"drop_events"``: events are skipped for it while it is that far behind.
     """
 
     store: str | os.PathLike[str] | Store | None = attrs.field(default=None, validator=_store)
@@ -137,6 +142,9 @@ class ContextManagerConfig:
     history: str | int | datetime.timedelta | None = attrs.field(default=None, validator=_history)
     feed: bool = attrs.field(default=True, validator=_bool)
     feed_retention: int = attrs.field(default=1_000_000, validator=_number(1, integer=True))
+    subscriber_backlog: int = attrs.field(default=10_000, validator=_number(1, integer=True))
+    subscriber_overflow: str = attrs.field(default="drop_subscriber",
+                                           validator=_choice("drop_subscriber", "drop_events"))
 
 
 @attrs.frozen(kw_only=True)

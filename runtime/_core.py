@@ -14,7 +14,9 @@ import atexit
 import concurrent.futures
 import contextlib
 import logging
+import math
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +26,7 @@ import pykka
 
 from hoard.actors import (
     AttachSupervisor,
+    Backlogs,
     CollectMetrics,
     ContextSettings,
     Emitter,
@@ -40,9 +43,11 @@ from hoard.actors import (
     mailbox_depth,
 )
 from hoard.storage import (
+    ConfigError,
     ContextTimeoutError,
     HoardError,
     PersistenceError,
+    StateNotSavedError,
     Store,
     SystemStoppedError,
 )
@@ -50,7 +55,17 @@ from hoard.storage import (
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._metrics import Metrics
 
-__all__ = ["SystemCore"]
+__all__ = ["SystemCore", "check_timeout"]
+
+_ABORT_GRACE = 2.0  # seconds a persistence actor gets to leave the store once its connection is cut
+
+
+def check_timeout(timeout: object) -> float:
+    """`timeout` if it is a number of seconds (int or float, finite, not negative), else `ConfigError`
+    naming it: a wrong timeout is the caller's error, never a TypeError from deep inside a wait."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < math.inf:
+        raise ConfigError(f"timeout must be a number of seconds (or None for the default), not {timeout!r}")
+    return float(timeout)
 
 log = logging.getLogger(__name__)
 _LIVE: weakref.WeakSet[SystemCore] = weakref.WeakSet()
@@ -92,7 +107,7 @@ class SystemCore:
                                                 request_window=cfg.request_window, request_ttl=cfg.request_ttl)
         self._gate = EventGate()
         try:
-            self._bus = EventBusActor.start(self._gate)
+            self._bus = EventBusActor.start(self._gate, cfg.subscriber_backlog, cfg.subscriber_overflow)
             self._events = Emitter(self._gate, self._bus, cfg.clock)
             self._persistence = PersistenceActor.start(self.store, PersistenceSettings(
                 durability=cfg.durability, snapshot_every=cfg.snapshot_every, flush_interval=cfg.flush_interval,
@@ -146,7 +161,8 @@ class SystemCore:
         """
         parts, depths = self.ask(CollectMetrics(), timeout, "collecting metrics")
         persistence = self.ask_persistence(GetMetrics(), timeout, "collecting metrics")
-        depths = {**depths, "events": mailbox_depth(self._bus)}
+        backlogs = self.ask_bus(Backlogs(), timeout, "collecting metrics")  # per subscriber
+        depths = {**depths, "events": mailbox_depth(self._bus), **backlogs}
         lags = [bridge.lag() for bridge in list(self._bridges) if hasattr(bridge, "lag")]
         return attrs.evolve(Metrics.from_parts(*parts, persistence, mailbox_depths=depths),
                             relay_lag_entries={lag.name: lag.entries for lag in lags},
@@ -210,7 +226,7 @@ class SystemCore:
     def _ask(self, ref: pykka.ActorRef[Any], message: Any, timeout: float | None, what: str) -> Any:
         if self._stopped:
             raise SystemStoppedError()
-        t = self.call_timeout if timeout is None else timeout
+        t = self.call_timeout if timeout is None else check_timeout(timeout)
         try:
             return ref.ask(message, timeout=t)
         except pykka.Timeout as exc:
@@ -238,11 +254,17 @@ class SystemCore:
         return self._persistence
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None, *, discard_unsaved: bool = False) -> None:
         """Passivate every context (commit + snapshot), close the store, stop every actor.
 
         Idempotent. Blocks until done; `timeout` bounds each step (default: call_timeout x 4 for the
         shutdown of all contexts). Afterwards no actor thread of this system is left.
+
+        One exception: with ``durability="none"`` the final snapshot is the only copy of a context's
+        changes; if it cannot be written (disk full), this raises `StateNotSavedError`, the system
+        keeps running with those contexts active, and a later `stop()` saves them.
+        ``stop(discard_unsaved=True)`` stops all the same (those changes are then gone) and raises
+        the `StateNotSavedError` afterwards.
         """
         if self._stopped:
             return
@@ -250,13 +272,27 @@ class SystemCore:
             bridge.stop()
         self._stopped = True
         _LIVE.discard(self)
+        ticking = self._ticker_interval if self._ticker is not None else None
         self._halt_ticker()
         if self._remote is not None:
             self._remote.stop()
-        t = self.call_timeout * 4 if timeout is None else timeout
+        t = self.call_timeout * 4 if timeout is None else check_timeout(timeout)
+        deadline = time.monotonic() + t
         error: BaseException | None = None
         try:
-            self._supervisor.ask(Shutdown(), timeout=t)
+            self._supervisor.ask(Shutdown(discard_unsaved), timeout=t)
+        except StateNotSavedError:
+            if discard_unsaved:  # everything was stopped all the same; say what was not saved
+                self._stop_actors(deadline)
+                raise
+            # durability="none" contexts whose only copy could not be written: nothing was stopped,
+            # so that a retried stop() can save them once the cause is fixed
+            self._stopped = False
+            _LIVE.add(self)
+            self._remote = RemoteListener.start_for(self.store, self._events)
+            if ticking is not None:
+                self._start_ticker(ticking)
+            raise
         except pykka.Timeout as exc:
             error = ContextTimeoutError("stopping the system", t)
             error.__cause__ = exc
@@ -264,16 +300,40 @@ class SystemCore:
             pass
         except HoardError as exc:
             error = exc
-        finally:
-            for ref in (self._supervisor, self._persistence, self._bus):  # the bus last: it delivers the rest
-                with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
-                    ref.stop(block=True, timeout=t)
-            with contextlib.suppress(PersistenceError):
-                self.store.close()  # normally closed by the persistence actor already
-            self._workers.shutdown(wait=True)  # their calls fail fast now (SystemStoppedError)
+        except BaseException:
+            self._stop_actors(deadline)
+            raise
+        if not self._stop_actors(deadline) and error is None:
+            error = ContextTimeoutError("stopping the system (the store did not answer)", t)
         if error is not None:
             log.error("hoard stopped with an error: %s", error)
             raise error
+
+    def _stop_actors(self, deadline: float) -> bool:
+        """Stop the actors by `deadline` (a monotonic time). A persistence actor still inside the
+        store then (a stalled connection) is not waited for: the store's connection is cut
+        (`abort`, when the store has it), which ends the blocked call at once, and the store is
+        closed only once that actor let go of it, never from this thread while it is in use.
+        Returns whether everything stopped in time."""
+        for ref in (self._supervisor, self._persistence, self._bus):  # the bus last: it delivers the rest
+            with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+                ref.stop(block=True, timeout=max(0.01, deadline - time.monotonic()))
+        clean = True
+        if self._persistence.is_alive():
+            clean = False
+            abort = getattr(self.store, "abort", None)
+            log.error("the persistence actor is still inside the store after the stop timeout; %s",
+                      "cutting the store's connection" if abort is not None else "leaving it behind")
+            if abort is not None:
+                abort()
+            with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+                self._persistence.stop(block=True, timeout=_ABORT_GRACE)
+        if self._persistence.is_alive():
+            log.error("the persistence actor did not stop; the store is left to it (a daemon thread)")
+            return False
+        with contextlib.suppress(PersistenceError):
+            self.store.close()  # normally closed by the persistence actor already
+        return clean
 
 
 _WORKERS = 4

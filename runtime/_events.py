@@ -8,7 +8,7 @@ from typing import Any
 
 import pykka
 
-from hoard.actors import ContextEvent, Subscribe, Unsubscribe
+from hoard.actors import OVERFLOW_POLICIES, ContextEvent, Subscribe, Unsubscribe
 from hoard.storage import InvalidValueError, SystemStoppedError, validate_id
 
 from ._core import SystemCore
@@ -18,7 +18,8 @@ __all__ = ["Subscription", "subscribe"]
 
 class Subscription:
     """A live subscription. `cancel()` ends it (idempotent; events still queued for a callable
-    subscriber are dropped). Usable as a context manager."""
+    subscriber are dropped). Usable as a context manager. A subscriber that falls
+    ``subscriber_backlog`` events behind is dropped (or skips events): see `SubscriberOverflow`."""
 
     def __init__(self, system: SystemCore, sub_id: int) -> None:
         self._system = system
@@ -44,8 +45,14 @@ class Subscription:
 
 def subscribe(system: SystemCore, subscriber: Callable[[ContextEvent], Any] | pykka.ActorRef[Any], *,
               context_id: str | None = None, kinds: Iterable[type[ContextEvent]] | None = None,
-              timeout: float | None = None, inline: bool = False) -> Subscription:
+              timeout: float | None = None, inline: bool = False, max_backlog: int | None = None,
+              overflow: str | None = None) -> Subscription:
     """See `ContextSystem.subscribe`. `inline` (internal) runs a quick callable in the bus itself."""
+    if max_backlog is not None and (isinstance(max_backlog, bool) or not isinstance(max_backlog, int)
+                                    or max_backlog < 1):
+        raise InvalidValueError("max_backlog", f"must be a positive int or None, not {max_backlog!r}")
+    if overflow is not None and overflow not in OVERFLOW_POLICIES:
+        raise InvalidValueError("overflow", f"must be one of {OVERFLOW_POLICIES} or None, not {overflow!r}")
     if not isinstance(subscriber, pykka.ActorRef) and not callable(subscriber):
         raise InvalidValueError("subscriber",
                                 f"must be a callable or a pykka ActorRef, not {type(subscriber).__name__}")
@@ -57,5 +64,6 @@ def subscribe(system: SystemCore, subscriber: Callable[[ContextEvent], Any] | py
         bad = [k for k in kind_tuple if not (isinstance(k, type) and issubclass(k, ContextEvent))]
         if bad or not kind_tuple:
             raise InvalidValueError("kinds", f"must be event classes (subclasses of ContextEvent), not {bad!r}")
-    sub_id = system.ask_bus(Subscribe(subscriber, context_id, kind_tuple, inline), timeout, "subscribing")
+    sub_id = system.ask_bus(Subscribe(subscriber, context_id, kind_tuple, inline, max_backlog, overflow), timeout,
+                            "subscribing")
     return Subscription(system, sub_id)

@@ -95,7 +95,7 @@ class ContextManager:
     def tracker(self, context_id: str, *, timeout: float | None = None) -> ContextTracker:
         """A tracker for an existing context (activated, not made current)."""
         validate_id(context_id)
-        cell = self._system.ask(Activate(context_id, create=False, make_current=False), timeout,
+        cell = self._system.ask(Activate(context_id, create=False, make_current=False, timeout=timeout), timeout,
                                 f"activating {context_id!r}")
         return ContextTracker(self._system, cell)
 

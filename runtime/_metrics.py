@@ -293,11 +293,11 @@ def _exposition(m: Metrics) -> str:
         family(f"{_PREFIX}{name}_total", "counter", text, [("", "", getattr(m, field))])
     for field, (name, text) in _GAUGES.items():
         family(f"{_PREFIX}{name}", "gauge", text, [("", "", getattr(m, field))])
-    for field, (name, text) in _RELAY_LAG.items():
-        family(f"{_PREFIX}{name}", "gauge", text,
-               [("", f'{{relay="{_label(k)}"}}', n) for k, n in sorted(getattr(m, field).items())])
     family(f"{_PREFIX}{_MAILBOX[0]}", "gauge", _MAILBOX[1],
            [("", f'{{actor="{_label(k)}"}}', n) for k, n in sorted(m.mailbox_depths.items())])
+    for field, (name, text) in _RELAY_LAG.items():  # after the mailbox depths, as _families yields them
+        family(f"{_PREFIX}{name}", "gauge", text,
+               [("", f'{{relay="{_label(k)}"}}', n) for k, n in sorted(getattr(m, field).items())])
     family(f"{_PREFIX}{_RATIO[0]}", "gauge", _RATIO[1], [("", "", m.compression_ratio)])
     for field, (name, text) in _HISTOGRAMS.items():
         h: HistogramSnapshot = getattr(m, field)

@@ -89,7 +89,8 @@ class ContextSystem(SystemCore):
     # -- events --------------------------------------------------------------------------------------
     def subscribe(self, subscriber: Callable[[ContextEvent], Any] | pykka.ActorRef[Any], *,
                   context_id: str | None = None, kinds: Iterable[type[ContextEvent]] | None = None,
-                  timeout: float | None = None) -> Subscription:
+                  timeout: float | None = None, max_backlog: int | None = None,
+                  overflow: str | None = None) -> Subscription:
         """Receive events, asynchronously, in order per context (see `hoard.actors._events`).
 
         Args:
@@ -98,11 +99,22 @@ class ContextSystem(SystemCore):
                 messages; dropped with a log line once it is dead).
             context_id: only events of this context (None: all).
             kinds: only events that are instances of these classes (e.g. ``[StateChanged]``).
+            max_backlog: most events that may wait for this subscriber (default: the config's
+                ``subscriber_backlog``, 10,000); memory per subscriber is bounded by it.
+            overflow: what happens when it is that far behind (default: the config's
+                ``subscriber_overflow``): ``"drop_subscriber"`` ends the subscription, discarding
+                what is queued; ``"drop_events"`` skips events for it until it catches up. Either
+                way a `SubscriberOverflow` event goes to the other subscribers and an error is
+                logged. The backlog of each subscriber is in `metrics()` (``mailbox_depths``,
+                ``subscriber:<id>``).
 
         Returns a `Subscription`; ``cancel()`` it (or use it as a context manager). Events emitted
         after this call returns are delivered; earlier ones are not. Blocks on one bus message.
+        `stop()` never waits for a subscriber (one blocked in its own code keeps only its own
+        daemon thread).
         """
-        return subscribe(self, subscriber, context_id=context_id, kinds=kinds, timeout=timeout)
+        return subscribe(self, subscriber, context_id=context_id, kinds=kinds, timeout=timeout,
+                         max_backlog=max_backlog, overflow=overflow)
 
     # -- the change feed -----------------------------------------------------------------------------
     def changes(self, after: int = 0, *, timeout: float | None = None) -> ChangeStream:
@@ -135,10 +147,10 @@ class ContextSystem(SystemCore):
         """
         return FeedConsumer(self, self._feed_readers, name, timeout)
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None, *, discard_unsaved: bool = False) -> None:
         """See `SystemCore.stop`; also closes the change feed's readers (open streams end)."""
         try:
-            super().stop(timeout)
+            super().stop(timeout, discard_unsaved=discard_unsaved)
         finally:
             self._feed_readers.close()
 

@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from typing import Any
 
+import attrs
 import pykka
 
 from hoard.actors import (
@@ -61,7 +62,7 @@ from hoard.storage import (
     validate_by,
 )
 
-from ._core import SystemCore
+from ._core import SystemCore, check_timeout
 from ._events import subscribe
 
 __all__ = ["ContextTracker", "ContextTrackerFactory"]
@@ -76,8 +77,9 @@ def activate_waiting(system: SystemCore, message: Activate, timeout: float | Non
     last `ContextOwnedElsewhereError`, which names the owner. A lease that expires or is released
     meanwhile is taken over by the next attempt. No actor ever waits: the supervisor answers each
     attempt at once."""
-    t = system.call_timeout if timeout is None else timeout
+    t = system.call_timeout if timeout is None else check_timeout(timeout)
     deadline = time.monotonic() + t
+    message = attrs.evolve(message, timeout=t)  # the supervisor waits for the load as long as the caller
     delay = 0.02
     refused: ContextOwnedElsewhereError | None = None
     while True:
@@ -111,8 +113,8 @@ def _failed(exc: BaseException) -> Reply:
 def _rp_id(rp_id: object, context_id: str) -> int:
     if isinstance(rp_id, RecoveryPoint):
         return rp_id.id
-    if isinstance(rp_id, bool) or not isinstance(rp_id, int):
-        raise RecoveryPointNotFoundError(context_id, rp_id)
+    if isinstance(rp_id, bool) or not isinstance(rp_id, int) or not 0 < rp_id < 2**63:
+        raise RecoveryPointNotFoundError(context_id, rp_id)  # ids are positive 64-bit store integers
     return rp_id
 
 
@@ -146,6 +148,18 @@ def delete_recovery_point(system: SystemCore, context_id: str, rp_id: object, ti
 Pending = Reply
 
 
+def _key_tuple(keys: Any, what: str, context_id: str) -> tuple[Any, ...]:
+    """One key or an iterable of keys, as a tuple; `InvalidValueError` for anything else (also for
+    an iterable whose own code raises). Runs in the caller's thread."""
+    if isinstance(keys, str):
+        return (keys,)
+    try:
+        return tuple(keys)
+    except Exception as exc:  # noqa: BLE001 - not iterable, or its own __iter__ raised
+        raise InvalidValueError(None, f"{what} takes a key or an iterable of keys; iterating this "
+                                f"{type(keys).__name__} raised {type(exc).__name__}", context_id=context_id) from None
+
+
 class ContextTracker(Mapping[str, Any]):
     """Handle to one context: a read-only `Mapping` of its committed data, plus writes. See the
     module docstring for the concurrency contract.
@@ -174,7 +188,7 @@ class ContextTracker(Mapping[str, Any]):
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _t(self, timeout: float | None) -> float:
-        t = timeout if timeout is not None else self._timeout
+        t = check_timeout(timeout) if timeout is not None else self._timeout
         return self._system.call_timeout if t is None else t
 
     def _live_cell(self, timeout: float | None = None, *, write: bool = False) -> ContextCell:
@@ -291,7 +305,7 @@ class ContextTracker(Mapping[str, Any]):
                      request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> Pending:
         """`delete` without waiting: returns a future of the new version at once."""
         try:
-            msg = Delete(keys, expected_version, request_id, _by(by))
+            msg = Delete(_key_tuple(keys, "delete", self._id), expected_version, request_id, _by(by))
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"delete on {self._id!r}", timeout)
@@ -301,7 +315,7 @@ class ContextTracker(Mapping[str, Any]):
                            by: str | None = None, timeout: float | None = None) -> Pending:
         """`set_metadata` (mapping form) without waiting: returns a future of the new version at once."""
         try:
-            msg = SetMetadata(values, remove, expected_version, request_id, _by(by))
+            msg = SetMetadata(values, _key_tuple(remove, "remove", self._id), expected_version, request_id, _by(by))
         except HoardError as exc:
             return _failed(exc)
         return self._submit(msg, f"set_metadata on {self._id!r}", timeout)
@@ -421,7 +435,7 @@ class ContextTracker(Mapping[str, Any]):
         state = self.state()
         if state.version >= version:
             return state
-        t = timeout if timeout is not None else (self._timeout or self._system.call_timeout)
+        t = check_timeout(timeout) if timeout is not None else (self._timeout or self._system.call_timeout)
         reached: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
 
         def check(event: Any) -> None:
@@ -477,13 +491,8 @@ class ContextTracker(Mapping[str, Any]):
                request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
         """Remove one key (a str) or several (an iterable of str) in one atomic change; absent keys
         are allowed. Returns the new version (raised by exactly 1 even when nothing was present)."""
-        if not isinstance(keys, str):
-            try:
-                keys = tuple(keys)
-            except TypeError:
-                raise InvalidValueError(keys, "delete takes a key or an iterable of keys",
-                                        context_id=self._id) from None
-        return self._call(Delete(keys, expected_version, request_id, _by(by)), timeout,  # type: ignore[no-any-return]
+        ks = _key_tuple(keys, "delete", self._id)
+        return self._call(Delete(ks, expected_version, request_id, _by(by)), timeout,  # type: ignore[no-any-return]
                           f"delete on {self._id!r}")
 
     def set_metadata(self, key: str | Mapping[str, Any], value: Any = _MISSING, *, remove: str | Iterable[str] = (),
@@ -499,7 +508,8 @@ class ContextTracker(Mapping[str, Any]):
             if value is _MISSING:
                 raise InvalidValueError(key, "set_metadata(key, value) needs a value", context_id=self._id)
             values = {key: value}
-        return self._call(SetMetadata(values, remove, expected_version, request_id, _by(by)), timeout,  # type: ignore[no-any-return]
+        rm = _key_tuple(remove, "remove", self._id)
+        return self._call(SetMetadata(values, rm, expected_version, request_id, _by(by)), timeout,  # type: ignore[no-any-return]
                           f"set_metadata on {self._id!r}")
 
     def transact(self, fn: Callable[[Any], Any], *, expected_version: int | None = None,

@@ -17,6 +17,7 @@ from ._errors import ConfigError as ConfigError
 from ._errors import ContextCrashedError as ContextCrashedError
 from ._errors import ContextExistsError as ContextExistsError
 from ._errors import ContextFailedError as ContextFailedError
+from ._errors import ContextLockedError as ContextLockedError
 from ._errors import ContextNotFoundError as ContextNotFoundError
 from ._errors import ContextOwnedElsewhereError as ContextOwnedElsewhereError
 from ._errors import ContextTimeoutError as ContextTimeoutError
@@ -30,6 +31,7 @@ from ._errors import InvalidValueError as InvalidValueError
 from ._errors import NoCurrentContextError as NoCurrentContextError
 from ._errors import PersistenceError as PersistenceError
 from ._errors import RecoveryPointNotFoundError as RecoveryPointNotFoundError
+from ._errors import StateNotSavedError as StateNotSavedError
 from ._errors import StoreLockedError as StoreLockedError
 from ._errors import SystemStoppedError as SystemStoppedError
 from ._errors import VersionConflictError as VersionConflictError
@@ -100,6 +102,7 @@ __all__ = [
     "ContextCrashedError",
     "ContextExistsError",
     "ContextFailedError",
+    "ContextLockedError",
     "ContextNotFoundError",
     "ContextOwnedElsewhereError",
     "ContextState",
@@ -137,6 +140,7 @@ __all__ = [
     "SchemaValidationError",
     "SetTTL",
     "SkippedItem",
+    "StateNotSavedError",
     "Store",
     "StoreLockedError",
     "StoreStats",

@@ -37,6 +37,16 @@ __all__ = [
 ]
 
 
+def shown_repr(obj: object) -> str:
+    """``repr(obj)`` for an error message; an object whose own ``__repr__`` raises (or returns a
+    non-str) is shown by its type, so that reporting bad input never fails in turn."""
+    try:
+        shown = repr(obj)
+    except Exception:  # noqa: BLE001 - a hostile __repr__: whatever it raised, the report must be made
+        return f"<{type(obj).__name__} object whose repr() raised>"
+    return shown if type(shown) is str else f"<{type(obj).__name__} object>"
+
+
 class HoardError(Exception):
     """Base class of every error hoard raises on purpose."""
 
@@ -57,7 +67,7 @@ class InvalidContextIdError(HoardError, ValueError):
     def __init__(self, context_id: object, reason: str) -> None:
         self.context_id = context_id
         self.reason = reason
-        shown = repr(context_id)
+        shown = shown_repr(context_id)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"invalid context id {shown}: {reason}")
@@ -75,7 +85,7 @@ class InvalidValueError(HoardError, ValueError):
         self.path = path
         self.reason = reason
         self.context_id = context_id
-        where = f"key {key!r}" if key is not None else "value"
+        where = f"key {shown_repr(key)}" if key is not None else "value"
         if path:
             where += f" at {path if len(path) <= 80 else '...' + path[-77:]}"
         ctx = f" in context {context_id!r}" if context_id is not None else ""
@@ -210,6 +220,27 @@ class CorruptStateError(PersistenceError):
     def __init__(self, message: str, *, context_id: str | None = None, what: str = "") -> None:
         self.what = what
         super().__init__(message, context_id=context_id)
+
+
+class StateNotSavedError(PersistenceError):
+    """The final snapshot of a ``durability="none"`` context (on deactivation or stop) failed, and
+    that snapshot was the only copy of its changes. Nothing was lost: the context stays active with
+    its state (and a failed `stop()` leaves the system running); free the store's space (or fix what
+    the message names) and call `deactivate()` / `stop()` again.
+
+    Differs from a plain `PersistenceError`: the changes it is about were acknowledged and are kept
+    in memory, not rolled back."""
+
+
+class ContextLockedError(PersistenceError):
+    """Another database session held a lock on the store rows of `context_ids` (e.g. their lease rows)
+    for longer than the store's ``lock_timeout``: their changes in this commit were not written. The
+    commit was rolled back as a whole; the changes of other contexts may be committed again without
+    them (the persistence actor does so). Retry once the other session lets go."""
+
+    def __init__(self, message: str, *, context_ids: tuple[str, ...]) -> None:
+        self.context_ids = context_ids
+        super().__init__(message, context_id=context_ids[0] if len(context_ids) == 1 else None)
 
 
 class StoreLockedError(PersistenceError):

@@ -81,7 +81,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ._codec import Codec
-from ._errors import ConfigError, CorruptStateError, FencedOffError, HoardError, PersistenceError
+from ._errors import ConfigError, ContextLockedError, CorruptStateError, FencedOffError, HoardError, PersistenceError
 from ._feed import DEFAULT_FEED_RETENTION, PRUNE_EVERY, check_retention, consumer_position, feed_rows
 from ._postgres_leases import LeaseHolder
 from ._postgres_listen import CHANNEL, ChangeListener
@@ -135,6 +135,10 @@ class PostgresStore(LeaseHolder, RowStore):
         connect_timeout: seconds to wait for a connection (at open, and when reconnecting).
         statement_timeout: seconds any one statement may run (lock waits included) before it fails
             with `PersistenceError`.
+        lock_timeout: seconds a statement waits for a row lock another session holds (a lease row
+            locked by someone else) before the commit fails with `ContextLockedError` naming those
+            contexts; the persistence actor then commits the rest of the batch without them, so one
+            locked context delays the others by at most this long.
         recovery: "strict" (default) or "fallback": what `load` does with damaged data (see
             `hoard.storage._recovery`).
         readonly: never write: `open()` only checks the schema (creates and migrates nothing), every
@@ -155,14 +159,14 @@ class PostgresStore(LeaseHolder, RowStore):
                  require_lease: bool = False, notify: bool = True, connect_timeout: float = 5.0,
                  statement_timeout: float = 30.0, recovery: str = "strict", readonly: bool = False,
                  codec: Codec | None = None, connection_class: type[Any] | None = None, feed: bool = True,
-                 feed_retention: int = DEFAULT_FEED_RETENTION) -> None:
+                 feed_retention: int = DEFAULT_FEED_RETENTION, lock_timeout: float = 1.0) -> None:
         if psycopg is None:  # pragma: no cover - exercised only without the extra
             raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard-contexts[postgres]'")
         super().__init__(codec or Codec(compression_level, max_bytes=max_state_bytes + 2**20), recovery, readonly)
         if not IDENT.fullmatch(schema):
             raise ConfigError(f"schema must be an identifier (letters, digits, '_', at most 63), not {schema!r}")
-        if not lease_ttl > 0 or not connect_timeout > 0 or not statement_timeout > 0:
-            raise ConfigError("lease_ttl, connect_timeout and statement_timeout must be positive")
+        if not lease_ttl > 0 or not connect_timeout > 0 or not statement_timeout > 0 or not lock_timeout > 0:
+            raise ConfigError("lease_ttl, connect_timeout, statement_timeout and lock_timeout must be positive")
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
@@ -175,6 +179,7 @@ class PostgresStore(LeaseHolder, RowStore):
         self.notify = notify
         self.connect_timeout = float(connect_timeout)
         self.statement_timeout = float(statement_timeout)
+        self.lock_timeout = float(lock_timeout)
         self.connection_class = connection_class or psycopg.Connection
         self.feed_enabled = feed
         self.feed_retention = check_retention(feed_retention)
@@ -189,6 +194,7 @@ class PostgresStore(LeaseHolder, RowStore):
         self._sql = {name: text.format(s=f'"{schema}"') for name, text in SQL.items()}
         self._pool: Any = None
         self._db: Any = None  # the connection in use, taken from the pool
+        self._aborted = False  # abort() cut the connection: no call reconnects
         self._leases: dict[str, int] = {}  # context id -> fencing token this store holds
         self._quarantine_seen = False  # the quarantine table exists (it is never dropped once made)
         self._quarantine_pending = False  # it was made by this store's repair transaction, still open
@@ -250,9 +256,11 @@ class PostgresStore(LeaseHolder, RowStore):
         """Session settings of every new pooled connection (runs in the pool's thread)."""
         conn.execute("SELECT set_config('statement_timeout', %s, false), "
                      "set_config('idle_in_transaction_session_timeout', %s, false), "
-                     "set_config('default_transaction_read_only', %s, false)",
+                     "set_config('default_transaction_read_only', %s, false), "
+                     "set_config('lock_timeout', %s, false)",
                      (f"{round(self.statement_timeout * 1000)}", f"{round(max(self.lease_ttl, 1.0) * 1000)}",
-                      "on" if self.readonly else "off"))
+                      "on" if self.readonly else "off",
+                      f"{max(1, round(min(self.lock_timeout, self.statement_timeout) * 1000))}"))
 
     def _migrate(self, conn: Any) -> None:
         encoding = conn.execute("SHOW server_encoding").fetchone()[0]
@@ -273,6 +281,7 @@ class PostgresStore(LeaseHolder, RowStore):
                                         f"newer hoard; this one knows up to {SCHEMA_VERSION}", what="store")
             return
         with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = 0")  # waiting for another opener's migration is fine
             # serialize concurrent openers of the same schema (CREATE ... IF NOT EXISTS still races)
             conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (self._advisory_key(),))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
@@ -307,19 +316,41 @@ class PostgresStore(LeaseHolder, RowStore):
 
     def close(self) -> None:
         """Release every lease still held (best effort), return the connection, stop the pool.
-        Idempotent; blocks up to a few seconds for the pool's thread."""
+        Idempotent; blocks up to a few seconds for the pool's thread. After `abort()` it releases
+        nothing (the leases expire by themselves) and waits at most half a second."""
         if self._pool is None:
             return
         held, self._leases = self._leases, {}
         try:
             for cid, token in held.items():
-                self._release(cid, token)
+                if not self._aborted:
+                    self._release(cid, token)
         except PersistenceError as exc:
             log.warning("%s: could not release leases at close (they expire by themselves): %s", self.location, exc)
+        if self._aborted:
+            self._db = None  # cut: the pool discards it
         self._drop_connection()
         pool, self._pool = self._pool, None
         with contextlib.suppress(Exception):  # closing must not fail: the pool only holds sockets
-            pool.close(timeout=2.0)
+            pool.close(timeout=0.5 if self._aborted else 2.0)
+
+    def abort(self) -> None:
+        """Cut the connection in use, from any thread, without waiting for it: a thread blocked in a
+        call on it (a server that stopped answering, a stalled network) gets a connection error at
+        once, and every later call fails with `PersistenceError` instead of reconnecting. For a
+        shutdown that may not wait for the owner thread; `close()` afterwards releases nothing."""
+        self._aborted = True
+        conn = self._db
+        if conn is None:
+            return
+        try:
+            fd = conn.pgconn.socket
+            cut = socket.socket(fileno=os.dup(fd))
+        except Exception:  # noqa: BLE001 - already closed: nothing is blocked in it
+            return
+        with contextlib.suppress(OSError):
+            cut.shutdown(socket.SHUT_RDWR)  # the shared socket, not just this descriptor
+        cut.close()
 
     @property
     def backend_pid(self) -> int | None:
@@ -330,6 +361,8 @@ class PostgresStore(LeaseHolder, RowStore):
     def _connection(self) -> Any:
         if self._pool is None:
             raise PersistenceError(f"store {self.location} is not open")
+        if self._aborted:
+            raise PersistenceError(f"store {self.location} was aborted (its connection cut while stopping)")
         if self._db is None:
             try:
                 self._db = self._pool.getconn(timeout=self.connect_timeout)
@@ -431,6 +464,8 @@ class PostgresStore(LeaseHolder, RowStore):
                     stage = "write"  # lost after the transaction began: something of it may have run
                 if not self._lost(conn):
                     self._rollback(conn)
+                    if isinstance(exc, psycopg.errors.LockNotAvailable):
+                        raise self._locked(ids, exc) from exc
                     raise self._translate(exc, "commit", first) from exc
                 self._drop_connection()
                 if stage == "begin" and attempt == 0:
@@ -447,6 +482,23 @@ class PostgresStore(LeaseHolder, RowStore):
             except BaseException:
                 self._rollback(conn)
                 raise
+
+    def _locked(self, ids: list[str], exc: Exception) -> PersistenceError:
+        """A commit waited `lock_timeout` for a row lock: which of `ids` are locked by another session
+        (their lease rows, skipped when locked; autocommit, so nothing stays locked here)?"""
+        try:
+            rows = self._run("find locked rows", lambda c: c.execute(self._sql["lockable"], {"ids": ids}).fetchall())
+        except PersistenceError:
+            rows = None
+        if rows is not None:
+            locked = tuple(cid for cid, free in rows if not free)
+            if locked:
+                return ContextLockedError(
+                    f"{self.location}: another session has held the lease rows of {', '.join(map(repr, locked))} "
+                    f"for over lock_timeout={self.lock_timeout} s; their changes were not committed ({exc})",
+                    context_ids=locked)
+        return PersistenceError(f"{self.location}: commit waited over lock_timeout={self.lock_timeout} s for a "
+                                f"lock another session holds ({exc}); nothing was committed")
 
     def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
                notice: dict[str, Any] | None, sent: dict[str, Any], feed: dict[str, Any] | None) -> int:

@@ -194,6 +194,10 @@ SQL: dict[str, str] = {
     "trim_journal": "DELETE FROM {s}.journal WHERE context_id = %(id)s AND version <= %(v)s",
     "all_versions": "SELECT id, version FROM {s}.contexts",
     "lock_context": "SELECT version FROM {s}.contexts WHERE id = %(id)s FOR UPDATE",
+    # which lease rows of a batch another session holds locked (never waits: SKIP LOCKED)
+    "lockable": "SELECT l.context_id, f.context_id IS NOT NULL FROM {s}.leases l LEFT JOIN "
+                "(SELECT context_id FROM {s}.leases WHERE context_id = ANY(%(ids)s) FOR UPDATE SKIP LOCKED) f "
+                "ON f.context_id = l.context_id WHERE l.context_id = ANY(%(ids)s)",
     "version": "SELECT version FROM {s}.contexts WHERE id = %(id)s",
     "next_rp": "SELECT next_rp_id FROM {s}.contexts WHERE id = %(id)s",
     "checkpoint": "WITH v AS (UPDATE {s}.contexts SET version = %(v)s, updated_at = %(u)s WHERE id = %(id)s), "

@@ -12,8 +12,16 @@ are the shared engine's (`hoard.storage._recovery`): this module is the SQL and 
 read-only operation runs in one read transaction, so it sees one consistent state of the file while
 another process writes (WAL readers never block the writer, nor it them).
 
-Writers: one at a time. `open()` takes an exclusive `flock` on ``<path>.lock`` (created 0600), so a
-second opener, in this process or another, gets `StoreLockedError` at once. Readers that do not write
+Writers: one at a time, per store *file*, however it is named. `open()` takes an exclusive `flock` on
+``<path>.lock`` (created 0600; what older versions took) and one on the database file itself, and
+registers the file's identity (device, inode) in this process, so a second opener in this process or
+another gets `StoreLockedError` at once, also through a symlink, a hard link, a bind mount or another
+spelling of the path. (In this process the identity is checked *before* the file is opened: closing a
+descriptor of the database file would drop SQLite's own POSIX locks of the open store.)
+
+A writer checks before and after each commit that its path still names the file it opened: once the
+file is deleted (or its directory) or replaced, every later write and read raises `PersistenceError`
+saying so, and nothing written after that is acknowledged. Readers that do not write
 (`SQLiteStore(path, readonly=True)`, used by offline tools) take no lock and see committed data only.
 `open()` checks that an existing file is a hoard store of this format *before* changing anything in
 it (not even its journal mode).
@@ -95,6 +103,9 @@ _FEED = (
 )
 _TABLES = {"hoard_meta", "contexts", "snapshots", "journal", "recovery_points"}
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+# (st_dev, st_ino) of every store file open for writing in this process -> its store. setdefault is
+# atomic under the GIL: the check and the claim are one step, without a lock of ours.
+_WRITERS: dict[tuple[int, int], object] = {}
 
 
 class SQLiteStore(RowStore):
@@ -125,6 +136,8 @@ class SQLiteStore(RowStore):
             raise ConfigError(f"sync must be one of {sorted(_SYNC)}, not {sync!r}")
         super().__init__(codec or Codec(compression_level, max_bytes=max_state_bytes + 2**20), recovery, readonly)
         self.path = os.fspath(path)
+        if not isinstance(self.path, str) or "\x00" in self.path:
+            raise ConfigError(f"the store path must be a str path without NUL bytes, not {self.path!r}")
         self.location = self.path
         self.sync = sync
         self._connect_fn = connect
@@ -135,6 +148,11 @@ class SQLiteStore(RowStore):
         self._snapshot_times: dict[tuple[str, int], float] = {}  # (id, version) -> updated_at, for "seconds"
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._file_fd: int | None = None  # the database file, flocked
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened for writing
+        self._abspath = os.path.abspath(self.path)
+        self._lost: str | None = None  # why the store can no longer be used (its file was deleted...)
+        self._checkpoint_due = False  # a commit failed: truncate the WAL after the next one succeeds
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -146,6 +164,8 @@ class SQLiteStore(RowStore):
         if not self.readonly:
             self._take_lock()
         try:
+            if not self.readonly:
+                self._lock_file()
             self._db = self._connect()
             self._init_schema()
             self.history_policy = self._recorded_history()
@@ -153,7 +173,21 @@ class SQLiteStore(RowStore):
             self.close()
             raise
 
+    def _check_writable(self) -> None:
+        """Refuse at open what could be read but not written (a read-only file, directory or
+        filesystem): every write would fail later. Readers open it with ``readonly=True``."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise PersistenceError(f"cannot open store {self.path!r}: its folder {folder!r} does not exist")
+        target = self.path if os.path.exists(self.path) else folder
+        if _on_readonly_fs(target) or not os.access(target, os.W_OK) or not os.access(folder, os.W_OK):
+            where = "is on a read-only filesystem" if _on_readonly_fs(target) else "is not writable"
+            raise PersistenceError(f"store {self.path!r} {where}: it cannot be opened for writing (SQLite also "
+                                   "needs to create files next to it); open it read-only to read it "
+                                   "(SQLiteStore(path, readonly=True), or the hoard CLI)")
+
     def _take_lock(self) -> None:
+        self._check_writable()
         lock_path = self.path + ".lock"
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -169,11 +203,60 @@ class SQLiteStore(RowStore):
             raise PersistenceError(f"cannot lock {lock_path!r}: {exc}") from exc
         self._lock_fd = fd
 
+    def _lock_file(self) -> None:
+        """Claim the database file by identity (this process), then flock it (other processes)."""
+        self._abspath = os.path.abspath(self.path)
+        try:
+            fd = os.open(self._abspath, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise PersistenceError(f"cannot open store {self.path!r}: {exc}") from exc
+        try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if _WRITERS.setdefault(key, self) is not self:
+                raise StoreLockedError(self.path)
+            self._identity = key
+        except BaseException:
+            # nothing of this process holds SQLite locks on a file it did not claim: safe to close
+            os.close(fd)
+            raise
+        self._file_fd = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLockedError(self.path) from None
+        except OSError as exc:
+            raise PersistenceError(f"cannot lock {self.path!r}: {exc}") from exc
+
+    def _check_identity(self) -> None:
+        """Raise `PersistenceError` (and refuse every later call) if the path no longer names the file
+        this store opened for writing: deleted, its directory deleted, or replaced."""
+        if self._identity is None:
+            return
+        try:
+            st = os.stat(self._abspath)
+        except FileNotFoundError:
+            what = "was deleted (the path no longer exists)"
+        except OSError as exc:
+            what = f"cannot be checked ({exc})"
+        else:
+            if (st.st_dev, st.st_ino) == self._identity:
+                return
+            what = "was replaced by another file"
+        self._lost = (f"store {self.path!r} {what} while it was open; nothing written since is acknowledged; "
+                      "stop this system and open the store again")
+        log.error("%s", self._lost)
+        raise PersistenceError(self._lost)
+
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
             if not os.path.exists(self.path):
                 raise PersistenceError(f"no store at {self.path!r}")
             uri = "file:" + _quote_uri(os.path.abspath(self.path)) + "?mode=ro"
+            if _on_readonly_fs(self.path):
+                # SQLite cannot create the WAL index (-shm) there; nobody can write the file either,
+                # so it may be read as immutable (no locks, no WAL index)
+                uri += "&immutable=1"
             return self._guard(lambda: self._connect_fn(uri, uri=True, isolation_level=None,
                                                         check_same_thread=False), "open")
         if not os.path.exists(self.path):
@@ -183,7 +266,10 @@ class SQLiteStore(RowStore):
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             except OSError as exc:
                 raise PersistenceError(f"cannot create store {self.path!r}: {exc}") from exc
-        return self._guard(lambda: self._connect_fn(self.path, isolation_level=None, check_same_thread=False),
+        # mode=rw: a file that can be read but not written fails here, instead of SQLite falling back
+        # to a read-only connection that opens fine and then fails every write
+        uri = "file:" + _quote_uri(os.path.abspath(self.path)) + "?mode=rw"
+        return self._guard(lambda: self._connect_fn(uri, uri=True, isolation_level=None, check_same_thread=False),
                            "open")
 
     def _init_schema(self) -> None:
@@ -241,6 +327,14 @@ class SQLiteStore(RowStore):
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
+        if self._file_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._file_fd)  # after the connection: no SQLite lock of this store is dropped
+            self._file_fd = None
+        if self._identity is not None:
+            if _WRITERS.get(self._identity) is self:
+                del _WRITERS[self._identity]  # only its owner removes an entry
+            self._identity = None
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)  # closing releases the flock
@@ -250,6 +344,8 @@ class SQLiteStore(RowStore):
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
             raise PersistenceError(f"store {self.path!r} is not open")
+        if self._lost is not None:
+            raise PersistenceError(self._lost)
         return self._db
 
     def _guard(self, fn: Callable[[], T], what: str, context_id: str | None = None) -> T:
@@ -260,6 +356,13 @@ class SQLiteStore(RowStore):
             raise
         except sqlite3.DatabaseError as exc:
             msg = str(exc)
+            failing = self._io_error() if ("not a database" in msg or "malformed" in msg) else None
+            if failing is not None:
+                # the file cannot even be read back (the filesystem was shut down, the disk fails):
+                # an I/O error, not damaged data, which was never looked at
+                raise PersistenceError(f"store {self.path!r}: {what} failed: the file cannot be read ({failing}); "
+                                       "the filesystem reports an I/O error (shut down or failing); the stored "
+                                       "data was not checked", context_id=context_id) from exc
             if "not a database" in msg or "malformed" in msg:
                 raise CorruptStateError(f"{self.path!r}: {msg} (not a hoard store, or damaged)",
                                         context_id=context_id, what="store") from exc
@@ -270,6 +373,20 @@ class SQLiteStore(RowStore):
             raise PersistenceError(f"store {self.path!r}: {what} failed: {exc}", context_id=context_id) from exc
         except OSError as exc:
             raise PersistenceError(f"store {self.path!r}: {what} failed: {exc}", context_id=context_id) from exc
+
+    def _io_error(self) -> OSError | None:
+        """The OS error that reading the start of the store file gives now (None if it reads)."""
+        try:
+            if self._file_fd is not None:
+                os.pread(self._file_fd, 4096, 0)
+            else:
+                # an error path: a descriptor of the database opened and closed here may drop this
+                # process's SQLite locks on it, which a connection that just failed can spare
+                with open(self._abspath, "rb", buffering=0) as f:
+                    f.read(4096)
+        except OSError as exc:
+            return exc
+        return None
 
     @contextlib.contextmanager
     def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:
@@ -316,8 +433,29 @@ class SQLiteStore(RowStore):
                     db.executemany("INSERT INTO feed (context_id, version, blob) VALUES (?,?,?)", feed)
                     if self._since_prune + len(feed) >= PRUNE_EVERY:
                         self._prune_feed(db)
-        self._guard(run, "commit", context_of(ops[0]))
+        self._check_identity()  # do not write into a file that is no longer the store
+        try:
+            self._guard(run, "commit", context_of(ops[0]))
+        except PersistenceError:
+            self._checkpoint_due = True
+            raise
+        self._check_identity()  # deleted or replaced meanwhile: the commit went to an orphan, not the store
         self._since_prune = 0 if self._since_prune + len(feed) >= PRUNE_EVERY else self._since_prune + len(feed)
+        if self._checkpoint_due:
+            self._truncate_wal(db)
+
+    def _truncate_wal(self, db: sqlite3.Connection) -> None:
+        """After failed commits (disk full) the WAL keeps the size it grew to, and a freed disk fills
+        up again at once. Once a commit succeeds again, copy the WAL into the database and truncate
+        it, giving that space back. Best effort: busy (a reader) or failing, it is tried after the
+        next commit again."""
+        try:
+            busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.debug("store %r: WAL checkpoint after failed commits failed: %s", self.path, exc)
+            return
+        if not busy:
+            self._checkpoint_due = False
 
     def _prune_feed(self, db: sqlite3.Connection) -> None:
         """Drop the feed entries retention lets go (see `prune_floor`), inside the commit."""
@@ -728,6 +866,13 @@ def _prefix_range(prefix: str, column: str = "id") -> tuple[str, tuple[str, ...]
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
+def _on_readonly_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _quote_uri(path: str) -> str:

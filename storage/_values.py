@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from ._errors import InvalidContextIdError, InvalidValueError
+from ._errors import InvalidContextIdError, InvalidValueError, shown_repr
 
 __all__ = [
     "MAX_BY",
@@ -150,8 +150,13 @@ def validate_key(key: object, context_id: str | None = None) -> str:
     A key is a non-empty str of at most 1,024 UTF-8 bytes without NUL.
     """
     if type(key) is not str:
-        if isinstance(key, str):
-            return validate_key(str(key), context_id)
+        if isinstance(key, str):  # a subclass: the str it converts to (its own __str__ may raise)
+            try:
+                plain = str(key)
+            except Exception as exc:  # noqa: BLE001 - user code: whatever it raises means "not a key"
+                raise InvalidValueError(key, f"{type(key).__name__}.__str__ raised {_exc_name(exc)}",
+                                        context_id=context_id) from None
+            return validate_key(plain, context_id)
         raise InvalidValueError(key, f"keys must be str, not {type(key).__name__}", context_id=context_id)
     if not key:
         raise InvalidValueError(key, "keys must not be empty", context_id=context_id)
@@ -213,10 +218,10 @@ def _freeze_any(value: Any, depth: int) -> Any:  # noqa: PLR0912 - one flat bran
         raise _Bad(f"nested deeper than {MAX_DEPTH} levels (or cyclic)")
     if t is dict or (t is not list and t is not tuple and isinstance(value, Mapping)):
         out = {}
-        for k, v in value.items():
+        for k, v in value.items() if t is dict else _items(value):
             if type(k) is not str:
                 bad = _Bad(f"dict keys must be str, not {type(k).__name__}")
-                bad.path.append(f"[{k!r}]")
+                bad.path.append(f"[{shown_repr(k)}]")
                 raise bad
             tv = type(v)
             if k.isascii() and (tv is int or tv is bool or v is None or (tv is str and v.isascii())) and (
@@ -233,7 +238,7 @@ def _freeze_any(value: Any, depth: int) -> Any:  # noqa: PLR0912 - one flat bran
         return FrozenDict(out)
     if t is list or t is tuple or isinstance(value, (list, tuple)):
         items = []
-        for i, v in enumerate(value):
+        for i, v in enumerate(value if t is list or t is tuple else _elements(value)):
             tv = type(v)
             if tv is str and v.isascii():
                 items.append(v)
@@ -244,11 +249,40 @@ def _freeze_any(value: Any, depth: int) -> Any:  # noqa: PLR0912 - one flat bran
                 bad.path.append(f"[{i}]")
                 raise
         return FrozenList(items)
-    if isinstance(value, bool | int | float | str):  # subclasses (IntEnum, str Enum...): store the plain value
-        base = (bool if isinstance(value, bool) else int if isinstance(value, int)
-                else float if isinstance(value, float) else str)
-        return _freeze_any(base(value), depth)
+    if isinstance(value, int | float | str):  # subclasses (IntEnum, str Enum...): store the plain value
+        # the subclass's own conversion is user code: it may raise (the value is then refused)
+        base = int if isinstance(value, int) else float if isinstance(value, float) else str
+        try:
+            plain = base(value)
+        except Exception as exc:  # noqa: BLE001 - whatever it raises means "not storable"
+            raise _Bad(f"converting this {type(value).__name__} to {base.__name__} raised {_exc_name(exc)}") from None
+        return _freeze_any(plain, depth)
     raise _Bad(f"{type(value).__name__} is not JSON-compatible")
+
+
+def _items(mapping: Any) -> list[tuple[Any, Any]]:
+    """The items of a mapping that is not a plain dict: its own methods run, and may raise."""
+    try:
+        return list(mapping.items())
+    except Exception as exc:  # noqa: BLE001 - user code: whatever it raises means "not storable"
+        raise _Bad(f"reading this {type(mapping).__name__}'s items raised {_exc_name(exc)}") from None
+
+
+def _elements(sequence: Any) -> list[Any]:
+    """The elements of a list or tuple subclass: its own __iter__ runs, and may raise."""
+    try:
+        return list(sequence)
+    except Exception as exc:  # noqa: BLE001 - see _items
+        raise _Bad(f"reading this {type(sequence).__name__}'s elements raised {_exc_name(exc)}") from None
+
+
+def _exc_name(exc: BaseException) -> str:
+    """``Type('message')`` of an exception raised by user code (whose own __str__ may raise too)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - name its type only
+        return type(exc).__name__
+    return f"{type(exc).__name__}({shown_repr(text)})"
 
 
 def _freeze(value: Any, key: str, path: str, depth: int, context_id: str | None) -> Any:
@@ -258,6 +292,12 @@ def _freeze(value: Any, key: str, path: str, depth: int, context_id: str | None)
     except _Bad as bad:
         raise InvalidValueError(key, bad.reason, path=path + "".join(reversed(bad.path)),
                                 context_id=context_id) from None
+    except RecursionError:
+        raise InvalidValueError(key, f"nested too deeply (or cyclic) to check; the limit is {MAX_DEPTH}",
+                                path=path, context_id=context_id) from None
+    except Exception as exc:  # noqa: BLE001 - the value's own code (a property, __instancecheck__) raised
+        raise InvalidValueError(key, f"checking this {type(value).__name__} raised {_exc_name(exc)}",
+                                path=path, context_id=context_id) from None
 
 
 def freeze_value(key: str, value: Any, max_bytes: int | None = None, context_id: str | None = None) -> Any:
@@ -278,10 +318,20 @@ def freeze_mapping(mapping: object, max_bytes: int | None = None, context_id: st
 
     Raises `InvalidValueError` for the first bad key or value (and for a non-mapping argument).
     """
-    if not isinstance(mapping, Mapping):
-        raise InvalidValueError(None, f"expected a mapping of keys to values, not {type(mapping).__name__}",
-                                context_id=context_id)
-    return {validate_key(k, context_id): freeze_value(k, v, max_bytes, context_id) for k, v in mapping.items()}
+    try:
+        if not isinstance(mapping, Mapping):
+            raise _Bad(f"expected a mapping of keys to values, not {type(mapping).__name__}")
+        items = mapping.items() if type(mapping) is dict else _items(mapping)
+    except _Bad as bad:
+        raise InvalidValueError(None, bad.reason, context_id=context_id) from None
+    except Exception as exc:  # noqa: BLE001 - its own code (__class__, __instancecheck__) raised
+        raise InvalidValueError(None, f"checking this {type(mapping).__name__} raised {_exc_name(exc)}",
+                                context_id=context_id) from None
+    out = {}
+    for k, v in items:
+        key = validate_key(k, context_id)
+        out[key] = freeze_value(key, v, max_bytes, context_id)
+    return out
 
 
 def encoded_size(value: Any) -> int:

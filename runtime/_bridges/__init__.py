@@ -13,6 +13,7 @@ from ._broker import Outgoing as Outgoing
 from ._broker import Publisher as Publisher
 from ._broker import make_publisher as make_publisher
 from ._broker import make_source as make_source
+from ._broker import public_url as public_url
 from ._errors import BridgeError as BridgeError
 from ._errors import BrokerUnavailableError as BrokerUnavailableError
 from ._errors import InvalidCommandError as InvalidCommandError
@@ -44,5 +45,6 @@ __all__ = [
     "make_source",
     "message_id",
     "parse_command",
+    "public_url",
     "render_subject",
 ]

@@ -10,8 +10,7 @@ import orjson
 import pytest
 
 from hoard import ConfigError, InvalidCommandError, Relay, open_system
-from hoard._bridges import make_publisher, make_source, parse_command, render_subject
-from hoard._bridges._broker import public_url
+from hoard.bridges import make_publisher, make_source, parse_command, public_url, render_subject
 
 
 def test_a_context_id_is_one_subject_token_on_every_broker() -> None:

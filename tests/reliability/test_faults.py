@@ -240,23 +240,24 @@ def test_a_failed_create_leaves_no_context(faulty: tuple[ContextSystem, Faults |
 
 def test_in_deferred_mode_a_failed_commit_rolls_memory_back_to_the_durable_state(store_kind: Backend) -> None:
     """Deferred writes are acknowledged before they are committed, so a failed commit takes back
-    changes a caller already saw succeed; memory then equals the store again, never more."""
+    changes a caller already saw succeed; memory then holds the store's data again, never more, at a
+    version above the lost one (issue 11: versions are never reused)."""
     system, faults = _faulty(store_kind, durability="deferred", flush_interval=0.01)
     try:
         t = system.adapter.activate("a")
         t.set("k", 1)
         t.recovery_points()  # a store read commits everything queued before it: v2 is durable
         faults.arm("sync")
-        t.set("k", 2)  # acknowledged at once; its commit will fail
-        wait_until(lambda: t.version == 2 and t.get("k") == 1, what="the rollback to the durable v2")
+        t.set("k", 2)  # acknowledged at once (v3); its commit will fail
+        wait_until(lambda: t.version == 4 and t.get("k") == 1, what="the rollback to the durable data, at v4")
         faults.clear()
-        assert t.set("k", 3) == 3
+        assert t.set("k", 3) == 5
     finally:
         _finish(system, faults)
     store = store_kind.open_store()
     try:
         st = store.load("a")
-        assert st is not None and (st.version, st.data["k"]) == (3, 3)
+        assert st is not None and (st.version, st.data["k"]) == (5, 3)
     finally:
         store.close()
 
