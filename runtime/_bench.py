@@ -59,6 +59,8 @@ from hoard.storage import (
     new_state,
 )
 
+from ._bench_bridges import broker_problem, latency_sides, throughput_sides  # the broker clients load in its calls
+from ._bridges import Outgoing, change_body, message_id, render_subject
 from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._system import ContextSystem, open_system
 from ._version import DISTRIBUTION
@@ -869,9 +871,6 @@ for _kind in _BRIDGE_KINDS:
 
 
 def _bridges(run: _Run) -> list[BenchRow]:
-    from ._bench_bridges import broker_problem, latency_sides, throughput_sides  # noqa: PLC0415 - its clients load only here
-    from ._bridges import Outgoing, change_body, message_id, render_subject  # noqa: PLC0415
-
     rows: list[BenchRow] = []
     n, writes, rate, rounds = run.n(1_000, 5_000), run.n(50, 1_000), 200.0, run.n(1, 3)
     with run.system(run.path("bridges.db"), "immediate") as system:
