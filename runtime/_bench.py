@@ -34,7 +34,6 @@ import shutil
 import socket
 import sqlite3
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -53,7 +52,9 @@ import zstandard
 from hoard.actors import Set as SetMessage
 from hoard.actors import StateChanged
 from hoard.storage import (
+    KIND_CHANGE,
     KIND_DICTIONARY,
+    KIND_STATE,
     Append,
     Change,
     Codec,
@@ -585,29 +586,27 @@ def _durable_threads(run: _Run) -> list[BenchRow]:
                  f"{per_thread} writes per thread a round; SQLite sync=full; group commit")]
 
 
-_HEADER = struct.Struct("<4sBBBxQI")  # storage's blob header: magic, format, kind, flags, length, crc32
-
-
-def _raw_dctx(path: str) -> zstandard.ZstdDecompressor:
-    """A decompressor for the raw floors that read a store's rows: with the store's newest zstd
-    dictionary when it trained one (a dictionary-less frame decompresses with it as well)."""
+def _raw_codec(path: str) -> Codec:
+    """storage's codec for the raw floors, which read a store's rows without hoard's store: with the
+    store's zstd dictionaries (read straight from its table) when it trained any."""
+    codec = Codec()
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT blob FROM dictionaries ORDER BY version DESC LIMIT 1").fetchone()
+        rows = db.execute("SELECT blob FROM dictionaries ORDER BY version").fetchall()
     except sqlite3.Error:
-        row = None
+        rows = []
     finally:
         db.close()
-    if row is None:
-        return zstandard.ZstdDecompressor()
-    content = Codec().unframe(KIND_DICTIONARY, row[0])
-    return zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(content))
+    for (blob,) in rows:
+        content = codec.unframe(KIND_DICTIONARY, blob)
+        codec.add_dictionary(zstandard.ZstdCompressionDict(content).dict_id(), content, newest=True)
+    return codec
 
 
-def _raw_payload(blob: bytes, dctx: zstandard.ZstdDecompressor) -> bytes:
-    _magic, _fmt, _kind, flags, length, _crc = _HEADER.unpack_from(blob)
-    payload = blob[_HEADER.size:]
-    return dctx.decompress(payload, max_output_size=length) if flags & 1 else payload
+def _raw_payload(blob: bytes, codec: Codec, kind: int) -> bytes:
+    """The verified payload of a stored blob, through storage's codec (header, checksum, zstd): the
+    floors read rows without hoard's store, but never parse its blob format themselves."""
+    return codec.unframe(kind, blob)
 
 
 def _build_big_context(path: str, keys: int, journal: int) -> None:
@@ -629,7 +628,7 @@ def _activation(run: _Run) -> list[BenchRow]:
     keys, journal = 10_000, 1_000
     template = run.path("activation-template.db")
     _build_big_context(template, keys, journal)
-    dctx = _raw_dctx(template)
+    codec = _raw_codec(template)
     copy = run.path("activation.db")
 
     def fresh_copy() -> None:
@@ -653,10 +652,10 @@ def _activation(run: _Run) -> list[BenchRow]:
             def read() -> None:
                 version, blob = db.execute("SELECT version, blob FROM snapshots WHERE context_id=? "
                                            "ORDER BY version DESC LIMIT 1", ("big",)).fetchone()
-                orjson.loads(_raw_payload(blob, dctx))
+                orjson.loads(_raw_payload(blob, codec, KIND_STATE))
                 for (entry,) in db.execute("SELECT blob FROM journal WHERE context_id=? AND version>? "
                                            "ORDER BY version", ("big", version)):
-                    orjson.loads(_raw_payload(entry, dctx))
+                    orjson.loads(_raw_payload(entry, codec, KIND_CHANGE))
             return _elapsed(read) * 1e3
         finally:
             db.close()
@@ -1593,7 +1592,7 @@ def _state_at(run: _Run) -> list[BenchRow]:
         newest = snaps[-1]
         target = newest - 1_000
         base = max(v for v in snaps if v <= target)
-        dctx = _raw_dctx(path)
+        codec = _raw_codec(path)
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
         expected = dict(system.manager.state_at("ctx", target).data)
 
@@ -1604,10 +1603,10 @@ def _state_at(run: _Run) -> list[BenchRow]:
             def rebuild() -> dict[str, Any]:
                 (blob,) = db.execute("SELECT blob FROM snapshots WHERE context_id=? AND version=?",
                                      ("ctx", base)).fetchone()
-                data: dict[str, Any] = dict(orjson.loads(_raw_payload(blob, dctx))["data"])
+                data: dict[str, Any] = dict(orjson.loads(_raw_payload(blob, codec, KIND_STATE))["data"])
                 for (jblob,) in db.execute("SELECT blob FROM journal WHERE context_id=? AND version>? AND "
                                            "version<=? ORDER BY version", ("ctx", base, target)):
-                    change = orjson.loads(_raw_payload(jblob, dctx))
+                    change = orjson.loads(_raw_payload(jblob, codec, KIND_CHANGE))
                     for k in change["data_del"]:
                         data.pop(k, None)
                     data.update(change["data_set"])

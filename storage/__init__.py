@@ -6,7 +6,9 @@ Advanced users may use a store directly (`SQLiteStore(path).open()`); everyone e
 
 from ._codec import FORMAT_VERSION as FORMAT_VERSION
 from ._codec import KIND_ARCHIVE as KIND_ARCHIVE
+from ._codec import KIND_CHANGE as KIND_CHANGE
 from ._codec import KIND_DICTIONARY as KIND_DICTIONARY
+from ._codec import KIND_STATE as KIND_STATE
 from ._codec import Codec as Codec
 from ._codec import make_converter as make_converter
 from ._errors import CallNotStartedError as CallNotStartedError
@@ -87,7 +89,9 @@ from ._values import validate_key as validate_key
 __all__ = [
     "FORMAT_VERSION",
     "KIND_ARCHIVE",
+    "KIND_CHANGE",
     "KIND_DICTIONARY",
+    "KIND_STATE",
     "SCHEMA_KEY",
     "Append",
     "CallNotStartedError",

@@ -290,6 +290,9 @@ class MemoryStore:
             self._contexts[cid] = new
         return gone
 
+    def vacuum(self) -> None:
+        """Nothing to give back: deleted entries are freed by the garbage collector."""
+
     def reader(self) -> MemoryStore:
         """This store itself: its reads take one consistent immutable value, safe from any thread."""
         return self

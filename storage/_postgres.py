@@ -733,6 +733,27 @@ class PostgresStore(LeaseHolder, RowStore):
                            for cid, v in conn.execute(self._sql["all_versions"]).fetchall())
         return self._run("compact history", run, idempotent=False)
 
+    def vacuum(self) -> None:
+        """``VACUUM (ANALYZE)`` of every table of the store's schema (see `Store.vacuum`): dead rows
+        become reusable and the planner's statistics are fresh; other processes keep reading and
+        writing meanwhile (it takes no exclusive lock). The files do not shrink: that needs
+        ``VACUUM FULL``, which would block every writer of the schema, so hoard leaves it to the
+        operator. Runs outside a transaction (PostgreSQL requires it) in the caller's thread; blocks
+        for as long as the server takes (not bounded by ``statement_timeout``)."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.location} is open read-only")
+
+        def run(conn: Any) -> None:
+            tables = [r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (self.schema,))]
+            conn.execute("SET statement_timeout = 0")
+            try:
+                for table in tables:
+                    conn.execute(f'VACUUM (ANALYZE) "{self.schema}"."{table.replace(chr(34), chr(34) * 2)}"')
+            finally:
+                conn.execute(f"SET statement_timeout = {round(self.statement_timeout * 1000)}")
+        self._run("vacuum", run)
+
     # -- feed consumers ------------------------------------------------------------------------------
     def set_consumer(self, name: str, position: int | None = None) -> int:
         """See `Store.set_consumer`: one transaction (the consumer's row locked: two processes

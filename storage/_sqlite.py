@@ -728,6 +728,21 @@ class SQLiteStore(RowStore):
                            for cid, version in db.execute("SELECT id, version FROM contexts").fetchall())
         return self._guard(run, "compact history")
 
+    def vacuum(self) -> None:
+        """``VACUUM`` (the file is rebuilt without free pages) then ``wal_checkpoint(TRUNCATE)`` (the
+        WAL is emptied), on the writer's connection: needs the writer lock, so no other process
+        writes meanwhile. Readers may go on; SQLite makes the checkpoint wait for them up to
+        ``busy_timeout`` (0 here: it then leaves the WAL as it is, which is harmless). Blocks for
+        about the time it takes to copy the file. See `Store.vacuum`."""
+        if self.readonly:
+            raise PersistenceError(f"store {self.path!r} is open read-only")
+        db = self._require()
+
+        def run() -> None:
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self._guard(run, "vacuum")
+
     @staticmethod
     def _version_problem(db: sqlite3.Connection, context_id: str, version: int) -> str:
         row = db.execute("SELECT version FROM contexts WHERE id=?", (context_id,)).fetchone()

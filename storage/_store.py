@@ -197,6 +197,8 @@ class Store(Protocol):
 
     #: human-readable location, for messages
     location: str
+    #: the history policy recorded in the store (read on open; see `hoard.storage._retention`)
+    history_policy: HistoryPolicy
 
     def open(self) -> None:
         """Open for writing. Raises `StoreLockedError` at once if another writer has it open,
@@ -282,6 +284,14 @@ class Store(Protocol):
 
     def compact_history(self) -> int:
         """A write: apply the recorded history policy to every context now; rows removed."""
+
+    def vacuum(self) -> None:
+        """A write (maintenance): give the space of deleted rows back. SQLite: ``VACUUM`` and a WAL
+        checkpoint that truncates the WAL, under the writer lock (the file shrinks). PostgreSQL:
+        ``VACUUM (ANALYZE)`` of the store's tables, which marks dead rows reusable and refreshes the
+        planner's statistics without blocking other writers (not ``VACUUM FULL``, whose exclusive
+        table locks would stop every running system: the files keep their size). Memory: nothing.
+        Runs in the caller's thread and blocks until done; changes no context."""
 
     def reader(self) -> Store:
         """A read-only store on the same data for another thread (its own connection), unopened

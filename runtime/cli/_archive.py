@@ -59,7 +59,19 @@ from hoard.storage import (
 )
 
 from .._version import DISTRIBUTION
-from ._common import STORE, check_writable_target, emit_json, json_option, out, progress, read_store, write_store
+from ._common import (
+    NEW_STORE,
+    STORE,
+    check_writable_target,
+    claim,
+    emit_json,
+    is_url,
+    json_option,
+    out,
+    progress,
+    read_store,
+    write_store,
+)
 
 __all__ = ["ARCHIVE_FORMAT", "context_ops", "export", "import_"]
 
@@ -289,7 +301,8 @@ def export(*, store: str, out_path: str, prefix: str, ids: tuple[str, ...], forc
             w = _Writer(f)
             conv = w.codec.converter
             w.record({"type": "header", "archive_format": ARCHIVE_FORMAT, "store_format": FORMAT_VERSION,
-                      "created_at": time.time(), "source": os.path.basename(store), "hoard": _version()})
+                      "created_at": time.time(), "hoard": _version(),
+                      "source": st.location if is_url(store) else os.path.basename(store)})
             with progress("exporting", len(selected)) as advance:
                 for cid in selected:
                     state, info = st.load(cid), st.info(cid)
@@ -323,17 +336,18 @@ def export(*, store: str, out_path: str, prefix: str, ids: tuple[str, ...], forc
 
 
 @click.command("import")
-@click.argument("store", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("store", type=NEW_STORE)
 @click.argument("in_path", metavar="IN", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--replace", is_flag=True, help="Replace contexts that already exist (else the import is refused).")
 @json_option
 def import_(store: str, in_path: str, replace: bool, as_json: bool) -> None:
     """Import the contexts of archive IN (made by `hoard export`) into STORE.
 
-    STORE is created if it does not exist. The whole archive is verified before anything is
-    written; then each context is written exactly as exported, all of it in one transaction: the
-    import is done entirely or not at all. If a context already exists, nothing is imported unless
-    --replace is given. Refused while another program has STORE open.
+    STORE (a file or a postgresql:// URL) is created if it is a file that does not exist. The whole
+    archive is verified before anything is written; then each context is written exactly as
+    exported, all of it in one transaction: the import is done entirely or not at all. If a context
+    already exists, nothing is imported unless --replace is given. Refused while another program
+    has STORE open (PostgreSQL: while a running system holds the lease of an archived context).
 
     \b
     Examples:
@@ -347,9 +361,11 @@ def import_(store: str, in_path: str, replace: bool, as_json: bool) -> None:
             advance(1)
     if len(set(ids)) != len(ids):
         raise CorruptStateError(f"archive {in_path!r} holds a context twice", what="archive")
-    check_writable_target(store)
+    if not is_url(store):
+        check_writable_target(store)
     results: list[dict[str, Any]] = []
     with write_store(store, "import", create=True) as st:
+        claim(st, ids, "import")
         existing = {cid: info for cid in ids if (info := st.info(cid)) is not None}
         if existing and not replace:
             shown = ", ".join(map(repr, list(existing)[:10])) + (" ..." if len(existing) > 10 else "")

@@ -6,10 +6,14 @@ pipe raises `BrokenPipeError` (Python ignores SIGPIPE), which the command group 
 after pointing stdout at ``os.devnull`` (see `discard_stdout`); rich's consoles raise it too instead of
 exiting on their own.
 
-Commands run in the main thread of a short-lived process. Read-only commands open the store with
-``SQLiteStore(path, readonly=True)``: no writer lock, so they work while a program has the store open,
-and they see committed data only. Writing commands take the writer lock (directly, or through
-`open_system`), so they refuse at once with `StoreLockedError` when the store is open elsewhere.
+Commands run in the main thread of a short-lived process. STORE is a SQLite file or a
+``postgresql://`` URL; every command opens it through `hoard.storage.open_store` and reads only through
+the store's read interface. Read-only commands open it read-only: no writer lock and no lease, so
+they work while a program has the store open, and each read sees one committed state. Writing
+commands take the store's single-writer rules: the SQLite writer lock (refused at once with
+`StoreLockedError` when the store is open elsewhere) and, on PostgreSQL, the lease of every context
+they touch (refused with `ContextOwnedElsewhereError` when a running system holds one), all taken
+before anything is written.
 """
 
 from __future__ import annotations
@@ -29,22 +33,33 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from hoard.storage import ContextNotFoundError, PersistenceError, SQLiteStore, StoreLockedError
+from hoard.storage import (
+    ContextNotFoundError,
+    ContextOwnedElsewhereError,
+    PersistenceError,
+    PostgresStore,
+    Store,
+    StoreLockedError,
+    open_store,
+)
 
 from .._config import ContextAdapterConfig, ContextManagerConfig
 from .._system import ContextSystem, open_system
 
 __all__ = [
     "JSON_META",
+    "NEW_STORE",
     "STORE",
     "STORE_META",
     "WHEN",
     "check_writable_target",
+    "claim",
     "discard_stdout",
     "emit_json",
     "file_sizes",
     "human_bytes",
     "human_time",
+    "is_url",
     "iso_time",
     "json_option",
     "not_found",
@@ -64,19 +79,29 @@ JSON_META = "hoard.json"
 STORE_META = "hoard.store"
 
 
-class _StorePath(click.Path):
-    """An existing file (click reports a missing one as a usage error); remembers it in ``ctx.meta``
+def is_url(target: str) -> bool:
+    """Whether STORE names a PostgreSQL store (a ``postgresql://`` or ``postgres://`` URL)."""
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+class _StoreTarget(click.Path):
+    """An existing file (click reports a missing one as a usage error) or a ``postgresql://`` URL
+    (taken as written: the server is asked when the command opens it); remembers it in ``ctx.meta``
     so that error advice can name it."""
 
+    name = "store"
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        path = super().convert(value, param, ctx)
+        target = value if isinstance(value, str) and is_url(value) else super().convert(value, param, ctx)
         if ctx is not None:
-            ctx.meta[STORE_META] = path
-        return path
+            ctx.meta[STORE_META] = target
+        return target
 
 
 #: the STORE argument of every command that reads an existing store
-STORE = _StorePath(exists=True, dir_okay=False, path_type=str)
+STORE = _StoreTarget(exists=True, dir_okay=False, path_type=str)
+#: the STORE argument of a command that may create it (``hoard import``)
+NEW_STORE = _StoreTarget(dir_okay=False, path_type=str)
 
 
 def remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -173,10 +198,10 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
 
 # -- stores -------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def read_store(path: str) -> Iterator[SQLiteStore]:
-    """Open `path` read-only (no lock; `CorruptStateError` if it is not a hoard store). Closed on exit."""
-    store = SQLiteStore(path, readonly=True)
-    store.open()
+def read_store(target: str) -> Iterator[Store]:
+    """Open `target` read-only (no lock, no lease; `CorruptStateError` if it is not a hoard store).
+    Closed on exit."""
+    store = open_store(target)
     try:
         yield store
     finally:
@@ -189,15 +214,18 @@ def _locked(action: str, exc: StoreLockedError) -> StoreLockedError:
 
 
 @contextlib.contextmanager
-def write_store(path: str, action: str, *, create: bool = False) -> Iterator[SQLiteStore]:
-    """Open a hoard store for writing (taking the writer lock); with `create`, a missing one is
-    created. `action` names the command in the refusal message when the store is open elsewhere."""
+def write_store(target: str, action: str, *, create: bool = False, feed: bool = True) -> Iterator[Store]:
+    """Open a hoard store for writing; with `create`, a missing one is created (a SQLite file, or the
+    tables in a PostgreSQL schema). A SQLite
+    store takes the writer lock (`StoreLockedError`, naming `action`, when the store is open
+    elsewhere). `feed` False: its commits record no change feed entries (for rewrites that change no
+    context). A PostgreSQL store writes only to contexts whose lease it holds (``require_lease``):
+    call `claim` with the contexts the command touches before writing. Leases are released on exit."""
     if not create:
-        with read_store(path):
+        with read_store(target):
             pass  # it must already be a hoard store: never turn some other file into one
-    store = SQLiteStore(path)
     try:
-        store.open()
+        store = open_store(target, readonly=False, require_lease=True, feed=feed)
     except StoreLockedError as exc:
         raise _locked(action, exc) from exc
     try:
@@ -206,14 +234,40 @@ def write_store(path: str, action: str, *, create: bool = False) -> Iterator[SQL
         store.close()
 
 
+def claim(store: Store, ids: Iterable[str], action: str) -> Callable[[], None]:
+    """Take the PostgreSQL lease of every context in `ids` for `store` (from `write_store`), all
+    before the command writes anything; nothing to do on SQLite (the writer lock covers the file).
+    Raises `ContextOwnedElsewhereError` (with advice naming `action`) when a running system holds one:
+    the leases taken so far are released when the store closes, and nothing was written.
+
+    Returns ``keep()``, to call now and then during a long command: it renews the leases once a third
+    of their time has passed, so they never lapse under it."""
+    if not isinstance(store, PostgresStore):
+        return lambda: None
+    for cid in ids:
+        try:
+            store.acquire_lease(cid)
+        except ContextOwnedElsewhereError as exc:
+            raise ContextOwnedElsewhereError(exc.context_id, f"{exc.owner} (cannot {action} now: stop that "
+                                             f"program or deactivate the context there first)",
+                                             expires_in=exc.expires_in) from exc
+    renewed = [time.monotonic()]
+
+    def keep() -> None:
+        if time.monotonic() - renewed[0] > store.lease_ttl / 3:
+            store.renew_leases()
+            renewed[0] = time.monotonic()
+    return keep
+
+
 @contextlib.contextmanager
-def system_for(path: str, action: str) -> Iterator[ContextSystem]:
+def system_for(target: str, action: str) -> Iterator[ContextSystem]:
     """A `ContextSystem` on an existing store (no default context is activated or created), so
     writes keep the journal, snapshot and version rules. Stopped on exit."""
-    with read_store(path):
+    with read_store(target):
         pass
     try:
-        system = open_system(path, manager_config=ContextManagerConfig(),
+        system = open_system(target, manager_config=ContextManagerConfig(),
                              adapter_config=ContextAdapterConfig(auto_activate_default=False))
     except StoreLockedError as exc:
         raise _locked(action, exc) from exc
@@ -223,8 +277,11 @@ def system_for(path: str, action: str) -> Iterator[ContextSystem]:
         system.stop()
 
 
-def file_sizes(path: str) -> dict[str, int]:
-    """Bytes on disk of the store file and its WAL."""
+def file_sizes(path: str) -> dict[str, int | None]:
+    """Bytes on disk of the store file and its WAL (None for a PostgreSQL store: the server's files
+    are not the command's to measure)."""
+    if is_url(path):
+        return {"file_bytes": None, "wal_bytes": None}
     def size(p: str) -> int:
         try:
             return os.stat(p).st_size

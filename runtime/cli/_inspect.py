@@ -1,7 +1,10 @@
 """Read-only commands: ``hoard ls``, ``show``, ``history``, ``stats``.
 
-They open the store read-only (no writer lock), so they work while a program has it open, and show
-committed data only. Nothing here writes.
+They open STORE (a SQLite file or a ``postgresql://`` URL) read-only through `open_store` (no writer
+lock, no lease), so they work while a program has it open, and read only through the store's read
+interface (`contexts`, `journal`, `snapshot_versions`, `state_at`, `stats`), each call one read
+transaction: committed data only, never half of a commit. Nothing here writes, parses a blob or
+rebuilds a version itself. The ``--json`` shapes are the same for both kinds of store.
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from hoard.storage import ContextState, HoardError, RecoveryPoint, SQLiteStore, thaw
+from hoard.storage import (
+    ContextState,
+    HoardError,
+    JournalEntry,
+    RecoveryPoint,
+    Store,
+    StoredContext,
+    VersionNotStoredError,
+    thaw,
+)
 
 from .._history import history as stored_history
 from ._changes import print_changes
@@ -32,21 +44,15 @@ from ._common import (
     read_store,
     value_text,
 )
-from ._reader import StoreReader
 
 __all__ = ["history", "ls", "show", "stats"]
 
 
-def _context_row(store: SQLiteStore, reader: StoreReader, cid: str) -> dict[str, Any] | None:
-    info = store.info(cid)
-    if info is None:  # deleted since it was listed
-        return None
-    raw, stored = reader.sizes(cid)
+def _context_row(info: StoredContext) -> dict[str, Any]:
     return {
-        "id": cid,
+        "id": info.id,
         "version": info.version,
-        "size": raw,
-        "compressed_size": stored,
+        "stored_bytes": info.stored_bytes,
         "created_at": info.created_at,
         "updated_at": info.updated_at,
         "updated": iso_time(info.updated_at),
@@ -64,32 +70,30 @@ def _context_row(store: SQLiteStore, reader: StoreReader, cid: str) -> dict[str,
                    "(15m, 2h, 3d).")
 @json_option
 def ls(store: str, prefix: str, updated_since: float | None, as_json: bool) -> None:
-    """List the contexts in STORE: version, size, compressed size, last update, recovery points.
+    """List the contexts in STORE (a file or a postgresql:// URL): version, stored size, last update,
+    recovery points.
 
-    SIZE is the uncompressed size of what is stored for the context (snapshots and journal entries);
-    COMPRESSED is what their payloads take in the file (never more than SIZE: a payload that
-    compression does not shrink is stored raw; each row's 20-byte header is not counted).
+    STORED is what the context's snapshots, journal entries and recovery points take in the store
+    (compressed, with their headers). The list is one consistent read of the store.
 
     \b
     Examples:
       hoard ls state.db
       hoard ls state.db --prefix cart- --updated-since 2h --json
+      hoard ls "postgresql://app@db.example/prod?schema=hoard"
     """
-    rows = []
-    with read_store(store) as st, StoreReader(st) as reader:
-        for cid in st.list_ids(prefix):
-            row = _context_row(st, reader, cid)
-            if row is not None and (updated_since is None or row["updated_at"] >= updated_since):
-                rows.append(row)
+    with read_store(store) as st:
+        rows = [_context_row(info) for info in st.contexts(prefix)
+                if updated_since is None or info.updated_at >= updated_since]
     if as_json:
         emit_json(rows)
         return
     if not rows:
         click.echo("no contexts" + (" match" if prefix or updated_since is not None else ""))
         return
-    print_columns(("ID", "VERSION", "SIZE", "COMPRESSED", "UPDATED", "RPS"),
-                  ((r["id"], str(r["version"]), human_bytes(r["size"]), human_bytes(r["compressed_size"]),
-                    human_time(r["updated_at"]), str(r["recovery_points"])) for r in rows), right={1, 2, 3, 5})
+    print_columns(("ID", "VERSION", "STORED", "UPDATED", "RPS"),
+                  ((r["id"], str(r["version"]), human_bytes(r["stored_bytes"]),
+                    human_time(r["updated_at"]), str(r["recovery_points"])) for r in rows), right={1, 2, 4})
     click.echo(f"{len(rows)} context{'s' if len(rows) != 1 else ''}")
 
 
@@ -104,7 +108,33 @@ def _state_json(state: ContextState) -> dict[str, Any]:
     }
 
 
-def _rebuild(store: str, st: SQLiteStore, cid: str, version: int | None) -> tuple[ContextState, str]:
+def _rebuildable(snapshots: list[int], journal: list[JournalEntry], version: int) -> tuple[int, int] | None:
+    """The versions the kept snapshots plus the contiguous journal after the oldest of them reach (up
+    to `version`, the stored one); None if none does. Only counts rows: rebuilding is the store's."""
+    have = {e.version for e in journal}
+    for snap in snapshots:  # oldest first: the widest range wins
+        v = snap
+        while v < version and v + 1 in have:
+            v += 1
+        if v == version:
+            return snap, version
+    return None
+
+
+def _source(st: Store, cid: str, version: int) -> str:
+    """Where the store keeps `version` of `cid` from, for people: a recovery point of that version, or
+    the newest snapshot at or below it plus the journal entries after it."""
+    for rp in st.recovery_points(cid):
+        if rp.version == version:
+            return f"recovery point {rp.id}"
+    base = max((v for v in st.snapshot_versions(cid) if v <= version), default=None)
+    if base is None:
+        return "the journal"
+    n = version - base
+    return f"snapshot v{base} + {n} journal entr{'y' if n == 1 else 'ies'}"
+
+
+def _rebuild(store: str, st: Store, cid: str, version: int | None) -> tuple[ContextState, str]:
     current = st.load(cid)
     if current is None:
         raise not_found(store, cid)
@@ -112,18 +142,20 @@ def _rebuild(store: str, st: SQLiteStore, cid: str, version: int | None) -> tupl
         return current, "current"
     if version < 1 or version > current.version:
         raise HoardError(f"context {cid!r} has no version {version}: it is at v{current.version}")
-    with StoreReader(st) as reader:
-        rebuilt = reader.load_version(cid, version)
-        if rebuilt is None:
-            span = reader.rebuildable(cid, current.version)
-            kept = [rp.version for rp in st.recovery_points(cid)]
-            where = [f"v{span[0]}..v{span[1]} (snapshot + journal)"] if span else []
-            if kept:
-                where.append("v" + ", v".join(map(str, sorted(set(kept)))) + " (recovery points)")
-            raise HoardError(f"version {version} of {cid!r} cannot be rebuilt any more: the store keeps only "
-                             f"{' and '.join(where) or 'the current version'}. Older versions are dropped once "
-                             "a newer snapshot covers them; make recovery points to keep one.")
-    return rebuilt.state, rebuilt.source
+    try:
+        state = st.state_at(cid, version)
+    except VersionNotStoredError as exc:
+        span = _rebuildable(st.snapshot_versions(cid), st.journal(cid), current.version)
+        kept = [rp.version for rp in st.recovery_points(cid)]
+        where = [f"v{span[0]}..v{span[1]} (snapshot + journal)"] if span else []
+        if kept:
+            where.append("v" + ", v".join(map(str, sorted(set(kept)))) + " (recovery points)")
+        refusal = VersionNotStoredError(cid, version, oldest=exc.oldest, newest=exc.newest)
+        refusal.args = (f"version {version} of {cid!r} cannot be rebuilt any more: the store keeps only "
+                        f"{' and '.join(where) or 'the current version'}. Older versions are dropped once a "
+                        "newer snapshot covers them; make recovery points to keep one.",)
+        raise refusal from exc
+    return state, _source(st, cid, version)
 
 
 @click.command("show")
@@ -197,14 +229,14 @@ def history(store: str, context_id: str, since: int | None, until: int | None, a
         if st.info(context_id) is None:
             raise not_found(store, context_id)
         stored = [e.to_dict() for e in stored_history(st, context_id, since, until)]
-    with read_store(store) as st, StoreReader(st) as reader:
         info = st.info(context_id)
         if info is None:
             raise not_found(store, context_id)
         rps = st.recovery_points(context_id)
-        snapshots = reader.snapshot_versions(context_id)
-        changes = reader.journal(context_id, after=snapshots[-1] if snapshots else 0)
-        span = reader.rebuildable(context_id, info.version)
+        snapshots = st.snapshot_versions(context_id)
+        kept = st.journal(context_id)
+    changes = [e.change for e in kept if not snapshots or e.version > snapshots[-1]]
+    span = _rebuildable(snapshots, kept, info.version)
     journal = [{"version": c.version, "at": c.at, "time": iso_time(c.at), "set": sorted(c.data_set),
                 "deleted": list(c.data_del), "metadata_set": sorted(c.meta_set),
                 "metadata_deleted": list(c.meta_del), "replace": c.replace} for c in changes]
@@ -261,21 +293,27 @@ def _describe(j: dict[str, Any]) -> str:
 @click.argument("store", type=STORE)
 @json_option
 def stats(store: str, as_json: bool) -> None:
-    """Show counts and sizes for STORE: contexts, snapshots, journal, recovery points, file and free space.
+    """Show counts and sizes for STORE: contexts, snapshots, journal, recovery points, and the file
+    (a SQLite store). Sizes are stored bytes (compressed, with headers).
 
     \b
     Examples:
       hoard stats state.db
       hoard stats state.db --json
     """
-    with read_store(store) as st, StoreReader(st) as reader:
-        result: dict[str, Any] = {"path": store, **file_sizes(store), **reader.stats()}
-    stored = sum(result[t]["stored_bytes"] for t in ("snapshots", "journal", "recovery_points"))
-    raw = sum(result[t]["raw_bytes"] for t in ("snapshots", "journal", "recovery_points"))
-    result["stored_bytes"] = stored
-    result["raw_bytes"] = raw
-    result["compression_ratio"] = round(raw / stored, 3) if stored else None
-    result["reclaimable_bytes"] = result["free_pages"] * result["page_size"]
+    with read_store(store) as st:
+        totals = st.stats()
+        contexts = st.contexts()
+    largest = sorted(contexts, key=lambda c: (-c.stored_bytes, c.id))[:5]
+    result: dict[str, Any] = {
+        "store": store, **file_sizes(store),
+        "contexts": totals.contexts, "versions_total": sum(c.version for c in contexts),
+        "snapshots": {"count": totals.snapshots, "stored_bytes": totals.snapshot_bytes},
+        "journal": {"count": totals.journal_entries, "stored_bytes": totals.journal_bytes},
+        "recovery_points": {"count": totals.recovery_points, "stored_bytes": totals.recovery_point_bytes},
+        "stored_bytes": totals.stored_bytes, "quarantined_rows": totals.quarantined,
+        "largest": [{"id": c.id, "stored_bytes": c.stored_bytes} for c in largest],
+    }
     if as_json:
         emit_json(result)
         return
@@ -286,12 +324,9 @@ def stats(store: str, as_json: bool) -> None:
     table.add_row("contexts", str(result["contexts"]), f"{result['versions_total']} versions in all")
     for name in ("snapshots", "journal", "recovery_points"):
         t = result[name]
-        table.add_row(name.replace("_", " "), str(t["count"]),
-                      f"{human_bytes(t['stored_bytes'])} stored, {human_bytes(t['raw_bytes'])} uncompressed")
-    ratio = f"{result['compression_ratio']:.2f}x" if result["compression_ratio"] else "-"
-    table.add_row("compression", ratio, "")
-    table.add_row("file", human_bytes(result["file_bytes"]), f"+ {human_bytes(result['wal_bytes'])} WAL")
-    table.add_row("free space", human_bytes(result["reclaimable_bytes"]), "`hoard compact` gives it back")
+        table.add_row(name.replace("_", " "), str(t["count"]), f"{human_bytes(t['stored_bytes'])} stored")
+    if result["file_bytes"] is not None:
+        table.add_row("file", human_bytes(result["file_bytes"]), f"+ {human_bytes(result['wal_bytes'])} WAL")
     if result["quarantined_rows"]:
         table.add_row("quarantined rows", str(result["quarantined_rows"]), "damaged rows kept aside by a repair")
     console = out()

@@ -1,24 +1,26 @@
 """Commands that change a store: ``hoard restore``, ``verify [--fix]``, ``compact``.
 
-Each takes the store's writer lock (``restore`` through `open_system`, so the restore is an ordinary
-versioned, journaled change), so each refuses at once, changing nothing, while another program has
-the store open. ``verify`` without ``--fix`` only reads.
+STORE is a SQLite file or a ``postgresql://`` URL. Each writing command takes the store's
+single-writer rules before it writes (``restore`` through `open_system`, so the restore is an
+ordinary versioned, journaled change): the SQLite writer lock, or the PostgreSQL leases of every
+context it touches. So each refuses at once, changing nothing, while a running program holds them.
+``verify`` without ``--fix`` only reads, in one read transaction.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import click
 from rich.table import Table
 from rich.text import Text
 
-from hoard.storage import CorruptStateError, DeleteContext, HoardError, PersistenceError
+from hoard.storage import CorruptStateError, DeleteContext, HoardError
 
 from ._archive import context_ops
 from ._common import (
     STORE,
+    claim,
     emit_json,
     file_sizes,
     human_bytes,
@@ -30,7 +32,6 @@ from ._common import (
     system_for,
     write_store,
 )
-from ._reader import StoreReader
 
 __all__ = ["compact", "restore", "verify"]
 
@@ -91,6 +92,8 @@ def verify(store: str, fix: bool, as_json: bool) -> None:
     """
     opener = write_store(store, "repair") if fix else read_store(store)
     with opener as st, progress("verifying", None):
+        if fix:  # a repair rewrites contexts: on PostgreSQL, only those no running system holds
+            claim(st, st.list_ids(), "repair")
         contexts = st.count()
         issues = st.verify(fix=fix)
     unfixed = [i for i in issues if not i.fixed]
@@ -118,32 +121,23 @@ def verify(store: str, fix: bool, as_json: bool) -> None:
         click.get_current_context().exit(1)
 
 
-def _needs_compaction(reader: StoreReader, cid: str, version: int, journal_entries: int) -> bool:
-    return journal_entries > 0 or reader.snapshot_versions(cid) != [version]
+def _needs_compaction(snapshots: list[int], version: int, journal_entries: int) -> bool:
+    return journal_entries > 0 or snapshots != [version]
 
 
-def _vacuum(path: str) -> None:
-    """VACUUM and truncate the WAL. Runs while the caller holds the writer lock (`SQLiteStore` has no
-    vacuum yet: see the issue 5 report), on a connection of its own."""
-    try:
-        db = sqlite3.connect(path, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise PersistenceError(f"cannot vacuum {path!r}: {exc}") from exc
-    try:
-        db.execute("PRAGMA busy_timeout=5000")
-        db.execute("VACUUM")
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    except sqlite3.Error as exc:
-        raise PersistenceError(f"cannot vacuum {path!r}: {exc}") from exc
-    finally:
-        db.close()
+def _total(sizes: dict[str, int | None]) -> int | None:
+    """Bytes of the file and its WAL; None for a PostgreSQL store (the server's files)."""
+    file, wal = sizes["file_bytes"], sizes["wal_bytes"]
+    return None if file is None or wal is None else file + wal
 
 
 @click.command("compact")
 @click.argument("store", type=STORE)
 @json_option
 def compact(store: str, as_json: bool) -> None:
-    """Compact STORE: one snapshot per context at its current version, no journal, then VACUUM.
+    """Compact STORE: one snapshot per context at its current version, no journal, then give the
+    space back (SQLite: VACUUM, the file shrinks; PostgreSQL: VACUUM (ANALYZE), which makes the space
+    reusable without blocking other writers; the files keep their size).
 
     A store that records a longer history policy (``ContextManagerConfig(history=...)``) keeps what
     it says: compact then drops only the snapshots and journal entries the policy lets go.
@@ -152,7 +146,8 @@ def compact(store: str, as_json: bool) -> None:
     points), so a crash midway leaves every context either old or compacted, never half. Afterwards
     the older kept snapshot and its journal are gone, so `hoard show --version` can rebuild only
     recovery point versions. A context that cannot be read is left untouched and reported (exit
-    1; see `hoard verify`). Refused while another program has STORE open.
+    1; see `hoard verify`). Refused while another program has STORE open (PostgreSQL: while a
+    running system holds the lease of any of its contexts).
 
     \b
     Examples:
@@ -163,45 +158,46 @@ def compact(store: str, as_json: bool) -> None:
     rewritten: list[str] = []
     failed: list[dict[str, Any]] = []
     dropped = 0
-    with write_store(store, "compact") as st:
-        st.feed_enabled = False  # a rewrite changes no context: nothing for the change feed
+    with write_store(store, "compact", feed=False) as st:  # a rewrite changes no context: no feed entry
         keep_history = st.history_policy.kind != "recovery"
+        ids = st.list_ids()
+        keep_leases = claim(st, ids, "compact")
         if keep_history:  # the store's recorded history policy: trim to it, never below it
             dropped = st.compact_history()
-        with StoreReader(st) as reader:
-            ids = [] if keep_history else st.list_ids()
-            with progress("compacting", len(ids)) as advance:
-                for cid in ids:
-                    advance(1)
-                    info = st.info(cid)
-                    if info is None or not _needs_compaction(reader, cid, info.version, info.journal_entries):
-                        continue
-                    try:
-                        state = st.load(cid)
-                        rps = st.recovery_points(cid)
-                    except CorruptStateError as exc:
-                        failed.append({"id": cid, "problem": str(exc)})
-                        continue
-                    if state is None:  # pragma: no cover - we hold the writer lock
-                        continue
-                    ops, _written, _note = context_ops(state, rps, info.next_rp_id)
-                    st.commit([DeleteContext(cid), *ops])
-                    rewritten.append(cid)
-                    dropped += info.journal_entries
+        with progress("compacting", 0 if keep_history else len(ids)) as advance:
+            for cid in [] if keep_history else ids:
+                advance(1)
+                keep_leases()
+                info = st.info(cid)
+                if info is None or not _needs_compaction(st.snapshot_versions(cid), info.version,
+                                                         info.journal_entries):
+                    continue
+                try:
+                    state = st.load(cid)
+                    rps = st.recovery_points(cid)
+                except CorruptStateError as exc:
+                    failed.append({"id": cid, "problem": str(exc)})
+                    continue
+                if state is None:  # pragma: no cover - we hold the writer lock or the lease
+                    continue
+                ops, _written, _note = context_ops(state, rps, info.next_rp_id)
+                st.commit([DeleteContext(cid), *ops])
+                rewritten.append(cid)
+                dropped += info.journal_entries
         with progress("vacuuming", None):
-            _vacuum(store)
+            st.vacuum()
     after = file_sizes(store)
     result: dict[str, Any] = {
         "contexts_rewritten": len(rewritten), "journal_entries_removed": dropped, "failed": failed,
-        "bytes_before": before["file_bytes"] + before["wal_bytes"],
-        "bytes_after": after["file_bytes"] + after["wal_bytes"]}
+        "bytes_before": _total(before), "bytes_after": _total(after)}
     if as_json:
         emit_json(result)
     else:
         console = out()
         console.print(f"compacted {len(rewritten)} context{'s' if len(rewritten) != 1 else ''} "
-                      f"({dropped} journal entries removed); file {human_bytes(result['bytes_before'])} -> "
-                      f"{human_bytes(result['bytes_after'])}")
+                      f"({dropped} journal entries removed)"
+                      + ("" if result["bytes_after"] is None else
+                         f"; file {human_bytes(result['bytes_before'])} -> {human_bytes(result['bytes_after'])}"))
         for f in failed:
             console.print(f"not compacted: {f['id']}: {f['problem']}", markup=False)
         if failed:

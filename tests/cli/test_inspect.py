@@ -17,7 +17,7 @@ def test_ls_lists_every_context_with_version_sizes_times_and_recovery_points(hoa
     assert by_id["cart-42"]["version"] == 11 and by_id["cart-42"]["recovery_points"] == 2
     assert by_id["cart-7"]["version"] == 1 and by_id["user.ana"]["version"] == 2
     for r in rows:
-        assert r["size"] > 0 and r["compressed_size"] > 0
+        assert r["stored_bytes"] > 0
         assert r["created_at"] <= r["updated_at"] <= time.time()
         assert r["updated"].endswith("Z")
 
@@ -26,7 +26,7 @@ def test_ls_table_shows_the_same_contexts(hoard: Hoard, store: Path) -> None:
     r = hoard("ls", str(store))
     assert r.code == 0
     lines = r.out.splitlines()
-    assert lines[0].split() == ["ID", "VERSION", "SIZE", "COMPRESSED", "UPDATED", "RPS"]
+    assert lines[0].split() == ["ID", "VERSION", "STORED", "UPDATED", "RPS"]
     assert lines[1].split()[:2] == ["cart-42", "11"] and lines[1].split()[-1] == "2"
     assert "3 contexts" in r.out
     assert "\x1b[" not in r.out  # no colour when stdout is not a terminal
@@ -104,7 +104,9 @@ def test_stats_counts_what_is_stored(hoard: Hoard, store: Path) -> None:
     s = hoard("stats", str(store), "--json").json()
     assert s["contexts"] == 3 and s["versions_total"] == 11 + 1 + 2
     assert s["recovery_points"]["count"] == 2 and s["journal"]["count"] >= 2
-    assert s["file_bytes"] > 0 and s["stored_bytes"] > 0 and s["raw_bytes"] > 0
+    assert s["file_bytes"] > 0 and s["stored_bytes"] > 0
+    assert s["stored_bytes"] == sum(s[t]["stored_bytes"] for t in ("snapshots", "journal", "recovery_points"))
+    assert s["largest"][0]["id"] == "cart-42"
     assert hoard("stats", str(store)).code == 0
 
 

@@ -45,7 +45,7 @@ def test_ls_into_head_ends_quietly_with_exit_0(big_store: Path, tmp_path: Path) 
     assert writer.wait(timeout=120) == 0, err
     assert err == ""
     assert head.returncode == 0
-    assert first.decode().split() == ["ID", "VERSION", "SIZE", "COMPRESSED", "UPDATED", "RPS"]
+    assert first.decode().split() == ["ID", "VERSION", "STORED", "UPDATED", "RPS"]
 
 
 def _with_closed_stdout(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,8 @@
 """A writer process for tests/storage/test_consistent_reads.py: commits to a store as fast as it can.
 
 Usage: ``python busy_writer.py '<json config>'`` with ``target`` (a SQLite path or a ``postgresql://``
-URL), ``contexts`` and ``commits``. It creates the contexts, prints ``{"ready": true}``, then commits
+URL), ``contexts`` and ``commits``, and optionally ``stop_file``
+(it stops early once that file exists). It creates the contexts, prints ``{"ready": true}``, then commits
 `commits` batches: journal appends to one or several contexts, a snapshot every 7th version of a
 context, a recovery point every 13th (keeping 3), so that every kind of row changes under a reader.
 At the end it prints ``{"done": {context id: version}}`` and closes the store.
@@ -10,6 +11,7 @@ At the end it prints ``{"done": {context id: version}}`` and closes the store.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -38,7 +40,10 @@ def main(cfg: dict[str, Any]) -> None:
         next_rp = dict.fromkeys(ids, 1)
         store.commit([CreateContext(st) for st in states.values()])
         print(json.dumps({"ready": True}), flush=True)
+        stop_file = cfg.get("stop_file")
         for i in range(cfg["commits"]):
+            if stop_file is not None and os.path.exists(stop_file):
+                break
             ops: list[Any] = []
             for cid in rng.sample(ids, rng.choice((1, 1, 2, len(ids)))):
                 st = states[cid]
