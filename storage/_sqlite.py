@@ -527,7 +527,6 @@ class SQLiteStore(RowStore):
         except PersistenceError:
             self._checkpoint_due = True
             raise
-        self._since_prune = 0 if self._since_prune + len(feed) >= PRUNE_EVERY else self._since_prune + len(feed)
         self._check_identity()  # deleted or replaced meanwhile: the commit went to an orphan, not the store
         self._since_prune = 0 if self._since_prune + len(feed) >= PRUNE_EVERY else self._since_prune + len(feed)
         if self._checkpoint_due:

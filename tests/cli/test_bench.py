@@ -16,10 +16,10 @@ from .conftest import Hoard
 ROWS = ["sync_set", "get", "pipelined", "update_1000", "set_100k", "durable_set", "durable_32_threads",
         "activation_10k", "open_100k", "rss_1000", "peer_diskcache", "peer_json_file",
         "pg_durable_set", "pg_durable_32_threads",  # issue 6; skipped with a note when no PostgreSQL answers
+        "fwd_throughput", "fwd_latency_median", "fwd_latency_p99", "fwd_vs_local",  # issue 15; also needs NATS
         *(f"relay{s}_{k}" for k in ("nats", "mqtt", "amqp", "redis") for s in ("", "_latency")),  # issue 16
         "feed_write_cost", "feed_write_cost_16_threads", "pg_feed_write_cost_16_threads", "feed_read",
         "state_at_1000",  # issue 13
-        "fwd_throughput", "fwd_latency_median", "fwd_latency_p99", "fwd_vs_local",  # issue 15; also needs NATS
         "metrics_1000", "compression_dict", "compression_write", "events_delivery", "events_latency",
         "peer_diskcache_16_threads", "peer_sqlitedict",
         "peer_sqlitedict_16_threads"]  # issue 14
