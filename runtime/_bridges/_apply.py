@@ -27,7 +27,6 @@ stopped with its system).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -47,6 +46,7 @@ from hoard.storage import (
 from ._broker import CommandSource, Incoming, make_source, public_url
 from ._errors import BrokerUnavailableError
 from ._format import Command, parse_command, result_body
+from ._thread import BridgeThread
 
 if TYPE_CHECKING:
     from .._system import ContextSystem
@@ -84,7 +84,7 @@ class ApplierStats:
     error: str | None = None
 
 
-class CommandApplier:
+class CommandApplier(BridgeThread):
     """Applies commands from the broker at `source_url` to `system`'s contexts. See the module docstring.
 
     Args:
@@ -150,22 +150,10 @@ class CommandApplier:
         """Stop the thread after the command in hand (applied and acknowledged, or left to the broker),
         close the connection; blocks until then (at most `timeout`, default call_timeout x 2 + 5 s).
         Idempotent; also called by the system's `stop()`."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(self._timeout * 2 + 5 if timeout is None else timeout)
-        with contextlib.suppress(HoardError):
-            self._system.detach_bridge(self)
+        self._halt(self._timeout * 2 + 5 if timeout is None else timeout)
 
     def __enter__(self) -> CommandApplier:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def stats(self) -> ApplierStats:
         """Counts so far (lock-free; any thread)."""

@@ -40,6 +40,7 @@ from hoard.storage import ConfigError, FeedTruncatedError, HoardError, Store, Sy
 from ._broker import Outgoing, Publisher, make_publisher, public_url
 from ._errors import BrokerUnavailableError
 from ._format import change_body, message_id, render_subject
+from ._thread import BridgeThread
 
 if TYPE_CHECKING:
     from hoard.storage import FeedEntry
@@ -99,7 +100,7 @@ def _default_name(url: str, subject: str) -> str:
     return f"relay {public_url(url)} {subject}"[:128]
 
 
-class Relay:
+class Relay(BridgeThread):
     """Publishes every change of `system`'s feed to the broker at `to`. See the module docstring.
 
     Args:
@@ -173,23 +174,10 @@ class Relay:
         `timeout` (default: ``publish_timeout`` + 5 s). A batch being published is finished or
         abandoned (then published again by the next relay of this name); the consumer's position is
         what the broker confirmed. Idempotent; also called by the system's `stop()`."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(self._timeout + 5 if timeout is None else timeout)
-        with contextlib.suppress(HoardError):
-            self._system.detach_bridge(self)
+        self._halt(self._timeout + 5 if timeout is None else timeout)
 
     def __enter__(self) -> Relay:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        """Whether the relay's thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
 
     def lag(self) -> RelayLag:
         """How far behind the relay is now (lock-free; any thread)."""
