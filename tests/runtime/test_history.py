@@ -28,18 +28,6 @@ from hoard import (
 from hoard.storage import open_store
 from tests.cli.conftest import command_env
 from tests.helpers import Clock
-from tests.pg import url_for
-
-KINDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=KINDS)
-def target(request: pytest.FixtureRequest, store_path: Path) -> str | Path | None:
-    if request.param == "memory":
-        return None
-    if request.param == "sqlite":
-        return store_path
-    return url_for(request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_schema"))
 
 
 def _cfg(**kw: Any) -> ContextManagerConfig:
