@@ -21,8 +21,8 @@ from hoard.storage import (
     ContextState,
     InvalidValueError,
     JournalEntry,
+    ReadView,
     RecoveryPoint,
-    Store,
     VersionNotStoredError,
     apply_change,
     thaw,
@@ -155,37 +155,40 @@ def _version(name: str, value: object, *, optional: bool = False) -> int | None:
     return value
 
 
-def state_at(store: Store, context_id: str, version: int) -> ContextState:
+def state_at(store: ReadView, context_id: str, version: int) -> ContextState:
     """See `ContextManager.state_at`."""
     validate_id(context_id)
     return store.state_at(context_id, _version("version", version))  # type: ignore[arg-type]
 
 
-def history(store: Store, context_id: str, since_version: int | None = None,
+def history(store: ReadView, context_id: str, since_version: int | None = None,
             until_version: int | None = None) -> Iterator[HistoryEntry]:
-    """See `ContextManager.history`."""
+    """See `ContextManager.history`. Every read is made here, in one `read_view()` (the journal, the
+    snapshots it starts from and the state before its first entry agree, whatever commits
+    meanwhile); the entries are then replayed lazily, without the store."""
     validate_id(context_id)
     since = _version("since_version", since_version, optional=True)
     until = _version("until_version", until_version, optional=True)
-    entries = store.journal(context_id, after=0 if since is None else since - 1, upto=until)
-    oldest = min(store.snapshot_versions(context_id), default=1)  # the journal goes on from there
-    if since is not None and oldest > 1 and since <= oldest:
-        info = store.info(context_id)
-        raise VersionNotStoredError(context_id, since, oldest=oldest + 1, newest=None if info is None else info.version)
-    return _replay(store, context_id, entries)
+    with store.read_view() as view:
+        entries = view.journal(context_id, after=0 if since is None else since - 1, upto=until)
+        oldest = min(view.snapshot_versions(context_id), default=1)  # the journal goes on from there
+        if since is not None and oldest > 1 and since <= oldest:
+            info = view.info(context_id)
+            raise VersionNotStoredError(context_id, since, oldest=oldest + 1,
+                                        newest=None if info is None else info.version)
+        base = view.state_at(context_id, entries[0].version - 1) if entries else None
+    return _replay(base, entries)
 
 
-def _replay(store: Store, context_id: str, entries: list[JournalEntry]) -> Iterator[HistoryEntry]:
-    if not entries:
-        return
-    state = store.state_at(context_id, entries[0].version - 1)
+def _replay(state: ContextState | None, entries: list[JournalEntry]) -> Iterator[HistoryEntry]:
     for entry in entries:
+        assert state is not None  # there is a base whenever there are entries
         new = apply_change(state, entry.change)
         yield HistoryEntry.of(state, entry, new)
         state = new
 
 
-def diff(store: Store, context_id: str, a: int | RecoveryPoint, b: int | RecoveryPoint) -> Diff:
+def diff(store: ReadView, context_id: str, a: int | RecoveryPoint, b: int | RecoveryPoint) -> Diff:
     """See `ContextManager.diff`."""
     validate_id(context_id)
 
@@ -195,6 +198,7 @@ def diff(store: Store, context_id: str, a: int | RecoveryPoint, b: int | Recover
                 raise InvalidValueError(name, f"recovery point {value.id} belongs to {value.context_id!r}, not "
                                               f"{context_id!r}")
             return f"rp:{value.id}", value.state
-        return str(value), store.state_at(context_id, _version(name, value))  # type: ignore[arg-type]
-    (an, before), (bn, after) = side("a", a), side("b", b)
+        return str(value), view.state_at(context_id, _version(name, value))  # type: ignore[arg-type]
+    with store.read_view() as view:  # both sides from one snapshot
+        (an, before), (bn, after) = side("a", a), side("b", b)
     return Diff.between(context_id, an, before, bn, after)

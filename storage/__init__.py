@@ -70,6 +70,7 @@ from ._store import JournalEntry as JournalEntry
 from ._store import Op as Op
 from ._store import PutRecoveryPoint as PutRecoveryPoint
 from ._store import PutSnapshot as PutSnapshot
+from ._store import ReadView as ReadView
 from ._store import SetTTL as SetTTL
 from ._store import Store as Store
 from ._store import StoredContext as StoredContext
@@ -132,6 +133,7 @@ __all__ = [
     "PostgresStore",
     "PutRecoveryPoint",
     "PutSnapshot",
+    "ReadView",
     "RecoveryPoint",
     "RecoveryPointNotFoundError",
     "RecoveryReport",

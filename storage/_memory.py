@@ -8,13 +8,17 @@ is encoded, so nothing can be damaged: `verify()` finds nothing. Nothing survive
 
 Each context's rows are persistent maps (`immutables.Map`): a batch stages the contexts it touches
 without copying the others, and a failing batch leaves everything as it was. Not thread-safe: one
-owner thread at a time.
+owner thread at a time. A commit installs its batch between two steps of a sequence counter (odd
+while installing); `read_view()` copies the index of contexts and retries until the counter was even
+and unchanged around the copy (a seqlock: the writer never waits), so a view from another thread
+(`reader()` is the store itself) never sees half a batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import attrs
 import immutables
@@ -46,6 +50,7 @@ from ._store import (
     Op,
     PutRecoveryPoint,
     PutSnapshot,
+    ReadView,
     SetTTL,
     StoredContext,
     StoreStats,
@@ -97,6 +102,7 @@ class MemoryStore:
         self._head = 0
         self._since_prune = 0
         self._consumers: dict[str, int] = {}
+        self._seq = 0  # odd while a commit installs its batch (see the module docstring)
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -113,13 +119,17 @@ class MemoryStore:
             cid = context_of(op)
             cur = staged[cid] if cid in staged else self._contexts.get(cid)
             staged[cid] = self._apply(cur, op, self.history_policy)
-        for cid, ctx in staged.items():  # all or nothing: applied only once every op held
-            if ctx is None:
-                self._contexts.pop(cid, None)
-            else:
-                self._contexts[cid] = ctx
-        if self.feed_enabled:
-            self._append_feed(ops)
+        self._seq += 1  # installing: a read_view() copying now retries
+        try:
+            for cid, ctx in staged.items():  # all or nothing: applied only once every op held
+                if ctx is None:
+                    self._contexts.pop(cid, None)
+                else:
+                    self._contexts[cid] = ctx
+            if self.feed_enabled:
+                self._append_feed(ops)
+        finally:
+            self._seq += 1
 
     def _append_feed(self, ops: Sequence[Op]) -> None:
         added = []
@@ -260,8 +270,8 @@ class MemoryStore:
         floor, feed = self._view  # one consistent value (replaced whole by the writer)
         if after < floor:
             raise FeedTruncatedError(after, floor)
-        start = 0 if not feed else max(0, after + 1 - feed[0].offset)  # offsets are contiguous
-        return list(feed[start:start + limit])
+        # offsets are contiguous from floor + 1; a view shares the writer's list and stops at its head
+        return feed[after - floor:max(0, min(after - floor + limit, self._head - floor))]
 
     def feed_bounds(self) -> tuple[int, int]:
         return self._view[0], self._head
@@ -292,6 +302,21 @@ class MemoryStore:
 
     def vacuum(self) -> None:
         """Nothing to give back: deleted entries are freed by the garbage collector."""
+
+    @contextlib.contextmanager
+    def read_view(self) -> Iterator[ReadView]:
+        """See `Store.read_view`: a frozen copy of this store (its index of contexts copied, O(contexts);
+        the contexts themselves are immutable and shared), retried while a commit installs a batch,
+        so it never holds half of one. Any thread; the writer never waits for it."""
+        while True:
+            seq = self._seq
+            if seq % 2 == 0:
+                copied = {**self.__dict__, "_contexts": dict(self._contexts)}
+                if self._seq == seq:
+                    break
+        view = MemoryStore.__new__(MemoryStore)
+        view.__dict__.update(copied)
+        yield view
 
     def reader(self) -> MemoryStore:
         """This store itself: its reads take one consistent immutable value, safe from any thread."""

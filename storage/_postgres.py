@@ -77,7 +77,7 @@ import socket
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ._codec import Codec
@@ -801,7 +801,14 @@ class PostgresStore(LeaseHolder, RowStore):
               transaction: bool = True) -> T:
         """`fn(rows)` in one REPEATABLE READ, READ ONLY transaction (one snapshot of the database for
         all its statements), or, for the strict load's single statement, in none. Retried once on a
-        new connection if the old one was dead."""
+        new connection if the old one was dead. Inside a `read_view()`, in the view's transaction
+        (never retried: a new connection would be another snapshot)."""
+        pinned = self._pinned
+        if pinned is not None:
+            try:
+                return fn(pinned)
+            except psycopg.Error as exc:
+                raise self._translate(exc, what, context_id) from exc
         def run(conn: Any) -> T:
             if not transaction:
                 return fn(_PgRows(self, conn))
@@ -810,6 +817,24 @@ class PostgresStore(LeaseHolder, RowStore):
             conn.execute("COMMIT")
             return result
         return self._run(what, run, context_id)
+
+    @contextlib.contextmanager
+    def _read_transaction(self, what: str) -> Iterator[RowAccess]:
+        """One REPEATABLE READ, READ ONLY transaction held open for a `read_view()`; the snapshot is
+        taken by its first statement, made here. Ended with the block (its connection given back
+        if it broke)."""
+        def begin(conn: Any) -> Any:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute("SELECT 1").fetchone()
+            return conn
+        conn = self._run(what, begin)
+        try:
+            yield _PgRows(self, conn)
+        finally:
+            if self._lost(conn):
+                self._drop_connection()
+            else:
+                self._rollback(conn)  # it only read
 
     def _repair(self, what: str, context_id: str | None, expected_version: int | None,
                 fn: Callable[[RowAccess], T]) -> T | None:

@@ -12,6 +12,10 @@ as seen inside one transaction) and subclasses `RowStore`, providing two callbac
 * ``_repair(what, context_id, expected_version, fn)``: run ``fn(rows)`` in **one write transaction**
   that first locks the context and checks that it is still at `expected_version` and that this store
   may write it (the writer lock, the lease); returns None, writing nothing, when it may not.
+* ``_read_transaction(what)``: a context manager holding one read transaction open and yielding its
+  `RowAccess`, for `read_view()`. While a view is open the engine sets ``_pinned`` to those rows, and
+  the backend's ``_read`` runs ``fn(self._pinned)`` in it (translating errors) instead of starting a
+  transaction of its own; no repair runs then (it would write inside a read transaction).
 
 Everything else (load, recovery, repair, verify, the read interface) is here, once. The on-disk model
 (see the `SQLiteStore` module docstring): per context a row with the acknowledged version, the newest
@@ -31,11 +35,12 @@ Threading: a store is used by one thread at a time (see `Store`); these function
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -51,7 +56,7 @@ from ._errors import (
 )
 from ._feed import FeedEntry
 from ._model import Change, ContextState, RecoveryPoint, apply_change
-from ._store import JournalEntry, StoredContext, StoreStats, VerifyIssue
+from ._store import JournalEntry, ReadView, StoredContext, StoreStats, VerifyIssue
 from ._values import validate_id
 
 __all__ = ["FALLBACK_HINT", "RECOVERY_MODES", "RecoveryReport", "RowAccess", "RowStore", "SkippedItem"]
@@ -596,6 +601,8 @@ class RowStore:
     recovery: str
     readonly: bool
     location: str
+    #: the rows of the open `read_view()`'s transaction (None: no view open)
+    _pinned: RowAccess | None = None
 
     def __init__(self, codec: Codec, recovery: str, readonly: bool) -> None:
         if recovery not in RECOVERY_MODES:
@@ -614,6 +621,31 @@ class RowStore:
     def _repair(self, what: str, context_id: str | None, expected_version: int | None,
                 fn: Callable[[RowAccess], T]) -> T | None:
         raise NotImplementedError  # pragma: no cover
+
+    def _read_transaction(self, what: str) -> contextlib.AbstractContextManager[RowAccess]:
+        raise NotImplementedError  # pragma: no cover
+
+    def list_ids(self, prefix: str = "") -> list[str]:
+        raise NotImplementedError  # pragma: no cover - each backend's own query
+
+    def count(self) -> int:
+        raise NotImplementedError  # pragma: no cover - each backend's own query
+
+    @contextlib.contextmanager
+    def read_view(self) -> Iterator[ReadView]:
+        """See `Store.read_view`: one read transaction held for the block (REPEATABLE READ READ ONLY
+        on PostgreSQL, a WAL read transaction on SQLite), in which every read of this store runs.
+        The view is the store itself, pinned to that transaction until the block ends; a fallback
+        load inside it repairs nothing (`RecoveryReport.repaired` False). Caller's thread."""
+        if self._pinned is not None:  # nested: the outer view's snapshot
+            yield self
+            return
+        with self._read_transaction("read view") as rows:
+            self._pinned = rows
+            try:
+                yield self
+            finally:
+                self._pinned = None
 
     # -- loading -----------------------------------------------------------------------------------
     def load(self, context_id: str) -> ContextState | None:
@@ -669,7 +701,7 @@ class RowStore:
         def repair(rows: RowAccess) -> bool:
             _repair_after_fallback(self.codec, rows, stored, state, found=found, lost=lost)
             return True
-        repaired = bool(self._repair("repair", context_id, top, repair))
+        repaired = self._pinned is None and bool(self._repair("repair", context_id, top, repair))
         report = RecoveryReport(context_id, top, best.version, state.version, base, tuple(skipped), lost, repaired)
         self.last_recovery_report = report
         self.recovery_reports.append(report)
@@ -834,7 +866,7 @@ class RowStore:
         those issues stay ``fixed=False`` (open with ``recovery="fallback"`` to recover what can be).
         Runs in the calling thread and blocks for as long as the walk takes (it reads every row).
         """
-        fix = fix and not self.readonly
+        fix = fix and not self.readonly and self._pinned is None
 
         def check_all(rows: RowAccess) -> tuple[list[VerifyIssue], dict[str, tuple[int, _Check]],
                                                  list[tuple[str, str]]]:

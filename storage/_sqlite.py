@@ -753,8 +753,12 @@ class SQLiteStore(RowStore):
     def _read(self, what: str, context_id: str | None, fn: Callable[[RowAccess], T], *,
               transaction: bool = True) -> T:
         """`fn(rows)` in one read transaction: in WAL mode it sees the store as of its first read,
-        whatever a writer commits meanwhile. (SQLite needs it also for `newest`, hence always.)"""
+        whatever a writer commits meanwhile. (SQLite needs it also for `newest`, hence always.)
+        Inside a `read_view()`, in the view's transaction."""
         db = self._require()
+        pinned = self._pinned
+        if pinned is not None:
+            return self._guard(lambda: fn(pinned), what, context_id)
 
         def run() -> T:
             db.execute("BEGIN")
@@ -765,6 +769,23 @@ class SQLiteStore(RowStore):
                     if db.in_transaction:
                         db.execute("ROLLBACK")  # it only read
         return self._guard(run, what, context_id)
+
+    @contextlib.contextmanager
+    def _read_transaction(self, what: str) -> Iterator[RowAccess]:
+        """One read transaction held open for a `read_view()`: a deferred BEGIN plus a first read,
+        which is where SQLite takes the snapshot (WAL: no lock that blocks the writer)."""
+        db = self._require()
+
+        def begin() -> None:
+            db.execute("BEGIN")
+            db.execute("SELECT count(*) FROM hoard_meta").fetchone()
+        try:
+            self._guard(begin, what)
+            yield _SQLiteRows(db)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")  # it only read
 
     def _repair(self, what: str, context_id: str | None, expected_version: int | None,
                 fn: Callable[[RowAccess], T]) -> T | None:

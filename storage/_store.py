@@ -12,12 +12,16 @@ The read interface (every store offers it, a writer or a read-only one): `contex
 stored with versions and sizes, `journal()` reads one context's journal between two versions as
 `JournalEntry` records, `snapshot_versions()` lists its snapshots, `state_at()` rebuilds the state at a
 stored version, `stats()` counts rows and bytes. Each call reads one consistent snapshot of the store
-(one read transaction), so a reader never sees half of a concurrent commit.
+(one read transaction), so a reader never sees half of a concurrent commit. A reader that makes
+several calls and needs them to agree (a listing and its totals, a journal and the snapshots it starts
+from) opens a `read_view()`: every read through the view sees the same snapshot, whatever commits
+meanwhile (see `Store.read_view` for what that costs each backend).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
@@ -37,6 +41,7 @@ __all__ = [
     "Op",
     "PutRecoveryPoint",
     "PutSnapshot",
+    "ReadView",
     "SetTTL",
     "Store",
     "StoreStats",
@@ -192,23 +197,12 @@ class VerifyIssue:
 
 
 @runtime_checkable
-class Store(Protocol):
-    """A durable (or memory) home for contexts. See the module docstring for the threading rule."""
+class ReadView(Protocol):
+    """The reads of a store. A `Store` is one (each call its own consistent snapshot); the view that
+    `Store.read_view()` gives is one whose calls all share a single snapshot."""
 
     #: human-readable location, for messages
     location: str
-    #: the history policy recorded in the store (read on open; see `hoard.storage._retention`)
-    history_policy: HistoryPolicy
-
-    def open(self) -> None:
-        """Open for writing. Raises `StoreLockedError` at once if another writer has it open,
-        `CorruptStateError` if it is not a hoard store or of a newer format."""
-
-    def close(self) -> None:
-        """Release everything. Idempotent."""
-
-    def commit(self, ops: Sequence[Op]) -> None:
-        """Apply `ops` in order, in one transaction. Raises `PersistenceError` (nothing applied)."""
 
     def load(self, context_id: str) -> ContextState | None:
         """The newest state: newest valid snapshot plus journal replay; None if the context does not
@@ -228,13 +222,6 @@ class Store(Protocol):
 
     def recovery_point(self, context_id: str, rp_id: int) -> RecoveryPoint | None:
         """One recovery point, or None."""
-
-    def expired(self, now: float, default_ttl: float | None, limit: int = 1000) -> list[str]:
-        """Ids of contexts whose last change (`updated_at`) is older than their TTL at `now` (seconds
-        since the epoch): their own TTL, else `default_ttl` (None: no default). At most `limit`."""
-
-    def verify(self, fix: bool = False) -> list[VerifyIssue]:
-        """Every inconsistency found; with `fix`, repaired where no acknowledged data is lost."""
 
     # -- the read interface: each call reads one consistent snapshot of the store --------------------
     def contexts(self, prefix: str = "") -> list[StoredContext]:
@@ -270,6 +257,49 @@ class Store(Protocol):
     def consumers(self) -> dict[str, int]:
         """Every registered feed consumer and the offset it committed."""
 
+    def read_view(self) -> AbstractContextManager[ReadView]:
+        """``with store.read_view() as view:``: every read through `view` sees one snapshot of the
+        store, taken when the block starts, whatever is committed meanwhile (by this process or
+        another); leave the block to see newer commits. Use `view` only inside the block, in the
+        store's owner thread, and write nothing through the store while it is open.
+
+        What it holds: SQLite: one read transaction on the store's connection (WAL: it never blocks a
+        writer, nor a writer it; the WAL cannot be checkpointed past the view's snapshot meanwhile,
+        so keep views short). PostgreSQL: one ``REPEATABLE READ READ ONLY`` transaction on the store's
+        connection (it takes no lock that blocks writers; it keeps VACUUM from removing rows its
+        snapshot can see while open). Memory: a copy of the store's index of contexts, O(contexts),
+        taken between two commits (retried if one installs meanwhile; the writer never waits). Opening blocks only for
+        that (one round trip on PostgreSQL). A view opened inside another one of the same store is the
+        same view. An error inside the view ends it with the block (on PostgreSQL the transaction is
+        aborted: later reads through the view raise `PersistenceError`). A view's own `read_view()` is
+        the view itself: code that takes a `ReadView` may open one whether or not it got a view."""
+
+
+@runtime_checkable
+class Store(ReadView, Protocol):
+    """A durable (or memory) home for contexts. See the module docstring for the threading rule."""
+
+    #: the history policy recorded in the store (read on open; see `hoard.storage._retention`)
+    history_policy: HistoryPolicy
+
+    def open(self) -> None:
+        """Open for writing. Raises `StoreLockedError` at once if another writer has it open,
+        `CorruptStateError` if it is not a hoard store or of a newer format."""
+
+    def close(self) -> None:
+        """Release everything. Idempotent."""
+
+    def commit(self, ops: Sequence[Op]) -> None:
+        """Apply `ops` in order, in one transaction. Raises `PersistenceError` (nothing applied)."""
+
+    def expired(self, now: float, default_ttl: float | None, limit: int = 1000) -> list[str]:
+        """Ids of contexts whose last change (`updated_at`) is older than their TTL at `now` (seconds
+        since the epoch): their own TTL, else `default_ttl` (None: no default). At most `limit`."""
+
+    def verify(self, fix: bool = False) -> list[VerifyIssue]:
+        """Every inconsistency found; with `fix`, repaired where no acknowledged data is lost."""
+
+    # -- the change feed, writes (see `hoard.storage._feed`) -------------------------------------------
     def set_consumer(self, name: str, position: int | None = None) -> int:
         """A write: register consumer `name` (new: at the floor) and, with `position`, record the
         offset it processed (never backwards, never past the head: `InvalidValueError`). Returns

@@ -69,7 +69,7 @@ from ._common import (
     json_option,
     out,
     progress,
-    read_store,
+    read_view,
     write_store,
 )
 
@@ -289,7 +289,7 @@ def export(*, store: str, out_path: str, prefix: str, ids: tuple[str, ...], forc
     tmp = f"{out_path}.tmp-{os.getpid()}"
     n_ctx = n_rps = 0
     try:
-        with read_store(store) as st, open(tmp, "wb") as f:
+        with read_view(store) as st, open(tmp, "wb") as f:
             selected = st.list_ids(prefix)
             if ids:
                 missing = [i for i in ids if st.info(i) is None]

@@ -1,8 +1,8 @@
 """What changed: ``hoard diff`` (and the change table ``hoard history`` prints).
 
 Read-only, like ``hoard show``: the store is opened without the writer lock and only committed data
-is read. On a terminal, additions are green, removals red and old values dim; with ``--json`` (or
-when the output is not a terminal) there is no colour.
+is read, all of it in one `Store.read_view()`. On a terminal, additions are green, removals red and
+old values dim; with ``--json`` (or when the output is not a terminal) there is no colour.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rich.text import Text
 from hoard.storage import RecoveryPoint, thaw
 
 from .._history import diff as stored_diff
-from ._common import STORE, emit_json, human_time, json_option, not_found, out, read_store
+from ._common import STORE, emit_json, human_time, json_option, not_found, out, read_view
 
 __all__ = ["diff", "print_changes"]
 
@@ -88,7 +88,7 @@ def diff(store: str, context_id: str, a: str, b: str, as_json: bool) -> None:
       hoard diff state.db cart-42 rp:2 14 --json
     """
     sides = [_side(a), _side(b)]
-    with read_store(store) as st:
+    with read_view(store) as st:
         if st.info(context_id) is None:
             raise not_found(store, context_id)
         resolved: list[int | RecoveryPoint] = []

@@ -38,6 +38,7 @@ from hoard.storage import (
     ContextOwnedElsewhereError,
     PersistenceError,
     PostgresStore,
+    ReadView,
     Store,
     StoreLockedError,
     open_store,
@@ -67,6 +68,7 @@ __all__ = [
     "print_columns",
     "progress",
     "read_store",
+    "read_view",
     "remember_json",
     "system_for",
     "value_text",
@@ -206,6 +208,15 @@ def read_store(target: str) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def read_view(target: str) -> Iterator[ReadView]:
+    """`read_store(target)` seen through one `Store.read_view()`: every read of a command sees the
+    same snapshot of the store, also while another program writes to it (a listing agrees with its
+    totals, a journal with the snapshots it starts from). Closed on exit."""
+    with read_store(target) as store, store.read_view() as view:
+        yield view
 
 
 def _locked(action: str, exc: StoreLockedError) -> StoreLockedError:

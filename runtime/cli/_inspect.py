@@ -2,9 +2,10 @@
 
 They open STORE (a SQLite file or a ``postgresql://`` URL) read-only through `open_store` (no writer
 lock, no lease), so they work while a program has it open, and read only through the store's read
-interface (`contexts`, `journal`, `snapshot_versions`, `state_at`, `stats`), each call one read
-transaction: committed data only, never half of a commit. Nothing here writes, parses a blob or
-rebuilds a version itself. The ``--json`` shapes are the same for both kinds of store.
+interface (`contexts`, `journal`, `snapshot_versions`, `state_at`, `stats`), all of a command's reads
+in one `Store.read_view()` (one read transaction): committed data only, never half of a commit, and
+never two snapshots combined (a listing and its totals, a journal and its snapshots agree). Nothing
+here writes, parses a blob or rebuilds a version itself. The ``--json`` shapes are the same for both kinds of store.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from hoard.storage import (
     ContextState,
     HoardError,
     JournalEntry,
+    ReadView,
     RecoveryPoint,
-    Store,
     StoredContext,
     VersionNotStoredError,
     thaw,
@@ -41,7 +42,7 @@ from ._common import (
     not_found,
     out,
     print_columns,
-    read_store,
+    read_view,
     value_text,
 )
 
@@ -82,7 +83,7 @@ def ls(store: str, prefix: str, updated_since: float | None, as_json: bool) -> N
       hoard ls state.db --prefix cart- --updated-since 2h --json
       hoard ls "postgresql://app@db.example/prod?schema=hoard"
     """
-    with read_store(store) as st:
+    with read_view(store) as st:
         rows = [_context_row(info) for info in st.contexts(prefix)
                 if updated_since is None or info.updated_at >= updated_since]
     if as_json:
@@ -121,7 +122,7 @@ def _rebuildable(snapshots: list[int], journal: list[JournalEntry], version: int
     return None
 
 
-def _source(st: Store, cid: str, version: int) -> str:
+def _source(st: ReadView, cid: str, version: int) -> str:
     """Where the store keeps `version` of `cid` from, for people: a recovery point of that version, or
     the newest snapshot at or below it plus the journal entries after it."""
     for rp in st.recovery_points(cid):
@@ -134,7 +135,7 @@ def _source(st: Store, cid: str, version: int) -> str:
     return f"snapshot v{base} + {n} journal entr{'y' if n == 1 else 'ies'}"
 
 
-def _rebuild(store: str, st: Store, cid: str, version: int | None) -> tuple[ContextState, str]:
+def _rebuild(store: str, st: ReadView, cid: str, version: int | None) -> tuple[ContextState, str]:
     current = st.load(cid)
     if current is None:
         raise not_found(store, cid)
@@ -175,7 +176,7 @@ def show(store: str, context_id: str, key: str | None, version: int | None, as_j
       hoard show state.db cart-42 --key items --json
       hoard show state.db cart-42 --version 17
     """
-    with read_store(store) as st:
+    with read_view(store) as st:
         state, source = _rebuild(store, st, context_id, version)
     if key is not None:
         if key not in state.data:
@@ -225,7 +226,7 @@ def history(store: str, context_id: str, since: int | None, until: int | None, a
       hoard history state.db cart-42
       hoard history state.db cart-42 --since 40 --json
     """
-    with read_store(store) as st:
+    with read_view(store) as st:
         if st.info(context_id) is None:
             raise not_found(store, context_id)
         stored = [e.to_dict() for e in stored_history(st, context_id, since, until)]
@@ -301,7 +302,7 @@ def stats(store: str, as_json: bool) -> None:
       hoard stats state.db
       hoard stats state.db --json
     """
-    with read_store(store) as st:
+    with read_view(store) as st:
         totals = st.stats()
         contexts = st.contexts()
     largest = sorted(contexts, key=lambda c: (-c.stored_bytes, c.id))[:5]

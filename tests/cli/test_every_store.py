@@ -7,15 +7,20 @@
   refuse with a typed error, exit code 1 and one JSON error object, and change nothing.
 * ``hoard verify --json`` and ``hoard show --json``, run in a loop while another process writes to
   the store as fast as it can, report no issue and no error; the writer's final state verifies clean.
+* So do ``hoard history --json``, ``hoard ls --json`` and ``hoard stats --json``, and what each prints
+  agrees with itself (stats' totals are the sums over its contexts; history's journal, changes and
+  rebuildable range end at the version it names): each command reads through one read view.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,11 +196,11 @@ def test_writing_commands_refuse_while_a_running_system_holds_the_store(
     assert hoard("compact", target, "--json").json()["failed"] == []  # once it stopped, compact runs
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
-@pytest.mark.timeout(600)
-def test_verify_and_show_in_a_loop_under_a_busy_writer_report_nothing_wrong(
-        hoard: Hoard, kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    target = _target(kind, request, tmp_path)
+@contextlib.contextmanager
+def _busy_writer(target: str, tmp_path: Path) -> Iterator[list[dict[str, Any]]]:
+    """busy_writer.py committing to `target` as fast as it can for the block (started and ready on
+    entry, stopped and exited 0 on exit); yields the lines it printed (the last one: its final
+    versions)."""
     stop = tmp_path / "stop"
     cfg = {"target": target, "contexts": 4, "commits": 10**9, "stop_file": str(stop)}
     child = subprocess.Popen([sys.executable, str(WRITER), json.dumps(cfg)],  # noqa: S603 - our own script
@@ -210,20 +215,10 @@ def test_verify_and_show_in_a_loop_under_a_busy_writer_report_nothing_wrong(
             ready.set()
     reader_thread = threading.Thread(target=read_stdout)
     reader_thread.start()
-    failures: list[str] = []
-    versions: set[int] = set()
     try:
         assert ready.wait(60), "the writer did not start"
-        for _ in range(4):
-            assert child.poll() is None, "the writer ended before the readers did"
-            verify = hoard("verify", target, "--json")
-            if verify.code != 0 or json.loads(verify.out) != {"ok": True, "contexts": 4, "issues": []}:
-                failures.append(f"verify: {verify.code} {verify.out} {verify.err}")
-            show = hoard("show", target, "c0", "--json")
-            if show.code != 0:
-                failures.append(f"show: {show.code} {show.err}")
-            else:
-                versions.add(json.loads(show.out)["version"])
+        yield lines
+        assert child.poll() is None, "the writer ended before the readers did"
         stop.touch()
         assert child.wait(60) == 0, child.stderr.read() if child.stderr else ""
     finally:
@@ -235,9 +230,9 @@ def test_verify_and_show_in_a_loop_under_a_busy_writer_report_nothing_wrong(
         for stream in (child.stdout, child.stderr):
             if stream is not None:
                 stream.close()
-    assert failures == [], failures
-    assert len(versions) >= 2, f"the reads did not overlap the writes (versions of c0 seen: {versions})"
-    done = lines[-1]["done"]
+
+
+def _verified_clean(hoard: Hoard, target: str, done: dict[str, int]) -> None:
     final = open_store(target)
     try:
         assert final.verify() == []
@@ -245,3 +240,78 @@ def test_verify_and_show_in_a_loop_under_a_busy_writer_report_nothing_wrong(
     finally:
         final.close()
     assert hoard("verify", target, "--json").json() == {"ok": True, "contexts": 4, "issues": []}
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+@pytest.mark.timeout(600)
+def test_verify_and_show_in_a_loop_under_a_busy_writer_report_nothing_wrong(
+        hoard: Hoard, kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    target = _target(kind, request, tmp_path)
+    failures: list[str] = []
+    versions: set[int] = set()
+    with _busy_writer(target, tmp_path) as lines:
+        for _ in range(4):
+            verify = hoard("verify", target, "--json")
+            if verify.code != 0 or json.loads(verify.out) != {"ok": True, "contexts": 4, "issues": []}:
+                failures.append(f"verify: {verify.code} {verify.out} {verify.err}")
+            show = hoard("show", target, "c0", "--json")
+            if show.code != 0:
+                failures.append(f"show: {show.code} {show.err}")
+            else:
+                versions.add(json.loads(show.out)["version"])
+    assert failures == [], failures
+    assert len(versions) >= 2, f"the reads did not overlap the writes (versions of c0 seen: {versions})"
+    _verified_clean(hoard, target, lines[-1]["done"])
+
+
+def _history_disagrees(h: dict[str, Any]) -> str | None:
+    """What in one ``hoard history --json`` does not agree with itself (None: all of it does)."""
+    version, snapshots, journal, changes = h["version"], h["snapshots"], h["journal"], h["changes"]
+    newest = journal[-1]["version"] if journal else snapshots[-1] if snapshots else None
+    if newest != version or (changes and changes[-1]["version"] != version) \
+            or h["rebuildable"] is None or h["rebuildable"]["to"] != version \
+            or any(j["version"] <= snapshots[-1] for j in journal):
+        return (f"history of v{version}: snapshots {snapshots}, journal up to v{newest}, changes up to "
+                f"{changes[-1]['version'] if changes else None}, rebuildable {h['rebuildable']}")
+    return None
+
+
+def _stats_disagree(st: dict[str, Any]) -> str | None:
+    """What in one ``hoard stats --json`` does not agree with itself: with at most five contexts,
+    `largest` lists every one, so their stored bytes add up to the snapshot and journal totals."""
+    listed = sum(c["stored_bytes"] for c in st["largest"])
+    totals = st["snapshots"]["stored_bytes"] + st["journal"]["stored_bytes"]
+    if st["contexts"] != len(st["largest"]) or listed != totals:
+        return (f"stats: {st['contexts']} contexts, snapshots {st['snapshots']} + journal {st['journal']}, but "
+                f"the contexts listed hold {listed} bytes ({st['largest']})")
+    return None
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+@pytest.mark.timeout(600)
+def test_history_ls_and_stats_in_a_loop_under_a_busy_writer_each_see_one_state_of_the_store(
+        hoard: Hoard, kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Each command reads several times (stats: the totals and the contexts; history: the context, its
+    journal, snapshots, recovery points and the states its changes start from); all of a command's
+    reads go through one read view, so what it prints agrees with itself, whatever commits meanwhile."""
+    target = _target(kind, request, tmp_path)
+    failures: list[str] = []
+    versions: set[int] = set()
+    with _busy_writer(target, tmp_path) as lines:
+        for _ in range(3):
+            results = {name: hoard(*args) for name, args in (
+                ("history", ("history", target, "c0", "--json")), ("ls", ("ls", target, "--json")),
+                ("stats", ("stats", target, "--json")))}
+            failures += [f"{name}: {r.code} {r.err}" for name, r in results.items() if r.code != 0]
+            if failures:
+                continue
+            history = results["history"].json()
+            versions.add(history["version"])
+            listed = results["ls"].json()
+            failures += [x for x in (_history_disagrees(history), _stats_disagree(results["stats"].json())) if x]
+            if [c["id"] for c in listed] != ["c0", "c1", "c2", "c3"] \
+                    or any(c["journal_entries"] < c["version"] - c["snapshot_version"] for c in listed):
+                failures.append(f"ls: {listed}")
+    assert failures == [], failures[:5]
+    assert len(versions) >= 2, f"the reads did not overlap the writes (versions of c0 seen: {versions})"
+    _verified_clean(hoard, target, lines[-1]["done"])
