@@ -485,9 +485,12 @@ class AddContext:
 class RemoveContext:
     """Stop a context without a snapshot and delete it from the store. Reply: None.
 
-    Named apart from `hoard.storage.DeleteContext` (the store operation it leads to)."""
+    Named apart from `hoard.storage.DeleteContext` (the store operation it leads to); `by` (default:
+    the `acting_as` in force where the message is made) is recorded in the change feed's deletion
+    entry."""
 
     context_id: str
+    by: str | None = attrs.field(factory=current_by, validator=_is_by)
 
 
 @attrs.frozen

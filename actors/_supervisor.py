@@ -457,7 +457,9 @@ class SupervisorActor(pykka.ThreadingActor):
             if cid in self.cells or cid in self.failed or cid in self.pinned:
                 continue
             try:
-                self._ask_persistence(StoreWrite((DeleteContext(cid),)), f"expiring {cid!r}", cid)
+                info = self._store("info", cid)  # the version the feed's deletion entry follows
+                self._ask_persistence(StoreWrite((DeleteContext(cid, None if info is None else info.version),)),
+                                      f"expiring {cid!r}", cid)
             except HoardError as exc:  # another process may own it (shared store): try next sweep
                 log.warning("could not expire %r: %s", cid, exc)
                 continue
@@ -567,13 +569,15 @@ class SupervisorActor(pykka.ThreadingActor):
         cid = m.context_id
         self.failed.pop(cid, None)
         self.restarts.pop(cid, None)
-        if cid not in self.cells and self._store("info", cid) is None:
+        info = None if cid in self.cells else self._store("info", cid)
+        if cid not in self.cells and info is None:
             raise ContextNotFoundError(cid)
         cell = self._drop(cid)
         if cell is not None:  # its activation ends here: subscribers see every activation end
             self.events(ContextDeactivated, cid, version=cell.state.version, reason=DeactivationReason.DELETED)
         self.pinned.discard(cid)
-        self._ask_persistence(StoreWrite((DeleteContext(cid),)), f"deleting {cid!r}", cid)
+        version = cell.state.version if cell is not None else info.version if info is not None else None
+        self._ask_persistence(StoreWrite((DeleteContext(cid, version, m.by),)), f"deleting {cid!r}", cid)
         self.events(ContextDeleted, cid)
 
     def _drop(self, cid: str) -> ContextCell | None:

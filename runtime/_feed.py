@@ -13,6 +13,7 @@ PostgreSQL with several processes writing. This module reads it for the caller:
   `commit(offset)` is a store write (through the persistence actor, like every write of this
   system), so a consumer killed at any moment and started again goes on from its last committed
   offset: every entry is delivered at least once, per context in version order, none skipped.
+  A context's deletion is an entry too (``deleted=True``, one version past its last).
 
 Readers are opened lazily, one per thread that reads, and closed when the system stops.
 """
@@ -28,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from hoard.actors import ContextCreated, StateChanged, StoreCall
+from hoard.actors import ContextCreated, ContextDeleted, StateChanged, StoreCall
 from hoard.storage import (
     FeedEntry,
     FeedTruncatedError,
@@ -200,7 +201,8 @@ class ChangeStream:
                 wake.put_nowait(None)
         self._wake = wake
         with contextlib.suppress(SystemStoppedError):
-            self._subscription = subscribe(self._system, poke, kinds=(StateChanged, ContextCreated), inline=True)
+            self._subscription = subscribe(self._system, poke, kinds=(StateChanged, ContextCreated, ContextDeleted),
+                                           inline=True)
 
 
 class FeedConsumer:

@@ -175,16 +175,20 @@ class ContextManager:
         return self.tracker(context_id, timeout=timeout, wait=wait).update(
             values, expected_version=expected_version, request_id=request_id, by=by, timeout=timeout)
 
-    def delete(self, context_id: str, *, timeout: float | None = None) -> None:
+    def delete(self, context_id: str, *, by: str | None = None, timeout: float | None = None) -> None:
         """Delete a context with its recovery points (`ContextNotFoundError` if absent). An active one
-        is stopped first; if it was current, the default becomes current."""
+        is stopped first; if it was current, the default becomes current. The change feed gets an
+        entry for the deletion (``deleted=True``, one version past the context's last) made `by`
+        whom (default: the `acting_as` in force; `InvalidValueError` if not a short str). Blocks
+        until the deletion is committed (at most `timeout`, default call_timeout)."""
         validate_id(context_id)
-        run_anywhere(self._system, context_id, "delete", [], timeout, lambda t: self.delete_here(context_id, t),
-                     f"deleting {context_id!r}")
+        who = current_by() if by is None else validate_by(by)
+        run_anywhere(self._system, context_id, "delete", [who], timeout,
+                     lambda t: self.delete_here(context_id, t, by=who), f"deleting {context_id!r}")
 
-    def delete_here(self, context_id: str, timeout: float | None) -> None:
+    def delete_here(self, context_id: str, timeout: float | None, *, by: str | None = None) -> None:
         """`delete` in this process only (what a forwarded delete runs in the owner)."""
-        self._system.ask(RemoveContext(context_id), timeout, f"deleting {context_id!r}")
+        self._system.ask(RemoveContext(context_id, by), timeout, f"deleting {context_id!r}")
 
     def exists(self, context_id: str, *, timeout: float | None = None) -> bool:
         validate_id(context_id)

@@ -170,7 +170,7 @@ class ContextSystem(SystemCore):
             return lambda: tracker.restore(m["rp"], expected_version=m["expected_version"],
                                            request_id=m["request_id"], by=m.get("by"), timeout=t)
         ops: dict[str, Callable[[], Any]] = {
-            "delete": lambda: self.manager.delete_here(cid, t),
+            "delete": lambda: self.manager.delete_here(cid, t, by=args[0] if args else None),
             "set_ttl": lambda: self.manager.set_ttl_here(cid, args[0], t),
             "delete_recovery_point": lambda: delete_recovery_point_here(self, cid, args[0], t),
         }

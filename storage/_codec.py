@@ -328,8 +328,13 @@ class Codec:
             state = attrs.evolve(state, requests=_requests(state.requests, what))
         return state
 
-    def encode_change(self, change: Change) -> bytes:
-        return self.frame(KIND_CHANGE, orjson.dumps(self._unstructure_change(change)))
+    def encode_change(self, change: Change, *, deleted: bool = False) -> bytes:
+        """A journal entry's blob; `deleted` marks a change feed entry that records the context's
+        deletion (an extra key, which `decode_change` ignores: see `hoard.storage._feed`)."""
+        obj = self._unstructure_change(change)
+        if deleted:
+            obj["deleted"] = True
+        return self.frame(KIND_CHANGE, orjson.dumps(obj))
 
     def decode_change(self, blob: bytes, what: str = "") -> Change:
         """Verify and decode a journal entry; `CorruptStateError` (naming `what`) for anything else."""

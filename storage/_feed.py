@@ -1,15 +1,20 @@
 """The durable change feed: one global, only-growing offset over every committed change of a store.
 
-Every `Append` (a change) and every `CreateContext` (a creation, recorded as a change that replaces
-nothing with the initial data, ``created=True``) a batch commits gets a row in the store's feed, in
-the same transaction: offsets are assigned in commit order, so a reader that has seen offset n has
-seen every entry below it. Each backend keeps the rows in its own table; this module holds what they
-share: the record a reader gets (`FeedEntry`), the rows a batch adds (`feed_rows`), and the retention
-rule (`prune_floor`).
+Every `Append` (a change), every `CreateContext` (a creation, recorded as a change that replaces
+nothing with the initial data, ``created=True``) and every `DeleteContext` (a deletion, recorded as
+a change one version past the context's last that replaces everything with nothing,
+``deleted=True``) a batch commits gets a row in the store's feed, in the same transaction: offsets
+are assigned in commit order, so a reader that has seen offset n has seen every entry below it. Each
+backend keeps the rows in its own table; this module holds what they share: the record a reader gets
+(`FeedEntry`), the rows a batch adds (`feed_rows`), and the retention rule (`prune_floor`).
 
 A row holds the change's encoded blob (the journal's own bytes: no second encoding on the write
-path). Retention: entries are kept until every registered consumer has committed past them, and
-never more than `retention` entries back from the newest (a consumer behind that bound gets
+path). A deletion's blob is a change blob with an extra ``"deleted": true`` key (which the journal's
+decoder ignores); `feed_entry` looks for it only in a change that replaces everything with nothing,
+so reading the feed decodes every other entry once.
+
+Retention: entries are kept until every registered consumer has committed past them, and never more
+than `retention` entries back from the newest (a consumer behind that bound gets
 `FeedTruncatedError` when it reads: never a silent gap).
 """
 
@@ -20,9 +25,10 @@ from typing import Any
 
 import attrs
 
+from ._codec import KIND_CHANGE, Codec
 from ._errors import ConfigError, InvalidValueError
 from ._model import Change
-from ._store import Append, CreateContext, Op
+from ._store import Append, CreateContext, DeleteContext, Op
 
 __all__ = [
     "DEFAULT_FEED_RETENTION",
@@ -31,6 +37,8 @@ __all__ = [
     "check_retention",
     "consumer_position",
     "creation_change",
+    "deletion_change",
+    "feed_entry",
     "feed_rows",
     "prune_floor",
 ]
@@ -56,8 +64,14 @@ class FeedEntry:
         values: the new value of every key in `changed`.
         metadata: metadata keys set, with their new values.
         metadata_removed: metadata keys removed.
-        replaced: data and metadata became exactly `values` / `metadata` (a restore or a creation).
+        replaced: data and metadata became exactly `values` / `metadata` (a restore, a creation, or a
+            deletion: there, both empty).
         created: this entry is the context's creation (version 1).
+        deleted: this entry is the context's deletion (with its snapshots, journal and recovery
+            points). Its `version` is one past the context's last (0 when the deleter did not know
+            it), `by` who deleted it; `changed`, `removed`, `values` and `metadata` are empty and
+            `replaced` is True, so a reader that knows nothing of deletions sees the context emptied.
+            A context created again afterwards starts over at version 1 (``created``).
     """
 
     offset: int
@@ -72,20 +86,23 @@ class FeedEntry:
     metadata_removed: tuple[str, ...]
     replaced: bool
     created: bool
+    deleted: bool = False
 
     @classmethod
-    def of(cls, offset: int, context_id: str, change: Change) -> FeedEntry:
-        """The entry for `change` of `context_id` at `offset` (a creation when it is version 1)."""
+    def of(cls, offset: int, context_id: str, change: Change, *, deleted: bool = False) -> FeedEntry:
+        """The entry for `change` of `context_id` at `offset` (a creation when it is version 1, a
+        deletion when `deleted`: `change` is then `deletion_change`'s)."""
         return cls(offset, context_id, change.version, change.at, change.by, tuple(sorted(change.data_set)),
                    tuple(sorted(change.data_del)), change.data_set, change.meta_set, tuple(change.meta_del),
-                   change.replace, change.version == 1)
+                   change.replace, change.version == 1 and not deleted, deleted)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-shaped form (values stay frozen; ``orjson`` and ``json`` encode them)."""
         return {"offset": self.offset, "context_id": self.context_id, "version": self.version, "at": self.at,
                 "by": self.by, "changed": list(self.changed), "removed": list(self.removed),
                 "values": dict(self.values), "metadata": dict(self.metadata),
-                "metadata_removed": list(self.metadata_removed), "replaced": self.replaced, "created": self.created}
+                "metadata_removed": list(self.metadata_removed), "replaced": self.replaced, "created": self.created,
+                "deleted": self.deleted}
 
 
 def creation_change(op: CreateContext) -> Change:
@@ -95,10 +112,17 @@ def creation_change(op: CreateContext) -> Change:
                   by=op.by)
 
 
+def deletion_change(op: DeleteContext) -> Change:
+    """A deletion as the feed records it: one version past the context's last (0 if unknown),
+    replacing everything with nothing, made `op.by`."""
+    return Change(0 if op.version is None else op.version + 1, op.at, replace=True, by=op.by)
+
+
 def feed_rows(ops: Sequence[Op], encoded: Sequence[bytes | None], encode_change: Any
               ) -> list[tuple[str, int, bytes]]:
     """``(context_id, version, blob)`` of every op of a batch that goes to the feed, in batch order:
-    an append reuses its journal blob; a creation is encoded here (`creation_change`)."""
+    an append reuses its journal blob; a creation and a deletion are encoded here (`creation_change`,
+    `deletion_change` marked ``deleted``)."""
     rows: list[tuple[str, int, bytes]] = []
     for op, blob in zip(ops, encoded, strict=True):
         if isinstance(op, Append):
@@ -106,7 +130,20 @@ def feed_rows(ops: Sequence[Op], encoded: Sequence[bytes | None], encode_change:
             rows.append((op.context_id, op.change.version, blob))
         elif isinstance(op, CreateContext):
             rows.append((op.state.id, op.state.version, encode_change(creation_change(op))))
+        elif isinstance(op, DeleteContext):
+            change = deletion_change(op)
+            rows.append((op.context_id, change.version, encode_change(change, deleted=True)))
     return rows
+
+
+def feed_entry(codec: Codec, offset: int, context_id: str, blob: bytes) -> FeedEntry:
+    """The `FeedEntry` of one stored feed row, verified (`CorruptStateError` if it is not one)."""
+    what = f"feed entry {offset} ({context_id!r})"
+    change = codec.decode_change(blob, what)
+    # only a change that replaces everything with nothing can be a deletion: look for the mark there
+    deleted = change.replace and not change.data_set and not change.meta_set \
+        and codec.decode_json(KIND_CHANGE, blob, what).get("deleted") is True
+    return FeedEntry.of(offset, context_id, change, deleted=deleted)
 
 
 def prune_floor(head: int, floor: int, consumers: Sequence[int], retention: int) -> int:

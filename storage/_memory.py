@@ -37,6 +37,7 @@ from ._feed import (
     check_retention,
     consumer_position,
     creation_change,
+    deletion_change,
     prune_floor,
 )
 from ._model import Change, ContextState, RecoveryPoint, apply_change
@@ -135,10 +136,10 @@ class MemoryStore:
         added = []
         for op in ops:
             change = op.change if isinstance(op, Append) else creation_change(op) if isinstance(op, CreateContext) \
-                else None
+                else deletion_change(op) if isinstance(op, DeleteContext) else None
             if change is not None:
                 self._head += 1
-                added.append(FeedEntry.of(self._head, context_of(op), change))
+                added.append(FeedEntry.of(self._head, context_of(op), change, deleted=isinstance(op, DeleteContext)))
         if added:
             old_floor, feed = self._view
             feed.extend(added)

@@ -54,7 +54,7 @@ from ._errors import (
     InvalidValueError,
     VersionNotStoredError,
 )
-from ._feed import FeedEntry
+from ._feed import FeedEntry, feed_entry
 from ._model import Change, ContextState, RecoveryPoint, apply_change
 from ._store import JournalEntry, ReadView, StoredContext, StoreStats, VerifyIssue
 from ._values import validate_id
@@ -823,8 +823,7 @@ class RowStore:
             floor, _head = rows.feed_bounds()
             if after < floor:
                 raise FeedTruncatedError(after, floor)
-            return [FeedEntry.of(pos, cid, self.codec.decode_change(blob, f"feed entry {pos} ({cid!r})"))
-                    for pos, cid, blob in rows.feed_rows(after, limit)]
+            return [feed_entry(self.codec, pos, cid, blob) for pos, cid, blob in rows.feed_rows(after, limit)]
         return self._read("read the change feed", None, run)
 
     def feed_bounds(self) -> tuple[int, int]:

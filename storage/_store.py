@@ -20,6 +20,7 @@ meanwhile (see `Store.read_view` for what that costs each backend).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -95,9 +96,15 @@ class DeleteRecoveryPoint:
 
 @attrs.frozen
 class DeleteContext:
-    """Delete a context with its snapshots, journal and recovery points."""
+    """Delete a context with its snapshots, journal and recovery points; the change feed records the
+    deletion (see `hoard.storage._feed`) made `by` whom, at `at` (seconds since the epoch; default:
+    when the op was made), as version ``version + 1`` where `version` is the context's version when
+    it was deleted (None: the deleter did not know it; the entry's version is then 0)."""
 
     context_id: str
+    version: int | None = None
+    by: str | None = None
+    at: float = attrs.field(factory=time.time, eq=False)
 
 
 @attrs.frozen

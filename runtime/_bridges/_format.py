@@ -5,7 +5,12 @@
     {"type": "hoard.change", "format": 1, "message_id": "cart-42:7", "offset": 1234,
      "context_id": "cart-42", "version": 7, "at": 1764650000.25, "by": "svc:billing",
      "changed": ["total"], "removed": ["coupon"], "values": {"total": 12.5},
-     "metadata": {}, "metadata_removed": [], "replaced": false, "created": false}
+     "metadata": {}, "metadata_removed": [], "replaced": false, "created": false, "deleted": false}
+
+A context's deletion is a change too, with ``"deleted": true``: its ``version`` is one past the
+context's last (0 if the deleter did not know it), ``by`` who deleted it, ``changed``, ``values``
+and ``metadata`` empty and ``replaced`` true (a consumer that predates the key sees the context
+emptied). ``deleted`` was added to format 1 (which only ever gains keys); absent means false.
 
 ``message_id`` is ``<context id>:<version>``: unique per change, the same on every redelivery (the
 JetStream ``Nats-Msg-Id`` header, the AMQP ``message_id`` property, a Redis stream field). ``at`` is
@@ -75,7 +80,7 @@ def change_body(entry: FeedEntry) -> bytes:
         "context_id": entry.context_id, "version": entry.version, "at": entry.at, "by": entry.by,
         "changed": list(entry.changed), "removed": list(entry.removed), "values": entry.values,
         "metadata": entry.metadata, "metadata_removed": list(entry.metadata_removed),
-        "replaced": entry.replaced, "created": entry.created,
+        "replaced": entry.replaced, "created": entry.created, "deleted": entry.deleted,
     })
 
 

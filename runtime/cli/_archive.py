@@ -246,7 +246,7 @@ def context_ops(state: ContextState, recovery_points: tuple[RecoveryPoint, ...] 
             rps = [attrs.evolve(rp, id=first + i) for i, rp in enumerate(rps)]
             notes.append(f"recovery points renumbered {first}..{first + len(rps) - 1} (ids are never reused)")
         next_rp_id = max(next_rp_id, existing.next_rp_id, rps[-1].id + 1 if rps else 0)
-    ops: list[Op] = [DeleteContext(state.id)] if existing is not None else []
+    ops: list[Op] = [DeleteContext(state.id, existing.version)] if existing is not None else []
     ops.append(CreateContext(state))
     by_id = {rp.id: rp for rp in rps}
     keep = len(rps) + 1

@@ -96,8 +96,9 @@ def test_every_kind_of_call_on_a_context_owned_elsewhere_is_answered_by_its_owne
     b.manager.set_ttl("acct", 3600)
     b.manager.delete_recovery_point("acct", rp.id)
     assert [p.id for p in a.manager.recovery_points("acct")] == [2]
-    b.manager.delete("acct")
+    b.manager.delete("acct", by="user:remote")
     assert a.adapter.status("acct") is ContextStatus.NONEXISTENT and not b.manager.exists("acct")
+    assert [(e.version, e.by) for e in b.changes(timeout=0) if e.deleted] == [(14, "user:remote")]
 
 
 def test_typed_errors_come_back_as_the_same_classes_with_their_fields(systems: Open) -> None:

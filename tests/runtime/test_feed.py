@@ -8,6 +8,7 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
+import orjson
 import pytest
 
 from hoard import (
@@ -20,6 +21,7 @@ from hoard import (
     acting_as,
     open_system,
 )
+from hoard._bridges import change_body
 from hoard.actors import Set, Transact, Update
 from hoard.storage import InvalidMessageError
 
@@ -139,6 +141,53 @@ def test_typed_messages_take_by_from_acting_as_when_built(system: object) -> Non
     ref.ask(Transact(lambda d: d.update(b=2), by="user:x"))
     got = [(e.version, e.by) for e in system.changes(timeout=0) if e.context_id == "c"]  # type: ignore[attr-defined]
     assert got[-2:] == [(t.state().version - 1, "svc:actor"), (t.state().version, "user:x")]
+
+
+# -- deletions -------------------------------------------------------------------------------------------
+def test_deleting_a_context_is_a_feed_entry_saying_who_deleted_it_and_the_relay_payload_carries_it(
+        target: str | Path | None) -> None:
+    with open_system(target) as system:
+        system.manager.create("gone", {"k": 0}, by="svc:signup")
+        t = system.adapter.activate("gone")
+        last = t.set("k", 1, by="user:ana")
+        system.manager.delete("gone", by="user:bob")  # active when deleted
+        idle = system.adapter.activate("idle")
+        idle_last = idle.set("k", 1)
+        system.adapter.deactivate("idle")
+        with acting_as("svc:janitor"):
+            system.manager.delete("idle")  # inactive when deleted: the supervisor reads its version
+        with pytest.raises(InvalidValueError, match="by"):
+            system.manager.delete("gone", by="x" * 129)
+        system.manager.create("gone", by="svc:signup")  # a new life starts over at version 1
+        entries = [e for e in system.changes(timeout=0) if e.context_id in ("gone", "idle")]
+    shown = [(e.context_id, e.version, e.by, e.created, e.deleted) for e in entries]
+    assert shown == [("gone", 1, "svc:signup", True, False), ("gone", last, "user:ana", False, False),
+                     ("gone", last + 1, "user:bob", False, True),
+                     ("idle", 1, None, True, False), ("idle", idle_last, None, False, False),
+                     ("idle", idle_last + 1, "svc:janitor", False, True),
+                     ("gone", 1, "svc:signup", True, False)]
+    deletion = entries[2]
+    assert (deletion.changed, deletion.removed, dict(deletion.values), dict(deletion.metadata), deletion.replaced) \
+        == ((), (), {}, {}, True)
+    assert deletion.to_dict()["deleted"] is True and entries[1].to_dict()["deleted"] is False
+    body = orjson.loads(change_body(deletion))
+    assert (body["format"], body["deleted"], body["message_id"], body["by"]) == \
+        (1, True, f"gone:{last + 1}", "user:bob")
+    assert orjson.loads(change_body(entries[1]))["deleted"] is False
+
+
+def test_a_stream_waiting_at_the_head_wakes_for_a_deletion(system: object) -> None:
+    t = system.adapter.activate("c")  # type: ignore[attr-defined]
+    t.set("k", 1)
+    head = list(system.changes(timeout=0))[-1].offset  # type: ignore[attr-defined]
+    got: list[FeedEntry] = []
+    stream = system.changes(after=head, timeout=30)  # type: ignore[attr-defined]
+    reader = threading.Thread(target=lambda: got.append(next(iter(stream))))
+    reader.start()
+    system.manager.delete("c")  # type: ignore[attr-defined]
+    reader.join(30)
+    stream.close()
+    assert [(e.context_id, e.deleted) for e in got] == [("c", True)]
 
 
 # -- the feed --------------------------------------------------------------------------------------------
