@@ -388,10 +388,12 @@ class Flush:
 
 @attrs.frozen
 class Load:
-    """Reply: the stored state of `context_id` (creating it as `create` if absent and given), or None."""
+    """Reply: the stored state of `context_id` (creating it as `create` if absent and given, made
+    `by` whom: recorded in the change feed and the `ContextCreated` event), or None."""
 
     context_id: str
     create: ContextState | None = None
+    by: str | None = None
 
 
 @attrs.frozen
@@ -442,6 +444,8 @@ class Activate:
     must_create: bool = False  # create_and_activate: fail if it exists
     schema: Any = None  # a hoard.storage.Schema to bind (and register for later activations)
     timeout: float | None = None  # how long the caller waits: the supervisor waits at least that (and call_timeout)
+    # who creates it, if this activation creates it (default: the acting_as in force where the message is made)
+    by: str | None = attrs.field(factory=current_by, validator=_is_by)
 
 
 @attrs.frozen

@@ -462,9 +462,9 @@ class PersistenceActor(pykka.ThreadingActor):
         try:
             state = self.store.load(m.context_id)
             if state is None and m.create is not None:
-                self.store.commit([CreateContext(m.create)])
+                self.store.commit([CreateContext(m.create, m.by)])
                 state = m.create
-                self.events(ContextCreated, state.id)
+                self.events(ContextCreated, state.id, by=m.by)
         except BaseException:
             self.leases.release([m.context_id])  # not activated: do not keep others out
             raise

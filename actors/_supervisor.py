@@ -258,7 +258,7 @@ class SupervisorActor(pykka.ThreadingActor):
         # short caller timeout becomes an active context (served, evictable); one this actor gives up
         # on is abandoned (see _ask_persistence): never a lease without an active context
         wait = None if m.timeout is None else max(m.timeout, self.settings.call_timeout)
-        state = self._ask_persistence(Load(cid, template), f"loading context {cid!r}", cid, wait)
+        state = self._ask_persistence(Load(cid, template, m.by), f"loading context {cid!r}", cid, wait)
         if state is None:
             raise ContextNotFoundError(cid)
         if resume is not None and resume.version > state.version:

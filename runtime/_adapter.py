@@ -19,8 +19,9 @@ from hoard.actors import (
     Reply,
     Reset,
     StatusOf,
+    current_by,
 )
-from hoard.storage import HoardError, NoCurrentContextError, as_schema, validate_id
+from hoard.storage import HoardError, NoCurrentContextError, as_schema, validate_by, validate_id
 
 from ._config import ContextAdapterConfig
 from ._core import SystemCore
@@ -54,14 +55,16 @@ class ContextAdapter:
     def _tracker(self, context_id: str, *, make_current: bool, create: bool | None,
                  timeout: float | None, data: Mapping[str, Any] | None = None,
                  metadata: Mapping[str, Any] | None = None, must_create: bool = False,
-                 schema: Any = None, tracker_timeout: float | None = None, wait: bool = True) -> ContextTracker:
+                 schema: Any = None, tracker_timeout: float | None = None, wait: bool = True,
+                 by: str | None = None) -> ContextTracker:
         validate_id(context_id)
         bound = as_schema(schema) if schema is not None else None
         return activate_tracker(self._system, Activate(
             context_id, create=create, make_current=make_current, data=data, metadata=metadata,
-            must_create=must_create, schema=bound), timeout, tracker_timeout, wait=wait)
+            must_create=must_create, schema=bound, by=current_by() if by is None else validate_by(by)),
+            timeout, tracker_timeout, wait=wait)
 
-    def activate(self, context_id: str, *, schema: Any = None, timeout: float | None = None,
+    def activate(self, context_id: str, *, schema: Any = None, by: str | None = None, timeout: float | None = None,
                  wait: bool = True) -> ContextTracker:
         """Activate `context_id` (loading it, or creating it when ``auto_create_contexts``) and make it
         current. Returns its tracker. Raises `ContextNotFoundError` (no auto-create), `CapacityError`
@@ -77,8 +80,13 @@ class ContextAdapter:
         `schema` (an attrs class or a `Schema`) binds the context to it, persisted with the context:
         every later change is validated (`SchemaValidationError` lists every bad field, nothing changes);
         stored data of an older schema version is migrated now. Binding a context whose data does not
-        fit raises `SchemaValidationError` and leaves it unbound."""
-        return self._tracker(context_id, make_current=True, create=None, timeout=timeout, schema=schema, wait=wait)
+        fit raises `SchemaValidationError` and leaves it unbound.
+
+        `by`: who creates the context if this activation creates it (default: the `acting_as` in
+        force), recorded in the change feed's creation entry and the `ContextCreated` event;
+        `InvalidValueError` if not a short str."""
+        return self._tracker(context_id, make_current=True, create=None, timeout=timeout, schema=schema, wait=wait,
+                             by=by)
 
     def switch(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> ContextTracker:
         """Make `context_id` current, activating it if needed (also when it is already active)."""
@@ -91,13 +99,14 @@ class ContextAdapter:
 
     def create_and_activate(self, context_id: str, data: Mapping[str, Any] | None = None,
                             metadata: Mapping[str, Any] | None = None, *, schema: Any = None,
-                            timeout: float | None = None) -> ContextTracker:
+                            by: str | None = None, timeout: float | None = None) -> ContextTracker:
         """Create a new context (`ContextExistsError` if it exists), activate it, make it current.
 
-        One supervisor step: either all of it happens or (on error) nothing does.
+        One supervisor step: either all of it happens or (on error) nothing does. `by`: who creates
+        it (default: the `acting_as` in force), as for `activate`.
         """
         return self._tracker(context_id, make_current=True, create=True, timeout=timeout, data=data,
-                             metadata=metadata, must_create=True, schema=schema)
+                             metadata=metadata, must_create=True, schema=schema, by=by)
 
     def deactivate(self, context_id: str, *, timeout: float | None = None) -> bool:
         """Commit and snapshot the context, stop its actor. If it was current, the default becomes
@@ -149,7 +158,7 @@ class ContextAdapter:
         return ContextRef(self._system, self._tracker(context_id, make_current=False, create=None, timeout=timeout))
 
     def get_or_create(self, context_id: str, *, data: Mapping[str, Any] | None = None,
-                      metadata: Mapping[str, Any] | None = None, schema: Any = None,
+                      metadata: Mapping[str, Any] | None = None, schema: Any = None, by: str | None = None,
                       timeout: float | None = None, wait: bool = True) -> ContextTracker:
         """A tracker for `context_id`, creating the context (with `data` and `metadata`) if it does
         not exist, **without** making it current: the call for servers that touch many contexts from
@@ -157,14 +166,18 @@ class ContextAdapter:
         matter here; `max_contexts` does (`CapacityError`). Concurrent calls for one id yield one
         context and one actor (the supervisor decides alone). Blocks up to `timeout` (default
         call_timeout) while the context is loaded or created; for a context active in another
-        process, see `activate` (forwarded, or waited for, or ``wait=False``)."""
+        process, see `activate` (forwarded, or waited for, or ``wait=False``). `by`: who creates it
+        if it does not exist (default: the `acting_as` in force), as for `activate`."""
         return self._tracker(context_id, make_current=False, create=True, timeout=timeout, data=data,
-                             metadata=metadata, schema=schema, wait=wait)
+                             metadata=metadata, schema=schema, wait=wait, by=by)
 
-    def activate_async(self, context_id: str, *, schema: Any = None, timeout: float | None = None) -> Pending:
+    def activate_async(self, context_id: str, *, schema: Any = None, by: str | None = None,
+                       timeout: float | None = None) -> Pending:
         """`activate` without waiting: returns at once a future of the tracker (await it, or
         ``.get()``); the activation runs on a system worker thread, never in the caller's (an event
-        loop's). Errors, `ContextNotFoundError` and timeouts included, arrive through the future."""
+        loop's). Errors, `ContextNotFoundError` and timeouts included, arrive through the future.
+        `by` (default: the `acting_as` of the calling thread or task, taken now) as for `activate`."""
+        who = current_by() if by is None else validate_by(by)
         future = Reply()
         future.what, future.context_id = f"activating {context_id!r}", context_id
         future.set_deadline(timeout if timeout is not None else self._system.call_timeout)
@@ -174,7 +187,7 @@ class ContextAdapter:
                 return
             try:
                 remaining = max(0.001, (future.deadline or 0.0) - time.monotonic())
-                future.resolve(self.activate(context_id, schema=schema, timeout=remaining))
+                future.resolve(self.activate(context_id, schema=schema, by=who, timeout=remaining))
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
                 future.fail(exc)
 

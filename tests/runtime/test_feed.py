@@ -143,6 +143,35 @@ def test_typed_messages_take_by_from_acting_as_when_built(system: object) -> Non
     assert got[-2:] == [(t.state().version - 1, "svc:actor"), (t.state().version, "user:x")]
 
 
+def test_a_context_created_by_activation_records_who_created_it(target: str | Path | None) -> None:
+    expected = {"auto": "svc:auto", "implicit": "svc:auto", "given": "user:ana", "later": "svc:auto",
+                "explicit": "user:bo"}
+    with open_system(target) as system:
+        created: dict[str, str | None] = {}
+        all_seen = threading.Event()
+
+        def record(e: ContextCreated) -> None:
+            created[e.context_id] = e.by
+            if expected.keys() <= created.keys():
+                all_seen.set()
+        system.subscribe(record, kinds=[ContextCreated])
+        with acting_as("svc:auto"):
+            system.adapter.activate("auto")  # auto_create_contexts: created by this activation
+            system.adapter.get_or_create("implicit")
+            system.adapter.get_or_create("given", by="user:ana")  # the call's own by wins
+            pending = system.adapter.activate_async("later")  # taken in the caller's thread, now
+        pending.get(timeout=30)
+        system.adapter.create_and_activate("explicit", by="user:bo")
+        system.adapter.get_or_create("auto", by="user:late")  # exists: nothing is created
+        with pytest.raises(InvalidValueError, match="by"):
+            system.adapter.get_or_create("bad", by="x" * 129)
+        creations = {e.context_id: e.by for e in system.changes(timeout=0) if e.created}
+        assert all_seen.wait(30)
+    assert {cid: by for cid, by in creations.items() if cid in expected} == expected
+    assert {cid: by for cid, by in created.items() if cid in expected} == expected
+    assert "bad" not in creations
+
+
 # -- deletions -------------------------------------------------------------------------------------------
 def test_deleting_a_context_is_a_feed_entry_saying_who_deleted_it_and_the_relay_payload_carries_it(
         target: str | Path | None) -> None:
