@@ -130,7 +130,9 @@ def context_of(op: Op) -> str:
 
 @attrs.frozen
 class StoredContext:
-    """What the store knows of a context without loading it."""
+    """What the store knows of a context without loading it. `stored_bytes` is what its snapshots
+    and journal entries take in the store (encoded; 0 in a memory store); recovery points are not
+    in it (`StoreStats.recovery_point_bytes` counts theirs)."""
 
     id: str
     version: int

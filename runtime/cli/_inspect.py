@@ -74,8 +74,9 @@ def ls(store: str, prefix: str, updated_since: float | None, as_json: bool) -> N
     """List the contexts in STORE (a file or a postgresql:// URL): version, stored size, last update,
     recovery points.
 
-    STORED is what the context's snapshots, journal entries and recovery points take in the store
-    (compressed, with their headers). The list is one consistent read of the store.
+    STORED is what the context's snapshots and journal entries take in the store (compressed, with
+    their headers; its recovery points are counted in RPS, their bytes in `hoard stats`). The list is
+    one consistent read of the store.
 
     \b
     Examples:
