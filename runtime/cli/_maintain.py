@@ -94,8 +94,14 @@ def verify(store: str, fix: bool, as_json: bool) -> None:
     with opener as st, progress("verifying", None):
         if fix:  # a repair rewrites contexts: on PostgreSQL, only those no running system holds
             claim(st, st.list_ids(), "repair")
-        contexts = st.count()
-        issues = st.verify(fix=fix)
+            contexts = st.count()
+            issues = st.verify(fix=True)
+        else:
+            # a file or URL store's view is the store itself, pinned to one read transaction (see
+            # RowStore.read_view): the count and the check see the same state of the store
+            with st.read_view():
+                contexts = st.count()
+                issues = st.verify()
     unfixed = [i for i in issues if not i.fixed]
     result = {"ok": not unfixed, "contexts": contexts,
               "issues": [{"context_id": i.context_id, "what": i.what, "problem": i.problem, "fixed": i.fixed}
