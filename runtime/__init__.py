@@ -94,7 +94,9 @@ from ._factory import create_manager as create_manager
 from ._factory import create_manager_with_config as create_manager_with_config
 from ._feed import ChangeStream as ChangeStream
 from ._feed import FeedConsumer as FeedConsumer
+from ._forward import BoundTransaction as BoundTransaction
 from ._forward import NotForwardableError as NotForwardableError
+from ._forward import RegisteredTransaction as RegisteredTransaction
 from ._history import Diff as Diff
 from ._history import HistoryEntry as HistoryEntry
 from ._manager import ContextManager as ContextManager
@@ -117,6 +119,7 @@ _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 
 __all__ = [
     "ApplierStats",
+    "BoundTransaction",
     "BridgeError",
     "BrokerUnavailableError",
     "CallNotStartedError",
@@ -182,6 +185,7 @@ __all__ = [
     "RecoveryPointDeleted",
     "RecoveryPointNotFoundError",
     "RecoveryReport",
+    "RegisteredTransaction",
     "Relay",
     "RelayLag",
     "RemoteChange",

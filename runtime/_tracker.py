@@ -139,10 +139,10 @@ def activate_tracker(system: SystemCore, message: Activate, timeout: float | Non
     return ContextTracker(system, cell, tracker_timeout, mode=mode)
 
 
-def _request(context_id: str, message: Any) -> dict[str, Any]:
+def _request(context_id: str, message: Any, fwd: Forwarder) -> dict[str, Any]:
     """The forwarded form of `message` (a restore is served on a worker: it reads the store first)."""
     return {"k": "restore" if isinstance(message, Restore) else "msg", "id": context_id,
-            "m": encode_message(message)}
+            "m": encode_message(message, fwd.transactions)}
 
 
 def _failed(exc: BaseException) -> Reply:
@@ -333,8 +333,9 @@ class ContextTracker(Mapping[str, Any]):
                     fwd.remember(self._id, exc.owner, exc.expires_in)
                     owner, expires = exc.owner, exc.expires_in
             message = with_request_id(message)
-            check_forwardable(message, self._id, what, owner)
-            result = fwd.send(self._id, _request(self._id, message), owner, deadline=deadline, what=what, timeout=t)
+            check_forwardable(message, self._id, what, owner, fwd.transactions)
+            result = fwd.send(self._id, _request(self._id, message, fwd), owner, deadline=deadline, what=what,
+                              timeout=t)
             if not isinstance(result, Retry):
                 return result
             sent = sent or result.sent

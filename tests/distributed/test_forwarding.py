@@ -121,6 +121,56 @@ def test_typed_errors_come_back_as_the_same_classes_with_their_fields(systems: O
     assert there.version == 1  # nothing above changed it
 
 
+def _add(draft: Any, by: int = 1) -> int:
+    draft["n"] = draft.get("n", 0) + by
+    return int(draft["n"])
+
+
+def _refuse(draft: Any) -> None:
+    raise ValueError("not today")
+
+
+def test_a_registered_transaction_runs_in_the_owner_by_name_with_json_arguments(systems: Open) -> None:
+    a, b = systems(), systems()
+    for system in (a, b):  # every process registers the same functions under the same names
+        system.register_transaction(_add, name="add")
+        system.register_transaction(_refuse, name="refuse")
+    add = b.register_transaction(_add, name="add")  # again: the same record
+    here = a.adapter.get_or_create("acct", data={"n": 0})
+    there = b.adapter.get_or_create("acct")  # owned by a: b forwards
+
+    assert there.transact(add.bind(by=5)) == 5
+    assert there.transact(add) == 6  # the registered record, no arguments
+    assert there.transact(_add) == 7  # the registered function itself, found by identity
+    assert there.transact_async(add.bind(by=2)).get() == 9
+    first = there.transact(add.bind(by=10), with_version=True, request_id="tx-1")
+    assert (first.value, first.version, first.duplicate) == (19, 6, False)
+    again = there.transact(add.bind(by=10), with_version=True, request_id="tx-1")  # a retry: not applied twice
+    assert (again.value, again.version, again.duplicate) == (None, 6, True)
+    assert here.version == 6 and here["n"] == 19 and b.adapter.status("acct") is not ContextStatus.ACTIVE
+
+    with pytest.raises(VersionConflictError) as conflict:  # the owner's typed error, with its fields
+        there.transact(add, expected_version=2)
+    assert (conflict.value.expected, conflict.value.actual) == (2, 6)
+    with pytest.raises(HoardError, match="ValueError in the owning process: not today"):
+        there.transact(b.register_transaction(_refuse, name="refuse"))
+    with pytest.raises(NotForwardableError, match="register_transaction") as unregistered:
+        there.transact(lambda d: d.update(n=0))
+    assert unregistered.value.owner == a.store.owner_id
+    only_b = b.register_transaction(lambda d: d.update(n=0), name="only-in-b")
+    with pytest.raises(NotForwardableError, match="no transaction named 'only-in-b'") as unknown:
+        there.transact(only_b)
+    assert (unknown.value.owner, unknown.value.context_id) == (a.store.owner_id, "acct")
+    with pytest.raises(InvalidValueError):  # arguments are JSON values, checked in the caller's thread
+        add.bind(by=object())
+    with pytest.raises(ConfigError, match="already"):  # one name, one function
+        b.register_transaction(_refuse, name="add")
+    with pytest.raises(ConfigError, match="name"):  # a lambda needs a name
+        b.register_transaction(lambda d: None)
+    assert here.version == 6  # nothing refused above changed it
+    assert here.transact(add.bind(by=1)) == 20  # and locally the record is just the function
+
+
 def test_a_forwarded_call_keeps_the_callers_deadline(systems: Open) -> None:
     a, b = systems(), systems()
     here = a.adapter.get_or_create("acct", data={"n": 0})
