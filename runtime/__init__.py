@@ -57,6 +57,7 @@ from hoard.storage import InvalidMessageError as InvalidMessageError
 from hoard.storage import InvalidValueError as InvalidValueError
 from hoard.storage import MemoryStore as MemoryStore
 from hoard.storage import NoCurrentContextError as NoCurrentContextError
+from hoard.storage import OwnerIdInUseError as OwnerIdInUseError
 from hoard.storage import PersistenceError as PersistenceError
 from hoard.storage import PostgresStore as PostgresStore
 from hoard.storage import RecoveryPoint as RecoveryPoint
@@ -176,6 +177,7 @@ __all__ = [
     "Metrics",
     "NoCurrentContextError",
     "NotForwardableError",
+    "OwnerIdInUseError",
     "Ownership",
     "Pending",
     "PersistenceError",

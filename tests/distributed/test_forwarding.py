@@ -6,10 +6,13 @@ context changes hands is applied exactly once. Separate hosts and partitions: te
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from hoard import (
@@ -20,7 +23,6 @@ from hoard import (
     ContextOwnedElsewhereError,
     ContextStatus,
     ContextSystem,
-    FencedOffError,
     HoardError,
     InvalidValueError,
     NotForwardableError,
@@ -30,6 +32,7 @@ from hoard import (
     open_system,
 )
 from hoard.actors import Get, Set, Update
+from tests.distributed.conftest import Node
 from tests.distributed.test_hosts import Host
 from tests.helpers import wait_until
 
@@ -271,21 +274,42 @@ def test_without_forwarding_writes_and_activations_wait_alike_or_fail_fast(syste
     assert result == [2]
 
 
-def test_a_restart_with_the_same_owner_id_takes_its_leases_back_at_once_and_fences_the_zombie(
-        systems: Open, pg_dsn: str, pg_schema: str) -> None:
-    def store() -> PostgresStore:
-        return PostgresStore(pg_dsn, schema=pg_schema, owner_id="node-1", lease_ttl=30.0)
-
-    zombie = systems(store=store())
-    old = zombie.adapter.get_or_create("acct", data={"n": 0})
-    token = zombie.manager.owner("acct").token  # type: ignore[union-attr]
-    reborn = systems(store=store())  # same owner id, while the old incarnation still runs (a zombie)
-    fresh = reborn.adapter.get_or_create("acct", timeout=2.0)  # no wait for the 30 s lease
-    assert reborn.manager.owner("acct").token == token + 1  # type: ignore[union-attr]
-    assert fresh.set("n", 1) == 2
-    with pytest.raises(FencedOffError):
-        old.set("n", 99)
-    assert dict(reborn.manager.get_state("acct").data) == {"n": 1}
+def test_one_owner_id_is_one_live_process_a_restart_takes_its_leases_back_and_a_zombie_is_fenced(
+        nodes: Callable[[dict[str, Any]], Node], pg_dsn: str, pg_schema: str) -> None:
+    cfg = {"mode": "owner", "dsn": pg_dsn, "schema": pg_schema, "owner": "node-1", "cid": "acct", "lease_ttl": 30.0}
+    first = nodes(cfg)
+    token = first.expect("ready", 60)["token"]
+    # a second live process with the same owner id would share its leases: refused, naming the id
+    refused = nodes(cfg).expect("refused", 60)
+    assert (refused["err"], refused["owner_id"]) == ("OwnerIdInUseError", "node-1")
+    first.send("write")
+    assert first.expect("wrote", 30)["ok"]  # the first one was not disturbed
+    # SIGKILLed: a restart with the same id takes the 30 s lease back at once, with a new token
+    first.kill()
+    restarted = nodes(cfg)
+    ready = restarted.expect("ready", 60)
+    assert ready["token"] == token + 1
+    # a zombie of that incarnation: stopped, and its claim's session ended by the server (as after a
+    # partition longer than its keepalives); the next restart takes over
+    os.kill(restarted.pid, signal.SIGSTOP)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE application_name = 'hoard owner node-1'").fetchall()
+        assert ended == [(True,)]
+        newest = nodes(cfg)
+        latest = newest.expect("ready", 60)
+        assert latest["token"] == token + 2
+    finally:
+        os.kill(restarted.pid, signal.SIGCONT)
+    restarted.send("write")  # fenced off by the new token, or refused its claim: nothing written
+    late = restarted.expect("wrote", 30)
+    assert not late["ok"] and late["err"] in ("FencedOffError", "OwnerIdInUseError"), late
+    restarted.send("activate")  # it cannot take the lease back under the id the newest one holds
+    again = restarted.expect("activated", 30)
+    assert (again["ok"], again["err"]) == (False, "OwnerIdInUseError"), again
+    newest.send("write")
+    assert newest.expect("wrote", 30)["v"] == latest["v"] + 1  # the zombie's write never landed
 
 
 def test_a_restart_under_a_new_owner_id_takes_its_default_context_once_the_old_lease_ends(
