@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -356,6 +357,10 @@ class Forwarder:
         self._nats = nats
         self._owners: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # requests waiting for the loop thread: (subject, payload, timeout, future); see `_request`
+        self._sends: collections.deque[tuple[str, bytes, float, concurrent.futures.Future[Any]]] = \
+            collections.deque()
+        self._sending = False
         # answers waiting for the loop thread: (reply subject, data, clean-up); see `_answer`
         self._outbox: collections.deque[tuple[str, bytes, Callable[[], object] | None]] = collections.deque()
         self._waking = False
@@ -479,15 +484,31 @@ class Forwarder:
         return _MovedTo(error.owner)
 
     def _request(self, owner: str, payload: bytes, timeout: float) -> bytes:
-        future = asyncio.run_coroutine_threadsafe(
-            self._nc.request(_subject(self.schema, owner), payload, timeout=timeout), self._loop)
-        try:
-            msg = future.result(timeout + 1.0)
-        except TimeoutError:
-            future.cancel()
-            raise
+        """One nats-py request/reply (its shared response inbox), waited for in the caller's thread.
+        Requests from several threads queue in `_sends`, and the loop is woken once for all queued
+        meanwhile (asyncio writes its wake-up pipe once per `call_soon_threadsafe`)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._sends.append((_subject(self.schema, owner), payload, timeout, future))
+        if not self._sending:  # read after the append: a drain that began earlier cannot miss it
+            self._sending = True
+            try:
+                self._loop.call_soon_threadsafe(self._start_sends)
+            except RuntimeError:  # the loop is closed: the system stopped
+                self._sending = False  # so that every later request hears so too
+                raise SystemStoppedError() from None
+        msg = future.result(timeout + 1.0)  # nats-py's own timeout ends it first
         data: bytes = msg.data
         return data
+
+    def _start_sends(self) -> None:
+        """Start every queued request (loop thread); each one's outcome goes to its future."""
+        self._sending = False  # before draining: a request queued from now on wakes the loop again
+        sends, request, create = self._sends, self._nc.request, self._loop.create_task
+        while sends:
+            subject, payload, timeout, future = sends.popleft()
+            if future.set_running_or_notify_cancel():
+                task = create(request(subject, payload, timeout=timeout))
+                task.add_done_callback(functools.partial(_settle, future))
 
     # -- serving ---------------------------------------------------------------------------------------
     async def _on_request(self, msg: Any) -> None:
@@ -559,6 +580,16 @@ class Forwarder:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+
+def _settle(future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+    """Hand a request task's outcome to the future its caller waits on (loop thread)."""
+    if task.cancelled():
+        future.set_exception(SystemStoppedError())  # cancelled only when the loop shuts down
+    elif (exc := task.exception()) is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(task.result())
 
 
 def with_request_id(message: Any) -> Any:
