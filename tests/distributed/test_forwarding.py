@@ -174,6 +174,32 @@ def test_a_registered_transaction_runs_in_the_owner_by_name_with_json_arguments(
     assert here.transact(add.bind(by=1)) == 20  # and locally the record is just the function
 
 
+def test_a_registered_transaction_crosses_to_another_process_both_ways(
+        systems: Open, pg_dsn: str, pg_schema: str, nats_url: str) -> None:
+    host = Host(None, {"dsn": pg_dsn, "schema": pg_schema, "nats": nats_url, "owner": "host-1",
+                       "lease_ttl": 10.0, "default": None})
+    try:
+        host.expect("ready", 60)
+        host.command(op="own", ids=["theirs"])
+        host.expect("owned", 30)
+        here = systems()
+        add = here.register_transaction(_add, name="add")  # host.py registers its own "add"
+        theirs = here.adapter.get_or_create("theirs")
+        assert theirs.transact(add.bind(by=3)) == 3  # run by the host process's function
+        assert theirs.transact(add.bind(by=3), request_id="once") == 6
+        assert theirs.transact(add.bind(by=3), request_id="once") is None  # a retry: not applied twice
+        assert here.manager.owner("theirs").owner == "host-1"  # type: ignore[union-attr]
+        mine = here.adapter.get_or_create("mine")
+        host.command(op="transact", cid="mine", by=5, request_id="r-1")  # the host reaches this process
+        assert host.expect("transacted", 30) == {"e": "transacted", "value": 5, "v": 2, "duplicate": False}
+        assert mine["n"] == 5 and mine.version == 2
+        host.command(op="exit")
+        host.expect("bye", 30)
+    finally:
+        host.kill()
+    assert here.manager.get_state("theirs").data["n"] == 6
+
+
 def test_a_forwarded_call_keeps_the_callers_deadline(systems: Open) -> None:
     a, b = systems(), systems()
     here = a.adapter.get_or_create("acct", data={"n": 0})
