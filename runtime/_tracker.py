@@ -682,6 +682,11 @@ class ContextTracker(Mapping[str, Any]):
         ``.value`` is None; the plain form returns None then). The version rises by 1 even if `fn`
         changed nothing. `fn` runs in the actor's thread: keep it short and never call this
         context's tracker from inside it (that would wait for itself until timeout).
+
+        On a context active in another process (``forward_via``), `fn` must be a registered
+        transaction (`ContextSystem.register_transaction`: the function, its record, or
+        ``record.bind(**json_args)``); the owner runs its own function of that name. Any other
+        callable raises `NotForwardableError` there, and nothing is applied.
         """
         if not callable(fn):
             raise InvalidValueError(None, f"transact takes a callable, not {type(fn).__name__}", context_id=self._id)
