@@ -361,6 +361,7 @@ class Forwarder:
         self._sends: collections.deque[tuple[str, bytes, float, concurrent.futures.Future[Any]]] = \
             collections.deque()
         self._sending = False
+        self._in_flight: set[concurrent.futures.Future[Any]] = set()  # started, not answered yet
         # answers waiting for the loop thread: (reply subject, data, clean-up); see `_answer`
         self._outbox: collections.deque[tuple[str, bytes, Callable[[], object] | None]] = collections.deque()
         self._waking = False
@@ -507,8 +508,19 @@ class Forwarder:
         while sends:
             subject, payload, timeout, future = sends.popleft()
             if future.set_running_or_notify_cancel():
+                self._in_flight.add(future)
                 task = create(request(subject, payload, timeout=timeout))
-                task.add_done_callback(functools.partial(_settle, future))
+                task.add_done_callback(functools.partial(self._settle, future))
+
+    def _settle(self, future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+        """Hand a request task's outcome to the future its caller waits on (loop thread)."""
+        self._in_flight.discard(future)
+        if task.cancelled():
+            future.set_exception(SystemStoppedError())  # cancelled only when the loop shuts down
+        elif (exc := task.exception()) is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(task.result())
 
     # -- serving ---------------------------------------------------------------------------------------
     async def _on_request(self, msg: Any) -> None:
@@ -575,21 +587,18 @@ class Forwarder:
         except Exception as exc:  # noqa: BLE001 - closing anyway
             log.warning("closing the NATS connection: %r", exc)
         self._halt_loop()
+        # requests never started or never answered: their callers hear at once, not after a timeout
+        waiting = [sent[3] for sent in self._sends] + list(self._in_flight)
+        self._sends.clear()
+        self._in_flight.clear()
+        for future in waiting:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(SystemStoppedError())
 
     def _halt_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
-
-
-def _settle(future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
-    """Hand a request task's outcome to the future its caller waits on (loop thread)."""
-    if task.cancelled():
-        future.set_exception(SystemStoppedError())  # cancelled only when the loop shuts down
-    elif (exc := task.exception()) is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(task.result())
 
 
 def with_request_id(message: Any) -> Any:

@@ -219,6 +219,9 @@ class ContextSystem(SystemCore):
             name: the name every process knows it by. Default: ``module.qualname`` (a lambda or a
                 local function needs a name).
 
+        What `fn` returns must be a JSON value for a forwarded call to carry it back (otherwise the
+        caller gets a `HoardError` saying the answer cannot be sent, after the change was applied).
+
         Returns the `RegisteredTransaction` (callable like `fn`, with ``bind``). Runs in the caller's
         thread, no I/O. Registering the same function again returns the same record; another
         function under a taken name raises `ConfigError`.
