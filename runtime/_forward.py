@@ -22,11 +22,13 @@ Contract:
 * **Threads.** The NATS client runs its own asyncio loop in one daemon thread (``hoard-forward``); no
   caller's thread ever runs NATS code, and no actor waits on NATS. The caller's thread blocks in
   `Forwarder.send` for at most the call's deadline. Requests served here are handed to the context
-  actor as messages (no thread per request); answers go back from the loop thread.
+  actor as messages (no thread per request); answers go back from the loop thread. Callers'
+  requests and actors' answers reach the loop through two queues (deques), each waking the loop
+  once for whatever queued meanwhile.
 * **Owner cache.** The last owner seen for each context is remembered (bounded) until its lease
   runs out, so the next call goes straight to it without asking the supervisor and the store first.
 * **After stop.** `close()` drains the subscription (requests already taken are answered) and stops the
-  loop; calls afterwards raise `SystemStoppedError`.
+  loop; requests still waiting for an answer, and calls afterwards, raise `SystemStoppedError`.
 
 Transactions travel by name. A function does not cross processes (nothing is ever unpickled, and
 no name received is ever imported): a process registers its transaction functions with
