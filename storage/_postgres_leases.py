@@ -33,7 +33,11 @@ is taken back only while this store's claim holds, checked in the acquiring stat
 claim's session must hold the lock): a zombie of the old incarnation whose session the server ended
 (a partition longer than its keepalives, about ``lease_ttl``) cannot take the new incarnation's
 leases; it tries to claim the id again, gets `OwnerIdInUseError`, and its writes are fenced off by
-the new tokens. `close()` ends the claim after releasing the leases.
+the new tokens. `close()` ends the claim after releasing the leases. The claim is checked at open
+and whenever a lease is taken back under the id, not continuously: a process whose claim session
+ended and that came back keeps its leases until someone takes them, and can take free ones, but in
+any conflict the process holding the claim wins (its acquisitions raise the tokens and fence the
+other's writes), so two processes never both write one context.
 
 How the persistence actor is meant to use it (phase 2): on activation ``token =
 store.acquire_lease(cid)``; on `ContextOwnedElsewhereError`, retry from a timer message (never a
