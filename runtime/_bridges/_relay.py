@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 _IDLE_POLL = 0.25
 #: how often, at most, the relay reads the feed's newest offset for `lag()` while it cannot keep up
 _HEAD_EVERY = 0.1
+#: rendered subjects remembered (by context id) before the memo starts over
+_SUBJECTS_KEPT = 10_000
 #: the longest `wait_caught_up` goes without checking that the relay still runs
 _CHECK_EVERY = 0.1
 
@@ -150,6 +152,7 @@ class Relay(BridgeThread):
         self._thread: threading.Thread | None = None
         self._consumer: Any = None
         self._reader: Store | None = None  # opened and used on the read-ahead thread only
+        self._subjects: dict[str, str] = {}  # context id -> rendered subject (read-ahead thread only)
         # reads and encodes the next batch while the broker confirms this one (the decode of feed
         # entries is most of the relay's CPU; the broker's round trip releases the GIL)
         self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoard-relay-ahead")
@@ -347,8 +350,17 @@ class Relay(BridgeThread):
         """On the read-ahead thread: the entries after `after`, at most `batch` (one read of its own
         store reader), and their messages."""
         entries = self._store_reader().feed(after, self._batch)
-        return entries, [Outgoing(render_subject(self.subject, e.context_id), change_body(e), message_id(e))
-                         for e in entries]
+        subjects = self._subjects
+        if len(subjects) > _SUBJECTS_KEPT:
+            subjects.clear()
+        out = []
+        for e in entries:
+            subject = subjects.get(e.context_id)
+            if subject is None:
+                subject = subjects[e.context_id] = render_subject(self.subject, e.context_id)
+            msg_id = message_id(e)
+            out.append(Outgoing(subject, change_body(e, msg_id), msg_id))
+        return entries, out
 
     def _read_ahead(self, after: int) -> None:
         self._next = (after, self._ahead.submit(self._load, after))
