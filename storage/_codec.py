@@ -176,6 +176,7 @@ def _keys(obj: dict[str, Any], name: str) -> tuple[str, ...]:
             return tuple(v)
     raise CorruptStateError(f"field {name!r} is not a list of keys")
 
+
 _NO_CHANGES = typing.cast("Mapping[str, Any]", attrs.fields(Change).data_set.default)  # the model's shared default
 
 
@@ -183,8 +184,8 @@ def _change_of(obj: Any) -> Change:
     """The `Change` a decoded journal entry holds, every field checked to be exactly what we write.
 
     The hand-written equal of the converter's structure hook plus `_check_fields` (the feed, history
-    and `state_at` decode one change per entry: this is ~4x faster than cattrs, measured with
-    ``hoard bench --only feed_read``). The checks are the same: a missing optional field takes its
+    and `state_at` decode one change per entry: this is ~3x faster than the cattrs hook and the
+    separate field check it replaces, 2.3 against 6.6 us per bench entry). The checks are the same: a missing optional field takes its
     default, any field of another type (a "7" for 7, a string for a key list, 1 for true), an empty
     key, or a value nested deeper than `MAX_DEPTH` raises `CorruptStateError`; unknown fields are
     ignored (a newer writer may add some).
