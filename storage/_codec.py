@@ -185,10 +185,10 @@ def _change_of(obj: Any) -> Change:
 
     The hand-written equal of the converter's structure hook plus `_check_fields` (the feed, history
     and `state_at` decode one change per entry: this is ~3x faster than the cattrs hook and the
-    separate field check it replaces, 2.3 against 6.6 us per bench entry). The checks are the same: a missing optional field takes its
-    default, any field of another type (a "7" for 7, a string for a key list, 1 for true), an empty
-    key, or a value nested deeper than `MAX_DEPTH` raises `CorruptStateError`; unknown fields are
-    ignored (a newer writer may add some).
+    separate field check it replaces, 2.3 against 6.6 us per bench entry). The checks are the same:
+    a missing optional field takes its default, any field of another type (a "7" for 7, a string for
+    a key list, 1 for true), an empty key, or a value nested deeper than `MAX_DEPTH` raises
+    `CorruptStateError`; unknown fields are ignored (a newer writer may add some).
     """
     if type(obj) is not dict:
         raise CorruptStateError(f"expected a JSON object, found {type(obj).__name__}")
