@@ -97,18 +97,6 @@ class RelayLag:
     error: str | None = None
 
 
-def _head_now(store: Store) -> int:
-    """The feed's newest offset, read in the caller's thread on a reader of its own."""
-    reader = store.reader()
-    if reader is store:
-        return int(store.feed_bounds()[1])
-    reader.open()
-    try:
-        return int(reader.feed_bounds()[1])
-    finally:
-        reader.close()
-
-
 def _default_name(url: str, subject: str) -> str:
     return f"relay {public_url(url)} {subject}"[:128]
 
@@ -223,7 +211,8 @@ class Relay(BridgeThread):
         `ContextTimeoutError` when it did not catch up in time."""
         from hoard.storage import ContextTimeoutError  # noqa: PLC0415 - only this waiting call needs it
 
-        target = _head_now(self._system.store)
+        # the caller thread's feed reader of the system (kept open: no new connection per call)
+        target = int(self._system.manager.readers.get().feed_bounds()[1])
         deadline = time.monotonic() + timeout
         waiter = (target, threading.Event())
         self._waiters.append(waiter)  # list.append / remove are atomic: no lock needed
