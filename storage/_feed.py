@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from ._codec import KIND_CHANGE, Codec
-from ._errors import ConfigError, InvalidValueError
+from ._errors import ConfigError, CorruptStateError, InvalidValueError
 from ._model import Change
 from ._store import Append, CreateContext, DeleteContext, Op
 
@@ -139,11 +139,27 @@ def feed_rows(ops: Sequence[Op], encoded: Sequence[bytes | None], encode_change:
 def feed_entry(codec: Codec, offset: int, context_id: str, blob: bytes) -> FeedEntry:
     """The `FeedEntry` of one stored feed row, verified (`CorruptStateError` if it is not one)."""
     what = f"feed entry {offset} ({context_id!r})"
-    change = codec.decode_change(blob, what)
+    try:
+        change = codec.decode_change(blob, what)
+    except CorruptStateError:
+        unknown = _unknown_version_deletion(codec.decode_json(KIND_CHANGE, blob, what))
+        if unknown is None:
+            raise
+        return FeedEntry.of(offset, context_id, unknown, deleted=True)
     # only a change that replaces everything with nothing can be a deletion: look for the mark there
     deleted = change.replace and not change.data_set and not change.meta_set \
         and codec.decode_json(KIND_CHANGE, blob, what).get("deleted") is True
     return FeedEntry.of(offset, context_id, change, deleted=deleted)
+
+
+def _unknown_version_deletion(obj: Any) -> Change | None:
+    """A deletion committed without its version (``DeleteContext.version`` None) is stored at version
+    0, which no change has, so the journal decoder refuses it: this reads it (None: not one)."""
+    if type(obj) is not dict or obj.get("deleted") is not True or type(obj.get("version")) is not int \
+            or obj["version"] != 0 \
+            or type(obj.get("at")) not in (int, float) or type(obj.get("by")) not in (str, type(None)):
+        return None
+    return Change(0, float(obj["at"]), replace=True, by=obj.get("by"))
 
 
 def prune_floor(head: int, floor: int, consumers: Sequence[int], retention: int) -> int:

@@ -23,7 +23,7 @@ from hoard import (
 )
 from hoard._bridges import change_body
 from hoard.actors import Set, Transact, Update
-from hoard.storage import InvalidMessageError
+from hoard.storage import CreateContext, DeleteContext, InvalidMessageError, new_state, open_store
 
 
 def _config(**kw: object) -> ContextManagerConfig:
@@ -203,6 +203,18 @@ def test_deleting_a_context_is_a_feed_entry_saying_who_deleted_it_and_the_relay_
     assert (body["format"], body["deleted"], body["message_id"], body["by"]) == \
         (1, True, f"gone:{last + 1}", "user:bob")
     assert orjson.loads(change_body(entries[1]))["deleted"] is False
+
+
+def test_a_deletion_committed_without_its_version_is_a_readable_feed_entry_at_version_0(
+        target: str | Path | None) -> None:
+    store = open_store(":memory:" if target is None else target, readonly=False)
+    try:
+        store.commit([CreateContext(new_state("x")), DeleteContext("x", by="tool:cleanup")])
+        entries = store.feed(0)
+    finally:
+        store.close()
+    assert [(e.context_id, e.version, e.by, e.created, e.deleted) for e in entries] == [
+        ("x", 1, None, True, False), ("x", 0, "tool:cleanup", False, True)]
 
 
 def test_a_stream_waiting_at_the_head_wakes_for_a_deletion(system: object) -> None:
