@@ -205,6 +205,11 @@ class ContextActor(pykka.ThreadingActor):
         if marker is not None:
             self._unknown_schema = marker[0]  # writes are refused until the supervisor binds it
 
+    def on_stop(self) -> None:
+        """Passivated, deleted, crashed or shut down: the trackers holding the cell let go of it (so a
+        tracker of a passivated context keeps none of its state; its next call re-activates)."""
+        self.cell.release_holders()
+
     def on_receive(self, message: Any) -> Any:
         envelope = cast(Inbox, self.actor_inbox).current
         reply = envelope.reply_to if envelope is not None else None
