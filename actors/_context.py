@@ -240,7 +240,7 @@ class ContextActor(pykka.ThreadingActor):
             raise UnknownMessageError(f"context actor {self.cell.id!r} does not handle {cls.__name__}; send one "
                                       "of the messages of hoard.actors")
         if cls in _PUBLIC:
-            attrs.validate(message)  # InvalidMessageError: built around its checks (evolve, setattr)
+            _validate(message)  # InvalidMessageError: built around its checks (evolve, setattr)
             if cls in _WRITES and message.request_id is not None:
                 done = self.working.requests.get(message.request_id)
                 if done is not None:
@@ -584,6 +584,20 @@ def _state_event(old: ContextState, change: Change, new: ContextState, rp_id: in
     return cls(context_id=new.id, at=change.at, version=new.version, changed=tuple(change.data_set),
                removed=change.data_del, metadata_changed=tuple(change.meta_set), metadata_removed=change.meta_del,
                by=change.by)
+
+
+#: message class -> its fields that have a validator (what attrs.validate walks, found once per class)
+_CHECKS: dict[type, tuple[tuple[Any, Any], ...]] = {}
+
+
+def _validate(message: Any) -> None:
+    """`attrs.validate(message)` without looking its fields up on every message."""
+    cls = type(message)
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        checks = _CHECKS[cls] = tuple((a, a.validator) for a in attrs.fields(cls) if a.validator is not None)
+    for a, check in checks:
+        check(message, a, getattr(message, a.name))
 
 
 def _state_size(state: ContextState) -> int:

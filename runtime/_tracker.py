@@ -363,12 +363,16 @@ class ContextTracker(Mapping[str, Any]):
         while True:  # each round that meets a stopping actor did not apply it: bounded by the deadline
             if self._system.stopped:
                 raise SystemStoppedError()
-            try:
-                cell = self._live_cell(max(0.001, deadline - time.monotonic()), write=True)
-            except ContextTimeoutError as exc:  # the time ran out activating: the call was never sent
-                raise CallNotStartedError(what, t, self._id) from exc
-            if time.monotonic() >= deadline:
-                raise CallNotStartedError(what, t, self._id)
+            cell = self._cell
+            if cell.closed:  # re-activate first, within the deadline (an open cell costs no clock read)
+                try:
+                    cell = self._live_cell(max(0.001, deadline - time.monotonic()), write=True)
+                except ContextTimeoutError as exc:  # the time ran out activating: the call was never sent
+                    raise CallNotStartedError(what, t, self._id) from exc
+                if time.monotonic() >= deadline:
+                    raise CallNotStartedError(what, t, self._id)
+            else:
+                cell.touched = fresh_mark()
             reply: Reply = cell.actor_ref.ask(message, block=False)
             # the reply's own timeout names this call; a ContextTimeoutError that is the answer
             # (raised inside a transact fn) reaches the caller as it was raised

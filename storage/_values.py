@@ -330,6 +330,11 @@ def freeze_value(key: str, value: Any, max_bytes: int | None = None, context_id:
     """Check one value and return its frozen form; raise `InvalidValueError` naming `key` if it is not
     JSON-compatible, deeper than `MAX_DEPTH`, or (when `max_bytes` is given) larger than `max_bytes`
     once encoded as JSON."""
+    tv = type(value)
+    if max_bytes is None and ((tv is str and (value.isascii() or value.isprintable())) or (
+            tv is int and _INT_MIN <= value <= _INT_MAX) or value is None or tv is bool or (
+            tv is float and value - value == 0.0)):
+        return value  # a scalar that passes the checks inline (as in freeze_mapping)
     frozen = _freeze(value, key, "", 0, context_id)
     if max_bytes is not None:
         size = encoded_size(frozen)
