@@ -94,13 +94,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
     context_id TEXT NOT NULL, source TEXT NOT NULL, version INTEGER, rp_id INTEGER, problem TEXT NOT NULL,
     at REAL NOT NULL, blob BLOB)
 """
-# the change feed (not part of _TABLES either). The writer hands out the offsets (the head it keeps,
-# see SQLiteStore._feed_head), so they are never reused, also after every row was pruned; the
-# pruned-up-to offset is hoard_meta's 'feed_floor'. No AUTOINCREMENT: it would write the
-# sqlite_sequence page in every commit (a quarter of a lone durable write's cost); stores made with
-# it keep it, and explicit offsets advance its sequence as before.
+# the change feed (not part of _TABLES either): offsets from AUTOINCREMENT, so never reused, also
+# after every row was pruned; the pruned-up-to offset is hoard_meta's 'feed_floor'
 _FEED = (
-    "CREATE TABLE IF NOT EXISTS feed (pos INTEGER PRIMARY KEY, context_id TEXT NOT NULL, "
+    "CREATE TABLE IF NOT EXISTS feed (pos INTEGER PRIMARY KEY AUTOINCREMENT, context_id TEXT NOT NULL, "
     "version INTEGER NOT NULL, blob BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS feed_consumers (name TEXT PRIMARY KEY, pos INTEGER NOT NULL)",
 )
@@ -155,7 +152,6 @@ class SQLiteStore(RowStore):
         self.feed_enabled = feed
         self.feed_retention = check_retention(feed_retention)
         self._since_prune = 0
-        self._feed_head: int | None = None  # the newest offset given (None: read it before the next commit)
         self.history_policy: HistoryPolicy = RECOVERY  # as recorded in the store (read on open)
         self._snapshot_times: dict[tuple[str, int], float] = {}  # (id, version) -> updated_at, for "seconds"
         self._db: sqlite3.Connection | None = None
@@ -522,20 +518,14 @@ class SQLiteStore(RowStore):
                     self._apply(db, op, blob)
                 if feed:
                     # one writer (the flock): offsets are handed out in commit order by construction
-                    head = self._feed_head
-                    if head is None:
-                        head = _SQLiteRows(db).feed_bounds()[1]
-                    db.executemany("INSERT INTO feed (pos, context_id, version, blob) VALUES (?,?,?,?)",
-                                   [(head + i, *row) for i, row in enumerate(feed, 1)])
+                    db.executemany("INSERT INTO feed (context_id, version, blob) VALUES (?,?,?)", feed)
                     if self._since_prune + len(feed) >= PRUNE_EVERY:
                         self._prune_feed(db)
-                    self._feed_head = head + len(feed)  # undone below if the commit fails
         self._check_identity()  # do not write into a file that is no longer the store
         try:
             self._guard(run, "commit", context_of(ops[0]))
         except PersistenceError:
             self._checkpoint_due = True
-            self._feed_head = None  # the offsets of a failed commit were not taken (or, if it landed, were)
             raise
         self._check_identity()  # deleted or replaced meanwhile: the commit went to an orphan, not the store
         self._since_prune = 0 if self._since_prune + len(feed) >= PRUNE_EVERY else self._since_prune + len(feed)
@@ -899,13 +889,9 @@ class _SQLiteRows:
     def feed_bounds(self) -> tuple[int, int]:
         if not _has_table(self.db, "feed"):
             return 0, 0
-        # the head: the newest entry's offset, or, with every entry pruned, the floor; a feed table made
-        # with AUTOINCREMENT (older stores) also has its sequence, which is never below either
-        seq = "(SELECT seq FROM sqlite_sequence WHERE name='feed')" if _has_table(self.db, "sqlite_sequence") else "0"
-        row = self.db.execute(f"SELECT {seq}, (SELECT max(pos) FROM feed), "  # noqa: S608 - fixed text
+        row = self.db.execute("SELECT (SELECT seq FROM sqlite_sequence WHERE name='feed'), "
                               "(SELECT value FROM hoard_meta WHERE key='feed_floor')").fetchone()
-        floor = int(row[2] or 0)
-        return floor, max(int(row[0] or 0), int(row[1] or 0), floor)
+        return int(row[1] or 0), int(row[0] or 0)
 
     def feed_rows(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
         if not _has_table(self.db, "feed"):

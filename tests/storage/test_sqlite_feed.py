@@ -1,15 +1,9 @@
-"""The SQLite store's feed offsets: handed out by the store (the one writer), never reused.
-
-The feed table keys entries by their offset without ``AUTOINCREMENT`` (which costs a write of the
-``sqlite_sequence`` page in every commit); the store itself keeps the head. These tests pin that the
-offsets still only grow: across reopens, after a failed commit, after retention pruned entries, and
-in a store whose feed table was made by an older hoard (with ``AUTOINCREMENT``).
-"""
+"""The SQLite store's feed offsets: handed out in commit order by the one writer, never reused:
+across reopens, after a failed commit, and after retention pruned entries."""
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,28 +70,3 @@ def test_offsets_are_never_reused_after_retention_pruned_entries(tmp_path: Path)
         _append(store, "a", 1100)
         assert store.feed_bounds()[1] == 1100
         assert _offsets(store)[-1] == 1100
-
-
-def test_a_feed_table_made_with_autoincrement_keeps_its_offsets(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with _opened(path) as store:
-        _create(store, "a")
-        _append(store, "a", 2)
-    # the layout of stores made before: offsets from AUTOINCREMENT, the head in sqlite_sequence
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("BEGIN")
-    db.execute("ALTER TABLE feed RENAME TO feed_new")
-    db.execute("CREATE TABLE feed (pos INTEGER PRIMARY KEY AUTOINCREMENT, context_id TEXT NOT NULL, "
-               "version INTEGER NOT NULL, blob BLOB NOT NULL)")
-    db.execute("INSERT INTO feed SELECT * FROM feed_new")
-    db.execute("DROP TABLE feed_new")
-    db.execute("UPDATE sqlite_sequence SET seq = 40 WHERE name = 'feed'")  # entries up to 40 were pruned
-    db.execute("DELETE FROM feed")
-    db.execute("INSERT OR REPLACE INTO hoard_meta VALUES ('feed_floor', '40')")
-    db.execute("COMMIT")
-    db.close()
-    with _opened(path) as store:
-        assert store.feed_bounds() == (40, 40)
-        _append(store, "a", 3)
-        assert _offsets(store) == [41]
-        assert store.feed_bounds() == (40, 41)
