@@ -1042,6 +1042,8 @@ def _forwarding(run: _Run) -> list[BenchRow]:
         one = remote[0].set
         lat_fwd = _latencies(n_lat, lambda i: one(f"l-{i:06d}", value))
         lat_floor = _latencies(n_lat, lambda _i: floor_call(payload))
+        mine = local[0].set
+        lat_local = _latencies(n_lat, lambda i: mine(f"m-{i:06d}", value))
     finally:
         if bare is not None:
             bare.close()
@@ -1052,7 +1054,8 @@ def _forwarding(run: _Run) -> list[BenchRow]:
             admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     note = (f"{_FWD_THREADS} threads x {per_thread} sets a round, each on its own context; request {request} B; "
             f"both systems and the bare responder in this process; NATS at {url}")
-    lat_note = f"{n_lat} sequential calls; request {request} B"
+    lat_note = (f"{n_lat} sequential calls; request {request} B; the same set as a local call (by the owner): "
+                f"median {statistics.median(lat_local):.3g} ms, p99 {_p99(lat_local):.3g} ms")
     return [_row("fwd_throughput", fwd, floor, note),
             _row("fwd_latency_median", [statistics.median(lat_fwd)], [statistics.median(lat_floor)], lat_note),
             _row("fwd_latency_p99", [_p99(lat_fwd)], [_p99(lat_floor)], lat_note),
