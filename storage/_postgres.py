@@ -469,8 +469,11 @@ class PostgresStore(LeaseHolder, RowStore):
         prune = bool(feed) and self._since_prune + len(feed) >= PRUNE_EVERY
         sent_feed = {"n": len(feed), "ids": [r[0] for r in feed], "vs": [r[1] for r in feed],
                      "blobs": [r[2] for r in feed], "keep": self.feed_retention, "prune": prune} if feed else None
-        notice = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
+        notice: dict[str, Any] | None = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
                   "ops": [",".join(touched[cid]) for cid in ids]} if self.notify else None
+        if notice is not None and all(isinstance(op, Append) for op in ops):
+            last = {op.context_id: op.change.version for op in ops}  # type: ignore[union-attr]
+            notice["vs"] = [last[cid] for cid in ids]  # the notices need no read of contexts
         for attempt in (0, 1):
             conn = self._connection()
             stage, xid = "begin", None
@@ -539,7 +542,7 @@ class PostgresStore(LeaseHolder, RowStore):
             if only_appends:
                 appended = self._send_appends(conn, ops, encoded)  # type: ignore[arg-type]
                 if notice is not None:
-                    conn.execute(self._sql["notify"], notice)
+                    conn.execute(self._sql["notify_appends"], notice)
         xid = self._check_fence(fence.fetchall())
         if only_appends:
             self._check_appends(conn, appended, ops)  # type: ignore[arg-type]

@@ -336,6 +336,19 @@ def test_commits_notify_listeners_of_other_stores_with_id_and_version(make_pg_st
             conn.execute(pgsql.SQL("DROP SCHEMA {} CASCADE").format(pgsql.Identifier(other_schema.schema)))
 
 
+def test_a_batch_of_appends_notifies_each_context_once_with_its_last_version(make_pg_store: MakeStore) -> None:
+    """Appends-only batches (the common commit) carry their versions in the notice themselves."""
+    writer, reader = make_pg_store(owner_id="writer"), make_pg_store(owner_id="reader")
+    with reader.listen() as listener:
+        writer.commit([CreateContext(new_state("c")), CreateContext(new_state("b"))])
+        collect(listener, 2)
+        writer.commit([Append("c", change(2)), Append("b", change(2)), Append("c", change(3))])
+        got = collect(listener, 2)
+        assert [(n.context_id, n.version, n.ops, n.owner) for n in got] == [
+            ("b", 2, ("append",), "writer"), ("c", 3, ("append",), "writer")]
+        assert listener.wait(0.05) == []
+
+
 def test_a_listener_whose_connection_dies_raises_then_listens_again(make_pg_store: MakeStore, pg_dsn: str) -> None:
     writer = make_pg_store()
     with writer.listen() as listener:
