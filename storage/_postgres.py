@@ -18,8 +18,8 @@ two writers can never both succeed on the same version: an append is
 recovery point advances ``next_rp_id`` the same way; a create is an insert that must not conflict.
 A refused check raises `PersistenceError` and rolls the whole batch back. A batch of appends (the
 common one) costs two round trips: BEGIN, the fence, the appends and NOTIFY in one pipeline, then
-COMMIT once every check held. A blob that cannot be encoded raises `PersistenceError` before anything
-is sent.
+the feed rows and COMMIT in the second, once every check held. A blob that cannot be encoded
+raises `PersistenceError` before anything is sent.
 
 Loading, recovery (``recovery="strict"`` or ``"fallback"``), repair, `verify()` and the read interface
 are the shared engine's (`hoard.storage._recovery`); this module is the connection handling and the
