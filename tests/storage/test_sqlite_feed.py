@@ -15,7 +15,7 @@ from hoard.storage import Append, Change, ContextState, CreateContext, Persisten
 
 
 @contextlib.contextmanager
-def _opened(path: Path, **kw: int) -> Iterator[SQLiteStore]:
+def _opened(path: Path, **kw: object) -> Iterator[SQLiteStore]:
     store = SQLiteStore(path, **kw)  # type: ignore[arg-type]
     store.open()
     try:
@@ -60,13 +60,13 @@ def test_a_failed_commit_gives_back_no_offset_and_takes_none(tmp_path: Path) -> 
 
 def test_offsets_are_never_reused_after_retention_pruned_entries(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    with _opened(path, feed_retention=1) as store:
+    with _opened(path, feed_retention=1, sync="normal") as store:
         _create(store, "a")
         for v in range(2, 1100):  # past a prune point (every 1,024 entries): all but the newest go
             _append(store, "a", v)
         floor, head = store.feed_bounds()
         assert (floor, head) == (1023, 1099)  # pruned at offset 1,024 down to the newest entry
-    with _opened(path, feed_retention=1) as store:
+    with _opened(path, feed_retention=1, sync="normal") as store:
         _append(store, "a", 1100)
         assert store.feed_bounds()[1] == 1100
         assert _offsets(store)[-1] == 1100
