@@ -38,6 +38,7 @@ __all__ = [
     "consumer_position",
     "creation_change",
     "deletion_change",
+    "feed_dict",
     "feed_entry",
     "feed_rows",
     "prune_floor",
@@ -150,6 +151,25 @@ def feed_entry(codec: Codec, offset: int, context_id: str, blob: bytes) -> FeedE
     deleted = change.replace and not change.data_set and not change.meta_set \
         and codec.decode_json(KIND_CHANGE, blob, what).get("deleted") is True
     return FeedEntry.of(offset, context_id, change, deleted=deleted)
+
+
+def feed_dict(codec: Codec, offset: int, context_id: str, blob: bytes) -> dict[str, Any]:
+    """`FeedEntry.to_dict()` of one stored feed row, verified exactly as `feed_entry` verifies it,
+    without building the `Change` and the `FeedEntry` (a third of the cost, for a reader that only
+    re-encodes the entry: the broker relay). `values` and `metadata` are the decoded dicts
+    themselves, not frozen: read or encode them, never keep or change them. A change that may be a
+    deletion (it replaces everything with nothing) goes through `feed_entry`."""
+    what = f"feed entry {offset} ({context_id!r})"
+    try:
+        scalars, data_set, meta_set = codec.decode_change_parts(blob, what)
+    except CorruptStateError:
+        return feed_entry(codec, offset, context_id, blob).to_dict()  # a deletion of no version, or raises
+    version, at, data_del, meta_del, _forget, replace, _rid, by = scalars
+    if replace and not data_set and not meta_set:
+        return feed_entry(codec, offset, context_id, blob).to_dict()
+    return {"offset": offset, "context_id": context_id, "version": version, "at": at, "by": by,
+            "changed": sorted(data_set), "removed": sorted(data_del), "values": data_set, "metadata": meta_set,
+            "metadata_removed": list(meta_del), "replaced": replace, "created": version == 1, "deleted": False}
 
 
 def _unknown_version_deletion(obj: Any) -> Change | None:

@@ -54,7 +54,7 @@ from ._errors import (
     InvalidValueError,
     VersionNotStoredError,
 )
-from ._feed import FeedEntry, feed_entry
+from ._feed import FeedEntry, feed_dict, feed_entry
 from ._model import Change, ContextState, RecoveryPoint, apply_change
 from ._store import JournalEntry, ReadView, StoredContext, StoreStats, VerifyIssue
 from ._values import validate_id
@@ -815,15 +815,24 @@ class RowStore:
     # -- the change feed ---------------------------------------------------------------------------
     def feed(self, after: int = 0, limit: int = 1000) -> list[FeedEntry]:
         """See `Store.feed`: one read transaction, caller's thread; each entry verified."""
+        return self._feed_read(after, limit, feed_entry)
+
+    def feed_dicts(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """`feed` as `FeedEntry.to_dict()` forms, each verified the same way, built without the
+        entries (`feed_dict`: for a reader that only re-encodes them, the broker relay). Same
+        errors, one read transaction, caller's thread."""
+        return self._feed_read(after, limit, feed_dict)
+
+    def _feed_read(self, after: int, limit: int, make: Callable[[Codec, int, str, bytes], T]) -> list[T]:
         if type(after) is not int or after < 0 or type(limit) is not int or limit < 1:
             raise InvalidValueError("after", f"the feed is read after an offset >= 0 (got {after!r}) in batches "
                                              f"of at least 1 (got {limit!r})")
 
-        def run(rows: RowAccess) -> list[FeedEntry]:
+        def run(rows: RowAccess) -> list[T]:
             floor, _head = rows.feed_bounds()
             if after < floor:
                 raise FeedTruncatedError(after, floor)
-            return [feed_entry(self.codec, pos, cid, blob) for pos, cid, blob in rows.feed_rows(after, limit)]
+            return [make(self.codec, pos, cid, blob) for pos, cid, blob in rows.feed_rows(after, limit)]
         return self._read("read the change feed", None, run)
 
     def feed_bounds(self) -> tuple[int, int]:

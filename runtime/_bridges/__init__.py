@@ -20,6 +20,7 @@ from ._errors import InvalidCommandError as InvalidCommandError
 from ._format import CHANGE_FORMAT as CHANGE_FORMAT
 from ._format import COMMAND_FORMAT as COMMAND_FORMAT
 from ._format import change_body as change_body
+from ._format import change_body_of as change_body_of
 from ._format import message_id as message_id
 from ._format import parse_command as parse_command
 from ._format import render_subject as render_subject

@@ -52,6 +52,7 @@ __all__ = [
     "OPERATIONS",
     "Command",
     "change_body",
+    "change_body_of",
     "message_id",
     "parse_command",
     "render_subject",
@@ -83,6 +84,12 @@ def change_body(entry: FeedEntry, msg_id: str | None = None) -> bytes:
         "metadata": entry.metadata, "metadata_removed": entry.metadata_removed,
         "replaced": entry.replaced, "created": entry.created, "deleted": entry.deleted,
     })
+
+
+def change_body_of(entry: dict[str, Any], msg_id: str) -> bytes:
+    """`change_body` of an entry in its `FeedEntry.to_dict()` form (what ``feed_dicts`` reads): the
+    same bytes. `msg_id` is its `message_id`."""
+    return orjson.dumps({"type": "hoard.change", "format": CHANGE_FORMAT, "message_id": msg_id, **entry})
 
 
 def subject_token(context_id: str) -> str:

@@ -72,3 +72,24 @@ def test_hoard_relay_with_an_unknown_scheme_fails_with_a_json_error(tmp_path: Pa
     assert r.returncode == 1 and r.stdout == ""
     error = orjson.loads(r.stderr)
     assert error["type"] == "ConfigError" and "kafka" in error["error"]
+
+
+def test_the_relay_s_lean_body_is_byte_for_byte_change_body(tmp_path: Path) -> None:
+    """`change_body_of` (from `feed_dicts`, what the relay publishes) and `change_body` (from a
+    `FeedEntry`) give the same bytes: the documented key order included."""
+    from hoard._bridges import change_body, change_body_of, message_id  # noqa: PLC0415 - this test only
+
+    system = open_system(tmp_path / "f.db")
+    try:
+        ctx = system.adapter.get_or_create("x.1", data={"a": 1})
+        ctx.update({"b": {"c": [1, 2]}, "a": None})
+        ctx.set_metadata("m", 1, remove="n")
+        ctx.delete("b")
+        system.manager.delete("x.1")
+        entries = list(system.changes(after=0, timeout=0))
+        assert [e.deleted for e in entries][-2:] == [False, True]
+        dicts = system.store.feed_dicts(0, 10)  # type: ignore[attr-defined]
+        assert [change_body_of(d, message_id(e)) for d, e in zip(dicts, entries, strict=True)] == \
+            [change_body(e) for e in entries]
+    finally:
+        system.stop()

@@ -24,11 +24,12 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.parametrize("decoder", ["decode_change", "decode_change_parts"])  # the relay's lean one too
 @pytest.mark.parametrize("payload", HOSTILE, ids=[p.decode()[:40] for p in HOSTILE])
-def test_a_hostile_journal_entry_is_refused_with_corrupt_state_error_naming_it(payload: bytes) -> None:
+def test_a_hostile_journal_entry_is_refused_with_corrupt_state_error_naming_it(payload: bytes, decoder: str) -> None:
     codec = Codec()
     with pytest.raises(CorruptStateError, match=r"^entry 7: ") as info:
-        codec.decode_change(codec.frame(KIND_CHANGE, payload), "entry 7")
+        getattr(codec, decoder)(codec.frame(KIND_CHANGE, payload), "entry 7")
     assert info.value.what == "entry 7"
 
 
@@ -47,3 +48,13 @@ def test_a_full_change_decodes_to_frozen_values() -> None:
     assert back == change
     with pytest.raises(TypeError):
         back.data_set["a"]["b"].append(3)  # type: ignore[index]
+
+
+def test_the_lean_decoder_gives_the_fields_the_full_one_gives() -> None:
+    codec = Codec()
+    change = Change(4, 1.5, {"a": {"b": [1, {"c": 2}]}}, ("x",), {"m": 1}, ("n",), replace=False,
+                    request_id="r1", forget=("r0",), by="svc:billing")
+    scalars, data_set, meta_set = codec.decode_change_parts(codec.encode_change(change))
+    assert scalars == (4, 1.5, ("x",), ("n",), ("r0",), False, "r1", "svc:billing")
+    assert (data_set, meta_set) == ({"a": {"b": [1, {"c": 2}]}}, {"m": 1})
+    assert codec.decode_change_parts(codec.frame(KIND_CHANGE, b'{"version":3,"at":5}'))[1:] == ({}, {})

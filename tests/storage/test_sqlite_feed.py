@@ -70,3 +70,23 @@ def test_offsets_are_never_reused_after_retention_pruned_entries(tmp_path: Path)
         _append(store, "a", 1100)
         assert store.feed_bounds()[1] == 1100
         assert _offsets(store)[-1] == 1100
+
+
+def test_feed_dicts_is_the_feed_s_to_dict_for_every_kind_of_entry(tmp_path: Path) -> None:
+    """The relay's lean read (`feed_dicts`) gives what `feed()` gives: creations, changes with
+    metadata and removals, a restore, a deletion with and without its version."""
+    from hoard.storage import DeleteContext  # noqa: PLC0415 - this test only
+
+    with _opened(tmp_path / "s.db") as store:
+        _create(store, "a")
+        _append(store, "a", 2)
+        store.commit([Append("a", Change(3, time.time(), {"z": [1, {"y": None}], "b": 2.5}, ("v",),
+                                         {"m": "x"}, ("old",), by="svc"))])
+        store.commit([Append("a", Change(4, time.time(), {"only": 1}, replace=True))])
+        store.commit([DeleteContext("a", version=4, by="ops")])
+        _create(store, "b")
+        store.commit([DeleteContext("b")])  # no version known: stored at 0
+        entries = store.feed(0, 100)
+        assert [e.deleted for e in entries] == [False] * 4 + [True, False, True]
+        assert store.feed_dicts(0, 100) == [e.to_dict() for e in entries]
+        assert store.feed_dicts(3, 2) == [e.to_dict() for e in entries[3:5]]
