@@ -33,7 +33,7 @@ from hoard.storage import HoardError
 from ._bridges import Outgoing, Relay, make_publisher
 from ._system import ContextSystem
 
-__all__ = ["BROKERS", "broker_problem", "latency_sides", "throughput_sides"]
+__all__ = ["BROKERS", "broker_problem", "latency_sides", "plain_xadd_side", "publisher_side", "throughput_sides"]
 
 BROKERS: dict[str, str] = {
     "nats": "nats://127.0.0.1:4222", "mqtt": "mqtt://127.0.0.1:1883",
@@ -189,17 +189,51 @@ def throughput_sides(kind: str, system: ContextSystem, messages: Callable[[str],
         finally:
             drop()
 
-    def bare_side() -> float:
-        tag = f"hb{uuid.uuid4().hex[:10]}"
-        subject, options, drop = _place(kind, tag)
+    return relay_side, lambda: _bare_round(kind, messages, _bare_publish)
+
+
+def _bare_round(kind: str, messages: Callable[[str], list[Outgoing]],
+                send: Callable[[str, dict[str, Any], Sequence[Outgoing]], None]) -> float:
+    """One round of a reference side: `send(kind, options, messages)` timed (connect included) on
+    names unique to the round, removed afterwards; messages per second."""
+    tag = f"hb{uuid.uuid4().hex[:10]}"
+    subject, options, drop = _place(kind, tag)
+    try:
+        batch = messages(subject)
+        t0 = time.perf_counter()
+        send(kind, options, batch)
+        return len(batch) / (time.perf_counter() - t0)
+    finally:
+        drop()
+
+
+def plain_xadd_side(messages: Callable[[str], list[Outgoing]]) -> Callable[[], float]:
+    """A second Redis reference, shown in the row's note (the row's floor stays the pipelined loop):
+    redis-py sending one ``XADD`` per message and waiting for its reply before the next, the plain
+    loop a user writes. Same client, same acknowledgement (every reply awaited); no pipelining."""
+    def send(kind: str, _options: dict[str, Any], batch: Sequence[Outgoing]) -> None:
+        import redis  # noqa: PLC0415
+
+        rclient = redis.Redis.from_url(broker_url(kind))
+        for m in batch:
+            rclient.xadd(m.subject, {"message_id": m.message_id, "body": m.body})
+        rclient.close()
+    return lambda: _bare_round("redis", messages, send)
+
+
+def publisher_side(kind: str, messages: Callable[[str], list[Outgoing]]) -> Callable[[], float]:
+    """A second reference, shown in the row's note: the relay's own backend (`make_publisher`)
+    publishing the pre-encoded messages in the relay's batches, connect included; for AMQP, a batch
+    of confirms in flight where the floor waits for each."""
+    def send(kind: str, options: dict[str, Any], batch: Sequence[Outgoing]) -> None:
+        publisher = make_publisher(broker_url(kind), subject=batch[0].subject, **options)
+        publisher.connect(5.0)
         try:
-            batch = messages(subject)
-            t0 = time.perf_counter()
-            _bare_publish(kind, options, batch)
-            return len(batch) / (time.perf_counter() - t0)
+            for i in range(0, len(batch), _BATCH):
+                publisher.publish(batch[i:i + _BATCH], 5.0)
         finally:
-            drop()
-    return relay_side, bare_side
+            publisher.close()
+    return lambda: _bare_round(kind, messages, send)
 
 
 # -- latency ---------------------------------------------------------------------------------------------

@@ -1,12 +1,17 @@
 """AMQP 0-9-1 backend (pika, blocking connection; ``pip install 'hoard-contexts[amqp]'``), for RabbitMQ.
 
-pika's `BlockingConnection` runs in the caller's thread (the bridge's): no thread of its own.
+Both halves run pika in the caller's thread (the bridge's): no thread of their own.
 
 Out: publisher confirms on, persistent messages (delivery mode 2) with ``message_id`` set to
 ``<context id>:<version>``, to the exchange ``?exchange=NAME`` (a durable topic exchange, declared;
-default ``hoard``) with the rendered subject as routing key. pika's blocking channel waits for each
-message's confirm before the next (``basic_publish`` returns on the broker's ack and raises on a nack or
-an unroutable message); a batch is therefore confirmed message by message, in order.
+default ``hoard``) with the rendered subject as routing key. A batch is published on one channel
+without waiting in between (pika's `SelectConnection`, its I/O loop driven by `publish`), then
+`publish` returns once the broker acked every message of it (confirms arrive in order on one
+channel, several at once with ``multiple``). A nack, a closed channel or connection, or no confirm
+within the timeout raises `BrokerUnavailableError`: the relay does not commit the batch's offset and
+publishes it again on a new connection. (pika's blocking channel waits for each message's confirm
+before sending the next: the broker's round trip and pika's blocking wait per message, which the
+bench's bare loop does.)
 
 In: the durable queue named by the subject (declared), manual acks, a prefetch of the batch size.
 Messages unacked when the connection ends (a killed bridge) are requeued by the broker at once and
@@ -17,7 +22,7 @@ delivered again. Answers go to a message's ``reply_to`` queue; dead letters to t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pika
@@ -31,6 +36,17 @@ __all__ = ["AmqpCommandSource", "AmqpPublisher"]
 _PERSISTENT = 2
 
 
+def _params(raw_url: str, timeout: float) -> Any:
+    """Connection parameters: every wait bounded by `timeout`, one attempt (the bridge retries)."""
+    params = pika.URLParameters(raw_url)
+    params.socket_timeout = timeout
+    params.blocked_connection_timeout = timeout
+    params.stack_timeout = timeout
+    params.connection_attempts = 1
+    params.heartbeat = 30
+    return params
+
+
 class _Channel:
     def __init__(self, url: str) -> None:
         self.raw_url = url.split("?", 1)[0]
@@ -39,12 +55,7 @@ class _Channel:
         self.channel: Any = None
 
     def open(self, timeout: float) -> Any:
-        params = pika.URLParameters(self.raw_url)
-        params.socket_timeout = timeout
-        params.blocked_connection_timeout = timeout
-        params.stack_timeout = timeout
-        params.connection_attempts = 1
-        params.heartbeat = 30
+        params = _params(self.raw_url, timeout)
         try:
             self.connection = pika.BlockingConnection(params)
             self.channel = self.connection.channel()
@@ -70,28 +81,136 @@ class _Channel:
 
 
 class AmqpPublisher:
-    """Publishes with publisher confirms (see the module docstring)."""
+    """Publishes with publisher confirms, a batch in flight at once (see the module docstring).
+
+    pika's `SelectConnection` driven in the caller's thread: each call runs the connection's I/O loop
+    until what it waits for happened (the channel open and the exchange declared; every message of
+    the batch confirmed), a nack, the connection's end, or `timeout`; no thread of its own."""
 
     def __init__(self, url: str, *, subject: str = "hoard.{context_id}", exchange: str | None = None) -> None:
         self.url = public_url(url)
-        self._channel = _Channel(url)
+        self._raw_url = url.split("?", 1)[0]
         self._exchange = exchange if exchange is not None else url_options(url).get("exchange", "hoard")
+        self._connection: Any = None
+        self._channel: Any = None
+        self._problem: str | None = None  # why the connection cannot go on (a nack, a close)
+        self._tag = 0  # delivery tag of the last message published on this channel
+        self._confirmed = 0  # every tag up to this one is acked
+        self._early: set[int] = set()  # tags acked one by one past `_confirmed`
+        self._goal: Callable[[], bool] = lambda: True  # what the running I/O loop waits for
 
     def connect(self, timeout: float) -> None:
-        channel = self._channel.open(timeout)
-        if self._exchange:
-            self._channel.call("declaring the exchange", channel.exchange_declare, self._exchange,
-                               exchange_type="topic", durable=True)
+        self.close()
+        params = _params(self._raw_url, timeout)
+        self._problem, self._tag, self._confirmed, self._channel = None, 0, 0, None
+        self._early.clear()
+        declared: list[bool] = []
 
-    def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:  # socket_timeout bounds it
-        channel = self._channel.channel
-        for m in messages:
-            props = pika.BasicProperties(delivery_mode=_PERSISTENT, message_id=m.message_id,
-                                         content_type="application/json")
-            self._channel.call("publishing", channel.basic_publish, self._exchange, m.subject, m.body, props)
+        def on_declared(_frame: Any) -> None:
+            declared.append(True)
+            self._connection.ioloop.stop()
+
+        def on_channel(channel: Any) -> None:
+            channel.add_on_close_callback(lambda _ch, reason: self._fail(f"channel closed: {reason}"))
+            channel.confirm_delivery(self._on_confirm)
+            self._channel = channel
+            if self._exchange:
+                channel.exchange_declare(self._exchange, exchange_type="topic", durable=True, callback=on_declared)
+            else:
+                on_declared(None)
+
+        try:
+            self._connection = pika.SelectConnection(
+                params, on_open_callback=lambda conn: conn.channel(on_open_callback=on_channel),
+                on_open_error_callback=lambda _conn, err: self._fail(f"connecting: {type(err).__name__}: {err}"),
+                on_close_callback=self._on_closed)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerUnavailableError(self.url, f"connecting: {type(exc).__name__}: {exc}") from exc
+        try:
+            self._run(lambda: bool(declared), timeout, "connecting")
+        except BrokerUnavailableError:
+            self.close()  # the relay connects again without closing a connection that never opened
+            raise
+
+    def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
+        channel = self._channel
+        if channel is None or self._problem is not None:
+            raise BrokerUnavailableError(self.url, self._problem or "not connected")
+        try:
+            for m in messages:
+                props = pika.BasicProperties(delivery_mode=_PERSISTENT, message_id=m.message_id,
+                                             content_type="application/json")
+                channel.basic_publish(self._exchange, m.subject, m.body, props)
+                self._tag += 1
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._fail(f"publishing: {type(exc).__name__}: {exc}")
+            raise BrokerUnavailableError(self.url, f"publishing: {type(exc).__name__}: {exc}") from exc
+        last = self._tag
+        self._run(lambda: self._confirmed >= last, timeout, "waiting for publisher confirms")
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        if isinstance(method, pika.spec.Basic.Nack):
+            self._fail(f"the broker refused message {method.delivery_tag} (nack)")
+        elif method.multiple:
+            self._confirmed = max(self._confirmed, method.delivery_tag)
+        else:  # usually in order; one that arrives early waits in `_early` for the tags before it
+            self._early.add(method.delivery_tag)
+        while self._confirmed + 1 in self._early:
+            self._confirmed += 1
+            self._early.discard(self._confirmed)
+        if self._goal():
+            self._connection.ioloop.stop()
+
+    def _on_closed(self, connection: Any, reason: Any) -> None:
+        self._fail(f"connection closed: {reason}")
+        connection.ioloop.stop()  # also when `close()` runs the loop until now (self._connection is None then)
+
+    def _fail(self, problem: str) -> None:
+        if self._problem is None:
+            self._problem = problem
+        if self._connection is not None:
+            self._connection.ioloop.stop()
+
+    def _run(self, goal: Callable[[], bool], timeout: float, what: str) -> None:
+        """Run the I/O loop until `goal()` (then return), a failure or `timeout` (then
+        `BrokerUnavailableError`; the caller closes and connects again)."""
+        if not goal() and self._problem is None:
+            loop = self._connection.ioloop
+            self._goal = goal
+            expired: list[bool] = []
+
+            def expire() -> None:
+                expired.append(True)
+                loop.stop()
+
+            timer = loop.call_later(timeout, expire)
+            try:
+                while not (goal() or expired or self._problem is not None):
+                    loop.start()  # until a callback stops it
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                self._fail(f"{what}: {type(exc).__name__}: {exc}")
+            finally:
+                loop.remove_timeout(timer)
+                self._goal = lambda: True
+            if expired and not goal() and self._problem is None:
+                self._problem = f"{what}: no answer in {timeout:g} s"
+        if self._problem is not None:
+            raise BrokerUnavailableError(self.url, self._problem)
 
     def close(self) -> None:
-        self._channel.close()
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is None:
+            return
+        with contextlib.suppress(Exception):  # a broken connection: nothing left to report
+            if not (connection.is_closed or connection.is_closing):  # open, or opening (a connect timed out)
+                connection.close()
+                loop = connection.ioloop
+                timer = loop.call_later(2.0, loop.stop)
+                loop.start()  # until `_on_closed` stops it (or 2 s)
+                loop.remove_timeout(timer)
+        with contextlib.suppress(Exception):
+            connection.ioloop.close()
 
 
 class AmqpCommandSource:
