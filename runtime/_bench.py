@@ -1229,8 +1229,8 @@ class _Counter(pykka.ThreadingActor):
 def _event_delivery(run: _Run) -> tuple[list[float], list[float], int]:
     """StateChanged to one callable subscriber against pykka tells of the same event objects to a bare
     counting actor: (values, floors, events a round). The events are emitted into the system's event
-    path as a context actor emits them after a commit (emitter -> bus actor -> subscriber actor ->
-    callable), so the writes that would cause them are not part of the figure."""
+    path as a context actor emits them after a commit (emitter -> the subscription's queue ->
+    subscriber actor -> callable), so the writes that would cause them are not part of the figure."""
     n = run.n(1_000, 5_000)
     items = _items(n)
     system = run.system(None, "none")
@@ -1327,7 +1327,7 @@ def _events(run: _Run) -> list[BenchRow]:
     ordered = sorted(lat)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return [_row("events_delivery", values, floors, f"{n} events a round, emitted as after a commit; the "
-                                                    "subscriber runs in its own actor (bus + subscriber hops)"),
+                                                    "subscriber runs in its own actor (a queue; one wake-up a burst)"),
             _row("events_latency", lat, commits,
                  f"{m} sets; latency median {statistics.median(lat):.2f} ms, p99 {p99:.2f} ms (the event's `at` "
                  "to the callback); floor: the median raw commit; target ratio chosen here (issue: report only)")]
