@@ -57,6 +57,7 @@ from hoard.storage import InvalidMessageError as InvalidMessageError
 from hoard.storage import InvalidValueError as InvalidValueError
 from hoard.storage import MemoryStore as MemoryStore
 from hoard.storage import NoCurrentContextError as NoCurrentContextError
+from hoard.storage import OwnerIdInUseError as OwnerIdInUseError
 from hoard.storage import PersistenceError as PersistenceError
 from hoard.storage import PostgresStore as PostgresStore
 from hoard.storage import RecoveryPoint as RecoveryPoint
@@ -94,7 +95,9 @@ from ._factory import create_manager as create_manager
 from ._factory import create_manager_with_config as create_manager_with_config
 from ._feed import ChangeStream as ChangeStream
 from ._feed import FeedConsumer as FeedConsumer
+from ._forward import BoundTransaction as BoundTransaction
 from ._forward import NotForwardableError as NotForwardableError
+from ._forward import RegisteredTransaction as RegisteredTransaction
 from ._history import Diff as Diff
 from ._history import HistoryEntry as HistoryEntry
 from ._manager import ContextManager as ContextManager
@@ -117,6 +120,7 @@ _logging.getLogger("runtime").addHandler(_logging.NullHandler())
 
 __all__ = [
     "ApplierStats",
+    "BoundTransaction",
     "BridgeError",
     "BrokerUnavailableError",
     "CallNotStartedError",
@@ -173,6 +177,7 @@ __all__ = [
     "Metrics",
     "NoCurrentContextError",
     "NotForwardableError",
+    "OwnerIdInUseError",
     "Ownership",
     "Pending",
     "PersistenceError",
@@ -182,6 +187,7 @@ __all__ = [
     "RecoveryPointDeleted",
     "RecoveryPointNotFoundError",
     "RecoveryReport",
+    "RegisteredTransaction",
     "Relay",
     "RelayLag",
     "RemoteChange",

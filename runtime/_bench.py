@@ -1042,6 +1042,8 @@ def _forwarding(run: _Run) -> list[BenchRow]:
         one = remote[0].set
         lat_fwd = _latencies(n_lat, lambda i: one(f"l-{i:06d}", value))
         lat_floor = _latencies(n_lat, lambda _i: floor_call(payload))
+        mine = local[0].set
+        lat_local = _latencies(n_lat, lambda i: mine(f"m-{i:06d}", value))
     finally:
         if bare is not None:
             bare.close()
@@ -1052,7 +1054,8 @@ def _forwarding(run: _Run) -> list[BenchRow]:
             admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     note = (f"{_FWD_THREADS} threads x {per_thread} sets a round, each on its own context; request {request} B; "
             f"both systems and the bare responder in this process; NATS at {url}")
-    lat_note = f"{n_lat} sequential calls; request {request} B"
+    lat_note = (f"{n_lat} sequential calls; request {request} B; the same set as a local call (by the owner): "
+                f"median {statistics.median(lat_local):.3g} ms, p99 {_p99(lat_local):.3g} ms")
     return [_row("fwd_throughput", fwd, floor, note),
             _row("fwd_latency_median", [statistics.median(lat_fwd)], [statistics.median(lat_floor)], lat_note),
             _row("fwd_latency_p99", [_p99(lat_fwd)], [_p99(lat_floor)], lat_note),
@@ -1104,7 +1107,9 @@ def _bridges(run: _Run) -> list[BenchRow]:
             relay_lat, bare_lat = latency_sides(kind, system, writes, rate, failures)
             lat, bare = relay_lat(), bare_lat()
             rows.append(_row(f"relay_latency_{kind}", [lat[0]], [bare[0]],
-                             f"p99 {lat[1]:.1f} ms (bare {bare[1]:.2f} ms); {writes} durable writes at {rate:.0f}/s, "
+                             f"p99 {lat[1]:.1f} ms (bare {bare[1]:.2f} ms; the writes' own commit: p99 "
+                             f"{lat[2]:.1f} ms); "
+                             f"{writes} durable writes at {rate:.0f}/s, "
                              "from the change's time (set as it is applied, before its commit) to a subscriber; "
                              f"relay broker failures: {failures[0]}"))
     return rows

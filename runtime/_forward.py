@@ -22,27 +22,37 @@ Contract:
 * **Threads.** The NATS client runs its own asyncio loop in one daemon thread (``hoard-forward``); no
   caller's thread ever runs NATS code, and no actor waits on NATS. The caller's thread blocks in
   `Forwarder.send` for at most the call's deadline. Requests served here are handed to the context
-  actor as messages (no thread per request); answers go back from the loop thread.
+  actor as messages (no thread per request); answers go back from the loop thread. Callers'
+  requests and actors' answers reach the loop through two queues (deques), each waking the loop
+  once for whatever queued meanwhile.
 * **Owner cache.** The last owner seen for each context is remembered (bounded) until its lease
   runs out, so the next call goes straight to it without asking the supervisor and the store first.
 * **After stop.** `close()` drains the subscription (requests already taken are answered) and stops the
-  loop; calls afterwards raise `SystemStoppedError`.
+  loop; requests still waiting for an answer, and calls afterwards, raise `SystemStoppedError`.
 
-What cannot be forwarded: `transact` (a Python function does not cross processes; nothing is ever
-unpickled) raises `NotForwardableError` when its context is active elsewhere. Reads from a tracker
-of a context active elsewhere (``t["k"]``, ``t.state()``) are forwarded too (one round trip each).
+Transactions travel by name. A function does not cross processes (nothing is ever unpickled, and
+no name received is ever imported): a process registers its transaction functions with
+``system.register_transaction(fn, name=...)``, every process the same names, and a `transact` whose
+function is a registered one (or ``registered.bind(**json_args)``) sends the name and the JSON
+arguments; the owner runs its own function of that name, under the same deadline, request id and
+errors as any forwarded write (an error that is not a `HoardError` comes back as a `HoardError`
+naming its type). Any other function raises `NotForwardableError` (saying how to register) when its
+context is active elsewhere; so does a name the owner has not registered. Reads from a tracker of a
+context active elsewhere (``t["k"]``, ``t.state()``) are forwarded too (one round trip each).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import logging
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -61,6 +71,7 @@ from hoard.actors import (
     Set,
     SetMetadata,
     Transact,
+    Transacted,
     Update,
 )
 from hoard.storage import (
@@ -73,10 +84,12 @@ from hoard.storage import (
     HoardError,
     RecoveryPoint,
     SystemStoppedError,
+    freeze_mapping,
     make_converter,
 )
 
-__all__ = ["RETRY_HERE", "RETRY_SENT", "Forwarder", "NotForwardableError", "Retry"]
+__all__ = ["RETRY_HERE", "RETRY_SENT", "BoundTransaction", "Forwarder", "NotForwardableError",
+           "RegisteredTransaction", "Retry", "TransactionRegistry"]
 
 log = logging.getLogger(__name__)
 
@@ -100,53 +113,167 @@ class _MovedTo:
 
 _MESSAGES: dict[str, type] = {c.__name__: c for c in (Set, Update, Delete, SetMetadata, Get, GetState,
                                                       CreateRecoveryPoint)}
-_WRITES = (Set, Update, Delete, SetMetadata, Restore)
+_WRITES = (Set, Update, Delete, SetMetadata, Restore, Transact)
 _OWNERS_KEPT = 10_000  # remembered owners (least recently seen forgotten first)
 _CONVERTER = make_converter()
 
 
 class NotForwardableError(HoardError):
-    """A call that cannot cross processes met a context active in another process: `transact` (its
-    function cannot be sent; hoard never unpickles), or a request or answer larger than the NATS
-    server's ``max_payload``. Nothing was applied. Run it in the owning process (``manager.owner(id)``
-    names it); a transaction can often be an `update` with ``expected_version``, retried on
-    `VersionConflictError`."""
+    """A call that cannot cross processes met a context active in another process: `transact` with a
+    function that is not registered (hoard never unpickles, and never imports a name it received), a
+    registered transaction the owning process does not know, or a request or answer larger than the
+    NATS server's ``max_payload``. Nothing was applied. Register the function in every process
+    (`ContextSystem.register_transaction`) and pass it, or its ``bind(**json_args)``, to `transact`;
+    or run the call in the owning process (``manager.owner(id)`` names it)."""
 
     def __init__(self, context_id: str, what: str, owner: str,
                  reason: str = "a function does not cross processes") -> None:
         self.context_id = context_id
         self.owner = owner
         super().__init__(f"{what}: context {context_id!r} is active in {owner!r}, and this call cannot be "
-                         f"forwarded there ({reason}); run it in that process")
+                         f"forwarded there ({reason})")
 
 
+_UNREGISTERED = ("its function is not a registered transaction: register it in every process with "
+                 "system.register_transaction(fn, name=...) and pass the registered transaction, or its "
+                 ".bind(**json_args), to transact")
+
+
+# -- transactions by name: what `transact` sends to the owning process ---------------------------------
+@attrs.frozen
+class BoundTransaction:
+    """A registered transaction with its arguments (JSON values, frozen): what `transact` sends to
+    another process as the name and the arguments. Called here (``bound(draft)``) it runs
+    ``fn(draft, **kwargs)``, so a local `transact` does the same as the forwarded one."""
+
+    name: str
+    kwargs: Mapping[str, Any]
+    fn: Callable[..., Any] = attrs.field(repr=False, eq=False)
+
+    def __call__(self, draft: Any) -> Any:
+        return self.fn(draft, **self.kwargs)
+
+
+@attrs.frozen
+class RegisteredTransaction:
+    """A transaction function registered under `name` (see `ContextSystem.register_transaction`).
+    Callable like the function itself; ``bind(**kwargs)`` gives the form that carries arguments."""
+
+    name: str
+    fn: Callable[..., Any] = attrs.field(repr=False, eq=False)
+
+    def __call__(self, draft: Any, /, **kwargs: Any) -> Any:
+        return self.fn(draft, **kwargs)
+
+    def bind(self, **kwargs: Any) -> BoundTransaction:
+        """The transaction with these keyword arguments: JSON values (checked and frozen here, in the
+        caller's thread, as context values are: `InvalidValueError` names a bad one), so the owning
+        process gets exactly what a local call would."""
+        return BoundTransaction(self.name, freeze_mapping(kwargs), self.fn)
+
+
+_NAME_MAX = 200
+
+
+class TransactionRegistry:
+    """The transaction functions a system knows by name. A forwarded `transact` carries a name and
+    JSON arguments; the owning process runs its own function of that name (registered there too),
+    never code or names taken from the wire. Registration happens at start-up, from the application's
+    thread; lookups (any thread) read plain dicts."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, RegisteredTransaction] = {}
+        self._by_fn: dict[Any, RegisteredTransaction] = {}
+
+    def register(self, fn: Callable[..., Any], name: str | None = None) -> RegisteredTransaction:
+        if isinstance(fn, RegisteredTransaction):
+            fn = fn.fn
+        if not callable(fn):
+            raise ConfigError(f"register_transaction takes a function, not {type(fn).__name__}")
+        if name is None:
+            qualname = getattr(fn, "__qualname__", None)
+            if not isinstance(qualname, str) or "<" in qualname:  # a lambda or a local function
+                raise ConfigError(f"give {fn!r} a name: register_transaction(fn, name=...) (the same name "
+                                  "in every process)")
+            name = f"{getattr(fn, '__module__', None) or '?'}.{qualname}"
+        if not isinstance(name, str) or not 0 < len(name) <= _NAME_MAX or not name.isprintable():
+            raise ConfigError(f"a transaction name is a printable str of 1 to {_NAME_MAX} characters, not {name!r}")
+        known = self._by_name.get(name)
+        if known is not None:
+            if known.fn is fn:
+                return known
+            raise ConfigError(f"a different function is registered as transaction {name!r} already")
+        registered = RegisteredTransaction(name, fn)
+        self._by_name[name] = registered
+        with contextlib.suppress(TypeError):  # an unhashable callable: found through its record only
+            self._by_fn[fn] = registered
+        return registered
+
+    def wire_form(self, fn: Any) -> tuple[str, Mapping[str, Any]] | None:
+        """What crosses the wire for `fn`: its name and arguments, or None (not registered here)."""
+        if isinstance(fn, BoundTransaction):
+            return (fn.name, fn.kwargs) if self._by_name.get(fn.name) is not None else None
+        if isinstance(fn, RegisteredTransaction):
+            return (fn.name, {}) if self._by_name.get(fn.name) is not None else None
+        try:
+            registered = self._by_fn.get(fn)
+        except TypeError:
+            return None
+        return None if registered is None else (registered.name, {})
+
+    def resolve(self, name: object, kwargs: object, context_id: str, owner: str) -> BoundTransaction:
+        """The function registered here as `name`, bound to `kwargs` (checked again: they came off the
+        wire). `NotForwardableError` when this process (`owner`) knows no such transaction."""
+        registered = self._by_name.get(name) if isinstance(name, str) else None
+        if registered is None:
+            raise NotForwardableError(context_id, "transact", owner, f"no transaction named {name!r} is registered "
+                                      "in the owning process: register it there with system.register_transaction")
+        return registered.bind(**freeze_mapping(kwargs, context_id=context_id))
+
+
+@functools.lru_cache(maxsize=1024)  # one digest per owner, not per request
 def _subject(schema: str, owner: str) -> str:
     """The NATS subject a process serves on: a digest, so any owner id makes a valid subject."""
     return "hoard.fwd." + hashlib.blake2s(f"{schema}\0{owner}".encode(), digest_size=12).hexdigest()
 
 
 # -- the wire format: JSON, with states and recovery points through the project's converter ----------
-def encode_message(message: Any) -> dict[str, Any]:
-    """A context message as JSON-ready data (`NotForwardableError`'s caller checks `Transact` first)."""
+def encode_message(message: Any, transactions: TransactionRegistry | None = None) -> dict[str, Any]:
+    """A context message as JSON-ready data (`check_forwardable` has checked a `Transact` first)."""
     if isinstance(message, Restore):
         return {"type": "Restore", "rp": message.rp.id, "expected_version": message.expected_version,
                 "request_id": message.request_id, "by": message.by}
+    if isinstance(message, Transact):
+        wire = transactions.wire_form(message.fn) if transactions is not None else None
+        if wire is None:
+            raise HoardError("a transact with an unregistered function cannot be forwarded")
+        return {"type": "Transact", "name": wire[0], "kwargs": wire[1], "expected_version": message.expected_version,
+                "request_id": message.request_id, "with_version": message.with_version, "by": message.by}
     name = type(message).__name__
     if _MESSAGES.get(name) is not type(message):
         raise HoardError(f"a {name} cannot be forwarded to another process")
     return {"type": name, **attrs.asdict(cast("Any", message), recurse=False)}
 
 
-def decode_message(data: Mapping[str, Any]) -> Any:
-    """The message `encode_message` made (checked again by its class: a bad field is a typed error)."""
+def decode_message(data: Mapping[str, Any], transactions: TransactionRegistry | None = None,
+                   context_id: str = "?", owner: str = "?") -> Any:
+    """The message `encode_message` made (checked again by its class: a bad field is a typed error).
+    A transaction is this process's (`owner`'s) own function registered under the name it carries."""
     fields = dict(data)
-    cls = _MESSAGES.get(fields.pop("type", None))
+    kind = fields.pop("type", None)
+    if kind == "Transact":
+        fn = (transactions or TransactionRegistry()).resolve(fields.pop("name", None), fields.pop("kwargs", None),
+                                                             context_id, owner)
+        return Transact(fn, **fields)
+    cls = _MESSAGES.get(kind)
     if cls is None:
         raise HoardError(f"not a message that is forwarded: {data.get('type')!r}")
     return cls(**fields)
 
 
 def encode_value(value: Any) -> Any:
+    if isinstance(value, Transacted):
+        return {"tx": [value.value, value.version, value.duplicate]}
     if isinstance(value, ContextState):
         return {"state": _CONVERTER.unstructure(value)}
     if isinstance(value, RecoveryPoint):
@@ -155,6 +282,8 @@ def encode_value(value: Any) -> Any:
 
 
 def decode_value(data: Mapping[str, Any]) -> Any:
+    if "tx" in data:
+        return Transacted(*data["tx"])
     if "state" in data:
         return _CONVERTER.structure(data["state"], ContextState)
     if "rp" in data:
@@ -163,7 +292,10 @@ def decode_value(data: Mapping[str, Any]) -> Any:
 
 
 def encode_error(exc: BaseException) -> dict[str, Any]:
-    """A typed error as its class name, message and fields (JSON values only; others as text)."""
+    """A typed error as its class name, message and fields (JSON values only; others as text). Any
+    other exception (raised by a transaction function, say) goes as a `HoardError` naming its type."""
+    if not isinstance(exc, HoardError):
+        exc = HoardError(f"{type(exc).__name__} in the owning process: {exc}")
     fields = {k: v for k, v in vars(exc).items() if not k.startswith("_")}
     return {"type": type(exc).__name__, "message": str(exc),
             "fields": orjson.loads(orjson.dumps(fields, default=str))}
@@ -207,6 +339,7 @@ class Forwarder:
 
     def __init__(self, url: str, *, schema: str, owner_id: str,
                  serve: Callable[[dict[str, Any], Callable[..., None]], None],
+                 transactions: TransactionRegistry | None = None,
                  attempt_timeout: float = 5.0, connect_timeout: float = 5.0) -> None:
         try:
             import nats  # noqa: PLC0415 - an optional extra: only a system with forward_via needs it
@@ -219,12 +352,21 @@ class Forwarder:
         self.owner_id = owner_id
         self.subject = _subject(schema, owner_id)
         self._serve = serve
+        self.transactions = transactions if transactions is not None else TransactionRegistry()
         # one request waits at most this long for its answer before ownership is checked again: an
         # owner cut off from the network answers nothing, and its lease ends within lease_ttl
         self.attempt_timeout = attempt_timeout
         self._nats = nats
         self._owners: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # requests waiting for the loop thread: (subject, payload, timeout, future); see `_request`
+        self._sends: collections.deque[tuple[str, bytes, float, concurrent.futures.Future[Any]]] = \
+            collections.deque()
+        self._sending = False
+        self._in_flight: set[concurrent.futures.Future[Any]] = set()  # started, not answered yet
+        # answers waiting for the loop thread: (reply subject, data, clean-up); see `_answer`
+        self._outbox: collections.deque[tuple[str, bytes, Callable[[], object] | None]] = collections.deque()
+        self._waking = False
         self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hoard-forward", daemon=True)
@@ -345,20 +487,47 @@ class Forwarder:
         return _MovedTo(error.owner)
 
     def _request(self, owner: str, payload: bytes, timeout: float) -> bytes:
-        future = asyncio.run_coroutine_threadsafe(
-            self._nc.request(_subject(self.schema, owner), payload, timeout=timeout), self._loop)
-        try:
-            msg = future.result(timeout + 1.0)
-        except TimeoutError:
-            future.cancel()
-            raise
+        """One nats-py request/reply (its shared response inbox), waited for in the caller's thread.
+        Requests from several threads queue in `_sends`, and the loop is woken once for all queued
+        meanwhile (asyncio writes its wake-up pipe once per `call_soon_threadsafe`)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._sends.append((_subject(self.schema, owner), payload, timeout, future))
+        if not self._sending:  # read after the append: a drain that began earlier cannot miss it
+            self._sending = True
+            try:
+                self._loop.call_soon_threadsafe(self._start_sends)
+            except RuntimeError:  # the loop is closed: the system stopped
+                self._sending = False  # so that every later request hears so too
+                raise SystemStoppedError() from None
+        msg = future.result(timeout + 1.0)  # nats-py's own timeout ends it first
         data: bytes = msg.data
         return data
+
+    def _start_sends(self) -> None:
+        """Start every queued request (loop thread); each one's outcome goes to its future."""
+        self._sending = False  # before draining: a request queued from now on wakes the loop again
+        sends, request, create = self._sends, self._nc.request, self._loop.create_task
+        while sends:
+            subject, payload, timeout, future = sends.popleft()
+            if future.set_running_or_notify_cancel():
+                self._in_flight.add(future)
+                task = create(request(subject, payload, timeout=timeout))
+                task.add_done_callback(functools.partial(self._settle, future))
+
+    def _settle(self, future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+        """Hand a request task's outcome to the future its caller waits on (loop thread)."""
+        self._in_flight.discard(future)
+        if task.cancelled():
+            future.set_exception(SystemStoppedError())  # cancelled only when the loop shuts down
+        elif (exc := task.exception()) is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(task.result())
 
     # -- serving ---------------------------------------------------------------------------------------
     async def _on_request(self, msg: Any) -> None:
         """A request for a context owned here: decoded on the loop thread, handed on without blocking."""
-        loop = self._loop
+        request: dict[str, Any] = {}
 
         def done(reply: dict[str, Any], after: Callable[[], object] | None = None) -> None:
             try:
@@ -370,24 +539,44 @@ class Forwarder:
                     str(request.get("id")), "answering", self.owner_id,
                     f"the answer has {len(data)} bytes, over the NATS server's max_payload of "
                     f"{self._nc.max_payload}"))})
+            self._answer(msg.reply, data, after)
 
-            def respond() -> None:
-                if after is not None:
-                    after()  # on the loop thread, as the request's own clean-up must run
-                task = loop.create_task(msg.respond(data))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-            # runs in the thread that answered (a context actor's): it must never raise there
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the caller re-routes
-                loop.call_soon_threadsafe(respond)
-
-        request: dict[str, Any] = {}
         try:
             request = orjson.loads(msg.data)
             self._serve(request, done)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
-            done({"error": encode_error(exc if isinstance(exc, HoardError) else HoardError(repr(exc)))})
+            done({"error": encode_error(exc)})
+
+    def _answer(self, reply: str, data: bytes, after: Callable[[], object] | None) -> None:
+        """Queue one answer (from any thread: usually the context actor's, in its reply callback) and
+        wake the loop once for all answers queued meanwhile: under load one wake-up and one task
+        send many answers, instead of a wake-up and a task each. Never raises (an actor runs it)."""
+        self._outbox.append((reply, data, after))
+        if not self._waking:  # read after the append: a drain that began earlier cannot miss it
+            self._waking = True
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the caller re-routes
+                self._loop.call_soon_threadsafe(self._send_answers)
+
+    def _send_answers(self) -> None:
+        """Send every queued answer (loop thread), after each one's clean-up (``after``)."""
+        self._waking = False  # before draining: an answer queued from now on wakes the loop again
+        batch = []
+        outbox = self._outbox
+        while outbox:
+            reply, data, after = outbox.popleft()
+            if after is not None:
+                after()
+            if reply:
+                batch.append((reply, data))
+        if batch:
+            task = self._loop.create_task(self._publish(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, batch: list[tuple[str, bytes]]) -> None:
+        publish = self._nc.publish
+        for reply, data in batch:
+            await publish(reply, data)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -400,6 +589,13 @@ class Forwarder:
         except Exception as exc:  # noqa: BLE001 - closing anyway
             log.warning("closing the NATS connection: %r", exc)
         self._halt_loop()
+        # requests never started or never answered: their callers hear at once, not after a timeout
+        waiting = [sent[3] for sent in self._sends] + list(self._in_flight)
+        self._sends.clear()
+        self._in_flight.clear()
+        for future in waiting:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(SystemStoppedError())
 
     def _halt_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -410,7 +606,7 @@ class Forwarder:
 def with_request_id(message: Any) -> Any:
     """`message` with a request id, so that re-sending it can never apply it twice."""
     if isinstance(message, _WRITES) and message.request_id is None:
-        return attrs.evolve(message, request_id=uuid.uuid4().hex[:24])
+        return attrs.evolve(message, request_id=os.urandom(12).hex())  # 96 random bits, as uuid4's first 24 hex
     return message
 
 
@@ -421,10 +617,12 @@ def done_reply(reply: Reply, lease: float | None) -> dict[str, Any]:
     except pykka.ActorDeadError:
         return {"retry": True}
     except BaseException as exc:  # noqa: BLE001 - every error goes back typed
-        return {"error": encode_error(exc if isinstance(exc, HoardError) else HoardError(repr(exc)))}
+        return {"error": encode_error(exc)}
     return {"ok": encode_value(value), "lease": lease}
 
 
-def check_forwardable(message: Any, context_id: str, what: str, owner: str) -> None:
-    if isinstance(message, Transact):
-        raise NotForwardableError(context_id, what, owner)
+def check_forwardable(message: Any, context_id: str, what: str, owner: str,
+                      transactions: TransactionRegistry | None) -> None:
+    """`NotForwardableError` (saying how to register) for a `transact` whose function has no name here."""
+    if isinstance(message, Transact) and (transactions is None or transactions.wire_form(message.fn) is None):
+        raise NotForwardableError(context_id, what, owner, _UNREGISTERED)

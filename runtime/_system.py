@@ -37,7 +37,15 @@ from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._core import SystemCore
 from ._events import Subscription, subscribe
 from ._feed import ChangeStream, FeedConsumer, check_offset, check_timeout
-from ._forward import Forwarder, decode_message, done_reply, encode_error, encode_value
+from ._forward import (
+    Forwarder,
+    RegisteredTransaction,
+    TransactionRegistry,
+    decode_message,
+    done_reply,
+    encode_error,
+    encode_value,
+)
 from ._manager import ContextManager
 from ._ref import ContextRef
 from ._tracker import LOCAL, ContextTracker, Pending, delete_recovery_point_here
@@ -107,8 +115,11 @@ class ContextSystem(SystemCore):
             raise ConfigError(f"adapter_config must be a ContextAdapterConfig, not {type(adapter_config).__name__}")
         super().__init__(manager_config, _resolve_store(manager_config))
         self.manager: ContextManager = ContextManager(self)
+        self.transactions = TransactionRegistry()
         self._feed_readers = self.manager.readers
         self._served: collections.OrderedDict[str, ContextTracker] = collections.OrderedDict()
+        # how long an answer's sender may assume this process still owns the context
+        self._served_lease = self.store.lease_ttl / 2 if isinstance(self.store, PostgresStore) else None
         try:
             if manager_config.history is not None:
                 # recorded in the store: compaction here, later openers and `hoard compact` follow it
@@ -129,6 +140,7 @@ class ContextSystem(SystemCore):
             raise ConfigError(f"forward_via needs a shared PostgreSQL store (with leases), not {store!r}: "
                               "with one process per store every context is local")
         return Forwarder(url, schema=store.schema, owner_id=store.owner_id, serve=self._serve,
+                         transactions=self.transactions,
                          attempt_timeout=max(0.25, store.lease_ttl / 2))
 
     def _serve(self, request: dict[str, Any], done: Callable[..., None]) -> None:
@@ -137,12 +149,15 @@ class ContextSystem(SystemCore):
         that must read the store first runs on a worker thread. The call is never forwarded on: if
         this process does not own the context it answers `ContextOwnedElsewhereError` (or, for an
         actor that stopped before taking it, "retry"), and the caller re-routes."""
-        cid = validate_id(request["id"])
+        cid = request["id"]
+        tracker = self._served.get(cid) if type(cid) is str else None  # cached: its id was checked
+        if tracker is None:
+            cid = validate_id(cid)
+            tracker = self._served_tracker(cid)
         t = float(request["t"])
-        lease = self.store.lease_ttl / 2 if isinstance(self.store, PostgresStore) else None
-        tracker = self._served_tracker(cid)
+        lease = self._served_lease
         if request["k"] == "msg":
-            message = decode_message(request["m"])
+            message = decode_message(request["m"], self.transactions, cid, getattr(self.store, "owner_id", "?"))
             pending = tracker._submit(message, f"forwarded {type(message).__name__} to {cid!r}", t)  # noqa: SLF001 - one package
             # the caller's deadline holds here too: not started by then, it never runs, and the caller
             # hears so (CallNotStartedError) just before its own wait ends
@@ -155,7 +170,7 @@ class ContextSystem(SystemCore):
             try:
                 value = work()
             except BaseException as exc:  # noqa: BLE001 - every error goes back typed
-                done({"error": encode_error(exc if isinstance(exc, HoardError) else HoardError(repr(exc)))})
+                done({"error": encode_error(exc)})
             else:
                 done({"ok": encode_value(value), "lease": lease})
 
@@ -186,6 +201,32 @@ class ContextSystem(SystemCore):
             while len(self._served) > _SERVED_KEPT:
                 self._served.popitem(last=False)
         return tracker
+
+    def register_transaction(self, fn: Callable[..., Any], *, name: str | None = None) -> RegisteredTransaction:
+        """Register `fn` as a transaction that `transact` can send to another process by `name`.
+
+        Register the same functions under the same names in every process (at start-up, before the
+        first call). ``tracker.transact(registered)`` runs ``fn(draft)``;
+        ``tracker.transact(registered.bind(**kwargs))`` runs ``fn(draft, **kwargs)`` with JSON
+        arguments (checked and frozen in the caller's thread). On a context active in another
+        process (``forward_via``) the call sends the name and arguments, and the owner runs its own
+        function of that name, with the same deadline, request id (a retry is never applied twice)
+        and typed errors; nothing is unpickled and no received name is imported. `fn` itself also
+        works once registered (found by identity), without arguments.
+
+        Args:
+            fn: the function, ``fn(draft, **kwargs)``, run in the context's actor as for `transact`.
+            name: the name every process knows it by. Default: ``module.qualname`` (a lambda or a
+                local function needs a name).
+
+        What `fn` returns must be a JSON value for a forwarded call to carry it back (otherwise the
+        caller gets a `HoardError` saying the answer cannot be sent, after the change was applied).
+
+        Returns the `RegisteredTransaction` (callable like `fn`, with ``bind``). Runs in the caller's
+        thread, no I/O. Registering the same function again returns the same record; another
+        function under a taken name raises `ConfigError`.
+        """
+        return self.transactions.register(fn, name)
 
     def attach_adapter(self, config: ContextAdapterConfig) -> ContextAdapter:
         """Create this system's one adapter (see `ContextManager.attach_adapter`)."""

@@ -139,10 +139,10 @@ def activate_tracker(system: SystemCore, message: Activate, timeout: float | Non
     return ContextTracker(system, cell, tracker_timeout, mode=mode)
 
 
-def _request(context_id: str, message: Any) -> dict[str, Any]:
+def _request(context_id: str, message: Any, fwd: Forwarder) -> dict[str, Any]:
     """The forwarded form of `message` (a restore is served on a worker: it reads the store first)."""
     return {"k": "restore" if isinstance(message, Restore) else "msg", "id": context_id,
-            "m": encode_message(message)}
+            "m": encode_message(message, fwd.transactions)}
 
 
 def _failed(exc: BaseException) -> Reply:
@@ -333,8 +333,9 @@ class ContextTracker(Mapping[str, Any]):
                     fwd.remember(self._id, exc.owner, exc.expires_in)
                     owner, expires = exc.owner, exc.expires_in
             message = with_request_id(message)
-            check_forwardable(message, self._id, what, owner)
-            result = fwd.send(self._id, _request(self._id, message), owner, deadline=deadline, what=what, timeout=t)
+            check_forwardable(message, self._id, what, owner, fwd.transactions)
+            result = fwd.send(self._id, _request(self._id, message, fwd), owner, deadline=deadline, what=what,
+                              timeout=t)
             if not isinstance(result, Retry):
                 return result
             sent = sent or result.sent
@@ -681,6 +682,11 @@ class ContextTracker(Mapping[str, Any]):
         ``.value`` is None; the plain form returns None then). The version rises by 1 even if `fn`
         changed nothing. `fn` runs in the actor's thread: keep it short and never call this
         context's tracker from inside it (that would wait for itself until timeout).
+
+        On a context active in another process (``forward_via``), `fn` must be a registered
+        transaction (`ContextSystem.register_transaction`: the function, its record, or
+        ``record.bind(**json_args)``); the owner runs its own function of that name. Any other
+        callable raises `NotForwardableError` there, and nothing is applied.
         """
         if not callable(fn):
             raise InvalidValueError(None, f"transact takes a callable, not {type(fn).__name__}", context_id=self._id)

@@ -30,6 +30,7 @@ from ._errors import InvalidContextIdError as InvalidContextIdError
 from ._errors import InvalidMessageError as InvalidMessageError
 from ._errors import InvalidValueError as InvalidValueError
 from ._errors import NoCurrentContextError as NoCurrentContextError
+from ._errors import OwnerIdInUseError as OwnerIdInUseError
 from ._errors import PersistenceError as PersistenceError
 from ._errors import RecoveryPointNotFoundError as RecoveryPointNotFoundError
 from ._errors import StateNotSavedError as StateNotSavedError
@@ -128,6 +129,7 @@ __all__ = [
     "MemoryStore",
     "NoCurrentContextError",
     "Op",
+    "OwnerIdInUseError",
     "PersistenceError",
     "PostgresStore",
     "PutRecoveryPoint",

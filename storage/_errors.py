@@ -28,6 +28,7 @@ __all__ = [
     "InvalidMessageError",
     "InvalidValueError",
     "NoCurrentContextError",
+    "OwnerIdInUseError",
     "PersistenceError",
     "RecoveryPointNotFoundError",
     "StoreLockedError",
@@ -345,6 +346,26 @@ class ContextOwnedElsewhereError(HoardError):
         super().__init__(
             f"context {context_id!r} is owned by {owner!r}{when}; deactivate it there, "
             "or retry once its lease has expired"
+        )
+
+
+class OwnerIdInUseError(ConfigError):
+    """Another live process uses this store's ``owner_id`` on the same PostgreSQL schema, so this one
+    refuses to open (or, having lost its claim to the id, to take leases). Two live processes with one
+    owner id would share every lease and defeat fencing.
+
+    Differs from `ContextOwnedElsewhereError` (one context held by a *different* owner): this one is
+    about the identity itself. `owner_id` names it. Give each live process its own owner id; reuse
+    one only to restart the same node after its previous process has died (a SIGKILLed process's
+    claim ends with its database session, and the restart then takes its leases back at once).
+    """
+
+    def __init__(self, owner_id: str, location: str) -> None:
+        self.owner_id = owner_id
+        self.location = location
+        super().__init__(
+            f"owner id {owner_id!r} is in use by another live process on {location}; give each process "
+            "its own owner_id (reuse one only to restart a node whose previous process has ended)"
         )
 
 

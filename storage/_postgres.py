@@ -126,8 +126,9 @@ class PostgresStore(LeaseHolder, RowStore):
         schema: the PostgreSQL schema holding the tables (an identifier: letters, digits, ``_``).
         compression_level: zstd level for snapshots and recovery points.
         max_state_bytes: the largest decoded state accepted when reading (bombs are refused).
-        owner_id: who this store is in the `leases` table; unique per live process (reuse one only
-            for a restart of the same node: it takes its leases back at once). Default:
+        owner_id: who this store is in the `leases` table; unique per live process, enforced: a
+            second live process with the same id on the schema is refused (`OwnerIdInUseError`).
+            Reuse one only for a restart of the same node: it takes its leases back at once. Default:
             ``"<host>:<pid>:<random>"``.
         lease_ttl: seconds a lease runs unless renewed (the default for `acquire_lease` and renewals).
         require_lease: refuse (`FencedOffError`) any write to a context this store holds no lease on.
@@ -207,7 +208,9 @@ class PostgresStore(LeaseHolder, RowStore):
         """Connect and create or migrate the schema. Blocks up to `connect_timeout` for the server.
 
         Raises `PersistenceError` if the server cannot be reached, `CorruptStateError` if the schema
-        holds other tables than hoard's or was written by a newer hoard. Idempotent.
+        holds other tables than hoard's or was written by a newer hoard, `OwnerIdInUseError` if
+        another live process uses this `owner_id` on this schema (waits up to 2 s for a dead one's
+        session to end; see `_postgres_leases`). Idempotent.
         """
         if self._pool is not None:
             return
@@ -238,6 +241,8 @@ class PostgresStore(LeaseHolder, RowStore):
         try:
             self._run("open", self._migrate, idempotent=False)
             self.history_policy = self._run("open", self._recorded_history)
+            if not self.readonly:
+                self._claim_owner_id(kwargs)  # OwnerIdInUseError: another live process has this owner id
         except BaseException:
             self.close()
             raise
@@ -343,6 +348,7 @@ class PostgresStore(LeaseHolder, RowStore):
                     self._release(cid, token)
         except PersistenceError as exc:
             log.warning("%s: could not release leases at close (they expire by themselves): %s", self.location, exc)
+        self._release_owner_id()  # after the leases: nothing is taken under this id any more
         if self._aborted:
             self._db = None  # cut: the pool discards it
         self._drop_connection()

@@ -22,6 +22,23 @@ clock (``now()``) only, so the hosts' clocks do not matter.
   write in progress, and a write after a takeover is refused. A lease that expired but was not taken
   over fences nobody: its holder may still write (nobody else did meanwhile), and renewing it works.
 
+One live process per owner id. Two live processes with the same `owner_id` would share every lease
+(an acquisition by "an earlier incarnation of this owner" is a renewal to the other) and defeat
+fencing. So a store that can write claims its owner id when it opens: a session-level advisory lock
+on ``(schema, owner_id)``, held by one dedicated connection for the store's life. A second live
+process with that id is refused at open with `OwnerIdInUseError` (after waiting up to two seconds:
+the server ends a SIGKILLed process's session as soon as it reads the closed socket, so a restart
+right after a kill gets the claim and takes its leases back at once). An earlier incarnation's lease
+is taken back only while this store's claim holds, checked in the acquiring statement itself (the
+claim's session must hold the lock): a zombie of the old incarnation whose session the server ended
+(a partition longer than its keepalives, about ``lease_ttl``) cannot take the new incarnation's
+leases; it tries to claim the id again, gets `OwnerIdInUseError`, and its writes are fenced off by
+the new tokens. `close()` ends the claim after releasing the leases. The claim is checked at open
+and whenever a lease is taken back under the id, not continuously: a process whose claim session
+ended and that came back keeps its leases until someone takes them, and can take free ones, but in
+any conflict the process holding the claim wins (its acquisitions raise the tokens and fence the
+other's writes), so two processes never both write one context.
+
 How the persistence actor is meant to use it (phase 2): on activation ``token =
 store.acquire_lease(cid)``; on `ContextOwnedElsewhereError`, retry from a timer message (never a
 sleep in the actor) until the activation timeout, using ``exc.expires_in`` as the next delay; renew
@@ -36,10 +53,12 @@ refused by the token, but it may still *serve reads* of its stale in-memory stat
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ._errors import ConfigError, ContextOwnedElsewhereError, FencedOffError
+from ._errors import ConfigError, ContextOwnedElsewhereError, FencedOffError, OwnerIdInUseError, PersistenceError
 from ._postgres_listen import CHANNEL
 from ._values import validate_id
 
@@ -47,6 +66,10 @@ __all__ = ["LeaseHolder"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: the first key of the owner-id advisory locks ("hoar"); the second is hashtext(schema/owner_id)
+OWNER_LOCK_SPACE = 0x686F6172
+_CLAIM_WAIT = 2.0  # seconds an opening store waits for a dead predecessor's session to end
 
 
 class LeaseHolder:
@@ -60,6 +83,68 @@ class LeaseHolder:
     require_lease: bool
     _sql: dict[str, str]
     _leases: dict[str, int]  # context id -> fencing token this store holds
+    dsn: str
+    connection_class: Any
+    connect_timeout: float
+    _owner_conn: Any = None  # the session whose advisory lock is this store's claim to owner_id
+    _owner_pid: int | None = None  # its server process id (the acquiring statement checks it)
+    _claim_kwargs: dict[str, Any]  # the connection settings the claim was made with
+
+    def _configure(self, conn: Any) -> None:
+        raise NotImplementedError  # pragma: no cover - PostgresStore's
+
+    # -- the claim to owner_id -----------------------------------------------------------------------
+    def _claim_owner_id(self, kwargs: dict[str, Any], wait: float = _CLAIM_WAIT) -> None:
+        """Take this store's claim to its owner id on a connection of its own (see the module
+        docstring), waiting up to `wait` s for a dead predecessor's session to end. Runs in the
+        opening (caller's) thread. Raises `OwnerIdInUseError` if another live session holds it,
+        `PersistenceError` if the server cannot be asked."""
+        import psycopg  # noqa: PLC0415 - present: PostgresStore checked the extra
+
+        self._claim_kwargs = kwargs
+        args = {"lock_space": OWNER_LOCK_SPACE, "lock_key": f"{self.schema}/{self.owner_id}"}
+        deadline = time.monotonic() + min(wait, self.connect_timeout)
+        pause = 0.02
+        try:
+            conn = self.connection_class.connect(
+                self.dsn, **{**kwargs, "application_name": f"hoard owner {self.owner_id}"[:63]})
+        except psycopg.Error as exc:
+            raise PersistenceError(f"{self.location}: cannot claim owner id {self.owner_id!r}: {exc}") from exc
+        try:
+            self._configure(conn)  # the server ends this session within about lease_ttl of a partition
+            while True:
+                got, pid = conn.execute(self._sql["owner_lock"], args).fetchone()
+                if got:
+                    break
+                if time.monotonic() >= deadline:
+                    raise OwnerIdInUseError(self.owner_id, self.location)
+                threading.Event().wait(pause)  # a predecessor's session may be ending: ask again
+                pause = min(pause * 2, 0.2)
+        except psycopg.Error as exc:
+            conn.close()
+            raise PersistenceError(f"{self.location}: cannot claim owner id {self.owner_id!r}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        old, self._owner_conn, self._owner_pid = self._owner_conn, conn, int(pid)
+        if old is not None:
+            old.close()
+
+    def _reclaim_owner_id(self) -> None:
+        """The acquiring statement found this store's claim gone (the server ended its session):
+        claim the id again at once, or raise `OwnerIdInUseError` (a newer incarnation has it)."""
+        if self._owner_conn is None:
+            raise OwnerIdInUseError(self.owner_id, self.location)
+        log.warning("%s: the claim to owner id %r was lost; claiming it again", self.location, self.owner_id)
+        self._claim_owner_id(self._claim_kwargs, wait=0.0)
+
+    def _release_owner_id(self) -> None:
+        conn, self._owner_conn, self._owner_pid = self._owner_conn, None, None
+        if conn is not None:
+            try:
+                conn.close()  # the session ends, and with it the claim
+            except Exception as exc:  # noqa: BLE001 - closing anyway: the server ends the session
+                log.warning("%s: closing the owner id claim: %r", self.location, exc)
 
     def _run(self, what: str, fn: Callable[[Any], T], context_id: str | None = None, *,
              idempotent: bool = True) -> T:
@@ -89,7 +174,9 @@ class LeaseHolder:
         return ttl
 
     def _lease_args(self, context_id: str, **extra: Any) -> dict[str, Any]:
-        return {"id": context_id, "owner": self.owner_id, "ch": CHANNEL, "schema": self.schema, **extra}
+        return {"id": context_id, "owner": self.owner_id, "ch": CHANNEL, "schema": self.schema,
+                "lock_pid": self._owner_pid, "lock_space": OWNER_LOCK_SPACE,
+                "lock_key": f"{self.schema}/{self.owner_id}", **extra}
 
     def acquire_lease(self, context_id: str, ttl: float | None = None) -> int:
         """Take (or renew) ownership of `context_id` for `ttl` seconds (default `lease_ttl`) and
@@ -103,6 +190,8 @@ class LeaseHolder:
 
         Raises:
             ContextOwnedElsewhereError: another owner holds a live lease (`owner`, `expires_in`).
+            OwnerIdInUseError: the lease is held under this owner id, but this store's claim to the
+                id has ended and another live process (a newer incarnation) holds it now.
             PersistenceError: the server could not be asked.
         """
         validate_id(context_id)
@@ -125,6 +214,9 @@ class LeaseHolder:
             holder = self._run("read lease", lambda c: c.execute(
                 self._sql["holder"], {"id": context_id}).fetchone(), context_id)
             if holder is not None and holder[2]:
+                if holder[0] == self.owner_id:  # held under this id, yet not taken back: the claim is gone
+                    self._reclaim_owner_id()
+                    continue
                 raise ContextOwnedElsewhereError(context_id, holder[0], expires_in=max(0.0, float(holder[3])))
             # released or expired between the two statements: try again
         raise ContextOwnedElsewhereError(context_id, "another owner (the lease changed hands repeatedly)")

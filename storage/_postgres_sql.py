@@ -149,7 +149,11 @@ WITH a AS (
   VALUES (%(id)s, %(owner)s, 1, now() + make_interval(secs => %(ttl)s))
   ON CONFLICT (context_id) DO UPDATE
     SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at
-    WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner
+    WHERE l.expires_at <= now() OR (l.owner = EXCLUDED.owner AND EXISTS (
+      -- an earlier incarnation's lease is taken back only while this session's claim to the owner
+      -- id holds (see _postgres_leases: a zombie whose claim ended cannot take the new one's leases)
+      SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = %(lock_pid)s AND granted
+        AND classid = %(lock_space)s::oid AND objid = hashtext(%(lock_key)s)::oid AND objsubid = 2))
   RETURNING l.token)
 SELECT token, pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'id', %(id)s::text,
         'ops', ARRAY['lease_acquired'], 'owner', %(owner)s::text, 'token', token)::text) FROM a"""
@@ -178,7 +182,9 @@ SQL: dict[str, str] = {
     "summary": _SUMMARY + " WHERE c.id = %(id)s",
     "summaries": _SUMMARY + " WHERE c.id >= %(p)s AND starts_with(c.id, %(p)s) ORDER BY c.id",
     "totals": _TOTALS, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,
-    "holder": _HOLDER, "feed_insert": _FEED_INSERT, "feed_prune": _FEED_PRUNE,
+    "holder": _HOLDER,
+    "owner_lock": "SELECT pg_try_advisory_lock(%(lock_space)s, hashtext(%(lock_key)s)), pg_backend_pid()",
+    "feed_insert": _FEED_INSERT, "feed_prune": _FEED_PRUNE,
     "feed_bounds": "SELECT floor, head FROM {s}.feed_head WHERE id = 1",
     "feed_rows": "SELECT pos, context_id, blob FROM {s}.feed WHERE pos > %(after)s ORDER BY pos LIMIT %(limit)s",
     "consumers": "SELECT name, pos FROM {s}.feed_consumers ORDER BY name",

@@ -6,7 +6,10 @@ A relay is a named feed consumer (`ContextSystem.consumer`) with one thread of i
    none, wait for the next commit);
 2. publish them in offset order through the broker's backend, which returns only once the broker
    confirmed every one (JetStream ack, MQTT PUBACK, AMQP publisher confirm, the XADD reply);
-3. commit the consumer's offset to the last entry published (a store write, durable when it returns).
+3. commit the consumer's offset to the last entry published (a store write). The commit runs on a
+   thread of its own while the next batch is published: it never waits for the broker and the broker
+   never waits for the disk. A batch's commit starts only after the broker confirmed all of it, so
+   the committed offset never passes an unconfirmed entry.
 
 A relay killed between 2 and 3 (SIGKILL, power loss) publishes those entries again when it starts
 over: every change reaches the broker at least once; one context's changes are in version order
@@ -17,8 +20,11 @@ relay close the connection, wait (exponential back-off, up to `max_backoff`) and
 entries again; nothing is skipped, and `lag()` shows how far behind it is meanwhile.
 
 Threads: `start()` and `stop()` may be called from any thread; the loop runs on the relay's thread
-("hoard-relay-<name>"), the only one that touches the backend. The counters read by `lag()` are plain
-attributes written by that thread alone (lock-free reads of single references). A relay is stopped
+("hoard-relay-<name>"), the only one that touches the backend; the next batch is read and encoded on
+"hoard-relay-ahead", and offsets are committed on "hoard-relay-commit". The counters read by `lag()`
+are plain attributes, each written by one of these threads (lock-free reads of single references).
+The relay waits for new entries on a wake-up queue fed by this system's commits (and by `stop()`, so
+a stop never waits out an idle poll). A relay is stopped
 with its system (`ContextSystem.stop` stops every bridge first, so the last confirmed offset is
 committed before the store closes).
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -35,8 +42,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from hoard.actors import ContextCreated, StateChanged
 from hoard.storage import ConfigError, FeedTruncatedError, HoardError, Store, SystemStoppedError
 
+from .._events import subscribe
 from ._broker import Outgoing, Publisher, make_publisher, public_url
 from ._errors import BrokerUnavailableError
 from ._format import change_body, message_id, render_subject
@@ -55,6 +64,10 @@ log = logging.getLogger(__name__)
 _IDLE_POLL = 0.25
 #: how often, at most, the relay reads the feed's newest offset for `lag()` while it cannot keep up
 _HEAD_EVERY = 0.1
+#: rendered subjects remembered (by context id) before the memo starts over
+_SUBJECTS_KEPT = 10_000
+#: the longest `wait_caught_up` goes without checking that the relay still runs
+_CHECK_EVERY = 0.1
 
 
 @attrs.frozen
@@ -82,18 +95,6 @@ class RelayLag:
     connected: bool
     position: int
     error: str | None = None
-
-
-def _head_now(store: Store) -> int:
-    """The feed's newest offset, read in the caller's thread on a reader of its own."""
-    reader = store.reader()
-    if reader is store:
-        return int(store.feed_bounds()[1])
-    reader.open()
-    try:
-        return int(reader.feed_bounds()[1])
-    finally:
-        reader.close()
 
 
 def _default_name(url: str, subject: str) -> str:
@@ -139,12 +140,22 @@ class Relay(BridgeThread):
         self._thread: threading.Thread | None = None
         self._consumer: Any = None
         self._reader: Store | None = None  # opened and used on the read-ahead thread only
+        self._subjects: dict[str, str] = {}  # context id -> rendered subject (read-ahead thread only)
         # reads and encodes the next batch while the broker confirms this one (the decode of feed
         # entries is most of the relay's CPU; the broker's round trip releases the GIL)
         self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoard-relay-ahead")
         self._next: tuple[int, concurrent.futures.Future[tuple[list[FeedEntry], list[Outgoing]]]] | None = None
-        # written by the relay's thread only; read anywhere (lag())
+        # commits the offset of a confirmed batch while the next one is published
+        self._committer = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                                thread_name_prefix="hoard-relay-commit")
+        self._commit: concurrent.futures.Future[None] | None = None
+        self._wake: queue.Queue[None] = queue.Queue(maxsize=1)  # a commit happened, or stop()
+        self._subscription: Any = None
+        self._waiters: list[tuple[int, threading.Event]] = []  # wait_caught_up: (offset, set when committed)
+        # written by the committer thread only; read anywhere (lag())
         self._position = 0
+        # written by the relay's thread only; read anywhere (lag())
+        self._sent = 0  # the offset of the last entry the broker confirmed
         self._head = 0
         self._head_read = 0.0
         self._oldest: float | None = None
@@ -163,8 +174,13 @@ class Relay(BridgeThread):
         if self._thread is not None:
             raise HoardError(f"relay {self.name!r} was started already; make a new Relay to start again")
         self._consumer = self._system.consumer(self.name)
-        self._position = self._head = self._consumer.position
-        self._system.attach_bridge(self)
+        self._position = self._head = self._sent = self._consumer.position
+        self._subscription = subscribe(self._system, self._poke, kinds=(StateChanged, ContextCreated), inline=True)
+        try:
+            self._system.attach_bridge(self)
+        except BaseException:
+            self._subscription.cancel()
+            raise
         self._thread = threading.Thread(target=self._run, name=f"hoard-relay-{self.name}"[:60], daemon=True)
         self._thread.start()
         return self
@@ -174,6 +190,8 @@ class Relay(BridgeThread):
         `timeout` (default: ``publish_timeout`` + 5 s). A batch being published is finished or
         abandoned (then published again by the next relay of this name); the consumer's position is
         what the broker confirmed. Idempotent; also called by the system's `stop()`."""
+        self._stop.set()
+        self._poke(None)  # the loop may be waiting for an entry: wake it now
         self._halt(self._timeout + 5 if timeout is None else timeout)
 
     def __enter__(self) -> Relay:
@@ -181,7 +199,7 @@ class Relay(BridgeThread):
 
     def lag(self) -> RelayLag:
         """How far behind the relay is now (lock-free; any thread)."""
-        entries = max(0, self._head - self._position)
+        entries = max(0, self._head - self._sent)
         oldest = self._oldest
         seconds = 0.0 if oldest is None or entries == 0 else max(0.0, time.time() - oldest)
         return RelayLag(self.name, self.url, entries, seconds, self._published, self._failures, self._connected,
@@ -193,14 +211,22 @@ class Relay(BridgeThread):
         `ContextTimeoutError` when it did not catch up in time."""
         from hoard.storage import ContextTimeoutError  # noqa: PLC0415 - only this waiting call needs it
 
-        target = _head_now(self._system.store)
+        # the caller thread's feed reader of the system (kept open: no new connection per call)
+        target = int(self._system.manager.readers.get().feed_bounds()[1])
         deadline = time.monotonic() + timeout
-        while self._position < target:
-            if self._error is not None or not self.running:
-                raise HoardError(f"relay {self.name!r} is not running: {self._error or 'stopped'}")
-            if time.monotonic() >= deadline:
-                raise ContextTimeoutError(f"relay {self.name!r} catching up to offset {target}", timeout)
-            self._stop.wait(0.01)  # a bounded poll of a plain attribute: no event to wait on across threads
+        waiter = (target, threading.Event())
+        self._waiters.append(waiter)  # list.append / remove are atomic: no lock needed
+        try:
+            while self._position < target:
+                if self._error is not None or not self.running:
+                    raise HoardError(f"relay {self.name!r} is not running: {self._error or 'stopped'}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ContextTimeoutError(f"relay {self.name!r} catching up to offset {target}", timeout)
+                # set by the commit that reaches `target`; bounded to notice a relay that stopped
+                waiter[1].wait(min(remaining, _CHECK_EVERY))
+        finally:
+            self._waiters.remove(waiter)
         return self.lag()
 
     # -- the loop (the relay's thread) -----------------------------------------------------------------
@@ -217,17 +243,25 @@ class Relay(BridgeThread):
         finally:
             self._connected = False
             self._publisher.close()
+            self._settle_last()
+            self._committer.shutdown(wait=True)
             with contextlib.suppress(HoardError, concurrent.futures.TimeoutError):
                 self._ahead.submit(self._close_reader).result(self._timeout)
             self._ahead.shutdown(wait=True)
+            sub, self._subscription = self._subscription, None
+            if sub is not None:
+                with contextlib.suppress(HoardError):
+                    sub.cancel()
+            for _target, event in list(self._waiters):
+                event.set()
 
     def _loop(self) -> None:
         backoff = 0.0
         while not self._stop.is_set():
             if backoff:
                 self._refresh_head(force=True)
-                if self._oldest is None and self._head > self._position:  # away since before the first batch
-                    first = self._ahead.submit(lambda: self._store_reader().feed(self._position, 1)).result()
+                if self._oldest is None and self._head > self._sent:  # away since before the first batch
+                    first = self._ahead.submit(lambda: self._store_reader().feed(self._sent, 1)).result()
                     self._oldest = first[0].at if first else None
                 self._stop.wait(backoff)
                 if self._stop.is_set():
@@ -240,7 +274,7 @@ class Relay(BridgeThread):
                     continue
                 self._connected = True
                 log.info("relay %r connected to %s", self.name, self.url)
-            batch, messages = self._take(self._position)
+            batch, messages = self._take(self._sent)
             if not batch:
                 self._oldest = None
                 self._wait()
@@ -256,13 +290,45 @@ class Relay(BridgeThread):
                 backoff = self._failed(exc, backoff)
                 continue
             backoff = 0.0
-            self._consumer.commit(batch[-1].offset)
-            self._position = batch[-1].offset
+            self._sent = batch[-1].offset
+            self._settle()  # the previous batch's commit (long done, usually): its error stops the relay here
+            self._commit = self._committer.submit(self._committed, batch[-1].offset)
             self._published += len(batch)
             if self._on_published is not None:
                 self._on_published(batch)
             if len(batch) == self._batch:
                 self._refresh_head()
+
+    def _committed(self, offset: int) -> None:
+        """On the committer thread: commit `offset` (every entry up to it is confirmed), then wake
+        whoever waits for it."""
+        self._consumer.commit(offset)
+        self._position = offset
+        for target, event in list(self._waiters):
+            if target <= offset:
+                event.set()
+
+    def _settle(self) -> None:
+        """Wait for the offset commit under way (at most the store's call timeout); its error is raised."""
+        commit, self._commit = self._commit, None
+        if commit is not None:
+            commit.result()
+
+    def _settle_last(self) -> None:
+        """As the loop ends: wait for its last commit; a failure is shown (log, `lag().error`), not raised."""
+        try:
+            self._settle()
+        except SystemStoppedError:
+            pass
+        except Exception as exc:
+            if self._error is None:
+                self._error = f"{type(exc).__name__}: {exc}"
+                log.exception("relay %r could not commit its last offset", self.name)
+
+    def _poke(self, _event: object) -> None:
+        """Wake the loop (from the event bus on a commit, or from `stop()`); never blocks."""
+        with contextlib.suppress(queue.Full):
+            self._wake.put_nowait(None)
 
     def _failed(self, exc: BrokerUnavailableError, backoff: float) -> float:
         self._failures += 1
@@ -273,8 +339,17 @@ class Relay(BridgeThread):
         """On the read-ahead thread: the entries after `after`, at most `batch` (one read of its own
         store reader), and their messages."""
         entries = self._store_reader().feed(after, self._batch)
-        return entries, [Outgoing(render_subject(self.subject, e.context_id), change_body(e), message_id(e))
-                         for e in entries]
+        subjects = self._subjects
+        if len(subjects) > _SUBJECTS_KEPT:
+            subjects.clear()
+        out = []
+        for e in entries:
+            subject = subjects.get(e.context_id)
+            if subject is None:
+                subject = subjects[e.context_id] = render_subject(self.subject, e.context_id)
+            msg_id = message_id(e)
+            out.append(Outgoing(subject, change_body(e, msg_id), msg_id))
+        return entries, out
 
     def _read_ahead(self, after: int) -> None:
         self._next = (after, self._ahead.submit(self._load, after))
@@ -292,11 +367,10 @@ class Relay(BridgeThread):
             reader.close()
 
     def _wait(self) -> None:
-        """Wait for an entry after our position (woken by this system's commits; bounded)."""
-        with self._system.changes(after=self._position, timeout=_IDLE_POLL) as stream:
-            entry = next(iter(stream), None)
-        if entry is not None:
-            self._head = max(self._head, entry.offset)
+        """Wait for a new entry: woken by this system's commits and by `stop()`; bounded by
+        `_IDLE_POLL` for the commits of other processes (PostgreSQL), which raise no event here."""
+        with contextlib.suppress(queue.Empty):
+            self._wake.get(timeout=_IDLE_POLL)
 
     def _store_reader(self) -> Store:
         """The read-ahead thread's read-only store (a store is single-threaded), opened on first use."""

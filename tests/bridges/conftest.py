@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.bridges.brokers import Target, broker_problem, make_target
+from tests.bridges.kids import Zygote, zygote
 
 _HERE = Path(__file__).resolve().parent
 
@@ -67,3 +68,22 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         yield t
     finally:
         t.close()
+
+
+@pytest.fixture(scope="session")
+def session_zygote() -> Iterator[Zygote]:
+    """One pre-imported forking parent for the whole run: starting it imports hoard and every broker
+    client (1-2 s on a loaded machine), which each kill test would otherwise pay again."""
+    with zygote() as z:
+        yield z
+
+
+@pytest.fixture
+def kids(session_zygote: Zygote) -> Iterator[Zygote]:
+    """The session's zygote, for one test: every child the test forked is killed and reaped after it,
+    so no test leaves a process of its own behind."""
+    since = len(session_zygote.pids)
+    try:
+        yield session_zygote
+    finally:
+        session_zygote.end_children(since)

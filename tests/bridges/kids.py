@@ -46,6 +46,15 @@ class Zygote:
         wait_for(lambda: not self.alive(pid), timeout, f"process {pid} to end after signal {sig}")
 
 
+    def end_children(self, since: int = 0) -> None:
+        """SIGKILL every child forked after the first `since` (those still alive) and wait until each is gone."""
+        for pid in self.pids[since:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in self.pids[since:]:
+            wait_for(lambda p=pid: not self.alive(p), 30, f"process {pid} to end")
+
+
 @contextlib.contextmanager
 def zygote() -> Iterator[Zygote]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.bridges.zygote"], cwd=ROOT, text=True,
@@ -56,12 +65,8 @@ def zygote() -> Iterator[Zygote]:
         assert proc.stdout.readline().strip() == "ready"
         yield z
     finally:
-        for pid in z.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        z.end_children()
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.close()
         proc.wait(30)
         proc.stdout.close()
-        for pid in z.pids:
-            wait_for(lambda p=pid: not z.alive(p), 30, f"process {pid} to end")

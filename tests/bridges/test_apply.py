@@ -16,7 +16,7 @@ from hoard import CommandApplier, ContextAdapterConfig, ContextSystem, open_syst
 from hoard.storage import CorruptStateError, SQLiteStore
 from tests.bridges.brokers import CommandChannel, make_channel
 from tests.bridges.conftest import require_broker
-from tests.bridges.kids import zygote
+from tests.bridges.kids import Zygote
 from tests.helpers import wait_for
 
 INBOUND = ("nats", "amqp", "mqtt")
@@ -59,32 +59,31 @@ def _system(path: Path) -> ContextSystem:
     return open_system(path, adapter_config=ContextAdapterConfig(auto_activate_default=False))
 
 
-def test_commands_redelivered_after_the_consumer_is_killed_are_applied_once(channel: CommandChannel,
+def test_commands_redelivered_after_the_consumer_is_killed_are_applied_once(channel: CommandChannel, kids: Zygote,
                                                                               tmp_path: Path) -> None:
     rng = random.Random(12)  # noqa: S311 - seeded, reproducible kill moments, not a secret
     path = tmp_path / "s.db"
-    total = 200
+    total = 400  # more than five runs apply in their 0-100 ms before a kill on a quiet machine (~1 a ms)
     channel.send([_command(i, channel.tag) for i in range(total)])
     args = channel.cli_args(str(path), NAME)
     pause = threading.Event()
-    with zygote() as z:
-        done = 0
-        for run in range(5):
-            out = tmp_path / f"apply-{run}.out"
-            pid = z.fork(args, out)
-            # the store is read only once the child has opened it (a reader while a writer opens after
-            # a crash can make that open fail: SQLite's WAL recovery wants the file to itself)
-            wait_for(lambda o=out: o.exists() and "applying" in o.read_text(), 60, "the applier to start")
-            # a random moment while it applies: once it committed one more command, within 0-100 ms
-            done = wait_for(lambda d=done: (n := _applied(path)) > d and n, 60, "the applier to apply", pause=0.01)
-            pause.wait(rng.uniform(0.0, 0.1))
-            z.kill(pid)
-        assert _applied(path) < total, "the kills came too late to interrupt anything"
-        out = tmp_path / "apply-last.out"
-        pid = z.fork(args, out)
-        wait_for(lambda: out.exists() and "applying" in out.read_text(), 60, "the applier to start")
-        wait_for(lambda: _applied(path) >= total, 60, f"{total} commands applied", pause=0.05)
-        z.kill(pid, signal.SIGTERM)
+    for run in range(5):
+        out = tmp_path / f"apply-{run}.out"
+        done = _applied(path)  # read now: the applier killed last may have committed after the last look
+        pid = kids.fork(args, out)
+        # the store is read only once the child has opened it (a reader while a writer opens after
+        # a crash can make that open fail: SQLite's WAL recovery wants the file to itself)
+        wait_for(lambda o=out: o.exists() and "applying" in o.read_text(), 60, "the applier to start")
+        # a random moment while it applies: once it committed one more command, within 0-100 ms
+        wait_for(lambda d=done: _applied(path) > d, 60, "the applier to apply", pause=0.01)
+        pause.wait(rng.uniform(0.0, 0.1))
+        kids.kill(pid)
+    assert _applied(path) < total, "the kills came too late to interrupt anything"
+    out = tmp_path / "apply-last.out"
+    pid = kids.fork(args, out)
+    wait_for(lambda: out.exists() and "applying" in out.read_text(), 60, "the applier to start")
+    wait_for(lambda: _applied(path) >= total, 60, f"{total} commands applied", pause=0.05)
+    kids.kill(pid, signal.SIGTERM)
     with _system(path) as system:
         for c in range(CONTEXTS):
             mine = [i for i in range(total) if i % CONTEXTS == c]

@@ -3,6 +3,7 @@ process, exactly once on JetStream; a broker cut off mid-run loses nothing and t
 
 from __future__ import annotations
 
+import queue
 import random
 import signal
 import threading
@@ -12,12 +13,15 @@ import pytest
 
 from hoard import ContextAdapterConfig, ContextSystem, Relay, open_system
 from tests.bridges.brokers import KINDS, PORTS, Target, check_in_order, proxy_for
-from tests.bridges.kids import zygote
+from tests.bridges.kids import Zygote
 from tests.helpers import wait_for
 from tests.pg import url_for
 
 CONTEXTS = 5
 NAME = "relay-under-test"
+#: writes granted to the writer thread per relay run: the relay is still killed amid new changes, but
+#: each run (and the last one, catching up) has tens of entries to publish, not hundreds
+WRITES_PER_RUN = 25
 
 
 def _system(store: object) -> ContextSystem:
@@ -29,7 +33,7 @@ def _head(system: ContextSystem, after: int) -> int:
     return entries[-1].offset if entries else after
 
 
-def _relay_killed(target: Target, pg_dsn: str, pg_schema: str, kills: int, seed: int) -> None:
+def _relay_killed(target: Target, kids: Zygote, pg_dsn: str, pg_schema: str, kills: int, seed: int) -> None:  # noqa: PLR0917 - the test's fixtures, then its size
     rng = random.Random(seed)  # noqa: S311 - seeded, reproducible kill moments, not a secret
     store = url_for(pg_dsn, pg_schema)
     args = ["relay", store, "--to", target.url(), "--subject", target.subject, "--name", NAME, "--batch", "8"]
@@ -38,11 +42,16 @@ def _relay_killed(target: Target, pg_dsn: str, pg_schema: str, kills: int, seed:
         trackers = [system.adapter.get_or_create(f"ctx {i}/{kind_safe(target)}") for i in range(CONTEXTS)]
         stop = threading.Event()
         errors: list[BaseException] = []
+        budget: queue.Queue[None] = queue.Queue()  # one item per write the writer may make
 
         def write() -> None:
             i = 0
             try:
                 while not stop.is_set():
+                    try:
+                        budget.get(timeout=0.05)  # bounded, so that it sees `stop`
+                    except queue.Empty:
+                        continue
                     trackers[i % CONTEXTS].set("n", i)
                     i += 1
             except BaseException as exc:
@@ -53,25 +62,25 @@ def _relay_killed(target: Target, pg_dsn: str, pg_schema: str, kills: int, seed:
         writer.start()
         pause = threading.Event()
         try:
-            with zygote() as z:
-                position = consumer.position
-                for _ in range(kills):
-                    pid = z.fork(args)
-                    # a random moment while it publishes: once it committed an offset, within 0-150 ms
-                    position = wait_for(lambda p=position: (now := consumer.position) > p and now, 60,
-                                        "the relay to publish", pause=0.01)  # each look is a store read
-                    pause.wait(rng.uniform(0.0, 0.15))
-                    z.kill(pid)
-                stop.set()
-                writer.join(30)
-                assert not errors, errors
-                written = {t.id: t.version for t in trackers}
-                assert sum(written.values()) > CONTEXTS * 5, written  # the writer made progress during the kills
-                head = _head(system, consumer.position)
-                pid = z.fork([*args[:-1], "256"])  # the last one catches up in big batches
-                wait_for(lambda: consumer.position >= head, 60, f"the last relay to reach offset {head}",
-                         pause=0.05)
-                z.kill(pid, signal.SIGTERM)
+            for _ in range(kills):
+                for _write in range(WRITES_PER_RUN):
+                    budget.put(None)
+                position = consumer.position  # read now: the relay killed last may have committed after the last look
+                pid = kids.fork(args)
+                # a random moment while it publishes: once this run committed an offset, within 0-150 ms
+                wait_for(lambda p=position: consumer.position > p, 60, "the relay to publish",
+                         pause=0.01)  # each look is a store read
+                pause.wait(rng.uniform(0.0, 0.15))
+                kids.kill(pid)
+            stop.set()
+            writer.join(30)
+            assert not errors, errors
+            written = {t.id: t.version for t in trackers}
+            assert sum(written.values()) > CONTEXTS * 5, written  # the writer made progress during the kills
+            head = _head(system, consumer.position)
+            pid = kids.fork([*args[:-1], "256"])  # the last one catches up in big batches
+            wait_for(lambda: consumer.position >= head, 60, f"the last relay to reach offset {head}", pause=0.05)
+            kids.kill(pid, signal.SIGTERM)
         finally:
             stop.set()
             writer.join(30)
@@ -84,16 +93,16 @@ def kind_safe(target: Target) -> str:
 
 
 @pytest.mark.parametrize("target", KINDS, indirect=True)
-def test_a_relay_killed_at_random_moments_publishes_every_change_in_order(target: Target, pg_dsn: str,
+def test_a_relay_killed_at_random_moments_publishes_every_change_in_order(target: Target, kids: Zygote, pg_dsn: str,
                                                                          pg_schema: str) -> None:
-    _relay_killed(target, pg_dsn, pg_schema, kills=10, seed=16)
+    _relay_killed(target, kids, pg_dsn, pg_schema, kills=10, seed=16)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", KINDS, indirect=True)
-def test_a_relay_killed_fifty_times_publishes_every_change_in_order(target: Target, pg_dsn: str,
+def test_a_relay_killed_fifty_times_publishes_every_change_in_order(target: Target, kids: Zygote, pg_dsn: str,
                                                                    pg_schema: str) -> None:
-    _relay_killed(target, pg_dsn, pg_schema, kills=50, seed=1616)
+    _relay_killed(target, kids, pg_dsn, pg_schema, kills=50, seed=1616)
 
 
 @pytest.mark.parametrize("target", KINDS, indirect=True)

@@ -14,6 +14,9 @@ Commands (one JSON object per line):
                                         per write.
 ``{"op": "write", "ids", "n", "tag", "timeout"}``  n rounds of one set per context; ``ack``/``err``
                                         each, then ``wrote``.
+``{"op": "transact", "cid", "by", "request_id"}``  the registered transaction ``add`` (``n += by``)
+                                        on `cid`; reports ``transacted`` (value, version, duplicate)
+                                        or ``err``.
 ``{"op": "halt"}``                      ends the loops; reports ``halted``.
 ``{"op": "state", "cid"}``              reports ``state`` (the version and keys this host reads).
 ``{"op": "exit"}``                      stops the system, reports ``bye``, exits 0.
@@ -43,8 +46,24 @@ def emit(**event: Any) -> None:
     os.write(1, json.dumps(event, separators=(",", ":")).encode() + b"\n")
 
 
-def main() -> None:
-    config = json.loads(sys.argv[1])
+def add(draft: Any, by: int = 1) -> int:
+    """The transaction every process of the tests registers as ``add``."""
+    draft["n"] = draft.get("n", 0) + by
+    return int(draft["n"])
+
+
+def transact(system: Any, cmd: dict[str, Any]) -> None:
+    adding = system.register_transaction(add, name="add")  # registered at start: the same record
+    try:
+        done = system.adapter.get_or_create(cmd["cid"]).transact(
+            adding.bind(by=cmd["by"]), with_version=True, request_id=cmd.get("request_id"))
+    except HoardError as exc:
+        emit(e="err", cid=cmd["cid"], type=type(exc).__name__, msg=str(exc)[:200])
+    else:
+        emit(e="transacted", value=done.value, v=done.version, duplicate=done.duplicate)
+
+
+def open_host(config: dict[str, Any]) -> Any:
     ttl = float(config["lease_ttl"])
     # short network timeouts: a host cut off notices within a few seconds, not TCP's minutes
     store = PostgresStore(config["dsn"], schema=config["schema"], owner_id=config["owner"], lease_ttl=ttl,
@@ -54,6 +73,13 @@ def main() -> None:
                          adapter_config=ContextAdapterConfig(
                              auto_activate_default=config.get("default") is not None,
                              default_context_id=config.get("default") or "default"))
+    system.register_transaction(add, name="add")
+    return system
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    system = open_host(config)
     emit(e="ready", owner=config["owner"], pid=os.getpid())
     halt = threading.Event()
     loops: list[threading.Thread] = []
@@ -100,7 +126,8 @@ def main() -> None:
         st = system.manager.get_state(cmd["cid"])
         emit(e="state", cid=cmd["cid"], v=st.version, keys=sorted(st.data))
 
-    handlers = {"own": own, "loop": run_loop, "write": write_rounds, "state": state, "halt": halt_loops}
+    handlers = {"own": own, "loop": run_loop, "write": write_rounds, "state": state, "halt": halt_loops,
+                "transact": lambda cmd: transact(system, cmd)}
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "exit":

@@ -17,6 +17,8 @@ Modes (``mode`` in the config):
             activations.
 ``writer``  activate ``cid``, report ``ready``; on ``go`` write ``count`` times (forever if None),
             reporting each ``ack``; then stop the system and report ``done``.
+``owner``   open as owner id ``owner`` (shared with other nodes on purpose) and take ``cid``; then
+            ``write`` / ``activate`` / ``quit`` commands, each reported (see `owner`).
 ``paused``  activate ``cid``, write once, then start a `transact` whose function blocks until the
             ``go`` command (``in_fn``): the parent SIGSTOPs this node there, takes the context over,
             SIGCONTs it and sends ``go``; the late write's outcome is reported (``late``), then a
@@ -45,6 +47,7 @@ from hoard import (
     ContextOwnedElsewhereError,
     ContextTimeoutError,
     HoardError,
+    PostgresStore,
     open_system,
 )
 
@@ -161,6 +164,31 @@ def paused(cfg: dict[str, Any]) -> None:
     emit(e="done")
 
 
+def owner(cfg: dict[str, Any]) -> None:
+    """Open the store as ``owner`` (an owner id that other nodes may share) and take ``cid``; report
+    ``refused`` if the open fails, else ``ready`` with the lease token. Then, per command: ``write``
+    (one transact: ``wrote``), ``activate`` (``activated``), ``quit``."""
+    store = PostgresStore(cfg["dsn"], schema=cfg["schema"], owner_id=cfg["owner"], lease_ttl=cfg["lease_ttl"])
+    try:
+        system = open_system(store, adapter_config=ContextAdapterConfig(auto_activate_default=False))
+    except HoardError as exc:
+        emit(e="refused", err=type(exc).__name__, owner_id=getattr(exc, "owner_id", None), msg=str(exc))
+        return
+    cid = cfg["cid"]
+    tracker = system.adapter.get_or_create(cid, timeout=cfg.get("activate_timeout", 5.0))
+    emit(e="ready", token=system.manager.owner(cid).token, v=tracker.version)  # type: ignore[union-attr]
+    while (cmd := command()) not in ("quit", ""):
+        try:
+            if cmd == "write":
+                emit(e="wrote", ok=True, v=tracker.transact(lambda d: next_key(d, os.getpid()), timeout=5))
+            else:
+                emit(e="activated", ok=True, v=system.adapter.activate(cid, timeout=5).version)
+        except HoardError as exc:
+            emit(e="wrote" if cmd == "write" else "activated", ok=False, err=type(exc).__name__, msg=str(exc))
+    system.stop()
+    emit(e="done")
+
+
 if __name__ == "__main__":
     config = json.loads(sys.argv[1])
-    {"hammer": hammer, "writer": writer, "paused": paused}[config["mode"]](config)
+    {"hammer": hammer, "writer": writer, "paused": paused, "owner": owner}[config["mode"]](config)

@@ -6,10 +6,13 @@ context changes hands is applied exactly once. Separate hosts and partitions: te
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from hoard import (
@@ -20,7 +23,6 @@ from hoard import (
     ContextOwnedElsewhereError,
     ContextStatus,
     ContextSystem,
-    FencedOffError,
     HoardError,
     InvalidValueError,
     NotForwardableError,
@@ -30,6 +32,7 @@ from hoard import (
     open_system,
 )
 from hoard.actors import Get, Set, Update
+from tests.distributed.conftest import Node
 from tests.distributed.test_hosts import Host
 from tests.helpers import wait_until
 
@@ -119,6 +122,82 @@ def test_typed_errors_come_back_as_the_same_classes_with_their_fields(systems: O
         there.transact(lambda d: d.update(n=5))
     assert nf.value.owner == a.store.owner_id
     assert there.version == 1  # nothing above changed it
+
+
+def _add(draft: Any, by: int = 1) -> int:
+    draft["n"] = draft.get("n", 0) + by
+    return int(draft["n"])
+
+
+def _refuse(draft: Any) -> None:
+    raise ValueError("not today")
+
+
+def test_a_registered_transaction_runs_in_the_owner_by_name_with_json_arguments(systems: Open) -> None:
+    a, b = systems(), systems()
+    for system in (a, b):  # every process registers the same functions under the same names
+        system.register_transaction(_add, name="add")
+        system.register_transaction(_refuse, name="refuse")
+    add = b.register_transaction(_add, name="add")  # again: the same record
+    here = a.adapter.get_or_create("acct", data={"n": 0})
+    there = b.adapter.get_or_create("acct")  # owned by a: b forwards
+
+    assert there.transact(add.bind(by=5)) == 5
+    assert there.transact(add) == 6  # the registered record, no arguments
+    assert there.transact(_add) == 7  # the registered function itself, found by identity
+    assert there.transact_async(add.bind(by=2)).get() == 9
+    first = there.transact(add.bind(by=10), with_version=True, request_id="tx-1")
+    assert (first.value, first.version, first.duplicate) == (19, 6, False)
+    again = there.transact(add.bind(by=10), with_version=True, request_id="tx-1")  # a retry: not applied twice
+    assert (again.value, again.version, again.duplicate) == (None, 6, True)
+    assert here.version == 6 and here["n"] == 19 and b.adapter.status("acct") is not ContextStatus.ACTIVE
+
+    with pytest.raises(VersionConflictError) as conflict:  # the owner's typed error, with its fields
+        there.transact(add, expected_version=2)
+    assert (conflict.value.expected, conflict.value.actual) == (2, 6)
+    with pytest.raises(HoardError, match="ValueError in the owning process: not today"):
+        there.transact(b.register_transaction(_refuse, name="refuse"))
+    with pytest.raises(NotForwardableError, match="register_transaction") as unregistered:
+        there.transact(lambda d: d.update(n=0))
+    assert unregistered.value.owner == a.store.owner_id
+    only_b = b.register_transaction(lambda d: d.update(n=0), name="only-in-b")
+    with pytest.raises(NotForwardableError, match="no transaction named 'only-in-b'") as unknown:
+        there.transact(only_b)
+    assert (unknown.value.owner, unknown.value.context_id) == (a.store.owner_id, "acct")
+    with pytest.raises(InvalidValueError):  # arguments are JSON values, checked in the caller's thread
+        add.bind(by=object())
+    with pytest.raises(ConfigError, match="already"):  # one name, one function
+        b.register_transaction(_refuse, name="add")
+    with pytest.raises(ConfigError, match="name"):  # a lambda needs a name
+        b.register_transaction(lambda d: None)
+    assert here.version == 6  # nothing refused above changed it
+    assert here.transact(add.bind(by=1)) == 20  # and locally the record is just the function
+
+
+def test_a_registered_transaction_crosses_to_another_process_both_ways(
+        systems: Open, pg_dsn: str, pg_schema: str, nats_url: str) -> None:
+    host = Host(None, {"dsn": pg_dsn, "schema": pg_schema, "nats": nats_url, "owner": "host-1",
+                       "lease_ttl": 10.0, "default": None})
+    try:
+        host.expect("ready", 60)
+        host.command(op="own", ids=["theirs"])
+        host.expect("owned", 30)
+        here = systems()
+        add = here.register_transaction(_add, name="add")  # host.py registers its own "add"
+        theirs = here.adapter.get_or_create("theirs")
+        assert theirs.transact(add.bind(by=3)) == 3  # run by the host process's function
+        assert theirs.transact(add.bind(by=3), request_id="once") == 6
+        assert theirs.transact(add.bind(by=3), request_id="once") is None  # a retry: not applied twice
+        assert here.manager.owner("theirs").owner == "host-1"  # type: ignore[union-attr]
+        mine = here.adapter.get_or_create("mine")
+        host.command(op="transact", cid="mine", by=5, request_id="r-1")  # the host reaches this process
+        assert host.expect("transacted", 30) == {"e": "transacted", "value": 5, "v": 2, "duplicate": False}
+        assert mine["n"] == 5 and mine.version == 2
+        host.command(op="exit")
+        host.expect("bye", 30)
+    finally:
+        host.kill()
+    assert here.manager.get_state("theirs").data["n"] == 6
 
 
 def test_a_forwarded_call_keeps_the_callers_deadline(systems: Open) -> None:
@@ -221,21 +300,42 @@ def test_without_forwarding_writes_and_activations_wait_alike_or_fail_fast(syste
     assert result == [2]
 
 
-def test_a_restart_with_the_same_owner_id_takes_its_leases_back_at_once_and_fences_the_zombie(
-        systems: Open, pg_dsn: str, pg_schema: str) -> None:
-    def store() -> PostgresStore:
-        return PostgresStore(pg_dsn, schema=pg_schema, owner_id="node-1", lease_ttl=30.0)
-
-    zombie = systems(store=store())
-    old = zombie.adapter.get_or_create("acct", data={"n": 0})
-    token = zombie.manager.owner("acct").token  # type: ignore[union-attr]
-    reborn = systems(store=store())  # same owner id, while the old incarnation still runs (a zombie)
-    fresh = reborn.adapter.get_or_create("acct", timeout=2.0)  # no wait for the 30 s lease
-    assert reborn.manager.owner("acct").token == token + 1  # type: ignore[union-attr]
-    assert fresh.set("n", 1) == 2
-    with pytest.raises(FencedOffError):
-        old.set("n", 99)
-    assert dict(reborn.manager.get_state("acct").data) == {"n": 1}
+def test_one_owner_id_is_one_live_process_a_restart_takes_its_leases_back_and_a_zombie_is_fenced(
+        nodes: Callable[[dict[str, Any]], Node], pg_dsn: str, pg_schema: str) -> None:
+    cfg = {"mode": "owner", "dsn": pg_dsn, "schema": pg_schema, "owner": "node-1", "cid": "acct", "lease_ttl": 30.0}
+    first = nodes(cfg)
+    token = first.expect("ready", 60)["token"]
+    # a second live process with the same owner id would share its leases: refused, naming the id
+    refused = nodes(cfg).expect("refused", 60)
+    assert (refused["err"], refused["owner_id"]) == ("OwnerIdInUseError", "node-1")
+    first.send("write")
+    assert first.expect("wrote", 30)["ok"]  # the first one was not disturbed
+    # SIGKILLed: a restart with the same id takes the 30 s lease back at once, with a new token
+    first.kill()
+    restarted = nodes(cfg)
+    ready = restarted.expect("ready", 60)
+    assert ready["token"] == token + 1
+    # a zombie of that incarnation: stopped, and its claim's session ended by the server (as after a
+    # partition longer than its keepalives); the next restart takes over
+    os.kill(restarted.pid, signal.SIGSTOP)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE application_name = 'hoard owner node-1'").fetchall()
+        assert ended == [(True,)]
+        newest = nodes(cfg)
+        latest = newest.expect("ready", 60)
+        assert latest["token"] == token + 2
+    finally:
+        os.kill(restarted.pid, signal.SIGCONT)
+    restarted.send("write")  # fenced off by the new token, or refused its claim: nothing written
+    late = restarted.expect("wrote", 30)
+    assert not late["ok"] and late["err"] in ("FencedOffError", "OwnerIdInUseError"), late
+    restarted.send("activate")  # it cannot take the lease back under the id the newest one holds
+    again = restarted.expect("activated", 30)
+    assert (again["ok"], again["err"]) == (False, "OwnerIdInUseError"), again
+    newest.send("write")
+    assert newest.expect("wrote", 30)["v"] == latest["v"] + 1  # the zombie's write never landed
 
 
 def test_a_restart_under_a_new_owner_id_takes_its_default_context_once_the_old_lease_ends(

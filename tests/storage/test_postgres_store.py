@@ -36,6 +36,7 @@ from hoard.storage import (
     CorruptStateError,
     CreateContext,
     FencedOffError,
+    OwnerIdInUseError,
     PersistenceError,
     PostgresStore,
     PutSnapshot,
@@ -268,14 +269,23 @@ def test_renew_leases_reports_the_leases_taken_over(make_pg_store: MakeStore, pg
 
 
 def test_a_restarted_owner_with_the_same_id_takes_its_leases_back_and_fences_its_old_self(
-        make_pg_store: MakeStore) -> None:
+        make_pg_store: MakeStore, pg_dsn: str) -> None:
     old = make_pg_store(owner_id="node-a")
     t1 = old.acquire_lease("c", 60)
     old.commit([CreateContext(new_state("c"))])
+    with pytest.raises(OwnerIdInUseError) as in_use:  # while the old one lives, the id is taken
+        make_pg_store(owner_id="node-a")
+    assert in_use.value.owner_id == "node-a"
+    # the server ends the old incarnation's claim session (as for a dead or long-partitioned client)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = 'hoard owner node-a'")
     new = make_pg_store(owner_id="node-a")
     assert new.acquire_lease("c", 60) == t1 + 1  # no wait for expiry
     with pytest.raises(FencedOffError):
         old.commit([Append("c", change(2))])
+    with pytest.raises(OwnerIdInUseError):  # the zombie cannot take it back under the same id
+        old.acquire_lease("c", 60)
     new.commit([Append("c", change(2))])
 
 
