@@ -205,6 +205,11 @@ class ContextActor(pykka.ThreadingActor):
         if marker is not None:
             self._unknown_schema = marker[0]  # writes are refused until the supervisor binds it
 
+    def on_stop(self) -> None:
+        """Passivated, deleted, crashed or shut down: the trackers holding the cell let go of it (so a
+        tracker of a passivated context keeps none of its state; its next call re-activates)."""
+        self.cell.release_holders()
+
     def on_receive(self, message: Any) -> Any:
         envelope = cast(Inbox, self.actor_inbox).current
         reply = envelope.reply_to if envelope is not None else None
@@ -235,7 +240,11 @@ class ContextActor(pykka.ThreadingActor):
             raise UnknownMessageError(f"context actor {self.cell.id!r} does not handle {cls.__name__}; send one "
                                       "of the messages of hoard.actors")
         if cls in _PUBLIC:
-            attrs.validate(message)  # InvalidMessageError: built around its checks (evolve, setattr)
+            # InvalidMessageError: built around its checks (evolve, setattr). The plain set (str key, no
+            # request id, no by) is checked inline: what its validators would check, at no call each
+            if not (cls is Set and type(message.key) is str and message.request_id is None and message.by is None
+                    and (message.expected_version is None or type(message.expected_version) is int)):
+                _validate(message)
             if cls in _WRITES and message.request_id is not None:
                 done = self.working.requests.get(message.request_id)
                 if done is not None:
@@ -248,7 +257,7 @@ class ContextActor(pykka.ThreadingActor):
             raise pykka.ActorDeadError(f"context {self.cell.id!r} was passivated before this call")
         self._t0 = started = perf_counter()
         if cls is not GetMetrics:  # asking for the numbers is not a call to count
-            self._calls.inc(_kind(cls))
+            self._calls.inc(_KINDS.get(cls) or _kind(cls))
         try:
             result = handler(message)
         except VersionConflictError:
@@ -579,6 +588,20 @@ def _state_event(old: ContextState, change: Change, new: ContextState, rp_id: in
     return cls(context_id=new.id, at=change.at, version=new.version, changed=tuple(change.data_set),
                removed=change.data_del, metadata_changed=tuple(change.meta_set), metadata_removed=change.meta_del,
                by=change.by)
+
+
+#: message class -> its fields that have a validator (what attrs.validate walks, found once per class)
+_CHECKS: dict[type, tuple[tuple[Any, Any], ...]] = {}
+
+
+def _validate(message: Any) -> None:
+    """`attrs.validate(message)` without looking its fields up on every message."""
+    cls = type(message)
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        checks = _CHECKS[cls] = tuple((a, a.validator) for a in attrs.fields(cls) if a.validator is not None)
+    for a, check in checks:
+        check(message, a, getattr(message, a.name))
 
 
 def _state_size(state: ContextState) -> int:

@@ -118,9 +118,11 @@ class Reply(pykka.ThreadingFuture[Any]):
 
     def set(self, value: Any = None) -> None:
         if value is not DEFERRED:
-            with contextlib.suppress(queue.Full):  # already failed by a caller that cancelled it
+            try:  # (not contextlib.suppress: this answers every call, and that builds an object each time)
                 pykka.ThreadingFuture.set(self, value)
-                self._finish()
+            except queue.Full:  # already failed by a caller that cancelled it
+                return
+            self._finish()
 
     def set_exception(self, exc_info: Any = None) -> None:
         with contextlib.suppress(queue.Full):

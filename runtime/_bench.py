@@ -245,9 +245,10 @@ class _Spec:
 
 
 _SPECS: dict[str, _Spec] = {
+    # issue 14 raised these two targets (0.8 -> 0.9, 0.5 -> 0.65)
     "sync_set": _Spec("sync tracker.set, durability none", "pykka proxy call .get() on a bare actor",
-                      "ops/s", 0.8, "higher"),
-    "get": _Spec("tracker.get", "a plain method reading a dict", "ops/s", 0.5, "higher"),
+                      "ops/s", 0.9, "higher"),
+    "get": _Spec("tracker.get", "a plain method reading a dict", "ops/s", 0.65, "higher"),
     "pipelined": _Spec("pipelined writes (non-blocking form, then wait all)", "pykka pipelined proxy calls",
                        "ops/s", 0.7, "higher"),
     "update_1000": _Spec("update of 1,000 keys in one call", "1,000 plain dict writes", "keys/s", 0.05, "higher"),

@@ -84,8 +84,8 @@ class ContextRef:
         after stop."""
         if self._system.stopped:
             raise SystemStoppedError()
-        cell = self._tracker._cell()  # noqa: SLF001 - one package
-        if not self._backlog and cell is not None and not cell.closed:
+        cell = self._tracker._cell  # noqa: SLF001 - one package
+        if not self._backlog and not cell.closed:
             what = f"told {type(message).__name__} to {self.context_id!r}"
             pending: Pending = self._tracker._submit(message, what)  # noqa: SLF001 - one message, no thread
             pending.add_done_callback(lambda reply: self._told(message, reply))

@@ -10,8 +10,9 @@ once). A thread always reads its own acknowledged writes. Each ``*_async`` form 
 future at once and never waits in the caller's thread (see `ContextTracker._submit`).
 
 A tracker stays valid when its context is passivated (evicted, deactivated): its next call, reads
-included, activates it again (without making it current). It holds the context's cell only weakly,
-so a tracker of a passivated context keeps nothing but its id and system. Trackers are cheap,
+included, activates it again (without making it current). It holds the context's cell while the
+context's actor runs and lets go of it when the actor stops (see `hoard.actors.ContextCell`), so a
+tracker of a passivated context keeps nothing but its id and system. Trackers are cheap,
 thread-safe read-only `Mapping`s; any number may point at one context.
 """
 
@@ -22,7 +23,6 @@ import functools
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from typing import Any
 
@@ -78,11 +78,9 @@ NO_WAIT = 1  # raise `ContextOwnedElsewhereError` at once (or forward, with forw
 LOCAL = 2  # serving a forwarded call: never wait, never forward on (the caller re-routes)
 
 
-class _Gone:
-    pass
-
-
-_NO_CELL: weakref.ref[Any] = weakref.ref(_Gone())  # collected at once: a tracker with no cell yet
+#: the cell of a tracker without one: no cell yet, or let go of (always closed, never written)
+_NO_CELL = ContextCell("", ContextState("", 1))
+_NO_CELL.closed = True
 
 
 def activate_waiting(system: SystemCore, message: Activate, timeout: float | None, what: str, *,
@@ -252,18 +250,32 @@ class ContextTracker(Mapping[str, Any]):
     def __init__(self, system: SystemCore, cell: ContextCell | None, timeout: float | None = None, *,
                  context_id: str | None = None, mode: int = WAIT) -> None:
         self._system = system
-        # a weak reference: the supervisor holds the cell while the context is active; once it is
-        # passivated the cell (state, dead actor, mailbox) is freed and this tracker keeps only its
-        # id and system (measured in tests/runtime/test_messaging.py). No cell: the context is
-        # active in another process (forwarding), or not activated yet (a served call's tracker).
-        self._cell: weakref.ref[ContextCell] = _NO_CELL if cell is None else weakref.ref(cell)
+        # held strongly while the context's actor runs: the hot read path then costs no weak
+        # reference call. The actor, as it stops, has every holder let go (`let_go`), so a tracker of
+        # a passivated context keeps only its id and system (measured in tests/runtime/
+        # test_messaging.py). No cell: the context is active in another process (forwarding), or not
+        # activated yet (a served call's tracker).
+        self._cell: ContextCell = _NO_CELL
         self._id: str = cell.id if cell is not None else str(context_id)
         self._timeout = timeout
         self._mode = mode
+        if cell is not None:
+            self._hold(cell)
+
+    def _hold(self, cell: ContextCell) -> None:
+        self._cell = cell
+        cell.add_holder(self)
+        if cell.closed:  # closed meanwhile: its actor may have stopped before this tracker registered
+            self._cell = _NO_CELL
+
+    def let_go(self, cell: ContextCell) -> None:
+        """Drop `cell` (its actor stopped; called in the actor's thread). The next call re-activates."""
+        if self._cell is cell:
+            self._cell = _NO_CELL
 
     def __repr__(self) -> str:
-        cell = self._cell()
-        if cell is None or cell.closed:
+        cell = self._cell
+        if cell.closed:
             return f"<ContextTracker {self._id!r} (inactive)>"
         return f"<ContextTracker {self._id!r} v{cell.state.version}>"
 
@@ -275,8 +287,8 @@ class ContextTracker(Mapping[str, Any]):
     def _live_cell(self, timeout: float | None = None, *, write: bool = False) -> ContextCell:
         """The open cell (re-activating a passivated context), marked as used: a write gets an exact,
         fresh LRU mark, a read the current epoch."""
-        cell = self._cell()
-        if cell is None or cell.closed:
+        cell = self._cell
+        if cell.closed:
             cell = self._reactivate(timeout)
         cell.touched = fresh_mark() if write else EPOCH[0]
         return cell
@@ -288,7 +300,7 @@ class ContextTracker(Mapping[str, Any]):
         cell = activate_waiting(self._system, Activate(self._id, create=False, make_current=False),
                                 timeout if timeout is not None else self._timeout, f"activating {self._id!r}",
                                 wait=wait)
-        self._cell = weakref.ref(cell)
+        self._hold(cell)
         return cell
 
     def _message(self, cls: Callable[..., Any], *fields: Any) -> Any:
@@ -323,8 +335,8 @@ class ContextTracker(Mapping[str, Any]):
         pause = 0.02
         sent = False  # a request may have reached an owner: running out of time then is "outcome unknown"
         while True:
-            cell = self._cell()
-            owner = fwd.known_owner(self._id) if cell is None or cell.closed else None
+            cell = self._cell
+            owner = fwd.known_owner(self._id) if cell.closed else None
             expires: float | None = None
             if owner is None:
                 try:
@@ -352,12 +364,16 @@ class ContextTracker(Mapping[str, Any]):
         while True:  # each round that meets a stopping actor did not apply it: bounded by the deadline
             if self._system.stopped:
                 raise SystemStoppedError()
-            try:
-                cell = self._live_cell(max(0.001, deadline - time.monotonic()), write=True)
-            except ContextTimeoutError as exc:  # the time ran out activating: the call was never sent
-                raise CallNotStartedError(what, t, self._id) from exc
-            if time.monotonic() >= deadline:
-                raise CallNotStartedError(what, t, self._id)
+            cell = self._cell
+            if cell.closed:  # re-activate first, within the deadline (an open cell costs no clock read)
+                try:
+                    cell = self._live_cell(max(0.001, deadline - time.monotonic()), write=True)
+                except ContextTimeoutError as exc:  # the time ran out activating: the call was never sent
+                    raise CallNotStartedError(what, t, self._id) from exc
+                if time.monotonic() >= deadline:
+                    raise CallNotStartedError(what, t, self._id)
+            else:
+                cell.touched = fresh_mark()
             reply: Reply = cell.actor_ref.ask(message, block=False)
             # the reply's own timeout names this call; a ContextTimeoutError that is the answer
             # (raised inside a transact fn) reaches the caller as it was raised
@@ -368,7 +384,7 @@ class ContextTracker(Mapping[str, Any]):
                 return reply.get()
             except pykka.ActorDeadError:
                 # the actor stopped before handling the message (passivated): it was not applied
-                if self._cell() is cell and not cell.closed:
+                if self._cell is cell and not cell.closed:
                     cell.closed = True  # dead without being closed: let the supervisor decide
                 continue
 
@@ -378,8 +394,8 @@ class ContextTracker(Mapping[str, Any]):
         re-activated on a worker thread of the system, never in the caller's (an event loop's)
         thread. Errors, timeouts included, arrive through the future."""
         t = self._t(timeout)
-        cell = self._cell()
-        if cell is not None and not cell.closed and not self._system.stopped:
+        cell = self._cell
+        if not cell.closed and not self._system.stopped:
             cell.touched = fresh_mark()
             reply: Reply = cell.actor_ref.ask(message, block=False)
             reply.what, reply.context_id = what, self._id
@@ -511,8 +527,8 @@ class ContextTracker(Mapping[str, Any]):
         return self._state()
 
     def _state(self) -> ContextState:
-        cell = self._cell()
-        if cell is not None and not cell.closed:
+        cell = self._cell
+        if not cell.closed:
             cell.touched = EPOCH[0]
             return cell.state
         if self._forwarder() is not None:
@@ -524,11 +540,12 @@ class ContextTracker(Mapping[str, Any]):
         """The value of `key` (frozen: a read-only dict/list), or `default`. Lock-free, no message.
 
         Like ``dict.get``: a key that cannot be present (an int, say) gives `default`; an unhashable
-        key raises `InvalidValueError`. This is the hot read path: one weak reference, one attribute
-        check, one LRU tick, one persistent-map lookup.
+        key raises `InvalidValueError`. This is the hot read path: one attribute check, one LRU tick,
+        one persistent-map lookup. It is tuned for present keys (what a hot path reads most): an
+        absent key costs a raised and caught `KeyError`, about four times a present one.
         """
-        cell = self._cell()
-        if cell is None or cell.closed:
+        cell = self._cell
+        if cell.closed:
             if self._forwarder() is not None:
                 data: Any = self._state().data
                 try:
@@ -539,7 +556,10 @@ class ContextTracker(Mapping[str, Any]):
             cell = self._reactivate(None)
         cell.touched = EPOCH[0]
         try:
-            return cell.state.data.get(key, default)
+            # `[]` is a C slot; Map.get is a METH_VARARGS call that costs more than the lookup itself
+            return cell.state.data[key]
+        except KeyError:
+            return default
         except TypeError:
             raise InvalidValueError(key, f"keys are str, not {type(key).__name__}", context_id=self._id) from None
 

@@ -84,19 +84,46 @@ DICT_MIN_SAMPLES = 64  # fewer payloads than this to learn from: no dictionary i
 
 def freeze_decoded(value: Any, depth: int = 0) -> Any:
     """Freeze a value that came out of orjson.loads (so it is JSON-typed already): containers only.
+    Its containers are consumed (their elements replaced by frozen ones), so pass only fresh ones.
 
     Values were at most `MAX_DEPTH` containers deep when they were stored; anything deeper did not
     come from hoard and raises `CorruptStateError` (it also keeps the recursion bounded).
     """
     t = type(value)
-    if t is dict or t is list:
-        if depth >= MAX_DEPTH:
-            raise CorruptStateError(f"a stored value is nested deeper than {MAX_DEPTH} levels")
-        d = depth + 1
-        if t is dict:
-            return FrozenDict({k: freeze_decoded(v, d) if type(v) in _CONTAINERS else v for k, v in value.items()})
-        return FrozenList([freeze_decoded(v, d) if type(v) in _CONTAINERS else v for v in value])
+    if t is dict:
+        return _freeze_decoded_dict(value, depth)
+    if t is list:
+        return _freeze_decoded_list(value, depth)
     return value
+
+
+# Activation freezes every container of a snapshot (a third of its time went here): each container
+# gets its nested containers replaced in place, then one C-level copy into its frozen type. Explicit
+# loops, no comprehension: a comprehension is a function call per container.
+def _freeze_decoded_dict(value: dict[str, Any], depth: int) -> FrozenDict:
+    if depth >= MAX_DEPTH:
+        raise CorruptStateError(f"a stored value is nested deeper than {MAX_DEPTH} levels")
+    d = depth + 1
+    for k, v in value.items():
+        t = type(v)
+        if t is dict:
+            value[k] = _freeze_decoded_dict(v, d)  # an existing key: the dict keeps its size and order
+        elif t is list:
+            value[k] = _freeze_decoded_list(v, d)
+    return FrozenDict(value)
+
+
+def _freeze_decoded_list(value: list[Any], depth: int) -> FrozenList:
+    if depth >= MAX_DEPTH:
+        raise CorruptStateError(f"a stored value is nested deeper than {MAX_DEPTH} levels")
+    d = depth + 1
+    for i, v in enumerate(value):
+        t = type(v)
+        if t is dict:
+            value[i] = _freeze_decoded_dict(v, d)
+        elif t is list:
+            value[i] = _freeze_decoded_list(v, d)
+    return FrozenList(value)
 
 
 _CONTAINERS = frozenset({dict, list})
@@ -107,7 +134,13 @@ def _decoded_map(value: Any, _: object = None) -> immutables.Map[str, Any]:
         raise CorruptStateError(f"expected a JSON object, found {type(value).__name__}")
     if "" in value:
         raise CorruptStateError("a stored mapping has an empty key")
-    return immutables.Map({k: freeze_decoded(v) if type(v) in _CONTAINERS else v for k, v in value.items()})
+    for k, v in value.items():  # the decoded dict is ours: its containers are frozen in place
+        t = type(v)
+        if t is dict:
+            value[k] = _freeze_decoded_dict(v, 0)
+        elif t is list:
+            value[k] = _freeze_decoded_list(v, 0)
+    return immutables.Map(value)
 
 
 def _decoded_dict(value: Any, _: object = None) -> Mapping[str, Any]:

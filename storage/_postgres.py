@@ -18,8 +18,8 @@ two writers can never both succeed on the same version: an append is
 recovery point advances ``next_rp_id`` the same way; a create is an insert that must not conflict.
 A refused check raises `PersistenceError` and rolls the whole batch back. A batch of appends (the
 common one) costs two round trips: BEGIN, the fence, the appends and NOTIFY in one pipeline, then
-COMMIT once every check held. A blob that cannot be encoded raises `PersistenceError` before anything
-is sent.
+the feed rows and COMMIT in the second, once every check held. A blob that cannot be encoded
+raises `PersistenceError` before anything is sent.
 
 Loading, recovery (``recovery="strict"`` or ``"fallback"``), repair, `verify()` and the read interface
 are the shared engine's (`hoard.storage._recovery`); this module is the connection handling and the
@@ -469,16 +469,19 @@ class PostgresStore(LeaseHolder, RowStore):
         prune = bool(feed) and self._since_prune + len(feed) >= PRUNE_EVERY
         sent_feed = {"n": len(feed), "ids": [r[0] for r in feed], "vs": [r[1] for r in feed],
                      "blobs": [r[2] for r in feed], "keep": self.feed_retention, "prune": prune} if feed else None
-        notice = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
+        notice: dict[str, Any] | None = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
                   "ops": [",".join(touched[cid]) for cid in ids]} if self.notify else None
+        if notice is not None and all(isinstance(op, Append) for op in ops):
+            last = {op.context_id: op.change.version for op in ops}  # type: ignore[union-attr]
+            notice["vs"] = [last[cid] for cid in ids]  # the notices need no read of contexts
         for attempt in (0, 1):
             conn = self._connection()
             stage, xid = "begin", None
             sent: dict[str, Any] = {}
             try:
-                xid = self._write(conn, ops, encoded, ids, notice=notice, sent=sent, feed=sent_feed)
+                xid = self._write(conn, ops, encoded, ids, notice=notice, sent=sent)
                 stage = "commit"
-                conn.execute("COMMIT")
+                self._finish(conn, sent_feed)
                 self._since_prune = 0 if prune else self._since_prune + len(feed)
                 return
             except psycopg.Error as exc:
@@ -523,15 +526,15 @@ class PostgresStore(LeaseHolder, RowStore):
                                 f"lock another session holds ({exc}); nothing was committed")
 
     def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
-               notice: dict[str, Any] | None, sent: dict[str, Any], feed: dict[str, Any] | None) -> int:
-        """Everything of a commit up to COMMIT; returns the transaction id. ``sent["begin"]`` is the
-        cursor of its BEGIN (`_began` tells from it whether the transaction started on the server).
+               notice: dict[str, Any] | None, sent: dict[str, Any]) -> int:
+        """Everything of a commit before its feed rows and COMMIT (`_finish`); returns the transaction
+        id. ``sent["begin"]`` is the cursor of its BEGIN (`_began` tells from it whether the
+        transaction started on the server).
 
         The common batch (appends only) is one pipeline: BEGIN, the fence, the appends and NOTIFY in
-        one round trip, all checked before COMMIT, the second; nothing is visible to anyone before
-        COMMIT, and a refused check rolls everything back. Other batches check the fence before
-        writing anything. The feed rows go last (`_FEED_INSERT`): the feed_head row lock they take is
-        held only from there to COMMIT."""
+        one round trip, all checked before the feed rows and COMMIT, the second; nothing is visible
+        to anyone before COMMIT, and a refused check rolls everything back. Other batches check the
+        fence before writing anything."""
         only_appends = all(isinstance(op, Append) for op in ops)
         with conn.pipeline():
             sent["begin"] = conn.execute("BEGIN")
@@ -539,9 +542,7 @@ class PostgresStore(LeaseHolder, RowStore):
             if only_appends:
                 appended = self._send_appends(conn, ops, encoded)  # type: ignore[arg-type]
                 if notice is not None:
-                    conn.execute(self._sql["notify"], notice)
-                if feed is not None:
-                    self._send_feed(conn, feed)
+                    conn.execute(self._sql["notify_appends"], notice)
         xid = self._check_fence(fence.fetchall())
         if only_appends:
             self._check_appends(conn, appended, ops)  # type: ignore[arg-type]
@@ -549,14 +550,21 @@ class PostgresStore(LeaseHolder, RowStore):
             self._apply_all(conn, ops, encoded)
             if notice is not None:
                 conn.execute(self._sql["notify"], notice)
-            if feed is not None:
-                self._send_feed(conn, feed)
         return xid
 
-    def _send_feed(self, conn: Any, feed: dict[str, Any]) -> None:
-        conn.execute(self._sql["feed_insert"], feed)
-        if feed["prune"]:
-            conn.execute(self._sql["feed_prune"], feed)
+    def _finish(self, conn: Any, feed: dict[str, Any] | None) -> None:
+        """The feed rows (`_FEED_INSERT`) and COMMIT, in one round trip: the feed_head row lock the
+        rows take is held only while the server runs them and the commit, never while this client
+        reads answers or checks them (the commits of every process take turns on that lock). If the
+        feed rows fail, the server skips the COMMIT behind them and the caller rolls back."""
+        if feed is None:
+            conn.execute("COMMIT")
+            return
+        with conn.pipeline():
+            conn.execute(self._sql["feed_insert"], feed)
+            if feed["prune"]:
+                conn.execute(self._sql["feed_prune"], feed)
+            conn.execute("COMMIT")
 
     def _committed_anyway(self, xid: int, exc: Exception, context_id: str | None) -> bool:
         """After the connection broke during COMMIT: did the transaction commit? Asked on a new

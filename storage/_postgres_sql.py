@@ -93,6 +93,12 @@ _NOTIFY = """
 SELECT pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'id', n.id, 'v', c.version,
                                            'ops', string_to_array(n.ops, ','), 'owner', %(owner)s::text)::text)
 FROM unnest(%(ids)s::text[], %(ops)s::text[]) AS n(id, ops) LEFT JOIN {s}.contexts c ON c.id = n.id"""
+# The same notices for a batch of appends only, whose versions the client knows (the last appended
+# per id): no join with contexts (about a tenth of a lone durable commit, measured per op).
+_NOTIFY_APPENDS = """
+SELECT pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'id', n.id, 'v', n.v,
+                                           'ops', string_to_array(n.ops, ','), 'owner', %(owner)s::text)::text)
+FROM unnest(%(ids)s::text[], %(ops)s::text[], %(vs)s::bigint[]) AS n(id, ops, v)"""
 # The feed rows of a commit, the last statement before COMMIT. The UPDATE takes the one feed_head row
 # lock and holds it until COMMIT: a second committer waits here until the first has committed (or
 # rolled back, which returns its offsets unused), so offsets are handed out in commit order and
@@ -178,7 +184,8 @@ FROM {s}.leases WHERE context_id = %(id)s"""
 # every statement by name
 SQL: dict[str, str] = {
     "fence": _FENCE, "append": _APPEND, "create": _CREATE, "snapshot_trim": _SNAPSHOT_TRIM,
-    "rp_insert": _RP_INSERT, "rp_trim": _RP_TRIM, "delete": _DELETE, "notify": _NOTIFY, "load": _LOAD,
+    "rp_insert": _RP_INSERT, "rp_trim": _RP_TRIM, "delete": _DELETE, "notify": _NOTIFY,
+    "notify_appends": _NOTIFY_APPENDS, "load": _LOAD,
     "summary": _SUMMARY + " WHERE c.id = %(id)s",
     "summaries": _SUMMARY + " WHERE c.id >= %(p)s AND starts_with(c.id, %(p)s) ORDER BY c.id",
     "totals": _TOTALS, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,

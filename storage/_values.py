@@ -208,47 +208,27 @@ def _scalar(v: Any, t: type) -> Any:
 _SCALAR_TYPES = frozenset({type(None), bool, str, int, float})
 
 
-def _freeze_any(value: Any, depth: int) -> Any:  # noqa: PLR0912 - one flat branch per case of the format; split, its rules would scatter
+def _freeze_any(value: Any, depth: int) -> Any:  # noqa: PLR0911 - one flat return per case of the format; split, its rules would scatter
+    # Plain dicts and lists come first and their common elements (ASCII or printable str, None, bool,
+    # 64-bit int, finite float) are checked inline: an update of 1,000 mixed values spends most of its
+    # time here. A printable str has no lone surrogate (those are category Cs, never printable).
     t = type(value)
+    if t is dict or t is list or t is tuple:
+        if depth >= MAX_DEPTH:
+            raise _Bad(f"nested deeper than {MAX_DEPTH} levels (or cyclic)")
+        if t is dict:
+            return _freeze_dict(value.items(), depth)
+        return _freeze_list(value, depth)
     if t in _SCALAR_TYPES:
         return _scalar(value, t)
     if t is FrozenDict or t is FrozenList:
         return value  # already checked on its way in
     if depth >= MAX_DEPTH:
         raise _Bad(f"nested deeper than {MAX_DEPTH} levels (or cyclic)")
-    if t is dict or (t is not list and t is not tuple and isinstance(value, Mapping)):
-        out = {}
-        for k, v in value.items() if t is dict else _items(value):
-            if type(k) is not str:
-                bad = _Bad(f"dict keys must be str, not {type(k).__name__}")
-                bad.path.append(f"[{shown_repr(k)}]")
-                raise bad
-            tv = type(v)
-            if k.isascii() and (tv is int or tv is bool or v is None or (tv is str and v.isascii())) and (
-                    tv is not int or _INT_MIN <= v <= _INT_MAX):
-                out[k] = v  # the common case, checked inline: no call per element
-                continue
-            try:
-                if not _surrogate_free(k):
-                    raise _Bad("contains a lone surrogate, which is not valid Unicode text")
-                out[k] = _scalar(v, tv) if tv in _SCALAR_TYPES else _freeze_any(v, depth + 1)
-            except _Bad as bad:
-                bad.path.append(f"[{k!r}]")
-                raise
-        return FrozenDict(out)
-    if t is list or t is tuple or isinstance(value, (list, tuple)):
-        items = []
-        for i, v in enumerate(value if t is list or t is tuple else _elements(value)):
-            tv = type(v)
-            if tv is str and v.isascii():
-                items.append(v)
-                continue
-            try:
-                items.append(_scalar(v, tv) if tv in _SCALAR_TYPES else _freeze_any(v, depth + 1))
-            except _Bad as bad:
-                bad.path.append(f"[{i}]")
-                raise
-        return FrozenList(items)
+    if isinstance(value, Mapping):  # (an exact list or tuple went above)
+        return _freeze_dict(_items(value), depth)
+    if isinstance(value, (list, tuple)):
+        return _freeze_list(_elements(value), depth)
     if isinstance(value, int | float | str):  # subclasses (IntEnum, str Enum...): store the plain value
         # the subclass's own conversion is user code: it may raise (the value is then refused)
         base = int if isinstance(value, int) else float if isinstance(value, float) else str
@@ -258,6 +238,47 @@ def _freeze_any(value: Any, depth: int) -> Any:  # noqa: PLR0912 - one flat bran
             raise _Bad(f"converting this {type(value).__name__} to {base.__name__} raised {_exc_name(exc)}") from None
         return _freeze_any(plain, depth)
     raise _Bad(f"{type(value).__name__} is not JSON-compatible")
+
+
+def _freeze_dict(items: Any, depth: int) -> FrozenDict:
+    """A frozen copy of a mapping's `items` (the mapping is `depth` levels deep, under the limit)."""
+    out = {}
+    for k, v in items:
+        if type(k) is not str:
+            bad = _Bad(f"dict keys must be str, not {type(k).__name__}")
+            bad.path.append(f"[{shown_repr(k)}]")
+            raise bad
+        tv = type(v)
+        if (k.isascii() or k.isprintable()) and (
+                (tv is str and (v.isascii() or v.isprintable())) or (tv is int and _INT_MIN <= v <= _INT_MAX)
+                or v is None or tv is bool or (tv is float and v - v == 0.0)):
+            out[k] = v  # the common case, checked inline: no call per element (finite: inf - inf is nan)
+            continue
+        try:
+            if not _surrogate_free(k):
+                raise _Bad("contains a lone surrogate, which is not valid Unicode text")
+            out[k] = _scalar(v, tv) if tv in _SCALAR_TYPES else _freeze_any(v, depth + 1)
+        except _Bad as bad:
+            bad.path.append(f"[{k!r}]")
+            raise
+    return FrozenDict(out)
+
+
+def _freeze_list(elements: Any, depth: int) -> FrozenList:
+    """A frozen copy of a sequence's `elements` (as `_freeze_dict`)."""
+    items: list[Any] = []
+    for v in elements:
+        tv = type(v)
+        if (tv is str and (v.isascii() or v.isprintable())) or (tv is int and _INT_MIN <= v <= _INT_MAX) or (
+                v is None or tv is bool or (tv is float and v - v == 0.0)):
+            items.append(v)  # the common case, checked inline (as in _freeze_dict)
+            continue
+        try:
+            items.append(_scalar(v, tv) if tv in _SCALAR_TYPES else _freeze_any(v, depth + 1))
+        except _Bad as bad:
+            bad.path.append(f"[{len(items)}]")  # the index of the element that failed
+            raise
+    return FrozenList(items)
 
 
 def _items(mapping: Any) -> list[tuple[Any, Any]]:
@@ -289,21 +310,31 @@ def _freeze(value: Any, key: str, path: str, depth: int, context_id: str | None)
     """Frozen `value`, or `InvalidValueError` naming `key` and the path inside the value."""
     try:
         return _freeze_any(value, depth)
-    except _Bad as bad:
-        raise InvalidValueError(key, bad.reason, path=path + "".join(reversed(bad.path)),
-                                context_id=context_id) from None
-    except RecursionError:
-        raise InvalidValueError(key, f"nested too deeply (or cyclic) to check; the limit is {MAX_DEPTH}",
-                                path=path, context_id=context_id) from None
-    except Exception as exc:  # noqa: BLE001 - the value's own code (a property, __instancecheck__) raised
-        raise InvalidValueError(key, f"checking this {type(value).__name__} raised {_exc_name(exc)}",
-                                path=path, context_id=context_id) from None
+    except Exception as exc:  # noqa: BLE001 - see _refused
+        raise _refused(exc, value, key, path, context_id) from None
+
+
+def _refused(exc: Exception, value: Any, key: str, path: str, context_id: str | None) -> InvalidValueError:
+    """The `InvalidValueError` for `exc`, raised while checking `value` (of `key`, at `path`)."""
+    if isinstance(exc, _Bad):
+        return InvalidValueError(key, exc.reason, path=path + "".join(reversed(exc.path)), context_id=context_id)
+    if isinstance(exc, RecursionError):
+        return InvalidValueError(key, f"nested too deeply (or cyclic) to check; the limit is {MAX_DEPTH}",
+                                 path=path, context_id=context_id)
+    # the value's own code (a property, __instancecheck__) raised
+    return InvalidValueError(key, f"checking this {type(value).__name__} raised {_exc_name(exc)}",
+                             path=path, context_id=context_id)
 
 
 def freeze_value(key: str, value: Any, max_bytes: int | None = None, context_id: str | None = None) -> Any:
     """Check one value and return its frozen form; raise `InvalidValueError` naming `key` if it is not
     JSON-compatible, deeper than `MAX_DEPTH`, or (when `max_bytes` is given) larger than `max_bytes`
     once encoded as JSON."""
+    tv = type(value)
+    if max_bytes is None and ((tv is str and (value.isascii() or value.isprintable())) or (
+            tv is int and _INT_MIN <= value <= _INT_MAX) or value is None or tv is bool or (
+            tv is float and value - value == 0.0)):
+        return value  # a scalar that passes the checks inline (as in freeze_mapping)
     frozen = _freeze(value, key, "", 0, context_id)
     if max_bytes is not None:
         size = encoded_size(frozen)
@@ -328,9 +359,29 @@ def freeze_mapping(mapping: object, max_bytes: int | None = None, context_id: st
         raise InvalidValueError(None, f"checking this {type(mapping).__name__} raised {_exc_name(exc)}",
                                 context_id=context_id) from None
     out = {}
+    if max_bytes is not None:
+        for k, v in items:
+            key = validate_key(k, context_id)
+            out[key] = freeze_value(key, v, max_bytes, context_id)
+        return out
     for k, v in items:
-        key = validate_key(k, context_id)
-        out[key] = freeze_value(key, v, max_bytes, context_id)
+        # the common case checked inline (an update of 1,000 keys makes no call per key): an ASCII key
+        # (its length is its UTF-8 size) without NUL, and a scalar value; anything else takes the full checks
+        if type(k) is str and k.isascii() and 0 < len(k) <= MAX_KEY_BYTES and "\x00" not in k:
+            key = k
+        else:
+            key = validate_key(k, context_id)
+        tv = type(v)
+        if (tv is str and (v.isascii() or v.isprintable())) or (tv is int and _INT_MIN <= v <= _INT_MAX) or (
+                v is None or tv is bool or (tv is float and v - v == 0.0)):  # finite: inf - inf is nan
+            out[key] = v
+        elif tv is dict or tv is list:
+            try:  # straight to the container's checks (a top-level value is at depth 0)
+                out[key] = _freeze_dict(v.items(), 0) if tv is dict else _freeze_list(v, 0)
+            except Exception as exc:  # noqa: BLE001 - translated as _freeze does
+                raise _refused(exc, v, key, "", context_id) from None
+        else:
+            out[key] = _freeze(v, key, "", 0, context_id)
     return out
 
 

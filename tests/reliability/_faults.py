@@ -235,6 +235,10 @@ class PgFaults:
                     raise psycopg.OperationalError("simulated: the server cannot be reached for the lookup")
                 cur = super().execute(query, params, **kwargs)
                 if query == "COMMIT" and faults.after_commit is not None:
+                    if self._pipeline is not None:
+                        # queued in a pipeline (the store sends the feed rows with COMMIT): have the
+                        # server run it before the fault, as a COMMIT outside a pipeline would have
+                        self._pipeline.sync()
                     faults.after_commit(self)
                 return cur
 

@@ -336,6 +336,19 @@ def test_commits_notify_listeners_of_other_stores_with_id_and_version(make_pg_st
             conn.execute(pgsql.SQL("DROP SCHEMA {} CASCADE").format(pgsql.Identifier(other_schema.schema)))
 
 
+def test_a_batch_of_appends_notifies_each_context_once_with_its_last_version(make_pg_store: MakeStore) -> None:
+    """Appends-only batches (the common commit) carry their versions in the notice themselves."""
+    writer, reader = make_pg_store(owner_id="writer"), make_pg_store(owner_id="reader")
+    with reader.listen() as listener:
+        writer.commit([CreateContext(new_state("c")), CreateContext(new_state("b"))])
+        collect(listener, 2)
+        writer.commit([Append("c", change(2)), Append("b", change(2)), Append("c", change(3))])
+        got = collect(listener, 2)
+        assert [(n.context_id, n.version, n.ops, n.owner) for n in got] == [
+            ("b", 2, ("append",), "writer"), ("c", 3, ("append",), "writer")]
+        assert listener.wait(0.05) == []
+
+
 def test_a_listener_whose_connection_dies_raises_then_listens_again(make_pg_store: MakeStore, pg_dsn: str) -> None:
     writer = make_pg_store()
     with writer.listen() as listener:
@@ -409,6 +422,28 @@ def test_a_connection_killed_mid_commit_is_a_persistence_error_and_nothing_is_lo
     assert s.verify() == []
 
 
+def test_a_commit_that_waits_too_long_for_the_feed_head_commits_nothing(make_pg_store: MakeStore, pg_dsn: str,
+                                                                         pg_schema: str) -> None:
+    """The feed rows and COMMIT go to the server together: when the feed rows fail (here: the feed_head
+    row is locked by another session past lock_timeout), the COMMIT behind them does not run."""
+    s = make_pg_store(lock_timeout=0.2)
+    st = new_state("c")
+    s.commit([CreateContext(st)])
+    with psycopg.connect(pg_dsn, autocommit=False) as locker:
+        locker.execute(pgsql.SQL("SELECT head FROM {}.feed_head WHERE id = 1 FOR UPDATE").format(
+            pgsql.Identifier(pg_schema)))
+        with pytest.raises(PersistenceError, match="lock_timeout"):
+            s.commit([Append("c", change(2, x=1))])
+        locker.rollback()
+    assert s.load("c") == st
+    assert journal_versions(s, "c") == []
+    ch = change(2, x=2)
+    s.commit([Append("c", ch)])
+    assert s.load("c") == apply_change(st, ch)
+    assert [(e.offset, e.version) for e in s.feed()] == [(1, 1), (2, 2)]  # the failed one took no offset
+    assert s.verify() == []
+
+
 @pytest.mark.parametrize("breaks", ["after COMMIT", "before COMMIT"])
 def test_a_connection_lost_around_commit_is_resolved_by_transaction_status(
         make_pg_store: MakeStore, caplog: pytest.LogCaptureFixture, breaks: str) -> None:
@@ -422,7 +457,11 @@ def test_a_connection_lost_around_commit_is_resolved_by_transaction_status(
                 return super().execute(query, params, **kwargs)
             armed.clear()
             if breaks == "after COMMIT":
-                super().execute(query, params, **kwargs)  # the server has committed; then the session ends
+                super().execute(query, params, **kwargs)
+                # in a pipeline (the feed rows go with COMMIT) the call returns once COMMIT is sent:
+                # wait until the server has committed; then the session ends
+                wait_for(lambda: sql(self_dsn, "SELECT 1 FROM journal WHERE version = 2", schema=s.schema), 10,
+                         "the commit to be visible")
             sql(self_dsn, "SELECT pg_terminate_backend(%s)", (self.info.backend_pid,))
             return wait_for(lambda: super(BreakAtCommit, self).execute("SELECT 1") and False, 10,
                             "the connection to break")  # raises once the client learns it
