@@ -807,11 +807,13 @@ class RowStore:
         try:
             blob = next(b for v, b in rows.snapshot_rows(context_id) if v == base)
             state = decode_state_row(self.codec, blob, context_id, f"snapshot v{base} of {context_id!r}", base)
+            changes: list[Change] = []
             for v, jblob in rows.journal_rows(context_id, base, version):
-                if v != state.version + 1:
+                if v != base + len(changes) + 1:
                     return None
-                state = apply_change(state, decode_change_row(
-                    self.codec, jblob, context_id, f"journal entry v{v} of {context_id!r}", v))
+                what = f"journal entry v{v} of {context_id!r}"
+                changes.append(decode_change_row(self.codec, jblob, context_id, what, v))
+            state = apply_changes(state, changes)
         except (CorruptStateError, StopIteration):
             return None
         return state if state.version == version else None
