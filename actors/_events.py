@@ -7,21 +7,26 @@ change is committed (``immediate``) or applied (``deferred``/``none``), by the o
 publishes that context's states, so per context they arrive **in version order, with no gaps and
 no coalescing**.
 
-Delivery: emitters tell the `EventBusActor`, which tells each matching subscription. A callable
-subscriber gets its own `SubscriberActor`, so a slow one delays only itself, never a context or
-another subscriber; one that raises is logged and keeps its subscription. A pykka `ActorRef`
-subscriber receives the events as messages; if it has died it is dropped with a log line. Emitting
-costs one attribute read when nobody subscribes (`EventGate.active`).
+Delivery: the `EventBusActor` keeps the subscriptions and publishes them to emitters as one tuple
+(`EventGate.routes`); the emitting thread delivers each event itself, with no hop through the bus.
+A callable subscriber gets its own `SubscriberActor`: the emitter appends the event to that
+subscription's queue and wakes the actor with one message per burst (not one per event), so a slow
+subscriber delays only itself, never a context or another subscriber; one that raises is logged and
+keeps its subscription. A pykka `ActorRef` subscriber is told the events as messages; if it has died
+it is dropped with a log line. A subscriber over its backlog limit is reported to the bus, which
+applies its overflow policy. Emitting costs one attribute read when nobody subscribes
+(`EventGate.active`).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any
 
 import attrs
@@ -193,26 +198,30 @@ OVERFLOW_POLICIES = ("drop_subscriber", "drop_events")
 
 
 class EventGate:
-    """Read by emitters before building an event: False while nobody subscribes. Written only by the
-    bus actor (one reference assignment)."""
+    """Read by emitters: `active` (False while nobody subscribes; checked before building an event)
+    and `routes`, the subscriptions to deliver to. Written only by the bus actor, each slot with one
+    reference assignment (`routes` is a new tuple every time), so emitters read it without a lock."""
 
-    __slots__ = ("active",)
+    __slots__ = ("active", "routes")
 
     def __init__(self) -> None:
         self.active = False
+        self.routes: tuple[_Route, ...] = ()
 
 
 @attrs.frozen
 class Publish:
+    """To the bus (told): deliver `event` from the bus's thread (emitters deliver themselves)."""
+
     event: ContextEvent
 
 
 @attrs.frozen
 class Subscribe:
-    target: Any  # ActorRef, or a callable run inline by the bus (internal, must be quick)
+    target: Any  # ActorRef, or a callable (run in its own actor; inline: in the emitting thread)
     context_id: str | None
     kinds: tuple[type, ...] | None
-    inline: bool = False
+    inline: bool = False  # internal: a quick, thread-safe callable run by whoever emits
     max_backlog: int | None = None  # None: the bus's default
     overflow: str | None = None  # one of OVERFLOW_POLICIES; None: the bus's default
 
@@ -228,41 +237,209 @@ class Unsubscribe:
 
 
 @attrs.frozen
-class _Deliver:
-    event: ContextEvent
+class _Overflowed:
+    """To the bus (told by an emitter): subscription `sub_id` was `backlog` events behind, its limit."""
+
+    sub_id: int
+    backlog: int
 
 
-class _Cancelled:
-    """Set by the bus (its only writer) when a subscription ends: its actor skips what is queued."""
+class _Drain:
+    """To a `SubscriberActor` (told): events wait in its route's queue."""
 
-    __slots__ = ("cancelled",)
 
-    def __init__(self) -> None:
+_DRAIN = _Drain()
+
+
+class _Route:
+    """One subscription as emitters see it. The bus creates it and publishes it in `EventGate.routes`;
+    emitters (any thread) call `offer`. Flags are single reference assignments, each with the writers
+    its subclass names; no lock is needed because a stale read only delays an effect by one event.
+
+    `cancelled` is set when the subscription ends (by the bus; by an emitter that found it over its
+    limit with ``"drop_subscriber"``, which then tells the bus): nothing is delivered after it.
+    """
+
+    __slots__ = ("cancelled", "context_id", "kinds", "max_backlog", "overflow", "sub_id", "target")
+
+    def __init__(self, sub_id: int, sub: Subscribe, max_backlog: int, overflow: str) -> None:
+        self.sub_id = sub_id
+        self.target = sub.target
+        self.context_id = sub.context_id
+        self.kinds = sub.kinds
+        self.max_backlog = max_backlog
+        self.overflow = overflow
         self.cancelled = False
+
+    def offer(self, event: ContextEvent, bus: pykka.ActorRef[Any] | None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def backlog(self) -> int:
+        """Events waiting for this subscriber now (0 when that cannot be measured)."""
+        return 0
+
+    def waiting(self) -> Sized:
+        """What `MetricsBoard` measures with ``len`` for this subscription's backlog."""
+        return ()
+
+    def _over_limit(self, bus: pykka.ActorRef[Any] | None, backlog: int) -> None:
+        """Over its limit with ``"drop_subscriber"``: stop delivering at once, have the bus end it
+        (once: a second emitter that finds it cancelled does nothing)."""
+        if not self.cancelled:
+            self.cancelled = True
+            _tell_bus(bus, _Overflowed(self.sub_id, backlog))
+
+
+class _InlineRoute(_Route):
+    """An internal, quick, thread-safe callable, run by the emitting thread itself."""
+
+    __slots__ = ()
+
+    def offer(self, event: ContextEvent, bus: pykka.ActorRef[Any] | None) -> None:
+        if self.cancelled:
+            return
+        try:
+            self.target(event)
+        except Exception:
+            log.exception("inline subscriber raised on %r", event)
+
+
+class _QueuedRoute(_Route):
+    """A callable subscriber run by its own `SubscriberActor`: emitters append events to `queue` (a
+    deque: ``append``/``popleft`` are atomic) and wake the actor with one `_Drain` only when it is
+    not already due to look (`scheduled`), so a burst costs one pykka message, not one per event.
+
+    `scheduled` is set by emitters and cleared by the actor *before* it empties the queue: an event
+    appended after the actor's last look finds it cleared and sends a `_Drain`, so none is left
+    behind; a race of two emitters only sends an extra `_Drain`, which finds the queue empty.
+    `skipping` (``"drop_events"``: over the limit, reported) is written by emitters.
+    """
+
+    __slots__ = ("queue", "ref", "scheduled", "skipping")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.queue: collections.deque[ContextEvent] = collections.deque()
+        self.scheduled = False
+        self.skipping = False
+        self.ref: pykka.ActorRef[Any] | None = None
+
+    def offer(self, event: ContextEvent, bus: pykka.ActorRef[Any] | None) -> None:
+        if self.cancelled:
+            return
+        queued = self.queue
+        if len(queued) >= self.max_backlog:
+            if self.overflow != "drop_events":
+                self._over_limit(bus, len(queued))
+            elif not self.skipping:
+                self.skipping = True
+                _tell_bus(bus, _Overflowed(self.sub_id, len(queued)))
+            return
+        if self.skipping:
+            self.skipping = False
+        queued.append(event)
+        if not self.scheduled and self.ref is not None:
+            self.scheduled = True
+            try:  # noqa: SIM105 - once per burst: a try costs nothing, suppress() builds an object
+                self.ref.tell(_DRAIN)
+            except pykka.ActorDeadError:
+                pass  # its subscription is ending (the bus stopped it)
+
+    def backlog(self) -> int:
+        return len(self.queue)
+
+    def waiting(self) -> Sized:
+        return self.queue
+
+
+class _ActorRoute(_Route):
+    """A pykka actor subscriber: events are told to it, its mailbox is its backlog."""
+
+    __slots__ = ("skipping",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.skipping = False
+
+    def offer(self, event: ContextEvent, bus: pykka.ActorRef[Any] | None) -> None:
+        if self.cancelled:
+            return
+        backlog = self.backlog()
+        if backlog >= self.max_backlog:
+            if self.overflow != "drop_events":
+                self._over_limit(bus, backlog)
+            elif not self.skipping:
+                self.skipping = True
+                _tell_bus(bus, _Overflowed(self.sub_id, backlog))
+            return
+        if self.skipping:
+            self.skipping = False
+        try:
+            self.target.tell(event)
+        except pykka.ActorDeadError:
+            if not self.cancelled:
+                self.cancelled = True
+                log.warning("event subscriber %r is dead; dropping its subscription", self.target)
+                _tell_bus(bus, Unsubscribe(self.sub_id))
+
+    def backlog(self) -> int:
+        inbox = getattr(self.target, "actor_inbox", None)
+        return len(inbox.queue) if isinstance(inbox, queue.Queue) else 0
+
+    def waiting(self) -> Sized:
+        inbox = getattr(self.target, "actor_inbox", None)
+        return inbox.queue if isinstance(inbox, queue.Queue) else ()
+
+
+def _tell_bus(bus: pykka.ActorRef[Any] | None, message: Any) -> None:
+    if bus is not None:
+        with contextlib.suppress(pykka.ActorDeadError):  # the system is stopping
+            bus.tell(message)
+
+
+def deliver(routes: tuple[_Route, ...], event: ContextEvent, bus: pykka.ActorRef[Any] | None) -> None:
+    """Offer `event` to every route that wants it, in the calling thread (an emitter's)."""
+    cid = event.context_id
+    for route in routes:
+        if route.context_id is not None and route.context_id != cid:
+            continue
+        if route.kinds is not None and not isinstance(event, route.kinds):
+            continue
+        route.offer(event, bus)
 
 
 class SubscriberActor(pykka.ThreadingActor):
-    """Runs one callable subscriber, one event at a time, in event order."""
+    """Runs one callable subscriber, one event at a time, in event order: on each `_Drain` it takes
+    the events of its route's queue until it is empty or the subscription ends."""
 
     use_daemon_thread = True
 
-    def __init__(self, fn: Callable[[ContextEvent], Any], token: _Cancelled | None = None) -> None:
+    def __init__(self, fn: Callable[[ContextEvent], Any], route: _QueuedRoute) -> None:
         super().__init__()
         self.fn = fn
-        self.token = token if token is not None else _Cancelled()
+        self.route = route
 
     def on_receive(self, message: Any) -> None:
-        if isinstance(message, _Deliver):
-            if self.token.cancelled:
-                return  # cancelled, dropped or stopping: what is still queued is not delivered
+        if message is not _DRAIN:
+            return
+        route, fn = self.route, self.fn
+        route.scheduled = False  # before looking: see _QueuedRoute
+        popleft = route.queue.popleft
+        while not route.cancelled:  # cancelled, dropped or stopping: what is still queued is not delivered
             try:
-                self.fn(message.event)
+                event = popleft()
+            except IndexError:
+                return
+            try:
+                fn(event)
             except Exception:
-                log.exception("event subscriber %r raised on %r; it stays subscribed", self.fn, message.event)
+                log.exception("event subscriber %r raised on %r; it stays subscribed", fn, event)
 
 
 class EventBusActor(pykka.ThreadingActor):
-    """Fans events out to subscriptions. See the module docstring."""
+    """Keeps the subscriptions and publishes them to emitters (`EventGate.routes`), which deliver
+    each event themselves; it acts on what emitters report (a subscriber over its limit, a dead
+    one). See the module docstring."""
 
     use_daemon_thread = True
 
@@ -273,109 +450,80 @@ class EventBusActor(pykka.ThreadingActor):
         self.board = board  # where metrics() reads the subscribers' backlogs, without asking
         self.max_backlog = max_backlog
         self.overflow = overflow
-        self.subs: dict[int, Subscribe] = {}
+        self.subs: dict[int, _Route] = {}
         self.owned: dict[int, pykka.ActorRef[Any]] = {}  # subscriber actors this bus started
-        self.tokens: dict[int, _Cancelled] = {}
-        self.skipping: set[int] = set()  # "drop_events" subscriptions now skipping (reported once)
         self._ids = itertools.count(1)
-        self.delivered = 0
         self.dropped_subscribers = 0
-        self.skipped_events = 0
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Publish):
-            self._publish(message.event)
+            deliver(self.gate.routes, message.event, self.actor_ref)
+            return None
+        if isinstance(message, _Overflowed):
+            self._overflowed(message.sub_id, message.backlog)
             return None
         if isinstance(message, Subscribe):
-            sub_id = next(self._ids)
-            target = message.target
-            if not message.inline and not isinstance(target, pykka.ActorRef):
-                token = self.tokens[sub_id] = _Cancelled()
-                target = SubscriberActor.start(target, token)
-                self.owned[sub_id] = target
-            self.subs[sub_id] = attrs.evolve(
-                message, target=target,
-                max_backlog=self.max_backlog if message.max_backlog is None else message.max_backlog,
-                overflow=self.overflow if message.overflow is None else message.overflow)
-            self.gate.active = True
-            self._publish_subscribers()
-            return sub_id
+            return self._subscribe(message)
         if isinstance(message, Unsubscribe):
             self._drop(message.sub_id)
             return None
         if isinstance(message, Backlogs):
-            return {f"subscriber:{sub_id}": _backlog(sub.target) for sub_id, sub in self.subs.items()
-                    if not sub.inline}
+            return {f"subscriber:{sub_id}": route.backlog() for sub_id, route in self.subs.items()
+                    if not isinstance(route, _InlineRoute)}
         return None
+
+    def _subscribe(self, m: Subscribe) -> int:
+        sub_id = next(self._ids)
+        args = (sub_id, m, self.max_backlog if m.max_backlog is None else m.max_backlog,
+                self.overflow if m.overflow is None else m.overflow)
+        route: _Route
+        if m.inline:
+            route = _InlineRoute(*args)
+        elif isinstance(m.target, pykka.ActorRef):
+            route = _ActorRoute(*args)
+        else:
+            queued = route = _QueuedRoute(*args)
+            queued.ref = self.owned[sub_id] = SubscriberActor.start(m.target, queued)
+        self.subs[sub_id] = route
+        self._publish_routes()
+        return sub_id
 
     def _drop(self, sub_id: int) -> None:
         """End a subscription at once: its queued events are discarded, its actor stopped without
         waiting (a subscriber blocked in its own code cannot hold up the bus or a stop)."""
-        self.subs.pop(sub_id, None)
-        self.skipping.discard(sub_id)
-        token = self.tokens.pop(sub_id, None)
-        if token is not None:
-            token.cancelled = True
+        route = self.subs.pop(sub_id, None)
+        if route is not None:
+            route.cancelled = True
+            if isinstance(route, _QueuedRoute):
+                route.queue.clear()  # the memory of its queued events is freed even if it never looks again
         ref = self.owned.pop(sub_id, None)
         if ref is not None:
-            _discard_queued(ref)
             ref.stop(block=False)
-        self.gate.active = bool(self.subs)
-        self._publish_subscribers()
+        self._publish_routes()
 
-    def _publish_subscribers(self) -> None:
+    def _publish_routes(self) -> None:
+        routes = tuple(self.subs.values())
+        self.gate.routes = routes
+        self.gate.active = bool(routes)
         if self.board is not None:  # one reference assignment of a new tuple: readers need no lock
-            self.board.subscribers = tuple((i, sub.target) for i, sub in self.subs.items() if not sub.inline)
+            self.board.subscribers = tuple((r.sub_id, r.waiting()) for r in routes if not isinstance(r, _InlineRoute))
 
-    def _overflowed(self, sub_id: int, sub: Subscribe, backlog: int) -> bool:
-        """`sub` is `backlog` events behind, at its limit: apply its policy. Returns True when the
-        event at hand is not to be delivered to it."""
-        assert sub.overflow is not None
-        if sub.overflow == "drop_events":
-            self.skipped_events += 1
-            if sub_id in self.skipping:
-                return True
-            self.skipping.add(sub_id)
-        else:
+    def _overflowed(self, sub_id: int, backlog: int) -> None:
+        """An emitter found `sub_id` `backlog` events behind, at its limit, and stopped delivering to
+        it: end the subscription (``"drop_subscriber"``), log, and tell the other subscribers."""
+        route = self.subs.get(sub_id)
+        if route is None:
+            return  # already ended (a second emitter's report)
+        if route.overflow == "drop_subscriber":
             self._drop(sub_id)
             self.dropped_subscribers += 1
         log.error("event subscriber %r (subscription %d) is %d events behind, its limit; policy %r: %s",
-                  sub.target, sub_id, backlog, sub.overflow,
-                  "its subscription was ended" if sub.overflow == "drop_subscriber" else "events are skipped")
-        self._publish(SubscriberOverflow(context_id=None, at=time.time(), subscription=sub_id,
-                                         subscriber=repr(sub.target), backlog=backlog, policy=sub.overflow))
-        return True
-
-    def _publish(self, event: ContextEvent) -> None:
-        for sub_id, sub in list(self.subs.items()):
-            if sub.context_id is not None and sub.context_id != event.context_id:
-                continue
-            if sub.kinds is not None and not isinstance(event, sub.kinds):
-                continue
-            if sub.inline:
-                try:
-                    sub.target(event)
-                except Exception:
-                    log.exception("inline subscriber raised on %r", event)
-                continue
-            if isinstance(event, SubscriberOverflow) and event.subscription == sub_id:
-                continue
-            backlog = _backlog(sub.target)
-            assert sub.max_backlog is not None
-            if backlog >= sub.max_backlog:
-                if self._overflowed(sub_id, sub, backlog):
-                    continue
-            else:
-                self.skipping.discard(sub_id)
-            try:
-                if sub_id in self.owned:
-                    sub.target.tell(_Deliver(event))
-                else:
-                    sub.target.tell(event)
-                self.delivered += 1
-            except pykka.ActorDeadError:
-                log.warning("event subscriber %r is dead; dropping its subscription", sub.target)
-                self._drop(sub_id)
+                  route.target, sub_id, backlog, route.overflow,
+                  "its subscription was ended" if route.overflow == "drop_subscriber" else "events are skipped")
+        others = tuple(r for r in self.gate.routes if r.sub_id != sub_id)
+        deliver(others, SubscriberOverflow(context_id=None, at=time.time(), subscription=sub_id,
+                                           subscriber=repr(route.target), backlog=backlog, policy=route.overflow),
+                self.actor_ref)
 
     def on_stop(self) -> None:
         # never wait for subscribers: one blocked in its own code would hold up stop() for ever
@@ -384,28 +532,13 @@ class EventBusActor(pykka.ThreadingActor):
         self.owned.clear()
         self.subs.clear()
         self.gate.active = False
-
-
-def _backlog(target: Any) -> int:
-    """Events waiting in a subscriber actor's mailbox (0 for one whose mailbox cannot be measured):
-    the length of its deque, read without taking the queue's mutex (``len`` is atomic; ``qsize()``
-    would lock once per event and subscriber)."""
-    inbox = getattr(target, "actor_inbox", None)
-    return len(inbox.queue) if isinstance(inbox, queue.Queue) else 0
-
-
-def _discard_queued(ref: pykka.ActorRef[Any]) -> None:
-    """Empty the mailbox of a subscriber actor this bus owns (only the bus writes to it): the memory
-    of its queued events is freed even if it never takes another message."""
-    inbox = ref.actor_inbox
-    if isinstance(inbox, queue.Queue):
-        with contextlib.suppress(queue.Empty):
-            while True:
-                inbox.get_nowait()
+        self.gate.routes = ()
 
 
 class Emitter:
-    """What actors hold to emit events: the gate (checked first) and the bus."""
+    """What actors hold to emit events: the gate (checked first) and the bus. Emitting delivers in
+    the emitting thread: an append to each matching callable subscriber's queue (plus one wake-up
+    message per burst), a tell to each actor subscriber, a call of each inline one."""
 
     __slots__ = ("bus", "clock", "gate")
 
@@ -420,15 +553,12 @@ class Emitter:
 
     def emit(self, event: ContextEvent) -> None:
         if self.gate.active and self.bus is not None:
-            try:  # noqa: SIM105 - on every write: a try costs nothing, suppress() builds an object per call
-                self.bus.tell(Publish(event))
-            except pykka.ActorDeadError:
-                pass  # the system is stopping
+            deliver(self.gate.routes, event, self.bus)
 
     def __call__(self, cls: type[ContextEvent], context_id: str | None, **fields: Any) -> None:
         """Build and emit an event, only if anybody subscribes."""
         if self.gate.active and self.bus is not None:
-            self.emit(cls(context_id=context_id, at=self.clock(), **fields))
+            deliver(self.gate.routes, cls(context_id=context_id, at=self.clock(), **fields), self.bus)
 
 
 NO_EVENTS = Emitter(EventGate(), None, lambda: 0.0)

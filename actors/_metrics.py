@@ -23,7 +23,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import queue
 import re
 from collections.abc import Iterable, Mapping, Sized
 from functools import cache
@@ -264,7 +263,8 @@ class MetricsBoard:
     Slots:
         census: the supervisor's `Census`.
         persistence: a callable, safe from any thread, returning the persistence actor's part.
-        subscribers: ``(subscription id, subscriber actor ref)`` of the bus's queued subscriptions.
+        subscribers: ``(subscription id, what waits for it)`` of the bus's queued subscriptions: a
+            sized collection (its event queue, or its actor's mailbox) whose ``len`` is the backlog.
     """
 
     __slots__ = ("census", "persistence", "subscribers")
@@ -272,7 +272,7 @@ class MetricsBoard:
     def __init__(self) -> None:
         self.census = Census()
         self.persistence: Any = None
-        self.subscribers: tuple[tuple[int, Any], ...] = ()
+        self.subscribers: tuple[tuple[int, Sized], ...] = ()
 
     def read(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Every part for `Metrics.from_parts` (the live contexts summed into one) and the context
@@ -299,12 +299,7 @@ class MetricsBoard:
             parts.append(persistence())
         sizes = [len(waiting) for waiting in census.mailboxes]
         depths = {"contexts_total": sum(sizes), "contexts_max": max(sizes, default=0)}
-        for sub_id, ref in self.subscribers:
-            depths[f"subscriber:{sub_id}"] = _waiting(getattr(ref, "actor_inbox", None))
+        for sub_id, waiting in self.subscribers:
+            depths[f"subscriber:{sub_id}"] = len(waiting)  # a deque's len: atomic, no lock
         return parts, depths
 
-
-def _waiting(inbox: Any) -> int:
-    """Messages in a mailbox: the length of a `queue.Queue`'s deque (atomic; no lock taken, unlike
-    ``qsize()``), 0 for anything else."""
-    return len(inbox.queue) if isinstance(inbox, queue.Queue) else 0

@@ -1249,8 +1249,8 @@ class _Counter(pykka.ThreadingActor):
 def _event_delivery(run: _Run) -> tuple[list[float], list[float], int]:
     """StateChanged to one callable subscriber against pykka tells of the same event objects to a bare
     counting actor: (values, floors, events a round). The events are emitted into the system's event
-    path as a context actor emits them after a commit (emitter -> bus actor -> subscriber actor ->
-    callable), so the writes that would cause them are not part of the figure."""
+    path as a context actor emits them after a commit (emitter -> the subscription's queue ->
+    subscriber actor -> callable), so the writes that would cause them are not part of the figure."""
     n = run.n(1_000, 5_000)
     items = _items(n)
     system = run.system(None, "none")
@@ -1347,7 +1347,7 @@ def _events(run: _Run) -> list[BenchRow]:
     ordered = sorted(lat)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return [_row("events_delivery", values, floors, f"{n} events a round, emitted as after a commit; the "
-                                                    "subscriber runs in its own actor (bus + subscriber hops)"),
+                                                    "subscriber runs in its own actor (a queue; one wake-up a burst)"),
             _row("events_latency", lat, commits,
                  f"{m} sets; latency median {statistics.median(lat):.2f} ms, p99 {p99:.2f} ms (the event's `at` "
                  "to the callback); floor: the median raw commit; target ratio chosen here (issue: report only)")]
@@ -1364,10 +1364,13 @@ class SoakReport:
         distinct: distinct contexts touched.
         hot_writes: writes to the hot set.
         rss_start_mib / rss_end_mib: resident memory of this process at the start and at the end.
-        growth_per_100k: MiB of RSS growth per 100,000 activations after the warm-up (the slope of a
-            least-squares line through the samples after it); None with too few samples.
-        samples: ``(activations, rss_mib)`` every sample, warm-up included.
+        growth_per_100k: MiB of RSS growth per 100,000 activations after the warm-up: the slope of a
+            least-squares fit of RSS on activations *and the number of active contexts* through the
+            samples after it (see `_growth`); None with too few samples.
+        samples: ``(activations, rss_mib, active_contexts)`` every sample, warm-up included.
         load_average: the machine's 1-minute load average at the end.
+        rss_per_active_kib: KiB of RSS per active context, from the same fit (None with too few
+            samples or no spread in the active count): what a live actor costs, not a leak.
     """
 
     minutes: float
@@ -1377,8 +1380,9 @@ class SoakReport:
     rss_start_mib: float
     rss_end_mib: float
     growth_per_100k: float | None
-    samples: tuple[tuple[int, float], ...]
+    samples: tuple[tuple[int, float, int], ...]
     load_average: float
+    rss_per_active_kib: float | None = None
 
 
 def _rss_mib() -> float:
@@ -1393,15 +1397,16 @@ def run_soak(minutes: float, *, workdir: str | None = None, distinct: int = 20_0
     One system on a SQLite file (durability deferred, as a daemon would run it) with at most 200
     active contexts and idle passivation after 1 s: every round touches the next of `distinct`
     contexts once (a creation on the first pass, an activation of a passivated or evicted one
-    after) and writes to the next of `hot` hot contexts. RSS is sampled every 500 activations;
-    the first third of the run is the warm-up (caches, the store's page cache, interned strings).
+    after) and writes to the next of `hot` hot contexts. RSS and the number of active contexts are
+    sampled every 500 activations; the first third of the run is the warm-up (caches, the store's
+    page cache, interned strings).
     Blocks for `minutes`; the store is removed afterwards. `progress(activations, rss_mib)` is
     called at each sample.
     """
     deadline = time.monotonic() + minutes * 60
     warm_until = time.monotonic() + minutes * 20
-    samples: list[tuple[int, float]] = []
-    warm: list[tuple[int, float]] = []
+    samples: list[tuple[int, float, int]] = []
+    warm: list[tuple[int, float, int]] = []
     with tempfile.TemporaryDirectory(prefix="hoard-soak-", dir=workdir) as tmp:
         system = open_system(os.path.join(tmp, "soak.db"),
                              manager_config=ContextManagerConfig(durability="deferred"),
@@ -1417,29 +1422,48 @@ def run_soak(minutes: float, *, workdir: str | None = None, distinct: int = 20_0
                 touched += 1
                 hot_set[touched % hot].set("n", hot_writes)
                 hot_writes += 1
-                activations = system.metrics().activations
+                metrics = system.metrics()
+                activations = metrics.activations
                 if activations >= next_sample:
                     next_sample += 500
                     gc.collect()
-                    point = (activations, _rss_mib())
+                    point = (activations, _rss_mib(), metrics.active_contexts)
                     samples.append(point)
                     if time.monotonic() >= warm_until:
                         warm.append(point)
                     if progress is not None:
-                        progress(*point)
+                        progress(*point[:2])
             activations = system.metrics().activations
         finally:
             system.stop()
         end = _rss_mib()
-    growth = None
-    if len(warm) >= 3:
-        xs, ys = [float(a) for a, _ in warm], [r for _, r in warm]
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        var = sum((x - mx) ** 2 for x in xs)
-        if var > 0:
-            growth = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 100_000
-    return SoakReport(minutes, activations, min(touched, distinct), hot_writes, start, end, growth, tuple(samples),
-                      os.getloadavg()[0])
+    growth, per_active = _growth(warm)
+    return SoakReport(minutes, activations, min(touched, distinct), hot_writes, start, end,
+                      None if growth is None else growth * 100_000, tuple(samples), os.getloadavg()[0],
+                      None if per_active is None else per_active * 1024)
+
+
+def _growth(samples: Sequence[tuple[int, float, int]]) -> tuple[float | None, float | None]:
+    """Least squares of RSS on activations and active contexts: (MiB per activation, MiB per active
+    context). The active count matters: with idle passivation it follows the activation rate (a
+    loaded machine keeps fewer contexts alive at once), and every live actor holds a thread and its
+    state, so a swing of 50 live contexts over a 3-minute run used to read as tens of MiB "growth"
+    per 100,000 activations (tests/cli/test_bench.py pins this). Without spread in the active count
+    it is the plain slope on activations. (None, None) with fewer than 3 samples."""
+    if len(samples) < 3:
+        return None, None
+    xs, ys, zs = ([float(a) for a, _, _ in samples], [r for _, r, _ in samples],
+                  [float(n) for _, _, n in samples])
+    mx, my, mz = statistics.fmean(xs), statistics.fmean(ys), statistics.fmean(zs)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    szz = sum((z - mz) ** 2 for z in zs)
+    sxz = sum((x - mx) * (z - mz) for x, z in zip(xs, zs, strict=True))
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    szy = sum((z - mz) * (y - my) for z, y in zip(zs, ys, strict=True))
+    det = sxx * szz - sxz * sxz
+    if szz > 0 and det > 1e-9 * sxx * szz:
+        return (szz * sxy - sxz * szy) / det, (sxx * szy - sxz * sxy) / det
+    return (sxy / sxx if sxx > 0 else None), None
 
 
 def _rate_of_writes(write: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]]) -> float:

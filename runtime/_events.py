@@ -47,7 +47,8 @@ def subscribe(system: SystemCore, subscriber: Callable[[ContextEvent], Any] | py
               context_id: str | None = None, kinds: Iterable[type[ContextEvent]] | None = None,
               timeout: float | None = None, inline: bool = False, max_backlog: int | None = None,
               overflow: str | None = None) -> Subscription:
-    """See `ContextSystem.subscribe`. `inline` (internal) runs a quick callable in the bus itself."""
+    """See `ContextSystem.subscribe`. `inline` (internal) runs a quick, thread-safe callable in
+    whichever thread emits the event (a context, the persistence actor, the supervisor)."""
     if max_backlog is not None and (isinstance(max_backlog, bool) or not isinstance(max_backlog, int)
                                     or max_backlog < 1):
         raise InvalidValueError("max_backlog", f"must be a positive int or None, not {max_backlog!r}")

@@ -130,17 +130,7 @@ _CONTAINERS = frozenset({dict, list})
 
 
 def _decoded_map(value: Any, _: object = None) -> immutables.Map[str, Any]:
-    if type(value) is not dict:
-        raise CorruptStateError(f"expected a JSON object, found {type(value).__name__}")
-    if "" in value:
-        raise CorruptStateError("a stored mapping has an empty key")
-    for k, v in value.items():  # the decoded dict is ours: its containers are frozen in place
-        t = type(v)
-        if t is dict:
-            value[k] = _freeze_decoded_dict(v, 0)
-        elif t is list:
-            value[k] = _freeze_decoded_list(v, 0)
-    return immutables.Map(value)
+    return immutables.Map(_owned_dict(value))  # the decoded dict is ours: its containers are frozen in place
 
 
 def _decoded_dict(value: Any, _: object = None) -> Mapping[str, Any]:
@@ -224,8 +214,8 @@ def _change_of(obj: Any) -> Change:
     `CorruptStateError`; unknown fields are ignored (a newer writer may add some).
     """
     version, at, data_del, meta_del, forget, replace, rid, by = _change_scalars(obj)
-    data_set = _decoded_dict(obj["data_set"]) if "data_set" in obj else _NO_CHANGES
-    meta_set = _decoded_dict(obj["meta_set"]) if "meta_set" in obj else _NO_CHANGES
+    data_set = _owned_dict(obj["data_set"]) if "data_set" in obj else _NO_CHANGES
+    meta_set = _owned_dict(obj["meta_set"]) if "meta_set" in obj else _NO_CHANGES
     return Change(version, at, data_set, data_del, meta_set, meta_del, replace, rid, forget, by)
 
 
@@ -280,6 +270,22 @@ def _plain_map(obj: dict[str, Any], name: str) -> dict[str, Any]:
     for v in value.values():
         if type(v) in _CONTAINERS:
             _check_depth(v, 0)
+    return value
+
+
+def _owned_dict(value: Any) -> Mapping[str, Any]:
+    """`_decoded_dict` for a dict this module just decoded (nobody else holds it): its containers are
+    frozen in place instead of copying it (the feed, history and `state_at` decode one per change)."""
+    if type(value) is not dict:
+        raise CorruptStateError(f"expected a JSON object, found {type(value).__name__}")
+    if "" in value:
+        raise CorruptStateError("a stored mapping has an empty key")
+    for k, v in value.items():
+        t = type(v)
+        if t is dict:
+            value[k] = _freeze_decoded_dict(v, 0)  # an existing key: the dict keeps its size and order
+        elif t is list:
+            value[k] = _freeze_decoded_list(v, 0)
     return value
 
 

@@ -315,6 +315,7 @@ class MemoryStore:
                 copied = {**self.__dict__, "_contexts": dict(self._contexts)}
                 if self._seq == seq:
                     break
+            time.sleep(0)  # a commit is installing (or just did): let its thread finish before retrying
         view = MemoryStore.__new__(MemoryStore)
         view.__dict__.update(copied)
         yield view

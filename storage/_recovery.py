@@ -55,7 +55,7 @@ from ._errors import (
     VersionNotStoredError,
 )
 from ._feed import FeedEntry, feed_dict, feed_entry
-from ._model import Change, ContextState, RecoveryPoint, apply_change
+from ._model import Change, ContextState, RecoveryPoint, apply_change, apply_changes
 from ._store import JournalEntry, ReadView, StoredContext, StoreStats, VerifyIssue
 from ._values import validate_id
 
@@ -266,15 +266,19 @@ def replay_strict(codec: Codec, context_id: str, stored_version: int, snapshot: 
                                 context_id=context_id, what="snapshot")
     snap_version, snap_blob = snapshot
     state = decode_state_row(codec, snap_blob, context_id, f"snapshot v{snap_version} of {context_id!r}", snap_version)
+    changes: list[Change] = []  # every row checked and decoded first, then applied in one batch
+    at = state.version
     for version, blob in journal:
         what = f"journal entry v{version} of {context_id!r}"
         if version > stored_version:
             raise CorruptStateError(f"{what}: beyond the acknowledged version v{stored_version}; {FALLBACK_HINT}",
                                     context_id=context_id, what="journal")
-        if version != state.version + 1:
-            raise CorruptStateError(f"context {context_id!r}: version gap: journal lacks v{state.version + 1}"
+        if version != at + 1:
+            raise CorruptStateError(f"context {context_id!r}: version gap: journal lacks v{at + 1}"
                                     f"..v{version - 1}; {FALLBACK_HINT}", context_id=context_id, what="journal")
-        state = apply_change(state, decode_change_row(codec, blob, context_id, what, version))
+        changes.append(decode_change_row(codec, blob, context_id, what, version))
+        at = version
+    state = apply_changes(state, changes)
     if state.version != stored_version:
         raise CorruptStateError(f"context {context_id!r}: journal ends at v{state.version}, but the store "
                                 f"acknowledged v{stored_version}; {FALLBACK_HINT}", context_id=context_id,
@@ -803,11 +807,13 @@ class RowStore:
         try:
             blob = next(b for v, b in rows.snapshot_rows(context_id) if v == base)
             state = decode_state_row(self.codec, blob, context_id, f"snapshot v{base} of {context_id!r}", base)
+            changes: list[Change] = []
             for v, jblob in rows.journal_rows(context_id, base, version):
-                if v != state.version + 1:
+                if v != base + len(changes) + 1:
                     return None
-                state = apply_change(state, decode_change_row(
-                    self.codec, jblob, context_id, f"journal entry v{v} of {context_id!r}", v))
+                what = f"journal entry v{v} of {context_id!r}"
+                changes.append(decode_change_row(self.codec, jblob, context_id, what, v))
+            state = apply_changes(state, changes)
         except (CorruptStateError, StopIteration):
             return None
         return state if state.version == version else None

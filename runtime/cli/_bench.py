@@ -75,7 +75,9 @@ def _soak(minutes: float, workdir: str | None, as_json: bool) -> None:
     click.echo(f"soak of {report.minutes:g} min: {report.activations} activations ({report.distinct} distinct "
                f"contexts), {report.hot_writes} hot writes; RSS {report.rss_start_mib:.1f} -> "
                f"{report.rss_end_mib:.1f} MiB; growth per 100,000 activations after warm-up: {growth} "
-               f"(target < 2 MiB); load average {report.load_average:.1f}")
+               f"(target < 2 MiB; fitted with the active contexts"
+               f"{'' if report.rss_per_active_kib is None else f', {report.rss_per_active_kib:.0f} KiB each'}); "
+               f"load average {report.load_average:.1f}")
 
 
 def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hoard._bench import MEASURES
+from hoard._bench import MEASURES, _growth
 
 from .conftest import Hoard
 
@@ -74,3 +74,22 @@ def test_soak_mode_reports_activations_and_rss_and_leaves_nothing_behind(hoard: 
     assert report["rss_start_mib"] > 0 and report["rss_end_mib"] > 0
     assert report["growth_per_100k"] is None or isinstance(report["growth_per_100k"], float)
     assert list(tmp_path.iterdir()) == []  # the soak's store was removed
+
+
+def test_soak_growth_is_not_fooled_by_a_swing_of_live_contexts() -> None:
+    # flat memory, but the machine slowed down: fewer contexts stayed alive at once later in the run
+    # (each live actor costs 40 KiB), which a slope on activations alone read as -63 MiB per 100k
+    samples = [(a, 50.0 + active * 40 / 1024, active)
+               for a, active in zip(range(2_000, 8_000, 500), [150, 140, 150, 120, 110, 120, 100, 90, 80, 90, 70, 60],
+                                    strict=True)]
+    per_activation, per_active = _growth(samples)
+    assert per_activation is not None and abs(per_activation * 100_000) < 0.01
+    assert per_active is not None and abs(per_active * 1024 - 40) < 0.01
+    # real growth still shows, whatever the live contexts do
+    leaking = [(a, r + a * 5 / 100_000, n) for a, r, n in samples]
+    per_activation, _ = _growth(leaking)
+    assert per_activation is not None and abs(per_activation * 100_000 - 5) < 0.01
+    # no spread in the active count: the plain slope; too few samples: nothing
+    steady = [(a, 50.0 + a / 100_000, 100) for a in range(0, 5_000, 500)]
+    assert _growth(steady)[1] is None and abs(_growth(steady)[0] * 100_000 - 1) < 1e-6  # type: ignore[operator]
+    assert _growth(steady[:2]) == (None, None)

@@ -1,0 +1,47 @@
+"""Journal replay applies a run of changes in one batch (`apply_changes`); it must give exactly the
+state that applying them one by one (`apply_change`, what the context actor does live) gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hoard.storage import Change, apply_change, new_state
+from hoard.storage._model import apply_changes
+
+KEYS = st.sampled_from(["a", "b", "c", "d", "e"])
+VALUES = st.one_of(st.integers(), st.text(max_size=3), st.none())
+REQUESTS = st.sampled_from(["r1", "r2", "r3"])
+
+
+@st.composite
+def changes(draw: Any) -> list[Change]:
+    out = []
+    for version in range(2, 2 + draw(st.integers(0, 12))):
+        replace = draw(st.booleans()) and draw(st.booleans())  # a restore now and then
+        out.append(Change(
+            version, float(version),
+            data_set=draw(st.dictionaries(KEYS, VALUES, max_size=3)),
+            data_del=() if replace else tuple(draw(st.lists(KEYS, max_size=2, unique=True))),
+            meta_set=draw(st.dictionaries(KEYS, VALUES, max_size=2)),
+            meta_del=() if replace else tuple(draw(st.lists(KEYS, max_size=2, unique=True))),
+            replace=replace,
+            request_id=draw(st.one_of(st.none(), REQUESTS)),
+            forget=tuple(draw(st.lists(REQUESTS, max_size=2, unique=True)))))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(KEYS, VALUES, max_size=4), changes())
+def test_replaying_a_run_of_changes_in_one_batch_equals_applying_them_one_by_one(
+        data: dict[str, Any], run: list[Change]) -> None:
+    start = new_state("c", data, {"m": 1}, now=1.0)
+    one_by_one = start
+    for change in run:
+        one_by_one = apply_change(one_by_one, change)
+    batched = apply_changes(start, run)
+    assert batched == one_by_one
+    assert (batched.version, batched.updated_at, dict(batched.requests)) == \
+        (one_by_one.version, one_by_one.updated_at, dict(one_by_one.requests))
