@@ -42,6 +42,7 @@ __all__ = [
     "Relay",
     "RelayLag",
     "change_body",
+    "change_body_of",
     "make_publisher",
     "make_source",
     "message_id",

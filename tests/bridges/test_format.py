@@ -77,7 +77,7 @@ def test_hoard_relay_with_an_unknown_scheme_fails_with_a_json_error(tmp_path: Pa
 def test_the_relay_s_lean_body_is_byte_for_byte_change_body(tmp_path: Path) -> None:
     """`change_body_of` (from `feed_dicts`, what the relay publishes) and `change_body` (from a
     `FeedEntry`) give the same bytes: the documented key order included."""
-    from hoard._bridges import change_body, change_body_of, message_id  # noqa: PLC0415 - this test only
+    from hoard.bridges import change_body, change_body_of, message_id  # noqa: PLC0415 - this test only
 
     system = open_system(tmp_path / "f.db")
     try:
