@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,11 +37,11 @@ from hoard.storage import (
     open_store,
 )
 from tests.pg import url_for
+from tests.storage import busy_writer
 
 from .conftest import NO_DEFAULT, Hoard, Result, no_traceback
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-WRITER = Path(__file__).resolve().parents[1] / "storage" / "busy_writer.py"
 
 
 def _target(kind: str, request: pytest.FixtureRequest, tmp_path: Path, name: str = "state.db") -> str:
@@ -203,33 +200,14 @@ def _busy_writer(target: str, tmp_path: Path) -> Iterator[list[dict[str, Any]]]:
     versions)."""
     stop = tmp_path / "stop"
     cfg = {"target": target, "contexts": 4, "commits": 10**9, "stop_file": str(stop)}
-    child = subprocess.Popen([sys.executable, str(WRITER), json.dumps(cfg)],  # noqa: S603 - our own script
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[dict[str, Any]] = []
-    ready = threading.Event()
-
-    def read_stdout() -> None:
-        assert child.stdout is not None
-        for line in child.stdout:
-            lines.append(json.loads(line))
-            ready.set()
-    reader_thread = threading.Thread(target=read_stdout)
-    reader_thread.start()
     try:
-        assert ready.wait(60), "the writer did not start"
-        yield lines
-        assert child.poll() is None, "the writer ended before the readers did"
-        stop.touch()
-        assert child.wait(60) == 0, child.stderr.read() if child.stderr else ""
+        with busy_writer.started(cfg) as (child, lines):
+            yield lines
+            assert child.poll() is None, "the writer ended before the readers did"
+            stop.touch()
+            assert child.wait(60) == 0, child.stderr.read() if child.stderr else ""
     finally:
         stop.touch()
-        if child.poll() is None:
-            child.kill()
-            child.wait(30)
-        reader_thread.join(30)
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def _verified_clean(hoard: Hoard, target: str, done: dict[str, int]) -> None:

@@ -6,15 +6,22 @@ URL), ``contexts`` and ``commits``, and optionally ``stop_file``
 `commits` batches: journal appends to one or several contexts, a snapshot every 7th version of a
 context, a recovery point every 13th (keeping 3), so that every kind of row changes under a reader.
 At the end it prints ``{"done": {context id: version}}`` and closes the store.
+
+Tests start it with `started`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from hoard.storage import (
@@ -61,6 +68,37 @@ def main(cfg: dict[str, Any]) -> None:
         print(json.dumps({"done": {cid: st.version for cid, st in states.items()}}), flush=True)
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def started(cfg: dict[str, Any],
+            ready_timeout: float = 60) -> Iterator[tuple[subprocess.Popen[str], list[dict[str, Any]]]]:
+    """This script running in a child process with `cfg`, ready (its first line printed) on entry;
+    yields the child and the lines it printed so far (a thread appends them as they come). On exit
+    the child is killed if it still runs, the thread joined and the pipes closed."""
+    child = subprocess.Popen([sys.executable, str(Path(__file__)), json.dumps(cfg)],  # noqa: S603 - this script
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def read_stdout() -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            lines.append(json.loads(line))
+            ready.set()
+    reader_thread = threading.Thread(target=read_stdout)
+    reader_thread.start()
+    try:
+        assert ready.wait(ready_timeout), "the writer did not start"
+        yield child, lines
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+        reader_thread.join(30)
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ the same way against a writer thread.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -41,7 +40,8 @@ from hoard.storage import (
 )
 from tests.pg import url_for
 
-WRITER = Path(__file__).with_name("busy_writer.py")
+from . import busy_writer
+
 CONTEXTS = 4
 
 
@@ -106,30 +106,9 @@ def test_reads_during_a_busy_writer_see_no_damage_that_is_not_there(
         kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     target = _target(kind, request, tmp_path)
     cfg = {"target": target, "contexts": CONTEXTS, "commits": 2500 if kind == "sqlite" else 1500}
-    child = subprocess.Popen([sys.executable, str(WRITER), json.dumps(cfg)],  # noqa: S603 - our own script
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[dict[str, Any]] = []
-    ready = threading.Event()
-
-    def read_stdout() -> None:
-        assert child.stdout is not None
-        for line in child.stdout:
-            lines.append(json.loads(line))
-            ready.set()
-    reader_thread = threading.Thread(target=read_stdout)
-    reader_thread.start()
-    try:
-        assert ready.wait(30), "the writer did not start"
+    with busy_writer.started(cfg, ready_timeout=30) as (child, lines):
         issues, errors, seen_versions, rounds = _read_while_it_writes(target, child)
         assert child.wait(60) == 0, child.stderr.read() if child.stderr else ""
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(30)
-        reader_thread.join(30)
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
     assert issues == [] and errors == [], (issues[:5], errors[:5], f"{rounds} rounds")
     assert len(seen_versions) >= 3, f"the reads did not overlap the writes ({rounds} rounds)"
     done = lines[-1]["done"]
