@@ -6,7 +6,6 @@ answered, at most `timeout` seconds (default: the manager's ``call_timeout``). T
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,12 +20,12 @@ from hoard.actors import (
     StatusOf,
     current_by,
 )
-from hoard.storage import HoardError, NoCurrentContextError, as_schema, validate_by, validate_id
+from hoard.storage import NoCurrentContextError, as_schema, validate_by, validate_id
 
 from ._config import ContextAdapterConfig
 from ._core import SystemCore
 from ._ref import ContextRef
-from ._tracker import ContextTracker, Pending, activate_tracker
+from ._tracker import ContextTracker, Pending, activate_tracker, offload_into
 
 __all__ = ["ContextAdapter"]
 
@@ -181,18 +180,5 @@ class ContextAdapter:
         future = Reply()
         future.what, future.context_id = f"activating {context_id!r}", context_id
         future.set_deadline(timeout if timeout is not None else self._system.call_timeout)
-
-        def run() -> None:
-            if not future.start():
-                return
-            try:
-                remaining = max(0.001, (future.deadline or 0.0) - time.monotonic())
-                future.resolve(self.activate(context_id, schema=schema, by=who, timeout=remaining))
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-                future.fail(exc)
-
-        try:
-            self._system.offload(run)
-        except HoardError as exc:
-            future.fail(exc)
-        return future
+        return offload_into(self._system, future,
+                            lambda remaining: self.activate(context_id, schema=schema, by=who, timeout=remaining))

@@ -236,6 +236,28 @@ def _key_tuple(keys: Any, what: str, context_id: str) -> tuple[Any, ...]:
                                 f"{type(keys).__name__} raised {type(exc).__name__}", context_id=context_id) from None
 
 
+
+def offload_into(system: Any, future: Reply, work: Callable[[float], Any]) -> Pending:
+    """Run ``work(remaining_time)`` on one of `system`'s worker threads and settle `future` with its
+    result or error; return `future` at once. Skipped if the future's caller gave up (and was told
+    "not started") before a worker got to it; a system that no longer takes work fails it at once."""
+    def run() -> None:
+        if not future.start():
+            return
+        try:
+            result = work(max(0.001, (future.deadline or 0.0) - time.monotonic()))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            future.fail(exc)
+        else:
+            future.resolve(result)
+
+    try:
+        system.offload(run)
+    except HoardError as exc:
+        future.fail(exc)
+    return future
+
+
 class ContextTracker(Mapping[str, Any]):
     """Handle to one context: a read-only `Mapping` of its committed data, plus writes. See the
     module docstring for the concurrency contract.
@@ -419,22 +441,7 @@ class ContextTracker(Mapping[str, Any]):
         future = Reply()
         future.what, future.context_id = what, self._id
         future.set_deadline(t)
-
-        def run() -> None:
-            if not future.start():
-                return  # its caller gave up (and was told "not started") before a worker got to it
-            try:
-                result = work(max(0.001, (future.deadline or 0.0) - time.monotonic()), future)
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-                future.fail(exc)
-            else:
-                future.resolve(result)
-
-        try:
-            self._system.offload(run)
-        except HoardError as exc:
-            future.fail(exc)
-        return future
+        return offload_into(self._system, future, lambda remaining: work(remaining, future))
 
     # -- non-blocking forms: each returns a `Pending` future at once (await it, or .get()) ---------------
     def set_async(self, key: str, value: Any, *, expected_version: int | None = None,
