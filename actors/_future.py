@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sys
 import time
 from collections.abc import Callable, Generator
 from typing import Any
@@ -52,7 +53,13 @@ class Reply(pykka.ThreadingFuture[Any]):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        # Not ThreadingFuture.__init__: its Condition (an RLock, a waiter lock per wait, notify_all)
+        # cost a third of a call's caller-side CPU. A reply is answered once (`_answer` takes the
+        # answer token), so a C `SimpleQueue` holding one wake-up token is all a waiter needs.
+        pykka.Future.__init__(self)
+        self._result: tuple[Any, Any] | None = None  # (value, exc_info) once answered
+        self._answer = [True]  # taken once, by whoever answers first (later answers are ignored)
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()  # one token once answered
         self._callbacks: list[Callable[[Reply], Any]] = []
         self._finished = False
         self._token = [True]  # taken once: by the actor starting the call, or by a caller cancelling it
@@ -105,7 +112,7 @@ class Reply(pykka.ThreadingFuture[Any]):
         else:
             shown = timeout
         try:
-            return pykka.ThreadingFuture.get(self, timeout=timeout)
+            return self.outcome(timeout)
         except pykka.Timeout as exc:
             error = self.timed_out(shown)
             if isinstance(error, CallOutcomeUnknownError) and self._finished:
@@ -116,29 +123,72 @@ class Reply(pykka.ThreadingFuture[Any]):
                 raise
             return self.retry()
 
+    def outcome(self, timeout: float | None = 0) -> Any:
+        """The bare answer, as `pykka.ThreadingFuture.get` gives it: the value, or its exception
+        raised; `pykka.Timeout` after `timeout` seconds (None: no limit). No deadline, no retry."""
+        if self._get_hook is not None:
+            return pykka.Future.get(self, timeout=timeout)
+        result = self._result
+        if result is None:
+            try:
+                self._wake.get(timeout=None if timeout is None else max(0.0, timeout))
+            except queue.Empty:
+                raise pykka.Timeout(f"{timeout} seconds") from None
+            self._wake.put(None)  # the token stays for every other waiter
+            if self._get_hook is not None:
+                return pykka.Future.get(self, timeout=timeout)
+            result = self._result
+            assert result is not None
+        value, exc_info = result
+        if exc_info is not None:
+            exc_type, exc_value, tb = exc_info
+            if exc_value is None:
+                exc_value = exc_type()
+            if exc_value.__traceback__ is not tb:
+                raise exc_value.with_traceback(tb)
+            raise exc_value
+        return value
+
+    def _settle(self, result: tuple[Any, Any]) -> None:
+        """Answer once: the first answer wins (`queue.Full` for any later one, as pykka's futures)."""
+        try:
+            self._answer.pop()
+        except IndexError:
+            raise queue.Full from None
+        self._result = result
+        self._wake.put(None)
+        self._finished = True
+        if self._callbacks:
+            self._run_callbacks()
+
     def set(self, value: Any = None) -> None:
         if value is not DEFERRED:
             try:  # (not contextlib.suppress: this answers every call, and that builds an object each time)
-                pykka.ThreadingFuture.set(self, value)
+                self._settle((value, None))
             except queue.Full:  # already failed by a caller that cancelled it
                 return
-            self._finish()
 
     def set_exception(self, exc_info: Any = None) -> None:
         with contextlib.suppress(queue.Full):
-            pykka.ThreadingFuture.set_exception(self, exc_info)
-            self._finish()
+            self._settle((None, exc_info if exc_info is not None else sys.exc_info()))
+
+    def set_get_hook(self, func: Any) -> None:
+        try:
+            self._answer.pop()
+        except IndexError:
+            raise queue.Full from None
+        pykka.Future.set_get_hook(self, func)
+        self._wake.put(None)
 
     def resolve(self, value: Any) -> None:
         """Answer with `value`; a reply already answered keeps its first answer."""
         with contextlib.suppress(queue.Full):
-            pykka.ThreadingFuture.set(self, value)
-            self._finish()
+            self._settle((value, None))
 
     def fail(self, exc: BaseException) -> None:
         """Answer with `exc` raised; a reply already answered keeps its first answer."""
         with contextlib.suppress(queue.Full):
-            self.set_exception((type(exc), exc, exc.__traceback__))
+            self._settle((None, (type(exc), exc, exc.__traceback__)))
 
     @property
     def done(self) -> bool:
@@ -149,10 +199,6 @@ class Reply(pykka.ThreadingFuture[Any]):
         self._callbacks.append(fn)
         if self._finished:
             self._run_callbacks()
-
-    def _finish(self) -> None:
-        self._finished = True
-        self._run_callbacks()
 
     def _run_callbacks(self) -> None:
         callbacks = self._callbacks
@@ -187,7 +233,7 @@ class Reply(pykka.ThreadingFuture[Any]):
             if waiter.done():
                 return
             try:
-                waiter.set_result(pykka.ThreadingFuture.get(self, timeout=0))
+                waiter.set_result(self.outcome(0))
             except pykka.ActorDeadError as exc:
                 if self.retry is None:
                     waiter.set_exception(exc)

@@ -613,7 +613,7 @@ def with_request_id(message: Any) -> Any:
 def done_reply(reply: Reply, lease: float | None) -> dict[str, Any]:
     """The answer for a served call whose future `reply` is done."""
     try:
-        value = pykka.ThreadingFuture.get(reply, timeout=0)
+        value = reply.outcome(0)
     except pykka.ActorDeadError:
         return {"retry": True}
     except BaseException as exc:  # noqa: BLE001 - every error goes back typed

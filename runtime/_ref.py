@@ -126,7 +126,7 @@ class ContextRef:
     def _told(self, message: Any, reply: Reply) -> None:
         """Runs in the thread that completed the reply: must not block."""
         try:
-            pykka.ThreadingFuture.get(reply, timeout=0)
+            reply.outcome(0)
         except pykka.ActorDeadError:  # it met a stopping actor, so it was not applied: deliver it again
             if self._system.stopped:
                 self._dead_letter(message, "the system stopped", undeliverable=True)
