@@ -35,7 +35,7 @@ import logging
 import queue
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import immutables
@@ -93,7 +93,7 @@ from ._messages import (
 from ._metrics import Meter, kind_of
 from ._settings import ContextSettings
 
-__all__ = ["RESERVED_PREFIX", "ContextActor", "Inbox", "UnknownMessageError", "check_reserved"]
+__all__ = ["RESERVED_PREFIX", "ContextActor", "ContextInbox", "Inbox", "UnknownMessageError", "check_reserved"]
 
 RESERVED_PREFIX = "hoard:"  # metadata keys hoard itself writes (the schema marker)
 
@@ -121,7 +121,8 @@ class UnknownMessageError(HoardError, TypeError):
 
 
 class Inbox(queue.Queue):  # type: ignore[type-arg]
-    """The actor's mailbox; remembers the envelope being handled so a handler can defer its reply."""
+    """A mailbox that remembers the envelope being handled so a handler can defer its reply (the
+    persistence actor's; see `ContextInbox` for a context actor's)."""
 
     current: Any = None
 
@@ -129,6 +130,24 @@ class Inbox(queue.Queue):  # type: ignore[type-arg]
         envelope = queue.Queue.get(self, block, timeout)
         self.current = envelope
         return envelope
+
+
+_take = queue.SimpleQueue.get
+
+
+class ContextInbox(queue.SimpleQueue):  # type: ignore[type-arg]
+    """A context actor's mailbox: a C `SimpleQueue` (one C call to put or take a message; a
+    `queue.Queue` spends two Conditions in Python on each), which remembers the envelope being
+    handled. ``len`` is the number of messages waiting (atomic: read by metrics from any thread)."""
+
+    current: Any = None
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        self.current = envelope = _take(self, block, timeout)
+        return envelope
+
+    def __len__(self) -> int:
+        return self.qsize()
 
 
 def _same_value(old: Any, new: Any) -> bool:
@@ -146,7 +165,7 @@ class ContextActor(pykka.ThreadingActor):
 
     @staticmethod
     def _create_actor_inbox() -> Any:
-        return Inbox()
+        return ContextInbox()
 
     @staticmethod
     def _create_future() -> Reply:
@@ -155,6 +174,7 @@ class ContextActor(pykka.ThreadingActor):
     def __init__(self, cell: ContextCell, persistence: pykka.ActorRef[Any], settings: ContextSettings,
                  supervisor: pykka.ActorRef[Any] | None = None, events: Emitter = NO_EVENTS) -> None:
         super().__init__()
+        self._inbox: ContextInbox = self.actor_inbox  # type: ignore[assignment]
         self.supervisor = supervisor
         self.events = events
         self.cell = cell
@@ -211,7 +231,7 @@ class ContextActor(pykka.ThreadingActor):
         self.cell.release_holders()
 
     def on_receive(self, message: Any) -> Any:
-        envelope = cast(Inbox, self.actor_inbox).current
+        envelope = self._inbox.current
         reply = envelope.reply_to if envelope is not None else None
         if isinstance(reply, Reply) and not reply.start():
             return DEFERRED  # its caller gave up before it started: cancelled, never run (no reply due)
@@ -320,7 +340,7 @@ class ContextActor(pykka.ThreadingActor):
 
     # -- the write path ------------------------------------------------------------------------------
     def _reply(self) -> Reply | None:
-        reply = cast(Inbox, self.actor_inbox).current.reply_to
+        reply = self._inbox.current.reply_to
         return reply if isinstance(reply, Reply) else None
 
     def _check_version(self, expected: int | None) -> None:

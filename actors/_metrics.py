@@ -244,8 +244,7 @@ class Census:
     Attributes:
         stats: the supervisor's counters, ``active_contexts`` and ``failed_contexts`` included.
         meters: the `Meter` of every live context actor.
-        mailboxes: their mailboxes' message deques (``queue.Queue.queue``, never replaced), whose
-            ``len`` is atomic.
+        mailboxes: their mailboxes (`ContextInbox`, never replaced), whose ``len`` is atomic.
         retired: a `Meter.part` of the totals of the context actors that stopped.
     """
 

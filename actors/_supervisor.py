@@ -47,7 +47,7 @@ from hoard.storage import (
 )
 
 from ._cell import EPOCH, ContextCell, advance_epoch
-from ._context import ContextActor, check_reserved
+from ._context import ContextActor, ContextInbox, check_reserved
 from ._events import (
     NO_EVENTS,
     ContextActivated,
@@ -496,8 +496,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.board.census = Census(
             stats={**self.stats, "active_contexts": len(self.cells), "failed_contexts": len(self.failed)},
             meters=tuple(c.meter for c in self.cells.values() if c.meter is not None),
-            mailboxes=tuple(c.actor_ref.actor_inbox.queue for c in self.cells.values()
-                            if isinstance(c.actor_ref.actor_inbox, queue.Queue)),
+            mailboxes=tuple(c.actor_ref.actor_inbox for c in self.cells.values()
+                            if isinstance(c.actor_ref.actor_inbox, ContextInbox)),
             retired={"calls": self.retired_calls.snapshot(), "conflicts": self.retired_conflicts,
                      "call_latency": self.retired_latency.snapshot()})
 
@@ -699,7 +699,7 @@ class SupervisorActor(pykka.ThreadingActor):
 def mailbox_depth(ref: pykka.ActorRef[Any]) -> int:
     """Messages waiting in a (threading) actor's mailbox now."""
     inbox = ref.actor_inbox
-    return inbox.qsize() if isinstance(inbox, queue.Queue) else 0
+    return inbox.qsize() if isinstance(inbox, (queue.Queue, queue.SimpleQueue)) else 0
 
 
 _depth = mailbox_depth
