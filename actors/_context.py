@@ -360,13 +360,19 @@ class ContextActor(pykka.ThreadingActor):
         if self._unknown_schema is not None and not self._binding:
             raise SchemaNameMismatchError(self._unknown_schema, None, context_id=self.cell.id)
         now = self.settings.clock()
-        if request_id is not None:
-            change_args["request_id"] = request_id
-            change_args["forget"] = self._forget(now)
-        if by is not None:
-            change_args["by"] = by
-        change = Change(w.version + 1, now, replace=replace, **change_args)
-        new = apply_change(w, change)
+        sets: Any = change_args.get("data_set")
+        change: Change | None = None
+        if request_id is None and not replace and len(change_args) == 1 and sets is not None and len(sets) == 1:
+            # one key set (tracker.set): the state `apply_change` would build, made directly; the journal
+            # entry is built below only if something takes it (a commit, an event)
+            (k, v), = sets.items()
+            new = ContextState(w.id, w.version + 1, w.data.set(k, v), w.metadata, w.created_at, now, w.requests)
+        else:
+            if request_id is not None:
+                change_args["request_id"] = request_id
+                change_args["forget"] = self._forget(now)
+            change = Change(w.version + 1, now, replace=replace, by=by, **change_args)
+            new = apply_change(w, change)
         limit = self.settings.max_state_bytes
         if replace:
             size = growth
@@ -379,14 +385,20 @@ class ContextActor(pykka.ThreadingActor):
         if size > limit:
             raise InvalidValueError(None, f"the state would be {size} bytes, over max_state_bytes={limit}",
                                     context_id=self.cell.id)
-        if self.schema is not None and (replace or change.data_set or change.data_del):
+        if self.schema is not None and (replace or sets or change_args.get("data_del")):
             self.schema.validate(new.data, self.cell.id)  # SchemaValidationError: nothing changes
         if result is None:
             result = new.version
         elif result is _NONE:
             result = None
         self.working, self._size = new, size
-        event = _state_event(w, change, new, rp_id) if self.events.active else None
+        emit = self.events.active
+        if change is None:
+            if not (emit or self._immediate or self._degraded or self._deferred):
+                self.cell.state = new  # durability none, nobody subscribed: no journal entry is taken
+                return result
+            change = Change(new.version, now, sets, by=by)
+        event = _state_event(w, change, new, rp_id) if emit else None
         if self._immediate or self._degraded:
             # the persistence actor publishes after the commit, emits, and answers the caller
             reply = self._reply()

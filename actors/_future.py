@@ -52,25 +52,28 @@ class Reply(pykka.ThreadingFuture[Any]):
     adds the callback after completion. Callbacks must be quick and must not block.
     """
 
+    # defaults read from the class until a sender sets them (an instance store each costs every call)
+    _get_hook: Any = None  # pykka.Future's: set (with Future.__init__) by map/join/filter/reduce
+    _answered: tuple[Any, Any] | None = None  # (value, exc_info) once answered
+    _finished = False
+    #: set by the caller that sent the message: ``retry(reply)`` redoes the call synchronously if the
+    #: actor stopped before handling it (it was not applied), e.g. a tracker's ``*_async`` call
+    retry: Callable[[Reply], Any] | None = None
+    what = "a call"
+    context_id: str | None = None
+    deadline: float | None = None  # time.monotonic() after which waiting raises a timeout
+    timeout: float | None = None  # the timeout that deadline came from (for the message)
+    inner: Reply | None = None  # a forwarded call: the reply of the message actually sent
+
     def __init__(self) -> None:
-        # Not ThreadingFuture.__init__: its Condition (an RLock, a waiter lock per wait, notify_all)
-        # cost a third of a call's caller-side CPU. A reply is answered once (`_answer` takes the
-        # answer token), so a C `SimpleQueue` holding one wake-up token is all a waiter needs.
-        pykka.Future.__init__(self)
-        self._result: tuple[Any, Any] | None = None  # (value, exc_info) once answered
+        # Neither ThreadingFuture.__init__ nor Future.__init__: the Condition of the first (an RLock,
+        # a waiter lock per wait, notify_all) cost a third of a call's caller-side CPU. A reply is
+        # answered once (`_settle` takes the answer token), so a C `SimpleQueue` holding one wake-up
+        # token is all a waiter needs.
         self._answer = [True]  # taken once, by whoever answers first (later answers are ignored)
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()  # one token once answered
         self._callbacks: list[Callable[[Reply], Any]] = []
-        self._finished = False
         self._token = [True]  # taken once: by the actor starting the call, or by a caller cancelling it
-        #: set by the caller that sent the message: redoes the call synchronously if the actor stopped
-        #: before handling it (it was not applied), e.g. a tracker's blocking call
-        self.retry: Callable[[], Any] | None = None
-        self.what = "a call"
-        self.context_id: str | None = None
-        self.deadline: float | None = None  # time.monotonic() after which waiting raises a timeout
-        self.timeout: float | None = None  # the timeout that deadline came from (for the message)
-        self.inner: Reply | None = None  # a forwarded call: the reply of the message actually sent
 
     # -- the start token -----------------------------------------------------------------------------
     def start(self) -> bool:
@@ -121,14 +124,14 @@ class Reply(pykka.ThreadingFuture[Any]):
         except pykka.ActorDeadError:
             if self.retry is None:
                 raise
-            return self.retry()
+            return self.retry(self)
 
     def outcome(self, timeout: float | None = 0) -> Any:
         """The bare answer, as `pykka.ThreadingFuture.get` gives it: the value, or its exception
         raised; `pykka.Timeout` after `timeout` seconds (None: no limit). No deadline, no retry."""
         if self._get_hook is not None:
             return pykka.Future.get(self, timeout=timeout)
-        result = self._result
+        result = self._answered
         if result is None:
             try:
                 self._wake.get(timeout=None if timeout is None else max(0.0, timeout))
@@ -137,7 +140,7 @@ class Reply(pykka.ThreadingFuture[Any]):
             self._wake.put(None)  # the token stays for every other waiter
             if self._get_hook is not None:
                 return pykka.Future.get(self, timeout=timeout)
-            result = self._result
+            result = self._answered
             assert result is not None
         value, exc_info = result
         if exc_info is not None:
@@ -155,7 +158,7 @@ class Reply(pykka.ThreadingFuture[Any]):
             self._answer.pop()
         except IndexError:
             raise queue.Full from None
-        self._result = result
+        self._answered = result
         self._wake.put(None)
         self._finished = True
         if self._callbacks:
@@ -177,6 +180,7 @@ class Reply(pykka.ThreadingFuture[Any]):
             self._answer.pop()
         except IndexError:
             raise queue.Full from None
+        pykka.Future.__init__(self)  # its get-hook slots (not made for the replies that never use them)
         pykka.Future.set_get_hook(self, func)
         self._wake.put(None)
 
@@ -239,7 +243,7 @@ class Reply(pykka.ThreadingFuture[Any]):
                     waiter.set_exception(exc)
                     return
                 # redo the call off the event loop (it blocks while the context re-activates)
-                redo = loop.run_in_executor(None, self.retry)
+                redo = loop.run_in_executor(None, self.retry, self)
 
                 def redone(done: asyncio.Future[Any]) -> None:
                     if not waiter.done():

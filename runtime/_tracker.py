@@ -420,21 +420,21 @@ class ContextTracker(Mapping[str, Any]):
         if not cell.closed and not self._system.stopped:
             cell.touched = fresh_mark()
             reply: Reply = cell.actor_ref.ask(message, block=False)
-            reply.what, reply.context_id = what, self._id
-            reply.set_deadline(t)
-            reply.retry = functools.partial(self._retry, message, reply, what)
+            reply.what, reply.context_id, reply.timeout = what, self._id, t
+            reply.deadline = time.monotonic() + t
+            reply.retry = functools.partial(self._retry, message)  # no cycle through the reply: no GC work
             return reply
         def work(remaining: float, outer: Reply) -> Any:
             return self._call(message, remaining, what, outer)
 
         return self._offload(work, what, t)
 
-    def _retry(self, message: Any, reply: Reply, what: str) -> Any:
+    def _retry(self, message: Any, reply: Reply) -> Any:
         """Redo a submitted call that met a stopping actor, within what is left of its deadline."""
         remaining = (reply.deadline or 0.0) - time.monotonic()
         if remaining <= 0:
-            raise CallNotStartedError(what, reply.timeout, self._id)
-        return self._call(message, remaining, what)
+            raise CallNotStartedError(reply.what, reply.timeout, self._id)
+        return self._call(message, remaining, reply.what)
 
     def _offload(self, work: Callable[[float, Reply], Any], what: str, t: float) -> Pending:
         """Run ``work(remaining_time, future)`` on a system worker thread; return `future` at once."""

@@ -9,17 +9,17 @@ import pytest
 
 import hoard.actors._context as context_module
 from hoard import ContextAdapterConfig, ContextCrashedError, open_system
-from hoard.storage import apply_change as real_apply_change
+from hoard.storage import validate_key as real_validate_key
 
 
 def test_counts_of_passivated_and_crashed_contexts_are_kept(store_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    def apply_change(state, change):  # a bug in the write path: a change setting "boom" crashes the actor
-        if "boom" in change.data_set:
+    def validate_key(key, context_id=None):  # a bug in the write path: setting "boom" crashes the actor
+        if key == "boom":
             raise RuntimeError("injected bug")
-        return real_apply_change(state, change)
+        return real_validate_key(key, context_id)
 
-    monkeypatch.setattr(context_module, "apply_change", apply_change)
+    monkeypatch.setattr(context_module, "validate_key", validate_key)
     with open_system(store_path, adapter_config=ContextAdapterConfig(max_active_contexts=2)) as s:
         t = s.adapter.activate("c")
         t.set("a", 1)

@@ -15,20 +15,20 @@ from hoard import (
     ContextStatus,
     open_system,
 )
-from hoard.storage import apply_change as real_apply_change
+from hoard.storage import validate_key as real_validate_key
 from tests.helpers import Clock
 
 
 @pytest.fixture
 def buggy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bug in the write path: applying any change that sets the key "boom" raises."""
+    """A bug in the write path: setting the key "boom" raises in the context actor."""
 
-    def apply_change(state, change):
-        if "boom" in change.data_set:
+    def validate_key(key, context_id=None):  # every set checks its key in the actor: a bug there crashes it
+        if key == "boom":
             raise RuntimeError("injected bug")
-        return real_apply_change(state, change)
+        return real_validate_key(key, context_id)
 
-    monkeypatch.setattr(context_module, "apply_change", apply_change)
+    monkeypatch.setattr(context_module, "validate_key", validate_key)
 
 
 def test_a_crash_restarts_the_context_from_its_durable_state(store_path: Path, buggy: None) -> None:
