@@ -24,7 +24,8 @@ Contract:
   `Forwarder.send` for at most the call's deadline. Requests served here are handed to the context
   actor as messages (no thread per request); answers go back from the loop thread. Callers'
   requests and actors' answers reach the loop through two queues (deques), each waking the loop
-  once for whatever queued meanwhile.
+  once for whatever queued meanwhile. A request's answer arrives on this process's own inbox and
+  goes straight to its caller's queue.
 * **Owner cache.** The last owner seen for each context is remembered (bounded) until its lease
   runs out, so the next call goes straight to it without asking the supervisor and the store first.
 * **After stop.** `close()` drains the subscription (requests already taken are answered) and stops the
@@ -338,9 +339,9 @@ _Send = tuple[str, str, bytes, "queue.SimpleQueue[tuple[bool, Any]]"]  # subject
 class _Inbox:
     """What receives a subscription's messages: passed to nats-py's ``subscribe(future=...)``, it is
     called (``set_result(msg)``) by the client's reader for each message as it is parsed, on the loop
-    thread. A ``cb=`` subscription would instead queue each message for a task of its own, one more
-    loop wake-up, await and coroutine per message (measured: the hop costs more CPU than the work on
-    a forwarded set's answer). `handle` must not block."""
+    thread. A ``cb=`` subscription would instead queue each message for a task of its own: one more
+    loop step, await and coroutine per message. `handle` must not block; nats-py calls only
+    ``cancelled()`` and ``set_result(msg)`` on it (its path for old-style requests' single replies)."""
 
     __slots__ = ("set_result",)
 
