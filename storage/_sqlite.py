@@ -19,10 +19,9 @@ another gets `StoreLockedError` at once, also through a symlink, a hard link, a 
 spelling of the path. (In this process the identity is checked *before* the file is opened: closing a
 descriptor of the database file would drop SQLite's own POSIX locks of the open store.)
 
-A writer checks after each commit that its path still names the file it opened: once the file is
-deleted (or its directory) or replaced, that commit and every later write and read raise
-`PersistenceError` saying so, and nothing written after that is acknowledged (a commit made meanwhile
-went to the orphaned file, never to a file that replaced it). Readers that do not write
+A writer checks before and after each commit that its path still names the file it opened: once the
+file is deleted (or its directory) or replaced, every later write and read raises `PersistenceError`
+saying so, and nothing written after that is acknowledged. Readers that do not write
 (`SQLiteStore(path, readonly=True)`, used by offline tools) take no lock and see committed data only.
 `open()` checks that an existing file is a hoard store of this format *before* changing anything in
 it (not even its journal mode).
@@ -522,8 +521,7 @@ class SQLiteStore(RowStore):
                     db.executemany("INSERT INTO feed (context_id, version, blob) VALUES (?,?,?)", feed)
                     if self._since_prune + len(feed) >= PRUNE_EVERY:
                         self._prune_feed(db)
-        # the file's identity is checked after the commit only: a commit into a file that is no
-        # longer the store went to an orphan, and is refused (never acknowledged) all the same
+        self._check_identity()  # do not write into a file that is no longer the store
         try:
             self._guard(run, "commit", context_of(ops[0]))
         except PersistenceError:
