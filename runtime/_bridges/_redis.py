@@ -10,7 +10,8 @@ drop repeats). ``?maxlen=N`` trims each stream to about N entries (``MAXLEN ~``)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 import redis.exceptions
@@ -52,7 +53,8 @@ class RedisPublisher:
         if self._client is None:
             raise BrokerUnavailableError(self.url, "not connected")
         pipe = self._client.pipeline(transaction=False)
-        command, trim = pipe.execute_command, self._trim
+        command: Callable[..., Any] = pipe.execute_command  # redis-py leaves it untyped
+        trim = self._trim
         # what pipe.xadd sends, without rebuilding its arguments per message; as bytes, which redis-py's
         # packer takes as they are (a str goes through its encoder's type checks, argument by argument)
         for m in messages:
