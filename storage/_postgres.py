@@ -17,9 +17,11 @@ two writers can never both succeed on the same version: an append is
 ``UPDATE contexts SET version=v WHERE id=... AND version=v-1`` and counts the rows it changed; a
 recovery point advances ``next_rp_id`` the same way; a create is an insert that must not conflict.
 A refused check raises `PersistenceError` and rolls the whole batch back. A batch of appends (the
-common one) costs two round trips: BEGIN, the fence, the appends and NOTIFY in one pipeline, then
-the feed rows and COMMIT in the second, once every check held. A blob that cannot be encoded
-raises `PersistenceError` before anything is sent.
+common one) costs one round trip: BEGIN, the fence, the appends, NOTIFY, the feed rows and COMMIT in
+one pipeline. The server makes every check itself (the fence and each append's version check fail
+their statement when refused, so the COMMIT behind them never runs); other batches check the fence
+first, then write, then send the feed rows with COMMIT. A blob that cannot be encoded raises
+`PersistenceError` before anything is sent.
 
 Loading, recovery (``recovery="strict"`` or ``"fallback"``), repair, `verify()` and the read interface
 are the shared engine's (`hoard.storage._recovery`); this module is the connection handling and the
@@ -56,9 +58,12 @@ Connection faults: the store keeps one connection of a `psycopg_pool.ConnectionP
 gives it back when it breaks; the pool reconnects in the background. A read on a dead connection is
 retried once on a new one, and so is a commit whose connection was found dead before anything of it
 was sent. A connection lost in the middle of a commit raises `PersistenceError`: nothing of the batch
-is committed. If it is lost while COMMIT itself is in flight, the outcome is looked up by transaction
-id (``txid_status``) on a new connection: a committed batch returns normally, an aborted one raises;
-so a write is never reported failed while stored, nor reported done while lost. Every statement is
+is committed. If it is lost while COMMIT itself is in flight, the outcome is looked up on a new
+connection: by transaction id (``txid_status``), or, for a batch of appends sent with its COMMIT in
+one round trip (no transaction id came back), by whether the first append's journal row holds this
+batch's blob once the old session has left its transaction; a committed batch returns normally, an
+aborted one raises (and one that never reached the server is sent again); so a write is never
+reported failed while stored, nor reported done while lost. Every statement is
 bounded by ``statement_timeout``; a session left idle inside a transaction (a paused process holding a
 lease row lock) is ended by the server after ``lease_ttl`` (at least 1 s), so a takeover never waits on
 a paused owner for long.
@@ -251,15 +256,27 @@ class PostgresStore(LeaseHolder, RowStore):
         """Try one connection first. A server that answers with a refusal that waiting cannot change
         (no such database or role, authentication failed) fails the open at once with the server's own
         words; a server that does not answer (yet), or is starting up, is left to the pool, which
-        retries up to `connect_timeout`. Returns that first problem (None if the connection worked)."""
+        retries up to `connect_timeout`. Returns that first problem (None if the connection worked).
+        A writing store also checks that its role may make the session function every writing
+        connection makes (`REFUSE`; it needs the TEMP privilege, which every role has by default)."""
         try:
-            self.connection_class.connect(self.dsn, **kwargs).close()
+            conn = self.connection_class.connect(self.dsn, **kwargs)
         except psycopg.Error as exc:
             problem = " ".join(str(exc).split())
             refusal = problem.partition("FATAL:")[2].strip()
             if refusal and not any(word in refusal for word in _TRANSIENT_REFUSALS):
                 raise PersistenceError(f"cannot connect to {self.location}: the server refused: {refusal}") from exc
             return problem
+        with conn:
+            try:
+                if not self.readonly:
+                    conn.execute(REFUSE)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise PersistenceError(
+                    f"{self.location}: a writing store needs the TEMP privilege on the database (for a function "
+                    f"of its sessions): GRANT TEMP ON DATABASE ... TO the store's role ({exc})") from exc
+            except psycopg.Error:
+                pass  # anything else (a read-only server) is the migration's to report, in its words
         return None
 
     def _configure(self, conn: Any) -> None:
@@ -479,9 +496,10 @@ class PostgresStore(LeaseHolder, RowStore):
             notice["vs"] = [last[cid] for cid in ids]  # the notices need no read of contexts
         for attempt in (0, 1):
             conn = self._connection()
-            stage, xid, pid = "begin", None, conn.info.backend_pid
+            stage, xid, pid = "begin", None, 0
             sent: dict[str, Any] = {}
             try:
+                pid = conn.info.backend_pid  # its old session is looked for if the connection breaks
                 if only_appends:
                     stage = "one trip"
                     self._write_appends(conn, ops, encoded, ids, notice=notice, feed=sent_feed,  # type: ignore[arg-type]
