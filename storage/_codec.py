@@ -503,12 +503,12 @@ class Codec:
         except CorruptStateError as exc:
             raise CorruptStateError(f"{what or 'journal entry'}: {exc}", what=what) from None
 
-    def change_fields(self, blob: bytes, version: int) -> ChangeFields | None:
-        """`decode_change`'s fast path for journal replay (activation, `state_at`): the fields of an
-        entry holding `version` as `apply_fields` reads them, without building a `Change`; its maps'
-        containers are frozen in place. Only for an entry exactly as this hoard writes it: every field
-        present with its exact type; None for anything else, valid or not (the caller then takes
-        `decode_change`, which decodes it or names what is wrong). ~2x cheaper than `decode_change`."""
+    def change_fields(self, blob: bytes, version: int | None = None) -> ChangeFields | None:
+        """`decode_change`'s fast path for journal replay (activation, `state_at`) and the feed: the
+        fields of an entry holding `version` (None: any) as `apply_fields` reads them, without
+        building a `Change`; its maps' containers are frozen in place. Only for an entry exactly as
+        this hoard writes it: every field present with its exact type; None for anything else, valid
+        or not (the caller then takes `decode_change`, which decodes it or names what is wrong)."""
         try:
             obj = orjson.loads(self.unframe(KIND_CHANGE, blob))
         except (CorruptStateError, orjson.JSONDecodeError):
@@ -519,9 +519,9 @@ class Codec:
         v, at, data_set, data_del, meta_set, meta_del = (get("version"), get("at"), get("data_set"),
                                                           get("data_del"), get("meta_set"), get("meta_del"))
         replace, rid, forget, by = get("replace"), get("request_id"), get("forget"), get("by")
-        if (type(v) is not int or v != version or v < 1 or type(at) is not float or type(data_set) is not dict
-                or type(meta_set) is not dict or type(data_del) is not list or type(meta_del) is not list
-                or type(forget) is not list or type(replace) is not bool
+        if (type(v) is not int or (version is not None and v != version) or v < 1 or type(at) is not float
+                or type(data_set) is not dict or type(meta_set) is not dict or type(data_del) is not list
+                or type(meta_del) is not list or type(forget) is not list or type(replace) is not bool
                 or (rid is not None and (type(rid) is not str or not rid)) or (by is not None and type(by) is not str)
                 or ((data_del or meta_del or forget)
                     and not all(type(k) is str and k for k in itertools.chain(data_del, meta_del, forget)))):
@@ -533,7 +533,7 @@ class Codec:
                 _owned_dict(meta_set)
         except CorruptStateError:
             return None
-        return v, at, data_set, data_del, meta_set, meta_del, replace, rid, forget
+        return v, at, data_set, data_del, meta_set, meta_del, replace, rid, forget, by
 
     def decode_change_parts(self, blob: bytes, what: str = "") -> tuple[_Scalars, dict[str, Any], dict[str, Any]]:
         """Verify a journal entry exactly as `decode_change` does, without building the `Change`:

@@ -126,16 +126,16 @@ class Change:
     by: str | None = None
 
 
-#: what replaying a change needs of it: ``(version, at, data_set, data_del, meta_set, meta_del, replace,
-#: request_id, forget)`` (a `Change`'s fields, or a journal entry's decoded straight from its blob)
+#: a `Change`'s fields as a tuple, in its order: ``(version, at, data_set, data_del, meta_set, meta_del,
+#: replace, request_id, forget, by)`` (a journal entry decoded straight from its blob, for replay and the feed)
 ChangeFields = tuple[int, float, Mapping[str, Any], Iterable[str], Mapping[str, Any], Iterable[str], bool,
-                     str | None, Iterable[str]]
+                     str | None, Iterable[str], str | None]
 
 
 def change_fields(change: Change) -> ChangeFields:
-    """The fields of `change` that `apply_fields` reads."""
+    """The fields of `change` as `ChangeFields`."""
     return (change.version, change.at, change.data_set, change.data_del, change.meta_set, change.meta_del,
-            change.replace, change.request_id, change.forget)
+            change.replace, change.request_id, change.forget, change.by)
 
 
 def apply_changes(state: ContextState, changes: Iterable[Change]) -> ContextState:
@@ -153,7 +153,7 @@ def apply_fields(state: ContextState, changes: Iterable[ChangeFields]) -> Contex
     meta = state.metadata.mutate()
     requests = None
     version, updated = state.version, state.updated_at
-    for version, updated, data_set, data_del, meta_set, meta_del, replace, request_id, forget in changes:
+    for version, updated, data_set, data_del, meta_set, meta_del, replace, request_id, forget, _by in changes:
         if replace:
             data = immutables.Map(data_set).mutate()
             meta = immutables.Map(meta_set).mutate()
