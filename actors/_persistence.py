@@ -296,7 +296,9 @@ class PersistenceActor(pykka.ThreadingActor):
         ops: list[Any] = []
         accepted: list[Commit] = []
         tips: dict[str, int] = {}
-        counts = dict(self._since_snapshot)
+        # changes since the last snapshot, of the batch's contexts only: a copy of every active
+        # context's count cost 13 us a batch at 1,000 active contexts (0.55 us at 32)
+        counts: dict[str, int] = {}
         for m in batch:
             cid = m.cell.id
             fenced = self.leases.check(cid)
@@ -317,7 +319,8 @@ class PersistenceActor(pykka.ThreadingActor):
             tips[cid] = m.change.version
             ops.append(Append(cid, m.change))
             accepted.append(m)
-            n = counts.get(cid, 0) + 1
+            n = counts.get(cid)
+            n = (self._since_snapshot.get(cid, 0) if n is None else n) + 1
             if n >= self.settings.snapshot_every:
                 ops.append(PutSnapshot(m.state))
                 n = 0
@@ -346,7 +349,7 @@ class PersistenceActor(pykka.ThreadingActor):
         self.stats["commits"] += 1
         self.stats["changes"] += len(accepted)
         self.stats["snapshots"] += sum(isinstance(op, PutSnapshot) for op in ops)
-        self._since_snapshot = counts
+        self._since_snapshot.update(counts)
         for m in accepted:
             self._gaps.pop(m.cell.id, None)  # written with this batch (see _prepare)
             if m.cell.id in self._failing:

@@ -1112,7 +1112,9 @@ def _bridges(run: _Run) -> list[BenchRow]:
                 # as NATS's futures, MQTT's in-flight window and Redis's pipeline do; pika's blocking
                 # channel, which awaits each confirm before the next publish, is the second reference
                 sides, other = (relay_side, publisher_side(kind, messages)), [bare_side]
-            values, floors, *others = _rounds(rounds, *sides, *other, warmup=False)
+            # warm-up round first: without it the relay's first round alone imported the broker's client
+            # (its backend loads it lazily), and the floor, run after it, never paid that
+            values, floors, *others = _rounds(rounds, *sides, *other)
             also = "" if not others else ({
                 "redis": "; the floor pipelines each batch of 256 XADDs; against redis-py's plain loop (one XADD, "
                          "its reply awaited, then the next: median {:,.0f} msgs/s) the relay is {:.2f}x",

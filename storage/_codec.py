@@ -36,6 +36,7 @@ store and used by one thread at a time (the persistence actor's, or the CLI's).
 
 from __future__ import annotations
 
+import itertools
 import struct
 import typing
 import zlib
@@ -49,7 +50,7 @@ import orjson
 import zstandard
 
 from ._errors import CorruptStateError
-from ._model import Change, ContextState
+from ._model import Change, ChangeFields, ContextState
 from ._values import MAX_DEPTH, FrozenDict, FrozenList
 
 __all__ = [
@@ -71,6 +72,7 @@ _KIND_NAMES = {KIND_STATE: "state", KIND_CHANGE: "journal entry", KIND_ARCHIVE: 
                KIND_DICTIONARY: "compression dictionary"}
 _HEADER = struct.Struct("<4sBBBxQ")
 _CRC = struct.Struct("<I")
+_FRAME = struct.Struct("<4sBBBxQI")  # the header and its checksum, read in one call
 HEADER_SIZE = _HEADER.size + _CRC.size
 _COMPRESSED = 1
 _DICTIONARY = 2
@@ -381,8 +383,24 @@ class Codec:
         self.bytes_out += HEADER_SIZE + len(stored)
         return head + _CRC.pack(zlib.crc32(stored, zlib.crc32(head))) + stored
 
-    def unframe(self, kind: int, blob: bytes, what: str = "") -> bytes:  # noqa: PLR0912 - one flat branch per case of the format; split, its rules would scatter
+    def unframe(self, kind: int, blob: bytes, what: str = "") -> bytes:
         """Verify a blob of `kind` and return its payload; raise `CorruptStateError` if anything is off."""
+        # The common case first, every check of `_unframe` in one expression (the feed, history,
+        # state_at and activation unframe one blob per journal entry); anything else, and every
+        # error, takes `_unframe`, which checks again and names what is wrong.
+        if type(blob) is bytes and len(blob) >= HEADER_SIZE:
+            magic, fmt, got_kind, flags, length, crc = _FRAME.unpack_from(blob)
+            if (magic == MAGIC and fmt == FORMAT_VERSION and got_kind == kind and length <= self.max_bytes
+                    and zlib.crc32(blob[HEADER_SIZE:], zlib.crc32(blob[: _HEADER.size])) == crc):
+                if flags == 0 and len(blob) - HEADER_SIZE == length:
+                    return blob[HEADER_SIZE:]
+                if flags & _COMPRESSED and not flags & ~(_COMPRESSED | _DICTIONARY):
+                    stored, label = blob[HEADER_SIZE:], what or _KIND_NAMES[kind]
+                    dctx = self._dictionary(stored, label, what) if flags & _DICTIONARY else self._dctx
+                    return self._inflate(dctx, stored, length, label, what)
+        return self._unframe(kind, blob, what)
+
+    def _unframe(self, kind: int, blob: bytes, what: str = "") -> bytes:
         name = _KIND_NAMES.get(kind, "blob")
         label = what or name
         if not isinstance(blob, (bytes, bytearray, memoryview)):
@@ -413,25 +431,35 @@ class Codec:
             if len(stored) != length:
                 raise CorruptStateError(f"{label}: length mismatch", what=what)
             return stored
+        dctx = self._dictionary(stored, label, what) if flags & _DICTIONARY else self._dctx
+        return self._inflate(dctx, stored, length, label, what)
+
+    def _dictionary(self, stored: bytes, label: str, what: str) -> zstandard.ZstdDecompressor:
+        """The decompressor of the dictionary a compressed payload names; `CorruptStateError` if
+        the store does not hold it."""
+        try:
+            dict_id = zstandard.get_frame_parameters(stored).dict_id
+        except (zstandard.ZstdError, ValueError) as exc:
+            raise CorruptStateError(f"{label}: cannot decompress ({exc})", what=what) from exc
+        found = self._dicts.get(dict_id)
+        if found is None and self.on_missing_dictionary is not None and self.on_missing_dictionary(dict_id):
+            found = self._dicts.get(dict_id)
+        if found is None:
+            raise CorruptStateError(f"{label}: needs compression dictionary {dict_id}, which this store "
+                                    "does not hold", what=what)
+        return found
+
+    @staticmethod
+    def _inflate(dctx: zstandard.ZstdDecompressor, stored: bytes, length: int, label: str, what: str) -> bytes:
+        """The decompressed payload of a verified blob whose header says `length` bytes."""
         try:
             # the frame must declare exactly `length` (hoard always writes the content size): zstd
             # then allocates `length` bytes at most and refuses a frame that would produce more
-            frame = zstandard.get_frame_parameters(stored)
-            declared = frame.content_size
+            declared = zstandard.frame_content_size(stored)
             if declared != length:
-                shown = "no size" if declared == zstandard.CONTENTSIZE_UNKNOWN else f"{declared} bytes"
+                shown = "no size" if declared < 0 else f"{declared} bytes"  # -1: the frame does not say
                 raise CorruptStateError(f"{label}: compressed frame declares {shown}, header says {length}",
                                         what=what)
-            dctx = self._dctx
-            if flags & _DICTIONARY:
-                dict_id = frame.dict_id
-                found = self._dicts.get(dict_id)
-                if found is None and self.on_missing_dictionary is not None and self.on_missing_dictionary(dict_id):
-                    found = self._dicts.get(dict_id)
-                if found is None:
-                    raise CorruptStateError(f"{label}: needs compression dictionary {dict_id}, which this store "
-                                            "does not hold", what=what)
-                dctx = found
             payload = dctx.decompress(stored, max_output_size=max(length, 1), allow_extra_data=False)
         except (zstandard.ZstdError, ValueError) as exc:
             raise CorruptStateError(f"{label}: cannot decompress ({exc})", what=what) from exc
@@ -474,6 +502,38 @@ class Codec:
             return _change_of(obj)
         except CorruptStateError as exc:
             raise CorruptStateError(f"{what or 'journal entry'}: {exc}", what=what) from None
+
+    def change_fields(self, blob: bytes, version: int | None = None) -> ChangeFields | None:
+        """`decode_change`'s fast path for journal replay (activation, `state_at`) and the feed: the
+        fields of an entry holding `version` (None: any) as `apply_fields` reads them, without
+        building a `Change`; its maps' containers are frozen in place. Only for an entry exactly as
+        this hoard writes it: every field present with its exact type; None for anything else, valid
+        or not (the caller then takes `decode_change`, which decodes it or names what is wrong)."""
+        try:
+            obj = orjson.loads(self.unframe(KIND_CHANGE, blob))
+        except (CorruptStateError, orjson.JSONDecodeError):
+            return None
+        if type(obj) is not dict:
+            return None
+        get = obj.get
+        v, at, data_set, data_del, meta_set, meta_del = (get("version"), get("at"), get("data_set"),
+                                                          get("data_del"), get("meta_set"), get("meta_del"))
+        replace, rid, forget, by = get("replace"), get("request_id"), get("forget"), get("by")
+        if (type(v) is not int or (version is not None and v != version) or v < 1 or type(at) is not float
+                or type(data_set) is not dict or type(meta_set) is not dict or type(data_del) is not list
+                or type(meta_del) is not list or type(forget) is not list or type(replace) is not bool
+                or (rid is not None and (type(rid) is not str or not rid)) or (by is not None and type(by) is not str)
+                or ((data_del or meta_del or forget)
+                    and not all(type(k) is str and k for k in itertools.chain(data_del, meta_del, forget)))):
+            return None
+        try:
+            if data_set:
+                _owned_dict(data_set)
+            if meta_set:
+                _owned_dict(meta_set)
+        except CorruptStateError:
+            return None
+        return v, at, data_set, data_del, meta_set, meta_del, replace, rid, forget, by
 
     def decode_change_parts(self, blob: bytes, what: str = "") -> tuple[_Scalars, dict[str, Any], dict[str, Any]]:
         """Verify a journal entry exactly as `decode_change` does, without building the `Change`:

@@ -139,6 +139,11 @@ def feed_rows(ops: Sequence[Op], encoded: Sequence[bytes | None], encode_change:
 
 def feed_entry(codec: Codec, offset: int, context_id: str, blob: bytes) -> FeedEntry:
     """The `FeedEntry` of one stored feed row, verified (`CorruptStateError` if it is not one)."""
+    fields = codec.change_fields(blob)  # the common case: an entry as this hoard writes it, not a replace
+    if fields is not None and not fields[6]:
+        version, at, data_set, data_del, meta_set, meta_del, _replace, _rid, _forget, by = fields
+        return FeedEntry(offset, context_id, version, at, by, tuple(sorted(data_set)), tuple(sorted(data_del)),
+                         data_set, meta_set, tuple(meta_del), False, version == 1)
     what = f"feed entry {offset} ({context_id!r})"
     try:
         change = codec.decode_change(blob, what)

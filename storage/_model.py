@@ -19,7 +19,8 @@ import immutables
 
 from ._values import FrozenDict
 
-__all__ = ["EMPTY", "Change", "ContextState", "RecoveryPoint", "apply_change", "apply_changes", "new_state"]
+__all__ = ["EMPTY", "Change", "ChangeFields", "ContextState", "RecoveryPoint", "apply_change", "apply_changes",
+           "apply_fields", "change_fields", "new_state"]
 
 EMPTY: immutables.Map[str, Any] = immutables.Map()
 
@@ -125,35 +126,53 @@ class Change:
     by: str | None = None
 
 
+#: a `Change`'s fields as a tuple, in its order: ``(version, at, data_set, data_del, meta_set, meta_del,
+#: replace, request_id, forget, by)`` (a journal entry decoded straight from its blob, for replay and the feed)
+ChangeFields = tuple[int, float, Mapping[str, Any], Iterable[str], Mapping[str, Any], Iterable[str], bool,
+                     str | None, Iterable[str], str | None]
+
+
+def change_fields(change: Change) -> ChangeFields:
+    """The fields of `change` as `ChangeFields`."""
+    return (change.version, change.at, change.data_set, change.data_del, change.meta_set, change.meta_del,
+            change.replace, change.request_id, change.forget, change.by)
+
+
 def apply_changes(state: ContextState, changes: Iterable[Change]) -> ContextState:
-    """The state after each of `changes` in turn: the same result as folding `apply_change` over them,
-    built with one mutation per mapping instead of a new persistent map and state per change (journal
-    replay at activation). Each change's version must be one past the one before (checked by callers)."""
+    """The state after each of `changes` in turn (see `apply_fields`)."""
+    return apply_fields(state, map(change_fields, changes))
+
+
+def apply_fields(state: ContextState, changes: Iterable[ChangeFields]) -> ContextState:
+    """The state after each of `changes` (as `ChangeFields`) in turn: the same result as folding
+    `apply_change` over them, built with one mutation per mapping instead of a new persistent map and
+    state per change (journal replay at activation and `state_at`; they decode a journal entry
+    straight into its fields, without a `Change`). Each change's version must be one past the one
+    before (checked by callers). The mappings handed in are only read."""
     data = state.data.mutate()
     meta = state.metadata.mutate()
     requests = None
     version, updated = state.version, state.updated_at
-    for change in changes:
-        if change.replace:
-            data = immutables.Map(change.data_set).mutate()
-            meta = immutables.Map(change.meta_set).mutate()
+    for version, updated, data_set, data_del, meta_set, meta_del, replace, request_id, forget, _by in changes:
+        if replace:
+            data = immutables.Map(data_set).mutate()
+            meta = immutables.Map(meta_set).mutate()
         else:
-            for k in change.data_del:
+            for k in data_del:
                 data.pop(k, None)
-            for k, v in change.data_set.items():
+            for k, v in data_set.items():
                 data[k] = v
-            for k in change.meta_del:
+            for k in meta_del:
                 meta.pop(k, None)
-            for k, v in change.meta_set.items():
+            for k, v in meta_set.items():
                 meta[k] = v
-        if change.request_id is not None or change.forget:
+        if request_id is not None or forget:
             if requests is None:
                 requests = state.requests.mutate()
-            for rid in change.forget:
+            for rid in forget:
                 requests.pop(rid, None)
-            if change.request_id is not None:
-                requests[change.request_id] = (change.version, change.at)
-        version, updated = change.version, change.at
+            if request_id is not None:
+                requests[request_id] = (version, updated)
     if version == state.version:
         return state
     return ContextState(state.id, version, data.finish(), meta.finish(), state.created_at, updated,

@@ -17,9 +17,11 @@ two writers can never both succeed on the same version: an append is
 ``UPDATE contexts SET version=v WHERE id=... AND version=v-1`` and counts the rows it changed; a
 recovery point advances ``next_rp_id`` the same way; a create is an insert that must not conflict.
 A refused check raises `PersistenceError` and rolls the whole batch back. A batch of appends (the
-common one) costs two round trips: BEGIN, the fence, the appends and NOTIFY in one pipeline, then
-the feed rows and COMMIT in the second, once every check held. A blob that cannot be encoded
-raises `PersistenceError` before anything is sent.
+common one) costs one round trip: BEGIN, the fence, the appends, NOTIFY, the feed rows and COMMIT in
+one pipeline. The server makes every check itself (the fence and each append's version check fail
+their statement when refused, so the COMMIT behind them never runs); other batches check the fence
+first, then write, then send the feed rows with COMMIT. A blob that cannot be encoded raises
+`PersistenceError` before anything is sent.
 
 Loading, recovery (``recovery="strict"`` or ``"fallback"``), repair, `verify()` and the read interface
 are the shared engine's (`hoard.storage._recovery`); this module is the connection handling and the
@@ -56,9 +58,12 @@ Connection faults: the store keeps one connection of a `psycopg_pool.ConnectionP
 gives it back when it breaks; the pool reconnects in the background. A read on a dead connection is
 retried once on a new one, and so is a commit whose connection was found dead before anything of it
 was sent. A connection lost in the middle of a commit raises `PersistenceError`: nothing of the batch
-is committed. If it is lost while COMMIT itself is in flight, the outcome is looked up by transaction
-id (``txid_status``) on a new connection: a committed batch returns normally, an aborted one raises;
-so a write is never reported failed while stored, nor reported done while lost. Every statement is
+is committed. If it is lost while COMMIT itself is in flight, the outcome is looked up on a new
+connection: by transaction id (``txid_status``), or, for a batch of appends sent with its COMMIT in
+one round trip (no transaction id came back), by whether the first append's journal row holds this
+batch's blob once the old session has left its transaction; a committed batch returns normally, an
+aborted one raises (and one that never reached the server is sent again); so a write is never
+reported failed while stored, nor reported done while lost. Every statement is
 bounded by ``statement_timeout``; a session left idle inside a transaction (a paused process holding a
 lease row lock) is ended by the server after ``lease_ttl`` (at least 1 s), so a takeover never waits on
 a paused owner for long.
@@ -83,9 +88,9 @@ from typing import Any, TypeVar
 from ._codec import Codec
 from ._errors import ConfigError, ContextLockedError, CorruptStateError, FencedOffError, HoardError, PersistenceError
 from ._feed import DEFAULT_FEED_RETENTION, PRUNE_EVERY, check_retention, consumer_position, feed_rows
-from ._postgres_leases import LeaseHolder
+from ._postgres_leases import LeaseHolder, refusal
 from ._postgres_listen import CHANNEL, ChangeListener
-from ._postgres_sql import IDENT, MIGRATIONS, QUARANTINE_TABLE, SCHEMA_VERSION, SQL, TABLES
+from ._postgres_sql import IDENT, MIGRATIONS, QUARANTINE_TABLE, REFUSE, SCHEMA_VERSION, SQL, TABLES
 from ._recovery import RowAccess, RowStore, _storable_prefix
 from ._retention import RECOVERY, HistoryPolicy, history_base
 from ._store import (
@@ -251,15 +256,27 @@ class PostgresStore(LeaseHolder, RowStore):
         """Try one connection first. A server that answers with a refusal that waiting cannot change
         (no such database or role, authentication failed) fails the open at once with the server's own
         words; a server that does not answer (yet), or is starting up, is left to the pool, which
-        retries up to `connect_timeout`. Returns that first problem (None if the connection worked)."""
+        retries up to `connect_timeout`. Returns that first problem (None if the connection worked).
+        A writing store also checks that its role may make the session function every writing
+        connection makes (`REFUSE`; it needs the TEMP privilege, which every role has by default)."""
         try:
-            self.connection_class.connect(self.dsn, **kwargs).close()
+            conn = self.connection_class.connect(self.dsn, **kwargs)
         except psycopg.Error as exc:
             problem = " ".join(str(exc).split())
             refusal = problem.partition("FATAL:")[2].strip()
             if refusal and not any(word in refusal for word in _TRANSIENT_REFUSALS):
                 raise PersistenceError(f"cannot connect to {self.location}: the server refused: {refusal}") from exc
             return problem
+        with conn:
+            try:
+                if not self.readonly:
+                    conn.execute(REFUSE)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise PersistenceError(
+                    f"{self.location}: a writing store needs the TEMP privilege on the database (for a function "
+                    f"of its sessions): GRANT TEMP ON DATABASE ... TO the store's role ({exc})") from exc
+            except psycopg.Error:
+                pass  # anything else (a read-only server) is the migration's to report, in its words
         return None
 
     def _configure(self, conn: Any) -> None:
@@ -282,6 +299,8 @@ class PostgresStore(LeaseHolder, RowStore):
                       "on" if self.readonly else "off",
                       f"{max(1, round(min(self.lock_timeout, self.statement_timeout) * 1000))}",
                       f"{idle}", f"{round(max(self.lease_ttl, 1.0) * 500)}"))
+        if not self.readonly:
+            conn.execute(REFUSE)  # the refusal of the fence and append checks (a function of this session)
 
     def _migrate(self, conn: Any) -> None:
         encoding = conn.execute("SHOW server_encoding").fetchone()[0]
@@ -471,34 +490,39 @@ class PostgresStore(LeaseHolder, RowStore):
                      "blobs": [r[2] for r in feed], "keep": self.feed_retention, "prune": prune} if feed else None
         notice: dict[str, Any] | None = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
                   "ops": [",".join(touched[cid]) for cid in ids]} if self.notify else None
-        if notice is not None and all(isinstance(op, Append) for op in ops):
+        only_appends = all(isinstance(op, Append) for op in ops)
+        if notice is not None and only_appends:
             last = {op.context_id: op.change.version for op in ops}  # type: ignore[union-attr]
             notice["vs"] = [last[cid] for cid in ids]  # the notices need no read of contexts
         for attempt in (0, 1):
             conn = self._connection()
-            stage, xid = "begin", None
+            stage, xid, pid = "begin", None, 0
             sent: dict[str, Any] = {}
             try:
-                xid = self._write(conn, ops, encoded, ids, notice=notice, sent=sent)
-                stage = "commit"
-                self._finish(conn, sent_feed)
+                pid = conn.info.backend_pid  # its old session is looked for if the connection breaks
+                if only_appends:
+                    stage = "one trip"
+                    self._write_appends(conn, ops, encoded, ids, notice=notice, feed=sent_feed,  # type: ignore[arg-type]
+                                        sent=sent)
+                else:
+                    xid = self._write(conn, ops, encoded, ids, notice=notice, sent=sent)
+                    stage = "commit"
+                    self._finish(conn, sent_feed)
                 self._since_prune = 0 if prune else self._since_prune + len(feed)
                 return
             except psycopg.Error as exc:
-                if stage == "begin" and _began(sent.get("begin")):
-                    stage = "write"  # lost after the transaction began: something of it may have run
                 if not self._lost(conn):
                     self._rollback(conn)
-                    if isinstance(exc, psycopg.errors.LockNotAvailable):
-                        raise self._locked(ids, exc) from exc
-                    raise self._translate(exc, "commit", first) from exc
+                    raise self._commit_error(exc, ids, first) from exc
                 self._drop_connection()
-                if stage == "begin" and attempt == 0:
-                    # dead before anything was sent (killed while idle, server restarted): retry
+                outcome = self._resolve_lost(stage, exc, first, xid=xid, pid=pid, op=ops[0], blob=encoded[0],
+                                             began=_began(sent.get("begin")))
+                if outcome == "committed":
+                    return
+                if outcome == "retry" and attempt == 0:
+                    # dead before anything ran (killed while idle, server restarted): send it again
                     log.warning("%s: connection found dead at commit (%s); retrying on a new one", self.location, exc)
                     continue
-                if stage == "commit" and xid is not None and self._committed_anyway(xid, exc, first):
-                    return
                 raise self._translate(exc, "commit", first) from exc
             except UnicodeError as exc:  # a str psycopg cannot send (a label with a lone surrogate)
                 self._rollback(conn)
@@ -507,6 +531,27 @@ class PostgresStore(LeaseHolder, RowStore):
             except BaseException:
                 self._rollback(conn)
                 raise
+
+    def _commit_error(self, exc: Exception, ids: list[str], context_id: str) -> HoardError:
+        """Our error for a commit the server refused (its connection still up, rolled back)."""
+        if isinstance(exc, psycopg.errors.LockNotAvailable):
+            return self._locked(ids, exc)
+        return refusal(exc) or self._translate(exc, "commit", context_id)
+
+    def _resolve_lost(self, stage: str, exc: Exception, context_id: str, *, xid: int | None, pid: int, op: Op,
+                      blob: bytes | None, began: bool) -> str:
+        """What became of a commit whose connection was lost at `stage`: "committed" (return as done),
+        "retry" (nothing of it ran: send it again) or "failed". Asks a new connection when the
+        COMMIT may have run (see `_appended_anyway`, `_committed_anyway`)."""
+        if stage == "one trip":
+            if self._appended_anyway(pid, op, blob, exc):  # type: ignore[arg-type]
+                return "committed"
+            return "failed" if began else "retry"
+        if stage == "begin":  # lost after the transaction began: something of it may have run
+            return "failed" if began else "retry"
+        if stage == "commit" and xid is not None and self._committed_anyway(xid, exc, context_id):
+            return "committed"
+        return "failed"
 
     def _locked(self, ids: list[str], exc: Exception) -> PersistenceError:
         """A commit waited `lock_timeout` for a row lock: which of `ids` are locked by another session
@@ -525,46 +570,83 @@ class PostgresStore(LeaseHolder, RowStore):
         return PersistenceError(f"{self.location}: commit waited over lock_timeout={self.lock_timeout} s for a "
                                 f"lock another session holds ({exc}); nothing was committed")
 
-    def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
-               notice: dict[str, Any] | None, sent: dict[str, Any]) -> int:
-        """Everything of a commit before its feed rows and COMMIT (`_finish`); returns the transaction
-        id. ``sent["begin"]`` is the cursor of its BEGIN (`_began` tells from it whether the
-        transaction started on the server).
-
-        The common batch (appends only) is one pipeline: BEGIN, the fence, the appends and NOTIFY in
-        one round trip, all checked before the feed rows and COMMIT, the second; nothing is visible
-        to anyone before COMMIT, and a refused check rolls everything back. Other batches check the
-        fence before writing anything."""
-        only_appends = all(isinstance(op, Append) for op in ops)
+    def _write_appends(self, conn: Any, ops: Sequence[Append], encoded: list[bytes | None], ids: list[str], *,
+                       notice: dict[str, Any] | None, feed: dict[str, Any] | None, sent: dict[str, Any]) -> None:
+        """The common batch (appends only) in ONE round trip: BEGIN, the fence, the appends, NOTIFY,
+        the feed rows and COMMIT in one pipeline. The fence and each append's version check are made
+        by the server (`SQL["fence"]`, `SQL["append"]`) and fail their statement when refused; the
+        server then skips everything behind it in the pipeline, COMMIT included, and the caller rolls
+        the transaction back. The feed_head row lock is held only while the server runs the end of the
+        batch and its commit, never while this client reads or checks answers."""
         with conn.pipeline():
             sent["begin"] = conn.execute("BEGIN")
-            fence = conn.execute(self._sql["fence"], {"ids": ids})
-            if only_appends:
-                appended = self._send_appends(conn, ops, encoded)  # type: ignore[arg-type]
-                if notice is not None:
-                    conn.execute(self._sql["notify_appends"], notice)
-        xid = self._check_fence(fence.fetchall())
-        if only_appends:
-            self._check_appends(conn, appended, ops)  # type: ignore[arg-type]
-        else:
-            self._apply_all(conn, ops, encoded)
+            conn.execute(self._sql["fence"], self._fence_args(ids))
+            self._send_appends(conn, ops, encoded)
             if notice is not None:
-                conn.execute(self._sql["notify"], notice)
+                conn.execute(self._sql["notify_appends"], notice)
+            self._send_feed(conn, feed)
+            conn.execute("COMMIT")
+
+    def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
+               notice: dict[str, Any] | None, sent: dict[str, Any]) -> int:
+        """Everything of a batch that is not only appends, before its feed rows and COMMIT
+        (`_finish`); returns the transaction id. ``sent["begin"]`` is the cursor of its BEGIN
+        (`_began` tells from it whether the transaction started on the server). BEGIN and the fence
+        go in one round trip; the fence holds before anything is written, and a refused check rolls
+        everything back."""
+        with conn.pipeline():
+            sent["begin"] = conn.execute("BEGIN")
+            fence = conn.execute(self._sql["fence"], self._fence_args(ids))
+        xid = int(fence.fetchone()[0])
+        self._apply_all(conn, ops, encoded)
+        if notice is not None:
+            conn.execute(self._sql["notify"], notice)
         return xid
 
-    def _finish(self, conn: Any, feed: dict[str, Any] | None) -> None:
-        """The feed rows (`_FEED_INSERT`) and COMMIT, in one round trip: the feed_head row lock the
-        rows take is held only while the server runs them and the commit, never while this client
-        reads answers or checks them (the commits of every process take turns on that lock). If the
-        feed rows fail, the server skips the COMMIT behind them and the caller rolls back."""
-        if feed is None:
-            conn.execute("COMMIT")
-            return
-        with conn.pipeline():
+    def _send_feed(self, conn: Any, feed: dict[str, Any] | None) -> None:
+        """Queue the feed rows (`_FEED_INSERT`), and the pruning when due, in the open pipeline."""
+        if feed is not None:
             conn.execute(self._sql["feed_insert"], feed)
             if feed["prune"]:
                 conn.execute(self._sql["feed_prune"], feed)
+
+    def _finish(self, conn: Any, feed: dict[str, Any] | None) -> None:
+        """The feed rows and COMMIT, in one round trip: the feed_head row lock the rows take is held
+        only while the server runs them and the commit, never while this client reads answers or
+        checks them (the commits of every process take turns on that lock). If the feed rows fail,
+        the server skips the COMMIT behind them and the caller rolls back."""
+        with conn.pipeline():
+            self._send_feed(conn, feed)
             conn.execute("COMMIT")
+
+    def _appended_anyway(self, pid: int, first: Append, blob: bytes, exc: Exception) -> bool:
+        """After the connection of a one-round-trip batch of appends broke: did it commit? Asked on a
+        new connection once its old session has left its transaction (waits, bounded, while it is
+        still in it): it did if the first append's journal row holds this batch's blob. Raises
+        `PersistenceError` when that cannot be told (the lookup fails, the old session stays, or the
+        row is gone while the stored version passed it)."""
+        cid, version = first.context_id, first.change.version
+        args = {"pid": pid, "id": cid, "v": version, "blob": blob}
+        deadline = time.monotonic() + self.statement_timeout
+        while True:
+            try:
+                busy, mine, stored = self._run("commit status",
+                                               lambda c: c.execute(self._sql["appended"], args).fetchone())
+            except PersistenceError as lookup:
+                raise PersistenceError(f"{self.location}: the connection broke during COMMIT ({exc}) and the outcome "
+                                       f"cannot be looked up ({lookup}); reload the context before writing again",
+                                       context_id=cid) from exc
+            if not busy and mine:
+                log.warning("%s: the connection broke during COMMIT (%s), but the transaction committed",
+                            self.location, exc)
+                return True
+            if not busy and (mine is not None or stored is None or stored < version):
+                return False
+            if not busy or time.monotonic() > deadline:
+                raise PersistenceError(f"{self.location}: the connection broke during COMMIT ({exc}) and the "
+                                       f"outcome is unknown; reload the context before writing again",
+                                       context_id=cid) from exc
+            time.sleep(0.01)  # the old session is still ending: it will commit or abort shortly
 
     def _committed_anyway(self, xid: int, exc: Exception, context_id: str | None) -> bool:
         """After the connection broke during COMMIT: did the transaction commit? Asked on a new
@@ -623,24 +705,15 @@ class PostgresStore(LeaseHolder, RowStore):
                 i += 1
 
     def _append_many(self, conn: Any, appends: Sequence[Append], blobs: Sequence[bytes | None]) -> None:
-        """Consecutive appends in one pipelined round trip, each still version-checked."""
-        self._check_appends(conn, self._send_appends(conn, appends, blobs), appends)
+        """Consecutive appends in one pipelined round trip, each version-checked by the server."""
+        self._send_appends(conn, appends, blobs)
 
-    def _send_appends(self, conn: Any, appends: Sequence[Append], blobs: Sequence[bytes | None]) -> Any:
-        """Send the appends (pipelined); their results are read by `_check_appends`."""
-        cur = conn.cursor()
-        cur.executemany(self._sql["append"], [
+    def _send_appends(self, conn: Any, appends: Sequence[Append], blobs: Sequence[bytes | None]) -> None:
+        """Send the appends (pipelined); one that does not follow its stored version fails with
+        "hoard: version" (`SQL["append"]`, `refusal`)."""
+        conn.cursor().executemany(self._sql["append"], [
             {"id": op.context_id, "v": op.change.version, "prev": op.change.version - 1, "at": op.change.at,
-             "blob": blob} for op, blob in zip(appends, blobs, strict=True)], returning=True)
-        return cur
-
-    def _check_appends(self, conn: Any, cur: Any, appends: Sequence[Append]) -> None:
-        """Each append of `cur` must have inserted its journal row: its version check held."""
-        for op in appends:
-            if cur.fetchone() is None:
-                raise PersistenceError(self._version_problem(conn, op.context_id, op.change.version),
-                                       context_id=op.context_id)
-            cur.nextset()
+             "blob": blob} for op, blob in zip(appends, blobs, strict=True)])
 
     def _apply(self, conn: Any, op: Op, blob: bytes | None) -> None:  # noqa: PLR0912 - one branch per kind of op
         sql = self._sql
@@ -686,13 +759,6 @@ class PostgresStore(LeaseHolder, RowStore):
                 conn.execute(sql["quarantine_delete"], {"id": op.context_id})
         else:  # pragma: no cover - the Op union is closed
             raise TypeError(f"unknown store operation {op!r}")
-
-    def _version_problem(self, conn: Any, context_id: str, version: int) -> str:
-        row = conn.execute(self._sql["version"], {"id": context_id}).fetchone()
-        if row is None:
-            return f"journal entry for {context_id!r}, which is not in the store"
-        return f"journal entry {version} for {context_id!r} does not follow stored version {row[0]}"
-
 
     # -- the history policy --------------------------------------------------------------------------
     def _trim_history(self, conn: Any, context_id: str, top: int, now: float) -> int:
@@ -860,20 +926,20 @@ class PostgresStore(LeaseHolder, RowStore):
             return None
 
         def run(conn: Any) -> T | None:
-            with conn.transaction():
-                if context_id is not None:
-                    try:
+            try:
+                with conn.transaction():  # a refused fence aborts it: it is rolled back, not committed
+                    if context_id is not None:
                         self._fence(conn, [context_id])
-                    except FencedOffError as exc:
-                        log.warning("%s: not repairing %r now: %s", self.location, context_id, exc)
-                        return None
-                    row = conn.execute(self._sql["lock_context"], {"id": context_id}).fetchone()
-                    if row is None or row[0] != expected_version:
-                        log.warning("%s: %r changed while it was being checked; not repairing", self.location,
-                                    context_id)
-                        return None
-                self._ensure_quarantine(conn)
-                return fn(_PgRows(self, conn))
+                        row = conn.execute(self._sql["lock_context"], {"id": context_id}).fetchone()
+                        if row is None or row[0] != expected_version:
+                            log.warning("%s: %r changed while it was being checked; not repairing", self.location,
+                                        context_id)
+                            return None
+                    self._ensure_quarantine(conn)
+                    return fn(_PgRows(self, conn))
+            except FencedOffError as exc:
+                log.warning("%s: not repairing %r now: %s", self.location, context_id, exc)
+                return None
         try:
             return self._run(what, run, context_id, idempotent=False)
         finally:

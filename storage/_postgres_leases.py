@@ -52,17 +52,25 @@ refused by the token, but it may still *serve reads* of its stale in-memory stat
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ._errors import ConfigError, ContextOwnedElsewhereError, FencedOffError, OwnerIdInUseError, PersistenceError
+from ._errors import (
+    ConfigError,
+    ContextOwnedElsewhereError,
+    FencedOffError,
+    HoardError,
+    OwnerIdInUseError,
+    PersistenceError,
+)
 from ._postgres_listen import CHANNEL
 from ._values import validate_id
 
-__all__ = ["LeaseHolder"]
+__all__ = ["LeaseHolder", "refusal"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,21 +158,24 @@ class LeaseHolder:
              idempotent: bool = True) -> T:
         raise NotImplementedError  # pragma: no cover - PostgresStore's
 
-    def _fence(self, conn: Any, ids: list[str]) -> int:
-        """Lock and check the lease rows of `ids`; return the transaction id."""
-        return self._check_fence(conn.execute(self._sql["fence"], {"ids": ids}).fetchall())
+    def _fence_args(self, ids: list[str]) -> dict[str, Any]:
+        """The parameters of the fence statement (`SQL["fence"]`) for a batch touching `ids` (sorted):
+        the token this store holds for each (None where it holds none) and whether it needs one."""
+        return {"ids": ids, "tokens": [self._leases.get(cid) for cid in ids], "strict": self.require_lease}
 
-    def _check_fence(self, rows: list[tuple[Any, ...]]) -> int:
-        """Check the lease rows the fence statement locked (see `SQL["fence"]`); return the transaction
-        id. Raises `FencedOffError` (the caller rolls back) if this store may not write one of them."""
-        for cid, owner, token, live, _xid in rows:
-            mine = self._leases.get(cid)
-            if mine is not None:
-                if token != mine:
-                    raise FencedOffError(cid, token=mine, current_token=token, owner=owner)
-            elif live or self.require_lease:
-                raise FencedOffError(cid, token=None, current_token=token, owner=owner or None)
-        return int(rows[0][4])
+    def _fence(self, conn: Any, ids: list[str]) -> int:
+        """Lock and check the lease rows of `ids` (inside the caller's transaction); return the
+        transaction id. Raises `FencedOffError` (the transaction is then aborted: the caller rolls
+        back) if this store may not write one of them."""
+        import psycopg  # noqa: PLC0415 - present: PostgresStore checked the extra
+
+        try:
+            return int(conn.execute(self._sql["fence"], self._fence_args(ids)).fetchone()[0])
+        except psycopg.errors.RaiseException as exc:
+            refused = refusal(exc)
+            if refused is None:
+                raise
+            raise refused from exc
 
     # -- leases --------------------------------------------------------------------------------------
     def _ttl(self, ttl: float | None) -> float:
@@ -246,7 +257,9 @@ class LeaseHolder:
 
     def renew_leases(self, ttl: float | None = None) -> list[str]:
         """Renew every lease this store holds, in one statement; return (sorted) the ids of those that
-        were taken over meanwhile, which this store forgets: drop those contexts without writing.
+        were taken over meanwhile, which this store forgets: drop those contexts without writing. A
+        lease whose row another session holds locked is skipped, never waited for (still held: the
+        next renewal renews it).
 
         Runs in the caller's thread (meant for a periodic timer, every ``lease_ttl / 3``).
         Raises `PersistenceError` if the server could not be asked (the leases then keep running
@@ -258,7 +271,7 @@ class LeaseHolder:
         held = dict(self._leases)
         rows = self._run("renew leases", lambda c: c.execute(self._sql["renew_all"], {
             "ttl": ttl, "owner": self.owner_id, "ids": list(held), "tokens": list(held.values())}).fetchall())
-        lost = sorted(set(held) - {r[0] for r in rows})
+        lost = sorted(r[0] for r in rows)
         for cid in lost:
             if self._leases.get(cid) == held[cid]:
                 del self._leases[cid]
@@ -296,3 +309,24 @@ class LeaseHolder:
     def lease_token(self, context_id: str) -> int | None:
         """The fencing token this store holds for `context_id`, or None. No I/O."""
         return self._leases.get(context_id)
+
+
+def refusal(exc: Exception) -> HoardError | None:
+    """Our error for a check the server refused (`SQL["fence"]`, `SQL["append"]`: ``hoard_refuse``),
+    or None if `exc` is not one: `FencedOffError` for the fence, `PersistenceError` for a journal
+    entry that does not follow the stored version."""
+    diag = getattr(exc, "diag", None)
+    what = getattr(diag, "message_primary", None) or ""
+    if what not in ("hoard: fenced", "hoard: version"):
+        return None
+    detail = json.loads(diag.message_detail)  # type: ignore[union-attr]
+    cid = str(detail["id"])
+    if what == "hoard: fenced":
+        mine, token, owner = detail["mine"], int(detail["token"]), str(detail["owner"])
+        if mine is not None:
+            return FencedOffError(cid, token=int(mine), current_token=token, owner=owner)
+        return FencedOffError(cid, token=None, current_token=token, owner=owner or None)
+    if detail["stored"] is None:
+        return PersistenceError(f"journal entry for {cid!r}, which is not in the store", context_id=cid)
+    return PersistenceError(f"journal entry {detail['v']} for {cid!r} does not follow stored version "
+                            f"{detail['stored']}", context_id=cid)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["IDENT", "MIGRATIONS", "QUARANTINE_TABLE", "SCHEMA_VERSION", "SQL", "TABLES"]
+__all__ = ["IDENT", "MIGRATIONS", "QUARANTINE_TABLE", "REFUSE", "SCHEMA_VERSION", "SQL", "TABLES"]
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -50,16 +50,31 @@ TABLES = {"schema_version", "contexts", "snapshots", "journal", "recovery_points
 # -- SQL (formatted once per store with its schema) -----------------------------------------------------
 # Lock the lease row of every context a batch touches (creating a free one if missing, so that a
 # concurrent first acquisition waits for this transaction too), in id order (no deadlocks between
-# writers), and read what fencing needs plus the transaction id (to resolve a commit lost in flight).
+# writers), and check the fence in the server: a row whose token is not the one this store holds
+# (``mine``), or, where it holds none, a live lease or ``strict`` (require_lease), fails the statement
+# (`REFUSE`: "hoard: fenced", the row as JSON in the detail), so that a pipeline that sends COMMIT
+# behind it commits nothing. Otherwise one row per id: the transaction id (to resolve a commit lost
+# in flight).
 _FENCE = """
-INSERT INTO {s}.leases AS l (context_id, owner, token, expires_at)
-SELECT id, '', 0, '-infinity' FROM unnest(%(ids)s::text[]) AS id ORDER BY id
-ON CONFLICT (context_id) DO UPDATE SET token = l.token
-RETURNING l.context_id, l.owner, l.token, l.expires_at > now(), txid_current()"""
+WITH f AS (INSERT INTO {s}.leases AS l (context_id, owner, token, expires_at)
+           SELECT id, '', 0, '-infinity' FROM unnest(%(ids)s::text[]) AS id ORDER BY id
+           ON CONFLICT (context_id) DO UPDATE SET token = l.token
+           RETURNING l.context_id, l.owner, l.token, l.expires_at > now() AS live)
+SELECT CASE WHEN h.mine IS DISTINCT FROM f.token AND (h.mine IS NOT NULL OR f.live OR %(strict)s)
+       THEN pg_temp.hoard_refuse('fenced', json_build_object('id', f.context_id, 'owner', f.owner,
+                                                             'token', f.token, 'mine', h.mine)::text)::bigint
+       ELSE txid_current() END
+FROM f JOIN unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS h(id, mine) ON h.id = f.context_id
+ORDER BY f.context_id"""
+# A journal entry that does not follow the stored version fails the statement ("hoard: version",
+# the id, the version and the stored one as JSON in the detail), so that nothing of its batch commits.
 _APPEND = """
 WITH u AS (UPDATE {s}.contexts SET version = %(v)s, updated_at = %(at)s
            WHERE id = %(id)s AND version = %(prev)s RETURNING id)
-INSERT INTO {s}.journal (context_id, version, blob) SELECT id, %(v)s, %(blob)s FROM u RETURNING version"""
+INSERT INTO {s}.journal (context_id, version, blob)
+SELECT coalesce((SELECT id FROM u), pg_temp.hoard_refuse('version', json_build_object(
+           'id', %(id)s::text, 'v', %(v)s::bigint,
+           'stored', (SELECT version FROM {s}.contexts WHERE id = %(id)s))::text)), %(v)s, %(blob)s"""
 # A create also removes leftover rows of its id (a context deleted by hand, or orphans verify() has
 # not fixed yet) so that they never mix in: the snapshot rows at other versions, the journal and the
 # recovery points (a leftover snapshot at the same version is overwritten).
@@ -166,10 +181,18 @@ SELECT token, pg_notify(%(ch)s, json_build_object('schema', %(schema)s::text, 'i
 _RENEW = """
 UPDATE {s}.leases SET expires_at = now() + make_interval(secs => %(ttl)s)
 WHERE context_id = %(id)s AND token = %(token)s AND owner = %(owner)s RETURNING token"""
+# Renew every lease held, in one statement, and return the ids no longer held (taken over). A lease
+# row another session holds locked (a stale writer paused inside its transaction, after its fence
+# locked the row) is skipped, not waited for: it is still held as far as the snapshot shows, and the
+# next renewal gets it; waiting would delay every commit behind the renewal, then fail them all.
 _RENEW_ALL = """
-UPDATE {s}.leases AS l SET expires_at = now() + make_interval(secs => %(ttl)s)
-FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS h(id, token)
-WHERE l.context_id = h.id AND l.token = h.token AND l.owner = %(owner)s RETURNING l.context_id"""
+WITH h AS (SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS h(id, token)),
+     k AS (SELECT l.context_id FROM {s}.leases l JOIN h ON l.context_id = h.id AND l.token = h.token
+           WHERE l.owner = %(owner)s FOR UPDATE OF l SKIP LOCKED),
+     r AS (UPDATE {s}.leases AS l SET expires_at = now() + make_interval(secs => %(ttl)s) FROM k
+           WHERE l.context_id = k.context_id RETURNING l.context_id)
+SELECT h.id FROM h WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.context_id = h.id)
+  AND NOT EXISTS (SELECT 1 FROM {s}.leases l WHERE l.context_id = h.id AND l.token = h.token AND l.owner = %(owner)s)"""
 _RELEASE = """
 WITH r AS (UPDATE {s}.leases SET expires_at = '-infinity'
            WHERE context_id = %(id)s AND token = %(token)s AND owner = %(owner)s RETURNING context_id)
@@ -181,11 +204,26 @@ SELECT owner, token, expires_at > now(),
 FROM {s}.leases WHERE context_id = %(id)s"""
 
 
+# The refusal the fence and the append statements raise (see `_FENCE`, `_APPEND`): a function of the
+# session (pg_temp, made by every writing connection when it connects), so the store's schema holds no
+# code and any hoard that shares it needs none. The message names the check, the detail is JSON.
+REFUSE = """
+CREATE OR REPLACE FUNCTION pg_temp.hoard_refuse(what text, detail text) RETURNS text LANGUAGE plpgsql AS
+$$BEGIN RAISE EXCEPTION USING MESSAGE = 'hoard: ' || what, DETAIL = detail; END$$"""
+# Whether a batch of appends sent with its COMMIT in one round trip committed, asked after its
+# connection broke: is its old session still in a transaction (then ask again), and is the first
+# append's journal row there with this batch's blob (the batch is one transaction: all or none)?
+_APPENDED = """
+SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %(pid)s AND xact_start IS NOT NULL),
+       (SELECT blob = %(blob)s FROM {s}.journal WHERE context_id = %(id)s AND version = %(v)s),
+       (SELECT version FROM {s}.contexts WHERE id = %(id)s)"""
+
+
 # every statement by name
 SQL: dict[str, str] = {
     "fence": _FENCE, "append": _APPEND, "create": _CREATE, "snapshot_trim": _SNAPSHOT_TRIM,
     "rp_insert": _RP_INSERT, "rp_trim": _RP_TRIM, "delete": _DELETE, "notify": _NOTIFY,
-    "notify_appends": _NOTIFY_APPENDS, "load": _LOAD,
+    "notify_appends": _NOTIFY_APPENDS, "load": _LOAD, "appended": _APPENDED,
     "summary": _SUMMARY + " WHERE c.id = %(id)s",
     "summaries": _SUMMARY + " WHERE c.id >= %(p)s AND starts_with(c.id, %(p)s) ORDER BY c.id",
     "totals": _TOTALS, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,

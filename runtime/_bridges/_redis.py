@@ -10,10 +10,13 @@ drop repeats). ``?maxlen=N`` trims each stream to about N entries (``MAXLEN ~``)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 import redis.exceptions
+
+from hoard.storage import ConfigError
 
 from ._broker import Outgoing, public_url, url_options
 from ._errors import BrokerUnavailableError
@@ -29,7 +32,11 @@ class RedisPublisher:
         self.url = public_url(url)
         self._raw = url.split("?", 1)[0]
         option = url_options(url).get("maxlen")
-        self._maxlen = maxlen if maxlen is not None else (int(option) if option else None)
+        self._maxlen = maxlen if maxlen is not None else (int(option) if option and option.isdigit() else option)
+        if self._maxlen is not None and (type(self._maxlen) is not int or self._maxlen < 1):
+            raise ConfigError(f"maxlen must be an int >= 1 (entries kept per stream), not {self._maxlen!r}")
+        # XADD's trimming arguments, the same for every message: MAXLEN ~ N (approximate), or none
+        self._trim: tuple[bytes, ...] = () if self._maxlen is None else (b"MAXLEN", b"~", b"%d" % self._maxlen)
         self._client: redis.Redis | None = None
 
     def connect(self, timeout: float) -> None:
@@ -46,9 +53,12 @@ class RedisPublisher:
         if self._client is None:
             raise BrokerUnavailableError(self.url, "not connected")
         pipe = self._client.pipeline(transaction=False)
+        command: Callable[..., Any] = pipe.execute_command  # redis-py leaves it untyped
+        trim = self._trim
+        # what pipe.xadd sends, without rebuilding its arguments per message; as bytes, which redis-py's
+        # packer takes as they are (a str goes through its encoder's type checks, argument by argument)
         for m in messages:
-            pipe.xadd(m.subject, {"message_id": m.message_id, "body": m.body}, maxlen=self._maxlen,
-                      approximate=True)
+            command(b"XADD", m.subject.encode(), *trim, b"*", b"message_id", m.message_id.encode(), b"body", m.body)
         try:
             pipe.execute()
         except (redis.exceptions.RedisError, OSError) as exc:

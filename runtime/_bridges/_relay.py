@@ -7,9 +7,12 @@ A relay is a named feed consumer (`ContextSystem.consumer`) with one thread of i
 2. publish them in offset order through the broker's backend, which returns only once the broker
    confirmed every one (JetStream ack, MQTT PUBACK, AMQP publisher confirm, the XADD reply);
 3. commit the consumer's offset to the last entry published (a store write). The commit runs on a
-   thread of its own while the next batch is published: it never waits for the broker and the broker
-   never waits for the disk. A batch's commit starts only after the broker confirmed all of it, so
-   the committed offset never passes an unconfirmed entry.
+   thread of its own while the next batches are published: it never waits for the broker and the
+   broker never waits for the disk. A commit asked for while one is under way is folded into the next:
+   each commit writes the newest offset the broker confirmed when it starts (so a disk slower than the
+   broker costs fewer commits, not throughput), and at most `_COMMITS_PENDING` commits are queued
+   before the relay waits for the oldest. The offset committed is only ever one the broker confirmed
+   all of, so it never passes an unconfirmed entry.
 
 A relay killed between 2 and 3 (SIGKILL, power loss) publishes those entries again when it starts
 over: every change reaches the broker at least once; one context's changes are in version order
@@ -31,6 +34,7 @@ committed before the store closes).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -66,6 +70,8 @@ _HEAD_EVERY = 0.1
 _SUBJECTS_KEPT = 10_000
 #: the longest `wait_caught_up` goes without checking that the relay still runs
 _CHECK_EVERY = 0.1
+#: offset commits queued (each then writes the newest confirmed offset) before the relay waits for one
+_COMMITS_PENDING = 4
 
 
 @attrs.frozen
@@ -143,10 +149,10 @@ class Relay(BridgeThread):
         # entries is most of the relay's CPU; the broker's round trip releases the GIL)
         self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoard-relay-ahead")
         self._next: tuple[int, concurrent.futures.Future[tuple[list[dict[str, Any]], list[Outgoing]]]] | None = None
-        # commits the offset of a confirmed batch while the next one is published
+        # commits the newest confirmed offset while the next batches are published
         self._committer = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                                 thread_name_prefix="hoard-relay-commit")
-        self._commit: concurrent.futures.Future[None] | None = None
+        self._commits: collections.deque[concurrent.futures.Future[None]] = collections.deque()  # oldest first
         self._wake: queue.Queue[None] = queue.Queue(maxsize=1)  # a commit happened, or stop()
         self._subscription: Any = None
         self._waiters: list[tuple[int, threading.Event]] = []  # wait_caught_up: (offset, set when committed)
@@ -289,26 +295,31 @@ class Relay(BridgeThread):
                 continue
             backoff = 0.0
             self._sent = last
-            self._settle()  # the previous batch's commit (long done, usually): its error stops the relay here
-            self._commit = self._committer.submit(self._committed, last)
+            # the commits done so far: an error stops the relay here; too many queued: wait for the oldest
+            self._settle(keep=_COMMITS_PENDING - 1)
+            self._commits.append(self._committer.submit(self._committed))
             self._published += len(batch)
             if len(batch) == self._batch:
                 self._refresh_head()
 
-    def _committed(self, offset: int) -> None:
-        """On the committer thread: commit `offset` (every entry up to it is confirmed), then wake
-        whoever waits for it."""
+    def _committed(self) -> None:
+        """On the committer thread: commit the newest offset the broker confirmed (every entry up to it
+        is), unless a commit queued before this one wrote it already; then wake whoever waits for it."""
+        offset = self._sent  # set by the relay's thread after the broker confirmed, before queueing this
+        if offset <= self._position:
+            return
         self._consumer.commit(offset)
         self._position = offset
         for target, event in list(self._waiters):
             if target <= offset:
                 event.set()
 
-    def _settle(self) -> None:
-        """Wait for the offset commit under way (at most the store's call timeout); its error is raised."""
-        commit, self._commit = self._commit, None
-        if commit is not None:
-            commit.result()
+    def _settle(self, keep: int = 0) -> None:
+        """Take the commits that are done (an error is raised), and wait for the oldest ones (each at
+        most the store's call timeout) until at most `keep` are still queued."""
+        commits = self._commits
+        while commits and (len(commits) > keep or commits[0].done()):
+            commits.popleft().result()
 
     def _settle_last(self) -> None:
         """As the loop ends: wait for its last commit; a failure is shown (log, `lag().error`), not raised."""

@@ -66,6 +66,15 @@ def test_a_relay_refuses_bad_settings_before_it_starts(tmp_path: Path) -> None:
         assert system.metrics().relay_lag_entries == {}
 
 
+@pytest.mark.parametrize(("url", "options"), [
+    ("redis://127.0.0.1:6379/0?maxlen=abc", {}), ("redis://127.0.0.1:6379/0?maxlen=-3", {}),
+    ("redis://127.0.0.1:6379/0", {"maxlen": 0}), ("redis://127.0.0.1:6379/0", {"maxlen": "10"}),
+])
+def test_a_redis_publisher_refuses_a_bad_maxlen_with_a_config_error(url: str, options: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="maxlen"):
+        make_publisher(url, **options)
+
+
 def test_hoard_relay_with_an_unknown_scheme_fails_with_a_json_error(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "hoard", "relay", str(tmp_path / "s.db"), "--to", "kafka://x:1",  # noqa: S603 - our own CLI
                         "--json"], capture_output=True, text=True, timeout=60, check=False)

@@ -9,6 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
+import orjson
 import pytest
 
 from hoard import ContextAdapterConfig, ContextSystem, Relay, open_system
@@ -153,3 +154,27 @@ def test_a_relay_whose_broker_is_away_from_the_start_shows_its_lag_then_catches_
         written = {"a": a.version}
         relay.stop()
     check_in_order(target.received(), written, exactly_once=target.kind == "nats")
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_redis_relay_with_maxlen_trims_its_stream_and_names_each_entry(target: Target, tmp_path: Path) -> None:
+    import redis  # noqa: PLC0415 - this test only
+
+    target.options["maxlen"] = 10
+    with _system(tmp_path / "s.db") as system:
+        a = system.adapter.get_or_create("a")
+        for i in range(300):
+            a.set("n", i)
+        with Relay(system, target.url(), subject=target.subject, name="trim", batch=64) as relay:
+            assert relay.wait_caught_up(timeout=30).published == 301  # created + 300 sets
+    client = redis.Redis.from_url(target.url().split("?", 1)[0])
+    try:
+        entries = client.xrange(target.tag)
+    finally:
+        client.close()
+    # MAXLEN ~ 10 trims whole stream nodes: far fewer than 301 are left, the newest last
+    assert 10 <= len(entries) < 301
+    fields = [fields for _id, fields in entries]
+    assert all(set(f) == {b"message_id", b"body"} for f in fields)
+    assert [f[b"message_id"].decode() for f in fields] == [orjson.loads(f[b"body"])["message_id"] for f in fields]
+    assert fields[-1][b"message_id"] == b"a:301"

@@ -16,8 +16,9 @@ trigger raising ``io_error``, 58030, at commit time: the transaction is aborted)
 own session at either point (``pg_terminate_backend(pg_backend_pid())``: the connection is lost mid-write
 or while COMMIT is in flight, exactly as when a network or the server fails). The store's connection
 class (`PgFaults.connection_class`) adds two client-side points: a hook run right after a COMMIT
-returned, and failing the outcome lookup (``txid_status``). The store sees what it would see from a
-real failure, over its real connection.
+returned, and failing the outcome lookup (by ``txid_status``, or, for a batch of appends sent with
+its COMMIT, by its old session in ``pg_stat_activity`` and its journal row). The store sees what it
+would see from a real failure, over its real connection.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ class PgFaults:
         self.codec, self.compressor = switchable_codec()
         #: called with the connection right after a COMMIT returned (None: nothing)
         self.after_commit: Callable[[Any], None] | None = None
-        #: fail the outcome lookup of a commit whose connection broke (``txid_status``)
+        #: fail the outcome lookup of a commit whose connection broke (either kind)
         self.fail_lookup = False
         self._admin: Any = None
         faults = self
@@ -231,7 +232,8 @@ class PgFaults:
             """psycopg's connection with the two client-side fault points."""
 
             def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-                if faults.fail_lookup and isinstance(query, str) and "txid_status" in query:
+                if faults.fail_lookup and isinstance(query, str) and (
+                        "txid_status" in query or "pg_stat_activity" in query):
                     raise psycopg.OperationalError("simulated: the server cannot be reached for the lookup")
                 cur = super().execute(query, params, **kwargs)
                 if query == "COMMIT" and faults.after_commit is not None:

@@ -164,6 +164,59 @@ def test_two_stores_can_never_both_append_the_same_version(make_pg_store: MakeSt
     assert b.load("c").get("by") == "a"  # type: ignore[union-attr]
 
 
+def test_a_refused_append_rolls_back_the_whole_batch_sent_with_its_commit(make_pg_store: MakeStore) -> None:
+    """A batch of appends goes to the server with its COMMIT: the server's own check of a later append
+    (it does not follow its stored version) must keep the earlier, valid ones from committing."""
+    s = make_pg_store()
+    s.commit([CreateContext(new_state("a")), CreateContext(new_state("b"))])
+    s.commit([Append("b", change(2, x=1))])
+    with pytest.raises(PersistenceError, match="journal entry 2 for 'b' does not follow stored version 2") as caught:
+        s.commit([Append("a", change(2, x=1)), Append("b", change(2, x=2))])
+    assert caught.value.context_id == "b"
+    assert s.load("a").version == 1  # type: ignore[union-attr]
+    assert [e.version for e in s.feed()] == [1, 1, 2]  # the creates and b's first append: nothing of the batch
+    s.commit([Append("a", change(2, x=1)), Append("b", change(3, x=2))])  # the connection goes on
+    assert (s.load("a").version, s.load("b").version) == (2, 3)  # type: ignore[union-attr]
+    with pytest.raises(PersistenceError, match="journal entry for 'ghost', which is not in the store"):
+        s.commit([Append("ghost", change(2, x=1))])
+    assert s.verify() == []
+
+
+def test_a_batch_of_appends_is_one_round_trip_to_the_server(make_pg_store: MakeStore) -> None:
+    """The durable write of the common batch (appends to leased contexts: fence, journal rows, NOTIFY,
+    feed rows, COMMIT) is one exchange with the server, however many appends and contexts: counted on
+    the store's own connection (injected), a pipeline is one exchange, a statement outside one is one."""
+    exchanges: list[str] = []
+
+    class Counting(psycopg.Connection[Any]):
+        depth = 0
+
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            if self.depth == 0:
+                exchanges.append(str(query))
+            return super().execute(query, params, **kwargs)
+
+        @contextlib.contextmanager
+        def pipeline(self) -> Iterator[Any]:  # type: ignore[override]
+            self.depth += 1
+            try:
+                with super().pipeline() as p:
+                    yield p
+            finally:
+                self.depth -= 1
+                exchanges.append("pipeline")
+
+    s = make_pg_store(require_lease=True, connection_class=Counting)
+    for cid in ("a", "b"):
+        s.acquire_lease(cid)
+    s.commit([CreateContext(new_state("a")), CreateContext(new_state("b"))])
+    exchanges.clear()
+    s.commit([Append("a", change(2, x=1)), Append("b", change(2, x=2)), Append("a", change(3, x=3))])
+    assert exchanges == ["pipeline"]
+    assert (s.load("a").version, s.load("b").version) == (3, 2)  # type: ignore[union-attr]
+    assert [(e.context_id, e.version) for e in s.feed()][-3:] == [("a", 2), ("b", 2), ("a", 3)]
+
+
 def test_damaged_blobs_are_detected_not_loaded(make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
     s = make_pg_store()
     st = new_state("c", freeze_mapping({"a": 1}))
@@ -266,6 +319,30 @@ def test_renew_leases_reports_the_leases_taken_over(make_pg_store: MakeStore, pg
     assert a.renew_leases(60) == ["y"]
     assert (a.lease_token("x"), a.lease_token("y")) == (1, None)
     assert a.renew_leases() == []
+
+
+def test_renew_leases_skips_a_lease_row_another_session_holds_locked(make_pg_store: MakeStore, pg_dsn: str,
+                                                                    pg_schema: str) -> None:
+    """A lease row locked by another session (a paused stale writer whose fence locked it) neither
+    delays the renewal of the others (the persistence actor renews between commits) nor makes them
+    fail: it is skipped, still held, and renewed by a later renewal."""
+    a = make_pg_store(owner_id="node-a", lock_timeout=5.0)
+    for cid in ("x", "y"):
+        a.acquire_lease(cid, 60)
+    sql(pg_dsn, "UPDATE leases SET expires_at = now() + interval '5 s'", schema=pg_schema)
+    with psycopg.connect(pg_dsn, autocommit=True, options=f"-c search_path={pg_schema}") as other:
+        other.execute("BEGIN")
+        other.execute("SELECT 1 FROM leases WHERE context_id = 'x' FOR UPDATE")
+        assert a.renew_leases(60) == []  # not lost: skipped
+        left = dict(sql(pg_dsn, "SELECT context_id, extract(epoch FROM expires_at - now())::float8 FROM leases",
+                        schema=pg_schema))
+        assert left["x"] <= 5 and left["y"] > 55
+        assert (a.lease_token("x"), a.lease_token("y")) == (1, 1)
+        other.execute("ROLLBACK")
+    assert a.renew_leases(60) == []
+    (left_x,) = sql(pg_dsn, "SELECT extract(epoch FROM expires_at - now())::float8 FROM leases "
+                            "WHERE context_id = 'x'", schema=pg_schema)[0]
+    assert left_x > 55
 
 
 def test_a_restarted_owner_with_the_same_id_takes_its_leases_back_and_fences_its_old_self(

@@ -1,0 +1,96 @@
+"""The forwarder's own request/reply on the real NATS server: answers reach the caller waiting for them
+through the forwarder's inbox, a request nobody serves comes back at once as "try here", an answer
+that arrives after its caller gave up is dropped, and request ids stay unique across a fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from hoard import CallOutcomeUnknownError
+from hoard._forward import RETRY_HERE, Forwarder, with_request_id
+from hoard.actors import Set
+
+Make = Callable[..., Forwarder]
+
+
+@pytest.fixture
+def forwarders(nats_url: str) -> Iterator[Make]:
+    """``make(owner_id, serve)``: a forwarder on a fresh schema name; all closed at teardown."""
+    made: list[Forwarder] = []
+    schema = f"wire_{uuid.uuid4().hex[:12]}"
+
+    def make(owner_id: str, serve: Callable[[dict[str, Any], Callable[..., None]], None]) -> Forwarder:
+        forwarder = Forwarder(nats_url, schema=schema, owner_id=owner_id, serve=serve, attempt_timeout=5.0)
+        made.append(forwarder)
+        return forwarder
+
+    yield make
+    for forwarder in made:
+        forwarder.close()
+
+
+def _refuse(_request: dict[str, Any], _done: Callable[..., None]) -> None:
+    raise AssertionError("nothing is sent to this forwarder")
+
+
+def test_a_request_nobody_serves_comes_back_as_try_here_and_leaves_no_waiter(forwarders: Make) -> None:
+    caller = forwarders("caller", _refuse)
+    result = caller.send("c", {"k": "msg", "id": "c", "m": {}}, "gone", deadline=time.monotonic() + 5.0,
+                         what="a set", timeout=5.0)
+    assert result is RETRY_HERE  # the NATS server's "no responders": the owner's process is gone
+    assert caller._waiting == {}  # noqa: SLF001 - no caller left waiting (the map would only grow)
+
+
+def test_an_answer_after_its_caller_gave_up_is_dropped_and_later_calls_get_their_own(forwarders: Make) -> None:
+    held: list[Callable[..., None]] = []
+    arrived = threading.Event()
+
+    def serve(request: dict[str, Any], done: Callable[..., None]) -> None:
+        if request["n"] == 0:
+            held.append(done)  # answered only after the caller has given up
+            arrived.set()
+        else:
+            done({"ok": {"v": request["n"]}, "lease": 1.0})
+
+    forwarders("owner", serve)
+    caller = forwarders("caller", _refuse)
+    with pytest.raises(CallOutcomeUnknownError) as unknown:
+        caller.send("c", {"k": "msg", "id": "c", "n": 0}, "owner", deadline=time.monotonic() + 0.5, what="a set",
+                    timeout=0.5)
+    assert unknown.value.context_id == "c"
+    assert arrived.wait(5.0)
+    held[0]({"ok": {"v": "late"}, "lease": 1.0})
+    # the owner sends its answers in order on one connection: the late one reaches the caller first
+    for n in (1, 2, 3):
+        assert caller.send("c", {"k": "msg", "id": "c", "n": n}, "owner", deadline=time.monotonic() + 5.0,
+                           what="a set", timeout=5.0) == n
+    assert caller._waiting == {}  # noqa: SLF001 - no caller left waiting (the map would only grow)
+
+
+def test_request_ids_are_unique_in_a_forked_child() -> None:
+    mine = {with_request_id(Set("k", 1)).request_id for _ in range(3)}
+    assert len(mine) == 3
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids, then out at once
+        try:
+            os.write(write, str(with_request_id(Set("k", 1)).request_id).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        child = os.read(read, 200).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    parent_next = with_request_id(Set("k", 1)).request_id
+    assert child
+    assert child != parent_next  # the same counter value, but the child drew a prefix of its own
+    assert child.split(".")[0] != parent_next.split(".")[0]
