@@ -305,20 +305,6 @@ def _fields_of_row(codec: Codec, blob: bytes, context_id: str, version: int) -> 
                                            version))
 
 
-class _Gap(Exception):
-    """The journal read by `_state_at_direct` has a gap."""
-
-
-def _direct_fields(codec: Codec, context_id: str, at: int, journal: Iterable[BlobRow]) -> Iterator[ChangeFields]:
-    """The fields of each journal row after version `at` (`_state_at_direct`): `_Gap` at a missing
-    version, `CorruptStateError` for a damaged row."""
-    for version, blob in journal:
-        if version != at + 1:
-            raise _Gap
-        yield codec.change_fields(blob, version) or _fields_of_row(codec, blob, context_id, version)
-        at = version
-
-
 # -- everything stored for one context, decoded row by row --------------------------------------------
 @attrs.define
 class _Row:
@@ -840,9 +826,10 @@ class RowStore:
         try:
             blob = next(b for v, b in rows.snapshot_rows(context_id) if v == base)
             state = decode_state_row(self.codec, blob, context_id, f"snapshot v{base} of {context_id!r}", base)
-            state = apply_fields(state, _direct_fields(self.codec, context_id, base,
+            # a gap or a damaged row raises CorruptStateError: no direct answer (the caller looks further)
+            state = apply_fields(state, _strict_fields(self.codec, context_id, version, base,
                                                        rows.journal_rows(context_id, base, version)))
-        except (CorruptStateError, StopIteration, _Gap):
+        except (CorruptStateError, StopIteration):
             return None
         return state if state.version == version else None
 
