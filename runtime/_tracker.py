@@ -420,8 +420,8 @@ class ContextTracker(Mapping[str, Any]):
         if not cell.closed and not self._system.stopped:
             cell.touched = fresh_mark()
             reply: Reply = cell.actor_ref.ask(message, block=False)
-            reply.what, reply.context_id, reply.timeout = what, self._id, t
-            reply.deadline = time.monotonic() + t
+            reply.what, reply.context_id = what, self._id
+            reply.set_deadline(t)
             reply.retry = functools.partial(self._retry, message)  # no cycle through the reply: no GC work
             return reply
         def work(remaining: float, outer: Reply) -> Any:
