@@ -17,8 +17,9 @@ two writers can never both succeed on the same version: an append is
 ``UPDATE contexts SET version=v WHERE id=... AND version=v-1`` and counts the rows it changed; a
 recovery point advances ``next_rp_id`` the same way; a create is an insert that must not conflict.
 A refused check raises `PersistenceError` and rolls the whole batch back. A batch of appends (the
-common one) costs one round trip: BEGIN, the fence, the appends, NOTIFY, the feed rows and COMMIT in
-one pipeline. The server makes every check itself (the fence and each append's version check fail
+common one) costs one round trip: BEGIN, one call of a function of the session that makes the fence,
+the appends, NOTIFY and the feed rows in the server, and COMMIT, in one pipeline. The server makes
+every check itself (the fence and each append's version check fail
 their statement when refused, so the COMMIT behind them never runs); other batches check the fence
 first, then write, then send the feed rows with COMMIT. A blob that cannot be encoded raises
 `PersistenceError` before anything is sent.
@@ -301,6 +302,7 @@ class PostgresStore(LeaseHolder, RowStore):
                       f"{idle}", f"{round(max(self.lease_ttl, 1.0) * 500)}"))
         if not self.readonly:
             conn.execute(REFUSE)  # the refusal of the fence and append checks (a function of this session)
+            conn.execute(self._sql["appends_fn"])  # a batch of appends as one statement (`_write_appends`)
 
     def _migrate(self, conn: Any) -> None:
         encoding = conn.execute("SHOW server_encoding").fetchone()[0]
@@ -572,20 +574,25 @@ class PostgresStore(LeaseHolder, RowStore):
 
     def _write_appends(self, conn: Any, ops: Sequence[Append], encoded: list[bytes | None], ids: list[str], *,
                        notice: dict[str, Any] | None, feed: dict[str, Any] | None, sent: dict[str, Any]) -> None:
-        """The common batch (appends only) in ONE round trip: BEGIN, the fence, the appends, NOTIFY,
-        the feed rows and COMMIT in one pipeline. The fence and each append's version check are made
-        by the server (`SQL["fence"]`, `SQL["append"]`) and fail their statement when refused; the
-        server then skips everything behind it in the pipeline, COMMIT included, and the caller rolls
-        the transaction back. The feed_head row lock is held only while the server runs the end of the
-        batch and its commit, never while this client reads or checks answers."""
+        """The common batch (appends only) in ONE round trip of three statements: BEGIN, one call of
+        the session's function that makes the fence, the appends, the notices and the feed rows in the
+        server (`SQL["appends_fn"]`), and COMMIT. The fence and each append's version check fail the
+        call when refused; the server then skips the COMMIT behind it, and the caller rolls the
+        transaction back. The feed_head row lock is taken last, so it is held only while the server
+        ends the call and commits, never while this client reads or checks answers."""
+        args = self._fence_args(ids)
+        args.update(aids=[op.context_id for op in ops], vs=[op.change.version for op in ops],
+                    ats=[op.change.at for op in ops], blobs=encoded, ch=None, schema=None, owner=None, ops=None,
+                    last=None, feed=feed is not None, keep=feed["keep"] if feed is not None and feed["prune"] else None)
+        if notice is not None:
+            args.update(ch=notice["ch"], schema=notice["schema"], owner=notice["owner"], ops=notice["ops"],
+                        last=notice["vs"])
+        # BEGIN and COMMIT are never prepared: a COMMIT skipped behind a refused call would leave psycopg
+        # believing in a prepared statement that the server never made
         with conn.pipeline():
-            sent["begin"] = conn.execute("BEGIN")
-            conn.execute(self._sql["fence"], self._fence_args(ids))
-            self._send_appends(conn, ops, encoded)
-            if notice is not None:
-                conn.execute(self._sql["notify_appends"], notice)
-            self._send_feed(conn, feed)
-            conn.execute("COMMIT")
+            sent["begin"] = conn.execute("BEGIN", prepare=False)
+            conn.execute(self._sql["appends"], args)
+            conn.execute("COMMIT", prepare=False)
 
     def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
                notice: dict[str, Any] | None, sent: dict[str, Any]) -> int:

@@ -55,17 +55,19 @@ TABLES = {"schema_version", "contexts", "snapshots", "journal", "recovery_points
 # (`REFUSE`: "hoard: fenced", the row as JSON in the detail), so that a pipeline that sends COMMIT
 # behind it commits nothing. Otherwise one row per id: the transaction id (to resolve a commit lost
 # in flight).
-_FENCE = """
+_FENCE_LOCK = """
 WITH f AS (INSERT INTO {s}.leases AS l (context_id, owner, token, expires_at)
            SELECT id, '', 0, '-infinity' FROM unnest(%(ids)s::text[]) AS id ORDER BY id
            ON CONFLICT (context_id) DO UPDATE SET token = l.token
            RETURNING l.context_id, l.owner, l.token, l.expires_at > now() AS live)
-SELECT CASE WHEN h.mine IS DISTINCT FROM f.token AND (h.mine IS NOT NULL OR f.live OR %(strict)s)
+SELECT """
+_FENCE_CHECK = """CASE WHEN h.mine IS DISTINCT FROM f.token AND (h.mine IS NOT NULL OR f.live OR %(strict)s)
        THEN pg_temp.hoard_refuse('fenced', json_build_object('id', f.context_id, 'owner', f.owner,
                                                              'token', f.token, 'mine', h.mine)::text)::bigint
-       ELSE txid_current() END
-FROM f JOIN unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS h(id, mine) ON h.id = f.context_id
-ORDER BY f.context_id"""
+       ELSE txid_current() END"""
+_FENCE_JOIN = """
+FROM f JOIN unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS h(id, mine) ON h.id = f.context_id"""
+_FENCE = _FENCE_LOCK + _FENCE_CHECK + _FENCE_JOIN + "\nORDER BY f.context_id"
 # A journal entry that does not follow the stored version fails the statement ("hoard: version",
 # the id, the version and the stored one as JSON in the detail), so that nothing of its batch commits.
 _APPEND = """
@@ -219,11 +221,43 @@ SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %(pid)s AND xact_start
        (SELECT version FROM {s}.contexts WHERE id = %(id)s)"""
 
 
+def _in_function(sql: str, names: dict[str, str]) -> str:
+    """`sql` with each parameter ``%(name)s`` replaced by the PL/pgSQL expression `names` gives it."""
+    return re.sub(r"%\((\w+)\)s", lambda m: names[m.group(1)], sql)
+
+
+# A batch of appends only (the common commit) as ONE statement between BEGIN and COMMIT: a function of
+# the session (made with `REFUSE` by every writing connection) runs the statements above in order in
+# the server: the fence, each append, the notices (_ch NULL: none) and the feed rows (and the pruning
+# when _keep is given), each refusal failing it as it fails the statement. The client sends three
+# statements instead of four plus one per append, and the server plans none of them again (PL/pgSQL
+# keeps its plans per session). count() reads every row of the fence, so every id is checked.
+_APPENDS_FN = (
+    "CREATE OR REPLACE FUNCTION pg_temp.hoard_appends(_ids text[], _tokens bigint[], _strict boolean, "
+    "_aids text[], _vs bigint[], _ats float8[], _blobs bytea[], _ch text, _schema text, _owner text, "
+    "_ops text[], _last bigint[], _feed boolean, _keep bigint) RETURNS void LANGUAGE plpgsql AS $fn$\n"
+    "DECLARE _i integer; _n integer;\nBEGIN\n"
+    + _in_function(_FENCE_LOCK + "count(" + _FENCE_CHECK + ") INTO _n" + _FENCE_JOIN,
+                   {"ids": "_ids", "tokens": "_tokens", "strict": "_strict"})
+    + ";\nFOR _i IN 1 .. cardinality(_aids) LOOP\n"
+    + _in_function(_APPEND, {"id": "_aids[_i]", "v": "_vs[_i]", "prev": "(_vs[_i] - 1)", "at": "_ats[_i]",
+                             "blob": "_blobs[_i]"})
+    + ";\nEND LOOP;\nIF _ch IS NOT NULL THEN\n"
+    + _in_function(_NOTIFY_APPENDS, {"ch": "_ch", "schema": "_schema", "owner": "_owner", "ids": "_ids",
+                                     "ops": "_ops", "vs": "_last"}).replace("SELECT", "PERFORM", 1)
+    + ";\nEND IF;\nIF _feed THEN\n_n := cardinality(_aids);\n"
+    + _in_function(_FEED_INSERT, {"n": "_n", "ids": "_aids", "vs": "_vs", "blobs": "_blobs"})
+    + ";\nIF _keep IS NOT NULL THEN\n" + _in_function(_FEED_PRUNE, {"keep": "_keep"})
+    + ";\nEND IF;\nEND IF;\nEND $fn$")
+_APPENDS = ("SELECT pg_temp.hoard_appends(%(ids)s, %(tokens)s, %(strict)s, %(aids)s, %(vs)s, %(ats)s, %(blobs)s, "
+            "%(ch)s, %(schema)s, %(owner)s, %(ops)s, %(last)s, %(feed)s, %(keep)s)")
+
+
 # every statement by name
 SQL: dict[str, str] = {
     "fence": _FENCE, "append": _APPEND, "create": _CREATE, "snapshot_trim": _SNAPSHOT_TRIM,
     "rp_insert": _RP_INSERT, "rp_trim": _RP_TRIM, "delete": _DELETE, "notify": _NOTIFY,
-    "notify_appends": _NOTIFY_APPENDS, "load": _LOAD, "appended": _APPENDED,
+    "appends_fn": _APPENDS_FN, "appends": _APPENDS, "load": _LOAD, "appended": _APPENDED,
     "summary": _SUMMARY + " WHERE c.id = %(id)s",
     "summaries": _SUMMARY + " WHERE c.id >= %(p)s AND starts_with(c.id, %(p)s) ORDER BY c.id",
     "totals": _TOTALS, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,
