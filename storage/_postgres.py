@@ -580,18 +580,27 @@ class PostgresStore(LeaseHolder, RowStore):
         call when refused; the server then skips the COMMIT behind it, and the caller rolls the
         transaction back. The feed_head row lock is taken last, so it is held only while the server
         ends the call and commits, never while this client reads or checks answers."""
-        args = self._fence_args(ids)
-        args.update(aids=[op.context_id for op in ops], vs=[op.change.version for op in ops],
-                    ats=[op.change.at for op in ops], blobs=encoded, ch=None, schema=None, owner=None, ops=None,
-                    last=None, feed=feed is not None, keep=feed["keep"] if feed is not None and feed["prune"] else None)
+        args: dict[str, Any] = {"strict": self.require_lease, "ch": None, "schema": None, "owner": None,
+                                "feed": feed is not None,
+                                "keep": feed["keep"] if feed is not None and feed["prune"] else None}
         if notice is not None:
-            args.update(ch=notice["ch"], schema=notice["schema"], owner=notice["owner"], ops=notice["ops"],
-                        last=notice["vs"])
+            args.update(ch=notice["ch"], schema=notice["schema"], owner=notice["owner"])
+        if len(ops) == 1:
+            op = ops[0]
+            call = self._sql["append_one"]
+            args.update(id=op.context_id, token=self._leases.get(op.context_id), v=op.change.version, at=op.change.at,
+                        blob=encoded[0])
+        else:
+            call = self._sql["appends"]
+            args.update(self._fence_args(ids), aids=[op.context_id for op in ops], vs=[op.change.version for op in ops],
+                        ats=[op.change.at for op in ops], blobs=encoded, ops=None, last=None)
+            if notice is not None:
+                args.update(ops=notice["ops"], last=notice["vs"])
         # BEGIN and COMMIT are never prepared: a COMMIT skipped behind a refused call would leave psycopg
         # believing in a prepared statement that the server never made
         with conn.pipeline():
             sent["begin"] = conn.execute("BEGIN", prepare=False)
-            conn.execute(self._sql["appends"], args)
+            conn.execute(call, args)
             conn.execute("COMMIT", prepare=False)
 
     def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,

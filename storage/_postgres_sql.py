@@ -249,15 +249,22 @@ _APPENDS_FN = (
     + _in_function(_FEED_INSERT, {"n": "_n", "ids": "_aids", "vs": "_vs", "blobs": "_blobs"})
     + ";\nIF _keep IS NOT NULL THEN\n" + _in_function(_FEED_PRUNE, {"keep": "_keep"})
     + ";\nEND IF;\nEND IF;\nEND $fn$")
-_APPENDS = ("SELECT pg_temp.hoard_appends(%(ids)s, %(tokens)s, %(strict)s, %(aids)s, %(vs)s, %(ats)s, %(blobs)s, "
-            "%(ch)s, %(schema)s, %(owner)s, %(ops)s, %(last)s, %(feed)s, %(keep)s)")
+_APPENDS_CALL = ("SELECT pg_temp.hoard_appends({ids}, {tokens}, %(strict)s, {aids}, {vs}, {ats}, {blobs}, %(ch)s, "
+                 "%(schema)s, %(owner)s, {ops}, {last}, %(feed)s, %(keep)s)")
+_APPENDS = _APPENDS_CALL.format(ids="%(ids)s", tokens="%(tokens)s", aids="%(aids)s", vs="%(vs)s", ats="%(ats)s",
+                                blobs="%(blobs)s", ops="%(ops)s", last="%(last)s")
+# The same call for the commonest batch, one append: scalar parameters, the arrays made by the server
+# (psycopg's dumping of a list costs the client several times a scalar's)
+_APPEND_ONE = _APPENDS_CALL.format(ids="ARRAY[%(id)s::text]", tokens="ARRAY[%(token)s::bigint]",
+                                   aids="ARRAY[%(id)s::text]", vs="ARRAY[%(v)s::bigint]", ats="ARRAY[%(at)s::float8]",
+                                   blobs="ARRAY[%(blob)s::bytea]", ops="ARRAY['append']", last="ARRAY[%(v)s::bigint]")
 
 
 # every statement by name
 SQL: dict[str, str] = {
     "fence": _FENCE, "append": _APPEND, "create": _CREATE, "snapshot_trim": _SNAPSHOT_TRIM,
     "rp_insert": _RP_INSERT, "rp_trim": _RP_TRIM, "delete": _DELETE, "notify": _NOTIFY,
-    "appends_fn": _APPENDS_FN, "appends": _APPENDS, "load": _LOAD, "appended": _APPENDED,
+    "appends_fn": _APPENDS_FN, "appends": _APPENDS, "append_one": _APPEND_ONE, "load": _LOAD, "appended": _APPENDED,
     "summary": _SUMMARY + " WHERE c.id = %(id)s",
     "summaries": _SUMMARY + " WHERE c.id >= %(p)s AND starts_with(c.id, %(p)s) ORDER BY c.id",
     "totals": _TOTALS, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,
