@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from hoard import ConfigError, InvalidCommandError, Relay, open_system
-from hoard.bridges import make_publisher, make_source, parse_command, public_url, render_subject
+from hoard.bridges import Outgoing, make_publisher, make_source, parse_command, public_url, render_subject
 
 
 def test_a_context_id_is_one_subject_token_on_every_broker() -> None:
@@ -102,3 +102,18 @@ def test_the_relay_s_lean_body_is_byte_for_byte_change_body(tmp_path: Path) -> N
             [change_body(e) for e in entries]
     finally:
         system.stop()
+
+
+@pytest.mark.parametrize("trim", [(), (b"MAXLEN", b"~", b"10")])
+def test_the_redis_publisher_packs_xadds_as_redis_py_does(trim: tuple[bytes, ...]) -> None:
+    import redis  # noqa: PLC0415 - the extra's client, this test only
+
+    from hoard._bridges._redis import pack_xadds  # noqa: PLC0415 - the backend's packer itself
+
+    messages = [Outgoing("hoard.a%2Eb", b'{"k":"\xc3\xa9"}', "a.b:7"), Outgoing("s", b"", "s:1"),
+                Outgoing("\u00e9t\u00e9", b"x" * 70_000, "\u00e9t\u00e9:2")]
+    connection = redis.Connection()
+    expected = b"".join(b"".join(connection.pack_command(b"XADD", m.subject.encode(), *trim, b"*", b"message_id",
+                                                         m.message_id.encode(), b"body", m.body))
+                        for m in messages)
+    assert pack_xadds(messages, trim) == expected
