@@ -55,6 +55,7 @@ import os
 import queue
 import threading
 import time
+import types
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -336,6 +337,25 @@ _NO_RESPONDERS = "503"  # the NATS server's status: nobody subscribes to the req
 _Send = tuple[str, str, bytes, "queue.SimpleQueue[tuple[bool, Any]]"]  # subject, reply subject, payload, waiter
 
 
+@types.coroutine
+def _resume(coro: Any, pending: Any) -> Any:
+    """The rest of `coro`, already started and now awaiting `pending` (what it yielded): what its own
+    task would have done from there (`Forwarder._run_now`)."""
+    while True:
+        try:
+            yield pending
+        except BaseException as exc:  # noqa: BLE001 - thrown in by the task (cancelled): passed on
+            try:
+                pending = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                pending = coro.send(None)
+            except StopIteration as stop:
+                return stop.value
+
+
 class _Inbox:
     """What receives a subscription's messages: passed to nats-py's ``subscribe(future=...)``, it is
     called (``set_result(msg)``) by the client's reader for each message as it is parsed, on the loop
@@ -547,7 +567,7 @@ class Forwarder:
         return cast("bytes", answer)
 
     def _start_sends(self) -> None:
-        """Publish every queued request (loop thread) in one task: their answers reach `_answered`."""
+        """Publish every queued request (loop thread): their answers reach `_answered`."""
         self._sending = False  # before draining: a request queued from now on wakes the loop again
         sends, waiting, batch = self._sends, self._waiting, []
         while sends:
@@ -555,9 +575,7 @@ class Forwarder:
             waiting[sent[1]] = sent[3]
             batch.append(sent)
         if batch:
-            task = self._loop.create_task(self._publish_requests(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._run_now(self._publish_requests(batch))
 
     async def _publish_requests(self, batch: list[_Send]) -> None:
         publish = self._nc.publish
@@ -567,6 +585,22 @@ class Forwarder:
             except Exception as exc:  # noqa: BLE001 - its caller hears it (not sent: no answer can come)
                 if self._waiting.pop(token, None) is not None:
                     waiter.put((False, exc))
+
+    def _run_now(self, coro: Any) -> None:
+        """Run `coro` to its end here (loop thread), without a task: nats-py's ``publish`` only appends
+        to the client's buffer and kicks its flusher, so it ends without suspending, and a task would
+        cost a loop step per batch. Should it suspend (a full buffer while reconnecting, say), a
+        task finishes it (`_resume`)."""
+        try:
+            first = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # as a task would have: logged, and the loop goes on
+            log.exception("publishing on NATS failed")
+            return
+        task = self._loop.create_task(_resume(coro, first))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _answered(self, msg: Any) -> None:
         """An answer on this process's inbox (loop thread): to the caller waiting for its token, if any.
@@ -627,9 +661,7 @@ class Forwarder:
             if reply:
                 batch.append((reply, data))
         if batch:
-            task = self._loop.create_task(self._publish(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._run_now(self._publish(batch))
 
     async def _publish(self, batch: list[tuple[str, bytes]]) -> None:
         publish = self._nc.publish

@@ -221,6 +221,9 @@ def _change_of(obj: Any) -> Change:
     return Change(version, at, data_set, data_del, meta_set, meta_del, replace, rid, forget, by)
 
 
+#: a journal entry's fields as decoded (`Codec.plain_change_fields`), in `ChangeFields`' order
+PlainFields = tuple[int, float, dict[str, Any], list[str], dict[str, Any], list[str], bool, str | None, list[str],
+                    str | None]
 _Scalars = tuple[int, float, tuple[str, ...], tuple[str, ...], tuple[str, ...], bool, str | None, str | None]
 
 
@@ -273,6 +276,20 @@ def _plain_map(obj: dict[str, Any], name: str) -> dict[str, Any]:
         if type(v) in _CONTAINERS:
             _check_depth(v, 0)
     return value
+
+
+def _plain_ok(value: dict[str, Any]) -> bool:
+    """Whether a decoded map passes `_plain_map`'s checks (no empty key, values not nested deeper
+    than `MAX_DEPTH`), without raising."""
+    if "" in value:
+        return False
+    try:
+        for v in value.values():
+            if type(v) in _CONTAINERS:
+                _check_depth(v, 0)
+    except CorruptStateError:
+        return False
+    return True
 
 
 def _owned_dict(value: Any) -> Mapping[str, Any]:
@@ -509,6 +526,35 @@ class Codec:
         building a `Change`; its maps' containers are frozen in place. Only for an entry exactly as
         this hoard writes it: every field present with its exact type; None for anything else, valid
         or not (the caller then takes `decode_change`, which decodes it or names what is wrong)."""
+        fields = self._exact_fields(blob, version)
+        if fields is None:
+            return None
+        data_set, meta_set = fields[2], fields[4]
+        try:
+            if data_set:
+                _owned_dict(data_set)
+            if meta_set:
+                _owned_dict(meta_set)
+        except CorruptStateError:
+            return None
+        return fields
+
+    def plain_change_fields(self, blob: bytes) -> PlainFields | None:
+        """`change_fields` with the maps left as the plain decoded dicts and the key lists as the
+        decoded lists (checked as `decode_change_parts` checks them, not frozen: for reading or
+        re-encoding only, never to keep). None for anything `change_fields` refuses, or a map
+        `decode_change_parts` would refuse (the caller then takes it, which names what is wrong)."""
+        fields = self._exact_fields(blob, None)
+        if fields is None:
+            return None
+        data_set, meta_set = fields[2], fields[4]
+        if (data_set and not _plain_ok(data_set)) or (meta_set and not _plain_ok(meta_set)):
+            return None
+        return fields
+
+    def _exact_fields(self, blob: bytes, version: int | None) -> PlainFields | None:
+        """The decoded fields of a journal entry exactly as this hoard writes it (every field present
+        with its exact type, keys non-empty str), its maps not yet checked; None for anything else."""
         try:
             obj = orjson.loads(self.unframe(KIND_CHANGE, blob))
         except (CorruptStateError, orjson.JSONDecodeError):
@@ -525,13 +571,6 @@ class Codec:
                 or (rid is not None and (type(rid) is not str or not rid)) or (by is not None and type(by) is not str)
                 or ((data_del or meta_del or forget)
                     and not all(type(k) is str and k for k in itertools.chain(data_del, meta_del, forget)))):
-            return None
-        try:
-            if data_set:
-                _owned_dict(data_set)
-            if meta_set:
-                _owned_dict(meta_set)
-        except CorruptStateError:
             return None
         return v, at, data_set, data_del, meta_set, meta_del, replace, rid, forget, by
 

@@ -164,12 +164,17 @@ def feed_dict(codec: Codec, offset: int, context_id: str, blob: bytes) -> dict[s
     re-encodes the entry: the broker relay). `values` and `metadata` are the decoded dicts
     themselves, not frozen: read or encode them, never keep or change them. A change that may be a
     deletion (it replaces everything with nothing) goes through `feed_entry`."""
-    what = f"feed entry {offset} ({context_id!r})"
-    try:
-        scalars, data_set, meta_set = codec.decode_change_parts(blob, what)
-    except CorruptStateError:
-        return feed_entry(codec, offset, context_id, blob).to_dict()  # a deletion of no version, or raises
-    version, at, data_del, meta_del, _forget, replace, _rid, by = scalars
+    data_del: Sequence[str]
+    meta_del: Sequence[str]
+    fields = codec.plain_change_fields(blob)  # the common case: an entry exactly as this hoard writes it
+    if fields is not None:
+        version, at, data_set, data_del, meta_set, meta_del, replace, _rid, _forget, by = fields
+    else:  # anything else is checked field by field (and named when it is wrong)
+        try:
+            scalars, data_set, meta_set = codec.decode_change_parts(blob, f"feed entry {offset} ({context_id!r})")
+        except CorruptStateError:
+            return feed_entry(codec, offset, context_id, blob).to_dict()  # a deletion of no version, or raises
+        version, at, data_del, meta_del, _forgotten, replace, _rid, by = scalars
     if replace and not data_set and not meta_set:
         return feed_entry(codec, offset, context_id, blob).to_dict()
     return {"offset": offset, "context_id": context_id, "version": version, "at": at, "by": by,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from hoard import ConfigError, InvalidCommandError, Relay, open_system
-from hoard.bridges import make_publisher, make_source, parse_command, public_url, render_subject
+from hoard.bridges import Outgoing, make_publisher, make_source, parse_command, public_url, render_subject
 
 
 def test_a_context_id_is_one_subject_token_on_every_broker() -> None:
@@ -102,3 +103,30 @@ def test_the_relay_s_lean_body_is_byte_for_byte_change_body(tmp_path: Path) -> N
             [change_body(e) for e in entries]
     finally:
         system.stop()
+
+
+@pytest.mark.parametrize("maxlen", [None, 10])
+def test_the_redis_publisher_sends_what_redis_py_packs_of_the_same_xadds(maxlen: int | None) -> None:
+    import redis  # noqa: PLC0415 - the extra's client, this test only
+
+    class Wire:  # stands in for the redis-py connection the publisher holds: records what is sent
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def send_packed_command(self, command: list[bytes]) -> None:
+            self.sent.extend(command)
+
+        def read_response(self) -> bytes:
+            return b"1-0"
+
+    messages = [Outgoing("hoard.a%2Eb", b'{"k":"\xc3\xa9"}', "a.b:7"), Outgoing("s", b"", "s:1"),
+                Outgoing("\u00e9t\u00e9", b"x" * 70_000, "\u00e9t\u00e9:2")]
+    trim = () if maxlen is None else (b"MAXLEN", b"~", b"%d" % maxlen)
+    connection = redis.Connection()
+    expected = b"".join(b"".join(connection.pack_command(b"XADD", m.subject.encode(), *trim, b"*", b"message_id",
+                                                         m.message_id.encode(), b"body", m.body))
+                        for m in messages)
+    publisher: Any = make_publisher("redis://127.0.0.1:6379/0", maxlen=maxlen)
+    publisher._connection = wire = Wire()  # noqa: SLF001 - the wire under the publisher, no broker needed
+    publisher.publish(messages, 5.0)
+    assert b"".join(wire.sent) == expected

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from hoard import ContextAdapterConfig, ContextSystem, Relay, open_system
+from hoard.bridges import BrokerUnavailableError, Outgoing, make_publisher
 from tests.bridges.brokers import KINDS, PORTS, Target, check_in_order, proxy_for
 from tests.bridges.kids import Zygote
 from tests.helpers import wait_for
@@ -178,3 +179,24 @@ def test_a_redis_relay_with_maxlen_trims_its_stream_and_names_each_entry(target:
     assert all(set(f) == {b"message_id", b"body"} for f in fields)
     assert [f[b"message_id"].decode() for f in fields] == [orjson.loads(f[b"body"])["message_id"] for f in fields]
     assert fields[-1][b"message_id"] == b"a:301"
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_refused_xadd_fails_the_batch_and_leaves_the_connection_in_step(target: Target) -> None:
+    import redis  # noqa: PLC0415 - this test only
+
+    client = redis.Redis.from_url(target.url())
+    publisher = make_publisher(target.url(), subject=target.subject)
+    try:
+        client.set(f"{target.tag}-str", b"not a stream")  # an XADD to it is refused (WRONGTYPE)
+        publisher.connect(5.0)
+        batch = [Outgoing(target.tag, b"1", "a:1"), Outgoing(f"{target.tag}-str", b"2", "a:2"),
+                 Outgoing(target.tag, b"3", "a:3")]
+        with pytest.raises(BrokerUnavailableError, match="WRONGTYPE"):
+            publisher.publish(batch, 5.0)
+        publisher.publish([Outgoing(target.tag, b"4", "a:4")], 5.0)  # every reply was read: the next is its own
+        assert [f[b"body"] for _id, f in client.xrange(target.tag)] == [b"1", b"3", b"4"]
+    finally:
+        publisher.close()
+        client.delete(f"{target.tag}-str")
+        client.close()

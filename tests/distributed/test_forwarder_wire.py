@@ -4,6 +4,7 @@ that arrives after its caller gave up is dropped, and request ids stay unique ac
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -72,6 +73,32 @@ def test_an_answer_after_its_caller_gave_up_is_dropped_and_later_calls_get_their
         assert caller.send("c", {"k": "msg", "id": "c", "n": n}, "owner", deadline=time.monotonic() + 5.0,
                            what="a set", timeout=5.0) == n
     assert caller._waiting == {}  # noqa: SLF001 - no caller left waiting (the map would only grow)
+
+
+def test_a_publish_that_suspends_is_finished_by_a_task_and_its_answer_arrives(forwarders: Make) -> None:
+    # batches are published without a task (nats-py's publish does not suspend unless its buffer is
+    # full, e.g. while reconnecting); one that does suspend is finished by a task, on both sides
+    def serve(request: dict[str, Any], done: Callable[..., None]) -> None:
+        done({"ok": {"v": request["n"]}, "lease": 1.0})
+
+    owner = forwarders("owner", serve)
+    caller = forwarders("caller", _refuse)
+    suspended: list[str] = []
+    for forwarder in (owner, caller):
+        publish = forwarder._nc.publish  # noqa: SLF001 - a client whose publish waits first
+
+        async def slow_publish(subject: str, payload: bytes = b"", reply: str = "", *, _publish: Any = publish,
+                               _name: str = forwarder.owner_id) -> None:
+            suspended.append(_name)
+            await asyncio.sleep(0)
+            await _publish(subject, payload, reply=reply)
+
+        forwarder._nc.publish = slow_publish  # noqa: SLF001
+    for n in (1, 2):
+        assert caller.send("c", {"k": "msg", "id": "c", "n": n}, "owner", deadline=time.monotonic() + 5.0,
+                           what="a set", timeout=5.0) == n
+    assert set(suspended) == {"owner", "caller"}
+    assert caller._waiting == {}  # noqa: SLF001 - no caller left waiting
 
 
 def test_request_ids_are_unique_in_a_forked_child() -> None:

@@ -90,3 +90,35 @@ def test_feed_dicts_is_the_feed_s_to_dict_for_every_kind_of_entry(tmp_path: Path
         assert [e.deleted for e in entries] == [False] * 4 + [True, False, True]
         assert store.feed_dicts(0, 100) == [e.to_dict() for e in entries]
         assert store.feed_dicts(3, 2) == [e.to_dict() for e in entries[3:5]]
+
+
+def test_feed_dicts_reads_entries_of_another_shape_as_feed_does(tmp_path: Path) -> None:
+    """An entry not exactly as this hoard writes it (an integer time, optional fields left out, as a
+    foreign or older writer may store it) takes the field-by-field path of `feed_dicts` and gives
+    what `feed()` gives; one that is wrong (an empty key) is refused by both alike."""
+    import sqlite3  # noqa: PLC0415 - rows written past the store, this test only
+
+    from hoard.storage import CorruptStateError  # noqa: PLC0415
+    from hoard.storage._codec import KIND_CHANGE, Codec  # noqa: PLC0415 - the blob format itself
+
+    path = tmp_path / "s.db"
+    with _opened(path) as store:
+        _create(store, "a")
+    codec = Codec()
+    short = codec.encode_json(KIND_CHANGE, {"version": 2, "at": 1_700_000_000, "data_set": {"k": [1, {"x": "y"}]},
+                                            "data_del": ["gone"]})
+    wrong = codec.encode_json(KIND_CHANGE, {"version": 3, "at": 1.5, "data_set": {"": 1}, "data_del": [],
+                                            "meta_set": {}, "meta_del": [], "replace": False, "request_id": None,
+                                            "forget": [], "by": None})
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("INSERT INTO feed (context_id, version, blob) VALUES ('a', 2, ?)", (short,))
+        db.execute("INSERT INTO feed (context_id, version, blob) VALUES ('a', 3, ?)", (wrong,))
+    db.close()
+    with _opened(path) as store:
+        entries = store.feed(0, 2)
+        assert entries[1].at == 1_700_000_000.0 and entries[1].removed == ("gone",)
+        assert store.feed_dicts(0, 2) == [e.to_dict() for e in entries]
+        for read in (store.feed, store.feed_dicts):
+            with pytest.raises(CorruptStateError, match="empty key"):
+                read(2, 1)

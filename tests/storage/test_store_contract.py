@@ -146,6 +146,29 @@ def test_a_batch_with_one_bad_op_applies_nothing(harness: Harness) -> None:
     assert s.load("c") == apply_change(st, good)
 
 
+def test_a_group_commit_of_appends_lands_whole_and_a_bad_one_names_its_context(harness: Harness) -> None:
+    """A batch of appends only (a group commit: several contexts, some with consecutive versions)
+    lands together, in order; one whose version does not follow refuses the whole batch and names
+    its own context, wherever it sits in the batch."""
+    s = harness.store
+    states = {cid: _state(cid) for cid in ("a", "b", "c")}
+    s.commit([CreateContext(st) for st in states.values()])
+    batch = [("a", 2), ("b", 2), ("a", 3), ("c", 2), ("b", 3), ("a", 4)]
+    s.commit([Append(cid, _change(v, **{cid: v})) for cid, v in batch])
+    for cid, v in batch:
+        states[cid] = apply_change(states[cid], _change(v, **{cid: v}))
+    assert {cid: s.load(cid) for cid in states} == states
+    for bad, culprit in (([("a", 5), ("b", 4), ("c", 4)], "c"),  # c's does not follow its stored v2
+                         ([("a", 5), ("a", 7), ("b", 4)], "a"),  # a gap inside the batch
+                         ([("c", 3), ("b", 4), ("ghost", 2)], "ghost")):  # not in the store
+        with pytest.raises(PersistenceError) as caught:
+            s.commit([Append(cid, _change(v, x=v)) for cid, v in bad])
+        assert caught.value.context_id == culprit
+        assert {cid: s.load(cid) for cid in states} == states  # nothing of the batch was written
+    s.commit([Append("c", _change(3, x=3)), Append("a", _change(5, x=5))])  # the store goes on
+    assert (s.info("a").version, s.info("c").version) == (5, 3)  # type: ignore[union-attr]
+
+
 def test_creating_an_existing_context_is_refused(harness: Harness) -> None:
     s = harness.store
     s.commit([CreateContext(_state(a=1))])
