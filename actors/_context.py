@@ -55,6 +55,7 @@ from hoard.storage import (
     apply_change,
     encoded_size,
     freeze_mapping,
+    freeze_mapping_sized,
     freeze_value,
     read_marker,
     thaw,
@@ -424,8 +425,7 @@ class ContextActor(pykka.ThreadingActor):
     def _frozen_mapping(self, values: Any) -> tuple[dict[str, Any], int]:
         """The frozen mapping and its growth bound: one C-speed encode of the whole mapping (its exact
         JSON size); values are measured one by one only when that total is over max_value_bytes."""
-        sets = freeze_mapping(values, None, self.cell.id)
-        total = len(orjson.dumps(sets))
+        sets, total = freeze_mapping_sized(values, self.cell.id)
         limit = self.settings.max_value_bytes
         if total > limit:
             for k, v in sets.items():

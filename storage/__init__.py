@@ -82,6 +82,7 @@ from ._values import FrozenDict as FrozenDict
 from ._values import FrozenList as FrozenList
 from ._values import encoded_size as encoded_size
 from ._values import freeze_mapping as freeze_mapping
+from ._values import freeze_mapping_sized as freeze_mapping_sized
 from ._values import freeze_value as freeze_value
 from ._values import thaw as thaw
 from ._values import validate_by as validate_by
@@ -161,6 +162,7 @@ __all__ = [
     "context_of",
     "encoded_size",
     "freeze_mapping",
+    "freeze_mapping_sized",
     "freeze_value",
     "make_converter",
     "make_store",

@@ -12,8 +12,8 @@ Everything here runs in the calling thread and touches no shared state.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 
@@ -28,6 +28,7 @@ __all__ = [
     "FrozenList",
     "encoded_size",
     "freeze_mapping",
+    "freeze_mapping_sized",
     "freeze_value",
     "thaw",
     "validate_by",
@@ -383,6 +384,84 @@ def freeze_mapping(mapping: object, max_bytes: int | None = None, context_id: st
         else:
             out[key] = _freeze(v, key, "", 0, context_id)
     return out
+
+
+class _NotPlain(Exception):
+    """A value the plain-JSON fast path of `freeze_mapping_sized` leaves to the full checks."""
+
+
+_C = TypeVar("_C")
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})  # once orjson encoded them: nothing left to check
+_dict_set, _list_set = dict.__setitem__, list.__setitem__  # fill in a frozen copy's nested containers
+#: what orjson must refuse for the fast path to skip a check: a datetime or a dataclass would be encoded
+#: (then refused by the walk, after a wasted encode); with these options it raises at once
+_ENCODE_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _plain_dict(value: dict[str, Any], depth: int) -> FrozenDict:
+    """A frozen copy of a dict orjson has just encoded: its keys are str, its strs surrogate-free and its
+    ints in range, so only the types of its values (exact JSON types), finite floats and the depth are
+    left to check. One copy, into the frozen type; nested containers are put in its place after."""
+    if depth >= MAX_DEPTH:
+        raise _NotPlain
+    return _plain_fill(FrozenDict(value), _dict_set, value.items(), depth)
+
+
+def _plain_list(value: list[Any] | tuple[Any, ...], depth: int) -> FrozenList:
+    """`_plain_dict` for a list or tuple."""
+    if depth >= MAX_DEPTH:
+        raise _NotPlain
+    return _plain_fill(FrozenList(value), _list_set, enumerate(value), depth)
+
+
+def _plain_fill(out: _C, put: Callable[[_C, Any, Any], object], items: Iterable[tuple[Any, Any]], depth: int) -> _C:
+    """Check the (key or index, value) `items` of a container `depth` levels deep, copied as `out`, and
+    `put` frozen copies of its nested containers in their places in `out`."""
+    for k, v in items:
+        t = type(v)
+        if t in _PLAIN_SCALARS:
+            continue
+        if t is dict:
+            put(out, k, _plain_dict(v, depth + 1))
+        elif t is list or t is tuple:
+            put(out, k, _plain_list(v, depth + 1))
+        elif not ((t is float and v - v == 0.0) or t is FrozenDict or t is FrozenList):  # finite: inf - inf is nan
+            raise _NotPlain
+    return out
+
+
+def _plain_mapping(mapping: dict[str, Any], context_id: str | None) -> dict[str, Any]:
+    """`freeze_mapping`'s result for a dict orjson has just encoded (see `_plain_dict`); `_NotPlain`
+    for anything it leaves to the full checks (a bad key among them)."""
+    # every key at once, at C speed: all ASCII (then a key's length is its UTF-8 size), none empty or too
+    # long, no NUL (keys are str already: orjson refuses others). Else key by key, in order.
+    joined = "".join(mapping)
+    if not (joined.isascii() and "\x00" not in joined and "" not in mapping
+            and max(map(len, mapping), default=0) <= MAX_KEY_BYTES):
+        try:
+            for k in mapping:
+                validate_key(k, context_id)
+        except InvalidValueError:
+            raise _NotPlain from None  # the full checks name it, in order with the values before it
+    return _plain_fill(mapping.copy(), _dict_set, mapping.items(), -1)
+
+
+def freeze_mapping_sized(mapping: object, context_id: str | None = None) -> tuple[dict[str, Any], int]:
+    """`freeze_mapping` (no `max_bytes`) and the exact size of its result encoded as compact JSON.
+
+    A plain dict of plain JSON values (the common case: an update of 1,000 keys) is encoded first: the
+    encoder checks at C speed what the full checks would check element by element (str keys, no lone
+    surrogate, 64-bit ints), and its length is the size. Anything else, and anything it refuses, takes
+    `freeze_mapping`, which accepts and refuses exactly the same values and names what is wrong.
+    """
+    if type(mapping) is dict:
+        try:
+            encoded = orjson.dumps(mapping, option=_ENCODE_STRICT)
+            return _plain_mapping(mapping, context_id), len(encoded)
+        except (_NotPlain, orjson.JSONEncodeError, RecursionError):
+            pass
+    out = freeze_mapping(mapping, None, context_id)
+    return out, len(orjson.dumps(out))
 
 
 def encoded_size(value: Any) -> int:
