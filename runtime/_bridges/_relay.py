@@ -376,8 +376,14 @@ class Relay(BridgeThread):
         return future.result()
 
     def _close_reader(self) -> None:
+        """Give the reader back to the system's feed readers (the next relay's read-ahead takes it
+        instead of opening one), unless the relay stopped on an error (then it is closed)."""
         reader, self._reader = self._reader, None
-        if reader is not None and reader is not self._system.store:
+        if reader is None or reader is self._system.store:
+            return
+        if self._error is None:
+            self._system.manager.readers.give_back(reader)
+        else:
             reader.close()
 
     def _wait(self) -> None:
@@ -387,12 +393,10 @@ class Relay(BridgeThread):
             self._wake.get(timeout=_IDLE_POLL)
 
     def _store_reader(self) -> Store:
-        """The read-ahead thread's read-only store (a store is single-threaded), opened on first use."""
+        """The read-ahead thread's read-only store (a store is single-threaded), lent by the system's
+        feed readers on first use (one a relay stopped before gave back, else a new one)."""
         if self._reader is None:
-            reader = self._system.store.reader()
-            if reader is not self._system.store:
-                reader.open()
-            self._reader = reader
+            self._reader = self._system.manager.readers.lend()
         return self._reader
 
     def _read_head(self) -> int:

@@ -16,8 +16,10 @@ from hoard import (
     ContextManagerConfig,
     FeedEntry,
     FeedTruncatedError,
+    HoardError,
     InvalidValueError,
     StateChanged,
+    SystemStoppedError,
     acting_as,
     open_system,
 )
@@ -376,6 +378,34 @@ def test_a_stream_ends_when_the_system_stops(store_path: Path) -> None:
     system.stop()
     assert ended.wait(10)
     th.join(5)
+
+
+def test_a_feed_reader_given_back_is_lent_again_from_any_thread_and_closed_with_the_system(store_path: Path) -> None:
+    """What a relay's read-ahead thread does: borrow a reader (not one per thread: the thread ends),
+    give it back, and the next borrower (another thread) gets the same open reader."""
+    system = open_system(store_path)
+    readers = system.manager.readers
+    try:
+        system.adapter.activate("c").set("k", 1)
+        head = system.store.feed_bounds()[1]
+        first = readers.lend()
+        assert first.feed(head - 1, 10)[0].context_id == "c"
+        readers.give_back(first)
+        lent: list[object] = []
+        th = threading.Thread(target=lambda: lent.append(readers.lend()))
+        th.start()
+        th.join(10)
+        assert lent == [first]  # the same reader, not a new one
+        second = readers.lend()  # none idle: a new one
+        assert second is not first and second.feed_bounds()[1] == head
+        readers.give_back(first)
+        readers.give_back(second)
+    finally:
+        system.stop()
+    with pytest.raises(SystemStoppedError):
+        readers.lend()
+    with pytest.raises(HoardError):  # closed with the system
+        first.feed_bounds()
 
 
 @pytest.mark.parametrize("after", [-1, 1.5, "3", None])
