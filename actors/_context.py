@@ -9,7 +9,11 @@ states to the context's `ContextCell`, where trackers read them without a messag
   uncommitted change, and the caller reads its own write as soon as its call returns. The actor does
   not wait for the commit: it goes on with the next message (pipelining).
 * ``deferred``: the actor publishes and answers at once; the persistence actor commits within
-  ``flush_interval``.
+  ``flush_interval``. Writers are held back when the store falls behind: once per
+  ``flush_interval`` a change is *marked*, and before marking the next one the actor waits (up to
+  `LANDED_WAIT` s) until the previous mark is committed. So what is acknowledged but not yet durable
+  stays within about two flush intervals plus the commit under way, however fast the writers are
+  (without it, writers that outrun a starved persistence thread grew that window without bound).
 * ``none``: publish and answer at once; the state reaches the store only as a snapshot when the
   context is passivated or the system stops.
 
@@ -93,6 +97,10 @@ from ._messages import (
 )
 from ._metrics import Meter, kind_of
 from ._settings import ContextSettings
+
+#: deferred mode: the longest a context actor waits for its previous marked change to be committed
+#: before it goes on (a store that stalls longer fails or times out its commit, which rolls back)
+LANDED_WAIT = 2.0
 
 __all__ = ["RESERVED_PREFIX", "ContextActor", "ContextInbox", "Inbox", "UnknownMessageError", "check_reserved"]
 
@@ -188,6 +196,9 @@ class ContextActor(pykka.ThreadingActor):
         # failing (then every write waits for its commit, as in immediate mode, until one succeeds)
         self._acked = cell.state.version
         self._degraded = False
+        # deferred mode: the last marked change's `Commit.landed`, and when the next mark is due
+        self._landed: Reply | None = None
+        self._mark_due = 0.0
         # An upper bound of the JSON size of data + metadata: None until the first write measures it
         # exactly (an O(n) encode, kept off the activation path); then each change adds what it sets,
         # and only a bound that crosses max_state_bytes is measured exactly again.
@@ -409,9 +420,33 @@ class ContextActor(pykka.ThreadingActor):
         if event is not None:
             self.events.emit(event)
         if self._deferred:
-            self.persistence.tell(Commit(self.cell, change, new, None, result, False))
-            self._acked = new.version
+            self._send_deferred(change, new, result)
         return result
+
+    def _send_deferred(self, change: Change, new: ContextState, result: Any) -> None:
+        """Deferred mode: hand `change` to persistence, answered already. Once per flush interval it
+        is marked, after waiting until the previous mark is committed or refused (at most
+        `LANDED_WAIT` s; see the module docstring): this blocks the actor, and so this context's
+        callers, only while the store is more than a flush interval behind."""
+        landed = None
+        now = perf_counter()
+        if now >= self._mark_due:
+            landed = self._mark(now)
+        self.persistence.tell(Commit(self.cell, change, new, None, result, False, landed=landed))
+        self._acked = new.version
+
+    def _mark(self, now: float) -> Reply:
+        previous = self._landed
+        if previous is not None and not previous.done:
+            try:
+                previous.outcome(LANDED_WAIT)
+            except pykka.Timeout:
+                log.warning("context %r: the store is over %.1f s behind this context's deferred writes; "
+                            "going on without waiting longer", self.cell.id, LANDED_WAIT)
+            now = perf_counter()
+        self._mark_due = now + self.settings.flush_interval
+        landed = self._landed = Reply()
+        return landed
 
     def _frozen(self, key: str, value: Any) -> tuple[Any, int]:
         """The frozen value and its size as a new entry (key, quotes, colon, comma included)."""

@@ -355,6 +355,9 @@ class Commit:
     publish: bool
     event: Any = None  # the StateChanged to emit once committed (None when nobody subscribes)
     started: float = 0.0  # perf_counter() when the context actor took the call (call latency)
+    #: ``deferred`` mode, on one change per `flush_interval`: resolved (None) once the change is
+    #: committed or refused; the context actor waits on it before marking the next (its backlog bound)
+    landed: Reply | None = None
 
 
 @attrs.frozen

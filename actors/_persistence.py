@@ -367,6 +367,8 @@ class PersistenceActor(pykka.ThreadingActor):
                 m.reply.resolve(m.result)
                 if m.started:
                     self.call_latency.observe(done - m.started)
+            elif m.landed is not None:
+                m.landed.resolve(None)
 
     def _landed(self, accepted: list[Commit]) -> bool:
         """Whether the store holds every context of a batch at the batch's last version, although
@@ -430,6 +432,8 @@ class PersistenceActor(pykka.ThreadingActor):
     def _fail(m: Commit, error: HoardError) -> None:
         if m.reply is not None:
             m.reply.fail(error)
+        if m.landed is not None:
+            m.landed.resolve(None)  # settled (refused): the context actor's Rollback tells the rest
 
     def _rollback(self, cell: Any) -> None:
         durable = self._durable.get(cell.id)

@@ -21,6 +21,7 @@ class ContextSettings:
     clock: Callable[[], float] = time.time
     request_window: int = 1000  # request ids remembered per context (at least this many newest)
     request_ttl: float | None = None  # seconds a request id is remembered at most (None: by count only)
+    flush_interval: float = 0.05  # deferred mode: how often a change is marked to wait for (backlog bound)
 
 
 @attrs.frozen

@@ -103,7 +103,8 @@ class SystemCore:
         _warm(self._workers)
         self.store.open()
         cfg = config
-        self.context_settings = ContextSettings(durability=cfg.durability, max_value_bytes=cfg.max_value_bytes,
+        self.context_settings = ContextSettings(durability=cfg.durability, flush_interval=cfg.flush_interval,
+                                                max_value_bytes=cfg.max_value_bytes,
                                                 max_state_bytes=cfg.max_state_bytes, clock=cfg.clock,
                                                 request_window=cfg.request_window, request_ttl=cfg.request_ttl)
         self._gate = EventGate()
