@@ -11,9 +11,10 @@ states to the context's `ContextCell`, where trackers read them without a messag
 * ``deferred``: the actor publishes and answers at once; the persistence actor commits within
   ``flush_interval``. Writers are held back when the store falls behind: once per
   ``flush_interval`` a change is *marked*, and before marking the next one the actor waits (up to
-  `LANDED_WAIT` s) until the previous mark is committed. So what is acknowledged but not yet durable
-  stays within about two flush intervals plus the commit under way, however fast the writers are
-  (without it, writers that outrun a starved persistence thread grew that window without bound).
+  `LANDED_WAIT` s) until the mark before the previous one is committed. So what is acknowledged but
+  not yet durable stays within about three flush intervals plus the commit under way, however fast
+  the writers are (without it, writers that outrun a starved persistence thread grew that window
+  without bound), and a store that keeps up never makes a writer wait.
 * ``none``: publish and answer at once; the state reaches the store only as a snapshot when the
   context is passivated or the system stops.
 
@@ -196,8 +197,9 @@ class ContextActor(pykka.ThreadingActor):
         # failing (then every write waits for its commit, as in immediate mode, until one succeeds)
         self._acked = cell.state.version
         self._degraded = False
-        # deferred mode: the last marked change's `Commit.landed`, and when the next mark is due
-        self._landed: Reply | None = None
+        # deferred mode: the `Commit.landed` of the two last marked changes (older first), and when
+        # the next mark is due
+        self._landed: tuple[Reply | None, Reply | None] = (None, None)
         self._mark_due = 0.0
         # An upper bound of the JSON size of data + metadata: None until the first write measures it
         # exactly (an O(n) encode, kept off the activation path); then each change adds what it sets,
@@ -425,9 +427,9 @@ class ContextActor(pykka.ThreadingActor):
 
     def _send_deferred(self, change: Change, new: ContextState, result: Any) -> None:
         """Deferred mode: hand `change` to persistence, answered already. Once per flush interval it
-        is marked, after waiting until the previous mark is committed or refused (at most
+        is marked, after waiting until the mark two back is committed or refused (at most
         `LANDED_WAIT` s; see the module docstring): this blocks the actor, and so this context's
-        callers, only while the store is more than a flush interval behind."""
+        callers, only while the store is more than two flush intervals behind."""
         landed = None
         now = perf_counter()
         if now >= self._mark_due:
@@ -436,7 +438,10 @@ class ContextActor(pykka.ThreadingActor):
         self._acked = new.version
 
     def _mark(self, now: float) -> Reply:
-        previous = self._landed
+        # the mark two back: sent at least two flush intervals ago, so a store that keeps up (each
+        # flush committed within an interval) has landed it and nobody waits; the one just before may
+        # still be in the commit under way
+        previous, last = self._landed
         if previous is not None and not previous.done:
             try:
                 previous.outcome(LANDED_WAIT)
@@ -445,7 +450,8 @@ class ContextActor(pykka.ThreadingActor):
                             "going on without waiting longer", self.cell.id, LANDED_WAIT)
             now = perf_counter()
         self._mark_due = now + self.settings.flush_interval
-        landed = self._landed = Reply()
+        landed = Reply()
+        self._landed = (last, landed)
         return landed
 
     def _frozen(self, key: str, value: Any) -> tuple[Any, int]:

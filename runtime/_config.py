@@ -89,10 +89,10 @@ class ContextManagerConfig:
             the changes of the last `flush_interval`, plus the commit under way, plus however long the
             machine delays the persistence thread** (measured with kill -9 on a loaded 2-core VM at
             flush_interval=50 ms: at most 90-290 ms of changes). Writers are held back when the store
-            falls behind: once per `flush_interval` a context waits (up to 2 s) for its change of the
-            interval before to be committed, so writers that outrun the store cannot stretch that
-            window. A commit that fails (disk full, I/O error) also takes back changes that were
-            already acknowledged.
+            falls behind: once per `flush_interval` a context waits (up to 2 s) for its change of two
+            intervals before to be committed, so writers that outrun the store cannot stretch that
+            window (a store that keeps up never makes them wait). A commit that fails (disk full,
+            I/O error) also takes back changes that were already acknowledged.
             ``"none"``: at once; changes stay in memory and reach the store only as a snapshot when
             the context is passivated or the system stops. A crash loses every change since.
         sync: SQLite ``synchronous``: ``"full"`` (default) survives power loss; ``"normal"`` survives
