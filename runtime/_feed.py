@@ -99,6 +99,8 @@ class FeedReaders:
         if reader is self._store:
             return
         if self._closed or len(self._idle) >= _IDLE_KEPT:
+            with contextlib.suppress(ValueError):  # closed with the readers meanwhile: not listed
+                self._opened.remove(reader)  # a reader closed here is not kept for `close`
             with contextlib.suppress(PersistenceError):
                 reader.close()
             return
