@@ -94,10 +94,13 @@ CREATE TABLE IF NOT EXISTS quarantine (
     context_id TEXT NOT NULL, source TEXT NOT NULL, version INTEGER, rp_id INTEGER, problem TEXT NOT NULL,
     at REAL NOT NULL, blob BLOB)
 """
-# the change feed (not part of _TABLES either): offsets from AUTOINCREMENT, so never reused, also
-# after every row was pruned; the pruned-up-to offset is hoard_meta's 'feed_floor'
+# the change feed (not part of _TABLES either): offsets handed out by the writer, head + 1 onwards,
+# where the head is the highest offset ever given (`_SQLiteRows.feed_bounds`: the newest row, else the
+# pruned-up-to offset, hoard_meta's 'feed_floor'), so never reused, also after every row was pruned.
+# Not AUTOINCREMENT (stores made before have it, and keep it): that rewrites the sqlite_sequence
+# page in every commit, one WAL page of four a durable write syncs
 _FEED = (
-    "CREATE TABLE IF NOT EXISTS feed (pos INTEGER PRIMARY KEY AUTOINCREMENT, context_id TEXT NOT NULL, "
+    "CREATE TABLE IF NOT EXISTS feed (pos INTEGER PRIMARY KEY, context_id TEXT NOT NULL, "
     "version INTEGER NOT NULL, blob BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS feed_consumers (name TEXT PRIMARY KEY, pos INTEGER NOT NULL)",
 )
@@ -164,6 +167,9 @@ class SQLiteStore(RowStore):
         self.dictionary = dictionary
         self.codec.on_missing_dictionary = self._reload_dictionary
         self._undictionaried = 0  # writes since the last attempt to train a dictionary
+        # the highest feed offset handed out (see _FEED), as of this writer's last commit; None: read
+        # it from the store in the next commit's transaction (at open, and after a failed commit)
+        self._feed_head: int | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -411,6 +417,7 @@ class SQLiteStore(RowStore):
             log.warning("store %r: training a compression dictionary failed: %s", self.path, exc)
 
     def close(self) -> None:
+        self._feed_head = None
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
@@ -512,21 +519,33 @@ class SQLiteStore(RowStore):
 
         feed = feed_rows(ops, encoded, self.codec.encode_change) if self.feed_enabled else []
 
+        taken: list[int] = []  # the feed head once this commit is in
+
         def run() -> None:
             with self._transaction(db):
                 for op, blob in zip(ops, encoded, strict=True):
                     self._apply(db, op, blob)
                 if feed:
                     # one writer (the flock): offsets are handed out in commit order by construction
-                    db.executemany("INSERT INTO feed (context_id, version, blob) VALUES (?,?,?)", feed)
+                    head = self._feed_head
+                    if head is None:
+                        head = _SQLiteRows(db).feed_bounds()[1]
+                    db.executemany("INSERT INTO feed (pos, context_id, version, blob) VALUES (?,?,?,?)",
+                                   [(head + i, *row) for i, row in enumerate(feed, 1)])
+                    taken.append(head + len(feed))
                     if self._since_prune + len(feed) >= PRUNE_EVERY:
                         self._prune_feed(db)
         self._check_identity()  # do not write into a file that is no longer the store
         try:
             self._guard(run, "commit", context_of(ops[0]))
-        except PersistenceError:
-            self._checkpoint_due = True
+        except BaseException as exc:
+            # rolled back, or landed although COMMIT raised (a late fsync error): read the head again
+            self._feed_head = None
+            if isinstance(exc, PersistenceError):
+                self._checkpoint_due = True
             raise
+        if taken:
+            self._feed_head = taken[0]
         self._check_identity()  # deleted or replaced meanwhile: the commit went to an orphan, not the store
         self._since_prune = 0 if self._since_prune + len(feed) >= PRUNE_EVERY else self._since_prune + len(feed)
         if self._checkpoint_due:
@@ -910,9 +929,14 @@ class _SQLiteRows:
     def feed_bounds(self) -> tuple[int, int]:
         if not _has_table(self.db, "feed"):
             return 0, 0
-        row = self.db.execute("SELECT (SELECT seq FROM sqlite_sequence WHERE name='feed'), "
+        row = self.db.execute("SELECT (SELECT max(pos) FROM feed), "
                               "(SELECT value FROM hoard_meta WHERE key='feed_floor')").fetchone()
-        return int(row[1] or 0), int(row[0] or 0)
+        floor = int(row[1] or 0)
+        head = max(int(row[0] or 0), floor)
+        if _has_table(self.db, "sqlite_sequence"):  # a store made with AUTOINCREMENT offsets
+            seq = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='feed'").fetchone()
+            head = max(head, int(seq[0]) if seq else 0)
+        return floor, head
 
     def feed_rows(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
         if not _has_table(self.db, "feed"):

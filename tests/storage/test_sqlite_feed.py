@@ -122,3 +122,60 @@ def test_feed_dicts_reads_entries_of_another_shape_as_feed_does(tmp_path: Path) 
         for read in (store.feed, store.feed_dicts):
             with pytest.raises(CorruptStateError, match="empty key"):
                 read(2, 1)
+
+
+def test_a_commit_that_landed_although_it_raised_takes_no_offset_again(tmp_path: Path) -> None:
+    """COMMIT can report an error after the transaction reached the file (a late fsync error): the
+    writer then reads its feed head from the store again, so the next commit neither reuses an offset
+    nor fails on one taken."""
+    import sqlite3  # noqa: PLC0415 - the connection factory of this test
+
+    armed = {"late": False}
+
+    class LateError:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, sql: str, params: object = ()) -> sqlite3.Cursor:
+            cur = self.db.execute(sql, params)  # type: ignore[arg-type]
+            if sql == "COMMIT" and armed["late"]:
+                armed["late"] = False
+                raise sqlite3.OperationalError("disk I/O error (after the commit landed)")
+            return cur
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.db, name)
+
+    def connect(*args: object, **kw: object) -> object:
+        return LateError(sqlite3.connect(*args, **kw))  # type: ignore[arg-type]
+
+    with _opened(tmp_path / "s.db", connect=connect) as store:
+        _create(store, "a")
+        armed["late"] = True
+        with pytest.raises(PersistenceError):
+            _append(store, "a", 2)
+        _append(store, "a", 3)  # v2 landed: v3 follows it
+        assert _offsets(store) == [1, 2, 3]
+
+
+def test_a_store_made_with_autoincrement_offsets_continues_past_every_pruned_one(tmp_path: Path) -> None:
+    """Stores made before the writer handed out offsets itself have an AUTOINCREMENT feed; their
+    sqlite_sequence counts too: offsets continue past the highest ever given, also when the rows
+    holding it are gone and the recorded floor is behind it."""
+    import sqlite3  # noqa: PLC0415 - the older schema, made past the store
+
+    path = tmp_path / "s.db"
+    with _opened(path) as store:
+        _create(store, "a")
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("DROP TABLE feed")
+        db.execute("CREATE TABLE feed (pos INTEGER PRIMARY KEY AUTOINCREMENT, context_id TEXT NOT NULL, "
+                   "version INTEGER NOT NULL, blob BLOB NOT NULL)")
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('feed', 41)")
+    db.close()
+    with _opened(path) as store:
+        assert store.feed_bounds() == (0, 41)
+        _append(store, "a", 2)
+        assert _offsets(store) == [42]
+        assert store.feed_bounds() == (0, 42)
