@@ -348,7 +348,7 @@ class PersistenceActor(pykka.ThreadingActor):
         self.batch_sizes.observe(len(accepted))
         self.stats["commits"] += 1
         self.stats["changes"] += len(accepted)
-        self.stats["snapshots"] += sum(isinstance(op, PutSnapshot) for op in ops)
+        self.stats["snapshots"] += len(ops) - len(accepted)  # the rest are PutSnapshot (see _prepare)
         self._since_snapshot.update(counts)
         for m in accepted:
             self._gaps.pop(m.cell.id, None)  # written with this batch (see _prepare)

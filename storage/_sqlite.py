@@ -509,8 +509,10 @@ class SQLiteStore(RowStore):
             return
         db = self._require()
         # encode before the transaction: the write lock is held only for the SQL itself
+        encode_change = self.codec.encode_change
         try:
-            encoded = [self._encode(op) for op in ops]
+            # an append (nearly every op) encoded without the dispatch of _encode
+            encoded = [encode_change(op.change) if type(op) is Append else self._encode(op) for op in ops]
         except HoardError:
             raise
         except Exception as exc:  # nothing was written; the caller needs our error type, whatever failed
@@ -522,7 +524,9 @@ class SQLiteStore(RowStore):
         taken: list[int] = []  # the feed head once this commit is in
 
         def run() -> None:
-            with self._transaction(db):
+            # _transaction's BEGIN, COMMIT and ROLLBACK, written out: this is every durable write's path
+            db.execute("BEGIN IMMEDIATE")
+            try:
                 for op, blob in zip(ops, encoded, strict=True):
                     self._apply(db, op, blob)
                 if feed:
@@ -535,6 +539,12 @@ class SQLiteStore(RowStore):
                     taken.append(head + len(feed))
                     if self._since_prune + len(feed) >= PRUNE_EVERY:
                         self._prune_feed(db)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # see _transaction
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                raise
         self._check_identity()  # do not write into a file that is no longer the store
         try:
             self._guard(run, "commit", context_of(ops[0]))
@@ -551,7 +561,9 @@ class SQLiteStore(RowStore):
         if self._checkpoint_due:
             self._truncate_wal(db)
         if self.dictionary and self.codec.dictionary_id is None:
-            self._maybe_train(len(ops))
+            self._undictionaried += len(ops)
+            if self._undictionaried >= DICTIONARY_AFTER:
+                self._maybe_train(0)
 
     def _truncate_wal(self, db: sqlite3.Connection) -> None:
         """After failed commits (disk full) the WAL keeps the size it grew to, and a freed disk fills
