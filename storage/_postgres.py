@@ -611,7 +611,7 @@ class PostgresStore(LeaseHolder, RowStore):
         go in one round trip; the fence holds before anything is written, and a refused check rolls
         everything back."""
         with conn.pipeline():
-            sent["begin"] = conn.execute("BEGIN")
+            sent["begin"] = conn.execute("BEGIN", prepare=False)  # never prepared: see `_finish`
             fence = conn.execute(self._sql["fence"], self._fence_args(ids))
         xid = int(fence.fetchone()[0])
         self._apply_all(conn, ops, encoded)
@@ -630,10 +630,15 @@ class PostgresStore(LeaseHolder, RowStore):
         """The feed rows and COMMIT, in one round trip: the feed_head row lock the rows take is held
         only while the server runs them and the commit, never while this client reads answers or
         checks them (the commits of every process take turns on that lock). If the feed rows fail,
-        the server skips the COMMIT behind them and the caller rolls back."""
+        the server skips the COMMIT behind them and the caller rolls back.
+
+        COMMIT is never prepared: psycopg marks a statement prepared as it sends the PREPARE (at its
+        sixth execution), and a PREPARE the server skipped behind failed feed rows would leave it
+        believing in a statement the server never made ("prepared statement does not exist" at the
+        next COMMIT, as a ROLLBACK psycopg has counted before does not clear its cache)."""
         with conn.pipeline():
             self._send_feed(conn, feed)
-            conn.execute("COMMIT")
+            conn.execute("COMMIT", prepare=False)
 
     def _appended_anyway(self, pid: int, first: Append, blob: bytes, exc: Exception) -> bool:
         """After the connection of a one-round-trip batch of appends broke: did it commit? Asked on a

@@ -760,3 +760,37 @@ def test_a_paused_owner_is_taken_over_and_its_late_write_is_fenced_off(
     grow(store, st, 1)
     parent_end.close()
     child_end.close()
+
+
+def test_a_commit_skipped_behind_failed_feed_rows_leaves_no_phantom_prepared_statement(
+        make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
+    """psycopg counts a statement's executions and prepares it at the sixth, marking it prepared as it
+    sends the PREPARE; in a pipeline whose earlier statement fails, the server skips that PREPARE,
+    and psycopg still believes in it unless a ROLLBACK it sees clears its cache (it does not, once it
+    has counted ROLLBACK itself). The next COMMIT would then fail with "prepared statement does not
+    exist". So COMMIT (and BEGIN) of a write transaction are never prepared."""
+    s = make_pg_store(lock_timeout=0.2)
+    st = new_state("c")
+    s.commit([CreateContext(st)])
+    with pytest.raises(PersistenceError, match="already exists"):
+        s.commit([CreateContext(st)])  # a ROLLBACK while nothing is prepared: psycopg now counts it
+
+    def step(state: ContextState) -> tuple[list[Any], ContextState]:
+        """A batch that is not only appends, with a feed row: the fence, the writes, then feed + COMMIT."""
+        ch = change(state.version + 1, x=state.version)
+        nxt = apply_change(state, ch)
+        return [Append("c", ch), PutSnapshot(nxt)], nxt
+    for _ in range(4):  # its COMMIT five times, with the create's
+        ops, st = step(st)
+        s.commit(ops)
+    with psycopg.connect(pg_dsn, autocommit=False) as locker:
+        locker.execute(pgsql.SQL("SELECT head FROM {}.feed_head WHERE id = 1 FOR UPDATE").format(
+            pgsql.Identifier(pg_schema)))
+        with pytest.raises(PersistenceError, match="lock_timeout"):
+            s.commit(step(st)[0])  # the sixth COMMIT, skipped behind the feed rows' lock wait
+        locker.rollback()
+    for _ in range(2):
+        ops, st = step(st)
+        s.commit(ops)
+    assert s.load("c") == st
+    assert s.verify() == []
