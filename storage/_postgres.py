@@ -17,8 +17,9 @@ two writers can never both succeed on the same version: an append is
 ``UPDATE contexts SET version=v WHERE id=... AND version=v-1`` and counts the rows it changed; a
 recovery point advances ``next_rp_id`` the same way; a create is an insert that must not conflict.
 A refused check raises `PersistenceError` and rolls the whole batch back. A batch of appends (the
-common one) costs one round trip: BEGIN, one call of a function of the session that makes the fence,
-the appends, NOTIFY and the feed rows in the server, and COMMIT, in one pipeline. The server makes
+common one) costs one round trip: ONE statement in autocommit (its own transaction), a call of a
+function of the session that makes the fence, the appends, NOTIFY and the feed rows in the server.
+The server makes
 every check itself (the fence and each append's version check fail
 their statement when refused, so the COMMIT behind them never runs); other batches check the fence
 first, then write, then send the feed rows with COMMIT. A blob that cannot be encoded raises
@@ -79,6 +80,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import time
 import uuid
@@ -490,12 +492,8 @@ class PostgresStore(LeaseHolder, RowStore):
         prune = bool(feed) and self._since_prune + len(feed) >= PRUNE_EVERY
         sent_feed = {"n": len(feed), "ids": [r[0] for r in feed], "vs": [r[1] for r in feed],
                      "blobs": [r[2] for r in feed], "keep": self.feed_retention, "prune": prune} if feed else None
-        notice: dict[str, Any] | None = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
-                  "ops": [",".join(touched[cid]) for cid in ids]} if self.notify else None
         only_appends = all(isinstance(op, Append) for op in ops)
-        if notice is not None and only_appends:
-            last = {op.context_id: op.change.version for op in ops}  # type: ignore[union-attr]
-            notice["vs"] = [last[cid] for cid in ids]  # the notices need no read of contexts
+        notice = self._notice(ops, touched, ids, only_appends) if self.notify else None
         for attempt in (0, 1):
             conn = self._connection()
             stage, xid, pid = "begin", None, 0
@@ -503,9 +501,16 @@ class PostgresStore(LeaseHolder, RowStore):
             try:
                 pid = conn.info.backend_pid  # its old session is looked for if the connection breaks
                 if only_appends:
-                    stage = "one trip"
-                    self._write_appends(conn, ops, encoded, ids, notice=notice, feed=sent_feed,  # type: ignore[arg-type]
-                                        sent=sent)
+                    if attempt == 0 and not _quiet(conn):
+                        # the server spoke on an idle connection: it ended the session (killed while
+                        # idle, restarted). Nothing of this commit was sent: take a new connection (closed
+                        # first: the pool cannot tell, and would hand the dead one back)
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        self._drop_connection()
+                        continue
+                    stage, sent["began"] = "one trip", True
+                    self._write_appends(conn, ops, encoded, ids, notice=notice, feed=sent_feed)  # type: ignore[arg-type]
                 else:
                     xid = self._write(conn, ops, encoded, ids, notice=notice, sent=sent)
                     stage = "commit"
@@ -518,7 +523,7 @@ class PostgresStore(LeaseHolder, RowStore):
                     raise self._commit_error(exc, ids, first) from exc
                 self._drop_connection()
                 outcome = self._resolve_lost(stage, exc, first, xid=xid, pid=pid, op=ops[0], blob=encoded[0],
-                                             began=_began(sent.get("begin")))
+                                             began=bool(sent.get("began")) or _began(sent.get("begin")))
                 if outcome == "committed":
                     return
                 if outcome == "retry" and attempt == 0:
@@ -533,6 +538,16 @@ class PostgresStore(LeaseHolder, RowStore):
             except BaseException:
                 self._rollback(conn)
                 raise
+
+    def _notice(self, ops: Sequence[Op], touched: dict[str, list[str]], ids: list[str],
+                only_appends: bool) -> dict[str, Any]:
+        """The parameters of a commit's notices (one per context touched)."""
+        notice: dict[str, Any] = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
+                                  "ops": [",".join(touched[cid]) for cid in ids]}
+        if only_appends:
+            last = {op.context_id: op.change.version for op in ops}  # type: ignore[union-attr]
+            notice["vs"] = [last[cid] for cid in ids]  # the notices need no read of contexts
+        return notice
 
     def _commit_error(self, exc: Exception, ids: list[str], context_id: str) -> HoardError:
         """Our error for a commit the server refused (its connection still up, rolled back)."""
@@ -573,13 +588,14 @@ class PostgresStore(LeaseHolder, RowStore):
                                 f"lock another session holds ({exc}); nothing was committed")
 
     def _write_appends(self, conn: Any, ops: Sequence[Append], encoded: list[bytes | None], ids: list[str], *,
-                       notice: dict[str, Any] | None, feed: dict[str, Any] | None, sent: dict[str, Any]) -> None:
-        """The common batch (appends only) in ONE round trip of three statements: BEGIN, one call of
-        the session's function that makes the fence, the appends, the notices and the feed rows in the
-        server (`SQL["appends_fn"]`), and COMMIT. The fence and each append's version check fail the
-        call when refused; the server then skips the COMMIT behind it, and the caller rolls the
-        transaction back. The feed_head row lock is taken last, so it is held only while the server
-        ends the call and commits, never while this client reads or checks answers."""
+                       notice: dict[str, Any] | None, feed: dict[str, Any] | None) -> None:
+        """The common batch (appends only) as ONE statement in autocommit, so its own transaction: a
+        call of the session's function that makes the fence, the appends, the notices and the feed rows
+        in the server (`SQL["appends_fn"]`). The fence and each append's version check fail the call
+        when refused, and with it the transaction: nothing of the batch commits. The feed_head row lock
+        is taken last, so it is held only while the server ends the call and commits. One statement
+        costs the client a third of BEGIN + call + COMMIT in a pipeline (psycopg's per-statement and
+        pipeline work), and after five calls psycopg prepares it: the server no longer parses it."""
         args: dict[str, Any] = {"strict": self.require_lease, "ch": None, "schema": None, "owner": None,
                                 "feed": feed is not None,
                                 "keep": feed["keep"] if feed is not None and feed["prune"] else None}
@@ -596,12 +612,7 @@ class PostgresStore(LeaseHolder, RowStore):
                         ats=[op.change.at for op in ops], blobs=encoded, ops=None, last=None)
             if notice is not None:
                 args.update(ops=notice["ops"], last=notice["vs"])
-        # BEGIN and COMMIT are never prepared: a COMMIT skipped behind a refused call would leave psycopg
-        # believing in a prepared statement that the server never made
-        with conn.pipeline():
-            sent["begin"] = conn.execute("BEGIN", prepare=False)
-            conn.execute(call, args)
-            conn.execute("COMMIT", prepare=False)
+        conn.execute(call, args)
 
     def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
                notice: dict[str, Any] | None, sent: dict[str, Any]) -> int:
@@ -1144,6 +1155,16 @@ def _touched(ops: Sequence[Op]) -> dict[str, list[str]]:
         if _KIND[type(op)] not in kinds:
             kinds.append(_KIND[type(op)])
     return touched
+
+
+def _quiet(conn: Any) -> bool:
+    """Whether an idle connection has nothing to read: a server that ended the session (terminated
+    while idle, shut down) has sent its farewell or closed the socket, which makes it readable. One
+    non-blocking poll of the socket."""
+    try:
+        return not select.select([conn.pgconn.socket], [], [], 0)[0]
+    except (OSError, ValueError, psycopg.Error):
+        return False
 
 
 def _began(begin: Any) -> bool:

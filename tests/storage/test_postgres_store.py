@@ -212,7 +212,7 @@ def test_a_batch_of_appends_is_one_round_trip_to_the_server(make_pg_store: MakeS
     s.commit([CreateContext(new_state("a")), CreateContext(new_state("b"))])
     exchanges.clear()
     s.commit([Append("a", change(2, x=1)), Append("b", change(2, x=2)), Append("a", change(3, x=3))])
-    assert exchanges == ["pipeline"]
+    assert len(exchanges) == 1 and "hoard_appends" in exchanges[0]
     assert (s.load("a").version, s.load("b").version) == (3, 2)  # type: ignore[union-attr]
     assert [(e.context_id, e.version) for e in s.feed()][-3:] == [("a", 2), ("b", 2), ("a", 3)]
 
@@ -530,7 +530,8 @@ def test_a_connection_lost_around_commit_is_resolved_by_transaction_status(
         """The store's connections (injected): the armed COMMIT loses its session."""
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            if query != "COMMIT" or not armed:
+            # the COMMIT, or the one statement that is a batch of appends with its commit
+            if (query != "COMMIT" and "hoard_appends" not in str(query)) or not armed:
                 return super().execute(query, params, **kwargs)
             armed.clear()
             if breaks == "after COMMIT":
