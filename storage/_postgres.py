@@ -93,7 +93,7 @@ from ._errors import ConfigError, ContextLockedError, CorruptStateError, FencedO
 from ._feed import DEFAULT_FEED_RETENTION, PRUNE_EVERY, check_retention, consumer_position, feed_rows
 from ._postgres_leases import LeaseHolder, refusal
 from ._postgres_listen import CHANNEL, ChangeListener
-from ._postgres_sql import IDENT, MIGRATIONS, QUARANTINE_TABLE, REFUSE, SCHEMA_VERSION, SQL, TABLES
+from ._postgres_sql import IDENT, LISTENING, MIGRATIONS, QUARANTINE_TABLE, REFUSE, SCHEMA_VERSION, SQL, TABLES
 from ._recovery import RowAccess, RowStore, _storable_prefix
 from ._retention import RECOVERY, HistoryPolicy, history_base
 from ._store import (
@@ -235,7 +235,7 @@ class PostgresStore(LeaseHolder, RowStore):
                           keepalives_count=2)
         first_problem = self._refused(kwargs)
         pool = psycopg_pool.ConnectionPool(
-            self.dsn, min_size=1, max_size=1, open=False, kwargs=kwargs, configure=self._configure,
+            self.dsn, min_size=1, max_size=1, open=False, kwargs=kwargs, configure=self._configure_pooled,
             connection_class=self.connection_class,
             timeout=self.connect_timeout, num_workers=1, name=f"hoard-{self.schema}")
         try:
@@ -305,6 +305,14 @@ class PostgresStore(LeaseHolder, RowStore):
         if not self.readonly:
             conn.execute(REFUSE)  # the refusal of the fence and append checks (a function of this session)
             conn.execute(self._sql["appends_fn"])  # a batch of appends as one statement (`_write_appends`)
+
+    def _configure_pooled(self, conn: Any) -> None:
+        """`_configure`, and for a notifying writing store, the announcement of its own process's
+        listener (see `_postgres_sql.LISTENING`), held by the session its commits run in: so they
+        notify only when a session of another store or listener holds it too."""
+        self._configure(conn)
+        if self.notify and not self.readonly:
+            conn.execute(LISTENING, {"schema": self.schema})
 
     def _migrate(self, conn: Any) -> None:
         encoding = conn.execute("SHOW server_encoding").fetchone()[0]
@@ -900,13 +908,17 @@ class PostgresStore(LeaseHolder, RowStore):
                              statement_timeout=self.statement_timeout, feed_retention=self.feed_retention)
 
     # -- notices -------------------------------------------------------------------------------------
-    def listen(self) -> ChangeListener:
+    def listen(self, *, others_only: bool = False) -> ChangeListener:
         """A `ChangeListener` for this store's schema, on a connection of its own (opened lazily).
 
         Independent of this store's connection: it may be used by another thread than the store's
-        owner. Close it when done (it is a context manager).
+        owner. Close it when done (it is a context manager). With `others_only` (the system's own
+        listener, which ignores this store's notices anyway), this store's commits skip their
+        notices while no other store or listener is on the schema, so they never wake it; other
+        stores' notices still arrive (this store's sessions announce it, see `ChangeListener`).
         """
-        return ChangeListener(self.dsn, self.schema, connect_timeout=self.connect_timeout)
+        return ChangeListener(self.dsn, self.schema, connect_timeout=self.connect_timeout,
+                              announce=not (others_only and self.notify and not self.readonly))
 
     # -- the engine's two transactions ---------------------------------------------------------------
     def _read(self, what: str, context_id: str | None, fn: Callable[[RowAccess], T], *,

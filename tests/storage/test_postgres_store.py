@@ -795,3 +795,29 @@ def test_a_commit_skipped_behind_failed_feed_rows_leaves_no_phantom_prepared_sta
         s.commit(ops)
     assert s.load("c") == st
     assert s.verify() == []
+
+
+def test_a_store_alone_on_its_schema_sends_no_notices_until_another_listens(make_pg_store: MakeStore,
+                                                                           pg_dsn: str) -> None:
+    """A batch of appends notifies only while a session of another store or a listener announces
+    itself on the schema: the system's own listener (others_only) is not woken by its own commits,
+    and still hears every other store's; a listener that joins hears every commit after its open()."""
+    writer = make_pg_store(owner_id="writer")
+    st = new_state("c")
+    writer.commit([CreateContext(st)])
+    with writer.listen(others_only=True) as own, psycopg.connect(pg_dsn, autocommit=True) as raw:
+        own.open()
+        raw.execute("LISTEN hoard_changes")  # a raw session that does not announce itself
+        st = grow(writer, st, 2)
+        assert own.wait(0.05) == []
+        assert [n for n in raw.notifies(timeout=0.05) if f'"{writer.schema}"' in n.payload] == []
+        with make_pg_store(owner_id="reader").listen() as joined:
+            joined.open()
+            st = grow(writer, st, 1)
+            assert [(n.context_id, n.version) for n in collect(joined, 1)] == [("c", 4)]
+            assert [n.context_id for n in collect(own, 1)] == ["c"]  # sent now; its owner ignores it
+        other = make_pg_store(owner_id="other")
+        other.commit([CreateContext(new_state("d"))])  # another store's session announces itself: notified
+        assert [(n.context_id, n.owner) for n in collect(own, 1)] == [("d", "other")]
+        grow(writer, st, 1)
+        assert [(n.context_id, n.version) for n in collect(own, 1)] == [("c", 5)]
