@@ -54,7 +54,14 @@ after the commit, the kinds of operation, the committing owner); leases send ``l
 ``lease_released``. `listen()` returns a `ChangeListener` on its own connection; subscribers read what
 they need from the store. Notices are hints: those sent while a listener is disconnected are lost.
 PostgreSQL serializes the commits of notifying transactions in a database; ``notify=False`` turns
-notices off for stores nobody listens to.
+notices off for stores nobody listens to. A batch of appends sends its notices only while someone
+else listens on the schema: listeners announce themselves with a shared advisory lock on it (see
+`_postgres_sql.LISTENING`; a `ChangeListener` after its LISTEN, and every pooled session of a
+notifying writing store on behalf of its own process's listener, opened with
+``listen(others_only=True)``), and the batch notifies only when it cannot take that lock exclusively
+for its transaction. A process alone on its schema so never wakes its own listener with its own
+appends. A raw ``LISTEN hoard_changes`` session must take the lock too
+(``SELECT pg_advisory_lock_shared(1752129907, hashtext('<schema>'))``) to be sent them.
 
 Connection faults: the store keeps one connection of a `psycopg_pool.ConnectionPool` (size 1) and
 gives it back when it breaks; the pool reconnects in the background. A read on a dead connection is
@@ -140,7 +147,8 @@ class PostgresStore(LeaseHolder, RowStore):
             ``"<host>:<pid>:<random>"``.
         lease_ttl: seconds a lease runs unless renewed (the default for `acquire_lease` and renewals).
         require_lease: refuse (`FencedOffError`) any write to a context this store holds no lease on.
-        notify: send ``NOTIFY hoard_changes`` with each commit.
+        notify: send ``NOTIFY hoard_changes`` with each commit (a batch of appends: while another
+            store or a listener is on the schema; see the module docstring).
         connect_timeout: seconds to wait for a connection (at open, and when reconnecting).
         statement_timeout: seconds any one statement may run (lock waits included) before it fails
             with `PersistenceError`.
