@@ -70,7 +70,7 @@ class RemoteListener:
     """
 
     def __init__(self, store: Any, events: Emitter, *, poll: float = 0.25) -> None:
-        self._listener = store.listen()
+        self._listener = store.listen(others_only=True)  # it drops this store's own notices
         self._own = store.owner_id
         self._events = events
         self._poll = poll

@@ -17,8 +17,9 @@ two writers can never both succeed on the same version: an append is
 ``UPDATE contexts SET version=v WHERE id=... AND version=v-1`` and counts the rows it changed; a
 recovery point advances ``next_rp_id`` the same way; a create is an insert that must not conflict.
 A refused check raises `PersistenceError` and rolls the whole batch back. A batch of appends (the
-common one) costs one round trip: BEGIN, one call of a function of the session that makes the fence,
-the appends, NOTIFY and the feed rows in the server, and COMMIT, in one pipeline. The server makes
+common one) costs one round trip: ONE statement in autocommit (its own transaction), a call of a
+function of the session that makes the fence, the appends, NOTIFY and the feed rows in the server.
+The server makes
 every check itself (the fence and each append's version check fail
 their statement when refused, so the COMMIT behind them never runs); other batches check the fence
 first, then write, then send the feed rows with COMMIT. A blob that cannot be encoded raises
@@ -53,7 +54,14 @@ after the commit, the kinds of operation, the committing owner); leases send ``l
 ``lease_released``. `listen()` returns a `ChangeListener` on its own connection; subscribers read what
 they need from the store. Notices are hints: those sent while a listener is disconnected are lost.
 PostgreSQL serializes the commits of notifying transactions in a database; ``notify=False`` turns
-notices off for stores nobody listens to.
+notices off for stores nobody listens to. A batch of appends sends its notices only while someone
+else listens on the schema: listeners announce themselves with a shared advisory lock on it (see
+`_postgres_sql.LISTENING`; a `ChangeListener` after its LISTEN, and every pooled session of a
+notifying writing store on behalf of its own process's listener, opened with
+``listen(others_only=True)``), and the batch notifies only when it cannot take that lock exclusively
+for its transaction. A process alone on its schema so never wakes its own listener with its own
+appends. A raw ``LISTEN hoard_changes`` session must take the lock too
+(``SELECT pg_advisory_lock_shared(1752129907, hashtext('<schema>'))``) to be sent them.
 
 Connection faults: the store keeps one connection of a `psycopg_pool.ConnectionPool` (size 1) and
 gives it back when it breaks; the pool reconnects in the background. A read on a dead connection is
@@ -79,6 +87,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import time
 import uuid
@@ -91,7 +100,7 @@ from ._errors import ConfigError, ContextLockedError, CorruptStateError, FencedO
 from ._feed import DEFAULT_FEED_RETENTION, PRUNE_EVERY, check_retention, consumer_position, feed_rows
 from ._postgres_leases import LeaseHolder, refusal
 from ._postgres_listen import CHANNEL, ChangeListener
-from ._postgres_sql import IDENT, MIGRATIONS, QUARANTINE_TABLE, REFUSE, SCHEMA_VERSION, SQL, TABLES
+from ._postgres_sql import IDENT, LISTENING, MIGRATIONS, QUARANTINE_TABLE, REFUSE, SCHEMA_VERSION, SQL, TABLES
 from ._recovery import RowAccess, RowStore, _storable_prefix
 from ._retention import RECOVERY, HistoryPolicy, history_base
 from ._store import (
@@ -138,7 +147,8 @@ class PostgresStore(LeaseHolder, RowStore):
             ``"<host>:<pid>:<random>"``.
         lease_ttl: seconds a lease runs unless renewed (the default for `acquire_lease` and renewals).
         require_lease: refuse (`FencedOffError`) any write to a context this store holds no lease on.
-        notify: send ``NOTIFY hoard_changes`` with each commit.
+        notify: send ``NOTIFY hoard_changes`` with each commit (a batch of appends: while another
+            store or a listener is on the schema; see the module docstring).
         connect_timeout: seconds to wait for a connection (at open, and when reconnecting).
         statement_timeout: seconds any one statement may run (lock waits included) before it fails
             with `PersistenceError`.
@@ -233,7 +243,7 @@ class PostgresStore(LeaseHolder, RowStore):
                           keepalives_count=2)
         first_problem = self._refused(kwargs)
         pool = psycopg_pool.ConnectionPool(
-            self.dsn, min_size=1, max_size=1, open=False, kwargs=kwargs, configure=self._configure,
+            self.dsn, min_size=1, max_size=1, open=False, kwargs=kwargs, configure=self._configure_pooled,
             connection_class=self.connection_class,
             timeout=self.connect_timeout, num_workers=1, name=f"hoard-{self.schema}")
         try:
@@ -303,6 +313,14 @@ class PostgresStore(LeaseHolder, RowStore):
         if not self.readonly:
             conn.execute(REFUSE)  # the refusal of the fence and append checks (a function of this session)
             conn.execute(self._sql["appends_fn"])  # a batch of appends as one statement (`_write_appends`)
+
+    def _configure_pooled(self, conn: Any) -> None:
+        """`_configure`, and for a notifying writing store, the announcement of its own process's
+        listener (see `_postgres_sql.LISTENING`), held by the session its commits run in: so they
+        notify only when a session of another store or listener holds it too."""
+        self._configure(conn)
+        if self.notify and not self.readonly:
+            conn.execute(LISTENING, {"schema": self.schema})
 
     def _migrate(self, conn: Any) -> None:
         encoding = conn.execute("SHOW server_encoding").fetchone()[0]
@@ -490,12 +508,8 @@ class PostgresStore(LeaseHolder, RowStore):
         prune = bool(feed) and self._since_prune + len(feed) >= PRUNE_EVERY
         sent_feed = {"n": len(feed), "ids": [r[0] for r in feed], "vs": [r[1] for r in feed],
                      "blobs": [r[2] for r in feed], "keep": self.feed_retention, "prune": prune} if feed else None
-        notice: dict[str, Any] | None = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
-                  "ops": [",".join(touched[cid]) for cid in ids]} if self.notify else None
         only_appends = all(isinstance(op, Append) for op in ops)
-        if notice is not None and only_appends:
-            last = {op.context_id: op.change.version for op in ops}  # type: ignore[union-attr]
-            notice["vs"] = [last[cid] for cid in ids]  # the notices need no read of contexts
+        notice = self._notice(ops, touched, ids, only_appends) if self.notify else None
         for attempt in (0, 1):
             conn = self._connection()
             stage, xid, pid = "begin", None, 0
@@ -503,9 +517,16 @@ class PostgresStore(LeaseHolder, RowStore):
             try:
                 pid = conn.info.backend_pid  # its old session is looked for if the connection breaks
                 if only_appends:
-                    stage = "one trip"
-                    self._write_appends(conn, ops, encoded, ids, notice=notice, feed=sent_feed,  # type: ignore[arg-type]
-                                        sent=sent)
+                    if attempt == 0 and not _quiet(conn):
+                        # the server spoke on an idle connection: it ended the session (killed while
+                        # idle, restarted). Nothing of this commit was sent: take a new connection (closed
+                        # first: the pool cannot tell, and would hand the dead one back)
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        self._drop_connection()
+                        continue
+                    stage, sent["began"] = "one trip", True
+                    self._write_appends(conn, ops, encoded, ids, notice=notice, feed=sent_feed)  # type: ignore[arg-type]
                 else:
                     xid = self._write(conn, ops, encoded, ids, notice=notice, sent=sent)
                     stage = "commit"
@@ -518,7 +539,7 @@ class PostgresStore(LeaseHolder, RowStore):
                     raise self._commit_error(exc, ids, first) from exc
                 self._drop_connection()
                 outcome = self._resolve_lost(stage, exc, first, xid=xid, pid=pid, op=ops[0], blob=encoded[0],
-                                             began=_began(sent.get("begin")))
+                                             began=bool(sent.get("began")) or _began(sent.get("begin")))
                 if outcome == "committed":
                     return
                 if outcome == "retry" and attempt == 0:
@@ -533,6 +554,16 @@ class PostgresStore(LeaseHolder, RowStore):
             except BaseException:
                 self._rollback(conn)
                 raise
+
+    def _notice(self, ops: Sequence[Op], touched: dict[str, list[str]], ids: list[str],
+                only_appends: bool) -> dict[str, Any]:
+        """The parameters of a commit's notices (one per context touched)."""
+        notice: dict[str, Any] = {"ch": CHANNEL, "schema": self.schema, "owner": self.owner_id, "ids": ids,
+                                  "ops": [",".join(touched[cid]) for cid in ids]}
+        if only_appends:
+            last = {op.context_id: op.change.version for op in ops}  # type: ignore[union-attr]
+            notice["vs"] = [last[cid] for cid in ids]  # the notices need no read of contexts
+        return notice
 
     def _commit_error(self, exc: Exception, ids: list[str], context_id: str) -> HoardError:
         """Our error for a commit the server refused (its connection still up, rolled back)."""
@@ -573,13 +604,14 @@ class PostgresStore(LeaseHolder, RowStore):
                                 f"lock another session holds ({exc}); nothing was committed")
 
     def _write_appends(self, conn: Any, ops: Sequence[Append], encoded: list[bytes | None], ids: list[str], *,
-                       notice: dict[str, Any] | None, feed: dict[str, Any] | None, sent: dict[str, Any]) -> None:
-        """The common batch (appends only) in ONE round trip of three statements: BEGIN, one call of
-        the session's function that makes the fence, the appends, the notices and the feed rows in the
-        server (`SQL["appends_fn"]`), and COMMIT. The fence and each append's version check fail the
-        call when refused; the server then skips the COMMIT behind it, and the caller rolls the
-        transaction back. The feed_head row lock is taken last, so it is held only while the server
-        ends the call and commits, never while this client reads or checks answers."""
+                       notice: dict[str, Any] | None, feed: dict[str, Any] | None) -> None:
+        """The common batch (appends only) as ONE statement in autocommit, so its own transaction: a
+        call of the session's function that makes the fence, the appends, the notices and the feed rows
+        in the server (`SQL["appends_fn"]`). The fence and each append's version check fail the call
+        when refused, and with it the transaction: nothing of the batch commits. The feed_head row lock
+        is taken last, so it is held only while the server ends the call and commits. One statement
+        costs the client a third of BEGIN + call + COMMIT in a pipeline (psycopg's per-statement and
+        pipeline work), and after five calls psycopg prepares it: the server no longer parses it."""
         args: dict[str, Any] = {"strict": self.require_lease, "ch": None, "schema": None, "owner": None,
                                 "feed": feed is not None,
                                 "keep": feed["keep"] if feed is not None and feed["prune"] else None}
@@ -596,12 +628,7 @@ class PostgresStore(LeaseHolder, RowStore):
                         ats=[op.change.at for op in ops], blobs=encoded, ops=None, last=None)
             if notice is not None:
                 args.update(ops=notice["ops"], last=notice["vs"])
-        # BEGIN and COMMIT are never prepared: a COMMIT skipped behind a refused call would leave psycopg
-        # believing in a prepared statement that the server never made
-        with conn.pipeline():
-            sent["begin"] = conn.execute("BEGIN", prepare=False)
-            conn.execute(call, args)
-            conn.execute("COMMIT", prepare=False)
+        conn.execute(call, args)
 
     def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
                notice: dict[str, Any] | None, sent: dict[str, Any]) -> int:
@@ -611,7 +638,7 @@ class PostgresStore(LeaseHolder, RowStore):
         go in one round trip; the fence holds before anything is written, and a refused check rolls
         everything back."""
         with conn.pipeline():
-            sent["begin"] = conn.execute("BEGIN")
+            sent["begin"] = conn.execute("BEGIN", prepare=False)  # never prepared: see `_finish`
             fence = conn.execute(self._sql["fence"], self._fence_args(ids))
         xid = int(fence.fetchone()[0])
         self._apply_all(conn, ops, encoded)
@@ -630,10 +657,15 @@ class PostgresStore(LeaseHolder, RowStore):
         """The feed rows and COMMIT, in one round trip: the feed_head row lock the rows take is held
         only while the server runs them and the commit, never while this client reads answers or
         checks them (the commits of every process take turns on that lock). If the feed rows fail,
-        the server skips the COMMIT behind them and the caller rolls back."""
+        the server skips the COMMIT behind them and the caller rolls back.
+
+        COMMIT is never prepared: psycopg marks a statement prepared as it sends the PREPARE (at its
+        sixth execution), and a PREPARE the server skipped behind failed feed rows would leave it
+        believing in a statement the server never made ("prepared statement does not exist" at the
+        next COMMIT, as a ROLLBACK psycopg has counted before does not clear its cache)."""
         with conn.pipeline():
             self._send_feed(conn, feed)
-            conn.execute("COMMIT")
+            conn.execute("COMMIT", prepare=False)
 
     def _appended_anyway(self, pid: int, first: Append, blob: bytes, exc: Exception) -> bool:
         """After the connection of a one-round-trip batch of appends broke: did it commit? Asked on a
@@ -884,13 +916,17 @@ class PostgresStore(LeaseHolder, RowStore):
                              statement_timeout=self.statement_timeout, feed_retention=self.feed_retention)
 
     # -- notices -------------------------------------------------------------------------------------
-    def listen(self) -> ChangeListener:
+    def listen(self, *, others_only: bool = False) -> ChangeListener:
         """A `ChangeListener` for this store's schema, on a connection of its own (opened lazily).
 
         Independent of this store's connection: it may be used by another thread than the store's
-        owner. Close it when done (it is a context manager).
+        owner. Close it when done (it is a context manager). With `others_only` (the system's own
+        listener, which ignores this store's notices anyway), this store's commits skip their
+        notices while no other store or listener is on the schema, so they never wake it; other
+        stores' notices still arrive (this store's sessions announce it, see `ChangeListener`).
         """
-        return ChangeListener(self.dsn, self.schema, connect_timeout=self.connect_timeout)
+        return ChangeListener(self.dsn, self.schema, connect_timeout=self.connect_timeout,
+                              announce=not (others_only and self.notify and not self.readonly))
 
     # -- the engine's two transactions ---------------------------------------------------------------
     def _read(self, what: str, context_id: str | None, fn: Callable[[RowAccess], T], *,
@@ -1139,6 +1175,16 @@ def _touched(ops: Sequence[Op]) -> dict[str, list[str]]:
         if _KIND[type(op)] not in kinds:
             kinds.append(_KIND[type(op)])
     return touched
+
+
+def _quiet(conn: Any) -> bool:
+    """Whether an idle connection has nothing to read: a server that ended the session (terminated
+    while idle, shut down) has sent its farewell or closed the socket, which makes it readable. One
+    non-blocking poll of the socket."""
+    try:
+        return not select.select([conn.pgconn.socket], [], [], 0)[0]
+    except (OSError, ValueError, psycopg.Error):
+        return False
 
 
 def _began(begin: Any) -> bool:

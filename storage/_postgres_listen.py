@@ -19,6 +19,7 @@ import attrs
 import orjson
 
 from ._errors import ConfigError, PersistenceError
+from ._postgres_sql import LISTENING
 
 try:  # the "postgres" extra: the rest of storage must import without it
     import psycopg
@@ -63,16 +64,23 @@ class ChangeListener:
     once (notices sent while disconnected are lost: re-read what you need) and is reopened on the
     next call. Notices are hints for subscribers, who read the store for the facts.
 
+    Writers notify only while someone else listens (see `_postgres_sql.LISTENING`): after its LISTEN,
+    a listener announces itself with a shared advisory lock on its schema, held by its session, unless
+    `announce` is False (the listener of a writing store's own process: the store's session announces
+    it, so that its own commits do not wake it; it still receives every other store's). A raw
+    ``LISTEN hoard_changes`` session must take the same lock to be sent notices.
+
     Threading: one thread at a time (any thread, also not the store's owner); `wait` blocks up to its
     timeout, never longer. A context manager; `close()` is idempotent.
     """
 
-    def __init__(self, dsn: str, schema: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, schema: str, *, connect_timeout: float = 5.0, announce: bool = True) -> None:
         if psycopg is None:  # pragma: no cover - exercised only without the extra
             raise ConfigError("ChangeListener needs psycopg 3: pip install 'hoard-contexts[postgres]'")
         self.dsn = dsn
         self.schema = schema
         self.connect_timeout = connect_timeout
+        self.announce = announce
         self._conn: Any = None
 
     def __enter__(self) -> ChangeListener:
@@ -83,8 +91,9 @@ class ChangeListener:
         self.close()
 
     def open(self) -> None:
-        """Connect and LISTEN now (otherwise the first `wait` does). Notices committed after this
-        returns are received. Raises `PersistenceError` if the server cannot be reached."""
+        """Connect and LISTEN now (otherwise the first `wait` does), then announce it (waits for the
+        commits under way that saw no listener). Notices committed after this returns are received.
+        Raises `PersistenceError` if the server cannot be reached."""
         if self._conn is not None:
             return
         try:
@@ -93,6 +102,8 @@ class ChangeListener:
             raise PersistenceError(f"cannot connect to listen for {CHANNEL}: {exc}") from exc
         try:
             conn.execute(f"LISTEN {CHANNEL}")
+            if self.announce:
+                conn.execute(LISTENING, {"schema": self.schema})
         except psycopg.Error as exc:
             conn.close()
             raise PersistenceError(f"cannot LISTEN {CHANNEL}: {exc}") from exc

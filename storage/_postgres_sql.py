@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["IDENT", "MIGRATIONS", "QUARANTINE_TABLE", "REFUSE", "SCHEMA_VERSION", "SQL", "TABLES"]
+__all__ = ["IDENT", "LISTENING", "LISTEN_LOCK_SPACE", "MIGRATIONS", "QUARANTINE_TABLE", "REFUSE", "SCHEMA_VERSION",
+           "SQL", "TABLES"]
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -46,6 +47,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 #: the table layout this hoard writes; a schema of a higher version is refused
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = {"schema_version", "contexts", "snapshots", "journal", "recovery_points", "leases"}
+
+# Who listens: every session that wants the notices of a schema holds this advisory lock, shared, for
+# as long as it listens (`LISTENING`, with the schema name): a `ChangeListener` (after its LISTEN),
+# and every pooled session of a notifying writing store on behalf of its own process's listener. A
+# batch of appends notifies only if its session cannot take the same lock exclusively for its
+# transaction (``pg_try_advisory_xact_lock``: the session's own shared hold does not count), that is
+# only when a session of another store or a listener holds it: a process alone on its schema does
+# not wake its own listener with its own notices. A listener that joins waits for its shared lock
+# until every transaction that took it exclusively (and so sends no notice) has ended: a commit
+# after `ChangeListener.open()` returns is always notified.
+LISTEN_LOCK_SPACE = 0x686F6173
+LISTENING = f"SELECT pg_advisory_lock_shared({LISTEN_LOCK_SPACE}, hashtext(%(schema)s))"
 
 # -- SQL (formatted once per store with its schema) -----------------------------------------------------
 # Lock the lease row of every context a batch touches (creating a free one if missing, so that a
@@ -228,7 +241,8 @@ def _in_function(sql: str, names: dict[str, str]) -> str:
 
 # A batch of appends only (the common commit) as ONE statement between BEGIN and COMMIT: a function of
 # the session (made with `REFUSE` by every writing connection) runs the statements above in order in
-# the server: the fence, each append, the notices (_ch NULL: none) and the feed rows (and the pruning
+# the server: the fence, each append, the notices (_ch NULL: none; and none when nobody else listens,
+# see `LISTENING`) and the feed rows (and the pruning
 # when _keep is given), each refusal failing it as it fails the statement. The client sends three
 # statements instead of four plus one per append, and the server plans none of them again (PL/pgSQL
 # keeps its plans per session). count() reads every row of the fence, so every id is checked.
@@ -242,7 +256,8 @@ _APPENDS_FN = (
     + ";\nFOR _i IN 1 .. cardinality(_aids) LOOP\n"
     + _in_function(_APPEND, {"id": "_aids[_i]", "v": "_vs[_i]", "prev": "(_vs[_i] - 1)", "at": "_ats[_i]",
                              "blob": "_blobs[_i]"})
-    + ";\nEND LOOP;\nIF _ch IS NOT NULL THEN\n"
+    + ";\nEND LOOP;\nIF _ch IS NOT NULL AND NOT pg_try_advisory_xact_lock("
+    + f"{LISTEN_LOCK_SPACE}, hashtext(_schema)) THEN\n"
     + _in_function(_NOTIFY_APPENDS, {"ch": "_ch", "schema": "_schema", "owner": "_owner", "ids": "_ids",
                                      "ops": "_ops", "vs": "_last"}).replace("SELECT", "PERFORM", 1)
     + ";\nEND IF;\nIF _feed THEN\n_n := cardinality(_aids);\n"

@@ -212,7 +212,7 @@ def test_a_batch_of_appends_is_one_round_trip_to_the_server(make_pg_store: MakeS
     s.commit([CreateContext(new_state("a")), CreateContext(new_state("b"))])
     exchanges.clear()
     s.commit([Append("a", change(2, x=1)), Append("b", change(2, x=2)), Append("a", change(3, x=3))])
-    assert exchanges == ["pipeline"]
+    assert len(exchanges) == 1 and "hoard_appends" in exchanges[0]
     assert (s.load("a").version, s.load("b").version) == (3, 2)  # type: ignore[union-attr]
     assert [(e.context_id, e.version) for e in s.feed()][-3:] == [("a", 2), ("b", 2), ("a", 3)]
 
@@ -530,7 +530,8 @@ def test_a_connection_lost_around_commit_is_resolved_by_transaction_status(
         """The store's connections (injected): the armed COMMIT loses its session."""
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            if query != "COMMIT" or not armed:
+            # the COMMIT, or the one statement that is a batch of appends with its commit
+            if (query != "COMMIT" and "hoard_appends" not in str(query)) or not armed:
                 return super().execute(query, params, **kwargs)
             armed.clear()
             if breaks == "after COMMIT":
@@ -760,3 +761,63 @@ def test_a_paused_owner_is_taken_over_and_its_late_write_is_fenced_off(
     grow(store, st, 1)
     parent_end.close()
     child_end.close()
+
+
+def test_a_commit_skipped_behind_failed_feed_rows_leaves_no_phantom_prepared_statement(
+        make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
+    """psycopg counts a statement's executions and prepares it at the sixth, marking it prepared as it
+    sends the PREPARE; in a pipeline whose earlier statement fails, the server skips that PREPARE,
+    and psycopg still believes in it unless a ROLLBACK it sees clears its cache (it does not, once it
+    has counted ROLLBACK itself). The next COMMIT would then fail with "prepared statement does not
+    exist". So COMMIT (and BEGIN) of a write transaction are never prepared."""
+    s = make_pg_store(lock_timeout=0.2)
+    st = new_state("c")
+    s.commit([CreateContext(st)])
+    with pytest.raises(PersistenceError, match="already exists"):
+        s.commit([CreateContext(st)])  # a ROLLBACK while nothing is prepared: psycopg now counts it
+
+    def step(state: ContextState) -> tuple[list[Any], ContextState]:
+        """A batch that is not only appends, with a feed row: the fence, the writes, then feed + COMMIT."""
+        ch = change(state.version + 1, x=state.version)
+        nxt = apply_change(state, ch)
+        return [Append("c", ch), PutSnapshot(nxt)], nxt
+    for _ in range(4):  # its COMMIT five times, with the create's
+        ops, st = step(st)
+        s.commit(ops)
+    with psycopg.connect(pg_dsn, autocommit=False) as locker:
+        locker.execute(pgsql.SQL("SELECT head FROM {}.feed_head WHERE id = 1 FOR UPDATE").format(
+            pgsql.Identifier(pg_schema)))
+        with pytest.raises(PersistenceError, match="lock_timeout"):
+            s.commit(step(st)[0])  # the sixth COMMIT, skipped behind the feed rows' lock wait
+        locker.rollback()
+    for _ in range(2):
+        ops, st = step(st)
+        s.commit(ops)
+    assert s.load("c") == st
+    assert s.verify() == []
+
+
+def test_a_store_alone_on_its_schema_sends_no_notices_until_another_listens(make_pg_store: MakeStore,
+                                                                           pg_dsn: str) -> None:
+    """A batch of appends notifies only while a session of another store or a listener announces
+    itself on the schema: the system's own listener (others_only) is not woken by its own commits,
+    and still hears every other store's; a listener that joins hears every commit after its open()."""
+    writer = make_pg_store(owner_id="writer")
+    st = new_state("c")
+    writer.commit([CreateContext(st)])
+    with writer.listen(others_only=True) as own, psycopg.connect(pg_dsn, autocommit=True) as raw:
+        own.open()
+        raw.execute("LISTEN hoard_changes")  # a raw session that does not announce itself
+        st = grow(writer, st, 2)
+        assert own.wait(0.05) == []
+        assert [n for n in raw.notifies(timeout=0.05) if f'"{writer.schema}"' in n.payload] == []
+        with make_pg_store(owner_id="reader").listen() as joined:
+            joined.open()
+            st = grow(writer, st, 1)
+            assert [(n.context_id, n.version) for n in collect(joined, 1)] == [("c", 4)]
+            assert [n.context_id for n in collect(own, 1)] == ["c"]  # sent now; its owner ignores it
+        other = make_pg_store(owner_id="other")
+        other.commit([CreateContext(new_state("d"))])  # another store's session announces itself: notified
+        assert [(n.context_id, n.owner) for n in collect(own, 1)] == [("d", "other")]
+        grow(writer, st, 1)
+        assert [(n.context_id, n.version) for n in collect(own, 1)] == [("c", 5)]
