@@ -3,7 +3,8 @@
 Every message is one ``XADD`` to the stream named by the rendered subject (a template without
 ``{context_id}`` puts every context in one stream), with the fields ``message_id``
 (``<context id>:<version>``) and ``body`` (the JSON). A batch is pipelined (no MULTI): the XADDs are
-sent in order on one connection, in one write, and the batch returns when every reply came; Redis
+sent in order on one connection, in one write (`send`), and `wait` reads every reply (the relay
+sends the next batch before it reads this one's replies: Redis answers in order); Redis
 has no id it de-duplicates on, so a batch published again after a crash arrives again
 (``message_id`` lets a reader drop repeats). ``?maxlen=N`` trims each stream to about N entries
 (``MAXLEN ~``).
@@ -80,15 +81,30 @@ class RedisPublisher:
             raise BrokerUnavailableError(self.url, f"connecting: {type(exc).__name__}: {exc}") from exc
         self._client, self._connection = client, connection
 
-    def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:  # socket_timeout bounds it
+    def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
+        self.wait(self.send(messages, timeout), timeout)
+
+    def send(self, messages: Sequence[Outgoing], timeout: float) -> int:  # socket_timeout bounds it
+        """Write the batch's XADDs (one write) without reading their replies; returns what `wait` takes
+        (the number of replies to read). Replies come in the order the batches were sent."""
+        connection = self._connection
+        if connection is None:
+            raise BrokerUnavailableError(self.url, "not connected")
+        try:
+            connection.send_packed_command([pack_xadds(messages, self._trim)])  # a list of writes: one here
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise BrokerUnavailableError(self.url, f"XADD: {type(exc).__name__}: {exc}") from exc
+        return len(messages)
+
+    def wait(self, sent: int, timeout: float) -> None:  # socket_timeout bounds it
+        """Read the replies of the oldest batch `send` wrote and not waited for yet."""
         connection = self._connection
         if connection is None:
             raise BrokerUnavailableError(self.url, "not connected")
         read: Callable[[], Any] = connection.read_response
         failed: redis.exceptions.ResponseError | None = None
         try:
-            connection.send_packed_command([pack_xadds(messages, self._trim)])  # a list of writes: one here
-            for _ in range(len(messages)):  # every reply is read, so the connection stays in step
+            for _ in range(sent):  # every reply is read, so the connection stays in step
                 try:
                     read()
                 except redis.exceptions.ResponseError as exc:  # a refused XADD (e.g. the key holds no stream)
