@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -291,3 +292,32 @@ def test_a_relay_publishes_batch_by_batch_through_a_publisher_without_send_and_w
             assert relay.wait_caught_up(timeout=20).position == 10
     assert [len(b) for b in publisher.batches] == [4, 4, 2]
     assert _ids([m for b in publisher.batches for m in b]) == [f"a:{v}" for v in range(1, 11)]
+
+
+class _Trickle:
+    """A socket that hands out what it was given a few bytes per `recv`."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step = data, step
+
+    def recv(self, size: int) -> bytes:
+        chunk, self.data = self.data[:min(size, self.step)], self.data[min(size, self.step):]
+        return chunk
+
+
+@pytest.mark.parametrize("step", [1, 4, 7, 1000])
+def test_the_redis_reply_reader_takes_replies_split_anywhere_and_keeps_what_follows(step: int) -> None:
+    pytest.importorskip("redis")
+    from hoard._bridges._redis import read_replies  # noqa: PLC0415 - the backend's own reader, alone
+
+    replies = b"$15\r\n1764650000000-0\r\n-WRONGTYPE no stream here\r\n$-1\r\n$3\r\n1-0\r\n" + b"$3\r\n2-0\r\n"
+    sock: Any = _Trickle(replies, step)
+    inbox = bytearray()
+    assert read_replies(sock, inbox, 4) == "WRONGTYPE no stream here"
+    assert read_replies(sock, inbox, 1) is None  # the next batch's reply (maybe received already)
+    assert not inbox and not sock.data
+    with pytest.raises(ConnectionError):  # nothing more comes: the server closed the connection
+        read_replies(sock, inbox, 1)
+    sock.data, inbox[:] = b"+OK\r\n", b""
+    with pytest.raises(ValueError, match="unexpected reply"):
+        read_replies(sock, inbox, 1)
