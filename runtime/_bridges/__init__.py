@@ -10,6 +10,7 @@ from ._apply import CommandApplier as CommandApplier
 from ._broker import CommandSource as CommandSource
 from ._broker import Incoming as Incoming
 from ._broker import Outgoing as Outgoing
+from ._broker import PipelinedPublisher as PipelinedPublisher
 from ._broker import Publisher as Publisher
 from ._broker import make_publisher as make_publisher
 from ._broker import make_source as make_source
@@ -38,6 +39,7 @@ __all__ = [
     "Incoming",
     "InvalidCommandError",
     "Outgoing",
+    "PipelinedPublisher",
     "Publisher",
     "Relay",
     "RelayLag",

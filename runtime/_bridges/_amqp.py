@@ -5,11 +5,12 @@ Both halves run pika in the caller's thread (the bridge's): no thread of their o
 Out: publisher confirms on, persistent messages (delivery mode 2) with ``message_id`` set to
 ``<context id>:<version>``, to the exchange ``?exchange=NAME`` (a durable topic exchange, declared;
 default ``hoard``) with the rendered subject as routing key. A batch is published on one channel
-without waiting in between (pika's `SelectConnection`, its I/O loop driven by `publish`), then
-`publish` returns once the broker acked every message of it (confirms arrive in order on one
-channel, several at once with ``multiple``). A nack, a closed channel or connection, or no confirm
-within the timeout raises `BrokerUnavailableError`: the relay does not commit the batch's offset and
-publishes it again on a new connection. (pika's blocking channel waits for each message's confirm
+without waiting in between (pika's `SelectConnection`, its I/O loop driven by `send` and `wait`),
+and `wait` returns once the broker acked every message of it (confirms arrive in order on one
+channel, several at once with ``multiple``); the relay sends the next batch before it waits. A
+nack, a closed channel or connection, or no confirm within the timeout raises
+`BrokerUnavailableError`: the relay does not commit the batch's offset and publishes it again on a
+new connection. (pika's blocking channel waits for each message's confirm
 before sending the next: the broker's round trip and pika's blocking wait per message, which the
 bench's bare loop does.)
 
@@ -133,6 +134,12 @@ class AmqpPublisher:
             raise
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
+        self.wait(self.send(messages, timeout), timeout)
+
+    def send(self, messages: Sequence[Outgoing], timeout: float) -> int:
+        """Publish the batch and run the I/O loop once (what the socket takes now is written; the rest
+        goes while `wait` runs it); returns what `wait` takes (the batch's last delivery tag)."""
+        del timeout  # one pass of the loop does not wait
         channel = self._channel
         if channel is None or self._problem is not None:
             raise BrokerUnavailableError(self.url, self._problem or "not connected")
@@ -142,11 +149,19 @@ class AmqpPublisher:
                                              content_type="application/json")
                 channel.basic_publish(self._exchange, m.subject, m.body, props)
                 self._tag += 1
+            loop = self._connection.ioloop
+            loop.call_later(0, loop.stop)  # one pass: poll without waiting, write, read what came
+            loop.start()
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._fail(f"publishing: {type(exc).__name__}: {exc}")
             raise BrokerUnavailableError(self.url, f"publishing: {type(exc).__name__}: {exc}") from exc
-        last = self._tag
-        self._run(lambda: self._confirmed >= last, timeout, "waiting for publisher confirms")
+        if self._problem is not None:
+            raise BrokerUnavailableError(self.url, self._problem)
+        return self._tag
+
+    def wait(self, sent: int, timeout: float) -> None:
+        """Run the I/O loop until every message up to delivery tag `sent` is confirmed."""
+        self._run(lambda: self._confirmed >= sent, timeout, "waiting for publisher confirms")
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

@@ -31,6 +31,7 @@ __all__ = [
     "CommandSource",
     "Incoming",
     "Outgoing",
+    "PipelinedPublisher",
     "Publisher",
     "make_publisher",
     "make_source",
@@ -75,6 +76,23 @@ class Publisher(Protocol):
 
     def close(self) -> None:
         """Disconnect (idempotent, never raises, returns within a few seconds)."""
+
+
+class PipelinedPublisher(Publisher, Protocol):
+    """A publisher that can have a batch on its way while the caller prepares the next: `publish`
+    split in two. The relay uses `send` / `wait` when a publisher has them (every built-in one does),
+    else `publish`."""
+
+    def send(self, messages: Sequence[Outgoing], timeout: float) -> Any:
+        """Start publishing `messages` after every batch sent before (same connection, in order) and
+        return without waiting for the broker; the result is what `wait` takes. Raises
+        `BrokerUnavailableError` when the connection is known broken."""
+
+    def wait(self, sent: Any, timeout: float) -> None:
+        """Return when the broker confirmed every message of `sent`, the oldest batch sent and not
+        waited for yet (batches are waited for in the order they were sent), at most `timeout`;
+        `BrokerUnavailableError` otherwise (as `Publisher.publish`; later batches are then lost with
+        the connection, which the caller closes)."""
 
 
 class CommandSource(Protocol):

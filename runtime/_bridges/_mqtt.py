@@ -72,11 +72,18 @@ class _Client:
         return client
 
     def publish(self, messages: Sequence[tuple[str, bytes]], timeout: float) -> None:
+        self.wait(self.send(messages), timeout)
+
+    def send(self, messages: Sequence[tuple[str, bytes]]) -> list[mqtt.MQTTMessageInfo]:
+        """Hand the messages to paho (its thread writes them, in order); their infos, for `wait`."""
         client = self.client
         if client is None or not client.is_connected():
             raise BrokerUnavailableError(self.url, "not connected")
+        return [client.publish(topic, body, qos=1) for topic, body in messages]
+
+    def wait(self, infos: list[mqtt.MQTTMessageInfo], timeout: float) -> None:
+        """Wait until every message of `infos` is acknowledged (PUBACK), at most `timeout` for them all."""
         deadline = time.monotonic() + timeout
-        infos = [client.publish(topic, body, qos=1) for topic, body in messages]
         for info in infos:
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise BrokerUnavailableError(self.url, f"publish refused: {mqtt.error_string(info.rc)}")
@@ -107,7 +114,16 @@ class MqttPublisher:
         self._client.open(timeout)
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
-        self._client.publish([(m.subject, m.body) for m in messages], timeout)
+        self.wait(self.send(messages, timeout), timeout)
+
+    def send(self, messages: Sequence[Outgoing], timeout: float) -> list[mqtt.MQTTMessageInfo]:
+        """Hand the batch to paho's thread and return at once (what `wait` takes)."""
+        del timeout  # `wait` bounds it
+        return self._client.send([(m.subject, m.body) for m in messages])
+
+    def wait(self, sent: list[mqtt.MQTTMessageInfo], timeout: float) -> None:
+        """Wait for every PUBACK of a batch `send` handed over."""
+        self._client.wait(sent, timeout)
 
     def close(self) -> None:
         self._client.close()

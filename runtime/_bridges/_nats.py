@@ -22,6 +22,7 @@ with back-off, so a batch is never half in one connection's buffers and half in 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Coroutine, Sequence
@@ -58,8 +59,15 @@ class _Loop:
         self.js: Any = None
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+        return self.result(self.submit(coro), timeout, what)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start `coro` on the loop; its future (see `result`)."""
         assert self.loop is not None
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def result(self, future: concurrent.futures.Future[T], timeout: float, what: str) -> T:
+        """`future`'s result within `timeout`, failures as `BrokerUnavailableError`."""
         try:
             return future.result(timeout)
         except TimeoutError as exc:
@@ -114,8 +122,10 @@ class NatsPublisher:
         self._loop = _Loop(url)
         self._stream = stream or url_options(url).get("stream")
         self._subjects = [_stream_subject(subject)]
+        self._handed: asyncio.Future[None] | None = None  # set when the last batch sent is all with the client
 
     def connect(self, timeout: float) -> None:
+        self._handed = None
         self._loop.open(timeout)
         if self._stream:
             try:
@@ -132,12 +142,34 @@ class NatsPublisher:
             await js.add_stream(name=self._stream, subjects=self._subjects)
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
-        self._loop.run(self._publish(messages), timeout, f"publishing {len(messages)} messages")
+        self.wait(self.send(messages, timeout), timeout)
+
+    def send(self, messages: Sequence[Outgoing], timeout: float) -> Any:
+        """Start publishing the batch on the loop and return at once (what `wait` takes). Batches are
+        handed to the client in the order they were sent: each waits until the one before is."""
+        del timeout  # `wait` bounds it
+        if self._loop.loop is None:
+            raise BrokerUnavailableError(self.url, "not connected")
+        return (len(messages), self._loop.submit(self._publish(messages)))
+
+    def wait(self, sent: Any, timeout: float) -> None:
+        """Wait for every ack of a batch `send` started."""
+        count, future = sent
+        self._loop.result(future, timeout, f"publishing {count} messages")
 
     async def _publish(self, messages: Sequence[Outgoing]) -> None:
         js = self._loop.js
-        futures = [await js.publish_async(m.subject, m.body, headers={"Nats-Msg-Id": m.message_id})
-                   for m in messages]
+        # the batch before this one may still be handing its messages to the client (publish_async
+        # awaits when the client's buffer is full): this one starts after it, so the order holds
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        before, self._handed = self._handed, mine
+        try:
+            if before is not None:
+                await before
+            futures = [await js.publish_async(m.subject, m.body, headers={"Nats-Msg-Id": m.message_id})
+                       for m in messages]
+        finally:
+            mine.set_result(None)
         await self._loop.nc.flush()
         for future in futures:
             await future  # a PubAck, or the server's error (raised)

@@ -2,29 +2,37 @@
 
 A relay is a named feed consumer (`ContextSystem.consumer`) with one thread of its own. Its loop:
 
-1. read the entries after the consumer's committed offset (at most `batch` at a time; when there are
-   none, wait for the next commit);
-2. publish them in offset order through the broker's backend, which returns only once the broker
-   confirmed every one (JetStream ack, MQTT PUBACK, AMQP publisher confirm, the XADD reply);
-3. commit the consumer's offset to the last entry published (a store write). The commit runs on a
-   thread of its own while the next batches are published: it never waits for the broker and the
-   broker never waits for the disk. A commit asked for while one is under way is folded into the next:
-   each commit writes the newest offset the broker confirmed when it starts (so a disk slower than the
-   broker costs fewer commits, not throughput), and at most `_COMMITS_PENDING` commits are queued
-   before the relay waits for the oldest. The offset committed is only ever one the broker confirmed
-   all of, so it never passes an unconfirmed entry.
+1. read the entries after the last one sent (at most `batch` at a time; when there are none and
+   nothing is on its way, wait for the next commit) and encode them;
+2. send them, in offset order, through the broker's backend without waiting (`send`), and, while
+   the broker stores and confirms them, read, encode and send the next batch: at most
+   `_IN_FLIGHT` batches are on their way at once, all on one connection, in order;
+3. wait for the oldest batch's confirmations (`wait`: JetStream acks, MQTT PUBACKs, AMQP publisher
+   confirms, the XADD replies), then commit the consumer's offset to its last entry (a store write).
+   The commit runs on a thread of its own while the next batches are published: it never waits for
+   the broker and the broker never waits for the disk. A commit asked for while one is under way is
+   folded into the next: each commit writes the newest offset the broker confirmed when it starts
+   (so a disk slower than the broker costs fewer commits, not throughput), and at most
+   `_COMMITS_PENDING` commits are queued before the relay waits for the oldest. The offset committed
+   is only ever one the broker confirmed all of, so it never passes an unconfirmed entry.
+
+Reading and encoding run on the relay's thread, overlapped with the broker's work by sending ahead
+(not on a second thread: under a busy CPU every hand-off between threads, and every wait for the GIL
+while another thread decodes, costs the relay a scheduler slice the bare client never pays).
+A backend without `send` / `wait` (one of the caller's own) is published to batch by batch.
 
 A relay killed between 2 and 3 (SIGKILL, power loss) publishes those entries again when it starts
 over: every change reaches the broker at least once; one context's changes are in version order
 because the feed is in commit order and a batch is published in order on one connection. On
 JetStream the message id header (``Nats-Msg-Id: <context id>:<version>``) makes the stream drop the
 repeats within its duplicate window: exactly once there. A broker that fails or is cut off makes the
-relay close the connection, wait (exponential back-off, up to `max_backoff`) and publish the same
-entries again; nothing is skipped, and `lag()` shows how far behind it is meanwhile.
+relay close the connection (dropping every batch on its way), wait (exponential back-off, up to
+`max_backoff`) and publish again from the last confirmed entry; nothing is skipped, and `lag()` shows
+how far behind it is meanwhile.
 
 Threads: `start()` and `stop()` may be called from any thread; the loop runs on the relay's thread
-("hoard-relay-<name>"), the only one that touches the backend; the next batch is read and encoded on
-"hoard-relay-ahead", and offsets are committed on "hoard-relay-commit". The counters read by `lag()`
+("hoard-relay-<name>"), the only one that touches the backend and the relay's store reader; offsets
+are committed on "hoard-relay-commit". The counters read by `lag()`
 are plain attributes, each written by one of these threads (lock-free reads of single references).
 The relay waits for new entries on a wake-up queue fed by this system's commits (and by `stop()`, so
 a stop never waits out an idle poll). A relay is stopped
@@ -41,7 +49,7 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
@@ -72,6 +80,18 @@ _SUBJECTS_KEPT = 10_000
 _CHECK_EVERY = 0.1
 #: offset commits queued (each then writes the newest confirmed offset) before the relay waits for one
 _COMMITS_PENDING = 4
+#: batches sent and not yet confirmed, at most (two: the broker confirms one while the next is read,
+#: encoded and sent; more only adds entries to publish again after a failure)
+_IN_FLIGHT = 2
+
+
+class _Flight(NamedTuple):
+    """A batch sent to the broker and not yet confirmed."""
+
+    last: int  # the offset of its last entry
+    at: float  # the time of its first entry
+    size: int
+    sent: Any  # what the backend's `wait` takes
 
 
 @attrs.frozen
@@ -143,12 +163,12 @@ class Relay(BridgeThread):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Any = None
-        self._reader: Store | None = None  # opened and used on the read-ahead thread only
-        self._subjects: dict[str, str] = {}  # context id -> rendered subject (read-ahead thread only)
-        # reads and encodes the next batch while the broker confirms this one (the decode of feed
-        # entries is most of the relay's CPU; the broker's round trip releases the GIL)
-        self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hoard-relay-ahead")
-        self._next: tuple[int, concurrent.futures.Future[tuple[list[dict[str, Any]], list[Outgoing]]]] | None = None
+        self._reader: Store | None = None  # lent on first use; used on the relay's thread only
+        self._subjects: dict[str, str] = {}  # context id -> rendered subject (the relay's thread only)
+        send, wait = getattr(self._publisher, "send", None), getattr(self._publisher, "wait", None)
+        pipelined = callable(send) and callable(wait)  # a `PipelinedPublisher`
+        self._send: Any = send if pipelined else self._publish_now
+        self._wait_sent: Any = wait if pipelined else _confirmed_already
         # commits the newest confirmed offset while the next batches are published
         self._committer = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                                 thread_name_prefix="hoard-relay-commit")
@@ -248,9 +268,8 @@ class Relay(BridgeThread):
             self._publisher.close()
             self._settle_last()
             self._committer.shutdown(wait=True)
-            with contextlib.suppress(HoardError, concurrent.futures.TimeoutError):
-                self._ahead.submit(self._close_reader).result(self._timeout)
-            self._ahead.shutdown(wait=True)
+            with contextlib.suppress(HoardError):
+                self._close_reader()
             sub, self._subscription = self._subscription, None
             if sub is not None:
                 with contextlib.suppress(HoardError):
@@ -260,15 +279,11 @@ class Relay(BridgeThread):
 
     def _loop(self) -> None:
         backoff = 0.0
+        flights: collections.deque[_Flight] = collections.deque()  # sent, not yet confirmed; oldest first
+        read_from = self._sent  # the offset after which the next batch is read
         while not self._stop.is_set():
-            if backoff:
-                self._refresh_head(force=True)
-                if self._oldest is None and self._head > self._sent:  # away since before the first batch
-                    first = self._ahead.submit(lambda: self._store_reader().feed(self._sent, 1)).result()
-                    self._oldest = first[0].at if first else None
-                self._stop.wait(backoff)
-                if self._stop.is_set():
-                    return
+            if backoff and not self._back_off(backoff):
+                return
             if not self._connected:
                 try:
                     self._publisher.connect(self._timeout)
@@ -277,30 +292,64 @@ class Relay(BridgeThread):
                     continue
                 self._connected = True
                 log.info("relay %r connected to %s", self.name, self.url)
-            batch, messages = self._take(self._sent)
-            if not batch:
-                self._oldest = None
-                self._wait()
-                continue
-            last = batch[-1]["offset"]
-            self._oldest = batch[0]["at"]
-            self._head = max(self._head, last)
-            self._read_ahead(last)
             try:
-                self._publisher.publish(messages, self._timeout)
+                flight, read_from = self._advance(flights, read_from)
             except BrokerUnavailableError as exc:
                 self._publisher.close()
                 self._connected = False
+                flights.clear()  # lost with the connection: published again from the last confirmed entry
+                read_from = self._sent
                 backoff = self._failed(exc, backoff)
                 continue
+            if flight is None:
+                continue
             backoff = 0.0
-            self._sent = last
+            self._sent = flight.last
+            if flights:
+                self._oldest = flights[0].at
             # the commits done so far: an error stops the relay here; too many queued: wait for the oldest
             self._settle(keep=_COMMITS_PENDING - 1)
             self._commits.append(self._committer.submit(self._committed))
-            self._published += len(batch)
-            if len(batch) == self._batch:
+            self._published += flight.size
+            if flight.size == self._batch:
                 self._refresh_head()
+
+    def _advance(self, flights: collections.deque[_Flight], read_from: int) -> tuple[_Flight | None, int]:
+        """One step: read, encode and send the batch after `read_from` while fewer than `_IN_FLIGHT` are
+        on their way (a full one: return, to send the next before waiting), else wait for the oldest;
+        nothing on its way and nothing new: wait for a commit. Returns (the batch the broker confirmed
+        or None, the offset the next batch is read after). `BrokerUnavailableError` from the backend."""
+        if len(flights) < _IN_FLIGHT:
+            batch, messages = self._load(read_from)
+            if batch:
+                read_from = batch[-1]["offset"]
+                flights.append(_Flight(read_from, batch[0]["at"], len(batch), self._send(messages, self._timeout)))
+                self._head = max(self._head, read_from)
+                if len(flights) == 1:
+                    self._oldest = batch[0]["at"]
+                if len(batch) == self._batch and len(flights) < _IN_FLIGHT:
+                    return None, read_from  # more may follow: read and send it before waiting for this one
+            elif not flights:
+                self._oldest = None
+                self._wait()
+                return None, read_from
+        flight = flights.popleft()
+        self._wait_sent(flight.sent, self._timeout)
+        return flight, read_from
+
+    def _back_off(self, backoff: float) -> bool:
+        """Wait `backoff` s before connecting again (the lag kept up to date meanwhile); False when the
+        relay was stopped."""
+        self._refresh_head(force=True)
+        if self._oldest is None and self._head > self._sent:  # away since before the first batch
+            first = self._store_reader().feed(self._sent, 1)
+            self._oldest = first[0].at if first else None
+        self._stop.wait(backoff)
+        return not self._stop.is_set()
+
+    def _publish_now(self, messages: list[Outgoing], timeout: float) -> None:
+        """`send` for a backend without it: publish the batch and wait for its confirmations now."""
+        self._publisher.publish(messages, timeout)
 
     def _committed(self) -> None:
         """On the committer thread: commit the newest offset the broker confirmed (every entry up to it
@@ -343,11 +392,10 @@ class Relay(BridgeThread):
         return min(self._max_backoff, max(0.05, backoff * 2))
 
     def _load(self, after: int) -> tuple[list[dict[str, Any]], list[Outgoing]]:
-        """On the read-ahead thread: the entries after `after`, at most `batch` (one read of its own
-        store reader), in their `to_dict()` form, and their messages. A SQLite or PostgreSQL store
-        reads them with ``feed_dicts`` (verified like `Store.feed`, without building `FeedEntry`
-        objects the relay would only re-encode: a third of the decoding time); any other store
-        through `Store.feed`."""
+        """The entries after `after`, at most `batch` (one read of the relay's store reader), in their
+        `to_dict()` form, and their messages. A SQLite or PostgreSQL store reads them with
+        ``feed_dicts`` (verified like `Store.feed`, without building `FeedEntry` objects the relay
+        would only re-encode: a third of the decoding time); any other store through `Store.feed`."""
         reader = self._store_reader()
         read_dicts = getattr(reader, "feed_dicts", None)
         entries: list[dict[str, Any]] = (read_dicts(after, self._batch) if read_dicts is not None
@@ -364,16 +412,6 @@ class Relay(BridgeThread):
             msg_id = f"{context_id}:{e['version']}"  # message_id(): <context id>:<version>
             out.append(Outgoing(subject, change_body_of(e, msg_id), msg_id))
         return entries, out
-
-    def _read_ahead(self, after: int) -> None:
-        self._next = (after, self._ahead.submit(self._load, after))
-
-    def _take(self, after: int) -> tuple[list[dict[str, Any]], list[Outgoing]]:
-        """The batch after `after`: the one read ahead if it starts there (a failed publish leaves a
-        read-ahead that does not: it is dropped), else read now."""
-        ahead, self._next = self._next, None
-        future = ahead[1] if ahead is not None and ahead[0] == after else self._ahead.submit(self._load, after)
-        return future.result()
 
     def _close_reader(self) -> None:
         """Give the reader back to the system's feed readers (the next relay's read-ahead takes it
@@ -393,18 +431,22 @@ class Relay(BridgeThread):
             self._wake.get(timeout=_IDLE_POLL)
 
     def _store_reader(self) -> Store:
-        """The read-ahead thread's read-only store (a store is single-threaded), lent by the system's
+        """The relay thread's read-only store (a store is single-threaded), lent by the system's
         feed readers on first use (one a relay stopped before gave back, else a new one)."""
         if self._reader is None:
             self._reader = self._system.manager.readers.lend()
         return self._reader
 
     def _read_head(self) -> int:
-        """The feed's newest offset (read on the read-ahead thread, which owns the reader)."""
-        return int(self._ahead.submit(lambda: self._store_reader().feed_bounds()[1]).result())
+        """The feed's newest offset (the relay's thread, which owns the reader)."""
+        return int(self._store_reader().feed_bounds()[1])
 
     def _refresh_head(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._head_read >= _HEAD_EVERY:
             self._head_read = now
             self._head = max(self._head, self._read_head())
+
+
+def _confirmed_already(_sent: None, _timeout: float) -> None:
+    """`wait` for a backend without it: `_publish_now` waited already."""

@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -200,3 +201,123 @@ def test_a_refused_xadd_fails_the_batch_and_leaves_the_connection_in_step(target
         publisher.close()
         client.delete(f"{target.tag}-str")
         client.close()
+
+
+class _Recorder:
+    """An in-memory pipelined publisher: `send` records a batch as sent, `wait` confirms the oldest
+    one (appending it to `confirmed`); `failures` waits fail before any succeeds. No broker."""
+
+    url = "memory://"
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.sent: list[list[Outgoing]] = []  # every batch sent, repeats included
+        self.confirmed: list[Outgoing] = []
+        self.in_flight_at_failure: list[int] = []
+        self._open: list[list[Outgoing]] = []  # sent on this connection, not yet waited for
+
+    def connect(self, timeout: float) -> None:
+        self._open = []
+
+    def send(self, messages: list[Outgoing], timeout: float) -> int:
+        self.sent.append(list(messages))
+        self._open.append(self.sent[-1])
+        return len(self.sent)
+
+    def wait(self, sent: int, timeout: float) -> None:
+        assert self._open and self._open[0] is self.sent[sent - 1], "not the oldest batch sent on this connection"
+        if self.failures:
+            self.failures -= 1
+            self.in_flight_at_failure.append(len(self._open))
+            raise BrokerUnavailableError(self.url, "the broker went away (test)")
+        self.confirmed += self._open.pop(0)  # batches are waited for in the order they were sent
+
+    def publish(self, messages: list[Outgoing], timeout: float) -> None:
+        self.wait(self.send(messages, timeout), timeout)
+
+    def close(self) -> None:
+        self._open = []
+
+
+class _PlainRecorder:
+    """A publisher with `publish` only (no `send` / `wait`): the relay publishes batch by batch."""
+
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self.batches: list[list[Outgoing]] = []
+
+    def connect(self, timeout: float) -> None:
+        pass
+
+    def publish(self, messages: list[Outgoing], timeout: float) -> None:
+        self.batches.append(list(messages))
+
+    def close(self) -> None:
+        pass
+
+
+def _ids(messages: list[Outgoing]) -> list[str]:
+    return [m.message_id for m in messages]
+
+
+def test_a_relay_sends_the_next_batch_before_the_first_is_confirmed_and_resends_both_after_a_failure(
+        tmp_path: Path) -> None:
+    publisher = _Recorder(failures=1)
+    with _system(tmp_path / "s.db") as system:
+        a = system.adapter.get_or_create("a")
+        for i in range(11):
+            a.set("n", i)  # 12 entries: created + 11 sets
+        relay = Relay(system, "memory://", name="pipelined", batch=4, max_backoff=0.05, publisher=publisher).start()
+        try:
+            assert relay.wait_caught_up(timeout=20).failures == 1
+        finally:
+            relay.stop()
+        assert relay.lag().position == 12
+    every = [f"a:{v}" for v in range(1, 13)]
+    # the first wait failed with two batches on their way; both were sent again, from the first entry
+    assert publisher.in_flight_at_failure == [2]
+    assert _ids(publisher.sent[0] + publisher.sent[1]) == every[:8]
+    assert _ids(publisher.sent[2] + publisher.sent[3] + publisher.sent[4]) == every
+    assert _ids(publisher.confirmed) == every
+
+
+def test_a_relay_publishes_batch_by_batch_through_a_publisher_without_send_and_wait(tmp_path: Path) -> None:
+    publisher = _PlainRecorder()
+    with _system(tmp_path / "s.db") as system:
+        a = system.adapter.get_or_create("a")
+        for i in range(9):
+            a.set("n", i)
+        with Relay(system, "memory://", name="plain", batch=4, publisher=publisher) as relay:
+            assert relay.wait_caught_up(timeout=20).position == 10
+    assert [len(b) for b in publisher.batches] == [4, 4, 2]
+    assert _ids([m for b in publisher.batches for m in b]) == [f"a:{v}" for v in range(1, 11)]
+
+
+class _Trickle:
+    """A socket that hands out what it was given a few bytes per `recv`."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step = data, step
+
+    def recv(self, size: int) -> bytes:
+        chunk, self.data = self.data[:min(size, self.step)], self.data[min(size, self.step):]
+        return chunk
+
+
+@pytest.mark.parametrize("step", [1, 4, 7, 1000])
+def test_the_redis_reply_reader_takes_replies_split_anywhere_and_keeps_what_follows(step: int) -> None:
+    pytest.importorskip("redis")
+    from hoard._bridges._redis import read_replies  # noqa: PLC0415 - the backend's own reader, alone
+
+    replies = b"$15\r\n1764650000000-0\r\n-WRONGTYPE no stream here\r\n$-1\r\n$3\r\n1-0\r\n" + b"$3\r\n2-0\r\n"
+    sock: Any = _Trickle(replies, step)
+    inbox = bytearray()
+    assert read_replies(sock, inbox, 4) == "WRONGTYPE no stream here"
+    assert read_replies(sock, inbox, 1) is None  # the next batch's reply (maybe received already)
+    assert not inbox and not sock.data
+    with pytest.raises(ConnectionError):  # nothing more comes: the server closed the connection
+        read_replies(sock, inbox, 1)
+    sock.data, inbox[:] = b"+OK\r\n", b""
+    with pytest.raises(ValueError, match="unexpected reply"):
+        read_replies(sock, inbox, 1)
