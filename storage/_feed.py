@@ -50,7 +50,10 @@ DEFAULT_FEED_RETENTION = 1_000_000
 PRUNE_EVERY = 1024
 
 
-@attrs.frozen
+# not slotted: a frozen attrs class with slots sets each of its 13 fields through object.__setattr__
+# (13 C calls); with an instance dict its __init__ fills the dict directly, half the cost of building
+# an entry (13.3 -> 7.4 k instructions, callgrind), and a feed read builds one per entry
+@attrs.frozen(slots=False)
 class FeedEntry:
     """One committed change, as the change feed delivers it.
 
@@ -142,8 +145,9 @@ def feed_entry(codec: Codec, offset: int, context_id: str, blob: bytes) -> FeedE
     fields = codec.change_fields(blob)  # the common case: an entry as this hoard writes it, not a replace
     if fields is not None and not fields[6]:
         version, at, data_set, data_del, meta_set, meta_del, _replace, _rid, _forget, by = fields
-        return FeedEntry(offset, context_id, version, at, by, tuple(sorted(data_set)), tuple(sorted(data_del)),
-                         data_set, meta_set, tuple(meta_del), False, version == 1)
+        return FeedEntry(offset, context_id, version, at, by, tuple(sorted(data_set)) if data_set else (),
+                         tuple(sorted(data_del)) if data_del else (), data_set, meta_set,
+                         tuple(meta_del) if meta_del else (), False, version == 1)
     what = f"feed entry {offset} ({context_id!r})"
     try:
         change = codec.decode_change(blob, what)
