@@ -119,7 +119,9 @@ def _freeze_decoded_list(value: list[Any], depth: int) -> FrozenList:
     if depth >= MAX_DEPTH:
         raise CorruptStateError(f"a stored value is nested deeper than {MAX_DEPTH} levels")
     d = depth + 1
-    for i, v in enumerate(value):
+    i = -1
+    for v in value:  # a counter, not enumerate: no (index, value) pair per element
+        i += 1
         t = type(v)
         if t is dict:
             value[i] = _freeze_decoded_dict(v, d)
