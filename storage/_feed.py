@@ -20,7 +20,7 @@ than `retention` entries back from the newest (a consumer behind that bound gets
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -39,6 +39,7 @@ __all__ = [
     "creation_change",
     "deletion_change",
     "feed_dict",
+    "feed_entries",
     "feed_entry",
     "feed_rows",
     "prune_floor",
@@ -160,6 +161,24 @@ def feed_entry(codec: Codec, offset: int, context_id: str, blob: bytes) -> FeedE
     deleted = change.replace and not change.data_set and not change.meta_set \
         and codec.decode_json(KIND_CHANGE, blob, what).get("deleted") is True
     return FeedEntry.of(offset, context_id, change, deleted=deleted)
+
+
+def feed_entries(codec: Codec, rows: Iterable[tuple[int, str, bytes]]) -> list[FeedEntry]:
+    """`feed_entry` of each ``(offset, context_id, blob)`` row, in order: the common case (an entry as
+    this hoard writes it, not a replace) built in this loop, one call less per entry; anything else
+    through `feed_entry` (same checks, same errors)."""
+    out: list[FeedEntry] = []
+    append, fields_of = out.append, codec.change_fields
+    for offset, context_id, blob in rows:
+        fields = fields_of(blob)
+        if fields is None or fields[6]:
+            append(feed_entry(codec, offset, context_id, blob))
+            continue
+        version, at, data_set, data_del, meta_set, meta_del, _replace, _rid, _forget, by = fields
+        append(FeedEntry(offset, context_id, version, at, by, tuple(sorted(data_set)) if data_set else (),
+                         tuple(sorted(data_del)) if data_del else (), data_set, meta_set,
+                         tuple(meta_del) if meta_del else (), False, version == 1))
+    return out
 
 
 def feed_dict(codec: Codec, offset: int, context_id: str, blob: bytes) -> dict[str, Any]:
