@@ -119,7 +119,9 @@ def _freeze_decoded_list(value: list[Any], depth: int) -> FrozenList:
     if depth >= MAX_DEPTH:
         raise CorruptStateError(f"a stored value is nested deeper than {MAX_DEPTH} levels")
     d = depth + 1
-    for i, v in enumerate(value):
+    i = -1
+    for v in value:  # a counter, not enumerate: no (index, value) pair per element
+        i += 1
         t = type(v)
         if t is dict:
             value[i] = _freeze_decoded_dict(v, d)
@@ -407,12 +409,13 @@ class Codec:
         # error, takes `_unframe`, which checks again and names what is wrong.
         if type(blob) is bytes and len(blob) >= HEADER_SIZE:
             magic, fmt, got_kind, flags, length, crc = _FRAME.unpack_from(blob)
+            stored = blob[HEADER_SIZE:]  # sliced once: checksummed, then returned or decompressed
             if (magic == MAGIC and fmt == FORMAT_VERSION and got_kind == kind and length <= self.max_bytes
-                    and zlib.crc32(blob[HEADER_SIZE:], zlib.crc32(blob[: _HEADER.size])) == crc):
-                if flags == 0 and len(blob) - HEADER_SIZE == length:
-                    return blob[HEADER_SIZE:]
+                    and zlib.crc32(stored, zlib.crc32(blob[: _HEADER.size])) == crc):
+                if flags == 0 and len(stored) == length:
+                    return stored
                 if flags & _COMPRESSED and not flags & ~(_COMPRESSED | _DICTIONARY):
-                    stored, label = blob[HEADER_SIZE:], what or _KIND_NAMES[kind]
+                    label = what or _KIND_NAMES[kind]
                     dctx = self._dictionary(stored, label, what) if flags & _DICTIONARY else self._dctx
                     return self._inflate(dctx, stored, length, label, what)
         return self._unframe(kind, blob, what)

@@ -20,7 +20,7 @@ than `retention` entries back from the newest (a consumer behind that bound gets
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -39,6 +39,7 @@ __all__ = [
     "creation_change",
     "deletion_change",
     "feed_dict",
+    "feed_entries",
     "feed_entry",
     "feed_rows",
     "prune_floor",
@@ -50,7 +51,10 @@ DEFAULT_FEED_RETENTION = 1_000_000
 PRUNE_EVERY = 1024
 
 
-@attrs.frozen
+# not slotted: a frozen attrs class with slots sets each of its 13 fields through object.__setattr__
+# (13 C calls); with an instance dict its __init__ fills the dict directly, half the cost of building
+# an entry (13.3 -> 7.4 k instructions, callgrind), and a feed read builds one per entry
+@attrs.frozen(slots=False)
 class FeedEntry:
     """One committed change, as the change feed delivers it.
 
@@ -142,8 +146,9 @@ def feed_entry(codec: Codec, offset: int, context_id: str, blob: bytes) -> FeedE
     fields = codec.change_fields(blob)  # the common case: an entry as this hoard writes it, not a replace
     if fields is not None and not fields[6]:
         version, at, data_set, data_del, meta_set, meta_del, _replace, _rid, _forget, by = fields
-        return FeedEntry(offset, context_id, version, at, by, tuple(sorted(data_set)), tuple(sorted(data_del)),
-                         data_set, meta_set, tuple(meta_del), False, version == 1)
+        return FeedEntry(offset, context_id, version, at, by, tuple(sorted(data_set)) if data_set else (),
+                         tuple(sorted(data_del)) if data_del else (), data_set, meta_set,
+                         tuple(meta_del) if meta_del else (), False, version == 1)
     what = f"feed entry {offset} ({context_id!r})"
     try:
         change = codec.decode_change(blob, what)
@@ -156,6 +161,24 @@ def feed_entry(codec: Codec, offset: int, context_id: str, blob: bytes) -> FeedE
     deleted = change.replace and not change.data_set and not change.meta_set \
         and codec.decode_json(KIND_CHANGE, blob, what).get("deleted") is True
     return FeedEntry.of(offset, context_id, change, deleted=deleted)
+
+
+def feed_entries(codec: Codec, rows: Iterable[tuple[int, str, bytes]]) -> list[FeedEntry]:
+    """`feed_entry` of each ``(offset, context_id, blob)`` row, in order: the common case (an entry as
+    this hoard writes it, not a replace) built in this loop, one call less per entry; anything else
+    through `feed_entry` (same checks, same errors)."""
+    out: list[FeedEntry] = []
+    append, fields_of = out.append, codec.change_fields
+    for offset, context_id, blob in rows:
+        fields = fields_of(blob)
+        if fields is None or fields[6]:
+            append(feed_entry(codec, offset, context_id, blob))
+            continue
+        version, at, data_set, data_del, meta_set, meta_del, _replace, _rid, _forget, by = fields
+        append(FeedEntry(offset, context_id, version, at, by, tuple(sorted(data_set)) if data_set else (),
+                         tuple(sorted(data_del)) if data_del else (), data_set, meta_set,
+                         tuple(meta_del) if meta_del else (), False, version == 1))
+    return out
 
 
 def feed_dict(codec: Codec, offset: int, context_id: str, blob: bytes) -> dict[str, Any]:

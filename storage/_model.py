@@ -160,12 +160,12 @@ def apply_fields(state: ContextState, changes: Iterable[ChangeFields]) -> Contex
         else:
             for k in data_del:
                 data.pop(k, None)
-            for k, v in data_set.items():
-                data[k] = v
+            if data_set:
+                data.update(data_set)  # one C loop (immutables' MapMutation.update)
             for k in meta_del:
                 meta.pop(k, None)
-            for k, v in meta_set.items():
-                meta[k] = v
+            if meta_set:
+                meta.update(meta_set)
         if request_id is not None or forget:
             if requests is None:
                 requests = state.requests.mutate()
@@ -190,8 +190,8 @@ def _patch(m: immutables.Map[str, Any], sets: Mapping[str, Any], dels: tuple[str
     mm = m.mutate()
     for k in dels:
         mm.pop(k, None)
-    for k, v in sets.items():
-        mm[k] = v
+    if sets:
+        mm.update(sets)  # one C loop: an update of 1,000 keys spends no Python step per key here
     return mm.finish()
 
 

@@ -54,7 +54,7 @@ from ._errors import (
     InvalidValueError,
     VersionNotStoredError,
 )
-from ._feed import FeedEntry, feed_dict, feed_entry
+from ._feed import FeedEntry, feed_dict, feed_entries
 from ._model import (
     Change,
     ChangeFields,
@@ -836,15 +836,16 @@ class RowStore:
     # -- the change feed ---------------------------------------------------------------------------
     def feed(self, after: int = 0, limit: int = 1000) -> list[FeedEntry]:
         """See `Store.feed`: one read transaction, caller's thread; each entry verified."""
-        return self._feed_read(after, limit, feed_entry)
+        return self._feed_read(after, limit, feed_entries)
 
     def feed_dicts(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """`feed` as `FeedEntry.to_dict()` forms, each verified the same way, built without the
         entries (`feed_dict`: for a reader that only re-encodes them, the broker relay). Same
         errors, one read transaction, caller's thread."""
-        return self._feed_read(after, limit, feed_dict)
+        return self._feed_read(after, limit, _feed_dicts)
 
-    def _feed_read(self, after: int, limit: int, make: Callable[[Codec, int, str, bytes], T]) -> list[T]:
+    def _feed_read(self, after: int, limit: int, make: Callable[[Codec, list[tuple[int, str, bytes]]], list[T]]
+                   ) -> list[T]:
         if type(after) is not int or after < 0 or type(limit) is not int or limit < 1:
             raise InvalidValueError("after", f"the feed is read after an offset >= 0 (got {after!r}) in batches "
                                              f"of at least 1 (got {limit!r})")
@@ -853,7 +854,7 @@ class RowStore:
             floor, _head = rows.feed_bounds()
             if after < floor:
                 raise FeedTruncatedError(after, floor)
-            return [make(self.codec, pos, cid, blob) for pos, cid, blob in rows.feed_rows(after, limit)]
+            return make(self.codec, rows.feed_rows(after, limit))
         return self._read("read the change feed", None, run)
 
     def feed_bounds(self) -> tuple[int, int]:
@@ -936,6 +937,10 @@ class RowStore:
         if check.fixable:
             _fix(self.codec, rows, stored, check)
         return [VerifyIssue(cid, w, p, fixed=f) for w, p, f in check.issues]
+
+
+def _feed_dicts(codec: Codec, rows: list[tuple[int, str, bytes]]) -> list[dict[str, Any]]:
+    return [feed_dict(codec, pos, cid, blob) for pos, cid, blob in rows]
 
 
 def _storable_prefix(prefix: str) -> bool:

@@ -12,8 +12,8 @@ Everything here runs in the calling thread and touches no shared state.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
 import orjson
 
@@ -390,9 +390,8 @@ class _NotPlain(Exception):
     """A value the plain-JSON fast path of `freeze_mapping_sized` leaves to the full checks."""
 
 
-_C = TypeVar("_C")
 _PLAIN_SCALARS = frozenset({str, int, bool, type(None)})  # once orjson encoded them: nothing left to check
-_dict_set, _list_set = dict.__setitem__, list.__setitem__  # fill in a frozen copy's nested containers
+_dict_update, _list_set = dict.update, list.__setitem__  # fill in a frozen copy's nested containers
 #: what orjson must refuse for the fast path to skip a check: a datetime or a dataclass would be encoded
 #: (then refused by the walk, after a wasted encode); with these options it raises at once
 _ENCODE_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -401,33 +400,58 @@ _ENCODE_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACL
 def _plain_dict(value: dict[str, Any], depth: int) -> FrozenDict:
     """A frozen copy of a dict orjson has just encoded: its keys are str, its strs surrogate-free and its
     ints in range, so only the types of its values (exact JSON types), finite floats and the depth are
-    left to check. One copy, into the frozen type; nested containers are put in its place after."""
+    left to check. One copy into the frozen type; frozen copies of nested containers (if any) are put
+    in their places after, in one call."""
     if depth >= MAX_DEPTH:
         raise _NotPlain
-    return _plain_fill(FrozenDict(value), _dict_set, value.items(), depth)
-
-
-def _plain_list(value: list[Any] | tuple[Any, ...], depth: int) -> FrozenList:
-    """`_plain_dict` for a list or tuple."""
-    if depth >= MAX_DEPTH:
-        raise _NotPlain
-    return _plain_fill(FrozenList(value), _list_set, enumerate(value), depth)
-
-
-def _plain_fill(out: _C, put: Callable[[_C, Any, Any], object], items: Iterable[tuple[Any, Any]], depth: int) -> _C:
-    """Check the (key or index, value) `items` of a container `depth` levels deep, copied as `out`, and
-    `put` frozen copies of its nested containers in their places in `out`."""
-    for k, v in items:
+    nested = None
+    d = depth + 1
+    for k, v in value.items():
         t = type(v)
         if t in _PLAIN_SCALARS:
             continue
         if t is dict:
-            put(out, k, _plain_dict(v, depth + 1))
+            f: Any = _plain_dict(v, d)
         elif t is list or t is tuple:
-            put(out, k, _plain_list(v, depth + 1))
-        elif not ((t is float and v - v == 0.0) or t is FrozenDict or t is FrozenList):  # finite: inf - inf is nan
+            f = _plain_list(v, d)
+        elif (t is float and v - v == 0.0) or t is FrozenDict or t is FrozenList:  # finite: inf - inf is nan
+            continue
+        else:
             raise _NotPlain
+        if nested is None:
+            nested = {k: f}
+        else:
+            nested[k] = f
+    out = FrozenDict(value)
+    if nested is not None:
+        _dict_update(out, nested)
     return out
+
+
+def _plain_list(value: list[Any] | tuple[Any, ...], depth: int) -> FrozenList:
+    """`_plain_dict` for a list or tuple (a counter, not enumerate: most lists hold no container)."""
+    if depth >= MAX_DEPTH:
+        raise _NotPlain
+    out = None
+    d = depth + 1
+    i = -1
+    for v in value:
+        i += 1
+        t = type(v)
+        if t in _PLAIN_SCALARS:
+            continue
+        if t is dict:
+            f: Any = _plain_dict(v, d)
+        elif t is list or t is tuple:
+            f = _plain_list(v, d)
+        elif (t is float and v - v == 0.0) or t is FrozenDict or t is FrozenList:
+            continue
+        else:
+            raise _NotPlain
+        if out is None:
+            out = FrozenList(value)
+        _list_set(out, i, f)
+    return FrozenList(value) if out is None else out
 
 
 def _plain_mapping(mapping: dict[str, Any], context_id: str | None) -> dict[str, Any]:
@@ -443,7 +467,18 @@ def _plain_mapping(mapping: dict[str, Any], context_id: str | None) -> dict[str,
                 validate_key(k, context_id)
         except InvalidValueError:
             raise _NotPlain from None  # the full checks name it, in order with the values before it
-    return _plain_fill(mapping.copy(), _dict_set, mapping.items(), -1)
+    out = mapping.copy()
+    for k, v in mapping.items():  # as `_plain_dict`, the top level (a plain dict of frozen values)
+        t = type(v)
+        if t in _PLAIN_SCALARS:
+            continue
+        if t is dict:
+            out[k] = _plain_dict(v, 0)
+        elif t is list or t is tuple:
+            out[k] = _plain_list(v, 0)
+        elif not ((t is float and v - v == 0.0) or t is FrozenDict or t is FrozenList):
+            raise _NotPlain
+    return out
 
 
 def freeze_mapping_sized(mapping: object, context_id: str | None = None) -> tuple[dict[str, Any], int]:

@@ -179,3 +179,36 @@ def test_a_store_made_with_autoincrement_offsets_continues_past_every_pruned_one
         _append(store, "a", 2)
         assert _offsets(store) == [42]
         assert store.feed_bounds() == (0, 42)
+
+
+def test_feed_entries_read_in_a_batch_are_those_of_one_row_at_a_time_and_stay_frozen(tmp_path: Path) -> None:
+    """`feed()` builds its common entries in one loop (`feed_entries`): the same entries as
+    `feed_entry` row by row, for every kind of entry; still frozen, nested values too."""
+    import sqlite3  # noqa: PLC0415 - the rows as stored, this test only
+
+    import attrs  # noqa: PLC0415
+
+    from hoard.storage import DeleteContext  # noqa: PLC0415
+    from hoard.storage._codec import Codec  # noqa: PLC0415 - the one-row path it must agree with
+    from hoard.storage._feed import feed_entry  # noqa: PLC0415
+
+    with _opened(tmp_path / "s.db") as store:
+        _create(store, "a")
+        store.commit([Append("a", Change(2, time.time(), {"z": [1, {"y": None}], "b": 2.5}, ("v",),
+                                         {"m": {"n": [1]}}, ("old",), by="svc"))])
+        store.commit([Append("a", Change(3, time.time(), {"only": 1}, replace=True))])
+        store.commit([DeleteContext("a", version=3, by="ops")])
+        entries = store.feed(0, 100)
+    db = sqlite3.connect(tmp_path / "s.db")
+    rows = db.execute("SELECT pos, context_id, blob FROM feed ORDER BY pos").fetchall()
+    db.close()
+    assert [e.deleted for e in entries] == [False, False, False, True]
+    assert entries == [feed_entry(Codec(), *row) for row in rows]
+    change = entries[1]
+    assert change.changed == ("b", "z") and change.removed == ("v",) and change.metadata_removed == ("old",)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        change.version = 9  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        change.values["z"][1]["y"] = 1
+    with pytest.raises(TypeError):
+        change.metadata["m"]["n"].append(2)
