@@ -236,7 +236,9 @@ class PgFaults:
                         "txid_status" in query or "pg_stat_activity" in query):
                     raise psycopg.OperationalError("simulated: the server cannot be reached for the lookup")
                 cur = super().execute(query, params, **kwargs)
-                if query == "COMMIT" and faults.after_commit is not None:
+                # a COMMIT, or the one autocommit statement that is a batch of appends with its commit
+                if faults.after_commit is not None and (
+                        query == "COMMIT" or str(query).startswith("SELECT pg_temp.hoard_appends(")):
                     if self._pipeline is not None:
                         # queued in a pipeline (the store sends the feed rows with COMMIT): have the
                         # server run it before the fault, as a COMMIT outside a pipeline would have
