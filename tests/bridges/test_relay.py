@@ -7,10 +7,12 @@ import queue
 import random
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pykka
 import pytest
 
 from hoard import ContextAdapterConfig, ContextSystem, Relay, open_system
@@ -292,6 +294,49 @@ def test_a_relay_publishes_batch_by_batch_through_a_publisher_without_send_and_w
             assert relay.wait_caught_up(timeout=20).position == 10
     assert [len(b) for b in publisher.batches] == [4, 4, 2]
     assert _ids([m for b in publisher.batches for m in b]) == [f"a:{v}" for v in range(1, 11)]
+
+
+class _CountingSystem:
+    """The system, except that its feed consumers note every offset they commit (in `commits`)."""
+
+    def __init__(self, system: ContextSystem) -> None:
+        self._system = system
+        self.commits: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._system, name)
+
+    def consumer(self, name: str) -> Any:
+        consumer = self._system.consumer(name)
+        commits = self.commits
+
+        class Counting:
+            position = property(lambda _self: consumer.position)
+
+            def commit(self, offset: int, **kwargs: Any) -> None:
+                consumer.commit(offset, **kwargs)
+                commits.append(offset)
+        return Counting()
+
+
+def test_a_relay_working_through_a_backlog_commits_ten_times_a_second_not_once_a_batch(tmp_path: Path) -> None:
+    publisher = _Recorder()
+    with _system(tmp_path / "s.db") as system:
+        a = system.adapter.get_or_create("a")
+        pykka.get_all([a.set_async("n", i) for i in range(399)], timeout=60)  # 400 entries: created + 399 sets
+        counting = _CountingSystem(system)
+        started = time.monotonic()
+        relay = Relay(counting, "memory://", name="backlog", batch=2, publisher=publisher).start()  # type: ignore[arg-type]
+        try:
+            assert relay.wait_caught_up(timeout=60).position == 400
+        finally:
+            relay.stop()
+        elapsed = time.monotonic() - started
+    assert _ids(publisher.confirmed) == [f"a:{v}" for v in range(1, 401)]
+    # 200 batches; a commit when the last is confirmed, and at most one each 0.1 s before that
+    assert counting.commits[-1] == 400
+    assert counting.commits == sorted(set(counting.commits))
+    assert len(counting.commits) <= 2 + elapsed * 10, (len(counting.commits), elapsed)
 
 
 class _Trickle:
