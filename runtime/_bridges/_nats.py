@@ -6,8 +6,10 @@ and waits for them with its timeout (`asyncio.run_coroutine_threadsafe`).
 
 Out: every message is published with ``Nats-Msg-Id: <context id>:<version>``; JetStream drops a
 message whose id it stored within the stream's duplicate window (default 2 minutes), so a relay that
-publishes a batch again after a crash or a cut stores each change once. A batch is pipelined
-(``publish_async``: sent in order on the one connection) and returns when every ack came. With
+publishes a batch again after a crash or a cut stores each change once. A batch is pipelined (every
+message sent in order on the one connection, each with a reply subject on the publisher's inbox
+where JetStream acks it, as ``publish_async`` does; see `NatsPublisher`) and returns when every
+ack came. With
 ``?stream=NAME`` the stream is created when missing, over the subjects of the template (``{context_id}``
 becomes ``>``).
 
@@ -31,6 +33,7 @@ from typing import Any, TypeVar
 import nats.errors
 import nats.js.api
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
 
 from ._broker import Incoming, Outgoing, public_url, url_options
@@ -114,8 +117,27 @@ class _Loop:
             loop.close()
 
 
+class _Acks:
+    """The JetStream acks one batch waits for (on the loop's thread only)."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self, count: int, done: asyncio.Future[None]) -> None:
+        self.left = count
+        self.done = done
+
+
 class NatsPublisher:
-    """Publishes to JetStream with message ids (see the module docstring)."""
+    """Publishes to JetStream with message ids (see the module docstring).
+
+    Each message is a core-NATS publish with a reply subject on this publisher's own inbox, which is
+    how a JetStream publish is acknowledged (nats-py's ``publish_async`` does the same), and the
+    acks are counted per batch as they arrive: a PubAck is checked for an ``"error"`` (decoded only
+    when it may hold one) or an empty status reply (no stream for the subject). nats-py's
+    ``publish_async`` spent more per message than the relay's read of the entry (a nuid, random
+    bytes, a future, a semaphore and a done-callback per publish; ``json.loads`` and a ``PubAck``
+    dataclass per ack).
+    """
 
     def __init__(self, url: str, *, subject: str = "hoard.{context_id}", stream: str | None = None) -> None:
         self.url = public_url(url)
@@ -123,16 +145,21 @@ class NatsPublisher:
         self._stream = stream or url_options(url).get("stream")
         self._subjects = [_stream_subject(subject)]
         self._handed: asyncio.Future[None] | None = None  # set when the last batch sent is all with the client
+        self._inbox = ""  # "<inbox>." of this connection: message n's acks come to "<inbox>.n"
+        self._pending: dict[str, _Acks] = {}  # reply subject -> the batch whose ack it is (the loop's thread)
+        self._sequence = 0
 
     def connect(self, timeout: float) -> None:
         self._handed = None
+        self._pending = {}
         self._loop.open(timeout)
-        if self._stream:
-            try:
+        try:
+            if self._stream:
                 self._loop.run(self._ensure_stream(), timeout, "declaring the stream")
-            except BaseException:
-                self._loop.shut()
-                raise
+            self._loop.run(self._listen(), timeout, "subscribing to acks")
+        except BaseException:
+            self._loop.shut()
+            raise
 
     async def _ensure_stream(self) -> None:
         js = self._loop.js
@@ -140,6 +167,25 @@ class NatsPublisher:
             await js.stream_info(self._stream)
         except nats.js.errors.NotFoundError:
             await js.add_stream(name=self._stream, subjects=self._subjects)
+
+    async def _listen(self) -> None:
+        nc = self._loop.nc
+        self._inbox = nc.new_inbox() + "."
+        await nc.subscribe(self._inbox + "*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Any) -> None:
+        acks = self._pending.pop(msg.subject, None)
+        if acks is None or acks.done.done():  # a batch that failed already
+            return
+        data = msg.data
+        if not data or b'"error"' in data:  # a status (503: no stream), or maybe an error: decode it
+            problem = _ack_problem(data, msg.headers)
+            if problem is not None:
+                acks.done.set_exception(BrokerUnavailableError(self.url, problem))
+                return
+        acks.left -= 1
+        if not acks.left:
+            acks.done.set_result(None)
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
         self.wait(self.send(messages, timeout), timeout)
@@ -158,24 +204,51 @@ class NatsPublisher:
         self._loop.result(future, timeout, f"publishing {count} messages")
 
     async def _publish(self, messages: Sequence[Outgoing]) -> None:
-        js = self._loop.js
-        # the batch before this one may still be handing its messages to the client (publish_async
-        # awaits when the client's buffer is full): this one starts after it, so the order holds
+        nc = self._loop.nc
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acks, pending, inbox = _Acks(len(messages), done), self._pending, self._inbox
+        if not messages:
+            return
+        # the batch before this one may still be handing its messages to the client (publish awaits
+        # when the client's buffer is full): this one starts after it, so the order holds
         mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         before, self._handed = self._handed, mine
         try:
             if before is not None:
                 await before
-            futures = [await js.publish_async(m.subject, m.body, headers={"Nats-Msg-Id": m.message_id})
-                       for m in messages]
+            publish = nc.publish
+            for m in messages:
+                self._sequence += 1  # counted before the publish: a reply subject is never used twice
+                reply = f"{inbox}{self._sequence}"
+                pending[reply] = acks
+                await publish(m.subject, m.body, reply=reply, headers={"Nats-Msg-Id": m.message_id})
         finally:
             mine.set_result(None)
-        await self._loop.nc.flush()
-        for future in futures:
-            await future  # a PubAck, or the server's error (raised)
+        await nc.flush()
+        await done  # every PubAck, or the first error (raised)
 
     def close(self) -> None:
         self._loop.shut()
+        self._pending = {}
+
+
+def _ack_problem(data: bytes, headers: dict[str, str] | None) -> str | None:
+    """What is wrong with a JetStream publish's reply (None: it is a PubAck)."""
+    if not data:
+        status = (headers or {}).get("Status", "")
+        if status == "503":
+            return "no JetStream stream takes this subject (no responders)"
+        return f"JetStream answered a publish with status {status or 'none'}"
+    try:
+        reply = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return f"JetStream answered a publish with {data[:80]!r}"
+    if type(reply) is not dict:
+        return f"JetStream answered a publish with {data[:80]!r}"
+    error = reply.get("error")
+    if error is None:
+        return None
+    return f"JetStream refused a message: {error}"
 
 
 class NatsCommandSource:

@@ -3,6 +3,7 @@ process, exactly once on JetStream; a broker cut off mid-run loses nothing and t
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import random
 import signal
@@ -203,6 +204,37 @@ def test_a_refused_xadd_fails_the_batch_and_leaves_the_connection_in_step(target
         publisher.close()
         client.delete(f"{target.tag}-str")
         client.close()
+
+
+@pytest.mark.parametrize("target", ["nats"], indirect=True)
+def test_a_jetstream_publish_that_no_stream_takes_or_that_the_stream_refuses_fails_the_batch(target: Target) -> None:
+    import nats  # noqa: PLC0415 - the extra's client
+    import nats.js.api  # noqa: PLC0415
+
+    stream = target.tag.upper()
+
+    async def small_stream() -> None:  # one message at most, and a new one refused when full
+        nc = await nats.connect(target.url().split("?", 1)[0])
+        await nc.jetstream().add_stream(name=stream, subjects=[f"{target.tag}.>"], max_msgs=1,
+                                        discard=nats.js.api.DiscardPolicy.NEW)
+        await nc.close()
+
+    asyncio.run(small_stream())
+    publisher = make_publisher(target.url().split("?", 1)[0], subject=target.subject)
+    try:
+        publisher.connect(5.0)
+        with pytest.raises(BrokerUnavailableError, match="no JetStream stream"):
+            publisher.publish([Outgoing(f"{target.tag}x.a", b"1", "a:1")], 5.0)  # no stream has this subject
+        publisher.close()
+        publisher.connect(5.0)
+        publisher.publish([Outgoing(f"{target.tag}.a", b"1", "a:1")], 5.0)
+        publisher.publish([Outgoing(f"{target.tag}.a", b"1", "a:1")], 5.0)  # a repeat: acked as a duplicate
+        with pytest.raises(BrokerUnavailableError, match="refused"):
+            publisher.publish([Outgoing(f"{target.tag}.a", b"2", "a:2"), Outgoing(f"{target.tag}.a", b"3", "a:3")],
+                              5.0)
+    finally:
+        publisher.close()
+    assert target.received() == [1]  # the first message, once; neither the repeat nor the refused ones
 
 
 class _Recorder:
