@@ -182,7 +182,8 @@ def throughput_sides(kind: str, system: ContextSystem, messages: Callable[[str],
                 relay.stop()
             elapsed = time.perf_counter() - t0
             lag = relay.lag()
-            if lag.published < entries:
+            if lag.published < entries or (lag.published > entries and not lag.failures):
+                # more: the feed held entries the floor does not publish (the round would be unfair)
                 raise HoardError(f"the {kind} relay published {lag.published} entries, not {entries}")
             retries.append(lag.failures)
             return entries / elapsed
