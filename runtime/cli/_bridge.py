@@ -46,7 +46,8 @@ def _serve(system: ContextSystem) -> None:
 @click.option("--subject", default="hoard.{context_id}", show_default=True, metavar="TEMPLATE",
               help="Subject / topic / routing key / stream key; {context_id} is replaced by the context id.")
 @click.option("--name", default=None, help="The feed consumer's name (default: from the URL and subject).")
-@click.option("--batch", default=256, show_default=True, type=click.IntRange(1), help="Entries per offset commit.")
+@click.option("--batch", default=256, show_default=True, type=click.IntRange(1),
+              help="Entries read and published at once.")
 @json_option
 def relay(store: str, url: str, subject: str, name: str | None, batch: int,  # noqa: PLR0917 - click passes options by name
           as_json: bool) -> None:
