@@ -377,6 +377,39 @@ class _Inbox:
         return False
 
 
+class _Answering:
+    """How one served request is answered: ``done(reply_dict, after=None)``, called once from any thread,
+    sends the answer from the loop thread after calling ``after()`` there (`Forwarder._answer`).
+    ``done.cancel_unstarted(pending, timeout)`` (loop thread) makes the served call honour the caller's
+    deadline: not started by then, it never runs, and its answer (`CallNotStartedError`) arrives just
+    before the caller's own wait ends; it returns the ``after`` to pass once answered."""
+
+    __slots__ = ("_forwarder", "_reply_to", "context_id")
+
+    def __init__(self, forwarder: Forwarder, reply_to: str) -> None:
+        self._forwarder = forwarder
+        self._reply_to = reply_to
+        self.context_id: object = None
+
+    def __call__(self, reply: dict[str, Any], after: Callable[[], object] | None = None) -> None:
+        fwd = self._forwarder
+        try:
+            data = _dumps(reply)
+        except TypeError as exc:
+            data = _dumps({"error": encode_error(HoardError(f"the answer cannot be sent: {exc}"))})
+        if len(data) > fwd._nc.max_payload:  # noqa: SLF001 - its own forwarder's connection
+            data = _dumps({"error": encode_error(NotForwardableError(
+                str(self.context_id), "answering", fwd.owner_id,
+                f"the answer has {len(data)} bytes, over the NATS server's max_payload of "
+                f"{fwd._nc.max_payload}"))})  # noqa: SLF001
+        fwd._answer(self._reply_to, data, after)  # noqa: SLF001
+
+    def cancel_unstarted(self, pending: Reply, timeout: float) -> Callable[[], object]:
+        # up to 50 ms before the caller's deadline (a fifth of a short one), so the answer gets there first
+        when = time.monotonic() + max(0.0, timeout - min(0.05, timeout / 5))
+        return self._forwarder.cancel_unstarted_at(pending, timeout, when)
+
+
 class Forwarder:
     """One process's NATS connection: sends calls to owners and serves calls for contexts owned here.
 
@@ -419,6 +452,12 @@ class Forwarder:
         # answers waiting for the loop thread: (reply subject, data, clean-up); see `_answer`
         self._outbox: collections.deque[tuple[str, bytes, Callable[[], object] | None]] = collections.deque()
         self._waking = False
+        # served calls not answered yet, by key: (when to cancel it if unstarted, its future, its
+        # timeout); one loop timer, at the earliest of them (see `cancel_unstarted_at`)
+        self._unanswered: dict[int, tuple[float, Reply, float]] = {}
+        self._unanswered_keys = itertools.count()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
         self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hoard-forward", daemon=True)
@@ -616,25 +655,49 @@ class Forwarder:
             waiter.put((True, msg.data))
 
     # -- serving ---------------------------------------------------------------------------------------
+    def cancel_unstarted_at(self, pending: Reply, timeout: float, when: float) -> Callable[[], object]:
+        """Cancel the served call `pending` at `when` (``time.monotonic()``) if its actor has not started
+        it by then (it then fails with `CallNotStartedError`, which goes back as its answer). Returns
+        the clean-up to pass as ``done``'s ``after`` once it is answered. Loop thread only.
+
+        One loop timer serves every call under way, armed at the earliest `when`: a timer per call
+        (``call_later`` and ``cancel``: a handle, a context copy and a heap entry whose comparisons run
+        in Python) cost more than the dict entry that replaces it here. A call answered in time
+        removes its entry; the timer, when it fires, cancels what is due and re-arms for the rest."""
+        key = next(self._unanswered_keys)
+        self._unanswered[key] = (when, pending, timeout)
+        if self._sweep is None or when < self._sweep_at:
+            self._arm_sweep(when)
+        return functools.partial(self._unanswered.pop, key, None)
+
+    def _arm_sweep(self, when: float) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep_at = when
+        # the loop's clock is time.monotonic(), the clock `when` is read from
+        self._sweep = self._loop.call_at(when, self._cancel_due)
+
+    def _cancel_due(self) -> None:
+        """The sweep (loop thread): cancel every unstarted call whose time has come; re-arm for the rest."""
+        self._sweep = None
+        now = time.monotonic()
+        unanswered = self._unanswered
+        due = [key for key, (when, _p, _t) in unanswered.items() if when <= now]
+        for key in due:
+            _when, pending, timeout = unanswered.pop(key)
+            if not pending.done:
+                pending.timed_out(timeout)  # not started: it fails, and that failure is its answer
+        if unanswered:
+            self._arm_sweep(min(entry[0] for entry in unanswered.values()))
+
     def _on_request(self, msg: Any) -> None:
         """A request for a context owned here: decoded on the loop thread, handed on without blocking
         (called by the NATS client as it reads the message, see `_Inbox`)."""
-        request: dict[str, Any] = {}
-
-        def done(reply: dict[str, Any], after: Callable[[], object] | None = None) -> None:
-            try:
-                data = _dumps(reply)
-            except TypeError as exc:
-                data = _dumps({"error": encode_error(HoardError(f"the answer cannot be sent: {exc}"))})
-            if len(data) > self._nc.max_payload:
-                data = _dumps({"error": encode_error(NotForwardableError(
-                    str(request.get("id")), "answering", self.owner_id,
-                    f"the answer has {len(data)} bytes, over the NATS server's max_payload of "
-                    f"{self._nc.max_payload}"))})
-            self._answer(msg.reply, data, after)
-
+        done = _Answering(self, msg.reply)
         try:
             request = orjson.loads(msg.data)
+            if isinstance(request, dict):
+                done.context_id = request.get("id")
             self._serve(request, done)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
             done({"error": encode_error(exc)})

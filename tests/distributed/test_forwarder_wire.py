@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from hoard import CallOutcomeUnknownError
-from hoard._forward import RETRY_HERE, Forwarder, with_request_id
-from hoard.actors import Set
+from hoard import CallNotStartedError, CallOutcomeUnknownError
+from hoard._forward import RETRY_HERE, Forwarder, done_reply, with_request_id
+from hoard.actors import Reply, Set
 
 Make = Callable[..., Forwarder]
 
@@ -99,6 +99,49 @@ def test_a_publish_that_suspends_is_finished_by_a_task_and_its_answer_arrives(fo
                            what="a set", timeout=5.0) == n
     assert set(suspended) == {"owner", "caller"}
     assert caller._waiting == {}  # noqa: SLF001 - no caller left waiting
+
+
+def test_served_calls_not_started_by_their_deadlines_are_cancelled_each_in_time(forwarders: Make) -> None:
+    # one loop timer watches every served call: a call with a nearer deadline that arrives after one
+    # with a farther deadline must still be cancelled by its own, and answered before its caller gives up
+    arrived = threading.Event()
+
+    def serve(request: dict[str, Any], done: Any) -> None:
+        pending = Reply()
+        pending.what, pending.context_id = "a set", request["id"]
+        after = done.cancel_unstarted(pending, request["t"])
+        pending.add_done_callback(lambda reply: done(done_reply(reply, 1.0), after))
+        if request["n"]:
+            pending.resolve(request["n"])  # answered at once
+        arrived.set()  # (the others: a call that no actor ever starts)
+
+    owner = forwarders("owner", serve)
+    caller = forwarders("caller", _refuse)
+    far: list[BaseException] = []
+    sender = threading.Thread(target=lambda: far.extend(_raised(
+        lambda: caller.send("far", {"k": "msg", "id": "far", "n": 0}, "owner", deadline=time.monotonic() + 1.5,
+                            what="a set", timeout=1.5))))
+    sender.start()
+    try:
+        assert arrived.wait(5.0)  # the farther deadline is watched first
+        with pytest.raises(CallNotStartedError) as near:
+            caller.send("near", {"k": "msg", "id": "near", "n": 0}, "owner", deadline=time.monotonic() + 0.3,
+                        what="a set", timeout=0.3)
+        assert near.value.context_id == "near"
+    finally:
+        sender.join(10)
+    assert [type(exc) for exc in far] == [CallNotStartedError]
+    assert caller.send("c", {"k": "msg", "id": "c", "n": 7}, "owner", deadline=time.monotonic() + 5.0,
+                       what="a set", timeout=5.0) == 7
+    assert owner._unanswered == {}  # noqa: SLF001 - nothing answered stays watched (it would only grow)
+
+
+def _raised(call: Callable[[], object]) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - handed to the test
+        return [exc]
+    return []
 
 
 def test_request_ids_are_unique_in_a_forked_child() -> None:
