@@ -75,9 +75,11 @@ def test_an_answer_after_its_caller_gave_up_is_dropped_and_later_calls_get_their
     assert caller._waiting == {}  # noqa: SLF001 - no caller left waiting (the map would only grow)
 
 
-def test_a_publish_that_suspends_is_finished_by_a_task_and_its_answer_arrives(forwarders: Make) -> None:
-    # batches are published without a task (nats-py's publish does not suspend unless its buffer is
-    # full, e.g. while reconnecting); one that does suspend is finished by a task, on both sides
+@pytest.mark.parametrize("path", ["buffer", "publish"])
+def test_a_publish_that_suspends_is_finished_by_a_task_and_its_answer_arrives(forwarders: Make, path: str) -> None:
+    # batches are published without a task (nats-py's buffer takes them without suspending unless it
+    # is full, e.g. while reconnecting); one that does suspend is finished by a task, on both sides,
+    # whether it went through the client's pending buffer or (without those internals) its publish()
     def serve(request: dict[str, Any], done: Callable[..., None]) -> None:
         done({"ok": {"v": request["n"]}, "lease": 1.0})
 
@@ -85,15 +87,29 @@ def test_a_publish_that_suspends_is_finished_by_a_task_and_its_answer_arrives(fo
     caller = forwarders("caller", _refuse)
     suspended: list[str] = []
     for forwarder in (owner, caller):
-        publish = forwarder._nc.publish  # noqa: SLF001 - a client whose publish waits first
+        nc = forwarder._nc  # noqa: SLF001 - a client that waits first
+        if path == "buffer":
+            assert forwarder._buffer is not None  # noqa: SLF001 - nats-py still has the internals it uses
+            flush = nc._flush_pending  # noqa: SLF001
 
-        async def slow_publish(subject: str, payload: bytes = b"", reply: str = "", *, _publish: Any = publish,
-                               _name: str = forwarder.owner_id) -> None:
-            suspended.append(_name)
-            await asyncio.sleep(0)
-            await _publish(subject, payload, reply=reply)
+            async def slow_flush(*, force_flush: bool = False, _flush: Any = flush,
+                                 _name: str = forwarder.owner_id) -> None:
+                suspended.append(_name)
+                await asyncio.sleep(0)
+                await _flush(force_flush=force_flush)
 
-        forwarder._nc.publish = slow_publish  # noqa: SLF001
+            nc._flush_pending = slow_flush  # noqa: SLF001
+        else:
+            forwarder._buffer = None  # noqa: SLF001 - as with a nats-py without those internals
+            publish = nc.publish
+
+            async def slow_publish(subject: str, payload: bytes = b"", reply: str = "", *, _publish: Any = publish,
+                                   _name: str = forwarder.owner_id) -> None:
+                suspended.append(_name)
+                await asyncio.sleep(0)
+                await _publish(subject, payload, reply=reply)
+
+            nc.publish = slow_publish
     for n in (1, 2):
         assert caller.send("c", {"k": "msg", "id": "c", "n": n}, "owner", deadline=time.monotonic() + 5.0,
                            what="a set", timeout=5.0) == n
