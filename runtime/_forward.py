@@ -356,6 +356,54 @@ def _resume(coro: Any, pending: Any) -> Any:
                 return stop.value
 
 
+class _PendingBuffer:
+    """A whole batch of messages into nats-py's outgoing buffer with one flush, for a connected client.
+
+    ``await nc.publish(...)`` per message costs, besides the message: two regex checks of its
+    subjects, a coroutine, an asyncio future and a flush-queue entry, and one turn of the client's
+    flusher task for each of those entries (the first writes everything buffered; the others find
+    nothing to write). A batch here costs one of each of the last three: the commands (the same bytes
+    as nats-py's ``pub_cmd``) are appended to the client's pending list and its flusher kicked once,
+    as ``_send_command`` + ``_flush_pending`` do. The subjects need no check: this process made the
+    request subjects and reply tokens, and an answer's subject is a reply subject the NATS server
+    parsed off a peer's command (a protocol token: no whitespace). Only while connected and not
+    draining: otherwise the forwarder calls ``publish`` (its reconnect-buffer limits and errors).
+
+    This uses nats-py internals (``_pending``, ``_pending_data_size``, ``_max_pending_size``,
+    ``_flush_pending``, as in nats-py 2.16, the version measured); `of` checks they are there and
+    returns None otherwise, and the forwarder then publishes through ``publish``. Pinned by
+    tests/distributed/test_forwarder_wire.py (it fails when they are gone). Loop thread only."""
+
+    __slots__ = ("_nc",)
+
+    def __init__(self, nc: Any) -> None:
+        self._nc = nc
+
+    @classmethod
+    def of(cls, nc: Any) -> _PendingBuffer | None:
+        fields = ("_pending", "_pending_data_size", "_max_pending_size", "_flush_pending", "stats")
+        if not all(hasattr(nc, name) for name in fields) or not isinstance(nc._pending, list):  # noqa: SLF001
+            return None
+        return cls(nc)
+
+    async def send(self, batch: list[tuple[str, str, bytes]]) -> None:
+        nc = self._nc
+        pending = nc._pending  # noqa: SLF001 - see the class docstring
+        size = sent = 0
+        for subject, reply, payload in batch:
+            command = b"PUB %b %b %d\r\n%b\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+            pending.append(command)
+            size += len(command)
+            sent += len(payload)
+        nc._pending_data_size += size  # noqa: SLF001
+        stats = nc.stats
+        stats["out_msgs"] += len(batch)
+        stats["out_bytes"] += sent
+        # as nats-py's _send_command: past the pending limit, wait for the flush (this suspends)
+        force = 0 < nc._max_pending_size < nc._pending_data_size  # noqa: SLF001
+        await nc._flush_pending(force_flush=force)  # noqa: SLF001
+
+
 class _Inbox:
     """What receives a subscription's messages: passed to nats-py's ``subscribe(future=...)``, it is
     called (``set_result(msg)``) by the client's reader for each message as it is parsed, on the loop
@@ -377,6 +425,39 @@ class _Inbox:
         return False
 
 
+class _Answering:
+    """How one served request is answered: ``done(reply_dict, after=None)``, called once from any thread,
+    sends the answer from the loop thread after calling ``after()`` there (`Forwarder._answer`).
+    ``done.cancel_unstarted(pending, timeout)`` (loop thread) makes the served call honour the caller's
+    deadline: not started by then, it never runs, and its answer (`CallNotStartedError`) arrives just
+    before the caller's own wait ends; it returns the ``after`` to pass once answered."""
+
+    __slots__ = ("_forwarder", "_reply_to", "context_id")
+
+    def __init__(self, forwarder: Forwarder, reply_to: str) -> None:
+        self._forwarder = forwarder
+        self._reply_to = reply_to
+        self.context_id: object = None
+
+    def __call__(self, reply: dict[str, Any], after: Callable[[], object] | None = None) -> None:
+        fwd = self._forwarder
+        try:
+            data = _dumps(reply)
+        except TypeError as exc:
+            data = _dumps({"error": encode_error(HoardError(f"the answer cannot be sent: {exc}"))})
+        if len(data) > fwd._nc.max_payload:  # noqa: SLF001 - its own forwarder's connection
+            data = _dumps({"error": encode_error(NotForwardableError(
+                str(self.context_id), "answering", fwd.owner_id,
+                f"the answer has {len(data)} bytes, over the NATS server's max_payload of "
+                f"{fwd._nc.max_payload}"))})  # noqa: SLF001
+        fwd._answer(self._reply_to, data, after)  # noqa: SLF001
+
+    def cancel_unstarted(self, pending: Reply, timeout: float) -> Callable[[], object]:
+        # up to 50 ms before the caller's deadline (a fifth of a short one), so the answer gets there first
+        when = time.monotonic() + max(0.0, timeout - min(0.05, timeout / 5))
+        return self._forwarder.cancel_unstarted_at(pending, timeout, when)
+
+
 class Forwarder:
     """One process's NATS connection: sends calls to owners and serves calls for contexts owned here.
 
@@ -384,7 +465,8 @@ class Forwarder:
     `serve` is the callable the system gives it to run a served request: ``serve(request, done)``
     starts the work and returns at once (it runs on the loop thread); ``done(reply_dict, after=None)``
     is called once, from any thread, and sends the answer from the loop thread after calling
-    ``after()`` there.
+    ``after()`` there; ``done.cancel_unstarted(pending, timeout)`` (loop thread) holds a served call
+    to the caller's deadline and returns the ``after`` to pass (see `_Answering`).
     """
 
     def __init__(self, url: str, *, schema: str, owner_id: str,
@@ -419,6 +501,13 @@ class Forwarder:
         # answers waiting for the loop thread: (reply subject, data, clean-up); see `_answer`
         self._outbox: collections.deque[tuple[str, bytes, Callable[[], object] | None]] = collections.deque()
         self._waking = False
+        self._buffer: _PendingBuffer | None = None  # set on connecting (None: nats-py's publish only)
+        # served calls not answered yet, by key: (when to cancel it if unstarted, its future, its
+        # timeout); one loop timer, at the earliest of them (see `cancel_unstarted_at`)
+        self._unanswered: dict[int, tuple[float, Reply, float]] = {}
+        self._unanswered_keys = itertools.count()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
         self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hoard-forward", daemon=True)
@@ -439,6 +528,7 @@ class Forwarder:
                                           name=f"hoard {self.owner_id}", error_cb=self._on_error)
         except Exception as exc:
             raise ConfigError(f"forward_via: cannot connect to NATS at {self.url}: {exc!r}") from exc
+        self._buffer = _PendingBuffer.of(nc)
         self._inbox = nc.new_inbox() + "."
         await nc.subscribe(self._inbox + "*", future=cast("Any", _Inbox(self._answered)))
         await nc.subscribe(self.subject, future=cast("Any", _Inbox(self._on_request)))
@@ -578,7 +668,10 @@ class Forwarder:
             self._run_now(self._publish_requests(batch))
 
     async def _publish_requests(self, batch: list[_Send]) -> None:
-        publish = self._nc.publish
+        if self._buffer is not None and self._nc.is_connected and not self._nc.is_draining_pubs:
+            await self._buffer.send([(subject, token, payload) for subject, token, payload, _waiter in batch])
+            return
+        publish = self._nc.publish  # reconnecting or draining: nats-py's own checks and buffer limits
         for subject, token, payload, waiter in batch:
             try:
                 await publish(subject, payload, reply=token)
@@ -616,25 +709,49 @@ class Forwarder:
             waiter.put((True, msg.data))
 
     # -- serving ---------------------------------------------------------------------------------------
+    def cancel_unstarted_at(self, pending: Reply, timeout: float, when: float) -> Callable[[], object]:
+        """Cancel the served call `pending` at `when` (``time.monotonic()``) if its actor has not started
+        it by then (it then fails with `CallNotStartedError`, which goes back as its answer). Returns
+        the clean-up to pass as ``done``'s ``after`` once it is answered. Loop thread only.
+
+        One loop timer serves every call under way, armed at the earliest `when`: a timer per call
+        (``call_later`` and ``cancel``: a handle, a context copy and a heap entry whose comparisons run
+        in Python) cost more than the dict entry that replaces it here. A call answered in time
+        removes its entry; the timer, when it fires, cancels what is due and re-arms for the rest."""
+        key = next(self._unanswered_keys)
+        self._unanswered[key] = (when, pending, timeout)
+        if self._sweep is None or when < self._sweep_at:
+            self._arm_sweep(when)
+        return functools.partial(self._unanswered.pop, key, None)
+
+    def _arm_sweep(self, when: float) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep_at = when
+        # the loop's clock is time.monotonic(), the clock `when` is read from
+        self._sweep = self._loop.call_at(when, self._cancel_due)
+
+    def _cancel_due(self) -> None:
+        """The sweep (loop thread): cancel every unstarted call whose time has come; re-arm for the rest."""
+        self._sweep = None
+        now = time.monotonic()
+        unanswered = self._unanswered
+        due = [key for key, (when, _p, _t) in unanswered.items() if when <= now]
+        for key in due:
+            _when, pending, timeout = unanswered.pop(key)
+            if not pending.done:
+                pending.timed_out(timeout)  # not started: it fails, and that failure is its answer
+        if unanswered:
+            self._arm_sweep(min(entry[0] for entry in unanswered.values()))
+
     def _on_request(self, msg: Any) -> None:
         """A request for a context owned here: decoded on the loop thread, handed on without blocking
         (called by the NATS client as it reads the message, see `_Inbox`)."""
-        request: dict[str, Any] = {}
-
-        def done(reply: dict[str, Any], after: Callable[[], object] | None = None) -> None:
-            try:
-                data = _dumps(reply)
-            except TypeError as exc:
-                data = _dumps({"error": encode_error(HoardError(f"the answer cannot be sent: {exc}"))})
-            if len(data) > self._nc.max_payload:
-                data = _dumps({"error": encode_error(NotForwardableError(
-                    str(request.get("id")), "answering", self.owner_id,
-                    f"the answer has {len(data)} bytes, over the NATS server's max_payload of "
-                    f"{self._nc.max_payload}"))})
-            self._answer(msg.reply, data, after)
-
+        done = _Answering(self, msg.reply)
         try:
             request = orjson.loads(msg.data)
+            if isinstance(request, dict):
+                done.context_id = request.get("id")
             self._serve(request, done)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
             done({"error": encode_error(exc)})
@@ -664,7 +781,10 @@ class Forwarder:
             self._run_now(self._publish(batch))
 
     async def _publish(self, batch: list[tuple[str, bytes]]) -> None:
-        publish = self._nc.publish
+        if self._buffer is not None and self._nc.is_connected and not self._nc.is_draining_pubs:
+            await self._buffer.send([(reply, "", data) for reply, data in batch])
+            return
+        publish = self._nc.publish  # reconnecting or draining: nats-py's own checks and buffer limits
         for reply, data in batch:
             await publish(reply, data)
 

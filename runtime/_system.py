@@ -10,7 +10,6 @@ forgotten `stop()` loses nothing in ``immediate`` or ``deferred`` mode. The acto
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import os
 from collections.abc import Callable, Iterable
@@ -48,7 +47,7 @@ from ._forward import (
 )
 from ._manager import ContextManager
 from ._ref import ContextRef
-from ._tracker import LOCAL, ContextTracker, Pending, delete_recovery_point_here
+from ._tracker import LOCAL, ContextTracker, delete_recovery_point_here
 
 __all__ = ["ContextSystem", "open_system"]
 
@@ -143,7 +142,7 @@ class ContextSystem(SystemCore):
                          transactions=self.transactions,
                          attempt_timeout=max(0.25, store.lease_ttl / 2))
 
-    def _serve(self, request: dict[str, Any], done: Callable[..., None]) -> None:
+    def _serve(self, request: dict[str, Any], done: Any) -> None:
         """Run one forwarded call here, as the owner (runs on the NATS loop thread: never blocks).
         A message goes to the context's actor (`done` runs from the thread that answers it); a call
         that must read the store first runs on a worker thread. The call is never forwarded on: if
@@ -161,8 +160,8 @@ class ContextSystem(SystemCore):
             pending = tracker._submit(message, f"forwarded {type(message).__name__} to {cid!r}", t)  # noqa: SLF001 - one package
             # the caller's deadline holds here too: not started by then, it never runs, and the caller
             # hears so (CallNotStartedError) just before its own wait ends
-            expiry = asyncio.get_running_loop().call_later(max(0.0, t - min(0.05, t / 5)), _expire, pending, t)
-            pending.add_done_callback(lambda reply: done(done_reply(reply, lease), expiry.cancel))
+            after = done.cancel_unstarted(pending, t)
+            pending.add_done_callback(lambda reply: done(done_reply(reply, lease), after))
             return
         work = self._blocking_work(request, tracker, t)
 
@@ -319,13 +318,6 @@ class ContextSystem(SystemCore):
 
     def __repr__(self) -> str:
         return f"<ContextSystem {self.store.location!r}{' stopped' if self.stopped else ''}>"
-
-
-def _expire(pending: Pending, timeout: float) -> None:
-    """A served call's deadline: cancel it if its actor has not started it (its reply then fails
-    with `CallNotStartedError`, which the waiting caller receives)."""
-    if not pending.done:
-        pending.timed_out(timeout)
 
 
 def open_system(store: str | os.PathLike[str] | Store | None = None, *,

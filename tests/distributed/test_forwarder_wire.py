@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from hoard import CallOutcomeUnknownError
-from hoard._forward import RETRY_HERE, Forwarder, with_request_id
-from hoard.actors import Set
+from hoard import CallNotStartedError, CallOutcomeUnknownError
+from hoard._forward import RETRY_HERE, Forwarder, done_reply, with_request_id
+from hoard.actors import Reply, Set
 
 Make = Callable[..., Forwarder]
 
@@ -75,9 +75,11 @@ def test_an_answer_after_its_caller_gave_up_is_dropped_and_later_calls_get_their
     assert caller._waiting == {}  # noqa: SLF001 - no caller left waiting (the map would only grow)
 
 
-def test_a_publish_that_suspends_is_finished_by_a_task_and_its_answer_arrives(forwarders: Make) -> None:
-    # batches are published without a task (nats-py's publish does not suspend unless its buffer is
-    # full, e.g. while reconnecting); one that does suspend is finished by a task, on both sides
+@pytest.mark.parametrize("path", ["buffer", "publish"])
+def test_a_publish_that_suspends_is_finished_by_a_task_and_its_answer_arrives(forwarders: Make, path: str) -> None:
+    # batches are published without a task (nats-py's buffer takes them without suspending unless it
+    # is full, e.g. while reconnecting); one that does suspend is finished by a task, on both sides,
+    # whether it went through the client's pending buffer or (without those internals) its publish()
     def serve(request: dict[str, Any], done: Callable[..., None]) -> None:
         done({"ok": {"v": request["n"]}, "lease": 1.0})
 
@@ -85,20 +87,77 @@ def test_a_publish_that_suspends_is_finished_by_a_task_and_its_answer_arrives(fo
     caller = forwarders("caller", _refuse)
     suspended: list[str] = []
     for forwarder in (owner, caller):
-        publish = forwarder._nc.publish  # noqa: SLF001 - a client whose publish waits first
+        nc = forwarder._nc  # noqa: SLF001 - a client that waits first
+        if path == "buffer":
+            assert forwarder._buffer is not None  # noqa: SLF001 - nats-py still has the internals it uses
+            flush = nc._flush_pending  # noqa: SLF001
 
-        async def slow_publish(subject: str, payload: bytes = b"", reply: str = "", *, _publish: Any = publish,
-                               _name: str = forwarder.owner_id) -> None:
-            suspended.append(_name)
-            await asyncio.sleep(0)
-            await _publish(subject, payload, reply=reply)
+            async def slow_flush(*, force_flush: bool = False, _flush: Any = flush,
+                                 _name: str = forwarder.owner_id) -> None:
+                suspended.append(_name)
+                await asyncio.sleep(0)
+                await _flush(force_flush=force_flush)
 
-        forwarder._nc.publish = slow_publish  # noqa: SLF001
+            nc._flush_pending = slow_flush  # noqa: SLF001
+        else:
+            forwarder._buffer = None  # noqa: SLF001 - as with a nats-py without those internals
+            publish = nc.publish
+
+            async def slow_publish(subject: str, payload: bytes = b"", reply: str = "", *, _publish: Any = publish,
+                                   _name: str = forwarder.owner_id) -> None:
+                suspended.append(_name)
+                await asyncio.sleep(0)
+                await _publish(subject, payload, reply=reply)
+
+            nc.publish = slow_publish
     for n in (1, 2):
         assert caller.send("c", {"k": "msg", "id": "c", "n": n}, "owner", deadline=time.monotonic() + 5.0,
                            what="a set", timeout=5.0) == n
     assert set(suspended) == {"owner", "caller"}
     assert caller._waiting == {}  # noqa: SLF001 - no caller left waiting
+
+
+def test_served_calls_not_started_by_their_deadlines_are_cancelled_each_in_time(forwarders: Make) -> None:
+    # one loop timer watches every served call: a call with a nearer deadline that arrives after one
+    # with a farther deadline must still be cancelled by its own, and answered before its caller gives up
+    arrived = threading.Event()
+
+    def serve(request: dict[str, Any], done: Any) -> None:
+        pending = Reply()
+        pending.what, pending.context_id = "a set", request["id"]
+        after = done.cancel_unstarted(pending, request["t"])
+        pending.add_done_callback(lambda reply: done(done_reply(reply, 1.0), after))
+        if request["n"]:
+            pending.resolve(request["n"])  # answered at once
+        arrived.set()  # (the others: a call that no actor ever starts)
+
+    owner = forwarders("owner", serve)
+    caller = forwarders("caller", _refuse)
+    far: list[BaseException] = []
+    sender = threading.Thread(target=lambda: far.extend(_raised(
+        lambda: caller.send("far", {"k": "msg", "id": "far", "n": 0}, "owner", deadline=time.monotonic() + 1.5,
+                            what="a set", timeout=1.5))))
+    sender.start()
+    try:
+        assert arrived.wait(5.0)  # the farther deadline is watched first
+        with pytest.raises(CallNotStartedError) as near:
+            caller.send("near", {"k": "msg", "id": "near", "n": 0}, "owner", deadline=time.monotonic() + 0.3,
+                        what="a set", timeout=0.3)
+        assert near.value.context_id == "near"
+    finally:
+        sender.join(10)
+    assert [type(exc) for exc in far] == [CallNotStartedError]
+    assert caller.send("c", {"k": "msg", "id": "c", "n": 7}, "owner", deadline=time.monotonic() + 5.0,
+                       what="a set", timeout=5.0) == 7
+    assert owner._unanswered == {}  # noqa: SLF001 - nothing answered stays watched (it would only grow)
+
+
+def _raised(call: Callable[[], object]) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - handed to the test
+        return [exc]
+    return []
 
 
 def test_request_ids_are_unique_in_a_forked_child() -> None:
