@@ -215,6 +215,11 @@ def test_a_batch_of_appends_is_one_round_trip_to_the_server(make_pg_store: MakeS
     assert len(exchanges) == 1 and "hoard_appends" in exchanges[0]
     assert (s.load("a").version, s.load("b").version) == (3, 2)  # type: ignore[union-attr]
     assert [(e.context_id, e.version) for e in s.feed()][-3:] == [("a", 2), ("b", 2), ("a", 3)]
+    exchanges.clear()  # a lone append: one statement too (through execute(), which this class overrides)
+    s.commit([Append("b", change(3, x=4))])
+    assert len(exchanges) == 1 and "hoard_append(" in exchanges[0]
+    assert s.load("b").version == 3  # type: ignore[union-attr]
+    assert [(e.context_id, e.version) for e in s.feed()][-1:] == [("b", 3)]
 
 
 def test_damaged_blobs_are_detected_not_loaded(make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
@@ -531,7 +536,7 @@ def test_a_connection_lost_around_commit_is_resolved_by_transaction_status(
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
             # the COMMIT, or the one statement that is a batch of appends with its commit
-            if (query != "COMMIT" and "hoard_appends" not in str(query)) or not armed:
+            if (query != "COMMIT" and "hoard_append" not in str(query)) or not armed:
                 return super().execute(query, params, **kwargs)
             armed.clear()
             if breaks == "after COMMIT":
