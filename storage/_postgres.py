@@ -103,6 +103,7 @@ from ._postgres_leases import LeaseHolder, refusal
 from ._postgres_listen import CHANNEL, ChangeListener
 from ._postgres_sql import (
     APPEND_ONE_STATEMENT,
+    APPEND_ONE_TYPES,
     IDENT,
     LISTENING,
     MIGRATIONS,
@@ -223,6 +224,7 @@ class PostgresStore(LeaseHolder, RowStore):
         self.location = f"postgresql://{where}#{schema}"
         self._params = params
         self._sql = {name: text.format(s=f'"{schema}"') for name, text in SQL.items()}
+        self._append_one_call = self._sql["append_one_call"].encode()
         self._pool: Any = None
         self._db: Any = None  # the connection in use, taken from the pool
         self._aborted = False  # abort() cut the connection: no call reconnects
@@ -327,8 +329,7 @@ class PostgresStore(LeaseHolder, RowStore):
         if not self.readonly:
             conn.execute(REFUSE)  # the refusal of the fence and append checks (a function of this session)
             conn.execute(self._sql["appends_fn"])  # a batch of appends as one statement (`_write_appends`)
-            conn.execute(self._sql["append_one_fn"])  # the same for one append, and its call (`_append_one`)
-            conn.execute(self._sql["append_one_prepare"])
+            conn.execute(self._sql["append_one_fn"])  # the same for one append (`_append_one`)
 
     def _configure_pooled(self, conn: Any) -> None:
         """`_configure`, and for a notifying writing store, the announcement of its own process's
@@ -651,13 +652,18 @@ class PostgresStore(LeaseHolder, RowStore):
 
     def _append_one(self, conn: Any, op: Append, blob: bytes, *, notify: bool, feed: dict[str, Any] | None) -> None:
         """One append, the commonest batch: the session's prepared call of ``pg_temp.hoard_append``
-        (`SQL["append_one_fn"]`, prepared by `_configure`) executed through libpq itself, its
-        parameters packed here in binary form. Same statement, same transaction and the same errors
-        as through ``conn.execute``, without psycopg's per-statement work (its cursor, the dumping of
-        eleven parameters, its prepared-statement cache, its wait loop in Python): client instructions
-        per commit 289k -> 162k (callgrind, store level). libpq waits for the answer with the GIL
-        released, bounded like any statement (``statement_timeout``, the TCP timeouts of the session);
-        `abort()` cuts it as it cuts psycopg's wait."""
+        (`SQL["append_one_fn"]`) executed through libpq itself, its parameters packed here in binary
+        form. Same statement, same transaction and the same errors as through ``conn.execute``, without
+        psycopg's per-statement work (its cursor, the dumping of eleven parameters, its prepared-statement
+        cache, its wait loop in Python): client instructions per commit 286k -> 171k (callgrind, store
+        level). libpq waits for the answer with the GIL released, bounded like any statement
+        (``statement_timeout``, the TCP timeouts of the session); `abort()` cuts it as it cuts psycopg's
+        wait.
+
+        The statement is prepared when the session does not have it: at its first lone append, and
+        again after psycopg dropped every prepared statement of the session (it sends ``DEALLOCATE
+        ALL`` after a ROLLBACK once it has prepared its own; test_a_batch_with_one_bad_op_applies_nothing).
+        The server refuses an unknown statement before running anything, so sending it again is safe."""
         change, token = op.change, self._leases.get(op.context_id)
         keep = feed["keep"] if feed is not None and feed["prune"] else None
         params = (op.context_id.encode(), None if token is None else _INT8(token),
@@ -666,7 +672,12 @@ class PostgresStore(LeaseHolder, RowStore):
                   _FALSE if feed is None else _TRUE, None if keep is None else _INT8(keep))
         pgconn = conn.pgconn
         result = pgconn.exec_prepared(_APPEND_ONE_NAME, params, _BINARY_PARAMS, 1)  # raises if it cannot send
-        if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+        if result.status != _TUPLES_OK and result.error_field(_SQLSTATE) == _UNKNOWN_STATEMENT:
+            made = pgconn.prepare(_APPEND_ONE_NAME, self._append_one_call, APPEND_ONE_TYPES)
+            if made.status != _COMMAND_OK:
+                raise psycopg.errors.error_from_result(made, encoding=conn.info.encoding)
+            result = pgconn.exec_prepared(_APPEND_ONE_NAME, params, _BINARY_PARAMS, 1)
+        if result.status != _TUPLES_OK:
             if pgconn.status == psycopg.pq.ConnStatus.BAD:
                 raise psycopg.OperationalError(f"the connection was lost: {pgconn.get_error_message()}")
             raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
@@ -1210,6 +1221,10 @@ _BINARY_PARAMS = (1,) * 11
 _INT8 = struct.Struct("!q").pack
 _FLOAT8 = struct.Struct("!d").pack
 _TRUE, _FALSE = b"\x01", b"\x00"
+_UNKNOWN_STATEMENT = b"26000"  # invalid_sql_statement_name: no prepared statement of that name
+if psycopg is not None:
+    _TUPLES_OK, _COMMAND_OK = psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.COMMAND_OK
+    _SQLSTATE = psycopg.pq.DiagnosticField.SQLSTATE
 
 #: refusals of a server that is busy or changing state, not saying "no": worth waiting for
 _TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "connection slots")

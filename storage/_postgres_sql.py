@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["APPEND_ONE_STATEMENT", "IDENT", "LISTENING", "LISTEN_LOCK_SPACE", "MIGRATIONS", "QUARANTINE_TABLE",
+__all__ = ["APPEND_ONE_STATEMENT", "APPEND_ONE_TYPES", "IDENT", "LISTENING", "LISTEN_LOCK_SPACE", "MIGRATIONS", "QUARANTINE_TABLE",
            "REFUSE", "SCHEMA_VERSION", "SQL", "TABLES"]
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -306,13 +306,13 @@ _APPEND_ONE_FN = (
     "END IF;\nEND $fn$")
 _APPEND_ONE = ("SELECT pg_temp.hoard_append(%(id)s, %(token)s, %(strict)s, %(v)s, %(at)s, %(blob)s, %(ch)s, "
                "%(schema)s, %(owner)s, %(feed)s, %(keep)s)")
-# The same call as a statement every writing session prepares when it connects, under a name of its own
-# (psycopg's are "_pg3_<n>"), executed through libpq with its parameters already in binary form (see
-# `PostgresStore._append_one`): text, bigint, boolean, bigint, float8, bytea, text x 3, boolean, bigint.
+# The same call as a statement a writing session prepares at its first lone append, under a name of its
+# own (psycopg's are "_pg3_<n>"), executed through libpq with its parameters already in binary form (see
+# `PostgresStore._append_one`), of these types: text, bigint, boolean, bigint, float8, bytea, text x 3,
+# boolean, bigint.
 APPEND_ONE_STATEMENT = "hoard_append"
-_APPEND_ONE_PREPARE = (
-    f"PREPARE {APPEND_ONE_STATEMENT} (text, bigint, boolean, bigint, float8, bytea, text, text, text, boolean, bigint) "
-    "AS SELECT pg_temp.hoard_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+APPEND_ONE_TYPES = (25, 20, 16, 20, 701, 17, 25, 25, 25, 16, 20)  # the types' oids
+_APPEND_ONE_CALL = "SELECT pg_temp.hoard_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 
 # every statement by name
@@ -320,7 +320,7 @@ SQL: dict[str, str] = {
     "fence": _FENCE, "append": _APPEND, "create": _CREATE, "snapshot_trim": _SNAPSHOT_TRIM,
     "rp_insert": _RP_INSERT, "rp_trim": _RP_TRIM, "delete": _DELETE, "notify": _NOTIFY,
     "appends_fn": _APPENDS_FN, "appends": _APPENDS, "append_one_fn": _APPEND_ONE_FN, "append_one": _APPEND_ONE,
-    "append_one_prepare": _APPEND_ONE_PREPARE, "load": _LOAD, "appended": _APPENDED,
+    "append_one_call": _APPEND_ONE_CALL, "load": _LOAD, "appended": _APPENDED,
     "summary": _SUMMARY + " WHERE c.id = %(id)s",
     "summaries": _SUMMARY + " WHERE c.id >= %(p)s AND starts_with(c.id, %(p)s) ORDER BY c.id",
     "totals": _TOTALS, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,
