@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["APPEND_ONE_STATEMENT", "APPEND_ONE_TYPES", "IDENT", "LISTENING", "LISTEN_LOCK_SPACE", "MIGRATIONS", "QUARANTINE_TABLE",
-           "REFUSE", "SCHEMA_VERSION", "SQL", "TABLES"]
+__all__ = ["APPEND_ONE_STATEMENT", "APPEND_ONE_TYPES", "IDENT", "LISTENING", "LISTEN_LOCK_SPACE", "MIGRATIONS",
+           "QUARANTINE_TABLE", "REFUSE", "SCHEMA_VERSION", "SQL", "TABLES"]
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
