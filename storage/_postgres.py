@@ -19,6 +19,9 @@ recovery point advances ``next_rp_id`` the same way; a create is an insert that 
 A refused check raises `PersistenceError` and rolls the whole batch back. A batch of appends (the
 common one) costs one round trip: ONE statement in autocommit (its own transaction), a call of a
 function of the session that makes the fence, the appends, NOTIFY and the feed rows in the server.
+A lone append (a durable set with one writer) calls a function of its own with scalar parameters and
+one plain statement per step, prepared by the session and sent through libpq with its parameters in
+binary form (see `PostgresStore._append_one`).
 The server makes
 every check itself (the fence and each append's version check fail
 their statement when refused, so the COMMIT behind them never runs); other batches check the fence
@@ -175,7 +178,9 @@ class PostgresStore(LeaseHolder, RowStore):
         codec: the `Codec` that encodes and verifies blobs (default: one made from
             `compression_level` and `max_state_bytes`); a test may hand in one that fails.
         connection_class: the connection factory: a `psycopg.Connection` subclass whose ``connect``
-            the pool calls (default `psycopg.Connection`); a test may hand in one that fails.
+            the pool calls (default `psycopg.Connection`); a test may hand in one that fails. A lone
+            append goes to libpq directly, not through ``execute()``, unless the class overrides
+            ``execute()``: then every statement goes through it.
         feed: record every committed change in the change feed, in the commit's transaction
             (default True; every process writing to one schema must agree); False only to measure.
         feed_retention: feed entries kept back from the newest, at most (see `Store.feed`).
