@@ -208,6 +208,9 @@ BEGIN
 END $$;
 """
 _PG_TABLES = ("journal", "snapshots", "recovery_points", "contexts")
+# the autocommit statements that are a batch of appends with its commit: a batch, and a lone append (which
+# goes through execute() because this connection class overrides it; see `PostgresStore._append_one`)
+_ONE_STATEMENT_COMMITS = ("SELECT pg_temp.hoard_appends(", "SELECT pg_temp.hoard_append(")
 
 
 class PgFaults:
@@ -238,7 +241,7 @@ class PgFaults:
                 cur = super().execute(query, params, **kwargs)
                 # a COMMIT, or the one autocommit statement that is a batch of appends with its commit
                 if faults.after_commit is not None and (
-                        query == "COMMIT" or str(query).startswith("SELECT pg_temp.hoard_appends(")):
+                        query == "COMMIT" or str(query).startswith(_ONE_STATEMENT_COMMITS)):
                     if self._pipeline is not None:
                         # queued in a pipeline (the store sends the feed rows with COMMIT): have the
                         # server run it before the fault, as a COMMIT outside a pipeline would have

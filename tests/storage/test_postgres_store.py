@@ -215,6 +215,11 @@ def test_a_batch_of_appends_is_one_round_trip_to_the_server(make_pg_store: MakeS
     assert len(exchanges) == 1 and "hoard_appends" in exchanges[0]
     assert (s.load("a").version, s.load("b").version) == (3, 2)  # type: ignore[union-attr]
     assert [(e.context_id, e.version) for e in s.feed()][-3:] == [("a", 2), ("b", 2), ("a", 3)]
+    exchanges.clear()  # a lone append: one statement too (through execute(), which this class overrides)
+    s.commit([Append("b", change(3, x=4))])
+    assert len(exchanges) == 1 and "hoard_append(" in exchanges[0]
+    assert s.load("b").version == 3  # type: ignore[union-attr]
+    assert [(e.context_id, e.version) for e in s.feed()][-1:] == [("b", 3)]
 
 
 def test_damaged_blobs_are_detected_not_loaded(make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
@@ -531,7 +536,7 @@ def test_a_connection_lost_around_commit_is_resolved_by_transaction_status(
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
             # the COMMIT, or the one statement that is a batch of appends with its commit
-            if (query != "COMMIT" and "hoard_appends" not in str(query)) or not armed:
+            if (query != "COMMIT" and "hoard_append" not in str(query)) or not armed:
                 return super().execute(query, params, **kwargs)
             armed.clear()
             if breaks == "after COMMIT":
@@ -562,6 +567,95 @@ def test_a_connection_lost_around_commit_is_resolved_by_transaction_status(
         assert s.load("c") == st
         assert journal_versions(s, "c") == []
     assert not armed
+
+
+class _CuttingProxy:
+    """A TCP relay to the server that, once armed, swallows the next answer the server sends on any
+    connection and closes that connection on both sides: what the client sees when the network fails
+    after the server committed but before its answer arrived. For a store that talks to libpq
+    directly (no connection class can see the statement)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket  # noqa: PLC0415 - this helper only
+
+        self.target = (host, port)
+        self.armed = threading.Event()
+        self.cut = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[Any] = [self.listener]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        import socket  # noqa: PLC0415 - this helper only
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(self.target)
+            self.sockets += [client, server]
+            for src, dst, answers in ((client, server, False), (server, client, True)):
+                t = threading.Thread(target=self._pump, args=(src, dst, answers), daemon=True)
+                self.threads.append(t)
+                t.start()
+
+    def _pump(self, src: Any, dst: Any, answers: bool) -> None:
+        import socket  # noqa: PLC0415 - this helper only
+
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if answers and self.armed.is_set():
+                    self.armed.clear()
+                    for sock in (src, dst):  # the answer is lost, and the connection with it
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+                    self.cut.set()
+                    return
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        for t in self.threads:
+            t.join(5)
+
+
+def test_a_lone_append_whose_answer_is_lost_after_the_server_committed_is_acknowledged(
+        pg_dsn: str, pg_schema: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The lone append goes to libpq directly (no connection class sees it): when the connection
+    breaks after the server committed it, before its answer arrived, the store finds the batch's
+    journal row on a new connection and returns normally; nothing is lost or doubled."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: PLC0415 - this test only
+
+    params = conninfo_to_dict(pg_dsn)
+    proxy = _CuttingProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
+    s = PostgresStore(make_conninfo(pg_dsn, host="127.0.0.1", port=proxy.port), schema=pg_schema)
+    try:
+        s.open()
+        st = new_state("c")
+        s.commit([CreateContext(st)])
+        st = grow(s, st, 1)  # a lone append that arrived
+        ch = change(3, x=1)
+        proxy.armed.set()
+        with caplog.at_level(logging.WARNING, logger="hoard.storage._postgres"):
+            s.commit([Append("c", ch)])  # reported done: it is stored
+        assert proxy.cut.is_set()
+        assert "but the transaction committed" in caplog.text
+        st = apply_change(st, ch)
+        assert s.load("c") == st
+        st = grow(s, st, 1)  # and the store goes on, on a new connection
+        assert s.load("c") == st
+        assert journal_versions(s, "c") == [2, 3, 4]
+        assert [(e.context_id, e.version) for e in s.feed()] == [("c", 1), ("c", 2), ("c", 3), ("c", 4)]
+        assert s.verify() == []
+    finally:
+        s.close()
+        proxy.close()
 
 
 # -- real processes --------------------------------------------------------------------------------------
