@@ -301,12 +301,29 @@ def _owned_dict(value: Any) -> Mapping[str, Any]:
         raise CorruptStateError(f"expected a JSON object, found {type(value).__name__}")
     if "" in value:
         raise CorruptStateError("a stored mapping has an empty key")
+    # `_freeze_decoded_dict` and `_freeze_decoded_list` of each value, their first level inlined: no
+    # call for a value whose elements hold no container (most of them), which a snapshot of 10k such
+    # values pays 10k times (callgrind, the bench's activation snapshot: 44.4M -> 41.5M)
     for k, v in value.items():
         t = type(v)
         if t is dict:
-            value[k] = _freeze_decoded_dict(v, 0)  # an existing key: the dict keeps its size and order
+            for kk, vv in v.items():
+                t = type(vv)
+                if t is dict:
+                    v[kk] = _freeze_decoded_dict(vv, 1)  # an existing key: the dict keeps its size and order
+                elif t is list:
+                    v[kk] = _freeze_decoded_list(vv, 1)
+            value[k] = FrozenDict(v)
         elif t is list:
-            value[k] = _freeze_decoded_list(v, 0)
+            i = -1
+            for vv in v:
+                i += 1
+                t = type(vv)
+                if t is dict:
+                    v[i] = _freeze_decoded_dict(vv, 1)
+                elif t is list:
+                    v[i] = _freeze_decoded_list(vv, 1)
+            value[k] = FrozenList(v)
     return value
 
 
@@ -564,10 +581,13 @@ class Codec:
             return None
         if type(obj) is not dict:
             return None
-        get = obj.get
-        v, at, data_set, data_del, meta_set, meta_del = (get("version"), get("at"), get("data_set"),
-                                                          get("data_del"), get("meta_set"), get("meta_del"))
-        replace, rid, forget, by = get("replace"), get("request_id"), get("forget"), get("by")
+        try:  # subscripts, not ten `get` calls: an entry as written has every field (callgrind, 1,000
+            # entries with their unframe and parse: 28.4M -> 27.2M); one missing is not exact
+            v, at, data_set, data_del, meta_set, meta_del = (obj["version"], obj["at"], obj["data_set"],
+                                                              obj["data_del"], obj["meta_set"], obj["meta_del"])
+            replace, rid, forget, by = obj["replace"], obj["request_id"], obj["forget"], obj["by"]
+        except KeyError:
+            return None
         if (type(v) is not int or (version is not None and v != version) or v < 1 or type(at) is not float
                 or type(data_set) is not dict or type(meta_set) is not dict or type(data_del) is not list
                 or type(meta_del) is not list or type(forget) is not list or type(replace) is not bool

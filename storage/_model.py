@@ -143,7 +143,7 @@ def apply_changes(state: ContextState, changes: Iterable[Change]) -> ContextStat
     return apply_fields(state, map(change_fields, changes))
 
 
-def apply_fields(state: ContextState, changes: Iterable[ChangeFields]) -> ContextState:
+def apply_fields(state: ContextState, changes: Iterable[ChangeFields]) -> ContextState:  # noqa: PLR0912 - one replay loop, read top to bottom
     """The state after each of `changes` (as `ChangeFields`) in turn: the same result as folding
     `apply_change` over them, built with one mutation per mapping instead of a new persistent map and
     state per change (journal replay at activation and `state_at`; they decode a journal entry
@@ -152,16 +152,28 @@ def apply_fields(state: ContextState, changes: Iterable[ChangeFields]) -> Contex
     data = state.data.mutate()
     meta = state.metadata.mutate()
     requests = None
+    # data sets not yet in `data`, merged in a plain dict (a later set of a key replaces the earlier) and
+    # put in with one MapMutation.update: a dict update per change is cheaper than a map mutation's
+    # (callgrind: about 0.4M of the 1,000 one-key entries' replay of the bench's activation)
+    pending: dict[str, Any] | None = None
     version, updated = state.version, state.updated_at
     for version, updated, data_set, data_del, meta_set, meta_del, replace, request_id, forget, _by in changes:
         if replace:
+            pending = None
             data = immutables.Map(data_set).mutate()
             meta = immutables.Map(meta_set).mutate()
         else:
-            for k in data_del:
-                data.pop(k, None)
+            if data_del:
+                if pending:
+                    data.update(pending)
+                    pending = None
+                for k in data_del:
+                    data.pop(k, None)
             if data_set:
-                data.update(data_set)  # one C loop (immutables' MapMutation.update)
+                if pending is None:
+                    pending = dict(data_set)  # a copy: the mappings handed in are only read
+                else:
+                    pending.update(data_set)
             for k in meta_del:
                 meta.pop(k, None)
             if meta_set:
@@ -175,6 +187,8 @@ def apply_fields(state: ContextState, changes: Iterable[ChangeFields]) -> Contex
                 requests[request_id] = (version, updated)
     if version == state.version:
         return state
+    if pending:
+        data.update(pending)  # one C loop (immutables' MapMutation.update)
     return ContextState(state.id, version, data.finish(), meta.finish(), state.created_at, updated,
                         state.requests if requests is None else requests.finish())
 

@@ -45,8 +45,10 @@ def test_replaying_a_run_of_changes_in_one_batch_equals_applying_them_one_by_one
     one_by_one = start
     for change in run:
         one_by_one = apply_change(one_by_one, change)
+    handed_in = [(dict(c.data_set), dict(c.meta_set)) for c in run]
     batched = apply_changes(start, run)
     assert batched == one_by_one
+    assert [(dict(c.data_set), dict(c.meta_set)) for c in run] == handed_in  # only read, never merged into
     assert (batched.version, batched.updated_at, dict(batched.requests)) == \
         (one_by_one.version, one_by_one.updated_at, dict(one_by_one.requests))
 
