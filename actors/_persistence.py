@@ -92,7 +92,7 @@ __all__ = ["PersistenceActor", "mailbox_empty"]
 def mailbox_empty(ref: pykka.ActorRef[Any]) -> bool:
     """Whether nothing waits in a (threading) actor's mailbox right now."""
     inbox = ref.actor_inbox
-    return isinstance(inbox, queue.Queue) and inbox.empty()
+    return isinstance(inbox, (queue.Queue, queue.SimpleQueue)) and inbox.empty()
 
 log = logging.getLogger(__name__)
 
