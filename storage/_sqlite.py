@@ -515,7 +515,7 @@ class SQLiteStore(RowStore):
             return
         db = self._require()
         # encode before the transaction: the write lock is held only for the SQL itself
-        encoded, rows = self._encode_all(ops)
+        encoded, rows, bumps = self._encode_all(ops)
         feed: list[tuple[str, int, bytes]] = []
         if self.feed_enabled:
             feed = rows if rows is not None else feed_rows(ops, encoded, self.codec.encode_change)
@@ -523,10 +523,10 @@ class SQLiteStore(RowStore):
 
         def run() -> None:
             try:
-                self._write(db, ops, encoded, rows, feed, taken)
+                self._write(db, ops, encoded, rows, bumps, feed, taken)
             except _VersionMismatch:
                 taken.clear()
-                self._write(db, ops, encoded, None, feed, taken)  # raises the error naming the change
+                self._write(db, ops, encoded, None, bumps, feed, taken)  # raises the error naming the change
 
         self._check_identity()  # do not write into a file that is no longer the store
         try:
@@ -548,32 +548,37 @@ class SQLiteStore(RowStore):
             if self._undictionaried >= DICTIONARY_AFTER:
                 self._maybe_train(0)
 
-    def _encode_all(self, ops: Sequence[Op]) -> tuple[list[bytes | None], list[tuple[str, int, bytes]] | None]:
-        """Every op's blob, and while every op is an append (nearly every batch) the
-        ``(context_id, version, blob)`` rows of their journal entries, which are their feed rows too."""
+    def _encode_all(self, ops: Sequence[Op]) -> tuple[list[bytes | None], list[tuple[str, int, bytes]] | None,
+                                                      list[tuple[int, float, str, int]]]:
+        """Every op's blob; and while every op is an append (nearly every batch), the
+        ``(context_id, version, blob)`` rows of their journal entries (their feed rows too) and the
+        parameters of their contexts rows' version-checked updates (`_BUMP`)."""
         encode_change = self.codec.encode_change
         encoded: list[bytes | None] = []
         rows: list[tuple[str, int, bytes]] | None = []
+        bumps: list[tuple[int, float, str, int]] = []
         try:
             for op in ops:
                 if type(op) is Append:  # encoded without the dispatch of _encode
-                    blob = encode_change(op.change)
+                    ch = op.change
+                    blob = encode_change(ch)
                     if rows is not None:
-                        rows.append((op.context_id, op.change.version, blob))
+                        rows.append((op.context_id, ch.version, blob))
+                        bumps.append((ch.version, ch.at, op.context_id, ch.version - 1))
+                    encoded.append(blob)
                 else:
-                    blob = self._encode(op)
+                    encoded.append(self._encode(op))
                     rows = None
-                encoded.append(blob)
         except HoardError:
             raise
         except Exception as exc:  # nothing was written; the caller needs our error type, whatever failed
             raise PersistenceError(f"store {self.path!r}: encoding a change failed ({exc!r}); nothing was "
                                    "written", context_id=context_of(ops[0])) from exc
-        return encoded, rows
+        return encoded, rows, bumps
 
     def _write(self, db: sqlite3.Connection, ops: Sequence[Op], encoded: list[bytes | None],  # noqa: PLR0917 - commit's parts
-               appends: list[tuple[str, int, bytes]] | None, feed: list[tuple[str, int, bytes]], taken: list[int]
-               ) -> None:
+               appends: list[tuple[str, int, bytes]] | None, bumps: list[tuple[int, float, str, int]],
+               feed: list[tuple[str, int, bytes]], taken: list[int]) -> None:
         """`commit`'s transaction (`_transaction`'s BEGIN, COMMIT and ROLLBACK written out: this is
         every durable write's path). `appends`: the journal rows when every op is an append."""
         db.execute("BEGIN IMMEDIATE")
@@ -583,9 +588,7 @@ class SQLiteStore(RowStore):
                 # (a group commit of 16 changes made 32 execute calls, each a cursor and a statement
                 # cache lookup). The version check is the same: each row matches at most one contexts
                 # row, so a count short of the batch means one did not match
-                updated = db.executemany(_BUMP, [(op.change.version, op.change.at, op.context_id,  # type: ignore[union-attr]
-                                                  op.change.version - 1) for op in ops]).rowcount
-                if updated != len(ops):
+                if db.executemany(_BUMP, bumps).rowcount != len(ops):
                     raise _VersionMismatch  # rolled back below; `commit` writes op by op, which names it
                 db.executemany("INSERT OR REPLACE INTO journal VALUES (?,?,?)", appends)
             else:
