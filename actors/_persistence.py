@@ -57,7 +57,7 @@ from hoard.storage import (
     context_of,
 )
 
-from ._context import Inbox
+from ._context import Inbox, PersistenceInbox
 from ._events import (
     NO_EVENTS,
     ContextCreated,
@@ -92,7 +92,7 @@ __all__ = ["PersistenceActor", "mailbox_empty"]
 def mailbox_empty(ref: pykka.ActorRef[Any]) -> bool:
     """Whether nothing waits in a (threading) actor's mailbox right now."""
     inbox = ref.actor_inbox
-    return isinstance(inbox, queue.Queue) and inbox.empty()
+    return isinstance(inbox, (queue.Queue, queue.SimpleQueue)) and inbox.empty()
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class PersistenceActor(pykka.ThreadingActor):
         self.store = store
         self.settings = settings
         self._pending: list[Commit] = []
+        self._lane = cast(PersistenceInbox, self.actor_inbox)  # immediate-mode commits (see PersistenceInbox)
         self._flush_queued = False
         self._timer: threading.Timer | None = None
         self._durable: dict[str, ContextState] = {}  # last committed state of each active context
@@ -176,11 +177,19 @@ class PersistenceActor(pykka.ThreadingActor):
 
     @staticmethod
     def _create_actor_inbox() -> Any:
-        return Inbox()  # remembers the envelope being handled: asked and told messages fail differently
+        # remembers the envelope being handled (asked and told messages fail differently), and has
+        # the lane immediate-mode context actors post their commits to
+        return PersistenceInbox()
 
     def on_stop(self) -> None:
         self._cancel_timer()
         self.leases.cancel()
+        # commits posted to the lane that no Flush will take now: their callers are answered
+        self._lane.closed = True
+        error = PersistenceError(f"store {self.store.location!r}: the persistence actor stopped before "
+                                 "committing this change")
+        for m in self._lane.take():
+            self._fail(m, error)
 
     # -- group commit --------------------------------------------------------------------------------
     def _on_confirm(self, m: Confirm) -> None:
@@ -246,9 +255,16 @@ class PersistenceActor(pykka.ThreadingActor):
     def _flush(self) -> None:
         self._flush_queued = False
         self._cancel_timer()
+        posted = self._lane.take()  # the immediate-mode commits (see PersistenceInbox)
+        if posted:
+            self._pending.extend(posted)
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        if self._closed:  # posted after Close: answered as a Commit told then is
+            for m in batch:
+                self._fail(m, PersistenceError(f"store {self.store.location!r} is closed"))
+            return
         try:
             self._commit_batch(batch)
         except Exception as exc:
@@ -299,29 +315,34 @@ class PersistenceActor(pykka.ThreadingActor):
         # changes since the last snapshot, of the batch's contexts only: a copy of every active
         # context's count cost 13 us a batch at 1,000 active contexts (0.55 us at 32)
         counts: dict[str, int] = {}
+        check = self.leases.check if self.leases.enabled else None  # a store without leases: nothing to check
+        durable, gaps, since, every = self._durable, self._gaps, self._since_snapshot, self.settings.snapshot_every
         for m in batch:
             cid = m.cell.id
-            fenced = self.leases.check(cid)
-            if fenced is not None:
-                self._fail(m, fenced)  # its lease was lost: nothing of it may be written any more
-                continue
+            if check is not None:
+                fenced = check(cid)
+                if fenced is not None:
+                    self._fail(m, fenced)  # its lease was lost: nothing of it may be written any more
+                    continue
             tip = tips.get(cid)
             if tip is None:
-                tip = self._tip(cid)
-            if m.change.version != tip + 1:
+                last = durable.get(cid)
+                tip = last.version if last is not None and cid not in gaps else self._tip(cid)
+            version = m.change.version
+            if version != tip + 1:
                 # built on a change that failed to commit (and was rolled back): refuse it
                 self._fail(m, PersistenceError(
-                    f"change v{m.change.version} of {cid!r} was built on a change that failed to commit; "
+                    f"change v{version} of {cid!r} was built on a change that failed to commit; "
                     f"the context is back at v{tip}; retry", context_id=cid))
                 continue
-            if cid not in tips and cid in self._gaps:
-                ops.append(PutSnapshot(self._gaps[cid]))  # the version the context continues from
-            tips[cid] = m.change.version
+            if cid not in tips and cid in gaps:
+                ops.append(PutSnapshot(gaps[cid]))  # the version the context continues from
+            tips[cid] = version
             ops.append(Append(cid, m.change))
             accepted.append(m)
             n = counts.get(cid)
-            n = (self._since_snapshot.get(cid, 0) if n is None else n) + 1
-            if n >= self.settings.snapshot_every:
+            n = (since.get(cid, 0) if n is None else n) + 1
+            if n >= every:
                 ops.append(PutSnapshot(m.state))
                 n = 0
             counts[cid] = n
@@ -350,25 +371,37 @@ class PersistenceActor(pykka.ThreadingActor):
         self.stats["changes"] += len(accepted)
         self.stats["snapshots"] += len(ops) - len(accepted)  # the rest are PutSnapshot (see _prepare)
         self._since_snapshot.update(counts)
+        self._publish(accepted)
+        # the answers last, together: each wakes a caller, which then waits for the GIL this thread
+        # holds until the bookkeeping above is done
+        observe = self.call_latency.observe
         for m in accepted:
-            self._gaps.pop(m.cell.id, None)  # written with this batch (see _prepare)
-            if m.cell.id in self._failing:
-                self._failing.discard(m.cell.id)
-                with contextlib.suppress(pykka.ActorDeadError):
-                    if m.cell.actor_ref is not None:
-                        m.cell.actor_ref.tell(CommitsResumed())
-            if m.cell.id in self._durable or m.cell.closed is False:
-                self._durable[m.cell.id] = m.state
-            if m.publish:
-                m.cell.state = m.state  # publish before answering: the caller then reads its own write
-            if m.event is not None:
-                self.events.emit(m.event)
             if m.reply is not None:
                 m.reply.resolve(m.result)
                 if m.started:
-                    self.call_latency.observe(done - m.started)
+                    observe(done - m.started)
             elif m.landed is not None:
                 m.landed.resolve(None)
+
+    def _publish(self, accepted: list[Commit]) -> None:
+        """After the commit of `accepted`: record each durable state, publish it, emit its event."""
+        gaps, failing, durable, emit = self._gaps, self._failing, self._durable, self.events.emit
+        for m in accepted:
+            cell = m.cell
+            cid = cell.id
+            if gaps:
+                gaps.pop(cid, None)  # written with this batch (see _prepare)
+            if failing and cid in failing:
+                failing.discard(cid)
+                with contextlib.suppress(pykka.ActorDeadError):
+                    if cell.actor_ref is not None:
+                        cell.actor_ref.tell(CommitsResumed())
+            if cid in durable or cell.closed is False:
+                durable[cid] = m.state
+            if m.publish:
+                cell.state = m.state  # publish before answering: the caller then reads its own write
+            if m.event is not None:
+                emit(m.event)
 
     def _landed(self, accepted: list[Commit]) -> bool:
         """Whether the store holds every context of a batch at the batch's last version, although

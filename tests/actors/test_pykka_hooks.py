@@ -38,9 +38,9 @@ def test_the_factory_hooks_are_static_and_take_no_arguments(name: str) -> None:
 
 
 def test_create_actor_inbox_gives_a_queue_the_actor_loop_reads_with_get() -> None:
-    """`_create_actor_inbox`: our `Inbox` (a `queue.Queue` that remembers the envelope `get` returned)
+    """`_create_actor_inbox`: our `Inbox` (a `queue.SimpleQueue` that remembers the envelope `get` returned)
     must be the mailbox, and the actor loop must take each message with `get`; `mailbox_depth` and
-    `mailbox_empty` read it as a `queue.Queue`."""
+    `mailbox_empty` read it (a `queue.Queue` or a `queue.SimpleQueue`)."""
     assert isinstance(pykka.ThreadingActor._create_actor_inbox(), queue.Queue), (  # noqa: SLF001
         "pykka hook ThreadingActor._create_actor_inbox no longer returns a queue.Queue")
     seen: list[Any] = []
@@ -78,7 +78,7 @@ def test_create_actor_inbox_gives_a_queue_the_actor_loop_reads_with_get() -> Non
 def test_create_future_makes_the_future_ask_returns() -> None:
     """`_create_future`: `ActorRef.ask` must answer with the actor class's own future (our `Reply`)."""
     assert isinstance(ContextActor._create_future(), Reply)  # noqa: SLF001
-    assert isinstance(PersistenceActor._create_actor_inbox(), queue.Queue)  # noqa: SLF001
+    assert isinstance(PersistenceActor._create_actor_inbox(), queue.SimpleQueue)  # noqa: SLF001
 
     class Replying(pykka.ThreadingActor):
         @staticmethod

@@ -51,12 +51,20 @@ class FaultyConnection:
         self.failures = 0
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        self._check(sql)
+        return self._db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        """The store writes a batch of appends' rows with one executemany per table."""
+        self._check(sql)
+        return self._db.executemany(sql, rows)
+
+    def _check(self, sql: str) -> None:
         if self.fail_when is not None and self.fail_when(sql) and self.remaining != 0:
             self.failures += 1
             if self.remaining is not None:
                 self.remaining -= 1
             raise self.error
-        return self._db.execute(sql, params)
 
     @property
     def in_transaction(self) -> bool:
