@@ -61,3 +61,25 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def run_in_threads(n: int, fn: Callable[[int], Any]) -> list[BaseException]:
+    """Run ``fn(i)`` for i in range(n) on n threads started together (a barrier); the exceptions
+    they raised (asserted by the caller). Every thread is joined (120 s at most each)."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def body(i: int) -> None:
+        try:
+            barrier.wait(10)
+            fn(i)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    return errors

@@ -6,11 +6,11 @@ none may wait for an actor that has stopped."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from pathlib import Path
 
 from hoard import ContextAdapterConfig, open_system
 from hoard.actors._context import PersistenceInbox
+from tests.helpers import run_in_threads
 
 
 def test_only_the_first_commit_after_a_take_asks_for_a_flush() -> None:
@@ -36,20 +36,12 @@ def test_concurrent_posters_never_lose_a_commit(tmp_path: Path) -> None:
     writers, each = 12, 30
     with open_system(tmp_path / "s.db", adapter_config=ContextAdapterConfig(auto_activate_default=False)) as s:
         trackers = [s.adapter.activate(f"c{i}") for i in range(writers)]
-        errors: list[BaseException] = []
 
         def write(i: int) -> None:
-            try:
-                for n in range(each):
-                    trackers[i].set("n", n, timeout=60)
-            except BaseException as exc:  # noqa: BLE001 - asserted below
-                errors.append(exc)
+            for n in range(each):
+                trackers[i].set("n", n, timeout=60)
 
-        threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(120)
+        errors = run_in_threads(writers, write)
         assert not errors
         assert all(t.get("n") == each - 1 and t.version == each + 1 for t in trackers)
         assert s.persistence_ref.actor_inbox.qsize() == 0

@@ -15,29 +15,12 @@ from hoard import (
     VersionConflictError,
     open_system,
 )
-from tests.helpers import RecordingStore, wait_until
+from tests.helpers import RecordingStore, run_in_threads, wait_until
 
 THREADS = 8
 
 
-def _run(n: int, fn) -> list[BaseException]:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(n)
-
-    def body(i: int) -> None:
-        try:
-            barrier.wait(10)
-            fn(i)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted by the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads)
-    return errors
+_run = run_in_threads
 
 
 @pytest.mark.parametrize("durability", ["immediate", "none"])
