@@ -454,7 +454,7 @@ def _plain_list(value: list[Any] | tuple[Any, ...], depth: int) -> FrozenList:
     return FrozenList(value) if out is None else out
 
 
-def _plain_mapping(mapping: dict[str, Any], context_id: str | None) -> dict[str, Any]:  # noqa: PLR0912, PLR0915 - its first level inlined: a call per container is what it saves
+def _plain_mapping(mapping: dict[str, Any], context_id: str | None) -> dict[str, Any]:
     """`freeze_mapping`'s result for a dict orjson has just encoded (see `_plain_dict`); `_NotPlain`
     for anything it leaves to the full checks (a bad key among them)."""
     # every key at once, at C speed: all ASCII (then a key's length is its UTF-8 size), none empty or too
@@ -472,51 +472,10 @@ def _plain_mapping(mapping: dict[str, Any], context_id: str | None) -> dict[str,
         t = type(v)
         if t in _PLAIN_SCALARS:
             continue
-        # a container value: `_plain_dict` / `_plain_list` at depth 0 inlined (MAX_DEPTH > 1), so that only
-        # a container inside it costs a call (callgrind, `freeze_mapping_sized` of the bench's 1,000 mixed
-        # values: 6.81M -> 6.51M)
         if t is dict:
-            nested = None
-            for kk, vv in v.items():
-                t = type(vv)
-                if t in _PLAIN_SCALARS:
-                    continue
-                if t is dict:
-                    f: Any = _plain_dict(vv, 1)
-                elif t is list or t is tuple:
-                    f = _plain_list(vv, 1)
-                elif (t is float and vv - vv == 0.0) or t is FrozenDict or t is FrozenList:
-                    continue
-                else:
-                    raise _NotPlain
-                if nested is None:
-                    nested = {kk: f}
-                else:
-                    nested[kk] = f
-            fd = FrozenDict(v)
-            if nested is not None:
-                _dict_update(fd, nested)
-            out[k] = fd
+            out[k] = _plain_dict(v, 0)
         elif t is list or t is tuple:
-            fl = None
-            i = -1
-            for vv in v:
-                i += 1
-                t = type(vv)
-                if t in _PLAIN_SCALARS:
-                    continue
-                if t is dict:
-                    f = _plain_dict(vv, 1)
-                elif t is list or t is tuple:
-                    f = _plain_list(vv, 1)
-                elif (t is float and vv - vv == 0.0) or t is FrozenDict or t is FrozenList:
-                    continue
-                else:
-                    raise _NotPlain
-                if fl is None:
-                    fl = FrozenList(v)
-                _list_set(fl, i, f)
-            out[k] = FrozenList(v) if fl is None else fl
+            out[k] = _plain_list(v, 0)
         elif not ((t is float and v - v == 0.0) or t is FrozenDict or t is FrozenList):
             raise _NotPlain
     return out
