@@ -516,8 +516,13 @@ class PersistenceActor(pykka.ThreadingActor):
         else:
             self._report_recovery(m.context_id)
             self._durable[m.context_id] = state
-            info = self.store.info(m.context_id)
-            self._since_snapshot[m.context_id] = 0 if info is None else state.version - info.snapshot_version
+            # the snapshot the load read, when the store tells (a row store's strict load): no `info` query
+            loaded = getattr(self.store, "last_loaded", None)
+            if loaded is not None and loaded[0] == m.context_id:
+                self._since_snapshot[m.context_id] = state.version - loaded[1]
+            else:
+                info = self.store.info(m.context_id)
+                self._since_snapshot[m.context_id] = 0 if info is None else state.version - info.snapshot_version
         return state
 
     def _report_recovery(self, context_id: str) -> None:

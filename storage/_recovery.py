@@ -617,6 +617,9 @@ class RowStore:
         readonly: the store never writes (no repairs; `commit` refuses).
         location: where the store is, for messages (no password).
         last_recovery_report: the report of the newest `load` that had to skip something, or None.
+        last_loaded: ``(context_id, snapshot_version)`` of the newest `load`, when it read the state
+            strictly from the newest snapshot plus the journal after it (what `info` would then say of
+            the snapshot, without its query); None after a load that found nothing or fell back.
         recovery_reports: every report since the store was made, oldest first (a caller may clear it).
     """
 
@@ -635,6 +638,7 @@ class RowStore:
         self.readonly = readonly
         self.last_recovery_report: RecoveryReport | None = None
         self.recovery_reports: list[RecoveryReport] = []
+        self.last_loaded: tuple[str, int] | None = None
 
     # -- the backend's two transactions ------------------------------------------------------------
     def _read(self, what: str, context_id: str | None, fn: Callable[[RowAccess], T], *,
@@ -682,6 +686,7 @@ class RowStore:
         """
         validate_id(context_id)
         self.last_recovery_report = None
+        self.last_loaded = None
         try:
             return self._read("load", context_id, lambda rows: self._load_strict(rows, context_id), transaction=False)
         except CorruptStateError as exc:
@@ -698,7 +703,10 @@ class RowStore:
         if newest is None:
             return None
         version, snapshot, journal = newest
-        return replay_strict(self.codec, context_id, version, snapshot, journal)
+        state = replay_strict(self.codec, context_id, version, snapshot, journal)
+        if snapshot is not None:  # (replay_strict refuses none)
+            self.last_loaded = (context_id, snapshot[0])
+        return state
 
     def _load_fallback(self, context_id: str, first: CorruptStateError) -> ContextState:
         stored = self._read("load", context_id, lambda rows: _read_stored(self.codec, rows, context_id))

@@ -16,8 +16,8 @@ from hoard import (
     ContextStatus,
     open_system,
 )
-from hoard.actors import Set
-from hoard.storage import Append, PutSnapshot, SQLiteStore
+from hoard.actors import Set, StoreCall
+from hoard.storage import Append, Change, CreateContext, PutSnapshot, SQLiteStore, freeze_mapping, new_state
 from tests.helpers import RecordingStore
 
 
@@ -139,6 +139,24 @@ def test_recovery_points_are_trimmed_oldest_first_never_the_new_one(store_path: 
         t.delete_recovery_point(4)
         assert [p.id for p in t.recovery_points()] == [3, 5]
         assert t.create_recovery_point().id == 6  # ids are never reused
+
+
+def test_the_journal_read_at_activation_counts_towards_the_next_snapshot(store_path: Path) -> None:
+    store = SQLiteStore(store_path)  # a snapshot at v1 and three journal entries after it, as a crash leaves them
+    store.open()
+    try:
+        store.commit([CreateContext(new_state("c", freeze_mapping({"a": 1}), now=1.0)),
+                      *(Append("c", Change(v, float(v), freeze_mapping({"k": v}))) for v in range(2, 5))])
+    finally:
+        store.close()
+    with open_system(store_path, manager_config=ContextManagerConfig(snapshot_every=5)) as s:
+
+        def snapshot_version() -> int:
+            return s.ask_persistence(StoreCall("info", ("c",)), None, "info").snapshot_version  # type: ignore[no-any-return]
+
+        t = s.adapter.activate("c")
+        assert t.set("k", 5) == 5 and snapshot_version() == 1  # four changes after the snapshot
+        assert t.set("k", 6) == 6 and snapshot_version() == 6  # the fifth: a snapshot
 
 
 def test_snapshots_truncate_the_journal(store_path: Path) -> None:

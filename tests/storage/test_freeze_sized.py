@@ -78,6 +78,8 @@ ODD_VALUES = [
 def test_the_update_fast_path_freezes_and_refuses_every_odd_value_as_the_full_checks_do(value: Any) -> None:
     _check_same({"k": value})
     _check_same({"a": 1, "k": {"x": [1, value]}, "z": "ok"})
+    # after a nested container, whose frozen copy is already being filled in: still checked, still refused
+    _check_same({"k": {"l": [1], "d": {"x": 2}, "v": value, "m": [{"y": 3}]}})
 
 
 @pytest.mark.parametrize("key", ["", "a\x00b", "k" * 1025, "é" * 600, "é" * 200, _Str("sub"), 7, "\ud800"],
@@ -94,8 +96,9 @@ def test_a_cyclic_value_is_refused_as_the_full_checks_refuse_it() -> None:
 
 
 def test_values_from_the_fast_path_are_immutable() -> None:
-    frozen, _ = freeze_mapping_sized({"d": {"l": [1, {"x": 2}]}, "t": (1, 2)})
+    frozen, _ = freeze_mapping_sized({"d": {"l": [1, {"x": 2}], "e": {"f": [3]}, "s": 4}, "t": (1, 2)})
     assert type(frozen["d"]) is FrozenDict and type(frozen["d"]["l"]) is FrozenList
+    assert type(frozen["d"]["e"]) is FrozenDict and type(frozen["d"]["e"]["f"]) is FrozenList
     assert type(frozen["d"]["l"][1]) is FrozenDict and type(frozen["t"]) is FrozenList
     with pytest.raises(TypeError):
         frozen["d"]["l"].append(3)

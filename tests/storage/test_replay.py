@@ -82,3 +82,29 @@ def test_a_journal_entry_in_an_older_valid_form_replays_through_the_full_decoder
         assert dict(store.state_at("c", 2).data) == {"a": 1, "b": [1, 2]}
     finally:
         store.close()
+
+
+def test_a_strict_load_tells_which_snapshot_it_read_and_a_fallback_or_absent_one_does_not(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        store.commit([CreateContext(new_state("c", freeze_mapping({"a": 1}), now=1.0)),
+                      *(Append("c", Change(v, float(v), freeze_mapping({"k": v}))) for v in range(2, 5))])
+        assert store.load("c").version == 4
+        info = store.info("c")
+        assert info is not None and store.last_loaded == ("c", info.snapshot_version) == ("c", 1)
+        assert store.load("absent") is None and store.last_loaded is None
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE journal SET blob = x'00' WHERE context_id = 'c' AND version = 4")  # damaged
+    db.commit()
+    db.close()
+    fallback = SQLiteStore(path, recovery="fallback")
+    fallback.open()
+    try:
+        assert fallback.load("c").version == 5  # v3 recovered, continued one past the acknowledged v4
+        assert fallback.last_recovery_report is not None and fallback.last_loaded is None
+    finally:
+        fallback.close()
