@@ -195,9 +195,12 @@ class PersistenceInbox(Inbox):
         self.commits.append(commit)
         if self.closed:  # checked after the append: a stopping actor sets it before its last take
             return None
+        wake = self.wake
+        if not wake:  # the usual case under load, without raising (timeit: 0.57 -> 0.20 us a post);
+            return False  # a take that gives the token back after this check takes this commit too
         try:
-            self.wake.pop()
-        except IndexError:
+            wake.pop()
+        except IndexError:  # another poster took it meanwhile
             return False
         return True
 
