@@ -73,6 +73,7 @@ from ._draft import Draft
 from ._events import NO_EVENTS, ChangesLost, Emitter, MetadataChanged, Restored, StateChanged
 from ._future import DEFERRED, Reply
 from ._messages import (
+    ArmFlush,
     BindSchema,
     Commit,
     CommitsResumed,
@@ -102,6 +103,7 @@ from ._metrics import Meter, kind_of
 from ._settings import ContextSettings
 
 _FLUSH = Flush()
+_ARM = ArmFlush()
 
 #: deferred mode: the longest a context actor waits for its previous marked change to be committed
 #: before it goes on (a store that stalls longer fails or times out its commit, which rolls back)
@@ -161,12 +163,20 @@ class ContextInbox(Inbox):
 
 
 class PersistenceInbox(Inbox):
-    """The persistence actor's mailbox, with a second lane for the `Commit`s of ``immediate`` context
-    actors: `post` appends one to `commits` and asks for a `Flush` only when none is on its way (one
-    wake-up token, taken with ``list.pop``, atomic); the actor's `take` puts the token back, then
-    takes every commit posted. So a group commit of n changes is one mailbox message instead of n
-    (each an envelope, a liveness check and a pass through pykka's loop and the handler table), and
-    no commit is missed: one posted after a `take` finds the token or one a later `take` gives back.
+    """The persistence actor's mailbox, with a second lane for the `Commit`s of context actors: `post`
+    appends one to `commits` and asks for a wake-up only when none is on its way (one wake-up token,
+    taken with ``list.pop``, atomic); the actor's `take` puts the token back, then takes every commit
+    posted. So a group commit of n changes is one mailbox message instead of n (each an envelope, a
+    liveness check, a wake-up of the persistence thread and a pass through pykka's loop and the
+    handler table), and no commit is missed: one posted after a `take` finds the token or one a
+    later `take` gives back.
+
+    The wake-up: an ``immediate`` context actor that took the token tells `Flush` (commit now); a
+    ``deferred`` one tells `ArmFlush` (the persistence actor arms its flush timer: one wake-up per
+    ``flush_interval``, not per change). A deferred commit that carries a reply (commits failing:
+    its caller waits for it) tells `Flush` whether or not it took the token, so it never waits for
+    the timer. A deferred context's `Rebase` goes by the lane too, so that it stays ahead of the
+    context's next commits whichever `take` finds them.
 
     Ordering: a context actor posts its commits and tells its other messages in its own order, and
     every handler of the persistence actor that needs the commits before it (`Flush`, and each
@@ -185,9 +195,12 @@ class PersistenceInbox(Inbox):
         self.commits.append(commit)
         if self.closed:  # checked after the append: a stopping actor sets it before its last take
             return None
+        wake = self.wake
+        if not wake:  # the usual case under load, without raising (timeit: 0.57 -> 0.20 us a post);
+            return False  # a take that gives the token back after this check takes this commit too
         try:
-            self.wake.pop()
-        except IndexError:
+            wake.pop()
+        except IndexError:  # another poster took it meanwhile
             return False
         return True
 
@@ -234,10 +247,11 @@ class ContextActor(pykka.ThreadingActor):
         self.persistence = persistence
         self.settings = settings
         self._immediate = settings.durability == "immediate"
-        # immediate mode: commits go by the persistence actor's commit lane (see PersistenceInbox)
-        lane = getattr(persistence, "actor_inbox", None)
-        self._post = lane.post if self._immediate and isinstance(lane, PersistenceInbox) else None
         self._deferred = settings.durability == "deferred"
+        # immediate and deferred mode: commits go by the persistence actor's commit lane (see
+        # PersistenceInbox); None: told one by one (a persistence actor without the lane)
+        lane = getattr(persistence, "actor_inbox", None)
+        self._post = lane.post if (self._immediate or self._deferred) and isinstance(lane, PersistenceInbox) else None
         # deferred mode: the highest version answered before its commit, and whether commits are
         # failing (then every write waits for its commit, as in immediate mode, until one succeeds)
         self._acked = cell.state.version
@@ -465,10 +479,10 @@ class ContextActor(pykka.ThreadingActor):
                 self.persistence.tell(commit)
                 return DEFERRED
             posted = self._post(commit)
-            if posted:
-                self.persistence.tell(_FLUSH)
-            elif posted is None:
+            if posted is None:
                 raise pykka.ActorDeadError("the persistence actor has stopped")  # as a tell to it would
+            if posted or self._degraded:  # a deferred one may not wait for the flush timer (see PersistenceInbox)
+                self.persistence.tell(_FLUSH)
             return DEFERRED
         self.cell.state = new
         if event is not None:
@@ -486,7 +500,15 @@ class ContextActor(pykka.ThreadingActor):
         now = perf_counter()
         if now >= self._mark_due:
             landed = self._mark(now)
-        self.persistence.tell(Commit(self.cell, change, new, None, result, False, landed=landed))
+        commit = Commit(self.cell, change, new, None, result, False, landed=landed)
+        if self._post is None:
+            self.persistence.tell(commit)
+        else:
+            posted = self._post(commit)
+            if posted:
+                self.persistence.tell(_ARM)  # the first since a take: the persistence actor arms its timer
+            elif posted is None:
+                raise pykka.ActorDeadError("the persistence actor has stopped")  # as a tell to it would
         self._acked = new.version
 
     def _mark(self, now: float) -> Reply:
@@ -665,7 +687,7 @@ class ContextActor(pykka.ThreadingActor):
                 # every one ever acknowledged (or handed out), so none is reused, and say so
                 lost = (state.version + 1, self._acked)
                 state = attrs.evolve(state, version=self.working.version + 1, updated_at=self.settings.clock())
-                self.persistence.tell(Rebase(self.cell, state))  # written before the next change
+                self._rebase(Rebase(self.cell, state))  # written before the next change
                 log.error("context %r: commits failed; acknowledged versions %d-%d are lost; continuing "
                           "from durable data at v%d", self.cell.id, lost[0], lost[1], state.version)
                 self.events(ChangesLost, self.cell.id, first=lost[0], last=lost[1], version=state.version)
@@ -675,6 +697,14 @@ class ContextActor(pykka.ThreadingActor):
         self.working = state
         self.cell.state = state
         self._size = None  # measured again on the next write
+
+    def _rebase(self, rebase: Rebase) -> None:
+        """Hand `rebase` to persistence ahead of this context's next commit: by the lane when commits
+        go by it (a `take` may find the next commit before a told message is handled)."""
+        if self._post is None:
+            self.persistence.tell(rebase)
+        elif self._post(rebase):
+            self.persistence.tell(_ARM)  # the token must come back: a take is due within flush_interval
 
     def _on_commits_resumed(self, _m: CommitsResumed) -> None:
         self._degraded = False

@@ -390,6 +390,13 @@ class Flush:
 
 
 @attrs.frozen
+class ArmFlush:
+    """From a ``deferred`` context actor whose commit took the commit lane's wake-up token: commit
+    everything posted within ``flush_interval`` (the persistence actor arms its flush timer, unless
+    a flush is on its way already)."""
+
+
+@attrs.frozen
 class Load:
     """Reply: the stored state of `context_id` (creating it as `create` if absent and given, made
     `by` whom: recorded in the change feed and the `ContextCreated` event), or None."""

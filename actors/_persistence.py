@@ -7,7 +7,11 @@ sync**. Then, in order, each committed state is published to its cell and each w
 answered. While a commit runs, new changes pile up and go out together in the next one: the more
 concurrent writers, the more changes share each sync.
 
-In ``deferred`` mode the `Flush` is sent by a timer `flush_interval` after the first queued change.
+Changes come by the commit lane of the actor's mailbox (`PersistenceInbox`): one `Flush` (immediate
+mode) or `ArmFlush` (deferred mode) per group, not a message per change.
+
+In ``deferred`` mode the `Flush` is sent by a timer `flush_interval` after the first queued change
+(`ArmFlush` arms it); a change whose caller waits for its commit (commits failing) is flushed now.
 Every other request (loads, snapshots, recovery points, store reads) first commits what is queued,
 so it always sees every change accepted before it.
 
@@ -69,6 +73,7 @@ from ._events import (
 from ._leases import AttachSupervisor, LeaseKeeper, RenewLeases
 from ._messages import (
     Abandon,
+    ArmFlush,
     Close,
     Commit,
     CommitsResumed,
@@ -114,7 +119,7 @@ class PersistenceActor(pykka.ThreadingActor):
         self.store = store
         self.settings = settings
         self._pending: list[Commit] = []
-        self._lane = cast(PersistenceInbox, self.actor_inbox)  # immediate-mode commits (see PersistenceInbox)
+        self._lane = cast(PersistenceInbox, self.actor_inbox)  # context actors' commits (see PersistenceInbox)
         self._flush_queued = False
         self._timer: threading.Timer | None = None
         self._durable: dict[str, ContextState] = {}  # last committed state of each active context
@@ -133,6 +138,7 @@ class PersistenceActor(pykka.ThreadingActor):
             Commit: self._on_commit,
             Confirm: self._on_confirm,
             Flush: lambda _m: self._flush(),
+            ArmFlush: self._on_arm_flush,
             Rebase: self._on_rebase,
             Abandon: self._on_abandon,
             Load: self._on_load,
@@ -149,7 +155,7 @@ class PersistenceActor(pykka.ThreadingActor):
             board.persistence = self.metrics_part
 
     def on_receive(self, message: Any) -> Any:
-        if self._closed and not isinstance(message, (Close, Flush)):
+        if self._closed and not isinstance(message, (Close, Flush, ArmFlush)):
             if isinstance(message, (RenewLeases, AttachSupervisor, Rebase, Abandon)):
                 return None  # told, late: nothing to do once closed
             error = PersistenceError(f"store {self.store.location!r} is closed")
@@ -189,7 +195,8 @@ class PersistenceActor(pykka.ThreadingActor):
         error = PersistenceError(f"store {self.store.location!r}: the persistence actor stopped before "
                                  "committing this change")
         for m in self._lane.take():
-            self._fail(m, error)
+            if type(m) is Commit:  # a Rebase: nothing to answer
+                self._fail(m, error)
 
     # -- group commit --------------------------------------------------------------------------------
     def _on_confirm(self, m: Confirm) -> None:
@@ -208,15 +215,28 @@ class PersistenceActor(pykka.ThreadingActor):
     def _on_commit(self, m: Commit) -> None:
         self._pending.append(m)
         if not self._flush_queued:
-            self._flush_queued = True
             if self.settings.durability == "deferred" and m.reply is None:
-                self._timer = threading.Timer(self.settings.flush_interval, self._timer_fired)
-                self._timer.daemon = True
-                self._timer.start()
-            elif mailbox_empty(self.actor_ref):
+                self._arm_timer()
+                return
+            self._flush_queued = True
+            if mailbox_empty(self.actor_ref):
                 self._flush()  # nothing else waiting to share the sync with: commit now (one hop less)
             else:
                 self.actor_ref.tell(Flush())  # lands behind every queued message: they go together
+
+    def _on_arm_flush(self, _m: ArmFlush) -> None:
+        """A deferred context actor posted the first commit since a take: flush within flush_interval
+        (now, once closed: the posted commits fail)."""
+        if self._closed:
+            self._flush()
+        elif not self._flush_queued:
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        self._flush_queued = True
+        self._timer = threading.Timer(self.settings.flush_interval, self._timer_fired)
+        self._timer.daemon = True
+        self._timer.start()
 
     def _timer_fired(self) -> None:
         with contextlib.suppress(pykka.ActorDeadError):  # stopped meanwhile; Close already committed everything
@@ -255,9 +275,14 @@ class PersistenceActor(pykka.ThreadingActor):
     def _flush(self) -> None:
         self._flush_queued = False
         self._cancel_timer()
-        posted = self._lane.take()  # the immediate-mode commits (see PersistenceInbox)
+        posted = self._lane.take()  # the context actors' commits (see PersistenceInbox)
         if posted:
-            self._pending.extend(posted)
+            pending = self._pending
+            for m in posted:
+                if type(m) is Commit:
+                    pending.append(m)
+                else:  # a deferred context's Rebase: ahead of its commits posted after it
+                    self._on_rebase(m)
         if not self._pending:
             return
         batch, self._pending = self._pending, []
