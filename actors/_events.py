@@ -414,6 +414,13 @@ class SubscriberActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        # a C SimpleQueue, not pykka's queue.Queue (two Conditions in Python): the emitter's tell of
+        # `_DRAIN` is one C call, and the subscriber's thread wakes straight into its loop (pykka's
+        # loop needs only get, put and empty: tests/actors/test_pykka_hooks.py)
+        return queue.SimpleQueue()
+
     def __init__(self, fn: Callable[[ContextEvent], Any], route: _QueuedRoute) -> None:
         super().__init__()
         self.fn = fn

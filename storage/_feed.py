@@ -29,6 +29,7 @@ from ._codec import KIND_CHANGE, Codec
 from ._errors import ConfigError, CorruptStateError, InvalidValueError
 from ._model import Change
 from ._store import Append, CreateContext, DeleteContext, Op
+from ._values import FrozenDict
 
 __all__ = [
     "DEFAULT_FEED_RETENTION",
@@ -66,7 +67,8 @@ class FeedEntry:
         by: who made it (the write's ``by=``; None if nobody said).
         changed: data keys set, sorted (a creation or restore: every key of the new data).
         removed: data keys removed, sorted (a restore: none listed; compare with the state before).
-        values: the new value of every key in `changed`.
+        values: the new value of every key in `changed` (a `FrozenDict`: no level of an entry can be
+            changed, its maps and lists are frozen).
         metadata: metadata keys set, with their new values.
         metadata_removed: metadata keys removed.
         replaced: data and metadata became exactly `values` / `metadata` (a restore, a creation, or a
@@ -98,8 +100,8 @@ class FeedEntry:
         """The entry for `change` of `context_id` at `offset` (a creation when it is version 1, a
         deletion when `deleted`: `change` is then `deletion_change`'s)."""
         return cls(offset, context_id, change.version, change.at, change.by, tuple(sorted(change.data_set)),
-                   tuple(sorted(change.data_del)), change.data_set, change.meta_set, tuple(change.meta_del),
-                   change.replace, change.version == 1 and not deleted, deleted)
+                   tuple(sorted(change.data_del)), _frozen(change.data_set), _frozen(change.meta_set),
+                   tuple(change.meta_del), change.replace, change.version == 1 and not deleted, deleted)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-shaped form (values stay frozen; ``orjson`` and ``json`` encode them)."""
@@ -141,13 +143,27 @@ def feed_rows(ops: Sequence[Op], encoded: Sequence[bytes | None], encode_change:
     return rows
 
 
+#: an entry's empty `values` / `metadata` (most changes set no metadata): one shared immutable map
+#: instead of the decoded empty dict, which would stay alive, tracked by the GC, as long as the entry
+_EMPTY: Mapping[str, Any] = FrozenDict()
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An entry's `values` / `metadata`: `mapping` (a decoded dict, its containers already frozen)
+    as a `FrozenDict`, so that no level of an entry can be changed (a copy of its top level only)."""
+    if type(mapping) is FrozenDict:
+        return mapping
+    return FrozenDict(mapping) if mapping else _EMPTY
+
+
 def feed_entry(codec: Codec, offset: int, context_id: str, blob: bytes) -> FeedEntry:
     """The `FeedEntry` of one stored feed row, verified (`CorruptStateError` if it is not one)."""
     fields = codec.change_fields(blob)  # the common case: an entry as this hoard writes it, not a replace
     if fields is not None and not fields[6]:
         version, at, data_set, data_del, meta_set, meta_del, _replace, _rid, _forget, by = fields
         return FeedEntry(offset, context_id, version, at, by, tuple(sorted(data_set)) if data_set else (),
-                         tuple(sorted(data_del)) if data_del else (), data_set, meta_set,
+                         tuple(sorted(data_del)) if data_del else (),
+                         FrozenDict(data_set) if data_set else _EMPTY, FrozenDict(meta_set) if meta_set else _EMPTY,
                          tuple(meta_del) if meta_del else (), False, version == 1)
     what = f"feed entry {offset} ({context_id!r})"
     try:
@@ -176,7 +192,8 @@ def feed_entries(codec: Codec, rows: Iterable[tuple[int, str, bytes]]) -> list[F
             continue
         version, at, data_set, data_del, meta_set, meta_del, _replace, _rid, _forget, by = fields
         append(FeedEntry(offset, context_id, version, at, by, tuple(sorted(data_set)) if data_set else (),
-                         tuple(sorted(data_del)) if data_del else (), data_set, meta_set,
+                         tuple(sorted(data_del)) if data_del else (),
+                         FrozenDict(data_set) if data_set else _EMPTY, FrozenDict(meta_set) if meta_set else _EMPTY,
                          tuple(meta_del) if meta_del else (), False, version == 1))
     return out
 

@@ -291,6 +291,49 @@ def test_the_async_form_reads_the_same_entries(store_path: Path) -> None:
         assert asyncio.run(read()) == list(system.changes(after=3, timeout=0))
 
 
+def test_a_stream_left_with_break_goes_on_where_it_stopped_across_store_batches(store_path: Path) -> None:
+    """A ``for`` loop over a stream that breaks off leaves the stream where it stopped: the next
+    loop (or `next`) goes on with the following entry, also across the batches the stream reads."""
+    with open_system(store_path) as system:
+        t = system.adapter.activate("c")
+        t.update({f"k{i}": i for i in range(3)})
+        pykka_futures = [t.set_async("i", i) for i in range(700)]
+        for f in pykka_futures:
+            f.get(timeout=30)
+        stream = system.changes(timeout=0)
+        first = []
+        for entry in stream:
+            first.append(entry.offset)
+            if len(first) == 260:
+                break
+        assert stream.position == first[-1]
+        assert next(stream).offset == first[-1] + 1
+        rest = [e.offset for e in stream]
+        offsets = [*first, first[-1] + 1, *rest]
+        assert offsets == [e.offset for e in system.changes(timeout=0)] and len(offsets) > 700
+        assert stream.position == offsets[-1]
+
+
+def test_a_feed_entry_is_immutable_down_to_its_maps(target: str | Path | None) -> None:
+    """The maps of an entry refuse changes at every level (its own `values` and `metadata` too,
+    empty or not), for every kind of entry: a creation, a change, a metadata change, a deletion."""
+    with open_system(target) as system:
+        system.manager.create("c", {"a": {"b": [1]}}, metadata={"m": 1})
+        t = system.adapter.activate("c")
+        t.set("a", {"b": [2]})
+        t.set_metadata("m", 2)
+        system.manager.delete("c")
+        entries = [e for e in system.changes(timeout=0) if e.context_id == "c"]
+        assert [(e.created, e.deleted) for e in entries] == [(True, False), (False, False), (False, False),
+                                                              (False, True)]
+        for entry in entries:
+            for mapping in (entry.values, entry.metadata):
+                with pytest.raises(TypeError):
+                    mapping["x"] = 1  # type: ignore[index]
+        with pytest.raises(TypeError):
+            entries[1].values["a"]["b"].append(3)
+
+
 def test_a_consumer_keeps_its_position_in_the_store_across_a_restart(target: str | Path | None) -> None:
     if target is None:
         pytest.skip("a memory store keeps nothing across a restart")
