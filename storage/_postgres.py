@@ -21,7 +21,8 @@ common one) costs one round trip: ONE statement in autocommit (its own transacti
 function of the session that makes the fence, the appends, NOTIFY and the feed rows in the server.
 A lone append (a durable set with one writer) calls a function of its own with scalar parameters and
 one plain statement per step, prepared by the session and sent through libpq with its parameters in
-binary form (see `PostgresStore._append_one`).
+binary form (see `PostgresStore._append_one`); a batch of several appends is sent the same way, its
+arrays packed by the store (`PostgresStore._appends_direct`).
 The server makes
 every check itself (the fence and each append's version check fail
 their statement when refused, so the COMMIT behind them never runs); other batches check the fence
@@ -656,7 +657,9 @@ class PostgresStore(LeaseHolder, RowStore):
         when refused, and with it the transaction: nothing of the batch commits. The feed_head row lock
         is taken last, so it is held only while the server ends the call and commits. One statement
         costs the client a third of BEGIN + call + COMMIT in a pipeline (psycopg's per-statement and
-        pipeline work), and after five calls psycopg prepares it: the server no longer parses it."""
+        pipeline work). It goes through libpq as a statement the session prepared (`_append_one`,
+        `_appends_direct`), unless the connection class overrides ``execute()``: then through it,
+        its arrays in psycopg's binary form."""
         if self._direct and len(ops) == 1:
             self._append_one(conn, ops[0], encoded[0], notify=notice is not None, feed=feed)  # type: ignore[arg-type]
             return
