@@ -21,7 +21,8 @@ common one) costs one round trip: ONE statement in autocommit (its own transacti
 function of the session that makes the fence, the appends, NOTIFY and the feed rows in the server.
 A lone append (a durable set with one writer) calls a function of its own with scalar parameters and
 one plain statement per step, prepared by the session and sent through libpq with its parameters in
-binary form (see `PostgresStore._append_one`).
+binary form (see `PostgresStore._append_one`); a batch of several appends is sent the same way, its
+arrays packed by the store (`PostgresStore._appends_direct`).
 The server makes
 every check itself (the fence and each append's version check fail
 their statement when refused, so the COMMIT behind them never runs); other batches check the fence
@@ -88,6 +89,7 @@ background threads of its own (a scheduler and a worker that reconnects); `close
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -107,6 +109,8 @@ from ._postgres_listen import CHANNEL, ChangeListener
 from ._postgres_sql import (
     APPEND_ONE_STATEMENT,
     APPEND_ONE_TYPES,
+    APPENDS_STATEMENT,
+    APPENDS_TYPES,
     IDENT,
     LISTENING,
     MIGRATIONS,
@@ -230,6 +234,7 @@ class PostgresStore(LeaseHolder, RowStore):
         self._params = params
         self._sql = {name: text.format(s=f'"{schema}"') for name, text in SQL.items()}
         self._append_one_call = self._sql["append_one_call"].encode()
+        self._appends_call = self._sql["appends_call"].encode()
         self._pool: Any = None
         self._db: Any = None  # the connection in use, taken from the pool
         self._aborted = False  # abort() cut the connection: no call reconnects
@@ -652,7 +657,9 @@ class PostgresStore(LeaseHolder, RowStore):
         when refused, and with it the transaction: nothing of the batch commits. The feed_head row lock
         is taken last, so it is held only while the server ends the call and commits. One statement
         costs the client a third of BEGIN + call + COMMIT in a pipeline (psycopg's per-statement and
-        pipeline work), and after five calls psycopg prepares it: the server no longer parses it."""
+        pipeline work). It goes through libpq as a statement the session prepared (`_append_one`,
+        `_appends_direct`), unless the connection class overrides ``execute()``: then through it,
+        its arrays in psycopg's binary form."""
         if self._direct and len(ops) == 1:
             self._append_one(conn, ops[0], encoded[0], notify=notice is not None, feed=feed)  # type: ignore[arg-type]
             return
@@ -666,6 +673,9 @@ class PostgresStore(LeaseHolder, RowStore):
             call = self._sql["append_one"]
             args.update(id=op.context_id, token=self._leases.get(op.context_id), v=op.change.version, at=op.change.at,
                         blob=encoded[0])
+        elif self._direct:
+            self._appends_direct(conn, ops, encoded, ids, notice=notice, feed=feed)
+            return
         else:
             call = self._sql["appends"]
             args.update(self._fence_args(ids), aids=[op.context_id for op in ops], vs=[op.change.version for op in ops],
@@ -694,17 +704,32 @@ class PostgresStore(LeaseHolder, RowStore):
                   _TRUE if self.require_lease else _FALSE, _INT8(change.version), _FLOAT8(change.at), blob,
                   *((CHANNEL.encode(), self.schema.encode(), self.owner_id.encode()) if notify else (None, None, None)),
                   _FALSE if feed is None else _TRUE, None if keep is None else _INT8(keep))
-        pgconn = conn.pgconn
-        result = pgconn.exec_prepared(_APPEND_ONE_NAME, params, _BINARY_PARAMS, 1)  # raises if it cannot send
-        if result.status != _TUPLES_OK and result.error_field(_SQLSTATE) == _UNKNOWN_STATEMENT:
-            made = pgconn.prepare(_APPEND_ONE_NAME, self._append_one_call, APPEND_ONE_TYPES)
-            if made.status != _COMMAND_OK:
-                raise psycopg.errors.error_from_result(made, encoding=conn.info.encoding)
-            result = pgconn.exec_prepared(_APPEND_ONE_NAME, params, _BINARY_PARAMS, 1)
-        if result.status != _TUPLES_OK:
-            if pgconn.status == psycopg.pq.ConnStatus.BAD:
-                raise psycopg.OperationalError(f"the connection was lost: {pgconn.get_error_message()}")
-            raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+        _exec_prepared(conn, _APPEND_ONE_NAME, self._append_one_call, APPEND_ONE_TYPES, params)
+
+    def _appends_direct(self, conn: Any, ops: Sequence[Append], encoded: list[bytes | None], ids: list[str], *,
+                        notice: dict[str, Any] | None, feed: dict[str, Any] | None) -> None:
+        """A batch of appends as `_write_appends` sends it, but through libpq as `_append_one` does: the
+        session's prepared call of ``pg_temp.hoard_appends`` (`SQL["appends_call"]`) with every parameter,
+        the arrays included, packed here in PostgreSQL's binary form (`_array`, `_int8_array`). psycopg's
+        list dumpers (text or binary) look at and dump every element in Python; this packs each array
+        with one `struct` call or one join. Same statement, transaction, errors and timeouts as
+        `_append_one`."""
+        keep = feed["keep"] if feed is not None and feed["prune"] else None
+        leases = self._leases
+        tokens = [leases.get(cid) for cid in ids]
+        aids = [op.context_id.encode() for op in ops]
+        changes = [op.change for op in ops]
+        params = (_array(_TEXT_OID, [cid.encode() for cid in ids]),
+                  _packed(_INT8_OID, "q", tokens) if None not in tokens  # type: ignore[arg-type]
+                  else _array(_INT8_OID, [None if t is None else _INT8(t) for t in tokens]),
+                  _TRUE if self.require_lease else _FALSE, _array(_TEXT_OID, aids),
+                  _packed(_INT8_OID, "q", [c.version for c in changes]),
+                  _packed(_FLOAT8_OID, "d", [c.at for c in changes]), _array(_BYTEA_OID, encoded),
+                  *((CHANNEL.encode(), self.schema.encode(), self.owner_id.encode(),
+                     _array(_TEXT_OID, [o.encode() for o in notice["ops"]]), _packed(_INT8_OID, "q", notice["vs"]))
+                    if notice is not None else (None,) * 5),
+                  _FALSE if feed is None else _TRUE, None if keep is None else _INT8(keep))
+        _exec_prepared(conn, _APPENDS_NAME, self._appends_call, APPENDS_TYPES, params)
 
     def _write(self, conn: Any, ops: Sequence[Op], encoded: list[bytes | None], ids: list[str], *,
                notice: dict[str, Any] | None, sent: dict[str, Any]) -> int:
@@ -1241,7 +1266,6 @@ _KIND: dict[type, str] = {
 # `_append_one`'s parameters in binary form (PostgreSQL's: big-endian int8 and float8, one byte a boolean;
 # text and bytea as their bytes)
 _APPEND_ONE_NAME = APPEND_ONE_STATEMENT.encode()
-_BINARY_PARAMS = (1,) * 11
 _INT8 = struct.Struct("!q").pack
 _FLOAT8 = struct.Struct("!d").pack
 _TRUE, _FALSE = b"\x01", b"\x00"
@@ -1249,6 +1273,53 @@ _UNKNOWN_STATEMENT = b"26000"  # invalid_sql_statement_name: no prepared stateme
 if psycopg is not None:
     _TUPLES_OK, _COMMAND_OK = psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.COMMAND_OK
     _SQLSTATE = psycopg.pq.DiagnosticField.SQLSTATE
+
+# `_appends_direct`'s arrays in PostgreSQL's binary form: a header (dimensions, whether any element is
+# NULL, the element type; then the length and lower bound of the one dimension), then every element as
+# its length (-1: NULL) and its bytes
+_APPENDS_NAME = APPENDS_STATEMENT.encode()
+_ARRAY_HEAD = struct.Struct("!iiiii")
+_INT4 = struct.Struct("!i").pack
+_NULL = _INT4(-1)
+_TEXT_OID, _BYTEA_OID, _INT8_OID, _FLOAT8_OID = 25, 17, 20, 701
+_struct = functools.lru_cache(maxsize=256)(struct.Struct)
+
+
+def _array(oid: int, items: Sequence[bytes | None]) -> bytes:
+    """A one-dimensional array (not empty) of `items` (each an element's binary form, None for NULL)
+    of type `oid`."""
+    nulls = None in items
+    return b"".join([_ARRAY_HEAD.pack(1, int(nulls), oid, len(items), 1),
+                     *[x for item in items for x in ((_NULL,) if item is None else (_INT4(len(item)), item))]])
+
+
+def _packed(oid: int, code: str, values: Sequence[float]) -> bytes:
+    """An array (not empty, no NULL) of 8-byte `values` of type `oid` (bigint: `code` "q", float8: "d"),
+    packed by one `struct` call."""
+    n = len(values)
+    return _ARRAY_HEAD.pack(1, 0, oid, n, 1) + _struct("!" + ("i" + code) * n).pack(
+        *[x for v in values for x in (8, v)])
+
+
+def _exec_prepared(conn: Any, name: bytes, call: bytes, types: Sequence[int], params: Sequence[bytes | None]) -> None:
+    """Run the session's prepared statement `name` (`call`, parameters of the oids `types`) with
+    `params` in binary form through libpq, preparing it first when the session does not have it (the
+    server refuses an unknown statement before running anything, so sending it again is safe).
+    Raises psycopg's error for a refusal, `psycopg.OperationalError` for a lost connection. Blocks
+    in libpq, the GIL released, bounded by ``statement_timeout``."""
+    pgconn = conn.pgconn
+    formats = (1,) * len(params)
+    result = pgconn.exec_prepared(name, params, formats, 1)  # raises if it cannot send
+    if result.status != _TUPLES_OK and result.error_field(_SQLSTATE) == _UNKNOWN_STATEMENT:
+        made = pgconn.prepare(name, call, types)
+        if made.status != _COMMAND_OK:
+            raise psycopg.errors.error_from_result(made, encoding=conn.info.encoding)
+        result = pgconn.exec_prepared(name, params, formats, 1)
+    if result.status != _TUPLES_OK:
+        if pgconn.status == psycopg.pq.ConnStatus.BAD:
+            raise psycopg.OperationalError(f"the connection was lost: {pgconn.get_error_message()}")
+        raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+
 
 #: refusals of a server that is busy or changing state, not saying "no": worth waiting for
 _TRANSIENT_REFUSALS = ("starting up", "shutting down", "recovery mode", "too many clients", "connection slots")

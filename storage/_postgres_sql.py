@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["APPEND_ONE_STATEMENT", "APPEND_ONE_TYPES", "IDENT", "LISTENING", "LISTEN_LOCK_SPACE", "MIGRATIONS",
-           "QUARANTINE_TABLE", "REFUSE", "SCHEMA_VERSION", "SQL", "TABLES"]
+__all__ = ["APPENDS_STATEMENT", "APPENDS_TYPES", "APPEND_ONE_STATEMENT", "APPEND_ONE_TYPES", "IDENT", "LISTENING",
+           "LISTEN_LOCK_SPACE", "MIGRATIONS", "QUARANTINE_TABLE", "REFUSE", "SCHEMA_VERSION", "SQL", "TABLES"]
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -266,8 +266,9 @@ _APPENDS_FN = (
     + ";\nEND IF;\nEND IF;\nEND $fn$")
 _APPENDS_CALL = ("SELECT pg_temp.hoard_appends({ids}, {tokens}, %(strict)s, {aids}, {vs}, {ats}, {blobs}, %(ch)s, "
                  "%(schema)s, %(owner)s, {ops}, {last}, %(feed)s, %(keep)s)")
-_APPENDS = _APPENDS_CALL.format(ids="%(ids)s", tokens="%(tokens)s", aids="%(aids)s", vs="%(vs)s", ats="%(ats)s",
-                                blobs="%(blobs)s", ops="%(ops)s", last="%(last)s")
+_APPENDS = _APPENDS_CALL.format(ids="%(ids)b::text[]", tokens="%(tokens)b::bigint[]", aids="%(aids)b::text[]",
+                                vs="%(vs)b::bigint[]", ats="%(ats)b::float8[]", blobs="%(blobs)b::bytea[]",
+                                ops="%(ops)b::text[]", last="%(last)b::bigint[]")
 # The commonest batch, one append, as a function of its own with scalar parameters and one plain
 # statement per step (the same steps, checks and order as `_APPENDS_FN`): the fence's upsert of the one
 # lease row, the version-checked UPDATE of contexts and the journal INSERT, the notice, the feed_head
@@ -313,6 +314,12 @@ _APPEND_ONE = ("SELECT pg_temp.hoard_append(%(id)s, %(token)s, %(strict)s, %(v)s
 APPEND_ONE_STATEMENT = "hoard_append"
 APPEND_ONE_TYPES = (25, 20, 16, 20, 701, 17, 25, 25, 25, 16, 20)  # the types' oids
 _APPEND_ONE_CALL = "SELECT pg_temp.hoard_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+# The batch call (`_APPENDS`) the same way: prepared by the session at its first batch of appends, its
+# parameters (arrays included) in binary form (see `PostgresStore._appends_direct`), of these types:
+# text[], bigint[], boolean, text[], bigint[], float8[], bytea[], text x 3, text[], bigint[], boolean, bigint.
+APPENDS_STATEMENT = "hoard_appends"
+APPENDS_TYPES = (1009, 1016, 16, 1009, 1016, 1022, 1001, 25, 25, 25, 1009, 1016, 16, 20)  # the types' oids
+_APPENDS_POSITIONAL = "SELECT pg_temp.hoard_appends(" + ", ".join(f"${i}" for i in range(1, 15)) + ")"
 
 
 # every statement by name
@@ -320,7 +327,7 @@ SQL: dict[str, str] = {
     "fence": _FENCE, "append": _APPEND, "create": _CREATE, "snapshot_trim": _SNAPSHOT_TRIM,
     "rp_insert": _RP_INSERT, "rp_trim": _RP_TRIM, "delete": _DELETE, "notify": _NOTIFY,
     "appends_fn": _APPENDS_FN, "appends": _APPENDS, "append_one_fn": _APPEND_ONE_FN, "append_one": _APPEND_ONE,
-    "append_one_call": _APPEND_ONE_CALL, "load": _LOAD, "appended": _APPENDED,
+    "append_one_call": _APPEND_ONE_CALL, "appends_call": _APPENDS_POSITIONAL, "load": _LOAD, "appended": _APPENDED,
     "summary": _SUMMARY + " WHERE c.id = %(id)s",
     "summaries": _SUMMARY + " WHERE c.id >= %(p)s AND starts_with(c.id, %(p)s) ORDER BY c.id",
     "totals": _TOTALS, "acquire": _ACQUIRE, "renew": _RENEW, "renew_all": _RENEW_ALL, "release": _RELEASE,

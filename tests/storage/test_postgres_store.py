@@ -222,6 +222,58 @@ def test_a_batch_of_appends_is_one_round_trip_to_the_server(make_pg_store: MakeS
     assert [(e.context_id, e.version) for e in s.feed()][-1:] == [("b", 3)]
 
 
+def test_a_batch_of_appends_sent_in_binary_keeps_every_value_and_check(make_pg_store: MakeStore, pg_dsn: str,
+                                                                      pg_schema: str) -> None:
+    """A batch of appends goes to the server through libpq with its arrays packed by the store: every
+    value arrives as sent (non-ASCII ids, exact float times, blobs, versions and notices), a token
+    held for some contexts and none for others is checked per context, a fenced or out-of-order
+    append refuses the whole batch, and the prepared call survives psycopg's DEALLOCATE ALL."""
+    a, b = make_pg_store(owner_id="node-a"), make_pg_store(owner_id="node-b")
+    ids = ["é-1", "plain", "z\u4e2d"]
+    a.commit([CreateContext(new_state(cid)) for cid in ids])
+    token = a.acquire_lease("plain", 60)
+    at = 1_700_000_000.123456789
+    with b.listen() as listener:
+        listener.open()
+        a.commit([Append("é-1", Change(2, at, freeze_mapping({"x": 1}))), Append("plain", change(2, y="ü")),
+                  Append("z\u4e2d", change(2)), Append("é-1", Change(3, at + 0.5, freeze_mapping({"x": 2})))])
+        got = collect(listener, 3)
+    assert sorted((n.context_id, n.version, n.ops) for n in got) == [
+        ("plain", 2, ("append",)), ("z\u4e2d", 2, ("append",)), ("é-1", 3, ("append",))]
+    assert [(e.version, e.at) for e in a.journal("é-1")] == [(2, at), (3, at + 0.5)]
+    assert sql(pg_dsn, "SELECT updated_at FROM contexts WHERE id = 'é-1'", schema=pg_schema) == [(at + 0.5,)]
+    assert a.load("é-1").get("x") == 2  # type: ignore[union-attr]
+    assert a.load("plain").get("y") == "ü"  # type: ignore[union-attr]
+    assert [(e.context_id, e.version) for e in a.feed()][-4:] == [("é-1", 2), ("plain", 2), ("z\u4e2d", 2), ("é-1", 3)]
+    assert sql(pg_dsn, "SELECT token FROM leases WHERE context_id = 'plain'", schema=pg_schema) == [(token,)]
+    # another owner takes "plain": a's batch touching it is refused as a whole
+    sql(pg_dsn, "UPDATE leases SET owner = 'node-b', token = token + 1, expires_at = now() + interval '1 h' "
+                "WHERE context_id = 'plain'", schema=pg_schema)
+    with pytest.raises(FencedOffError) as caught:
+        a.commit([Append("é-1", change(4)), Append("plain", change(3))])
+    assert (caught.value.context_id, caught.value.token) == ("plain", token)
+    with pytest.raises(PersistenceError, match="journal entry 4 for 'z\u4e2d' does not follow stored version 2"):
+        a.commit([Append("é-1", change(4)), Append("z\u4e2d", change(4))])
+    assert a.load("é-1").version == 3  # type: ignore[union-attr]
+    # psycopg prepares its own statements after five runs, and drops every prepared statement of the
+    # session (DEALLOCATE ALL) at a later rollback: the store prepares its call again
+    st = a.load("z\u4e2d")
+    for _ in range(6):
+        assert st is not None
+        a.commit([PutSnapshot(st)])
+    def prepared() -> list[str]:
+        conn = a._connection()  # noqa: SLF001 - the store's own session
+        return sorted(r[0] for r in conn.execute("SELECT name FROM pg_prepared_statements") if "hoard" in r[0])
+    assert prepared() == ["hoard_appends"]
+    with pytest.raises(PersistenceError, match="already exists"):
+        a.commit([CreateContext(new_state("é-1"))])
+    assert prepared() == []
+    a.commit([Append("é-1", change(4)), Append("z\u4e2d", change(3))])
+    assert prepared() == ["hoard_appends"]
+    assert (a.load("é-1").version, a.load("z\u4e2d").version) == (4, 3)  # type: ignore[union-attr]
+    assert a.verify() == []
+
+
 def test_damaged_blobs_are_detected_not_loaded(make_pg_store: MakeStore, pg_dsn: str, pg_schema: str) -> None:
     s = make_pg_store()
     st = new_state("c", freeze_mapping({"a": 1}))
