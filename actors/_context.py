@@ -73,6 +73,7 @@ from ._draft import Draft
 from ._events import NO_EVENTS, ChangesLost, Emitter, MetadataChanged, Restored, StateChanged
 from ._future import DEFERRED, Reply
 from ._messages import (
+    MAX_REQUEST_ID,
     ArmFlush,
     BindSchema,
     Commit,
@@ -326,7 +327,7 @@ class ContextActor(pykka.ThreadingActor):
             with contextlib.suppress(pykka.ActorDeadError):
                 self.supervisor.tell(DeadLetterSeen(self.cell.id, type(message).__name__, repr(exc), undeliverable))
 
-    def _receive(self, message: Any) -> Any:
+    def _receive(self, message: Any) -> Any:  # noqa: PLR0912 - the call path, read top to bottom (checks inline)
         cls = type(message)
         handler = self._handlers.get(cls)
         if handler is None:
@@ -334,12 +335,20 @@ class ContextActor(pykka.ThreadingActor):
                                       "of the messages of hoard.actors")
         if cls in _PUBLIC:
             # InvalidMessageError: built around its checks (evolve, setattr). The plain set (str key, no
-            # request id, no by) is checked inline: what its validators would check, at no call each
-            if not (cls is Set and type(message.key) is str and message.request_id is None and message.by is None
-                    and (message.expected_version is None or type(message.expected_version) is int)):
+            # by; no request id, or one a forwarded set carries) is checked inline: what its validators
+            # would check (`_is_request_id`), at no call each
+            if cls is Set:
+                rid = message.request_id
+                if not (type(message.key) is str and message.by is None
+                        and (message.expected_version is None or type(message.expected_version) is int)
+                        and (rid is None or (type(rid) is str and 0 < len(rid) <= MAX_REQUEST_ID
+                                             and rid.isprintable()))):
+                    _validate(message)
+            else:
                 _validate(message)
-            if cls in _WRITES and message.request_id is not None:
-                done = self.working.requests.get(message.request_id)
+                rid = message.request_id if cls in _WRITES else None
+            if rid is not None:
+                done = self.working.requests.get(rid)
                 if done is not None:
                     self._calls.inc("duplicate")
                     return self._duplicate(message, done[0])
@@ -435,11 +444,24 @@ class ContextActor(pykka.ThreadingActor):
         now = self.settings.clock()
         sets: Any = change_args.get("data_set")
         change: Change | None = None
-        if request_id is None and not replace and len(change_args) == 1 and sets is not None and len(sets) == 1:
-            # one key set (tracker.set): the state `apply_change` would build, made directly; the journal
-            # entry is built below only if something takes it (a commit, an event)
+        forget: tuple[str, ...] = ()
+        if not replace and len(change_args) == 1 and sets is not None and len(sets) == 1:
+            # one key set (tracker.set, a forwarded one with its request id): the state `apply_change`
+            # would build, made directly; the journal entry is built below only if something takes it
+            # (a commit, an event). Pinned against apply_change by tests/actors/test_one_key_set.py
             (k, v), = sets.items()
-            new = ContextState(w.id, w.version + 1, w.data.set(k, v), w.metadata, w.created_at, now, w.requests)
+            requests = w.requests
+            if request_id is not None:
+                forget = self._forget(now)
+                if forget:
+                    mm = requests.mutate()
+                    for rid in forget:
+                        mm.pop(rid, None)
+                    mm[request_id] = (w.version + 1, now)
+                    requests = mm.finish()
+                else:
+                    requests = requests.set(request_id, (w.version + 1, now))
+            new = ContextState(w.id, w.version + 1, w.data.set(k, v), w.metadata, w.created_at, now, requests)
         else:
             if request_id is not None:
                 change_args["request_id"] = request_id
@@ -470,7 +492,7 @@ class ContextActor(pykka.ThreadingActor):
             if not (emit or self._immediate or self._degraded or self._deferred):
                 self.cell.state = new  # durability none, nobody subscribed: no journal entry is taken
                 return result
-            change = Change(new.version, now, sets, by=by)
+            change = Change(new.version, now, sets, request_id=request_id, forget=forget, by=by)
         event = _state_event(w, change, new, rp_id) if emit else None
         if self._immediate or self._degraded:
             # the persistence actor publishes after the commit, emits, and answers the caller

@@ -78,9 +78,11 @@ def _smuggled() -> list[Any]:
         if field is not None:
             object.__setattr__(msg, field, bad)
             out.append(msg)
-    rp_msg = Set("k", 1)
-    object.__setattr__(rp_msg, "request_id", 12)
-    out.append(rp_msg)
+    # a set's request id is checked inline on the actor's call path (a forwarded set carries one)
+    for bad_id in (12, "", "x" * 129, "a\nb"):
+        rp_msg = Set("k", 1)
+        object.__setattr__(rp_msg, "request_id", bad_id)
+        out.append(rp_msg)
     return out
 
 
