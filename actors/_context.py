@@ -448,7 +448,7 @@ class ContextActor(pykka.ThreadingActor):
         if not replace and len(change_args) == 1 and sets is not None and len(sets) == 1:
             # one key set (tracker.set, a forwarded one with its request id): the state `apply_change`
             # would build, made directly; the journal entry is built below only if something takes it
-            # (a commit, an event). Pinned against apply_change by tests/actors/test_one_key_set.py
+            # (a commit, an event). Pinned against apply_change by tests/actors/test_call_path.py
             (k, v), = sets.items()
             requests = w.requests
             if request_id is not None:
