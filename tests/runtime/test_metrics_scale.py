@@ -81,7 +81,10 @@ def test_counters_never_go_backwards_while_contexts_come_and_go(store_path: Path
 
         def read() -> None:
             try:
-                while not stop.is_set():
+                # a monitor polling every millisecond: a loop without a pause holds the GIL so that
+                # each of the writes' thread hand-offs waits out the 5 ms switch interval (38 ms a
+                # write instead of 3: the test took 12-24 s for the same interleavings)
+                while not stop.wait(0.001):
                     m = s.metrics()
                     readings.append((m.calls.get("set", 0), m.evictions))
             except BaseException as exc:  # noqa: BLE001 - re-raised by the assertion below
