@@ -716,10 +716,12 @@ def _hammer_child(*, dsn: str, schema: str, ids: list[str], duration: float, min
     """Repeatedly: take the lease of a random context, mark it occupied (a separate table: the check
     does not trust the lease code), append a few changes, unmark, release. Logs each acknowledged
     change and any occupancy violation as JSON lines."""
-    start.wait(60)
     store = PostgresStore(dsn, schema=schema, lease_ttl=5.0)
     store.open()
     occupancy = psycopg.connect(dsn, autocommit=True, options=f"-c search_path={schema}")
+    # every child starts hammering at once, connected: a child still importing on a loaded machine let
+    # the others finish their turns before it began, and nobody was ever refused
+    start.wait(60)
     me, rng = store.owner_id, random.Random(os.getpid())  # noqa: S311 - picks contexts, not secrets
     # for `duration`, and then on until it held each context `min_turns` times (within `limit` s): on a
     # loaded machine a fixed duration alone left a context with too few changes of hands
@@ -770,7 +772,7 @@ def test_processes_hammering_overlapping_contexts_own_each_alone_and_lose_nothin
     store = make_pg_store()
     sql(store.dsn, "CREATE TABLE occupancy (id text PRIMARY KEY, holder text)", schema=store.schema)
     sql(store.dsn, "INSERT INTO occupancy SELECT unnest(%s::text[])", (ids,), schema=store.schema)
-    start = SPAWN.Event()
+    start = SPAWN.Barrier(processes)
     logs = [tmp_path / f"child{i}.jsonl" for i in range(processes)]
     for path in logs:
         p = SPAWN.Process(target=_hammer_child, kwargs={"dsn": store.dsn, "schema": store.schema, "ids": ids,
@@ -778,7 +780,6 @@ def test_processes_hammering_overlapping_contexts_own_each_alone_and_lose_nothin
                                                          "start": start})
         children.append(p)
         p.start()
-    start.set()
     for p in children:
         p.join(90)
         assert p.exitcode == 0, f"child {p.pid} failed (exit code {p.exitcode}); see its stderr"
