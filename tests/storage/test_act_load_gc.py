@@ -1,6 +1,7 @@
 """A load pauses the cyclic collector, and a large one hands what it built to the oldest generation
 (`hoard.storage._recovery._long_lived`): what the application set (a disabled collector, objects it
-froze) is left as it was, and a failed load restores the collector too."""
+froze) is left as it was, and a failed load restores the collector too. The values it decodes are
+frozen all the way down and held to the depth a stored value may have (`_codec._owned_dict`)."""
 
 from __future__ import annotations
 
@@ -86,5 +87,31 @@ def test_a_failed_load_restores_the_collector(tmp_path: Path) -> None:
         with pytest.raises(CorruptStateError):
             store.load("c")
         assert gc.isenabled()
+    finally:
+        store.close()
+
+
+def _nested(levels: int) -> object:
+    value: object = 1
+    for i in range(levels):
+        value = [value] if i % 2 else {"x": value}
+    return value
+
+
+@pytest.mark.parametrize("levels", [64, 65])
+def test_a_loaded_value_may_be_nested_as_deep_as_a_stored_one_and_no_deeper(tmp_path: Path, levels: int) -> None:
+    store = SQLiteStore(str(tmp_path / "deep.db"))
+    store.open()
+    try:
+        # written past freeze_mapping (which refuses 65 levels): what a hostile or foreign writer could store
+        store.commit([CreateContext(new_state("c", {"v": _nested(levels), "w": [[1], {"y": [2]}]}))])
+        if levels > 64:
+            with pytest.raises(CorruptStateError, match="snapshot v1"):
+                store.load("c")
+            return
+        state = store.load("c")
+        assert state is not None and state.data["v"] == _nested(levels)
+        with pytest.raises(TypeError):
+            state.data["w"][1]["y"].append(3)  # frozen all the way down
     finally:
         store.close()
