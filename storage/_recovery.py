@@ -614,17 +614,18 @@ _BULK_GENERATIONS = 10
 
 
 def _long_lived(load: Callable[[], T]) -> T:
-    """`load()` with the cyclic collector paused, its objects then moved to the oldest generation.
+    """`load()` (decoding rows already read: no I/O, so the pause is CPU time only, never a network
+    wait) with the cyclic collector paused, its objects then moved to the oldest generation.
 
     Everything a load builds lives as long as the context stays active, and none of it forms a cycle
     (frozen JSON values, the map's trie nodes): a young collection during or after the load walks it
     all and frees nothing. The bench's 10k-key activation makes ~13,600 such objects; with the
     collector running they cost 21 young and one middle collection inside the load (2.3-2.5 ms of
     16-17 ms); with it only paused, one young collection of all of them follows the load (the rest of
-    the activation grew by 1.6-2.0 ms). So the collector is off for the load (an interpreter-wide
-    switch, restored in the `finally`), and a load that made `_BULK_GENERATIONS` young thresholds'
-    worth of objects then moves every tracked object to the oldest generation: ``gc.freeze()`` +
-    ``gc.unfreeze()`` is two list splices, and resets the young count. Objects other threads had in
+    the activation grew by 1.6-2.0 ms). So the collector is off while the load decodes (an
+    interpreter-wide switch, restored in the `finally`), and a load that made `_BULK_GENERATIONS`
+    young thresholds' worth of objects then moves every tracked object to the oldest generation:
+    ``gc.freeze()`` + ``gc.unfreeze()`` is two list splices, and resets the young count. Objects other threads had in
     the young generations then wait for the next full collection (which still comes: later
     allocations trigger collections as before). A small load promotes nothing: frequent small
     activations leave the young collections to run as usual. Nothing is done when the collector is
@@ -728,8 +729,7 @@ class RowStore:
         self.last_recovery_report = None
         self.last_loaded = None
         try:
-            return _long_lived(lambda: self._read("load", context_id, lambda rows: self._load_strict(rows, context_id),
-                                                  transaction=False))
+            return self._read("load", context_id, lambda rows: self._load_strict(rows, context_id), transaction=False)
         except CorruptStateError as exc:
             if exc.what == "store":
                 raise
@@ -744,7 +744,8 @@ class RowStore:
         if newest is None:
             return None
         version, snapshot, journal = newest
-        state = replay_strict(self.codec, context_id, version, snapshot, journal)
+        # the rows are read: the collector is paused for the decoding only (never over a network wait)
+        state = _long_lived(lambda: replay_strict(self.codec, context_id, version, snapshot, journal))
         if snapshot is not None:  # (replay_strict refuses none)
             self.last_loaded = (context_id, snapshot[0])
         return state
