@@ -625,9 +625,9 @@ def _long_lived(load: Callable[[], T]) -> T:
     the activation grew by 1.6-2.0 ms). So the collector is off while the load decodes (an
     interpreter-wide switch, restored in the `finally`), and a load that made `_BULK_GENERATIONS`
     young thresholds' worth of objects then moves every tracked object to the oldest generation:
-    ``gc.freeze()`` + ``gc.unfreeze()`` is two list splices, and resets the young count. Objects other threads had in
-    the young generations then wait for the next full collection (which still comes: later
-    allocations trigger collections as before). A small load promotes nothing: frequent small
+    ``gc.freeze()`` + ``gc.unfreeze()`` is two list splices, and resets the young count. Objects
+    other threads had in the young generations then wait for the next full collection (which still
+    comes: later allocations trigger collections as before). A small load promotes nothing: frequent small
     activations leave the young collections to run as usual. Nothing is done when the collector is
     already off (the application's choice, or another thread's load, which restores it); nothing is
     promoted when the application froze objects itself (``gc.freeze()`` before forking: ``unfreeze``
@@ -723,7 +723,10 @@ class RowStore:
         Fallback: rebuilds what it can and repairs the store (see the module docstring);
         `last_recovery_report` tells what was skipped (None if nothing was). The strict read sees one
         consistent snapshot of the store, also while another process writes. Runs in the caller's
-        thread and blocks for the reads (and, in fallback, the repair transaction).
+        thread and blocks for the reads (and, in fallback, the repair transaction). While a strict
+        load decodes what it read, the interpreter's cyclic collector is paused (for every thread;
+        CPU time only, no I/O), and a large load's objects go to its oldest generation: see
+        `_long_lived`.
         """
         validate_id(context_id)
         self.last_recovery_report = None
