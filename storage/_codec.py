@@ -103,31 +103,35 @@ def freeze_decoded(value: Any, depth: int = 0) -> Any:
 
 # Activation freezes every container of a snapshot (a third of its time went here): each container
 # gets its nested containers replaced in place, then one C-level copy into its frozen type. Explicit
-# loops, no comprehension: a comprehension is a function call per container.
-def _freeze_decoded_dict(value: dict[str, Any], depth: int) -> FrozenDict:
+# loops, no comprehension: a comprehension is a function call per container. The builtins the loops
+# test every element with come in as default arguments (never passed): a local read instead of a
+# global lookup, three per element (callgrind, the bench's activation snapshot: 41.8M -> 39.3M).
+def _freeze_decoded_dict(value: dict[str, Any], depth: int, _type: Any = type, _dict: Any = dict,
+                         _list: Any = list) -> FrozenDict:
     if depth >= MAX_DEPTH:
         raise CorruptStateError(f"a stored value is nested deeper than {MAX_DEPTH} levels")
     d = depth + 1
     for k, v in value.items():
-        t = type(v)
-        if t is dict:
+        t = _type(v)
+        if t is _dict:
             value[k] = _freeze_decoded_dict(v, d)  # an existing key: the dict keeps its size and order
-        elif t is list:
+        elif t is _list:
             value[k] = _freeze_decoded_list(v, d)
     return FrozenDict(value)
 
 
-def _freeze_decoded_list(value: list[Any], depth: int) -> FrozenList:
+def _freeze_decoded_list(value: list[Any], depth: int, _type: Any = type, _dict: Any = dict,
+                         _list: Any = list) -> FrozenList:
     if depth >= MAX_DEPTH:
         raise CorruptStateError(f"a stored value is nested deeper than {MAX_DEPTH} levels")
     d = depth + 1
     i = -1
     for v in value:  # a counter, not enumerate: no (index, value) pair per element
         i += 1
-        t = type(v)
-        if t is dict:
+        t = _type(v)
+        if t is _dict:
             value[i] = _freeze_decoded_dict(v, d)
-        elif t is list:
+        elif t is _list:
             value[i] = _freeze_decoded_list(v, d)
     return FrozenList(value)
 
@@ -296,9 +300,10 @@ def _plain_ok(value: dict[str, Any]) -> bool:
     return True
 
 
-def _owned_dict(value: Any) -> Mapping[str, Any]:
+def _owned_dict(value: Any, _type: Any = type, _dict: Any = dict, _list: Any = list) -> Mapping[str, Any]:
     """`_decoded_dict` for a dict this module just decoded (nobody else holds it): its containers are
-    frozen in place instead of copying it (the feed, history and `state_at` decode one per change)."""
+    frozen in place instead of copying it (the feed, history and `state_at` decode one per change).
+    (The defaults are never passed: see `_freeze_decoded_dict`.)"""
     if type(value) is not dict:
         raise CorruptStateError(f"expected a JSON object, found {type(value).__name__}")
     if "" in value:
@@ -307,23 +312,23 @@ def _owned_dict(value: Any) -> Mapping[str, Any]:
     # call for a value whose elements hold no container (most of them), which a snapshot of 10k such
     # values pays 10k times (callgrind, the bench's activation snapshot: 44.4M -> 41.5M)
     for k, v in value.items():
-        t = type(v)
-        if t is dict:
+        t = _type(v)
+        if t is _dict:
             for kk, vv in v.items():
-                t = type(vv)
-                if t is dict:
+                t = _type(vv)
+                if t is _dict:
                     v[kk] = _freeze_decoded_dict(vv, 1)  # an existing key: the dict keeps its size and order
-                elif t is list:
+                elif t is _list:
                     v[kk] = _freeze_decoded_list(vv, 1)
             value[k] = FrozenDict(v)
-        elif t is list:
+        elif t is _list:
             i = -1
             for vv in v:
                 i += 1
-                t = type(vv)
-                if t is dict:
+                t = _type(vv)
+                if t is _dict:
                     v[i] = _freeze_decoded_dict(vv, 1)
-                elif t is list:
+                elif t is _list:
                     v[i] = _freeze_decoded_list(vv, 1)
             value[k] = FrozenList(v)
     return value
