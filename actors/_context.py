@@ -109,10 +109,9 @@ _ARM = ArmFlush()
 
 class _Letter:
     """A told message as pykka's actor loop reads it from a mailbox (``message``, ``reply_to``; what
-    pykka's `Envelope` holds): made once, for the `Flush` a context actor's mailbox puts in the
-    persistence actor's (`ContextInbox.due`) without pykka's tell (its liveness check, a new
-    envelope: three Python calls; the lane's ``closed`` answers for liveness). The loop reading only
-    these two fields is pinned by tests/actors/test_hot_path.py."""
+    pykka's `Envelope` holds): made once, for the `Flush` a context actor puts in the persistence
+    actor's mailbox without pykka's tell (`PersistenceInbox.commit_now`). The loop reading only these
+    two fields is pinned by tests/actors/test_hot_path.py."""
 
     __slots__ = ("message", "reply_to")
 
@@ -177,22 +176,7 @@ class Inbox(queue.SimpleQueue):  # type: ignore[type-arg]
 
 
 class ContextInbox(Inbox):
-    """A context actor's mailbox (an `Inbox`): the supervisor reads the depths of these for metrics.
-
-    `due`: the commit lane whose `Flush` this actor owes (its post took the lane's wake-up token). It
-    is put there here, as the actor comes back for its next message: the persistence thread is woken
-    when its waker is about to wait itself, so it does not find the GIL held by the rest of the
-    handler and pykka's loop (then it sleeps on the GIL and is woken a second time)."""
-
-    due: PersistenceInbox | None = None
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        lane = self.due
-        if lane is not None:
-            self.due = None
-            lane.put(_FLUSH_LETTER)
-        self.current = envelope = _take(self, block, timeout)
-        return envelope
+    """A context actor's mailbox (an `Inbox`): the supervisor reads the depths of these for metrics."""
 
 
 class PersistenceInbox(Inbox):
@@ -204,13 +188,13 @@ class PersistenceInbox(Inbox):
     handler table), and no commit is missed: one posted after a `take` finds the token or one a
     later `take` gives back.
 
-    The wake-up: an ``immediate`` context actor that took the token owes a `Flush` (commit now),
-    which its mailbox puts in this one as the actor comes back for its next message
-    (`ContextInbox.due`); a ``deferred`` one tells `ArmFlush` (the persistence actor arms its
-    flush timer: one wake-up per ``flush_interval``, not per change). A deferred commit that carries
-    a reply (commits failing: its caller waits for it) tells `Flush` whether or not it took the
-    token, so it never waits for the timer. A deferred context's `Rebase` goes by the lane too, so
-    that it stays ahead of the context's next commits whichever `take` finds them.
+    The wake-up: an ``immediate`` context actor that took the token sends `Flush` (commit now; with
+    `commit_now`, which puts it in this mailbox itself); a ``deferred`` one tells `ArmFlush` (the
+    persistence actor arms its flush timer: one wake-up per ``flush_interval``, not per change). A
+    deferred commit that carries a reply (commits failing: its caller waits for it) tells `Flush`
+    whether or not it took the token, so it never waits for the timer. A deferred context's `Rebase`
+    goes by the lane too, so that it stays ahead of the context's next commits whichever `take` finds
+    them.
 
     Ordering: a context actor posts its commits and tells its other messages in its own order, and
     every handler of the persistence actor that needs the commits before it (`Flush`, and each
@@ -222,10 +206,6 @@ class PersistenceInbox(Inbox):
         self.commits: collections.deque[Any] = collections.deque()
         self.wake = [True]  # the token: present while no Flush is on its way
         self.closed = False  # the actor stopped: a commit posted now is never taken
-        # the committed `Commit`s of the last `Flush` whose callers are still to be answered: by `get`,
-        # as the persistence thread comes back for its next message (the woken callers then do not
-        # find the GIL held by the rest of the handler and pykka's loop), or by the actor's `on_stop`
-        self.answers: list[Any] = []
 
     def post(self, commit: Any) -> bool | None:
         """Queue `commit` (a context actor). True: send the actor `Flush`; False: a Flush is on its
@@ -242,21 +222,24 @@ class PersistenceInbox(Inbox):
             return False
         return True
 
+    def commit_now(self, commit: Any) -> bool:
+        """`post` for an ``immediate`` commit, with the `Flush` when this post took the wake-up token,
+        put in this mailbox directly: what ``persistence.tell(Flush())`` does, without pykka's
+        liveness check, its new envelope and three Python calls on every durable write (liveness is
+        the lane's ``closed``: a letter put just after the actor stopped is never read, and the
+        commit it was for is failed by the actor's `on_stop`, see `post`). False: the actor has
+        stopped (nothing will take the commit; a tell would raise `ActorDeadError`)."""
+        posted = self.post(commit)
+        if posted:
+            self.put(_FLUSH_LETTER)
+        return posted is not None
+
     def take(self) -> list[Any]:
         """Every commit posted so far, oldest first (the persistence actor only)."""
         if not self.wake:
             self.wake.append(True)  # first: a commit posted after the loop below sends a Flush
         commits = self.commits
         return [commits.popleft() for _ in range(len(commits))]
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        answers = self.answers
-        if answers:
-            self.answers = []
-            for m in answers:  # the callers of a flush, answered as the actor is about to wait (see __init__)
-                m.reply.resolve(m.result)
-        self.current = envelope = _take(self, block, timeout)
-        return envelope
 
     def qsize(self) -> int:
         return queue.SimpleQueue.qsize(self) + len(self.commits)
@@ -299,7 +282,8 @@ class ContextActor(pykka.ThreadingActor):
         # PersistenceInbox); None: told one by one (a persistence actor without the lane)
         lane = getattr(persistence, "actor_inbox", None)
         self._post = lane.post if (self._immediate or self._deferred) and isinstance(lane, PersistenceInbox) else None
-        self._lane: PersistenceInbox | None = lane if self._post is not None else None
+        self._commit_now: Callable[[Any], bool] | None = (
+            lane.commit_now if self._immediate and isinstance(lane, PersistenceInbox) else None)
         self._gate = events.gate  # `events.active` without the property call (read on every write)
         self._clock = settings.clock
         self._current_reply: Reply | None = None  # the reply of the message being handled (see on_receive)
@@ -353,10 +337,6 @@ class ContextActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         """Passivated, deleted, crashed or shut down: the trackers holding the cell let go of it (so a
         tracker of a passivated context keeps none of its state; its next call re-activates)."""
-        lane = self._inbox.due
-        if lane is not None:  # the Flush owed for a commit posted by the last message (see ContextInbox)
-            self._inbox.due = None
-            lane.put(_FLUSH_LETTER)
         self.cell.release_holders()
 
     def on_receive(self, message: Any) -> Any:
@@ -565,17 +545,17 @@ class ContextActor(pykka.ThreadingActor):
         if self._immediate or self._degraded:
             # the persistence actor publishes after the commit, emits, and answers the caller
             commit = Commit(self.cell, change, new, self._current_reply, result, True, event, self._t0)
+            commit_now = self._commit_now
+            if commit_now is not None:  # immediate, by the lane
+                if not commit_now(commit):  # posted, with the Flush when it took the token
+                    raise pykka.ActorDeadError("the persistence actor has stopped")  # as a tell to it would
+                return DEFERRED
             if self._post is None:
                 self.persistence.tell(commit)
                 return DEFERRED
-            posted = self._post(commit)
-            if posted is None:
+            if self._post(commit) is None:
                 raise pykka.ActorDeadError("the persistence actor has stopped")  # as a tell to it would
-            if self._immediate:
-                if posted:  # the Flush, put as this actor waits for its next message (see ContextInbox)
-                    self._inbox.due = self._lane
-            else:  # degraded deferred: never waits for the flush timer (see PersistenceInbox)
-                self.persistence.tell(_FLUSH)
+            self.persistence.tell(_FLUSH)  # degraded deferred: never waits for the flush timer (see PersistenceInbox)
             return DEFERRED
         self.cell.state = new
         if event is not None:

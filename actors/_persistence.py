@@ -8,10 +8,7 @@ answered. While a commit runs, new changes pile up and go out together in the ne
 concurrent writers, the more changes share each sync.
 
 Changes come by the commit lane of the actor's mailbox (`PersistenceInbox`): one `Flush` (immediate
-mode) or `ArmFlush` (deferred mode) per group, not a message per change. The callers of a `Flush` are
-answered as the actor comes back to its mailbox for the next message (`PersistenceInbox.get`), after
-every state of the batch is published and counted; those of a request that first commits what is
-pending (a load, a snapshot...) are answered at once, before that request's own work.
+mode) or `ArmFlush` (deferred mode) per group, not a message per change.
 
 In ``deferred`` mode the `Flush` is sent by a timer `flush_interval` after the first queued change
 (`ArmFlush` arms it); a change whose caller waits for its commit (commits failing) is flushed now.
@@ -124,7 +121,6 @@ class PersistenceActor(pykka.ThreadingActor):
         self._pending: list[Commit] = []
         self._lane = cast(PersistenceInbox, self.actor_inbox)  # context actors' commits (see PersistenceInbox)
         self._flush_queued = False
-        self._answer_at_wait = False  # see _flush
         self._timer: threading.Timer | None = None
         self._durable: dict[str, ContextState] = {}  # last committed state of each active context
         # deferred mode, after a failed commit lost acknowledged changes: the state (durable data at a
@@ -192,9 +188,6 @@ class PersistenceActor(pykka.ThreadingActor):
         return PersistenceInbox()
 
     def on_stop(self) -> None:
-        answers, self._lane.answers = self._lane.answers, []
-        for m in answers:  # committed: answered now (see PersistenceInbox.get)
-            m.reply.resolve(m.result)
         self._cancel_timer()
         self.leases.cancel()
         # commits posted to the lane that no Flush will take now: their callers are answered
@@ -279,10 +272,7 @@ class PersistenceActor(pykka.ThreadingActor):
         info = self.store.info(context_id)
         return 0 if info is None else info.version
 
-    def _flush(self, flush: Flush | None = None) -> None:
-        # as the Flush handler, the callers are answered as this thread waits for its next message
-        # (`PersistenceInbox.get`); inside another request, at once (that request may take long)
-        self._answer_at_wait = flush is not None
+    def _flush(self, _flush: Flush | None = None) -> None:
         self._flush_queued = False
         if self._timer is not None:
             self._cancel_timer()
@@ -412,16 +402,11 @@ class PersistenceActor(pykka.ThreadingActor):
         stats["changes"] += len(accepted)
         stats["snapshots"] += len(ops) - len(accepted)  # the rest are PutSnapshot (see _prepare)
         # the answers last, together: each wakes a caller, which then waits for the GIL this thread
-        # holds until the bookkeeping above is done. A Flush's answers wait for this thread to come
-        # back to its mailbox (`PersistenceInbox.get`), the point where it lets go of the GIL
+        # holds until the bookkeeping above is done
         observe = self.call_latency.observe
-        later = self._lane.answers if self._answer_at_wait else None
         for m in accepted:
             if m.reply is not None:
-                if later is not None:
-                    later.append(m)
-                else:
-                    m.reply.resolve(m.result)
+                m.reply.resolve(m.result)
                 if m.started:
                     observe(done - m.started)
             elif m.landed is not None:

@@ -1,11 +1,9 @@
-"""The durable write's hand-offs: who wakes whom, and when.
+"""The durable write's hand-offs without pykka's tell and ask around them.
 
-A context actor that took the commit lane's wake-up token owes the persistence actor a `Flush`; its
-mailbox puts it there as the actor comes back for its next message (`ContextInbox.due`). The
-callers of a flush are answered as the persistence actor comes back for its next message
-(`PersistenceInbox.answers`), or by its `on_stop`. Nothing may be lost on the way: a Flush owed by an
-actor that stops, an answer due when the persistence actor stops. Callers send with `Reply.send`,
-which must behave as pykka's ``ask(block=False)``."""
+An ``immediate`` context actor posts its commit and, when it took the commit lane's wake-up token,
+puts a prebuilt `Flush` letter in the persistence actor's mailbox itself (`PersistenceInbox.commit_now`);
+callers send with `Reply.send`, which must behave as pykka's ``ask(block=False)``. pykka's actor loop
+must take both as it takes its own envelopes (it reads only ``message`` and ``reply_to``)."""
 
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ import pytest
 
 from hoard import ContextAdapterConfig, ContextManagerConfig, open_system
 from hoard.actors import Reply
-from hoard.actors._context import ContextInbox, PersistenceInbox
+from hoard.actors._context import PersistenceInbox
 from hoard.actors._messages import Flush
 
 
@@ -26,32 +24,18 @@ class _Echo(pykka.ThreadingActor):
         return message
 
 
-def test_a_flush_owed_by_a_context_actor_is_put_in_the_lane_before_it_takes_its_next_message() -> None:
+def test_commit_now_sends_one_flush_per_take_and_refuses_once_the_actor_stopped() -> None:
     lane = PersistenceInbox()
-    inbox = ContextInbox()
-    inbox.put("next message")
-    inbox.due = lane
-    assert inbox.get() == "next message"
-    assert inbox.due is None
+    assert lane.commit_now("c1") is True
+    assert lane.commit_now("c2") is True  # no second Flush: the first takes this commit too
     letter = lane.get(timeout=1)
     assert type(letter.message) is Flush and letter.reply_to is None  # what pykka's loop reads
-    inbox.put("another")
-    inbox.get()
-    assert lane.empty()  # owed once, put once
-
-
-def test_the_callers_of_a_flush_are_answered_before_the_persistence_actor_takes_its_next_message() -> None:
-    class Done:
-        def __init__(self, reply: Reply, result: int) -> None:
-            self.reply, self.result = reply, result
-
-    lane = PersistenceInbox()
-    replies = [Reply(), Reply()]
-    lane.answers.extend(Done(r, n) for n, r in enumerate(replies, 7))
-    lane.put("next message")
-    assert lane.get() == "next message"
-    assert [r.get(timeout=1) for r in replies] == [7, 8]
-    assert lane.answers == []
+    assert lane.empty()
+    assert lane.take() == ["c1", "c2"]
+    assert lane.commit_now("c3") is True  # the take gave the token back: a new Flush
+    assert type(lane.get(timeout=1).message) is Flush
+    lane.closed = True
+    assert lane.commit_now("late") is False  # as a tell to a stopped actor: refused at once
 
 
 def test_reply_send_is_an_ask_without_blocking() -> None:
@@ -68,7 +52,7 @@ def test_reply_send_is_an_ask_without_blocking() -> None:
 @pytest.mark.parametrize("writers", [1, 8])
 def test_every_durable_write_is_answered_and_read_back_when_the_system_stops_right_after(
         tmp_path: Path, writers: int) -> None:
-    """Writes answered at the persistence actor's next wait are all answered, none lost at stop."""
+    """Every write is answered, reads back, and is in the store after a stop right after."""
     system = open_system(tmp_path / "s.db", manager_config=ContextManagerConfig(durability="immediate"),
                          adapter_config=ContextAdapterConfig(auto_activate_default=False))
     try:
