@@ -106,6 +106,22 @@ from ._settings import ContextSettings
 _FLUSH = Flush()
 _ARM = ArmFlush()
 
+
+class _Letter:
+    """A told message as pykka's actor loop reads it from a mailbox (``message``, ``reply_to``; what
+    pykka's `Envelope` holds): made once, for the `Flush` a context actor puts in the persistence
+    actor's mailbox without pykka's tell (`PersistenceInbox.commit_now`). The loop reading only these
+    two fields is pinned by tests/actors/test_hot_path.py."""
+
+    __slots__ = ("message", "reply_to")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+        self.reply_to = None
+
+
+_FLUSH_LETTER = _Letter(_FLUSH)
+
 #: deferred mode: the longest a context actor waits for its previous marked change to be committed
 #: before it goes on (a store that stalls longer fails or times out its commit, which rolls back)
 LANDED_WAIT = 2.0
@@ -172,12 +188,13 @@ class PersistenceInbox(Inbox):
     handler table), and no commit is missed: one posted after a `take` finds the token or one a
     later `take` gives back.
 
-    The wake-up: an ``immediate`` context actor that took the token tells `Flush` (commit now); a
-    ``deferred`` one tells `ArmFlush` (the persistence actor arms its flush timer: one wake-up per
-    ``flush_interval``, not per change). A deferred commit that carries a reply (commits failing:
-    its caller waits for it) tells `Flush` whether or not it took the token, so it never waits for
-    the timer. A deferred context's `Rebase` goes by the lane too, so that it stays ahead of the
-    context's next commits whichever `take` finds them.
+    The wake-up: an ``immediate`` context actor that took the token sends `Flush` (commit now; with
+    `commit_now`, which puts it in this mailbox itself); a ``deferred`` one tells `ArmFlush` (the
+    persistence actor arms its flush timer: one wake-up per ``flush_interval``, not per change). A
+    deferred commit that carries a reply (commits failing: its caller waits for it) tells `Flush`
+    whether or not it took the token, so it never waits for the timer. A deferred context's `Rebase`
+    goes by the lane too, so that it stays ahead of the context's next commits whichever `take` finds
+    them.
 
     Ordering: a context actor posts its commits and tells its other messages in its own order, and
     every handler of the persistence actor that needs the commits before it (`Flush`, and each
@@ -191,7 +208,7 @@ class PersistenceInbox(Inbox):
         self.closed = False  # the actor stopped: a commit posted now is never taken
 
     def post(self, commit: Any) -> bool | None:
-        """Queue `commit` (a context actor). True: tell the actor `Flush`; False: a Flush is on its
+        """Queue `commit` (a context actor). True: send the actor `Flush`; False: a Flush is on its
         way and takes this commit too; None: the actor has stopped (nothing will take it)."""
         self.commits.append(commit)
         if self.closed:  # checked after the append: a stopping actor sets it before its last take
@@ -204,6 +221,18 @@ class PersistenceInbox(Inbox):
         except IndexError:  # another poster took it meanwhile
             return False
         return True
+
+    def commit_now(self, commit: Any) -> bool:
+        """`post` for an ``immediate`` commit, with the `Flush` when this post took the wake-up token,
+        put in this mailbox directly: what ``persistence.tell(Flush())`` does, without pykka's
+        liveness check, its new envelope and three Python calls on every durable write (liveness is
+        the lane's ``closed``: a letter put just after the actor stopped is never read, and the
+        commit it was for is failed by the actor's `on_stop`, see `post`). False: the actor has
+        stopped (nothing will take the commit; a tell would raise `ActorDeadError`)."""
+        posted = self.post(commit)
+        if posted:
+            self.put(_FLUSH_LETTER)
+        return posted is not None
 
     def take(self) -> list[Any]:
         """Every commit posted so far, oldest first (the persistence actor only)."""
@@ -253,6 +282,11 @@ class ContextActor(pykka.ThreadingActor):
         # PersistenceInbox); None: told one by one (a persistence actor without the lane)
         lane = getattr(persistence, "actor_inbox", None)
         self._post = lane.post if (self._immediate or self._deferred) and isinstance(lane, PersistenceInbox) else None
+        self._commit_now: Callable[[Any], bool] | None = (
+            lane.commit_now if self._immediate and isinstance(lane, PersistenceInbox) else None)
+        self._gate = events.gate  # `events.active` without the property call (read on every write)
+        self._clock = settings.clock
+        self._current_reply: Reply | None = None  # the reply of the message being handled (see on_receive)
         # deferred mode: the highest version answered before its commit, and whether commits are
         # failing (then every write waits for its commit, as in immediate mode, until one succeeds)
         self._acked = cell.state.version
@@ -286,6 +320,7 @@ class ContextActor(pykka.ThreadingActor):
         # read by metrics() from other threads without a message (see hoard.actors._metrics)
         self.meter = cell.meter = Meter()
         self._calls = self.meter.calls
+        self._call_counts = self._calls.counts  # written here only (see hoard.actors._metrics)
         self._latency = self.meter.latency
         self._oldest_request: float | None = None  # `at` of the oldest remembered request id (None: unknown)
         self._t0 = 0.0
@@ -307,10 +342,21 @@ class ContextActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         envelope = self._inbox.current
         reply = envelope.reply_to if envelope is not None else None
-        if isinstance(reply, Reply) and not reply.start():
-            return DEFERRED  # its caller gave up before it started: cancelled, never run (no reply due)
         if reply is not None:
+            if type(reply) is Reply:
+                try:
+                    reply._token.pop()  # noqa: SLF001 - `Reply.start` inline: this runs for every call
+                except IndexError:
+                    return DEFERRED  # its caller gave up before it started: cancelled, never run (no reply due)
+                self._current_reply = reply
+            elif isinstance(reply, Reply):  # a subclass
+                if not reply.start():
+                    return DEFERRED
+                self._current_reply = reply
+            else:  # a pykka future: answered by pykka's loop, never deferred
+                self._current_reply = None
             return self._receive(message)
+        self._current_reply = None
         try:
             return self._receive(message)
         except pykka.ActorDeadError as exc:  # told after the final snapshot: it cannot be applied here
@@ -350,7 +396,8 @@ class ContextActor(pykka.ThreadingActor):
             if rid is not None:
                 done = self.working.requests.get(rid)
                 if done is not None:
-                    self._calls.inc("duplicate")
+                    counts = self._call_counts
+                    counts["duplicate"] = counts.get("duplicate", 0) + 1
                     return self._duplicate(message, done[0])
         if self._passivated and type(message) not in _AFTER_PASSIVATION:
             # a call that reached the mailbox just before passivation: after the final snapshot (and,
@@ -359,7 +406,9 @@ class ContextActor(pykka.ThreadingActor):
             raise pykka.ActorDeadError(f"context {self.cell.id!r} was passivated before this call")
         self._t0 = started = perf_counter()
         if cls is not GetMetrics:  # asking for the numbers is not a call to count
-            self._calls.inc(_KINDS.get(cls) or _kind(cls))
+            kind = _KINDS.get(cls) or _kind(cls)
+            counts = self._call_counts  # Counters.inc inline (every call)
+            counts[kind] = counts.get(kind, 0) + 1
         try:
             result = handler(message)
         except VersionConflictError:
@@ -422,8 +471,7 @@ class ContextActor(pykka.ThreadingActor):
 
     # -- the write path ------------------------------------------------------------------------------
     def _reply(self) -> Reply | None:
-        reply = self._inbox.current.reply_to
-        return reply if isinstance(reply, Reply) else None
+        return self._current_reply
 
     def _check_version(self, expected: int | None) -> None:
         if expected is not None and expected != self.working.version:
@@ -441,7 +489,7 @@ class ContextActor(pykka.ThreadingActor):
         w = self.working
         if self._unknown_schema is not None and not self._binding:
             raise SchemaNameMismatchError(self._unknown_schema, None, context_id=self.cell.id)
-        now = self.settings.clock()
+        now = self._clock()
         sets: Any = change_args.get("data_set")
         change: Change | None = None
         forget: tuple[str, ...] = ()
@@ -487,7 +535,7 @@ class ContextActor(pykka.ThreadingActor):
         elif result is _NONE:
             result = None
         self.working, self._size = new, size
-        emit = self.events.active
+        emit = self._gate.active
         if change is None:
             if not (emit or self._immediate or self._degraded or self._deferred):
                 self.cell.state = new  # durability none, nobody subscribed: no journal entry is taken
@@ -496,15 +544,18 @@ class ContextActor(pykka.ThreadingActor):
         event = _state_event(w, change, new, rp_id) if emit else None
         if self._immediate or self._degraded:
             # the persistence actor publishes after the commit, emits, and answers the caller
-            commit = Commit(self.cell, change, new, self._reply(), result, True, event, self._t0)
+            commit = Commit(self.cell, change, new, self._current_reply, result, True, event, self._t0)
+            commit_now = self._commit_now
+            if commit_now is not None:  # immediate, by the lane
+                if not commit_now(commit):  # posted, with the Flush when it took the token
+                    raise pykka.ActorDeadError("the persistence actor has stopped")  # as a tell to it would
+                return DEFERRED
             if self._post is None:
                 self.persistence.tell(commit)
                 return DEFERRED
-            posted = self._post(commit)
-            if posted is None:
+            if self._post(commit) is None:
                 raise pykka.ActorDeadError("the persistence actor has stopped")  # as a tell to it would
-            if posted or self._degraded:  # a deferred one may not wait for the flush timer (see PersistenceInbox)
-                self.persistence.tell(_FLUSH)
+            self.persistence.tell(_FLUSH)  # degraded deferred: never waits for the flush timer (see PersistenceInbox)
             return DEFERRED
         self.cell.state = new
         if event is not None:
@@ -573,7 +624,9 @@ class ContextActor(pykka.ThreadingActor):
         return sets, total
 
     def _on_set(self, m: Set) -> Any:
-        self._check_version(m.expected_version)
+        expected = m.expected_version
+        if expected is not None and expected != self.working.version:  # _check_version inline
+            raise VersionConflictError(self.cell.id, expected, self.working.version)
         key = validate_key(m.key, self.cell.id)
         value, growth = self._frozen(key, m.value)
         return self._apply({"data_set": {key: value}}, growth, request_id=m.request_id, by=m.by)

@@ -18,13 +18,14 @@ end there, with the same errors, so a future honours the call timeout however it
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
 import sys
 import time
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
@@ -41,6 +42,12 @@ class _Deferred:
 
 
 DEFERRED: Any = _Deferred()
+
+#: an asked message as pykka's actor loop reads it from a mailbox (``message``, ``reply_to``; what
+#: pykka's `Envelope` holds), made by `Reply.send` with ``tuple.__new__``: one C call, where an
+#: `Envelope` is a Python ``__init__`` (tests/actors/test_pykka_hooks.py pins what the loop reads)
+_Letter = collections.namedtuple("_Letter", ("message", "reply_to"))
+_new_letter = tuple.__new__
 
 
 class Reply(pykka.ThreadingFuture[Any]):
@@ -74,6 +81,19 @@ class Reply(pykka.ThreadingFuture[Any]):
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()  # one token once answered
         self._callbacks: list[Callable[[Reply], Any]] = []
         self._token = [True]  # taken once: by the actor starting the call, or by a caller cancelling it
+
+    @classmethod
+    def send(cls, ref: pykka.ActorRef[Any], message: Any) -> Reply:
+        """``ref.ask(message, block=False)`` for an actor whose futures are replies (a context actor):
+        the same envelope, the same `ActorDeadError` (in the reply) for an actor that has stopped,
+        without pykka's frames around it (its ask, ``_create_future``, the envelope's ``__init__``:
+        a tracker's every call). Any thread; never blocks."""
+        reply = cls()
+        if ref.is_alive():
+            cast(Any, ref.actor_inbox).put(_new_letter(_Letter, (message, reply)))  # (typed for pykka's Envelope)
+        else:
+            reply.fail(pykka.ActorDeadError(f"{ref} not found"))
+        return reply
 
     # -- the start token -----------------------------------------------------------------------------
     def start(self) -> bool:
@@ -114,6 +134,19 @@ class Reply(pykka.ThreadingFuture[Any]):
             shown = self.timeout
         else:
             shown = timeout
+        if self._answered is None and self._get_hook is None:
+            # the usual case (a caller waiting for its call): `outcome`'s wait and its plain answer
+            # inline, a call less on every call; anything else goes by `outcome` below
+            try:
+                self._wake.get(True, timeout if timeout is None or timeout > 0 else 0.0)
+            except queue.Empty:
+                pass  # `outcome(0)` raises the timeout below (or finds an answer that came just now)
+            else:
+                self._wake.put(None)  # the token stays for every other waiter
+                result = self._answered
+                if result is not None and result[1] is None and self._get_hook is None:
+                    return result[0]
+            timeout = 0
         try:
             return self.outcome(timeout)
         except pykka.Timeout as exc:
@@ -186,10 +219,17 @@ class Reply(pykka.ThreadingFuture[Any]):
 
     def resolve(self, value: Any) -> None:
         """Answer with `value`; a reply already answered keeps its first answer."""
-        try:  # (not contextlib.suppress: this answers every durable write, and that is three calls more)
-            self._settle((value, None))
-        except queue.Full:
+        # `_settle` inline: this answers every durable write (a call less each, and no raise for a
+        # reply answered already)
+        try:
+            self._answer.pop()
+        except IndexError:
             return
+        self._answered = (value, None)
+        self._wake.put(None)
+        self._finished = True
+        if self._callbacks:
+            self._run_callbacks()
 
     def fail(self, exc: BaseException) -> None:
         """Answer with `exc` raised; a reply already answered keeps its first answer."""

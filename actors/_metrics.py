@@ -184,28 +184,32 @@ class Histogram:
 
 
 class Counters:
-    """Named int counters written by one actor's thread (see the module docstring)."""
+    """Named int counters written by one actor's thread (see the module docstring).
 
-    __slots__ = ("_counts",)
+    `counts` is the live dict, for that one writer to bump inline on a hot path (``counts[k] =
+    counts.get(k, 0) + 1``, what `inc` does, without the call: a context actor counts every call so);
+    readers copy it (`snapshot`)."""
+
+    __slots__ = ("counts",)
 
     def __init__(self, initial: Mapping[str, int] | None = None) -> None:
-        self._counts: dict[str, int] = dict(initial or {})
+        self.counts: dict[str, int] = dict(initial or {})
 
     def inc(self, name: str, n: int = 1) -> None:
         """Add `n` to counter `name` (created at 0). Never blocks."""
-        self._counts[name] = self._counts.get(name, 0) + n
+        self.counts[name] = self.counts.get(name, 0) + n
 
     def add(self, counts: Mapping[str, int]) -> None:
         """Add every counter of `counts` (another actor's snapshot, e.g. one that stopped)."""
         for name, n in counts.items():
-            self._counts[name] = self._counts.get(name, 0) + n
+            self.counts[name] = self.counts.get(name, 0) + n
 
     def __getitem__(self, name: str) -> int:
-        return self._counts.get(name, 0)
+        return self.counts.get(name, 0)
 
     def snapshot(self) -> dict[str, int]:
         """A copy of every counter."""
-        return dict(self._counts)
+        return dict(self.counts)
 
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
@@ -283,7 +287,7 @@ class MetricsBoard:
         meters = census.meters
         hists = [m.latency for m in meters]
         calls: dict[str, int] = dict(retired["calls"])
-        for kind, n in itertools.chain.from_iterable([m.calls._counts.copy().items() for m in meters]):  # noqa: SLF001
+        for kind, n in itertools.chain.from_iterable([m.calls.counts.copy().items() for m in meters]):
             calls[kind] = calls.get(kind, 0) + n
         old: HistogramSnapshot = retired["call_latency"]
         # zip reads the live bucket lists (fixed length; each item read is atomic): no copies

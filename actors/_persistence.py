@@ -137,7 +137,7 @@ class PersistenceActor(pykka.ThreadingActor):
         self._handlers: dict[type, Callable[[Any], Any]] = {
             Commit: self._on_commit,
             Confirm: self._on_confirm,
-            Flush: lambda _m: self._flush(),
+            Flush: self._flush,  # (its message unused: a bound method, not a lambda around it, on every flush)
             ArmFlush: self._on_arm_flush,
             Rebase: self._on_rebase,
             Abandon: self._on_abandon,
@@ -272,9 +272,10 @@ class PersistenceActor(pykka.ThreadingActor):
         info = self.store.info(context_id)
         return 0 if info is None else info.version
 
-    def _flush(self) -> None:
+    def _flush(self, _flush: Flush | None = None) -> None:
         self._flush_queued = False
-        self._cancel_timer()
+        if self._timer is not None:
+            self._cancel_timer()
         posted = self._lane.take()  # the context actors' commits (see PersistenceInbox)
         if posted:
             pending = self._pending

@@ -267,7 +267,7 @@ class ContextTracker(Mapping[str, Any]):
     tracker is therefore not hashable.
     """
 
-    __slots__ = ("__weakref__", "_cell", "_id", "_mode", "_system", "_timeout")
+    __slots__ = ("__weakref__", "_cell", "_id", "_mode", "_set_what", "_system", "_timeout")
 
     def __init__(self, system: SystemCore, cell: ContextCell | None, timeout: float | None = None, *,
                  context_id: str | None = None, mode: int = WAIT) -> None:
@@ -281,6 +281,7 @@ class ContextTracker(Mapping[str, Any]):
         self._id: str = cell.id if cell is not None else str(context_id)
         self._timeout = timeout
         self._mode = mode
+        self._set_what: str | None = None
         if cell is not None:
             self._hold(cell)
 
@@ -342,9 +343,14 @@ class ContextTracker(Mapping[str, Any]):
         """Send `message` and wait for the reply, all within one deadline of `timeout` (default: the
         tracker's, else call_timeout). A call that meets a stopping actor was not applied: it is
         re-activated and sent again. `outer`: the future of an ``*_async`` call this one serves."""
-        t = self._t(timeout)
+        if timeout is None:  # `_t` and `_forwarder` inline: every call comes this way
+            t = self._timeout
+            if t is None:
+                t = self._system.call_timeout
+        else:
+            t = self._t(timeout)
         deadline = time.monotonic() + t
-        fwd = self._forwarder()
+        fwd = None if self._mode == LOCAL else self._system.forwarder
         if fwd is not None:
             return self._call_anywhere(fwd, message, t, deadline, what, outer)
         return self._call_here(message, t, deadline, what, outer)
@@ -383,8 +389,9 @@ class ContextTracker(Mapping[str, Any]):
 
     def _call_here(self, message: Any, t: float, deadline: float, what: str, outer: Reply | None) -> Any:
         """`message` to this process's actor of the context (re-activated if need be)."""
+        system = self._system
         while True:  # each round that meets a stopping actor did not apply it: bounded by the deadline
-            if self._system.stopped:
+            if system._stopped:  # noqa: SLF001 - one package; `stopped` without the property call
                 raise SystemStoppedError()
             cell = self._cell
             if cell.closed:  # re-activate first, within the deadline (an open cell costs no clock read)
@@ -396,7 +403,7 @@ class ContextTracker(Mapping[str, Any]):
                     raise CallNotStartedError(what, t, self._id)
             else:
                 cell.touched = fresh_mark()
-            reply: Reply = cell.actor_ref.ask(message, block=False)
+            reply = Reply.send(cell.actor_ref, message)  # ask(message, block=False), fewer frames
             # the reply's own timeout names this call; a ContextTimeoutError that is the answer
             # (raised inside a transact fn) reaches the caller as it was raised
             reply.what, reply.context_id, reply.timeout, reply.deadline = what, self._id, t, deadline
@@ -660,8 +667,11 @@ class ContextTracker(Mapping[str, Any]):
         `VersionConflictError` if `expected_version` is given and differs, `InvalidValueError` for a
         bad key or value; in both cases nothing changes.
         """
-        return self._call(self._message(Set, key, value, expected_version, request_id, _by(by)), timeout,  # type: ignore[no-any-return]
-                          f"set on {self._id!r}")
+        by = current_by() if by is None else validate_by(by)  # _by inline (every set)
+        what = self._set_what
+        if what is None:  # the name a timeout error gives this call, made once per tracker
+            what = self._set_what = f"set on {self._id!r}"
+        return self._call(self._message(Set, key, value, expected_version, request_id, by), timeout, what)  # type: ignore[no-any-return]
 
     def update(self, values: Mapping[str, Any], *, expected_version: int | None = None,
                request_id: str | None = None, by: str | None = None, timeout: float | None = None) -> int:
