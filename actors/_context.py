@@ -71,7 +71,7 @@ from hoard.storage import (
 from ._cell import ContextCell
 from ._draft import Draft
 from ._events import NO_EVENTS, ChangesLost, Emitter, MetadataChanged, Restored, StateChanged
-from ._future import DEFERRED, Reply
+from ._future import DEFERRED, Letter, Reply
 from ._messages import (
     MAX_REQUEST_ID,
     ArmFlush,
@@ -105,22 +105,7 @@ from ._settings import ContextSettings
 
 _FLUSH = Flush()
 _ARM = ArmFlush()
-
-
-class _Letter:
-    """A told message as pykka's actor loop reads it from a mailbox (``message``, ``reply_to``; what
-    pykka's `Envelope` holds): made once, for the `Flush` a context actor puts in the persistence
-    actor's mailbox without pykka's tell (`PersistenceInbox.commit_now`). The loop reading only these
-    two fields is pinned by tests/actors/test_hot_path.py."""
-
-    __slots__ = ("message", "reply_to")
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-        self.reply_to = None
-
-
-_FLUSH_LETTER = _Letter(_FLUSH)
+_FLUSH_LETTER = Letter(_FLUSH, None)  # told, without pykka's tell (see `PersistenceInbox.commit_now`)
 
 #: deferred mode: the longest a context actor waits for its previous marked change to be committed
 #: before it goes on (a store that stalls longer fails or times out its commit, which rolls back)

@@ -43,10 +43,11 @@ class _Deferred:
 
 DEFERRED: Any = _Deferred()
 
-#: an asked message as pykka's actor loop reads it from a mailbox (``message``, ``reply_to``; what
-#: pykka's `Envelope` holds), made by `Reply.send` with ``tuple.__new__``: one C call, where an
-#: `Envelope` is a Python ``__init__`` (tests/actors/test_pykka_hooks.py pins what the loop reads)
-_Letter = collections.namedtuple("_Letter", ("message", "reply_to"))
+#: a message as pykka's actor loop reads it from a mailbox (``message``, ``reply_to``; what pykka's
+#: `Envelope` holds), put there without pykka's ask or tell: by `Reply.send` (made with
+#: ``tuple.__new__``: one C call, where an `Envelope` is a Python ``__init__``) and as the one `Flush`
+#: letter of `PersistenceInbox.commit_now` (tests/actors/test_hot_path.py pins what the loop reads)
+Letter = collections.namedtuple("Letter", ("message", "reply_to"))
 _new_letter = tuple.__new__
 
 
@@ -90,7 +91,7 @@ class Reply(pykka.ThreadingFuture[Any]):
         a tracker's every call). Any thread; never blocks."""
         reply = cls()
         if ref.is_alive():
-            cast(Any, ref.actor_inbox).put(_new_letter(_Letter, (message, reply)))  # (typed for pykka's Envelope)
+            cast(Any, ref.actor_inbox).put(_new_letter(Letter, (message, reply)))  # (typed for pykka's Envelope)
         else:
             reply.fail(pykka.ActorDeadError(f"{ref} not found"))
         return reply
