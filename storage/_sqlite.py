@@ -539,14 +539,14 @@ class SQLiteStore(RowStore):
         except BaseException as exc:
             # rolled back, or landed although COMMIT raised (a late fsync error): read the head again
             self._feed_head = None
+            error = exc
             if isinstance(exc, (sqlite3.Error, OSError)) and not isinstance(exc, HoardError):
                 error = self._translated(exc, "commit", context_of(ops[0]))
-                if isinstance(error, PersistenceError):
-                    self._checkpoint_due = True
-                raise error from exc
-            if isinstance(exc, PersistenceError):
+            if isinstance(error, PersistenceError):
                 self._checkpoint_due = True
-            raise
+            if error is exc:
+                raise
+            raise error from exc
         if taken:
             self._feed_head = taken[0]
         self._check_identity()  # deleted or replaced meanwhile: the commit went to an orphan, not the store
