@@ -19,3 +19,17 @@ def test_the_design_floor_script_prints_a_ratio_for_each_variant(tmp_path: Path)
     assert [name for name, _ in found] == ["one hop", "two hops", "two hops, bare threads", "hoard"], done.stdout
     assert all(float(ratio) > 0 for _, ratio in found)
     assert list(tmp_path.iterdir()) == []  # its stores are removed
+
+
+def test_the_wakeup_script_prints_a_latency_for_each_idle_time_and_leaves_no_thread(tmp_path: Path) -> None:
+    script = ROOT / "docs" / "measure_wakeups.py"
+    done = subprocess.run([sys.executable, str(script), "20"], cwd=tmp_path, capture_output=True, text=True,  # noqa: S603 - runs our own interpreter/tools with fixed arguments
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr  # (a thread left behind would hang it: it is not a daemon)
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("waker sleeps", "waker busy"))]
+    assert len(rows) in (2, 4), done.stdout  # any CPU, and pinned when there are two or more
+    for row in rows:
+        found = re.findall(r"(\d+) us idle: +(\d+\.\d) / +(\d+\.\d)", row)
+        assert [int(idle) for idle, _, _ in found] == [0, 50, 250, 1000], row
+        assert all(0 < float(median) <= float(p90) for _, median, p90 in found), row
+    assert list(tmp_path.iterdir()) == []
