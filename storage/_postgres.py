@@ -922,7 +922,7 @@ class PostgresStore(LeaseHolder, RowStore):
     def _snapshot_time(self, conn: Any, context_id: str, version: int) -> float:
         key = (context_id, version)
         if key not in self._snapshot_times:
-            rows = [b for v, b in conn.execute(self._sql["snapshot_rows"], {"id": context_id}) if v == version]
+            rows = [b for (b,) in conn.execute(self._sql["snapshot_row"], {"id": context_id, "v": version})]
             try:
                 self._snapshot_times[key] = self.codec.decode_state(bytes(rows[0])).updated_at
             except (CorruptStateError, IndexError):
@@ -1175,6 +1175,10 @@ class _PgRows:
 
     def snapshot_rows(self, context_id: str) -> list[tuple[int, bytes]]:
         return [(v, b) for v, b in self._all("snapshot_rows", id=context_id)]
+
+    def snapshot_row(self, context_id: str, version: int) -> bytes | None:
+        found = self._all("snapshot_row", id=context_id, v=version)
+        return bytes(found[0][0]) if found else None
 
     def snapshot_versions(self, context_id: str) -> list[int]:
         return [r[0] for r in self.conn.execute(self.sql["snapshot_versions"], {"id": context_id})]

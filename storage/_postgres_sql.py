@@ -379,6 +379,7 @@ SQL: dict[str, str] = {
     "head": "SELECT version, next_rp_id FROM {s}.contexts WHERE id = %(id)s",
     "snapshot_rows": "SELECT version, blob FROM {s}.snapshots WHERE context_id = %(id)s ORDER BY version",
     "snapshot_versions": "SELECT version FROM {s}.snapshots WHERE context_id = %(id)s ORDER BY version",
+    "snapshot_row": "SELECT blob FROM {s}.snapshots WHERE context_id = %(id)s AND version = %(v)s",
     "journal_rows": "SELECT version, blob FROM {s}.journal WHERE context_id = %(id)s AND version > %(after)s "
                     "AND version <= %(upto)s ORDER BY version",
     "quarantined": "SELECT count(*) FROM {s}.quarantine",

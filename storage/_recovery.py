@@ -106,6 +106,9 @@ class RowAccess(Protocol):
     def snapshot_rows(self, context_id: str) -> list[BlobRow]:
         """Every snapshot row of a context."""
 
+    def snapshot_row(self, context_id: str, version: int) -> bytes | None:
+        """The blob of its snapshot at `version`, or None if there is none (one row read)."""
+
     def snapshot_versions(self, context_id: str) -> list[int]:
         """The versions of its snapshot rows (no blob)."""
 
@@ -877,12 +880,14 @@ class RowStore:
         if base is None:
             return None
         try:
-            blob = next(b for v, b in rows.snapshot_rows(context_id) if v == base)
+            blob = rows.snapshot_row(context_id, base)  # one row: history="all" keeps every snapshot
+            if blob is None:
+                return None
             state = decode_state_row(self.codec, blob, context_id, f"snapshot v{base} of {context_id!r}", base)
             # a gap or a damaged row raises CorruptStateError: no direct answer (the caller looks further)
             state = apply_fields(state, _strict_fields(self.codec, context_id, version, base,
                                                        rows.journal_rows(context_id, base, version)))
-        except (CorruptStateError, StopIteration):
+        except CorruptStateError:
             return None
         return state if state.version == version else None
 

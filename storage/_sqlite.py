@@ -958,6 +958,11 @@ class _SQLiteRows:
         return self.db.execute("SELECT version, blob FROM snapshots WHERE context_id=? ORDER BY version",
                                (context_id,)).fetchall()
 
+    def snapshot_row(self, context_id: str, version: int) -> bytes | None:
+        row = self.db.execute("SELECT blob FROM snapshots WHERE context_id=? AND version=?",
+                              (context_id, version)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def snapshot_versions(self, context_id: str) -> list[int]:
         return [r[0] for r in self.db.execute("SELECT version FROM snapshots WHERE context_id=? ORDER BY version",
                                               (context_id,))]
