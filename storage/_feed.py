@@ -191,7 +191,8 @@ def feed_entries(codec: Codec, rows: Iterable[tuple[int, str, bytes]]) -> list[F
             append(feed_entry(codec, offset, context_id, blob))
             continue
         version, at, data_set, data_del, meta_set, meta_del, _replace, _rid, _forget, by = fields
-        append(FeedEntry(offset, context_id, version, at, by, tuple(sorted(data_set)) if data_set else (),
+        append(FeedEntry(offset, context_id, version, at, by,
+                         (tuple(data_set) if len(data_set) == 1 else tuple(sorted(data_set))) if data_set else (),
                          tuple(sorted(data_del)) if data_del else (),
                          FrozenDict(data_set) if data_set else _EMPTY, FrozenDict(meta_set) if meta_set else _EMPTY,
                          tuple(meta_del) if meta_del else (), False, version == 1))
