@@ -37,6 +37,10 @@ __all__ = ["AmqpCommandSource", "AmqpPublisher"]
 _PERSISTENT = 2
 
 
+def _never() -> bool:
+    return False
+
+
 def _params(raw_url: str, timeout: float) -> Any:
     """Connection parameters: every wait bounded by `timeout`, one attempt (the bridge retries)."""
     params = pika.URLParameters(raw_url)
@@ -98,7 +102,10 @@ class AmqpPublisher:
         self._tag = 0  # delivery tag of the last message published on this channel
         self._confirmed = 0  # every tag up to this one is acked
         self._early: set[int] = set()  # tags acked one by one past `_confirmed`
-        self._goal: Callable[[], bool] = lambda: True  # what the running I/O loop waits for
+        # what `_run`'s I/O loop waits for; outside `_run` (the pass of `send`, which its own timer
+        # ends) a confirm stops nothing: each `ioloop.stop()` writes a byte to pika's wake-up socket,
+        # a system call per confirm that the relay (whose confirms arrive during the next `send`) paid
+        self._goal: Callable[[], bool] = _never
 
     def connect(self, timeout: float) -> None:
         self.close()
@@ -207,7 +214,7 @@ class AmqpPublisher:
                 self._fail(f"{what}: {type(exc).__name__}: {exc}")
             finally:
                 loop.remove_timeout(timer)
-                self._goal = lambda: True
+                self._goal = _never
             if expired and not goal() and self._problem is None:
                 self._problem = f"{what}: no answer in {timeout:g} s"
         if self._problem is not None:
