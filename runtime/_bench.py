@@ -1120,8 +1120,9 @@ def _bridges(run: _Run) -> list[BenchRow]:
             also = "" if not others else ({
                 "redis": "; the floor pipelines each batch of 256 XADDs; against redis-py's plain loop (one XADD, "
                          "its reply awaited, then the next: median {:,.0f} msgs/s) the relay is {:.2f}x",
-                "amqp": "; the floor is pika publishing the same pre-encoded messages in the relay's batches of "
-                        "256, confirms in flight and all awaited per batch (the relay's own publisher alone); "
+                "amqp": "; the floor is pika itself (SelectConnection, basic_publish) publishing the same "
+                        "pre-encoded messages in the relay's batches of 256, confirms in flight and all awaited "
+                        "per batch; "
                         "against pika's blocking channel (each confirm awaited before the next publish: median "
                         "{:,.0f} msgs/s) the relay is {:.2f}x",
             }[kind].format(statistics.median(others[0]), statistics.median(values) / statistics.median(others[0])))
