@@ -478,7 +478,7 @@ class Codec:
                         if payload is not None and len(payload) == length:
                             return payload
                         return self._unframe(kind, blob, what)  # names what is wrong
-                if flags & _COMPRESSED and not flags & ~(_COMPRESSED | _DICTIONARY):
+                if flags & _COMPRESSED and not flags & ~(_COMPRESSED | _DICTIONARY) and length:
                     label = what or _KIND_NAMES[kind]
                     dctx = self._dictionary(stored, label, what) if flags & _DICTIONARY else self._dctx
                     return self._inflate(dctx, stored, length, label, what)
@@ -515,6 +515,10 @@ class Codec:
             if len(stored) != length:
                 raise CorruptStateError(f"{label}: length mismatch", what=what)
             return stored
+        if not length:
+            # hoard never compresses an empty payload; asking zstd about such a frame (a skippable
+            # one) had it allocate the size that frame names, up to 4 GiB, before failing
+            raise CorruptStateError(f"{label}: compressed, but declares an empty payload", what=what)
         dctx = self._dictionary(stored, label, what) if flags & _DICTIONARY else self._dctx
         return self._inflate(dctx, stored, length, label, what)
 
@@ -524,7 +528,7 @@ class Codec:
         size: what every payload up to `DICT_MAX` gets). None for any other frame, or a dictionary this
         codec lacks (the caller then takes `_dictionary` and `_inflate`, which read the frame's
         parameters through zstd: ~2.6k instructions an entry more, callgrind)."""
-        if len(stored) < _FRAME_HEAD_MIN or stored[:4] != _ZSTD_MAGIC:
+        if len(stored) < _FRAME_HEAD_MIN or stored[:4] != _ZSTD_MAGIC or not length:
             return None
         descriptor = stored[4]  # single segment, no checksum, 4-byte dictionary id, then the size
         if descriptor == _ONE_BYTE_SIZE:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import struct
+import tracemalloc
 import zlib
 
 import orjson
@@ -143,3 +144,25 @@ def test_change_fields_of_a_dictionary_blob_are_those_of_the_decoded_change() ->
     version, at, data_set, data_del, meta_set, meta_del, replace, rid, forget, by = fields
     assert Change(version, at, data_set, tuple(data_del), meta_set, tuple(meta_del), replace, rid, tuple(forget),
                   by) == codec.decode_change(blob) == change
+
+
+@pytest.mark.parametrize("flags", [1, 3], ids=["compressed", "dictionary"])
+@pytest.mark.parametrize("frame", [
+    struct.pack("<II", 0x184D2A50, 2**30) + bytes(16),  # a zstd skippable frame "of 1 GiB"
+    zstandard.ZstdCompressor(write_content_size=True).compress(b""),  # a real, empty frame
+], ids=["skippable", "empty"])
+def test_a_compressed_blob_declaring_an_empty_payload_is_refused_without_allocating_for_it(
+        flags: int, frame: bytes) -> None:
+    # hoard never compresses an empty payload; a checksummed blob that claims one, around a skippable
+    # frame, had zstd allocate the size that frame names (1 GiB here) before failing
+    codec = _codec(1)
+    blob = _reframed(frame, 0, flags)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptStateError, match="empty payload"):
+            codec.unframe(KIND_CHANGE, blob, "entry 3")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    assert "empty payload" in str(_full_read(codec, blob))
