@@ -19,6 +19,8 @@ import pytest
 from hoard import ContextAdapterConfig, ContextSystem, Relay, open_system
 from hoard.bridges import BrokerUnavailableError, Outgoing, make_publisher
 from tests.bridges.brokers import KINDS, PORTS, Target, check_in_order, proxy_for
+from tests.bridges.brokers import url as broker_url
+from tests.bridges.conftest import require_broker
 from tests.bridges.kids import Zygote
 from tests.helpers import wait_for
 from tests.pg import url_for
@@ -398,3 +400,19 @@ def test_the_redis_reply_reader_takes_replies_split_anywhere_and_keeps_what_foll
     sock.data, inbox[:] = b"+OK\r\n", b""
     with pytest.raises(ValueError, match="unexpected reply"):
         read_replies(sock, inbox, 1)
+
+
+def test_an_amqp_batch_that_fails_before_the_io_loop_runs_still_closes_its_connection() -> None:
+    # pika refuses a routing key over 255 bytes in basic_publish, before the I/O loop runs; the stop
+    # that failure asks for made the loop of the next close() return at once, and the connection was
+    # left "closing", its socket open (found by the amqp helper)
+    require_broker("amqp")
+    publisher = make_publisher(broker_url("amqp", exchange="hoard-test-close"), subject="{context_id}")
+    try:
+        publisher.connect(5.0)
+        connection = publisher._connection  # noqa: SLF001 - the connection close() must end
+        with pytest.raises(BrokerUnavailableError, match="ShortStringTooLong"):
+            publisher.publish([Outgoing("k" * 300, b"{}", "c:1")], 5.0)
+    finally:
+        publisher.close()
+    assert connection.is_closed
