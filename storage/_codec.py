@@ -86,7 +86,6 @@ _DICTIONARY = 2
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ONE_BYTE_SIZE, _TWO_BYTE_SIZE = 0x23, 0x63
 _FRAME_HEAD_MIN = 11
-_HEADER_LEN = _HEADER.size
 COMPRESS_MIN = 256  # without a dictionary, payloads smaller than this are stored plain: zstd gains nothing
 DICT_MIN = 48  # with a dictionary, payloads from this size ...
 DICT_MAX = 16 * 2**10  # ... up to this one are compressed with it (larger ones carry their own context)
