@@ -85,6 +85,7 @@ from ._bridges import CommandApplier as CommandApplier
 from ._bridges import InvalidCommandError as InvalidCommandError
 from ._bridges import Relay as Relay
 from ._bridges import RelayLag as RelayLag
+from ._bridges import UnpublishableChangeError as UnpublishableChangeError
 from ._config import ContextAdapterConfig as ContextAdapterConfig
 from ._config import ContextManagerConfig as ContextManagerConfig
 from ._daemon import run_forever as run_forever
@@ -207,6 +208,7 @@ __all__ = [
     "Switched",
     "SystemStoppedError",
     "Transacted",
+    "UnpublishableChangeError",
     "VersionConflictError",
     "VersionNotStoredError",
     "acting_as",

@@ -18,8 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def run_forever(system: ContextSystem, *, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
-                stop_timeout: float | None = None, on_ready: Callable[[], Any] | None = None) -> int:
+                stop_timeout: float | None = None, on_ready: Callable[[], Any] | None = None,
+                until: Callable[[], bool] | None = None) -> int:
     """Block until one of `signals` arrives, then stop `system` gracefully; return the signal number.
+    Also returns 0 when `system` was stopped by someone else, and (after stopping it) when `until()`,
+    asked about once a second in the main thread, is true (e.g. a bridge that stopped on its own).
 
     Must run in the main thread (Python delivers signals there). The stop drains every mailbox,
     commits, snapshots every context and closes the store (bounded by `stop_timeout`, default
@@ -41,6 +44,10 @@ def run_forever(system: ContextSystem, *, signals: Iterable[int] = (signal.SIGTE
             on_ready()
         while not stop.wait(1.0):  # the timeout keeps the main thread responsive to signals
             if system.stopped:
+                return 0
+            if until is not None and until():
+                log.info("stopping hoard: what it ran for ended")
+                system.stop(stop_timeout)
                 return 0
         log.info("signal %d: stopping hoard", received[0])
         system.stop(stop_timeout)

@@ -18,6 +18,7 @@ from ._broker import public_url as public_url
 from ._errors import BridgeError as BridgeError
 from ._errors import BrokerUnavailableError as BrokerUnavailableError
 from ._errors import InvalidCommandError as InvalidCommandError
+from ._errors import UnpublishableChangeError as UnpublishableChangeError
 from ._format import CHANGE_FORMAT as CHANGE_FORMAT
 from ._format import COMMAND_FORMAT as COMMAND_FORMAT
 from ._format import change_body as change_body
@@ -43,6 +44,7 @@ __all__ = [
     "Publisher",
     "Relay",
     "RelayLag",
+    "UnpublishableChangeError",
     "change_body",
     "change_body_of",
     "make_publisher",

@@ -35,6 +35,9 @@ from ._errors import BrokerUnavailableError
 __all__ = ["AmqpCommandSource", "AmqpPublisher"]
 
 _PERSISTENT = 2
+#: an AMQP short string (a routing key, a message id) holds at most this many bytes
+_SHORT_BYTES = 255
+_SHORT_CHARS = _SHORT_BYTES // 4
 
 
 def _never() -> bool:
@@ -142,6 +145,17 @@ class AmqpPublisher:
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
         self.wait(self.send(messages, timeout), timeout)
+
+    @staticmethod
+    def unpublishable(messages: Sequence[Outgoing]) -> tuple[int, str] | None:
+        """The first message whose routing key or message id is over AMQP's 255 bytes (a short
+        string: pika refuses it in `basic_publish`), and why; None when there is none."""
+        for index, m in enumerate(messages):
+            for what, text in (("routing key", m.subject), ("message id", m.message_id)):
+                # at most 4 UTF-8 bytes a character: a text of 63 or fewer cannot be over 255 bytes
+                if len(text) > _SHORT_CHARS and (size := len(text.encode("utf-8", "surrogatepass"))) > _SHORT_BYTES:
+                    return index, f"its {what} is {size} bytes, and AMQP takes at most {_SHORT_BYTES}"
+        return None
 
     def send(self, messages: Sequence[Outgoing], timeout: float) -> int:
         """Publish the batch and run the I/O loop once (what the socket takes now is written; the rest

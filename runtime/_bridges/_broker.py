@@ -61,7 +61,13 @@ class Incoming:
 
 
 class Publisher(Protocol):
-    """The outbound half of a backend."""
+    """The outbound half of a backend.
+
+    A backend may also have ``unpublishable(messages) -> tuple[int, str] | None``: the index of the
+    first message the broker can never take as it is (a routing key or message id over AMQP's 255
+    bytes, a message over the NATS server's ``max_payload``), and why; None when it takes them all.
+    The relay asks it for every batch, after `connect`, before `send` (see `UnpublishableChangeError`).
+    """
 
     url: str
 

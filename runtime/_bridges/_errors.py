@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hoard.storage import HoardError
 
-__all__ = ["BridgeError", "BrokerUnavailableError", "InvalidCommandError"]
+__all__ = ["BridgeError", "BrokerUnavailableError", "InvalidCommandError", "UnpublishableChangeError"]
 
 
 class BridgeError(HoardError):
@@ -42,3 +42,23 @@ class InvalidCommandError(BridgeError, ValueError):
         self.reason = reason
         where = f"field {field!r}" if field is not None else "body"
         super().__init__(f"invalid command {where}: {reason}")
+
+
+class UnpublishableChangeError(BridgeError, ValueError):
+    """A change of the feed that the broker can never take as it is: its AMQP routing key or message
+    id is over 255 bytes, or its message is over the NATS server's ``max_payload``, or over MQTT's
+    limits. Publishing it again would fail again, so a relay does not retry it: by default
+    (``Relay(..., unpublishable="stop")``) it publishes every entry before it, commits that offset and
+    stops, this error's message in `RelayLag.error`; with ``unpublishable="skip"`` it logs the error,
+    counts the change in `RelayLag.skipped` and goes on.
+
+    `message_id` names the change (``<context id>:<version>``), `offset` its feed offset, `url` the
+    broker (without credentials), `reason` what the broker does not take.
+    """
+
+    def __init__(self, message_id: str, offset: int, url: str, reason: str) -> None:
+        self.message_id = message_id
+        self.offset = offset
+        self.url = url
+        self.reason = reason
+        super().__init__(f"change {message_id!r} (feed offset {offset}) can never be published to {url}: {reason}")

@@ -30,6 +30,10 @@ from ._errors import BrokerUnavailableError
 __all__ = ["MqttCommandSource", "MqttPublisher"]
 
 _INFLIGHT = 1000
+#: MQTT's limits: a topic's UTF-8 bytes, and a packet's remaining length
+_TOPIC_BYTES = 65_535
+_TOPIC_CHARS = _TOPIC_BYTES // 4
+_PACKET_BYTES = 268_435_455
 
 
 class _Client:
@@ -115,6 +119,19 @@ class MqttPublisher:
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
         self.wait(self.send(messages, timeout), timeout)
+
+    @staticmethod
+    def unpublishable(messages: Sequence[Outgoing]) -> tuple[int, str] | None:
+        """The first message MQTT cannot carry (a topic over 65,535 bytes, or a PUBLISH packet over
+        268,435,455 bytes: paho refuses both), and why; None when there is none."""
+        for index, m in enumerate(messages):
+            if len(m.subject) > _TOPIC_CHARS or len(m.body) > _PACKET_BYTES - 4 - 4 * len(m.subject):
+                topic = len(m.subject.encode("utf-8", "surrogatepass"))
+                if topic > _TOPIC_BYTES:
+                    return index, f"its topic is {topic} bytes, and MQTT takes at most {_TOPIC_BYTES}"
+                if 2 + topic + 2 + len(m.body) > _PACKET_BYTES:  # topic length, topic, packet id, payload
+                    return index, f"its PUBLISH packet is over MQTT's {_PACKET_BYTES} bytes"
+        return None
 
     def send(self, messages: Sequence[Outgoing], timeout: float) -> list[mqtt.MQTTMessageInfo]:
         """Hand the batch to paho's thread and return at once (what `wait` takes)."""

@@ -43,6 +43,8 @@ __all__ = ["NatsCommandSource", "NatsPublisher"]
 
 T = TypeVar("T")
 _STOP_WAIT = 5.0
+#: a message's header without its id's bytes: b"NATS/1.0\r\n" b"Nats-Msg-Id: " <id> b"\r\n" b"\r\n"
+_HEADER_BYTES = 10 + 13 + 2 + 2
 
 
 def _stream_subject(template: str) -> str:
@@ -189,6 +191,37 @@ class NatsPublisher:
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
         self.wait(self.send(messages, timeout), timeout)
+
+    def max_payload(self) -> int:
+        """The largest message, header and body, the connected server takes (its ``max_payload``,
+        from the server's INFO at connect). `BrokerUnavailableError` when not connected."""
+        nc = self._loop.nc
+        if nc is None:
+            raise BrokerUnavailableError(self.url, "not connected")
+        return int(nc.max_payload)
+
+    @staticmethod
+    def overhead(message_id: str) -> int:
+        """The bytes a message's header adds to its body, which the server counts against its
+        ``max_payload``: ``NATS/1.0`` and ``Nats-Msg-Id: <message_id>``, each line ended by CRLF, and
+        the blank line."""
+        return _HEADER_BYTES + len(message_id.encode("utf-8", "surrogatepass"))
+
+    def unpublishable(self, messages: Sequence[Outgoing]) -> tuple[int, str] | None:
+        """The first message over the server's ``max_payload`` with its header, and why; None when
+        there is none or when not connected (the limit is not known then)."""
+        nc = self._loop.nc
+        if nc is None:
+            return None
+        limit = int(nc.max_payload)
+        for index, m in enumerate(messages):
+            # 4 UTF-8 bytes a character at most: only a message near the limit is measured exactly
+            if len(m.body) + _HEADER_BYTES + 4 * len(m.message_id) > limit:
+                size = len(m.body) + self.overhead(m.message_id)
+                if size > limit:
+                    return index, (f"its message is {size} bytes with its header, over the server's "
+                                   f"max_payload of {limit}")
+        return None
 
     def send(self, messages: Sequence[Outgoing], timeout: float) -> Any:
         """Start publishing the batch on the loop and return at once (what `wait` takes). Batches are

@@ -64,7 +64,7 @@ from hoard.storage import ConfigError, FeedTruncatedError, HoardError, Store, Sy
 
 from .._events import subscribe
 from ._broker import Outgoing, Publisher, make_publisher, public_url
-from ._errors import BrokerUnavailableError
+from ._errors import BrokerUnavailableError, UnpublishableChangeError
 from ._format import change_body_of, render_subject
 from ._thread import BridgeThread
 
@@ -89,6 +89,10 @@ _COMMITS_PENDING = 4
 #: batches sent and not yet confirmed, at most (two: the broker confirms one while the next is read,
 #: encoded and sent; more only adds entries to publish again after a failure)
 _IN_FLIGHT = 2
+#: a batch's `sent` when it had nothing left to send (every change skipped): nothing to wait for
+_NOTHING = object()
+#: what `Relay(unpublishable=)` takes
+_UNPUBLISHABLE = ("stop", "skip")
 #: seconds between two offset commits, at least, while batches are still on their way (a relay with
 #: nothing else on its way commits at once: `wait_caught_up` and a stop never wait for this)
 _COMMIT_EVERY = 0.1
@@ -99,7 +103,8 @@ class _Flight(NamedTuple):
 
     last: int  # the offset of its last entry
     at: float  # the time of its first entry
-    size: int
+    size: int  # entries
+    messages: int  # of them published (the others skipped: ``unpublishable="skip"``)
     sent: Any  # what the backend's `wait` takes
 
 
@@ -117,6 +122,8 @@ class RelayLag:
         connected: whether the relay has a connection now.
         position: the consumer's committed offset.
         error: why the relay stopped on its own (None while it runs or after `stop()`).
+        skipped: changes the broker can never take that the relay skipped since it started
+            (``unpublishable="skip"``; each is logged).
     """
 
     name: str
@@ -128,6 +135,7 @@ class RelayLag:
     connected: bool
     position: int
     error: str | None = None
+    skipped: int = 0
 
 
 def _default_name(url: str, subject: str) -> str:
@@ -148,13 +156,18 @@ class Relay(BridgeThread):
             a batch before its offset can be committed).
         publish_timeout: seconds the broker has to confirm a batch (and to accept a connection).
         max_backoff: the longest wait between two attempts while the broker is away.
+        unpublishable: what to do with a change the broker can never take as it is (an AMQP routing
+            key or message id over 255 bytes, a message over the NATS server's ``max_payload``; see
+            `UnpublishableChangeError`): ``"stop"`` (default) publishes every entry before it,
+            commits that offset and stops, the error in `lag()`; ``"skip"`` logs it, counts it in
+            `lag().skipped` and goes on. Either way it is never retried.
         publisher: a backend to use instead of the one `to` names (tests, or a broker of one's own).
         **options: passed to the backend (e.g. ``stream="HOARD"`` for NATS, ``exchange="hoard"`` for AMQP).
     """
 
     def __init__(self, system: ContextSystem, to: str, *, subject: str = "hoard.{context_id}", name: str | None = None,
                  batch: int = 256, publish_timeout: float = 5.0, max_backoff: float = 2.0,
-                 publisher: Publisher | None = None, **options: Any) -> None:
+                 unpublishable: str = "stop", publisher: Publisher | None = None, **options: Any) -> None:
         if not isinstance(subject, str) or not subject:
             raise ConfigError(f"subject must be a non-empty str template, not {subject!r}")
         if type(batch) is not int or batch < 1:
@@ -162,6 +175,9 @@ class Relay(BridgeThread):
         for label, value in (("publish_timeout", publish_timeout), ("max_backoff", max_backoff)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{label} must be seconds > 0, not {value!r}")
+        if unpublishable not in _UNPUBLISHABLE:
+            raise ConfigError(f"unpublishable must be one of {', '.join(map(repr, _UNPUBLISHABLE))}, "
+                              f"not {unpublishable!r}")
         self._publisher = publisher if publisher is not None else make_publisher(to, subject=subject, **options)
         self._system = system
         self.url = public_url(to)
@@ -179,6 +195,9 @@ class Relay(BridgeThread):
         pipelined = callable(send) and callable(wait)  # a `PipelinedPublisher`
         self._send: Any = send if pipelined else self._publish_now
         self._wait_sent: Any = wait if pipelined else _confirmed_already
+        self._refused: Any = getattr(self._publisher, "unpublishable", None)  # None: the backend checks nothing
+        self._skip = unpublishable == "skip"
+        self._halt_at: UnpublishableChangeError | None = None  # what stops the relay once nothing is on its way
         # commits the newest confirmed offset while the next batches are published
         self._committer = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                                 thread_name_prefix="hoard-relay-commit")
@@ -197,6 +216,7 @@ class Relay(BridgeThread):
         self._asked = 0  # the newest offset a commit was queued for
         self._asked_at = 0.0  # when (time.monotonic())
         self._failures = 0
+        self._skipped = 0
         self._connected = False
         self._error: str | None = None
 
@@ -238,7 +258,7 @@ class Relay(BridgeThread):
         oldest = self._oldest
         seconds = 0.0 if oldest is None or entries == 0 else max(0.0, time.time() - oldest)
         return RelayLag(self.name, self.url, entries, seconds, self._published, self._failures, self._connected,
-                        self._position, self._error)
+                        self._position, self._error, self._skipped)
 
     def wait_caught_up(self, *, timeout: float) -> RelayLag:
         """Block until the relay confirmed every entry committed before this call (checked against
@@ -268,7 +288,7 @@ class Relay(BridgeThread):
     def _run(self) -> None:
         try:
             self._loop()
-        except (SystemStoppedError, FeedTruncatedError) as exc:
+        except (SystemStoppedError, FeedTruncatedError, UnpublishableChangeError) as exc:
             if not isinstance(exc, SystemStoppedError):
                 self._error = str(exc)
                 log.error("relay %r stopped: %s", self.name, exc)
@@ -322,7 +342,7 @@ class Relay(BridgeThread):
                 self._oldest = flights[0].at
             if not flights or time.monotonic() - self._asked_at >= _COMMIT_EVERY:
                 self._commit()
-            self._published += flight.size
+            self._published += flight.messages
             if flight.size == self._batch:
                 self._refresh_head()
 
@@ -335,19 +355,23 @@ class Relay(BridgeThread):
             batch, messages = self._load(read_from)
             if batch:
                 read_from = batch[-1]["offset"]
-                flights.append(_Flight(read_from, batch[0]["at"], len(batch), self._send(messages, self._timeout)))
+                sent = self._send(messages, self._timeout) if messages else _NOTHING  # all skipped
+                flights.append(_Flight(read_from, batch[0]["at"], len(batch), len(messages), sent))
                 self._head = max(self._head, read_from)
                 if len(flights) == 1:
                     self._oldest = batch[0]["at"]
                 if len(batch) == self._batch and len(flights) < _IN_FLIGHT:
                     return None, read_from  # more may follow: read and send it before waiting for this one
             elif not flights:
+                if self._halt_at is not None:  # every entry before it is confirmed (and committed as the loop ends)
+                    raise self._halt_at
                 self._oldest = None
                 self._commit()
                 self._wait()
                 return None, read_from
         flight = flights.popleft()
-        self._wait_sent(flight.sent, self._timeout)
+        if flight.sent is not _NOTHING:
+            self._wait_sent(flight.sent, self._timeout)
         return flight, read_from
 
     def _commit(self) -> None:
@@ -436,7 +460,32 @@ class Relay(BridgeThread):
                 subject = subjects[context_id] = render_subject(self.subject, context_id)
             msg_id = f"{context_id}:{e['version']}"  # message_id(): <context id>:<version>
             out.append(Outgoing(subject, change_body_of(e, msg_id), msg_id))
+        self._halt_at = None
+        if self._refused is not None and out:
+            return self._screen(entries, out)
         return entries, out
+
+    def _screen(self, entries: list[dict[str, Any]],
+                out: list[Outgoing]) -> tuple[list[dict[str, Any]], list[Outgoing]]:
+        """Take out what the broker can never take: skipped (logged, counted; its entry stays in the
+        batch, so its offset is passed) or, by default, the batch cut just before it and the relay
+        told to stop there (`_halt_at`) once the entries before it are confirmed."""
+        kept: list[Outgoing] = []
+        start = 0
+        while (refused := self._refused(out[start:] if start else out)) is not None:
+            index, reason = start + refused[0], refused[1]
+            error = UnpublishableChangeError(out[index].message_id, entries[index]["offset"], self.url, reason)
+            if not self._skip:
+                self._halt_at = error
+                return entries[:index], out[:index]  # (nothing was skipped: `kept` is empty)
+            log.error("relay %r skipped a change: %s", self.name, error)
+            self._skipped += 1
+            kept += out[start:index]
+            start = index + 1
+        if not start:
+            return entries, out
+        kept += out[start:]
+        return entries, kept
 
     def _close_reader(self) -> None:
         """Give the reader back to the system's feed readers (the next relay's read-ahead takes it

@@ -3,9 +3,10 @@
 Each opens a system on STORE (a SQLite file, created if missing, or a ``postgresql://`` URL; a SQLite
 store takes its writer lock, so a relay of a store another program writes runs in that program, as a
 `hoard.Relay`), starts the bridge, prints one line when it runs (a JSON object with ``--json``), and
-runs until SIGTERM or SIGINT, then stops the bridge and the system and prints what it did. Exit code
-0 after a signal, 1 when it could not start (bad URL, missing client extra, store refused) or the
-bridge stopped on its own with an error.
+runs until SIGTERM or SIGINT (or until the bridge stops on its own), then stops the bridge and the
+system and prints what it did. Exit code 0 after a signal, 1 when it could not start (bad URL,
+missing client extra, store refused) or the bridge stopped on its own with an error (within a
+second of it: the command does not linger with a dead bridge).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def _say(as_json: bool, doc: dict[str, Any], text: str) -> None:
     click.echo(orjson.dumps(doc).decode() if as_json else text)
 
 
-def _serve(system: ContextSystem) -> None:
-    run_forever(system, signals=(signal.SIGTERM, signal.SIGINT))
+def _serve(system: ContextSystem, bridge: Relay | CommandApplier) -> None:
+    """Until SIGTERM or SIGINT, or until the bridge stops on its own (an error it does not retry)."""
+    run_forever(system, signals=(signal.SIGTERM, signal.SIGINT), until=lambda: not bridge.running)
 
 
 @click.command("relay")
@@ -48,9 +50,12 @@ def _serve(system: ContextSystem) -> None:
 @click.option("--name", default=None, help="The feed consumer's name (default: from the URL and subject).")
 @click.option("--batch", default=256, show_default=True, type=click.IntRange(1),
               help="Entries read and published at once.")
+@click.option("--unpublishable", default="stop", show_default=True, type=click.Choice(["stop", "skip"]),
+              help="A change the broker can never take (an AMQP routing key over 255 bytes, a message over "
+                   "NATS max_payload): stop just before it (exit 1), or log it and skip it.")
 @json_option
 def relay(store: str, url: str, subject: str, name: str | None, batch: int,  # noqa: PLR0917 - click passes options by name
-          as_json: bool) -> None:
+          unpublishable: str, as_json: bool) -> None:
     """Publish every committed change of STORE to a broker, at least once, in order per context.
 
     Follows the store's change feed as a named consumer and commits its offset only after the broker
@@ -65,18 +70,19 @@ def relay(store: str, url: str, subject: str, name: str | None, batch: int,  # n
     """
     system = _open(store)
     try:
-        bridge = Relay(system, url, subject=subject, name=name, batch=batch).start()
+        bridge = Relay(system, url, subject=subject, name=name, batch=batch, unpublishable=unpublishable).start()
         lag = bridge.lag()
         _say(as_json, {"relay": bridge.name, "to": bridge.url, "subject": subject, "position": lag.position},
              f"relaying {store} to {bridge.url} as {bridge.name!r} from feed offset {lag.position} "
              "(SIGTERM or Ctrl-C stops)")
-        _serve(system)
+        _serve(system, bridge)
         lag = bridge.lag()
     finally:
         system.stop()
     _say(as_json, {"relay": bridge.name, "published": lag.published, "failures": lag.failures,
-                   "position": lag.position, "error": lag.error},
-         f"stopped: {lag.published} entries published, {lag.failures} broker failures, offset {lag.position}")
+                   "skipped": lag.skipped, "position": lag.position, "error": lag.error},
+         f"stopped: {lag.published} entries published, {lag.failures} broker failures, {lag.skipped} skipped, "
+         f"offset {lag.position}")
     if lag.error is not None:
         raise click.ClickException(f"the relay stopped: {lag.error}")
 
@@ -111,7 +117,7 @@ def apply(store: str, url: str, subject: str, dead_letter: str | None,  # noqa: 
         bridge = CommandApplier(system, url, subject, dead_letter=dead_letter, stream=stream, name=name).start()
         _say(as_json, {"apply": bridge.name, "from": bridge.url, "subject": subject, "dead_letter": dead_letter},
              f"applying commands from {bridge.url} {subject!r} to {store} (SIGTERM or Ctrl-C stops)")
-        _serve(system)
+        _serve(system, bridge)
         stats = bridge.stats()
     finally:
         system.stop()

@@ -7,6 +7,8 @@ import asyncio
 import queue
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import orjson
 import pykka
 import pytest
 
-from hoard import ContextAdapterConfig, ContextSystem, Relay, open_system
+from hoard import ConfigError, ContextAdapterConfig, ContextSystem, HoardError, Relay, open_system
 from hoard.bridges import BrokerUnavailableError, Outgoing, make_publisher
 from tests.bridges.brokers import KINDS, PORTS, Target, check_in_order, proxy_for
 from tests.bridges.brokers import url as broker_url
@@ -416,3 +418,155 @@ def test_an_amqp_batch_that_fails_before_the_io_loop_runs_still_closes_its_conne
     finally:
         publisher.close()
     assert connection.is_closed
+
+
+#: per broker: a context id and a value whose changes that broker can never take, and a word of the
+#: reason the relay gives. AMQP: every change of the context (its routing key is over 255 bytes);
+#: JetStream: the set (a message over the server's max_payload, 1 MiB by default), not the creation
+_POISON = {"amqp": ("x" * 250, {"v": 1}, "routing key"),
+           "nats": ("big", {"v": "v" * 600_000, "w": "w" * 600_000}, "max_payload")}  # each under max_value_bytes
+
+
+def _poisoned(system: ContextSystem, kind: str) -> tuple[list[str], int]:
+    """a: created, set; then a context whose changes a broker of `kind` cannot take (all or some);
+    then a: set again. Returns the message ids that broker cannot take, in feed order, and the
+    offset of the last entry before the first of them."""
+    a = system.adapter.get_or_create("a")
+    a.set("n", 1)
+    context_id, value, _reason = _POISON[kind]
+    poison = system.adapter.get_or_create(context_id)
+    created = _head(system, 0)
+    poison.update(value)
+    a.set("n", 2)
+    if kind == "amqp":
+        return [f"{context_id}:1", f"{context_id}:2"], created - 1
+    return [f"{context_id}:2"], created
+
+
+@pytest.mark.parametrize("target", ["amqp", "nats"], indirect=True)
+def test_a_change_the_broker_can_never_take_stops_the_relay_just_before_it_with_a_typed_error(
+        target: Target, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the relay retried such a change forever, with back-off, and committed nothing after it
+    with _system(tmp_path / "s.db") as system:
+        refused, before = _poisoned(system, target.kind)
+        relay = Relay(system, target.url(), subject=target.subject, name="poison", publish_timeout=2.0,
+                      max_backoff=0.2).start()
+        wait_for(lambda: not relay.running, 30, "the relay to stop at the change it cannot publish")
+        lag = relay.lag()
+        assert lag.error is not None and refused[0] in lag.error and _POISON[target.kind][2] in lag.error, lag.error
+        assert (lag.failures, lag.position, lag.connected) == (0, before, False)  # never retried
+        assert any(r.levelname == "ERROR" and refused[0] in r.getMessage() for r in caplog.records)
+        with pytest.raises(HoardError, match="not running"):
+            relay.wait_caught_up(timeout=5)
+        relay.stop()
+        assert system.consumer("poison").position == before
+    received = [m["message_id"] for m in target.received()]
+    assert received == (["a:1", "a:2"] if target.kind == "amqp" else ["a:1", "a:2", "big:1"])
+
+
+@pytest.mark.parametrize("target", ["amqp", "nats"], indirect=True)
+def test_a_relay_told_to_skip_what_the_broker_can_never_take_logs_and_counts_it_and_goes_on(
+        target: Target, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with _system(tmp_path / "s.db") as system:
+        refused, _before = _poisoned(system, target.kind)
+        with Relay(system, target.url(), subject=target.subject, name="skip", publish_timeout=2.0,
+                   unpublishable="skip") as relay:
+            lag = relay.wait_caught_up(timeout=30)
+        assert (lag.error, lag.failures, lag.entries, lag.skipped) == (None, 0, 0, len(refused))
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert all(any(m in line for line in logged) for m in refused), logged
+    received = [m["message_id"] for m in target.received()]
+    assert not set(refused) & set(received)
+    assert received[:2] == ["a:1", "a:2"] and received[-1] == "a:3"
+
+
+def test_a_relay_refuses_an_unknown_policy_for_changes_the_broker_cannot_take(tmp_path: Path) -> None:
+    with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match="unpublishable"):
+        Relay(system, "redis://127.0.0.1:6379/0", unpublishable="retry")
+
+
+def test_an_amqp_publisher_names_a_routing_key_or_message_id_over_255_bytes_before_sending() -> None:
+    pytest.importorskip("pika")
+    publisher: Any = make_publisher("amqp://guest:guest@127.0.0.1:5672/%2F", subject="{context_id}")
+    ok = Outgoing("k" * 255, b"{}", "m" * 253 + ":1")
+    assert publisher.unpublishable([ok, ok]) is None
+    index, reason = publisher.unpublishable([ok, Outgoing("é" * 128, b"{}", "c:1"), ok])
+    assert index == 1 and "routing key" in reason and "256 bytes" in reason
+    index, reason = publisher.unpublishable([Outgoing("k", b"{}", "m" * 254 + ":1")])
+    assert index == 0 and "message id" in reason
+
+
+@pytest.mark.parametrize("target", ["nats"], indirect=True)
+def test_a_nats_publisher_takes_a_message_of_exactly_max_payload_and_names_one_byte_more(target: Target) -> None:
+    publisher: Any = make_publisher(target.url(), subject=target.subject, stream=target.options["stream"])
+    try:
+        publisher.connect(5.0)
+        limit = publisher.max_payload()
+        assert limit >= 1 << 16
+        subject, message_id = target.subject.format(context_id="a"), "a:1"
+        room = limit - publisher.overhead(message_id)
+        fits = Outgoing(subject, b'"' + b"x" * (room - 2) + b'"', message_id)  # JSON: the test's reader decodes it
+        over = Outgoing(subject, b'"' + b"x" * (room - 1) + b'"', "a:2")
+        assert publisher.unpublishable([fits]) is None
+        index, reason = publisher.unpublishable([fits, over])
+        assert index == 1 and "max_payload" in reason
+        publisher.publish([fits], 5.0)  # the server takes what was judged to fit
+        with pytest.raises(BrokerUnavailableError):  # and refuses one byte more (the connection fails)
+            publisher.publish([over], 5.0)
+    finally:
+        publisher.close()
+    assert len(target.received()) == 1
+
+
+def test_an_mqtt_publisher_names_a_topic_over_65535_bytes_before_sending() -> None:
+    pytest.importorskip("paho.mqtt")
+    publisher: Any = make_publisher("mqtt://127.0.0.1:1883")
+    ok = Outgoing("t" * 65_535, b"{}", "c:1")
+    assert publisher.unpublishable([ok]) is None
+    index, reason = publisher.unpublishable([ok, Outgoing("t" * 65_534 + "é", b"{}", "c:2")])
+    assert index == 1 and "65536 bytes" in reason
+
+
+def _queued(queue_name: str) -> int:
+    """Messages waiting in an AMQP queue (read without taking them)."""
+    import pika  # noqa: PLC0415 - the broker's client, only where its tests run
+
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url("amqp")))
+    try:
+        return int(conn.channel().queue_declare(queue_name, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("target", ["amqp"], indirect=True)
+def test_hoard_relay_exits_1_naming_a_change_the_broker_can_never_take(target: Target, tmp_path: Path) -> None:
+    # the command went on running with its relay stopped: a supervisor never saw the failure
+    store = tmp_path / "s.db"
+    with _system(store) as system:
+        refused, before = _poisoned(system, target.kind)
+        head = _head(system, 0)
+    r = subprocess.run([sys.executable, "-m", "hoard", "relay", str(store), "--to", target.url(),  # noqa: S603 - our own CLI
+                        "--subject", target.subject, "--name", "cli", "--json"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    started, stopped = (orjson.loads(line) for line in r.stdout.splitlines())
+    assert started["position"] == 0
+    assert (stopped["position"], stopped["published"], stopped["skipped"]) == (before, 2, 0)
+    assert refused[0] in stopped["error"] and refused[0] in r.stderr
+    with subprocess.Popen([sys.executable, "-m", "hoard", "relay", str(store), "--to", target.url(),  # noqa: S603 - our own CLI
+                           "--subject", target.subject, "--name", "cli", "--unpublishable", "skip", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as kid:
+        try:
+            assert kid.stdout is not None
+            assert orjson.loads(kid.stdout.readline())["position"] == before
+            wait_for(lambda: _queued(target.tag) == 3, 30, "the relay to skip and go on", pause=0.05)
+            kid.send_signal(signal.SIGTERM)
+            out, err = kid.communicate(timeout=30)
+        finally:
+            if kid.poll() is None:
+                kid.kill()
+    assert kid.returncode == 0, err
+    stopped = orjson.loads(out)
+    assert (stopped["skipped"], stopped["position"], stopped["error"]) == (2, head, None)
+    assert all(m in err for m in refused)
+    assert [m["message_id"] for m in target.received()] == ["a:1", "a:2", "a:3"]  # on from where it stopped
