@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,28 +28,19 @@ class Zygote:
         self.pids.append(pid)
         return pid
 
-    @staticmethod
-    def alive(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
     def kill(self, pid: int, sig: int = signal.SIGKILL, timeout: float = 30.0) -> None:
-        """Send `sig` and wait until the process is gone (the zygote reaps it)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        wait_for(lambda: not self.alive(pid), timeout, f"process {pid} to end after signal {sig}")
-
+        """Have the zygote send `sig` to its child `pid` and reap it once it ended (at most `timeout`
+        s; then AssertionError). A child reaped already is left alone: its pid may be another's now."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(f"kill {pid} {int(sig)} {timeout}\n")
+        self._proc.stdin.flush()
+        answer = self._proc.stdout.readline().strip()
+        assert answer and answer != "alive", f"process {pid} did not end within {timeout} s of signal {sig}"
 
     def end_children(self, since: int = 0) -> None:
-        """SIGKILL every child forked after the first `since` (those still alive) and wait until each is gone."""
+        """SIGKILL every child forked after the first `since` that was not reaped yet, and reap it."""
         for pid in self.pids[since:]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for pid in self.pids[since:]:
-            wait_for(lambda p=pid: not self.alive(p), 30, f"process {pid} to end")
+            self.kill(pid)
 
 
 @contextlib.contextmanager
