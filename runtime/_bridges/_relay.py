@@ -123,7 +123,7 @@ class RelayLag:
         position: the consumer's committed offset.
         error: why the relay stopped on its own (None while it runs or after `stop()`).
         skipped: changes the broker can never take that the relay skipped since it started
-            (``unpublishable="skip"``; each is logged).
+            (``unpublishable="skip"``; each is logged; one read again after a broker failure counts again).
     """
 
     name: str
