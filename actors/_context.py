@@ -63,6 +63,7 @@ from hoard.storage import (
     freeze_mapping,
     freeze_mapping_sized,
     freeze_value,
+    freeze_value_sized,
     read_marker,
     thaw,
     validate_key,
@@ -588,8 +589,7 @@ class ContextActor(pykka.ThreadingActor):
 
     def _frozen(self, key: str, value: Any) -> tuple[Any, int]:
         """The frozen value and its size as a new entry (key, quotes, colon, comma included)."""
-        v = freeze_value(key, value, None, self.cell.id)
-        size = encoded_size(v)
+        v, size = freeze_value_sized(key, value, self.cell.id)
         limit = self.settings.max_value_bytes
         if size > limit:
             raise InvalidValueError(key, f"{size} bytes encoded, over max_value_bytes={limit}", context_id=self.cell.id)

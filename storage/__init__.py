@@ -84,6 +84,7 @@ from ._values import encoded_size as encoded_size
 from ._values import freeze_mapping as freeze_mapping
 from ._values import freeze_mapping_sized as freeze_mapping_sized
 from ._values import freeze_value as freeze_value
+from ._values import freeze_value_sized as freeze_value_sized
 from ._values import thaw as thaw
 from ._values import validate_by as validate_by
 from ._values import validate_id as validate_id
@@ -164,6 +165,7 @@ __all__ = [
     "freeze_mapping",
     "freeze_mapping_sized",
     "freeze_value",
+    "freeze_value_sized",
     "make_converter",
     "make_store",
     "new_state",

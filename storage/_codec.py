@@ -54,7 +54,7 @@ from cattrs.gen import make_dict_unstructure_fn, override
 
 from ._errors import CorruptStateError
 from ._model import Change, ChangeFields, ContextState
-from ._values import MAX_DEPTH, FrozenDict, FrozenList
+from ._values import CFREEZE, MAX_DEPTH, FrozenDict, FrozenList
 
 __all__ = [
     "FORMAT_VERSION",
@@ -101,6 +101,13 @@ def freeze_decoded(value: Any, depth: int = 0) -> Any:
     Values were at most `MAX_DEPTH` containers deep when they were stored; anything deeper did not
     come from hoard and raises `CorruptStateError` (it also keeps the recursion bounded).
     """
+    if CFREEZE is not None:
+        return CFREEZE.decoded(value, depth)  # the same walk in C
+    return _freeze_decoded(value, depth)
+
+
+def _freeze_decoded(value: Any, depth: int) -> Any:
+    """`freeze_decoded` in Python (the C freezer's reference, and its stand-in where it was not built)."""
     t = type(value)
     if t is dict:
         return _freeze_decoded_dict(value, depth)
@@ -317,14 +324,23 @@ def _plain_ok(value: dict[str, Any]) -> bool:
     return True
 
 
-def _owned_dict(value: Any, _type: Any = type, _dict: Any = dict, _list: Any = list) -> Mapping[str, Any]:
+def _owned_dict(value: Any) -> Mapping[str, Any]:
     """`_decoded_dict` for a dict this module just decoded (nobody else holds it): its containers are
-    frozen in place instead of copying it (the feed, history and `state_at` decode one per change).
-    (The defaults are never passed: see `_freeze_decoded_dict`.)"""
+    frozen in place instead of copying it (the feed, history and `state_at` decode one per change)."""
     if type(value) is not dict:
         raise CorruptStateError(f"expected a JSON object, found {type(value).__name__}")
     if "" in value:
         raise CorruptStateError("a stored mapping has an empty key")
+    if CFREEZE is not None:
+        owned: dict[str, Any] = CFREEZE.owned(value)  # the same walk in C
+        return owned
+    return _freeze_owned(value)
+
+
+def _freeze_owned(value: dict[str, Any], _type: Any = type, _dict: Any = dict, _list: Any = list) -> dict[str, Any]:
+    """`_owned_dict`'s freeze in Python: each container value of `value` replaced in place by its frozen
+    copy (the C freezer's reference, and its stand-in where it was not built). (The defaults are never
+    passed: see `_freeze_decoded_dict`.)"""
     # `_freeze_decoded_dict` and `_freeze_decoded_list` of each value, their first level inlined: no
     # call for a value whose elements hold no container (most of them), which a snapshot of 10k such
     # values pays 10k times (callgrind, the bench's activation snapshot: 44.4M -> 41.5M)

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from ._errors import InvalidContextIdError, InvalidValueError, shown_repr
+from ._errors import CorruptStateError, InvalidContextIdError, InvalidValueError, shown_repr
 
 __all__ = [
     "MAX_BY",
@@ -30,6 +30,7 @@ __all__ = [
     "freeze_mapping",
     "freeze_mapping_sized",
     "freeze_value",
+    "freeze_value_sized",
     "thaw",
     "validate_by",
     "validate_id",
@@ -464,8 +465,16 @@ def _plain_mapping(mapping: dict[str, Any], context_id: str | None) -> dict[str,
                 validate_key(k, context_id)
         except InvalidValueError:
             raise _NotPlain from None  # the full checks name it, in order with the values before it
+    if CFREEZE is not None:
+        frozen: dict[str, Any] = CFREEZE.plain_top(mapping)  # the same walk in C
+        return frozen
+    return _plain_top(mapping)
+
+
+def _plain_top(mapping: dict[str, Any]) -> dict[str, Any]:
+    """A plain dict copy of `mapping` whose containers are frozen (`_plain_dict` at the top level)."""
     out = mapping.copy()
-    for k, v in mapping.items():  # as `_plain_dict`, the top level (a plain dict of frozen values)
+    for k, v in mapping.items():
         t = type(v)
         if t in _PLAIN_SCALARS:
             continue
@@ -476,6 +485,22 @@ def _plain_mapping(mapping: dict[str, Any], context_id: str | None) -> dict[str,
         elif not ((t is float and v - v == 0.0) or t is FrozenDict or t is FrozenList):
             raise _NotPlain
     return out
+
+
+def _load_cfreeze() -> Any:
+    """storage/_cfreeze.c, configured, when it was built (an optional extension); else None, and the
+    Python walks of this module and `_codec` run instead (they are its reference: the same values
+    accepted and refused, equal results of the same types; tests/storage/test_cfreeze.py)."""
+    try:
+        from . import _cfreeze  # noqa: PLC0415 - optional: absent where no C compiler was at hand
+    except ImportError:
+        return None
+    _cfreeze.configure(FrozenDict, FrozenList, _NotPlain, CorruptStateError, MAX_DEPTH)
+    return _cfreeze
+
+
+#: the C freezer (`_cfreeze`), or None where it was not built
+CFREEZE = _load_cfreeze()
 
 
 def freeze_mapping_sized(mapping: object, context_id: str | None = None) -> tuple[dict[str, Any], int]:
@@ -494,6 +519,25 @@ def freeze_mapping_sized(mapping: object, context_id: str | None = None) -> tupl
             pass
     out = freeze_mapping(mapping, None, context_id)
     return out, len(orjson.dumps(out))
+
+
+def freeze_value_sized(key: str, value: Any, context_id: str | None = None) -> tuple[Any, int]:
+    """`freeze_value` (no `max_bytes`) and the exact size of its result encoded as compact JSON.
+
+    A plain dict, list or tuple is encoded first, then frozen by the C freezer (as
+    `freeze_mapping_sized` does for each value of an update): what the encoder checks at C speed is
+    not checked again. Anything else, anything it refuses, or no C freezer: `freeze_value`, which
+    accepts and refuses exactly the same values and names what is wrong.
+    """
+    t = type(value)
+    if CFREEZE is not None and (t is dict or t is list or t is tuple):
+        try:
+            encoded = orjson.dumps(value, option=_ENCODE_STRICT)
+            return CFREEZE.plain(value, 0), len(encoded)
+        except (_NotPlain, orjson.JSONEncodeError, RecursionError):
+            pass
+    frozen = freeze_value(key, value, None, context_id)
+    return frozen, encoded_size(frozen)
 
 
 def encoded_size(value: Any) -> int:

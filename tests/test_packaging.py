@@ -92,6 +92,8 @@ assert runtime.OWNER == "user runtime", runtime.__file__
 assert actors.OWNER == "foreign actors", actors.__file__
 assert Path(hoard.__file__).parent.name == "hoard" and "site-packages" in hoard.__file__, hoard.__file__
 assert hoard.storage.SQLiteStore and hoard.actors.ContextActor
+from hoard.storage import _values
+assert _values.CFREEZE is not None and "site-packages" in _values.CFREEZE.__file__, _values.CFREEZE
 print("app ok", n)
 '''
 
@@ -107,9 +109,13 @@ print("foreign ok")
 def test_the_wheel_installs_one_package_beside_foreign_and_user_modules_named_like_ours(tmp_path: Path) -> None:
     wheel = _wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
-        top = {name.split("/")[0] for name in archive.namelist()}
+        names = archive.namelist()
+    top = {name.split("/")[0] for name in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"hoard"}, top
     assert len(top) == 2, top
+    # the C freezer is built where a C compiler is (here, and on every CI machine), and lands in place
+    assert [n for n in names if n.startswith("hoard/storage/_cfreeze.") and n.endswith(".so")], names
+    assert not [n for n in names if n.endswith(".c")], names  # the source stays out of the wheel
 
     env = tmp_path / "env"
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env)

@@ -1,8 +1,8 @@
-"""`freeze_mapping_sized` (the update path) accepts, refuses and freezes exactly what `freeze_mapping`
-does, and its size is the exact JSON size of what it returns: its fast path lets orjson check strings
-and integers, so any value orjson encodes but hoard refuses (NaN, an int or str subclass, a str-subclass
-key, a datetime, 65 levels) must still be refused with the same error, and a refused key among good
-values must be named in the same order."""
+"""`freeze_mapping_sized` (the update path) and `freeze_value_sized` (the set path) accept, refuse and
+freeze exactly what `freeze_mapping` and `freeze_value` do, and their sizes are the exact JSON sizes of
+what they return: their fast paths let orjson check strings and integers, so any value orjson encodes
+but hoard refuses (NaN, an int or str subclass, a str-subclass key, a datetime, 65 levels) must still
+be refused with the same error, and a refused key among good values must be named in the same order."""
 
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hoard.storage import FrozenDict, FrozenList, InvalidValueError, freeze_mapping, freeze_mapping_sized
+from hoard.storage import (
+    FrozenDict,
+    FrozenList,
+    InvalidValueError,
+    encoded_size,
+    freeze_mapping,
+    freeze_mapping_sized,
+    freeze_value,
+    freeze_value_sized,
+)
 
 
 class _Str(str):
@@ -47,9 +56,10 @@ def _shape(value: Any) -> Any:
     return (type(value).__name__, "nan" if isinstance(value, float) and math.isnan(value) else orjson.dumps(value))
 
 
-def _check_same(mapping: Any) -> None:
-    old = _outcome(freeze_mapping, mapping)
-    new = _outcome(freeze_mapping_sized, mapping)
+def _compare(full: Any, fast: Any, value: Any) -> None:
+    """`fast` (frozen value, size) refuses as `full` does, or returns what it returns and its JSON size."""
+    old = _outcome(full, value)
+    new = _outcome(fast, value)
     if old[0] == "refused":
         assert new == old
         return
@@ -57,6 +67,17 @@ def _check_same(mapping: Any) -> None:
     frozen, size = new[1]
     assert _shape(frozen) == _shape(old[1])
     assert size == len(orjson.dumps(old[1]))
+
+
+def _check_same(mapping: Any) -> None:
+    _compare(freeze_mapping, freeze_mapping_sized, mapping)
+
+
+def _check_same_value(value: Any) -> None:
+    """The set path: `freeze_value_sized` as `freeze_value` and `encoded_size`."""
+    _compare(lambda v: freeze_value("k", v, None, "c"), lambda v: freeze_value_sized("k", v, "c"), value)
+    if _outcome(lambda v: freeze_value("k", v), value)[0] == "ok":
+        assert freeze_value_sized("k", value)[1] == encoded_size(freeze_value("k", value))
 
 
 def _nested(depth: int) -> Any:
@@ -80,6 +101,8 @@ def test_the_update_fast_path_freezes_and_refuses_every_odd_value_as_the_full_ch
     _check_same({"a": 1, "k": {"x": [1, value]}, "z": "ok"})
     # after a nested container, whose frozen copy is already being filled in: still checked, still refused
     _check_same({"k": {"l": [1], "d": {"x": 2}, "v": value, "m": [{"y": 3}]}})
+    for one in (value, [value], {"x": value}, ({"l": [1]}, value), {"l": [1], "v": value, "m": [{"y": 3}]}):
+        _check_same_value(one)
 
 
 @pytest.mark.parametrize("key", ["", "a\x00b", "k" * 1025, "é" * 600, "é" * 200, _Str("sub"), 7, "\ud800"],
@@ -93,6 +116,7 @@ def test_a_cyclic_value_is_refused_as_the_full_checks_refuse_it() -> None:
     cyclic: list[Any] = []
     cyclic.append(cyclic)
     _check_same({"k": cyclic})
+    _check_same_value(cyclic)
 
 
 def test_values_from_the_fast_path_are_immutable() -> None:
@@ -118,3 +142,9 @@ _json = st.recursive(
 @given(st.dictionaries(st.text(max_size=5), _json, max_size=6))
 def test_any_mapping_gets_the_same_result_from_both_paths(mapping: dict[str, Any]) -> None:
     _check_same(mapping)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_any_value_gets_the_same_result_from_both_set_paths(value: Any) -> None:
+    _check_same_value(value)
