@@ -26,6 +26,7 @@ from ._format import change_body_of as change_body_of
 from ._format import message_id as message_id
 from ._format import parse_command as parse_command
 from ._format import render_subject as render_subject
+from ._format import result_body as result_body
 from ._relay import Relay as Relay
 from ._relay import RelayLag as RelayLag
 
@@ -53,4 +54,5 @@ __all__ = [
     "parse_command",
     "public_url",
     "render_subject",
+    "result_body",
 ]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
@@ -239,11 +239,15 @@ class CommandApplier(BridgeThread):
             version = tracker.set_metadata(args["key"], args["value"], **common)
         return version
 
+    def _message_limit(self) -> int | None:
+        limit = getattr(self._source, "message_limit", None)
+        return None if limit is None else cast("int | None", limit())
+
     def _reject(self, message: Incoming, command: Command | None, error: BaseException) -> None:
         body = result_body(message_id=command.message_id if command else None,
                            context_id=command.context_id if command else None,
                            operation=command.operation if command else None, version=None, error=error,
-                           body=message.body)
+                           body=message.body, limit=self._message_limit())
         if message.reply_to:
             self._source.send(message.reply_to, body, self._timeout)
         if self.dead_letter:

@@ -103,7 +103,11 @@ class PipelinedPublisher(Publisher, Protocol):
 
 class CommandSource(Protocol):
     """The inbound half of a backend: a durable subscription whose messages stay with the broker
-    until acknowledged (a JetStream durable consumer, an AMQP queue, an MQTT persistent session)."""
+    until acknowledged (a JetStream durable consumer, an AMQP queue, an MQTT persistent session).
+
+    A backend may also have ``message_limit() -> int | None``: the largest answer or dead letter the
+    broker takes (the NATS server's ``max_payload``); the applier cuts a rejected command's body to
+    fit it. None, or no such method: no limit a command's result could reach."""
 
     url: str
 

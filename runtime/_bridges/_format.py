@@ -29,7 +29,11 @@ the write's idempotency key: a command applied once is never applied again for t
 
 **The answer / dead letter:** ``{"type": "hoard.command_result", "format": 1, "message_id", "context_id",
 "operation", "ok", "version", "error": null | {"type", "message"}, "body"}`` where ``body`` is the
-command as received (a str) when it failed, else null.
+command as received (a str) when it failed, else null. A result that would be over the broker's
+message limit (a NATS server's ``max_payload``: the body goes in JSON-escaped, so a command near the
+limit makes a larger dead letter) carries the longest prefix of the command that fits, with
+``"body_truncated": true`` and ``"body_bytes"``, the command's size as received (both added to format
+1; absent means the body is whole).
 """
 
 from __future__ import annotations
@@ -181,11 +185,30 @@ def parse_command(body: bytes | str) -> Command:
 
 
 def result_body(*, message_id: str | None, context_id: str | None, operation: str | None, version: int | None,
-                error: BaseException | None, body: bytes | None) -> bytes:
-    """The answer to a command, or its dead letter (see the module docstring)."""
-    return orjson.dumps({
+                error: BaseException | None, body: bytes | None, limit: int | None = None) -> bytes:
+    """The answer to a command, or its dead letter (see the module docstring). With `limit` (the
+    largest message the broker takes), a result over it carries the longest prefix of `body` that
+    fits, with ``"body_truncated": true`` and ``"body_bytes"`` (the command's size as received)."""
+    doc: dict[str, Any] = {
         "type": "hoard.command_result", "format": COMMAND_FORMAT, "message_id": message_id,
         "context_id": context_id, "operation": operation, "ok": error is None, "version": version,
         "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
         "body": None if body is None else body.decode("utf-8", "replace"),
-    })
+    }
+    out = orjson.dumps(doc)
+    if limit is None or len(out) <= limit or body is None:
+        return out
+    # the body goes in JSON-escaped (a quote takes 2 bytes, a control character 6): find the longest
+    # prefix that fits by bisection, a dozen or two encodings on this rare path
+    text = doc["body"]
+    doc.update(body_truncated=True, body_bytes=len(body))
+    low, high = 0, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        doc["body"] = text[:mid]
+        if len(orjson.dumps(doc)) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    doc["body"] = text[:low]
+    return orjson.dumps(doc)

@@ -329,6 +329,12 @@ class NatsCommandSource:
     def ack(self, message: Incoming) -> None:
         self._loop.run(message.handle.ack(), 5.0, "acknowledging")
 
+    def message_limit(self) -> int | None:
+        """The connected server's ``max_payload`` (an answer or dead letter has no header); None when
+        not connected."""
+        nc = self._loop.nc
+        return None if nc is None else int(nc.max_payload)
+
     def send(self, subject: str, body: bytes, timeout: float) -> None:
         """An answer or dead letter: a JetStream publish (acked) when a stream covers `subject`, else a
         plain NATS message (flushed). Deciding by asking first, not by trying: a JetStream publish to

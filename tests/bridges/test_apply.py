@@ -210,3 +210,48 @@ def test_a_nats_dead_letter_subject_without_a_stream_gets_a_plain_message(tmp_pa
         stop.set()
         listener.join(10)
         channel.close()
+
+
+def test_a_rejected_nats_command_near_max_payload_is_dead_lettered_once_with_its_body_cut(tmp_path: Path) -> None:
+    """The dead letter carries the command as text, JSON-escaped: a command of quotes doubles in it. A
+    command within the server's max_payload whose dead letter is over it was sent again and again (its
+    publish failed as "broker unavailable"); now the body is cut to fit and says so."""
+    require_broker("nats")
+    import asyncio  # noqa: PLC0415
+
+    import nats  # noqa: PLC0415
+
+    from tests.bridges.brokers import url  # noqa: PLC0415
+
+    async def max_payload() -> int:
+        nc = await nats.connect(url("nats"))
+        try:
+            return int(nc.max_payload)
+        finally:
+            await nc.close()
+    limit = asyncio.run(max_payload())
+    head = orjson.dumps({"context_id": "a", "operation": "set", "expected_version": 99, "message_id": "big",
+                         "arguments": {"key": "k", "value": ""}})
+    value = '"' * ((limit - len(head) - 64) // 2)  # each a 2-byte \" in the command, 4 bytes in its dead letter
+    body = orjson.dumps({"context_id": "a", "operation": "set", "expected_version": 99, "message_id": "big",
+                         "arguments": {"key": "k", "value": value}})
+    assert limit - 100 < len(body) <= limit
+    channel = make_channel("nats", NAME)
+    try:
+        with _system(tmp_path / "s.db") as system, CommandApplier(
+                system, channel.url(), channel.subject, dead_letter=channel.dead_letter, stream=channel.stream,
+                name=NAME, call_timeout=5.0) as applier:
+            channel.send([body, orjson.dumps({"context_id": "a", "operation": "set", "message_id": "after",
+                                              "arguments": {"key": "k", "value": 1}})])
+            wait_for(lambda: applier.stats().rejected + applier.stats().applied >= 2 or applier.stats().failures >= 3,
+                     60, "both commands handled (or the dead letter failing again and again)")
+            stats = applier.stats()
+            assert (stats.rejected, stats.applied, stats.failures, stats.error) == (1, 1, 0, None)
+        (letter,) = wait_for(lambda: d if (d := channel.dead_letters()) else None, 30, "the dead letter")
+        assert letter["error"]["type"] == "VersionConflictError" and letter["message_id"] == "big"
+        assert letter["body_truncated"] is True and letter["body_bytes"] == len(body)
+        assert body.decode().startswith(letter["body"]) and len(letter["body"]) > limit // 4
+        assert len(orjson.dumps(letter)) <= limit
+        assert channel.unfinished(NAME) == 0
+    finally:
+        channel.close()

@@ -10,8 +10,16 @@ from typing import Any
 import orjson
 import pytest
 
-from hoard import ConfigError, InvalidCommandError, Relay, open_system
-from hoard.bridges import Outgoing, make_publisher, make_source, parse_command, public_url, render_subject
+from hoard import ConfigError, InvalidCommandError, Relay, VersionConflictError, open_system
+from hoard.bridges import (
+    Outgoing,
+    make_publisher,
+    make_source,
+    parse_command,
+    public_url,
+    render_subject,
+    result_body,
+)
 
 
 def test_a_context_id_is_one_subject_token_on_every_broker() -> None:
@@ -130,3 +138,21 @@ def test_the_redis_publisher_sends_what_redis_py_packs_of_the_same_xadds(maxlen:
     publisher._connection = wire = Wire()  # noqa: SLF001 - the wire under the publisher, no broker needed
     publisher.publish(messages, 5.0)
     assert b"".join(wire.sent) == expected
+
+
+@pytest.mark.parametrize("text", ['"' * 5_000, "\x01" * 3_000, "é✓" * 4_000, "plain " * 2_000])
+def test_a_result_over_the_limit_carries_the_longest_body_prefix_that_fits(text: str) -> None:
+    body = text.encode()
+    fields = {"message_id": "m", "context_id": "c", "operation": "set", "version": None,
+              "error": VersionConflictError("c", 9, 1)}
+    whole = result_body(**fields, body=body)
+    assert result_body(**fields, body=body, limit=len(whole)) == whole  # fits: untouched, no new keys
+    assert "body_truncated" not in orjson.loads(whole)
+    limit = len(whole) // 3
+    cut = result_body(**fields, body=body, limit=limit)
+    doc = orjson.loads(cut)
+    assert len(cut) <= limit and doc["body_truncated"] is True and doc["body_bytes"] == len(body)
+    assert text.startswith(doc["body"]) and doc["body"]
+    longer = {**doc, "body": text[:len(doc["body"]) + 1]}
+    assert len(orjson.dumps(longer)) > limit  # the longest prefix: one character more is over
+    assert doc["error"]["type"] == "VersionConflictError" and doc["ok"] is False
