@@ -38,14 +38,18 @@ __all__ = [
 ]
 
 
-def shown_repr(obj: object) -> str:
+def shown_repr(obj: object, width: int | None = None) -> str:
     """``repr(obj)`` for an error message; an object whose own ``__repr__`` raises (or returns a
-    non-str) is shown by its type, so that reporting bad input never fails in turn."""
+    non-str) is shown by its type, so that reporting bad input never fails in turn. With `width`, a
+    longer repr is cut to its first ``width - 3`` characters and ``...`` (a key or id of a megabyte
+    is named by its start, not repeated whole)."""
     try:
         shown = repr(obj)
     except Exception:  # noqa: BLE001 - a hostile __repr__: whatever it raised, the report must be made
         return f"<{type(obj).__name__} object whose repr() raised>"
-    return shown if type(shown) is str else f"<{type(obj).__name__} object>"
+    if type(shown) is not str:
+        return f"<{type(obj).__name__} object>"
+    return shown if width is None or len(shown) <= width else shown[:width - 3] + "..."
 
 
 class HoardError(Exception):
@@ -68,10 +72,7 @@ class InvalidContextIdError(HoardError, ValueError):
     def __init__(self, context_id: object, reason: str) -> None:
         self.context_id = context_id
         self.reason = reason
-        shown = shown_repr(context_id)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        super().__init__(f"invalid context id {shown}: {reason}")
+        super().__init__(f"invalid context id {shown_repr(context_id, 80)}: {reason}")
 
 
 class InvalidValueError(HoardError, ValueError):
@@ -86,7 +87,7 @@ class InvalidValueError(HoardError, ValueError):
         self.path = path
         self.reason = reason
         self.context_id = context_id
-        where = f"key {shown_repr(key)}" if key is not None else "value"
+        where = f"key {shown_repr(key, 80)}" if key is not None else "value"
         if path:
             where += f" at {path if len(path) <= 80 else '...' + path[-77:]}"
         ctx = f" in context {context_id!r}" if context_id is not None else ""

@@ -163,6 +163,20 @@ def test_a_value_that_is_not_storable_is_refused_by_every_write_and_changes_noth
     assert f"new-{name}" not in system.manager.list_ids()
 
 
+def test_an_oversized_key_is_named_by_its_start_in_an_error_of_bounded_size(system: ContextSystem) -> None:
+    """The error names the key, but a megabyte of key is not a message: it was repeated whole (and
+    then whole again in a bridge's dead letter)."""
+    t = system.adapter.activate("k")
+    key = "\u00e9" + "k" * 1_000_000
+    for write in (lambda: t.set(key, 1), lambda: t.update({key: 1}), lambda: t.set_metadata({key: 1})):
+        with pytest.raises(InvalidValueError) as info:
+            write()
+        message = str(info.value)
+        assert len(message) < 300 and message.startswith("key '\u00e9kkk") and "..." in message, message[:400]
+        assert "UTF-8 bytes" in message and info.value.key == key  # the reason, and the whole key on the error
+    assert t.version == 1
+
+
 @pytest.mark.parametrize("key", BAD_KEYS, ids=repr)
 def test_a_key_that_is_not_storable_is_refused_and_changes_nothing(system: ContextSystem, key: Any) -> None:
     t = system.adapter.activate("k")
