@@ -33,7 +33,8 @@ command as received (a str) when it failed, else null. A result that would be ov
 message limit (a NATS server's ``max_payload``: the body goes in JSON-escaped, so a command near the
 limit makes a larger dead letter) carries the longest prefix of the command that fits, with
 ``"body_truncated": true`` and ``"body_bytes"``, the command's size as received (both added to format
-1; absent means the body is whole).
+1; absent means the body is whole); if the rest alone is over the limit, ``context_id`` and the
+error's message are cut to their first 997 characters and ``...`` too.
 """
 
 from __future__ import annotations
@@ -184,6 +185,10 @@ def parse_command(body: bytes | str) -> Command:
     return Command(context_id, operation, args, msg_id, expected, by)
 
 
+def _clipped(text: str | None, width: int = 1_000) -> str | None:
+    return text if text is None or len(text) <= width else text[:width - 3] + "..."
+
+
 def result_body(*, message_id: str | None, context_id: str | None, operation: str | None, version: int | None,
                 error: BaseException | None, body: bytes | None, limit: int | None = None) -> bytes:
     """The answer to a command, or its dead letter (see the module docstring). With `limit` (the
@@ -196,12 +201,21 @@ def result_body(*, message_id: str | None, context_id: str | None, operation: st
         "body": None if body is None else body.decode("utf-8", "replace"),
     }
     out = orjson.dumps(doc)
-    if limit is None or len(out) <= limit or body is None:
+    if limit is None or len(out) <= limit:
         return out
+    text = doc["body"] or ""
+    if body is not None:
+        doc.update(body="", body_truncated=True, body_bytes=len(body))
+    if len(orjson.dumps(doc)) > limit:
+        # the rest alone is over: the fields that echo the command (a context id of a megabyte parses,
+        # and is refused only when applied) are cut to their start as well
+        doc["context_id"] = _clipped(context_id)
+        if error is not None:
+            doc["error"]["message"] = _clipped(doc["error"]["message"])
+    if body is None:
+        return orjson.dumps(doc)
     # the body goes in JSON-escaped (a quote takes 2 bytes, a control character 6): find the longest
     # prefix that fits by bisection, a dozen or two encodings on this rare path
-    text = doc["body"]
-    doc.update(body_truncated=True, body_bytes=len(body))
     low, high = 0, len(text)
     while low < high:
         mid = (low + high + 1) // 2

@@ -156,3 +156,18 @@ def test_a_result_over_the_limit_carries_the_longest_body_prefix_that_fits(text:
     longer = {**doc, "body": text[:len(doc["body"]) + 1]}
     assert len(orjson.dumps(longer)) > limit  # the longest prefix: one character more is over
     assert doc["error"]["type"] == "VersionConflictError" and doc["ok"] is False
+
+
+def test_a_result_whose_other_fields_echo_a_huge_command_still_fits_the_limit() -> None:
+    """A context id of 100 KB parses (the id is refused only when applied) and is echoed back: the
+    result cuts it as well when the body alone cannot make room."""
+    cid = "c" * 100_000
+    body = orjson.dumps({"context_id": cid, "operation": "set", "arguments": {"key": "k", "value": 1},
+                         "message_id": "m"})
+    cut = result_body(message_id="m", context_id=cid, operation="set", version=None,
+                      error=InvalidCommandError("context_id", "c" * 50_000), body=body, limit=4_000)
+    doc = orjson.loads(cut)
+    assert len(cut) <= 4_000 and doc["body_truncated"] is True and doc["body_bytes"] == len(body)
+    assert cid.startswith(doc["context_id"][:-3]) and doc["context_id"].endswith("...")
+    assert doc["error"]["type"] == "InvalidCommandError" and doc["error"]["message"].endswith("...")
+    assert body.decode().startswith(doc["body"])
