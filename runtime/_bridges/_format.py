@@ -46,6 +46,8 @@ from urllib.parse import quote
 import attrs
 import orjson
 
+from hoard.storage import shown_repr
+
 from ._errors import InvalidCommandError
 
 if TYPE_CHECKING:
@@ -152,7 +154,8 @@ def _arguments(operation: str, args: dict[str, Any]) -> dict[str, Any]:
             raise InvalidCommandError(f"arguments.{name}", f"{operation!r} needs arguments {list(needed)}")
     extra = sorted(set(args) - set(needed))
     if extra:
-        raise InvalidCommandError("arguments", f"{operation!r} takes arguments {list(needed)}, not {extra}")
+        raise InvalidCommandError("arguments", f"{operation!r} takes arguments {list(needed)}, "
+                                               f"not {shown_repr(extra, 80)}")
     if "key" in args and type(args["key"]) is not str:
         raise InvalidCommandError("arguments.key", f"must be a string, not {_json_kind(args['key'])}")
     if operation == "update" and type(args["values"]) is not dict:
@@ -171,11 +174,13 @@ def parse_command(body: bytes | str) -> Command:
         raise InvalidCommandError(None, f"must be a JSON object, not {_json_kind(doc)}")
     fmt = doc.get("format", COMMAND_FORMAT)
     if fmt != COMMAND_FORMAT or type(fmt) is not int:
-        raise InvalidCommandError("format", f"this hoard reads command format {COMMAND_FORMAT}, not {fmt!r}")
+        raise InvalidCommandError("format", f"this hoard reads command format {COMMAND_FORMAT}, "
+                                            f"not {shown_repr(fmt, 80)}")
     context_id = _field(doc, "context_id", str)
     operation = _field(doc, "operation", str)
     if operation not in OPERATIONS:
-        raise InvalidCommandError("operation", f"unknown operation {operation!r}; one of {sorted(OPERATIONS)}")
+        raise InvalidCommandError("operation", f"unknown operation {shown_repr(operation, 80)}; "
+                                               f"one of {sorted(OPERATIONS)}")
     msg_id = _field(doc, "message_id", str)
     if not 0 < len(msg_id) <= _MAX_MESSAGE_ID:
         raise InvalidCommandError("message_id", f"must have 1 to {_MAX_MESSAGE_ID} characters")

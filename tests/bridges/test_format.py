@@ -171,3 +171,12 @@ def test_a_result_whose_other_fields_echo_a_huge_command_still_fits_the_limit() 
     assert cid.startswith(doc["context_id"][:-3]) and doc["context_id"].endswith("...")
     assert doc["error"]["type"] == "InvalidCommandError" and doc["error"]["message"].endswith("...")
     assert body.decode().startswith(doc["body"])
+
+
+@pytest.mark.parametrize("fields", [{"operation": "x" * 100_000}, {"format": "9" * 100_000},
+                                    {"arguments": {"key": "k", "value": 1, "y" * 100_000: 2}}])
+def test_a_command_refused_for_a_huge_field_names_it_by_its_start(fields: dict[str, Any]) -> None:
+    doc = {"context_id": "a", "operation": "set", "arguments": {"key": "k", "value": 1}, "message_id": "m", **fields}
+    with pytest.raises(InvalidCommandError) as info:
+        parse_command(orjson.dumps(doc))
+    assert len(str(info.value)) < 300 and "..." in str(info.value), str(info.value)[:400]
