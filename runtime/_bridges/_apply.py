@@ -239,15 +239,20 @@ class CommandApplier(BridgeThread):
             version = tracker.set_metadata(args["key"], args["value"], **common)
         return version
 
-    def _message_limit(self) -> int | None:
-        limit = getattr(self._source, "message_limit", None)
-        return None if limit is None else cast("int | None", limit())
+    def _message_limit(self, subjects: list[str]) -> int | None:
+        """The smallest limit of the `subjects` a result goes to (None: none has one)."""
+        ask = getattr(self._source, "message_limit", None)
+        if ask is None:
+            return None
+        limits = [n for n in (cast("int | None", ask(s, self._timeout)) for s in subjects) if n is not None]
+        return min(limits) if limits else None
 
     def _reject(self, message: Incoming, command: Command | None, error: BaseException) -> None:
         body = result_body(message_id=command.message_id if command else None,
                            context_id=command.context_id if command else None,
                            operation=command.operation if command else None, version=None, error=error,
-                           body=message.body, limit=self._message_limit())
+                           body=message.body,
+                           limit=self._message_limit([s for s in (message.reply_to, self.dead_letter) if s]))
         if message.reply_to:
             self._source.send(message.reply_to, body, self._timeout)
         if self.dead_letter:

@@ -105,9 +105,10 @@ class CommandSource(Protocol):
     """The inbound half of a backend: a durable subscription whose messages stay with the broker
     until acknowledged (a JetStream durable consumer, an AMQP queue, an MQTT persistent session).
 
-    A backend may also have ``message_limit() -> int | None``: the largest answer or dead letter the
-    broker takes (the NATS server's ``max_payload``); the applier cuts a rejected command's body to
-    fit it. None, or no such method: no limit a command's result could reach."""
+    A backend may also have ``message_limit(subject, timeout) -> int | None``: the largest answer or
+    dead letter `subject` takes (on NATS the server's ``max_payload``, or the ``max_msg_size`` of the
+    stream that keeps `subject`); the applier cuts a rejected command's body to fit it. None, or no
+    such method: no limit a command's result could reach."""
 
     url: str
 

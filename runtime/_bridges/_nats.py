@@ -298,8 +298,11 @@ class NatsCommandSource:
         self._ack_wait = float(ack_wait if ack_wait is not None else options.get("ack_wait", 30))
         self._sub: Any = None
         self._streams: dict[str, str | None] = {}  # answer / dead-letter subject -> its stream (None: none)
+        self._limits: dict[str, int] = {}  # answer / dead-letter subject -> its stream's max_msg_size (-1: none)
 
     def connect(self, timeout: float) -> None:
+        self._streams.clear()  # asked again on this connection: a stream may have come or changed
+        self._limits.clear()
         self._loop.open(timeout)
         try:
             self._sub = self._loop.run(self._subscribe(), timeout, "subscribing")
@@ -329,23 +332,39 @@ class NatsCommandSource:
     def ack(self, message: Incoming) -> None:
         self._loop.run(message.handle.ack(), 5.0, "acknowledging")
 
-    def message_limit(self) -> int | None:
-        """The connected server's ``max_payload`` (an answer or dead letter has no header); None when
-        not connected."""
+    def message_limit(self, subject: str, timeout: float) -> int | None:
+        """The largest answer or dead letter `subject` takes: the connected server's ``max_payload``
+        (an answer or dead letter has no header), or the ``max_msg_size`` of the stream that keeps
+        `subject` when that is smaller (asked once per subject and connection); None when not
+        connected. `BrokerUnavailableError` if the server does not answer within `timeout`."""
         nc = self._loop.nc
-        return None if nc is None else int(nc.max_payload)
+        if nc is None:
+            return None
+        if subject not in self._limits:
+            async def stream_limit() -> int:
+                stream = await self._stream_of(subject)
+                if stream is None:
+                    return -1
+                return int((await self._loop.js.stream_info(stream)).config.max_msg_size or -1)
+            self._limits[subject] = self._loop.run(stream_limit(), timeout, f"asking the limits of {subject!r}")
+        limits = [n for n in (int(nc.max_payload), self._limits[subject]) if n > 0]
+        return min(limits) if limits else None
+
+    async def _stream_of(self, subject: str) -> str | None:
+        """The stream that keeps `subject` (None: none), asked once per subject and connection."""
+        if subject not in self._streams:
+            try:
+                self._streams[subject] = await self._loop.js.find_stream_name_by_subject(subject)
+            except nats.js.errors.NotFoundError:
+                self._streams[subject] = None
+        return self._streams[subject]
 
     def send(self, subject: str, body: bytes, timeout: float) -> None:
         """An answer or dead letter: a JetStream publish (acked) when a stream covers `subject`, else a
         plain NATS message (flushed). Deciding by asking first, not by trying: a JetStream publish to
         a subject that has a plain subscriber and no stream is a request nobody answers."""
         async def send() -> None:
-            if subject not in self._streams:
-                try:
-                    self._streams[subject] = await self._loop.js.find_stream_name_by_subject(subject)
-                except nats.js.errors.NotFoundError:
-                    self._streams[subject] = None
-            if self._streams[subject] is not None:
+            if await self._stream_of(subject) is not None:
                 await self._loop.js.publish(subject, body)
             else:
                 await self._loop.nc.publish(subject, body)

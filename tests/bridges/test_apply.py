@@ -212,10 +212,13 @@ def test_a_nats_dead_letter_subject_without_a_stream_gets_a_plain_message(tmp_pa
         channel.close()
 
 
-def test_a_rejected_nats_command_near_max_payload_is_dead_lettered_once_with_its_body_cut(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream_limit", [None, 4096], ids=["server-max_payload", "stream-max_msg_size"])
+def test_a_rejected_nats_command_near_the_limit_is_dead_lettered_once_with_its_body_cut(
+        tmp_path: Path, stream_limit: int | None) -> None:
     """The dead letter carries the command as text, JSON-escaped: a command of quotes doubles in it. A
-    command within the server's max_payload whose dead letter is over it was sent again and again (its
-    publish failed as "broker unavailable"); now the body is cut to fit and says so."""
+    command within the limit (the server's max_payload, or the max_msg_size of the stream that keeps
+    the dead letters) whose dead letter is over it was sent again and again (its publish failed as
+    "broker unavailable"); now the body is cut to fit and says so."""
     require_broker("nats")
     import asyncio  # noqa: PLC0415
 
@@ -223,21 +226,28 @@ def test_a_rejected_nats_command_near_max_payload_is_dead_lettered_once_with_its
 
     from tests.bridges.brokers import url  # noqa: PLC0415
 
-    async def max_payload() -> int:
+    channel = make_channel("nats", NAME)
+
+    async def limit_of() -> int:
         nc = await nats.connect(url("nats"))
         try:
-            return int(nc.max_payload)
+            if stream_limit is None:
+                return int(nc.max_payload)
+            js = nc.jetstream()
+            config = (await js.stream_info(channel.stream)).config
+            config.max_msg_size = stream_limit
+            await js.update_stream(config)
+            return stream_limit
         finally:
             await nc.close()
-    limit = asyncio.run(max_payload())
-    head = orjson.dumps({"context_id": "a", "operation": "set", "expected_version": 99, "message_id": "big",
-                         "arguments": {"key": "k", "value": ""}})
-    value = '"' * ((limit - len(head) - 64) // 2)  # each a 2-byte \" in the command, 4 bytes in its dead letter
-    body = orjson.dumps({"context_id": "a", "operation": "set", "expected_version": 99, "message_id": "big",
-                         "arguments": {"key": "k", "value": value}})
-    assert limit - 100 < len(body) <= limit
-    channel = make_channel("nats", NAME)
     try:
+        limit = asyncio.run(limit_of())
+        head = orjson.dumps({"context_id": "a", "operation": "set", "expected_version": 99, "message_id": "big",
+                             "arguments": {"key": "k", "value": ""}})
+        value = '"' * ((limit - len(head) - 64) // 2)  # each a 2-byte \" in the command, 4 in its dead letter
+        body = orjson.dumps({"context_id": "a", "operation": "set", "expected_version": 99, "message_id": "big",
+                             "arguments": {"key": "k", "value": value}})
+        assert limit - 100 < len(body) <= limit
         with _system(tmp_path / "s.db") as system, CommandApplier(
                 system, channel.url(), channel.subject, dead_letter=channel.dead_letter, stream=channel.stream,
                 name=NAME, call_timeout=5.0) as applier:
