@@ -65,7 +65,8 @@ class Publisher(Protocol):
 
     A backend may also have ``unpublishable(messages) -> tuple[int, str] | None``: the index of the
     first message the broker can never take as it is (a routing key or message id over AMQP's 255
-    bytes, a message over the NATS server's ``max_payload``), and why; None when it takes them all.
+    bytes, a message over the NATS server's ``max_payload`` or its stream's ``max_msg_size``), and
+    why; None when it takes them all.
     The relay asks it for every batch, after `connect`, before `send` (see `UnpublishableChangeError`).
     """
 

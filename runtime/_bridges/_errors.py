@@ -46,7 +46,8 @@ class InvalidCommandError(BridgeError, ValueError):
 
 class UnpublishableChangeError(BridgeError, ValueError):
     """A change of the feed that the broker can never take as it is: its AMQP routing key or message
-    id is over 255 bytes, or its message is over the NATS server's ``max_payload``, or over MQTT's
+    id is over 255 bytes, or its message is over the NATS server's ``max_payload`` (or the
+    ``max_msg_size`` of the relay's stream), or over MQTT's
     limits. Publishing it again would fail again, so a relay does not retry it: by default
     (``Relay(..., unpublishable="stop")``) it publishes every entry before it, commits that offset and
     stops, this error's message in `RelayLag.error`; with ``unpublishable="skip"`` it logs the error,

@@ -31,10 +31,10 @@ the write's idempotency key: a command applied once is never applied again for t
 "operation", "ok", "version", "error": null | {"type", "message"}, "body"}`` where ``body`` is the
 command as received (a str) when it failed, else null. A result that would be over the broker's
 message limit (a NATS server's ``max_payload``, or its stream's ``max_msg_size``: the body goes in
-JSON-escaped, so a command near the limit makes a larger dead letter) carries the longest prefix of the command that fits, with
-``"body_truncated": true`` and ``"body_bytes"``, the command's size as received (both added to format
-1; absent means the body is whole); if the rest alone is over the limit, ``context_id`` and the
-error's message are cut to their first 997 characters and ``...`` too.
+JSON-escaped, so a command near the limit makes a larger dead letter) carries the longest prefix of
+the command that fits, with ``"body_truncated": true`` and ``"body_bytes"``, the command's size as
+received (both added to format 1; absent means the body is whole); if the rest alone is over the
+limit, ``context_id`` and the error's message are cut to their first 997 characters and ``...`` too.
 """
 
 from __future__ import annotations

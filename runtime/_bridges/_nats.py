@@ -150,6 +150,7 @@ class NatsPublisher:
         self._inbox = ""  # "<inbox>." of this connection: message n's acks come to "<inbox>.n"
         self._pending: dict[str, _Acks] = {}  # reply subject -> the batch whose ack it is (the loop's thread)
         self._sequence = 0
+        self._stream_limit = -1  # the max_msg_size of the stream (`stream=`) as of connect; -1: none
 
     def connect(self, timeout: float) -> None:
         self._handed = None
@@ -166,9 +167,10 @@ class NatsPublisher:
     async def _ensure_stream(self) -> None:
         js = self._loop.js
         try:
-            await js.stream_info(self._stream)
+            info = await js.stream_info(self._stream)
         except nats.js.errors.NotFoundError:
-            await js.add_stream(name=self._stream, subjects=self._subjects)
+            info = await js.add_stream(name=self._stream, subjects=self._subjects)
+        self._stream_limit = int(info.config.max_msg_size or -1)
 
     async def _listen(self) -> None:
         nc = self._loop.nc
@@ -208,19 +210,21 @@ class NatsPublisher:
         return _HEADER_BYTES + len(message_id.encode("utf-8", "surrogatepass"))
 
     def unpublishable(self, messages: Sequence[Outgoing]) -> tuple[int, str] | None:
-        """The first message over the server's ``max_payload`` with its header, and why; None when
-        there is none or when not connected (the limit is not known then)."""
+        """The first message over the server's ``max_payload`` with its header (or over the
+        ``max_msg_size`` of the relay's stream, as of connect, when smaller), and why; None when there
+        is none or when not connected (the limit is not known then)."""
         nc = self._loop.nc
         if nc is None:
             return None
-        limit = int(nc.max_payload)
+        limit, what = int(nc.max_payload), "the server's max_payload"
+        if 0 < self._stream_limit < limit:  # the stream's own bound (it counts the header too)
+            limit, what = self._stream_limit, f"the max_msg_size of stream {self._stream!r}"
         for index, m in enumerate(messages):
             # 4 UTF-8 bytes a character at most: only a message near the limit is measured exactly
             if len(m.body) + _HEADER_BYTES + 4 * len(m.message_id) > limit:
                 size = len(m.body) + self.overhead(m.message_id)
                 if size > limit:
-                    return index, (f"its message is {size} bytes with its header, over the server's "
-                                   f"max_payload of {limit}")
+                    return index, f"its message is {size} bytes with its header, over {what} of {limit}"
         return None
 
     def send(self, messages: Sequence[Outgoing], timeout: float) -> Any:

@@ -157,7 +157,8 @@ class Relay(BridgeThread):
         publish_timeout: seconds the broker has to confirm a batch (and to accept a connection).
         max_backoff: the longest wait between two attempts while the broker is away.
         unpublishable: what to do with a change the broker can never take as it is (an AMQP routing
-            key or message id over 255 bytes, a message over the NATS server's ``max_payload``; see
+            key or message id over 255 bytes, a message over the NATS server's ``max_payload`` or the
+            ``max_msg_size`` of the relay's stream; see
             `UnpublishableChangeError`): ``"stop"`` (default) publishes every entry before it,
             commits that offset and stops, the error in `lag()`; ``"skip"`` logs it, counts it in
             `lag().skipped` and goes on. Either way it is never retried.

@@ -570,3 +570,39 @@ def test_hoard_relay_exits_1_naming_a_change_the_broker_can_never_take(target: T
     assert (stopped["skipped"], stopped["position"], stopped["error"]) == (2, head, None)
     assert all(m in err for m in refused)
     assert [m["message_id"] for m in target.received()] == ["a:1", "a:2", "a:3"]  # on from where it stopped
+
+
+@pytest.mark.parametrize("target", ["nats"], indirect=True)
+def test_a_nats_publisher_holds_messages_to_the_max_msg_size_of_a_stream_made_before_it(target: Target) -> None:
+    """A stream's max_msg_size under the server's max_payload refused such a message at publish
+    (err_code 10054), which the relay took as "broker unavailable" and retried forever."""
+    import asyncio  # noqa: PLC0415
+
+    import nats  # noqa: PLC0415
+
+    from tests.bridges.brokers import url  # noqa: PLC0415
+
+    stream, limit = target.options["stream"], 4096
+
+    async def make() -> None:
+        nc = await nats.connect(url("nats"))
+        subject = target.subject.replace("{context_id}", ">")
+        await nc.jetstream().add_stream(name=stream, subjects=[subject], max_msg_size=limit)
+        await nc.close()
+    asyncio.run(make())
+    publisher: Any = make_publisher(target.url(), subject=target.subject, stream=stream)
+    try:
+        publisher.connect(5.0)
+        subject, message_id = target.subject.format(context_id="a"), "a:1"
+        room = limit - publisher.overhead(message_id)
+        fits = Outgoing(subject, b'"' + b"x" * (room - 2) + b'"', message_id)
+        over = Outgoing(subject, b'"' + b"x" * (room - 1) + b'"', "a:2")
+        assert publisher.unpublishable([fits]) is None
+        index, reason = publisher.unpublishable([fits, over])
+        assert index == 1 and "max_msg_size" in reason and stream in reason
+        publisher.publish([fits], 5.0)  # the stream takes what was judged to fit
+        with pytest.raises(BrokerUnavailableError):  # and refuses one byte more
+            publisher.publish([over], 5.0)
+    finally:
+        publisher.close()
+    assert len(target.received()) == 1
