@@ -153,6 +153,7 @@ class BenchReport:
     environment: dict[str, Any]
     seconds: float
     quick: bool
+    rounds: int = 15  # alternating rounds of each row with its floor
 
 
 # -- workload -----------------------------------------------------------------------------------------
@@ -356,12 +357,15 @@ class _Run:
     quick: bool
     workdir: str
     series: list[Series] = attrs.Factory(list)
+    rounds_wanted: int | None = None  # None: 5 with quick, else 15
 
     def n(self, quick: int, full: int) -> int:
         return quick if self.quick else full
 
     @property
     def rounds(self) -> int:
+        if self.rounds_wanted is not None:
+            return self.rounds_wanted
         return 5 if self.quick else 15
 
     def path(self, name: str) -> str:
@@ -1746,7 +1750,7 @@ def _environment() -> dict[str, Any]:
 
 
 def run_bench(*, quick: bool = False, only: Iterable[str] | None = None, workdir: str | None = None,
-              progress: Callable[[int, int, str], None] | None = None) -> BenchReport:
+              progress: Callable[[int, int, str], None] | None = None, rounds: int | None = None) -> BenchReport:
     """Run the benchmark in this process (plus two child processes for the RSS row).
 
     Blocks until every selected measure has run: under a minute with `quick`, under ten otherwise, on
@@ -1759,9 +1763,11 @@ def run_bench(*, quick: bool = False, only: Iterable[str] | None = None, workdir
         only: measure names to run (see `MEASURES`); default all.
         workdir: where the temporary directory goes (the disk measured by the durable rows).
         progress: called as ``progress(done, total, measure_name)`` before each measure and at the end.
+        rounds: alternating rounds of each row with its floor (each row's value is the median);
+            default 5 with `quick`, else 15. More for steadier ratios, 1 for a smoke run.
 
     Raises:
-        ConfigError: an unknown measure name in `only`.
+        ConfigError: an unknown measure name in `only`, or `rounds` not a whole number of at least 1.
         HoardError: a measure failed (the message names it).
     """
     chosen = set(MEASURES if only is None else only)
@@ -1769,10 +1775,12 @@ def run_bench(*, quick: bool = False, only: Iterable[str] | None = None, workdir
     names = [n for n in MEASURES if n in chosen]
     if unknown:
         raise ConfigError(f"unknown measure(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    if rounds is not None and (type(rounds) is not int or rounds < 1):
+        raise ConfigError(f"rounds must be a whole number of at least 1, not {rounds!r}")
     t0 = time.perf_counter()
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="hoard-bench-", dir=workdir) as tmp:
-        run = _Run(quick=quick, workdir=tmp)
+        run = _Run(quick=quick, workdir=tmp, rounds_wanted=rounds)
         for i, name in enumerate(names):
             if progress is not None:
                 progress(i, len(names), name)
@@ -1783,7 +1791,7 @@ def run_bench(*, quick: bool = False, only: Iterable[str] | None = None, workdir
                 raise HoardError(f"bench measure {name!r} failed: {exc}") from exc
         if progress is not None:
             progress(len(names), len(names), "done")
-    return BenchReport(tuple(rows), tuple(run.series), _environment(), time.perf_counter() - t0, quick)
+    return BenchReport(tuple(rows), tuple(run.series), _environment(), time.perf_counter() - t0, quick, run.rounds)
 
 
 def write_chart(report: BenchReport, path: str) -> None:

@@ -52,8 +52,9 @@ def _print_table(report: BenchReport) -> None:
     console.print(f"\n{'quick run' if report.quick else 'full run'} in {report.seconds:.0f} s on {env['cpus']} CPUs, "
                   f"{env['implementation']} {env['python']}, SQLite {env['sqlite']}, {env['platform']}"
                   + (f", load {load[0]:.2f}" if load else ""), markup=False)
-    console.print("Each value ran in alternating rounds with its floor in this process; compare ratios only, "
-                  "never numbers across runs. Time and memory rows: lower is better.", markup=False)
+    console.print(f"Each value is the median of {report.rounds} alternating rounds with its floor in this process; "
+                  "compare ratios only, never numbers across runs. Time and memory rows: lower is better.",
+                  markup=False)
     for row in report.rows:
         if row.note:
             console.print(f"- {row.name}: {row.note}", markup=False)
@@ -87,6 +88,9 @@ def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="Fewer operations and rounds: under a minute (noisier ratios).")
 @click.option("--only", multiple=True, type=click.Choice(MEASURES), help="Run only this measure (repeatable).")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Alternating rounds of each row with its floor (the value is their median). "
+                   "Default 5 with --quick, else 15.")
 @click.option("--chart", "chart", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also draw the scaling series into this PNG "
                    "(needs matplotlib: pip install 'hoard-contexts[chart]').")
@@ -98,8 +102,8 @@ def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
                    "activations after the warm-up (target: under 2 MiB).")
 @click.option("--json", "as_json", is_flag=True, is_eager=True, callback=remember_json,
               help="Print a JSON list, one object per row (name, value, floor, ratio, target, meets, ...).")
-def bench(quick: bool, only: tuple[str, ...], chart: str | None, workdir: str | None, soak: float | None,  # noqa: PLR0917
-          as_json: bool) -> None:
+def bench(quick: bool, only: tuple[str, ...], rounds: int | None, chart: str | None, workdir: str | None,  # noqa: PLR0917
+          soak: float | None, as_json: bool) -> None:
     """Measure hoard against its floors, each in the same process and run, and print the ratios.
 
     Every row compares a hoard operation with the cheapest way to do the same thing without hoard
@@ -110,7 +114,7 @@ def bench(quick: bool, only: tuple[str, ...], chart: str | None, workdir: str | 
     Examples:
       hoard bench --quick
       hoard bench --json > bench.json
-      hoard bench --only durable_set --only peers
+      hoard bench --only durable_set --only peers --rounds 31
       hoard bench --chart scaling.png
       hoard bench --soak 10
     """
@@ -127,10 +131,10 @@ def bench(quick: bool, only: tuple[str, ...], chart: str | None, workdir: str | 
         with Progress(TextColumn("bench: {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("starting", total=len(only or MEASURES))
-            report = run_bench(quick=quick, only=only or None, workdir=workdir,
+            report = run_bench(quick=quick, only=only or None, workdir=workdir, rounds=rounds,
                                progress=lambda done, _total, name: bar.update(task, completed=done, description=name))
     else:
-        report = run_bench(quick=quick, only=only or None, workdir=workdir)
+        report = run_bench(quick=quick, only=only or None, workdir=workdir, rounds=rounds)
     if as_json:
         emit_json(_rows_json(report.rows))
     else:
