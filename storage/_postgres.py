@@ -99,11 +99,12 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._codec import Codec
 from ._errors import ConfigError, ContextLockedError, CorruptStateError, FencedOffError, HoardError, PersistenceError
 from ._feed import DEFAULT_FEED_RETENTION, PRUNE_EVERY, check_retention, consumer_position, feed_rows
+from ._lazy import LazyModule, installed
 from ._postgres_leases import LeaseHolder, refusal
 from ._postgres_listen import CHANNEL, ChangeListener
 from ._postgres_sql import (
@@ -137,13 +138,12 @@ from ._store import (
 )
 from ._values import validate_id
 
-try:  # the "postgres" extra: the rest of storage must import without it
+if TYPE_CHECKING:
     import psycopg
     import psycopg_pool
-    from psycopg.conninfo import conninfo_to_dict
-except ImportError:  # pragma: no cover - exercised only without the extra
-    psycopg = None  # type: ignore[assignment]
-    psycopg_pool = None  # type: ignore[assignment]
+else:  # the "postgres" extra, imported by the first PostgresStore (see `_lazy`)
+    psycopg = LazyModule("psycopg")
+    psycopg_pool = LazyModule("psycopg_pool")
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -198,7 +198,7 @@ class PostgresStore(LeaseHolder, RowStore):
                  statement_timeout: float = 30.0, recovery: str = "strict", readonly: bool = False,
                  codec: Codec | None = None, connection_class: type[Any] | None = None, feed: bool = True,
                  feed_retention: int = DEFAULT_FEED_RETENTION, lock_timeout: float = 1.0) -> None:
-        if psycopg is None:  # pragma: no cover - exercised only without the extra
+        if not installed("psycopg", "psycopg_pool"):  # pragma: no cover - exercised only without the extra
             raise ConfigError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'hoard-contexts[postgres]'")
         super().__init__(codec or Codec(compression_level, max_bytes=max_state_bytes + 2**20), recovery, readonly)
         if not IDENT.fullmatch(schema):
@@ -206,7 +206,7 @@ class PostgresStore(LeaseHolder, RowStore):
         if not lease_ttl > 0 or not connect_timeout > 0 or not statement_timeout > 0 or not lock_timeout > 0:
             raise ConfigError("lease_ttl, connect_timeout, statement_timeout and lock_timeout must be positive")
         try:
-            params = conninfo_to_dict(dsn)
+            params = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
             raise ConfigError(f"invalid PostgreSQL connection string: {exc}") from exc
         self.dsn = dsn
@@ -1274,9 +1274,9 @@ _INT8 = struct.Struct("!q").pack
 _FLOAT8 = struct.Struct("!d").pack
 _TRUE, _FALSE = b"\x01", b"\x00"
 _UNKNOWN_STATEMENT = b"26000"  # invalid_sql_statement_name: no prepared statement of that name
-if psycopg is not None:
-    _TUPLES_OK, _COMMAND_OK = psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.COMMAND_OK
-    _SQLSTATE = psycopg.pq.DiagnosticField.SQLSTATE
+# libpq's own numbers (PGRES_TUPLES_OK, PGRES_COMMAND_OK, PG_DIAG_SQLSTATE), which psycopg's
+# ExecStatus and DiagnosticField enums equal: written out so that this module imports without psycopg
+_TUPLES_OK, _COMMAND_OK, _SQLSTATE = 2, 1, ord("C")
 
 # `_appends_direct`'s arrays in PostgreSQL's binary form: a header (dimensions, whether any element is
 # NULL, the element type; then the length and lower bound of the one dimension), then every element as

@@ -13,18 +13,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 
 from ._errors import ConfigError, PersistenceError
+from ._lazy import LazyModule, installed
 from ._postgres_sql import LISTENING
 
-try:  # the "postgres" extra: the rest of storage must import without it
+if TYPE_CHECKING:
     import psycopg
-except ImportError:  # pragma: no cover - exercised only without the extra
-    psycopg = None  # type: ignore[assignment]
+else:  # the "postgres" extra, imported by the first listener (see `_lazy`)
+    psycopg = LazyModule("psycopg")
 
 __all__ = ["CHANNEL", "ChangeListener", "ChangeNotice"]
 
@@ -75,7 +76,7 @@ class ChangeListener:
     """
 
     def __init__(self, dsn: str, schema: str, *, connect_timeout: float = 5.0, announce: bool = True) -> None:
-        if psycopg is None:  # pragma: no cover - exercised only without the extra
+        if not installed("psycopg"):  # pragma: no cover - exercised only without the extra
             raise ConfigError("ChangeListener needs psycopg 3: pip install 'hoard-contexts[postgres]'")
         self.dsn = dsn
         self.schema = schema
