@@ -153,7 +153,7 @@ class BenchReport:
     environment: dict[str, Any]
     seconds: float
     quick: bool
-    rounds: int = 15  # alternating rounds of each row with its floor
+    rounds: int = 15  # alternating rounds of most rows with their floor
 
 
 # -- workload -----------------------------------------------------------------------------------------
@@ -1763,8 +1763,9 @@ def run_bench(*, quick: bool = False, only: Iterable[str] | None = None, workdir
         only: measure names to run (see `MEASURES`); default all.
         workdir: where the temporary directory goes (the disk measured by the durable rows).
         progress: called as ``progress(done, total, measure_name)`` before each measure and at the end.
-        rounds: alternating rounds of each row with its floor (each row's value is the median);
-            default 5 with `quick`, else 15. More for steadier ratios, 1 for a smoke run.
+        rounds: alternating rounds of most rows with their floor (the row's value is the median; the
+            RSS and relay rows keep their own counts); default 5 with `quick`, else 15. More for
+            steadier ratios, 1 for a smoke run.
 
     Raises:
         ConfigError: an unknown measure name in `only`, or `rounds` not a whole number of at least 1.

@@ -52,9 +52,9 @@ def _print_table(report: BenchReport) -> None:
     console.print(f"\n{'quick run' if report.quick else 'full run'} in {report.seconds:.0f} s on {env['cpus']} CPUs, "
                   f"{env['implementation']} {env['python']}, SQLite {env['sqlite']}, {env['platform']}"
                   + (f", load {load[0]:.2f}" if load else ""), markup=False)
-    console.print(f"Each value is the median of {report.rounds} alternating rounds with its floor in this process; "
-                  "compare ratios only, never numbers across runs. Time and memory rows: lower is better.",
-                  markup=False)
+    console.print(f"Each value ran in alternating rounds with its floor in this process ({report.rounds} for most "
+                  "rows, the value their median); compare ratios only, never numbers across runs. Time and memory "
+                  "rows: lower is better.", markup=False)
     for row in report.rows:
         if row.note:
             console.print(f"- {row.name}: {row.note}", markup=False)
@@ -89,8 +89,8 @@ def _rows_json(rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
 @click.option("--quick", is_flag=True, help="Fewer operations and rounds: under a minute (noisier ratios).")
 @click.option("--only", multiple=True, type=click.Choice(MEASURES), help="Run only this measure (repeatable).")
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
-              help="Alternating rounds of each row with its floor (the value is their median). "
-                   "Default 5 with --quick, else 15.")
+              help="Alternating rounds of most rows with their floor (the value is their median; the RSS "
+                   "and relay rows keep their own counts). Default 5 with --quick, else 15.")
 @click.option("--chart", "chart", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also draw the scaling series into this PNG "
                    "(needs matplotlib: pip install 'hoard-contexts[chart]').")
