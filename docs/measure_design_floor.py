@@ -105,20 +105,19 @@ def bare_threads(db: sqlite3.Connection) -> tuple[queue.SimpleQueue[Any], list[t
 
 def through_threads(first: queue.SimpleQueue[Any]) -> float:
     answer: queue.SimpleQueue[None] = queue.SimpleQueue()
-    start = time.perf_counter()
-    for _ in range(WRITES):
+
+    def write(_: int) -> None:
         first.put((BLOB, answer))
         answer.get(timeout=30)
-    return WRITES / (time.perf_counter() - start)
+    return writes(write)
 
 
 def through(actor: pykka.ActorRef[Any]) -> float:
-    start = time.perf_counter()
-    for _ in range(WRITES):
+    def write(_: int) -> None:
         future: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
         actor.tell((BLOB, future))
         future.get(timeout=30)
-    return WRITES / (time.perf_counter() - start)
+    return writes(write)
 
 
 def main(rounds: int) -> None:
