@@ -23,13 +23,14 @@ delivered again. Answers go to a message's ``reply_to`` queue; dead letters to t
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pika
 import pika.exceptions
 
-from ._broker import Incoming, Outgoing, public_url, url_options
+from ._broker import Incoming, Outgoing, public_url, size_option, url_options
 from ._errors import BrokerUnavailableError
 
 __all__ = ["AmqpCommandSource", "AmqpPublisher"]
@@ -40,8 +41,41 @@ _SHORT_BYTES = 255
 _SHORT_CHARS = _SHORT_BYTES // 4
 
 
+#: RabbitMQ's refusal of a body over its max_message_size (the channel is closed with 406)
+_TOO_LARGE = re.compile(r"message size \d+ is larger than (?:configured )?max size (\d+)")
+
+
 def _never() -> bool:
     return False
+
+
+class _BodyLimit:
+    """The largest body the broker takes, as far as is known: the URL's ``max_message_size``, or
+    what RabbitMQ named when it refused one (kept across reconnections: it is the broker's setting).
+    Read and written by the bridge's thread only."""
+
+    def __init__(self, url: str) -> None:
+        self.told = size_option(url)
+        self.learned: int | None = None
+
+    def learn(self, refusal: object) -> None:
+        """Keep the limit a channel's close names (``refusal``: its reason), if it names one."""
+        found = _TOO_LARGE.search(str(refusal))
+        if found is not None:
+            self.learned = int(found.group(1))
+
+    @property
+    def value(self) -> int | None:
+        known = [n for n in (self.told, self.learned) if n is not None]
+        return min(known) if known else None
+
+    def why(self, size: int) -> str | None:
+        """Why a body of `size` bytes cannot go (None: it can, as far as is known)."""
+        limit = self.value
+        if limit is None or size <= limit:
+            return None
+        source = "the URL's" if limit == self.told else "the broker's (learned from its refusal)"
+        return f"its body is {size} bytes, over {source} max_message_size of {limit}"
 
 
 def _params(raw_url: str, timeout: float) -> Any:
@@ -59,6 +93,7 @@ class _Channel:
     def __init__(self, url: str) -> None:
         self.raw_url = url.split("?", 1)[0]
         self.url = public_url(url)
+        self.limit = _BodyLimit(url)
         self.connection: Any = None
         self.channel: Any = None
 
@@ -79,6 +114,7 @@ class _Channel:
         try:
             return fn(*args, **kwargs)
         except (pika.exceptions.AMQPError, OSError) as exc:
+            self.limit.learn(exc)
             raise BrokerUnavailableError(self.url, f"{what}: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
@@ -99,6 +135,7 @@ class AmqpPublisher:
         self.url = public_url(url)
         self._raw_url = url.split("?", 1)[0]
         self._exchange = exchange if exchange is not None else url_options(url).get("exchange", "hoard")
+        self._limit = _BodyLimit(url)
         self._connection: Any = None
         self._channel: Any = None
         self._problem: str | None = None  # why the connection cannot go on (a nack, a close)
@@ -122,7 +159,7 @@ class AmqpPublisher:
             self._connection.ioloop.stop()
 
         def on_channel(channel: Any) -> None:
-            channel.add_on_close_callback(lambda _ch, reason: self._fail(f"channel closed: {reason}"))
+            channel.add_on_close_callback(self._on_channel_closed)
             channel.confirm_delivery(self._on_confirm)
             self._channel = channel
             if self._exchange:
@@ -146,15 +183,19 @@ class AmqpPublisher:
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
         self.wait(self.send(messages, timeout), timeout)
 
-    @staticmethod
-    def unpublishable(messages: Sequence[Outgoing]) -> tuple[int, str] | None:
+    def unpublishable(self, messages: Sequence[Outgoing]) -> tuple[int, str] | None:
         """The first message whose routing key or message id is over AMQP's 255 bytes (a short
-        string: pika refuses it in `basic_publish`), and why; None when there is none."""
+        string: pika refuses it in `basic_publish`), or whose body is over the broker's
+        ``max_message_size`` as far as it is known (the URL's, or the one its refusal named), and
+        why; None when there is none."""
+        limit = self._limit.value
         for index, m in enumerate(messages):
             for what, text in (("routing key", m.subject), ("message id", m.message_id)):
                 # at most 4 UTF-8 bytes a character: a text of 63 or fewer cannot be over 255 bytes
                 if len(text) > _SHORT_CHARS and (size := len(text.encode("utf-8", "surrogatepass"))) > _SHORT_BYTES:
                     return index, f"its {what} is {size} bytes, and AMQP takes at most {_SHORT_BYTES}"
+            if limit is not None and len(m.body) > limit:
+                return index, str(self._limit.why(len(m.body)))
         return None
 
     def send(self, messages: Sequence[Outgoing], timeout: float) -> int:
@@ -197,6 +238,10 @@ class AmqpPublisher:
             self._early.discard(self._confirmed)
         if self._goal():
             self._connection.ioloop.stop()
+
+    def _on_channel_closed(self, _channel: Any, reason: Any) -> None:
+        self._limit.learn(reason)
+        self._fail(f"channel closed: {reason}")
 
     def _on_closed(self, connection: Any, reason: Any) -> None:
         self._fail(f"connection closed: {reason}")
@@ -292,6 +337,13 @@ class AmqpCommandSource:
                 break
             out.append(Incoming(body, props.reply_to or None, method.delivery_tag))
         return out
+
+    def message_limit(self, subject: str, timeout: float) -> int | None:
+        """The largest answer or dead letter body the broker takes, as far as is known: the URL's
+        ``max_message_size``, or the one RabbitMQ named when it refused one (the same for every
+        queue, `subject`). None: not known yet. No broker call."""
+        del subject, timeout
+        return self._channel.limit.value
 
     def ack(self, message: Incoming) -> None:
         channel = self._channel.channel

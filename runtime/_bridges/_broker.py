@@ -10,10 +10,20 @@ URLs (the scheme picks the backend; credentials are never shown in errors or met
 
 ==============================  ==========================================================  ==========
 ``nats://host:4222?stream=S``   NATS JetStream; ``stream`` is created when missing           ``[nats]``
-``mqtt://host:1883``            MQTT 3.1.1, QoS 1                                             ``[mqtt]``
-``amqp://user:pw@host:5672/vh`` AMQP 0-9-1 (RabbitMQ); ``?exchange=E`` (topic, durable)       ``[amqp]``
+``mqtt://host:1883``            MQTT 3.1.1, QoS 1; ``?max_message_size=N`` (see below)      ``[mqtt]``
+``amqp://user:pw@host:5672/vh`` AMQP 0-9-1 (RabbitMQ); ``?exchange=E`` (topic, durable),     ``[amqp]``
+                                ``?max_message_size=N`` (see below)
 ``redis://host:6379/0``         Redis Streams (``XADD``; the subject is the stream key)     ``[redis]``
 ==============================  ==========================================================  ==========
+
+``max_message_size`` (AMQP, MQTT): the largest message body the broker takes, in bytes (RabbitMQ's
+``max_message_size``, 128 MiB in RabbitMQ 3 and 16 MiB in RabbitMQ 4 by default; Mosquitto's
+``message_size_limit``). Neither broker tells its clients: given, a relay names a change over it as
+unpublishable before sending it, and an applier cuts a dead letter to fit it. Without it, an AMQP
+backend learns RabbitMQ's limit from its first refusal (the channel closed with 406
+PRECONDITION_FAILED, which names the limit): that batch or dead letter fails once and the next
+attempt keeps to the limit. Mosquitto drops a larger PUBLISH without an error an MQTT 3.1.1 client
+could see: give the option when it has a ``message_size_limit``.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ __all__ = [
     "make_publisher",
     "make_source",
     "public_url",
+    "size_option",
     "url_options",
 ]
 
@@ -150,6 +161,17 @@ def public_url(url: str) -> str:
 def url_options(url: str) -> dict[str, str]:
     """The query of `url` as single values (``?stream=S&x=1`` -> ``{"stream": "S", "x": "1"}``)."""
     return {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def size_option(url: str, name: str = "max_message_size") -> int | None:
+    """The option `name` of `url` as a whole number of bytes >= 1 (None: not given); anything else
+    raises `ConfigError` naming it."""
+    raw = url_options(url).get(name)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ConfigError(f"{name} in {public_url(url)!r} must be a whole number of bytes >= 1, not {raw!r}")
+    return int(raw)
 
 
 def _backend(url: object, role: int) -> Any:

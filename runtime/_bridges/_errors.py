@@ -47,11 +47,11 @@ class InvalidCommandError(BridgeError, ValueError):
 class UnpublishableChangeError(BridgeError, ValueError):
     """A change of the feed that the broker can never take as it is: its AMQP routing key or message
     id is over 255 bytes, or its message is over the NATS server's ``max_payload`` (or the
-    ``max_msg_size`` of the relay's stream), or over MQTT's
-    limits. Publishing it again would fail again, so a relay does not retry it: by default
-    (``Relay(..., unpublishable="stop")``) it publishes every entry before it, commits that offset and
-    stops, this error's message in `RelayLag.error`; with ``unpublishable="skip"`` it logs the error,
-    counts the change in `RelayLag.skipped` and goes on.
+    ``max_msg_size`` of the relay's stream), over RabbitMQ's ``max_message_size`` (the URL's, or
+    the one its refusal named) or over MQTT's limits. Publishing it again would fail again, so a
+    relay does not retry it: by default (``Relay(..., unpublishable="stop")``) it publishes every
+    entry before it, commits that offset and stops, this error's message in `RelayLag.error`; with
+    ``unpublishable="skip"`` it logs the error, counts the change in `RelayLag.skipped` and goes on.
 
     `message_id` names the change (``<context id>:<version>``), `offset` its feed offset, `url` the
     broker (without credentials), `reason` what the broker does not take.

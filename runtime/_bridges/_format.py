@@ -30,7 +30,8 @@ the write's idempotency key: a command applied once is never applied again for t
 **The answer / dead letter:** ``{"type": "hoard.command_result", "format": 1, "message_id", "context_id",
 "operation", "ok", "version", "error": null | {"type", "message"}, "body"}`` where ``body`` is the
 command as received (a str) when it failed, else null. A result that would be over the broker's
-message limit (a NATS server's ``max_payload``, or its stream's ``max_msg_size``: the body goes in
+message limit (a NATS server's ``max_payload``, or its stream's ``max_msg_size``; the AMQP or MQTT
+URL's ``max_message_size``, or RabbitMQ's as its refusal named it: the body goes in
 JSON-escaped, so a command near the limit makes a larger dead letter) carries the longest prefix of
 the command that fits, with ``"body_truncated": true`` and ``"body_bytes"``, the command's size as
 received (both added to format 1; absent means the body is whole); if the rest alone is over the

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ._broker import Incoming, Outgoing, public_url, url_options
+from ._broker import Incoming, Outgoing, public_url, size_option, url_options
 from ._errors import BrokerUnavailableError
 
 __all__ = ["MqttCommandSource", "MqttPublisher"]
@@ -113,6 +113,7 @@ class MqttPublisher:
     def __init__(self, url: str, *, subject: str = "hoard/{context_id}", client_id: str | None = None) -> None:
         self.url = public_url(url)
         self._client = _Client(url, client_id or url_options(url).get("client_id", ""))
+        self._max_body = size_option(url)  # the broker's message_size_limit, when the URL says it
 
     def connect(self, timeout: float) -> None:
         self._client.open(timeout)
@@ -120,11 +121,14 @@ class MqttPublisher:
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
         self.wait(self.send(messages, timeout), timeout)
 
-    @staticmethod
-    def unpublishable(messages: Sequence[Outgoing]) -> tuple[int, str] | None:
+    def unpublishable(self, messages: Sequence[Outgoing]) -> tuple[int, str] | None:
         """The first message MQTT cannot carry (a topic over 65,535 bytes, or a PUBLISH packet over
-        268,435,455 bytes: paho refuses both), and why; None when there is none."""
+        268,435,455 bytes: paho refuses both) or the broker would drop (a body over the URL's
+        ``max_message_size``), and why; None when there is none."""
+        limit = self._max_body
         for index, m in enumerate(messages):
+            if limit is not None and len(m.body) > limit:
+                return index, f"its body is {len(m.body)} bytes, over the URL's max_message_size of {limit}"
             if len(m.subject) > _TOPIC_CHARS or len(m.body) > _PACKET_BYTES - 4 - 4 * len(m.subject):
                 topic = len(m.subject.encode("utf-8", "surrogatepass"))
                 if topic > _TOPIC_BYTES:
@@ -154,6 +158,7 @@ class MqttCommandSource:
         cid = client_id or url_options(url).get("client_id") or "hoard-apply"
         self._client = _Client(url, cid, persistent=True, manual_ack=True)
         self._subject = subject
+        self._max_body = size_option(url)
         self._inbox: queue.Queue[Any] = queue.Queue()
 
     def connect(self, timeout: float) -> None:
@@ -182,6 +187,14 @@ class MqttCommandSource:
                 msg = self._inbox.get_nowait()
             except queue.Empty:
                 return out
+
+    def message_limit(self, subject: str, timeout: float) -> int | None:
+        """The largest answer or dead letter body for topic `subject`: what a PUBLISH packet of
+        268,435,455 bytes leaves (topic length, topic, packet id), or the URL's ``max_message_size``
+        when smaller. No broker call."""
+        del timeout
+        packet = _PACKET_BYTES - 2 - len(subject.encode("utf-8", "surrogatepass")) - 2
+        return packet if self._max_body is None else min(packet, self._max_body)
 
     def ack(self, message: Incoming) -> None:
         client = self._client.client

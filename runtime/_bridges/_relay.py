@@ -158,7 +158,7 @@ class Relay(BridgeThread):
         max_backoff: the longest wait between two attempts while the broker is away.
         unpublishable: what to do with a change the broker can never take as it is (an AMQP routing
             key or message id over 255 bytes, a message over the NATS server's ``max_payload`` or the
-            ``max_msg_size`` of the relay's stream; see
+            ``max_msg_size`` of the relay's stream, a body over the broker's ``max_message_size``; see
             `UnpublishableChangeError`): ``"stop"`` (default) publishes every entry before it,
             commits that offset and stops, the error in `lag()`; ``"skip"`` logs it, counts it in
             `lag().skipped` and goes on. Either way it is never retried.

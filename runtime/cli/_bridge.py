@@ -52,7 +52,8 @@ def _serve(system: ContextSystem, bridge: Relay | CommandApplier) -> None:
               help="Entries read and published at once.")
 @click.option("--unpublishable", default="stop", show_default=True, type=click.Choice(["stop", "skip"]),
               help="A change the broker can never take (an AMQP routing key over 255 bytes, a message over "
-                   "NATS max_payload): stop just before it (exit 1), or log it and skip it.")
+                   "NATS max_payload, a body over RabbitMQ's max_message_size): stop just before it (exit 1), "
+                   "or log it and skip it.")
 @json_option
 def relay(store: str, url: str, subject: str, name: str | None, batch: int,  # noqa: PLR0917 - click passes options by name
           unpublishable: str, as_json: bool) -> None:

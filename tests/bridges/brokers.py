@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
+import re
+import shutil
 import socket
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +38,32 @@ def broker_problem(kind: str, port: int | None = None) -> str | None:
             return None
     except OSError as exc:
         return f"no {kind} broker answers at {HOST}:{port} ({exc})"
+
+
+def _rabbitmqctl_eval(expression: str) -> str:
+    done = subprocess.run(["rabbitmqctl", "eval", expression],  # noqa: S603, S607 - the broker's own tool, our text
+                          capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def rabbitmq_max_message_size(size: int) -> Iterator[None]:
+    """RabbitMQ's ``max_message_size`` set to `size` bytes (channels opened from now on refuse a
+    larger body: the channel is closed with 406 PRECONDITION_FAILED), restored afterwards. Needs
+    ``rabbitmqctl`` on this machine (as root): skipped without it, failed under ``CI=true``."""
+    import pytest  # noqa: PLC0415 - only the tests that change the broker use it
+
+    if shutil.which("rabbitmqctl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true requires rabbitmqctl to set RabbitMQ's max_message_size")
+        pytest.skip("no rabbitmqctl here to set RabbitMQ's max_message_size (these tests run in CI)")
+    old = re.fullmatch(r"\{ok,(\d+)\}", _rabbitmqctl_eval("application:get_env(rabbit, max_message_size)."))
+    _rabbitmqctl_eval(f"application:set_env(rabbit, max_message_size, {int(size)}).")
+    try:
+        yield
+    finally:
+        _rabbitmqctl_eval("application:unset_env(rabbit, max_message_size)." if old is None else
+                          f"application:set_env(rabbit, max_message_size, {old.group(1)}).")
 
 
 def url(kind: str, port: int | None = None, **query: Any) -> str:

@@ -8,6 +8,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -271,3 +272,103 @@ def test_a_rejected_nats_command_near_the_limit_is_dead_lettered_once_with_its_b
         assert channel.unfinished(NAME) == 0
     finally:
         channel.close()
+
+
+def _quotes_command(limit: int) -> bytes:
+    """A command of at most `limit` bytes, within 100 of it, whose value is quotes (each a 2-byte
+    ``\\"`` in the command and 4 bytes in its dead letter) and which is refused (a version conflict)."""
+    head = orjson.dumps({"context_id": "a", "operation": "set", "expected_version": 99, "message_id": "big",
+                         "arguments": {"key": "k", "value": ""}})
+    body = orjson.dumps({"context_id": "a", "operation": "set", "expected_version": 99, "message_id": "big",
+                         "arguments": {"key": "k", "value": '"' * ((limit - len(head) - 64) // 2)}})
+    assert limit - 100 < len(body) <= limit
+    return body
+
+
+def _check_cut_dead_letter(letter: dict[str, object], body: bytes, limit: int) -> None:
+    assert letter["error"]["type"] == "VersionConflictError" and letter["message_id"] == "big"  # type: ignore[index]
+    assert letter["body_truncated"] is True and letter["body_bytes"] == len(body)
+    assert body.decode().startswith(str(letter["body"])) and len(str(letter["body"])) > limit // 4
+    assert len(orjson.dumps(letter)) <= limit
+
+
+@pytest.mark.parametrize("told", [True, False], ids=["url-max_message_size", "learned-from-the-refusal"])
+def test_a_rejected_amqp_command_near_the_broker_limit_is_dead_lettered_once_with_its_body_cut(
+        tmp_path: Path, told: bool) -> None:
+    """RabbitMQ refuses a body over its max_message_size by closing the channel (406), which the
+    applier took as "broker unavailable": a command within the limit whose dead letter was over it
+    came back forever. The limit is now taken from the URL (``?max_message_size=``) or, once, from
+    the broker's refusal, and the dead letter's body is cut to fit."""
+    require_broker("amqp")
+    from tests.bridges.brokers import rabbitmq_max_message_size, url  # noqa: PLC0415
+
+    limit = 65_536
+    channel = make_channel("amqp", NAME)
+    try:
+        with rabbitmq_max_message_size(limit):
+            body = _quotes_command(limit)
+            source = url("amqp", max_message_size=limit) if told else url("amqp")
+            with _system(tmp_path / "s.db") as system, CommandApplier(
+                    system, source, channel.subject, dead_letter=channel.dead_letter, name=NAME,
+                    call_timeout=5.0) as applier:
+                channel.send([body, orjson.dumps({"context_id": "a", "operation": "set", "message_id": "after",
+                                                  "arguments": {"key": "k", "value": 1}})])
+                wait_for(lambda: applier.stats().rejected + applier.stats().applied >= 2
+                         or applier.stats().failures >= 3,
+                         60, "both commands handled (or the dead letter failing again and again)")
+                stats = applier.stats()
+                # told: never refused; not told: refused once, which names the limit
+                assert (stats.rejected, stats.applied, stats.failures, stats.error) == (1, 1, 0 if told else 1, None)
+            (letter,) = channel.dead_letters()
+            _check_cut_dead_letter(letter, body, limit)
+            assert channel.unfinished(NAME) == 0
+    finally:
+        channel.close()
+
+
+def test_a_rejected_mqtt_command_is_dead_lettered_within_the_url_max_message_size(tmp_path: Path) -> None:
+    """Mosquitto's message_size_limit is not told to MQTT 3.1.1 clients (it drops a larger PUBLISH);
+    ``?max_message_size=`` tells the applier, which cuts a dead letter to fit it."""
+    require_broker("mqtt")
+    from tests.bridges.brokers import url  # noqa: PLC0415
+
+    limit = 8_192
+    channel = make_channel("mqtt", NAME)
+    try:
+        body = _quotes_command(limit)
+        with _system(tmp_path / "s.db") as system, CommandApplier(
+                system, url("mqtt", max_message_size=limit), channel.subject, dead_letter=channel.dead_letter,
+                name=NAME, call_timeout=5.0) as applier:
+            channel.send([body])
+            wait_for(lambda: applier.stats().rejected or applier.stats().failures, 30, "the command handled")
+            assert (applier.stats().rejected, applier.stats().failures) == (1, 0)
+            (letter,) = wait_for(lambda: list(channel.dead) or None, 30, "the dead letter")
+        _check_cut_dead_letter(letter, body, limit)
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize(("raw", "problem"), [("0", "max_message_size"), ("-5", "max_message_size"),
+                                              ("4k", "'4k'")])
+@pytest.mark.parametrize("scheme", ["amqp", "mqtt"])
+def test_a_max_message_size_that_is_not_a_whole_number_of_bytes_is_refused_with_a_typed_error(
+        scheme: str, raw: str, problem: str) -> None:
+    pytest.importorskip({"amqp": "pika", "mqtt": "paho.mqtt"}[scheme])
+    from hoard import ConfigError  # noqa: PLC0415
+    from hoard.bridges import make_publisher, make_source  # noqa: PLC0415
+
+    base = {"amqp": "amqp://guest:guest@127.0.0.1:5672/%2F", "mqtt": "mqtt://127.0.0.1:1883"}[scheme]
+    for make in (make_publisher, lambda u: make_source(u, "cmd")):
+        with pytest.raises(ConfigError, match=problem):
+            make(f"{base}?max_message_size={raw}")
+
+
+def test_an_mqtt_source_reports_the_protocol_limit_or_the_url_max_message_size() -> None:
+    pytest.importorskip("paho.mqtt")
+    from hoard.bridges import make_source  # noqa: PLC0415
+
+    plain: Any = make_source("mqtt://127.0.0.1:1883", "t/cmd")
+    # a PUBLISH packet's remaining length: topic length (2), topic, packet id (2), payload
+    assert plain.message_limit("t/dead", 1.0) == 268_435_455 - 2 - len("t/dead") - 2
+    told: Any = make_source("mqtt://127.0.0.1:1883?max_message_size=1000", "t/cmd")
+    assert told.message_limit("t/dead", 1.0) == 1000

@@ -606,3 +606,56 @@ def test_a_nats_publisher_holds_messages_to_the_max_msg_size_of_a_stream_made_be
     finally:
         publisher.close()
     assert len(target.received()) == 1
+
+
+@pytest.mark.parametrize("target", ["amqp"], indirect=True)
+@pytest.mark.parametrize("told", [True, False], ids=["url-max_message_size", "learned-from-the-refusal"])
+def test_an_amqp_publisher_holds_messages_to_the_broker_max_message_size(target: Target, told: bool) -> None:
+    """RabbitMQ refuses a body over its max_message_size by closing the channel (406): the relay took
+    it as "broker unavailable" and retried that change forever. The limit comes from the URL
+    (``?max_message_size=``) or from the refusal, and `unpublishable()` names a message over it."""
+    from tests.bridges.brokers import rabbitmq_max_message_size  # noqa: PLC0415
+
+    limit = 4_096
+    options = {**target.options, **({"max_message_size": limit} if told else {})}
+    subject = target.subject.format(context_id="a")
+    fits = Outgoing(subject, b'"' + b"x" * (limit - 2) + b'"', "a:1")
+    over = Outgoing(subject, b'"' + b"x" * (limit - 1) + b'"', "a:2")
+    with rabbitmq_max_message_size(limit):
+        publisher: Any = make_publisher(broker_url("amqp", **options), subject=target.subject)
+        try:
+            publisher.connect(5.0)
+            if not told:
+                assert publisher.unpublishable([fits, over]) is None  # nothing says so yet
+                with pytest.raises(BrokerUnavailableError, match="larger than configured max size"):
+                    publisher.publish([over], 5.0)
+                publisher.connect(5.0)  # as the relay does after a failure
+            index, reason = publisher.unpublishable([fits, over])
+            assert index == 1 and f"max_message_size of {limit}" in reason and f"{limit + 1} bytes" in reason
+            publisher.publish([fits], 5.0)  # the broker takes what was judged to fit
+        finally:
+            publisher.close()
+    assert target.received() == ["x" * (limit - 2)]  # the message that fits, once
+
+
+@pytest.mark.parametrize("target", ["amqp"], indirect=True)
+def test_an_amqp_relay_stops_at_a_change_over_the_broker_limit_after_one_refusal(target: Target,
+                                                                                 tmp_path: Path) -> None:
+    # the relay published the change, lost its channel, connected again and published it again, forever
+    from tests.bridges.brokers import rabbitmq_max_message_size  # noqa: PLC0415
+
+    with rabbitmq_max_message_size(4_096), _system(tmp_path / "s.db") as system:
+        a = system.adapter.get_or_create("a")
+        a.set("n", 1)
+        before = _head(system, 0)
+        a.set("big", "x" * 8_000)
+        a.set("n", 2)
+        relay = Relay(system, target.url(), subject=target.subject, name="limit", publish_timeout=2.0,
+                      max_backoff=0.2).start()
+        wait_for(lambda: not relay.running, 30, "the relay to stop at the change the broker refuses")
+        lag = relay.lag()
+        assert lag.error is not None and "a:3" in lag.error and "max_message_size of 4096" in lag.error, lag
+        assert (lag.failures, lag.position) == (1, before)  # refused once, which named the limit
+        relay.stop()
+    # at least once: what went before the refused change may come twice (its batch was sent again)
+    assert {m["message_id"] for m in target.received()} == {"a:1", "a:2"}
