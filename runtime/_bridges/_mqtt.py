@@ -10,6 +10,9 @@ lets a subscriber drop repeats.)
 In: a persistent session (``clean_session=False``, client id ``?client_id=`` or the bridge's name) with
 a QoS 1 subscription and manual acknowledgement: a PUBACK is sent only by `ack`, after the write
 committed, so a command whose bridge was killed is delivered again when the session resumes.
+Mosquitto keeps at most ``max_queued_messages`` (1,000 by default) for a session whose client is away
+and drops the rest, acknowledging them to their sender: a broker that carries commands needs
+``max_queued_messages 0`` or a bound the backlog cannot reach.
 """
 
 from __future__ import annotations
