@@ -92,7 +92,8 @@ class CommandApplier(BridgeThread):
         source_url: the broker (``nats://``, ``amqp://``, ``mqtt://``).
         subject: the JetStream subject, AMQP queue or MQTT topic filter consumed.
         dead_letter: where rejected commands go (subject / queue / topic), with their error; None: they
-            are only answered (when they have a reply address) and logged.
+            are only answered (when they have a reply address) and logged. An empty one, or on MQTT a
+            topic with a wildcard (``+``, ``#``), is a `ConfigError`.
         stream: the JetStream stream (created over `subject` when missing); NATS only.
         name: names the durable consumer / client id / thread (default ``hoard-apply``).
         batch: the most commands fetched at once.
@@ -107,6 +108,8 @@ class CommandApplier(BridgeThread):
                  max_backoff: float = 2.0, source: CommandSource | None = None, **options: Any) -> None:
         if not isinstance(subject, str) or not subject:
             raise ConfigError(f"subject must be a non-empty str, not {subject!r}")
+        if dead_letter is not None and (not isinstance(dead_letter, str) or not dead_letter):
+            raise ConfigError(f"dead_letter must be a non-empty str or None, not {dead_letter!r}")
         if not isinstance(name, str) or not name or len(name) > 128:
             raise ConfigError(f"name must be a str of 1 to 128 characters, not {name!r}")
         if type(batch) is not int or batch < 1:

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hoard.storage import ConfigError
+
 from ._broker import Incoming, Outgoing, public_url, size_option, url_options
 from ._errors import BrokerUnavailableError
 
@@ -37,6 +39,15 @@ _INFLIGHT = 1000
 _TOPIC_BYTES = 65_535
 _TOPIC_CHARS = _TOPIC_BYTES // 4
 _PACKET_BYTES = 268_435_455
+
+
+def _publish_topic(topic: str, what: str, url: str) -> str:
+    """`topic` when MQTT can publish to it (a subject template: its literal text, the context ids
+    going in percent-encoded); else `ConfigError`. paho raises ValueError at the first publish."""
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        raise ConfigError(f"{what} {topic!r} cannot be published to on MQTT ({public_url(url)}): a topic published "
+                          "to is not empty and holds no wildcard ('+', '#') and no NUL")
+    return topic
 
 
 class _Client:
@@ -115,6 +126,7 @@ class MqttPublisher:
 
     def __init__(self, url: str, *, subject: str = "hoard/{context_id}", client_id: str | None = None) -> None:
         self.url = public_url(url)
+        _publish_topic(subject, "the subject template", url)
         self._client = _Client(url, client_id or url_options(url).get("client_id", ""))
         self._max_body = size_option(url)  # the broker's message_size_limit, when the URL says it
 
@@ -156,8 +168,11 @@ class MqttPublisher:
 class MqttCommandSource:
     """Commands from a QoS 1 subscription of a persistent session (see the module docstring)."""
 
-    def __init__(self, url: str, subject: str, *, client_id: str | None = None, **_ignored: Any) -> None:
+    def __init__(self, url: str, subject: str, *, client_id: str | None = None, dead_letter: str | None = None,
+                 **_ignored: Any) -> None:
         self.url = public_url(url)
+        if dead_letter is not None:
+            _publish_topic(dead_letter, "the dead-letter topic", url)
         cid = client_id or url_options(url).get("client_id") or "hoard-apply"
         self._client = _Client(url, cid, persistent=True, manual_ack=True)
         self._subject = subject

@@ -149,7 +149,8 @@ class Relay(BridgeThread):
         system: the running system whose feed is relayed.
         to: the broker URL (``nats://``, ``mqtt://``, ``amqp://``, ``redis://``: see `hoard._bridges._broker`).
         subject: the subject / topic / routing key / stream key template; ``{context_id}`` is replaced by
-            the context id (percent-encoded outside ``[A-Za-z0-9_-~]``, so it is one token).
+            the context id (percent-encoded outside ``[A-Za-z0-9_-~]``, so it is one token). On MQTT a
+            template with a wildcard (``+``, ``#``), as no topic published to may have, is a `ConfigError`.
         name: the feed consumer's name (default: from the URL and subject). Two relays with one name
             share one position: run one relay per name.
         batch: the most entries read and published at once (one read of the feed; the broker confirms

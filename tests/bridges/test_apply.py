@@ -372,3 +372,15 @@ def test_an_mqtt_source_reports_the_protocol_limit_or_the_url_max_message_size()
     assert plain.message_limit("t/dead", 1.0) == 268_435_455 - 2 - len("t/dead") - 2
     told: Any = make_source("mqtt://127.0.0.1:1883?max_message_size=1000", "t/cmd")
     assert told.message_limit("t/dead", 1.0) == 1000
+
+
+@pytest.mark.parametrize("dead_letter", ["hoard/dead/#", "hoard/+/dead", ""])
+def test_an_mqtt_applier_refuses_a_dead_letter_topic_no_publish_can_use(tmp_path: Path, dead_letter: str) -> None:
+    # paho raised ValueError at the first rejected command: the applier's thread died, and the
+    # command, never acknowledged, killed the next applier too
+    pytest.importorskip("paho.mqtt")
+    from hoard import ConfigError  # noqa: PLC0415
+
+    with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match=r"MQTT|dead_letter") as raised:
+        CommandApplier(system, "mqtt://127.0.0.1:1883", "hoard/cmd/#", dead_letter=dead_letter, name=NAME)
+    assert repr(dead_letter) in str(raised.value)

@@ -659,3 +659,13 @@ def test_an_amqp_relay_stops_at_a_change_over_the_broker_limit_after_one_refusal
         relay.stop()
     # at least once: what went before the refused change may come twice (its batch was sent again)
     assert {m["message_id"] for m in target.received()} == {"a:1", "a:2"}
+
+
+@pytest.mark.parametrize("subject", ["hoard/#/{context_id}", "hoard/+/{context_id}", "{context_id}/#", ""])
+def test_an_mqtt_relay_refuses_a_topic_template_no_publish_can_use(tmp_path: Path, subject: str) -> None:
+    # MQTT forbids wildcards in a topic published to: paho raised ValueError on the first batch and
+    # the relay's thread died with it ("stopped by an unexpected error")
+    pytest.importorskip("paho.mqtt")
+    with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match=r"MQTT|subject") as raised:
+        Relay(system, "mqtt://127.0.0.1:1883", subject=subject, name="topic")
+    assert repr(subject) in str(raised.value)
