@@ -30,6 +30,8 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from hoard.storage import ConfigError, shown_repr
+
 from ._broker import Incoming, Outgoing, public_url, size_option, url_options
 from ._errors import BrokerUnavailableError
 
@@ -43,6 +45,17 @@ _SHORT_CHARS = _SHORT_BYTES // 4
 
 #: RabbitMQ's refusal of a body over its max_message_size (the channel is closed with 406)
 _TOO_LARGE = re.compile(r"message size \d+ is larger than (?:configured )?max size (\d+)")
+
+
+def _check_name(name: str, what: str, url: str, *, queue: bool = False) -> None:
+    """`ConfigError` for a queue or exchange name AMQP or RabbitMQ never takes (each declare would be
+    refused, which the bridge would retry as an unavailable broker)."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    problem = (f"it is {size} bytes, and AMQP names hold at most {_SHORT_BYTES}" if size > _SHORT_BYTES else
+               "names starting with 'amq.' are RabbitMQ's own (declaring one is refused)"
+               if queue and name.startswith("amq.") else None)
+    if problem is not None:
+        raise ConfigError(f"{what} {shown_repr(name, 80)} cannot be used on {public_url(url)}: {problem}")
 
 
 def _never() -> bool:
@@ -135,6 +148,7 @@ class AmqpPublisher:
         self.url = public_url(url)
         self._raw_url = url.split("?", 1)[0]
         self._exchange = exchange if exchange is not None else url_options(url).get("exchange", "hoard")
+        _check_name(self._exchange, "the exchange", url)
         self._limit = _BodyLimit(url)
         self._connection: Any = None
         self._channel: Any = None
@@ -310,6 +324,9 @@ class AmqpCommandSource:
     def __init__(self, url: str, subject: str, *, dead_letter: str | None = None, prefetch: int = 256,
                  **_ignored: Any) -> None:
         self.url = public_url(url)
+        _check_name(subject, "the queue", url, queue=True)
+        if dead_letter is not None:
+            _check_name(dead_letter, "the dead-letter queue", url, queue=True)
         self._channel = _Channel(url)
         self._queue = subject
         self._dead_letter = dead_letter

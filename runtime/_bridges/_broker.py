@@ -24,6 +24,13 @@ backend learns RabbitMQ's limit from its first refusal (the channel closed with 
 PRECONDITION_FAILED, which names the limit): that batch or dead letter fails once and the next
 attempt keeps to the limit. Mosquitto drops a larger PUBLISH without an error an MQTT 3.1.1 client
 could see: give the option when it has a ``message_size_limit``.
+
+A subject, queue, topic or exchange the broker can never use is a `ConfigError` when the backend is
+made, naming it and why (rather than a connect or publish that fails forever, retried as an
+unavailable broker): on NATS whitespace, an empty token, a ``>`` before the last token, or a
+wildcard token in a subject published to; on MQTT a topic over 65,535 bytes, a wildcard in a topic
+published to, a ``#`` or ``+`` that is not a whole level of a filter; on AMQP a name over 255 bytes,
+or a queue named ``amq.*`` (RabbitMQ's own). A template is checked with a one-byte context id.
 """
 
 from __future__ import annotations

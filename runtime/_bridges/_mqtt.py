@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hoard.storage import ConfigError
+from hoard.storage import ConfigError, shown_repr
 
 from ._broker import Incoming, Outgoing, public_url, size_option, url_options
 from ._errors import BrokerUnavailableError
@@ -41,13 +41,28 @@ _TOPIC_CHARS = _TOPIC_BYTES // 4
 _PACKET_BYTES = 268_435_455
 
 
-def _publish_topic(topic: str, what: str, url: str) -> str:
-    """`topic` when MQTT can publish to it (a subject template: its literal text, the context ids
-    going in percent-encoded); else `ConfigError`. paho raises ValueError at the first publish."""
-    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
-        raise ConfigError(f"{what} {topic!r} cannot be published to on MQTT ({public_url(url)}): a topic published "
-                          "to is not empty and holds no wildcard ('+', '#') and no NUL")
-    return topic
+def _topic_problem(topic: str, *, filter_: bool) -> str | None:
+    """What makes `topic` unusable on MQTT (None: nothing): a topic published to (a subject
+    template: its literal text; the context ids go in percent-encoded) or, with `filter_`, a
+    subscription's filter. paho raises ValueError for these at the first publish or subscribe."""
+    size = len(topic.encode("utf-8", "surrogatepass"))
+    if not topic or "\x00" in topic or size > _TOPIC_BYTES:
+        return f"an MQTT topic has 1 to {_TOPIC_BYTES} UTF-8 bytes and no NUL (this one {size} bytes)"
+    if not filter_:
+        return "an MQTT topic published to holds no wildcard ('+', '#')" if "+" in topic or "#" in topic else None
+    levels = topic.split("/")
+    if any("#" in level and (level != "#" or i != len(levels) - 1) for i, level in enumerate(levels)):
+        return "an MQTT filter's '#' is its whole last level"
+    if any("+" in level and level != "+" for level in levels):
+        return "an MQTT filter's '+' is a whole level"
+    return None
+
+
+def _check_topic(topic: str, what: str, url: str, *, filter_: bool = False, template: bool = False) -> None:
+    """`ConfigError` naming `topic` if `_topic_problem` finds one (a `template` with a 1-byte id)."""
+    problem = _topic_problem(topic.replace("{context_id}", "c") if template else topic, filter_=filter_)
+    if problem is not None:
+        raise ConfigError(f"{what} {shown_repr(topic, 80)} cannot be used on {public_url(url)}: {problem}")
 
 
 class _Client:
@@ -126,7 +141,7 @@ class MqttPublisher:
 
     def __init__(self, url: str, *, subject: str = "hoard/{context_id}", client_id: str | None = None) -> None:
         self.url = public_url(url)
-        _publish_topic(subject, "the subject template", url)
+        _check_topic(subject, "the subject template", url, template=True)
         self._client = _Client(url, client_id or url_options(url).get("client_id", ""))
         self._max_body = size_option(url)  # the broker's message_size_limit, when the URL says it
 
@@ -171,8 +186,9 @@ class MqttCommandSource:
     def __init__(self, url: str, subject: str, *, client_id: str | None = None, dead_letter: str | None = None,
                  **_ignored: Any) -> None:
         self.url = public_url(url)
+        _check_topic(subject, "the topic filter", url, filter_=True)
         if dead_letter is not None:
-            _publish_topic(dead_letter, "the dead-letter topic", url)
+            _check_topic(dead_letter, "the dead-letter topic", url)
         cid = client_id or url_options(url).get("client_id") or "hoard-apply"
         self._client = _Client(url, cid, persistent=True, manual_ack=True)
         self._subject = subject

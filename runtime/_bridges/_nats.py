@@ -36,6 +36,8 @@ import nats.js.errors
 import orjson
 from nats.aio.client import Client as NATS
 
+from hoard.storage import ConfigError, shown_repr
+
 from ._broker import Incoming, Outgoing, public_url, url_options
 from ._errors import BrokerUnavailableError
 
@@ -45,6 +47,27 @@ T = TypeVar("T")
 _STOP_WAIT = 5.0
 #: a message's header without its id's bytes: b"NATS/1.0\r\n" b"Nats-Msg-Id: " <id> b"\r\n" b"\r\n"
 _HEADER_BYTES = 10 + 13 + 2 + 2
+
+
+def _subject_problem(subject: str, *, filter_: bool) -> str | None:
+    """What makes `subject` unusable on NATS (None: nothing): a subject published to (a subject
+    template: its literal text; the context ids go in percent-encoded, one token each) or, with
+    `filter_`, a consumer's filter. The server refuses the rest, or reads a space as the end of it."""
+    if not subject or any(c in " \t\r\n\x00" for c in subject):
+        return "a NATS subject is not empty and holds no whitespace or NUL"
+    tokens = subject.split(".")
+    if "" in tokens:
+        return "a NATS subject has no empty token (a leading, trailing or doubled '.')"
+    if filter_:
+        return "a NATS filter's '>' is its last token" if ">" in tokens[:-1] else None
+    return "a NATS subject published to holds no wildcard token ('*', '>')" if {"*", ">"} & set(tokens) else None
+
+
+def _check_subject(subject: str, what: str, url: str, *, filter_: bool = False, template: bool = False) -> None:
+    """`ConfigError` naming `subject` if `_subject_problem` finds one (a `template` with a 1-byte id)."""
+    problem = _subject_problem(subject.replace("{context_id}", "c") if template else subject, filter_=filter_)
+    if problem is not None:
+        raise ConfigError(f"{what} {shown_repr(subject, 80)} cannot be used on {public_url(url)}: {problem}")
 
 
 def _stream_subject(template: str) -> str:
@@ -143,6 +166,7 @@ class NatsPublisher:
 
     def __init__(self, url: str, *, subject: str = "hoard.{context_id}", stream: str | None = None) -> None:
         self.url = public_url(url)
+        _check_subject(subject, "the subject template", url, template=True)
         self._loop = _Loop(url)
         self._stream = stream or url_options(url).get("stream")
         self._subjects = [_stream_subject(subject)]
@@ -292,9 +316,12 @@ class NatsCommandSource:
     """Commands from a durable JetStream pull consumer (see the module docstring)."""
 
     def __init__(self, url: str, subject: str, *, stream: str | None = None, durable: str | None = None,
-                 ack_wait: float | None = None, **_ignored: Any) -> None:
+                 ack_wait: float | None = None, dead_letter: str | None = None, **_ignored: Any) -> None:
         options = url_options(url)
         self.url = public_url(url)
+        _check_subject(subject, "the subject filter", url, filter_=True)
+        if dead_letter is not None:
+            _check_subject(dead_letter, "the dead-letter subject", url)
         self._loop = _Loop(url)
         self._subject = subject
         self._stream = stream or options.get("stream")

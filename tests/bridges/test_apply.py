@@ -384,3 +384,36 @@ def test_an_mqtt_applier_refuses_a_dead_letter_topic_no_publish_can_use(tmp_path
     with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match=r"MQTT|dead_letter") as raised:
         CommandApplier(system, "mqtt://127.0.0.1:1883", "hoard/cmd/#", dead_letter=dead_letter, name=NAME)
     assert repr(dead_letter) in str(raised.value)
+
+
+_AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
+_NATS = "nats://127.0.0.1:4222?stream=NEVERMADE"
+
+
+@pytest.mark.parametrize(("source", "subject", "dead_letter", "problem"), [
+    (_AMQP, "q" * 256, None, "256 bytes"),
+    (_AMQP, "é" * 128, None, "256 bytes"),
+    (_AMQP, "commands", "d" * 300, "300 bytes"),
+    (_AMQP, "amq.commands", None, "amq."),
+    (_AMQP, "commands", "amq.dead", "amq."),
+    ("mqtt://127.0.0.1:1883", "t/" + "x" * 65_534, None, "65536 bytes"),
+    ("mqtt://127.0.0.1:1883", "t/#/x", None, "'#'"),
+    ("mqtt://127.0.0.1:1883", "t/a+", None, "'\\+'"),
+    ("mqtt://127.0.0.1:1883", "t/cmd", "t/" + "d" * 65_534, "65536 bytes"),
+    (_NATS, "cmd s", None, "whitespace"),
+    (_NATS, "cmd..s", None, "empty token"),
+    (_NATS, "cmd.>.s", None, "'>'"),
+    (_NATS, "cmd", "dead letter", "whitespace"),
+    (_NATS, "cmd", "dead.*", "wildcard"),
+    (_NATS, "cmd", "dead.", "empty token"),
+], ids=lambda v: v[:20] if isinstance(v, str) else repr(v))
+def test_a_subject_or_dead_letter_the_broker_can_never_use_is_refused_when_the_applier_is_made(
+        tmp_path: Path, source: str, subject: str, dead_letter: str | None, problem: str) -> None:
+    # each was taken: AMQP and NATS then failed at every connect or publish and were retried as
+    # "broker unavailable" forever (AMQP: 11 failures in 2 s), MQTT's thread died on a ValueError
+    pytest.importorskip({"amqp": "pika", "mqtt": "paho.mqtt", "nats": "nats"}[source.split(":", 1)[0]])
+    from hoard import ConfigError  # noqa: PLC0415
+
+    with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match=problem) as raised:
+        CommandApplier(system, source, subject, dead_letter=dead_letter, name=NAME)
+    assert repr((dead_letter or subject)[:40])[:-1] in str(raised.value)

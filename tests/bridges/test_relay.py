@@ -669,3 +669,17 @@ def test_an_mqtt_relay_refuses_a_topic_template_no_publish_can_use(tmp_path: Pat
     with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match=r"MQTT|subject") as raised:
         Relay(system, "mqtt://127.0.0.1:1883", subject=subject, name="topic")
     assert repr(subject) in str(raised.value)
+
+
+@pytest.mark.parametrize(("to", "subject", "problem"), [
+    ("nats://127.0.0.1:4222?stream=NEVERMADE", "hoard {context_id}", "whitespace"),
+    ("nats://127.0.0.1:4222?stream=NEVERMADE", "hoard..{context_id}", "empty token"),
+    ("nats://127.0.0.1:4222?stream=NEVERMADE", "hoard.*.{context_id}", "wildcard"),
+    ("mqtt://127.0.0.1:1883", "t/" + "x" * 65_533 + "{context_id}", "65536 bytes"),  # with a 1-byte id
+    ("amqp://guest:guest@127.0.0.1:5672/%2F?exchange=" + "e" * 256, "hoard.{context_id}", "256 bytes"),
+])
+def test_a_relay_refuses_a_subject_or_exchange_the_broker_can_never_use(tmp_path: Path, to: str, subject: str,
+                                                                       problem: str) -> None:
+    pytest.importorskip({"amqp": "pika", "mqtt": "paho.mqtt", "nats": "nats"}[to.split(":", 1)[0]])
+    with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match=problem):
+        Relay(system, to, subject=subject, name="never")
