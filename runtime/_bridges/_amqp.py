@@ -53,7 +53,9 @@ def _check_name(name: str, what: str, url: str, *, queue: bool = False) -> None:
     size = len(name.encode("utf-8", "surrogatepass"))
     problem = (f"it is {size} bytes, and AMQP names hold at most {_SHORT_BYTES}" if size > _SHORT_BYTES else
                "names starting with 'amq.' are RabbitMQ's own (declaring one is refused)"
-               if queue and name.startswith("amq.") else None)
+               if queue and name.startswith("amq.") else
+               "of RabbitMQ's own exchanges only amq.topic is a durable topic exchange, as the relay declares"
+               if name.startswith("amq.") and name != "amq.topic" else None)
     if problem is not None:
         raise ConfigError(f"{what} {shown_repr(name, 80)} cannot be used on {public_url(url)}: {problem}")
 

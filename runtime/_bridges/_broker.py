@@ -27,10 +27,14 @@ could see: give the option when it has a ``message_size_limit``.
 
 A subject, queue, topic or exchange the broker can never use is a `ConfigError` when the backend is
 made, naming it and why (rather than a connect or publish that fails forever, retried as an
-unavailable broker): on NATS whitespace, an empty token, a ``>`` before the last token, or a
-wildcard token in a subject published to; on MQTT a topic over 65,535 bytes, a wildcard in a topic
+unavailable broker, or a thread stopped by the client's ValueError): on NATS whitespace, an empty
+token, a ``>`` before the last token, or a wildcard token in a subject published to, a stream or
+durable consumer name with whitespace, ``.``, ``*``, ``>`` or a path separator, an ``ack_wait`` that
+is not a finite number of seconds > 0; on MQTT a topic over 65,535 bytes, a wildcard in a topic
 published to, a ``#`` or ``+`` that is not a whole level of a filter; on AMQP a name over 255 bytes,
-or a queue named ``amq.*`` (RabbitMQ's own). A template is checked with a one-byte context id.
+a queue named ``amq.*``, an exchange named ``amq.*`` but ``amq.topic`` (RabbitMQ's own). A template
+is checked with a one-byte context id. (A wrong password, virtual host or Redis database number is
+retried: it may be put right while the bridge runs.)
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -68,6 +69,27 @@ def _check_subject(subject: str, what: str, url: str, *, filter_: bool = False, 
     problem = _subject_problem(subject.replace("{context_id}", "c") if template else subject, filter_=filter_)
     if problem is not None:
         raise ConfigError(f"{what} {shown_repr(subject, 80)} cannot be used on {public_url(url)}: {problem}")
+
+
+def _check_name(name: str | None, what: str, url: str) -> str | None:
+    """`name` (a JetStream stream or durable consumer name) when the server takes it: no whitespace,
+    ``.``, ``*``, ``>``, path separator or NUL; else `ConfigError`. None passes (no name given)."""
+    if name is not None and (not name or any(c in " \t\r\n\x00.*>/\\" for c in name)):
+        raise ConfigError(f"{what} {shown_repr(name, 80)} cannot be used on {public_url(url)}: a JetStream name is not "
+                          "empty and holds no whitespace, '.', '*', '>', '/', '\\' or NUL")
+    return name
+
+
+def _seconds(raw: object, what: str, url: str) -> float:
+    """`raw` (a number, or the URL's text) as a finite number of seconds > 0; else `ConfigError`."""
+    try:
+        value = float(raw)  # type: ignore[arg-type]  # anything float() refuses is reported below
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{what} on {public_url(url)} must be a finite number of seconds > 0, "
+                          f"not {shown_repr(raw, 80)}")
+    return value
 
 
 def _stream_subject(template: str) -> str:
@@ -168,7 +190,7 @@ class NatsPublisher:
         self.url = public_url(url)
         _check_subject(subject, "the subject template", url, template=True)
         self._loop = _Loop(url)
-        self._stream = stream or url_options(url).get("stream")
+        self._stream = _check_name(stream or url_options(url).get("stream"), "the stream", url)
         self._subjects = [_stream_subject(subject)]
         self._handed: asyncio.Future[None] | None = None  # set when the last batch sent is all with the client
         self._inbox = ""  # "<inbox>." of this connection: message n's acks come to "<inbox>.n"
@@ -324,9 +346,10 @@ class NatsCommandSource:
             _check_subject(dead_letter, "the dead-letter subject", url)
         self._loop = _Loop(url)
         self._subject = subject
-        self._stream = stream or options.get("stream")
-        self._durable = durable or options.get("durable") or "hoard-apply"
-        self._ack_wait = float(ack_wait if ack_wait is not None else options.get("ack_wait", 30))
+        self._stream = _check_name(stream or options.get("stream"), "the stream", url)
+        durable = durable or options.get("durable") or "hoard-apply"
+        self._durable = str(_check_name(durable, "the durable consumer", url))
+        self._ack_wait = _seconds(ack_wait if ack_wait is not None else options.get("ack_wait", 30), "ack_wait", url)
         self._sub: Any = None
         self._streams: dict[str, str | None] = {}  # answer / dead-letter subject -> its stream (None: none)
         self._limits: dict[str, int] = {}  # answer / dead-letter subject -> its stream's max_msg_size (-1: none)

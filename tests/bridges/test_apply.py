@@ -417,3 +417,21 @@ def test_a_subject_or_dead_letter_the_broker_can_never_use_is_refused_when_the_a
     with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match=problem) as raised:
         CommandApplier(system, source, subject, dead_letter=dead_letter, name=NAME)
     assert repr((dead_letter or subject)[:40])[:-1] in str(raised.value)
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ("stream=bad.name", "stream"), ("stream=bad%20name", "stream"), ("stream=OKS&name=my.app", "durable"),
+    ("stream=OKS&ack_wait=abc", "ack_wait"), ("stream=OKS&ack_wait=-3", "ack_wait"),
+    ("stream=OKS&ack_wait=0", "ack_wait"), ("stream=OKS&ack_wait=inf", "ack_wait"),
+    ("stream=OKS&ack_wait=nan", "ack_wait"),
+])
+def test_a_nats_option_the_server_can_never_take_is_refused_when_the_applier_is_made(
+        tmp_path: Path, options: str, problem: str) -> None:
+    # a stream or durable name with '.' or a space killed the applier's thread with nats-py's
+    # ValueError at connect; ack_wait=abc raised a bare ValueError, ack_wait=-3 was taken
+    pytest.importorskip("nats")
+    from hoard import ConfigError  # noqa: PLC0415
+
+    options, _, name = options.partition("&name=")  # the applier's name names its durable consumer
+    with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match=problem):
+        CommandApplier(system, f"nats://127.0.0.1:4222?{options}", "cmd", name=name or NAME)

@@ -677,6 +677,10 @@ def test_an_mqtt_relay_refuses_a_topic_template_no_publish_can_use(tmp_path: Pat
     ("nats://127.0.0.1:4222?stream=NEVERMADE", "hoard.*.{context_id}", "wildcard"),
     ("mqtt://127.0.0.1:1883", "t/" + "x" * 65_533 + "{context_id}", "65536 bytes"),  # with a 1-byte id
     ("amqp://guest:guest@127.0.0.1:5672/%2F?exchange=" + "e" * 256, "hoard.{context_id}", "256 bytes"),
+    ("amqp://guest:guest@127.0.0.1:5672/%2F?exchange=amq.direct", "hoard.{context_id}", "amq."),
+    ("amqp://guest:guest@127.0.0.1:5672/%2F?exchange=amq.mine", "hoard.{context_id}", "amq."),
+    ("nats://127.0.0.1:4222?stream=bad.name", "hoard.{context_id}", "stream"),
+    ("nats://127.0.0.1:4222?stream=bad%20name", "hoard.{context_id}", "stream"),
 ])
 def test_a_relay_refuses_a_subject_or_exchange_the_broker_can_never_use(tmp_path: Path, to: str, subject: str,
                                                                        problem: str) -> None:
