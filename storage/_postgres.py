@@ -157,7 +157,8 @@ class PostgresStore(LeaseHolder, RowStore):
 
     Args:
         dsn: a libpq connection string or URI (``"postgresql://user@host/db"``).
-        schema: the PostgreSQL schema holding the tables (an identifier: letters, digits, ``_``).
+        schema: the PostgreSQL schema holding the tables (an identifier: letters, digits, ``_``; not
+            ``pg_...``, which PostgreSQL keeps for itself).
         compression_level: zstd level for snapshots and recovery points.
         max_state_bytes: the largest decoded state accepted when reading (bombs are refused).
         owner_id: who this store is in the `leases` table; unique per live process, enforced: a
@@ -203,6 +204,8 @@ class PostgresStore(LeaseHolder, RowStore):
         super().__init__(codec or Codec(compression_level, max_bytes=max_state_bytes + 2**20), recovery, readonly)
         if not IDENT.fullmatch(schema):
             raise ConfigError(f"schema must be an identifier (letters, digits, '_', at most 63), not {schema!r}")
+        if schema.startswith("pg_"):
+            raise ConfigError(f"schema {schema!r} starts with 'pg_', which PostgreSQL keeps for its own schemas")
         if not lease_ttl > 0 or not connect_timeout > 0 or not statement_timeout > 0 or not lock_timeout > 0:
             raise ConfigError("lease_ttl, connect_timeout, statement_timeout and lock_timeout must be positive")
         try:

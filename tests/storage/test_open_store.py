@@ -37,6 +37,11 @@ def test_a_postgresql_url_makes_a_postgres_store_with_hoards_options_taken_out_o
         make_store("postgresql://u@h/app?lease_ttl=soon")
     with pytest.raises(ConfigError, match="schema"):
         make_store("postgresql://u@h/app?schema=no;drop")
+    # PostgreSQL keeps names starting with pg_ for itself: the open failed at the server, as a
+    # PersistenceError (the store away?) instead of the settings' error
+    for reserved in ("pg_catalog", "pg_mine"):
+        with pytest.raises(ConfigError, match=f"schema.*{reserved}.*pg_"):
+            make_store(f"postgresql://u@h/app?schema={reserved}")
 
 
 def test_a_path_makes_a_sqlite_store_and_memory_a_memory_store(tmp_path: Path) -> None:
