@@ -66,18 +66,19 @@ def _never() -> bool:
 
 class _BodyLimit:
     """The largest body the broker takes, as far as is known: the URL's ``max_message_size``, or
-    what RabbitMQ named when it refused one (kept across reconnections: it is the broker's setting).
-    Read and written by the bridge's thread only."""
+    what RabbitMQ named when it refused one. A learned limit is kept across the reconnection that
+    follows the refusal, and forgotten at any other failure: RabbitMQ reads its limit at boot, and a
+    restart (to change it) drops every connection. Read and written by the bridge's thread only."""
 
     def __init__(self, url: str) -> None:
         self.told = size_option(url)
         self.learned: int | None = None
 
-    def learn(self, refusal: object) -> None:
-        """Keep the limit a channel's close names (``refusal``: its reason), if it names one."""
-        found = _TOO_LARGE.search(str(refusal))
-        if found is not None:
-            self.learned = int(found.group(1))
+    def learn(self, failure: object) -> None:
+        """Keep the limit a failure (a channel's close reason, an exception) names; a failure that
+        names none forgets the one learned."""
+        found = _TOO_LARGE.search(str(failure))
+        self.learned = int(found.group(1)) if found is not None else None
 
     @property
     def value(self) -> int | None:
@@ -256,10 +257,13 @@ class AmqpPublisher:
             self._connection.ioloop.stop()
 
     def _on_channel_closed(self, _channel: Any, reason: Any) -> None:
-        self._limit.learn(reason)
+        if self._connection is not None:  # not `close()` (which forgets nothing)
+            self._limit.learn(reason)
         self._fail(f"channel closed: {reason}")
 
     def _on_closed(self, connection: Any, reason: Any) -> None:
+        if self._connection is not None:  # lost, not closed by `close()`: a restarted broker, maybe
+            self._limit.learn(reason)
         self._fail(f"connection closed: {reason}")
         connection.ioloop.stop()  # also when `close()` runs the loop until now (self._connection is None then)
 

@@ -22,7 +22,8 @@ URLs (the scheme picks the backend; credentials are never shown in errors or met
 unpublishable before sending it, and an applier cuts a dead letter to fit it. Without it, an AMQP
 backend learns RabbitMQ's limit from its first refusal (the channel closed with 406
 PRECONDITION_FAILED, which names the limit): that batch or dead letter fails once and the next
-attempt keeps to the limit. Mosquitto drops a larger PUBLISH without an error an MQTT 3.1.1 client
+attempt keeps to the limit; any other failure (a restarted broker, maybe with a new limit) forgets
+it. Mosquitto drops a larger PUBLISH without an error an MQTT 3.1.1 client
 could see: give the option when it has a ``message_size_limit``.
 
 A subject, queue, topic or exchange the broker can never use is a `ConfigError` when the backend is

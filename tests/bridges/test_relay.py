@@ -687,3 +687,30 @@ def test_a_relay_refuses_a_subject_or_exchange_the_broker_can_never_use(tmp_path
     pytest.importorskip({"amqp": "pika", "mqtt": "paho.mqtt", "nats": "nats"}[to.split(":", 1)[0]])
     with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match=problem):
         Relay(system, to, subject=subject, name="never")
+
+
+@pytest.mark.parametrize("target", ["amqp"], indirect=True)
+def test_an_amqp_publisher_forgets_a_learned_limit_when_its_connection_is_lost_otherwise(target: Target) -> None:
+    """RabbitMQ reads max_message_size at boot: a broker restarted with a larger one drops every
+    connection. A limit learned before it would have gone on naming (and, with unpublishable="skip",
+    skipping) changes the broker now takes."""
+    from tests.bridges.brokers import rabbitmq_max_message_size  # noqa: PLC0415
+
+    limit = 4_096
+    over = Outgoing(target.subject.format(context_id="a"), b'"' + b"x" * (limit - 1) + b'"', "a:1")
+    with rabbitmq_max_message_size(limit), proxy_for(PORTS["amqp"]) as proxy:
+        publisher: Any = make_publisher(broker_url("amqp", proxy.port, **target.options), subject=target.subject)
+        try:
+            publisher.connect(5.0)
+            with pytest.raises(BrokerUnavailableError, match="larger than configured max size"):
+                publisher.publish([over], 5.0)
+            publisher.connect(5.0)
+            assert publisher.unpublishable([over]) is not None  # learned
+            proxy.cut()  # the connection lost, as in a broker restart
+            with pytest.raises(BrokerUnavailableError):
+                publisher.publish([over], 5.0)
+            proxy.restore()
+            publisher.connect(5.0)
+            assert publisher.unpublishable([over]) is None  # forgotten: asked of the broker again
+        finally:
+            publisher.close()
