@@ -66,7 +66,7 @@ def test_commands_redelivered_after_the_consumer_is_killed_are_applied_once(chan
     path = tmp_path / "s.db"
     # more than five runs apply before their kills: each runs 0-50 ms past its first commit, plus the
     # polls and the kill itself, at up to ~2 commands a ms on a quiet machine (with 400 commands and
-    # 0-100 ms, all were applied before the last kill in 2 of 10 runs here); and fewer than the 1,000
+    # 0-100 ms, all were applied before the last kill in 2 of 8 runs here); and fewer than the 1,000
     # Mosquitto queues for a persistent session by default (max_queued_messages: it drops the rest)
     total = 900
     channel.send([_command(i, channel.tag) for i in range(total)])
