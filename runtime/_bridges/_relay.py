@@ -34,7 +34,10 @@ JetStream the message id header (``Nats-Msg-Id: <context id>:<version>``) makes 
 repeats within its duplicate window: exactly once there. A broker that fails or is cut off makes the
 relay close the connection (dropping every batch on its way), wait (exponential back-off, up to
 `max_backoff`) and publish again from the last confirmed entry; nothing is skipped, and `lag()` shows
-how far behind it is meanwhile.
+how far behind it is meanwhile. A store that fails a read or an offset commit (PostgreSQL away, a
+full disk: `PersistenceError`, or a `ContextTimeoutError`) is retried the same way, the broker's
+connection closed only when batches were on their way; a damaged feed entry (`CorruptStateError`)
+stops the relay with its error.
 
 Threads: `start()` and `stop()` may be called from any thread; the loop runs on the relay's thread
 ("hoard-relay-<name>"), the only one that touches the backend and the relay's store reader; offsets
@@ -60,7 +63,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import attrs
 
 from hoard.actors import ContextCreated, StateChanged
-from hoard.storage import ConfigError, FeedTruncatedError, HoardError, Store, SystemStoppedError
+from hoard.storage import (
+    ConfigError,
+    ContextTimeoutError,
+    CorruptStateError,
+    FeedTruncatedError,
+    HoardError,
+    PersistenceError,
+    Store,
+    SystemStoppedError,
+)
 
 from .._events import subscribe
 from ._broker import Outgoing, Publisher, make_publisher, public_url
@@ -98,6 +110,11 @@ _UNPUBLISHABLE = ("stop", "skip")
 _COMMIT_EVERY = 0.1
 
 
+#: what the relay's store may raise and later not (PostgreSQL away, a full disk, a slow commit); a
+#: `CorruptStateError` among them stops the relay (`_store_failed`)
+_STORE_AWAY = (PersistenceError, ContextTimeoutError)
+
+
 class _Flight(NamedTuple):
     """A batch sent to the broker and not yet confirmed."""
 
@@ -118,7 +135,7 @@ class RelayLag:
         entries: feed entries committed but not yet confirmed by the broker.
         seconds: age of the oldest of them (0.0 when caught up).
         published: entries confirmed by the broker since the relay started (repeats included).
-        failures: times the broker failed or was unreachable since the relay started.
+        failures: times the broker or the store failed or was unreachable since the relay started.
         connected: whether the relay has a connection now.
         position: the consumer's committed offset.
         error: why the relay stopped on its own (None while it runs or after `stop()`).
@@ -328,25 +345,53 @@ class Relay(BridgeThread):
                 log.info("relay %r connected to %s", self.name, self.url)
             try:
                 flight, read_from = self._advance(flights, read_from)
+                if flight is None:
+                    continue
+                backoff = 0.0
+                self._sent = flight.last
+                if flights:
+                    self._oldest = flights[0].at
+                self._published += flight.messages
+                if not flights or time.monotonic() - self._asked_at >= _COMMIT_EVERY:
+                    self._commit()
+                if flight.size == self._batch:
+                    self._refresh_head()
             except BrokerUnavailableError as exc:
-                self._publisher.close()
-                self._connected = False
-                flights.clear()  # lost with the connection: published again from the last confirmed entry
+                self._drop_flights(flights)
                 read_from = self._sent
-                self._commit()  # what the broker confirmed before it failed
+                try:
+                    self._commit()  # what the broker confirmed before it failed
+                except _STORE_AWAY as store_exc:
+                    self._store_failed(store_exc)
                 backoff = self._failed(exc, backoff)
-                continue
-            if flight is None:
-                continue
-            backoff = 0.0
-            self._sent = flight.last
-            if flights:
-                self._oldest = flights[0].at
-            if not flights or time.monotonic() - self._asked_at >= _COMMIT_EVERY:
-                self._commit()
-            self._published += flight.messages
-            if flight.size == self._batch:
-                self._refresh_head()
+            except _STORE_AWAY as exc:
+                self._store_failed(exc)
+                if flights:  # their confirmations would come to batches no longer waited for
+                    self._drop_flights(flights)
+                read_from = self._sent
+                backoff = self._failed(exc, backoff)
+
+    def _drop_flights(self, flights: collections.deque[_Flight]) -> None:
+        """Close the broker's connection and forget what was on its way: published again from the
+        last confirmed entry."""
+        self._publisher.close()
+        self._connected = False
+        flights.clear()
+
+    def _store_failed(self, exc: HoardError) -> None:
+        """After a read or commit failed: a damaged entry stops the relay (raised again); otherwise
+        the reader is dropped (the next read opens a new one) and the offset is asked to be
+        committed again (a failed commit may not have written it)."""
+        if isinstance(exc, CorruptStateError):
+            raise exc
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not self._system.store:
+            with contextlib.suppress(Exception):  # a broken reader: nothing left to report
+                reader.close()
+        while self._commits and self._commits[0].done():
+            with contextlib.suppress(Exception):  # reported by the error being handled, or passed
+                self._commits.popleft().result()
+        self._asked = self._position
 
     def _advance(self, flights: collections.deque[_Flight], read_from: int) -> tuple[_Flight | None, int]:
         """One step: read, encode and send the batch after `read_from` while fewer than `_IN_FLIGHT` are
@@ -378,21 +423,25 @@ class Relay(BridgeThread):
 
     def _commit(self) -> None:
         """Queue a commit of the newest offset the broker confirmed, unless one was queued for it
-        already; first take the commits that are done (an error stops the relay here) and, when too
-        many are queued, wait for the oldest."""
+        already; first take the commits that are done (a failed one's error is raised here, also
+        while the relay is idle: the loop retries it, see `_store_failed`) and, when too many are
+        queued, wait for the oldest."""
+        self._settle(keep=_COMMITS_PENDING - 1)
         if self._sent <= self._asked:
             return
         self._asked, self._asked_at = self._sent, time.monotonic()
-        self._settle(keep=_COMMITS_PENDING - 1)
         self._commits.append(self._committer.submit(self._committed))
 
     def _back_off(self, backoff: float) -> bool:
-        """Wait `backoff` s before connecting again (the lag kept up to date meanwhile); False when the
-        relay was stopped."""
-        self._refresh_head(force=True)
-        if self._oldest is None and self._head > self._sent:  # away since before the first batch
-            first = self._store_reader().feed(self._sent, 1)
-            self._oldest = first[0].at if first else None
+        """Wait `backoff` s before connecting again (the lag kept up to date meanwhile, when the store
+        answers); False when the relay was stopped."""
+        try:
+            self._refresh_head(force=True)
+            if self._oldest is None and self._head > self._sent:  # away since before the first batch
+                first = self._store_reader().feed(self._sent, 1)
+                self._oldest = first[0].at if first else None
+        except _STORE_AWAY as exc:
+            self._store_failed(exc)  # the lag shown stays as last known
         self._stop.wait(backoff)
         return not self._stop.is_set()
 
@@ -437,7 +486,7 @@ class Relay(BridgeThread):
         with contextlib.suppress(queue.Full):
             self._wake.put_nowait(None)
 
-    def _failed(self, exc: BrokerUnavailableError, backoff: float) -> float:
+    def _failed(self, exc: HoardError, backoff: float) -> float:
         self._failures += 1
         log.warning("relay %r: %s", self.name, exc)
         return min(self._max_backoff, max(0.05, backoff * 2))

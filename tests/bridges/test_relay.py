@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -714,3 +715,72 @@ def test_an_amqp_publisher_forgets_a_learned_limit_when_its_connection_is_lost_o
             assert publisher.unpublishable([over]) is None  # forgotten: asked of the broker again
         finally:
             publisher.close()
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_relay_rides_out_its_store_being_away_and_publishes_every_change(target: Target, pg_dsn: str,
+                                                                          pg_schema: str) -> None:
+    """The relay stopped for good ("stopped by an unexpected error: PersistenceError: cannot reach
+    ...") when its PostgreSQL store was away longer than the store's connect timeout, and stayed
+    stopped once it came back; it now retries the store as it retries the broker."""
+    from hoard.storage import PostgresStore  # noqa: PLC0415
+
+    port = re.search(r"port=(\d+)", pg_dsn)
+    assert port is not None, pg_dsn
+    with proxy_for(int(port.group(1))) as proxy:
+        dsn = pg_dsn.replace(port.group(0), f"port={proxy.port}", 1)
+        store = PostgresStore(dsn, schema=pg_schema, connect_timeout=1.0)
+        with open_system(store, adapter_config=ContextAdapterConfig(auto_activate_default=False)) as system:
+            a = system.adapter.get_or_create("a")
+            a.set("n", 1)
+            relay = Relay(system, target.url(), subject=target.subject, name="store-away", publish_timeout=2.0,
+                          max_backoff=0.2).start()
+            relay.wait_caught_up(timeout=20)
+            proxy.cut()  # every store connection dropped, new ones refused
+            wait_for(lambda: relay.lag().failures > 0 or not relay.running, 30, "the relay to meet its store's absence")
+            assert relay.running and relay.lag().error is None, relay.lag()
+            proxy.restore()
+            wait_for(lambda: _set_when_back(a), 30, "the store back for writes")
+            lag = relay.wait_caught_up(timeout=30)
+            assert lag.error is None and lag.failures > 0 and relay.running
+            written = {"a": a.version}
+            relay.stop()
+    check_in_order(target.received(), written, exactly_once=False)
+
+
+def _set_when_back(tracker: Any) -> bool:
+    try:
+        tracker.set("n", 2)
+    except HoardError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("target", ["redis"], indirect=True)
+def test_a_relay_whose_offset_commit_fails_for_a_while_commits_it_later(target: Target, pg_dsn: str,
+                                                                       pg_schema: str) -> None:
+    # the commit's error (here: the consumer's row locked by another session past the store's
+    # statement timeout) stopped the relay for good
+    import psycopg  # noqa: PLC0415
+
+    from hoard.storage import PostgresStore  # noqa: PLC0415
+
+    store = PostgresStore(pg_dsn, schema=pg_schema, statement_timeout=1.0)
+    with open_system(store, adapter_config=ContextAdapterConfig(auto_activate_default=False)) as system:
+        a = system.adapter.get_or_create("a")
+        a.set("n", 1)
+        relay = Relay(system, target.url(), subject=target.subject, name="locked", publish_timeout=2.0,
+                      max_backoff=0.2).start()
+        relay.wait_caught_up(timeout=20)
+        with psycopg.connect(pg_dsn) as blocker:  # holds the consumer's row until it rolls back
+            blocker.execute(f'SELECT * FROM "{pg_schema}".feed_consumers WHERE name = %s FOR UPDATE',  # noqa: S608 - the test's schema
+                            ("locked",))
+            a.set("n", 2)
+            wait_for(lambda: relay.lag().failures > 0 or not relay.running, 30, "the offset commit to fail")
+            assert relay.running and relay.lag().error is None, relay.lag()
+            blocker.rollback()
+        lag = relay.wait_caught_up(timeout=30)
+        assert lag.error is None and lag.failures > 0 and lag.position == _head(system, 0)
+        written = {"a": a.version}
+        relay.stop()
+    check_in_order(target.received(), written, exactly_once=False)
