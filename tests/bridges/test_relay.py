@@ -4,6 +4,7 @@ process, exactly once on JetStream; a broker cut off mid-run loses nothing and t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import random
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -717,6 +719,29 @@ def test_an_amqp_publisher_forgets_a_learned_limit_when_its_connection_is_lost_o
             publisher.close()
 
 
+@contextlib.contextmanager
+def _relay_on_postgres(target: Target, store: Any, name: str) -> Iterator[tuple[ContextSystem, Any, Relay]]:
+    """A system on `store` with context "a" at n=1, and a relay caught up with it; afterwards, the
+    relay's every change checked in order at the broker."""
+    with open_system(store, adapter_config=ContextAdapterConfig(auto_activate_default=False)) as system:
+        a = system.adapter.get_or_create("a")
+        a.set("n", 1)
+        relay = Relay(system, target.url(), subject=target.subject, name=name, publish_timeout=2.0,
+                      max_backoff=0.2).start()
+        relay.wait_caught_up(timeout=20)
+        yield system, a, relay
+        lag = relay.wait_caught_up(timeout=30)
+        assert lag.error is None and lag.failures > 0 and relay.running and lag.position == _head(system, 0)
+        written = {"a": a.version}
+        relay.stop()
+    check_in_order(target.received(), written, exactly_once=False)
+
+
+def _store_failure_met(relay: Relay, what: str) -> None:
+    wait_for(lambda: relay.lag().failures > 0 or not relay.running, 30, what)
+    assert relay.running and relay.lag().error is None, relay.lag()
+
+
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
 def test_a_relay_rides_out_its_store_being_away_and_publishes_every_change(target: Target, pg_dsn: str,
                                                                           pg_schema: str) -> None:
@@ -728,24 +753,13 @@ def test_a_relay_rides_out_its_store_being_away_and_publishes_every_change(targe
     port = re.search(r"port=(\d+)", pg_dsn)
     assert port is not None, pg_dsn
     with proxy_for(int(port.group(1))) as proxy:
-        dsn = pg_dsn.replace(port.group(0), f"port={proxy.port}", 1)
-        store = PostgresStore(dsn, schema=pg_schema, connect_timeout=1.0)
-        with open_system(store, adapter_config=ContextAdapterConfig(auto_activate_default=False)) as system:
-            a = system.adapter.get_or_create("a")
-            a.set("n", 1)
-            relay = Relay(system, target.url(), subject=target.subject, name="store-away", publish_timeout=2.0,
-                          max_backoff=0.2).start()
-            relay.wait_caught_up(timeout=20)
+        store = PostgresStore(pg_dsn.replace(port.group(0), f"port={proxy.port}", 1), schema=pg_schema,
+                              connect_timeout=1.0)
+        with _relay_on_postgres(target, store, "store-away") as (_system, a, relay):
             proxy.cut()  # every store connection dropped, new ones refused
-            wait_for(lambda: relay.lag().failures > 0 or not relay.running, 30, "the relay to meet its store's absence")
-            assert relay.running and relay.lag().error is None, relay.lag()
+            _store_failure_met(relay, "the relay to meet its store's absence")
             proxy.restore()
             wait_for(lambda: _set_when_back(a), 30, "the store back for writes")
-            lag = relay.wait_caught_up(timeout=30)
-            assert lag.error is None and lag.failures > 0 and relay.running
-            written = {"a": a.version}
-            relay.stop()
-    check_in_order(target.received(), written, exactly_once=False)
 
 
 def _set_when_back(tracker: Any) -> bool:
@@ -760,27 +774,17 @@ def _set_when_back(tracker: Any) -> bool:
 def test_a_relay_whose_offset_commit_fails_for_a_while_commits_it_later(target: Target, pg_dsn: str,
                                                                        pg_schema: str) -> None:
     # the commit's error (here: the consumer's row locked by another session past the store's
-    # statement timeout) stopped the relay for good
+    # statement timeout) was not looked at while the relay was idle (its position stayed behind),
+    # and stopped the relay for good with the next batch
     import psycopg  # noqa: PLC0415
 
     from hoard.storage import PostgresStore  # noqa: PLC0415
 
     store = PostgresStore(pg_dsn, schema=pg_schema, statement_timeout=1.0)
-    with open_system(store, adapter_config=ContextAdapterConfig(auto_activate_default=False)) as system:
-        a = system.adapter.get_or_create("a")
-        a.set("n", 1)
-        relay = Relay(system, target.url(), subject=target.subject, name="locked", publish_timeout=2.0,
-                      max_backoff=0.2).start()
-        relay.wait_caught_up(timeout=20)
-        with psycopg.connect(pg_dsn) as blocker:  # holds the consumer's row until it rolls back
-            blocker.execute(f'SELECT * FROM "{pg_schema}".feed_consumers WHERE name = %s FOR UPDATE',  # noqa: S608 - the test's schema
-                            ("locked",))
-            a.set("n", 2)
-            wait_for(lambda: relay.lag().failures > 0 or not relay.running, 30, "the offset commit to fail")
-            assert relay.running and relay.lag().error is None, relay.lag()
-            blocker.rollback()
-        lag = relay.wait_caught_up(timeout=30)
-        assert lag.error is None and lag.failures > 0 and lag.position == _head(system, 0)
-        written = {"a": a.version}
-        relay.stop()
-    check_in_order(target.received(), written, exactly_once=False)
+    with _relay_on_postgres(target, store, "locked") as (_system, a, relay), psycopg.connect(pg_dsn) as blocker:
+        # holds the consumer's row until it rolls back
+        blocker.execute(f'SELECT * FROM "{pg_schema}".feed_consumers WHERE name = %s FOR UPDATE',  # noqa: S608 - the test's schema
+                        ("locked",))
+        a.set("n", 2)
+        _store_failure_met(relay, "the offset commit to fail")
+        blocker.rollback()
