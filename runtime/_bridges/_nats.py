@@ -366,13 +366,21 @@ class NatsCommandSource:
 
     async def _subscribe(self) -> Any:
         js = self._loop.js
-        if self._stream:
+        stream = self._stream
+        if stream:
             try:
-                await js.stream_info(self._stream)
+                await js.stream_info(stream)
             except nats.js.errors.NotFoundError:
-                await js.add_stream(name=self._stream, subjects=[self._subject])
+                await js.add_stream(name=stream, subjects=[self._subject])
+        else:  # the stream that takes the subject; none (yet): retried, and the warning says what to do
+            try:
+                stream = await js.find_stream_name_by_subject(self._subject)
+            except nats.js.errors.NotFoundError:
+                raise BrokerUnavailableError(
+                    self._loop.shown, f"no JetStream stream takes subject {self._subject!r}: make one, or give "
+                    "?stream=NAME (hoard apply --stream NAME) to have it made") from None
         config = nats.js.api.ConsumerConfig(ack_wait=self._ack_wait, ack_policy=nats.js.api.AckPolicy.EXPLICIT)
-        return await js.pull_subscribe(self._subject, durable=self._durable, stream=self._stream, config=config)
+        return await js.pull_subscribe(self._subject, durable=self._durable, stream=stream, config=config)
 
     def fetch(self, max_messages: int, timeout: float) -> list[Incoming]:
         async def fetch() -> list[Any]:

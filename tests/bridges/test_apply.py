@@ -435,3 +435,19 @@ def test_a_nats_option_the_server_can_never_take_is_refused_when_the_applier_is_
     options, _, name = options.partition("&name=")  # the applier's name names its durable consumer
     with _system(tmp_path / "s.db") as system, pytest.raises(ConfigError, match=problem):
         CommandApplier(system, f"nats://127.0.0.1:4222?{options}", "cmd", name=name or NAME)
+
+
+def test_a_nats_applier_whose_subject_no_stream_takes_says_so_and_keeps_trying(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # each attempt logged "subscribing: NotFoundError: nats: NotFoundError: code=None err_code=None
+    # description='None'", which names neither the subject nor what to do
+    require_broker("nats")
+    import uuid  # noqa: PLC0415
+
+    subject = f"t{uuid.uuid4().hex[:10]}.nostream"
+    with _system(tmp_path / "s.db") as system, CommandApplier(system, "nats://127.0.0.1:4222", subject, name=NAME,
+                                                              max_backoff=0.2) as applier:
+        wait_for(lambda: applier.stats().failures >= 2, 30, "the applier to try twice")
+        assert applier.stats().error is None  # still trying: the stream may be made meanwhile
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"no JetStream stream takes subject {subject!r}" in m and "--stream" in m for m in said), said
