@@ -30,9 +30,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from hoard.storage import ConfigError, shown_repr
-
-from ._broker import Incoming, Outgoing, public_url, size_option, url_options
+from ._broker import Incoming, Outgoing, check_usable, public_url, size_option, url_options
 from ._errors import BrokerUnavailableError
 
 __all__ = ["AmqpCommandSource", "AmqpPublisher"]
@@ -56,8 +54,7 @@ def _check_name(name: str, what: str, url: str, *, queue: bool = False) -> None:
                if queue and name.startswith("amq.") else
                "of RabbitMQ's own exchanges only amq.topic is a durable topic exchange, as the relay declares"
                if name.startswith("amq.") and name != "amq.topic" else None)
-    if problem is not None:
-        raise ConfigError(f"{what} {shown_repr(name, 80)} cannot be used on {public_url(url)}: {problem}")
+    check_usable(name, what, url, problem)
 
 
 def _never() -> bool:
@@ -85,11 +82,8 @@ class _BodyLimit:
         known = [n for n in (self.told, self.learned) if n is not None]
         return min(known) if known else None
 
-    def why(self, size: int) -> str | None:
-        """Why a body of `size` bytes cannot go (None: it can, as far as is known)."""
-        limit = self.value
-        if limit is None or size <= limit:
-            return None
+    def why(self, size: int, limit: int) -> str:
+        """Why a body of `size` bytes, over `limit` (the `value`), cannot go."""
         source = "the URL's" if limit == self.told else "the broker's (learned from its refusal)"
         return f"its body is {size} bytes, over {source} max_message_size of {limit}"
 
@@ -212,7 +206,7 @@ class AmqpPublisher:
                 if len(text) > _SHORT_CHARS and (size := len(text.encode("utf-8", "surrogatepass"))) > _SHORT_BYTES:
                     return index, f"its {what} is {size} bytes, and AMQP takes at most {_SHORT_BYTES}"
             if limit is not None and len(m.body) > limit:
-                return index, str(self._limit.why(len(m.body)))
+                return index, self._limit.why(len(m.body), limit)
         return None
 
     def send(self, messages: Sequence[Outgoing], timeout: float) -> int:

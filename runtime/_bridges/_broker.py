@@ -47,7 +47,7 @@ from urllib.parse import SplitResult, parse_qs, urlsplit, urlunsplit
 
 import attrs
 
-from hoard.storage import ConfigError
+from hoard.storage import ConfigError, shown_repr
 
 __all__ = [
     "CommandSource",
@@ -55,6 +55,7 @@ __all__ = [
     "Outgoing",
     "PipelinedPublisher",
     "Publisher",
+    "check_usable",
     "make_publisher",
     "make_source",
     "public_url",
@@ -173,6 +174,13 @@ def public_url(url: str) -> str:
 def url_options(url: str) -> dict[str, str]:
     """The query of `url` as single values (``?stream=S&x=1`` -> ``{"stream": "S", "x": "1"}``)."""
     return {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def check_usable(name: str, what: str, url: str, problem: str | None) -> None:
+    """`ConfigError` naming `name` (a subject, topic, queue or exchange: `what` says which) and
+    `problem`, why the broker at `url` can never use it; nothing when `problem` is None."""
+    if problem is not None:
+        raise ConfigError(f"{what} {shown_repr(name, 80)} cannot be used on {public_url(url)}: {problem}")
 
 
 def size_option(url: str, name: str = "max_message_size") -> int | None:

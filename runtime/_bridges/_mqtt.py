@@ -27,10 +27,9 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hoard.storage import ConfigError, shown_repr
-
-from ._broker import Incoming, Outgoing, public_url, size_option, url_options
+from ._broker import Incoming, Outgoing, check_usable, public_url, size_option, url_options
 from ._errors import BrokerUnavailableError
+from ._format import render_subject
 
 __all__ = ["MqttCommandSource", "MqttPublisher"]
 
@@ -60,9 +59,7 @@ def _topic_problem(topic: str, *, filter_: bool) -> str | None:
 
 def _check_topic(topic: str, what: str, url: str, *, filter_: bool = False, template: bool = False) -> None:
     """`ConfigError` naming `topic` if `_topic_problem` finds one (a `template` with a 1-byte id)."""
-    problem = _topic_problem(topic.replace("{context_id}", "c") if template else topic, filter_=filter_)
-    if problem is not None:
-        raise ConfigError(f"{what} {shown_repr(topic, 80)} cannot be used on {public_url(url)}: {problem}")
+    check_usable(topic, what, url, _topic_problem(render_subject(topic, "c") if template else topic, filter_=filter_))
 
 
 class _Client:

@@ -39,8 +39,9 @@ from nats.aio.client import Client as NATS
 
 from hoard.storage import ConfigError, shown_repr
 
-from ._broker import Incoming, Outgoing, public_url, url_options
+from ._broker import Incoming, Outgoing, check_usable, public_url, url_options
 from ._errors import BrokerUnavailableError
+from ._format import render_subject
 
 __all__ = ["NatsCommandSource", "NatsPublisher"]
 
@@ -66,18 +67,16 @@ def _subject_problem(subject: str, *, filter_: bool) -> str | None:
 
 def _check_subject(subject: str, what: str, url: str, *, filter_: bool = False, template: bool = False) -> None:
     """`ConfigError` naming `subject` if `_subject_problem` finds one (a `template` with a 1-byte id)."""
-    problem = _subject_problem(subject.replace("{context_id}", "c") if template else subject, filter_=filter_)
-    if problem is not None:
-        raise ConfigError(f"{what} {shown_repr(subject, 80)} cannot be used on {public_url(url)}: {problem}")
+    check_usable(subject, what, url,
+                 _subject_problem(render_subject(subject, "c") if template else subject, filter_=filter_))
 
 
-def _check_name(name: str | None, what: str, url: str) -> str | None:
-    """`name` (a JetStream stream or durable consumer name) when the server takes it: no whitespace,
-    ``.``, ``*``, ``>``, path separator or NUL; else `ConfigError`. None passes (no name given)."""
+def _check_name(name: str | None, what: str, url: str) -> None:
+    """`ConfigError` for a JetStream stream or durable consumer name the server refuses: empty, or
+    with whitespace, ``.``, ``*``, ``>``, a path separator or NUL. None passes (no name given)."""
     if name is not None and (not name or any(c in " \t\r\n\x00.*>/\\" for c in name)):
-        raise ConfigError(f"{what} {shown_repr(name, 80)} cannot be used on {public_url(url)}: a JetStream name is not "
-                          "empty and holds no whitespace, '.', '*', '>', '/', '\\' or NUL")
-    return name
+        check_usable(name, what, url, "a JetStream name is not empty and holds no whitespace, '.', '*', '>', "
+                                      "'/', '\\' or NUL")
 
 
 def _seconds(raw: object, what: str, url: str) -> float:
@@ -190,7 +189,8 @@ class NatsPublisher:
         self.url = public_url(url)
         _check_subject(subject, "the subject template", url, template=True)
         self._loop = _Loop(url)
-        self._stream = _check_name(stream or url_options(url).get("stream"), "the stream", url)
+        self._stream = stream or url_options(url).get("stream")
+        _check_name(self._stream, "the stream", url)
         self._subjects = [_stream_subject(subject)]
         self._handed: asyncio.Future[None] | None = None  # set when the last batch sent is all with the client
         self._inbox = ""  # "<inbox>." of this connection: message n's acks come to "<inbox>.n"
@@ -346,9 +346,10 @@ class NatsCommandSource:
             _check_subject(dead_letter, "the dead-letter subject", url)
         self._loop = _Loop(url)
         self._subject = subject
-        self._stream = _check_name(stream or options.get("stream"), "the stream", url)
-        durable = durable or options.get("durable") or "hoard-apply"
-        self._durable = str(_check_name(durable, "the durable consumer", url))
+        self._stream = stream or options.get("stream")
+        self._durable = durable or options.get("durable") or "hoard-apply"
+        _check_name(self._stream, "the stream", url)
+        _check_name(self._durable, "the durable consumer", url)
         self._ack_wait = _seconds(ack_wait if ack_wait is not None else options.get("ack_wait", 30), "ack_wait", url)
         self._sub: Any = None
         self._streams: dict[str, str | None] = {}  # answer / dead-letter subject -> its stream (None: none)
