@@ -9,6 +9,7 @@ A reader that closes stdout early (``hoard ls big.db | head -1``) ends the comma
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Sequence
@@ -141,7 +142,11 @@ for _command in (ls, show, history, diff, stats, restore, export, import_, verif
 
 def main() -> None:
     """The console script: run `cli` and exit with its code. Output still buffered at exit is
-    flushed here, so a reader that went away after the last write also ends quietly."""
+    flushed here, so a reader that went away after the last write also ends quietly.
+
+    psycopg-pool's warning for each failed attempt to connect is not shown: the command's own error
+    names the cause once, and with ``--json`` a failure is one JSON object on stderr."""
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     try:
         cli(prog_name="hoard")
     finally:

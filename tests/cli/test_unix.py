@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,21 @@ def test_with_json_every_error_is_one_json_object_with_the_same_exit_code(  # no
         report = _json_error(hoard(*filled[:where], "--json", *filled[where:]), code, kind)
         assert words in str(report["error"])
     assert store.read_bytes() == before  # a failed command changed nothing
+
+
+def test_an_unreachable_postgres_store_is_reported_once_even_with_json(hoard: Hoard) -> None:
+    # psycopg-pool logs each failed attempt to connect; hoard's error already names the cause, and
+    # with --json a failure is one JSON object on stderr: the pool's lines were printed before it
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    url = f"postgresql://postgres@127.0.0.1:{port}/test"
+    with ThreadPoolExecutor(2) as pool:
+        plain, as_json = pool.map(lambda extra: hoard("stats", url, *extra), ((), ("--json",)))
+    assert plain.code == 1, plain.err
+    assert plain.err.splitlines() == [plain.err.strip()] and plain.err.startswith("Error: cannot connect"), plain.err
+    report = _json_error(as_json, 1, "PersistenceError")
+    assert f"127.0.0.1:{port}" in str(report["error"])
 
 
 def test_with_json_a_store_open_elsewhere_is_a_json_error(hoard: Hoard, store: Path, tmp_path: Path) -> None:
