@@ -597,6 +597,9 @@ class SupervisorActor(pykka.ThreadingActor):
         return cell
 
     def _on_set_pinned(self, m: SetPinned) -> None:
+        if m.pinned and m.context_id not in self.cells and self._store("info", m.context_id) is None:
+            # deleted (or never made): a pin kept by id would pin whatever is made under it later
+            raise ContextNotFoundError(m.context_id)
         (self.pinned.add if m.pinned else self.pinned.discard)(m.context_id)
         cell = self.cells.get(m.context_id)
         if cell is not None:

@@ -26,6 +26,12 @@ def _choice(*options: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     return check
 
 
+#: the most seconds any duration of a config (or a call's timeout) may be: about 31 years. A wait
+#: longer than a few billion seconds overflows the platform's timers (``threading.TIMEOUT_MAX``,
+#: ``time_t``) deep inside a call instead of failing where the value is given.
+MAX_SECONDS = 10**9
+
+
 def _number(minimum: float, *, integer: bool = False, optional: bool = False,
             maximum: float | None = None) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(_inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
@@ -107,7 +113,8 @@ class ContextManagerConfig:
         call_timeout: seconds a blocking call waits by default before `ContextTimeoutError`.
         max_value_bytes: largest value (JSON-encoded) one key may hold.
         max_state_bytes: largest context (JSON-encoded data + metadata); also the decompression bound.
-        clock: returns seconds since the epoch (timestamps); injectable for tests.
+        clock: returns seconds since the epoch (timestamps); injectable for tests. A time that is not a
+            finite number in years 1 to 9999 refuses the change it was read for (`ConfigError`).
         monotonic: returns monotonic seconds (restart windows, idle time); injectable for tests.
         forward_via: a NATS URL (``"nats://127.0.0.1:4222"``; needs the ``nats`` extra). On a shared
             PostgreSQL store, a call on a context active in another process is then forwarded to that
@@ -144,7 +151,7 @@ class ContextManagerConfig:
     snapshot_every: int = attrs.field(default=1000, validator=_number(1, integer=True))
     flush_interval: float = attrs.field(default=0.05, validator=_number(0.001, maximum=3600))
     compression_level: int = attrs.field(default=3, validator=_number(1, integer=True, maximum=22))
-    call_timeout: float = attrs.field(default=5.0, validator=_number(0.001))
+    call_timeout: float = attrs.field(default=5.0, validator=_number(0.001, maximum=MAX_SECONDS))
     max_value_bytes: int = attrs.field(default=2**20, validator=_number(16, integer=True))
     max_state_bytes: int = attrs.field(default=64 * 2**20, validator=_number(64, integer=True))
     clock: Callable[[], float] = attrs.field(default=time.time, validator=_callable, repr=False)
@@ -153,7 +160,7 @@ class ContextManagerConfig:
     subscriber_overflow: str = attrs.field(default="drop_subscriber",
                                            validator=_choice("drop_subscriber", "drop_events"))
     request_window: int = attrs.field(default=1000, validator=_number(1, integer=True))
-    request_ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
+    request_ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True, maximum=MAX_SECONDS))
     forward_via: str | None = attrs.field(default=None, validator=_nats_url)
     history: str | int | datetime.timedelta | None = attrs.field(default=None, validator=_history)
     feed: bool = attrs.field(default=True, validator=_bool)
@@ -194,7 +201,8 @@ class ContextAdapterConfig:
     auto_activate_default: bool = attrs.field(default=True, validator=_bool)
     capacity_policy: str = attrs.field(default="evict_lru", validator=_choice("evict_lru", "reject"))
     max_restarts: int = attrs.field(default=3, validator=_number(0, integer=True))
-    restart_window: float = attrs.field(default=5.0, validator=_number(0.001))
-    idle_timeout: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
-    ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True))
-    maintenance_interval: float | None = attrs.field(default=None, validator=_number(0.01, optional=True))
+    restart_window: float = attrs.field(default=5.0, validator=_number(0.001, maximum=MAX_SECONDS))
+    idle_timeout: float | None = attrs.field(default=None, validator=_number(0.001, optional=True, maximum=MAX_SECONDS))
+    ttl: float | None = attrs.field(default=None, validator=_number(0.001, optional=True, maximum=MAX_SECONDS))
+    maintenance_interval: float | None = attrs.field(default=None,
+                                                     validator=_number(0.01, optional=True, maximum=MAX_SECONDS))

@@ -14,7 +14,6 @@ import atexit
 import concurrent.futures
 import contextlib
 import logging
-import math
 import threading
 import time
 import weakref
@@ -50,7 +49,7 @@ from hoard.storage import (
     SystemStoppedError,
 )
 
-from ._config import ContextAdapterConfig, ContextManagerConfig
+from ._config import MAX_SECONDS, ContextAdapterConfig, ContextManagerConfig
 from ._forward import Forwarder
 from ._metrics import Metrics
 
@@ -60,11 +59,33 @@ _ABORT_GRACE = 2.0  # seconds a persistence actor gets to leave the store once i
 
 
 def check_timeout(timeout: object) -> float:
-    """`timeout` if it is a number of seconds (int or float, finite, not negative), else `ConfigError`
-    naming it: a wrong timeout is the caller's error, never a TypeError from deep inside a wait."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < math.inf:
-        raise ConfigError(f"timeout must be a number of seconds (or None for the default), not {timeout!r}")
+    """`timeout` if it is a number of seconds (int or float, 0 to `MAX_SECONDS`), else `ConfigError`
+    naming it: a wrong timeout is the caller's error, never a TypeError or an OverflowError from deep
+    inside a wait."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout <= MAX_SECONDS:
+        raise ConfigError(f"timeout must be a number of seconds from 0 to {MAX_SECONDS:,} (or None for the "
+                          f"default), not {timeout!r}")
     return float(timeout)
+
+#: the times a stored record can hold: years 1 to 9999 (what `datetime` reads back), in epoch seconds
+_FIRST_TIME, _LAST_TIME = -62_135_596_800.0, 253_402_300_800.0
+
+
+def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
+    """`clock`, with each time it returns checked: a `ConfigError` naming it for anything but a
+    number of seconds since the epoch in years 1-9999. Called by the actors before a change is
+    made, so a bad time refuses the change (nothing changes) instead of being stored as ``null``
+    (JSON has no ``inf`` or ``nan``) under an acknowledged change that could never be read back."""
+    def now() -> float:
+        t = clock()
+        if t.__class__ is float and _FIRST_TIME < t < _LAST_TIME:  # (nan fails both comparisons)
+            return t
+        if isinstance(t, int) and not isinstance(t, bool) and _FIRST_TIME < t < _LAST_TIME:
+            return float(t)
+        raise ConfigError(f"the clock of ContextManagerConfig returned {t!r}: it must return seconds since the "
+                          "epoch, a finite number (years 1 to 9999)")
+    return now
+
 
 log = logging.getLogger(__name__)
 _LIVE: weakref.WeakSet[SystemCore] = weakref.WeakSet()
@@ -96,6 +117,12 @@ class SystemCore:
         self._bridges: list[Any] = []
         self._ticker: threading.Thread | None = None
         self._ticker_interval = 0.0
+        # ensure_maintenance may come from several threads at once: one of them checks and starts
+        # the ticker at a time (else several tickers start, one is remembered, the rest outlive stop)
+        self._ticker_lock = threading.Lock()
+        # a stop whose timeout ran out goes on in this thread; a later stop() waits for it
+        self._stopping: threading.Thread | None = None
+        self._stop_error: BaseException | None = None
         self._ticker_stop = threading.Event()
         # worker threads for what *_async calls and ContextRef.tell must not do in the caller's
         # thread (an event loop's): re-activation, store reads, waiting for another owner's lease
@@ -103,19 +130,20 @@ class SystemCore:
         _warm(self._workers)
         self.store.open()
         cfg = config
+        clock = checked_clock(cfg.clock)
         self.context_settings = ContextSettings(durability=cfg.durability, flush_interval=cfg.flush_interval,
                                                 max_value_bytes=cfg.max_value_bytes,
-                                                max_state_bytes=cfg.max_state_bytes, clock=cfg.clock,
+                                                max_state_bytes=cfg.max_state_bytes, clock=clock,
                                                 request_window=cfg.request_window, request_ttl=cfg.request_ttl)
         self._gate = EventGate()
         self._board = MetricsBoard()  # the actors publish their numbers here; metrics() reads it
         try:
             self._bus = EventBusActor.start(self._gate, cfg.subscriber_backlog, cfg.subscriber_overflow,
                                             board=self._board)
-            self._events = Emitter(self._gate, self._bus, cfg.clock)
+            self._events = Emitter(self._gate, self._bus, clock)
             self._persistence = PersistenceActor.start(self.store, PersistenceSettings(
                 durability=cfg.durability, snapshot_every=cfg.snapshot_every, flush_interval=cfg.flush_interval,
-                max_recovery_points=cfg.max_recovery_points, clock=cfg.clock), self._events, board=self._board)
+                max_recovery_points=cfg.max_recovery_points, clock=clock), self._events, board=self._board)
         except BaseException:
             self.store.close()
             if getattr(self, "_bus", None) is not None:
@@ -143,12 +171,14 @@ class SystemCore:
         `interval` seconds (default: `maintenance_interval`, else 30 s): a running ticker with a
         longer period is replaced. Called by the manager and adapter; returns at once."""
         wanted = interval or self.maintenance_interval or 30.0
-        if self._stopped or (self._ticker is not None and self._ticker_interval <= wanted):
-            return
-        self._halt_ticker()
-        self._start_ticker(wanted)
+        with self._ticker_lock:
+            if self._stopped or (self._ticker is not None and self._ticker_interval <= wanted):
+                return
+            self._halt_ticker()
+            self._start_ticker(wanted)
 
     def _halt_ticker(self) -> None:
+        """Stop the ticker and wait for it (at most 5 s). Called with `_ticker_lock` held."""
         if self._ticker is not None:
             self._ticker_stop.set()
             self._ticker.join(5)
@@ -278,30 +308,41 @@ class SystemCore:
         keeps running with those contexts active, and a later `stop()` saves them.
         ``stop(discard_unsaved=True)`` stops all the same (those changes are then gone) and raises
         the `StateNotSavedError` afterwards.
+
+        When `timeout` runs out while the contexts are still being saved, this raises
+        `ContextTimeoutError` and the stop goes on in a background thread until every context is
+        saved (the system takes no more calls meanwhile). `stop()` again waits for it (at most its
+        own `timeout`) and raises what it ended with. A bad `timeout` is a `ConfigError`, and the
+        system then goes on running.
         """
+        t = self.call_timeout * 4 if timeout is None else check_timeout(timeout)  # before anything changes
         if self._stopped:
+            self._wait_stopping(t)
             return
+        self._stopping = self._stop_error = None  # (a background stop taken back: this one saves again)
         ticking = self._halt_inbound()
-        t = self.call_timeout * 4 if timeout is None else check_timeout(timeout)
         deadline = time.monotonic() + t
         error: BaseException | None = None
         try:
-            self._supervisor.ask(Shutdown(discard_unsaved), timeout=t)
+            shutdown = self._supervisor.ask(Shutdown(discard_unsaved), block=False)
+            shutdown.get(timeout=t)
         except StateNotSavedError:
             if discard_unsaved:  # everything was stopped all the same; say what was not saved
                 self._stop_actors(deadline)
                 raise
-            # durability="none" contexts whose only copy could not be written: nothing was stopped,
-            # so that a retried stop() can save them once the cause is fixed
-            self._stopped = False
-            _LIVE.add(self)
-            self._remote = RemoteListener.start_for(self.store, self._events)
-            if ticking is not None:
-                self._start_ticker(ticking)
+            self._resume(ticking)
             raise
         except pykka.Timeout as exc:
-            error = ContextTimeoutError("stopping the system", t)
-            error.__cause__ = exc
+            # the supervisor is still passivating (with durability="none" the final snapshots are the
+            # only copy): stopping the store under it would lose what it has not saved yet
+            self._stopping = threading.Thread(target=self._finish_stop, args=(shutdown, ticking),
+                                              name="hoard-stopping", daemon=True)
+            self._stopping.start()
+            _LIVE.add(self)  # at exit, stop() waits for it
+            error = ContextTimeoutError("stopping the system (it continues in the background; stop() again "
+                                        "waits for it)", t)
+            log.error("hoard stop: %s", error)
+            raise error from exc
         except pykka.ActorDeadError:
             pass
         except HoardError as exc:
@@ -315,6 +356,49 @@ class SystemCore:
             log.error("hoard stopped with an error: %s", error)
             raise error
 
+    def _resume(self, ticking: float | None) -> None:
+        """Take a stop back: durability="none" contexts whose only copy could not be written were
+        not stopped, so that a retried stop() can save them once the cause is fixed."""
+        self._stopped = False
+        _LIVE.add(self)
+        self._remote = RemoteListener.start_for(self.store, self._events)
+        if ticking is not None:
+            with self._ticker_lock:
+                self._start_ticker(ticking)
+
+    def _finish_stop(self, shutdown: pykka.Future[Any], ticking: float | None) -> None:
+        """The rest of a stop whose timeout ran out, on the "hoard-stopping" thread: wait for the
+        supervisor's shutdown however long it takes, then stop the actors. Its error (or the taking
+        back of the stop, `StateNotSavedError`) is what the next `stop()` raises."""
+        try:
+            shutdown.get()
+        except StateNotSavedError as exc:
+            self._stop_error = exc
+            self._resume(ticking)
+            return
+        except pykka.ActorDeadError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - kept for the next stop() to raise
+            self._stop_error = exc
+        if not self._stop_actors(time.monotonic() + self.call_timeout * 4) and self._stop_error is None:
+            self._stop_error = ContextTimeoutError("stopping the system (the store did not answer)",
+                                                   self.call_timeout * 4)
+        _LIVE.discard(self)
+
+    def _wait_stopping(self, timeout: float) -> None:
+        """`stop()` again while a stop goes on in the background: wait for it (at most `timeout`)
+        and raise what it ended with."""
+        stopping = self._stopping
+        if stopping is None:
+            return
+        stopping.join(timeout)
+        if stopping.is_alive():
+            raise ContextTimeoutError("stopping the system (it continues in the background)", timeout)
+        self._stopping = None
+        error, self._stop_error = self._stop_error, None
+        if error is not None:
+            raise error
+
     def _halt_inbound(self) -> float | None:
         """The first step of `stop`: end what brings work in (bridges, the maintenance ticker, calls
         forwarded from other processes, remote change notices) and mark the system stopped. Returns
@@ -323,8 +407,9 @@ class SystemCore:
             bridge.stop()
         self._stopped = True
         _LIVE.discard(self)
-        ticking = self._ticker_interval if self._ticker is not None else None
-        self._halt_ticker()
+        with self._ticker_lock:
+            ticking = self._ticker_interval if self._ticker is not None else None
+            self._halt_ticker()
         if self.forwarder is not None:
             self.forwarder.close()  # no more calls from other processes; they re-route to the next owner
         if self._remote is not None:

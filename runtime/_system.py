@@ -27,6 +27,7 @@ from hoard.storage import (
     MemoryStore,
     PostgresStore,
     Store,
+    SystemStoppedError,
     make_store,
     validate_id,
 )
@@ -281,8 +282,11 @@ class ContextSystem(SystemCore):
         its own: no lock on any context, no actor mailbox, never blocks a writer. Sees changes once
         they are committed (``durability="deferred"``: within `flush_interval`; ``"none"``: never,
         changes reach the store only as snapshots). Raises `FeedTruncatedError` when retention
-        removed entries after `after`, `InvalidValueError` for a bad `after` or `timeout`.
+        removed entries after `after`, `InvalidValueError` for a bad `after` or `timeout`, and
+        `SystemStoppedError` once the system stopped (a stream made before the stop ends then).
         """
+        if self.stopped:
+            raise SystemStoppedError()
         return ChangeStream(self, self._feed_readers, check_offset("after", after), check_timeout(timeout))
 
     def consumer(self, name: str, *, timeout: float | None = None) -> FeedConsumer:

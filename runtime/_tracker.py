@@ -761,7 +761,8 @@ class ContextTracker(Mapping[str, Any]):
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def pin(self, *, timeout: float | None = None) -> None:
-        """Never evict this context (until `unpin`). Blocks briefly (a supervisor message)."""
+        """Never evict this context (until `unpin`). Blocks briefly (a supervisor message).
+        `ContextNotFoundError` if the context does not exist (deleted): nothing is pinned."""
         self._system.ask(SetPinned(self._id, True), timeout, f"pinning {self._id!r}")
 
     def unpin(self, *, timeout: float | None = None) -> None:
