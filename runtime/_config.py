@@ -106,7 +106,7 @@ class ContextManagerConfig:
         recovery: what loading does with damaged data: ``"strict"`` raises `CorruptStateError`.
         max_contexts: most contexts the store may hold (None: no limit); create beyond raises
             `CapacityError`.
-        max_recovery_points: kept per context; the oldest goes first.
+        max_recovery_points: kept per context; the oldest goes first (at most 2**31 - 1).
         snapshot_every: a snapshot is written after this many journaled changes of a context.
         flush_interval: seconds; the commit delay of ``durability="deferred"``.
         compression_level: zstd level of snapshots and recovery points (3: best trade-off measured).
@@ -147,7 +147,7 @@ class ContextManagerConfig:
     sync: str = attrs.field(default="full", validator=_choice("full", "normal"))
     recovery: str = attrs.field(default="strict", validator=_choice("strict", "fallback"))
     max_contexts: int | None = attrs.field(default=None, validator=_number(1, integer=True, optional=True))
-    max_recovery_points: int = attrs.field(default=10, validator=_number(1, integer=True))
+    max_recovery_points: int = attrs.field(default=10, validator=_number(1, integer=True, maximum=2**31 - 1))
     snapshot_every: int = attrs.field(default=1000, validator=_number(1, integer=True))
     flush_interval: float = attrs.field(default=0.05, validator=_number(0.001, maximum=3600))
     compression_level: int = attrs.field(default=3, validator=_number(1, integer=True, maximum=22))

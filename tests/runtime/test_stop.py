@@ -127,3 +127,10 @@ def test_pinning_a_deleted_context_is_refused_and_pins_nothing(store_path: Path)
         s.adapter.get_or_create("x")  # a new context under that id, which nobody pinned
         s.adapter.get_or_create("y")  # default + x active: x is evicted for y
         assert sorted(s.adapter.list_active()) == ["default", "y"]
+
+
+def test_max_recovery_points_beyond_what_a_store_counts_is_a_config_error() -> None:
+    # 10**30 was taken, then every recovery point failed in SQLite (integer overflow)
+    with pytest.raises(ConfigError, match="max_recovery_points"):
+        ContextManagerConfig(max_recovery_points=2**63)
+    assert ContextManagerConfig(max_recovery_points=2**31 - 1).max_recovery_points == 2**31 - 1
