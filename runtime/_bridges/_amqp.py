@@ -3,7 +3,7 @@
 Both halves run pika in the caller's thread (the bridge's): no thread of their own.
 
 Out: publisher confirms on, persistent messages (delivery mode 2) with ``message_id`` set to
-``<context id>:<version>``, to the exchange ``?exchange=NAME`` (a durable topic exchange, declared;
+``<context id>:<version>@<offset>``, to the exchange ``?exchange=NAME`` (a durable topic exchange, declared;
 default ``hoard``) with the rendered subject as routing key. A batch is published on one channel
 without waiting in between (pika's `SelectConnection`, its I/O loop driven by `send` and `wait`),
 and `wait` returns once the broker acked every message of it (confirms arrive in order on one

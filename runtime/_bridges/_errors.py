@@ -53,7 +53,7 @@ class UnpublishableChangeError(BridgeError, ValueError):
     entry before it, commits that offset and stops, this error's message in `RelayLag.error`; with
     ``unpublishable="skip"`` it logs the error, counts the change in `RelayLag.skipped` and goes on.
 
-    `message_id` names the change (``<context id>:<version>``), `offset` its feed offset, `url` the
+    `message_id` names the change (``<context id>:<version>@<offset>``), `offset` its feed offset, `url` the
     broker (without credentials), `reason` what the broker does not take.
     """
 

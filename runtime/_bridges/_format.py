@@ -2,7 +2,7 @@
 
 **Outbound (a change):** one JSON object per feed entry (UTF-8, no trailing newline)::
 
-    {"type": "hoard.change", "format": 1, "message_id": "cart-42:7", "offset": 1234,
+    {"type": "hoard.change", "format": 1, "message_id": "cart-42:7@1234", "offset": 1234,
      "context_id": "cart-42", "version": 7, "at": 1764650000.25, "by": "svc:billing",
      "changed": ["total"], "removed": ["coupon"], "values": {"total": 12.5},
      "metadata": {}, "metadata_removed": [], "replaced": false, "created": false, "deleted": false}
@@ -12,8 +12,11 @@ context's last (0 if the deleter did not know it), ``by`` who deleted it, ``chan
 and ``metadata`` empty and ``replaced`` true (a consumer that predates the key sees the context
 emptied). ``deleted`` was added to format 1 (which only ever gains keys); absent means false.
 
-``message_id`` is ``<context id>:<version>``: unique per change, the same on every redelivery (the
-JetStream ``Nats-Msg-Id`` header, the AMQP ``message_id`` property, a Redis stream field). ``at`` is
+``message_id`` is ``<context id>:<version>@<offset>``: unique per change, the same on every redelivery (the
+JetStream ``Nats-Msg-Id`` header, the AMQP ``message_id`` property, a Redis stream field). The feed
+offset is part of it because a context id and a version alone do not name one change: a context
+made again under a deleted one's id starts again at version 1 (before this, a broker that drops
+repeats took its changes for the old context's and dropped them). ``at`` is
 seconds since the epoch. Keys are only ever added to format 1, never removed or changed in meaning;
 a change of meaning raises ``format``.
 
@@ -78,8 +81,8 @@ _SAFE = string.ascii_letters + string.digits + "_-~"
 
 
 def message_id(entry: FeedEntry) -> str:
-    """``<context id>:<version>``: the change's identity, the same on every redelivery."""
-    return f"{entry.context_id}:{entry.version}"
+    """``<context id>:<version>@<offset>``: the change's identity, the same on every redelivery."""
+    return f"{entry.context_id}:{entry.version}@{entry.offset}"
 
 
 def change_body(entry: FeedEntry, msg_id: str | None = None) -> bytes:

@@ -4,7 +4,7 @@ nats-py is asyncio-only: each backend object runs one event loop on a thread of 
 ("hoard-nats"), started by `connect` and stopped by `close`; the bridge's thread hands it coroutines
 and waits for them with its timeout (`asyncio.run_coroutine_threadsafe`).
 
-Out: every message is published with ``Nats-Msg-Id: <context id>:<version>``; JetStream drops a
+Out: every message is published with ``Nats-Msg-Id: <context id>:<version>@<offset>``; JetStream drops a
 message whose id it stored within the stream's duplicate window (default 2 minutes), so a relay that
 publishes a batch again after a crash or a cut stores each change once. A batch is pipelined (every
 message sent in order on the one connection, each with a reply subject on the publisher's inbox

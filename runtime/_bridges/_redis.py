@@ -2,7 +2,7 @@
 
 Every message is one ``XADD`` to the stream named by the rendered subject (a template without
 ``{context_id}`` puts every context in one stream), with the fields ``message_id``
-(``<context id>:<version>``) and ``body`` (the JSON). A batch is pipelined (no MULTI): the XADDs are
+(``<context id>:<version>@<offset>``) and ``body`` (the JSON). A batch is pipelined (no MULTI): the XADDs are
 sent in order on one connection, in one write (`send`), and `wait` reads every reply (the relay
 sends the next batch before it reads this one's replies: Redis answers in order); Redis
 has no id it de-duplicates on, so a batch published again after a crash arrives again

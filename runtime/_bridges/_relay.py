@@ -30,7 +30,7 @@ A backend without `send` / `wait` (one of the caller's own) is published to batc
 A relay killed between 2 and 3 (SIGKILL, power loss) publishes those entries again when it starts
 over: every change reaches the broker at least once; one context's changes are in version order
 because the feed is in commit order and a batch is published in order on one connection. On
-JetStream the message id header (``Nats-Msg-Id: <context id>:<version>``) makes the stream drop the
+JetStream the message id header (``Nats-Msg-Id: <context id>:<version>@<offset>``) makes the stream drop the
 repeats within its duplicate window: exactly once there. A broker that fails or is cut off makes the
 relay close the connection (dropping every batch on its way), wait (exponential back-off, up to
 `max_backoff`) and publish again from the last confirmed entry; nothing is skipped, and `lag()` shows
@@ -509,7 +509,7 @@ class Relay(BridgeThread):
             subject = subjects.get(context_id)
             if subject is None:
                 subject = subjects[context_id] = render_subject(self.subject, context_id)
-            msg_id = f"{context_id}:{e['version']}"  # message_id(): <context id>:<version>
+            msg_id = f"{context_id}:{e['version']}@{e['offset']}"  # message_id(): <context id>:<version>@<offset>
             out.append(Outgoing(subject, change_body_of(e, msg_id), msg_id))
         self._halt_at = None
         if self._refused is not None and out:

@@ -226,7 +226,7 @@ def check_in_order(received: list[dict[str, Any]], written: dict[str, int], *,
     by_context: dict[str, list[int]] = {}
     for doc in received:
         assert doc["type"] == "hoard.change" and doc["format"] == 1
-        assert doc["message_id"] == f"{doc['context_id']}:{doc['version']}"
+        assert doc["message_id"] == f"{doc['context_id']}:{doc['version']}@{doc['offset']}"
         by_context.setdefault(doc["context_id"], []).append(doc["version"])
     assert set(by_context) == set(written), (sorted(by_context), sorted(written))
     for context_id, versions in by_context.items():

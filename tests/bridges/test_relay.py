@@ -100,6 +100,11 @@ def _relay_killed(target: Target, kids: Zygote, pg_dsn: str, pg_schema: str, kil
     check_in_order(target.received(), written, exactly_once=target.kind == "nats")
 
 
+def _change(doc: dict[str, Any]) -> str:
+    """``<context id>:<version>`` of a received change (its message id without the feed offset)."""
+    return f"{doc['context_id']}:{doc['version']}"
+
+
 def kind_safe(target: Target) -> str:
     """A context id part with characters every broker's subject syntax treats specially (. / + #)."""
     return {"nats": "a.b*>", "mqtt": "a/b+#", "amqp": "a.b#*", "redis": "a b"}[target.kind]
@@ -189,7 +194,7 @@ def test_a_redis_relay_with_maxlen_trims_its_stream_and_names_each_entry(target:
     fields = [fields for _id, fields in entries]
     assert all(set(f) == {b"message_id", b"body"} for f in fields)
     assert [f[b"message_id"].decode() for f in fields] == [orjson.loads(f[b"body"])["message_id"] for f in fields]
-    assert fields[-1][b"message_id"] == b"a:301"
+    assert fields[-1][b"message_id"] == b"a:301@301"
 
 
 @pytest.mark.parametrize("target", ["redis"], indirect=True)
@@ -315,7 +320,7 @@ def test_a_relay_sends_the_next_batch_before_the_first_is_confirmed_and_resends_
         finally:
             relay.stop()
         assert relay.lag().position == 12
-    every = [f"a:{v}" for v in range(1, 13)]
+    every = [f"a:{v}@{v}" for v in range(1, 13)]
     # the first wait failed with two batches on their way; both were sent again, from the first entry
     assert publisher.in_flight_at_failure == [2]
     assert _ids(publisher.sent[0] + publisher.sent[1]) == every[:8]
@@ -332,7 +337,7 @@ def test_a_relay_publishes_batch_by_batch_through_a_publisher_without_send_and_w
         with Relay(system, "memory://", name="plain", batch=4, publisher=publisher) as relay:
             assert relay.wait_caught_up(timeout=20).position == 10
     assert [len(b) for b in publisher.batches] == [4, 4, 2]
-    assert _ids([m for b in publisher.batches for m in b]) == [f"a:{v}" for v in range(1, 11)]
+    assert _ids([m for b in publisher.batches for m in b]) == [f"a:{v}@{v}" for v in range(1, 11)]
 
 
 class _CountingSystem:
@@ -371,7 +376,7 @@ def test_a_relay_working_through_a_backlog_commits_ten_times_a_second_not_once_a
         finally:
             relay.stop()
         elapsed = time.monotonic() - started
-    assert _ids(publisher.confirmed) == [f"a:{v}" for v in range(1, 401)]
+    assert _ids(publisher.confirmed) == [f"a:{v}@{v}" for v in range(1, 401)]
     # 200 batches; a commit when the last is confirmed, and at most one each 0.1 s before that
     assert counting.commits[-1] == 400
     assert counting.commits == sorted(set(counting.commits))
@@ -463,7 +468,7 @@ def test_a_change_the_broker_can_never_take_stops_the_relay_just_before_it_with_
             relay.wait_caught_up(timeout=5)
         relay.stop()
         assert system.consumer("poison").position == before
-    received = [m["message_id"] for m in target.received()]
+    received = [_change(m) for m in target.received()]
     assert received == (["a:1", "a:2"] if target.kind == "amqp" else ["a:1", "a:2", "big:1"])
 
 
@@ -478,7 +483,7 @@ def test_a_relay_told_to_skip_what_the_broker_can_never_take_logs_and_counts_it_
         assert (lag.error, lag.failures, lag.entries, lag.skipped) == (None, 0, 0, len(refused))
     logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert all(any(m in line for line in logged) for m in refused), logged
-    received = [m["message_id"] for m in target.received()]
+    received = [_change(m) for m in target.received()]
     assert not set(refused) & set(received)
     assert received[:2] == ["a:1", "a:2"] and received[-1] == "a:3"
 
@@ -572,7 +577,7 @@ def test_hoard_relay_exits_1_naming_a_change_the_broker_can_never_take(target: T
     stopped = orjson.loads(out)
     assert (stopped["skipped"], stopped["position"], stopped["error"]) == (2, head, None)
     assert all(m in err for m in refused)
-    assert [m["message_id"] for m in target.received()] == ["a:1", "a:2", "a:3"]  # on from where it stopped
+    assert [_change(m) for m in target.received()] == ["a:1", "a:2", "a:3"]  # on from where it stopped
 
 
 @pytest.mark.parametrize("target", ["nats"], indirect=True)
@@ -661,7 +666,7 @@ def test_an_amqp_relay_stops_at_a_change_over_the_broker_limit_after_one_refusal
         assert (lag.failures, lag.position) == (1, before)  # refused once, which named the limit
         relay.stop()
     # at least once: what went before the refused change may come twice (its batch was sent again)
-    assert {m["message_id"] for m in target.received()} == {"a:1", "a:2"}
+    assert {_change(m) for m in target.received()} == {"a:1", "a:2"}
 
 
 @pytest.mark.parametrize("subject", ["hoard/#/{context_id}", "hoard/+/{context_id}", "{context_id}/#", ""])
@@ -788,3 +793,26 @@ def test_a_relay_whose_offset_commit_fails_for_a_while_commits_it_later(target: 
         a.set("n", 2)
         _store_failure_met(relay, "the offset commit to fail")
         blocker.rollback()
+
+
+@pytest.mark.parametrize("target", ["nats"], indirect=True)
+def test_a_context_deleted_and_made_again_is_published_whole_through_jetstream_deduplication(
+        target: Target, tmp_path: Path) -> None:
+    # a context made again under a deleted one's id starts again at version 1, and `hoard import
+    # --replace` wrote its deletion and the imported state at one version: keyed by <id>:<version>
+    # alone, JetStream took the new context's changes for repeats of the old one's and dropped them
+    with _system(tmp_path / "s.db") as system:
+        relay = Relay(system, target.url(), subject=target.subject, name="again").start()
+        t = system.adapter.get_or_create("x")
+        t.set("n", 1)
+        system.manager.delete("x")
+        t = system.adapter.get_or_create("x")
+        t.set("n", 2)
+        relay.wait_caught_up(timeout=20)
+        entries = list(system.changes(timeout=0))
+        relay.stop()
+    received = target.received()
+    assert [(d["offset"], d["version"], d["deleted"]) for d in received] == [
+        (e.offset, e.version, e.deleted) for e in entries] == [(1, 1, False), (2, 2, False), (3, 3, True),
+                                                                (4, 1, False), (5, 2, False)]
+    assert len({d["message_id"] for d in received}) == 5

@@ -203,7 +203,7 @@ def test_deleting_a_context_is_a_feed_entry_saying_who_deleted_it_and_the_relay_
     assert deletion.to_dict()["deleted"] is True and entries[1].to_dict()["deleted"] is False
     body = orjson.loads(change_body(deletion))
     assert (body["format"], body["deleted"], body["message_id"], body["by"]) == \
-        (1, True, f"gone:{last + 1}", "user:bob")
+        (1, True, f"gone:{last + 1}@{deletion.offset}", "user:bob")
     assert orjson.loads(change_body(entries[1]))["deleted"] is False
 
 
