@@ -14,6 +14,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import logging
+import math
 import threading
 import time
 import weakref
@@ -115,15 +116,17 @@ class SystemCore:
         # broker bridges (hoard._bridges' Relay / CommandApplier) started on this system: stopped first
         # by stop(), their lag in metrics(); list.append/remove are atomic, no lock needed
         self._bridges: list[Any] = []
+        # the maintenance ticker: one thread, started by the one ensure_maintenance() call that pops
+        # the claim (list.pop is atomic: racing calls start one ticker, never one stop() misses), at
+        # the shortest period asked for (each in `_periods`: a dict insertion is atomic too)
         self._ticker: threading.Thread | None = None
-        self._ticker_interval = 0.0
-        # ensure_maintenance may come from several threads at once: one of them checks and starts
-        # the ticker at a time (else several tickers start, one is remembered, the rest outlive stop)
-        self._ticker_lock = threading.Lock()
+        self._ticker_claim: list[None] = [None]
+        self._periods: dict[float, None] = {}
+        self._ticker_stop = threading.Event()
+        self._ticker_wake = threading.Event()  # set when a shorter period is asked for, or at stop
         # a stop whose timeout ran out goes on in this thread; a later stop() waits for it
         self._stopping: threading.Thread | None = None
         self._stop_error: BaseException | None = None
-        self._ticker_stop = threading.Event()
         # worker threads for what *_async calls and ContextRef.tell must not do in the caller's
         # thread (an event loop's): re-activation, store reads, waiting for another owner's lease
         self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="hoard-async")
@@ -169,20 +172,28 @@ class SystemCore:
     def ensure_maintenance(self, interval: float | None = None) -> None:
         """Make sure the maintenance ticker runs (idle timeouts and TTLs need it), at least every
         `interval` seconds (default: `maintenance_interval`, else 30 s): a running ticker with a
-        longer period is replaced. Called by the manager and adapter; returns at once."""
+        longer period takes the shorter one at once. Called by the manager and adapter, from any
+        thread (racing calls start one ticker); returns at once."""
         wanted = interval or self.maintenance_interval or 30.0
-        with self._ticker_lock:
-            if self._stopped or (self._ticker is not None and self._ticker_interval <= wanted):
-                return
+        if self._stopped:
+            return
+        if wanted < min(self._periods, default=math.inf):
+            self._periods[wanted] = None
+            self._ticker_wake.set()  # a ticker waiting out a longer period starts over with this one
+        try:
+            self._ticker_claim.pop()
+        except IndexError:
+            return  # running (or being started by a racing call)
+        self._start_ticker()
+        if self._stopped:  # stop() came meanwhile, before there was a ticker to halt
             self._halt_ticker()
-            self._start_ticker(wanted)
 
     def _halt_ticker(self) -> None:
-        """Stop the ticker and wait for it (at most 5 s). Called with `_ticker_lock` held."""
+        """Stop the ticker and wait for it (at most 5 s)."""
+        self._ticker_stop.set()
+        self._ticker_wake.set()
         if self._ticker is not None:
-            self._ticker_stop.set()
             self._ticker.join(5)
-            self._ticker = None
 
     # -- metrics -------------------------------------------------------------------------------------
     def metrics(self, *, timeout: float | None = None) -> Metrics:
@@ -235,18 +246,20 @@ class SystemCore:
         result: list[str] = self.ask(Sweep(), timeout, "maintenance sweep")
         return result
 
-    def _start_ticker(self, interval: float) -> None:
-        stop = self._ticker_stop = threading.Event()
+    def _start_ticker(self) -> None:
+        stop, wake, periods = self._ticker_stop, self._ticker_wake, self._periods
 
         def tick() -> None:
-            while not stop.wait(interval):
+            while not stop.is_set():
+                if wake.wait(min(periods)):  # a shorter period, or stop: look again
+                    wake.clear()
+                    continue
                 try:
                     self._supervisor.tell(Sweep())
                 except pykka.ActorDeadError:
                     return
 
         self._ticker = threading.Thread(target=tick, name="hoard-maintenance", daemon=True)
-        self._ticker_interval = interval
         self._ticker.start()
 
     @property
@@ -356,17 +369,18 @@ class SystemCore:
             log.error("hoard stopped with an error: %s", error)
             raise error
 
-    def _resume(self, ticking: float | None) -> None:
+    def _resume(self, ticking: bool) -> None:
         """Take a stop back: durability="none" contexts whose only copy could not be written were
         not stopped, so that a retried stop() can save them once the cause is fixed."""
         self._stopped = False
         _LIVE.add(self)
         self._remote = RemoteListener.start_for(self.store, self._events)
-        if ticking is not None:
-            with self._ticker_lock:
-                self._start_ticker(ticking)
+        if ticking:
+            self._ticker_stop, self._ticker_wake = threading.Event(), threading.Event()
+            self._ticker, self._ticker_claim = None, [None]
+            self.ensure_maintenance(min(self._periods))
 
-    def _finish_stop(self, shutdown: pykka.Future[Any], ticking: float | None) -> None:
+    def _finish_stop(self, shutdown: pykka.Future[Any], ticking: bool) -> None:
         """The rest of a stop whose timeout ran out, on the "hoard-stopping" thread: wait for the
         supervisor's shutdown however long it takes, then stop the actors. Its error (or the taking
         back of the stop, `StateNotSavedError`) is what the next `stop()` raises."""
@@ -399,17 +413,16 @@ class SystemCore:
         if error is not None:
             raise error
 
-    def _halt_inbound(self) -> float | None:
+    def _halt_inbound(self) -> bool:
         """The first step of `stop`: end what brings work in (bridges, the maintenance ticker, calls
         forwarded from other processes, remote change notices) and mark the system stopped. Returns
-        the ticker's interval (None if it was not running), for a stop that is taken back."""
+        whether the ticker ran, for a stop that is taken back."""
         for bridge in list(self._bridges):  # first: a relay commits its last confirmed offset while the store is open
             bridge.stop()
         self._stopped = True
         _LIVE.discard(self)
-        with self._ticker_lock:
-            ticking = self._ticker_interval if self._ticker is not None else None
-            self._halt_ticker()
+        ticking = self._ticker is not None
+        self._halt_ticker()
         if self.forwarder is not None:
             self.forwarder.close()  # no more calls from other processes; they re-route to the next owner
         if self._remote is not None:

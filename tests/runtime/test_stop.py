@@ -19,6 +19,7 @@ from hoard import (
     SystemStoppedError,
     open_system,
 )
+from tests.helpers import wait_for
 
 NO_DEFAULT = ContextAdapterConfig(auto_activate_default=False)
 
@@ -134,3 +135,13 @@ def test_max_recovery_points_beyond_what_a_store_counts_is_a_config_error() -> N
     with pytest.raises(ConfigError, match="max_recovery_points"):
         ContextManagerConfig(max_recovery_points=2**63)
     assert ContextManagerConfig(max_recovery_points=2**31 - 1).max_recovery_points == 2**31 - 1
+
+
+def test_a_shorter_maintenance_period_asked_for_later_is_taken_at_once(store_path: Path) -> None:
+    with open_system(store_path, adapter_config=NO_DEFAULT) as s:
+        s.ensure_maintenance(30)  # the ticker now waits out 30 s
+        s.manager.create("x")
+        s.manager.set_ttl("x", 0.05)  # inactive, so the next sweep after 50 ms deletes it
+        s.ensure_maintenance(0.05)
+        wait_for(lambda: not s.manager.exists("x"), 10, "the sweep at the shorter period to expire 'x'")
+        assert [th.name for th in threading.enumerate()].count("hoard-maintenance") == 1
