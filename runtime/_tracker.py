@@ -713,7 +713,9 @@ class ContextTracker(Mapping[str, Any]):
 
         `draft` is a mutable mapping of the data (with ``draft.metadata``, a dict, and
         ``draft.version``). No other change to the context happens while `fn` runs. If `fn` raises,
-        nothing changes and the exception reaches the caller. Returns what `fn` returned, or with
+        nothing changes and the exception reaches the caller: any exception, a `SystemExit` or
+        `KeyboardInterrupt` too, raised again in the caller's thread (the actor and every other one
+        keep running). Returns what `fn` returned, or with
         ``with_version=True`` a `Transacted` (``.value``: what `fn` returned, ``.version``: the version
         committed, ``.duplicate``: the `request_id` had been applied already, so `fn` did not run and
         ``.value`` is None; the plain form returns None then). The version rises by 1 even if `fn`
