@@ -12,8 +12,9 @@ Delivery: the `EventBusActor` keeps the subscriptions and publishes them to emit
 A callable subscriber gets its own `SubscriberActor`: the emitter appends the event to that
 subscription's queue and wakes the actor with one message per burst (not one per event), so a slow
 subscriber delays only itself, never a context or another subscriber; one that raises is logged and
-keeps its subscription. A pykka `ActorRef` subscriber is told the events as messages; if it has died
-it is dropped with a log line. A subscriber over its backlog limit is reported to the bus, which
+keeps its subscription (whatever it raises: a SystemExit too, which raised in an actor would stop
+every actor). A pykka `ActorRef` subscriber is told the events as messages; if it has died it is
+dropped with a log line. A subscriber over its backlog limit is reported to the bus, which
 applies its overflow policy. Emitting costs one attribute read when nobody subscribes
 (`EventGate.active`).
 """
@@ -300,7 +301,7 @@ class _InlineRoute(_Route):
             return
         try:
             self.target(event)
-        except Exception:
+        except BaseException:  # in an actor's thread: see SubscriberActor.on_receive
             log.exception("inline subscriber raised on %r", event)
 
 
@@ -410,7 +411,12 @@ def deliver(routes: tuple[_Route, ...], event: ContextEvent, bus: pykka.ActorRef
 
 class SubscriberActor(pykka.ThreadingActor):
     """Runs one callable subscriber, one event at a time, in event order: on each `_Drain` it takes
-    the events of its route's queue until it is empty or the subscription ends."""
+    the events of its route's queue until it is empty or the subscription ends.
+
+    Whatever the subscriber raises is logged and it stays subscribed: a SystemExit or another
+    BaseException too, which must never leave `on_receive` (pykka's actor loop answers one by
+    stopping every actor of the process, other systems' too). Nobody waits for a subscriber, so
+    there is no caller to hand it to; a subscriber that wants to end its subscription cancels it."""
 
     use_daemon_thread = True
 
@@ -439,7 +445,7 @@ class SubscriberActor(pykka.ThreadingActor):
                 return
             try:
                 fn(event)
-            except Exception:
+            except BaseException:  # see the class docstring
                 log.exception("event subscriber %r raised on %r; it stays subscribed", fn, event)
 
 

@@ -107,6 +107,32 @@ def test_a_raising_subscriber_is_logged_and_keeps_its_subscription(system, caplo
     assert "subscriber bug" in caplog.text
 
 
+class Abort(BaseException):
+    """A user's own BaseException (not an Exception)."""
+
+
+@pytest.mark.parametrize("error", [SystemExit(0), Abort("subscriber gave up")], ids=["SystemExit", "custom"])
+def test_a_subscriber_raising_a_base_exception_is_logged_keeps_its_subscription_and_stops_no_actor(
+        tmp_path: Path, caplog, error: BaseException) -> None:
+    # raised in the subscriber's actor, pykka would stop every actor of the process, other systems' too
+    with open_system(tmp_path / "one.db") as s1, open_system(tmp_path / "other.db") as s2:
+        seen = Collector(3)
+
+        def quits(event: ContextEvent) -> None:
+            seen(event)
+            raise error
+
+        s1.subscribe(quits, kinds=[StateChanged])
+        t = s1.adapter.activate("c")
+        for i in range(3):
+            t.set("k", i, timeout=5)
+        assert seen.done.wait(10)
+        assert [e.version for e in seen.events] == [2, 3, 4]
+        assert type(error).__name__ in caplog.text
+        assert t.set("k", 9, timeout=5) == 5
+        assert s2.adapter.activate("d", timeout=5).set("k", 1, timeout=5) == 2
+
+
 def test_an_actor_ref_subscriber_gets_messages_and_is_dropped_when_dead(system, caplog) -> None:
     got = Collector(2)
 
