@@ -23,6 +23,7 @@ import contextlib
 import logging
 import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any, cast
@@ -57,7 +58,9 @@ class Reply(pykka.ThreadingFuture[Any]):
     It also runs done-callbacks (`add_done_callback`) and can be awaited from asyncio without blocking
     the event loop. Callbacks are kept lock-free: each side pops them with ``list.pop`` (atomic), so
     every callback runs exactly once, in the thread that completes the future or in the one that
-    adds the callback after completion. Callbacks must be quick and must not block.
+    adds the callback after completion. Callbacks must be quick and must not block. One that raises
+    is logged and the others still run; a BaseException that is not an Exception (SystemExit,
+    KeyboardInterrupt) is raised again after them only in the main thread (never in an actor's).
     """
 
     # defaults read from the class until a sender sets them (an instance store each costs every call)
@@ -249,15 +252,26 @@ class Reply(pykka.ThreadingFuture[Any]):
 
     def _run_callbacks(self) -> None:
         callbacks = self._callbacks
+        interrupted: BaseException | None = None
         while callbacks:  # the common case, no callback at all, costs this one check
             try:
                 fn = callbacks.pop()
             except IndexError:  # another thread took the last one meanwhile
-                return
+                break
             try:
                 fn(self)
             except Exception:
                 logging.getLogger(__name__).exception("reply callback %r raised", fn)
+            except BaseException as exc:
+                # SystemExit, KeyboardInterrupt, a user's own: in the main thread the program's, raised
+                # there once the other callbacks ran; in any other (the actor answering: raised there,
+                # pykka would stop every actor of the process) logged like any other error
+                if threading.current_thread() is not threading.main_thread():
+                    logging.getLogger(__name__).exception("reply callback %r raised", fn)
+                elif interrupted is None:
+                    interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
     def __await__(self) -> Generator[Any, None, Any]:
         """Await the reply from asyncio without blocking the event loop. Ends at the reply's deadline
