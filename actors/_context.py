@@ -27,7 +27,8 @@ a version conflict, a bad value: there is nobody to answer) is a dead letter: lo
 reported to the supervisor, which emits a `DeadLetter` event; the actor keeps running (pykka would
 stop an actor whose told message raised).
 
-User code runs here: transact functions, and a bound schema's attrs validators and migrations.
+User code runs here: transact functions, a bound schema's attrs validators and migrations, and a
+written value's own methods (an int subclass's ``__int__``, a mapping's ``items``).
 Whatever it raises is the caller's error, the state unchanged, and never leaves `on_receive` raised
 when it is a BaseException that is not an Exception (SystemExit, KeyboardInterrupt, a user's own):
 pykka's loop would stop every actor of the process, other systems' too. It answers the caller's
@@ -404,6 +405,7 @@ class ContextActor(pykka.ThreadingActor):
             kind = _KINDS.get(cls) or _kind(cls)
             counts = self._call_counts  # Counters.inc inline (every call)
             counts[kind] = counts.get(kind, 0) + 1
+        before = self.working
         try:
             result = handler(message)
         except VersionConflictError:
@@ -422,6 +424,15 @@ class ContextActor(pykka.ThreadingActor):
             # once (queued calls are failed with ActorDeadError, so their trackers retry them on the
             # restarted actor) and let the supervisor restart the context from its durable state.
             log.exception("context %r crashed handling %s", self.cell.id, type(message).__name__)
+            self._crash(exc)
+            raise ContextCrashedError(self.cell.id, exc) from exc
+        except BaseException as exc:
+            # not an Exception (SystemExit, a user's own): user code all the same, never ours (no signal
+            # reaches an actor's thread): a value's own __int__ or __iter__, checked before anything
+            # changes, so the caller's error. After a change, the state is not to be trusted: a crash.
+            if self.working is before:
+                return self._user_error(message, exc)
+            log.error("context %r crashed handling %s: %r", self.cell.id, type(message).__name__, exc)
             self._crash(exc)
             raise ContextCrashedError(self.cell.id, exc) from exc
         if result is not DEFERRED:  # a deferred reply's latency is recorded when it is answered
