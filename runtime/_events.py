@@ -11,7 +11,7 @@ import pykka
 from hoard.actors import OVERFLOW_POLICIES, ContextEvent, Subscribe, Unsubscribe
 from hoard.storage import InvalidValueError, SystemStoppedError, validate_id
 
-from ._core import SystemCore
+from ._core import SystemCore, check_timeout
 
 __all__ = ["Subscription", "subscribe"]
 
@@ -27,11 +27,21 @@ class Subscription:
         self.cancelled = False
 
     def cancel(self, *, timeout: float | None = None) -> None:
+        """End the subscription: no event is delivered to it once this returns. Blocks the calling
+        thread (any thread; not the subscriber's own, which the bus never waits for) up to `timeout`
+        (default ``call_timeout``) for the event bus. After the system's stop it returns at once (the
+        stop ended every subscription).
+
+        `cancelled` is set only once the bus has ended it: a bad `timeout` (`ConfigError`) changes
+        nothing, and after `ContextTimeoutError` (the bus may still end it) calling again is safe.
+        """
         if self.cancelled:
             return
-        self.cancelled = True
+        if timeout is not None:
+            check_timeout(timeout)  # before anything is sent: a wrong argument changes nothing
         with contextlib.suppress(SystemStoppedError):  # the system's stop ended every subscription
             self._system.ask_bus(Unsubscribe(self.id), timeout, "cancelling a subscription")
+        self.cancelled = True
 
     def __enter__(self) -> Subscription:
         return self

@@ -9,6 +9,7 @@ import pykka
 import pytest
 
 from hoard import (
+    ConfigError,
     ContextActivated,
     ContextAdapterConfig,
     ContextCreated,
@@ -156,6 +157,36 @@ def test_an_actor_ref_subscriber_gets_messages_and_is_dropped_when_dead(system, 
     assert "dead; dropping" in caplog.text
     sub.cancel()
     sub.cancel()  # idempotent
+
+
+@pytest.mark.parametrize("bad", ["1", -1, float("nan"), True])
+def test_a_cancel_with_a_bad_timeout_is_refused_and_leaves_the_subscription_as_it_was(system, bad: object) -> None:
+    seen = Collector(1)
+    sub = system.subscribe(seen, kinds=[StateChanged])
+    with pytest.raises(ConfigError, match="timeout"):
+        sub.cancel(timeout=bad)
+    assert not sub.cancelled
+    t = system.adapter.activate("c")
+    t.set("k", 1)
+    assert seen.done.wait(10)  # still subscribed
+    sub.cancel()  # and a correct cancel still ends it
+    assert sub.cancelled
+    t.set("k", 2)
+    flushed = Collector(1)
+    system.subscribe(flushed, kinds=[StateChanged])
+    t.set("k", 3)
+    assert flushed.done.wait(10)
+    assert [e.version for e in seen.events] == [2]
+
+
+def test_a_cancel_that_times_out_is_not_marked_cancelled_and_can_be_retried(system) -> None:
+    sub = system.subscribe(Collector(1))
+    try:
+        sub.cancel(timeout=0)  # the bus rarely answers within 0 s
+    except ContextTimeoutError:
+        assert not sub.cancelled  # its outcome is unknown: a retry sends it again (ending one twice is harmless)
+        sub.cancel(timeout=10)
+    assert sub.cancelled
 
 
 def test_lifecycle_events(store_path: Path) -> None:
