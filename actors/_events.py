@@ -225,6 +225,9 @@ class Subscribe:
     inline: bool = False  # internal: a quick, thread-safe callable run by whoever emits
     max_backlog: int | None = None  # None: the bus's default
     overflow: str | None = None  # one of OVERFLOW_POLICIES; None: the bus's default
+    #: internal: called (quick, no argument, in the bus's thread) when the bus stops while this
+    #: subscription runs, i.e. the system stops: so that a wait on it ends then (`wait_for_version`)
+    on_stop: Callable[[], Any] | None = None
 
 
 @attrs.frozen
@@ -261,11 +264,12 @@ class _Route:
     limit with ``"drop_subscriber"``, which then tells the bus): nothing is delivered after it.
     """
 
-    __slots__ = ("cancelled", "context_id", "kinds", "max_backlog", "overflow", "sub_id", "target")
+    __slots__ = ("cancelled", "context_id", "kinds", "max_backlog", "on_stop", "overflow", "sub_id", "target")
 
     def __init__(self, sub_id: int, sub: Subscribe, max_backlog: int, overflow: str) -> None:
         self.sub_id = sub_id
         self.target = sub.target
+        self.on_stop = sub.on_stop
         self.context_id = sub.context_id
         self.kinds = sub.kinds
         self.max_backlog = max_backlog
@@ -541,7 +545,13 @@ class EventBusActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         # never wait for subscribers: one blocked in its own code would hold up stop() for ever
         for sub_id in list(self.subs):
+            on_stop = self.subs[sub_id].on_stop
             self._drop(sub_id)
+            if on_stop is not None:
+                try:
+                    on_stop()
+                except BaseException:  # in an actor's thread: see SubscriberActor.on_receive
+                    log.exception("the stop hook %r of subscription %d raised", on_stop, sub_id)
         self.owned.clear()
         self.subs.clear()
         self.gate.active = False

@@ -56,9 +56,10 @@ class Subscription:
 def subscribe(system: SystemCore, subscriber: Callable[[ContextEvent], Any] | pykka.ActorRef[Any], *,
               context_id: str | None = None, kinds: Iterable[type[ContextEvent]] | None = None,
               timeout: float | None = None, inline: bool = False, max_backlog: int | None = None,
-              overflow: str | None = None) -> Subscription:
+              overflow: str | None = None, on_stop: Callable[[], Any] | None = None) -> Subscription:
     """See `ContextSystem.subscribe`. `inline` (internal) runs a quick, thread-safe callable in
-    whichever thread emits the event (a context, the persistence actor, the supervisor)."""
+    whichever thread emits the event (a context, the persistence actor, the supervisor); `on_stop`
+    (internal, quick) is called in the event bus's thread if the system stops while subscribed."""
     if max_backlog is not None and (isinstance(max_backlog, bool) or not isinstance(max_backlog, int)
                                     or max_backlog < 1):
         raise InvalidValueError("max_backlog", f"must be a positive int or None, not {max_backlog!r}")
@@ -75,6 +76,6 @@ def subscribe(system: SystemCore, subscriber: Callable[[ContextEvent], Any] | py
         bad = [k for k in kind_tuple if not (isinstance(k, type) and issubclass(k, ContextEvent))]
         if bad or not kind_tuple:
             raise InvalidValueError("kinds", f"must be event classes (subclasses of ContextEvent), not {bad!r}")
-    sub_id = system.ask_bus(Subscribe(subscriber, context_id, kind_tuple, inline, max_backlog, overflow), timeout,
-                            "subscribing")
+    sub_id = system.ask_bus(Subscribe(subscriber, context_id, kind_tuple, inline, max_backlog, overflow, on_stop),
+                            timeout, "subscribing")
     return Subscription(system, sub_id)

@@ -621,23 +621,29 @@ class ContextTracker(Mapping[str, Any]):
         """Block until the context's committed version is at least `version`; return that state.
 
         Returns at once if it already is. Raises `ContextTimeoutError` after `timeout` seconds
-        (default: call_timeout). Waits on an event subscription, not by polling.
+        (default: call_timeout), and `SystemStoppedError` as soon as the system stops (a wait under
+        way ends then too: no version comes after). Any thread. Waits on an event subscription, not
+        by polling.
         """
         state = self.state()
         if state.version >= version:
             return state
         t = check_timeout(timeout) if timeout is not None else (self._timeout or self._system.call_timeout)
-        reached: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
+        reached: pykka.ThreadingFuture[bool] = pykka.ThreadingFuture()
+
+        def settle(stopped: bool) -> None:
+            with contextlib.suppress(queue.Full):
+                reached.set(stopped)
 
         def check(event: Any) -> None:
             if event.version >= version:
-                with contextlib.suppress(queue.Full):
-                    reached.set(None)
+                settle(False)
 
-        sub = subscribe(self._system, check, context_id=self._id, kinds=[StateChanged], inline=True)
+        sub = subscribe(self._system, check, context_id=self._id, kinds=[StateChanged], inline=True,
+                        on_stop=lambda: settle(True))
         try:
-            if self.state().version < version:  # a change may have landed while subscribing
-                reached.get(timeout=t)
+            if self.state().version < version and reached.get(timeout=t):  # (a change may have landed
+                raise SystemStoppedError()  # while subscribing)
         except pykka.Timeout as exc:
             raise ContextTimeoutError(f"waiting for version {version} of {self._id!r}", t, self._id) from exc
         finally:

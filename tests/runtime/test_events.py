@@ -26,6 +26,7 @@ from hoard import (
     Restored,
     StateChanged,
     Switched,
+    SystemStoppedError,
     open_system,
 )
 from tests.helpers import wait_until
@@ -247,6 +248,31 @@ def test_wait_for_version(system) -> None:
     writer.join(10)
     with pytest.raises(ContextTimeoutError):
         t.wait_for_version(10**6, timeout=0.05)
+
+
+def test_a_wait_for_version_under_way_ends_promptly_when_the_system_stops(store_path: Path) -> None:
+    s = open_system(store_path)
+    t = s.adapter.get_or_create("w")
+    out: dict[str, object] = {}
+
+    def waiter() -> None:
+        try:
+            t.wait_for_version(t.version + 1, timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            out["error"] = exc
+
+    th = threading.Thread(target=waiter)
+    th.start()
+    try:
+        # nobody else subscribes: the gate opens once the waiter's subscription is in place
+        wait_until(lambda: s._gate.active, what="the waiter's subscription")  # noqa: SLF001
+    finally:
+        s.stop()
+    th.join(10)  # it waited its whole 30 s before
+    assert not th.is_alive()
+    assert isinstance(out.get("error"), SystemStoppedError), out
+    with pytest.raises(SystemStoppedError):
+        t.wait_for_version(t.version + 1, timeout=30)
 
 
 def test_bad_subscriptions_are_refused(system) -> None:
