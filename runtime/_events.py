@@ -72,7 +72,11 @@ def subscribe(system: SystemCore, subscriber: Callable[[ContextEvent], Any] | py
         validate_id(context_id)
     kind_tuple: tuple[type, ...] | None = None
     if kinds is not None:
-        kind_tuple = (kinds,) if isinstance(kinds, type) else tuple(kinds)
+        try:  # as the trackers' key iterables: its own code raising is a bad argument, said as ours
+            kind_tuple = (kinds,) if isinstance(kinds, type) else tuple(kinds)
+        except Exception as exc:  # not iterable, or its own __iter__ raised
+            raise InvalidValueError("kinds", f"must be event classes (an iterable of them, or one); iterating "
+                                    f"this {type(kinds).__name__} raised {exc!r}") from exc
         bad = [k for k in kind_tuple if not (isinstance(k, type) and issubclass(k, ContextEvent))]
         if bad or not kind_tuple:
             raise InvalidValueError("kinds", f"must be event classes (subclasses of ContextEvent), not {bad!r}")

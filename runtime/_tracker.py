@@ -620,11 +620,14 @@ class ContextTracker(Mapping[str, Any]):
     def wait_for_version(self, version: int, *, timeout: float | None = None) -> ContextState:
         """Block until the context's committed version is at least `version`; return that state.
 
-        Returns at once if it already is. Raises `ContextTimeoutError` after `timeout` seconds
+        Returns at once if it already is. `InvalidValueError` if `version` is not an int, `ConfigError`
+        for a bad `timeout`. Raises `ContextTimeoutError` after `timeout` seconds
         (default: call_timeout), and `SystemStoppedError` as soon as the system stops (a wait under
         way ends then too: no version comes after). Any thread. Waits on an event subscription, not
         by polling.
         """
+        if type(version) is not int:
+            raise InvalidValueError("version", f"must be an int, not {version!r}", context_id=self._id)
         state = self.state()
         if state.version >= version:
             return state
