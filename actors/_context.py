@@ -27,6 +27,14 @@ a version conflict, a bad value: there is nobody to answer) is a dead letter: lo
 reported to the supervisor, which emits a `DeadLetter` event; the actor keeps running (pykka would
 stop an actor whose told message raised).
 
+User code runs here: transact functions, a bound schema's attrs validators and migrations, and a
+written value's own methods (an int subclass's ``__int__``, a mapping's ``items``).
+Whatever it raises is the caller's error, the state unchanged, and never leaves `on_receive` raised
+when it is a BaseException that is not an Exception (SystemExit, KeyboardInterrupt, a user's own):
+pykka's loop would stop every actor of the process, other systems' too. It answers the caller's
+reply instead (raised again in the caller's thread); a binding (asked by the supervisor) gets it as
+the cause of a `SchemaValidationError`/`SchemaMigrationError`; a told message makes it a dead letter.
+
 A call whose caller timed out before this actor started it is skipped (its reply's start token was
 taken by the caller: see `hoard.actors._future`). A write with a `request_id` already in the state's
 idempotency record is not applied again: the reply is the version it made then (once that version is
@@ -56,7 +64,9 @@ from hoard.storage import (
     HoardError,
     InvalidValueError,
     Schema,
+    SchemaMigrationError,
     SchemaNameMismatchError,
+    SchemaValidationError,
     VersionConflictError,
     apply_change,
     encoded_size,
@@ -395,6 +405,7 @@ class ContextActor(pykka.ThreadingActor):
             kind = _KINDS.get(cls) or _kind(cls)
             counts = self._call_counts  # Counters.inc inline (every call)
             counts[kind] = counts.get(kind, 0) + 1
+        before = self.working
         try:
             result = handler(message)
         except VersionConflictError:
@@ -403,7 +414,11 @@ class ContextActor(pykka.ThreadingActor):
         except HoardError:
             raise  # bad input, conflicts, limits: the caller's error; the state is unchanged
         except _UserError as exc:
-            raise exc.error from None  # a transact fn raised: the caller's own exception, nothing changed
+            # user code raised (a transact fn, a schema's validator): the caller's own exception,
+            # nothing changed
+            if isinstance(exc.error, Exception):
+                raise exc.error from None
+            return self._user_error(message, exc.error)
         except Exception as exc:
             # a bug in the write path: this actor's working state can no longer be trusted. Stop at
             # once (queued calls are failed with ActorDeadError, so their trackers retry them on the
@@ -411,9 +426,37 @@ class ContextActor(pykka.ThreadingActor):
             log.exception("context %r crashed handling %s", self.cell.id, type(message).__name__)
             self._crash(exc)
             raise ContextCrashedError(self.cell.id, exc) from exc
+        except BaseException as exc:
+            # not an Exception (SystemExit, a user's own): user code all the same, never ours (no signal
+            # reaches an actor's thread): a value's own __int__ or __iter__, checked before anything
+            # changes, so the caller's error. After a change, the state is not to be trusted: a crash.
+            if self.working is before:
+                return self._user_error(message, exc)
+            log.error("context %r crashed handling %s: %r", self.cell.id, type(message).__name__, exc)
+            self._crash(exc)
+            raise ContextCrashedError(self.cell.id, exc) from exc
         if result is not DEFERRED:  # a deferred reply's latency is recorded when it is answered
             self._latency.observe(perf_counter() - started)
         return result
+
+    def _user_error(self, message: Any, error: BaseException) -> Any:
+        """Hand `error`, a BaseException that is not an Exception (SystemExit, KeyboardInterrupt, a
+        user's own) raised by user code, to whoever sent `message`, without raising it here: pykka's
+        actor loop answers a BaseException by stopping every actor of the process, other systems'
+        too. The caller's thread raises it (a SystemExit from a transact fn ends the caller's
+        program, as if fn had run there); a told message has nobody to answer and is a dead letter."""
+        reply = self._current_reply
+        if reply is not None:
+            reply.fail(error)
+            return DEFERRED  # answered already (pykka's `set(DEFERRED)` is a no-op on a Reply)
+        envelope = self._inbox.current
+        future = envelope.reply_to if envelope is not None else None
+        if future is not None:  # a plain pykka future (an envelope made by hand): answer it, then keep
+            future.set_exception((type(error), error, error.__traceback__))  # pykka's loop from answering
+            envelope.reply_to = None  # again (its second answer would raise queue.Full out of the loop)
+            return None
+        self._dead_letter(message, error)
+        return None
 
     def _on_get_metrics(self, _m: GetMetrics) -> dict[str, Any]:
         return self.meter.part()
@@ -515,7 +558,12 @@ class ContextActor(pykka.ThreadingActor):
             raise InvalidValueError(None, f"the state would be {size} bytes, over max_state_bytes={limit}",
                                     context_id=self.cell.id)
         if self.schema is not None and (replace or sets or change_args.get("data_del")):
-            self.schema.validate(new.data, self.cell.id)  # SchemaValidationError: nothing changes
+            try:
+                self.schema.validate(new.data, self.cell.id)  # SchemaValidationError: nothing changes
+            except Exception:
+                raise
+            except BaseException as exc:  # an attrs validator (user code): see _user_error
+                raise _UserError(exc) from exc
         if result is None:
             result = new.version
         elif result is _NONE:
@@ -641,7 +689,7 @@ class ContextActor(pykka.ThreadingActor):
         draft = Draft(w.id, w.version, w.data, w.metadata)
         try:
             result = m.fn(draft)  # raises -> nothing changed, the caller gets the exception
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: the caller's, never pykka's (see _user_error)
             raise _UserError(exc) from exc
         writes, dels, meta = draft.finish()
         sets = {}
@@ -702,14 +750,22 @@ class ContextActor(pykka.ThreadingActor):
             if marker is not None and marker[0] != schema.name:
                 raise SchemaNameMismatchError(marker[0], schema.name, context_id=self.cell.id)
             if marker is None:
-                schema.validate(w.data, self.cell.id)
+                self._bind_check(schema, w.data)
                 self.schema = schema
                 marker_value, growth = self._frozen(SCHEMA_KEY, schema.marker())
                 result = self._apply({"meta_set": {SCHEMA_KEY: marker_value}}, growth)
             elif marker[1] != schema.version:
-                data = freeze_mapping(schema.migrate(thaw(dict(w.data)), marker[1], self.cell.id),
-                                      self.settings.max_value_bytes, self.cell.id)
-                schema.validate(data, self.cell.id)
+                try:
+                    migrated = schema.migrate(thaw(dict(w.data)), marker[1], self.cell.id)
+                except Exception:
+                    raise
+                except BaseException as exc:  # a migration (user code): see _bind_check
+                    raise SchemaMigrationError(
+                        f"migration of schema {schema.name} from version {marker[1]} raised {exc!r}; nothing "
+                        "was changed", schema=schema.name, from_version=marker[1], to_version=schema.version,
+                        context_id=self.cell.id) from exc
+                data = freeze_mapping(migrated, self.settings.max_value_bytes, self.cell.id)
+                self._bind_check(schema, data)
                 meta = {**dict(w.metadata), SCHEMA_KEY: freeze_value(SCHEMA_KEY, schema.marker())}
                 self.schema = schema
                 new_size = _state_size(ContextState(w.id, w.version, immutables.Map(data), immutables.Map(meta)))
@@ -717,6 +773,10 @@ class ContextActor(pykka.ThreadingActor):
             else:
                 self.schema = schema
                 result = w.version
+        except _UserError as exc:  # a validator that passed `_bind_check` gave up in `_apply`'s check
+            self.schema = None
+            raise SchemaValidationError(schema.cls.__qualname__, [("", f"a validator raised {exc.error!r}")],
+                                        context_id=self.cell.id) from exc.error
         except BaseException:
             self.schema = None
             raise
@@ -725,6 +785,18 @@ class ContextActor(pykka.ThreadingActor):
         self._unknown_schema = None
         self.cell.schema = schema
         return result
+
+    def _bind_check(self, schema: Schema, data: Any) -> None:
+        """`schema.validate` for a binding. Its caller is the supervisor, which raises what it gets
+        in its own thread: a BaseException of an attrs validator (user code) must reach it as our
+        error (its cause chained), never raised there, where pykka would stop every actor."""
+        try:
+            schema.validate(data, self.cell.id)
+        except Exception:
+            raise
+        except BaseException as exc:  # see the docstring
+            raise SchemaValidationError(schema.cls.__qualname__, [("", f"a validator raised {exc!r}")],
+                                        context_id=self.cell.id) from exc
 
     def _on_passivate(self, _m: Passivate) -> Any:
         self._passivated = True
@@ -771,9 +843,10 @@ class ContextActor(pykka.ThreadingActor):
 
 
 class _UserError(Exception):
-    """Carries an exception raised by a transact fn (user code), to tell it from a bug of ours."""
+    """Carries an exception raised by user code (a transact fn, a schema's validator), to tell it from
+    a bug of ours; any BaseException, which must never leave the actor raised (see `_user_error`)."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: BaseException) -> None:
         self.error = error
 
 

@@ -12,8 +12,9 @@ Delivery: the `EventBusActor` keeps the subscriptions and publishes them to emit
 A callable subscriber gets its own `SubscriberActor`: the emitter appends the event to that
 subscription's queue and wakes the actor with one message per burst (not one per event), so a slow
 subscriber delays only itself, never a context or another subscriber; one that raises is logged and
-keeps its subscription. A pykka `ActorRef` subscriber is told the events as messages; if it has died
-it is dropped with a log line. A subscriber over its backlog limit is reported to the bus, which
+keeps its subscription (whatever it raises: a SystemExit too, which raised in an actor would stop
+every actor). A pykka `ActorRef` subscriber is told the events as messages; if it has died it is
+dropped with a log line. A subscriber over its backlog limit is reported to the bus, which
 applies its overflow policy. Emitting costs one attribute read when nobody subscribes
 (`EventGate.active`).
 """
@@ -224,6 +225,9 @@ class Subscribe:
     inline: bool = False  # internal: a quick, thread-safe callable run by whoever emits
     max_backlog: int | None = None  # None: the bus's default
     overflow: str | None = None  # one of OVERFLOW_POLICIES; None: the bus's default
+    #: internal: called (quick, no argument, in the bus's thread) when the bus stops while this
+    #: subscription runs, i.e. the system stops: so that a wait on it ends then (`wait_for_version`)
+    on_stop: Callable[[], Any] | None = None
 
 
 @attrs.frozen
@@ -260,11 +264,12 @@ class _Route:
     limit with ``"drop_subscriber"``, which then tells the bus): nothing is delivered after it.
     """
 
-    __slots__ = ("cancelled", "context_id", "kinds", "max_backlog", "overflow", "sub_id", "target")
+    __slots__ = ("cancelled", "context_id", "kinds", "max_backlog", "on_stop", "overflow", "sub_id", "target")
 
     def __init__(self, sub_id: int, sub: Subscribe, max_backlog: int, overflow: str) -> None:
         self.sub_id = sub_id
         self.target = sub.target
+        self.on_stop = sub.on_stop
         self.context_id = sub.context_id
         self.kinds = sub.kinds
         self.max_backlog = max_backlog
@@ -300,7 +305,7 @@ class _InlineRoute(_Route):
             return
         try:
             self.target(event)
-        except Exception:
+        except BaseException:  # in an actor's thread: see SubscriberActor.on_receive
             log.exception("inline subscriber raised on %r", event)
 
 
@@ -410,7 +415,12 @@ def deliver(routes: tuple[_Route, ...], event: ContextEvent, bus: pykka.ActorRef
 
 class SubscriberActor(pykka.ThreadingActor):
     """Runs one callable subscriber, one event at a time, in event order: on each `_Drain` it takes
-    the events of its route's queue until it is empty or the subscription ends."""
+    the events of its route's queue until it is empty or the subscription ends.
+
+    Whatever the subscriber raises is logged and it stays subscribed: a SystemExit or another
+    BaseException too, which must never leave `on_receive` (pykka's actor loop answers one by
+    stopping every actor of the process, other systems' too). Nobody waits for a subscriber, so
+    there is no caller to hand it to; a subscriber that wants to end its subscription cancels it."""
 
     use_daemon_thread = True
 
@@ -439,7 +449,7 @@ class SubscriberActor(pykka.ThreadingActor):
                 return
             try:
                 fn(event)
-            except Exception:
+            except BaseException:  # see the class docstring
                 log.exception("event subscriber %r raised on %r; it stays subscribed", fn, event)
 
 
@@ -535,7 +545,13 @@ class EventBusActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         # never wait for subscribers: one blocked in its own code would hold up stop() for ever
         for sub_id in list(self.subs):
+            on_stop = self.subs[sub_id].on_stop
             self._drop(sub_id)
+            if on_stop is not None:
+                try:
+                    on_stop()
+                except BaseException:  # in an actor's thread: see SubscriberActor.on_receive
+                    log.exception("the stop hook %r of subscription %d raised", on_stop, sub_id)
         self.owned.clear()
         self.subs.clear()
         self.gate.active = False

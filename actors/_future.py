@@ -21,15 +21,17 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any, cast
 
 import pykka
 
-from hoard.storage import CallNotStartedError, CallOutcomeUnknownError, ContextTimeoutError
+from hoard.storage import CallNotStartedError, CallOutcomeUnknownError, ConfigError, ContextTimeoutError
 
 __all__ = ["DEFERRED", "Reply"]
 
@@ -57,7 +59,9 @@ class Reply(pykka.ThreadingFuture[Any]):
     It also runs done-callbacks (`add_done_callback`) and can be awaited from asyncio without blocking
     the event loop. Callbacks are kept lock-free: each side pops them with ``list.pop`` (atomic), so
     every callback runs exactly once, in the thread that completes the future or in the one that
-    adds the callback after completion. Callbacks must be quick and must not block.
+    adds the callback after completion. Callbacks must be quick and must not block. One that raises
+    is logged and the others still run; a BaseException that is not an Exception (SystemExit,
+    KeyboardInterrupt) is raised again after them only in the main thread (never in an actor's).
     """
 
     # defaults read from the class until a sender sets them (an instance store each costs every call)
@@ -129,7 +133,10 @@ class Reply(pykka.ThreadingFuture[Any]):
     def get(self, *, timeout: float | None = None) -> Any:
         """The answer (or its exception raised). After `timeout` seconds (default: until the reply's
         deadline, if it has one) `CallNotStartedError` or `CallOutcomeUnknownError`. A call that met
-        a stopping actor is redone through `retry` when the sender set one."""
+        a stopping actor is redone through `retry` when the sender set one. A `timeout` that is not
+        a number of seconds (finite, >= 0) raises `ConfigError`, and the call goes on."""
+        if timeout is not None and (type(timeout) is not float or not 0.0 <= timeout < math.inf):
+            timeout = _check_timeout(timeout)  # (the float check inline: every call waits here)
         if timeout is None and self.deadline is not None:
             timeout = max(0.0, self.deadline - time.monotonic())
             shown = self.timeout
@@ -249,15 +256,26 @@ class Reply(pykka.ThreadingFuture[Any]):
 
     def _run_callbacks(self) -> None:
         callbacks = self._callbacks
+        interrupted: BaseException | None = None
         while callbacks:  # the common case, no callback at all, costs this one check
             try:
                 fn = callbacks.pop()
             except IndexError:  # another thread took the last one meanwhile
-                return
+                break
             try:
                 fn(self)
             except Exception:
                 logging.getLogger(__name__).exception("reply callback %r raised", fn)
+            except BaseException as exc:
+                # SystemExit, KeyboardInterrupt, a user's own: in the main thread the program's, raised
+                # there once the other callbacks ran; in any other (the actor answering: raised there,
+                # pykka would stop every actor of the process) logged like any other error
+                if threading.current_thread() is not threading.main_thread():
+                    logging.getLogger(__name__).exception("reply callback %r raised", fn)
+                elif interrupted is None:
+                    interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
     def __await__(self) -> Generator[Any, None, Any]:
         """Await the reply from asyncio without blocking the event loop. Ends at the reply's deadline
@@ -302,6 +320,14 @@ class Reply(pykka.ThreadingFuture[Any]):
 
         self.add_done_callback(wake)
         return (yield from waiter.__await__())
+
+
+def _check_timeout(timeout: object) -> float:
+    """`timeout` as seconds, or `ConfigError` naming it (the rule and words of `hoard`'s
+    ``check_timeout``, which this layer cannot import): never a TypeError from inside a wait."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < math.inf:
+        raise ConfigError(f"timeout must be a number of seconds (or None for the default), not {timeout!r}")
+    return float(timeout)
 
 
 def _transfer(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

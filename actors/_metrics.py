@@ -30,6 +30,8 @@ from typing import Any
 
 import attrs
 
+from hoard.storage import InvalidValueError
+
 __all__ = [
     "LATENCY_BOUNDS",
     "SIZE_BOUNDS",
@@ -104,15 +106,15 @@ class HistogramSnapshot:
         return tuple(out)
 
     def quantile(self, q: float) -> float:
-        """An estimate of the `q` quantile (0 <= q <= 1); NaN when empty.
+        """An estimate of the `q` quantile (0 <= q <= 1, else `InvalidValueError`); NaN when empty.
 
         As Prometheus' ``histogram_quantile``: find the bucket holding the rank ``q * count`` and
         interpolate linearly inside it (from 0, for the first bucket), then cap at the largest value
         observed. Values above the highest bound are estimated as that bound (or `max`, if lower),
         so the estimate is at most one bucket's width off, and never above `max`.
         """
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile must be between 0 and 1, not {q!r}")
+        if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 <= q <= 1.0:
+            raise InvalidValueError("q", f"a quantile is a number between 0 and 1, not {q!r}")
         if self.count == 0:
             return math.nan
         rank = q * self.count

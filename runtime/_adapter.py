@@ -23,7 +23,7 @@ from hoard.actors import (
 from hoard.storage import NoCurrentContextError, as_schema, validate_by, validate_id
 
 from ._config import ContextAdapterConfig
-from ._core import SystemCore
+from ._core import SystemCore, check_timeout
 from ._ref import ContextRef
 from ._tracker import ContextTracker, Pending, activate_tracker, offload_into
 
@@ -175,10 +175,12 @@ class ContextAdapter:
         """`activate` without waiting: returns at once a future of the tracker (await it, or
         ``.get()``); the activation runs on a system worker thread, never in the caller's (an event
         loop's). Errors, `ContextNotFoundError` and timeouts included, arrive through the future.
-        `by` (default: the `acting_as` of the calling thread or task, taken now) as for `activate`."""
+        `by` (default: the `acting_as` of the calling thread or task, taken now) as for `activate`.
+        A bad `timeout` raises `ConfigError` here, at once (as the trackers' ``*_async`` methods)."""
         who = current_by() if by is None else validate_by(by)
+        t = self._system.call_timeout if timeout is None else check_timeout(timeout)
         future = Reply()
         future.what, future.context_id = f"activating {context_id!r}", context_id
-        future.set_deadline(timeout if timeout is not None else self._system.call_timeout)
+        future.set_deadline(t)
         return offload_into(self._system, future,
                             lambda remaining: self.activate(context_id, schema=schema, by=who, timeout=remaining))

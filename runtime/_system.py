@@ -245,8 +245,8 @@ class ContextSystem(SystemCore):
         """Receive events, asynchronously, in order per context (see `hoard.actors._events`).
 
         Args:
-            subscriber: a callable (run in its own actor thread, one event at a time; an exception
-                is logged and the subscription kept) or a pykka `ActorRef` (events arrive as
+            subscriber: a callable (run in its own actor thread, one event at a time; whatever it
+                raises, a SystemExit too, is logged and the subscription kept) or a pykka `ActorRef` (events arrive as
                 messages; dropped with a log line once it is dead).
             context_id: only events of this context (None: all).
             kinds: only events that are instances of these classes (e.g. ``[StateChanged]``).

@@ -620,24 +620,33 @@ class ContextTracker(Mapping[str, Any]):
     def wait_for_version(self, version: int, *, timeout: float | None = None) -> ContextState:
         """Block until the context's committed version is at least `version`; return that state.
 
-        Returns at once if it already is. Raises `ContextTimeoutError` after `timeout` seconds
-        (default: call_timeout). Waits on an event subscription, not by polling.
+        Returns at once if it already is. `InvalidValueError` if `version` is not an int, `ConfigError`
+        for a bad `timeout`. Raises `ContextTimeoutError` after `timeout` seconds
+        (default: call_timeout), and `SystemStoppedError` as soon as the system stops (a wait under
+        way ends then too: no version comes after). Any thread. Waits on an event subscription, not
+        by polling.
         """
+        if type(version) is not int:
+            raise InvalidValueError("version", f"must be an int, not {version!r}", context_id=self._id)
         state = self.state()
         if state.version >= version:
             return state
         t = check_timeout(timeout) if timeout is not None else (self._timeout or self._system.call_timeout)
-        reached: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
+        reached: pykka.ThreadingFuture[bool] = pykka.ThreadingFuture()
+
+        def settle(stopped: bool) -> None:
+            with contextlib.suppress(queue.Full):
+                reached.set(stopped)
 
         def check(event: Any) -> None:
             if event.version >= version:
-                with contextlib.suppress(queue.Full):
-                    reached.set(None)
+                settle(False)
 
-        sub = subscribe(self._system, check, context_id=self._id, kinds=[StateChanged], inline=True)
+        sub = subscribe(self._system, check, context_id=self._id, kinds=[StateChanged], inline=True,
+                        on_stop=lambda: settle(True))
         try:
-            if self.state().version < version:  # a change may have landed while subscribing
-                reached.get(timeout=t)
+            if self.state().version < version and reached.get(timeout=t):  # (a change may have landed
+                raise SystemStoppedError()  # while subscribing)
         except pykka.Timeout as exc:
             raise ContextTimeoutError(f"waiting for version {version} of {self._id!r}", t, self._id) from exc
         finally:
@@ -713,7 +722,9 @@ class ContextTracker(Mapping[str, Any]):
 
         `draft` is a mutable mapping of the data (with ``draft.metadata``, a dict, and
         ``draft.version``). No other change to the context happens while `fn` runs. If `fn` raises,
-        nothing changes and the exception reaches the caller. Returns what `fn` returned, or with
+        nothing changes and the exception reaches the caller: any exception, a `SystemExit` or
+        `KeyboardInterrupt` too, raised again in the caller's thread (the actor and every other one
+        keep running). Returns what `fn` returned, or with
         ``with_version=True`` a `Transacted` (``.value``: what `fn` returned, ``.version``: the version
         committed, ``.duplicate``: the `request_id` had been applied already, so `fn` did not run and
         ``.value`` is None; the plain form returns None then). The version rises by 1 even if `fn`

@@ -12,6 +12,7 @@ import pytest
 
 from hoard import ContextAdapterConfig, ContextManagerConfig, open_system
 from hoard.actors import ContextActor, Reply
+from tests.helpers import wait_until
 
 
 def test_the_first_answer_wins_and_later_ones_are_ignored() -> None:
@@ -99,3 +100,52 @@ def test_a_context_mailbox_counts_what_waits_in_it() -> None:
     finally:
         release.set()
         system.stop()
+
+
+@pytest.mark.parametrize("durability", ["immediate", "none"])
+def test_a_done_callback_raising_a_base_exception_is_logged_and_stops_no_actor(
+        tmp_path, caplog, durability: str) -> None:
+    # the callback runs in the thread that answers: the persistence actor (immediate) or the context
+    # actor (none), where a SystemExit would make pykka stop every actor of the process
+    system = open_system(tmp_path / "s.db", manager_config=ContextManagerConfig(durability=durability))
+    try:
+        t = system.adapter.activate("c")
+        entered, release, ran = threading.Event(), threading.Event(), threading.Event()
+
+        def hold(_draft) -> None:
+            entered.set()
+            release.wait(10)
+
+        holder = threading.Thread(target=t.transact, args=(hold,), kwargs={"timeout": 10})
+        holder.start()
+        assert entered.wait(10)
+        pending = t.set_async("k", 1, timeout=10)  # queued behind the transaction: not answered yet
+
+        def quits(_reply: Reply) -> None:
+            ran.set()
+            raise SystemExit(1)
+
+        later = Reply()
+        pending.add_done_callback(quits)
+        pending.add_done_callback(lambda _r: later.resolve("after"))  # the other callbacks still run
+        release.set()
+        holder.join(10)
+        assert pending.get(timeout=10) == 3
+        assert ran.wait(10) and later.get(timeout=10) == "after"
+        wait_until(lambda: "SystemExit" in caplog.text, what="the callback's log line")
+        assert t.set("k", 2, timeout=5) == 4  # every actor still runs
+    finally:
+        system.stop()
+
+
+def test_a_done_callback_raising_a_base_exception_in_the_main_thread_is_raised_there() -> None:
+    # added after the answer, a callback runs in the adding thread: a KeyboardInterrupt (Ctrl-C) or
+    # SystemExit there is the program's own, never swallowed
+    reply = Reply()
+    reply.resolve(1)
+
+    def interrupted(_reply: Reply) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reply.add_done_callback(interrupted)

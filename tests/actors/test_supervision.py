@@ -13,10 +13,12 @@ from hoard import (
     ContextFailedError,
     ContextManagerConfig,
     ContextStatus,
+    DeadLetter,
     open_system,
 )
+from hoard.actors import Transact
 from hoard.storage import validate_key as real_validate_key
-from tests.helpers import Clock
+from tests.helpers import Clock, wait_until
 
 
 @pytest.fixture
@@ -53,6 +55,50 @@ def test_a_transact_fn_that_raises_is_the_callers_error_not_a_crash(system) -> N
     with pytest.raises(KeyError):
         t.transact(lambda d: d["missing"])
     assert t.actor_ref.actor_urn == ref.actor_urn  # same actor: nothing crashed
+
+
+class Abort(BaseException):
+    """A user's own BaseException (not an Exception), as a framework's cancellation might be."""
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), Abort("stop here")], ids=["SystemExit", "custom"])
+def test_a_transact_fn_raising_a_base_exception_reaches_the_caller_and_stops_no_actor(
+        tmp_path: Path, error: BaseException) -> None:
+    # pykka's actor loop answers a BaseException by stopping every actor of the process: this
+    # system's and any other's. It must be the caller's error, like any exception of fn.
+    with open_system(tmp_path / "one.db") as s1, open_system(tmp_path / "other.db") as s2:
+        t1 = s1.adapter.activate("a")
+        t1.set("k", 1)
+        t2 = s2.adapter.activate("b")
+        ref = t1.actor_ref
+
+        def fn(draft):
+            draft["k"] = 2
+            raise error
+
+        with pytest.raises(type(error)) as info:
+            t1.transact(fn, timeout=5)
+        assert info.value is error
+        assert t1.get("k") == 1 and t1.version == 2  # nothing changed
+        assert t1.actor_ref.actor_urn == ref.actor_urn  # not a crash either: the same actor
+        assert t1.set("k", 3, timeout=5) == 3
+        assert t2.set("k", 1, timeout=5) == 2  # the other system never noticed
+
+
+@pytest.mark.parametrize("via", ["ContextRef", "pykka"])
+def test_a_told_transact_raising_a_base_exception_is_a_dead_letter(system, via: str) -> None:
+    t = system.adapter.activate("c")
+    dead: list[DeadLetter] = []
+    system.subscribe(dead.append, kinds=[DeadLetter])
+
+    def fn(_draft):
+        raise SystemExit(1)
+
+    # a ContextRef's tell waits on a reply; pykka's own tell has none (the actor's told path)
+    (system.ref("c") if via == "ContextRef" else t.actor_ref).tell(Transact(fn))
+    wait_until(lambda: dead, timeout=10, what="the dead letter")
+    assert "SystemExit" in dead[0].reason
+    assert t.set("k", 1, timeout=5) == 2  # the context (and the system) still runs
 
 
 def test_past_the_restart_limit_the_context_is_failed_until_reset(store_path: Path, buggy: None) -> None:

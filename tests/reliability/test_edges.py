@@ -581,6 +581,40 @@ def test_bad_arguments_and_failures_raise_the_right_hoard_error(tmp_path: Path) 
         assert t.version == 2
 
 
+class _RaisingIterable:
+    def __iter__(self) -> Any:
+        raise RuntimeError("the iterable's own bug")
+
+
+def test_bad_argument_types_of_waits_futures_metrics_and_subscribe_raise_hoard_errors(tmp_path: Path) -> None:
+    # each reached a raw TypeError/ValueError/RuntimeError from deep inside (or, for nan, a
+    # misleading "did not complete within nan s"); each now names the argument and the bad value
+    with open_system(tmp_path / "state.db", manager_config=ContextManagerConfig(call_timeout=5.0)) as system:
+        t = system.adapter.activate("x")
+        for bad_version in ("5", None, 2.0, True):
+            with pytest.raises(InvalidValueError, match="version") as info:
+                t.wait_for_version(bad_version, timeout=1)  # type: ignore[arg-type]
+            assert repr(bad_version) in str(info.value)
+        for bad in ("1", -1, float("nan"), float("inf"), True, [1]):
+            with pytest.raises(ConfigError, match="timeout") as config:
+                system.adapter.activate_async("b", timeout=bad)  # type: ignore[arg-type]
+            assert repr(bad) in str(config.value)
+            pending = t.set_async("k", 1)
+            with pytest.raises(ConfigError, match="timeout"):
+                pending.get(timeout=bad)  # type: ignore[arg-type]
+            assert pending.get(timeout=5) >= 2  # the bad wait changed nothing
+        assert system.adapter.activate_async("b", timeout=5).get().get("k") is None
+        latency = system.metrics().call_latency
+        for bad_q in (2, -0.5, float("nan"), None, "0.5", True):
+            with pytest.raises(InvalidValueError, match="q") as quantile:
+                latency.quantile(bad_q)  # type: ignore[arg-type]
+            assert repr(bad_q) in str(quantile.value)
+        assert latency.quantile(0.5) >= 0 and latency.quantile(1) >= 0
+        with pytest.raises(InvalidValueError, match="kinds") as kinds:
+            system.subscribe(print, kinds=_RaisingIterable())  # type: ignore[arg-type]
+        assert "the iterable's own bug" in str(kinds.value)
+
+
 def test_an_io_error_after_the_filesystem_shut_down_is_not_reported_as_corruption(tmp_path: Path) -> None:
     image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
     mnt.mkdir()

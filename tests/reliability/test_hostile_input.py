@@ -163,6 +163,36 @@ def test_a_value_that_is_not_storable_is_refused_by_every_write_and_changes_noth
     assert f"new-{name}" not in system.manager.list_ids()
 
 
+class Abort(BaseException):
+    """A user's own BaseException (not an Exception)."""
+
+
+class Gives(int):
+    """An int whose own conversion gives up with a BaseException: user code, run where the value is checked."""
+
+    def __int__(self) -> int:
+        raise Abort("int conversion gave up")
+
+
+def test_a_value_whose_own_code_raises_a_base_exception_reaches_the_caller_and_stops_no_actor(
+        system: ContextSystem) -> None:
+    # checked in the context actor: raised there, pykka would stop every actor of the process
+    t = system.adapter.activate("v")
+    t.set("keep", 1)
+    before = t.state()
+    writes: list[Callable[[], object]] = [
+        lambda: t.set("k", Gives(3), timeout=5), lambda: t.update({"ok": 1, "k": Gives(3)}, timeout=5),
+        lambda: t.set_metadata({"ok": 1, "k": Gives(3)}, timeout=5),
+        lambda: t.set_async("k", Gives(3)).get(timeout=5)]
+    for write in writes:
+        with pytest.raises(Abort):
+            write()
+    assert t.state() == before
+    assert t.set("k", 3, timeout=5) == before.version + 1  # every actor still runs
+    system.adapter.deactivate("v")
+    assert system.manager.get_state("v").data["k"] == 3
+
+
 def test_an_oversized_key_is_named_by_its_start_in_an_error_of_bounded_size(system: ContextSystem) -> None:
     """The error names the key, but a megabyte of key is not a message: it was repeated whole (and
     then whole again in a bridge's dead letter)."""

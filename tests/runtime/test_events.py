@@ -9,6 +9,7 @@ import pykka
 import pytest
 
 from hoard import (
+    ConfigError,
     ContextActivated,
     ContextAdapterConfig,
     ContextCreated,
@@ -25,6 +26,7 @@ from hoard import (
     Restored,
     StateChanged,
     Switched,
+    SystemStoppedError,
     open_system,
 )
 from tests.helpers import wait_until
@@ -107,6 +109,32 @@ def test_a_raising_subscriber_is_logged_and_keeps_its_subscription(system, caplo
     assert "subscriber bug" in caplog.text
 
 
+class Abort(BaseException):
+    """A user's own BaseException (not an Exception)."""
+
+
+@pytest.mark.parametrize("error", [SystemExit(0), Abort("subscriber gave up")], ids=["SystemExit", "custom"])
+def test_a_subscriber_raising_a_base_exception_is_logged_keeps_its_subscription_and_stops_no_actor(
+        tmp_path: Path, caplog, error: BaseException) -> None:
+    # raised in the subscriber's actor, pykka would stop every actor of the process, other systems' too
+    with open_system(tmp_path / "one.db") as s1, open_system(tmp_path / "other.db") as s2:
+        seen = Collector(3)
+
+        def quits(event: ContextEvent) -> None:
+            seen(event)
+            raise error
+
+        s1.subscribe(quits, kinds=[StateChanged])
+        t = s1.adapter.activate("c")
+        for i in range(3):
+            t.set("k", i, timeout=5)
+        assert seen.done.wait(10)
+        assert [e.version for e in seen.events] == [2, 3, 4]
+        assert type(error).__name__ in caplog.text
+        assert t.set("k", 9, timeout=5) == 5
+        assert s2.adapter.activate("d", timeout=5).set("k", 1, timeout=5) == 2
+
+
 def test_an_actor_ref_subscriber_gets_messages_and_is_dropped_when_dead(system, caplog) -> None:
     got = Collector(2)
 
@@ -130,6 +158,36 @@ def test_an_actor_ref_subscriber_gets_messages_and_is_dropped_when_dead(system, 
     assert "dead; dropping" in caplog.text
     sub.cancel()
     sub.cancel()  # idempotent
+
+
+@pytest.mark.parametrize("bad", ["1", -1, float("nan"), True])
+def test_a_cancel_with_a_bad_timeout_is_refused_and_leaves_the_subscription_as_it_was(system, bad: object) -> None:
+    seen = Collector(1)
+    sub = system.subscribe(seen, kinds=[StateChanged])
+    with pytest.raises(ConfigError, match="timeout"):
+        sub.cancel(timeout=bad)
+    assert not sub.cancelled
+    t = system.adapter.activate("c")
+    t.set("k", 1)
+    assert seen.done.wait(10)  # still subscribed
+    sub.cancel()  # and a correct cancel still ends it
+    assert sub.cancelled
+    t.set("k", 2)
+    flushed = Collector(1)
+    system.subscribe(flushed, kinds=[StateChanged])
+    t.set("k", 3)
+    assert flushed.done.wait(10)
+    assert [e.version for e in seen.events] == [2]
+
+
+def test_a_cancel_that_times_out_is_not_marked_cancelled_and_can_be_retried(system) -> None:
+    sub = system.subscribe(Collector(1))
+    try:
+        sub.cancel(timeout=0)  # the bus rarely answers within 0 s
+    except ContextTimeoutError:
+        assert not sub.cancelled  # its outcome is unknown: a retry sends it again (ending one twice is harmless)
+        sub.cancel(timeout=10)
+    assert sub.cancelled
 
 
 def test_lifecycle_events(store_path: Path) -> None:
@@ -190,6 +248,31 @@ def test_wait_for_version(system) -> None:
     writer.join(10)
     with pytest.raises(ContextTimeoutError):
         t.wait_for_version(10**6, timeout=0.05)
+
+
+def test_a_wait_for_version_under_way_ends_promptly_when_the_system_stops(store_path: Path) -> None:
+    s = open_system(store_path)
+    t = s.adapter.get_or_create("w")
+    out: dict[str, object] = {}
+
+    def waiter() -> None:
+        try:
+            t.wait_for_version(t.version + 1, timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            out["error"] = exc
+
+    th = threading.Thread(target=waiter)
+    th.start()
+    try:
+        # nobody else subscribes: the gate opens once the waiter's subscription is in place
+        wait_until(lambda: s._gate.active, what="the waiter's subscription")  # noqa: SLF001
+    finally:
+        s.stop()
+    th.join(10)  # it waited its whole 30 s before
+    assert not th.is_alive()
+    assert isinstance(out.get("error"), SystemStoppedError), out
+    with pytest.raises(SystemStoppedError):
+        t.wait_for_version(t.version + 1, timeout=30)
 
 
 def test_bad_subscriptions_are_refused(system) -> None:

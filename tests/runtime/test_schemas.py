@@ -136,6 +136,59 @@ def test_migrations_run_on_activation_in_order(store_path: Path) -> None:
         assert s.manager.get_state("q").data["name"] == "Grace Hopper"  # untouched
 
 
+class Abort(BaseException):
+    """A user's own BaseException (not an Exception)."""
+
+
+def _no_boom(_instance: object, _attribute: object, value: str) -> None:
+    if value == "boom":
+        raise Abort("validator gave up")
+
+
+@attrs.frozen
+class Guarded:
+    name: str = attrs.field(validator=_no_boom)
+
+
+def test_a_validator_raising_a_base_exception_refuses_the_write_and_stops_no_actor(system) -> None:
+    # user code in the context actor: raised there, pykka would stop every actor of the process
+    t = system.adapter.create_and_activate("g", {"name": "ok"}, schema=Guarded)
+    before = t.state()
+    with pytest.raises(Abort):
+        t.set("name", "boom", timeout=5)
+    with pytest.raises(Abort):
+        t.transact(lambda d: d.__setitem__("name", "boom"), timeout=5)
+    assert t.state() == before  # nothing changed
+    assert t.set("name", "fine", timeout=5) == before.version + 1
+    assert system.adapter.activate("other", timeout=5).set("k", 1, timeout=5) == 2
+
+
+def test_binding_or_migrating_with_user_code_raising_a_base_exception_is_refused(store_path: Path) -> None:
+    # the supervisor asks the context actor to bind: it gets our error, with the user's as its cause
+    # (the BaseException itself, raised in the supervisor, would stop every actor)
+    @attrs.frozen
+    class V1:
+        name: str
+
+    def gives_up(_data):
+        raise Abort("migration gave up")
+
+    with open_system(store_path) as s:
+        s.manager.create("loose", {"name": "boom"})
+        with pytest.raises(SchemaValidationError) as invalid:
+            s.adapter.activate("loose", schema=Guarded, timeout=5)
+        assert isinstance(invalid.value.__cause__, Abort)
+        assert s.adapter.activate("loose", timeout=5).get("name") == "boom"  # still there, unbound
+        s.adapter.create_and_activate("p", {"name": "Ada"}, schema=Schema.of(V1, name="person"))
+    with open_system(store_path) as s:
+        with pytest.raises(SchemaMigrationError) as failed:
+            s.adapter.activate("p", schema=Schema.of(V1, version=2, name="person", migrations={1: gives_up}),
+                               timeout=5)
+        assert isinstance(failed.value.__cause__, Abort)
+        assert s.manager.get_state("p").data["name"] == "Ada"  # untouched
+        assert s.adapter.activate("other", timeout=5).set("k", 1, timeout=5) == 2
+
+
 def test_a_factory_binds_every_tracker_it_makes(system) -> None:
     factory = ContextTrackerFactory(system.adapter, schema=Customer)
     system.manager.create("f", GOOD)
