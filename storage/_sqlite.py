@@ -19,7 +19,8 @@ another gets `StoreLockedError` at once, also through a symlink, a hard link, a 
 spelling of the path. (In this process the identity is checked *before* the file is opened: closing a
 descriptor of the database file would drop SQLite's own POSIX locks of the open store.)
 
-A writer checks before and after each commit that its path still names the file it opened: once the
+A writer checks before and after each write (commits, feed consumers, the history policy, compaction,
+vacuum, compression dictionaries, repairs) that its path still names the file it opened: once the
 file is deleted (or its directory) or replaced, every later write and read raises `PersistenceError`
 saying so, and nothing written after that is acknowledged. Readers that do not write
 (`SQLiteStore(path, readonly=True)`, used by offline tools) take no lock and see committed data only.
@@ -390,6 +391,7 @@ class SQLiteStore(RowStore):
         if self.readonly:
             raise PersistenceError(f"store {self.path!r} is open read-only")
         db = self._require()
+        self._check_identity()  # a write: not trained from, nor into, a file that is no longer the store
         rows = self._guard(lambda: db.execute(
             "SELECT blob FROM (SELECT blob FROM snapshots LIMIT 1000) UNION ALL "
             "SELECT blob FROM (SELECT blob FROM journal LIMIT 1000)").fetchall(), "train")
@@ -409,7 +411,7 @@ class SQLiteStore(RowStore):
             with self._transaction(db):
                 db.execute("INSERT INTO dictionaries (version, blob, created_at) VALUES (?,?,?)",
                            (version, framed, time.time()))
-        self._guard(run, "store a compression dictionary")
+        self._written(run, "store a compression dictionary")
         self.codec.add_dictionary(DICT_ID_BASE + version, content, newest=True)
         log.info("store %r: trained compression dictionary %d from %d payloads", self.path, version, len(samples))
         return version
@@ -451,6 +453,15 @@ class SQLiteStore(RowStore):
         if self._lost is not None:
             raise PersistenceError(self._lost)
         return self._db
+
+    def _written(self, fn: Callable[[], T], what: str, context_id: str | None = None) -> T:
+        """`_guard(fn)` for a write other than `commit` (which does the same inline): refused if the path
+        no longer names the file this store opened, and not acknowledged (`PersistenceError`) if it
+        stopped naming it meanwhile, as the write then went to an orphan. See `_check_identity`."""
+        self._check_identity()
+        result = self._guard(fn, what, context_id)
+        self._check_identity()
+        return result
 
     def _guard(self, fn: Callable[[], T], what: str, context_id: str | None = None) -> T:
         """Run `fn`, translating sqlite3 and OS errors into ours."""
@@ -665,7 +676,7 @@ class SQLiteStore(RowStore):
                 pos = consumer_position(name, cur, position, floor, head)
                 db.execute("INSERT OR REPLACE INTO feed_consumers VALUES (?, ?)", (name, pos))
                 return pos
-        return self._guard(run, "commit a feed consumer")
+        return self._written(run, "commit a feed consumer")
 
     def remove_consumer(self, name: str) -> None:
         """Forget feed consumer `name` (retention no longer waits for it). One transaction."""
@@ -676,7 +687,7 @@ class SQLiteStore(RowStore):
         def run() -> None:
             with self._transaction(db):
                 db.execute("DELETE FROM feed_consumers WHERE name=?", (name,))
-        self._guard(run, "remove a feed consumer")
+        self._written(run, "remove a feed consumer")
 
     def reader(self) -> SQLiteStore:
         """A new read-only store on the same file, with its own connection and codec (for another
@@ -801,7 +812,7 @@ class SQLiteStore(RowStore):
         def run() -> None:
             with self._transaction(db):
                 db.execute("INSERT OR REPLACE INTO hoard_meta VALUES ('history', ?)", (policy.text,))
-        self._guard(run, "record the history policy")
+        self._written(run, "record the history policy")
         self.history_policy = policy
 
     def compact_history(self) -> int:
@@ -816,7 +827,7 @@ class SQLiteStore(RowStore):
                 now = time.time()
                 return sum(self._trim_history(db, cid, version, now)
                            for cid, version in db.execute("SELECT id, version FROM contexts").fetchall())
-        return self._guard(run, "compact history")
+        return self._written(run, "compact history")
 
     def vacuum(self) -> None:
         """``VACUUM`` (the file is rebuilt without free pages) then ``wal_checkpoint(TRUNCATE)`` (the
@@ -831,7 +842,7 @@ class SQLiteStore(RowStore):
         def run() -> None:
             db.execute("VACUUM")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        self._guard(run, "vacuum")
+        self._written(run, "vacuum")
 
     @staticmethod
     def _version_problem(db: sqlite3.Connection, context_id: str, version: int) -> str:
@@ -893,7 +904,7 @@ class SQLiteStore(RowStore):
                     if row is None or row[0] != expected_version:
                         return None
                 return fn(_SQLiteRows(db))
-        return self._guard(run, what, context_id)
+        return self._written(run, what, context_id)
 
     # -- reads the engine does not make ---------------------------------------------------------------
     def list_ids(self, prefix: str = "") -> list[str]:
