@@ -23,7 +23,9 @@ A writer checks before and after each write (commits, feed consumers, the histor
 vacuum, compression dictionaries, repairs) that its path still names the file it opened: once the
 file is deleted (or its directory) or replaced, every later write and read raises `PersistenceError`
 saying so, and nothing written after that is acknowledged. Readers that do not write
-(`SQLiteStore(path, readonly=True)`, used by offline tools) take no lock and see committed data only.
+(`SQLiteStore(path, readonly=True)`, used by offline tools) take no lock and see committed data only;
+those a writer makes for other threads (`SQLiteStore.reader`) open its absolute path and refuse, as
+it does, a file that is no longer the one it opened.
 `open()` checks that an existing file is a hoard store of this format *before* changing anything in
 it (not even its journal mode).
 
@@ -171,6 +173,8 @@ class SQLiteStore(RowStore):
         self._lock_fd: int | None = None
         self._file_fd: int | None = None  # the database file, flocked
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened for writing
+        # a reader made by `reader()`: the identity of its writer's file, which alone it reads
+        self._writer_identity: tuple[int, int] | None = None
         self._abspath = os.path.abspath(self.path)
         self._lost: str | None = None  # why the store can no longer be used (its file was deleted...)
         self._checkpoint_due = False  # a commit failed: truncate the WAL after the next one succeeds
@@ -190,6 +194,7 @@ class SQLiteStore(RowStore):
             return
         if not self.readonly:
             self._take_lock()
+        self._check_identity()  # a writer's reader: its writer's file or nothing (checked again in use)
         try:
             if not self.readonly:
                 self._lock_file()
@@ -257,8 +262,10 @@ class SQLiteStore(RowStore):
 
     def _check_identity(self) -> None:
         """Raise `PersistenceError` (and refuse every later call) if the path no longer names the file
-        this store opened for writing: deleted, its directory deleted, or replaced."""
-        if self._identity is None:
+        this store opened for writing (or, a reader made by `reader()`, the file its writer opened):
+        deleted, its directory deleted, or replaced."""
+        expected = self._identity if self._identity is not None else self._writer_identity
+        if expected is None:
             return
         try:
             st = os.stat(self._abspath)
@@ -267,11 +274,15 @@ class SQLiteStore(RowStore):
         except OSError as exc:
             what = f"cannot be checked ({exc})"
         else:
-            if (st.st_dev, st.st_ino) == self._identity:
+            if (st.st_dev, st.st_ino) == expected:
                 return
             what = "was replaced by another file"
-        self._lost = (f"store {self.path!r} {what} while it was open; nothing written since is acknowledged; "
-                      "stop this system and open the store again")
+        if self._identity is None:  # a writer's reader
+            self._lost = (f"store {self.path!r} {what} while its writer had it open; this reader does not read "
+                          "another file in its place; stop the system and open the store again")
+        else:
+            self._lost = (f"store {self.path!r} {what} while it was open; nothing written since is acknowledged; "
+                          "stop this system and open the store again")
         log.error("%s", self._lost)
         raise PersistenceError(self._lost)
 
@@ -452,6 +463,8 @@ class SQLiteStore(RowStore):
             raise PersistenceError(f"store {self.path!r} is not open")
         if self._lost is not None:
             raise PersistenceError(self._lost)
+        if self._writer_identity is not None:
+            self._check_identity()  # a writer's reader: a stat per read, never the file that replaced its store
         return self._db
 
     def _written(self, fn: Callable[[], T], what: str, context_id: str | None = None) -> T:
@@ -691,9 +704,17 @@ class SQLiteStore(RowStore):
 
     def reader(self) -> SQLiteStore:
         """A new read-only store on the same file, with its own connection and codec (for another
-        thread: readers take no lock and never block the writer). Unopened; the caller owns it."""
-        return SQLiteStore(self.path, readonly=True, recovery=self.recovery,
-                           max_state_bytes=self.codec.max_bytes - 2**20, feed_retention=self.feed_retention)
+        thread: readers take no lock and never block the writer). Unopened; the caller owns it.
+
+        It is bound to the file this writer opened: it opens the writer's absolute path (not a relative
+        one, which a later ``chdir`` would point elsewhere), and while this store is open for writing,
+        the reader's open and each of its reads raise `PersistenceError` once that path no longer
+        names the writer's file (deleted or replaced), as the writer's own writes do: it never reads
+        another store's data in its place."""
+        reader = SQLiteStore(self._abspath, readonly=True, recovery=self.recovery,
+                             max_state_bytes=self.codec.max_bytes - 2**20, feed_retention=self.feed_retention)
+        reader._writer_identity = self._identity
+        return reader
 
     def _encode(self, op: Op) -> bytes | None:
         codec = self.codec

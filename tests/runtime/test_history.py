@@ -249,6 +249,23 @@ def test_history_reads_take_no_lock_and_never_wait_for_the_context_s_writer(stor
         assert system.manager.history("c", since_version=14).__next__().after == {"i": 99}
 
 
+def test_history_and_feed_reads_follow_the_store_file_not_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with open_system(tmp_path / "b" / "state.db") as other:  # another store, under the same relative name
+        other.adapter.get_or_create("orders").set("total", 999)
+    monkeypatch.chdir(tmp_path / "a")
+    with open_system("state.db") as system:
+        t = system.adapter.get_or_create("orders")
+        v = t.set("total", 10)
+        monkeypatch.chdir(tmp_path / "b")  # a daemon, or a library, changes directory
+        assert t.set("total", 11) == v + 1
+        assert dict(system.manager.state_at("orders", v).data) == {"total": 10}
+        assert [h.version for h in system.manager.history("orders")] == [v, v + 1]
+        assert [e.values.get("total") for e in system.changes(timeout=0) if e.context_id == "orders"][-2:] == [10, 11]
+
+
 def test_a_diff_against_a_recovery_point_and_its_json_patch(system: Any) -> None:
     t = system.adapter.get_or_create("c")
     t.update({"keep": 1, "change": {"x": 1}, "drop": True, "a/b": "slash"})

@@ -86,3 +86,49 @@ def test_no_write_of_any_kind_is_acknowledged_once_the_store_file_is_replaced_or
             assert now.consumers() == {}
             assert now.list_ids() == ["other"]
             assert now.history_policy.text == "recovery"
+
+
+def test_a_reader_reads_the_writer_s_file_after_the_working_directory_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with _opened(tmp_path / "b" / "s.db") as other:  # another store, under the same relative name
+        _create(other, "other")
+    monkeypatch.chdir(tmp_path / "a")
+    with _opened("s.db") as store:
+        _create(store, "a", {"k": 1})
+        _append(store, "a", 2)
+        monkeypatch.chdir(tmp_path / "b")
+        reader = store.reader()
+        reader.open()
+        try:
+            assert reader.list_ids() == ["a"]
+            assert dict(reader.state_at("a", 1).data) == {"k": 1}
+            assert [(e.context_id, e.version) for e in reader.feed()] == [("a", 1), ("a", 2)]
+        finally:
+            reader.close()
+
+
+@pytest.mark.parametrize("how", ["replaced", "deleted"])
+def test_a_reader_refuses_a_file_that_is_no_longer_the_writer_s_store(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "s.db"
+    with _opened(path) as store:
+        _create(store, "other", {"mine": 1})  # the same id as the replacement's context
+        early = store.reader()  # opened before the file goes
+        early.open()
+        late = store.reader()  # opened after
+        try:
+            assert early.list_ids() == ["other"]
+            if how == "replaced":
+                _replace_with_another_store(path)
+            else:
+                path.unlink()
+            with pytest.raises(PersistenceError, match=how):
+                late.open()
+            for read in (lambda r: r.state_at("other", 1), lambda r: r.feed(), lambda r: r.list_ids(),
+                         lambda r: r.count()):
+                with pytest.raises(PersistenceError, match=how):
+                    read(early)
+        finally:
+            early.close()
+            late.close()
