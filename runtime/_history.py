@@ -148,10 +148,13 @@ class Diff:
 
 
 def _version(name: str, value: object, *, optional: bool = False) -> int | None:
+    """`value` if it can be a version: an int from 1 to 2**63 - 1 (what every store holds: SQLite
+    INTEGER, PostgreSQL bigint); `InvalidValueError` naming `name` otherwise."""
     if value is None and optional:
         return None
-    if type(value) is not int or value < 1:
-        raise InvalidValueError(name, f"a version is an int >= 1{' or None' if optional else ''}, not {value!r}")
+    if type(value) is not int or not 1 <= value < 2**63:
+        raise InvalidValueError(name, f"a version is an int from 1 to 2**63 - 1{' or None' if optional else ''}, "
+                                      f"not {value!r}")
     return value
 
 

@@ -75,6 +75,10 @@ T = TypeVar("T")
 
 FALLBACK_HINT = "open the store with recovery='fallback' to load what can be recovered, or run verify()"
 RECOVERY_MODES = ("strict", "fallback")
+# versions, recovery point ids and feed offsets are 64-bit signed in every durable store (SQLite
+# INTEGER, PostgreSQL bigint): a number past it names nothing stored, and is never handed to SQL
+# (sqlite3 raises OverflowError for it)
+_STORED_MAX = 2**63 - 1
 
 #: (version, blob) of a snapshot or journal row
 BlobRow = tuple[int, bytes]
@@ -807,6 +811,8 @@ class RowStore:
     def recovery_point(self, context_id: str, rp_id: int) -> RecoveryPoint | None:
         """One recovery point, verified, or None; caller's thread."""
         validate_id(context_id)
+        if isinstance(rp_id, int) and not 0 < rp_id <= _STORED_MAX:
+            return None
         rows = self._read("read recovery point", context_id, lambda r: r.recovery_point_rows(context_id, rp_id),
                           transaction=False)
         return _recovery_point(self.codec, context_id, rows[0]) if rows else None
@@ -833,6 +839,8 @@ class RowStore:
             if head is None:
                 raise ContextNotFoundError(context_id)
             hi = head[0] if upto is None else min(upto, head[0])
+            if after >= hi:  # nothing after it (also an `after` past what a store holds)
+                return []
             return [JournalEntry.of(context_id, decode_change_row(
                 self.codec, blob, context_id, f"journal entry v{v} of {context_id!r}", v))
                 for v, blob in rows.journal_rows(context_id, after, hi)]
@@ -912,7 +920,7 @@ class RowStore:
             floor, _head = rows.feed_bounds()
             if after < floor:
                 raise FeedTruncatedError(after, floor)
-            return make(self.codec, rows.feed_rows(after, limit))
+            return make(self.codec, rows.feed_rows(min(after, _STORED_MAX), min(limit, _STORED_MAX)))
         return self._read("read the change feed", None, run)
 
     def feed_bounds(self) -> tuple[int, int]:

@@ -22,6 +22,7 @@ backend follows.
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -58,7 +59,8 @@ class HistoryPolicy:
                 number = float(amount)
             except ValueError:
                 number = 0.0
-            if kind == "versions" and number >= 1 and number == int(number):
+            # (not infinity: "versions:inf" would be an OverflowError, not a policy)
+            if kind == "versions" and math.isfinite(number) and number >= 1 and number == int(number):
                 return cls(kind, int(number))
             if kind == "seconds" and number > 0:
                 return cls(kind, number)

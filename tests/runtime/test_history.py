@@ -219,7 +219,7 @@ def test_the_policy_is_recorded_in_the_store_and_hoard_compact_keeps_to_it(store
         reader.close()
 
 
-@pytest.mark.parametrize("bad", ["forever", 0, -3, 1.5, datetime.timedelta(0), True])
+@pytest.mark.parametrize("bad", ["forever", 0, -3, 1.5, datetime.timedelta(0), True, "versions:inf", "versions:1e400"])
 def test_a_bad_history_policy_is_refused(bad: object) -> None:
     with pytest.raises(ConfigError, match="history"):
         _cfg(history=bad)
@@ -285,6 +285,18 @@ def test_a_diff_against_a_recovery_point_and_its_json_patch(system: Any) -> None
     assert jsonpatch.apply_patch(doc, ops) == {"data": thaw(dict(t.state().data)),
                                                "metadata": thaw(dict(t.state().metadata))}
     assert system.manager.diff("c", t.version, t.version).empty
+
+
+@pytest.mark.parametrize("name", ["since_version", "until_version"])
+@pytest.mark.parametrize("number", [2**63, 2**64])
+def test_history_refuses_a_version_past_what_a_store_can_hold_by_name(system: Any, name: str, number: int) -> None:
+    system.adapter.get_or_create("c").set("k", 1)
+    with pytest.raises(InvalidValueError, match=name):
+        list(system.manager.history("c", **{name: number}))
+    with pytest.raises(InvalidValueError, match="version"):
+        system.manager.state_at("c", number)
+    with pytest.raises(InvalidValueError, match="'b'"):
+        system.manager.diff("c", 1, number)
 
 
 @pytest.mark.parametrize("args", [("c", 0), ("c", "3"), ("c", None), ("c", 1.0)])

@@ -381,6 +381,19 @@ def test_state_at_rebuilds_every_stored_version_and_names_what_it_cannot(harness
         s.state_at("", 1)
 
 
+@pytest.mark.parametrize("huge", [2**63, 2**64])
+def test_numbers_past_what_a_store_holds_read_as_nothing_there(harness: Harness, huge: int) -> None:
+    states = _history(harness)
+    s = harness.store
+    assert s.journal("c", after=huge) == []
+    assert [e.version for e in s.journal("c", upto=huge)] == [e.version for e in s.journal("c")]
+    assert s.recovery_point("c", huge) is None
+    assert s.feed(after=huge) == []
+    with pytest.raises(VersionNotStoredError):
+        s.state_at("c", huge)
+    assert s.state_at("c", 9) == states[9]
+
+
 def test_stats_count_the_rows_of_the_whole_store(harness: Harness) -> None:
     _history(harness)
     stats = harness.store.stats()
