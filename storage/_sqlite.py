@@ -166,7 +166,10 @@ class SQLiteStore(RowStore):
         self._connect_fn = connect
         self.feed_enabled = feed
         self.feed_retention = check_retention(feed_retention)
-        self._since_prune = 0
+        # feed entries appended since the last prune; PRUNE_EVERY at each open, so that the first
+        # commit after it prunes: a writer that restarts more often than every PRUNE_EVERY entries
+        # would otherwise never prune, and the feed would outgrow its retention without bound
+        self._since_prune = PRUNE_EVERY
         self.history_policy: HistoryPolicy = RECOVERY  # as recorded in the store (read on open)
         self._snapshot_times: dict[tuple[str, int], float] = {}  # (id, version) -> updated_at, for "seconds"
         self._db: sqlite3.Connection | None = None
@@ -440,6 +443,7 @@ class SQLiteStore(RowStore):
 
     def close(self) -> None:
         self._feed_head = None
+        self._since_prune = PRUNE_EVERY  # a reopen prunes in its first commit (see __init__)
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
