@@ -486,11 +486,18 @@ class SQLiteStore(RowStore):
             return fn()
         except HoardError:
             raise
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, UnicodeDecodeError) as exc:
             raise self._translated(exc, what, context_id) from exc
 
-    def _translated(self, exc: sqlite3.Error | OSError, what: str, context_id: str | None) -> HoardError:
-        """Our error for a sqlite3 or OS error `exc` raised doing `what` (see `_guard`)."""
+    def _translated(self, exc: sqlite3.Error | OSError | UnicodeDecodeError, what: str,
+                    context_id: str | None) -> HoardError:
+        """Our error for a sqlite3 or OS error `exc` raised doing `what` (see `_guard`); also for the
+        `UnicodeDecodeError` sqlite3 raises when it turns stored text (a table name in the schema, an
+        id, a label) into str: hoard only writes UTF-8, so such bytes are damage."""
+        if isinstance(exc, UnicodeDecodeError):
+            return CorruptStateError(f"{self.path!r}: text stored in it is not valid UTF-8 ({exc.reason} at byte "
+                                     f"{exc.start} of a stored name or value): the file is damaged; restore it "
+                                     "from a backup", context_id=context_id, what="store")
         if isinstance(exc, sqlite3.DatabaseError):
             msg = str(exc)
             failing = self._io_error() if ("not a database" in msg or "malformed" in msg) else None
@@ -568,7 +575,7 @@ class SQLiteStore(RowStore):
             # rolled back, or landed although COMMIT raised (a late fsync error): read the head again
             self._feed_head = None
             error = exc
-            if isinstance(exc, (sqlite3.Error, OSError)) and not isinstance(exc, HoardError):
+            if isinstance(exc, (sqlite3.Error, OSError, UnicodeDecodeError)) and not isinstance(exc, HoardError):
                 error = self._translated(exc, "commit", context_of(ops[0]))
             if isinstance(error, PersistenceError):
                 self._checkpoint_due = True
@@ -823,7 +830,8 @@ class SQLiteStore(RowStore):
 
     # -- the history policy --------------------------------------------------------------------------
     def _recorded_history(self) -> HistoryPolicy:
-        row = self._require().execute("SELECT value FROM hoard_meta WHERE key='history'").fetchone()
+        db = self._require()
+        row = self._guard(lambda: db.execute("SELECT value FROM hoard_meta WHERE key='history'").fetchone(), "open")
         return RECOVERY if row is None else HistoryPolicy.parse(str(row[0]))
 
     def set_history(self, policy: HistoryPolicy) -> None:
