@@ -47,7 +47,8 @@ class HistoryEntry:
         removed: data keys removed (sorted), a restore's included.
         before: the value each key of `changed` and `removed` had before (absent: it had none).
         after: the new value of each key of `changed`.
-        metadata_changed: metadata keys set (sorted); metadata_removed: metadata keys removed.
+        metadata_changed: metadata keys set (sorted); a restore lists every key of the restored
+            metadata. metadata_removed: metadata keys removed.
         replaced: the change replaced data and metadata wholesale (a restore).
         request_id: the write's idempotency key, if it had one.
     """
@@ -69,9 +70,10 @@ class HistoryEntry:
     def of(cls, old: ContextState, entry: JournalEntry, new: ContextState) -> HistoryEntry:
         ch = entry.change
         if ch.replace:
-            changed = tuple(sorted(k for k in new.data if old.data.get(k, _MISSING) != new.data[k]))
+            # a restore sets every key of the restored data and metadata, as its feed entry says,
+            # also those whose value happens to be the one they had
+            changed, meta_changed = tuple(sorted(new.data)), tuple(sorted(new.metadata))
             removed = tuple(sorted(k for k in old.data if k not in new.data))
-            meta_changed = tuple(sorted(k for k in new.metadata if old.metadata.get(k, _MISSING) != new.metadata[k]))
             meta_removed = tuple(sorted(k for k in old.metadata if k not in new.metadata))
         else:
             changed, removed = tuple(sorted(ch.data_set)), tuple(sorted(k for k in ch.data_del if k in old.data))

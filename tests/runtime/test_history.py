@@ -103,6 +103,8 @@ def _check_against_model(system: Any, model: dict[int, tuple], oldest: int) -> N
         assert {k: thaw(x) for k, x in e.before.items()} == {k: before[k] for k in (*e.changed, *e.removed)
                                                                 if k in before}
         assert set(e.removed) == ({k for k in before if k not in after} if e.replaced else set(e.removed))
+        if e.replaced:  # a restore lists every key of the restored data
+            assert set(e.changed) == set(after)
         assert all(k not in after for k in e.removed)
     # a diff between any two kept versions, and its JSON patch, lead from one to the other
     kept = [v for v in model if v >= oldest]
@@ -264,6 +266,23 @@ def test_history_and_feed_reads_follow_the_store_file_not_the_working_directory(
         assert dict(system.manager.state_at("orders", v).data) == {"total": 10}
         assert [h.version for h in system.manager.history("orders")] == [v, v + 1]
         assert [e.values.get("total") for e in system.changes(timeout=0) if e.context_id == "orders"][-2:] == [10, 11]
+
+
+def test_a_restore_s_history_entry_lists_every_restored_key_as_its_feed_entry_does(system: Any) -> None:
+    t = system.adapter.get_or_create("a")
+    t.update({"x": 1, "y": 2})
+    t.set_metadata("owner", "ana")
+    rp = t.create_recovery_point()
+    t.delete("x")
+    t.set("z", 3)
+    v = t.restore(rp.id)
+    [h] = list(system.manager.history("a", since_version=v))
+    assert h.replaced
+    assert (h.changed, h.removed) == (("x", "y"), ("z",))
+    assert (dict(h.before), dict(h.after)) == ({"y": 2, "z": 3}, {"x": 1, "y": 2})
+    assert "owner" in h.metadata_changed
+    [e] = [e for e in system.changes(timeout=0) if e.context_id == "a" and e.version == v]
+    assert (e.changed, tuple(sorted(e.metadata))) == (h.changed, h.metadata_changed)
 
 
 def test_a_diff_against_a_recovery_point_and_its_json_patch(system: Any) -> None:
