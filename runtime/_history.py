@@ -6,7 +6,8 @@ thread by `FeedReaders`): no message to the context's actor, no lock, so a reade
 context's writer, and an inactive context is not activated. What can be read is what the store keeps:
 the journal back to the oldest kept snapshot (the ``history`` policy of the store decides how far
 that is), plus recovery points for `diff`. An older version raises `VersionNotStoredError`, which
-names the oldest version kept.
+names the oldest version from which every later one can be rebuilt, and older ones that can be
+(a recovery point's own version).
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ from ._model import (
     apply_fields,
     change_fields,
 )
+from ._retention import rebuildable
 from ._store import JournalEntry, ReadView, StoredContext, StoreStats, VerifyIssue
 from ._values import validate_id
 
@@ -874,9 +875,10 @@ class RowStore:
             _best, _base, found = _rebuild(stored, {version}, upto=version)
             if version in found:
                 return found[version]
-        bases = [r.version for r in stored.snapshots + stored.rps if r.problem is None and r.version <= stored.version]
-        raise VersionNotStoredError(context_id, version, oldest=min(bases, default=None),
-                                    newest=stored.version if bases else None)
+        ranges = rebuildable([r.version for r in stored.snapshots + stored.rps if r.problem is None],
+                             lambda v: stored.good_journal(v) is not None, stored.version)
+        raise VersionNotStoredError(context_id, version, oldest=ranges[-1][0] if ranges else None,
+                                    newest=ranges[-1][1] if ranges else None, also=tuple(ranges[:-1]))
 
     def _state_at_direct(self, rows: RowAccess, context_id: str, version: int) -> ContextState | None:
         """`version` from the newest snapshot at or below it plus the journal; None when that does

@@ -152,7 +152,7 @@ def _rebuild(store: str, st: ReadView, cid: str, version: int | None) -> tuple[C
         where = [f"v{span[0]}..v{span[1]} (snapshot + journal)"] if span else []
         if kept:
             where.append("v" + ", v".join(map(str, sorted(set(kept)))) + " (recovery points)")
-        refusal = VersionNotStoredError(cid, version, oldest=exc.oldest, newest=exc.newest)
+        refusal = VersionNotStoredError(cid, version, oldest=exc.oldest, newest=exc.newest, also=exc.also)
         refusal.args = (f"version {version} of {cid!r} cannot be rebuilt any more: the store keeps only "
                         f"{' and '.join(where) or 'the current version'}. Older versions are dropped once a "
                         "newer snapshot covers them; make recovery points to keep one.",)

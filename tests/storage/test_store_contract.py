@@ -381,6 +381,22 @@ def test_state_at_rebuilds_every_stored_version_and_names_what_it_cannot(harness
         s.state_at("", 1)
 
 
+def test_a_version_not_stored_names_the_oldest_from_which_every_later_one_rebuilds(harness: Harness) -> None:
+    states = _history(harness)
+    s = harness.store
+    ch = Change(10, 1_700_000_010.5, freeze_mapping({"k10": 10}))
+    ten = apply_change(states[9], ch)
+    s.commit([Append("c", ch), PutSnapshot(ten)])  # snapshots v7 and v10 now; the recovery point of v5 stays
+    assert s.state_at("c", 5) == states[5]
+    with pytest.raises(VersionNotStoredError) as info:
+        s.state_at("c", 6)  # between the recovery point and the oldest snapshot: no journal reaches it
+    e = info.value
+    assert (e.oldest, e.newest, e.also) == (7, 10, ((5, 5),))
+    assert "v7..v10" in str(e) and "v5" in str(e)
+    for v in range(e.oldest, e.newest + 1):  # the range it names is true
+        assert s.state_at("c", v).version == v
+
+
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "memory"])
 def test_feed_retention_holds_for_a_writer_that_restarts_before_a_prune_point(
         request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
