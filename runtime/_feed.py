@@ -125,8 +125,10 @@ class FeedReaders:
 
 
 def check_offset(name: str, value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise InvalidValueError(name, f"a feed offset is an int >= 0, not {value!r}")
+    """`value` if it can be a feed offset: an int from 0 to 2**63 - 1 (what every store holds);
+    `InvalidValueError` naming `name` otherwise."""
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise InvalidValueError(name, f"a feed offset is an int from 0 to 2**63 - 1, not {value!r}")
     return value
 
 

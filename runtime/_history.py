@@ -6,7 +6,8 @@ thread by `FeedReaders`): no message to the context's actor, no lock, so a reade
 context's writer, and an inactive context is not activated. What can be read is what the store keeps:
 the journal back to the oldest kept snapshot (the ``history`` policy of the store decides how far
 that is), plus recovery points for `diff`. An older version raises `VersionNotStoredError`, which
-names the oldest version kept.
+names the oldest version from which every later one can be rebuilt, and older ones that can be
+(a recovery point's own version).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class HistoryEntry:
         removed: data keys removed (sorted), a restore's included.
         before: the value each key of `changed` and `removed` had before (absent: it had none).
         after: the new value of each key of `changed`.
-        metadata_changed: metadata keys set (sorted); metadata_removed: metadata keys removed.
+        metadata_changed: metadata keys set (sorted); a restore lists every key of the restored
+            metadata. metadata_removed: metadata keys removed.
         replaced: the change replaced data and metadata wholesale (a restore).
         request_id: the write's idempotency key, if it had one.
     """
@@ -69,9 +71,10 @@ class HistoryEntry:
     def of(cls, old: ContextState, entry: JournalEntry, new: ContextState) -> HistoryEntry:
         ch = entry.change
         if ch.replace:
-            changed = tuple(sorted(k for k in new.data if old.data.get(k, _MISSING) != new.data[k]))
+            # a restore sets every key of the restored data and metadata, as its feed entry says,
+            # also those whose value happens to be the one they had
+            changed, meta_changed = tuple(sorted(new.data)), tuple(sorted(new.metadata))
             removed = tuple(sorted(k for k in old.data if k not in new.data))
-            meta_changed = tuple(sorted(k for k in new.metadata if old.metadata.get(k, _MISSING) != new.metadata[k]))
             meta_removed = tuple(sorted(k for k in old.metadata if k not in new.metadata))
         else:
             changed, removed = tuple(sorted(ch.data_set)), tuple(sorted(k for k in ch.data_del if k in old.data))
@@ -148,10 +151,13 @@ class Diff:
 
 
 def _version(name: str, value: object, *, optional: bool = False) -> int | None:
+    """`value` if it can be a version: an int from 1 to 2**63 - 1 (what every store holds: SQLite
+    INTEGER, PostgreSQL bigint); `InvalidValueError` naming `name` otherwise."""
     if value is None and optional:
         return None
-    if type(value) is not int or value < 1:
-        raise InvalidValueError(name, f"a version is an int >= 1{' or None' if optional else ''}, not {value!r}")
+    if type(value) is not int or not 1 <= value < 2**63:
+        raise InvalidValueError(name, f"a version is an int from 1 to 2**63 - 1{' or None' if optional else ''}, "
+                                      f"not {value!r}")
     return value
 
 

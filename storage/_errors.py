@@ -266,19 +266,33 @@ class RecoveryPointNotFoundError(HoardError, LookupError):
 
 
 class VersionNotStoredError(HoardError, LookupError):
-    """A stored context exists but the store cannot rebuild the asked version: it is older than the
-    oldest kept snapshot, recovery point and journal entry, or newer than the acknowledged version.
-    (`ContextNotFoundError`: the context itself is absent; `RecoveryPointNotFoundError`: a recovery
-    point id is unknown.)"""
+    """A stored context exists but the store cannot rebuild the asked version: no kept snapshot or
+    recovery point with the journal after it reaches it (older versions are dropped once newer
+    snapshots cover them), or it is newer than the acknowledged version. (`ContextNotFoundError`: the
+    context itself is absent; `RecoveryPointNotFoundError`: a recovery point id is unknown.)
 
-    def __init__(self, context_id: str, version: object, *, oldest: int | None, newest: int | None) -> None:
+    Attributes:
+        oldest: the oldest version from which every later one up to `newest` can be rebuilt (the
+            oldest kept snapshot, normally), or None when nothing can be.
+        newest: the newest version that can be rebuilt (the acknowledged one, normally), or None.
+        also: other versions that can be rebuilt, all older than `oldest`, as inclusive
+            ``(first, last)`` ranges, oldest first: typically a recovery point's own version, whose
+            journal was dropped.
+    """
+
+    def __init__(self, context_id: str, version: object, *, oldest: int | None, newest: int | None,
+                 also: tuple[tuple[int, int], ...] = ()) -> None:
         self.context_id = context_id
         self.version = version
         self.oldest = oldest
         self.newest = newest
+        self.also = also
         span = "nothing" if oldest is None or newest is None else f"v{oldest}..v{newest}"
+        if also:
+            span += ", and only " + ", ".join(f"v{lo}" if lo == hi else f"v{lo}..v{hi}" for lo, hi in also)
         super().__init__(f"context {context_id!r}: version {version!r} is not stored (the store can rebuild "
-                         f"{span}); use snapshot_versions() and journal() to see what it keeps")
+                         f"{span}); use snapshot_versions(), recovery_points() and journal() to see what it "
+                         "keeps")
 
 
 class FeedTruncatedError(HoardError, LookupError):

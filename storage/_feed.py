@@ -48,7 +48,8 @@ __all__ = [
 
 #: entries kept back from the newest, at most (the bound on what a slow consumer can hold back)
 DEFAULT_FEED_RETENTION = 1_000_000
-#: a writer prunes the feed once per this many entries it appended (pruning is one ranged DELETE)
+#: a writer prunes the feed once per this many entries it appended, and in its first commit after
+#: each open (pruning is one ranged DELETE)
 PRUNE_EVERY = 1024
 
 

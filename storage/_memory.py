@@ -41,7 +41,7 @@ from ._feed import (
     prune_floor,
 )
 from ._model import Change, ContextState, RecoveryPoint, apply_change
-from ._retention import RECOVERY, HistoryPolicy, history_base
+from ._retention import RECOVERY, HistoryPolicy, history_base, rebuildable
 from ._store import (
     Append,
     CreateContext,
@@ -274,8 +274,9 @@ class MemoryStore:
                     st = apply_change(st, ctx.journal[st.version + 1])
                 if st.version == version:
                     return st
-        raise VersionNotStoredError(context_id, version, oldest=min(bases, default=None),
-                                    newest=ctx.state.version if bases else None)
+        ranges = rebuildable(bases, ctx.journal.__contains__, ctx.state.version)
+        raise VersionNotStoredError(context_id, version, oldest=ranges[-1][0] if ranges else None,
+                                    newest=ranges[-1][1] if ranges else None, also=tuple(ranges[:-1]))
 
     # -- the change feed ---------------------------------------------------------------------------
     def feed(self, after: int = 0, limit: int = 1000) -> list[FeedEntry]:

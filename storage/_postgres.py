@@ -227,7 +227,10 @@ class PostgresStore(LeaseHolder, RowStore):
         self._direct = getattr(self.connection_class, "execute", None) is psycopg.Connection.execute
         self.feed_enabled = feed
         self.feed_retention = check_retention(feed_retention)
-        self._since_prune = 0
+        # feed entries this process appended since it last pruned; PRUNE_EVERY at each open, so that
+        # its first commit prunes: processes that restart more often than every PRUNE_EVERY entries
+        # would otherwise never prune, and the feed would outgrow its retention without bound
+        self._since_prune = PRUNE_EVERY
         self._max_state_bytes = max_state_bytes
         self.history_policy: HistoryPolicy = RECOVERY  # as recorded in the schema (read on open)
         self._snapshot_times: dict[tuple[str, int], float] = {}
@@ -410,6 +413,7 @@ class PostgresStore(LeaseHolder, RowStore):
         nothing (the leases expire by themselves) and waits at most half a second."""
         if self._pool is None:
             return
+        self._since_prune = PRUNE_EVERY  # a reopen prunes in its first commit (see __init__)
         held, self._leases = self._leases, {}
         try:
             for cid, token in held.items():

@@ -65,6 +65,7 @@ from ._model import (
     apply_fields,
     change_fields,
 )
+from ._retention import rebuildable
 from ._store import JournalEntry, ReadView, StoredContext, StoreStats, VerifyIssue
 from ._values import validate_id
 
@@ -75,6 +76,10 @@ T = TypeVar("T")
 
 FALLBACK_HINT = "open the store with recovery='fallback' to load what can be recovered, or run verify()"
 RECOVERY_MODES = ("strict", "fallback")
+# versions, recovery point ids and feed offsets are 64-bit signed in every durable store (SQLite
+# INTEGER, PostgreSQL bigint): a number past it names nothing stored, and is never handed to SQL
+# (sqlite3 raises OverflowError for it)
+_STORED_MAX = 2**63 - 1
 
 #: (version, blob) of a snapshot or journal row
 BlobRow = tuple[int, bytes]
@@ -807,6 +812,8 @@ class RowStore:
     def recovery_point(self, context_id: str, rp_id: int) -> RecoveryPoint | None:
         """One recovery point, verified, or None; caller's thread."""
         validate_id(context_id)
+        if isinstance(rp_id, int) and not 0 < rp_id <= _STORED_MAX:
+            return None
         rows = self._read("read recovery point", context_id, lambda r: r.recovery_point_rows(context_id, rp_id),
                           transaction=False)
         return _recovery_point(self.codec, context_id, rows[0]) if rows else None
@@ -833,6 +840,8 @@ class RowStore:
             if head is None:
                 raise ContextNotFoundError(context_id)
             hi = head[0] if upto is None else min(upto, head[0])
+            if after >= hi:  # nothing after it (also an `after` past what a store holds)
+                return []
             return [JournalEntry.of(context_id, decode_change_row(
                 self.codec, blob, context_id, f"journal entry v{v} of {context_id!r}", v))
                 for v, blob in rows.journal_rows(context_id, after, hi)]
@@ -866,9 +875,10 @@ class RowStore:
             _best, _base, found = _rebuild(stored, {version}, upto=version)
             if version in found:
                 return found[version]
-        bases = [r.version for r in stored.snapshots + stored.rps if r.problem is None and r.version <= stored.version]
-        raise VersionNotStoredError(context_id, version, oldest=min(bases, default=None),
-                                    newest=stored.version if bases else None)
+        ranges = rebuildable([r.version for r in stored.snapshots + stored.rps if r.problem is None],
+                             lambda v: stored.good_journal(v) is not None, stored.version)
+        raise VersionNotStoredError(context_id, version, oldest=ranges[-1][0] if ranges else None,
+                                    newest=ranges[-1][1] if ranges else None, also=tuple(ranges[:-1]))
 
     def _state_at_direct(self, rows: RowAccess, context_id: str, version: int) -> ContextState | None:
         """`version` from the newest snapshot at or below it plus the journal; None when that does
@@ -912,7 +922,7 @@ class RowStore:
             floor, _head = rows.feed_bounds()
             if after < floor:
                 raise FeedTruncatedError(after, floor)
-            return make(self.codec, rows.feed_rows(after, limit))
+            return make(self.codec, rows.feed_rows(min(after, _STORED_MAX), min(limit, _STORED_MAX)))
         return self._read("read the change feed", None, run)
 
     def feed_bounds(self) -> tuple[int, int]:

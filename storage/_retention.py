@@ -22,13 +22,14 @@ backend follows.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
 from ._errors import ConfigError
 
-__all__ = ["RECOVERY", "HistoryPolicy", "history_base"]
+__all__ = ["RECOVERY", "HistoryPolicy", "history_base", "rebuildable"]
 
 
 @attrs.frozen
@@ -58,7 +59,8 @@ class HistoryPolicy:
                 number = float(amount)
             except ValueError:
                 number = 0.0
-            if kind == "versions" and number >= 1 and number == int(number):
+            # (not infinity: "versions:inf" would be an OverflowError, not a policy)
+            if kind == "versions" and math.isfinite(number) and number >= 1 and number == int(number):
                 return cls(kind, int(number))
             if kind == "seconds" and number > 0:
                 return cls(kind, number)
@@ -99,3 +101,21 @@ def history_base(policy: HistoryPolicy, snapshots: Sequence[int], top: int, now:
         if snapshot_time(v) <= cutoff:
             return min(v, recovery)
     return snapshots[0]
+
+
+def rebuildable(bases: Iterable[int], journaled: Callable[[int], bool], top: int) -> list[tuple[int, int]]:
+    """The versions a context can be rebuilt at, as inclusive ``(first, last)`` ranges, oldest first
+    and merged: each usable base (the version of a valid snapshot or recovery point, at most `top`),
+    and from it every following version whose journal entry is kept (`journaled(v)`), up to `top`.
+    What `VersionNotStoredError` names. Costs one `journaled` call per kept journal entry, at most."""
+    ranges: list[tuple[int, int]] = []
+    for base in sorted({v for v in bases if 1 <= v <= top}):
+        if ranges and base <= ranges[-1][1] + 1:  # inside the last range, or right after it
+            lo, hi = ranges.pop()
+            hi = max(hi, base)
+        else:
+            lo, hi = base, base
+        while hi < top and journaled(hi + 1):
+            hi += 1
+        ranges.append((lo, hi))
+    return ranges

@@ -19,10 +19,13 @@ another gets `StoreLockedError` at once, also through a symlink, a hard link, a 
 spelling of the path. (In this process the identity is checked *before* the file is opened: closing a
 descriptor of the database file would drop SQLite's own POSIX locks of the open store.)
 
-A writer checks before and after each commit that its path still names the file it opened: once the
+A writer checks before and after each write (commits, feed consumers, the history policy, compaction,
+vacuum, compression dictionaries, repairs) that its path still names the file it opened: once the
 file is deleted (or its directory) or replaced, every later write and read raises `PersistenceError`
 saying so, and nothing written after that is acknowledged. Readers that do not write
-(`SQLiteStore(path, readonly=True)`, used by offline tools) take no lock and see committed data only.
+(`SQLiteStore(path, readonly=True)`, used by offline tools) take no lock and see committed data only;
+those a writer makes for other threads (`SQLiteStore.reader`) open its absolute path and refuse, as
+it does, a file that is no longer the one it opened.
 `open()` checks that an existing file is a hoard store of this format *before* changing anything in
 it (not even its journal mode).
 
@@ -163,13 +166,18 @@ class SQLiteStore(RowStore):
         self._connect_fn = connect
         self.feed_enabled = feed
         self.feed_retention = check_retention(feed_retention)
-        self._since_prune = 0
+        # feed entries appended since the last prune; PRUNE_EVERY at each open, so that the first
+        # commit after it prunes: a writer that restarts more often than every PRUNE_EVERY entries
+        # would otherwise never prune, and the feed would outgrow its retention without bound
+        self._since_prune = PRUNE_EVERY
         self.history_policy: HistoryPolicy = RECOVERY  # as recorded in the store (read on open)
         self._snapshot_times: dict[tuple[str, int], float] = {}  # (id, version) -> updated_at, for "seconds"
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._file_fd: int | None = None  # the database file, flocked
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened for writing
+        # a reader made by `reader()`: the identity of its writer's file, which alone it reads
+        self._writer_identity: tuple[int, int] | None = None
         self._abspath = os.path.abspath(self.path)
         self._lost: str | None = None  # why the store can no longer be used (its file was deleted...)
         self._checkpoint_due = False  # a commit failed: truncate the WAL after the next one succeeds
@@ -189,6 +197,7 @@ class SQLiteStore(RowStore):
             return
         if not self.readonly:
             self._take_lock()
+        self._check_identity()  # a writer's reader: its writer's file or nothing (checked again in use)
         try:
             if not self.readonly:
                 self._lock_file()
@@ -256,8 +265,10 @@ class SQLiteStore(RowStore):
 
     def _check_identity(self) -> None:
         """Raise `PersistenceError` (and refuse every later call) if the path no longer names the file
-        this store opened for writing: deleted, its directory deleted, or replaced."""
-        if self._identity is None:
+        this store opened for writing (or, a reader made by `reader()`, the file its writer opened):
+        deleted, its directory deleted, or replaced."""
+        expected = self._identity if self._identity is not None else self._writer_identity
+        if expected is None:
             return
         try:
             st = os.stat(self._abspath)
@@ -266,11 +277,15 @@ class SQLiteStore(RowStore):
         except OSError as exc:
             what = f"cannot be checked ({exc})"
         else:
-            if (st.st_dev, st.st_ino) == self._identity:
+            if (st.st_dev, st.st_ino) == expected:
                 return
             what = "was replaced by another file"
-        self._lost = (f"store {self.path!r} {what} while it was open; nothing written since is acknowledged; "
-                      "stop this system and open the store again")
+        if self._identity is None:  # a writer's reader
+            self._lost = (f"store {self.path!r} {what} while its writer had it open; this reader does not read "
+                          "another file in its place; stop the system and open the store again")
+        else:
+            self._lost = (f"store {self.path!r} {what} while it was open; nothing written since is acknowledged; "
+                          "stop this system and open the store again")
         log.error("%s", self._lost)
         raise PersistenceError(self._lost)
 
@@ -390,6 +405,7 @@ class SQLiteStore(RowStore):
         if self.readonly:
             raise PersistenceError(f"store {self.path!r} is open read-only")
         db = self._require()
+        self._check_identity()  # a write: not trained from, nor into, a file that is no longer the store
         rows = self._guard(lambda: db.execute(
             "SELECT blob FROM (SELECT blob FROM snapshots LIMIT 1000) UNION ALL "
             "SELECT blob FROM (SELECT blob FROM journal LIMIT 1000)").fetchall(), "train")
@@ -409,7 +425,7 @@ class SQLiteStore(RowStore):
             with self._transaction(db):
                 db.execute("INSERT INTO dictionaries (version, blob, created_at) VALUES (?,?,?)",
                            (version, framed, time.time()))
-        self._guard(run, "store a compression dictionary")
+        self._written(run, "store a compression dictionary")
         self.codec.add_dictionary(DICT_ID_BASE + version, content, newest=True)
         log.info("store %r: trained compression dictionary %d from %d payloads", self.path, version, len(samples))
         return version
@@ -427,6 +443,7 @@ class SQLiteStore(RowStore):
 
     def close(self) -> None:
         self._feed_head = None
+        self._since_prune = PRUNE_EVERY  # a reopen prunes in its first commit (see __init__)
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
@@ -450,7 +467,18 @@ class SQLiteStore(RowStore):
             raise PersistenceError(f"store {self.path!r} is not open")
         if self._lost is not None:
             raise PersistenceError(self._lost)
+        if self._writer_identity is not None:
+            self._check_identity()  # a writer's reader: a stat per read, never the file that replaced its store
         return self._db
+
+    def _written(self, fn: Callable[[], T], what: str, context_id: str | None = None) -> T:
+        """`_guard(fn)` for a write other than `commit` (which does the same inline): refused if the path
+        no longer names the file this store opened, and not acknowledged (`PersistenceError`) if it
+        stopped naming it meanwhile, as the write then went to an orphan. See `_check_identity`."""
+        self._check_identity()
+        result = self._guard(fn, what, context_id)
+        self._check_identity()
+        return result
 
     def _guard(self, fn: Callable[[], T], what: str, context_id: str | None = None) -> T:
         """Run `fn`, translating sqlite3 and OS errors into ours."""
@@ -458,11 +486,18 @@ class SQLiteStore(RowStore):
             return fn()
         except HoardError:
             raise
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, UnicodeDecodeError) as exc:
             raise self._translated(exc, what, context_id) from exc
 
-    def _translated(self, exc: sqlite3.Error | OSError, what: str, context_id: str | None) -> HoardError:
-        """Our error for a sqlite3 or OS error `exc` raised doing `what` (see `_guard`)."""
+    def _translated(self, exc: sqlite3.Error | OSError | UnicodeDecodeError, what: str,
+                    context_id: str | None) -> HoardError:
+        """Our error for a sqlite3 or OS error `exc` raised doing `what` (see `_guard`); also for the
+        `UnicodeDecodeError` sqlite3 raises when it turns stored text (a table name in the schema, an
+        id, a label) into str: hoard only writes UTF-8, so such bytes are damage."""
+        if isinstance(exc, UnicodeDecodeError):
+            return CorruptStateError(f"{self.path!r}: text stored in it is not valid UTF-8 ({exc.reason} at byte "
+                                     f"{exc.start} of a stored name or value): the file is damaged; restore it "
+                                     "from a backup", context_id=context_id, what="store")
         if isinstance(exc, sqlite3.DatabaseError):
             msg = str(exc)
             failing = self._io_error() if ("not a database" in msg or "malformed" in msg) else None
@@ -540,7 +575,7 @@ class SQLiteStore(RowStore):
             # rolled back, or landed although COMMIT raised (a late fsync error): read the head again
             self._feed_head = None
             error = exc
-            if isinstance(exc, (sqlite3.Error, OSError)) and not isinstance(exc, HoardError):
+            if isinstance(exc, (sqlite3.Error, OSError, UnicodeDecodeError)) and not isinstance(exc, HoardError):
                 error = self._translated(exc, "commit", context_of(ops[0]))
             if isinstance(error, PersistenceError):
                 self._checkpoint_due = True
@@ -665,7 +700,7 @@ class SQLiteStore(RowStore):
                 pos = consumer_position(name, cur, position, floor, head)
                 db.execute("INSERT OR REPLACE INTO feed_consumers VALUES (?, ?)", (name, pos))
                 return pos
-        return self._guard(run, "commit a feed consumer")
+        return self._written(run, "commit a feed consumer")
 
     def remove_consumer(self, name: str) -> None:
         """Forget feed consumer `name` (retention no longer waits for it). One transaction."""
@@ -676,13 +711,21 @@ class SQLiteStore(RowStore):
         def run() -> None:
             with self._transaction(db):
                 db.execute("DELETE FROM feed_consumers WHERE name=?", (name,))
-        self._guard(run, "remove a feed consumer")
+        self._written(run, "remove a feed consumer")
 
     def reader(self) -> SQLiteStore:
         """A new read-only store on the same file, with its own connection and codec (for another
-        thread: readers take no lock and never block the writer). Unopened; the caller owns it."""
-        return SQLiteStore(self.path, readonly=True, recovery=self.recovery,
-                           max_state_bytes=self.codec.max_bytes - 2**20, feed_retention=self.feed_retention)
+        thread: readers take no lock and never block the writer). Unopened; the caller owns it.
+
+        It is bound to the file this writer opened: it opens the writer's absolute path (not a relative
+        one, which a later ``chdir`` would point elsewhere), and while this store is open for writing,
+        the reader's open and each of its reads raise `PersistenceError` once that path no longer
+        names the writer's file (deleted or replaced), as the writer's own writes do: it never reads
+        another store's data in its place."""
+        reader = SQLiteStore(self._abspath, readonly=True, recovery=self.recovery,
+                             max_state_bytes=self.codec.max_bytes - 2**20, feed_retention=self.feed_retention)
+        reader._writer_identity = self._identity
+        return reader
 
     def _encode(self, op: Op) -> bytes | None:
         codec = self.codec
@@ -787,7 +830,8 @@ class SQLiteStore(RowStore):
 
     # -- the history policy --------------------------------------------------------------------------
     def _recorded_history(self) -> HistoryPolicy:
-        row = self._require().execute("SELECT value FROM hoard_meta WHERE key='history'").fetchone()
+        db = self._require()
+        row = self._guard(lambda: db.execute("SELECT value FROM hoard_meta WHERE key='history'").fetchone(), "open")
         return RECOVERY if row is None else HistoryPolicy.parse(str(row[0]))
 
     def set_history(self, policy: HistoryPolicy) -> None:
@@ -801,7 +845,7 @@ class SQLiteStore(RowStore):
         def run() -> None:
             with self._transaction(db):
                 db.execute("INSERT OR REPLACE INTO hoard_meta VALUES ('history', ?)", (policy.text,))
-        self._guard(run, "record the history policy")
+        self._written(run, "record the history policy")
         self.history_policy = policy
 
     def compact_history(self) -> int:
@@ -816,7 +860,7 @@ class SQLiteStore(RowStore):
                 now = time.time()
                 return sum(self._trim_history(db, cid, version, now)
                            for cid, version in db.execute("SELECT id, version FROM contexts").fetchall())
-        return self._guard(run, "compact history")
+        return self._written(run, "compact history")
 
     def vacuum(self) -> None:
         """``VACUUM`` (the file is rebuilt without free pages) then ``wal_checkpoint(TRUNCATE)`` (the
@@ -831,7 +875,7 @@ class SQLiteStore(RowStore):
         def run() -> None:
             db.execute("VACUUM")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        self._guard(run, "vacuum")
+        self._written(run, "vacuum")
 
     @staticmethod
     def _version_problem(db: sqlite3.Connection, context_id: str, version: int) -> str:
@@ -893,7 +937,7 @@ class SQLiteStore(RowStore):
                     if row is None or row[0] != expected_version:
                         return None
                 return fn(_SQLiteRows(db))
-        return self._guard(run, what, context_id)
+        return self._written(run, what, context_id)
 
     # -- reads the engine does not make ---------------------------------------------------------------
     def list_ids(self, prefix: str = "") -> list[str]:

@@ -68,6 +68,9 @@ def _side(value: str) -> tuple[str, int]:
     kind, _, number = value.rpartition(":")
     if kind not in ("", "rp") or not number.isdigit() or int(number) < 1:
         raise click.BadParameter(f"{value!r} is neither a version (12) nor a recovery point (rp:3)")
+    if int(number) >= 2**63:  # a store holds versions and recovery point ids up to 2**63 - 1
+        raise click.BadParameter(f"{value!r}: {number} is past the largest version or recovery point id a store "
+                                 "holds (2**63 - 1)")
     return kind or "version", int(number)
 
 

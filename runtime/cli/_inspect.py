@@ -152,7 +152,7 @@ def _rebuild(store: str, st: ReadView, cid: str, version: int | None) -> tuple[C
         where = [f"v{span[0]}..v{span[1]} (snapshot + journal)"] if span else []
         if kept:
             where.append("v" + ", v".join(map(str, sorted(set(kept)))) + " (recovery points)")
-        refusal = VersionNotStoredError(cid, version, oldest=exc.oldest, newest=exc.newest)
+        refusal = VersionNotStoredError(cid, version, oldest=exc.oldest, newest=exc.newest, also=exc.also)
         refusal.args = (f"version {version} of {cid!r} cannot be rebuilt any more: the store keeps only "
                         f"{' and '.join(where) or 'the current version'}. Older versions are dropped once a "
                         "newer snapshot covers them; make recovery points to keep one.",)
@@ -212,9 +212,10 @@ def _rp_json(rp: RecoveryPoint) -> dict[str, Any]:
 @click.command("history")
 @click.argument("store", type=STORE)
 @click.argument("context_id", metavar="ID")
-@click.option("--since", "since", type=click.IntRange(min=1), default=None,
+@click.option("--since", "since", type=click.IntRange(min=1, max=2**63 - 1), default=None,
               help="Changes from this version on (default: the oldest the store keeps).")
-@click.option("--until", "until", type=click.IntRange(min=1), default=None, help="Changes up to this version.")
+@click.option("--until", "until", type=click.IntRange(min=1, max=2**63 - 1), default=None,
+              help="Changes up to this version.")
 @json_option
 def history(store: str, context_id: str, since: int | None, until: int | None, as_json: bool) -> None:
     """Show the stored changes of context ID (version, time, who, keys with old and new values),

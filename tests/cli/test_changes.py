@@ -51,9 +51,17 @@ def test_diff_between_versions_and_against_a_recovery_point(tmp_path: Path, hoar
     assert changed == {"n": {"before": 0, "after": 6}}
     text = hoard("diff", "s.db", "cart", "3", "9")
     assert text.code == 0 and "~ n: 0 -> 6" in text.out
-    for bad in (("x", "3"), ("rp:9", "3"), ("0", "3")):
+    for bad in (("x", "3"), ("rp:9", "3"), ("0", "3"), (f"rp:{2**64}", "2"), ("2", str(2**63))):
         r = hoard("diff", "s.db", "cart", *bad)
         assert r.code == 2, r
         no_traceback(r)
     r = hoard("diff", "s.db", "nope", "1", "2")
     assert r.code == 1 and "nope" in r.err
+
+
+def test_history_refuses_a_version_past_what_a_store_can_hold_as_a_usage_error(tmp_path: Path, hoard: Hoard) -> None:
+    _write(tmp_path / "s.db")
+    for option in ("--since", "--until"):
+        r = hoard("history", "s.db", "cart", option, str(2**64))
+        assert r.code == 2 and option in r.err, r
+        no_traceback(r)

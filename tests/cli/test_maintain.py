@@ -69,6 +69,17 @@ def test_verify_finds_damage_exits_1_and_fix_repairs_what_loses_nothing(hoard: H
     assert hoard("show", str(store), "cart-42", "--json").json()["data"] == CART_V11
 
 
+def test_verify_of_a_store_whose_schema_text_is_not_utf8_reports_damage_without_a_traceback(
+        hoard: Hoard, store: Path) -> None:
+    data = bytearray(store.read_bytes())
+    data[data.find(b"hoard_meta") + 2] = 0xF2  # one damaged byte in a table name (sqlite_master)
+    store.write_bytes(bytes(data))
+    for args in (["verify", str(store)], ["verify", str(store), "--json"], ["ls", str(store)]):
+        r = hoard(*args)
+        assert r.code == 1 and "not valid UTF-8" in r.err, (args, r)
+        no_traceback(r)
+
+
 def test_compact_keeps_every_context_exactly_and_drops_the_journal(hoard: Hoard, store: Path) -> None:
     before = {c["id"]: hoard("show", str(store), c["id"], "--json").json()
               for c in hoard("ls", str(store), "--json").json()}

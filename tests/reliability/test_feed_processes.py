@@ -60,6 +60,9 @@ def _consume(target: str, run: int, kill_after: int | None) -> list[dict[str, An
 
 def _kill_and_resume(target: str, kills: int, seed: int) -> None:
     with open_system(target) as system:  # something to consume before the first run
+        # a consumer that never commits: retention (which prunes what every consumer passed, in each
+        # writer's first commit) keeps the whole feed for the check at the end
+        system.consumer("audit")
         for j in range(4):
             t = system.adapter.get_or_create(f"acct-{j}")
             for i in range(60):

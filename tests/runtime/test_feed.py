@@ -451,7 +451,7 @@ def test_a_feed_reader_given_back_is_lent_again_from_any_thread_and_closed_with_
         first.feed_bounds()
 
 
-@pytest.mark.parametrize("after", [-1, 1.5, "3", None])
+@pytest.mark.parametrize("after", [-1, 1.5, "3", None, 2**63, 2**64])
 def test_a_bad_offset_is_refused(system: object, after: object) -> None:
     with pytest.raises(InvalidValueError, match="offset"):
         system.changes(after=after)  # type: ignore[attr-defined]

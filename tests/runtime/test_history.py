@@ -103,6 +103,8 @@ def _check_against_model(system: Any, model: dict[int, tuple], oldest: int) -> N
         assert {k: thaw(x) for k, x in e.before.items()} == {k: before[k] for k in (*e.changed, *e.removed)
                                                                 if k in before}
         assert set(e.removed) == ({k for k in before if k not in after} if e.replaced else set(e.removed))
+        if e.replaced:  # a restore lists every key of the restored data
+            assert set(e.changed) == set(after)
         assert all(k not in after for k in e.removed)
     # a diff between any two kept versions, and its JSON patch, lead from one to the other
     kept = [v for v in model if v >= oldest]
@@ -219,7 +221,7 @@ def test_the_policy_is_recorded_in_the_store_and_hoard_compact_keeps_to_it(store
         reader.close()
 
 
-@pytest.mark.parametrize("bad", ["forever", 0, -3, 1.5, datetime.timedelta(0), True])
+@pytest.mark.parametrize("bad", ["forever", 0, -3, 1.5, datetime.timedelta(0), True, "versions:inf", "versions:1e400"])
 def test_a_bad_history_policy_is_refused(bad: object) -> None:
     with pytest.raises(ConfigError, match="history"):
         _cfg(history=bad)
@@ -249,6 +251,40 @@ def test_history_reads_take_no_lock_and_never_wait_for_the_context_s_writer(stor
         assert system.manager.history("c", since_version=14).__next__().after == {"i": 99}
 
 
+def test_history_and_feed_reads_follow_the_store_file_not_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with open_system(tmp_path / "b" / "state.db") as other:  # another store, under the same relative name
+        other.adapter.get_or_create("orders").set("total", 999)
+    monkeypatch.chdir(tmp_path / "a")
+    with open_system("state.db") as system:
+        t = system.adapter.get_or_create("orders")
+        v = t.set("total", 10)
+        monkeypatch.chdir(tmp_path / "b")  # a daemon, or a library, changes directory
+        assert t.set("total", 11) == v + 1
+        assert dict(system.manager.state_at("orders", v).data) == {"total": 10}
+        assert [h.version for h in system.manager.history("orders")] == [v, v + 1]
+        assert [e.values.get("total") for e in system.changes(timeout=0) if e.context_id == "orders"][-2:] == [10, 11]
+
+
+def test_a_restore_s_history_entry_lists_every_restored_key_as_its_feed_entry_does(system: Any) -> None:
+    t = system.adapter.get_or_create("a")
+    t.update({"x": 1, "y": 2})
+    t.set_metadata("owner", "ana")
+    rp = t.create_recovery_point()
+    t.delete("x")
+    t.set("z", 3)
+    v = t.restore(rp.id)
+    [h] = list(system.manager.history("a", since_version=v))
+    assert h.replaced
+    assert (h.changed, h.removed) == (("x", "y"), ("z",))
+    assert (dict(h.before), dict(h.after)) == ({"y": 2, "z": 3}, {"x": 1, "y": 2})
+    assert "owner" in h.metadata_changed
+    [e] = [e for e in system.changes(timeout=0) if e.context_id == "a" and e.version == v]
+    assert (e.changed, tuple(sorted(e.metadata))) == (h.changed, h.metadata_changed)
+
+
 def test_a_diff_against_a_recovery_point_and_its_json_patch(system: Any) -> None:
     t = system.adapter.get_or_create("c")
     t.update({"keep": 1, "change": {"x": 1}, "drop": True, "a/b": "slash"})
@@ -268,6 +304,18 @@ def test_a_diff_against_a_recovery_point_and_its_json_patch(system: Any) -> None
     assert jsonpatch.apply_patch(doc, ops) == {"data": thaw(dict(t.state().data)),
                                                "metadata": thaw(dict(t.state().metadata))}
     assert system.manager.diff("c", t.version, t.version).empty
+
+
+@pytest.mark.parametrize("name", ["since_version", "until_version"])
+@pytest.mark.parametrize("number", [2**63, 2**64])
+def test_history_refuses_a_version_past_what_a_store_can_hold_by_name(system: Any, name: str, number: int) -> None:
+    system.adapter.get_or_create("c").set("k", 1)
+    with pytest.raises(InvalidValueError, match=name):
+        list(system.manager.history("c", **{name: number}))
+    with pytest.raises(InvalidValueError, match="version"):
+        system.manager.state_at("c", number)
+    with pytest.raises(InvalidValueError, match="'b'"):
+        system.manager.diff("c", 1, number)
 
 
 @pytest.mark.parametrize("args", [("c", 0), ("c", "3"), ("c", None), ("c", 1.0)])

@@ -77,6 +77,22 @@ def test_open_store_reads_alongside_the_writer_and_refuses_what_is_not_a_store(t
         open_store(tmp_path / "other.db")
 
 
+@pytest.mark.parametrize("name", [b"hoard_meta", b"contexts"])
+def test_a_store_whose_text_is_not_utf8_is_refused_as_damaged(tmp_path: Path, name: bytes) -> None:
+    path = tmp_path / "s.db"
+    writer = open_store(path, readonly=False)
+    try:
+        writer.commit([CreateContext(new_state("a"))])
+    finally:
+        writer.close()
+    data = bytearray(path.read_bytes())
+    data[data.find(name) + 2] = 0xF2  # one damaged byte in a table name (sqlite_master): not UTF-8
+    path.write_bytes(bytes(data))
+    for readonly in (True, False):
+        with pytest.raises(CorruptStateError, match="UTF-8"):
+            open_store(path, readonly=readonly).close()
+
+
 @pytest.mark.postgres
 def test_open_store_on_a_url_reads_without_creating_or_writing_anything(pg_dsn: str, pg_schema: str) -> None:
     url = url_for(pg_dsn, pg_schema)

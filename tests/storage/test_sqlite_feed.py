@@ -62,10 +62,10 @@ def test_offsets_are_never_reused_after_retention_pruned_entries(tmp_path: Path)
     path = tmp_path / "s.db"
     with _opened(path, feed_retention=1, sync="normal") as store:
         _create(store, "a")
-        for v in range(2, 1100):  # past a prune point (every 1,024 entries): all but the newest go
+        for v in range(2, 1100):  # past a prune point (the first commit, then every 1,024 entries)
             _append(store, "a", v)
         floor, head = store.feed_bounds()
-        assert (floor, head) == (1023, 1099)  # pruned at offset 1,024 down to the newest entry
+        assert (floor, head) == (1024, 1099)  # pruned at offset 1,025 down to the newest entry
     with _opened(path, feed_retention=1, sync="normal") as store:
         _append(store, "a", 1100)
         assert store.feed_bounds()[1] == 1100

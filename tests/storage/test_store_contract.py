@@ -381,6 +381,62 @@ def test_state_at_rebuilds_every_stored_version_and_names_what_it_cannot(harness
         s.state_at("", 1)
 
 
+def test_a_version_not_stored_names_the_oldest_from_which_every_later_one_rebuilds(harness: Harness) -> None:
+    states = _history(harness)
+    s = harness.store
+    ch = Change(10, 1_700_000_010.5, freeze_mapping({"k10": 10}))
+    ten = apply_change(states[9], ch)
+    s.commit([Append("c", ch), PutSnapshot(ten)])  # snapshots v7 and v10 now; the recovery point of v5 stays
+    assert s.state_at("c", 5) == states[5]
+    with pytest.raises(VersionNotStoredError) as info:
+        s.state_at("c", 6)  # between the recovery point and the oldest snapshot: no journal reaches it
+    e = info.value
+    assert (e.oldest, e.newest, e.also) == (7, 10, ((5, 5),))
+    assert "v7..v10" in str(e) and "v5" in str(e)
+    for v in range(e.oldest, e.newest + 1):  # the range it names is true
+        assert s.state_at("c", v).version == v
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "memory"])
+def test_feed_retention_holds_for_a_writer_that_restarts_before_a_prune_point(
+        request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
+    def make() -> Store:
+        if kind == "sqlite":
+            return SQLiteStore(tmp_path / "state.db", sync="normal", feed_retention=100)
+        return PostgresStore(request.getfixturevalue("pg_dsn"), schema=request.getfixturevalue("pg_schema"),
+                             feed_retention=100)
+    state = _state()
+    for run in range(6):  # six short runs of 1,000 changes each: none reaches a prune point (1,024) alone
+        store = make()
+        store.open()
+        try:
+            if run == 0:
+                store.commit([CreateContext(state)])
+            for _ in range(10):
+                changes = [_change(v, n=v) for v in range(state.version + 1, state.version + 101)]
+                store.commit([Append("c", ch) for ch in changes])
+                state = attrs.evolve(state, version=changes[-1].version)
+            floor, head = store.feed_bounds()
+            assert head == 1 + 1000 * (run + 1)
+            # at most the retention plus what was appended since the last prune point
+            assert head - floor <= 100 + 1000, (run, floor, head)
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize("huge", [2**63, 2**64])
+def test_numbers_past_what_a_store_holds_read_as_nothing_there(harness: Harness, huge: int) -> None:
+    states = _history(harness)
+    s = harness.store
+    assert s.journal("c", after=huge) == []
+    assert [e.version for e in s.journal("c", upto=huge)] == [e.version for e in s.journal("c")]
+    assert s.recovery_point("c", huge) is None
+    assert s.feed(after=huge) == []
+    with pytest.raises(VersionNotStoredError):
+        s.state_at("c", huge)
+    assert s.state_at("c", 9) == states[9]
+
+
 def test_stats_count_the_rows_of_the_whole_store(harness: Harness) -> None:
     _history(harness)
     stats = harness.store.stats()
