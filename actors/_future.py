@@ -21,7 +21,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 import queue
 import sys
 import threading
@@ -31,7 +30,7 @@ from typing import Any, cast
 
 import pykka
 
-from hoard.storage import CallNotStartedError, CallOutcomeUnknownError, ConfigError, ContextTimeoutError
+from hoard.storage import MAX_SECONDS, CallNotStartedError, CallOutcomeUnknownError, ContextTimeoutError, check_timeout
 
 __all__ = ["DEFERRED", "Reply"]
 
@@ -135,8 +134,8 @@ class Reply(pykka.ThreadingFuture[Any]):
         deadline, if it has one) `CallNotStartedError` or `CallOutcomeUnknownError`. A call that met
         a stopping actor is redone through `retry` when the sender set one. A `timeout` that is not
         a number of seconds (finite, >= 0) raises `ConfigError`, and the call goes on."""
-        if timeout is not None and (type(timeout) is not float or not 0.0 <= timeout < math.inf):
-            timeout = _check_timeout(timeout)  # (the float check inline: every call waits here)
+        if timeout is not None and (type(timeout) is not float or not 0.0 <= timeout <= MAX_SECONDS):
+            timeout = check_timeout(timeout)  # (the float check inline: every call waits here)
         if timeout is None and self.deadline is not None:
             timeout = max(0.0, self.deadline - time.monotonic())
             shown = self.timeout
@@ -320,14 +319,6 @@ class Reply(pykka.ThreadingFuture[Any]):
 
         self.add_done_callback(wake)
         return (yield from waiter.__await__())
-
-
-def _check_timeout(timeout: object) -> float:
-    """`timeout` as seconds, or `ConfigError` naming it (the rule and words of `hoard`'s
-    ``check_timeout``, which this layer cannot import): never a TypeError from inside a wait."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < math.inf:
-        raise ConfigError(f"timeout must be a number of seconds (or None for the default), not {timeout!r}")
-    return float(timeout)
 
 
 def _transfer(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from hoard.storage import ConfigError, HistoryPolicy, Store, validate_id
+from hoard.storage import MAX_SECONDS, ConfigError, HistoryPolicy, Store, validate_id
 from hoard.storage import InvalidContextIdError as _BadId
 
 __all__ = ["ContextAdapterConfig", "ContextManagerConfig"]
@@ -24,12 +24,6 @@ def _choice(*options: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
         if value not in options:
             raise ConfigError(f"{attr.name} must be one of {', '.join(map(repr, options))}, not {value!r}")
     return check
-
-
-#: the most seconds any duration of a config (or a call's timeout) may be: about 31 years. A wait
-#: longer than a few billion seconds overflows the platform's timers (``threading.TIMEOUT_MAX``,
-#: ``time_t``) deep inside a call instead of failing where the value is given.
-MAX_SECONDS = 10**9
 
 
 def _number(minimum: float, *, integer: bool = False, optional: bool = False,

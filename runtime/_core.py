@@ -48,9 +48,10 @@ from hoard.storage import (
     StateNotSavedError,
     Store,
     SystemStoppedError,
+    check_timeout,
 )
 
-from ._config import MAX_SECONDS, ContextAdapterConfig, ContextManagerConfig
+from ._config import ContextAdapterConfig, ContextManagerConfig
 from ._forward import Forwarder
 from ._metrics import Metrics
 
@@ -58,15 +59,6 @@ __all__ = ["SystemCore", "check_timeout"]
 
 _ABORT_GRACE = 2.0  # seconds a persistence actor gets to leave the store once its connection is cut
 
-
-def check_timeout(timeout: object) -> float:
-    """`timeout` if it is a number of seconds (int or float, 0 to `MAX_SECONDS`), else `ConfigError`
-    naming it: a wrong timeout is the caller's error, never a TypeError or an OverflowError from deep
-    inside a wait."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout <= MAX_SECONDS:
-        raise ConfigError(f"timeout must be a number of seconds from 0 to {MAX_SECONDS:,} (or None for the "
-                          f"default), not {timeout!r}")
-    return float(timeout)
 
 #: the times a stored record can hold: years 1 to 9999 (what `datetime` reads back), in epoch seconds
 _FIRST_TIME, _LAST_TIME = -62_135_596_800.0, 253_402_300_800.0

@@ -78,8 +78,10 @@ from ._store import StoredContext as StoredContext
 from ._store import StoreStats as StoreStats
 from ._store import VerifyIssue as VerifyIssue
 from ._store import context_of as context_of
+from ._values import MAX_SECONDS as MAX_SECONDS
 from ._values import FrozenDict as FrozenDict
 from ._values import FrozenList as FrozenList
+from ._values import check_timeout as check_timeout
 from ._values import encoded_size as encoded_size
 from ._values import freeze_mapping as freeze_mapping
 from ._values import freeze_mapping_sized as freeze_mapping_sized
@@ -96,6 +98,7 @@ __all__ = [
     "KIND_CHANGE",
     "KIND_DICTIONARY",
     "KIND_STATE",
+    "MAX_SECONDS",
     "SCHEMA_KEY",
     "Append",
     "CallNotStartedError",
@@ -160,6 +163,7 @@ __all__ = [
     "VersionNotStoredError",
     "apply_change",
     "as_schema",
+    "check_timeout",
     "context_of",
     "encoded_size",
     "freeze_mapping",

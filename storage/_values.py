@@ -17,15 +17,17 @@ from typing import Any, NoReturn
 
 import orjson
 
-from ._errors import CorruptStateError, InvalidContextIdError, InvalidValueError, shown_repr
+from ._errors import ConfigError, CorruptStateError, InvalidContextIdError, InvalidValueError, shown_repr
 
 __all__ = [
     "MAX_BY",
     "MAX_DEPTH",
     "MAX_ID_BYTES",
     "MAX_KEY_BYTES",
+    "MAX_SECONDS",
     "FrozenDict",
     "FrozenList",
+    "check_timeout",
     "encoded_size",
     "freeze_mapping",
     "freeze_mapping_sized",
@@ -94,6 +96,22 @@ class FrozenList(list):  # type: ignore[type-arg]
 
 
 _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))  # Unicode category Cc: C0, DEL, C1
+
+
+#: the most seconds any duration of a config or a call's timeout may be: about 31 years. A wait
+#: longer than a few billion seconds overflows the platform's timers (``threading.TIMEOUT_MAX``,
+#: ``time_t``) deep inside a call instead of failing where the value is given.
+MAX_SECONDS = 10**9
+
+
+def check_timeout(timeout: object) -> float:
+    """`timeout` if it is a number of seconds (int or float, 0 to `MAX_SECONDS`), else `ConfigError`
+    naming it: a wrong timeout is the caller's error, never a TypeError or an OverflowError from deep
+    inside a wait."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout <= MAX_SECONDS:
+        raise ConfigError(f"timeout must be a number of seconds from 0 to {MAX_SECONDS:,} (or None for the "
+                          f"default), not {timeout!r}")
+    return float(timeout)
 
 
 def _control_char(s: str) -> bool:
