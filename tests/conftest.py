@@ -18,7 +18,7 @@ from hoard import ContextSystem, open_system
 pytest_plugins = ["tests.pg"]
 
 _OUR_THREADS = ("ContextActor-", "SupervisorActor-", "PersistenceActor-", "EventBusActor-", "SubscriberActor-",
-                "hoard-maintenance")
+                "hoard-maintenance", "hoard-stopping")
 
 
 def _actor_threads() -> list[threading.Thread]:

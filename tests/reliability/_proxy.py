@@ -58,6 +58,7 @@ class TcpProxy:
             self._listener.close()
         for t in list(self._threads):
             t.join(5)
+        self.cut()  # what the accepting thread let in while closing
 
     def _spawn(self, fn: Any, *args: Any) -> None:
         t = threading.Thread(target=fn, args=args, name="test-proxy", daemon=True)
