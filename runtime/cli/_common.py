@@ -126,10 +126,11 @@ class _Console(Console):
 
 def out() -> Console:
     """A console on stdout: colour and tables sized to the terminal on a TTY, plain text otherwise
-    (rich also honours NO_COLOR and TERM=dumb). A closed stdout raises `BrokenPipeError`."""
+    (rich also honours NO_COLOR and TERM=dumb): tables 160 columns wide, and lines of text never
+    wrapped (a reader of a pipe takes a line as one record). A closed stdout raises `BrokenPipeError`."""
     if sys.stdout.isatty():
         return _Console(highlight=False)
-    return _Console(highlight=False, width=160, no_color=True, color_system=None, soft_wrap=False)
+    return _Console(highlight=False, width=160, no_color=True, color_system=None, soft_wrap=True)
 
 
 def discard_stdout() -> None:

@@ -185,7 +185,7 @@ def show(store: str, context_id: str, key: str | None, version: int | None, as_j
         if as_json:
             emit_json({"id": state.id, "version": state.version, "key": key, "value": value})
         else:
-            out().print(value_text(value, limit=10**9), markup=False)
+            click.echo(value_text(value, limit=10**9))  # the value as JSON, on one line: never wrapped
         return
     if as_json:
         emit_json({**_state_json(state), "source": source})
@@ -195,7 +195,7 @@ def show(store: str, context_id: str, key: str | None, version: int | None, as_j
                                 + ("" if source == "current" else f"  ({source})")))
     console.print(f"created {human_time(state.created_at)}   updated {human_time(state.updated_at)}")
     if state.metadata:
-        console.print("metadata: " + value_text(thaw(dict(state.metadata)), limit=10**9), markup=False)
+        click.echo("metadata: " + value_text(thaw(dict(state.metadata)), limit=10**9))  # one line, as JSON
     if not state.data:
         console.print("(no keys)")
         return

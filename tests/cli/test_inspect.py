@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -124,3 +125,17 @@ def test_ids_with_markup_or_unicode_are_printed_verbatim(hoard: Hoard, tmp_path:
     assert "[bold]ünï/cødé[/bold]" in hoard("ls", str(path)).out
     shown = hoard("show", str(path), "[bold]ünï/cødé[/bold]")
     assert "[bold]ünï/cødé[/bold]" in shown.out and '"[red]v"' in shown.out
+
+
+def test_show_prints_long_values_and_metadata_on_one_line(hoard: Hoard, tmp_path: Path) -> None:
+    path = tmp_path / "long.db"
+    token, note, owner = "abcdefghij" * 20, "the quick brown fox jumps over the lazy dog " * 5, "o" * 200
+    with open_system(path, adapter_config=NO_DEFAULT) as s:
+        t = s.adapter.create_and_activate("cfg")
+        t.update({"token": token, "note": note})
+        t.set_metadata("owner", owner)
+    assert json.loads(hoard("show", str(path), "cfg", "--key", "token").out) == token
+    r = hoard("show", str(path), "cfg", "--key", "note")
+    assert r.out.count("\n") == 1 and json.loads(r.out) == note
+    (meta,) = [line for line in hoard("show", str(path), "cfg").out.splitlines() if line.startswith("metadata:")]
+    assert json.loads(meta.removeprefix("metadata: ")) == {"owner": owner}
