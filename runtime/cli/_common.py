@@ -310,14 +310,25 @@ def check_writable_target(path: str) -> None:
 
 
 # -- formatting ---------------------------------------------------------------------------------------
+# A time `datetime` cannot hold (outside years 1 to 9999: a store another writer gave milliseconds,
+# say) is printed as the number it is, not a crash: these raise ValueError, OverflowError or OSError.
+_NO_DATE = (ValueError, OverflowError, OSError)
+
+
 def iso_time(t: float) -> str:
-    """ISO 8601 in UTC, to the millisecond (for JSON)."""
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 in UTC, to the millisecond (for JSON); ``repr(t)`` for a time no date holds."""
+    try:
+        return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except _NO_DATE:
+        return repr(t)
 
 
 def human_time(t: float) -> str:
-    """Local time to the second (for tables)."""
-    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    """Local time to the second (for tables); ``repr(t)`` for a time no date holds."""
+    try:
+        return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    except _NO_DATE:
+        return repr(t)
 
 
 def human_bytes(n: float) -> str:
@@ -355,7 +366,10 @@ class _When(click.ParamType):  # type: ignore[type-arg]  # generic only in newer
         except ValueError:
             self.fail(f"{value!r} is neither a date/time (2024-05-01, 2024-05-01T12:30) nor an age (15m, 2h, 3d)",
                       param, ctx)
-        return parsed.timestamp()  # naive: local time
+        try:
+            return parsed.timestamp()  # naive: local time
+        except (ValueError, OverflowError, OSError):  # 0001-01-01 east of UTC is still year 0 in UTC
+            self.fail(f"{value!r} is before the first moment a time can name (0001-01-01 UTC)", param, ctx)
 
 
 WHEN = _When()
