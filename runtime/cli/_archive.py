@@ -352,13 +352,20 @@ def export(*, store: str, out_path: str, prefix: str, ids: tuple[str, ...], forc
       hoard export state.db carts.hoard --prefix cart-
       hoard export state.db one.hoard --id cart-42 --json
     """
+    if not out_path:
+        raise click.BadParameter("an empty name is no file", param_hint="OUT")
+    if not is_url(store) and _same_file(store, out_path):
+        raise click.BadParameter(f"{out_path!r} is STORE itself: the archive would replace the store",
+                                 param_hint="OUT")
     if os.path.exists(out_path) and not force:
         raise HoardError(f"{out_path!r} exists; use --force to overwrite it")
     check_writable_target(out_path)
     tmp = f"{out_path}.tmp-{os.getpid()}"
     n_ctx = n_rps = 0
     try:
-        with read_view(store) as st, open(tmp, "wb") as f:
+        # owner-only, like a store: an archive holds all of the store's data
+        with read_view(store) as st, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                                               "wb") as f:
             selected = st.list_ids(prefix)
             if ids:
                 missing = [i for i in ids if st.info(i) is None]
@@ -471,6 +478,13 @@ def import_(store: str, in_path: str, replace: bool, as_json: bool) -> None:
     console.print(f"imported {len(results)} context{'s' if len(results) != 1 else ''} and {n_rps} recovery "
                   f"point{'s' if n_rps != 1 else ''} into {store}" + (f" ({n_rep} replaced)" if n_rep else ""),
                   markup=False)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # b does not exist (yet)
+        return False
 
 
 def _fsync_dir(path: str) -> None:

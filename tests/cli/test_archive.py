@@ -260,3 +260,29 @@ def test_an_archive_with_impossible_contents_is_refused_before_anything_is_writt
         assert error["type"] == "CorruptStateError", (why, error)
         assert f"record {index}" in error["error"] and what in error["error"], (why, error)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.hoard"], why  # no store, no lock file
+
+
+def test_export_to_an_empty_name_or_onto_its_store_is_a_usage_error(hoard: Hoard, store: Path) -> None:
+    before = store.read_bytes()
+    for out, force in (("", []), (str(store), ["--force"]), (f"{store.parent}/./{store.name}", ["--force"])):
+        r = hoard("export", str(store), out, *force)
+        assert r.code == 2, (out, r.err)
+        assert ".tmp-" not in r.err
+        no_traceback(r)
+    assert store.read_bytes() == before
+
+
+def test_an_archive_is_readable_by_its_owner_only_like_a_store(hoard: Hoard, store: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "a.hoard"
+    assert hoard("export", str(store), str(archive)).code == 0
+    assert archive.stat().st_mode & 0o777 == store.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_refused_import_into_a_file_that_is_no_store_leaves_no_lock_file(hoard: Hoard, store: Path,
+                                                                           tmp_path: Path) -> None:
+    archive, text = tmp_path / "a.hoard", tmp_path / "notastore.txt"
+    assert hoard("export", str(store), str(archive)).code == 0
+    text.write_text("some text\n")
+    r = hoard("import", str(text), str(archive))
+    assert r.code == 1 and "not a hoard store" in r.err, r.err
+    assert text.read_text() == "some text\n" and not (tmp_path / "notastore.txt.lock").exists()
