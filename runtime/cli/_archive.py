@@ -71,6 +71,7 @@ from .._version import DISTRIBUTION
 from ._common import (
     NEW_STORE,
     STORE,
+    Utf8Path,
     check_writable_target,
     claim,
     emit_json,
@@ -334,7 +335,7 @@ def own_ttl(info: StoredContext) -> float | None:
 # -- commands -----------------------------------------------------------------------------------------
 @click.command("export")
 @click.argument("store", type=STORE)
-@click.argument("out_path", metavar="OUT", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("out_path", metavar="OUT", type=Utf8Path(dir_okay=False, path_type=str))
 @click.option("--prefix", default="", help="Only contexts whose id starts with this.")
 @click.option("--id", "ids", multiple=True, metavar="ID", help="Only this context (repeatable).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
@@ -413,7 +414,7 @@ def export(*, store: str, out_path: str, prefix: str, ids: tuple[str, ...], forc
 
 @click.command("import")
 @click.argument("store", type=NEW_STORE)
-@click.argument("in_path", metavar="IN", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("in_path", metavar="IN", type=Utf8Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--replace", is_flag=True, help="Replace contexts that already exist (else the import is refused).")
 @json_option
 def import_(store: str, in_path: str, replace: bool, as_json: bool) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "STORE",
     "STORE_META",
     "WHEN",
+    "Utf8Path",
     "check_writable_target",
     "claim",
     "discard_stdout",
@@ -86,7 +87,22 @@ def is_url(target: str) -> bool:
     return target.startswith(("postgresql://", "postgres://"))
 
 
-class _StoreTarget(click.Path):
+class Utf8Path(click.Path):
+    """A path (`str`) that is valid UTF-8. Others (legal on Linux: ``st\\xff.db``) are a usage error:
+    decided rather than supported, as a path is printed in messages and ``--json`` output, which
+    are UTF-8."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                self.fail(f"{shown!r} is not valid UTF-8; rename it (hoard takes UTF-8 paths only)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class _StoreTarget(Utf8Path):
     """An existing file (click reports a missing one as a usage error) or a ``postgresql://`` URL
     (taken as written: the server is asked when the command opens it); remembers it in ``ctx.meta``
     so that error advice can name it."""
