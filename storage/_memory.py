@@ -216,7 +216,7 @@ class MemoryStore:
     def _summary(ctx: _Context) -> StoredContext:
         st = ctx.state
         return StoredContext(st.id, st.version, st.created_at, st.updated_at, max(ctx.snapshots, default=0),
-                             len(ctx.journal), ctx.next_rp, len(ctx.rps), 0)
+                             len(ctx.journal), ctx.next_rp, len(ctx.rps), 0, ctx.ttl)
 
     def list_ids(self, prefix: str = "") -> list[str]:
         return sorted(k for k in self._contexts if k.startswith(prefix))

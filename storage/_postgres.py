@@ -1165,8 +1165,8 @@ class _PgRows:
     def summaries(self, prefix: str = "", context_id: str | None = None) -> list[StoredContext]:
         rows = (self.conn.execute(self.sql["summary"], {"id": context_id}) if context_id is not None
                 else self.conn.execute(self.sql["summaries"], {"p": prefix}))
-        return [StoredContext(cid, ver, created, updated, snap_v or 0, jn, next_rp, rps, size)
-                for cid, ver, created, updated, snap_v, jn, next_rp, rps, size in rows]
+        return [StoredContext(cid, ver, created, updated, snap_v or 0, jn, next_rp, rps, size, ttl)
+                for cid, ver, created, updated, snap_v, jn, next_rp, rps, size, ttl in rows]
 
     def head(self, context_id: str) -> tuple[int, int] | None:
         row = self.conn.execute(self.sql["head"], {"id": context_id}).fetchone()

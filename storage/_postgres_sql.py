@@ -171,7 +171,8 @@ SELECT c.id, c.version, c.created_at, c.updated_at,
  c.next_rp_id,
  (SELECT count(*) FROM {s}.recovery_points r WHERE r.context_id = c.id),
  (SELECT coalesce(sum(octet_length(blob)), 0) FROM {s}.snapshots s WHERE s.context_id = c.id)::bigint
- + (SELECT coalesce(sum(octet_length(blob)), 0) FROM {s}.journal j WHERE j.context_id = c.id)::bigint
+ + (SELECT coalesce(sum(octet_length(blob)), 0) FROM {s}.journal j WHERE j.context_id = c.id)::bigint,
+ c.ttl
 FROM {s}.contexts c"""
 _TOTALS = """
 SELECT (SELECT count(*) FROM {s}.contexts),

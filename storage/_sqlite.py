@@ -964,7 +964,8 @@ SELECT c.id, c.version, c.created_at, c.updated_at,
  c.next_rp_id,
  (SELECT count(*) FROM recovery_points r WHERE r.context_id=c.id),
  (SELECT coalesce(sum(length(blob)),0) FROM snapshots s WHERE s.context_id=c.id)
- + (SELECT coalesce(sum(length(blob)),0) FROM journal j WHERE j.context_id=c.id)
+ + (SELECT coalesce(sum(length(blob)),0) FROM journal j WHERE j.context_id=c.id),
+ {ttl}
 FROM contexts c"""
 _TABLE = {"snapshot": "snapshots", "journal": "journal", "recovery_point": "recovery_points",
           "quarantine": "quarantine"}
@@ -982,9 +983,12 @@ class _SQLiteRows:
 
     def summaries(self, prefix: str = "", context_id: str | None = None) -> list[StoredContext]:
         where, args = ("WHERE c.id=?", (context_id,)) if context_id is not None else _prefix_range(prefix, "c.id")
-        return [StoredContext(cid, ver, created, updated, snap_v or 0, jn, next_rp, rps, size)
-                for cid, ver, created, updated, snap_v, jn, next_rp, rps, size
-                in self.db.execute(f"{_SUMMARY} {where} ORDER BY c.id", args)]
+        # a store made before TTLs, opened read-only, has no ttl column yet (a writer adds it on open)
+        ttl_column = any(r[1] == "ttl" for r in self.db.execute("PRAGMA table_info(contexts)"))
+        summary = _SUMMARY.format(ttl="c.ttl" if ttl_column else "NULL")
+        return [StoredContext(cid, ver, created, updated, snap_v or 0, jn, next_rp, rps, size, ttl)
+                for cid, ver, created, updated, snap_v, jn, next_rp, rps, size, ttl
+                in self.db.execute(f"{summary} {where} ORDER BY c.id", args)]
 
     def head(self, context_id: str) -> tuple[int, int] | None:
         row = self.db.execute("SELECT version, next_rp_id FROM contexts WHERE id=?", (context_id,)).fetchone()

@@ -132,7 +132,8 @@ def context_of(op: Op) -> str:
 class StoredContext:
     """What the store knows of a context without loading it. `stored_bytes` is what its snapshots
     and journal entries take in the store (encoded; 0 in a memory store); recovery points are not
-    in it (`StoreStats.recovery_point_bytes` counts theirs)."""
+    in it (`StoreStats.recovery_point_bytes` counts theirs). `ttl` is its own time to live (`SetTTL`;
+    None: the system's default applies)."""
 
     id: str
     version: int
@@ -143,6 +144,7 @@ class StoredContext:
     next_rp_id: int
     recovery_points: int
     stored_bytes: int
+    ttl: float | None = None
 
 
 @attrs.frozen

@@ -9,18 +9,25 @@ Archive layout (integers little-endian)::
 The frame carries the blob format version, zstd compression and a CRC32 (see `hoard.storage.Codec`). The
 records, in order:
 
-* ``{"type": "header", "archive_format": 1, "store_format": ..., "created_at": ..., "hoard": ...}``
-* per context: ``{"type": "context", "state": {...}, "next_rp_id": n, "recovery_points": k}`` followed
-  by its `k` records ``{"type": "recovery_point", "id", "version", "label", "created_at", "state"}``
+* ``{"type": "header", "archive_format": 2, "store_format": ..., "created_at": ..., "hoard": ...}``
+* per context: ``{"type": "context", "state": {...}, "next_rp_id": n, "ttl": t, "recovery_points": k}``
+  followed by its `k` records ``{"type": "recovery_point", "id", "version", "label", "created_at", "state"}``
 * ``{"type": "end", "contexts": n, "recovery_points": m, "sha256": ...}``: the SHA-256 of every byte
   before this record. A missing or wrong end record means a truncated or spliced file.
 
 States are in the store's own unstructured form (the project converter), so an import reproduces
 each context exactly: id, version, data, metadata, both times, every recovery point with its id,
-label and time, and the recovery point sequence (the next id), so ids are never reused.
+label and time, the recovery point sequence (the next id), so ids are never reused, and the
+context's own time to live (`SetTTL`; null: none).
 
-Import reads and verifies the whole archive before it writes anything, then writes every context in
-one transaction, so an import is entirely done or not at all (a failure midway, a crash, a full disk
+Archive formats: 2 added the context's ``ttl``. This hoard writes format 2 and reads 1 and 2 (a
+format 1 archive holds no ttl: its contexts are imported without one). A hoard that reads only
+format 1 refuses a format 2 archive rather than drop the ttls it cannot see.
+
+Import reads the archive once (it may be a pipe) and verifies all of it -- framing, checksums, and
+that its contents are what a store can hold (versions, ids, times in years 1 to 9999, recovery points
+no newer than their context, ids increasing) -- before it opens or creates the store; it then writes
+every context in one transaction, so an import is entirely done or not at all (a failure midway, a crash, a full disk
 leave the store as it was). That transaction is built in memory: an import needs memory for the
 archive's contents (decompressed) and their encoded form. A context that already exists is refused
 unless ``--replace``; a replaced context never goes back in version (see `context_ops`).
@@ -29,6 +36,7 @@ unless ``--replace``; a replaced context never goes back in version (see `contex
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import time
@@ -54,6 +62,7 @@ from hoard.storage import (
     PersistenceError,
     PutRecoveryPoint,
     RecoveryPoint,
+    SetTTL,
     StoredContext,
     validate_id,
 )
@@ -62,6 +71,7 @@ from .._version import DISTRIBUTION
 from ._common import (
     NEW_STORE,
     STORE,
+    Utf8Path,
     check_writable_target,
     claim,
     emit_json,
@@ -73,13 +83,29 @@ from ._common import (
     write_store,
 )
 
-__all__ = ["ARCHIVE_FORMAT", "context_ops", "export", "import_"]
+__all__ = ["ARCHIVE_FORMAT", "READABLE_FORMATS", "context_ops", "export", "import_", "own_ttl"]
 
 MAGIC = b"HOARDARC"
-ARCHIVE_FORMAT = 1
+ARCHIVE_FORMAT = 2
+#: the archive formats this hoard imports (see the module docstring)
+READABLE_FORMATS = (1, 2)
 _LEN = struct.Struct("<Q")
 #: a record holds one state; a reader refuses to decompress more than this per record
 MAX_RECORD_BYTES = 256 * 2**20
+
+#: the largest version, recovery point id or count an archive may hold: what a store's integer holds
+MAX_ID = 2**63 - 1
+#: at most this many recovery point ids of a context may be unused (skipped): an import writes a
+#: placeholder for each (see `context_ops`)
+MAX_UNUSED_RP_IDS = 1_000_000
+#: the times a store holds, epoch seconds: years 1 to 9999 (what `datetime` reads back; the clock
+#: check of `hoard.ContextManagerConfig` allows no other)
+_FIRST_TIME, _LAST_TIME = -62_135_596_800.0, 253_402_300_800.0
+
+
+def _is_time(t: Any) -> bool:
+    return type(t) in (int, float) and _FIRST_TIME <= t < _LAST_TIME
+
 
 @attrs.frozen
 class ArchivedContext:
@@ -88,6 +114,7 @@ class ArchivedContext:
     state: ContextState
     next_rp_id: int
     recovery_points: tuple[RecoveryPoint, ...]
+    ttl: float | None = None
 
 
 class _Writer:
@@ -147,9 +174,9 @@ class _Reader:
         if head["type"] != "header":
             raise CorruptStateError(f"archive {self.name!r}: no header record", what="archive")
         fmt = head.get("archive_format")
-        if fmt != ARCHIVE_FORMAT:
+        if type(fmt) is not int or fmt not in READABLE_FORMATS:
             raise CorruptStateError(f"archive {self.name!r} has archive format {fmt!r}; this hoard reads "
-                                    f"format {ARCHIVE_FORMAT}", what="archive")
+                                    f"formats {', '.join(map(str, READABLE_FORMATS))}", what="archive")
         index, n_ctx, n_rps = 1, 0, 0
         while True:
             rec = self.record(index)
@@ -165,23 +192,45 @@ class _Reader:
             if rec["type"] != "context":
                 raise CorruptStateError(f"archive {self.name!r}: record {index - 1} is a {rec['type']!r}, "
                                         "expected a context", what="archive")
-            state = self._state(rec.get("state"), index - 1)
-            rps = []
-            for _ in range(self._count(rec, "recovery_points", index - 1)):
+            ctx_index = index - 1
+            state = self._state(rec.get("state"), ctx_index)
+            rps: list[RecoveryPoint] = []
+            for _ in range(self._count(rec, "recovery_points", ctx_index)):
                 r = self.record(index)
                 index += 1
-                if r["type"] != "recovery_point":
-                    raise CorruptStateError(f"archive {self.name!r}: record {index - 1} should be a recovery "
-                                            f"point of {state.id!r}", what="archive")
-                rp_state = self._state(r.get("state"), index - 1)
-                if rp_state.id != state.id or r.get("version") != rp_state.version:
-                    raise CorruptStateError(f"archive {self.name!r}: recovery point in record {index - 1} does "
-                                            f"not belong to {state.id!r}", what="archive")
-                rps.append(RecoveryPoint(self._count(r, "id", index - 1), state.id, rp_state.version,
-                                         r.get("label"), float(r.get("created_at", 0.0)), rp_state))
+                rps.append(self._recovery_point(r, index - 1, state, rps[-1].id if rps else 0))
+            next_rp_id = self._count(rec, "next_rp_id", ctx_index)
+            # an import reproduces the sequence by putting a placeholder for every id not archived
+            # (see `context_ops`): bounded, so that a made-up sequence cannot keep it writing for hours
+            if not (rps[-1].id if rps else 0) < next_rp_id <= len(rps) + MAX_UNUSED_RP_IDS + 1:
+                raise CorruptStateError(f"archive {self.name!r}: record {ctx_index} has a bad 'next_rp_id' "
+                                        f"({next_rp_id}: it must be past every archived recovery point id, and "
+                                        f"at most {MAX_UNUSED_RP_IDS} ids can be unused)", what="archive")
             n_ctx += 1
             n_rps += len(rps)
-            yield ArchivedContext(state, self._count(rec, "next_rp_id", index - 1), tuple(rps))
+            yield ArchivedContext(state, next_rp_id, tuple(rps), self._ttl(rec, ctx_index))
+
+    def _recovery_point(self, r: dict[str, Any], index: int, of: ContextState, after: int) -> RecoveryPoint:
+        """The recovery point in record `index`, of context `of`, whose id must follow `after`."""
+        def bad(why: str) -> CorruptStateError:
+            return CorruptStateError(f"archive {self.name!r}: record {index}: {why}", what="archive")
+        if r["type"] != "recovery_point":
+            raise bad(f"should be a recovery point of {of.id!r}")
+        rp_state = self._state(r.get("state"), index)
+        if rp_state.id != of.id or r.get("version") != rp_state.version:
+            raise bad(f"the recovery point does not belong to {of.id!r}")
+        if rp_state.version > of.version:
+            raise bad(f"the recovery point's v{rp_state.version} is newer than {of.id!r} (v{of.version})")
+        rp_id = self._count(r, "id", index)
+        if not after < rp_id <= MAX_ID:
+            raise bad(f"bad 'id' {rp_id} (ids start at 1 and increase; the one before is {after})")
+        label = r.get("label")
+        if label is not None and type(label) is not str:
+            raise bad("bad 'label' (a string or null)")
+        created_at: float = r.get("created_at")  # type: ignore[assignment]  # checked on the next line
+        if not _is_time(created_at):
+            raise bad("bad 'created_at' (seconds since the epoch, years 1 to 9999)")
+        return RecoveryPoint(rp_id, of.id, rp_state.version, label, float(created_at), rp_state)
 
     def _state(self, obj: Any, index: int) -> ContextState:
         def bad(why: str) -> CorruptStateError:
@@ -190,10 +239,10 @@ class _Reader:
         if type(obj) is not dict:
             raise bad("not an object")
         # exact types, as the store's codec checks them: cattrs alone would coerce "7" into 7
-        if type(obj.get("version")) is not int or obj["version"] < 1:
+        if type(obj.get("version")) is not int or not 1 <= obj["version"] <= MAX_ID:
             raise bad("version")
-        if any(type(obj.get(f)) not in (int, float) for f in ("created_at", "updated_at")):
-            raise bad("times")
+        if not all(_is_time(obj.get(f)) for f in ("created_at", "updated_at")):
+            raise bad("times: seconds since the epoch, years 1 to 9999")
         try:
             validate_id(obj.get("id"))
             state: ContextState = self.converter.structure(obj, ContextState)
@@ -201,9 +250,17 @@ class _Reader:
             raise bad(str(exc)) from exc
         return state
 
+    def _ttl(self, rec: dict[str, Any], index: int) -> float | None:
+        ttl = rec.get("ttl")  # absent in a format 1 archive
+        if ttl is None:
+            return None
+        if type(ttl) not in (int, float) or not 0 < ttl < math.inf:
+            raise CorruptStateError(f"archive {self.name!r}: record {index} has a bad 'ttl'", what="archive")
+        return float(ttl)
+
     def _count(self, rec: dict[str, Any], field: str, index: int) -> int:
         v = rec.get(field)
-        if type(v) is not int or v < 0:
+        if type(v) is not int or not 0 <= v <= MAX_ID:
             raise CorruptStateError(f"archive {self.name!r}: record {index} has a bad {field!r}", what="archive")
         return v
 
@@ -219,8 +276,10 @@ def read_archive(path: str) -> Iterator[ArchivedContext]:
 
 # -- store operations that reproduce a context ----------------------------------------------------
 def context_ops(state: ContextState, recovery_points: tuple[RecoveryPoint, ...] | list[RecoveryPoint],
-                next_rp_id: int, existing: StoredContext | None = None) -> tuple[list[Op], ContextState, str]:
-    """The store operations that make the store hold exactly this context (replacing `existing`).
+                next_rp_id: int, existing: StoredContext | None = None,
+                ttl: float | None = None) -> tuple[list[Op], ContextState, str]:
+    """The store operations that make the store hold exactly this context (replacing `existing`),
+    with its own time to live `ttl` (None: none; a rewritten context has none unless given here).
 
     Returns (ops, the state written, a note for the user or ""). Committed as one transaction, so the
     context is replaced entirely or not at all.
@@ -248,6 +307,8 @@ def context_ops(state: ContextState, recovery_points: tuple[RecoveryPoint, ...] 
         next_rp_id = max(next_rp_id, existing.next_rp_id, rps[-1].id + 1 if rps else 0)
     ops: list[Op] = [DeleteContext(state.id, existing.version)] if existing is not None else []
     ops.append(CreateContext(state))
+    if ttl is not None:
+        ops.append(SetTTL(state.id, ttl))
     by_id = {rp.id: rp for rp in rps}
     keep = len(rps) + 1
     top = max(next_rp_id - 1, rps[-1].id if rps else 0)
@@ -262,10 +323,19 @@ def context_ops(state: ContextState, recovery_points: tuple[RecoveryPoint, ...] 
     return ops, state, "; ".join(notes)
 
 
+def own_ttl(info: StoredContext) -> float | None:
+    """The context's own time to live as the store holds it; None also for a value that is no
+    positive number (a damaged column: `SetTTL` never writes one), which is then not carried on."""
+    ttl = info.ttl
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
+        return None
+    return float(ttl)
+
+
 # -- commands -----------------------------------------------------------------------------------------
 @click.command("export")
 @click.argument("store", type=STORE)
-@click.argument("out_path", metavar="OUT", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("out_path", metavar="OUT", type=Utf8Path(dir_okay=False, path_type=str))
 @click.option("--prefix", default="", help="Only contexts whose id starts with this.")
 @click.option("--id", "ids", multiple=True, metavar="ID", help="Only this context (repeatable).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
@@ -283,13 +353,20 @@ def export(*, store: str, out_path: str, prefix: str, ids: tuple[str, ...], forc
       hoard export state.db carts.hoard --prefix cart-
       hoard export state.db one.hoard --id cart-42 --json
     """
+    if not out_path:
+        raise click.BadParameter("an empty name is no file", param_hint="OUT")
+    if not is_url(store) and _same_file(store, out_path):
+        raise click.BadParameter(f"{out_path!r} is STORE itself: the archive would replace the store",
+                                 param_hint="OUT")
     if os.path.exists(out_path) and not force:
         raise HoardError(f"{out_path!r} exists; use --force to overwrite it")
     check_writable_target(out_path)
     tmp = f"{out_path}.tmp-{os.getpid()}"
     n_ctx = n_rps = 0
     try:
-        with read_view(store) as st, open(tmp, "wb") as f:
+        # owner-only, like a store: an archive holds all of the store's data
+        with read_view(store) as st, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                                               "wb") as f:
             selected = st.list_ids(prefix)
             if ids:
                 missing = [i for i in ids if st.info(i) is None]
@@ -311,7 +388,7 @@ def export(*, store: str, out_path: str, prefix: str, ids: tuple[str, ...], forc
                         continue
                     rps = st.recovery_points(cid)
                     w.record({"type": "context", "state": conv.unstructure(state), "next_rp_id": info.next_rp_id,
-                              "recovery_points": len(rps)})
+                              "ttl": own_ttl(info), "recovery_points": len(rps)})
                     for rp in rps:
                         w.record({"type": "recovery_point", "id": rp.id, "version": rp.version, "label": rp.label,
                                   "created_at": rp.created_at, "state": conv.unstructure(rp.state)})
@@ -337,7 +414,7 @@ def export(*, store: str, out_path: str, prefix: str, ids: tuple[str, ...], forc
 
 @click.command("import")
 @click.argument("store", type=NEW_STORE)
-@click.argument("in_path", metavar="IN", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("in_path", metavar="IN", type=Utf8Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--replace", is_flag=True, help="Replace contexts that already exist (else the import is refused).")
 @json_option
 def import_(store: str, in_path: str, replace: bool, as_json: bool) -> None:
@@ -354,11 +431,14 @@ def import_(store: str, in_path: str, replace: bool, as_json: bool) -> None:
       hoard import state.db backup.hoard
       hoard import state.db backup.hoard --replace --json
     """
+    # read once (IN may be a pipe, which a second read would find empty), all of it verified before
+    # the store is opened or created; the transaction holds all of it in memory anyway
     with progress("verifying archive", None) as advance:
-        ids = []
+        archived = []
         for ctx in read_archive(in_path):
-            ids.append(ctx.state.id)
+            archived.append(ctx)
             advance(1)
+    ids = [ctx.state.id for ctx in archived]
     if len(set(ids)) != len(ids):
         raise CorruptStateError(f"archive {in_path!r} holds a context twice", what="archive")
     if not is_url(store):
@@ -373,9 +453,9 @@ def import_(store: str, in_path: str, replace: bool, as_json: bool) -> None:
                              "nothing was imported. Use --replace to overwrite them.")
         everything: list[Op] = []
         with progress("importing", len(ids)) as advance:
-            for ctx in read_archive(in_path):
+            for ctx in archived:
                 ops, written, note = context_ops(ctx.state, ctx.recovery_points, ctx.next_rp_id,
-                                                 existing.get(ctx.state.id))
+                                                 existing.get(ctx.state.id), ctx.ttl)
                 everything += ops
                 results.append({"id": written.id, "version": written.version,
                                 "recovery_points": len(ctx.recovery_points),
@@ -399,6 +479,13 @@ def import_(store: str, in_path: str, replace: bool, as_json: bool) -> None:
     console.print(f"imported {len(results)} context{'s' if len(results) != 1 else ''} and {n_rps} recovery "
                   f"point{'s' if n_rps != 1 else ''} into {store}" + (f" ({n_rep} replaced)" if n_rep else ""),
                   markup=False)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # b does not exist (yet)
+        return False
 
 
 def _fsync_dir(path: str) -> None:

@@ -108,7 +108,8 @@ def diff(store: str, context_id: str, a: str, b: str, as_json: bool) -> None:
         emit_json(result.to_dict())
         return
     console = out()
-    console.print(f"[bold]{context_id}[/bold]  {result.a} -> {result.b}", markup=True, highlight=False)
+    # a Text, not markup: an id is user data (``x[/]`` would be a markup error, ``[red]y`` a style)
+    console.print(Text.assemble((context_id, "bold"), f"  {result.a} -> {result.b}"))
     if result.empty:
         console.print("no difference")
         return

@@ -53,6 +53,7 @@ __all__ = [
     "STORE",
     "STORE_META",
     "WHEN",
+    "Utf8Path",
     "check_writable_target",
     "claim",
     "discard_stdout",
@@ -86,7 +87,22 @@ def is_url(target: str) -> bool:
     return target.startswith(("postgresql://", "postgres://"))
 
 
-class _StoreTarget(click.Path):
+class Utf8Path(click.Path):
+    """A path (`str`) that is valid UTF-8. Others (legal on Linux: ``st\\xff.db``) are a usage error:
+    decided rather than supported, as a path is printed in messages and ``--json`` output, which
+    are UTF-8."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                self.fail(f"{shown!r} is not valid UTF-8; rename it (hoard takes UTF-8 paths only)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class _StoreTarget(Utf8Path):
     """An existing file (click reports a missing one as a usage error) or a ``postgresql://`` URL
     (taken as written: the server is asked when the command opens it); remembers it in ``ctx.meta``
     so that error advice can name it."""
@@ -126,10 +142,11 @@ class _Console(Console):
 
 def out() -> Console:
     """A console on stdout: colour and tables sized to the terminal on a TTY, plain text otherwise
-    (rich also honours NO_COLOR and TERM=dumb). A closed stdout raises `BrokenPipeError`."""
+    (rich also honours NO_COLOR and TERM=dumb): tables 160 columns wide, and lines of text never
+    wrapped (a reader of a pipe takes a line as one record). A closed stdout raises `BrokenPipeError`."""
     if sys.stdout.isatty():
         return _Console(highlight=False)
-    return _Console(highlight=False, width=160, no_color=True, color_system=None, soft_wrap=False)
+    return _Console(highlight=False, width=160, no_color=True, color_system=None, soft_wrap=True)
 
 
 def discard_stdout() -> None:
@@ -235,10 +252,19 @@ def write_store(target: str, action: str, *, create: bool = False, feed: bool = 
     if not create:
         with read_store(target):
             pass  # it must already be a hoard store: never turn some other file into one
+    lock = None if is_url(target) else f"{target}.lock"
+    had_lock = lock is None or os.path.lexists(lock)
     try:
         store = open_store(target, readonly=False, require_lease=True, feed=feed)
     except StoreLockedError as exc:
         raise _locked(action, exc) from exc
+    except BaseException:
+        # a refused open (a file that is no hoard store) leaves what it found: the lock file too,
+        # if this open made it
+        if lock is not None and not had_lock:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+        raise
     try:
         yield store
     finally:
@@ -309,14 +335,25 @@ def check_writable_target(path: str) -> None:
 
 
 # -- formatting ---------------------------------------------------------------------------------------
+# A time `datetime` cannot hold (outside years 1 to 9999: a store another writer gave milliseconds,
+# say) is printed as the number it is, not a crash: these raise ValueError, OverflowError or OSError.
+_NO_DATE = (ValueError, OverflowError, OSError)
+
+
 def iso_time(t: float) -> str:
-    """ISO 8601 in UTC, to the millisecond (for JSON)."""
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 in UTC, to the millisecond (for JSON); ``repr(t)`` for a time no date holds."""
+    try:
+        return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except _NO_DATE:
+        return repr(t)
 
 
 def human_time(t: float) -> str:
-    """Local time to the second (for tables)."""
-    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    """Local time to the second (for tables); ``repr(t)`` for a time no date holds."""
+    try:
+        return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    except _NO_DATE:
+        return repr(t)
 
 
 def human_bytes(n: float) -> str:
@@ -354,7 +391,10 @@ class _When(click.ParamType):  # type: ignore[type-arg]  # generic only in newer
         except ValueError:
             self.fail(f"{value!r} is neither a date/time (2024-05-01, 2024-05-01T12:30) nor an age (15m, 2h, 3d)",
                       param, ctx)
-        return parsed.timestamp()  # naive: local time
+        try:
+            return parsed.timestamp()  # naive: local time
+        except (ValueError, OverflowError, OSError):  # 0001-01-01 east of UTC is still year 0 in UTC
+            self.fail(f"{value!r} is before the first moment a time can name (0001-01-01 UTC)", param, ctx)
 
 
 WHEN = _When()

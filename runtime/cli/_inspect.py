@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -186,17 +185,17 @@ def show(store: str, context_id: str, key: str | None, version: int | None, as_j
         if as_json:
             emit_json({"id": state.id, "version": state.version, "key": key, "value": value})
         else:
-            out().print(value_text(value, limit=10**9), markup=False)
+            click.echo(value_text(value, limit=10**9))  # the value as JSON, on one line: never wrapped
         return
     if as_json:
         emit_json({**_state_json(state), "source": source})
         return
     console = out()
-    console.print(f"[bold]{escape(state.id)}[/bold]  v{state.version}"
-                  + ("" if source == "current" else f"  ({source})"))
+    console.print(Text.assemble((state.id, "bold"), f"  v{state.version}"
+                                + ("" if source == "current" else f"  ({source})")))
     console.print(f"created {human_time(state.created_at)}   updated {human_time(state.updated_at)}")
     if state.metadata:
-        console.print("metadata: " + value_text(thaw(dict(state.metadata)), limit=10**9), markup=False)
+        click.echo("metadata: " + value_text(thaw(dict(state.metadata)), limit=10**9))  # one line, as JSON
     if not state.data:
         console.print("(no keys)")
         return
@@ -253,8 +252,8 @@ def history(store: str, context_id: str, since: int | None, until: int | None, a
         return
     console = out()
     print_changes(console, stored)
-    console.print(f"[bold]{escape(context_id)}[/bold]  v{info.version}   snapshots: "
-                  + (", ".join(f"v{v}" for v in snapshots) or "none"))
+    console.print(Text.assemble((context_id, "bold"), f"  v{info.version}   snapshots: "
+                                + (", ".join(f"v{v}" for v in snapshots) or "none")))
     if rps:
         table = Table(title="recovery points", box=None, header_style="bold", title_justify="left")
         for name in ("ID", "VERSION", "LABEL", "CREATED", "KEYS"):

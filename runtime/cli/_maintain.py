@@ -17,7 +17,7 @@ from rich.text import Text
 
 from hoard.storage import CorruptStateError, DeleteContext, HoardError
 
-from ._archive import context_ops
+from ._archive import context_ops, own_ttl
 from ._common import (
     STORE,
     claim,
@@ -148,8 +148,8 @@ def compact(store: str, as_json: bool) -> None:
     A store that records a longer history policy (``ContextManagerConfig(history=...)``) keeps what
     it says: compact then drops only the snapshots and journal entries the policy lets go.
 
-    Each context is rewritten in one transaction (same version, data, metadata, times and recovery
-    points), so a crash midway leaves every context either old or compacted, never half. Afterwards
+    Each context is rewritten in one transaction (same version, data, metadata, times, recovery
+    points and time to live), so a crash midway leaves every context either old or compacted, never half. Afterwards
     the older kept snapshot and its journal are gone, so `hoard show --version` can rebuild only
     recovery point versions. A context that cannot be read is left untouched and reported (exit
     1; see `hoard verify`). Refused while another program has STORE open (PostgreSQL: while a
@@ -186,7 +186,7 @@ def compact(store: str, as_json: bool) -> None:
                     continue
                 if state is None:  # pragma: no cover - we hold the writer lock or the lease
                     continue
-                ops, _written, _note = context_ops(state, rps, info.next_rp_id)
+                ops, _written, _note = context_ops(state, rps, info.next_rp_id, ttl=own_ttl(info))
                 st.commit([DeleteContext(cid), *ops])
                 rewritten.append(cid)
                 dropped += info.journal_entries

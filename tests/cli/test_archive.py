@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from hoard import open_system
-from hoard.cli._archive import read_archive
-from hoard.storage import ContextState, CreateContext, SQLiteStore
+from hoard.cli._archive import ARCHIVE_FORMAT, _Writer, read_archive
+from hoard.storage import FORMAT_VERSION, ContextState, CreateContext, SQLiteStore
 
-from .conftest import NO_DEFAULT, Hoard, no_traceback
+from .conftest import HOARD, NO_DEFAULT, Hoard, command_env, no_traceback
 
 
 def _everything(hoard: Hoard, path: Path) -> dict[str, Any]:
@@ -167,3 +169,120 @@ def test_the_replace_note_compares_versions_truly(hoard: Hoard, store: Path, tmp
 def test_import_help_says_what_import_does(hoard: Hoard) -> None:
     text = " ".join(hoard("import", "--help").out.split())
     assert "all of it in one transaction: the import is done entirely or not at all" in text
+
+
+def _state(cid: str = "x", version: int = 3, created: Any = 1.0, updated: Any = 2.0) -> dict[str, Any]:
+    return {"id": cid, "version": version, "data": {"a": 1}, "metadata": {}, "created_at": created,
+            "updated_at": updated}
+
+
+def _rp(rp_id: Any = 1, version: int = 2, created_at: Any = 5.0) -> dict[str, Any]:
+    return {"type": "recovery_point", "id": rp_id, "version": version, "label": "l", "created_at": created_at,
+            "state": _state(version=version)}
+
+
+def _craft(path: Path, contexts: list[dict[str, Any]], archive_format: int = ARCHIVE_FORMAT) -> Path:
+    """A well-formed archive (magic, frames, checksums, end record all right) holding `contexts`:
+    each a context record, with its recovery point records under "rps"."""
+    with path.open("wb") as f:
+        w = _Writer(f)
+        w.record({"type": "header", "archive_format": archive_format, "store_format": FORMAT_VERSION,
+                  "created_at": 1.0, "hoard": "test", "source": "test"})
+        n_rps = 0
+        for c in contexts:
+            rps = c.get("rps", [])
+            w.record({"type": "context", **{k: v for k, v in c.items() if k != "rps"}, "recovery_points": len(rps)})
+            for rp in rps:
+                w.record(rp)
+            n_rps += len(rps)
+        w.end(len(contexts), n_rps)
+    return path
+
+
+def test_an_archive_of_format_1_without_ttls_still_imports(hoard: Hoard, tmp_path: Path) -> None:
+    archive = _craft(tmp_path / "old.hoard", [{"state": _state(), "next_rp_id": 2, "rps": [_rp()]}],
+                     archive_format=1)
+    assert hoard("import", str(tmp_path / "s.db"), str(archive)).code == 0
+    assert hoard("show", str(tmp_path / "s.db"), "x", "--json").json()["data"] == {"a": 1}
+
+
+def test_an_archive_with_a_bad_ttl_is_refused(hoard: Hoard, tmp_path: Path) -> None:
+    for bad in (-1, 0, "3600", True):
+        archive = _craft(tmp_path / "t.hoard", [{"state": _state(), "next_rp_id": 1, "ttl": bad}])
+        r = hoard("import", str(tmp_path / "s.db"), str(archive))
+        assert r.code == 1 and "record 1 has a bad 'ttl'" in r.err, (bad, r.err)
+        no_traceback(r)
+        assert not (tmp_path / "s.db").exists()
+
+
+def test_import_from_a_pipe_reads_the_archive_once(hoard: Hoard, store: Path, tmp_path: Path) -> None:
+    archive, copy = tmp_path / "all.hoard", tmp_path / "copy.db"
+    assert hoard("export", str(store), str(archive)).code == 0
+    piped = subprocess.run([*HOARD, "import", str(copy), "/dev/stdin", "--json"], input=archive.read_bytes(),  # noqa: S603
+                           cwd=tmp_path, env=command_env(), capture_output=True, timeout=120, check=False)
+    assert piped.returncode == 0, piped.stderr
+    assert [c["id"] for c in json.loads(piped.stdout)["contexts"]] == ["cart-42", "cart-7", "user.ana"]
+    assert _everything(hoard, copy) == _everything(hoard, store)
+
+
+def test_a_truncated_archive_from_a_pipe_creates_no_store(tmp_path: Path, store: Path, hoard: Hoard) -> None:
+    archive, copy = tmp_path / "all.hoard", tmp_path / "copy.db"
+    assert hoard("export", str(store), str(archive)).code == 0
+    piped = subprocess.run([*HOARD, "import", str(copy), "/dev/stdin"], input=archive.read_bytes()[:-10],  # noqa: S603
+                           cwd=tmp_path, env=command_env(), capture_output=True, timeout=120, check=False)
+    assert piped.returncode == 1 and b"truncated" in piped.stderr and b"Traceback" not in piped.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("copy")] == []  # no store, no lock file
+
+
+_VALID = {"state": _state(), "next_rp_id": 2, "rps": [_rp()]}
+_BAD_ARCHIVES = {
+    "a recovery point time that is no number": ({**_VALID, "rps": [_rp(created_at="abc")]}, 2, "created_at"),
+    "a recovery point time out of range": ({**_VALID, "rps": [_rp(created_at=1e20)]}, 2, "created_at"),
+    "a recovery point label that is no string": (
+        {**_VALID, "rps": [{**_rp(), "label": {"a": 1}}]}, 2, "label"),
+    "a recovery point newer than its context": ({**_VALID, "rps": [_rp(version=10)]}, 2, "newer than"),
+    "a recovery point id 0": ({**_VALID, "next_rp_id": 1, "rps": [_rp(rp_id=0)]}, 2, "'id'"),
+    "the same recovery point id twice": ({**_VALID, "next_rp_id": 2, "rps": [_rp(), _rp()]}, 3, "'id'"),
+    "a recovery point id at or past the next id": ({**_VALID, "next_rp_id": 1}, 1, "next_rp_id"),
+    "a next recovery point id past what can be reproduced": ({**_VALID, "next_rp_id": 10**12}, 1, "next_rp_id"),
+    "context times out of range": ({"state": _state(created=1e20, updated=1e20), "next_rp_id": 1}, 1, "times"),
+    "a version past what a store holds": ({"state": _state(version=2**63), "next_rp_id": 1}, 1, "version"),
+}
+
+
+def test_an_archive_with_impossible_contents_is_refused_before_anything_is_written(
+        hoard: Hoard, tmp_path: Path) -> None:
+    for why, (context, index, what) in _BAD_ARCHIVES.items():
+        archive = _craft(tmp_path / "bad.hoard", [context])
+        r = hoard("import", str(tmp_path / "s.db"), str(archive), "--json", timeout=60)
+        assert r.code == 1, (why, r.out, r.err)
+        error = json.loads(r.err)
+        assert error["type"] == "CorruptStateError", (why, error)
+        assert f"record {index}" in error["error"] and what in error["error"], (why, error)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.hoard"], why  # no store, no lock file
+
+
+def test_export_to_an_empty_name_or_onto_its_store_is_a_usage_error(hoard: Hoard, store: Path) -> None:
+    before = store.read_bytes()
+    for out, force in (("", []), (str(store), ["--force"]), (f"{store.parent}/./{store.name}", ["--force"])):
+        r = hoard("export", str(store), out, *force)
+        assert r.code == 2, (out, r.err)
+        assert ".tmp-" not in r.err
+        no_traceback(r)
+    assert store.read_bytes() == before
+
+
+def test_an_archive_is_readable_by_its_owner_only_like_a_store(hoard: Hoard, store: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "a.hoard"
+    assert hoard("export", str(store), str(archive)).code == 0
+    assert archive.stat().st_mode & 0o777 == store.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_refused_import_into_a_file_that_is_no_store_leaves_no_lock_file(hoard: Hoard, store: Path,
+                                                                           tmp_path: Path) -> None:
+    archive, text = tmp_path / "a.hoard", tmp_path / "notastore.txt"
+    assert hoard("export", str(store), str(archive)).code == 0
+    text.write_text("some text\n")
+    r = hoard("import", str(text), str(archive))
+    assert r.code == 1 and "not a hoard store" in r.err, r.err
+    assert text.read_text() == "some text\n" and not (tmp_path / "notastore.txt.lock").exists()

@@ -65,3 +65,23 @@ def test_history_refuses_a_version_past_what_a_store_can_hold_as_a_usage_error(t
         r = hoard("history", "s.db", "cart", option, str(2**64))
         assert r.code == 2 and option in r.err, r
         no_traceback(r)
+
+
+def test_ids_that_look_like_markup_are_printed_as_they_are(tmp_path: Path, hoard: Hoard) -> None:
+    path = tmp_path / "m.db"
+    ids = ["x[/]", "[red]y", "z\\", "[bold]w[/bold]"]
+    with open_system(path, adapter_config=NO_DEFAULT) as s:
+        for cid in ids:
+            t = s.adapter.create_and_activate(cid)
+            t.set("a", 1)
+            t.set("b", 2)
+            t.create_recovery_point()
+    for cid in ids:
+        for args in (["diff", str(path), cid, "1", "3"], ["show", str(path), cid], ["history", str(path), cid]):
+            r = hoard(*args)
+            no_traceback(r)
+            assert r.code == 0, (args, r.err)
+            assert f"{cid}  v" in r.out or f"{cid}  1 -> 3" in r.out, (args, r.out)
+        r = hoard("restore", str(path), cid, "1")
+        assert r.code == 0 and repr(cid) in r.out, r.err
+    assert all(cid in hoard("stats", str(path)).out for cid in ids)

@@ -31,6 +31,7 @@ from hoard.storage import (
     PutRecoveryPoint,
     PutSnapshot,
     RecoveryPoint,
+    SetTTL,
     apply_change,
     freeze_mapping,
     new_state,
@@ -275,3 +276,35 @@ def test_reading_commands_in_a_loop_under_a_busy_writer_report_nothing_wrong_and
     assert failures == [], failures[:5]
     assert len(versions) >= 2, f"the reads did not overlap the writes (versions of c0 seen: {versions})"
     _verified_clean(hoard, target, lines[-1]["done"])
+
+
+def _expired(target: str, now: float) -> list[str]:
+    store = open_store(target)
+    try:
+        return store.expired(now, None)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+@pytest.mark.timeout(300)
+def test_compact_and_export_import_keep_a_contexts_own_ttl(
+        hoard: Hoard, kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    target = _target(kind, request, tmp_path)
+    _populate(target)
+    store = open_store(target, readonly=False)
+    try:
+        store.commit([SetTTL("cart", 3600.0)])
+    finally:
+        store.close()
+    later = time.time() + 7200  # past cart's own ttl; user has none (and no default is given)
+    assert _expired(target, later) == ["cart"]
+    assert hoard("compact", target, "--json").json()["contexts_rewritten"] == 1
+    assert _expired(target, later) == ["cart"]  # compact rewrote cart: its ttl came along
+    assert _expired(target, time.time()) == []
+    archive, other = str(tmp_path / "ttl.hoard"), _target(kind, request, tmp_path, "other.db")
+    assert hoard("export", target, archive).code == 0
+    assert hoard("import", other, archive).code == 0
+    assert _expired(other, later) == ["cart"]
+    assert hoard("import", other, archive, "--replace").code == 0  # a replaced context takes the archived ttl
+    assert _expired(other, later) == ["cart"]

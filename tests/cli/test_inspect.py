@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from pathlib import Path
 
 from hoard import open_system
+from hoard.storage import CreateContext, PutRecoveryPoint, RecoveryPoint, freeze_mapping, new_state, open_store
 
-from .conftest import CART_META, CART_V3, CART_V9, CART_V11, NO_DEFAULT, Hoard, no_traceback
+from .conftest import CART_META, CART_V3, CART_V9, CART_V11, HOARD, NO_DEFAULT, Hoard, command_env, no_traceback
 
 
 def test_ls_lists_every_context_with_version_sizes_times_and_recovery_points(hoard: Hoard, store: Path) -> None:
@@ -124,3 +127,42 @@ def test_ids_with_markup_or_unicode_are_printed_verbatim(hoard: Hoard, tmp_path:
     assert "[bold]ünï/cødé[/bold]" in hoard("ls", str(path)).out
     shown = hoard("show", str(path), "[bold]ünï/cødé[/bold]")
     assert "[bold]ünï/cødé[/bold]" in shown.out and '"[red]v"' in shown.out
+
+
+def test_show_prints_long_values_and_metadata_on_one_line(hoard: Hoard, tmp_path: Path) -> None:
+    path = tmp_path / "long.db"
+    token, note, owner = "abcdefghij" * 20, "the quick brown fox jumps over the lazy dog " * 5, "o" * 200
+    with open_system(path, adapter_config=NO_DEFAULT) as s:
+        t = s.adapter.create_and_activate("cfg")
+        t.update({"token": token, "note": note})
+        t.set_metadata("owner", owner)
+    assert json.loads(hoard("show", str(path), "cfg", "--key", "token").out) == token
+    r = hoard("show", str(path), "cfg", "--key", "note")
+    assert r.out.count("\n") == 1 and json.loads(r.out) == note
+    (meta,) = [line for line in hoard("show", str(path), "cfg").out.splitlines() if line.startswith("metadata:")]
+    assert json.loads(meta.removeprefix("metadata: ")) == {"owner": owner}
+
+
+def test_ls_refuses_a_date_before_the_first_second_as_a_usage_error(store: Path) -> None:
+    """0001-01-01 in local time east of UTC (Tokyo here) is in year 0 in UTC: no timestamp holds it."""
+    for args in ([], ["--json"]):
+        r = subprocess.run([*HOARD, "ls", str(store), "--updated-since", "0001-01-01", *args],  # noqa: S603
+                           env={**command_env(), "TZ": "Asia/Tokyo"}, capture_output=True, text=True,
+                           timeout=120, check=False)
+        assert r.returncode == 2 and "0001-01-01" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_times_past_what_a_date_holds_are_printed_as_numbers(hoard: Hoard, tmp_path: Path) -> None:
+    """A store another writer gave times in milliseconds (year 58897): shown, not a crash."""
+    path, ms = tmp_path / "ms.db", 1.7e12
+    store = open_store(path, readonly=False)
+    try:
+        state = new_state("ms", freeze_mapping({"a": 1}), now=ms)
+        store.commit([CreateContext(state), PutRecoveryPoint(RecoveryPoint(1, "ms", 1, "x", ms, state), keep=3)])
+    finally:
+        store.close()
+    for args in (["ls"], ["ls", "--json"], ["show", "ms"], ["show", "ms", "--json"], ["history", "ms"],
+                 ["history", "ms", "--json"]):
+        r = hoard(args[0], str(path), *args[1:])
+        no_traceback(r)
+        assert r.code == 0 and "1700000000000" in r.out, (args, r.err)

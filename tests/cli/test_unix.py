@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -182,3 +183,19 @@ def test_a_damaged_context_is_reported_with_advice_for_the_command_line(hoard: H
     no_traceback(r)
     assert f"hoard verify {store}" in r.err and f"hoard verify --fix {store}" in r.err
     assert "recovery=" not in r.err and "verify()" not in r.err  # the Python API's advice, not a command's
+
+
+def test_a_store_path_that_is_not_utf8_is_a_usage_error(hoard: Hoard, store: Path, tmp_path: Path) -> None:
+    """Decided: refused (exit 2) rather than supported; a path is printed in messages and JSON."""
+    odd = os.fsdecode(b"st\xff.db")
+    shutil.copy(store, tmp_path / odd)
+    archive = tmp_path / "a.hoard"
+    assert hoard("export", str(store), str(archive)).code == 0
+    for args in (["ls", odd], ["ls", odd, "--json"], ["import", os.fsdecode(b"n\xff.db"), str(archive)],
+                 ["export", str(store), os.fsdecode(b"o\xff.hoard")]):
+        r = hoard(*args)
+        assert r.code == 2 and "UTF-8" in r.err, (args, r.err)
+        no_traceback(r)
+        if "--json" in args:
+            assert json.loads(r.err)["exit_code"] == 2
+    assert not any(p.name.startswith(("n", "o")) for p in tmp_path.iterdir())  # nothing created
