@@ -174,6 +174,7 @@ class SQLiteStore(RowStore):
         self._snapshot_times: dict[tuple[str, int], float] = {}  # (id, version) -> updated_at, for "seconds"
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._made_lock = False  # this open created STORE.lock (removed again if the open is refused)
         self._file_fd: int | None = None  # the database file, flocked
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened for writing
         # a reader made by `reader()`: the identity of its writer's file, which alone it reads
@@ -205,6 +206,11 @@ class SQLiteStore(RowStore):
             self._init_schema()
             self.history_policy = self._recorded_history()
         except BaseException:
+            if self._made_lock and self._lock_fd is not None:
+                # refused (a file that is no hoard store...): leave no lock file behind this open made;
+                # removed while still held, so no other opener took it meanwhile
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path + ".lock")
             self.close()
             raise
 
@@ -224,8 +230,13 @@ class SQLiteStore(RowStore):
     def _take_lock(self) -> None:
         self._check_writable()
         lock_path = self.path + ".lock"
+        made = True
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                made = False
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise PersistenceError(f"cannot create lock file {lock_path!r}: {exc}") from exc
         try:
@@ -237,6 +248,7 @@ class SQLiteStore(RowStore):
             os.close(fd)
             raise PersistenceError(f"cannot lock {lock_path!r}: {exc}") from exc
         self._lock_fd = fd
+        self._made_lock = made
 
     def _lock_file(self) -> None:
         """Claim the database file by identity (this process), then flock it (other processes)."""

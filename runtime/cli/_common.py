@@ -252,19 +252,10 @@ def write_store(target: str, action: str, *, create: bool = False, feed: bool = 
     if not create:
         with read_store(target):
             pass  # it must already be a hoard store: never turn some other file into one
-    lock = None if is_url(target) else f"{target}.lock"
-    had_lock = lock is None or os.path.lexists(lock)
     try:
-        store = open_store(target, readonly=False, require_lease=True, feed=feed)
+        store = open_store(target, readonly=False, require_lease=True, feed=feed)  # (refused: no lock file left)
     except StoreLockedError as exc:
         raise _locked(action, exc) from exc
-    except BaseException:
-        # a refused open (a file that is no hoard store) leaves what it found: the lock file too,
-        # if this open made it
-        if lock is not None and not had_lock:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(lock)
-        raise
     try:
         yield store
     finally:

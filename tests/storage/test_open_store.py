@@ -110,3 +110,19 @@ def test_open_store_on_a_url_reads_without_creating_or_writing_anything(pg_dsn: 
             reader.close()
     finally:
         writer.close()
+
+
+def test_a_refused_open_for_writing_leaves_no_lock_file_it_made(tmp_path: Path) -> None:
+    # `hoard demo --dir` onto a file that is no store, `hoard import` into one, open_system on one:
+    # each was refused, and each left STORE.lock behind
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database, just some notes\n" * 100)
+    with pytest.raises(CorruptStateError):
+        SQLiteStore(notes).open()
+    assert not (tmp_path / "notes.db.lock").exists()
+    kept = tmp_path / "kept.db"
+    kept.write_text("not a database either\n" * 100)
+    (tmp_path / "kept.db.lock").write_bytes(b"")  # there before: not this open's to remove
+    with pytest.raises(CorruptStateError):
+        SQLiteStore(kept).open()
+    assert (tmp_path / "kept.db.lock").exists()
