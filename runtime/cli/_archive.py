@@ -284,9 +284,10 @@ def context_ops(state: ContextState, recovery_points: tuple[RecoveryPoint, ...] 
     Returns (ops, the state written, a note for the user or ""). Committed as one transaction, so the
     context is replaced entirely or not at all.
 
-    Rules when a context exists: versions never go back (an archived version at or below the stored
-    one is written as ``stored + 1``, holding the archived data, like a restore), and recovery point
-    ids are never reused (archived ids below the stored sequence are renumbered after it).
+    Rules when a context exists: versions never go back, and each change has a version of its own:
+    the replaced context's deletion is ``stored + 1`` in the change feed, so an archived version at
+    or below that is written as ``stored + 2``, holding the archived data, like a restore. Recovery
+    point ids are never reused (archived ids below the stored sequence are renumbered after it).
 
     The store has no operation that sets the recovery point sequence, so ids are reproduced by
     putting (and at once deleting, in the same transaction) a tiny placeholder for every id that is
@@ -295,11 +296,16 @@ def context_ops(state: ContextState, recovery_points: tuple[RecoveryPoint, ...] 
     notes = []
     rps = sorted(recovery_points, key=lambda rp: rp.id)
     if existing is not None:
-        if state.version <= existing.version:
-            than = "the same version as" if state.version == existing.version else "newer than"
-            notes.append(f"the stored v{existing.version} is {than} the archived v{state.version}: the archived "
-                         f"data written as v{existing.version + 1} (versions never go back)")
-            state = attrs.evolve(state, version=existing.version + 1, updated_at=time.time())
+        deletion = existing.version + 1  # the replaced context's deletion: a feed entry of its own
+        if state.version <= deletion:
+            if state.version <= existing.version:
+                than = "the same version as" if state.version == existing.version else "newer than"
+                why = f"the stored v{existing.version} is {than} the archived v{state.version}"
+            else:
+                why = f"the archived v{state.version} is the version of the stored context's deletion"
+            notes.append(f"{why}: the archived data written as v{deletion + 1} (v{deletion} is the replaced "
+                         "context's deletion; versions never go back)")
+            state = attrs.evolve(state, version=deletion + 1, updated_at=time.time())
         if rps and rps[0].id < existing.next_rp_id:
             first = existing.next_rp_id
             rps = [attrs.evolve(rp, id=first + i) for i, rp in enumerate(rps)]

@@ -93,10 +93,23 @@ def test_replace_never_takes_a_version_or_recovery_point_id_back(hoard: Hoard, s
     with open_system(store, adapter_config=NO_DEFAULT) as s:
         s.manager.create_recovery_point("cart-42")  # rp 3
     result = hoard("import", str(store), str(archive), "--replace", "--json").json()["contexts"][0]
-    assert result["version"] == 13 and "versions never go back" in result["note"]
+    assert result["version"] == 14 and "versions never go back" in result["note"]
     h = hoard("history", str(store), "cart-42", "--json").json()
     assert [rp["id"] for rp in h["recovery_points"]] == [4, 5]
     assert hoard("show", str(store), "cart-42", "--key", "coupon", "--json").json()["value"] == "X1"
+
+
+def test_a_replace_gives_the_deletion_and_the_imported_state_versions_of_their_own(hoard: Hoard, store: Path,
+                                                                                   tmp_path: Path) -> None:
+    # the replaced context's deletion is a feed entry at the stored version + 1; the imported state
+    # was written at that same version, so a consumer keyed by (context, version) saw one change twice
+    archive = tmp_path / "a.hoard"
+    assert hoard("export", str(store), str(archive), "--id", "cart-42").code == 0  # v11, as stored
+    for stored in (11, 13):  # the archived v11 at the stored version, then below it
+        assert hoard("import", str(store), str(archive), "--replace").code == 0
+        with open_system(store, adapter_config=NO_DEFAULT) as s:
+            tail = [(e.version, e.deleted) for e in s.changes(timeout=0) if e.context_id == "cart-42"][-2:]
+        assert tail == [(stored + 1, True), (stored + 2, False)]
 
 
 def test_a_damaged_or_truncated_archive_is_refused_and_changes_nothing(hoard: Hoard, store: Path,
@@ -160,10 +173,10 @@ def test_the_replace_note_compares_versions_truly(hoard: Hoard, store: Path, tmp
     assert hoard("export", str(store), str(archive), "--id", "cart-42").code == 0  # v11, as stored
     note = hoard("import", str(store), str(archive), "--replace", "--json").json()["contexts"][0]["note"]
     assert note.startswith("the stored v11 is the same version as the archived v11: the archived data written "
-                           "as v12"), note
+                           "as v13"), note
     note = hoard("import", str(store), str(archive), "--replace", "--json").json()["contexts"][0]["note"]
-    assert note.startswith("the stored v12 is newer than the archived v11"), note
-    assert hoard("show", str(store), "cart-42", "--json").json()["version"] == 13
+    assert note.startswith("the stored v13 is newer than the archived v11"), note
+    assert hoard("show", str(store), "cart-42", "--json").json()["version"] == 15
 
 
 def test_import_help_says_what_import_does(hoard: Hoard) -> None:
