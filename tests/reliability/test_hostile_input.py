@@ -277,7 +277,7 @@ def test_a_file_that_is_not_a_hoard_store_is_refused_and_left_untouched(tmp_path
     with pytest.raises(CorruptStateError, match=message):
         SQLiteStore(path, readonly=True).open()
     assert path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["x.db", "x.db.lock"]  # no -wal / -shm: not even opened for writing
+    assert sorted(os.listdir(tmp_path)) == ["x.db"]  # no -wal / -shm (not even opened for writing), no lock left
 
 
 # -- nothing unpickled, owner-only files -----------------------------------------------------------
