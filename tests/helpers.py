@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from hoard.storage import Append, Op, SQLiteStore
@@ -83,3 +85,14 @@ def run_in_threads(n: int, fn: Callable[[int], Any]) -> list[BaseException]:
         t.join(120)
     assert not any(t.is_alive() for t in threads)
     return errors
+
+
+@contextlib.contextmanager
+def opened_sqlite(path: Path | str, **kw: object) -> Iterator[SQLiteStore]:
+    """A `SQLiteStore` at `path` (keyword options `kw`), opened for the `with` block, then closed."""
+    store = SQLiteStore(path, **kw)  # type: ignore[arg-type]
+    store.open()
+    try:
+        yield store
+    finally:
+        store.close()

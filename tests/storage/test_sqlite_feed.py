@@ -3,25 +3,14 @@ across reopens, after a failed commit, and after retention pruned entries."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import immutables
 import pytest
 
 from hoard.storage import Append, Change, ContextState, CreateContext, PersistenceError, SQLiteStore
-
-
-@contextlib.contextmanager
-def _opened(path: Path, **kw: object) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(path, **kw)  # type: ignore[arg-type]
-    store.open()
-    try:
-        yield store
-    finally:
-        store.close()
+from tests.helpers import opened_sqlite
 
 
 def _create(store: SQLiteStore, cid: str) -> None:
@@ -39,18 +28,18 @@ def _offsets(store: SQLiteStore) -> list[int]:
 
 def test_offsets_continue_after_a_reopen(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    with _opened(path) as store:
+    with opened_sqlite(path) as store:
         _create(store, "a")
         for v in range(2, 5):
             _append(store, "a", v)
-    with _opened(path) as store:
+    with opened_sqlite(path) as store:
         _append(store, "a", 5)
         assert _offsets(store) == [1, 2, 3, 4, 5]
         assert store.feed_bounds() == (0, 5)
 
 
 def test_a_failed_commit_gives_back_no_offset_and_takes_none(tmp_path: Path) -> None:
-    with _opened(tmp_path / "s.db") as store:
+    with opened_sqlite(tmp_path / "s.db") as store:
         _create(store, "a")
         with pytest.raises(PersistenceError):
             _append(store, "a", 7)  # does not follow v1: refused, nothing of the batch is written
@@ -60,13 +49,13 @@ def test_a_failed_commit_gives_back_no_offset_and_takes_none(tmp_path: Path) -> 
 
 def test_offsets_are_never_reused_after_retention_pruned_entries(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    with _opened(path, feed_retention=1, sync="normal") as store:
+    with opened_sqlite(path, feed_retention=1, sync="normal") as store:
         _create(store, "a")
         for v in range(2, 1100):  # past a prune point (the first commit, then every 1,024 entries)
             _append(store, "a", v)
         floor, head = store.feed_bounds()
         assert (floor, head) == (1024, 1099)  # pruned at offset 1,025 down to the newest entry
-    with _opened(path, feed_retention=1, sync="normal") as store:
+    with opened_sqlite(path, feed_retention=1, sync="normal") as store:
         _append(store, "a", 1100)
         assert store.feed_bounds()[1] == 1100
         assert _offsets(store)[-1] == 1100
@@ -77,7 +66,7 @@ def test_feed_dicts_is_the_feed_s_to_dict_for_every_kind_of_entry(tmp_path: Path
     metadata and removals, a restore, a deletion with and without its version."""
     from hoard.storage import DeleteContext  # noqa: PLC0415 - this test only
 
-    with _opened(tmp_path / "s.db") as store:
+    with opened_sqlite(tmp_path / "s.db") as store:
         _create(store, "a")
         _append(store, "a", 2)
         store.commit([Append("a", Change(3, time.time(), {"z": [1, {"y": None}], "b": 2.5}, ("v",),
@@ -102,7 +91,7 @@ def test_feed_dicts_reads_entries_of_another_shape_as_feed_does(tmp_path: Path) 
     from hoard.storage._codec import KIND_CHANGE, Codec  # noqa: PLC0415 - the blob format itself
 
     path = tmp_path / "s.db"
-    with _opened(path) as store:
+    with opened_sqlite(path) as store:
         _create(store, "a")
     codec = Codec()
     short = codec.encode_json(KIND_CHANGE, {"version": 2, "at": 1_700_000_000, "data_set": {"k": [1, {"x": "y"}]},
@@ -115,7 +104,7 @@ def test_feed_dicts_reads_entries_of_another_shape_as_feed_does(tmp_path: Path) 
         db.execute("INSERT INTO feed (context_id, version, blob) VALUES ('a', 2, ?)", (short,))
         db.execute("INSERT INTO feed (context_id, version, blob) VALUES ('a', 3, ?)", (wrong,))
     db.close()
-    with _opened(path) as store:
+    with opened_sqlite(path) as store:
         entries = store.feed(0, 2)
         assert entries[1].at == 1_700_000_000.0 and entries[1].removed == ("gone",)
         assert store.feed_dicts(0, 2) == [e.to_dict() for e in entries]
@@ -149,7 +138,7 @@ def test_a_commit_that_landed_although_it_raised_takes_no_offset_again(tmp_path:
     def connect(*args: object, **kw: object) -> object:
         return LateError(sqlite3.connect(*args, **kw))  # type: ignore[arg-type]
 
-    with _opened(tmp_path / "s.db", connect=connect) as store:
+    with opened_sqlite(tmp_path / "s.db", connect=connect) as store:
         _create(store, "a")
         armed["late"] = True
         with pytest.raises(PersistenceError):
@@ -165,7 +154,7 @@ def test_a_store_made_with_autoincrement_offsets_continues_past_every_pruned_one
     import sqlite3  # noqa: PLC0415 - the older schema, made past the store
 
     path = tmp_path / "s.db"
-    with _opened(path) as store:
+    with opened_sqlite(path) as store:
         _create(store, "a")
     db = sqlite3.connect(path)
     with db:
@@ -174,7 +163,7 @@ def test_a_store_made_with_autoincrement_offsets_continues_past_every_pruned_one
                    "version INTEGER NOT NULL, blob BLOB NOT NULL)")
         db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('feed', 41)")
     db.close()
-    with _opened(path) as store:
+    with opened_sqlite(path) as store:
         assert store.feed_bounds() == (0, 41)
         _append(store, "a", 2)
         assert _offsets(store) == [42]
@@ -192,7 +181,7 @@ def test_feed_entries_read_in_a_batch_are_those_of_one_row_at_a_time_and_stay_fr
     from hoard.storage._codec import Codec  # noqa: PLC0415 - the one-row path it must agree with
     from hoard.storage._feed import feed_entry  # noqa: PLC0415
 
-    with _opened(tmp_path / "s.db") as store:
+    with opened_sqlite(tmp_path / "s.db") as store:
         _create(store, "a")
         store.commit([Append("a", Change(2, time.time(), {"z": [1, {"y": None}], "b": 2.5}, ("v",),
                                          {"m": {"n": [1]}}, ("old",), by="svc"))])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import immutables
@@ -22,16 +22,7 @@ from hoard.storage import (
     PersistenceError,
     SQLiteStore,
 )
-
-
-@contextlib.contextmanager
-def _opened(path: Path | str, **kw: object) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(path, **kw)  # type: ignore[arg-type]
-    store.open()
-    try:
-        yield store
-    finally:
-        store.close()
+from tests.helpers import opened_sqlite
 
 
 def _create(store: SQLiteStore, cid: str, data: dict[str, object] | None = None) -> None:
@@ -46,7 +37,7 @@ def _append(store: SQLiteStore, cid: str, version: int) -> None:
 def _replace_with_another_store(path: Path) -> None:
     """Put another hoard store (one context "other") at `path`, as a restore from a backup would."""
     other = path.with_name("other.db")
-    with _opened(other) as o:
+    with opened_sqlite(other) as o:
         _create(o, "other")
     for suffix in ("-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
@@ -70,7 +61,7 @@ _WRITES: dict[str, Callable[[SQLiteStore], object]] = {
 def test_no_write_of_any_kind_is_acknowledged_once_the_store_file_is_replaced_or_deleted(
         tmp_path: Path, write: str, how: str) -> None:
     path = tmp_path / "s.db"
-    with _opened(path) as store:
+    with opened_sqlite(path) as store:
         _create(store, "a")
         store.set_consumer("billing")
         if how == "replaced":
@@ -82,7 +73,7 @@ def test_no_write_of_any_kind_is_acknowledged_once_the_store_file_is_replaced_or
         with pytest.raises(PersistenceError, match=how):  # and every later write too
             _append(store, "a", 2)
     if how == "replaced":  # the file now at the path got nothing of it
-        with _opened(path, readonly=True) as now:
+        with opened_sqlite(path, readonly=True) as now:
             assert now.consumers() == {}
             assert now.list_ids() == ["other"]
             assert now.history_policy.text == "recovery"
@@ -92,10 +83,10 @@ def test_a_reader_reads_the_writer_s_file_after_the_working_directory_changed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    with _opened(tmp_path / "b" / "s.db") as other:  # another store, under the same relative name
+    with opened_sqlite(tmp_path / "b" / "s.db") as other:  # another store, under the same relative name
         _create(other, "other")
     monkeypatch.chdir(tmp_path / "a")
-    with _opened("s.db") as store:
+    with opened_sqlite("s.db") as store:
         _create(store, "a", {"k": 1})
         _append(store, "a", 2)
         monkeypatch.chdir(tmp_path / "b")
@@ -112,7 +103,7 @@ def test_a_reader_reads_the_writer_s_file_after_the_working_directory_changed(
 @pytest.mark.parametrize("how", ["replaced", "deleted"])
 def test_a_reader_refuses_a_file_that_is_no_longer_the_writer_s_store(tmp_path: Path, how: str) -> None:
     path = tmp_path / "s.db"
-    with _opened(path) as store:
+    with opened_sqlite(path) as store:
         _create(store, "other", {"mine": 1})  # the same id as the replacement's context
         early = store.reader()  # opened before the file goes
         early.open()
