@@ -41,6 +41,8 @@ from hoard.actors import (
     mailbox_depth,
 )
 from hoard.storage import (
+    FIRST_TIME,
+    LAST_TIME,
     ConfigError,
     ContextTimeoutError,
     HoardError,
@@ -60,10 +62,6 @@ __all__ = ["SystemCore", "check_timeout"]
 _ABORT_GRACE = 2.0  # seconds a persistence actor gets to leave the store once its connection is cut
 
 
-#: the times a stored record can hold: years 1 to 9999 (what `datetime` reads back), in epoch seconds
-_FIRST_TIME, _LAST_TIME = -62_135_596_800.0, 253_402_300_800.0
-
-
 def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
     """`clock`, with each time it returns checked: a `ConfigError` naming it for anything but a
     number of seconds since the epoch in years 1-9999. Called by the actors before a change is
@@ -71,9 +69,9 @@ def checked_clock(clock: Callable[[], float]) -> Callable[[], float]:
     (JSON has no ``inf`` or ``nan``) under an acknowledged change that could never be read back."""
     def now() -> float:
         t = clock()
-        if t.__class__ is float and _FIRST_TIME < t < _LAST_TIME:  # (nan fails both comparisons)
+        if t.__class__ is float and FIRST_TIME < t < LAST_TIME:  # (nan fails both comparisons)
             return t
-        if isinstance(t, int) and not isinstance(t, bool) and _FIRST_TIME < t < _LAST_TIME:
+        if isinstance(t, int) and not isinstance(t, bool) and FIRST_TIME < t < LAST_TIME:
             return float(t)
         raise ConfigError(f"the clock of ContextManagerConfig returned {t!r}: it must return seconds since the "
                           "epoch, a finite number (years 1 to 9999)")

@@ -31,6 +31,7 @@ from typing import Any
 
 from hoard.actors import ContextCreated, ContextDeleted, StateChanged, StoreCall
 from hoard.storage import (
+    MAX_STORED_INT,
     FeedEntry,
     FeedTruncatedError,
     InvalidValueError,
@@ -127,7 +128,7 @@ class FeedReaders:
 def check_offset(name: str, value: object) -> int:
     """`value` if it can be a feed offset: an int from 0 to 2**63 - 1 (what every store holds);
     `InvalidValueError` naming `name` otherwise."""
-    if type(value) is not int or not 0 <= value < 2**63:
+    if type(value) is not int or not 0 <= value <= MAX_STORED_INT:
         raise InvalidValueError(name, f"a feed offset is an int from 0 to 2**63 - 1, not {value!r}")
     return value
 

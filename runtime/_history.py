@@ -19,6 +19,7 @@ import attrs
 import jsonpatch
 
 from hoard.storage import (
+    MAX_STORED_INT,
     ContextState,
     InvalidValueError,
     JournalEntry,
@@ -155,7 +156,7 @@ def _version(name: str, value: object, *, optional: bool = False) -> int | None:
     INTEGER, PostgreSQL bigint); `InvalidValueError` naming `name` otherwise."""
     if value is None and optional:
         return None
-    if type(value) is not int or not 1 <= value < 2**63:
+    if type(value) is not int or not 1 <= value <= MAX_STORED_INT:
         raise InvalidValueError(name, f"a version is an int from 1 to 2**63 - 1{' or None' if optional else ''}, "
                                       f"not {value!r}")
     return value

@@ -50,6 +50,7 @@ from hoard.actors import (
     fresh_mark,
 )
 from hoard.storage import (
+    MAX_STORED_INT,
     CallNotStartedError,
     CallOutcomeUnknownError,
     ContextOwnedElsewhereError,
@@ -153,7 +154,7 @@ def _failed(exc: BaseException) -> Reply:
 def _rp_id(rp_id: object, context_id: str) -> int:
     if isinstance(rp_id, RecoveryPoint):
         return rp_id.id
-    if isinstance(rp_id, bool) or not isinstance(rp_id, int) or not 0 < rp_id < 2**63:
+    if isinstance(rp_id, bool) or not isinstance(rp_id, int) or not 0 < rp_id <= MAX_STORED_INT:
         raise RecoveryPointNotFoundError(context_id, rp_id)  # ids are positive 64-bit store integers
     return rp_id
 

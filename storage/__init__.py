@@ -78,7 +78,10 @@ from ._store import StoredContext as StoredContext
 from ._store import StoreStats as StoreStats
 from ._store import VerifyIssue as VerifyIssue
 from ._store import context_of as context_of
+from ._values import FIRST_TIME as FIRST_TIME
+from ._values import LAST_TIME as LAST_TIME
 from ._values import MAX_SECONDS as MAX_SECONDS
+from ._values import MAX_STORED_INT as MAX_STORED_INT
 from ._values import FrozenDict as FrozenDict
 from ._values import FrozenList as FrozenList
 from ._values import check_timeout as check_timeout
@@ -93,12 +96,15 @@ from ._values import validate_id as validate_id
 from ._values import validate_key as validate_key
 
 __all__ = [
+    "FIRST_TIME",
     "FORMAT_VERSION",
     "KIND_ARCHIVE",
     "KIND_CHANGE",
     "KIND_DICTIONARY",
     "KIND_STATE",
+    "LAST_TIME",
     "MAX_SECONDS",
+    "MAX_STORED_INT",
     "SCHEMA_KEY",
     "Append",
     "CallNotStartedError",

@@ -67,7 +67,7 @@ from ._model import (
 )
 from ._retention import rebuildable
 from ._store import JournalEntry, ReadView, StoredContext, StoreStats, VerifyIssue
-from ._values import validate_id
+from ._values import MAX_STORED_INT, validate_id
 
 __all__ = ["FALLBACK_HINT", "RECOVERY_MODES", "RecoveryReport", "RowAccess", "RowStore", "SkippedItem"]
 
@@ -76,10 +76,6 @@ T = TypeVar("T")
 
 FALLBACK_HINT = "open the store with recovery='fallback' to load what can be recovered, or run verify()"
 RECOVERY_MODES = ("strict", "fallback")
-# versions, recovery point ids and feed offsets are 64-bit signed in every durable store (SQLite
-# INTEGER, PostgreSQL bigint): a number past it names nothing stored, and is never handed to SQL
-# (sqlite3 raises OverflowError for it)
-_STORED_MAX = 2**63 - 1
 
 #: (version, blob) of a snapshot or journal row
 BlobRow = tuple[int, bytes]
@@ -812,7 +808,7 @@ class RowStore:
     def recovery_point(self, context_id: str, rp_id: int) -> RecoveryPoint | None:
         """One recovery point, verified, or None; caller's thread."""
         validate_id(context_id)
-        if isinstance(rp_id, int) and not 0 < rp_id <= _STORED_MAX:
+        if isinstance(rp_id, int) and not 0 < rp_id <= MAX_STORED_INT:
             return None
         rows = self._read("read recovery point", context_id, lambda r: r.recovery_point_rows(context_id, rp_id),
                           transaction=False)
@@ -922,7 +918,7 @@ class RowStore:
             floor, _head = rows.feed_bounds()
             if after < floor:
                 raise FeedTruncatedError(after, floor)
-            return make(self.codec, rows.feed_rows(min(after, _STORED_MAX), min(limit, _STORED_MAX)))
+            return make(self.codec, rows.feed_rows(min(after, MAX_STORED_INT), min(limit, MAX_STORED_INT)))
         return self._read("read the change feed", None, run)
 
     def feed_bounds(self) -> tuple[int, int]:

@@ -20,11 +20,14 @@ import orjson
 from ._errors import ConfigError, CorruptStateError, InvalidContextIdError, InvalidValueError, shown_repr
 
 __all__ = [
+    "FIRST_TIME",
+    "LAST_TIME",
     "MAX_BY",
     "MAX_DEPTH",
     "MAX_ID_BYTES",
     "MAX_KEY_BYTES",
     "MAX_SECONDS",
+    "MAX_STORED_INT",
     "FrozenDict",
     "FrozenList",
     "check_timeout",
@@ -102,6 +105,11 @@ _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))  # Unicode 
 #: longer than a few billion seconds overflows the platform's timers (``threading.TIMEOUT_MAX``,
 #: ``time_t``) deep inside a call instead of failing where the value is given.
 MAX_SECONDS = 10**9
+#: the largest integer a store holds (SQLite INTEGER, PostgreSQL bigint): versions, feed offsets,
+#: recovery point ids. A larger one is refused by name before it reaches a store.
+MAX_STORED_INT = 2**63 - 1
+#: the times a stored record holds, in epoch seconds: years 1 to 9999 (what `datetime` reads back)
+FIRST_TIME, LAST_TIME = -62_135_596_800.0, 253_402_300_800.0
 
 
 def check_timeout(timeout: object) -> float:

@@ -48,8 +48,11 @@ import attrs
 import click
 
 from hoard.storage import (
+    FIRST_TIME,
     FORMAT_VERSION,
     KIND_ARCHIVE,
+    LAST_TIME,
+    MAX_STORED_INT,
     Codec,
     ContextNotFoundError,
     ContextState,
@@ -93,18 +96,13 @@ _LEN = struct.Struct("<Q")
 #: a record holds one state; a reader refuses to decompress more than this per record
 MAX_RECORD_BYTES = 256 * 2**20
 
-#: the largest version, recovery point id or count an archive may hold: what a store's integer holds
-MAX_ID = 2**63 - 1
 #: at most this many recovery point ids of a context may be unused (skipped): an import writes a
 #: placeholder for each (see `context_ops`)
 MAX_UNUSED_RP_IDS = 1_000_000
-#: the times a store holds, epoch seconds: years 1 to 9999 (what `datetime` reads back; the clock
-#: check of `hoard.ContextManagerConfig` allows no other)
-_FIRST_TIME, _LAST_TIME = -62_135_596_800.0, 253_402_300_800.0
 
 
 def _is_time(t: Any) -> bool:
-    return type(t) in (int, float) and _FIRST_TIME <= t < _LAST_TIME
+    return type(t) in (int, float) and FIRST_TIME <= t < LAST_TIME
 
 
 @attrs.frozen
@@ -222,7 +220,7 @@ class _Reader:
         if rp_state.version > of.version:
             raise bad(f"the recovery point's v{rp_state.version} is newer than {of.id!r} (v{of.version})")
         rp_id = self._count(r, "id", index)
-        if not after < rp_id <= MAX_ID:
+        if not after < rp_id <= MAX_STORED_INT:
             raise bad(f"bad 'id' {rp_id} (ids start at 1 and increase; the one before is {after})")
         label = r.get("label")
         if label is not None and type(label) is not str:
@@ -239,7 +237,7 @@ class _Reader:
         if type(obj) is not dict:
             raise bad("not an object")
         # exact types, as the store's codec checks them: cattrs alone would coerce "7" into 7
-        if type(obj.get("version")) is not int or not 1 <= obj["version"] <= MAX_ID:
+        if type(obj.get("version")) is not int or not 1 <= obj["version"] <= MAX_STORED_INT:
             raise bad("version")
         if not all(_is_time(obj.get(f)) for f in ("created_at", "updated_at")):
             raise bad("times: seconds since the epoch, years 1 to 9999")
@@ -260,7 +258,7 @@ class _Reader:
 
     def _count(self, rec: dict[str, Any], field: str, index: int) -> int:
         v = rec.get(field)
-        if type(v) is not int or not 0 <= v <= MAX_ID:
+        if type(v) is not int or not 0 <= v <= MAX_STORED_INT:
             raise CorruptStateError(f"archive {self.name!r}: record {index} has a bad {field!r}", what="archive")
         return v
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hoard.storage import RecoveryPoint, thaw
+from hoard.storage import MAX_STORED_INT, RecoveryPoint, thaw
 
 from .._history import diff as stored_diff
 from ._common import STORE, emit_json, human_time, json_option, not_found, out, read_view
@@ -68,7 +68,7 @@ def _side(value: str) -> tuple[str, int]:
     kind, _, number = value.rpartition(":")
     if kind not in ("", "rp") or not number.isdigit() or int(number) < 1:
         raise click.BadParameter(f"{value!r} is neither a version (12) nor a recovery point (rp:3)")
-    if int(number) >= 2**63:  # a store holds versions and recovery point ids up to 2**63 - 1
+    if int(number) > MAX_STORED_INT:  # what a store holds
         raise click.BadParameter(f"{value!r}: {number} is past the largest version or recovery point id a store "
                                  "holds (2**63 - 1)")
     return kind or "version", int(number)

@@ -384,7 +384,7 @@ class _When(click.ParamType):  # type: ignore[type-arg]  # generic only in newer
                       param, ctx)
         try:
             return parsed.timestamp()  # naive: local time
-        except (ValueError, OverflowError, OSError):  # 0001-01-01 east of UTC is still year 0 in UTC
+        except _NO_DATE:  # 0001-01-01 east of UTC is still year 0 in UTC
             self.fail(f"{value!r} is before the first moment a time can name (0001-01-01 UTC)", param, ctx)
 
 

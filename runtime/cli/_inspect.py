@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hoard.storage import (
+    MAX_STORED_INT,
     ContextState,
     HoardError,
     JournalEntry,
@@ -211,9 +212,9 @@ def _rp_json(rp: RecoveryPoint) -> dict[str, Any]:
 @click.command("history")
 @click.argument("store", type=STORE)
 @click.argument("context_id", metavar="ID")
-@click.option("--since", "since", type=click.IntRange(min=1, max=2**63 - 1), default=None,
+@click.option("--since", "since", type=click.IntRange(min=1, max=MAX_STORED_INT), default=None,
               help="Changes from this version on (default: the oldest the store keeps).")
-@click.option("--until", "until", type=click.IntRange(min=1, max=2**63 - 1), default=None,
+@click.option("--until", "until", type=click.IntRange(min=1, max=MAX_STORED_INT), default=None,
               help="Changes up to this version.")
 @json_option
 def history(store: str, context_id: str, since: int | None, until: int | None, as_json: bool) -> None:
